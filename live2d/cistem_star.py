@@ -1,0 +1,186 @@
+"""cisTEM text star files: the per-particle parameter format every engine reads and writes.
+
+Written byte-for-byte the way cisTEM 2's ``refine2d`` writes them (column order, ``%`` formats,
+trailing space), so that any cycle's output can be handed to the real programs, and read the way
+cisTEM reads them (labels by order, data up to the first empty line).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from live2d.atomic import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Column:
+    short: str  # the name cisTEM prints in its "#    POS     PSI ..." comment line
+    label: str
+    fmt: str
+    default: float | str
+
+
+# refine2d's output mask, in cisTEM's fixed writer order, then the provenance column Live2D adds.
+COLUMNS: tuple[Column, ...] = (
+    Column("POS", "_cisTEMPositionInStack", "%8u", 0),
+    Column("PSI", "_cisTEMAnglePsi", "%7.2f", 0.0),
+    Column("SHX", "_cisTEMXShift", "%9.2f", 0.0),
+    Column("SHY", "_cisTEMYShift", "%9.2f", 0.0),
+    Column("DF1", "_cisTEMDefocus1", "%8.1f", 0.0),
+    Column("DF2", "_cisTEMDefocus2", "%8.1f", 0.0),
+    Column("ANGAST", "_cisTEMDefocusAngle", "%7.2f", 0.0),
+    Column("PSHIFT", "_cisTEMPhaseShift", "%7.2f", 0.0),
+    Column("OCC", "_cisTEMOccupancy", "%7.2f", 100.0),
+    Column("LogP", "_cisTEMLogP", "%9i", 100),
+    Column("SIGMA", "_cisTEMSigma", "%10.4f", 10.0),
+    Column("SCORE", "_cisTEMScore", "%7.2f", 0.0),
+    Column("CHANGE", "_cisTEMScoreChange", "%7.2f", 0.0),
+    Column("PSIZE", "_cisTEMPixelSize", "%8.5f", 0.0),
+    Column("VOLT", "_cisTEMMicroscopeVoltagekV", "%7.2f", 0.0),
+    Column("Cs", "_cisTEMMicroscopeCsMM", "%7.2f", 2.7),
+    Column("AmpC", "_cisTEMAmplitudeContrast", "%7.4f", 0.07),
+    Column("BTILTX", "_cisTEMBeamTiltX", "%7.3f", 0.0),
+    Column("BTILTY", "_cisTEMBeamTiltY", "%7.3f", 0.0),
+    Column("ISHFTX", "_cisTEMImageShiftX", "%7.3f", 0.0),
+    Column("ISHFTY", "_cisTEMImageShiftY", "%7.3f", 0.0),
+    Column("2DCLS", "_cisTEMBest2DClass", "%5i", 0),
+    Column("ORIGNAME", "_cisTEMOriginalImageFilename", "'%s'", ""),
+)
+BY_SHORT = {c.short: c for c in COLUMNS}
+BY_LABEL = {c.label: c for c in COLUMNS}
+# What refine2d writes; ORIGNAME is Live2D's provenance, only in the particle store's star.
+REFINE2D_COLUMNS = tuple(c.short for c in COLUMNS if c.short != "ORIGNAME")
+INTEGER_COLUMNS = ("POS", "LogP", "2DCLS")
+# cisTEM reads these with no absent-column fallback (DF*) or uses 0 where it needs a real value.
+REQUIRED_COLUMNS = ("POS", "DF1", "DF2", "ANGAST", "PSIZE", "VOLT")
+
+
+class StarFormatError(ValueError):
+    """A star file that cannot be used; the message says which file and what is wrong."""
+
+
+def new_table(n: int) -> pd.DataFrame:
+    """A table of ``n`` particles with cisTEM's defaults and POS = 1..n."""
+    table = pd.DataFrame({c.short: np.full(n, c.default) for c in COLUMNS if c.short != "ORIGNAME"})
+    table["POS"] = np.arange(1, n + 1, dtype=np.int64)
+    for name in INTEGER_COLUMNS:
+        table[name] = table[name].astype(np.int64)
+    return table
+
+
+def format_rows(table: pd.DataFrame, columns: Iterable[str]) -> str:
+    """Data lines of ``table`` for ``columns``, each field followed by a space as cisTEM does."""
+    columns = list(columns)
+    fmt = " ".join(BY_SHORT[c].fmt for c in columns) + " \n"
+    values = []
+    for name in columns:
+        col = table[name].to_numpy()
+        if name in INTEGER_COLUMNS:
+            col = np.rint(col.astype(np.float64)).astype(np.int64)
+        values.append(col.tolist())
+    return "".join(fmt % row for row in zip(*values, strict=True))
+
+
+def header(columns: Iterable[str], comments: Iterable[str] = ()) -> str:
+    """Comment lines, the data block, the labels and cisTEM's column-name comment line."""
+    columns = list(columns)
+    lines = [f"# {c}" for c in comments]
+    lines += [" ", "data_", " ", "loop_"]
+    lines += [f"{BY_SHORT[c].label} #{i}" for i, c in enumerate(columns, start=1)]
+    widths = [len(BY_SHORT[c].fmt % (0 if c != "ORIGNAME" else "")) for c in columns]
+    lines.append("#" + " ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))[1:] + " ")
+    return "\n".join(lines) + "\n"
+
+
+def columns_of(table: pd.DataFrame) -> list[str]:
+    """The known columns present in ``table``, in cisTEM's writer order."""
+    return [c.short for c in COLUMNS if c.short in table.columns]
+
+
+def write_star(path: str | os.PathLike, table: pd.DataFrame, comments: Iterable[str] = ()) -> None:
+    """Write ``table`` atomically as a cisTEM star file (temp file, fsync, rename)."""
+    columns = columns_of(table)
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        missing_text = ", ".join(missing)
+        raise StarFormatError(f"cannot write {path}: required columns missing: {missing_text}")
+    atomic_write_text(path, header(columns, comments) + format_rows(table, columns))
+
+
+def read_star(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a cisTEM text star file into a table whose columns are cisTEM's short names.
+
+    Unknown labels are kept under their label. Raises StarFormatError naming the file and the
+    problem when the file is not a complete star file (for instance cut off mid-write).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="strict")
+    except FileNotFoundError:
+        raise StarFormatError(f"star file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise StarFormatError(f"{path} is not a text star file ({exc})") from None
+    return parse_star(text, str(path))
+
+
+def parse_star(text: str, name: str = "<star>") -> pd.DataFrame:
+    lines = text.split("\n")
+    pos = _find(lines, 0, lambda s: "data_" in s, name, "no data_ block")
+    pos = _find(lines, pos + 1, lambda s: "loop_" in s, name, "no loop_ in the data block")
+    labels: list[str] = []
+    pos += 1
+    while pos < len(lines):
+        stripped = lines[pos].strip()
+        if not stripped or stripped[0] in "#;":
+            pos += 1
+            continue
+        if not stripped.startswith("_"):
+            break
+        labels.append(stripped.split()[0])
+        pos += 1
+    if not labels:
+        raise StarFormatError(f"{name}: no column labels after loop_")
+    data_lines = []
+    for line in lines[pos:]:
+        if not line.strip():
+            break  # cisTEM ends the data block at the first empty line
+        if line.lstrip()[:1] not in ("#", ";"):
+            data_lines.append(line)
+    names = [BY_LABEL[label].short if label in BY_LABEL else label for label in labels]
+    if not data_lines:
+        return pd.DataFrame({n: pd.Series(dtype=np.float64) for n in names})
+    try:
+        table = pd.read_csv(
+            io.StringIO("\n".join(data_lines)),
+            sep=r"\s+",
+            header=None,
+            names=names,
+            quotechar="'",
+            dtype={n: str for n in names if n == "ORIGNAME" or n.endswith("Filename")},
+            engine="c",
+        )
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise StarFormatError(f"{name}: malformed data line ({exc})") from None
+    if table.isna().to_numpy().any():
+        bad = int(np.flatnonzero(table.isna().to_numpy().any(axis=1))[0])
+        raise StarFormatError(f"{name}: data line {bad + 1} has fewer than {len(names)} fields")
+    for column in table.columns:
+        if column in INTEGER_COLUMNS:
+            table[column] = table[column].astype(np.int64)
+        elif column != "ORIGNAME" and table[column].dtype == object:
+            raise StarFormatError(f"{name}: column {column} holds non-numeric values")
+    return table
+
+
+def _find(lines: list[str], start: int, test, name: str, problem: str) -> int:
+    for i in range(start, len(lines)):
+        if test(lines[i]):
+            return i
+    raise StarFormatError(f"{name}: {problem}")

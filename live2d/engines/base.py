@@ -1,0 +1,114 @@
+"""The one interface every classification engine implements.
+
+Engines exchange data only through files in cisTEM's formats: an MRC particle stack, a cisTEM
+star file of per-particle parameters (row i = particle i of the stack) and an MRC stack of class
+averages. So any engine can continue any other engine's cycle, and any cycle's output can be taken
+into cisTEM, RELION or cryoSPARC.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class CycleParams:
+    """What one refine2d-style cycle needs, in cisTEM's units (Å, degrees, fractions)."""
+
+    pixel_size: float  # Å per pixel of the stack; class averages are written at the same size
+    mask_radius: float  # Å
+    high_res: float = 8.0  # Å
+    low_res: float = 300.0  # Å
+    angular_step: float = 15.0  # degrees; 0 = automatic from pixel size and mask radius
+    search_range: float = 0.0  # Å; 0 = as far as the box allows
+    smoothing: float = 1.0  # likelihood inverse temperature, >= 0.01
+    fraction: float = 1.0  # of the particles used in this cycle, (0, 1]
+    normalize: bool = True
+    invert_contrast: bool = True  # the stack has white protein (Warp exports it so)
+    exclude_blank_edges: bool = False
+    auto_mask: bool = False
+    auto_center: bool = True
+
+
+@dataclass(frozen=True)
+class CycleRequest:
+    stack: Path  # MRC stack of all particles
+    star_in: Path  # cisTEM star, one row per particle of the stack
+    star_out: Path  # run_cycle writes it; start_classes does not (as refine2d in init mode)
+    classes_out: Path  # MRC stack of class averages, pixel size set
+    params: CycleParams
+    n_classes: int  # K
+    classes_in: Path | None = None  # previous class averages; None for start_classes
+    workdir: Path | None = None  # scratch for temporary files; the engine removes what it made
+    threads: int = 1
+    seed: int = 0
+
+
+@dataclass
+class Progress:
+    stage: str  # e.g. "noise spectrum", "classifying", "merging"
+    fraction: float  # 0..1 of this cycle
+    particles_per_second: float = 0.0
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class CycleResult:
+    classes: Path
+    star: Path | None  # None for start_classes
+    class_counts: list[int]  # particles whose best class is k+1 (used ones only)
+    particles_processed: int
+    seconds: float
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def particles_per_second(self) -> float:
+        return self.particles_processed / self.seconds if self.seconds > 0 else 0.0
+
+
+class EngineError(RuntimeError):
+    """A cycle failed; the message names the program or stage and what it said."""
+
+
+class CycleCancelled(RuntimeError):
+    """A hard stop ended the cycle before it finished; nothing of it was kept."""
+
+
+class Engine(ABC):
+    name: str = "engine"
+
+    @abstractmethod
+    def start_classes(
+        self, request: CycleRequest, progress: ProgressCallback, cancel: threading.Event
+    ) -> CycleResult:
+        """Write ``request.n_classes`` random-start class averages to ``request.classes_out``."""
+
+    @abstractmethod
+    def run_cycle(
+        self, request: CycleRequest, progress: ProgressCallback, cancel: threading.Event
+    ) -> CycleResult:
+        """Classify every used particle against ``request.classes_in``; write star and classes."""
+
+    def describe(self) -> str:
+        """One line for the log: engine name, version, device."""
+        return self.name
+
+
+def class_counts(best_class: np.ndarray | pd.Series, n_classes: int) -> list[int]:
+    """Particles per class from cisTEM's best-class column (negative = not used, 0 = never)."""
+    values = np.asarray(best_class, dtype=np.int64)
+    used = values[(values > 0) & (values <= n_classes)]
+    return np.bincount(used - 1, minlength=n_classes).astype(int).tolist()
+
+
+def no_progress(_: Progress) -> None:
+    return None

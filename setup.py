@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="live2d",
+    version="0.1.0",
+    description="Live 2D classification of cryo-EM particles while Warp is still collecting",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["live2d", "live2d.*", "live2d_plugin", "live2d_plugin.*"]),
+    package_data={"live2d.server": ["static/*"]},
+    install_requires=[
+        # Versions chosen to coexist with scipion-em's pins (numpy 1.26, mrcfile <= 1.4.3).
+        "numpy>=1.24,<2",
+        "mrcfile>=1.4,<=1.4.3",
+        "pandas>=1.5",
+        "pillow>=9",
+        "tornado>=6.2",
+        "torch>=2.1",
+        "torch-ctf>=0.6",
+        "torch-fourier-rescale>=0.6",
+        "torch-fourier-shift>=0.6",
+        "torch-transform-image>=0.6",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "ruff>=0.5"],
+    },
+    entry_points={
+        "console_scripts": ["live2d = live2d.cli:main"],
+    },
+)
