@@ -1,0 +1,91 @@
+"""Watch a Warp folder, import particles as Warp picks them and classify them in scheduled jobs.
+
+Without --once it runs automatic jobs until Ctrl-C or SIGTERM; a stop abandons the running cycle
+and a restart resumes the job at that cycle. With --once it imports what is there, runs one job
+(finishing an unfinished one first) and exits: 0 on success, 1 with a one-line reason on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from live2d.engines import ENGINE_NAMES, CycleCancelled, EngineError
+from live2d.schedule import JOB_TYPES, SettingsError
+from live2d.session import Session, SessionError
+from live2d.warp import WarpFolderError
+
+# command-line option -> Settings field
+SETTING_OPTIONS = {
+    "mode": ("--mode", str, "job type of the next job"),
+    "classes": ("--classes", int, "number of classes (50)"),
+    "startup_cycles": ("--startup-cycles", int, "cycles ramping the resolution limit (15)"),
+    "refinement_cycles": ("--refinement-cycles", int, "cycles at the final limit (5)"),
+    "high_res_initial": ("--high-res-initial", float, "initial high-resolution limit, Å (40)"),
+    "high_res_final": ("--high-res-final", float, "final high-resolution limit, Å (8)"),
+    "particles_per_class": ("--particles-per-class", int, "ab initio subset per class (300)"),
+    "mask_radius": ("--mask-radius", float, "mask radius, Å (0.6 × Warp's diameter)"),
+    "search_range": ("--search-range", float, "translational search, Å (0.33 × diameter)"),
+    "angular_step": ("--angular-step", float, "in-plane angular step, degrees (15)"),
+    "first_job_at": ("--first-job-at", int, "particles before the first job (50000)"),
+    "update_every": ("--update-every", int, "new particles before the next job (50000)"),
+    "poll_seconds": ("--poll-seconds", float, "seconds between polls of the Warp folder (30)"),
+    "particle_file": ("--particle-file", str, "allparticles (default) or goodparticles"),
+    "threads": ("--threads", int, "CPU threads or cisTEM processes (all cores)"),
+    "seed": ("--seed", int, "random seed (0)"),
+}
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("warp_dir", type=Path, metavar="WARP_DIR", help="the folder Warp writes")
+    parser.add_argument("--output", type=Path, help="output folder (WARP_DIR/classification)")
+    parser.add_argument("--engine", choices=ENGINE_NAMES, default="auto",
+                        help="auto: cisTEM when refine2d and merge2d are found, else builtin")
+    parser.add_argument("--device", default="auto", help="builtin engine: auto, cpu or cuda")
+    parser.add_argument("--cistem-bin", help="folder holding cisTEM's refine2d and merge2d")
+    parser.add_argument("--once", action="store_true", help="run one job now and exit")
+    for name, (flag, kind, help_text) in SETTING_OPTIONS.items():
+        extra = {"choices": JOB_TYPES} if name == "mode" else {}
+        parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text, **extra)
+
+
+def setting_overrides(args: argparse.Namespace) -> dict:
+    values = {name: getattr(args, name) for name in SETTING_OPTIONS}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def main(args: argparse.Namespace) -> int:
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logging.getLogger("live2d").addHandler(console)
+    try:
+        session = Session(args.warp_dir, args.output, engine=args.engine, device=args.device,
+                          cistem_bin=args.cistem_bin)
+        session.update_settings(setting_overrides(args))
+    except (SessionError, SettingsError, WarpFolderError, OSError) as exc:
+        print(f"live2d run: {exc}", file=sys.stderr)
+        return 1
+
+    def stop(signum: int, _frame) -> None:
+        logging.getLogger("live2d").warning(
+            "%s: stopping; an unfinished cycle is redone on restart", signal.Signals(signum).name)
+        session.request_stop(hard=True)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        if args.once:
+            finished = session.run_job()
+            return 0 if finished else 130
+        session.run_automatic()
+        return 0
+    except CycleCancelled:
+        return 130
+    except (EngineError, SessionError, SettingsError, WarpFolderError, OSError) as exc:
+        print(f"live2d run: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        session.close()

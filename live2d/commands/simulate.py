@@ -1,0 +1,32 @@
+"""Write a simulated Warp session: UTF-16 settings, per-micrograph stacks, star files rewritten
+whole after each micrograph, as Warp does; the true view, angle and shift of every particle go to
+a folder beside it (WARP_DIR_truth) so results can be scored."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from live2d.simulate import simulate
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("warp_dir", type=Path, metavar="WARP_DIR")
+    parser.add_argument("--particles", type=int, default=2000)
+    parser.add_argument("--per-micrograph", type=int, default=200)
+    parser.add_argument("--interval", type=float, default=0.0,
+                        help="seconds between micrographs, to mimic a live session")
+    parser.add_argument("--box", type=int, default=128, help="box size, pixels")
+    parser.add_argument("--pixel-size", type=float, default=1.5, help="Å per pixel")
+    parser.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio")
+    parser.add_argument("--views", type=int, default=12, help="distinct views of the particle")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--truth", type=Path, help="truth folder (WARP_DIR_truth)")
+
+
+def main(args: argparse.Namespace) -> int:
+    simulate(args.warp_dir, particles=args.particles, per_micrograph=args.per_micrograph,
+             interval=args.interval, box=args.box, pixel_size=args.pixel_size, snr=args.snr,
+             views=args.views, seed=args.seed, truth_dir=args.truth)
+    print(f"wrote {args.particles} particles to {args.warp_dir}")
+    return 0

@@ -1,0 +1,47 @@
+"""Print the history of a Live2D session as a table (DIR: the output folder or the Warp folder)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", type=Path, help="output or Warp folder")
+
+
+def find_state(folder: Path) -> Path | None:
+    for candidate in (folder / "session.json", folder / "classification" / "session.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def main(args: argparse.Namespace) -> int:
+    path = find_state(args.dir)
+    if path is None:
+        print(f"live2d status: no session.json in {args.dir} or {args.dir / 'classification'}",
+              file=sys.stderr)
+        return 1
+    state = json.loads(path.read_text(encoding="utf-8"))
+    print(f"session {path.parent}  (Warp folder {state['warp_dir']})")
+    header = (f"{'cycle':>5} {'job':>4} {'type':<7} {'block':<10} {'in job':>7} {'res Å':>6} "
+              f"{'used':>5} {'particles':>9} {'classes':>7} {'largest':>7} {'p/s':>7}  finished")
+    print(header)
+    for c in state["history"]:
+        counts = c["class_counts"]
+        finished = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["finished"]))
+        print(f"{c['number']:>5} {c['job']:>4} {c['job_type']:<7} {c['block']:<10} "
+              f"{c['job_cycle']:>3}/{c['job_cycles']:<3} {c['high_res']:>6.1f} "
+              f"{c['fraction']:>5.0%} {c['particles']:>9} {sum(1 for n in counts if n):>7} "
+              f"{max(counts, default=0):>7} {c['particles_per_second']:>7.0f}  {finished}")
+    job = state.get("job")
+    if job:
+        print(f"unfinished: job {job['number']} ({job['job_type']}) at cycle "
+              f"{job['next_index'] + 1} of {len(job['plan'])}")
+    else:
+        print(f"next job: {state['settings']['mode']}")
+    return 0

@@ -1,0 +1,565 @@
+"""The live loop: import what Warp picked, run scheduled classification jobs, keep every cycle.
+
+One ``Session`` owns one output folder. Its state (settings, the job in progress, the history of
+every cycle) lives in ``session.json``, written atomically after every change, so a process killed
+at any moment restarts where it was: the running job resumes at its first unfinished cycle.
+
+Threading: the loop (``run_job``, ``run_automatic``) runs in one worker thread; ``request_stop``,
+``snapshot``, ``update_settings`` and listeners are safe to use from any other thread (a web
+server's event loop, a Scipion protocol).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from live2d import cistem_star
+from live2d.atomic import atomic_write_json
+from live2d.engines import (
+    CycleCancelled,
+    CycleParams,
+    CycleRequest,
+    Engine,
+    EngineError,
+    Progress,
+    make_engine,
+)
+from live2d.importer import Importer, ImportReport
+from live2d.schedule import (
+    JOB_TYPES,
+    CycleSpec,
+    Settings,
+    automatic_job_due,
+    next_job_type,
+    plan_job,
+)
+from live2d.store import ParticleStore
+from live2d.thumbnails import write_thumbnails
+from live2d.warp import WarpSettings, read_settings
+
+STATE_VERSION = 1
+LOG_LINES_KEPT = 1000
+MAX_CYCLE_FAILURES = 3
+log = logging.getLogger("live2d")
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class CycleRecord:
+    number: int  # global cycle number: files cycle_NNN.*
+    job: int
+    job_type: str
+    block: str
+    block_cycle: int
+    job_cycle: int  # 1-based position within the job
+    job_cycles: int
+    high_res: float
+    fraction: float
+    particles: int  # particles in the stack this cycle saw
+    class_counts: list[int]
+    started: float
+    finished: float
+    engine: str
+    generation: int
+    particles_per_second: float
+    classes: str  # file names relative to the output folder
+    star: str
+    thumbnails: str
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CycleRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@dataclass
+class JobState:
+    number: int
+    job_type: str
+    plan: list[dict[str, Any]]
+    next_index: int = 0
+    failures: int = 0
+
+    def spec(self, index: int) -> CycleSpec:
+        return CycleSpec(**self.plan[index])
+
+
+@dataclass
+class SessionState:
+    warp_dir: str
+    settings: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    job: dict[str, Any] | None = None
+    jobs_started: int = 0
+    particles_at_last_job: int | None = None
+    automatic: bool = False
+    version: int = STATE_VERSION
+
+
+class SessionError(RuntimeError):
+    """Something the user must fix (wrong folder, nothing to classify); the message says what."""
+
+
+class Session:
+    def __init__(
+        self,
+        warp_dir: str | Path,
+        output_dir: str | Path | None = None,
+        *,
+        settings: Settings | None = None,
+        engine: Engine | str = "auto",
+        device: str = "auto",
+        cistem_bin: str | None = None,
+    ) -> None:
+        self.warp_dir = Path(warp_dir).resolve()
+        self.output_dir = Path(output_dir or self.warp_dir / "classification").resolve()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir = self.output_dir / "work"
+        self._engine_choice = engine
+        self._engine_options = {"device": device, "cistem_bin": cistem_bin}
+        self._engine: Engine | None = engine if isinstance(engine, Engine) else None
+        self._lock = threading.RLock()
+        self._listeners: list[Listener] = []
+        self._stop = threading.Event()
+        self._cancel = threading.Event()
+        self.status = "stopped"  # stopped | listening | running | stopping
+        self.progress: dict[str, Any] | None = None
+        self.log_lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
+        self._log_handler = self._attach_log()
+        self.state = self._load_state(settings)
+        self.store = ParticleStore(self.output_dir)
+        self.importer = Importer(self.warp_dir, self.store, which=self.settings.particle_file)
+        self._clean_work_dir()
+
+    # ----------------------------------------------------------------- state and persistence
+    @property
+    def state_path(self) -> Path:
+        return self.output_dir / "session.json"
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_dict(self.state.settings)
+
+    @property
+    def history(self) -> list[CycleRecord]:
+        with self._lock:
+            return [CycleRecord.from_dict(r) for r in self.state.history]
+
+    @property
+    def job(self) -> JobState | None:
+        return JobState(**self.state.job) if self.state.job else None
+
+    def _load_state(self, settings: Settings | None) -> SessionState:
+        if self.state_path.exists():
+            import json
+
+            try:
+                values = json.loads(self.state_path.read_text(encoding="utf-8"))
+                state = SessionState(**values)
+            except (ValueError, TypeError) as exc:
+                raise SessionError(
+                    f"{self.state_path} is unreadable ({exc}); it is only ever replaced "
+                    "atomically, so something else wrote it: restore it or move it away"
+                ) from None
+            if settings is not None:
+                state.settings = settings.to_dict()
+            self._log(f"resuming session in {self.output_dir}: {len(state.history)} cycles")
+            return state
+        state = SessionState(str(self.warp_dir), (settings or Settings()).to_dict())
+        self._write_state(state)
+        return state
+
+    def _write_state(self, state: SessionState | None = None) -> None:
+        with self._lock:
+            atomic_write_json(self.state_path, dataclasses.asdict(state or self.state))
+
+    def update_settings(self, values: dict[str, Any]) -> Settings:
+        """Validate and store new settings (raises SettingsError with a message for the user)."""
+        with self._lock:
+            settings = Settings.from_dict(values, base=self.settings)
+            self.state.settings = settings.to_dict()
+            self.importer.which = settings.particle_file
+            self._write_state()
+        self._emit({"type": "settings", "settings": settings.to_dict()})
+        return settings
+
+    # ----------------------------------------------------------------- events and log
+    def add_listener(self, listener: Listener) -> None:
+        """``listener(event)`` is called from the worker thread on every change."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # a broken UI must never stop classification
+                log.exception("session listener failed")
+
+    def _attach_log(self) -> logging.Handler:
+        path = self.output_dir / "live2d.log"
+        if path.exists():
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                self.log_lines.extend(line.rstrip("\n") for line in handle)
+        session = self
+
+        class Handler(logging.FileHandler):
+            def emit(self, record: logging.LogRecord) -> None:
+                super().emit(record)
+                line = self.format(record)
+                session.log_lines.append(line)
+                session._emit({"type": "log", "line": line})
+
+        handler = Handler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger("live2d").addHandler(handler)
+        logging.getLogger("live2d").setLevel(logging.INFO)
+        return handler
+
+    def close(self) -> None:
+        logging.getLogger("live2d").removeHandler(self._log_handler)
+        self._log_handler.close()
+
+    def _log(self, message: str, level: int = logging.INFO) -> None:
+        log.log(level, message)
+
+    def _set_status(self, status: str) -> None:
+        self.status = status
+        self._emit({"type": "status", "status": status})
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a UI shows, JSON-ready."""
+        with self._lock:
+            return {
+                "warp_dir": str(self.warp_dir),
+                "output_dir": str(self.output_dir),
+                "status": self.status,
+                "settings": dict(self.state.settings),
+                "particles": self.store.count,
+                "history": [dict(r) for r in self.state.history],
+                "job": dict(self.state.job) if self.state.job else None,
+                "next_mode": self.settings.mode,
+                "automatic": self.state.automatic,
+                "progress": self.progress,
+            }
+
+    # ----------------------------------------------------------------- control
+    def request_stop(self, hard: bool = False) -> None:
+        """Stop after the running cycle; ``hard`` also ends the running cycle now."""
+        self._stop.set()
+        if hard:
+            self._cancel.set()
+        if self.status in ("running", "listening"):
+            self._set_status("stopping")
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def _clear_stop(self) -> None:
+        self._stop.clear()
+        self._cancel.clear()
+
+    # ----------------------------------------------------------------- importing
+    def import_new(self) -> ImportReport:
+        """One poll of the Warp folder; a re-import forces the next job to start ab initio."""
+        report = self.importer.poll()
+        for message in report.messages:
+            self._log(message)
+        if report.new_particles:
+            self._log(f"imported {report.new_particles} particles ({report.total} in all)")
+        if report.reimported:
+            self._log(f"{report.reason}", logging.WARNING)
+            with self._lock:
+                self.state.job = None
+                self.state.particles_at_last_job = None
+                self.state.settings = {**self.state.settings, "mode": "abinit"}
+                self._write_state()
+        if report.new_particles or report.reimported:
+            self._emit({"type": "import", "particles": report.total,
+                        "new": report.new_particles, "waiting_on": report.waiting_on})
+        return report
+
+    # ----------------------------------------------------------------- jobs
+    def latest_cycle(self) -> CycleRecord | None:
+        """The newest cycle of the current particle set (older sets cannot seed a job)."""
+        history = self.history
+        if history and history[-1].generation == self.store.generation:
+            return history[-1]
+        return None
+
+    def start_job(self, job_type: str | None = None) -> JobState:
+        """Plan a new job over the particles imported so far (replacing an unfinished one)."""
+        settings = self.settings
+        job_type = job_type or settings.mode
+        if job_type not in JOB_TYPES:
+            raise SessionError(f"unknown job type {job_type!r}: one of {', '.join(JOB_TYPES)}")
+        if job_type != "abinit" and self.latest_cycle() is None:
+            self._log(f"no classes yet for these particles: running ab initio, not {job_type}")
+            job_type = "abinit"
+        n = self.store.count
+        if n < 1:
+            raise SessionError(
+                f"no particles imported from {self.warp_dir} yet: is Warp exporting particles?")
+        if n < settings.classes:
+            raise SessionError(f"{n} particles are too few for {settings.classes} classes")
+        plan = plan_job(job_type, settings, n)
+        if not plan:
+            raise SessionError(f"the {job_type} job has no cycles with these settings")
+        with self._lock:
+            self.state.jobs_started += 1
+            job = JobState(self.state.jobs_started, job_type, [dataclasses.asdict(s) for s in plan])
+            self.state.job = dataclasses.asdict(job)
+            self._write_state()
+        self._log(f"job {job.number}: {job_type}, {len(plan)} cycles, {n} particles")
+        return job
+
+    def run_job(
+        self, job_type: str | None = None, *, resume: bool = True, clear_stop: bool = True
+    ) -> bool:
+        """Run the unfinished job (if ``resume``) or a new one to the end, importing between
+        cycles. Returns True when the job finished, False when a stop request ended it early.
+        Raises EngineError / SessionError when a cycle fails, CycleCancelled on a hard stop."""
+        if clear_stop:
+            self._clear_stop()
+        self.import_new()
+        job = self.job if resume and self.job else None
+        if job is None:
+            job = self.start_job(job_type)
+        else:
+            self._log(f"job {job.number} ({job.job_type}): resuming at cycle {job.next_index + 1}")
+        self._set_status("running")
+        first = True
+        try:
+            while job.next_index < len(job.plan):
+                if self._stop.is_set():
+                    self._log(f"job {job.number} stopped before cycle {job.next_index + 1}")
+                    return False
+                if not first:
+                    self.import_new()  # particles picked meanwhile join the next cycle
+                    if self.state.job is None:  # a re-import dropped the job
+                        return False
+                first = False
+                self._run_cycle(job)
+                job = self.job
+                assert job is not None
+            with self._lock:
+                self.state.job = None
+                self.state.particles_at_last_job = self.latest_cycle().particles
+                mode = next_job_type(job.job_type)
+                self.state.settings = {**self.state.settings, "mode": mode}
+                self._write_state()
+            self._log(f"job {job.number} finished; the next automatic job is {mode}")
+            return True
+        finally:
+            self.progress = None
+            self._set_status("stopping" if self._stop.is_set() else "stopped")
+
+    def run_automatic(self, stop: threading.Event | None = None) -> None:
+        """Poll Warp and run jobs whenever enough particles arrived, until a stop request."""
+        with self._lock:
+            self.state.automatic = True
+            self._write_state()
+        self._clear_stop()
+        self._log("automatic jobs: listening for particles from Warp")
+        try:
+            while not (self._stop.is_set() or (stop is not None and stop.is_set())):
+                self._set_status("listening")
+                report = self.import_new()
+                settings = self.settings
+                due = self.job is not None or automatic_job_due(
+                    settings, report.total, self.state.particles_at_last_job)
+                if due:
+                    try:
+                        self.run_job(clear_stop=False)
+                    except (EngineError, SessionError) as exc:
+                        self._log(f"job failed: {exc}", logging.ERROR)
+                        self._note_failure()
+                    except CycleCancelled:
+                        self._log("cycle ended by a hard stop", logging.WARNING)
+                    continue
+                self._wait(settings.poll_seconds, stop)
+        finally:
+            with self._lock:
+                self.state.automatic = False
+                self._write_state()
+            self._set_status("stopped")
+            self._log("automatic jobs stopped")
+
+    def _wait(self, seconds: float, stop: threading.Event | None) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if stop is not None and stop.is_set():
+                return
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def _note_failure(self) -> None:
+        """Retry a failing cycle on the next polls, then give its job up."""
+        with self._lock:
+            if not self.state.job:
+                return
+            self.state.job["failures"] = self.state.job.get("failures", 0) + 1
+            if self.state.job["failures"] >= MAX_CYCLE_FAILURES:
+                self._log(f"giving up job {self.state.job['number']} after "
+                          f"{MAX_CYCLE_FAILURES} failures", logging.ERROR)
+                self.state.job = None
+            self._write_state()
+        self._wait(self.settings.poll_seconds, None)
+
+    # ----------------------------------------------------------------- one cycle
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = make_engine(str(self._engine_choice), **self._engine_options)
+            self._log(f"engine: {self._engine.describe()}")
+        return self._engine
+
+    def cycle_paths(self, number: int) -> dict[str, Path]:
+        stem = f"cycle_{number:03d}"
+        return {
+            "classes": self.output_dir / f"{stem}.mrc",
+            "star": self.output_dir / f"{stem}.star",
+            "thumbnails": self.output_dir / "thumbnails" / stem,
+        }
+
+    def _cycle_params(self, spec: CycleSpec, warp: WarpSettings) -> CycleParams:
+        settings = self.settings
+        mask = settings.mask_radius or 0.6 * warp.diameter
+        search = settings.search_range
+        if search is None:
+            search = 0.33 * warp.diameter
+        return CycleParams(
+            pixel_size=self.store.pixel_size,
+            mask_radius=mask,
+            high_res=max(spec.high_res, 2.0 * self.store.pixel_size),
+            low_res=settings.low_res,
+            angular_step=settings.angular_step,
+            search_range=search,
+            smoothing=settings.smoothing,
+            fraction=spec.fraction,
+            invert_contrast=warp.invert,
+            auto_mask=settings.auto_mask and spec.kind == "refine",
+            auto_center=settings.auto_center and spec.kind == "refine",
+        )
+
+    def _cycle_input(self, star_path: Path, previous: CycleRecord | None) -> int:
+        """Write the cycle's input star: the previous cycle's results, then the particles imported
+        since then, unassigned. Returns the particle count."""
+        table = self.store.read_table().drop(columns=["ORIGNAME"], errors="ignore")
+        if previous is not None:
+            earlier = cistem_star.read_star(self.output_dir / previous.star)
+            if len(earlier) > len(table):
+                raise SessionError(f"{previous.star} has more rows than the particle stack")
+            table = _concat_rows(earlier, table.iloc[len(earlier):])
+        cistem_star.write_star(star_path, table, [f"input of {star_path.stem}"])
+        return len(table)
+
+    def _run_cycle(self, job: JobState) -> None:
+        spec = job.spec(job.next_index)
+        settings = self.settings
+        warp = read_settings(self.warp_dir)
+        number = len(self.state.history)
+        paths = self.cycle_paths(number)
+        previous = self.latest_cycle() if spec.kind == "refine" else None
+        if spec.kind == "refine" and previous is None:
+            raise SessionError("a refinement cycle needs classes and none exist: start ab initio")
+        self.work_dir.mkdir(exist_ok=True)
+        star_in = self.work_dir / f"cycle_{number:03d}_input.star"
+        n = self._cycle_input(star_in, previous)
+        request = CycleRequest(
+            stack=self.store.stack_path,
+            star_in=star_in,
+            star_out=self.work_dir / paths["star"].name,
+            classes_out=self.work_dir / paths["classes"].name,
+            params=self._cycle_params(spec, warp),
+            n_classes=settings.classes if spec.kind == "start" else _n_classes(previous),
+            classes_in=self.output_dir / previous.classes if spec.kind == "refine" else None,
+            workdir=self.work_dir,
+            threads=settings.threads,
+            seed=settings.seed + number,
+        )
+        self._log(f"cycle {number} (job {job.number} {job.job_type}, {spec.block} "
+                  f"{spec.block_cycle}): {n} particles, {request.params.high_res:.1f} Å, "
+                  f"{spec.fraction:.0%} used")
+        started = time.time()
+
+        def on_progress(p: Progress) -> None:
+            self.progress = {"cycle": number, "stage": p.stage, "fraction": p.fraction,
+                             "particles_per_second": p.particles_per_second,
+                             "eta_seconds": _eta(p, started)}
+            self._emit({"type": "progress", "progress": self.progress})
+
+        engine = self.engine
+        try:
+            if spec.kind == "start":
+                result = engine.start_classes(request, on_progress, self._cancel)
+                shutil.copyfile(star_in, request.star_out)  # unassigned: what the next cycle reads
+            else:
+                result = engine.run_cycle(request, on_progress, self._cancel)
+        except BaseException:
+            self._clean_work_dir()
+            raise
+        for line in result.log:
+            log.debug(line)
+        write_thumbnails(request.classes_out, paths["thumbnails"])
+        request.classes_out.replace(paths["classes"])
+        request.star_out.replace(paths["star"])
+        record = CycleRecord(
+            number=number, job=job.number, job_type=job.job_type, block=spec.block,
+            block_cycle=spec.block_cycle, job_cycle=spec.index + 1, job_cycles=len(job.plan),
+            high_res=request.params.high_res, fraction=spec.fraction, particles=n,
+            class_counts=result.class_counts, started=started, finished=time.time(),
+            engine=engine.describe(), generation=self.store.generation,
+            particles_per_second=round(result.particles_per_second, 1),
+            classes=paths["classes"].name, star=paths["star"].name,
+            thumbnails=str(paths["thumbnails"].relative_to(self.output_dir)),
+        )
+        with self._lock:
+            self.state.history.append(dataclasses.asdict(record))
+            assert self.state.job is not None
+            self.state.job["next_index"] = spec.index + 1
+            self.state.job["failures"] = 0
+            self._write_state()
+        self._clean_work_dir()
+        self._log(f"cycle {number} done in {record.finished - started:.1f} s "
+                  f"({record.particles_per_second:.0f} particles/s)")
+        self._emit({"type": "cycle", "cycle": dataclasses.asdict(record)})
+
+    def _clean_work_dir(self) -> None:
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def _n_classes(previous: CycleRecord | None) -> int:
+    assert previous is not None
+    return len(previous.class_counts)
+
+
+def _concat_rows(earlier, new_rows):
+    import pandas as pd
+
+    new_rows = new_rows.copy()
+    new_rows["2DCLS"] = 0
+    columns = [c for c in earlier.columns if c in new_rows.columns]
+    return pd.concat([earlier, new_rows[columns]], ignore_index=True)
+
+
+def _eta(p: Progress, started: float) -> float | None:
+    if p.fraction <= 0:
+        return None
+    elapsed = time.time() - started
+    return float(np.round(elapsed * (1 - p.fraction) / p.fraction, 1))
