@@ -1,10 +1,12 @@
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="live2d",
     version="0.1.0",
     description="Live 2D classification of cryo-EM particles while Warp is still collecting",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["live2d", "live2d.*", "live2d_plugin", "live2d_plugin.*"]),

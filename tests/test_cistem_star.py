@@ -5,11 +5,12 @@ from live2d import cistem_star
 from live2d.cistem_star import StarFormatError, read_star, write_star
 
 # Two lines exactly as cisTEM 2's refine2d writes them (from ../shared/cistem-interface.md).
+# cisTEM writes a single space on its blank header lines; keep them (\x20).
 CISTEM_OUTPUT = """# Written by cisTEM Version 2.0.0-alpha-375-1a39ccb-dirty on 2026-11-23 21:56:48
 #
- 
+\x20
 data_
- 
+\x20
 loop_
 _cisTEMPositionInStack #1
 _cisTEMAnglePsi #2

@@ -1,0 +1,285 @@
+"""The cisTEM engine: cisTEM 2's own refine2d and merge2d, driven the way cisTEM's GUI drives them.
+
+A random start is one refine2d in init mode. A cycle is P refine2d slices over consecutive
+particle ranges (cisTEM's FirstLastParticleForJob), each dumping its class sums, then one merge2d
+that turns the P dumps into class averages; the slices' star files are joined in order. All
+answers go in scripted mode (see cistem_prompts); finding the programs and their build is in
+cistem_programs.
+
+Random streams: cisTEM seeds from time(NULL), so slices start one wall-clock second apart (see
+cistem_jobs.StartClock). A cycle of P slices therefore takes up to about P seconds longer than
+its slowest slice; CPU time is unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+
+from live2d import cistem_star
+from live2d.atomic import fsync_dir
+from live2d.engines.base import (
+    CycleCancelled,
+    CycleParams,
+    CycleRequest,
+    CycleResult,
+    Engine,
+    EngineError,
+    ProgressCallback,
+    class_counts,
+)
+from live2d.engines.cistem_jobs import Job, JobRunner
+from live2d.engines.cistem_programs import CistemPrograms, describe_programs, find_programs
+from live2d.engines.cistem_prompts import Refine2DRun, merge2d_answers, refine2d_answers
+
+__all__ = ["CistemEngine", "CistemPrograms", "find_programs", "first_last_particle_for_job"]
+
+REFINE_SHARE = 0.95  # of a cycle's progress; merge2d takes the rest
+
+
+class CistemEngine(Engine):
+    name = "cistem"
+
+    def __init__(self, programs: CistemPrograms) -> None:
+        self.programs = programs
+
+    def describe(self) -> str:
+        return f"cistem ({describe_programs(self.programs)})"
+
+    def start_classes(
+        self, request: CycleRequest, progress: ProgressCallback, cancel: threading.Event
+    ) -> CycleResult:
+        """One refine2d in init mode over all particles. refine2d reports no class membership
+        in init mode, so class_counts are zeros and particles_processed is the expected number
+        of particles drawn (N × fraction)."""
+        began = time.monotonic()
+        n = _check_request(request, refine=False)
+        with _Scratch(request) as scratch:
+            runner = JobRunner(scratch.folder, cancel, progress)
+            run = Refine2DRun(
+                stack=request.stack,
+                star_in=request.star_in,
+                classes_out=scratch.classes,
+                dump_file=scratch.folder / "dump_unused.dat",
+                first=1,
+                last=n,
+                n_classes_init=request.n_classes,
+            )
+            title = f"refine2d random start ({request.n_classes} classes, particles 1-{n})"
+            job = self._refine2d_job(run, request.params, title, "refine2d")
+            runner.run([job])
+            _require_output(job, scratch.classes, "class averages")
+            _finish_classes(scratch.classes, request, job)
+            _stop_if_cancelled(cancel)
+            scratch.commit(star=False)
+        return CycleResult(
+            classes=request.classes_out,
+            star=None,
+            class_counts=[0] * request.n_classes,
+            particles_processed=round(n * request.params.fraction),
+            seconds=time.monotonic() - began,
+            log=runner.log,
+        )
+
+    def run_cycle(
+        self, request: CycleRequest, progress: ProgressCallback, cancel: threading.Event
+    ) -> CycleResult:
+        """P = min(threads, N) refine2d slices, then merge2d. particles_processed counts the
+        particles this cycle used (best class > 0)."""
+        began = time.monotonic()
+        n = _check_request(request, refine=True)
+        slices = max(1, min(request.threads, n))
+        with _Scratch(request) as scratch:
+            runner = JobRunner(scratch.folder, cancel, progress)
+            ranges = [first_last_particle_for_job(n, job, slices) for job in range(1, slices + 1)]
+            jobs, stars, dumps = [], [], []
+            for number, (first, last) in enumerate(ranges, start=1):
+                stars.append(scratch.folder / f"slice_{number}.star")
+                dumps.append(scratch.folder / f"dump_{number}.dat")
+                run = Refine2DRun(
+                    stack=request.stack,
+                    star_in=request.star_in,
+                    classes_in=request.classes_in,
+                    star_out=stars[-1],
+                    classes_out=scratch.folder / f"slice_{number}.mrc",  # dump mode: not written
+                    dump_file=dumps[-1],
+                    dump=True,
+                    first=first,
+                    last=last,
+                )
+                title = f"refine2d slice {number}/{slices} (particles {first}-{last})"
+                jobs.append(
+                    self._refine2d_job(run, request.params, title, f"refine2d {number}/{slices}")
+                )
+            runner.run(jobs, span=(0.0, REFINE_SHARE))
+            for job, star, dump in zip(jobs, stars, dumps, strict=True):
+                _require_output(job, star, "star file")
+                _require_output(job, dump, "dump file")
+            merge = Job(
+                program=self.programs.merge2d,
+                title=f"merge2d ({slices} dump files)",
+                tag="merge2d",
+                answers=merge2d_answers(scratch.classes, scratch.folder / "dump_.dat", slices),
+                weight=0,
+                staggered=False,
+            )
+            runner.run([merge], span=(REFINE_SHARE, 1.0))
+            _require_output(merge, scratch.classes, "class averages")
+            _finish_classes(scratch.classes, request, merge)
+            table = _join_slices(jobs, stars, ranges)
+            comments = [
+                f"Live2D cisTEM engine: {describe_programs(self.programs)}",
+                f"refine2d in {slices} slices against {request.classes_in}, merged by merge2d "
+                f"{self.programs.merge2d_version}",
+            ]
+            cistem_star.write_star(scratch.star, table, comments)
+            _stop_if_cancelled(cancel)
+            scratch.commit(star=True)
+        counts = class_counts(table["2DCLS"], request.n_classes)
+        return CycleResult(
+            classes=request.classes_out,
+            star=request.star_out,
+            class_counts=counts,
+            particles_processed=sum(counts),
+            seconds=time.monotonic() - began,
+            log=runner.log,
+        )
+
+    def _refine2d_job(self, run: Refine2DRun, params: CycleParams, title: str, tag: str) -> Job:
+        return Job(
+            program=self.programs.refine2d,
+            title=title,
+            tag=tag,
+            answers=refine2d_answers(run, params, self.programs.openmp),
+            weight=run.last - run.first + 1,
+            staggered=True,
+        )
+
+
+def first_last_particle_for_job(n: int, job: int, jobs: int) -> tuple[int, int]:
+    """cisTEM's FirstLastParticleForJob: ⌊n/jobs⌋ particles each, the first n mod jobs get one
+    more; ``job`` counts from 1; returns 1-based inclusive (first, last)."""
+    size, extra = divmod(n, jobs)
+    first = (job - 1) * size + min(job - 1, extra) + 1
+    return first, first + size - 1 + (1 if job <= extra else 0)
+
+
+class _Scratch:
+    """A temporary folder for one cycle, and temporary names beside the outputs.
+
+    The outputs are renamed into place only at the end, so a failed or stopped cycle leaves the
+    previous cycle's files untouched; everything temporary is removed on leaving."""
+
+    def __init__(self, request: CycleRequest) -> None:
+        self.request = request
+        base = request.workdir or request.classes_out.parent
+        base.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix="cistem-", dir=base)).absolute()
+        token = self.folder.name
+        # cisTEM writes the classes straight to this name; keep the .mrc extension it expects.
+        self.classes = _beside(request.classes_out, f".{request.classes_out.name}.{token}.mrc")
+        self.star = _beside(request.star_out, f".{request.star_out.name}.{token}")
+
+    def __enter__(self) -> _Scratch:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.classes.unlink(missing_ok=True)
+        self.star.unlink(missing_ok=True)
+
+    def commit(self, star: bool) -> None:
+        if star:
+            os.replace(self.star, self.request.star_out)
+            fsync_dir(self.request.star_out.parent)
+        os.replace(self.classes, self.request.classes_out)
+        fsync_dir(self.request.classes_out.parent)
+
+
+def _beside(path: Path, name: str) -> Path:
+    return path.absolute().with_name(name)
+
+
+def _check_request(request: CycleRequest, refine: bool) -> int:
+    """The number of particles; raises EngineError for a request cisTEM would trip over."""
+    if request.n_classes < 1:
+        raise EngineError(f"cisTEM needs at least one class, not {request.n_classes}")
+    if request.threads < 1:
+        raise EngineError(f"cisTEM needs at least one thread, not {request.threads}")
+    stack_x, stack_y, n = _mrc_shape(request.stack, "particle stack")
+    if n < 1:
+        raise EngineError(f"particle stack {request.stack} holds no particles")
+    try:
+        positions = cistem_star.read_star(request.star_in)["POS"].to_numpy()
+    except (cistem_star.StarFormatError, KeyError) as exc:
+        raise EngineError(f"input star {request.star_in} cannot be used: {exc}") from None
+    if not np.array_equal(positions, np.arange(1, n + 1)):
+        raise EngineError(
+            f"input star {request.star_in} must list particles 1..{n} of {request.stack} in "
+            f"order ({len(positions)} rows)"
+        )
+    if refine:
+        if request.classes_in is None:
+            raise EngineError("a cisTEM cycle needs input class averages")
+        class_x, class_y, k = _mrc_shape(request.classes_in, "input class averages")
+        if (class_x, class_y) != (stack_x, stack_y) or k != request.n_classes:
+            raise EngineError(
+                f"input class averages {request.classes_in} are {k} × {class_x}×{class_y}; "
+                f"expected {request.n_classes} × {stack_x}×{stack_y}"
+            )
+    return n
+
+
+def _mrc_shape(path: Path, what: str) -> tuple[int, int, int]:
+    try:
+        with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+            header = mrc.header
+            return int(header.nx), int(header.ny), int(header.nz)
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"{what} {path} cannot be read: {exc}") from None
+
+
+def _require_output(job: Job, path: Path, what: str) -> None:
+    if not path.is_file():
+        raise job.failure(f"ended without writing its {what} {path}")
+
+
+def _finish_classes(path: Path, request: CycleRequest, job: Job) -> None:
+    """Set the pixel size cisTEM leaves unset in the header, after checking the stack's shape."""
+    with mrcfile.mmap(path, mode="r+", permissive=True) as mrc:
+        shape = (int(mrc.header.nz), int(mrc.header.ny), int(mrc.header.nx))
+        if shape[0] != request.n_classes or shape[1] != shape[2]:
+            raise job.failure(
+                f"wrote class averages of shape {shape}, not {request.n_classes} square images"
+            )
+        mrc.voxel_size = request.params.pixel_size
+        mrc.flush()
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _join_slices(jobs: list[Job], stars: list[Path], ranges: list[tuple[int, int]]) -> pd.DataFrame:
+    """The slices' star rows in order; each slice must hold exactly its own particle range."""
+    tables = []
+    for job, star, (first, last) in zip(jobs, stars, ranges, strict=True):
+        try:
+            table = cistem_star.read_star(star)
+        except cistem_star.StarFormatError as exc:
+            raise job.failure(f"wrote an unreadable star file ({exc})") from None
+        if not np.array_equal(table["POS"].to_numpy(), np.arange(first, last + 1)):
+            raise job.failure(f"wrote star rows other than particles {first}-{last} in order")
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def _stop_if_cancelled(cancel: threading.Event) -> None:
+    if cancel.is_set():
+        raise CycleCancelled("cisTEM cycle stopped on request")

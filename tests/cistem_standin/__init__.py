@@ -1,0 +1,28 @@
+"""Stand-ins for cisTEM 2's refine2d and merge2d, for tests only (not shipped).
+
+``make_bin_dir`` writes ``refine2d`` / ``merge2d`` wrappers that exec the stand-ins with this
+interpreter (so the venv's numpy and mrcfile are there), as a cisTEM bin folder would hold them.
+The stand-ins import nothing from live2d: they check the engine against the interface notes.
+``particles.make_particles`` makes test data.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+STANDIN_DIR = Path(__file__).resolve().parent
+PROGRAMS = ("refine2d", "merge2d")
+
+
+def make_bin_dir(folder: Path, openmp: bool = True, programs: tuple[str, ...] = PROGRAMS) -> Path:
+    """A bin folder with wrappers for ``programs``; ``openmp`` picks the 25- or 24-prompt build."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for program in programs:
+        build = "" if openmp else "export CISTEM_STANDIN_BUILD=no-openmp\n"
+        script = shlex.quote(str(STANDIN_DIR / f"{program}.py"))
+        wrapper = folder / program
+        wrapper.write_text(f'#!/bin/sh\n{build}exec {shlex.quote(sys.executable)} {script} "$@"\n')
+        wrapper.chmod(0o755)
+    return folder
