@@ -15,8 +15,6 @@ from pathlib import Path
 
 from live2d.engines import ENGINE_NAMES, CycleCancelled, EngineError
 from live2d.schedule import JOB_TYPES, SettingsError
-from live2d.session import Session, SessionError
-from live2d.warp import WarpFolderError
 
 # command-line option -> Settings field
 SETTING_OPTIONS = {
@@ -58,6 +56,10 @@ def setting_overrides(args: argparse.Namespace) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
+    # Imported here so that `live2d --help` and the light commands start fast.
+    from live2d.session import Session, SessionError
+    from live2d.warp import WarpFolderError
+
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     logging.getLogger("live2d").addHandler(console)

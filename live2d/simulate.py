@@ -1,0 +1,213 @@
+"""A simulated Warp session, laid out exactly as Warp writes one (see ../shared/warp-formats.md).
+
+Projections of an asymmetric phantom with a per-micrograph CTF, random in-plane rotations, shifts
+and noise go to one stack per micrograph under ``particles/``; ``allparticles_<model>.star`` and
+``goodparticles_<model>.star`` are rewritten whole after every micrograph, as Warp does. The truth
+(view, angle, shift of every particle, and the clean views) goes to a folder beside the Warp
+folder so that it cannot be mistaken for Warp output.
+
+Micrograph ``i`` is generated from the seed and ``i`` alone, so simulating 240 particles into a
+folder that holds 120 of the same simulation appends micrographs and leaves the first ones
+byte-identical: this is how tests mimic a session that keeps collecting.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+
+from live2d.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from live2d.phantom import Phantom
+
+MODEL = "BoxNet2Mask_20180918"
+BIN_TIMES = 1  # settings store the raw pixel size; particles are binned by 2**BinTimes
+MICROGRAPH_PIXELS = 4096
+
+# Section (None = top level) -> parameter -> value, in the order Warp writes them.
+_SETTINGS_LAYOUT: dict[str | None, list[str]] = {
+    None: ["DataStyle", "PixelSizeX", "PixelSizeY", "PixelSizeAngle"],
+    "Import": ["Folder", "Extension", "BinTimes", "GainPath"],
+    "CTF": ["Window", "Range", "Voltage", "Cs", "Amplitude", "DoPhase"],
+    "Picking": ["ModelPath", "Diameter", "MinimumScore", "MinimumMaskDistance", "DoExport",
+                "BoxSize", "Invert", "Normalize", "RunningWindowLength"],
+}
+
+_STAR_COLUMNS = [
+    "rlnCoordinateX", "rlnCoordinateY", "rlnMagnification", "rlnDetectorPixelSize", "rlnVoltage",
+    "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnPhaseShift", "rlnDefocusU",
+    "rlnDefocusV", "rlnDefocusAngle", "rlnCtfMaxResolution", "rlnImageName", "rlnMicrographName",
+]
+_TRUTH_COLUMNS = ["image_name", "view", "psi", "shift_x", "shift_y", "defocus_u", "defocus_v",
+                  "defocus_angle"]
+VOLTAGE, CS, AMPLITUDE_CONTRAST = 300.0, 2.7, 0.07
+
+
+def truth_dir_for(warp_dir: Path) -> Path:
+    warp_dir = Path(warp_dir)
+    return warp_dir.parent / f"{warp_dir.name}_truth"
+
+
+def default_settings(box: int, pixel_size: float, diameter: float) -> dict[str | None, dict]:
+    raw = pixel_size / 2**BIN_TIMES
+    return {
+        None: {"DataStyle": "Frames", "PixelSizeX": raw, "PixelSizeY": raw, "PixelSizeAngle": 0},
+        "Import": {"Folder": "D:\\session\\frames", "Extension": "*.tif", "BinTimes": BIN_TIMES,
+                   "GainPath": ""},
+        "CTF": {"Window": 512, "Range": 0.1, "Voltage": VOLTAGE, "Cs": CS,
+                "Amplitude": AMPLITUDE_CONTRAST, "DoPhase": False},
+        "Picking": {"ModelPath": f"C:\\Warp\\boxnet2models\\{MODEL}", "Diameter": round(diameter),
+                    "MinimumScore": 0.95, "MinimumMaskDistance": 0, "DoExport": True,
+                    "BoxSize": box, "Invert": True, "Normalize": True,
+                    "RunningWindowLength": 10000},
+    }
+
+
+def read_settings_values(warp_dir: Path) -> dict[str | None, dict]:
+    """The parameters of an existing ``previous.settings``, by section, as strings."""
+    root = ET.fromstring((Path(warp_dir) / "previous.settings").read_bytes())
+    values: dict[str | None, dict] = {None: {}}
+    for param in root.findall("Param"):
+        values[None][param.get("Name")] = param.get("Value")
+    for section in root:
+        if section.tag != "Param":
+            values[section.tag] = {p.get("Name"): p.get("Value") for p in section.findall("Param")}
+    return values
+
+
+def write_settings(warp_dir: Path, values: dict[str | None, dict] | None = None,
+                   **overrides: object) -> None:
+    """Write ``previous.settings`` as Warp does (UTF-16 with a byte-order mark). Without
+    ``values`` the folder's current settings are kept; ``overrides`` replace parameters by name
+    wherever they sit, e.g. ``write_settings(folder, DoExport=False, BoxSize=96)``."""
+    values = values if values is not None else read_settings_values(warp_dir)
+    values = {section: dict(params) for section, params in values.items()}
+    for name, value in overrides.items():
+        section = next((s for s, params in values.items() if name in params), "Picking")
+        values.setdefault(section, {})[name] = value
+    root = ET.Element("Settings")
+    for section, params in values.items():
+        parent = root if section is None else ET.SubElement(root, section)
+        for name, value in params.items():
+            ET.SubElement(parent, "Param", Name=name, Value=_setting_text(value))
+    ET.indent(root)
+    text = '<?xml version="1.0" encoding="utf-16"?>\n' + ET.tostring(root, encoding="unicode")
+    atomic_write_bytes(Path(warp_dir) / "previous.settings", text.encode("utf-16"))
+
+
+def _setting_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return str(value)
+
+
+def simulate(
+    warp_dir: Path,
+    *,
+    particles: int = 2000,
+    per_micrograph: int = 200,
+    interval: float = 0.0,
+    box: int = 128,
+    pixel_size: float = 1.5,
+    snr: float = 0.1,
+    views: int = 12,
+    seed: int = 0,
+    truth_dir: Path | None = None,
+    keep_going: Callable[[], bool] = lambda: True,
+) -> int:
+    """Write (or extend) a simulated Warp session of ``particles`` particles; returns how many
+    micrographs were written. With ``interval`` > 0 a micrograph appears every ``interval``
+    seconds, as on a microscope; ``keep_going`` lets a caller end such a run early."""
+    if particles < 0 or per_micrograph < 1:
+        raise ValueError("particles must be >= 0 and per_micrograph >= 1")
+    warp_dir = Path(warp_dir)
+    truth_dir = Path(truth_dir) if truth_dir else truth_dir_for(warp_dir)
+    (warp_dir / "particles").mkdir(parents=True, exist_ok=True)
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    phantom = Phantom(box, pixel_size, n_views=views, seed=seed)
+
+    signature = {"box": box, "pixel_size": pixel_size, "views": views, "seed": seed, "snr": snr,
+                 "per_micrograph": per_micrograph}
+    record_path = truth_dir / "simulation.json"
+    previous = json.loads(record_path.read_text()) if record_path.exists() else None
+    reuse = previous is not None and previous["signature"] == signature
+    if not reuse or not (warp_dir / "previous.settings").exists():
+        write_settings(warp_dir, default_settings(box, pixel_size, phantom.diameter))
+    _write_mrc(truth_dir / "views.mrc", phantom.views, pixel_size)
+
+    sizes = [per_micrograph] * (particles // per_micrograph)
+    if particles % per_micrograph:
+        sizes.append(particles % per_micrograph)
+    star_rows: list[list[str]] = []
+    truth_rows: list[list[object]] = []
+    written = 0
+    for index, size in enumerate(sizes):
+        if not keep_going():
+            break
+        movie = f"FoilHole_{1000 + index:05d}_Data"
+        stack_name = f"particles/{movie}_{MODEL}.mrcs"
+        rng = np.random.default_rng([seed, index])
+        defocus_u = rng.uniform(8000.0, 25000.0)
+        defocus_v = defocus_u - rng.uniform(0.0, 600.0)
+        defocus_angle = rng.uniform(-90.0, 90.0)
+        batch = phantom.particles(size, rng, snr=snr, defocus_u=defocus_u, defocus_v=defocus_v,
+                                  defocus_angle=defocus_angle, voltage=VOLTAGE, cs=CS,
+                                  amplitude_contrast=AMPLITUDE_CONTRAST,
+                                  max_shift=0.08 * phantom.diameter)
+        coordinates = rng.uniform(box, MICROGRAPH_PIXELS - box, size=(size, 2))
+        recorded = previous["sizes"] if reuse else []
+        stack_path = warp_dir / stack_name
+        if index >= len(recorded) or recorded[index] != size or not stack_path.exists():
+            _write_mrc(stack_path, batch.images, pixel_size)
+            written += 1
+        for i in range(size):
+            image_name = f"{i + 1:06d}@{stack_name}"
+            star_rows.append([
+                f"{coordinates[i, 0]:.2f}", f"{coordinates[i, 1]:.2f}", "10000.0",
+                f"{pixel_size:.4f}", f"{VOLTAGE:.1f}", f"{CS:.2f}", f"{AMPLITUDE_CONTRAST:.3f}",
+                "0.0", f"{defocus_u:.2f}", f"{defocus_v:.2f}", f"{defocus_angle:.2f}", "3.8",
+                image_name, f"{movie}.tif",
+            ])
+            truth_rows.append([image_name, int(batch.view[i]), round(float(batch.psi[i]), 4),
+                               round(float(batch.shift[i, 0]), 4),
+                               round(float(batch.shift[i, 1]), 4), round(defocus_u, 2),
+                               round(defocus_v, 2), round(defocus_angle, 2)])
+        if interval > 0 or index == len(sizes) - 1:
+            _write_truth(truth_dir, truth_rows)
+            atomic_write_json(record_path, {"signature": signature, "sizes": sizes[: index + 1]})
+            _write_warp_stars(warp_dir, star_rows)
+        if interval > 0 and index < len(sizes) - 1:
+            time.sleep(interval)
+    return written
+
+
+def _write_mrc(path: Path, data: np.ndarray, pixel_size: float) -> None:
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(data, dtype=np.float32))
+        mrc.voxel_size = pixel_size
+
+
+def _write_warp_stars(warp_dir: Path, rows: list[list[str]]) -> None:
+    """Rewrite both particle star files whole and in place: Warp does not write them atomically,
+    and readers must cope with that."""
+    lines = ["", "data_", "", "loop_"]
+    lines += [f"_{name} #{i}" for i, name in enumerate(_STAR_COLUMNS, start=1)]
+    lines += ["  ".join(row) for row in rows]
+    text = "\n".join(lines) + "\n\n"
+    for kind in ("allparticles", "goodparticles"):
+        (warp_dir / f"{kind}_{MODEL}.star").write_text(text, encoding="utf-8")
+
+
+def _write_truth(truth_dir: Path, rows: list[list[object]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(_TRUTH_COLUMNS)
+    writer.writerows(rows)
+    atomic_write_text(truth_dir / "particles.csv", buffer.getvalue())
