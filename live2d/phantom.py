@@ -1,0 +1,278 @@
+"""Simulated particles of an asymmetric phantom, with known views, angles and shifts.
+
+The phantom is a rigid assembly of Gaussian domains of different sizes (no symmetry), so every
+projection direction gives a clearly different 2D view. Its projections are exact sums of 2D
+Gaussians; particles are made from those views with one geometric convention, defined once in
+:func:`render_clean`:
+
+    particle = shift(rotate(view, psi), shift)
+
+``rotate`` turns the image counter-clockwise by ``psi`` degrees about pixel (box//2, box//2), in
+axes where x is the column (fast) index and y the row index, so a positive angle carries +x
+towards +y; ``shift`` then moves it by (shift_x, shift_y) Å, positive towards higher indices.
+Particles carry a CTF and white noise and come out as Warp exports them: protein white
+(Invert on) and normalised to background mean 0 and standard deviation 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch_ctf import calculate_ctf_2d
+from torch_fourier_shift import fourier_shift_image_2d
+from torch_transform_image import affine_transform_image_2d
+
+# (x, y, z) centre in units of the longest dimension, Gaussian sigma in the same unit, density.
+_DOMAINS = np.array(
+    [
+        (0.00, 0.00, 0.05, 0.070, 1.0),
+        (0.30, 0.05, -0.05, 0.080, 1.0),
+        (-0.14, 0.28, -0.02, 0.065, 0.9),
+        (-0.16, -0.25, 0.08, 0.090, 0.8),
+        (0.12, -0.05, 0.30, 0.050, 1.0),
+        (0.42, 0.24, 0.02, 0.045, 1.0),
+        (-0.02, 0.10, -0.30, 0.060, 0.7),
+    ],
+    dtype=np.float64,
+)
+# A domain reaches this many sigmas out when measuring the particle's longest dimension.
+_EXTENT_SIGMAS = 2.0
+_DIAMETER_FRACTION_OF_BOX = 0.65
+
+
+@dataclass
+class ParticleBatch:
+    images: np.ndarray  # (n, box, box) float32, CTF applied, noise added, Warp-normalised
+    view: np.ndarray  # (n,) int, index into Phantom.views
+    psi: np.ndarray  # (n,) degrees, uniform in [0, 360)
+    shift: np.ndarray  # (n, 2) Å (x, y), uniform in a disc of radius max_shift
+
+
+class Phantom:
+    """An asymmetric 3D phantom and ``n_views`` of its projections at ``box`` px.
+
+    Attributes
+    ----------
+    diameter: float
+        Longest dimension of the particle in Å, about 0.65 × box × pixel_size.
+    views: np.ndarray
+        ``(n_views, box, box)`` float32 clean projections, centred on the centre of mass, with
+        positive (white) protein density.
+    """
+
+    def __init__(self, box: int, pixel_size: float, n_views: int = 12, seed: int = 0):
+        if box < 16 or box % 2:
+            raise ValueError(f"box must be an even number of pixels >= 16, not {box}")
+        if n_views < 1:
+            raise ValueError(f"n_views must be at least 1, not {n_views}")
+        self.box = box
+        self.pixel_size = float(pixel_size)
+        self.diameter = _DIAMETER_FRACTION_OF_BOX * box * self.pixel_size
+        centres, sigmas, densities = _scaled_domains(self.diameter)
+        rotations = _view_rotations(n_views, np.random.default_rng(seed))
+        self.views = np.stack(
+            [_project(centres @ r.T, sigmas, densities, box, self.pixel_size) for r in rotations]
+        ).astype(np.float32)
+
+    def particles(
+        self,
+        n: int,
+        rng: np.random.Generator,
+        *,
+        snr: float,
+        defocus_u: float,
+        defocus_v: float,
+        defocus_angle: float,
+        voltage: float = 300.0,
+        cs: float = 2.7,
+        amplitude_contrast: float = 0.07,
+        max_shift: float = 0.0,
+    ) -> ParticleBatch:
+        """``n`` noisy particles of random views, angles and shifts, as Warp would export them.
+
+        ``snr`` is the variance of the CTF-modulated signal inside the particle's circle
+        (diameter/2) over the noise variance. Defoci are in Å, the astigmatism angle in degrees
+        from the x axis (cisTEM/Warp convention), ``max_shift`` in Å.
+        """
+        view = rng.integers(0, len(self.views), size=n)
+        psi = rng.uniform(0.0, 360.0, size=n)
+        radius = max_shift * np.sqrt(rng.uniform(size=n))
+        direction = rng.uniform(0.0, 2.0 * np.pi, size=n)
+        shift = np.stack([radius * np.cos(direction), radius * np.sin(direction)], axis=1)
+        clean = torch.from_numpy(render_clean(self.views, view, psi, shift, self.pixel_size))
+        signal = _apply_ctf(
+            clean, self.pixel_size, defocus_u, defocus_v, defocus_angle, voltage, cs,
+            amplitude_contrast,
+        )
+        inside = _disc(self.box, self.diameter / 2.0 / self.pixel_size)
+        signal_variance = float(signal[:, inside].var(dim=1).mean()) if n else 0.0
+        noise_sigma = np.sqrt(signal_variance / snr) if snr > 0 else 1.0
+        noise = rng.standard_normal((n, self.box, self.box), dtype=np.float32)
+        images = signal + torch.from_numpy(noise) * noise_sigma
+        images = _normalise_background(images, ~inside)
+        return ParticleBatch(images.numpy(), view.astype(np.int64), psi, shift)
+
+
+def render_clean(
+    views: np.ndarray, view: np.ndarray, psi: np.ndarray, shift: np.ndarray, pixel_size: float
+) -> np.ndarray:
+    """The noise-free, CTF-free particles ``shift(rotate(views[view], psi), shift)``.
+
+    Parameters
+    ----------
+    views: np.ndarray
+        ``(n_views, box, box)`` clean projections.
+    view: np.ndarray
+        ``(n,)`` index of each particle's view.
+    psi: np.ndarray
+        ``(n,)`` counter-clockwise in-plane angle, degrees (x = column, y = row).
+    shift: np.ndarray
+        ``(n, 2)`` displacement (x, y) in Å applied after the rotation.
+    pixel_size: float
+        Å per pixel.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n, box, box)`` float32 particles.
+    """
+    view = np.asarray(view, dtype=np.int64)
+    psi = np.asarray(psi, dtype=np.float64)
+    shift = np.asarray(shift, dtype=np.float64).reshape(-1, 2)
+    n, box = len(view), views.shape[-1]
+    out = torch.zeros((n, box, box), dtype=torch.float32)
+    for v in np.unique(view):
+        members = np.flatnonzero(view == v)
+        image = torch.as_tensor(np.asarray(views[v], dtype=np.float32))
+        matrices = _inverse_rotation_matrices_yx(psi[members], box)
+        out[members] = affine_transform_image_2d(
+            image, matrices[:, None, None], interpolation="bicubic", yx_matrices=True
+        )
+    shifts_yx = torch.as_tensor(shift[:, ::-1] / pixel_size, dtype=torch.float32)
+    if n and bool(shifts_yx.abs().max() > 0):
+        out = fourier_shift_image_2d(out, shifts_yx)
+    return out.numpy()
+
+
+def _inverse_rotation_matrices_yx(psi: np.ndarray, box: int) -> torch.Tensor:
+    """``(n, 3, 3)`` maps from output to input (y, x) pixel positions for a CCW turn by ``psi``."""
+    theta = np.deg2rad(psi)
+    cos, sin = np.cos(theta), np.sin(theta)
+    centre = box // 2
+    matrices = np.zeros((len(psi), 3, 3))
+    # input = R(-psi) (output - centre) + centre, written for (y, x) column vectors
+    matrices[:, 0, 0], matrices[:, 0, 1] = cos, -sin
+    matrices[:, 1, 0], matrices[:, 1, 1] = sin, cos
+    matrices[:, 0, 2] = centre - (cos * centre - sin * centre)
+    matrices[:, 1, 2] = centre - (sin * centre + cos * centre)
+    matrices[:, 2, 2] = 1.0
+    return torch.as_tensor(matrices, dtype=torch.float32)
+
+
+def _scaled_domains(diameter: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    centres, sigmas, densities = _DOMAINS[:, :3], _DOMAINS[:, 3], _DOMAINS[:, 4]
+    gaps = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+    reach = _EXTENT_SIGMAS * (sigmas[:, None] + sigmas[None])
+    scale = diameter / float((gaps + reach).max())
+    masses = densities * sigmas**3
+    centres = (centres - (masses[:, None] * centres).sum(0) / masses.sum()) * scale
+    return centres, sigmas * scale, densities
+
+
+def _view_rotations(n_views: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n_views, 3, 3)`` rotations whose viewing directions spread evenly over the sphere."""
+    index = np.arange(n_views) + 0.5
+    polar = np.arccos(1.0 - 2.0 * index / n_views)
+    azimuth = np.pi * (1.0 + 5.0**0.5) * index
+    global_turn = _random_rotation(rng)
+    rotations = []
+    for theta, phi in zip(polar, azimuth, strict=True):
+        in_plane = rng.uniform(0.0, 2.0 * np.pi)
+        rotations.append(_rot_z(in_plane) @ _rot_y(-theta) @ _rot_z(-phi) @ global_turn)
+    return np.stack(rotations)
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q = rng.standard_normal(4)
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def _rot_z(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _rot_y(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+def _project(
+    centres: np.ndarray, sigmas: np.ndarray, densities: np.ndarray, box: int, pixel_size: float
+) -> np.ndarray:
+    """Projection along z of the Gaussian domains: each integrates to a 2D Gaussian."""
+    axis = (np.arange(box) - box // 2) * pixel_size
+    y, x = np.meshgrid(axis, axis, indexing="ij")
+    image = np.zeros((box, box))
+    for (cx, cy, _), sigma, density in zip(centres, sigmas, densities, strict=True):
+        weight = density * sigma * np.sqrt(2.0 * np.pi)
+        image += weight * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2.0 * sigma**2))
+    return image / image.max()
+
+
+def _apply_ctf(
+    images: torch.Tensor, pixel_size: float, defocus_u: float, defocus_v: float,
+    defocus_angle: float, voltage: float, cs: float, amplitude_contrast: float,
+) -> torch.Tensor:
+    """Multiply by the CTF in a twice-padded box, so delocalised signal does not wrap around.
+
+    torch-ctf's CTF is +sin(chi) (positive at low frequency), i.e. minus the standard CTF, which
+    is exactly what turns positive density into the white protein of Warp's inverted export.
+    """
+    n, box = images.shape[0], images.shape[-1]
+    padded_box = 2 * box
+    start = box // 2
+    padded = torch.zeros((n, padded_box, padded_box), dtype=images.dtype)
+    padded[:, start:start + box, start:start + box] = images
+    astigmatism = (defocus_u - defocus_v) / 2.0
+    angle = defocus_angle if astigmatism >= 0 else defocus_angle + 90.0
+    ctf = calculate_ctf_2d(
+        defocus=(defocus_u + defocus_v) / 2.0 / 1e4,
+        astigmatism=abs(astigmatism) / 1e4,
+        astigmatism_angle=angle,
+        voltage=voltage,
+        spherical_aberration=cs,
+        amplitude_contrast=amplitude_contrast,
+        phase_shift=0.0,
+        pixel_size=pixel_size,
+        image_shape=(padded_box, padded_box),
+        rfft=True,
+        fftshift=False,
+    )
+    spectrum = torch.fft.rfft2(padded) * ctf
+    out = torch.fft.irfft2(spectrum, s=(padded_box, padded_box))
+    return out[:, start:start + box, start:start + box].contiguous()
+
+
+def _disc(box: int, radius: float) -> torch.Tensor:
+    axis = torch.arange(box) - box // 2
+    return (axis[:, None] ** 2 + axis[None, :] ** 2) <= radius**2
+
+
+def _normalise_background(images: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """Background (outside the particle) to mean 0 and standard deviation 1, as Warp does."""
+    if int(background.sum()) < 16:
+        background = torch.ones_like(background)
+    pixels = images[:, background]
+    mean = pixels.mean(dim=1)[:, None, None]
+    std = pixels.std(dim=1).clamp_min(1e-12)[:, None, None]
+    return (images - mean) / std
