@@ -1,0 +1,255 @@
+"""Incremental import of Warp's particles into the particle store.
+
+Each poll reads only the rows Warp added since the last one. The store's set of Warp image names
+is the guard against duplicates: after a kill, the progress file (``import.json``, written after
+the store commits) may lag behind the store, and the rows read again are simply skipped.
+A change that makes imported particles stale (box, BoxNet model, score threshold, which star file,
+or rows already imported rewritten differently) empties the store and imports everything again;
+the report says why so that the session can start the next job ab initio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from live2d.atomic import atomic_write_json
+from live2d.store import ParticleStore
+from live2d.warp import (
+    StackNotReady,
+    StarProgress,
+    StarRewritten,
+    WarpFolderError,
+    WarpSettings,
+    WarpSettingsUnreadable,
+    WarpStarError,
+    particle_star_path,
+    read_new_rows,
+    read_particle_images,
+    read_settings,
+    split_image_name,
+)
+
+# Polls to wait for a stack that Warp is still writing before skipping its particles.
+STACK_WAIT_POLLS = 20
+# Polls a star file may stay shorter than what was imported (mid-rewrite) before it counts as
+# a real change.
+SHRUNK_STAR_POLLS = 3
+# Particles read into memory at once: bounds memory for any session size.
+APPEND_BATCH_BYTES = 256 * 2**20
+
+
+@dataclass
+class ImportReport:
+    new_particles: int = 0
+    total: int = 0
+    reimported: bool = False
+    reason: str = ""
+    messages: list[str] = field(default_factory=list)
+    waiting_on: str | None = None
+
+
+class Importer:
+    def __init__(self, warp_dir: str | os.PathLike, store: ParticleStore,
+                 which: str = "allparticles") -> None:
+        self.warp_dir = Path(warp_dir)
+        self.store = store
+        self.which = which
+        self.state_path = store.folder / "import.json"
+        self._state = self._load()
+        self._progress = StarProgress.from_dict(self._state["progress"])
+        self._pending = pd.DataFrame()
+        self._stack_waits: dict[str, int] = {}
+        self._shrunk_polls = 0
+
+    def poll(self) -> ImportReport:
+        report = ImportReport(total=self.store.count)
+        try:
+            settings = read_settings(self.warp_dir)
+        except WarpSettingsUnreadable as exc:
+            report.messages.append(f"{exc}; trying again at the next poll")
+            return report
+        except WarpFolderError as exc:
+            if self.store.count == 0:
+                raise
+            # A session is under way: a network share that hiccups must not end it.
+            report.messages.append(f"{exc}; trying again at the next poll")
+            return report
+        self._check_source(settings, report)
+        star = particle_star_path(self.warp_dir, settings, self.which)
+        if not star.exists():
+            report.messages.append(f"waiting for Warp's first particles ({star.name} not there)")
+            return report
+        try:
+            rows = self._read_rows(star, settings, report)
+            _check_pixel_size(rows, settings)
+        except WarpStarError as exc:
+            report.messages.append(f"{exc}: nothing imported from it until it is fixed")
+            return report
+        except OSError as exc:
+            report.messages.append(f"{star.name} cannot be read now ({exc}); trying again")
+            return report
+        if report.reimported:  # a rewrite changed imported rows: start over from this file
+            rows = self._read_all(star)
+        rows = pd.concat([self._pending, rows], ignore_index=True) if len(self._pending) else rows
+        self._pending = pd.DataFrame()
+        if len(rows):
+            self._import(rows, settings, report)
+        if not len(self._pending):
+            self._save()
+        report.total = self.store.count
+        return report
+
+    # ------------------------------------------------------------------ source changes
+    def _check_source(self, settings: WarpSettings, report: ImportReport) -> None:
+        source = [settings.box, settings.model, settings.min_score, self.which]
+        if self.store.box and self._state["source"] == source:
+            return
+        old = self._state["source"]
+        if not old and self.store.box == settings.box and self.store.count:
+            # import.json was lost: the store's image names still prevent duplicates.
+            self._state["source"] = source
+            return
+        if self.store.count or (old and old != source):
+            report.reimported = True
+            report.reason = (f"{_describe_change(old, source)}: re-importing every particle; "
+                             "the next job starts ab initio")
+        self._start_over(settings, source)
+
+    def _start_over(self, settings: WarpSettings, source: list) -> None:
+        self.store.reset(settings.pixel_size, settings.box)
+        self._state = {"source": source, "progress": StarProgress().to_dict()}
+        self._progress = StarProgress()
+        self._pending = pd.DataFrame()
+        self._stack_waits.clear()
+        self._save()
+
+    # ------------------------------------------------------------------ reading the star
+    def _read_rows(self, star: Path, settings: WarpSettings,
+                   report: ImportReport) -> pd.DataFrame:
+        try:
+            rows, self._progress = read_new_rows(star, self._progress)
+            self._shrunk_polls = 0
+            return rows
+        except StarRewritten:
+            pass
+        rows, progress = read_new_rows(star, StarProgress())
+        imported = self.store.read_table()["ORIGNAME"].tolist()
+        names = rows["rlnImageName"].tolist()
+        same_prefix = names[: len(imported)] == imported[: len(names)]
+        if same_prefix and len(names) < len(imported):
+            self._shrunk_polls += 1
+            if self._shrunk_polls < SHRUNK_STAR_POLLS:
+                report.messages.append(f"{star.name} holds fewer rows than were imported; "
+                                       "waiting (Warp may be rewriting it)")
+                return rows.iloc[:0]
+        if same_prefix and len(names) >= len(imported):
+            self._progress = progress
+            self._shrunk_polls = 0
+            return rows.iloc[len(imported):]
+        report.reimported = True
+        report.reason = (f"rows already imported from {star.name} changed (Warp's filters or "
+                         "picking changed): re-importing every particle; the next job starts "
+                         "ab initio")
+        self._start_over(settings, self._state["source"])
+        return rows.iloc[:0]
+
+    def _read_all(self, star: Path) -> pd.DataFrame:
+        rows, self._progress = read_new_rows(star, StarProgress())
+        return rows
+
+    # ------------------------------------------------------------------ importing images
+    def _import(self, rows: pd.DataFrame, settings: WarpSettings, report: ImportReport) -> None:
+        known = self.store.image_names()
+        rows = rows[~rows["rlnImageName"].isin(known)].drop_duplicates("rlnImageName")
+        stacks = rows["rlnImageName"].map(lambda name: split_image_name(name)[1])
+        per_batch = max(1, APPEND_BATCH_BYTES // (settings.box * settings.box * 4))
+        batch: list[pd.DataFrame] = []
+        batch_rows = 0
+        for stack, group in rows.groupby(stacks, sort=False):
+            try:
+                images = read_particle_images(self.warp_dir, group["rlnImageName"].tolist(),
+                                              settings.box)
+            except StackNotReady as exc:
+                waits = self._stack_waits.get(stack, 0) + 1
+                self._stack_waits[stack] = waits
+                if waits < STACK_WAIT_POLLS:
+                    report.waiting_on = stack
+                    later = rows[stacks.to_numpy() == stack].index[0]
+                    self._pending = rows.loc[later:]
+                    report.messages.append(f"waiting for {exc} (poll {waits})")
+                    break
+                report.messages.append(f"skipping the {len(group)} particles of {exc}: "
+                                       f"not ready after {waits} polls")
+                continue
+            self._stack_waits.pop(stack, None)
+            batch.append(self._store_rows(group, settings).assign(_images=list(images)))
+            batch_rows += len(group)
+            if batch_rows >= per_batch:
+                report.new_particles += self._append(batch)
+                batch, batch_rows = [], 0
+        report.new_particles += self._append(batch)
+
+    def _append(self, batch: list[pd.DataFrame]) -> int:
+        if not batch:
+            return 0
+        table = pd.concat(batch, ignore_index=True)
+        images = np.stack(table.pop("_images").to_list())
+        self.store.append(images, table)
+        return len(table)
+
+    @staticmethod
+    def _store_rows(rows: pd.DataFrame, settings: WarpSettings) -> pd.DataFrame:
+        def column(name: str, default: float) -> np.ndarray:
+            return rows[name].to_numpy(dtype=float) if name in rows else np.full(len(rows),
+                                                                                  default)
+
+        return pd.DataFrame({
+            "DF1": column("rlnDefocusU", 0.0),
+            "DF2": column("rlnDefocusV", 0.0),
+            "ANGAST": column("rlnDefocusAngle", 0.0),
+            "PSHIFT": column("rlnPhaseShift", 0.0),
+            "PSIZE": np.full(len(rows), settings.pixel_size),
+            "VOLT": column("rlnVoltage", settings.voltage),
+            "Cs": column("rlnSphericalAberration", settings.cs),
+            "AmpC": column("rlnAmplitudeContrast", settings.amplitude_contrast),
+            "ORIGNAME": rows["rlnImageName"].to_numpy(),
+        })
+
+    # ------------------------------------------------------------------ persistence
+    def _load(self) -> dict:
+        empty = {"source": [], "progress": StarProgress().to_dict()}
+        if not self.state_path.exists() or not self.store.box:
+            return empty
+        try:
+            return {**empty, **json.loads(self.state_path.read_text(encoding="utf-8"))}
+        except ValueError:  # only progress is lost: the store's names prevent duplicates
+            return empty
+
+    def _save(self) -> None:
+        self._state["progress"] = self._progress.to_dict()
+        atomic_write_json(self.state_path, self._state)
+
+
+def _check_pixel_size(rows: pd.DataFrame, settings: WarpSettings) -> None:
+    if "rlnDetectorPixelSize" not in rows or "rlnMagnification" not in rows or not len(rows):
+        return
+    star_pixel = float(rows["rlnDetectorPixelSize"].iloc[0]) * 1e4 / float(
+        rows["rlnMagnification"].iloc[0])
+    if abs(star_pixel - settings.pixel_size) > 0.01 * settings.pixel_size:
+        raise WarpStarError(f"the star file says {star_pixel:.4g} Å/px but previous.settings "
+                            f"{settings.pixel_size:.4g} Å/px: check Warp's binning")
+
+
+def _describe_change(old: list, new: list) -> str:
+    if not old:
+        return "the particle store was rebuilt"
+    names = ["box size", "BoxNet model", "picking threshold", "particle file"]
+    changes = [f"{name} changed {a} -> {b}" for name, a, b in zip(names, old, new, strict=False)
+               if a != b]
+    return "; ".join(changes) or "Warp's settings changed"

@@ -1,0 +1,190 @@
+"""The growing particle store: one MRC stack and one cisTEM star file for every imported particle.
+
+Appending costs O(new particles): raw image bytes go to the end of ``particles.mrcs`` (then the
+header's image count is patched), star rows to the end of ``particles.star``, both are fsynced,
+and only then is ``store.json`` replaced atomically. ``store.json`` is the commit point: after a
+kill at any moment, opening the store cuts stack and star back to what it records, so a particle
+is either wholly in the store or not at all, never twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+
+from live2d import cistem_star
+from live2d.atomic import atomic_write_json
+
+STORE_COLUMNS = ("POS", "PSI", "SHX", "SHY", "DF1", "DF2", "ANGAST", "PSHIFT", "OCC", "LogP",
+                 "SIGMA", "SCORE", "CHANGE", "PSIZE", "VOLT", "Cs", "AmpC", "BTILTX", "BTILTY",
+                 "ISHFTX", "ISHFTY", "2DCLS", "ORIGNAME")
+HEADER_BYTES = 1024
+# Byte offsets in the MRC header (MRC2014): image count and cell size along z.
+_NZ, _MZ, _CELL_Z = 8, 36, 48
+
+
+class StoreError(RuntimeError):
+    """The store on disk lost data it had committed; the message says what to do."""
+
+
+class ParticleStore:
+    def __init__(self, output_dir: str | os.PathLike) -> None:
+        self.folder = Path(output_dir)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.stack_path = self.folder / "particles.mrcs"
+        self.star_path = self.folder / "particles.star"
+        self.state_path = self.folder / "store.json"
+        self._state = self._load()
+        self._names: set[str] | None = None
+        self._reconcile()
+
+    # ------------------------------------------------------------------ what it holds
+    @property
+    def count(self) -> int:
+        return int(self._state["count"])
+
+    @property
+    def generation(self) -> int:
+        return int(self._state["generation"])
+
+    @property
+    def pixel_size(self) -> float:
+        return float(self._state["pixel_size"])
+
+    @property
+    def box(self) -> int:
+        return int(self._state["box"])
+
+    @property
+    def image_bytes(self) -> int:
+        return self.box * self.box * 4
+
+    def read_table(self) -> pd.DataFrame:
+        """Every particle's row (cisTEM short column names, ORIGNAME = Warp's rlnImageName)."""
+        if self.count == 0:
+            return cistem_star.new_table(0).assign(ORIGNAME=pd.Series(dtype=str))
+        table = cistem_star.read_star(self.star_path)
+        if len(table) != self.count:
+            raise StoreError(f"{self.star_path} holds {len(table)} rows, the store {self.count}")
+        return table
+
+    def image_names(self) -> set[str]:
+        """Warp image names already imported (guards against importing a particle twice)."""
+        if self._names is None:
+            self._names = set(self.read_table()["ORIGNAME"]) if self.count else set()
+        return self._names
+
+    # ------------------------------------------------------------------ changing it
+    def reset(self, pixel_size: float, box: int) -> None:
+        """Empty the store for particles of a new pixel size or box; bumps the generation."""
+        generation = self.generation + 1 if self._state["box"] else self.generation
+        for path in (self.stack_path, self.star_path):
+            path.unlink(missing_ok=True)
+        self._write_empty_files(pixel_size, box)
+        self._commit(count=0, generation=generation, pixel_size=pixel_size, box=box,
+                     star_bytes=self.star_path.stat().st_size)
+        self._names = set()
+
+    def append(self, images: np.ndarray, table: pd.DataFrame) -> None:
+        """Add particles: ``images`` (n, box, box) and their rows (cisTEM short names, with
+        ORIGNAME). POS is set here."""
+        n = len(images)
+        if n != len(table):
+            raise ValueError(f"{n} images but {len(table)} rows")
+        if n == 0:
+            return
+        if not self._state["box"]:
+            raise StoreError("the store must be reset with a pixel size and box first")
+        if images.shape[1:] != (self.box, self.box):
+            raise ValueError(f"images are {images.shape[1:]}, the store holds {self.box} px")
+        rows = table.copy()
+        rows["POS"] = np.arange(self.count + 1, self.count + n + 1)
+        defaults = cistem_star.new_table(n)
+        for column in STORE_COLUMNS:
+            if column not in rows:
+                rows[column] = defaults[column].to_numpy() if column in defaults else ""
+        count = self.count + n
+        with open(self.stack_path, "r+b") as stack:
+            stack.seek(HEADER_BYTES + self.count * self.image_bytes)
+            stack.write(np.ascontiguousarray(images, dtype="<f4").tobytes())
+            stack.seek(_NZ)
+            stack.write(struct.pack("<i", count))
+            stack.seek(_MZ)
+            stack.write(struct.pack("<i", count))
+            stack.seek(_CELL_Z)
+            stack.write(struct.pack("<f", count * self.pixel_size))
+            stack.flush()
+            os.fsync(stack.fileno())
+        with open(self.star_path, "r+b") as star:
+            star.seek(self._state["star_bytes"])
+            star.write(cistem_star.format_rows(rows, STORE_COLUMNS).encode("utf-8"))
+            star.truncate()
+            star.flush()
+            os.fsync(star.fileno())
+            star_bytes = star.tell()
+        self._commit(count=count, star_bytes=star_bytes)
+        if self._names is not None:
+            self._names.update(rows["ORIGNAME"])
+
+    # ------------------------------------------------------------------ on disk
+    def _load(self) -> dict:
+        empty = {"count": 0, "generation": 0, "pixel_size": 0.0, "box": 0, "star_bytes": 0}
+        if not self.state_path.exists():
+            return empty
+        try:
+            return {**empty, **json.loads(self.state_path.read_text(encoding="utf-8"))}
+        except ValueError as exc:
+            raise StoreError(f"{self.state_path} is unreadable ({exc}); it is only replaced "
+                             "atomically: restore it, or delete the store to re-import") from None
+
+    def _commit(self, **changes: object) -> None:
+        state = {**self._state, **changes}
+        atomic_write_json(self.state_path, state)
+        self._state = state
+
+    def _write_empty_files(self, pixel_size: float, box: int) -> None:
+        with mrcfile.new(self.stack_path, overwrite=True) as mrc:
+            mrc.set_data(np.zeros((1, box, box), dtype=np.float32))
+            mrc.voxel_size = pixel_size
+            mrc.header.dmin, mrc.header.dmax, mrc.header.dmean, mrc.header.rms = 0, -1, -2, -1
+        with open(self.stack_path, "r+b") as stack:  # zero images, header kept
+            stack.truncate(HEADER_BYTES)
+            for offset in (_NZ, _MZ):
+                stack.seek(offset)
+                stack.write(struct.pack("<i", 0))
+            os.fsync(stack.fileno())
+        text = cistem_star.header(STORE_COLUMNS, ["Live2D particle store: every imported particle"])
+        with open(self.star_path, "wb") as star:
+            star.write(text.encode("utf-8"))
+            os.fsync(star.fileno())
+
+    def _reconcile(self) -> None:
+        """Cut stack and star back to the last commit (a kill may have left more)."""
+        if not self._state["box"]:
+            return
+        stack_bytes = HEADER_BYTES + self.count * self.image_bytes
+        for path, committed in ((self.stack_path, stack_bytes),
+                                (self.star_path, self._state["star_bytes"])):
+            size = path.stat().st_size if path.exists() else -1
+            if size < committed:
+                raise StoreError(
+                    f"{path} is shorter than the {self.count} particles committed in "
+                    f"{self.state_path.name}: it was changed by something else. Delete "
+                    f"{self.folder} to import everything again")
+            if size > committed:
+                with open(path, "r+b") as handle:
+                    handle.truncate(committed)
+                    os.fsync(handle.fileno())
+        with open(self.stack_path, "r+b") as stack:
+            stack.seek(_NZ)
+            if struct.unpack("<i", stack.read(4))[0] != self.count:
+                for offset in (_NZ, _MZ):
+                    stack.seek(offset)
+                    stack.write(struct.pack("<i", self.count))
+                os.fsync(stack.fileno())

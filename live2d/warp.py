@@ -1,0 +1,277 @@
+"""Reading what Warp writes: ``previous.settings``, the particle star files and the stacks.
+
+Warp rewrites its star files whole, in place, after every movie (see ../shared/warp-formats.md),
+so a reader can catch one truncated or mid-write. :func:`read_new_rows` reads only the bytes past
+what it read last time, checks that the bytes just before that point are unchanged (a cheap test
+that earlier rows were not rewritten differently), and leaves an unfinished last line for the next
+poll: importing stays O(new particles) however long the session runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PureWindowsPath
+
+import mrcfile
+import numpy as np
+import pandas as pd
+
+SETTINGS_FILE = "previous.settings"
+TAIL_CHECK_BYTES = 64 * 1024
+REQUIRED_STAR_COLUMNS = (
+    "rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage",
+    "rlnSphericalAberration", "rlnAmplitudeContrast",
+)
+PARTICLE_FILES = ("allparticles", "goodparticles")
+
+
+class WarpFolderError(Exception):
+    """The folder cannot be used as a Warp folder; the message says what to fix."""
+
+
+class WarpSettingsUnreadable(WarpFolderError):
+    """``previous.settings`` does not parse (Warp may be writing it): try again later."""
+
+
+class WarpStarError(Exception):
+    """A particle star file is malformed in a way waiting will not fix."""
+
+
+class StarRewritten(Exception):
+    """The star file changed before the point already read: read it again from the start."""
+
+
+class StackNotReady(Exception):
+    """A particle stack is missing or still being written."""
+
+    def __init__(self, stack: str, reason: str) -> None:
+        super().__init__(f"{stack}: {reason}")
+        self.stack = stack
+
+
+@dataclass(frozen=True)
+class WarpSettings:
+    pixel_size: float  # Å per pixel of the exported particles (binned)
+    box: int
+    diameter: float
+    model: str
+    min_score: float
+    export: bool
+    invert: bool
+    normalize: bool
+    voltage: float
+    cs: float
+    amplitude_contrast: float
+
+    @property
+    def signature(self) -> tuple[int, str, float]:
+        """What makes particles already imported stale when it changes."""
+        return (self.box, self.model, self.min_score)
+
+
+def read_settings(warp_dir: str | os.PathLike) -> WarpSettings:
+    folder = Path(warp_dir)
+    if not folder.is_dir():
+        raise WarpFolderError(f"{folder} does not exist or is not a folder")
+    path = folder / SETTINGS_FILE
+    if not path.is_file():
+        raise WarpFolderError(
+            f"no {SETTINGS_FILE} in {folder}: is this the folder Warp processes? "
+            "(Warp writes it there once a session has started)")
+    try:
+        # Parse bytes: the XML declaration says utf-16 and the parser honours it.
+        root = ET.fromstring(path.read_bytes())
+    except (ET.ParseError, OSError) as exc:
+        raise WarpSettingsUnreadable(
+            f"{path} cannot be parsed ({exc}); Warp may be writing it") from None
+    params = _params(root)
+    try:
+        pixel_size = float(params["PixelSizeX"]) * 2 ** float(params.get("Import/BinTimes", 0))
+        settings = WarpSettings(
+            pixel_size=round(pixel_size, 6),
+            box=int(float(params["Picking/BoxSize"])),
+            diameter=float(params["Picking/Diameter"]),
+            model=PureWindowsPath(params["Picking/ModelPath"]).name,
+            min_score=float(params.get("Picking/MinimumScore", 0)),
+            export=_bool(params.get("Picking/DoExport", "False")),
+            invert=_bool(params.get("Picking/Invert", "True")),
+            normalize=_bool(params.get("Picking/Normalize", "True")),
+            voltage=float(params.get("CTF/Voltage", 300)),
+            cs=float(params.get("CTF/Cs", 2.7)),
+            amplitude_contrast=float(params.get("CTF/Amplitude", 0.07)),
+        )
+    except KeyError as exc:
+        raise WarpSettingsUnreadable(f"{path} has no {exc.args[0]} setting") from None
+    except ValueError as exc:
+        raise WarpSettingsUnreadable(f"{path} has an unreadable value ({exc})") from None
+    if not settings.model:
+        raise WarpFolderError(f"{path}: no BoxNet model set (Picking > model): nothing is picked")
+    if not settings.export:
+        raise WarpFolderError(
+            f"particle export is off in Warp ({path}: Picking > Export particles): "
+            "turn it on so that Warp writes particle stacks")
+    if settings.pixel_size <= 0 or settings.box < 8:
+        raise WarpSettingsUnreadable(f"{path}: pixel size {pixel_size} or box {settings.box} "
+                                     "is not usable")
+    return settings
+
+
+def _params(root: ET.Element) -> dict[str, str]:
+    values = {p.get("Name", ""): p.get("Value", "") for p in root.findall("Param")}
+    for section in root:
+        for param in section.findall("Param"):
+            values[f"{section.tag}/{param.get('Name', '')}"] = param.get("Value", "")
+    return values
+
+
+def _bool(text: str) -> bool:
+    return text.strip().lower() == "true"
+
+
+def particle_star_path(warp_dir: str | os.PathLike, settings: WarpSettings,
+                       which: str = "allparticles") -> Path:
+    if which not in PARTICLE_FILES:
+        raise ValueError(f"particle file must be one of {PARTICLE_FILES}, not {which!r}")
+    return Path(warp_dir) / f"{which}_{settings.model}.star"
+
+
+# ----------------------------------------------------------------------------- star files
+@dataclass(frozen=True)
+class StarProgress:
+    """How far a star file has been read: byte offset after the last complete row."""
+
+    offset: int = 0
+    rows: int = 0
+    labels: tuple[str, ...] = ()
+    tail_hash: str = ""
+
+    def to_dict(self) -> dict:
+        return {"offset": self.offset, "rows": self.rows, "labels": list(self.labels),
+                "tail_hash": self.tail_hash}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> StarProgress:
+        return cls(int(values["offset"]), int(values["rows"]), tuple(values["labels"]),
+                   str(values["tail_hash"]))
+
+
+def read_new_rows(path: str | os.PathLike, progress: StarProgress) -> tuple[pd.DataFrame,
+                                                                           StarProgress]:
+    """Rows added to ``path`` since ``progress``, and the progress after them.
+
+    Raises StarRewritten if what was read before has changed, WarpStarError if the file is
+    malformed beyond its unfinished last line, FileNotFoundError if it is gone.
+    """
+    path = Path(path)
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size < progress.offset:
+            raise StarRewritten(f"{path.name} is shorter than before")
+        if progress.offset:
+            start = max(0, progress.offset - TAIL_CHECK_BYTES)
+            handle.seek(start)
+            if _hash(handle.read(progress.offset - start)) != progress.tail_hash:
+                raise StarRewritten(f"{path.name} was rewritten with different rows")
+        else:
+            handle.seek(0)
+        new = handle.read(size - progress.offset)
+    complete = new[: new.rfind(b"\n") + 1]  # an unfinished last line waits for the next poll
+    labels = progress.labels
+    lines = complete.decode("utf-8", errors="replace").split("\n")
+    rows: list[list[str]] = []
+    body_started = bool(labels)
+    for line in lines:
+        text = line.strip()
+        if not body_started:
+            if text.startswith("_"):
+                labels = (*labels, text.split()[0][1:])
+                continue
+            if not text or text.startswith(("data_", "loop_", "#")):
+                continue
+            body_started = True
+            _check_labels(path, labels)
+        if not text or text.startswith("#"):
+            continue
+        fields = text.split()
+        if len(fields) != len(labels):
+            raise WarpStarError(f"{path}: a row has {len(fields)} values where the header has "
+                                f"{len(labels)} columns: {text[:120]!r}")
+        rows.append(fields)
+    if not body_started:  # header only (or not even that) so far: nothing consumed
+        return _frame([], labels or ("rlnImageName",)), progress
+    end = progress.offset + len(complete)
+    with open(path, "rb") as handle:
+        handle.seek(max(0, end - TAIL_CHECK_BYTES))
+        tail_hash = _hash(handle.read(end - max(0, end - TAIL_CHECK_BYTES)))
+    table = _frame(rows, labels)
+    return table, StarProgress(end, progress.rows + len(rows), labels, tail_hash)
+
+
+def _check_labels(path: Path, labels: Iterable[str]) -> None:
+    missing = [c for c in REQUIRED_STAR_COLUMNS if c not in labels]
+    if missing:
+        raise WarpStarError(f"{path} lacks the column(s) {', '.join(missing)}: "
+                            "is it a Warp particle star file?")
+
+
+def _frame(rows: list[list[str]], labels: tuple[str, ...]) -> pd.DataFrame:
+    table = pd.DataFrame(rows, columns=list(labels))
+    for column in labels:
+        if column not in ("rlnImageName", "rlnMicrographName"):
+            converted = pd.to_numeric(table[column], errors="coerce")
+            if column in REQUIRED_STAR_COLUMNS and converted.isna().any():
+                bad = table[column][converted.isna()].iloc[0]
+                raise WarpStarError(f"{column} has a non-numeric value {bad!r}")
+            table[column] = converted
+    return table
+
+
+def _hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+# ----------------------------------------------------------------------------- stacks
+def split_image_name(name: str) -> tuple[int, str]:
+    """``"000012@particles/x.mrcs"`` -> ``(11, "particles/x.mrcs")`` (0-based index)."""
+    index, _, stack = name.partition("@")
+    if not stack or not index.isdigit() or int(index) < 1:
+        raise WarpStarError(f"image name {name!r} is not of the form N@stack.mrcs")
+    return int(index) - 1, stack
+
+
+def read_particle_images(warp_dir: str | os.PathLike, image_names: list[str],
+                         box: int) -> np.ndarray:
+    """The images named ``N@stack`` (Warp's rlnImageName), in order, as float32.
+
+    Raises StackNotReady if a stack is missing or shorter than its header or the names say
+    (Warp still writing it)."""
+    out = np.empty((len(image_names), box, box), dtype=np.float32)
+    wanted: dict[str, list[tuple[int, int]]] = {}
+    for position, name in enumerate(image_names):
+        index, stack = split_image_name(name)
+        wanted.setdefault(stack, []).append((position, index))
+    for stack, items in wanted.items():
+        path = Path(warp_dir) / stack
+        if not path.is_file():
+            raise StackNotReady(stack, "not written yet")
+        needed = max(index for _, index in items) + 1
+        try:
+            with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
+                header = mrc.header
+                nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
+                itemsize = mrcfile.utils.dtype_from_mode(header.mode).itemsize
+                expected = header.nbytes + int(header.nsymbt) + nx * ny * nz * itemsize
+                if nz < needed or path.stat().st_size < expected or mrc.data is None:
+                    raise StackNotReady(stack, f"holds {nz} images, {needed} needed")
+                if (nx, ny) != (box, box):
+                    raise WarpStarError(f"{stack} has {nx}×{ny} images; Warp's box is {box}")
+                data = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
+                for position, index in items:
+                    out[position] = data[index]
+        except (ValueError, OSError) as exc:
+            raise StackNotReady(stack, f"unreadable ({exc})") from None
+    return out
