@@ -187,6 +187,9 @@ class Importer:
                 report.messages.append(f"skipping the {len(group)} particles of {exc}: "
                                        f"not ready after {waits} polls")
                 continue
+            except WarpStarError as exc:  # e.g. exported before Warp's box size changed
+                report.messages.append(f"skipping the {len(group)} particles of {exc}")
+                continue
             self._stack_waits.pop(stack, None)
             batch.append(self._store_rows(group, settings).assign(_images=list(images)))
             batch_rows += len(group)

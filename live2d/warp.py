@@ -223,9 +223,11 @@ def _frame(rows: list[list[str]], labels: tuple[str, ...]) -> pd.DataFrame:
     for column in labels:
         if column not in ("rlnImageName", "rlnMicrographName"):
             converted = pd.to_numeric(table[column], errors="coerce")
-            if column in REQUIRED_STAR_COLUMNS and converted.isna().any():
-                bad = table[column][converted.isna()].iloc[0]
-                raise WarpStarError(f"{column} has a non-numeric value {bad!r}")
+            if converted.isna().any():
+                if column in REQUIRED_STAR_COLUMNS:
+                    bad = table[column][converted.isna()].iloc[0]
+                    raise WarpStarError(f"{column} has a non-numeric value {bad!r}")
+                continue  # a text column of a newer Warp: keep it as text
             table[column] = converted
     return table
 

@@ -1,0 +1,111 @@
+"""The particle store: O(new) appends, a commit point, and reconciliation after a kill."""
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+
+from live2d.cistem_star import read_star
+from live2d.store import ParticleStore, StoreError
+
+BOX = 16
+
+
+def batch(start: int, n: int) -> tuple[np.ndarray, pd.DataFrame]:
+    images = np.stack([np.full((BOX, BOX), start + i, dtype=np.float32) for i in range(n)])
+    table = pd.DataFrame({"DF1": 15000.0, "DF2": 14000.0, "ANGAST": 30.0, "PSIZE": 1.5,
+                          "VOLT": 300.0, "Cs": 2.7, "AmpC": 0.07,
+                          "ORIGNAME": [f"{i + 1:06d}@particles/m.mrcs" for i in
+                                       range(start, start + n)]})
+    return images, table
+
+
+def check_consistent(folder, expected: int) -> None:
+    store = ParticleStore(folder)
+    assert store.count == expected
+    table = read_star(store.star_path)
+    assert len(table) == expected and table["ORIGNAME"].is_unique
+    assert table["POS"].tolist() == list(range(1, expected + 1))
+    with mrcfile.mmap(store.stack_path) as mrc:
+        assert mrc.data.shape == (expected, BOX, BOX)
+        # image i holds the value i: nothing shifted, lost or doubled
+        assert np.array_equal(mrc.data[:, 0, 0], np.arange(expected, dtype=np.float32))
+
+
+def test_append_writes_a_valid_stack_and_star(tmp_path):
+    store = ParticleStore(tmp_path)
+    store.reset(1.5, BOX)
+    store.append(*batch(0, 5))
+    store.append(*batch(5, 3))
+    check_consistent(tmp_path, 8)
+    with mrcfile.open(store.stack_path) as mrc:
+        assert mrc.voxel_size.x == pytest.approx(1.5)
+    table = store.read_table()
+    assert table["DF1"].iloc[0] == pytest.approx(15000.0) and table["2DCLS"].eq(0).all()
+    assert store.image_names() == set(table["ORIGNAME"])
+
+
+def test_reset_empties_the_store_and_bumps_the_generation(tmp_path):
+    store = ParticleStore(tmp_path)
+    store.reset(1.5, BOX)
+    store.append(*batch(0, 4))
+    generation = store.generation
+    store.reset(2.0, 24)
+    assert store.count == 0 and store.generation == generation + 1 and store.box == 24
+    assert ParticleStore(tmp_path).generation == generation + 1
+
+
+def test_uncommitted_data_left_by_a_kill_is_cut_back(tmp_path):
+    store = ParticleStore(tmp_path)
+    store.reset(1.5, BOX)
+    store.append(*batch(0, 4))
+    committed = json.loads(store.state_path.read_text())
+    store.append(*batch(4, 3))
+    store.state_path.write_text(json.dumps(committed))  # as if killed just before the commit
+    check_consistent(tmp_path, 4)
+    reopened = ParticleStore(tmp_path)
+    reopened.append(*batch(4, 3))
+    check_consistent(tmp_path, 7)
+
+
+def test_a_stack_that_lost_committed_particles_is_an_error(tmp_path):
+    store = ParticleStore(tmp_path)
+    store.reset(1.5, BOX)
+    store.append(*batch(0, 4))
+    with open(store.stack_path, "r+b") as handle:
+        handle.truncate(2000)
+    with pytest.raises(StoreError, match="shorter than the 4 particles"):
+        ParticleStore(tmp_path)
+
+
+def test_sigkill_while_appending_loses_and_duplicates_nothing(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r})
+        from test_store import batch
+        from live2d.store import ParticleStore
+        store = ParticleStore({str(tmp_path)!r})
+        if not store.box:
+            store.reset(1.5, {BOX})
+        start = store.count
+        while True:
+            store.append(*batch(start, 7))
+            start += 7
+    """)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        process = subprocess.Popen([sys.executable, "-c", script])
+        time.sleep(0.6 + rng.uniform(0, 0.4))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        store = ParticleStore(tmp_path)
+        assert store.count % 7 == 0
+        check_consistent(tmp_path, store.count)
+    assert ParticleStore(tmp_path).count > 0
