@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch_ctf import calculate_ctf_2d
 from torch_fourier_shift import fourier_shift_image_2d
 from torch_transform_image import affine_transform_image_2d
+
+from live2d.imaging import ctf_2d, rotation_matrices_yx
 
 # (x, y, z) centre in units of the longest dimension, Gaussian sigma in the same unit, density.
 _DOMAINS = np.array(
@@ -146,7 +147,7 @@ def render_clean(
     for v in np.unique(view):
         members = np.flatnonzero(view == v)
         image = torch.as_tensor(np.asarray(views[v], dtype=np.float32))
-        matrices = _inverse_rotation_matrices_yx(psi[members], box)
+        matrices = rotation_matrices_yx(psi[members], box)
         out[members] = affine_transform_image_2d(
             image, matrices[:, None, None], interpolation="bicubic", yx_matrices=True
         )
@@ -154,21 +155,6 @@ def render_clean(
     if n and bool(shifts_yx.abs().max() > 0):
         out = fourier_shift_image_2d(out, shifts_yx)
     return out.numpy()
-
-
-def _inverse_rotation_matrices_yx(psi: np.ndarray, box: int) -> torch.Tensor:
-    """``(n, 3, 3)`` maps from output to input (y, x) pixel positions for a CCW turn by ``psi``."""
-    theta = np.deg2rad(psi)
-    cos, sin = np.cos(theta), np.sin(theta)
-    centre = box // 2
-    matrices = np.zeros((len(psi), 3, 3))
-    # input = R(-psi) (output - centre) + centre, written for (y, x) column vectors
-    matrices[:, 0, 0], matrices[:, 0, 1] = cos, -sin
-    matrices[:, 1, 0], matrices[:, 1, 1] = sin, cos
-    matrices[:, 0, 2] = centre - (cos * centre - sin * centre)
-    matrices[:, 1, 2] = centre - (sin * centre + cos * centre)
-    matrices[:, 2, 2] = 1.0
-    return torch.as_tensor(matrices, dtype=torch.float32)
 
 
 def _scaled_domains(diameter: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -243,21 +229,12 @@ def _apply_ctf(
     start = box // 2
     padded = torch.zeros((n, padded_box, padded_box), dtype=images.dtype)
     padded[:, start:start + box, start:start + box] = images
-    astigmatism = (defocus_u - defocus_v) / 2.0
-    angle = defocus_angle if astigmatism >= 0 else defocus_angle + 90.0
-    ctf = calculate_ctf_2d(
-        defocus=(defocus_u + defocus_v) / 2.0 / 1e4,
-        astigmatism=abs(astigmatism) / 1e4,
-        astigmatism_angle=angle,
-        voltage=voltage,
-        spherical_aberration=cs,
-        amplitude_contrast=amplitude_contrast,
-        phase_shift=0.0,
-        pixel_size=pixel_size,
-        image_shape=(padded_box, padded_box),
-        rfft=True,
-        fftshift=False,
-    )
+
+    def full(value: float) -> torch.Tensor:
+        return torch.full((1,), float(value))
+
+    ctf = ctf_2d(full(defocus_u), full(defocus_v), full(defocus_angle), full(voltage), full(cs),
+                 full(amplitude_contrast), full(0.0), pixel_size, padded_box)
     spectrum = torch.fft.rfft2(padded) * ctf
     out = torch.fft.irfft2(spectrum, s=(padded_box, padded_box))
     return out[:, start:start + box, start:start + box].contiguous()

@@ -1,0 +1,516 @@
+"""Live2D's built-in 2D classification engine: maximum likelihood in PyTorch, CPU or CUDA.
+
+One cycle follows the semantics of cisTEM's refine2d (../shared/cistem-interface.md):
+
+1. Particles are normalised (background mean 0, s.d. 1), turned white-protein, cropped to the box
+   that the mask and search range need, and Fourier-cropped to the high-resolution limit, so the
+   early low-resolution cycles are cheap.
+2. A noise power spectrum is estimated from the particles' backgrounds.
+3. Every particle is scored against every class turned by every angle of the psi grid (random
+   offset per cycle), at every translation within the search range at once (FFT
+   cross-correlation), with its own CTF: log-likelihoods, scaled by the smoothing factor and a
+   Gaussian prior on the shift, give weights over (class, angle, shift).
+4. Class sums of CTF-weighted, aligned particles and of CTF² form Wiener-style averages, masked,
+   band-limited and optionally re-centred and auto-masked.
+
+Conventions (shared with cisTEM and :mod:`live2d.imaging`): a particle P with (PSI, SHX, SHY)
+matches its class average A as ``A ≈ rotate(shift(P, (SHX, SHY)), PSI)``. Particles stream from
+the memory-mapped stack in batches, so memory stays bounded whatever the particle count.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import torch
+from torch_fourier_shift import fourier_shift_image_2d
+
+from live2d import cistem_star
+from live2d.engines.base import (
+    CycleCancelled,
+    CycleParams,
+    CycleRequest,
+    CycleResult,
+    Engine,
+    EngineError,
+    Progress,
+    ProgressCallback,
+    class_counts,
+)
+from live2d.imaging import ctf_2d, rotate, soft_disc
+
+EDGE_FALLOFF = 20.0  # Å of soft edge around masks and cropped boxes, as cisTEM
+WIENER_CONSTANT = 0.05  # regularisation, relative to a class's mean CTF² weight
+PAIR_WEIGHT_FLOOR = 1e-3  # (class, angle) pairs with less total weight are not accumulated
+NOISE_SAMPLE = 1000  # particles used to estimate the noise spectrum
+
+
+@dataclass(frozen=True)
+class Geometry:
+    box: int
+    pixel_size: float
+    cropped: int  # real-space crop holding mask and search range
+    working: int  # Fourier-cropped box the search runs in
+    binned_pixel: float
+    psi: np.ndarray  # (R,) this cycle's angle grid, degrees
+    shifts: torch.Tensor  # (T, 2) integer (dy, dx) translations in working pixels
+    log_prior: torch.Tensor  # (T,) Gaussian prior on the translation
+    mask_radius: float  # px of the stack
+
+
+def plan_geometry(params: CycleParams, box: int, rng: np.random.Generator) -> Geometry:
+    pixel = params.pixel_size
+    search = params.search_range if params.search_range > 0 else box * pixel / 4.0
+    needed = 2.0 * (search + params.mask_radius + EDGE_FALLOFF) / pixel
+    cropped = min(box, _even_ceil(needed))
+    high_res = max(params.high_res, 2.0 * pixel)
+    working = min(cropped, _even_ceil(2.0 * cropped * pixel / high_res))
+    binned = pixel * cropped / working
+    mask_radius = min(params.mask_radius / pixel, box / 2.0 - 1.0)
+    step = params.angular_step if params.angular_step > 0 else math.degrees(
+        binned / max(params.mask_radius, binned))
+    n_angles = max(1, round(360.0 / step))
+    step = 360.0 / n_angles
+    psi = (step / 2.0 * rng.uniform(-1.0, 1.0) + step * np.arange(n_angles)) % 360.0
+    radius = min(search / binned, working / 2.0 - 1.0)
+    reach = math.floor(radius)
+    dy, dx = np.mgrid[-reach:reach + 1, -reach:reach + 1]
+    inside = dy**2 + dx**2 <= radius**2 + 1e-6
+    shifts = torch.as_tensor(np.stack([dy[inside], dx[inside]], axis=1), dtype=torch.long)
+    sigma = max(search / 2.0 / binned, 1.0)
+    log_prior = -(shifts.float() ** 2).sum(dim=1) / (2.0 * sigma**2)
+    return Geometry(box, pixel, cropped, working, binned, psi, shifts, log_prior, mask_radius)
+
+
+def _even_ceil(value: float) -> int:
+    return max(2, math.ceil(value / 2.0) * 2)
+
+
+class BuiltinEngine(Engine):
+    name = "builtin"
+
+    def __init__(self, device: str = "auto", batch_size: int = 32) -> None:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise EngineError("--device cuda: no CUDA GPU is visible to PyTorch (install a "
+                              "CUDA build of torch, or use --device cpu)")
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+
+    def describe(self) -> str:
+        where = (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
+                 else f"cpu, {torch.get_num_threads()} threads")
+        return f"builtin (torch {torch.__version__.split('+')[0]}, {where})"
+
+    # ------------------------------------------------------------------ starting classes
+    def start_classes(self, request: CycleRequest, progress: ProgressCallback,
+                      cancel: threading.Event) -> CycleResult:
+        """Random-start classes as refine2d's init mode: each class the mean of a random subset
+        of normalised, white-protein particles, each shifted at random by up to 0.2 × mask."""
+        started = time.monotonic()
+        _check_cancel(cancel)
+        torch.set_num_threads(max(1, request.threads))
+        table, stack = _read_inputs(request)
+        params, k = request.params, request.n_classes
+        rng = np.random.default_rng(request.seed)
+        n = len(table)
+        used = np.flatnonzero(rng.random(n) < params.fraction) if params.fraction < 1 else \
+            np.arange(n)
+        if len(used) < k:
+            raise EngineError(f"{len(used)} particles used ({params.fraction:.0%} of {n}) are "
+                              f"too few for {k} classes")
+        box = stack.shape[-1]
+        geometry = plan_geometry(params, box, rng)
+        background = ~(soft_disc(box, geometry.mask_radius, 0.0) > 0)
+        sums = torch.zeros((k, box, box))
+        counts = torch.zeros(k)
+        max_shift = max(1, int(0.2 * geometry.mask_radius))
+        for done, batch in _batches(used, self.batch_size):
+            _check_cancel(cancel)
+            images = _prepare(stack, batch, params, background, torch.device("cpu"))
+            members = torch.as_tensor(rng.random((len(batch), k)) < 1.0 / k)
+            offsets = rng.integers(-max_shift, max_shift + 1, size=(len(batch), 2))
+            for i in range(len(batch)):
+                moved = torch.roll(images[i], shifts=(int(offsets[i, 0]), int(offsets[i, 1])),
+                                   dims=(0, 1))
+                sums[members[i]] += moved
+            counts += members.sum(dim=0)
+            progress(Progress("starting classes", done / len(used),
+                              done / max(time.monotonic() - started, 1e-9)))
+        empty = torch.nonzero(counts == 0).flatten()
+        for slot, index in zip(empty.tolist(), rng.choice(used, size=len(empty)), strict=True):
+            sums[slot] = _prepare(stack, np.array([index]), params, background,
+                                  torch.device("cpu"))[0]
+            counts[slot] = 1
+        classes = sums / counts.clamp_min(1)[:, None, None]
+        classes = _finish_classes(classes, geometry, params, auto_center=False)
+        _write_classes(request.classes_out, classes, params.pixel_size)
+        seconds = time.monotonic() - started
+        return CycleResult(request.classes_out, None, [0] * k, len(used), seconds,
+                           [f"{k} random-start classes from {len(used)} particles"])
+
+    # ------------------------------------------------------------------ one cycle
+    def run_cycle(self, request: CycleRequest, progress: ProgressCallback,
+                  cancel: threading.Event) -> CycleResult:
+        started = time.monotonic()
+        _check_cancel(cancel)
+        torch.set_num_threads(max(1, request.threads))
+        if request.classes_in is None:
+            raise EngineError("a refinement cycle needs the previous class averages")
+        table, stack = _read_inputs(request)
+        params, device = request.params, self.device
+        classes = _read_classes(request.classes_in, stack.shape[-1])
+        rng = np.random.default_rng(request.seed)
+        n, k, box = len(table), len(classes), stack.shape[-1]
+        used = np.flatnonzero(rng.random(n) < params.fraction) if params.fraction < 1 else \
+            np.arange(n)
+        geometry = plan_geometry(params, box, rng)
+        search = _Search(geometry, params, classes, device)
+        progress(Progress("noise spectrum", 0.0))
+        search.estimate_noise(stack, rng.permutation(used)[:NOISE_SAMPLE], table)
+
+        results = {name: np.zeros(len(used)) for name in
+                   ("cls", "psi", "shx", "shy", "occ", "logp", "sigma", "score")}
+        classify_started = time.monotonic()
+        for done, batch in _batches(used, self.batch_size):
+            _check_cancel(cancel)
+            out = search.classify(stack, batch, table)
+            start = done - len(batch)
+            for name, values in out.items():
+                results[name][start:done] = values
+            rate = done / max(time.monotonic() - classify_started, 1e-9)
+            progress(Progress("classifying", done / len(used), rate))
+        _check_cancel(cancel)
+        progress(Progress("averaging", 1.0))
+        averages, empty = search.averages()
+        if empty:
+            averages = _reseed(averages, empty, stack, used, results, params, geometry)
+        averages = _finish_classes(averages, geometry, params, params.auto_center)
+        out_table = _updated_table(table, used, results)
+        cistem_star.write_star(request.star_out, out_table,
+                               [f"Live2D built-in engine, {len(used)} of {n} particles used"])
+        _write_classes(request.classes_out, averages, params.pixel_size)
+        seconds = time.monotonic() - started
+        log = [f"{k} classes × {len(geometry.psi)} angles × {len(geometry.shifts)} shifts, "
+               f"working box {geometry.working} px at {geometry.binned_pixel:.2f} Å/px"]
+        if empty:
+            log.append(f"classes {', '.join(str(c + 1) for c in empty)} were empty: re-seeded")
+        return CycleResult(request.classes_out, request.star_out,
+                           class_counts(out_table["2DCLS"], k), len(used), seconds, log)
+
+
+class _Search:
+    """The per-cycle state: rotated reference spectra, noise model and the running sums."""
+
+    def __init__(self, geometry: Geometry, params: CycleParams, classes: torch.Tensor,
+                 device: torch.device) -> None:
+        self.g, self.params, self.device = geometry, params, device
+        w = geometry.working
+        self.k, self.r = len(classes), len(geometry.psi)
+        self.half = w // 2 + 1
+        self.background = ~(soft_disc(geometry.box, geometry.mask_radius, 0.0) > 0)
+        self.edge = soft_disc(geometry.cropped, geometry.cropped / 2.0 - EDGE_FALLOFF /
+                              geometry.pixel_size, EDGE_FALLOFF / geometry.pixel_size).to(device)
+        self.band = _band(w, geometry.binned_pixel, params.high_res, params.low_res, device)
+        self.pair_weights = torch.full((w, self.half), 2.0, device=device)
+        self.pair_weights[:, 0] = 1.0
+        if w % 2 == 0:
+            self.pair_weights[:, -1] = 1.0
+        self.usable = classes.flatten(1).std(dim=1) > 0  # all-zero classes are skipped
+        angles = np.repeat(geometry.psi[None], self.k, axis=0).reshape(-1)
+        turned = rotate(classes.repeat_interleave(self.r, dim=0), angles)
+        self.references = self._spectra(turned.to(device))  # (K·R, W, W/2+1)
+        flat = geometry.shifts[:, 0] % w * w + geometry.shifts[:, 1] % w
+        self.shift_index = flat.to(device)
+        self.log_prior = geometry.log_prior.to(device)
+        self.noise = torch.ones((w, self.half), device=device)
+        self.sums = torch.zeros((self.k * self.r, w, self.half), dtype=torch.complex64,
+                                device=device)
+        self.weights = torch.zeros((self.k * self.r, w, self.half), device=device)
+
+    def _spectra(self, images: torch.Tensor) -> torch.Tensor:
+        """Box-sized images -> working-box rfft2 spectra (crop, soft edge, Fourier crop)."""
+        c, w = self.g.cropped, self.g.working
+        start = self.g.box // 2 - c // 2
+        cropped = images[..., start:start + c, start:start + c] * self.edge
+        spectra = torch.fft.rfft2(cropped)
+        return torch.cat([spectra[..., : w // 2, : self.half],
+                          spectra[..., c - w // 2:, : self.half]], dim=-2)
+
+    def _particles(self, stack: np.ndarray, batch: np.ndarray,
+                   table: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+        images = _prepare(stack, batch, self.params, self.background, self.device)
+        rows = table.iloc[batch]
+
+        def column(name: str) -> torch.Tensor:
+            return torch.as_tensor(np.array(rows[name], dtype=np.float64), dtype=torch.float32,
+                                   device=self.device)
+
+        ctf = ctf_2d(column("DF1"), column("DF2"), column("ANGAST"), column("VOLT"),
+                     column("Cs"), column("AmpC"), column("PSHIFT"), self.g.binned_pixel,
+                     self.g.working)
+        return self._spectra(images), ctf
+
+    def estimate_noise(self, stack: np.ndarray, sample: np.ndarray, table: pd.DataFrame) -> None:
+        """Noise power per resolution shell from the particles' backgrounds."""
+        total = torch.zeros((self.g.working, self.half), device=self.device)
+        outside = self.background.to(self.device)
+        fraction = float(outside.float().mean())
+        for _, batch in _batches(np.sort(sample), self.batch_size_for_noise):
+            images = _prepare(stack, batch, self.params, self.background, self.device)
+            total += (self._spectra(images * outside).abs() ** 2).sum(dim=0)
+        power = total / max(len(sample), 1) / max(fraction, 0.05)
+        self.noise = _shell_average(power).clamp_min(1e-6)
+
+    batch_size_for_noise = 64
+
+    def classify(self, stack: np.ndarray, batch: np.ndarray,
+                 table: pd.DataFrame) -> dict[str, np.ndarray]:
+        spectra, ctf = self._particles(stack, batch, table)
+        b, w = len(batch), self.g.working
+        filtered = spectra * ctf * self.band / self.noise  # (B, W, H)
+        cross = filtered[:, None] * self.references.conj()[None]  # (B, KR, W, H)
+        maps = torch.fft.irfft2(cross, s=(w, w)) * (w * w)
+        corr = maps.flatten(2)[..., self.shift_index]  # (B, KR, T)
+        del cross, maps
+        reference_power = (self.references.abs() ** 2 * self.pair_weights).flatten(1)
+        particle_ctf = (ctf**2 * self.band / self.noise).flatten(1)
+        norms = 0.5 * particle_ctf @ reference_power.T  # (B, KR)
+        loglik = corr - norms[..., None]
+        scores = self.params.smoothing * loglik + self.log_prior
+        scores = scores.view(b, self.k, self.r, -1)
+        scores[:, ~self.usable.to(self.device)] = -torch.inf
+        scores = scores.view(b, self.k * self.r, -1)
+        log_z = torch.logsumexp(scores.flatten(1), dim=1)
+        weights = torch.exp(scores - log_z[:, None, None])
+        best = scores.flatten(1).argmax(dim=1)
+        best_pair, best_shift = best // scores.shape[-1], best % scores.shape[-1]
+        best_class, best_angle = best_pair // self.r, best_pair % self.r
+        self._accumulate(spectra, ctf, weights)
+
+        rows = torch.arange(b, device=self.device)
+        signal = 2.0 * norms[rows, best_pair]  # Σ|CTF·A|²/noise over the full plane
+        particle_power = ((spectra.abs() ** 2 * self.band / self.noise) *
+                          self.pair_weights).flatten(1).sum(dim=1)
+        best_corr = corr[rows, best_pair, best_shift]
+        residual = (particle_power - 2.0 * best_corr + signal).clamp_min(1e-12)
+        shift = self.g.shifts.to(self.device)[best_shift].float() * self.g.binned_pixel
+        class_weight = weights.view(b, self.k, -1).sum(dim=2)[rows, best_class]
+        out = {
+            "cls": best_class + 1,
+            "psi": torch.as_tensor((-self.g.psi) % 360.0, device=self.device)[best_angle],
+            "shx": -shift[:, 1],
+            "shy": -shift[:, 0],
+            "occ": 100.0 * class_weight,
+            "logp": log_z,
+            "sigma": torch.sqrt(residual / signal.clamp_min(1e-12)).clamp(max=100.0),
+            "score": 100.0 * best_corr / torch.sqrt(particle_power * signal).clamp_min(1e-12),
+        }
+        return {name: value.double().cpu().numpy() for name, value in out.items()}
+
+    def _accumulate(self, spectra: torch.Tensor, ctf: torch.Tensor,
+                    weights: torch.Tensor) -> None:
+        """Add each particle to every (class, angle) frame it has weight in, shifted back by the
+        weighted translations (one FFT of the weight map per frame)."""
+        w = self.g.working
+        pair = weights.sum(dim=2)  # (B, KR)
+        strongest = pair.argmax(dim=1)
+        keep = pair >= PAIR_WEIGHT_FLOOR
+        keep[torch.arange(len(pair)), strongest] = True
+        particle, frame = torch.nonzero(keep, as_tuple=True)
+        maps = torch.zeros((len(particle), w * w), device=self.device)
+        maps[:, self.shift_index] = weights[particle, frame]
+        translation = torch.fft.rfft2(maps.view(-1, w, w)).conj()
+        contribution = (spectra * ctf)[particle] * translation
+        self.sums.index_add_(0, frame, contribution.to(torch.complex64))
+        self.weights.index_add_(0, frame, pair[particle, frame, None, None] * ctf[particle] ** 2)
+
+    def averages(self) -> tuple[torch.Tensor, list[int]]:
+        """Class averages (K, box, box) from the sums, and the classes that stayed empty."""
+        w, c = self.g.working, self.g.cropped
+        angles = -np.tile(self.g.psi, self.k)
+        numerators = rotate(torch.fft.irfft2(self.sums, s=(w, w)).cpu(), angles)
+        numerators = numerators.view(self.k, self.r, w, w).sum(dim=1)
+        denominators = _rotate_half_spectra(self.weights.cpu(), angles)
+        denominators = denominators.view(self.k, self.r, w, self.half).sum(dim=1)
+        band = self.band.cpu()
+        level = (denominators * band).flatten(1).sum(dim=1) / band.sum().clamp_min(1)
+        empty = [i for i in range(self.k) if float(level[i]) <= 1e-8]
+        spectra = torch.fft.rfft2(numerators) / (denominators + WIENER_CONSTANT *
+                                                 level.clamp_min(1e-8)[:, None, None])
+        spectra = spectra * band
+        padded = torch.zeros((self.k, c, c // 2 + 1), dtype=spectra.dtype)
+        padded[:, : w // 2, : self.half] = spectra[:, : w // 2]
+        padded[:, c - w // 2:, : self.half] = spectra[:, w // 2:]
+        images = torch.fft.irfft2(padded, s=(c, c))
+        out = torch.zeros((self.k, self.g.box, self.g.box))
+        start = self.g.box // 2 - c // 2
+        out[:, start:start + c, start:start + c] = images
+        return out, empty
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _check_cancel(cancel: threading.Event) -> None:
+    if cancel.is_set():
+        raise CycleCancelled("the cycle was stopped")
+
+
+def _batches(indices: np.ndarray, size: int):
+    for start in range(0, len(indices), size):
+        batch = indices[start:start + size]
+        yield start + len(batch), batch
+
+
+def _read_inputs(request: CycleRequest) -> tuple[pd.DataFrame, np.ndarray]:
+    """The star table and the particle stack, memory-mapped (read only as batches need it)."""
+    try:
+        table = cistem_star.read_star(request.star_in)
+    except (OSError, cistem_star.StarFormatError) as exc:
+        raise EngineError(f"built-in engine: cannot read {request.star_in}: {exc}") from None
+    try:
+        mrc = mrcfile.mmap(request.stack, mode="r", permissive=True)
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"built-in engine: cannot read {request.stack}: {exc}") from None
+    stack = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
+    mrc.close()  # the memory map itself stays valid until its last reference goes
+    if len(stack) < len(table):
+        raise EngineError(f"{request.star_in} has {len(table)} particles but {request.stack} "
+                          f"only {len(stack)}")
+    return table, stack
+
+
+def _read_classes(path: Path, box: int) -> torch.Tensor:
+    with mrcfile.open(path, permissive=True) as mrc:
+        data = np.array(mrc.data, dtype=np.float32)
+    data = data if data.ndim == 3 else data[None]
+    if data.shape[1:] != (box, box):
+        raise EngineError(f"{path} holds {data.shape[1]} px classes; the particles are {box} px")
+    return torch.from_numpy(data)
+
+
+def _prepare(stack: np.ndarray, batch: np.ndarray, params: CycleParams,
+             background: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Particles of ``batch`` normalised and with white protein."""
+    images = torch.from_numpy(np.array(stack[np.sort(batch)], dtype=np.float32))
+    order = np.argsort(np.argsort(batch))  # stack reads go in file order
+    images = images[torch.as_tensor(order)].to(device)
+    if params.normalize:
+        pixels = images[:, background.to(device)]
+        mean, std = pixels.mean(dim=1), pixels.std(dim=1).clamp_min(1e-12)
+        images = (images - mean[:, None, None]) / std[:, None, None]
+    return images if params.invert_contrast else -images
+
+
+def _band(w: int, pixel: float, high_res: float, low_res: float,
+          device: torch.device) -> torch.Tensor:
+    fy = torch.fft.fftfreq(w, d=pixel, device=device)[:, None]
+    fx = torch.fft.rfftfreq(w, d=pixel, device=device)[None, :]
+    radius = torch.sqrt(fx**2 + fy**2)
+    band = (radius <= 1.0 / max(high_res, 2 * pixel)) & (radius >= 1.0 / max(low_res, 1e-6))
+    return band.float()
+
+
+def _shell_average(power: torch.Tensor) -> torch.Tensor:
+    w = power.shape[0]
+    fy = torch.fft.fftfreq(w, device=power.device)[:, None] * w
+    fx = torch.fft.rfftfreq(w, device=power.device)[None, :] * w
+    shell = torch.sqrt(fx**2 + fy**2).round().long()
+    sums = torch.zeros(int(shell.max()) + 1, device=power.device).index_add_(
+        0, shell.flatten(), power.flatten())
+    counts = torch.zeros_like(sums).index_add_(0, shell.flatten(), torch.ones_like(power).flatten())
+    return (sums / counts.clamp_min(1))[shell]
+
+
+def _rotate_half_spectra(half: torch.Tensor, angles: np.ndarray) -> torch.Tensor:
+    """Turn real, centro-symmetric rfft2 maps (e.g. CTF² sums) like their images turn."""
+    w = half.shape[-2]
+    full = torch.cat([half, half[..., (-torch.arange(w)) % w, :][..., 1: w - half.shape[-1] + 1]
+                      .flip(-1)], dim=-1)
+    centred = torch.fft.fftshift(full, dim=(-2, -1))
+    turned = torch.fft.ifftshift(rotate(centred, angles), dim=(-2, -1))
+    return turned[..., : half.shape[-1]].clamp_min(0)
+
+
+def _finish_classes(classes: torch.Tensor, geometry: Geometry, params: CycleParams,
+                    auto_center: bool) -> torch.Tensor:
+    box = geometry.box
+    falloff = EDGE_FALLOFF / geometry.pixel_size
+    mask = soft_disc(box, geometry.mask_radius, falloff)
+    spectra = torch.fft.rfft2(classes)
+    spectra *= _band(box, geometry.pixel_size, params.high_res, params.low_res,
+                     torch.device("cpu"))
+    spectra[..., 0, 0] = 0  # zero mean: what cisTEM's averages and the scores assume
+    classes = torch.fft.irfft2(spectra, s=(box, box)) * mask
+    if auto_center:
+        positive = classes.clamp_min(0) * mask
+        mass = positive.flatten(1).sum(dim=1).clamp_min(1e-12)
+        coords = torch.arange(box, dtype=torch.float32) - box // 2
+        cy = (positive.sum(dim=2) * coords).sum(dim=1) / mass
+        cx = (positive.sum(dim=1) * coords).sum(dim=1) / mass
+        classes = fourier_shift_image_2d(classes, torch.stack([-cy, -cx], dim=1)) * mask
+    if params.auto_mask:
+        classes = classes * _automatic_mask(classes, mask)
+    return classes
+
+
+def _automatic_mask(classes: torch.Tensor, disc: torch.Tensor) -> torch.Tensor:
+    """A soft mask around each class's density: threshold, dilate, soften."""
+    smooth = torch.nn.functional.avg_pool2d(classes[:, None], 5, stride=1, padding=2)[:, 0]
+    peak = smooth.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+    binary = (smooth > 0.15 * peak).float()[:, None]
+    grown = torch.nn.functional.max_pool2d(binary, 7, stride=1, padding=3)
+    soft = torch.nn.functional.avg_pool2d(grown, 5, stride=1, padding=2)[:, 0]
+    return torch.maximum(soft, torch.zeros_like(soft)) * disc
+
+
+def _reseed(averages: torch.Tensor, empty: list[int], stack: np.ndarray, used: np.ndarray,
+            results: dict[str, np.ndarray], params: CycleParams,
+            geometry: Geometry) -> torch.Tensor:
+    """Empty classes restart from the particles that fit worst, where a missing view hides."""
+    worst = used[np.argsort(results["logp"])]
+    background = ~(soft_disc(geometry.box, geometry.mask_radius, 0.0) > 0)
+    per_class = max(1, min(50, len(used) // max(len(averages), 1)))
+    for slot, start in zip(empty, range(0, len(worst), per_class), strict=False):
+        members = worst[start:start + per_class]
+        averages[slot] = _prepare(stack, members, params, background,
+                                  torch.device("cpu")).mean(dim=0)
+    return averages
+
+
+def _updated_table(table: pd.DataFrame, used: np.ndarray,
+                   results: dict[str, np.ndarray]) -> pd.DataFrame:
+    out = table.copy()
+    for column, default in (("OCC", 100.0), ("LogP", 0), ("SIGMA", 10.0), ("SCORE", 0.0),
+                            ("CHANGE", 0.0), ("PSI", 0.0), ("SHX", 0.0), ("SHY", 0.0),
+                            ("2DCLS", 0)):
+        if column not in out:
+            out[column] = default
+    unused = np.setdiff1d(np.arange(len(table)), used)
+    out.loc[out.index[unused], "2DCLS"] = -out["2DCLS"].iloc[unused].abs()
+    out.loc[out.index[unused], "CHANGE"] = 0.0
+    rows = out.index[used]
+    previous_score = out.loc[rows, "SCORE"].to_numpy(dtype=float)
+    out.loc[rows, "2DCLS"] = results["cls"].astype(np.int64)
+    out.loc[rows, "PSI"] = results["psi"]
+    out.loc[rows, "SHX"] = results["shx"]
+    out.loc[rows, "SHY"] = results["shy"]
+    out.loc[rows, "OCC"] = results["occ"]
+    out.loc[rows, "LogP"] = np.rint(results["logp"]).astype(np.int64)
+    out.loc[rows, "SIGMA"] = results["sigma"]
+    out.loc[rows, "SCORE"] = results["score"]
+    out.loc[rows, "CHANGE"] = results["score"] - previous_score
+    return out
+
+
+def _write_classes(path: Path, classes: torch.Tensor, pixel_size: float) -> None:
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(classes.detach().cpu().numpy().astype(np.float32))
+        mrc.voxel_size = pixel_size

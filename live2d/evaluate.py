@@ -1,0 +1,105 @@
+"""Scores of a classification against the truth of a simulated session (issue 3's measures).
+
+* homogeneity: each particle's true noise-free image, put through the reported alignment
+  (``rotate(shift(P, (SHX, SHY)), PSI)``), low-passed to 8 Å, masked, its rotational average
+  removed, correlated with its class's mean of such images; averaged over particles. 1 = every
+  class one view, perfectly aligned; random assignment gives about 0.1.
+* fidelity: correlation (15 Å low-pass, masked, rotational average removed) of each class average
+  with its class's mean true image, weighted by class population.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import torch
+from torch_fourier_shift import fourier_shift_image_2d
+
+from live2d import cistem_star
+from live2d.imaging import rotate, soft_disc
+from live2d.phantom import render_clean
+
+
+@dataclass(frozen=True)
+class Scores:
+    homogeneity: float
+    fidelity: float
+    classes_used: int
+
+
+def score(views: np.ndarray, view: np.ndarray, psi_true: np.ndarray, shift_true: np.ndarray,
+          table, classes: np.ndarray, pixel_size: float, mask_radius: float) -> Scores:
+    """``table``: the engine's cisTEM star rows for these particles (2DCLS, PSI, SHX, SHY)."""
+    best = table["2DCLS"].to_numpy(dtype=np.int64)
+    used = best > 0
+    clean = torch.from_numpy(render_clean(views, view[used], psi_true[used], shift_true[used],
+                                          pixel_size))
+    shifts = table[["SHY", "SHX"]].to_numpy(dtype=np.float64)[used] / pixel_size
+    aligned = fourier_shift_image_2d(clean, torch.as_tensor(shifts, dtype=torch.float32))
+    aligned = rotate(aligned, table["PSI"].to_numpy(dtype=np.float64)[used])
+    box = views.shape[-1]
+    mask = soft_disc(box, mask_radius / pixel_size, 3.0)
+    prepared = _comparable(aligned, pixel_size, 8.0, mask)
+    labels = best[used] - 1
+    homogeneity, fidelity_sum, population = [], 0.0, 0
+    class_images = _comparable(torch.from_numpy(np.asarray(classes, dtype=np.float32)),
+                               pixel_size, 15.0, mask)
+    for k in np.unique(labels):
+        members = prepared[labels == k]
+        mean = members.mean(dim=0)
+        homogeneity.extend(_correlation(members, mean[None]).tolist())
+        truth = _comparable(aligned[labels == k].mean(dim=0, keepdim=True), pixel_size, 15.0,
+                            mask)
+        fidelity_sum += len(members) * float(_correlation(class_images[k][None], truth)[0])
+        population += len(members)
+    return Scores(float(np.mean(homogeneity)) if homogeneity else 0.0,
+                  fidelity_sum / max(population, 1), len(np.unique(labels)))
+
+
+def score_cycle(output_dir: Path, cycle: int, truth_dir: Path, mask_radius: float) -> Scores:
+    """Scores of one cycle of a session run on a folder written by ``live2d simulate``."""
+    output_dir = Path(output_dir)
+    table = cistem_star.read_star(output_dir / f"cycle_{cycle:03d}.star")
+    names = cistem_star.read_star(output_dir / "particles.star")["ORIGNAME"].tolist()
+    with open(Path(truth_dir) / "particles.csv") as handle:
+        truth = {row["image_name"]: row for row in csv.DictReader(handle)}
+    rows = [truth[name] for name in names[: len(table)]]
+    with mrcfile.open(Path(truth_dir) / "views.mrc") as mrc:
+        views, pixel_size = np.array(mrc.data), float(mrc.voxel_size.x)
+    with mrcfile.open(output_dir / f"cycle_{cycle:03d}.mrc") as mrc:
+        classes = np.array(mrc.data)
+    return score(views, np.array([int(r["view"]) for r in rows]),
+                 np.array([float(r["psi"]) for r in rows]),
+                 np.array([[float(r["shift_x"]), float(r["shift_y"])] for r in rows]),
+                 table, classes, pixel_size, mask_radius)
+
+
+def _comparable(images: torch.Tensor, pixel_size: float, resolution: float,
+                mask: torch.Tensor) -> torch.Tensor:
+    box = images.shape[-1]
+    fy = torch.fft.fftfreq(box, d=pixel_size)[:, None]
+    fx = torch.fft.rfftfreq(box, d=pixel_size)[None, :]
+    low_pass = (torch.sqrt(fx**2 + fy**2) <= 1.0 / resolution).float()
+    filtered = torch.fft.irfft2(torch.fft.rfft2(images) * low_pass, s=(box, box)) * mask
+    return filtered - _rotational_average(filtered)
+
+
+def _rotational_average(images: torch.Tensor) -> torch.Tensor:
+    box = images.shape[-1]
+    y, x = np.mgrid[:box, :box] - box // 2
+    ring = torch.as_tensor(np.rint(np.hypot(x, y)).astype(np.int64)).flatten()
+    flat = images.flatten(1)
+    sums = torch.zeros((len(images), int(ring.max()) + 1)).index_add_(1, ring, flat)
+    counts = torch.zeros(int(ring.max()) + 1).index_add_(0, ring, torch.ones(len(ring)))
+    return (sums / counts)[:, ring].view_as(images)
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a.flatten(1), b.flatten(1)
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)

@@ -1,0 +1,83 @@
+"""Image conventions shared by the simulator and the built-in engine, defined once.
+
+* Images are ``(..., h, w)``; x is the column (last) axis, y the row axis.
+* An in-plane angle turns +x towards +y (counter-clockwise) about pixel ``(h // 2, w // 2)``,
+  the centre of an fftshifted spectrum.
+* The CTF is torch-ctf's ``+sin(chi)`` form, positive at low frequency: multiplying positive
+  density by it gives the white protein of Warp's inverted export.
+* Defocus U/V in Å and the astigmatism angle in degrees, as Warp and cisTEM store them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch_ctf import calculate_ctf_2d
+
+
+def rotation_matrices_yx(psi: np.ndarray | torch.Tensor, box: int) -> torch.Tensor:
+    """``(n, 3, 3)`` maps from output to input (y, x) pixel positions for a CCW turn by ``psi``
+    degrees (the form torch-transform-image samples with)."""
+    theta = torch.deg2rad(torch.as_tensor(psi, dtype=torch.float64).reshape(-1))
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    centre = float(box // 2)
+    matrices = torch.zeros((len(theta), 3, 3), dtype=torch.float64)
+    # input = R(-psi) (output - centre) + centre, for (y, x) column vectors
+    matrices[:, 0, 0], matrices[:, 0, 1] = cos, -sin
+    matrices[:, 1, 0], matrices[:, 1, 1] = sin, cos
+    matrices[:, 0, 2] = centre - (cos * centre - sin * centre)
+    matrices[:, 1, 2] = centre - (sin * centre + cos * centre)
+    matrices[:, 2, 2] = 1.0
+    return matrices.float()
+
+
+def rotate(images: torch.Tensor, psi: np.ndarray | torch.Tensor,
+           interpolation: str = "bilinear") -> torch.Tensor:
+    """``(n, h, w)`` images each turned counter-clockwise by its own ``psi`` (degrees)."""
+    n, h, w = images.shape
+    matrices = rotation_matrices_yx(psi, w).to(images.device)
+    y, x = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=images.device),
+                          torch.arange(w, dtype=torch.float32, device=images.device),
+                          indexing="ij")
+    positions = torch.stack([y, x, torch.ones_like(x)], dim=-1).reshape(-1, 3)  # (h·w, yx1)
+    source = positions @ matrices.transpose(1, 2)  # (n, h·w, 3): input (y, x) per output pixel
+    grid = torch.stack([2.0 * source[..., 1] / (w - 1) - 1.0,
+                        2.0 * source[..., 0] / (h - 1) - 1.0], dim=-1).reshape(n, h, w, 2)
+    turned = torch.nn.functional.grid_sample(images[:, None], grid, mode=interpolation,
+                                             padding_mode="zeros", align_corners=True)
+    return turned[:, 0]
+
+
+def ctf_2d(
+    defocus_u: torch.Tensor, defocus_v: torch.Tensor, angle: torch.Tensor,
+    voltage: torch.Tensor, cs: torch.Tensor, amplitude_contrast: torch.Tensor,
+    phase_shift: torch.Tensor, pixel_size: float, box: int,
+) -> torch.Tensor:
+    """``(n, box, box // 2 + 1)`` CTFs on an rfft2 half plane (DC at [0, 0]); all parameters
+    ``(n,)`` tensors on the device wanted, defocus in Å, angles in degrees."""
+    astigmatism = (defocus_u - defocus_v) / 2.0
+    angle = torch.where(astigmatism >= 0, angle, angle + 90.0)
+    return calculate_ctf_2d(
+        defocus=(defocus_u + defocus_v) / 2.0 / 1e4,
+        astigmatism=astigmatism.abs() / 1e4,
+        astigmatism_angle=angle,
+        voltage=voltage,
+        spherical_aberration=cs,
+        amplitude_contrast=amplitude_contrast,
+        phase_shift=phase_shift,
+        pixel_size=pixel_size,
+        image_shape=(box, box),
+        rfft=True,
+        fftshift=False,
+    ).float()
+
+
+def soft_disc(box: int, radius: float, falloff: float = 3.0,
+              device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(box, box)`` 1 inside ``radius`` px of the centre, a cosine edge ``falloff`` px wide."""
+    y, x = torch.meshgrid(torch.arange(box, device=device, dtype=torch.float32) - box // 2,
+                          torch.arange(box, device=device, dtype=torch.float32) - box // 2,
+                          indexing="ij")
+    r = torch.sqrt(x**2 + y**2)
+    edge = ((r - radius) / max(falloff, 1e-6)).clamp(0.0, 1.0)
+    return 0.5 * (1.0 + torch.cos(torch.pi * edge))

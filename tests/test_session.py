@@ -1,0 +1,188 @@
+"""The live loop end to end: a simulated Warp session, the built-in engine, real files."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mrcfile
+import pytest
+
+from live2d import cistem_star
+from live2d.cli import main as cli_main
+from live2d.engines import CycleCancelled
+from live2d.schedule import Settings
+from live2d.session import Session
+from live2d.simulate import simulate, write_settings
+
+SMALL = {"classes": 4, "particles_per_class": 40, "startup_cycles": 2, "refinement_cycles": 1,
+         "high_res_initial": 30.0, "high_res_final": 12.0, "threads": 1, "first_job_at": 200,
+         "update_every": 200, "poll_seconds": 0.5}
+SMALL_ARGS = ["--classes", "4", "--particles-per-class", "40", "--startup-cycles", "2",
+              "--refinement-cycles", "1", "--high-res-initial", "30", "--high-res-final", "12",
+              "--threads", "1"]
+
+
+def small_session(warp: Path, particles: int = 240, seed: int = 0) -> None:
+    simulate(warp, particles=particles, per_micrograph=60, box=48, pixel_size=3.0, snr=0.5,
+             views=4, seed=seed)
+
+
+@pytest.fixture
+def warp(tmp_path):
+    folder = tmp_path / "warp"
+    small_session(folder)
+    return folder
+
+
+def test_run_once_writes_every_cycle_and_the_history(warp, capsys):
+    assert cli_main(["run", str(warp), "--once", *SMALL_ARGS]) == 0
+    out = warp / "classification"
+    state = json.loads((out / "session.json").read_text())
+    history = state["history"]
+    assert [c["number"] for c in history] == [0, 1, 2, 3]
+    assert [c["block"] for c in history] == ["start", "startup", "startup", "refinement"]
+    assert [c["high_res"] for c in history] == [30.0, 30.0, 12.0, 12.0]
+    assert state["job"] is None and state["settings"]["mode"] == "seeded"
+    for cycle in history:
+        assert cycle["particles"] == 240 and cycle["engine"].startswith("builtin")
+        assert len(cycle["class_counts"]) == 4 and cycle["finished"] >= cycle["started"]
+        with mrcfile.open(out / cycle["classes"]) as mrc:
+            assert mrc.data.shape == (4, 48, 48) and mrc.voxel_size.x == pytest.approx(3.0)
+        assert len(list((out / cycle["thumbnails"]).glob("class_*.png"))) == 4
+        assert len(cistem_star.read_star(out / cycle["star"])) == 240
+    assert sum(history[-1]["class_counts"]) == 240  # the last cycle uses every particle
+    assert not (out / "work").exists()
+    assert cli_main(["status", str(warp)]) == 0
+    table = capsys.readouterr().out
+    assert "refinement" in table and "next job: seeded" in table
+
+
+def test_run_once_refuses_a_folder_that_is_not_warp(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["run", str(tmp_path / "empty"), "--once"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("live2d run:") and "previous.settings" in err and "\n" not in err
+
+
+def test_run_once_refuses_when_export_is_off(warp, capsys):
+    write_settings(warp, DoExport=False)
+    assert cli_main(["run", str(warp), "--once", *SMALL_ARGS]) == 1
+    assert "export" in capsys.readouterr().err.lower()
+
+
+def test_run_once_with_too_few_particles_says_so(tmp_path, capsys):
+    small_session(tmp_path / "warp", particles=60)
+    assert cli_main(["run", str(tmp_path / "warp"), "--once", "--classes", "100"]) == 1
+    assert "too few" in capsys.readouterr().err
+
+
+def test_particles_picked_during_a_job_join_its_next_cycle(tmp_path):
+    warp = tmp_path / "warp"
+    small_session(warp, particles=120)
+    session = Session(warp, settings=Settings(**SMALL))
+
+    def more_particles(event):
+        if event["type"] == "cycle" and event["cycle"]["number"] == 0:
+            small_session(warp, particles=240)  # Warp rewrites its star with 120 more rows
+
+    session.add_listener(more_particles)
+    assert session.run_job("abinit")
+    particles = [c.particles for c in session.history]
+    assert particles == [120, 240, 240, 240]
+    assert len(cistem_star.read_star(session.output_dir / "cycle_001.star")) == 240
+    session.close()
+
+
+def test_hard_stop_keeps_the_last_good_cycle_and_a_restart_resumes(warp):
+    session = Session(warp, settings=Settings(**SMALL))
+
+    def stop_inside_second_cycle(event):
+        if event["type"] == "progress" and event["progress"]["cycle"] == 1:
+            session.request_stop(hard=True)
+
+    session.add_listener(stop_inside_second_cycle)
+    with pytest.raises(CycleCancelled):
+        session.run_job("abinit")
+    assert [c.number for c in session.history] == [0]
+    assert session.job is not None and session.job.next_index == 1
+    assert not (session.output_dir / "cycle_001.mrc").exists()
+    session.remove_listener(stop_inside_second_cycle)
+    session.close()
+
+    resumed = Session(warp)  # a new process would see exactly this on disk
+    assert resumed.run_job()
+    assert [c.number for c in resumed.history] == [0, 1, 2, 3]
+    assert [c.job for c in resumed.history] == [1, 1, 1, 1]
+    resumed.close()
+
+
+def test_soft_stop_ends_the_job_between_cycles(warp):
+    session = Session(warp, settings=Settings(**SMALL))
+    session.add_listener(lambda e: e["type"] == "cycle" and session.request_stop())
+    assert session.run_job("abinit") is False
+    assert len(session.history) == 1 and session.job.next_index == 1
+    session.close()
+
+
+def test_seeded_and_refine_need_classes_and_otherwise_run_abinit(warp):
+    session = Session(warp, settings=Settings(**SMALL))
+    assert session.run_job("refine")
+    assert session.history[0].job_type == "abinit"
+    assert session.run_job("refine")
+    refine = [c for c in session.history if c.job == 2]
+    assert [c.block for c in refine] == ["refinement"] and refine[0].fraction == 1.0
+    session.close()
+
+
+def test_changed_warp_box_reimports_and_forces_abinit(warp):
+    session = Session(warp, settings=Settings(**SMALL))
+    assert session.run_job("abinit")
+    generation = session.store.generation
+    simulate(warp, particles=240, per_micrograph=60, box=56, pixel_size=3.0, snr=0.5, views=4)
+    report = session.import_new()
+    assert report.reimported and "box" in report.reason.lower()
+    assert session.store.generation == generation + 1 and session.settings.mode == "abinit"
+    assert session.latest_cycle() is None  # the old classes cannot seed the new particles
+    assert session.start_job("refine").job_type == "abinit"
+    assert session.run_job()
+    assert session.history[-1].job_type == "abinit" and session.history[-1].particles == 240
+    log_text = (session.output_dir / "live2d.log").read_text()
+    assert "ab initio" in log_text
+    session.close()
+
+
+def _wait_for(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def test_sigkill_during_a_cycle_then_restart_loses_and_duplicates_nothing(warp):
+    out = warp / "classification"
+    command = [sys.executable, "-m", "live2d.cli", "run", str(warp), "--once", *SMALL_ARGS]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    state_path = out / "session.json"
+
+    def inside_second_cycle() -> bool:
+        if not state_path.exists() or not (out / "work").exists():
+            return False
+        return len(json.loads(state_path.read_text())["history"]) >= 1
+
+    _wait_for(inside_second_cycle, 120)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+    state = json.loads(state_path.read_text())
+    assert [c["number"] for c in state["history"]] == [0, 1, 2, 3]
+    assert len({c["job"] for c in state["history"]}) == 1 and state["job"] is None
+    names = cistem_star.read_star(out / "particles.star")["ORIGNAME"]
+    assert len(names) == names.nunique() == 240
+    with mrcfile.mmap(out / "particles.mrcs") as mrc:
+        assert mrc.data.shape[0] == 240
