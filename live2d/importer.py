@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,15 +29,17 @@ from live2d.warp import (
     WarpSettings,
     WarpSettingsUnreadable,
     WarpStarError,
+    particle_file_kind,
     particle_star_path,
     read_new_rows,
     read_particle_images,
     read_settings,
-    split_image_name,
 )
 
-# Polls to wait for a stack that Warp is still writing before skipping its particles.
+# A stack that Warp is still writing is waited for at least this many polls and this long before
+# its particles are skipped (so that one lost stack cannot stall a session for good).
 STACK_WAIT_POLLS = 20
+STACK_WAIT_SECONDS = 600.0
 # Polls a star file may stay shorter than what was imported (mid-rewrite) before it counts as
 # a real change.
 SHRUNK_STAR_POLLS = 3
@@ -61,14 +64,26 @@ class Importer:
         self.store = store
         self.which = which
         self.state_path = store.folder / "import.json"
+        self._recovered = ""
         self._state = self._load()
         self._progress = StarProgress.from_dict(self._state["progress"])
         self._pending = pd.DataFrame()
-        self._stack_waits: dict[str, int] = {}
+        self._stack_waits: dict[str, tuple[int, float]] = {}  # stack -> (polls, first seen)
         self._shrunk_polls = 0
+
+    @property
+    def which(self) -> str:
+        """The Warp particle file imported: ``"allparticles"`` or ``"goodparticles"``."""
+        return self._which
+
+    @which.setter
+    def which(self, value: str) -> None:
+        self._which = particle_file_kind(value)  # "all"/"good" are accepted too
 
     def poll(self) -> ImportReport:
         report = ImportReport(total=self.store.count)
+        if self._recovered:
+            report.reimported, report.reason, self._recovered = True, self._recovered, ""
         try:
             settings = read_settings(self.warp_dir)
         except WarpSettingsUnreadable as exc:
@@ -94,8 +109,6 @@ class Importer:
         except OSError as exc:
             report.messages.append(f"{star.name} cannot be read now ({exc}); trying again")
             return report
-        if report.reimported:  # a rewrite changed imported rows: start over from this file
-            rows = self._read_all(star)
         rows = pd.concat([self._pending, rows], ignore_index=True) if len(self._pending) else rows
         self._pending = pd.DataFrame()
         if len(rows):
@@ -123,7 +136,8 @@ class Importer:
 
     def _start_over(self, settings: WarpSettings, source: list) -> None:
         self.store.reset(settings.pixel_size, settings.box)
-        self._state = {"source": source, "progress": StarProgress().to_dict()}
+        self._state = {"source": source, "progress": StarProgress().to_dict(),
+                       "generation": self.store.generation, "skipped": []}
         self._progress = StarProgress()
         self._pending = pd.DataFrame()
         self._stack_waits.clear()
@@ -138,9 +152,11 @@ class Importer:
             return rows
         except StarRewritten:
             pass
+        # Warp rewrites the file whole after every movie: usually with the same rows first.
         rows, progress = read_new_rows(star, StarProgress())
         imported = self.store.read_table()["ORIGNAME"].tolist()
-        names = rows["rlnImageName"].tolist()
+        kept = np.flatnonzero(~_stacks_of(rows).isin(self._state["skipped"]).to_numpy())
+        names = rows["rlnImageName"].to_numpy()[kept].tolist()
         same_prefix = names[: len(imported)] == imported[: len(names)]
         if same_prefix and len(names) < len(imported):
             self._shrunk_polls += 1
@@ -151,23 +167,26 @@ class Importer:
         if same_prefix and len(names) >= len(imported):
             self._progress = progress
             self._shrunk_polls = 0
-            return rows.iloc[len(imported):]
+            return rows.iloc[kept[len(imported) - 1] + 1 if imported else 0:]
         report.reimported = True
         report.reason = (f"rows already imported from {star.name} changed (Warp's filters or "
                          "picking changed): re-importing every particle; the next job starts "
                          "ab initio")
         self._start_over(settings, self._state["source"])
-        return rows.iloc[:0]
-
-    def _read_all(self, star: Path) -> pd.DataFrame:
-        rows, self._progress = read_new_rows(star, StarProgress())
+        self._progress = progress
         return rows
 
     # ------------------------------------------------------------------ importing images
     def _import(self, rows: pd.DataFrame, settings: WarpSettings, report: ImportReport) -> None:
         known = self.store.image_names()
-        rows = rows[~rows["rlnImageName"].isin(known)].drop_duplicates("rlnImageName")
-        stacks = rows["rlnImageName"].map(lambda name: split_image_name(name)[1])
+        skipped = set(self._state["skipped"])
+        stacks = _stacks_of(rows)
+        # Set lookups per new row: pandas' isin would hash all N known names on every poll.
+        fresh = np.array([name not in known and stack not in skipped
+                          for name, stack in zip(rows["rlnImageName"], stacks, strict=True)],
+                         dtype=bool)
+        rows = rows[fresh].drop_duplicates("rlnImageName")
+        stacks = stacks[rows.index]
         per_batch = max(1, APPEND_BATCH_BYTES // (settings.box * settings.box * 4))
         batch: list[pd.DataFrame] = []
         batch_rows = 0
@@ -176,19 +195,22 @@ class Importer:
                 images = read_particle_images(self.warp_dir, group["rlnImageName"].tolist(),
                                               settings.box)
             except StackNotReady as exc:
-                waits = self._stack_waits.get(stack, 0) + 1
-                self._stack_waits[stack] = waits
-                if waits < STACK_WAIT_POLLS:
+                polls, since = self._stack_waits.get(stack, (0, time.monotonic()))
+                polls += 1
+                self._stack_waits[stack] = (polls, since)
+                waited = time.monotonic() - since
+                if polls < STACK_WAIT_POLLS or waited < STACK_WAIT_SECONDS:
+                    # Nothing of this stack nor of later ones yet: the store keeps Warp's order.
                     report.waiting_on = stack
-                    later = rows[stacks.to_numpy() == stack].index[0]
-                    self._pending = rows.loc[later:]
-                    report.messages.append(f"waiting for {exc} (poll {waits})")
+                    self._pending = rows.loc[group.index[0]:]
+                    report.messages.append(f"waiting for {exc} (poll {polls}, "
+                                           f"{waited:.0f} s so far)")
                     break
-                report.messages.append(f"skipping the {len(group)} particles of {exc}: "
-                                       f"not ready after {waits} polls")
+                self._skip(stack, f"skipping the {len(group)} particles of {exc}: not ready "
+                                  f"after {polls} polls and {waited:.0f} s", report)
                 continue
             except WarpStarError as exc:  # e.g. exported before Warp's box size changed
-                report.messages.append(f"skipping the {len(group)} particles of {exc}")
+                self._skip(stack, f"skipping the {len(group)} particles of {exc}", report)
                 continue
             self._stack_waits.pop(stack, None)
             batch.append(self._store_rows(group, settings).assign(_images=list(images)))
@@ -197,6 +219,13 @@ class Importer:
                 report.new_particles += self._append(batch)
                 batch, batch_rows = [], 0
         report.new_particles += self._append(batch)
+
+    def _skip(self, stack: str, message: str, report: ImportReport) -> None:
+        """Leave a stack's particles out for good (they are not imported if it appears later:
+        the store keeps Warp's order, which the rewrite check relies on)."""
+        report.messages.append(message)
+        self._stack_waits.pop(stack, None)
+        self._state["skipped"].append(stack)
 
     def _append(self, batch: list[pd.DataFrame]) -> int:
         if not batch:
@@ -226,17 +255,33 @@ class Importer:
 
     # ------------------------------------------------------------------ persistence
     def _load(self) -> dict:
-        empty = {"source": [], "progress": StarProgress().to_dict()}
+        empty = {"source": [], "progress": StarProgress().to_dict(),
+                 "generation": self.store.generation, "skipped": []}
         if not self.state_path.exists() or not self.store.box:
             return empty
         try:
-            return {**empty, **json.loads(self.state_path.read_text(encoding="utf-8"))}
+            state = {**empty, **json.loads(self.state_path.read_text(encoding="utf-8"))}
         except ValueError:  # only progress is lost: the store's names prevent duplicates
             return empty
+        if state["generation"] != self.store.generation:
+            # Killed between emptying the store and recording why: finish the re-import.
+            self._recovered = ("the particle store was emptied for a re-import when Live2D "
+                               "stopped: re-importing every particle; the next job starts "
+                               "ab initio")
+            return {**empty, "source": state["source"]}
+        return state
 
     def _save(self) -> None:
         self._state["progress"] = self._progress.to_dict()
+        self._state["generation"] = self.store.generation
         atomic_write_json(self.state_path, self._state)
+
+
+def _stacks_of(rows: pd.DataFrame) -> pd.Series:
+    """The stack file of each row's rlnImageName (``"12@particles/x.mrcs"`` -> its path)."""
+    if not len(rows):
+        return pd.Series([], dtype=object, index=rows.index)
+    return rows["rlnImageName"].str.partition("@")[2]
 
 
 def _check_pixel_size(rows: pd.DataFrame, settings: WarpSettings) -> None:

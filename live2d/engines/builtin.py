@@ -49,7 +49,12 @@ from live2d.imaging import ctf_2d, rotate, soft_disc
 EDGE_FALLOFF = 20.0  # Å of soft edge around masks and cropped boxes, as cisTEM
 WIENER_CONSTANT = 0.05  # regularisation, relative to a class's mean CTF² weight
 PAIR_WEIGHT_FLOOR = 1e-3  # (class, angle) pairs with less total weight are not accumulated
-NOISE_SAMPLE = 1000  # particles used to estimate the noise spectrum
+NOISE_SAMPLE = 300  # particles used to estimate the noise spectrum
+# Working boxes from this size on get a half-resolution pass over every (class, angle) frame;
+# only the best frames of each particle are then searched at full resolution ...
+COARSE_SEARCH_MIN_BOX = 32
+COARSE_CANDIDATE_FRACTION = 0.05  # ... this fraction of them,
+COARSE_MIN_CANDIDATES = 16  # but never fewer than this.
 
 
 @dataclass(frozen=True)
@@ -231,19 +236,35 @@ class _Search:
         flat = geometry.shifts[:, 0] % w * w + geometry.shifts[:, 1] % w
         self.shift_index = flat.to(device)
         self.log_prior = geometry.log_prior.to(device)
+        self.reference_power = (self.references.abs() ** 2 * self.pair_weights).flatten(1)
+        frames = self.k * self.r
+        self.candidates = min(frames, max(COARSE_MIN_CANDIDATES,
+                                          math.ceil(COARSE_CANDIDATE_FRACTION * frames)))
+        self.coarse = self._coarse_search() if w >= COARSE_SEARCH_MIN_BOX else None
         self.noise = torch.ones((w, self.half), device=device)
         self.sums = torch.zeros((self.k * self.r, w, self.half), dtype=torch.complex64,
                                 device=device)
         self.weights = torch.zeros((self.k * self.r, w, self.half), device=device)
+
+    def _coarse_search(self) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Half-resolution references, shifts (every other working pixel) and band."""
+        size = _even_ceil(self.g.working / 2)
+        references = _fourier_crop(self.references, size)
+        keep = _fourier_crop(self.band, size)
+        weights = torch.full((size, size // 2 + 1), 2.0, device=self.device)
+        weights[:, 0] = 1.0
+        weights[:, -1] = 1.0
+        self.coarse_power = (references.abs() ** 2 * weights).flatten(1)
+        shifts = torch.unique(torch.div(self.g.shifts, 2, rounding_mode="floor"), dim=0)
+        flat = shifts[:, 0] % size * size + shifts[:, 1] % size
+        return size, references, flat.to(self.device), keep
 
     def _spectra(self, images: torch.Tensor) -> torch.Tensor:
         """Box-sized images -> working-box rfft2 spectra (crop, soft edge, Fourier crop)."""
         c, w = self.g.cropped, self.g.working
         start = self.g.box // 2 - c // 2
         cropped = images[..., start:start + c, start:start + c] * self.edge
-        spectra = torch.fft.rfft2(cropped)
-        return torch.cat([spectra[..., : w // 2, : self.half],
-                          spectra[..., c - w // 2:, : self.half]], dim=-2)
+        return _fourier_crop(torch.fft.rfft2(cropped), w)
 
     def _particles(self, stack: np.ndarray, batch: np.ndarray,
                    table: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,33 +298,39 @@ class _Search:
         spectra, ctf = self._particles(stack, batch, table)
         b, w = len(batch), self.g.working
         filtered = spectra * ctf * self.band / self.noise  # (B, W, H)
-        cross = filtered[:, None] * self.references.conj()[None]  # (B, KR, W, H)
-        maps = torch.fft.irfft2(cross, s=(w, w)) * (w * w)
-        corr = maps.flatten(2)[..., self.shift_index]  # (B, KR, T)
-        del cross, maps
-        reference_power = (self.references.abs() ** 2 * self.pair_weights).flatten(1)
         particle_ctf = (ctf**2 * self.band / self.noise).flatten(1)
-        norms = 0.5 * particle_ctf @ reference_power.T  # (B, KR)
-        loglik = corr - norms[..., None]
-        scores = self.params.smoothing * loglik + self.log_prior
-        scores = scores.view(b, self.k, self.r, -1)
-        scores[:, ~self.usable.to(self.device)] = -torch.inf
-        scores = scores.view(b, self.k * self.r, -1)
-        log_z = torch.logsumexp(scores.flatten(1), dim=1)
-        weights = torch.exp(scores - log_z[:, None, None])
-        best = scores.flatten(1).argmax(dim=1)
-        best_pair, best_shift = best // scores.shape[-1], best % scores.shape[-1]
-        best_class, best_angle = best_pair // self.r, best_pair % self.r
-        self._accumulate(spectra, ctf, weights)
+        norms = 0.5 * particle_ctf @ self.reference_power.T  # (B, KR): ½Σ|CTF·A|²/noise
+        frames = self._candidates(filtered, particle_ctf)  # (B, M) frames to search
+        rows = torch.arange(b, device=self.device)[:, None]
+        cross = filtered[:, None] * self.references[frames].conj()  # (B, M, W, H)
+        maps = torch.fft.irfft2(cross, s=(w, w)) * (w * w)
+        corr = maps.flatten(2)[..., self.shift_index]  # (B, M, T)
+        del cross, maps
+        frame_norms = norms[rows, frames]
+        scores = self.params.smoothing * (corr - frame_norms[..., None]) + self.log_prior
+        usable = self.usable.to(self.device)[frames // self.r]
+        scores = scores.masked_fill(~usable[..., None], -torch.inf)
+        flat = scores.flatten(1)
+        peak = flat.max(dim=1).values
+        weights = torch.exp(scores - peak[:, None, None])
+        total = weights.flatten(1).sum(dim=1)
+        weights /= total[:, None, None]
+        log_z = peak + torch.log(total)
+        best = flat.argmax(dim=1)
+        best_slot, best_shift = best // scores.shape[-1], best % scores.shape[-1]
+        index = torch.arange(b, device=self.device)
+        best_frame = frames[index, best_slot]
+        best_class, best_angle = best_frame // self.r, best_frame % self.r
+        self._accumulate(spectra, ctf, weights, frames)
 
-        rows = torch.arange(b, device=self.device)
-        signal = 2.0 * norms[rows, best_pair]  # Σ|CTF·A|²/noise over the full plane
+        signal = 2.0 * frame_norms[index, best_slot]
         particle_power = ((spectra.abs() ** 2 * self.band / self.noise) *
                           self.pair_weights).flatten(1).sum(dim=1)
-        best_corr = corr[rows, best_pair, best_shift]
+        best_corr = corr[index, best_slot, best_shift]
         residual = (particle_power - 2.0 * best_corr + signal).clamp_min(1e-12)
         shift = self.g.shifts.to(self.device)[best_shift].float() * self.g.binned_pixel
-        class_weight = weights.view(b, self.k, -1).sum(dim=2)[rows, best_class]
+        same_class = (frames // self.r) == best_class[:, None]
+        class_weight = (weights.sum(dim=2) * same_class).sum(dim=1)
         out = {
             "cls": best_class + 1,
             "psi": torch.as_tensor((-self.g.psi) % 360.0, device=self.device)[best_angle],
@@ -316,22 +343,43 @@ class _Search:
         }
         return {name: value.double().cpu().numpy() for name, value in out.items()}
 
-    def _accumulate(self, spectra: torch.Tensor, ctf: torch.Tensor,
-                    weights: torch.Tensor) -> None:
+    def _candidates(self, filtered: torch.Tensor, particle_ctf: torch.Tensor) -> torch.Tensor:
+        """``(B, M)`` (class, angle) frames worth a full-resolution look: all of them for small
+        boxes, else the best ones of a half-resolution pass over every frame and shift."""
+        b, frames = len(filtered), self.k * self.r
+        if self.coarse is None or self.candidates >= frames:
+            return torch.arange(frames, device=self.device).expand(b, frames)
+        size, references, shift_index, keep = self.coarse
+        coarse = _fourier_crop(filtered, size) * keep
+        maps = torch.fft.irfft2(coarse[:, None] * references.conj()[None], s=(size, size))
+        corr = maps.flatten(2)[..., shift_index] * (size * size)
+        coarse_norms = 0.5 * self._coarse_norms(particle_ctf)
+        best = (corr - coarse_norms[..., None]).amax(dim=2)
+        usable = self.usable.to(self.device).repeat_interleave(self.r)
+        return best.masked_fill(~usable, -torch.inf).topk(self.candidates, dim=1).indices
+
+    def _coarse_norms(self, particle_ctf: torch.Tensor) -> torch.Tensor:
+        w = self.g.working
+        size, _, _, keep = self.coarse
+        ctf_power = _fourier_crop(particle_ctf.view(-1, w, self.half), size) * keep
+        return ctf_power.flatten(1) @ self.coarse_power.T
+
+    def _accumulate(self, spectra: torch.Tensor, ctf: torch.Tensor, weights: torch.Tensor,
+                    frames: torch.Tensor) -> None:
         """Add each particle to every (class, angle) frame it has weight in, shifted back by the
         weighted translations (one FFT of the weight map per frame)."""
         w = self.g.working
-        pair = weights.sum(dim=2)  # (B, KR)
-        strongest = pair.argmax(dim=1)
+        pair = weights.sum(dim=2)  # (B, M)
         keep = pair >= PAIR_WEIGHT_FLOOR
-        keep[torch.arange(len(pair)), strongest] = True
-        particle, frame = torch.nonzero(keep, as_tuple=True)
+        keep[torch.arange(len(pair)), pair.argmax(dim=1)] = True
+        particle, slot = torch.nonzero(keep, as_tuple=True)
+        frame = frames[particle, slot]
         maps = torch.zeros((len(particle), w * w), device=self.device)
-        maps[:, self.shift_index] = weights[particle, frame]
+        maps[:, self.shift_index] = weights[particle, slot]
         translation = torch.fft.rfft2(maps.view(-1, w, w)).conj()
         contribution = (spectra * ctf)[particle] * translation
         self.sums.index_add_(0, frame, contribution.to(torch.complex64))
-        self.weights.index_add_(0, frame, pair[particle, frame, None, None] * ctf[particle] ** 2)
+        self.weights.index_add_(0, frame, pair[particle, slot, None, None] * ctf[particle] ** 2)
 
     def averages(self) -> tuple[torch.Tensor, list[int]]:
         """Class averages (K, box, box) from the sums, and the classes that stayed empty."""
@@ -407,6 +455,14 @@ def _prepare(stack: np.ndarray, batch: np.ndarray, params: CycleParams,
         mean, std = pixels.mean(dim=1), pixels.std(dim=1).clamp_min(1e-12)
         images = (images - mean[:, None, None]) / std[:, None, None]
     return images if params.invert_contrast else -images
+
+
+def _fourier_crop(spectra: torch.Tensor, size: int) -> torch.Tensor:
+    """The lowest frequencies of rfft2 half planes ``(..., n, n // 2 + 1)`` as ``size``-box
+    half planes (values unscaled)."""
+    n = spectra.shape[-2]
+    return torch.cat([spectra[..., : size // 2, : size // 2 + 1],
+                      spectra[..., n - size // 2:, : size // 2 + 1]], dim=-2)
 
 
 def _band(w: int, pixel: float, high_res: float, low_res: float,
