@@ -1,0 +1,187 @@
+"""The built-in engine on simulated particles with known truth."""
+
+import threading
+
+import mrcfile
+import numpy as np
+import pytest
+
+from live2d import cistem_star
+from live2d.engines import CycleCancelled, EngineError, make_engine
+from live2d.engines.base import CycleParams, CycleRequest, Progress
+from live2d.engines.builtin import BuiltinEngine
+from live2d.evaluate import score
+from live2d.phantom import Phantom
+
+BOX, PIXEL, N, K = 48, 3.0, 360, 4
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """360 particles of 4 views in 3 micrographs, written as a stack and a cisTEM star."""
+    folder = tmp_path_factory.mktemp("particles")
+    phantom = Phantom(BOX, PIXEL, n_views=K, seed=3)
+    rng = np.random.default_rng(1)
+    table = cistem_star.new_table(N)
+    images, views, psi, shifts = [], [], [], []
+    for start, defocus in zip(range(0, N, 120), (12000.0, 16000.0, 20000.0), strict=True):
+        batch = phantom.particles(120, rng, snr=0.3, defocus_u=defocus, defocus_v=defocus - 400,
+                                  defocus_angle=20.0, max_shift=6.0)
+        images.append(batch.images)
+        views.append(batch.view)
+        psi.append(batch.psi)
+        shifts.append(batch.shift)
+        table.loc[start:start + 119, ["DF1", "DF2", "ANGAST"]] = (defocus, defocus - 400, 20.0)
+    table["PSIZE"], table["VOLT"], table["Cs"], table["AmpC"] = PIXEL, 300.0, 2.7, 0.07
+    with mrcfile.new(folder / "particles.mrcs") as mrc:
+        mrc.set_data(np.concatenate(images))
+        mrc.voxel_size = PIXEL
+    cistem_star.write_star(folder / "particles.star", table)
+    truth = {"views": phantom.views, "view": np.concatenate(views), "psi": np.concatenate(psi),
+             "shift": np.concatenate(shifts), "mask": 0.6 * phantom.diameter}
+    return folder, truth
+
+
+def params(truth, **changes) -> CycleParams:
+    values = {"pixel_size": PIXEL, "mask_radius": truth["mask"], "high_res": 12.0,
+              "angular_step": 10.0, "search_range": 12.0}
+    return CycleParams(**{**values, **changes})
+
+
+def request(folder, name, p, star_in=None, classes_in=None, seed=0) -> CycleRequest:
+    return CycleRequest(folder / "particles.mrcs", star_in or folder / "particles.star",
+                        folder / f"{name}.star", folder / f"{name}.mrc", p, K,
+                        classes_in=classes_in, threads=1, seed=seed)
+
+
+def run_cycles(folder, truth, cycles=4, seed=0, **changes):
+    engine = BuiltinEngine("cpu")
+    start = request(folder, f"start{seed}", params(truth, high_res=20.0), seed=seed)
+    engine.start_classes(start, lambda _: None, threading.Event())
+    classes, star = start.classes_out, None
+    for cycle in range(cycles):
+        step = request(folder, f"c{seed}_{cycle}", params(truth, **changes), star, classes,
+                       seed=seed + cycle)
+        result = engine.run_cycle(step, lambda _: None, threading.Event())
+        classes, star = step.classes_out, step.star_out
+    return result, classes, star
+
+
+@pytest.fixture(scope="module")
+def classified(data):
+    folder, truth = data
+    return run_cycles(folder, truth)
+
+
+def test_classes_reach_far_above_random_homogeneity_and_fidelity(data, classified):
+    _, truth = data
+    result, classes, star = classified
+    table = cistem_star.read_star(star)
+    with mrcfile.open(classes) as mrc:
+        averages = mrc.data.copy()
+        assert mrc.voxel_size.x == pytest.approx(PIXEL) and averages.shape == (K, BOX, BOX)
+    scores = score(truth["views"], truth["view"], truth["psi"], truth["shift"], table, averages,
+                   PIXEL, truth["mask"])
+    assert scores.homogeneity > 0.6  # random assignment gives about 0.1
+    assert scores.fidelity > 0.8
+    assert sum(result.class_counts) == N and len(result.class_counts) == K
+
+
+def test_averages_come_out_with_white_protein(data, classified):
+    _, _, classes = classified[0], None, classified[1]
+    with mrcfile.open(classes) as mrc:
+        averages = mrc.data
+    y, x = np.mgrid[:BOX, :BOX] - BOX // 2
+    centre = x**2 + y**2 < 8**2
+    for average in averages:
+        assert average[centre].mean() > 0  # protein white, as users expect
+
+
+def test_star_follows_cistem_conventions(data, classified):
+    _, truth = data
+    _, _, star = classified
+    table = cistem_star.read_star(star)
+    assert table["2DCLS"].between(1, K).all()
+    assert table["PSI"].between(0, 360).all() and table["OCC"].between(0, 100).all()
+    assert (table[["SHX", "SHY"]].abs() <= 12.0 + 1e-6).all().all()  # within the search range
+    # cisTEM's sign: the reported shift undoes the true displacement, and PSI + true angle is
+    # constant within a class (mod 360)
+    members = table["2DCLS"] == table["2DCLS"].mode()[0]
+    moved = np.hypot(*truth["shift"].T) > 3.0
+    chosen = members.to_numpy() & moved
+    assert np.corrcoef(table["SHX"][chosen], truth["shift"][chosen, 0])[0, 1] < -0.5
+    sums = np.deg2rad(table["PSI"][members] + truth["psi"][members])
+    assert np.hypot(np.cos(sums).mean(), np.sin(sums).mean()) > 0.6
+
+
+def test_same_seed_same_result(data):
+    folder, truth = data
+    first = run_cycles(folder, truth, cycles=1, seed=7)
+    again = run_cycles(folder, truth, cycles=1, seed=7)
+    assert first[2].read_text() == again[2].read_text()
+
+
+def test_a_fraction_marks_unused_particles_and_keeps_their_values(data, classified):
+    folder, truth = data
+    _, classes, star = classified
+    step = request(folder, "partial", params(truth, fraction=0.5), star, classes, seed=11)
+    result = BuiltinEngine("cpu").run_cycle(step, lambda _: None, threading.Event())
+    before, after = cistem_star.read_star(star), cistem_star.read_star(step.star_out)
+    unused = after["2DCLS"] < 0
+    assert 0.3 * N < unused.sum() < 0.7 * N
+    assert (after["2DCLS"][unused] == -before["2DCLS"][unused]).all()
+    assert np.allclose(after["PSI"][unused], before["PSI"][unused], atol=0.01)
+    assert (after["CHANGE"][unused] == 0).all()
+    assert sum(result.class_counts) == (~unused).sum()
+
+
+def test_progress_is_reported_and_a_cancel_stops_between_batches(data, classified):
+    folder, truth = data
+    _, classes, star = classified
+    cancel = threading.Event()
+    seen: list[Progress] = []
+
+    def on_progress(p: Progress) -> None:
+        seen.append(p)
+        if p.stage == "classifying":
+            cancel.set()
+
+    step = request(folder, "cancelled", params(truth), star, classes)
+    with pytest.raises(CycleCancelled):
+        BuiltinEngine("cpu", batch_size=16).run_cycle(step, on_progress, cancel)
+    assert not step.star_out.exists() and not step.classes_out.exists()
+    classifying = [p for p in seen if p.stage == "classifying"]
+    assert classifying and 0 < classifying[0].fraction < 1
+    assert classifying[0].particles_per_second > 0
+
+
+def test_an_empty_class_is_reseeded_not_a_crash(data, classified):
+    folder, truth = data
+    _, classes, star = classified
+    with mrcfile.open(classes) as mrc:
+        averages = mrc.data.copy()
+    averages[2] = 0.0  # an all-zero class attracts nobody
+    with mrcfile.new(folder / "holey.mrc", overwrite=True) as mrc:
+        mrc.set_data(averages)
+        mrc.voxel_size = PIXEL
+    step = request(folder, "holey_out", params(truth), star, folder / "holey.mrc")
+    result = BuiltinEngine("cpu").run_cycle(step, lambda _: None, threading.Event())
+    assert result.class_counts[2] == 0
+    assert any("re-seeded" in line for line in result.log)
+    with mrcfile.open(step.classes_out) as mrc:
+        assert mrc.data[2].std() > 0  # ready to attract particles next cycle
+
+
+def test_more_classes_than_particles_is_a_clear_error(data):
+    folder, truth = data
+    step = CycleRequest(folder / "particles.mrcs", folder / "particles.star", folder / "x.star",
+                        folder / "x.mrc", params(truth, fraction=0.005), 10)
+    with pytest.raises(EngineError, match="too few for 10 classes"):
+        BuiltinEngine("cpu").start_classes(step, lambda _: None, threading.Event())
+
+
+def test_auto_engine_without_cistem_is_the_builtin_one(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CISTEM_HOME", raising=False)
+    engine = make_engine("auto", device="cpu")
+    assert isinstance(engine, BuiltinEngine) and engine.describe().startswith("builtin")
