@@ -3,7 +3,8 @@
 Writes a Warp-like folder of N particles in micrographs of M (noise images: content does not
 matter here), imports it micrograph by micrograph as Warp would deliver them, and prints
 particles/s and MB/s, then the cost of importing one more micrograph with 1,000 and with N
-particles already imported.
+particles already imported (medians of alternating polls: wall time, CPU time, and the number of
+Python function calls, which measures the work done whatever else runs on the machine).
 
     python bench/import_bench.py                      # 100,000 × 128 px (6.5 GB on disk)
     python bench/import_bench.py --particles 20000    # quicker
@@ -12,10 +13,13 @@ particles already imported.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mrcfile
@@ -61,15 +65,32 @@ class FakeWarp:
         (self.folder / f"allparticles_{MODEL}.star").write_text(self.header + "".join(self.rows))
 
 
-def one_micrograph_cost(warp: FakeWarp, importer: Importer, repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        warp.add_micrographs(1)
-        os.sync()  # time the importer, not the flushing of what the fake Warp just wrote
-        start = time.perf_counter()
-        importer.poll()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+@dataclass
+class PollCost:
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    calls: int = 0  # Python function calls in one poll: the work done, whatever the load
+
+    def line(self, label: str) -> str:
+        return (f"{label}: {np.median(self.wall) * 1e3:.1f} ms wall, "
+                f"{np.median(self.cpu) * 1e3:.1f} ms CPU, {self.calls} function calls")
+
+
+def measure_one_micrograph(warp: FakeWarp, importer: Importer, cost: PollCost) -> None:
+    warp.add_micrographs(1)
+    os.sync()  # time the importer, not the flushing of what the fake Warp just wrote
+    wall, cpu = time.perf_counter(), time.process_time()
+    report = importer.poll()
+    cost.wall.append(time.perf_counter() - wall)
+    cost.cpu.append(time.process_time() - cpu)
+    assert report.new_particles == warp.per, report
+
+
+def count_calls(warp: FakeWarp, importer: Importer) -> int:
+    warp.add_micrographs(1)
+    profile = cProfile.Profile()
+    profile.runcall(importer.poll)
+    return sum(stat[1] for stat in pstats.Stats(profile).stats.values())
 
 
 def main() -> None:
@@ -78,21 +99,22 @@ def main() -> None:
     parser.add_argument("--particles", type=int, default=100_000)
     parser.add_argument("--per-micrograph", type=int, default=200)
     parser.add_argument("--box", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="single-micrograph polls timed at each size (medians printed)")
     parser.add_argument("--dir", type=Path, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(dir=args.dir))
     try:
+        small_count = max(1, 1000 // args.per_micrograph)
+        small = FakeWarp(scratch / "warp_small", args.box, 1.5, args.per_micrograph)
+        small_importer = Importer(small.folder, ParticleStore(scratch / "out_small"))
+        small.add_micrographs(small_count)
+        small_importer.poll()
+
         warp = FakeWarp(scratch / "warp", args.box, 1.5, args.per_micrograph)
         importer = Importer(warp.folder, ParticleStore(scratch / "out"))
-        micrographs = args.particles // args.per_micrograph
-        small = max(1, 1000 // args.per_micrograph)
-
-        warp.add_micrographs(small)
-        importer.poll()
-        cost_small = one_micrograph_cost(warp, importer)
-
         elapsed, imported = 0.0, 0
-        remaining = micrographs - warp.micrographs
+        remaining = max(1, args.particles // args.per_micrograph)
         step = max(1, remaining // 50)
         while remaining > 0:  # Warp delivers a few micrographs between polls
             count = min(step, remaining)
@@ -102,15 +124,25 @@ def main() -> None:
             imported += importer.poll().new_particles
             elapsed += time.perf_counter() - start
             remaining -= count
-        cost_large = one_micrograph_cost(warp, importer)
-
         megabytes = imported * args.box * args.box * 4 / 2**20
         print(f"imported {imported} particles of {args.box} px in {elapsed:.1f} s: "
               f"{imported / elapsed:.0f} particles/s, {megabytes / elapsed:.0f} MB/s")
-        print(f"one micrograph of {args.per_micrograph} with {small * args.per_micrograph} "
-              f"already imported: {cost_small * 1e3:.1f} ms")
-        print(f"one micrograph of {args.per_micrograph} with {importer.store.count} already "
-              f"imported: {cost_large * 1e3:.1f} ms  (ratio {cost_large / cost_small:.2f})")
+
+        # Alternate between the two so that a change of machine load hits both alike.
+        costs = {"small": PollCost(), "large": PollCost()}
+        for _ in range(args.repeats):
+            measure_one_micrograph(small, small_importer, costs["small"])
+            measure_one_micrograph(warp, importer, costs["large"])
+        costs["small"].calls = count_calls(small, small_importer)
+        costs["large"].calls = count_calls(warp, importer)
+        print(costs["small"].line(f"one micrograph of {args.per_micrograph} with "
+                                  f"~{small_count * args.per_micrograph} already imported"))
+        print(costs["large"].line(f"one micrograph of {args.per_micrograph} with "
+                                  f"~{importer.store.count} already imported"))
+        ratio = np.median(costs["large"].wall) / np.median(costs["small"].wall)
+        print(f"ratio large/small: {ratio:.2f} wall, "
+              f"{np.median(costs['large'].cpu) / np.median(costs['small'].cpu):.2f} CPU, "
+              f"{costs['large'].calls / costs['small'].calls:.2f} function calls")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

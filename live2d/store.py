@@ -13,6 +13,7 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import mrcfile
 import numpy as np
@@ -25,6 +26,8 @@ STORE_COLUMNS = ("POS", "PSI", "SHX", "SHY", "DF1", "DF2", "ANGAST", "PSHIFT", "
                  "SIGMA", "SCORE", "CHANGE", "PSIZE", "VOLT", "Cs", "AmpC", "BTILTX", "BTILTY",
                  "ISHFTX", "ISHFTY", "2DCLS", "ORIGNAME")
 HEADER_BYTES = 1024
+_STAR_HEADER = cistem_star.header(
+    STORE_COLUMNS, ["Live2D particle store: every imported particle"]).encode("utf-8")
 # Byte offsets in the MRC header (MRC2014): image count and cell size along z.
 _NZ, _MZ, _CELL_Z = 8, 36, 48
 
@@ -84,11 +87,11 @@ class ParticleStore:
     def reset(self, pixel_size: float, box: int) -> None:
         """Empty the store for particles of a new pixel size or box; bumps the generation."""
         generation = self.generation + 1 if self._state["box"] else self.generation
-        for path in (self.stack_path, self.star_path):
-            path.unlink(missing_ok=True)
-        self._write_empty_files(pixel_size, box)
+        # Commit first: a kill before the files are emptied leaves an empty commit, and opening
+        # an empty store always rewrites its files.
         self._commit(count=0, generation=generation, pixel_size=pixel_size, box=box,
-                     star_bytes=self.star_path.stat().st_size)
+                     star_bytes=len(_STAR_HEADER))
+        self._write_empty_files()
         self._names = set()
 
     def append(self, images: np.ndarray, table: pd.DataFrame) -> None:
@@ -113,12 +116,7 @@ class ParticleStore:
         with open(self.stack_path, "r+b") as stack:
             stack.seek(HEADER_BYTES + self.count * self.image_bytes)
             stack.write(np.ascontiguousarray(images, dtype="<f4").tobytes())
-            stack.seek(_NZ)
-            stack.write(struct.pack("<i", count))
-            stack.seek(_MZ)
-            stack.write(struct.pack("<i", count))
-            stack.seek(_CELL_Z)
-            stack.write(struct.pack("<f", count * self.pixel_size))
+            self._patch_count(stack, count)
             stack.flush()
             os.fsync(stack.fileno())
         with open(self.star_path, "r+b") as star:
@@ -148,25 +146,35 @@ class ParticleStore:
         atomic_write_json(self.state_path, state)
         self._state = state
 
-    def _write_empty_files(self, pixel_size: float, box: int) -> None:
+    def _write_empty_files(self) -> None:
         with mrcfile.new(self.stack_path, overwrite=True) as mrc:
-            mrc.set_data(np.zeros((1, box, box), dtype=np.float32))
-            mrc.voxel_size = pixel_size
+            mrc.set_data(np.zeros((1, self.box, self.box), dtype=np.float32))
+            mrc.voxel_size = self.pixel_size
+            # Statistics are never scanned (appends stay O(new)): MRC2014's "not computed".
             mrc.header.dmin, mrc.header.dmax, mrc.header.dmean, mrc.header.rms = 0, -1, -2, -1
         with open(self.stack_path, "r+b") as stack:  # zero images, header kept
             stack.truncate(HEADER_BYTES)
-            for offset in (_NZ, _MZ):
-                stack.seek(offset)
-                stack.write(struct.pack("<i", 0))
+            self._patch_count(stack, 0)
             os.fsync(stack.fileno())
-        text = cistem_star.header(STORE_COLUMNS, ["Live2D particle store: every imported particle"])
         with open(self.star_path, "wb") as star:
-            star.write(text.encode("utf-8"))
+            star.write(_STAR_HEADER)
             os.fsync(star.fileno())
+
+    def _patch_count(self, stack: BinaryIO, count: int) -> None:
+        """Set the header's image count (nz, mz) and cell length along z to ``count`` images."""
+        stack.seek(_NZ)
+        stack.write(struct.pack("<i", count))
+        stack.seek(_MZ)
+        stack.write(struct.pack("<i", count))
+        stack.seek(_CELL_Z)
+        stack.write(struct.pack("<f", count * self.pixel_size))
 
     def _reconcile(self) -> None:
         """Cut stack and star back to the last commit (a kill may have left more)."""
         if not self._state["box"]:
+            return
+        if self.count == 0:  # cheap, and covers a kill in the middle of reset()
+            self._write_empty_files()
             return
         stack_bytes = HEADER_BYTES + self.count * self.image_bytes
         for path, committed in ((self.stack_path, stack_bytes),
@@ -184,7 +192,5 @@ class ParticleStore:
         with open(self.stack_path, "r+b") as stack:
             stack.seek(_NZ)
             if struct.unpack("<i", stack.read(4))[0] != self.count:
-                for offset in (_NZ, _MZ):
-                    stack.seek(offset)
-                    stack.write(struct.pack("<i", self.count))
+                self._patch_count(stack, self.count)
                 os.fsync(stack.fileno())

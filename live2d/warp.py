@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ REQUIRED_STAR_COLUMNS = (
     "rlnSphericalAberration", "rlnAmplitudeContrast",
 )
 PARTICLE_FILES = ("allparticles", "goodparticles")
+_PARTICLE_FILE_ALIASES = {"all": "allparticles", "good": "goodparticles"}
 
 
 class WarpFolderError(Exception):
@@ -132,11 +134,17 @@ def _bool(text: str) -> bool:
     return text.strip().lower() == "true"
 
 
-def particle_star_path(warp_dir: str | os.PathLike, settings: WarpSettings,
-                       which: str = "allparticles") -> Path:
-    if which not in PARTICLE_FILES:
+def particle_file_kind(which: str) -> str:
+    """``"all"``/``"allparticles"`` -> ``"allparticles"``, likewise for good particles."""
+    kind = _PARTICLE_FILE_ALIASES.get(which, which)
+    if kind not in PARTICLE_FILES:
         raise ValueError(f"particle file must be one of {PARTICLE_FILES}, not {which!r}")
-    return Path(warp_dir) / f"{which}_{settings.model}.star"
+    return kind
+
+
+def particle_star_path(warp_dir: str | os.PathLike, settings: WarpSettings,
+                       which: str = "all") -> Path:
+    return Path(warp_dir) / f"{particle_file_kind(which)}_{settings.model}.star"
 
 
 # ----------------------------------------------------------------------------- star files
@@ -202,7 +210,7 @@ def read_new_rows(path: str | os.PathLike, progress: StarProgress) -> tuple[pd.D
                                 f"{len(labels)} columns: {text[:120]!r}")
         rows.append(fields)
     if not body_started:  # header only (or not even that) so far: nothing consumed
-        return _frame([], labels or ("rlnImageName",)), progress
+        return _frame([], tuple(dict.fromkeys((*REQUIRED_STAR_COLUMNS, *labels)))), progress
     end = progress.offset + len(complete)
     with open(path, "rb") as handle:
         handle.seek(max(0, end - TAIL_CHECK_BYTES))
@@ -246,34 +254,57 @@ def split_image_name(name: str) -> tuple[int, str]:
 
 
 def read_particle_images(warp_dir: str | os.PathLike, image_names: list[str],
-                         box: int) -> np.ndarray:
-    """The images named ``N@stack`` (Warp's rlnImageName), in order, as float32.
+                         box: int | None = None) -> np.ndarray:
+    """The images named ``N@stack`` (Warp's rlnImageName), in order, as float32 (n, box, box).
 
-    Raises StackNotReady if a stack is missing or shorter than its header or the names say
-    (Warp still writing it)."""
-    out = np.empty((len(image_names), box, box), dtype=np.float32)
+    ``box`` defaults to the size of the first stack's images. Only the images asked for are read
+    (memory-mapped). Raises StackNotReady if a stack is missing or shorter than its header or the
+    names say (Warp still writing it), WarpStarError if its images are not ``box`` pixels."""
     wanted: dict[str, list[tuple[int, int]]] = {}
     for position, name in enumerate(image_names):
         index, stack = split_image_name(name)
         wanted.setdefault(stack, []).append((position, index))
+    out: np.ndarray | None = None
     for stack, items in wanted.items():
         path = Path(warp_dir) / stack
-        if not path.is_file():
-            raise StackNotReady(stack, "not written yet")
         needed = max(index for _, index in items) + 1
+        nx, ny = _check_stack_complete(path, stack, needed)
+        if box is None:
+            box = nx
+        if (nx, ny) != (box, box):
+            raise WarpStarError(f"{stack} has {nx}×{ny} images; Warp's box is {box}")
+        if out is None:
+            out = np.empty((len(image_names), box, box), dtype=np.float32)
         try:
-            with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
-                header = mrc.header
-                nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
-                itemsize = mrcfile.utils.dtype_from_mode(header.mode).itemsize
-                expected = header.nbytes + int(header.nsymbt) + nx * ny * nz * itemsize
-                if nz < needed or path.stat().st_size < expected or mrc.data is None:
-                    raise StackNotReady(stack, f"holds {nz} images, {needed} needed")
-                if (nx, ny) != (box, box):
-                    raise WarpStarError(f"{stack} has {nx}×{ny} images; Warp's box is {box}")
+            with warnings.catch_warnings():  # sizes are checked above; a longer file is fine
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mrc = mrcfile.mmap(path, mode="r", permissive=True)
+            with mrc:
                 data = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
-                for position, index in items:
-                    out[position] = data[index]
-        except (ValueError, OSError) as exc:
+                positions = [position for position, _ in items]
+                out[positions] = data[[index for _, index in items]]
+        except (ValueError, OSError, TypeError, AttributeError) as exc:
             raise StackNotReady(stack, f"unreadable ({exc})") from None
+    if out is None:
+        out = np.empty((0, box or 0, box or 0), dtype=np.float32)
     return out
+
+
+def _check_stack_complete(path: Path, stack: str, needed: int) -> tuple[int, int]:
+    """(nx, ny) of a stack whose header and size say it holds at least ``needed`` images."""
+    try:
+        with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
+            header = mrc.header
+            nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
+            itemsize = mrcfile.utils.dtype_from_mode(header.mode).itemsize
+            expected = header.nbytes + int(header.nsymbt) + nx * ny * nz * itemsize
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise StackNotReady(stack, "not written yet") from None
+    except (ValueError, OSError, TypeError, AttributeError) as exc:
+        raise StackNotReady(stack, f"unreadable ({exc})") from None
+    if nz < needed:
+        raise StackNotReady(stack, f"its header counts {nz} images, {needed} needed")
+    if size < expected:
+        raise StackNotReady(stack, f"{size} bytes of the {expected} its header announces")
+    return nx, ny

@@ -1,41 +1,60 @@
 """Incremental import from a Warp folder that Warp keeps rewriting."""
 
+import json
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
 import mrcfile
 import numpy as np
 import pytest
+from warp_fixtures import WarpFolder
 
+from live2d import importer as importer_module
 from live2d.importer import STACK_WAIT_POLLS, Importer
-from live2d.simulate import MODEL, simulate, write_settings
 from live2d.store import ParticleStore
 from live2d.warp import WarpFolderError
 
-SIM = {"per_micrograph": 20, "box": 32, "pixel_size": 2.0, "views": 2}
-STAR = f"allparticles_{MODEL}.star"
-
-
-def stack(warp, index: int):
-    return warp / "particles" / f"FoilHole_{1000 + index:05d}_Data_{MODEL}.mrcs"
+TESTS = Path(__file__).parent
 
 
 @pytest.fixture
-def warp(tmp_path):
-    folder = tmp_path / "warp"
-    simulate(folder, particles=40, **SIM)
+def warp(tmp_path) -> WarpFolder:
+    folder = WarpFolder(tmp_path / "warp", box=32, pixel_size=2.0, per_micrograph=20)
+    folder.add_micrographs(2)
     return folder
 
 
-def importer_for(warp, tmp_path, which="allparticles"):
-    return Importer(warp, ParticleStore(tmp_path / "out"), which=which)
+def importer_for(warp: WarpFolder, tmp_path, which="allparticles") -> Importer:
+    return Importer(warp.folder, ParticleStore(tmp_path / "out"), which=which)
 
 
-def assert_store_matches_warp(importer, warp, expected: int):
-    table = importer.store.read_table()
-    assert len(table) == expected and table["ORIGNAME"].is_unique
-    first = table["ORIGNAME"].iloc[-1]
-    index, name = first.split("@")
-    with mrcfile.open(warp / name) as mrc, mrcfile.mmap(importer.store.stack_path) as store:
-        assert np.array_equal(store.data[-1], mrc.data[int(index) - 1])
-    assert table["DF1"].gt(1000).all() and table["PSIZE"].eq(2.0).all()
+def assert_store_matches_warp(store: ParticleStore, warp: WarpFolder,
+                              skipped: tuple[int, ...] = (), which="allparticles") -> None:
+    """The store holds exactly Warp's rows, in Warp's order, once each, with their pixels."""
+    expected = [line.split()[12] for line in warp.star_text(which).splitlines()
+                if "@particles/" in line]
+    expected = [n for n in expected if not any(warp.stack_name(m) in n for m in skipped)]
+    table = store.read_table()
+    assert table["ORIGNAME"].tolist() == expected
+    assert table["POS"].tolist() == list(range(1, len(expected) + 1))
+    assert table["DF1"].gt(1000).all() and table["PSIZE"].eq(warp.pixel_size).all()
+    with mrcfile.mmap(store.stack_path) as mrc:
+        assert mrc.data.shape == (len(expected), warp.box, warp.box)
+        for i in (0, len(expected) // 2, len(expected) - 1):
+            index, stack = expected[i].split("@")
+            micrograph = int(stack.split("_")[1])
+            assert np.array_equal(mrc.data[i], warp.images(micrograph)[int(index) - 1])
+
+
+def set_image_count(stack: Path, nz: int) -> None:
+    with open(stack, "r+b") as handle:
+        handle.seek(8)
+        handle.write(struct.pack("<i", nz))
 
 
 def test_particles_are_imported_as_warp_writes_them(warp, tmp_path):
@@ -43,104 +62,184 @@ def test_particles_are_imported_as_warp_writes_them(warp, tmp_path):
     report = importer.poll()
     assert (report.new_particles, report.total, report.reimported) == (40, 40, False)
     assert importer.poll().new_particles == 0
-    simulate(warp, particles=80, **SIM)
+    warp.add_micrographs(2)
     report = importer.poll()
     assert (report.new_particles, report.total) == (40, 80)
-    assert_store_matches_warp(importer, warp, 80)
+    assert_store_matches_warp(importer.store, warp)
+    table = importer.store.read_table()
+    assert table["DF1"].iloc[-1] == pytest.approx(15300.0)  # micrograph 3's defocus
+    assert table["DF2"].iloc[-1] == pytest.approx(15000.0)
+    assert table["ANGAST"].eq(30.0).all() and table["2DCLS"].eq(0).all()
 
 
 def test_a_restart_carries_on_without_duplicates(warp, tmp_path):
     importer_for(warp, tmp_path).poll()
     (tmp_path / "out" / "import.json").unlink()  # progress lost: the store's names still guard
-    simulate(warp, particles=60, **SIM)
+    warp.add_micrographs(1)
     importer = importer_for(warp, tmp_path)
     report = importer.poll()
     assert report.new_particles == 20 and not report.reimported
-    assert_store_matches_warp(importer, warp, 60)
+    assert_store_matches_warp(importer.store, warp)
+
+
+def test_progress_behind_the_store_imports_nothing_twice(warp, tmp_path):
+    importer = importer_for(warp, tmp_path)
+    importer.poll()
+    old_progress = (tmp_path / "out" / "import.json").read_bytes()
+    warp.add_micrographs(1)
+    importer.poll()
+    # killed after the store committed, before import.json was written
+    (tmp_path / "out" / "import.json").write_bytes(old_progress)
+    warp.add_micrographs(1)
+    report = importer_for(warp, tmp_path).poll()
+    assert report.new_particles == 20 and report.total == 80
+    assert_store_matches_warp(ParticleStore(tmp_path / "out"), warp)
 
 
 def test_a_half_written_stack_is_waited_for_then_imported(warp, tmp_path):
     importer = importer_for(warp, tmp_path)
     importer.poll()
-    simulate(warp, particles=80, **SIM)
-    full = stack(warp, 2).read_bytes()
-    stack(warp, 2).write_bytes(full[: len(full) // 2])
+    warp.add_micrographs(2)
+    full = warp.stack_path(2).read_bytes()
+    warp.stack_path(2).write_bytes(full[: len(full) // 2])
     report = importer.poll()
-    assert report.new_particles == 0 and report.waiting_on.endswith(stack(warp, 2).name)
+    assert report.new_particles == 0 and report.waiting_on == warp.stack_name(2)
+    assert "waiting for" in " ".join(report.messages)
     assert importer.store.count == 40  # nothing of the half stack, nor of the one after it
-    stack(warp, 2).write_bytes(full)
+    warp.stack_path(2).write_bytes(full)
     report = importer.poll()
     assert report.new_particles == 40 and report.waiting_on is None
-    assert_store_matches_warp(importer, warp, 80)
+    assert_store_matches_warp(importer.store, warp)
 
 
-def test_a_stack_that_never_completes_is_skipped_after_bounded_retries(warp, tmp_path):
+def test_a_stack_with_a_short_header_count_is_waited_for(warp, tmp_path):
+    importer = importer_for(warp, tmp_path)
+    warp.add_micrographs(1)
+    set_image_count(warp.stack_path(2), 5)  # Warp has written the header of 5 images so far
+    report = importer.poll()
+    assert report.total == 40 and report.waiting_on == warp.stack_name(2)
+    set_image_count(warp.stack_path(2), 20)  # now complete
+    assert importer.poll().total == 60
+    assert_store_matches_warp(importer.store, warp)
+
+
+def test_a_stack_that_never_completes_is_skipped_after_bounded_waits(warp, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.setattr(importer_module, "STACK_WAIT_SECONDS", 0.0)
     importer = importer_for(warp, tmp_path)
     importer.poll()
-    simulate(warp, particles=80, **SIM)
-    stack(warp, 2).unlink()
+    warp.add_micrographs(2)
+    warp.stack_path(2).unlink()
     reports = [importer.poll() for _ in range(STACK_WAIT_POLLS)]
-    assert reports[0].new_particles == 0
-    assert reports[-1].new_particles == 20 and "skipping the 20 particles" in " ".join(
-        reports[-1].messages)
-    assert importer.store.count == 60
+    assert all(r.new_particles == 0 for r in reports[:-1])
+    assert reports[-1].new_particles == 20
+    assert "skipping the 20 particles" in " ".join(reports[-1].messages)
+    assert_store_matches_warp(importer.store, warp, skipped=(2,))
+
+    # Warp caught mid-rewrite afterwards is not mistaken for changed rows
+    star = warp.star_path()
+    text = star.read_text()
+    star.write_text(text[: len(text) - 30])
+    report = importer.poll()
+    assert not report.reimported and report.total == 60
+    warp.add_micrographs(1)
+    report = importer.poll()
+    assert not report.reimported and report.new_particles == 20
+    assert_store_matches_warp(importer.store, warp, skipped=(2,))
+    # and a restart remembers the skip
+    report = importer_for(warp, tmp_path).poll()
+    assert not report.reimported and report.new_particles == 0
+
+
+def test_a_stack_is_not_skipped_before_its_time_is_up(warp, tmp_path):
+    importer = importer_for(warp, tmp_path)
+    warp.stack_path(1).unlink()
+    reports = [importer.poll() for _ in range(STACK_WAIT_POLLS + 2)]
+    assert reports[-1].waiting_on == warp.stack_name(1) and reports[-1].total == 20
 
 
 def test_warp_rewriting_its_star_identically_is_not_a_change(warp, tmp_path):
     importer = importer_for(warp, tmp_path)
     importer.poll()
-    star = warp / STAR
-    star.write_text(star.read_text())
+    warp.write_stars()
+    star = warp.star_path()
+    star.write_text(star.read_text()[:100])  # caught mid-rewrite...
+    assert not importer.poll().reimported
+    warp.write_stars()  # ...then complete and identical
     report = importer.poll()
-    assert not report.reimported and report.new_particles == 0
+    assert not report.reimported and report.new_particles == 0 and report.total == 40
 
 
 def test_a_star_caught_mid_rewrite_is_waited_for(warp, tmp_path):
     importer = importer_for(warp, tmp_path)
     importer.poll()
-    star = warp / STAR
+    star = warp.star_path()
     text = star.read_text()
     star.write_text(text[: len(text) // 3])
     report = importer.poll()
     assert not report.reimported and importer.store.count == 40
     assert "waiting" in " ".join(report.messages)
-    simulate(warp, particles=60, **SIM)
+    warp.add_micrographs(1)
     report = importer.poll()
     assert not report.reimported and report.new_particles == 20
+    assert_store_matches_warp(importer.store, warp)
 
 
 def test_changed_imported_rows_force_a_full_reimport(warp, tmp_path):
     importer = importer_for(warp, tmp_path)
     importer.poll()
     generation = importer.store.generation
-    star = warp / STAR
-    lines = star.read_text().splitlines(keepends=True)
-    body = [i for i, line in enumerate(lines) if "@particles" in line]
-    del lines[body[3]]  # Warp's filters dropped a particle that was already imported
-    star.write_text("".join(lines))
+    del warp.rows[3]  # Warp's filters dropped a particle that was already imported
+    del warp.good[3]
+    warp.write_stars()
     report = importer.poll()
     assert report.reimported and "changed" in report.reason and "ab initio" in report.reason
     assert report.total == 39 and importer.store.generation == generation + 1
+    assert_store_matches_warp(importer.store, warp)
+    assert not importer.poll().reimported
 
 
-@pytest.mark.parametrize("change, word", [({"BoxSize": 36}, "box size"),
-                                          ({"MinimumScore": 0.5}, "threshold"),
-                                          ({"ModelPath": "C:\\models\\Other"}, "model")])
-def test_a_settings_change_resets_the_store_and_says_why(warp, tmp_path, change, word):
+@pytest.mark.parametrize("change, words", [
+    ({"BoxSize": 36}, "box size changed 32 -> 36"),
+    ({"MinimumScore": 0.5}, "picking threshold changed 0.95 -> 0.5"),
+    ({"ModelPath": "C:\\models\\Other"}, "BoxNet model changed"),
+])
+def test_a_settings_change_resets_the_store_and_says_why(warp, tmp_path, change, words):
     importer = importer_for(warp, tmp_path)
     importer.poll()
-    write_settings(warp, **change)
+    warp.write_settings(**change)
+    if "BoxSize" in change:  # Warp exports new particles at the new box from now on
+        warp.box = 36
+    warp.rows, warp.good, warp.micrographs = [], [], 0
+    warp.add_micrographs(1)
     report = importer.poll()
-    assert report.reimported and word in report.reason
-    assert importer.store.generation == 1
+    assert report.reimported and words in report.reason and "ab initio" in report.reason
+    assert importer.store.generation == 1 and report.total == 20
+    assert importer.store.box == warp.box
+    assert_store_matches_warp(importer.store, warp)
+    assert not importer.poll().reimported
 
 
 def test_switching_to_good_particles_reimports(warp, tmp_path):
+    warp.add_micrographs(1, good=False)
     importer = importer_for(warp, tmp_path)
-    importer.poll()
-    importer.which = "goodparticles"
+    assert importer.poll().total == 60
+    importer.which = "good"
     report = importer.poll()
     assert report.reimported and "particle file" in report.reason and report.total == 40
+    assert_store_matches_warp(importer.store, warp, which="goodparticles")
+
+
+def test_a_kill_between_emptying_the_store_and_saving_progress_is_reported(warp, tmp_path):
+    importer = importer_for(warp, tmp_path)
+    importer.poll()
+    saved = json.loads((tmp_path / "out" / "import.json").read_text())
+    warp.write_settings(MinimumScore=0.5)
+    importer.poll()
+    (tmp_path / "out" / "import.json").write_text(json.dumps(saved))  # the old progress
+    report = importer_for(warp, tmp_path).poll()
+    assert report.reimported and "ab initio" in report.reason and report.total == 40
+    assert_store_matches_warp(ParticleStore(tmp_path / "out"), warp)
 
 
 def test_unreadable_settings_wait_and_a_vanished_folder_does_not_end_a_session(warp, tmp_path):
@@ -148,22 +247,61 @@ def test_unreadable_settings_wait_and_a_vanished_folder_does_not_end_a_session(w
     with pytest.raises(WarpFolderError):
         Importer(tmp_path / "nowhere", ParticleStore(tmp_path / "other")).poll()
     importer.poll()
-    settings = warp / "previous.settings"
+    settings = warp.folder / "previous.settings"
     good = settings.read_bytes()
     settings.write_bytes(good[:200])
     report = importer.poll()
     assert report.total == 40 and "next poll" in " ".join(report.messages)
     settings.write_bytes(good)
-    moved = warp.rename(warp.with_name("hidden"))
+    moved = warp.folder.rename(warp.folder.with_name("hidden"))
     assert "next poll" in " ".join(importer.poll().messages)
-    moved.rename(warp)
-    simulate(warp, particles=60, **SIM)
+    moved.rename(warp.folder)
+    warp.add_micrographs(1)
     assert importer.poll().new_particles == 20
 
 
 def test_a_malformed_star_imports_nothing_and_says_so(warp, tmp_path):
     importer = importer_for(warp, tmp_path)
-    star = warp / STAR
+    star = warp.star_path()
     star.write_text(star.read_text().replace("rlnDefocusV", "rlnSomethingElse"))
     report = importer.poll()
     assert report.total == 0 and "rlnDefocusV" in " ".join(report.messages)
+    warp.write_stars()
+    assert importer.poll().total == 40
+
+
+def test_a_pixel_size_that_disagrees_with_the_settings_is_a_clear_message(warp, tmp_path):
+    warp.write_settings(PixelSizeX=1.5)  # 3 Å binned; the star says 2 Å
+    report = importer_for(warp, tmp_path).poll()
+    assert report.total == 0
+    assert "star file says 2 Å/px but previous.settings 3 Å/px" in " ".join(report.messages)
+
+
+def test_sigkill_during_import_loses_and_duplicates_nothing(tmp_path):
+    warp = WarpFolder(tmp_path / "warp", box=16, pixel_size=2.0, per_micrograph=10)
+    warp.add_micrographs(150)
+    script = textwrap.dedent(f"""
+        from live2d import importer
+        from live2d.store import ParticleStore
+        importer.APPEND_BATCH_BYTES = 1  # one commit per micrograph: many places to be killed
+        imp = importer.Importer({str(warp.folder)!r}, ParticleStore({str(tmp_path / "out")!r}))
+        print("ready", flush=True)
+        while imp.poll().new_particles:
+            pass
+    """)
+    rng = np.random.default_rng(1)
+    counts = []
+    for _ in range(4):
+        process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+        assert process.stdout.readline().strip() == b"ready"
+        time.sleep(rng.uniform(0.02, 0.3))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        store = ParticleStore(tmp_path / "out")  # reconciles
+        counts.append((store.count, warp.micrographs * 10))
+        assert store.count % 10 == 0  # a micrograph is never imported half
+        warp.add_micrographs(5)
+    report = Importer(warp.folder, ParticleStore(tmp_path / "out")).poll()
+    assert not report.reimported and report.total == 1700
+    assert_store_matches_warp(ParticleStore(tmp_path / "out"), warp)
+    assert any(0 < count < available for count, available in counts)  # killed mid-import

@@ -75,6 +75,37 @@ def test_uncommitted_data_left_by_a_kill_is_cut_back(tmp_path):
     check_consistent(tmp_path, 7)
 
 
+def test_a_kill_in_the_middle_of_a_reset_leaves_an_empty_valid_store(tmp_path):
+    store = ParticleStore(tmp_path)
+    store.reset(1.5, BOX)
+    store.append(*batch(0, 4))
+    old_stack, old_star = store.stack_path.read_bytes(), store.star_path.read_bytes()
+    store.reset(2.0, 24)
+    # as if killed right after reset committed, before the files were emptied
+    store.stack_path.write_bytes(old_stack)
+    store.star_path.write_bytes(old_star)
+    reopened = ParticleStore(tmp_path)
+    assert (reopened.count, reopened.box, reopened.pixel_size) == (0, 24, 2.0)
+    assert len(reopened.read_table()) == 0 and len(read_star(reopened.star_path)) == 0
+    images, table = batch(0, 2)
+    reopened.append(np.zeros((2, 24, 24), dtype=np.float32), table)
+    with mrcfile.open(reopened.stack_path) as mrc:
+        assert mrc.data.shape == (2, 24, 24) and mrc.voxel_size.x == pytest.approx(2.0)
+    assert read_star(reopened.star_path)["ORIGNAME"].tolist() == table["ORIGNAME"].tolist()
+
+
+def test_a_header_count_left_by_a_kill_is_set_back(tmp_path):
+    store = ParticleStore(tmp_path)
+    store.reset(1.5, BOX)
+    store.append(*batch(0, 4))
+    with mrcfile.open(store.stack_path, "r+", permissive=True) as mrc:
+        mrc.header.nz = mrc.header.mz = 9  # patched for an append that never committed
+    check_consistent(tmp_path, 4)
+    with mrcfile.open(store.stack_path, header_only=True) as mrc:
+        assert (int(mrc.header.nz), int(mrc.header.mz)) == (4, 4)
+        assert float(mrc.header.cella.z) == pytest.approx(4 * 1.5)
+
+
 def test_a_stack_that_lost_committed_particles_is_an_error(tmp_path):
     store = ParticleStore(tmp_path)
     store.reset(1.5, BOX)

@@ -1,10 +1,12 @@
 """Reading Warp's settings, star files and stacks, including while Warp is writing them."""
 
+import struct
+
 import mrcfile
 import numpy as np
 import pytest
+from warp_fixtures import MODEL, WarpFolder, settings_values, settings_xml
 
-from live2d.simulate import MODEL, simulate, write_settings
 from live2d.warp import (
     TAIL_CHECK_BYTES,
     StackNotReady,
@@ -30,52 +32,71 @@ def row(i: int) -> str:
 
 
 @pytest.fixture
-def warp(tmp_path):
-    folder = tmp_path / "warp"
-    simulate(folder, particles=60, per_micrograph=30, box=32, pixel_size=2.0, views=2)
+def warp(tmp_path) -> WarpFolder:
+    folder = WarpFolder(tmp_path / "warp", box=32, pixel_size=2.0, per_micrograph=30)
+    folder.add_micrographs(2)
     return folder
 
 
+# ----------------------------------------------------------------------------- settings
 def test_settings_give_binned_pixel_size_box_diameter_and_model(warp):
-    settings = read_settings(warp)
+    settings = read_settings(warp.folder)
     assert settings.pixel_size == pytest.approx(2.0)  # PixelSizeX 1.0 × 2**BinTimes 1
     assert settings.box == 32 and settings.model == MODEL and settings.export
-    assert settings.invert and settings.diameter > 0
-    assert particle_star_path(warp, settings).name == f"allparticles_{MODEL}.star"
-    assert particle_star_path(warp, settings, "goodparticles").name.startswith("good")
+    assert settings.invert and settings.diameter == 40 and settings.min_score == 0.95
+    assert (settings.voltage, settings.cs, settings.amplitude_contrast) == (300, 2.7, 0.07)
+    assert settings.signature == (32, MODEL, 0.95)
+    assert particle_star_path(warp.folder, settings).name == f"allparticles_{MODEL}.star"
+    assert particle_star_path(warp.folder, settings, "good").name == f"goodparticles_{MODEL}.star"
+    assert particle_star_path(warp.folder, settings, "goodparticles").name.startswith("good")
+
+
+def test_settings_are_parsed_as_utf16_bytes_with_a_byte_order_mark(tmp_path):
+    data = settings_xml(settings_values(box=96, pixel_size=3.32, bin_times=2, model="MyNet"))
+    assert data[:2] == b"\xff\xfe" and b'encoding="utf-16"' not in data  # really UTF-16
+    (tmp_path / "previous.settings").write_bytes(data)
+    settings = read_settings(tmp_path)
+    assert settings.pixel_size == pytest.approx(3.32)  # 0.83 × 2**2
+    assert (settings.box, settings.model) == (96, "MyNet")
 
 
 def test_a_folder_without_settings_is_refused_with_the_reason(tmp_path):
-    with pytest.raises(WarpFolderError, match=r"previous\.settings"):
+    with pytest.raises(WarpFolderError, match=r"no previous\.settings in .*Warp processes"):
         read_settings(tmp_path)
     with pytest.raises(WarpFolderError, match="does not exist"):
         read_settings(tmp_path / "nowhere")
 
 
 def test_export_off_is_refused_with_the_reason(warp):
-    write_settings(warp, DoExport=False)
-    with pytest.raises(WarpFolderError, match=r"[Ee]xport"):
-        read_settings(warp)
+    warp.write_settings(DoExport=False)
+    with pytest.raises(WarpFolderError, match="particle export is off") as caught:
+        read_settings(warp.folder)
+    assert not isinstance(caught.value, WarpSettingsUnreadable)  # waiting will not fix it
 
 
 def test_settings_mid_write_are_unreadable_not_fatal(warp):
-    path = warp / "previous.settings"
+    path = warp.folder / "previous.settings"
     path.write_bytes(path.read_bytes()[:300])
     with pytest.raises(WarpSettingsUnreadable, match="cannot be parsed"):
-        read_settings(warp)
+        read_settings(warp.folder)
 
 
-def test_settings_read_as_utf16_bytes(warp):
-    assert (warp / "previous.settings").read_bytes()[:2] == b"\xff\xfe"
-    assert read_settings(warp).pixel_size == pytest.approx(2.0)
+def test_settings_missing_a_required_parameter_are_unreadable(tmp_path):
+    values = settings_values()
+    del values["Picking"]["BoxSize"]
+    (tmp_path / "previous.settings").write_bytes(settings_xml(values))
+    with pytest.raises(WarpSettingsUnreadable, match="BoxSize"):
+        read_settings(tmp_path)
 
 
+# ----------------------------------------------------------------------------- star files
 def test_rows_are_read_incrementally_and_an_unfinished_line_waits(tmp_path):
     star = tmp_path / "p.star"
     star.write_text(HEADER + row(1) + row(2) + row(3)[:20])
     table, progress = read_new_rows(star, StarProgress())
     assert table["rlnImageName"].tolist() == [row(1).split()[0], row(2).split()[0]]
     assert table["rlnDefocusU"].dtype.kind == "f"
+    assert "rlnPhaseShift" not in table  # optional: the importer uses 0
 
     star.write_text(HEADER + row(1) + row(2) + row(3) + row(4))  # rewritten whole, as Warp does
     table, progress = read_new_rows(star, progress)
@@ -85,6 +106,16 @@ def test_rows_are_read_incrementally_and_an_unfinished_line_waits(tmp_path):
     assert len(table) == 0 and same == progress
 
 
+def test_a_header_caught_mid_write_consumes_nothing(tmp_path):
+    star = tmp_path / "p.star"
+    star.write_text(HEADER[:30])
+    table, progress = read_new_rows(star, StarProgress())
+    assert len(table) == 0 and progress == StarProgress()
+    star.write_text(HEADER + row(1))
+    table, progress = read_new_rows(star, progress)
+    assert table["rlnImageName"].tolist() == [row(1).split()[0]] and progress.rows == 1
+
+
 def test_a_rewrite_that_changes_read_rows_is_detected(tmp_path):
     star = tmp_path / "p.star"
     star.write_text(HEADER + row(1) + row(2))
@@ -92,7 +123,7 @@ def test_a_rewrite_that_changes_read_rows_is_detected(tmp_path):
     star.write_text(HEADER + row(2) + row(1) + row(3))
     with pytest.raises(StarRewritten):
         read_new_rows(star, progress)
-    star.write_text(HEADER + row(1))  # truncated while Warp rewrites it
+    star.write_text(HEADER + row(1) + row(2)[:10])  # truncated mid-line while Warp rewrites it
     with pytest.raises(StarRewritten):
         read_new_rows(star, progress)
 
@@ -110,6 +141,7 @@ def test_only_new_bytes_are_parsed(tmp_path):
     star.write_text(text + row(3001))
     table, progress = read_new_rows(star, progress)
     assert table["rlnImageName"].tolist() == [row(3001).split()[0]]
+    assert progress.rows == 3001
 
 
 def test_extra_columns_and_any_column_order_are_fine(tmp_path):
@@ -130,29 +162,49 @@ def test_extra_columns_and_any_column_order_are_fine(tmp_path):
 def test_malformed_star_files_give_a_clear_error(tmp_path, text, message):
     star = tmp_path / "p.star"
     star.write_text(text)
-    with pytest.raises(WarpStarError, match=message):
+    with pytest.raises(WarpStarError, match=message) as caught:
         read_new_rows(star, StarProgress())
+    assert "p.star" in str(caught.value) or "rlnDefocus" in str(caught.value)
 
 
+# ----------------------------------------------------------------------------- stacks
 def test_images_are_read_by_warp_image_name(warp):
-    names = [f"000002@particles/FoilHole_01000_Data_{MODEL}.mrcs",
-             f"000001@particles/FoilHole_01001_Data_{MODEL}.mrcs"]
-    images = read_particle_images(warp, names, 32)
-    with mrcfile.open(warp / names[0].split("@")[1]) as mrc:
-        assert np.array_equal(images[0], mrc.data[1])
-    with mrcfile.open(warp / names[1].split("@")[1]) as mrc:
-        assert np.array_equal(images[1], mrc.data[0])
+    names = [f"000002@{warp.stack_name(0)}", f"000001@{warp.stack_name(1)}",
+             f"000030@{warp.stack_name(0)}"]
+    images = read_particle_images(warp.folder, names)
+    assert images.shape == (3, 32, 32) and images.dtype == np.float32
+    assert np.array_equal(images[0], warp.images(0)[1])
+    assert np.array_equal(images[1], warp.images(1)[0])
+    assert np.array_equal(images[2], warp.images(0)[29])
+    with pytest.raises(WarpStarError, match="box is 64"):
+        read_particle_images(warp.folder, names, 64)
 
 
 def test_a_stack_still_being_written_is_not_ready(warp):
-    stack = warp / "particles" / f"FoilHole_01000_Data_{MODEL}.mrcs"
-    name = f"000030@particles/{stack.name}"
+    stack = warp.stack_path(0)
+    name = f"000030@{warp.stack_name(0)}"
     full = stack.read_bytes()
     stack.write_bytes(full[: len(full) - 100])  # header says 30 images, the data is short
-    with pytest.raises(StackNotReady, match=r"needed|unreadable"):
-        read_particle_images(warp, [name], 32)
+    with pytest.raises(StackNotReady, match="bytes of the"):
+        read_particle_images(warp.folder, [name], 32)
+    stack.write_bytes(full[:500])  # not even a whole header
+    with pytest.raises(StackNotReady):
+        read_particle_images(warp.folder, [name], 32)
     stack.unlink()
-    with pytest.raises(StackNotReady, match="not written yet"):
-        read_particle_images(warp, [name], 32)
+    with pytest.raises(StackNotReady, match="not written yet") as caught:
+        read_particle_images(warp.folder, [name], 32)
+    assert caught.value.stack == warp.stack_name(0)
     stack.write_bytes(full)
-    assert read_particle_images(warp, [name], 32).shape == (1, 32, 32)
+    assert np.array_equal(read_particle_images(warp.folder, [name], 32)[0], warp.images(0)[29])
+
+
+def test_a_stack_whose_header_counts_fewer_images_is_not_ready(warp):
+    stack = warp.stack_path(0)
+    with open(stack, "r+b") as handle:  # header written for 10 images so far
+        handle.seek(8)
+        handle.write(struct.pack("<i", 10))
+    with pytest.raises(StackNotReady, match="counts 10 images, 30 needed"):
+        read_particle_images(warp.folder, [f"000030@{warp.stack_name(0)}"], 32)
+    assert read_particle_images(warp.folder, [f"000010@{warp.stack_name(0)}"]).shape[0] == 1
+    with mrcfile.open(stack, permissive=True, header_only=True) as mrc:
+        assert mrc.header.nz == 10
