@@ -3,14 +3,18 @@
 Each poll reads only the rows Warp added since the last one. The store's set of Warp image names
 is the guard against duplicates: after a kill, the progress file (``import.json``, written after
 the store commits) may lag behind the store, and the rows read again are simply skipped.
-A change that makes imported particles stale (box, BoxNet model, score threshold, which star file,
-or rows already imported rewritten differently) empties the store and imports everything again;
-the report says why so that the session can start the next job ab initio.
+A change that makes imported particles stale (box, pixel size, BoxNet model, score threshold,
+which star file, or rows already imported rewritten differently) empties the store and imports
+everything again; the report says why so that the session can start the next job ab initio.
+``import.json`` also records the store generation it belongs to (a kill between emptying the store
+and saving progress is finished on the next poll, and reported) and the stacks skipped after
+waiting too long for Warp to finish them (left out of the check that imported rows are unchanged).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -81,49 +85,66 @@ class Importer:
         self._which = particle_file_kind(value)  # "all"/"good" are accepted too
 
     def poll(self) -> ImportReport:
-        report = ImportReport(total=self.store.count)
+        """Import what Warp added since the last poll; the report says what happened."""
+        report = ImportReport()
         if self._recovered:
             report.reimported, report.reason, self._recovered = True, self._recovered, ""
+        try:
+            self._poll(report)
+        finally:
+            report.total = self.store.count
+        return report
+
+    def _poll(self, report: ImportReport) -> None:
         try:
             settings = read_settings(self.warp_dir)
         except WarpSettingsUnreadable as exc:
             report.messages.append(f"{exc}; trying again at the next poll")
-            return report
+            return
         except WarpFolderError as exc:
             if self.store.count == 0:
                 raise
             # A session is under way: a network share that hiccups must not end it.
             report.messages.append(f"{exc}; trying again at the next poll")
-            return report
+            return
         self._check_source(settings, report)
         star = particle_star_path(self.warp_dir, settings, self.which)
         if not star.exists():
             report.messages.append(f"waiting for Warp's first particles ({star.name} not there)")
-            return report
+            return
+        before = self._progress
         try:
             rows = self._read_rows(star, settings, report)
             _check_pixel_size(rows, settings)
         except WarpStarError as exc:
+            # Read these rows again once fixed: skipping them would lose particles.
+            self._progress = StarProgress() if report.reimported else before
             report.messages.append(f"{exc}: nothing imported from it until it is fixed")
-            return report
+            return
         except OSError as exc:
             report.messages.append(f"{star.name} cannot be read now ({exc}); trying again")
-            return report
+            return
         rows = pd.concat([self._pending, rows], ignore_index=True) if len(self._pending) else rows
         self._pending = pd.DataFrame()
         if len(rows):
             self._import(rows, settings, report)
         if not len(self._pending):
             self._save()
-        report.total = self.store.count
-        return report
 
     # ------------------------------------------------------------------ source changes
     def _check_source(self, settings: WarpSettings, report: ImportReport) -> None:
         source = [settings.box, settings.model, settings.min_score, self.which]
-        if self.store.box and self._state["source"] == source:
-            return
         old = self._state["source"]
+        if self.store.count and not math.isclose(self.store.pixel_size, settings.pixel_size,
+                                                 rel_tol=1e-4):
+            report.reimported = True
+            report.reason = (f"pixel size changed {self.store.pixel_size:g} -> "
+                             f"{settings.pixel_size:g} Å (Warp's binning): re-importing every "
+                             "particle; the next job starts ab initio")
+            self._start_over(settings, source)
+            return
+        if self.store.box and old == source:
+            return
         if not old and self.store.box == settings.box and self.store.count:
             # import.json was lost: the store's image names still prevent duplicates.
             self._state["source"] = source

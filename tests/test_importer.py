@@ -277,6 +277,24 @@ def test_a_pixel_size_that_disagrees_with_the_settings_is_a_clear_message(warp, 
     assert "star file says 2 Å/px but previous.settings 3 Å/px" in " ".join(report.messages)
 
 
+def test_rows_refused_for_their_pixel_size_are_imported_once_fixed(warp, tmp_path):
+    importer = importer_for(warp, tmp_path)
+    importer.poll()
+    warp.pixel_size = 3.0  # Warp's binning changed: new rows say 3 Å, the settings still 2 Å
+    warp.add_micrographs(1)
+    report = importer.poll()
+    assert report.total == 40 and "3 Å/px" in " ".join(report.messages)
+    warp.write_settings(PixelSizeX=1.5)  # settings catch up: 1.5 × 2**1 = 3 Å
+    report = importer.poll()
+    assert report.reimported and "pixel size changed 2 -> 3" in report.reason
+    # the old rows now disagree with the settings; nothing mixes pixel sizes in the store
+    assert report.total == 0 and "2 Å/px" in " ".join(report.messages)
+    warp.rows, warp.good, warp.micrographs = [], [], 0  # Warp re-exported everything
+    warp.add_micrographs(3)
+    assert importer.poll().total == 60
+    assert_store_matches_warp(importer.store, warp)
+
+
 def test_sigkill_during_import_loses_and_duplicates_nothing(tmp_path):
     warp = WarpFolder(tmp_path / "warp", box=16, pixel_size=2.0, per_micrograph=10)
     warp.add_micrographs(150)

@@ -87,7 +87,7 @@ def test_a_kill_in_the_middle_of_a_reset_leaves_an_empty_valid_store(tmp_path):
     reopened = ParticleStore(tmp_path)
     assert (reopened.count, reopened.box, reopened.pixel_size) == (0, 24, 2.0)
     assert len(reopened.read_table()) == 0 and len(read_star(reopened.star_path)) == 0
-    images, table = batch(0, 2)
+    _, table = batch(0, 2)
     reopened.append(np.zeros((2, 24, 24), dtype=np.float32), table)
     with mrcfile.open(reopened.stack_path) as mrc:
         assert mrc.data.shape == (2, 24, 24) and mrc.voxel_size.x == pytest.approx(2.0)
