@@ -124,12 +124,19 @@ class Importer:
         except OSError as exc:
             report.messages.append(f"{star.name} cannot be read now ({exc}); trying again")
             return
-        rows = pd.concat([self._pending, rows], ignore_index=True) if len(self._pending) else rows
+        pending = self._pending
+        rows = pd.concat([pending, rows], ignore_index=True) if len(pending) else rows
         self._pending = pd.DataFrame()
-        if len(rows):
-            self._import(rows, settings, report)
-        if not len(self._pending):
-            self._save()
+        try:
+            if len(rows):
+                self._import(rows, settings, report)
+            if not len(self._pending):
+                self._save()
+        except OSError:
+            # e.g. the output disk is full: the store kept its last commit, so read these rows
+            # again next time (the store's names skip any that did get in).
+            self._progress, self._pending = before, pending
+            raise
 
     # ------------------------------------------------------------------ source changes
     def _check_source(self, settings: WarpSettings, report: ImportReport) -> None:

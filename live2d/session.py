@@ -380,14 +380,19 @@ class Session:
         try:
             while not (self._stop.is_set() or (stop is not None and stop.is_set())):
                 self._set_status("listening")
-                report = self.import_new()
+                try:
+                    report = self.import_new()
+                except OSError as exc:  # e.g. the output disk is full: nothing was committed
+                    self._log(f"import failed: {exc}; retrying at the next poll", logging.ERROR)
+                    self._wait(self.settings.poll_seconds, stop)
+                    continue
                 settings = self.settings
                 due = self.job is not None or automatic_job_due(
                     settings, report.total, self.state.particles_at_last_job)
                 if due:
                     try:
                         self.run_job(clear_stop=False)
-                    except (EngineError, SessionError) as exc:
+                    except (EngineError, SessionError, OSError) as exc:
                         self._log(f"job failed: {exc}", logging.ERROR)
                         self._note_failure()
                     except CycleCancelled:
@@ -418,7 +423,10 @@ class Session:
                 self._log(f"giving up job {self.state.job['number']} after "
                           f"{MAX_CYCLE_FAILURES} failures", logging.ERROR)
                 self.state.job = None
-            self._write_state()
+            try:
+                self._write_state()
+            except OSError as exc:  # a full disk: the count is kept in memory until it frees
+                self._log(f"cannot save the session state: {exc}", logging.ERROR)
         self._wait(self.settings.poll_seconds, None)
 
     # ----------------------------------------------------------------- one cycle

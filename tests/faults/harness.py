@@ -1,0 +1,83 @@
+"""Shared by the fault-injection suite and bench/soak.py: a small live session, `live2d run`
+as a subprocess, and the invariants that must hold after any fault and restart."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mrcfile
+
+from live2d import cistem_star
+from live2d.simulate import simulate, truth_dir_for
+from live2d.store import ParticleStore
+
+SIMULATION = {"per_micrograph": 20, "box": 32, "pixel_size": 4.0, "snr": 0.5, "views": 3}
+RUN_OPTIONS = ["--classes", "3", "--particles-per-class", "30", "--startup-cycles", "4",
+               "--refinement-cycles", "2", "--high-res-initial", "30", "--high-res-final",
+               "16", "--threads", "1", "--first-job-at", "60", "--update-every", "60",
+               "--poll-seconds", "0.5", "--engine", "builtin", "--angular-step", "3"]
+
+
+def grow(warp: Path, particles: int, seed: int = 0) -> None:
+    simulate(warp, particles=particles, seed=seed, **SIMULATION)
+
+
+class Microscope(threading.Thread):
+    """Adds a micrograph to the Warp folder every ``interval`` seconds up to ``total``."""
+
+    def __init__(self, warp: Path, start: int, total: int, interval: float) -> None:
+        super().__init__(name="microscope", daemon=True)
+        self.warp, self.count, self.total, self.interval = warp, start, total, interval
+        self.finished = threading.Event()
+
+    def run(self) -> None:
+        while self.count < self.total:
+            time.sleep(self.interval)
+            self.count = min(self.total, self.count + SIMULATION["per_micrograph"])
+            grow(self.warp, self.count)
+        self.finished.set()
+
+
+def run_command(warp: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "live2d.cli", "run", str(warp), *RUN_OPTIONS, *extra]
+
+
+def start_run(warp: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(run_command(warp, *extra), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def warp_image_names(warp: Path) -> list[str]:
+    """What Warp wrote, from the simulation's truth (the star file itself may be broken)."""
+    with open(truth_dir_for(warp) / "particles.csv") as handle:
+        return [row["image_name"] for row in csv.DictReader(handle)]
+
+
+def check_invariants(warp: Path, out: Path, complete: bool = True) -> dict:
+    """Every Warp particle imported exactly once (all of them if ``complete``), state readable,
+    history contiguous, the latest classes readable. Returns figures for reports."""
+    store = ParticleStore(out)  # opening reconciles whatever a kill left
+    names = store.read_table()["ORIGNAME"].tolist()
+    assert len(names) == len(set(names)), "a particle was imported twice"
+    with mrcfile.mmap(store.stack_path, mode="r") as mrc:
+        assert mrc.data.shape[0] == len(names), "stack and star disagree"
+    expected = warp_image_names(warp)
+    if complete:
+        assert names == expected, "the store does not hold exactly Warp's particles, in order"
+    else:
+        assert set(names) <= set(expected), "the store holds particles Warp never wrote"
+    state = json.loads((out / "session.json").read_text())
+    history = state["history"]
+    assert [c["number"] for c in history] == list(range(len(history))), "history has a gap"
+    if history:
+        latest = history[-1]
+        with mrcfile.open(out / latest["classes"]) as mrc:
+            assert mrc.data.shape[0] == len(latest["class_counts"])
+        assert len(cistem_star.read_star(out / latest["star"])) == latest["particles"]
+    return {"particles": len(names), "cycles": len(history)}

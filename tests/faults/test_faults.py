@@ -1,0 +1,197 @@
+"""Faults a days-long live session meets, injected on purpose; after each one, and after every
+restart, the invariants of harness.check_invariants must hold and the loop must carry on."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from harness import Microscope, check_invariants, grow, run_command, start_run
+
+from live2d.schedule import Settings
+from live2d.session import Session
+from live2d.simulate import MODEL, write_settings
+
+SMALL = Settings(classes=3, particles_per_class=30, startup_cycles=1, refinement_cycles=1,
+                 high_res_initial=30.0, high_res_final=16.0, threads=1, first_job_at=60,
+                 update_every=100, poll_seconds=0.5)
+STAR = f"allparticles_{MODEL}.star"
+
+
+def test_twenty_sigkills_while_warp_collects_lose_and_duplicate_nothing(tmp_path):
+    warp, out = tmp_path / "warp", tmp_path / "warp" / "classification"
+    grow(warp, 60)
+    microscope = Microscope(warp, 60, 400, interval=0.5)
+    microscope.start()
+    rng = np.random.default_rng(7)
+    kills = {"inside a cycle": 0, "importing or waiting": 0}
+    for _ in range(20):
+        process = start_run(warp)
+        time.sleep(rng.uniform(1.5, 4.0))  # python + torch start-up is about 1.5 s
+        kills["inside a cycle" if (out / "work").exists() else "importing or waiting"] += 1
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        check_invariants(warp, out, complete=False)
+    microscope.join()
+    # Once Warp stops, a last run imports the rest and finishes the job the kills interrupted.
+    finished = subprocess.run(run_command(warp, "--once"), capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    figures = check_invariants(warp, out, complete=True)
+    assert figures["particles"] == 400 and figures["cycles"] >= 3
+    assert kills["inside a cycle"] >= 3, kills  # the kills really landed inside cycles
+
+
+def automatic(session: Session) -> tuple[threading.Thread, threading.Event]:
+    stop = threading.Event()
+    thread = threading.Thread(target=session.run_automatic, args=(stop,), daemon=True)
+    thread.start()
+    return thread, stop
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def log_text(session: Session) -> str:
+    return "\n".join(session.log_lines)
+
+
+def test_broken_warp_files_are_reported_and_nothing_bad_is_imported(tmp_path):
+    warp = tmp_path / "warp"
+    grow(warp, 100)
+    session = Session(warp, settings=SMALL)
+    session.import_new()
+    star = warp / STAR
+    good = star.read_text()
+    check = lambda: check_invariants(warp, session.output_dir, complete=False)  # noqa: E731
+
+    grow(warp, 140)
+    grown = star.read_text()
+    star.write_text(grown[: len(good) + 50])  # caught half-rewritten
+    assert session.import_new().new_particles == 0 and session.store.count == 100
+    star.write_text(grown + "this line is garbage\n")
+    report = session.import_new()
+    assert report.new_particles == 0 and "garbage" in log_text(session)
+    check()
+    star.write_text(grown.replace("rlnDefocusV", "rlnSomethingElse"))
+    assert session.import_new().new_particles == 0 and "rlnDefocusV" in log_text(session)
+    check()
+    lines = grown.splitlines(keepends=True)
+    header_end = max(i for i, line in enumerate(lines) if line.startswith("_rln"))
+    lines.insert(header_end + 1, "_rlnNewWarpColumn #15\n")
+    extended = "".join(line.rstrip("\n") + " 1\n" if "@particles" in line else line
+                       for line in lines)
+    star.write_text(extended)  # an unknown extra column, as a newer Warp might write
+    report = session.import_new()  # same particles in the same order: no re-import needed
+    assert not report.reimported and report.new_particles == 40
+    check()
+
+    stack = next((warp / "particles").glob("*.mrcs"))
+    stack.unlink()  # a stack deleted after its rows were imported: ours is a copy
+    assert session.run_job("abinit")
+    assert check_invariants(warp.parent / "warp", session.output_dir, complete=False)[
+        "cycles"] == 3
+    session.close()
+
+
+def test_settings_faults_and_a_vanishing_folder_do_not_stop_automatic_jobs(tmp_path):
+    warp = tmp_path / "warp"
+    grow(warp, 80)
+    session = Session(warp, settings=SMALL)
+    thread, stop = automatic(session)
+    wait_for(lambda: len(session.history) >= 3)
+
+    settings = warp / "previous.settings"
+    good = settings.read_bytes()
+    settings.write_bytes(good[:150])  # mid-write
+    time.sleep(0.6)
+    settings.write_bytes(b"<Settings><Param Name=")  # malformed
+    time.sleep(0.6)
+    settings.write_bytes(good)
+    hidden = warp.rename(tmp_path / "away")  # the network share hiccups
+    time.sleep(0.8)
+    hidden.rename(warp)
+    grow(warp, 200)
+    wait_for(lambda: session.store.count == 200 and session.job is None and
+             len(session.history) >= 5, timeout=60)
+    assert thread.is_alive()
+    text = log_text(session)
+    assert "cannot be parsed" in text and "next poll" in text
+    check_invariants(warp, session.output_dir, complete=True)
+
+    write_settings(warp, BoxSize=36)  # the user changed Warp's box: start again
+    grow(warp, 200)  # (Warp would re-export at the new box; the simulation keeps 32 px)
+    wait_for(lambda: "box size changed" in log_text(session), timeout=30)
+    stop.set()
+    session.request_stop(hard=True)
+    thread.join(timeout=60)
+    assert session.settings.mode == "abinit" or session.latest_cycle() is None
+    session.close()
+
+
+def _mount_tmpfs(folder: Path, size: str) -> bool:
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                            capture_output=True)
+    return result.returncode == 0
+
+
+def test_a_full_output_disk_loses_nothing_and_the_session_carries_on(tmp_path):
+    out = tmp_path / "small_disk"
+    if not _mount_tmpfs(out, "700k"):
+        pytest.skip("mounting a small tmpfs needs root (mount -t tmpfs): disk-full test not run")
+    try:
+        warp = tmp_path / "warp"
+        grow(warp, 400)  # 400 × 32² × 4 bytes = 1.6 MB: more than the disk holds
+        session = Session(warp, out, settings=SMALL)
+        thread, stop = automatic(session)
+        wait_for(lambda: "No space left" in log_text(session), timeout=60)
+        check_invariants(warp, out, complete=False)
+        assert session.store.count < 400
+        subprocess.run(["mount", "-o", "remount,size=40m", str(out)], check=True)
+        wait_for(lambda: session.store.count == 400 and len(session.history) >= 3, timeout=90)
+        stop.set()
+        session.request_stop(hard=True)
+        thread.join(timeout=60)
+        check_invariants(warp, out, complete=True)
+        session.close()
+    finally:
+        subprocess.run(["umount", "-l", str(out)], capture_output=True)
+
+
+def test_a_failing_engine_keeps_the_last_good_cycle_and_gives_up_cleanly(tmp_path, monkeypatch):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from cistem_standin import make_bin_dir
+
+    bin_dir = make_bin_dir(tmp_path / "bin")
+    warp = tmp_path / "warp"
+    grow(warp, 100)
+    session = Session(warp, settings=SMALL, engine="cistem", cistem_bin=str(bin_dir))
+    assert session.run_job("abinit")
+    good = len(session.history)
+    for mode in ("exit", "no-output"):
+        monkeypatch.setenv("CISTEM_STANDIN_FAIL", f"merge2d:{mode}")
+        thread, stop = automatic(session)
+        session.start_job("seeded")
+        wait_for(lambda: "giving up job" in log_text(session), timeout=90)
+        stop.set()
+        session.request_stop()
+        thread.join(timeout=60)
+        assert len(session.history) == good and session.job is None
+        check_invariants(warp, session.output_dir, complete=True)
+        session._clear_stop()
+        session.log_lines.clear()
+    monkeypatch.delenv("CISTEM_STANDIN_FAIL")
+    assert session.run_job("seeded")  # once the engine works again, the loop carries on
+    assert len(session.history) > good
+    session.close()
