@@ -10,7 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["live2d", "live2d.*", "live2d_plugin", "live2d_plugin.*"]),
-    package_data={"live2d.server": ["static/*"]},
+    package_data={"live2d.server": ["static/*"],
+                  "live2d_plugin": ["protocols.conf", "templates/*.json.template"]},
     install_requires=[
         # Versions chosen to coexist with scipion-em's pins (numpy 1.26, mrcfile <= 1.4.3).
         "numpy>=1.24,<2",
@@ -25,9 +26,12 @@ setup(
         "torch-transform-image>=0.6",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff>=0.5"],
+        "test": ["pytest>=7", "ruff>=0.5", "selenium>=4.10"],
+        "scipion": ["scipion-pyworkflow>=3.11", "scipion-em>=3.11"],
     },
     entry_points={
         "console_scripts": ["live2d = live2d.cli:main"],
+        # Scipion finds its plugins through this group.
+        "pyworkflow.plugin": ["live2d_plugin = live2d_plugin"],
     },
 )

@@ -1,0 +1,473 @@
+"""Live 2D classification of a (growing) set of particles, republishing classes every cycle.
+
+The protocol is an adapter: it appends the input set's new particles to a folder laid out as
+Warp's (see :class:`live2d_plugin.convert.WarpExport`), lets an unmodified
+:class:`live2d.session.Session` import them and run its jobs, and turns every finished cycle
+into ``outputClasses`` and ``outputAverages``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyworkflow.protocol.params as params
+from pwem.objects import Particle, SetOfAverages, SetOfClasses2D, SetOfParticles
+from pwem.protocols import ProtClassify2D
+from pyworkflow import BETA
+from pyworkflow.object import Integer, Set
+
+from live2d import cistem_star, warp
+from live2d.schedule import JOB_LABELS, Settings, SettingsError, automatic_job_due
+from live2d.session import CycleRecord, Session
+from live2d_plugin import Plugin
+from live2d_plugin.constants import (
+    ENGINE_LABELS,
+    ENGINES,
+    JOB_TYPE_LABELS,
+    STOP_ACTION,
+    STOP_FILE,
+)
+from live2d_plugin.convert import WarpExport, alignment_2d, cycle_assignments, mrc_box
+
+JOB_TYPES = ("abinit", "seeded", "refine")
+# Form parameter -> Settings field; defaults, ranges and levels come from Settings.
+PARAM_SETTINGS = {
+    "numberOfClasses": "classes",
+    "maskRadius": "mask_radius",
+    "highResInitial": "high_res_initial",
+    "highResFinal": "high_res_final",
+    "startupCycles": "startup_cycles",
+    "refinementCycles": "refinement_cycles",
+    "particlesPerClass": "particles_per_class",
+    "firstJobAt": "first_job_at",
+    "updateEvery": "update_every",
+    "autoCenter": "auto_center",
+    "autoMask": "auto_mask",
+}
+POLL_SECONDS = 3.0  # between looks at the input set while no job is due
+EXPORT_BATCH = 20_000  # particles read from the input set at once
+CYCLE_SETS_KEPT = 2  # per output: the current cycle's sqlite and the one before
+
+
+class ProtLive2DClassify2D(ProtClassify2D):
+    """Live 2D classification (Live2D): classifies the particles of a set that may still be
+    growing, with the schedule of cisTEM's classification panel (ab initio, seeded startup,
+    refinement) and the built-in engine or cisTEM.
+
+    A job starts once enough particles arrived, the next one after enough new ones; after every
+    cycle outputClasses and outputAverages are replaced by the latest classes. Every cycle's
+    averages stay on disk: the viewer shows any of them and how classes evolved. Right click >
+    STOP STREAMING stops after the current cycle; Continue resumes.
+    """
+
+    _label = "live 2D classification"
+    _devStatus = BETA
+    _possibleOutputs: ClassVar[dict] = {"outputClasses": SetOfClasses2D,
+                                        "outputAverages": SetOfAverages}
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.publishedCycle = Integer()
+        self.publishedParticles = Integer()
+        self.publishedClassified = Integer()
+        self.exportedParticles = Integer()
+
+    # ------------------------------------------------------------------------------ form
+    def _defineParams(self, form) -> None:
+        specs = {spec["name"]: spec for spec in Settings.specs()}
+
+        def level(name: str) -> int:
+            return params.LEVEL_NORMAL if specs[name]["level"] == "user" else \
+                params.LEVEL_ADVANCED
+
+        def help_text(name: str, extra: str = "") -> str:
+            spec = specs[name]
+            bounds = f" Range {spec['min']:g} to {spec['max']:g}." if spec["min"] is not None \
+                else ""
+            return " ".join(part for part in (spec["help"], extra) if part) + bounds
+
+        def number(param: str, kind, extra: str = "", **kwargs) -> None:
+            name = PARAM_SETTINGS[param]
+            spec = specs[name]
+            unit = f" ({spec['unit']})" if spec["unit"] else ""
+            form.addParam(param, kind, default=spec["default"], label=spec["label"] + unit,
+                          expertLevel=level(name), help=help_text(name, extra), **kwargs)
+
+        form.addSection(label="Input")
+        form.addParam("inputParticles", params.PointerParam, pointerClass="SetOfParticles",
+                      important=True, label="Input particles",
+                      help="Particles with CTF, e.g. from 'import warp particles (live)'. The set "
+                           "may still be growing: new particles join the next cycle.")
+        form.addParam("engine", params.EnumParam, choices=list(ENGINE_LABELS), default=0,
+                      display=params.EnumParam.DISPLAY_HLIST, label="Engine",
+                      help="built-in: Live2D's PyTorch engine (CPU or GPU, nothing to install). "
+                           "cisTEM: cisTEM 2's refine2d and merge2d (LIVE2D_CISTEM_BIN, "
+                           "CISTEM_HOME or PATH). auto: cisTEM when found, else built-in.")
+        form.addParam("classificationType", params.EnumParam, choices=list(JOB_TYPE_LABELS),
+                      default=0, display=params.EnumParam.DISPLAY_HLIST,
+                      label=specs["mode"]["label"],
+                      help="First job: ab initio (random start classes, a subset of particles "
+                           "at low resolution first), seeded (the same ramp from the latest "
+                           "classes, all particles) or refinement (only the high-resolution "
+                           "cycles). After an ab initio job the next ones are seeded.")
+        number("numberOfClasses", params.IntParam, validators=[params.Positive])
+        number("maskRadius", params.FloatParam, allowsNull=True,
+               extra="Empty: 0.6 × the particle diameter, taken as half the box.")
+        form.addSection(label="Schedule")
+        number("highResInitial", params.FloatParam)
+        number("highResFinal", params.FloatParam)
+        number("startupCycles", params.IntParam)
+        number("refinementCycles", params.IntParam)
+        number("particlesPerClass", params.IntParam)
+        number("firstJobAt", params.IntParam,
+               extra="When the input set is closed with fewer particles, the job starts then.")
+        number("updateEvery", params.IntParam)
+        number("autoCenter", params.BooleanParam)
+        number("autoMask", params.BooleanParam)
+        form.addParallelSection(threads=4, mpi=0)
+
+    # ------------------------------------------------------------------------------ settings
+    def _engineName(self) -> str:
+        return ENGINES[self.engine.get()]
+
+    def _settingsValues(self) -> dict[str, Any]:
+        values: dict[str, Any] = {name: self.getAttributeValue(param)
+                                  for param, name in PARAM_SETTINGS.items()}
+        values["mode"] = JOB_TYPES[self.classificationType.get()]
+        values["threads"] = max(1, int(self.numberOfThreads.get() or 1))
+        values["poll_seconds"] = POLL_SECONDS
+        return values
+
+    def _settings(self) -> Settings:
+        return Settings.from_dict(self._settingsValues())
+
+    # ------------------------------------------------------------------------------ steps
+    def _insertAllSteps(self) -> None:
+        # The argument changes after every graceful stop, so that Continue runs the step again
+        # (pyworkflow skips steps that finished with the same arguments).
+        self._insertFunctionStep(self.classifyStep, len(self._stoppedMarkers()),
+                                 needsGPU=False)
+
+    def classifyStep(self, _run: int = 0) -> None:
+        session = self._openSession()
+        self._publishError: BaseException | None = None
+        session.add_listener(self._onSessionEvent)
+        watcher_done = threading.Event()
+        watcher = threading.Thread(target=self._watchStop, args=(session, watcher_done),
+                                   daemon=True)
+        watcher.start()
+        try:
+            self._runLoop(session)
+        finally:
+            watcher_done.set()
+            session.remove_listener(self._onSessionEvent)
+            session.close()
+        self._closeOutputs()
+        if self._stopRequested():
+            os.replace(self._stopFile(),
+                       self._getExtraPath(f"stopped_{len(self._stoppedMarkers()) + 1}.txt"))
+            self.info("stopped after the current cycle: Continue resumes")
+
+    def _runLoop(self, session: Session) -> None:
+        while not self._stopRequested():
+            closed = self._exportNew()
+            report = session.import_new()
+            settings = session.settings
+            total = report.total
+            last = session.state.particles_at_last_job
+            if closed and total < settings.classes:
+                raise RuntimeError(f"the input set is closed with {total} particles, fewer "
+                                   f"than the {settings.classes} classes asked for")
+            due = session.job is not None or automatic_job_due(settings, total, last)
+            # A closed input is classified whole even below firstJobAt / updateEvery.
+            final = closed and total > 0 and last != total
+            if due or final:
+                session.run_job(clear_stop=False)
+                self._raisePublishError()
+                continue
+            if closed:
+                self.info(f"input closed and all {total} particles classified: finishing")
+                return
+            self._sleep(POLL_SECONDS)
+
+    def _openSession(self) -> Session:
+        export = self._export()
+        output = self._getExtraPath("live2d")
+        resuming = os.path.exists(os.path.join(output, "session.json"))
+        if not export.exists:
+            self._createExport(export)
+        common = {"engine": self._engineName(), "device": Plugin.getDevice(),
+                  "cistem_bin": Plugin.getCistemBin()}
+        if not resuming:
+            return Session(export.folder, output, settings=self._settings(), **common)
+        # Continue: keep the session's own job type (an ab initio job is followed by seeded
+        # ones) and take every other setting from the form, which may have been edited.
+        session = Session(export.folder, output, **common)
+        values = self._settingsValues()
+        values.pop("mode")
+        session.update_settings(values)
+        return session
+
+    # ------------------------------------------------------------------------------ input
+    def _export(self) -> WarpExport:
+        return WarpExport(self._getExtraPath("warp"))
+
+    def _loadInput(self) -> SetOfParticles:
+        """A fresh view of the input set: a streaming producer keeps adding to its file."""
+        current = self.inputParticles.get()
+        inputSet = SetOfParticles(filename=current.getFileName())
+        inputSet.loadAllProperties()
+        return inputSet
+
+    def _createExport(self, export: WarpExport) -> None:
+        inputSet = self._loadInput()
+        try:
+            first = inputSet.getFirstItem() if inputSet.getSize() else None
+            pixel_size = inputSet.getSamplingRate()
+            box = None
+            if first is not None:
+                box = mrc_box(first.getFileName()) or first.getDim()[0]
+            elif inputSet.getDimensions():
+                box = inputSet.getDimensions()[0]
+        finally:
+            inputSet.close()
+        if not box:
+            return  # nothing to read yet: the next poll tries again
+        mask = self.maskRadius.get()
+        diameter = mask / 0.6 if mask else 0.5 * box * pixel_size
+        export.create(int(box), float(pixel_size), float(diameter))
+
+    def _exportNew(self) -> bool:
+        """Append the input's new particles to the Warp-like folder; True if the input is
+        closed (everything it will ever hold has been seen)."""
+        export = self._export()
+        if not export.exists:
+            self._createExport(export)
+            if not export.exists:
+                return self._inputClosed()
+        box = warp.read_settings(export.folder).box
+        inputSet = self._loadInput()
+        added = 0
+        try:
+            closed = inputSet.isStreamClosed()
+            batch: list[Particle] = []
+            for particle in inputSet.iterItems(orderBy="id", where=f"id > {export.last_id}"):
+                batch.append(particle.clone())
+                if len(batch) >= EXPORT_BATCH:
+                    added += export.append(batch, box)
+                    batch = []
+            added += export.append(batch, box)
+        finally:
+            inputSet.close()
+        if added:
+            self.exportedParticles.set(len(export.exported_ids()))
+            self._store(self.exportedParticles)
+        return closed
+
+    def _inputClosed(self) -> bool:
+        inputSet = self._loadInput()
+        try:
+            return inputSet.isStreamClosed()
+        finally:
+            inputSet.close()
+
+    # ------------------------------------------------------------------------------ outputs
+    def _onSessionEvent(self, event: dict[str, Any]) -> None:
+        """Called by the session after every cycle, in this step's thread."""
+        if event.get("type") != "cycle" or self._publishError is not None:
+            return
+        try:
+            self._exportNew()  # particles that arrived meanwhile join the next cycle
+            record = CycleRecord.from_dict(event["cycle"])
+            if record.block != "start":  # random starting classes have no members yet
+                self._publishCycle(record)
+        except BaseException as exc:  # the session would only log it: surface it after
+            self._publishError = exc
+            self._requestStopAfterCycle()
+
+    def _requestStopAfterCycle(self) -> None:
+        Path(self._stopFile()).touch()
+
+    def _raisePublishError(self) -> None:
+        if self._publishError is not None:
+            error, self._publishError = self._publishError, None
+            if os.path.exists(self._stopFile()):
+                os.remove(self._stopFile())
+            raise RuntimeError(f"publishing the classes failed: {error}") from error
+
+    def _publishCycle(self, record: CycleRecord) -> None:
+        output_dir = Path(self._getExtraPath("live2d"))
+        classes_mrc = str(output_dir / record.classes)
+        star = cistem_star.read_star(output_dir / record.star)
+        from live2d.store import ParticleStore
+
+        store_table = ParticleStore(output_dir).read_table()
+        export_table, _ = warp.read_new_rows(self._export().star_path, warp.StarProgress())
+        assignments = cycle_assignments(star, store_table, export_table)
+        pixel_size = float(star["PSIZE"].iloc[0]) if len(star) else \
+            self.inputParticles.get().getSamplingRate()
+        suffix = f"_cycle{record.number:03d}"
+
+        averages = self._createSetOfAverages(suffix)
+        averages.copyInfo(self.inputParticles.get())
+        averages.setSamplingRate(pixel_size)
+        averages.setHasCTF(False)
+        for number in range(1, len(record.class_counts) + 1):
+            average = Particle(location=(number, classes_mrc))
+            average.setSamplingRate(pixel_size)
+            averages.append(average)
+
+        classes = self._createSetOfClasses2D(self.inputParticles, suffix)
+
+        def update_item(item, _row) -> None:
+            values = assignments.loc[item.getObjId()] if item.getObjId() in assignments.index \
+                else None
+            if values is None:
+                item._appendItem = False
+                return
+            item.setClassId(int(values["cls"]))
+            item.setTransform(alignment_2d(values["psi"], values["shx"], values["shy"],
+                                           pixel_size))
+
+        def update_class(class_item) -> None:
+            representative = class_item.getRepresentative()
+            representative.setLocation(class_item.getObjId(), classes_mrc)
+            representative.setSamplingRate(pixel_size)
+            class_item.setAlignment2D()
+
+        last_id = int(assignments.index.max()) if len(assignments) else 0
+        classes.classifyItems(updateItemCallback=update_item, updateClassCallback=update_class,
+                              iterParams={"where": f"id <= {last_id}"})
+        first = not self.hasAttribute("outputClasses")
+        self._updateOutputSet("outputAverages", averages, Set.STREAM_OPEN)
+        self._updateOutputSet("outputClasses", classes, Set.STREAM_OPEN)
+        if first:
+            self._defineSourceRelation(self.inputParticles, classes)
+            self._defineSourceRelation(self.inputParticles, averages)
+        self.publishedCycle.set(record.number)
+        self.publishedParticles.set(record.particles)
+        self.publishedClassified.set(len(assignments))
+        self._store(self.publishedCycle, self.publishedParticles, self.publishedClassified)
+        self._dropOldCycleSets()
+        self.info(f"outputClasses: cycle {record.number}, {len(assignments)} of "
+                  f"{record.particles} particles classified into "
+                  f"{sum(1 for c in record.class_counts if c)} classes")
+
+    def _closeOutputs(self) -> None:
+        """The run ends (input classified, or stopped): consumers see the outputs are final."""
+        for name, set_class in self._possibleOutputs.items():
+            output = getattr(self, name, None)
+            if output is not None and output.isStreamOpen():
+                fresh = set_class(filename=output.getFileName())
+                fresh.loadAllProperties()
+                self._updateOutputSet(name, fresh, Set.STREAM_CLOSED)
+
+    def _dropOldCycleSets(self) -> None:
+        for pattern in ("classes2D_cycle*.sqlite", "averages_cycle*.sqlite"):
+            for path in sorted(glob.glob(self._getPath(pattern)))[:-CYCLE_SETS_KEPT]:
+                os.remove(path)
+
+    # ------------------------------------------------------------------------------ stop
+    def _stopFile(self) -> str:
+        return self._getExtraPath(STOP_FILE)
+
+    def _stopRequested(self) -> bool:
+        return os.path.exists(self._stopFile())
+
+    def _stoppedMarkers(self) -> list[str]:
+        return glob.glob(self._getExtraPath("stopped_*.txt"))
+
+    def _watchStop(self, session: Session, done: threading.Event) -> None:
+        while not done.wait(0.5):
+            if self._stopRequested():
+                session.request_stop()
+                return
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self._stopRequested():
+            time.sleep(0.2)
+
+    def getActions(self):
+        """Right-click action in the project GUI (the GUI runs in another process)."""
+        return [(STOP_ACTION, self.stopStreaming)] if self.isRunning() else []
+
+    def stopStreaming(self, *_args) -> None:
+        Path(self._stopFile()).touch()
+
+    # ------------------------------------------------------------------------------ info
+    def _validate(self) -> list[str]:
+        errors = []
+        try:
+            self._settings()
+        except SettingsError as exc:
+            errors.append(str(exc))
+        inputSet = self.inputParticles.get()
+        if inputSet is not None and not inputSet.hasCTF():
+            errors.append("the input particles have no CTF: Live2D needs it (import them with "
+                          "'import warp particles (live)' or estimate the CTF first)")
+        if self._engineName() == "cistem":
+            from live2d.engines import EngineError
+            from live2d.engines.cistem_programs import find_programs
+
+            try:
+                find_programs(Plugin.getCistemBin(), True)
+            except EngineError as exc:
+                errors.append(f"{exc}\nSet LIVE2D_CISTEM_BIN in Scipion's configuration, or "
+                              "choose the built-in engine.")
+        return errors
+
+    def _history(self) -> list[CycleRecord]:
+        import json
+
+        path = self._getExtraPath("live2d", "session.json")
+        if not os.path.exists(path):
+            return []
+        try:
+            with open(path, encoding="utf-8") as handle:
+                state = json.load(handle)
+        except (OSError, ValueError):
+            return []
+        return [CycleRecord.from_dict(values) for values in state.get("history", [])]
+
+    def _summary(self) -> list[str]:
+        lines = []
+        history = self._history()
+        exported = self.exportedParticles.get() or 0
+        if self.hasAttribute("outputClasses") and self.publishedCycle.get() is not None:
+            record = next((r for r in history if r.number == self.publishedCycle.get()), None)
+            lines.append(f"outputClasses are from cycle {self.publishedCycle.get()}: "
+                         f"{self.publishedClassified.get()} of the "
+                         f"{self.publishedParticles.get()} particles it saw were classified.")
+            if record is not None:
+                lines.append(f"Job {record.job} ({JOB_LABELS[record.job_type]}), "
+                             f"{record.block} cycle {record.block_cycle}, "
+                             f"high-res limit {record.high_res:.1f} Å, engine {record.engine}.")
+            newer = exported - (self.publishedParticles.get() or 0)
+            if newer > 0:
+                lines.append(f"{newer} input particles arrived since and join the next job.")
+        else:
+            lines.append(f"No classes yet: {exported} particles received, the first job "
+                         f"starts at {self.firstJobAt.get()} (or when the input closes).")
+        if history:
+            lines.append(f"{len(history)} cycles on disk (any of them in the viewer).")
+        return lines
+
+    def _methods(self) -> list[str]:
+        if not self.hasAttribute("outputClasses"):
+            return []
+        return [f"{self.publishedParticles.get()} particles were classified into "
+                f"{self.numberOfClasses.get()} 2D classes with Live2D [Barad_Live2D] "
+                f"({ENGINE_LABELS[self.engine.get()]} engine), following the schedule of "
+                "cisTEM's 2D classification [Grant2018]."]
+
+    def _citations(self) -> list[str]:
+        cites = ["Barad_Live2D"]
+        if self._engineName() != "builtin":
+            cites.append("Grant2018")
+        return cites

@@ -1,0 +1,170 @@
+"""ProtLive2DClassify2D: the built-in engine on a growing set, and the cisTEM path with the
+stand-in programs of tests/cistem_standin."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+from plugin_test_helpers import BOX, PIXEL_SIZE, ProjectTestCase, output_size, simulate_warp
+from pwem.objects import SetOfClasses2D
+
+from live2d.session import Session
+from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp
+
+STANDIN_PARENT = Path(__file__).resolve().parents[2] / "tests"
+
+# Tiny sessions: 4 classes, a 1-cycle startup ramp and 1 refinement cycle per job.
+SMALL_SCHEDULE = {
+    "numberOfClasses": 4, "particlesPerClass": 25, "highResInitial": 20.0, "highResFinal": 12.0,
+    "startupCycles": 1, "refinementCycles": 1, "maskRadius": 50.0, "numberOfThreads": 2,
+}
+
+
+def classes_of(prot) -> SetOfClasses2D:
+    return SetOfClasses2D(filename=prot.outputClasses.getFileName())
+
+
+def history_of(prot) -> list[dict]:
+    import json
+
+    state = Path(prot._getExtraPath("live2d", "session.json"))
+    return json.loads(state.read_text())["history"] if state.exists() else []
+
+
+class TestClassify(ProjectTestCase):
+    def import_protocol(self, warp_dir: Path, timeout_minutes: float):
+        return self.launch(self.new(ProtLive2DImportWarp, warpFolder=str(warp_dir),
+                                    streamTimeout=timeout_minutes))
+
+    def check_classes(self, prot, cycle: int, classified: int) -> None:
+        """outputClasses hold the given cycle's classes: representatives are that cycle's
+        averages, members carry a 2D alignment, and they add up to the particles classified."""
+        classes = classes_of(prot)
+        try:
+            members = 0
+            session_dir = Path(prot._getExtraPath("live2d"))
+            for class_item in classes.iterItems():
+                representative = class_item.getRepresentative()
+                index, filename = representative.getLocation()
+                self.assertEqual(Path(filename).name, f"cycle_{cycle:03d}.mrc")
+                self.assertEqual(index, class_item.getObjId())
+                with mrcfile.open(session_dir / f"cycle_{cycle:03d}.mrc") as mrc:
+                    self.assertEqual(mrc.data.shape[-1], BOX)
+                self.assertTrue(class_item.hasAlignment2D())
+                for particle in class_item:
+                    matrix = particle.getTransform().getMatrix()
+                    rotation = matrix[:2, :2]
+                    np.testing.assert_allclose(rotation @ rotation.T, np.eye(2), atol=1e-6)
+                    members += 1
+            self.assertEqual(members, classified)
+        finally:
+            classes.close()
+        averages = prot.outputAverages
+        self.assertAlmostEqual(averages.getSamplingRate(), PIXEL_SIZE, places=4)
+
+    def test_builtin_engine_on_a_growing_set_republishes_classes(self) -> None:
+        warp_dir = self.work / "warp"
+        simulate_warp(warp_dir, particles=120)
+        importer = self.import_protocol(warp_dir, timeout_minutes=30.0)
+        self.wait_until(importer, lambda p: output_size(p)[0] == 120, 90, "120 particles")
+        classify = self.new(ProtLive2DClassify2D, engine=1, firstJobAt=100, updateEvery=100,
+                            **SMALL_SCHEDULE)
+        classify.inputParticles.set(importer)
+        classify.inputParticles.setExtended("outputParticles")
+        self.proj.saveProtocol(classify)
+        self.launch(classify)
+
+        # Job 1 (ab initio: start, 1 startup, 1 refinement cycle) on the first 120 particles.
+        first = self.wait_until(classify, lambda p: (p.publishedCycle.get() or 0) >= 2, 120,
+                                "the classes of the first job")
+        self.assertEqual(first.publishedParticles.get(), 120)
+        self.assertIn("cycle 2", "\n".join(first.summary()))
+        self.assertEqual(output_size(first, "outputClasses")[1], False)  # still open
+
+        simulate_warp(warp_dir, particles=240)  # Warp keeps collecting: 120 more
+        imported = self.wait_until(importer, lambda p: output_size(p)[0] == 240, 60,
+                                   "240 particles")
+        imported.stopStreaming()  # the session ends: the input set closes
+        done = self.wait_finished(classify, timeout=150)
+
+        history = history_of(done)
+        self.assertGreaterEqual(len(history), 5)  # job 2 (seeded) ran on the grown set
+        last = history[-1]
+        self.assertEqual(last["particles"], 240)
+        self.assertEqual(last["job_type"], "seeded")
+        self.assertEqual(done.publishedCycle.get(), last["number"])
+        self.assertEqual(done.publishedParticles.get(), 240)
+        self.assertEqual(done.publishedClassified.get(), sum(last["class_counts"]))
+        self.check_classes(done, last["number"], sum(last["class_counts"]))
+        summary = "\n".join(done.summary())
+        self.assertIn(f"cycle {last['number']}", summary)
+        self.assertIn("of the 240 particles", summary)
+        self.assertEqual(output_size(done, "outputClasses")[1], True)  # closed at the end
+        # Every cycle's averages stay on disk for the viewer.
+        for record in history:
+            self.assertTrue(Path(done._getExtraPath("live2d", record["classes"])).exists())
+
+    def test_cistem_engine_with_stand_in_programs(self) -> None:
+        sys.path.insert(0, str(STANDIN_PARENT))
+        try:
+            standin = pytest.importorskip("cistem_standin")
+        finally:
+            sys.path.remove(str(STANDIN_PARENT))
+        bin_dir = standin.make_bin_dir(self.work / "cistem_bin")
+        warp_dir = self.work / "warp"
+        simulate_warp(warp_dir, particles=80)
+        importer = self.import_protocol(warp_dir, timeout_minutes=0.02)
+        self.wait_finished(importer, timeout=90)
+
+        classify = self.new(ProtLive2DClassify2D, engine=2, **SMALL_SCHEDULE)
+        classify.inputParticles.set(importer)
+        classify.inputParticles.setExtended("outputParticles")
+        previous = os.environ.get("LIVE2D_CISTEM_BIN")
+        os.environ["LIVE2D_CISTEM_BIN"] = str(bin_dir)  # the protocol process inherits it
+        try:
+            self.assertEqual(classify.validate(), [])
+            self.proj.saveProtocol(classify)
+            self.launch(classify)
+            done = self.wait_finished(classify, timeout=150)
+        finally:
+            if previous is None:
+                os.environ.pop("LIVE2D_CISTEM_BIN")
+            else:
+                os.environ["LIVE2D_CISTEM_BIN"] = previous
+        history = history_of(done)
+        self.assertEqual(len(history), 3)  # closed input below firstJobAt: one job, whole set
+        self.assertTrue(all("refine2d" in record["engine"] for record in history[1:]),
+                        [r["engine"] for r in history])
+        self.check_classes(done, 2, sum(history[-1]["class_counts"]))
+        self.assertEqual(done.publishedParticles.get(), 80)
+
+    def test_cistem_engine_missing_fails_validation_only_when_chosen(self) -> None:
+        warp_dir = self.work / "warp"
+        simulate_warp(warp_dir, particles=40)
+        importer = self.import_protocol(warp_dir, timeout_minutes=0.02)
+        self.wait_finished(importer, timeout=90)
+        previous = os.environ.get("LIVE2D_CISTEM_BIN")
+        os.environ["LIVE2D_CISTEM_BIN"] = str(self.work / "no_such_cistem")
+        try:
+            for engine, fails in ((1, False), (2, True)):
+                classify = self.new(ProtLive2DClassify2D, engine=engine, **SMALL_SCHEDULE)
+                classify.inputParticles.set(importer)
+                classify.inputParticles.setExtended("outputParticles")
+                errors = "\n".join(classify.validate())
+                self.assertEqual("refine2d" in errors, fails, errors)
+        finally:
+            if previous is None:
+                os.environ.pop("LIVE2D_CISTEM_BIN")
+            else:
+                os.environ["LIVE2D_CISTEM_BIN"] = previous
+
+
+def test_session_api_used_by_the_protocol_exists() -> None:
+    """The adapter relies on these core entry points; fail loudly if they move."""
+    for name in ("import_new", "run_job", "request_stop", "add_listener", "update_settings"):
+        assert callable(getattr(Session, name))
