@@ -12,6 +12,8 @@ COMMANDS = {
     "run": "watch a Warp folder and classify its particles as they arrive",
     "status": "print the history of a session's cycles",
     "simulate": "write a simulated Warp session (optionally live)",
+    "serve": "serve the live web page for a Warp folder",
+    "demo": "simulate a live session and serve the page on it",
 }
 
 

@@ -1,0 +1,51 @@
+"""Simulate a live Warp session in the background and serve the page on it, with the built-in
+engine and small settings, so classes appear within minutes on a laptop. Open the printed URL."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+DEMO_SETTINGS = {"classes": 10, "particles_per_class": 60, "startup_cycles": 4,
+                 "refinement_cycles": 2, "high_res_initial": 30.0, "high_res_final": 10.0,
+                 "first_job_at": 600, "update_every": 1500, "poll_seconds": 3.0}
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=8181)
+    parser.add_argument("--dir", type=Path, help="where the simulated Warp folder goes "
+                                                 "(default: a new temporary folder)")
+    parser.add_argument("--particles", type=int, default=6000)
+    parser.add_argument("--interval", type=float, default=2.0,
+                        help="seconds between simulated micrographs of 100 particles")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+
+
+def main(args: argparse.Namespace) -> int:
+    from live2d.server.control import Controller
+    from live2d.server.serving import serve
+    from live2d.simulate import simulate
+
+    folder = args.dir or Path(tempfile.mkdtemp(prefix="live2d-demo-"))
+    warp = folder / "warp"
+    done = threading.Event()
+
+    def collect() -> None:
+        simulate(warp, particles=args.particles, per_micrograph=100, interval=args.interval,
+                 box=64, pixel_size=3.0, snr=0.05, views=8, keep_going=lambda: not done.is_set())
+
+    microscope = threading.Thread(target=collect, name="simulated-warp", daemon=True)
+    microscope.start()
+    while not (warp / "previous.settings").exists():
+        time.sleep(0.1)
+    print(f"simulating a Warp session in {warp} (a micrograph every {args.interval:g} s)")
+    controller = Controller(warp, engine="builtin", device=args.device, settings=DEMO_SETTINGS)
+    controller.handle({"command": "start_automatic"})
+    try:
+        serve(controller, "127.0.0.1", args.port, None)
+    finally:
+        done.set()
+    return 0

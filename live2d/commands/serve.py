@@ -1,0 +1,43 @@
+"""Serve the live web page for a Warp folder: watch classes evolve, change settings, start and
+stop jobs from any browser. Binds to 127.0.0.1 unless --host says otherwise; any other address
+requires a token (given with --token, or generated and printed with a ready-to-open URL)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from live2d.engines import ENGINE_NAMES
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("warp_dir", type=Path, metavar="WARP_DIR")
+    parser.add_argument("--output", type=Path, help="output folder (WARP_DIR/classification)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (127.0.0.1; 0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, default=8181)
+    parser.add_argument("--token", help="access token (generated when --host is not local)")
+    parser.add_argument("--warp-root", type=Path,
+                        help="the page may switch to Warp folders under this one only "
+                             "(default: WARP_DIR's parent)")
+    parser.add_argument("--engine", choices=ENGINE_NAMES, default="auto")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--cistem-bin", help="folder holding refine2d and merge2d")
+
+
+def main(args: argparse.Namespace) -> int:
+    from live2d.server.control import Controller
+    from live2d.server.serving import serve
+    from live2d.session import SessionError
+    from live2d.warp import WarpFolderError
+
+    try:
+        controller = Controller(args.warp_dir, args.output, engine=args.engine,
+                                device=args.device, cistem_bin=args.cistem_bin,
+                                warp_root=args.warp_root)
+    except (WarpFolderError, SessionError, OSError) as exc:
+        print(f"live2d serve: {exc}", file=sys.stderr)
+        return 1
+    serve(controller, args.host, args.port, args.token)
+    return 0

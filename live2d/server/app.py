@@ -1,0 +1,151 @@
+"""The Tornado application: the page, its websocket, and the session's result files.
+
+Security: the server binds to 127.0.0.1 unless told otherwise, and then needs a token, checked on
+every request (``?token=`` once, then a cookie). Websocket handshakes must come from the page's own
+origin. Only the page's static files and the session's own outputs (cycle MRC/star, class PNGs)
+are served, each after resolving symlinks and checking it lies under its root.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from tornado import ioloop, web, websocket
+
+from live2d.server.control import CommandError, Controller
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+TOKEN_COOKIE = "live2d_token"
+MAX_MESSAGE_BYTES = 64 * 1024
+# What the page may download, relative to the session's output folder.
+OUTPUT_FILES = re.compile(r"^(cycle_\d{3,}\.(mrc|star)|thumbnails/cycle_\d{3,}/class_\d{3,}\.png)$")
+log = logging.getLogger("live2d")
+
+
+class _Guarded(web.RequestHandler):
+    def prepare(self) -> None:
+        token = self.settings["live2d_token"]
+        if not token:
+            return
+        given = self.get_query_argument("token", None) or self.get_cookie(TOKEN_COOKIE) or ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise web.HTTPError(403, "a valid token is needed (see the URL printed at start)")
+        if self.get_query_argument("token", None):
+            self.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Content-Security-Policy",
+                        "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+                        "connect-src 'self' ws: wss:; frame-ancestors 'none'")
+
+
+class PageHandler(_Guarded):
+    def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.write((STATIC_DIR / "index.html").read_bytes())
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+
+
+class StaticHandler(_Guarded, web.StaticFileHandler):
+    @classmethod
+    def get_absolute_path(cls, root: str, path: str) -> str:
+        return str((Path(root) / path).resolve())  # symlinks resolved before the root check
+
+    def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
+        if not Path(absolute_path).is_relative_to(Path(root).resolve()):
+            raise web.HTTPError(403, "outside the static folder")
+        return super().validate_absolute_path(str(Path(root).resolve()), absolute_path)
+
+
+class OutputHandler(_Guarded):
+    """A cycle's class averages (MRC), star file and class thumbnails, nothing else."""
+
+    def get(self, name: str) -> None:
+        if not OUTPUT_FILES.match(name):
+            raise web.HTTPError(404)
+        root = self.settings["controller"].session.output_dir.resolve()
+        path = (root / name).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise web.HTTPError(404)
+        kind = {"png": "image/png", "mrc": "application/octet-stream",
+                "star": "text/plain; charset=utf-8"}[path.suffix[1:]]
+        self.set_header("Content-Type", kind)
+        if path.suffix != ".png":
+            self.set_header("Content-Disposition", f'attachment; filename="{path.name}"')
+        self.write(path.read_bytes())
+
+
+class SocketHandler(_Guarded, websocket.WebSocketHandler):
+    def check_origin(self, origin: str) -> bool:
+        """Only the page this server served may connect (no cross-site websocket hijacking)."""
+        return urlparse(origin).netloc == self.request.host
+
+    def open(self) -> None:
+        self.settings["clients"].add(self)
+        self.send(self.settings["controller"].state(with_log=True))
+
+    def on_close(self) -> None:
+        self.settings["clients"].discard(self)
+
+    def on_message(self, message: str | bytes) -> None:
+        try:
+            if len(message) > MAX_MESSAGE_BYTES:
+                raise CommandError(f"message longer than {MAX_MESSAGE_BYTES} bytes")
+            try:
+                request = json.loads(message)
+            except (ValueError, UnicodeDecodeError):
+                raise CommandError("the message is not valid JSON") from None
+            reply = self.settings["controller"].handle(request)
+        except CommandError as exc:
+            reply = {"type": "error", "message": str(exc)}
+        except Exception as exc:  # never let one message take the server down
+            log.exception("websocket command failed")
+            reply = {"type": "error", "message": f"the server could not do that: {exc}"}
+        if reply is not None:
+            self.send(reply)
+
+    def send(self, message: dict[str, Any]) -> None:
+        try:
+            self.write_message(json.dumps(message, default=str))
+        except websocket.WebSocketClosedError:
+            self.settings["clients"].discard(self)
+
+
+def make_app(controller: Controller, token: str | None = None) -> web.Application:
+    """The application; call :func:`connect_events` once the IOLoop that serves it runs."""
+    clients: set[SocketHandler] = set()
+    return web.Application(
+        [
+            (r"/", PageHandler),
+            (r"/static/(.*)", StaticHandler, {"path": str(STATIC_DIR)}),
+            (r"/files/(.+)", OutputHandler),
+            (r"/ws", SocketHandler),
+        ],
+        controller=controller,
+        clients=clients,
+        live2d_token=token or "",
+        # Beyond this Tornado closes the connection; up to it on_message answers with an error.
+        websocket_max_message_size=16 * MAX_MESSAGE_BYTES,
+    )
+
+
+def connect_events(app: web.Application, loop: ioloop.IOLoop) -> None:
+    """Forward session events (raised on the worker thread) to every page, on the loop."""
+    controller: Controller = app.settings["controller"]
+    clients: set[SocketHandler] = app.settings["clients"]
+
+    def broadcast(event: dict[str, Any]) -> None:
+        # Log lines and progress go as they are; anything else redraws every page in full.
+        message = event if event["type"] in ("log", "progress") else controller.state()
+        for client in list(clients):
+            client.send(message)
+
+    controller.publish = lambda event: loop.add_callback(broadcast, event)

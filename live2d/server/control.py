@@ -1,0 +1,157 @@
+"""What the web page can ask for, validated, and the worker thread that runs jobs.
+
+Framework-free on purpose: the Tornado layer only parses JSON and forwards. Every message is
+checked here (command known, fields of the right type, settings through :class:`Settings`), so a
+hostile or broken client gets an error reply and nothing else happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from live2d.engines import CycleCancelled, EngineError
+from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings, SettingsError
+from live2d.session import Session, SessionError
+from live2d.warp import WarpFolderError, read_settings
+
+log = logging.getLogger("live2d")
+Publish = Callable[[dict[str, Any]], None]
+COMMANDS = ("get_state", "start_job", "start_automatic", "stop", "set_warp_dir")
+
+
+class CommandError(ValueError):
+    """A message the server refuses; the text goes back to the page as is."""
+
+
+class Controller:
+    def __init__(self, warp_dir: str | Path, output_dir: str | Path | None = None, *,
+                 engine: str = "auto", device: str = "auto", cistem_bin: str | None = None,
+                 warp_root: str | Path | None = None, settings: dict[str, Any] | None = None,
+                 publish: Publish = lambda event: None) -> None:
+        self.publish = publish
+        self._engine_options = {"engine": engine, "device": device, "cistem_bin": cistem_bin}
+        warp_dir = Path(warp_dir).resolve()
+        self.warp_root = Path(warp_root).resolve() if warp_root else warp_dir.parent
+        read_settings(warp_dir)  # refuse a folder that is not Warp's before serving it
+        self.session = self._open(warp_dir, output_dir)
+        if settings:
+            self.session.update_settings(settings)
+        self._worker: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    def state(self, with_log: bool = False) -> dict[str, Any]:
+        state = {"type": "state", **self.session.snapshot(), "busy": self.busy,
+                 "specs": Settings.specs(), "job_types": JOB_LABELS,
+                 "warp_root": str(self.warp_root)}
+        if with_log:
+            state["log"] = list(self.session.log_lines)
+        return state
+
+    # ------------------------------------------------------------------ commands
+    def handle(self, message: Any) -> dict[str, Any] | None:
+        """Carry out one page message; returns a reply for the sender (None: nothing to say)."""
+        if not isinstance(message, dict):
+            raise CommandError("a message must be a JSON object with a 'command'")
+        command = message.get("command")
+        if command not in COMMANDS:
+            raise CommandError(f"unknown command {command!r}: one of {', '.join(COMMANDS)}")
+        unknown = set(message) - {"command", "job_type", "settings", "hard", "path"}
+        if unknown:
+            raise CommandError(f"unexpected field(s) {', '.join(sorted(map(str, unknown)))}")
+        if command == "get_state":
+            return self.state(with_log=True)
+        if command == "stop":
+            hard = message.get("hard", True)
+            if not isinstance(hard, bool):
+                raise CommandError("'hard' must be true or false")
+            self.session.request_stop(hard=hard)
+            return {"type": "ok", "message": "stopping"}
+        if command == "set_warp_dir":
+            return self._set_warp_dir(message.get("path"))
+        settings = self._apply_settings(message.get("settings"))
+        if command == "start_job":
+            job_type = message.get("job_type", settings.mode)
+            if job_type not in JOB_TYPES:
+                raise CommandError(f"job_type must be one of {', '.join(JOB_TYPES)}")
+            self._start(lambda: self.session.run_job(job_type, resume=False), "job")
+        else:
+            self._start(self.session.run_automatic, "automatic jobs")
+        return {"type": "ok", "message": f"started {command.removeprefix('start_')}"}
+
+    def _apply_settings(self, values: Any) -> Settings:
+        if values is None:
+            return self.session.settings
+        if not isinstance(values, dict):
+            raise CommandError("'settings' must be an object of setting names and values")
+        if self.busy:
+            raise CommandError("a job is running: stop it before starting another")
+        try:
+            return self.session.update_settings(values)
+        except SettingsError as exc:
+            raise CommandError(str(exc)) from None
+
+    def _start(self, target: Callable[[], Any], what: str) -> None:
+        with self._lock:
+            if self.busy:
+                raise CommandError("a job is running: stop it before starting another")
+
+            def run() -> None:
+                try:
+                    target()
+                except CycleCancelled:
+                    log.warning("the running cycle was stopped; the previous one is kept")
+                except (EngineError, SessionError, WarpFolderError, OSError) as exc:
+                    log.error(f"{what} failed: {exc}")
+                except Exception:  # the page must hear about anything that ends the worker
+                    log.exception(f"{what} failed unexpectedly")
+                finally:
+                    self.publish({"type": "status", "status": self.session.status})
+
+            self._worker = threading.Thread(target=run, name="live2d-job", daemon=True)
+            self._worker.start()
+
+    def _set_warp_dir(self, path: Any) -> dict[str, Any]:
+        if not isinstance(path, str) or not path.strip():
+            raise CommandError("'path' must be the Warp folder's path")
+        if self.busy:
+            raise CommandError("stop the running jobs before changing the Warp folder")
+        folder = Path(os.path.expanduser(path.strip())).resolve()
+        if not folder.is_relative_to(self.warp_root):
+            raise CommandError(f"{folder} is outside {self.warp_root}, the folder this server "
+                               "may read (start it with --warp-root to change that)")
+        try:
+            read_settings(folder)
+        except WarpFolderError as exc:
+            raise CommandError(str(exc)) from None
+        settings = self.session.settings
+        old = self.session
+        self.session = self._open(folder, None, settings)
+        old.close()
+        log.info(f"now watching {folder}")
+        self.publish({"type": "settings"})
+        return {"type": "ok", "message": f"now watching {folder}"}
+
+    def _open(self, warp_dir: Path, output_dir: str | Path | None,
+              settings: Settings | None = None) -> Session:
+        session = Session(warp_dir, output_dir, settings=settings, **self._engine_options)
+        session.add_listener(self._forward)
+        return session
+
+    def _forward(self, event: dict[str, Any]) -> None:
+        self.publish(event)  # looked up per event: the web layer swaps in its own publisher
+
+    def close(self) -> None:
+        self.session.request_stop(hard=True)
+        if self._worker is not None:
+            self._worker.join(timeout=30)
+        self.session.close()

@@ -1,0 +1,105 @@
+"""A real Live2D web server on a free port in a background thread, and a websocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+
+from tornado import httpserver, ioloop, netutil, websocket
+
+from live2d.server.app import connect_events, make_app
+from live2d.server.control import Controller
+from live2d.simulate import simulate
+
+SMALL = {"classes": 3, "particles_per_class": 30, "startup_cycles": 2, "refinement_cycles": 1,
+         "high_res_initial": 30.0, "high_res_final": 16.0, "threads": 1, "first_job_at": 60,
+         "update_every": 1000, "poll_seconds": 0.5}
+
+
+def small_warp(folder: Path, particles: int = 120) -> Path:
+    simulate(folder, particles=particles, per_micrograph=40, box=32, pixel_size=4.0, snr=0.5,
+             views=3)
+    return folder
+
+
+class RunningServer:
+    def __init__(self, controller: Controller, token: str | None = None) -> None:
+        self.controller = controller
+        self.token = token
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        self.loop = ioloop.IOLoop.current()
+        app = make_app(self.controller, self.token)
+        sockets = netutil.bind_sockets(0, "127.0.0.1")
+        self.port = sockets[0].getsockname()[1]
+        self.server = httpserver.HTTPServer(app)
+        self.server.add_sockets(sockets)
+        connect_events(app, self.loop)
+        self._ready.set()
+        self.loop.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.controller.close()
+        self.loop.add_callback(self.server.stop)
+        self.loop.add_callback(self.loop.stop)
+        self._thread.join(10)
+
+
+class Client:
+    """A websocket client with its own event loop, used synchronously from tests."""
+
+    def __init__(self, server: RunningServer, query: str = "", origin: str | None = None,
+                 headers: dict | None = None) -> None:
+        self.loop = asyncio.new_event_loop()
+        request_headers = dict(headers or {})
+        request_headers["Origin"] = origin or server.url
+        from tornado.httpclient import HTTPRequest
+
+        request = HTTPRequest(f"ws://127.0.0.1:{server.port}/ws{query}",
+                              headers=request_headers)
+        self.connection = self._run(lambda: websocket.websocket_connect(request))
+        self.messages: list[dict] = []
+
+    def _run(self, start, timeout: float | None = None):
+        """Start a Tornado call inside this client's loop (its futures belong to it), wait."""
+
+        async def call():
+            return await asyncio.wait_for(start(), timeout)
+
+        return self.loop.run_until_complete(call())
+
+    def send(self, message: dict | str) -> None:
+        text = message if isinstance(message, str) else json.dumps(message)
+        self._run(lambda: self.connection.write_message(text))
+
+    def receive(self, timeout: float = 10.0) -> dict:
+        text = self._run(self.connection.read_message, timeout)
+        assert text is not None, "the server closed the connection"
+        message = json.loads(text)
+        self.messages.append(message)
+        return message
+
+    def wait_for(self, predicate, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"timed out; last messages: {self.messages[-3:]}"
+            message = self.receive(remaining)
+            if predicate(message):
+                return message
+
+    def close(self) -> None:
+        self.connection.close()
+        self.loop.close()

@@ -1,0 +1,140 @@
+"""Each security rule of the web app, with a test that fails if the rule is broken."""
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+from server_helpers import SMALL, Client, RunningServer, small_warp
+from tornado.httpclient import HTTPClientError
+
+from live2d.server.control import Controller
+from live2d.server.serving import needs_token
+
+TOKEN = "s3cret-token"
+
+
+def get(url: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), dict(error.headers)
+
+
+@pytest.fixture
+def session_with_a_cycle(tmp_path):
+    warp = small_warp(tmp_path / "warp")
+    controller = Controller(warp, engine="builtin", settings=SMALL)
+    controller.session.run_job("abinit")
+    return controller
+
+
+@pytest.fixture
+def open_server(session_with_a_cycle):
+    server = RunningServer(session_with_a_cycle)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def token_server(session_with_a_cycle):
+    server = RunningServer(session_with_a_cycle, token=TOKEN)
+    yield server
+    server.stop()
+
+
+def test_only_localhost_goes_without_a_token():
+    assert not needs_token("127.0.0.1") and not needs_token("localhost")
+    assert needs_token("0.0.0.0") and needs_token("192.168.1.20") and needs_token("::")
+
+
+def test_serving_on_every_interface_prints_a_url_with_a_generated_token(tmp_path):
+    warp = small_warp(tmp_path / "warp", particles=40)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "live2d.cli", "serve", str(warp), "--host", "0.0.0.0",
+         "--port", "0", "--engine", "builtin"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert "?token=" in line and len(line.split("?token=")[1].strip()) >= 20
+
+
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/files/cycle_001.mrc"])
+def test_without_the_token_everything_is_forbidden(token_server, path):
+    status, _, _ = get(token_server.url + path)
+    assert status == 403
+    status, _, _ = get(token_server.url + path + "?token=wrong")
+    assert status == 403
+
+
+def test_the_token_opens_the_page_and_then_a_cookie_carries_it(token_server):
+    status, body, headers = get(f"{token_server.url}/?token={TOKEN}")
+    assert status == 200 and b"Live2D" in body
+    cookie = headers["Set-Cookie"].split(";")[0]
+    assert "HttpOnly" in headers["Set-Cookie"]
+    status, body, _ = get(f"{token_server.url}/files/cycle_001.star", {"Cookie": cookie})
+    assert status == 200 and b"_cisTEMPositionInStack" in body
+
+
+def test_a_websocket_without_the_token_is_refused(token_server):
+    with pytest.raises(HTTPClientError) as refused:
+        Client(token_server)
+    assert refused.value.code == 403
+    client = Client(token_server, query=f"?token={TOKEN}")
+    assert client.receive()["type"] == "state"
+    client.close()
+
+
+def test_a_websocket_from_another_origin_is_refused(open_server):
+    with pytest.raises(HTTPClientError) as refused:
+        Client(open_server, origin="http://evil.example")
+    assert refused.value.code == 403
+    client = Client(open_server)
+    assert client.receive()["type"] == "state"
+    client.close()
+
+
+@pytest.mark.parametrize("path", [
+    "/files/../session.json", "/files/%2e%2e/session.json", "/files/session.json",
+    "/files/particles.mrcs", "/files/cycle_001.mrc/../../session.json",
+    "/static/../control.py", "/static/%2e%2e/control.py", "/files/thumbnails/../live2d.log",
+])
+def test_only_the_sessions_own_outputs_and_static_files_are_served(open_server, path):
+    status, body, _ = get(open_server.url + path)
+    assert status in (403, 404), body[:200]
+    assert b"warp_dir" not in body and b"import " not in body
+
+
+def test_outputs_and_static_files_are_served(open_server):
+    status, body, headers = get(open_server.url + "/files/cycle_001.mrc")
+    assert status == 200 and len(body) > 1024 and "attachment" in headers["Content-Disposition"]
+    status, body, headers = get(open_server.url + "/files/thumbnails/cycle_001/class_001.png")
+    assert status == 200 and body.startswith(b"\x89PNG")
+    status, body, _ = get(open_server.url + "/static/app.js")
+    assert status == 200 and b"WebSocket" in body
+
+
+def test_symlinks_cannot_escape_the_output_or_static_folders(open_server, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not serve me")
+    output = open_server.controller.session.output_dir
+    os.symlink(secret, output / "cycle_999.star")
+    status, body, _ = get(open_server.url + "/files/cycle_999.star")
+    assert status == 404 and b"do not serve" not in body
+    from live2d.server.app import STATIC_DIR
+
+    link = STATIC_DIR / "escape.txt"
+    os.symlink(secret, link)
+    try:
+        status, body, _ = get(open_server.url + "/static/escape.txt")
+    finally:
+        link.unlink()
+    assert status in (403, 404) and b"do not serve" not in body
