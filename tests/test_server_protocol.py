@@ -87,3 +87,11 @@ def test_changing_the_warp_folder_is_checked(server, tmp_path):
     state = client.wait_for(lambda m: m["type"] == "state" and m["warp_dir"] == str(second))
     assert state["settings"]["classes"] == SMALL["classes"]  # settings carry over
     client.close()
+
+
+def test_ping_answers_with_its_id(server):
+    client = Client(server)
+    client.receive()
+    client.send({"command": "ping", "id": 7})
+    assert client.wait_for(lambda m: m["type"] == "pong")["id"] == 7
+    client.close()

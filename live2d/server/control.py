@@ -21,7 +21,7 @@ from live2d.warp import WarpFolderError, read_settings
 
 log = logging.getLogger("live2d")
 Publish = Callable[[dict[str, Any]], None]
-COMMANDS = ("get_state", "start_job", "start_automatic", "stop", "set_warp_dir")
+COMMANDS = ("get_state", "start_job", "start_automatic", "stop", "set_warp_dir", "ping")
 
 
 class CommandError(ValueError):
@@ -65,9 +65,11 @@ class Controller:
         command = message.get("command")
         if command not in COMMANDS:
             raise CommandError(f"unknown command {command!r}: one of {', '.join(COMMANDS)}")
-        unknown = set(message) - {"command", "job_type", "settings", "hard", "path"}
+        unknown = set(message) - {"command", "job_type", "settings", "hard", "path", "id"}
         if unknown:
             raise CommandError(f"unexpected field(s) {', '.join(sorted(map(str, unknown)))}")
+        if command == "ping":  # liveness and latency checks
+            return {"type": "pong", "id": message.get("id")}
         if command == "get_state":
             return self.state(with_log=True)
         if command == "stop":
