@@ -50,6 +50,22 @@ def write_particles(folder: Path, n: int) -> tuple[Path, Path, float]:
     return folder / "particles.mrcs", folder / "particles.star", phantom.diameter
 
 
+def warm_up(engine: BuiltinEngine, folder: Path, stack: Path, star: Path, diameter: float,
+            threads: int) -> None:
+    """One untimed small cycle: PyTorch's one-off start-up costs are not the engine's."""
+    subset = folder / "warm_up.star"
+    cistem_star.write_star(subset, cistem_star.read_star(star).iloc[:64])
+    params = CycleParams(pixel_size=PIXEL, mask_radius=0.6 * diameter, high_res=8.0,
+                         angular_step=15.0, search_range=48.0)
+    request = CycleRequest(stack, subset, folder / "warm_up_out.star", folder / "warm_up.mrc",
+                           params, 2, threads=threads)
+    engine.start_classes(request, lambda _: None, threading.Event())
+    request = CycleRequest(stack, subset, folder / "warm_up_out.star",
+                           folder / "warm_up_out.mrc", params, 2, classes_in=request.classes_out,
+                           threads=threads)
+    engine.run_cycle(request, lambda _: None, threading.Event())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,7 +74,8 @@ def main() -> None:
     parser.add_argument("--resolutions", type=float, nargs="+", default=[40.0, 8.0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="particles per batch (default: 32 on the CPU, 256 on a GPU)")
     args = parser.parse_args()
     engine = BuiltinEngine(args.device, batch_size=args.batch_size)
     print(f"engine: {engine.describe()}; {args.particles} particles of {BOX} px, "
@@ -66,6 +83,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         stack, star, diameter = write_particles(folder, args.particles)
+        warm_up(engine, folder, stack, star, diameter, args.threads)
+        baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak resident memory before the cycles (torch, data written): {baseline:.0f} MiB")
         for k in args.classes:
             for high_res in args.resolutions:
                 params = CycleParams(pixel_size=PIXEL, mask_radius=0.6 * diameter,

@@ -36,11 +36,8 @@ def score(views: np.ndarray, view: np.ndarray, psi_true: np.ndarray, shift_true:
     """``table``: the engine's cisTEM star rows for these particles (2DCLS, PSI, SHX, SHY)."""
     best = table["2DCLS"].to_numpy(dtype=np.int64)
     used = best > 0
-    clean = torch.from_numpy(render_clean(views, view[used], psi_true[used], shift_true[used],
-                                          pixel_size))
-    shifts = table[["SHY", "SHX"]].to_numpy(dtype=np.float64)[used] / pixel_size
-    aligned = fourier_shift_image_2d(clean, torch.as_tensor(shifts, dtype=torch.float32))
-    aligned = rotate(aligned, table["PSI"].to_numpy(dtype=np.float64)[used])
+    aligned = aligned_truth(views, view[used], psi_true[used], shift_true[used],
+                            table[used], pixel_size)
     box = views.shape[-1]
     mask = soft_disc(box, mask_radius / pixel_size, 3.0)
     prepared = _comparable(aligned, pixel_size, 8.0, mask)
@@ -58,6 +55,30 @@ def score(views: np.ndarray, view: np.ndarray, psi_true: np.ndarray, shift_true:
         population += len(members)
     return Scores(float(np.mean(homogeneity)) if homogeneity else 0.0,
                   fidelity_sum / max(population, 1), len(np.unique(labels)))
+
+
+def aligned_truth(views: np.ndarray, view: np.ndarray, psi_true: np.ndarray,
+                  shift_true: np.ndarray, table, pixel_size: float) -> torch.Tensor:
+    """``(n, box, box)``: each particle's true noise-free image put through the alignment the
+    engine reported in ``table`` (cisTEM's convention: ``rotate(shift(P, (SHX, SHY)), PSI)``),
+    which should land it on its class average."""
+    clean = torch.from_numpy(render_clean(views, view, psi_true, shift_true, pixel_size))
+    shifts = table[["SHY", "SHX"]].to_numpy(dtype=np.float64) / pixel_size
+    aligned = fourier_shift_image_2d(clean, torch.as_tensor(shifts, dtype=torch.float32))
+    return rotate(aligned, table["PSI"].to_numpy(dtype=np.float64))
+
+
+def comparable(images: torch.Tensor, pixel_size: float, resolution: float,
+               mask_radius: float) -> torch.Tensor:
+    """Images as the scores compare them: low-passed to ``resolution`` Å, masked at
+    ``mask_radius`` Å, their rotational average removed."""
+    mask = soft_disc(images.shape[-1], mask_radius / pixel_size, 3.0)
+    return _comparable(images, pixel_size, resolution, mask)
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each image of ``a`` with the matching (or single) image of ``b``."""
+    return _correlation(a, b)
 
 
 def score_cycle(output_dir: Path, cycle: int, truth_dir: Path, mask_radius: float) -> Scores:

@@ -5,12 +5,15 @@ import threading
 import mrcfile
 import numpy as np
 import pytest
+import torch
+from cistem_standin import make_bin_dir
 
 from live2d import cistem_star
-from live2d.engines import CycleCancelled, EngineError, make_engine
+from live2d.engines import CycleCancelled, EngineError, builtin, make_engine
 from live2d.engines.base import CycleParams, CycleRequest, Progress
 from live2d.engines.builtin import BuiltinEngine
-from live2d.evaluate import score
+from live2d.engines.cistem import CistemEngine, find_programs
+from live2d.evaluate import aligned_truth, comparable, correlation, score
 from live2d.phantom import Phantom
 
 BOX, PIXEL, N, K = 48, 3.0, 360, 4
@@ -185,3 +188,91 @@ def test_auto_engine_without_cistem_is_the_builtin_one(monkeypatch, tmp_path):
     monkeypatch.delenv("CISTEM_HOME", raising=False)
     engine = make_engine("auto", device="cpu")
     assert isinstance(engine, BuiltinEngine) and engine.describe().startswith("builtin")
+
+
+def test_reported_alignment_lines_up_true_images_with_their_class_average(data, classified):
+    """The cisTEM convention round trip: rotate(shift(P, (SHX, SHY)), PSI) of each particle's
+    true image matches its class average; the mirrored convention does not."""
+    _, truth = data
+    _, classes, star = classified
+    table = cistem_star.read_star(star)
+    with mrcfile.open(classes) as mrc:
+        averages = comparable(torch.from_numpy(mrc.data.copy()), PIXEL, 15.0, truth["mask"])
+    best = torch.as_tensor(table["2DCLS"].to_numpy() - 1)
+
+    def agreement(reported) -> float:
+        aligned = aligned_truth(truth["views"], truth["view"], truth["psi"], truth["shift"],
+                                reported, PIXEL)
+        return float(correlation(comparable(aligned, PIXEL, 15.0, truth["mask"]),
+                                 averages[best]).mean())
+
+    mirrored = table.copy()
+    mirrored[["SHX", "SHY"]] *= -1
+    mirrored["PSI"] = (-mirrored["PSI"]) % 360
+    assert agreement(table) > 0.8
+    assert agreement(mirrored) < 0.5
+
+
+def test_a_cycle_of_either_engine_feeds_the_other(data, classified, tmp_path):
+    """built-in -> cisTEM (refine2d/merge2d stand-ins that check the star contract) -> built-in."""
+    folder, truth = data
+    _, classes, star = classified
+    cistem = CistemEngine(find_programs(str(make_bin_dir(tmp_path / "bin")), True))
+    handed = request(folder, "by_cistem", params(truth), star, classes)
+    cistem.run_cycle(handed, lambda _: None, threading.Event())
+    back = request(folder, "after_cistem", params(truth), handed.star_out, handed.classes_out)
+    result = BuiltinEngine("cpu").run_cycle(back, lambda _: None, threading.Event())
+    table = cistem_star.read_star(back.star_out)
+    assert table["2DCLS"].between(1, K).all() and sum(result.class_counts) == N
+    with mrcfile.open(back.classes_out) as mrc:
+        assert mrc.data.shape == (K, BOX, BOX) and mrc.voxel_size.x == pytest.approx(PIXEL)
+
+
+def test_half_resolution_preselection_keeps_the_quality(data, monkeypatch):
+    """Large working boxes search only the best (class, angle) frames of a half-resolution pass;
+    force that path on the small test box."""
+    folder, truth = data
+    monkeypatch.setattr(builtin, "COARSE_SEARCH_MIN_BOX", 16)
+    result, classes, star = run_cycles(folder, truth, cycles=3, seed=5)
+    assert any("half-resolution pass" in line for line in result.log)
+    with mrcfile.open(classes) as mrc:
+        averages = mrc.data.copy()
+    scores = score(truth["views"], truth["view"], truth["psi"], truth["shift"],
+                   cistem_star.read_star(star), averages, PIXEL, truth["mask"])
+    assert scores.homogeneity > 0.6 and scores.fidelity > 0.8
+
+
+@pytest.mark.parametrize("size", [16, 17])
+def test_shift_correlator_matches_the_inverse_fft(size):
+    rng = torch.Generator().manual_seed(size)
+    half = size // 2 + 1
+
+    def spectra(n: int) -> torch.Tensor:
+        return torch.fft.rfft2(torch.randn((n, size, size), generator=rng))
+
+    references, particles = spectra(5), spectra(3)
+    reach = 4
+    dy, dx = np.mgrid[-reach:reach + 1, -reach:reach + 1]
+    inside = dy**2 + dx**2 <= reach**2
+    shifts = torch.as_tensor(np.stack([dy[inside], dx[inside]], axis=1))
+    correlator = builtin._ShiftCorrelator(references, shifts)
+    maps = torch.fft.irfft2(particles[:, None] * references.conj()[None], s=(size, size))
+    expected = (maps * size * size)[..., shifts[:, 0] % size, shifts[:, 1] % size]
+    assert torch.allclose(correlator.at_shifts(particles), expected, rtol=1e-4, atol=1e-2)
+    # the adjoint: each particle moved back by its weighted translations, summed per reference
+    weights = torch.rand((3, 5, len(shifts)), generator=rng)
+    placed = torch.zeros((3, 5, size, size))
+    placed[:, :, shifts[:, 0] % size, shifts[:, 1] % size] = weights
+    moved = (particles[:, None] * torch.fft.rfft2(placed).conj()).sum(dim=0)
+    assert moved.shape == (5, size, half)
+    assert torch.allclose(correlator.scatter_back(weights, particles), moved, rtol=1e-4,
+                          atol=1e-2)
+
+
+def test_more_classes_than_used_particles_in_a_cycle_is_a_clear_error(data, classified):
+    folder, truth = data
+    _, classes, star = classified
+    step = request(folder, "too_few", params(truth, fraction=0.005), star, classes)
+    with pytest.raises(EngineError, match="too few for 4 classes"):
+        BuiltinEngine("cpu").run_cycle(step, lambda _: None, threading.Event())
+    assert not step.star_out.exists()
