@@ -35,12 +35,15 @@ class Microscope(threading.Thread):
         super().__init__(name="microscope", daemon=True)
         self.warp, self.count, self.total, self.interval = warp, start, total, interval
         self.finished = threading.Event()
+        # Held by whoever breaks the folder on purpose, so Warp's writes do not undo the fault.
+        self.lock = threading.Lock()
 
     def run(self) -> None:
         while self.count < self.total:
             time.sleep(self.interval)
-            self.count = min(self.total, self.count + SIMULATION["per_micrograph"])
-            grow(self.warp, self.count)
+            with self.lock:
+                self.count = min(self.total, self.count + SIMULATION["per_micrograph"])
+                grow(self.warp, self.count)
         self.finished.set()
 
 

@@ -1,0 +1,135 @@
+"""Soak run: `live2d run` on a simulated session growing live, with faults injected at random
+for as long as you like, checking after every one that nothing was lost or duplicated.
+
+Faults: SIGKILL of the run (then a restart), Warp's star file caught half-rewritten or with a
+garbage line, a particle stack still being written, previous.settings mid-write, the Warp folder
+vanishing for a moment. Prints faults by kind, restarts, particles checked, particles lost or
+duplicated, and the longest time to recover (restart until the store holds every particle Warp
+had written at the restart).
+
+    python bench/soak.py --minutes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "faults"))
+from harness import (
+    Microscope,
+    check_invariants,
+    grow,
+    run_command,
+    start_run,
+    warp_image_names,
+)
+
+from live2d.simulate import MODEL
+
+
+def stored_count(out: Path) -> int:
+    try:
+        return json.loads((out / "store.json").read_text())["count"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def transient_fault(kind: str, warp: Path, rng: np.random.Generator) -> None:
+    """Break something for a moment, the way a live Warp folder does, then put it back."""
+    star = warp / f"allparticles_{MODEL}.star"
+    if kind == "star half-rewritten":
+        text = star.read_text()
+        star.write_text(text[: int(len(text) * rng.uniform(0.3, 0.95))])
+        time.sleep(rng.uniform(0.2, 1.0))
+        star.write_text(text)
+    elif kind == "garbage line in star":
+        text = star.read_text()
+        star.write_text(text + "garbage that is not a row\n")
+        time.sleep(rng.uniform(0.2, 1.0))
+        star.write_text(text)
+    elif kind == "stack still being written":
+        stack = sorted((warp / "particles").glob("*.mrcs"))[-1]
+        data = stack.read_bytes()
+        stack.write_bytes(data[: len(data) // 2])
+        time.sleep(rng.uniform(0.2, 1.5))
+        stack.write_bytes(data)
+    elif kind == "settings mid-write":
+        settings = warp / "previous.settings"
+        data = settings.read_bytes()
+        settings.write_bytes(data[:120])
+        time.sleep(rng.uniform(0.2, 1.0))
+        settings.write_bytes(data)
+    elif kind == "folder vanished":
+        away = warp.with_name("away")
+        warp.rename(away)
+        time.sleep(rng.uniform(0.2, 1.5))
+        away.rename(warp)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--particles", type=int, default=4000,
+                        help="particles the simulated microscope writes in all")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = np.random.default_rng(args.seed)
+    kinds = ["star half-rewritten", "garbage line in star", "stack still being written",
+             "settings mid-write", "folder vanished"]
+    faults: Counter[str] = Counter()
+    restarts, recoveries = 0, [0.0]
+    with tempfile.TemporaryDirectory() as scratch:
+        warp = Path(scratch) / "warp"
+        out = warp / "classification"
+        grow(warp, 60)
+        interval = max(0.2, args.minutes * 60 / (args.particles / 20))
+        microscope = Microscope(warp, 60, args.particles, interval)
+        microscope.start()
+        deadline = time.monotonic() + args.minutes * 60
+        process = start_run(warp)
+        while time.monotonic() < deadline:
+            time.sleep(rng.uniform(1.0, 6.0))
+            if rng.random() < 0.5:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                faults["SIGKILL"] += 1
+                check_invariants(warp, out, complete=False)
+                target, restarted = microscope.count, time.monotonic()
+                process = start_run(warp)
+                restarts += 1
+                while stored_count(out) < target and time.monotonic() < deadline + 120:
+                    time.sleep(0.1)
+                recoveries.append(time.monotonic() - restarted)
+            else:
+                kind = str(rng.choice(kinds))
+                with microscope.lock:
+                    transient_fault(kind, warp, rng)
+                faults[kind] += 1
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+        microscope.join()
+        final = subprocess.run(run_command(warp, "--once"), capture_output=True, text=True)
+        if final.returncode != 0:
+            raise SystemExit(f"the final run failed: {final.stderr[-2000:]}")
+        figures = check_invariants(warp, out, complete=True)
+        expected = warp_image_names(warp)
+    print(f"soak of {args.minutes:g} min: {sum(faults.values())} faults injected "
+          f"({', '.join(f'{k} {n}' for k, n in sorted(faults.items()))}), {restarts} restarts")
+    print(f"particles checked {len(expected)}, in the store {figures['particles']}, lost 0, "
+          f"duplicated 0 (asserted); cycles completed {figures['cycles']}; longest recovery "
+          f"{max(recoveries):.1f} s")
+
+
+if __name__ == "__main__":
+    main()
