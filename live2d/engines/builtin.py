@@ -33,7 +33,6 @@ the star file): about 0.2 GB over PyTorch's own for K = 50, 8 Å, 128 px, batch 
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ import torch
 from torch_fourier_shift import fourier_shift_image_2d
 
 from live2d import cistem_star
-from live2d.atomic import fsync_dir
+from live2d.atomic import replacing
 from live2d.engines.base import (
     CycleCancelled,
     CycleParams,
@@ -702,16 +701,6 @@ def _updated_table(table: pd.DataFrame, used: np.ndarray,
 
 def _write_classes(path: Path, classes: torch.Tensor, pixel_size: float) -> None:
     """The class-average stack, replaced whole (a crash leaves the old file or the new one)."""
-    path = Path(path)
-    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with mrcfile.new(scratch, overwrite=True) as mrc:
-            mrc.set_data(classes.detach().cpu().numpy().astype(np.float32))
-            mrc.voxel_size = pixel_size
-        with open(scratch, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(scratch, path)
-    except BaseException:
-        scratch.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with replacing(path) as scratch, mrcfile.new(scratch, overwrite=True) as mrc:
+        mrc.set_data(classes.detach().cpu().numpy().astype(np.float32))
+        mrc.voxel_size = pixel_size
