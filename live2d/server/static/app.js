@@ -260,7 +260,7 @@ function renderPlot() {
   const ns = "http://www.w3.org/2000/svg";
   svg.replaceChildren();
   if (cycles.length < 1) return;
-  const width = 600, height = 220, left = 40, right = 40, top = 10, bottom = 25;
+  const width = 600, height = 220, left = 40, right = 40, top = 24, bottom = 25;
   const largest = Math.max(1, ...cycles.flatMap((c) => c.class_counts));
   const x = (i) => left + (cycles.length === 1 ? 0.5 : i / (cycles.length - 1)) * (width - left - right);
   const y = (n) => top + (1 - n / largest) * (height - top - bottom);
@@ -282,13 +282,15 @@ function renderPlot() {
   resolution.setAttribute("stroke", "#101828");
   resolution.setAttribute("stroke-dasharray", "4 3");
   svg.append(resolution);
-  const labels = [[4, 14, `${largest} particles`], [4, height - 8, `cycle ${cycles[0].number}`],
-    [width - right - 60, height - 8, `cycle ${cycles[cycles.length - 1].number}`],
-    [width - right + 2, 14, `${finest.toFixed(0)}–${coarsest.toFixed(0)} Å`]];
-  for (const [lx, ly, text] of labels) {
+  const labels = [[4, 14, `${largest} particles`, "start"],
+    [4, height - 8, `cycle ${cycles[0].number}`, "start"],
+    [width - 4, height - 8, `cycle ${cycles[cycles.length - 1].number}`, "end"],
+    [width - 4, 14, `- - resolution limit ${finest.toFixed(0)}–${coarsest.toFixed(0)} Å`, "end"]];
+  for (const [lx, ly, text, anchor] of labels) {
     const label = document.createElementNS(ns, "text");
     label.setAttribute("x", lx);
     label.setAttribute("y", ly);
+    label.setAttribute("text-anchor", anchor);
     label.setAttribute("font-size", "11");
     label.textContent = text;
     svg.append(label);
