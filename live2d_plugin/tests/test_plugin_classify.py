@@ -3,6 +3,7 @@ stand-in programs of tests/cistem_standin."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from plugin_test_helpers import BOX, PIXEL_SIZE, ProjectTestCase, output_size, simulate_warp
 from pwem.objects import SetOfClasses2D
+from pyworkflow.protocol.constants import MODE_RESUME
 
 from live2d.session import Session
 from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp
@@ -29,11 +31,13 @@ def classes_of(prot) -> SetOfClasses2D:
     return SetOfClasses2D(filename=prot.outputClasses.getFileName())
 
 
-def history_of(prot) -> list[dict]:
-    import json
-
+def session_state(prot) -> dict:
     state = Path(prot._getExtraPath("live2d", "session.json"))
-    return json.loads(state.read_text())["history"] if state.exists() else []
+    return json.loads(state.read_text()) if state.exists() else {}
+
+
+def history_of(prot) -> list[dict]:
+    return session_state(prot).get("history", [])
 
 
 class TestClassify(ProjectTestCase):
@@ -94,6 +98,9 @@ class TestClassify(ProjectTestCase):
 
         history = history_of(done)
         self.assertGreaterEqual(len(history), 5)  # job 2 (seeded) ran on the grown set
+        # The engine ran with the protocol's threads.
+        self.assertEqual(session_state(done)["settings"]["threads"],
+                         SMALL_SCHEDULE["numberOfThreads"])
         last = history[-1]
         self.assertEqual(last["particles"], 240)
         self.assertEqual(last["job_type"], "seeded")
@@ -108,6 +115,45 @@ class TestClassify(ProjectTestCase):
         # Every cycle's averages stay on disk for the viewer.
         for record in history:
             self.assertTrue(Path(done._getExtraPath("live2d", record["classes"])).exists())
+
+    def test_stop_ends_after_the_current_cycle_and_continue_resumes(self) -> None:
+        warp_dir = self.work / "warp"
+        simulate_warp(warp_dir, particles=120)
+        importer = self.import_protocol(warp_dir, timeout_minutes=30.0)
+        self.wait_until(importer, lambda p: output_size(p)[0] == 120, 90, "120 particles")
+        classify = self.new(ProtLive2DClassify2D, engine=1, firstJobAt=100, updateEvery=100,
+                            **SMALL_SCHEDULE)
+        classify.inputParticles.set(importer)
+        classify.inputParticles.setExtended("outputParticles")
+        self.proj.saveProtocol(classify)
+        self.launch(classify)
+        running = self.wait_until(classify, lambda p: (p.publishedCycle.get() or 0) >= 1, 120,
+                                  "the first published cycle")
+        running.stopStreaming()  # the right-click STOP STREAMING action
+        stopped = self.wait_finished(classify, timeout=90)
+        before = history_of(stopped)
+        self.assertGreaterEqual(len(before), 2)
+        self.assertEqual(output_size(stopped, "outputClasses")[1], True)  # final until resumed
+        self.assertEqual(stopped.publishedCycle.get(), before[-1]["number"])
+
+        simulate_warp(warp_dir, particles=240)
+        self.wait_until(importer, lambda p: output_size(p)[0] == 240, 60,
+                        "240 particles").stopStreaming()
+        self.wait_finished(importer, timeout=60)
+        classify.runMode.set(MODE_RESUME)  # the form's Continue
+        self.proj.launchProtocol(classify, wait=False)
+        done = self.wait_until(classify, lambda p: p.isFinished()
+                               and (p.publishedParticles.get() or 0) == 240, 150,
+                               "the resumed run to classify all 240 particles")
+        after = history_of(done)
+        # Resumed, not restarted: the cycles before the stop are kept as they were, numbering
+        # goes on, and the run classified the grown set.
+        self.assertEqual(after[: len(before)], before)
+        self.assertEqual([r["number"] for r in after], list(range(len(after))))
+        self.assertGreater(len(after), len(before))
+        self.assertEqual(after[-1]["particles"], 240)
+        self.assertEqual(done.publishedCycle.get(), after[-1]["number"])
+        self.check_classes(done, after[-1]["number"], sum(after[-1]["class_counts"]))
 
     def test_cistem_engine_with_stand_in_programs(self) -> None:
         sys.path.insert(0, str(STANDIN_PARENT))

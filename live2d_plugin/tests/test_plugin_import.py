@@ -96,3 +96,14 @@ class TestImportWarp(ProjectTestCase):
         particle = particles_of(failed)[5]
         np.testing.assert_array_equal(stored_image(particle.getLocation(), self.proj.path),
                                       warp_image(warp_dir, particle._warpImageName.get()))
+
+    def test_stop_button_closes_the_output(self) -> None:
+        warp_dir = self.work / "warp"
+        simulate_warp(warp_dir, particles=40)
+        prot = self.launch(self.new(ProtLive2DImportWarp, warpFolder=str(warp_dir),
+                                    streamTimeout=30.0))
+        self.wait_until(prot, lambda p: output_size(p)[0] == 40, 90, "40 particles")
+        self.proj.stopProtocol(prot)  # the Stop button: kills the run, Scipion closes outputs
+        stopped = self.load(prot)
+        self.assertTrue(stopped.isAborted())
+        self.assertEqual(output_size(stopped), (40, True))

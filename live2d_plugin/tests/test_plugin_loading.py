@@ -48,6 +48,12 @@ def test_the_plugin_loads_through_discovery() -> None:
     assert "LIVE2D_CISTEM_BIN" in variables and "LIVE2D_DEVICE" in variables
 
 
+def test_scipion_lists_the_workflow_template() -> None:
+    """The template launcher (scipion template) offers the plugin's workflow."""
+    plugin = pwem.Domain.getPlugins()["live2d_plugin"]._pluginInstance
+    assert [t.name for t in plugin.getTemplates()] == ["warp_live2d"]
+
+
 def test_missing_cistem_never_fails_plugin_validation(monkeypatch) -> None:
     monkeypatch.setenv("LIVE2D_CISTEM_BIN", "/no/such/cistem")
     pwem.Domain.getProtocols()  # registers the protocol classes with their plugin

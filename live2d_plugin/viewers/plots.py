@@ -13,6 +13,7 @@ from pathlib import Path
 import matplotlib.figure
 import mrcfile
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from live2d.thumbnails import to_8bit
 
@@ -100,6 +101,7 @@ def draw_evolution(figure: matplotlib.figure.Figure, history: list[CycleInfo]):
     colors = [_class_color(i) for i in range(matrix.shape[1])]
     axes.stackplot(cycles, matrix.T, colors=colors, linewidth=0.3, edgecolor="white")
     axes.set_xlabel("cycle")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # cycles are whole numbers
     axes.set_ylabel("particles per class (stacked)")
     axes.set_xlim(min(cycles), max(max(cycles), min(cycles) + 1))
     for previous, cycle in itertools.pairwise(history):
