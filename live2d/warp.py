@@ -246,11 +246,12 @@ def _hash(data: bytes) -> str:
 
 # ----------------------------------------------------------------------------- stacks
 def split_image_name(name: str) -> tuple[int, str]:
-    """``"000012@particles/x.mrcs"`` -> ``(11, "particles/x.mrcs")`` (0-based index)."""
+    """``"000012@particles/x.mrcs"`` -> ``(11, "particles/x.mrcs")`` (0-based index). Warp runs
+    on Windows: a ``particles\\x.mrcs`` path is read the same way."""
     index, _, stack = name.partition("@")
     if not stack or not index.isdigit() or int(index) < 1:
         raise WarpStarError(f"image name {name!r} is not of the form N@stack.mrcs")
-    return int(index) - 1, stack
+    return int(index) - 1, stack.replace("\\", "/")
 
 
 def read_particle_images(warp_dir: str | os.PathLike, image_names: list[str],

@@ -19,6 +19,7 @@ from live2d.warp import (
     read_new_rows,
     read_particle_images,
     read_settings,
+    split_image_name,
 )
 
 HEADER = "\ndata_\n\nloop_\n" + "".join(
@@ -208,3 +209,12 @@ def test_a_stack_whose_header_counts_fewer_images_is_not_ready(warp):
     assert read_particle_images(warp.folder, [f"000010@{warp.stack_name(0)}"]).shape[0] == 1
     with mrcfile.open(stack, permissive=True, header_only=True) as mrc:
         assert mrc.header.nz == 10
+
+
+def test_windows_paths_and_line_endings_from_warp_are_read(tmp_path):
+    star = tmp_path / "p.star"
+    star.write_bytes((HEADER + row(1) + row(2)).replace("\n", "\r\n").replace(
+        "particles/", "particles\\").encode())
+    table, _ = read_new_rows(star, StarProgress())
+    assert len(table) == 2 and table.loc[1, "rlnDefocusU"] == 15000.0
+    assert split_image_name(table.loc[1, "rlnImageName"]) == (1, f"particles/m_{MODEL}.mrcs")
