@@ -28,6 +28,8 @@ setup(
     extras_require={
         "test": ["pytest>=7", "ruff>=0.5", "selenium>=4.10"],
         "scipion": ["scipion-pyworkflow>=3.11", "scipion-em>=3.11"],
+        "dask": ["dask[distributed]>=2024.1"],
+        "cluster": ["dask[distributed]>=2024.1", "dask-jobqueue>=0.8"],
     },
     entry_points={
         "console_scripts": ["live2d = live2d.cli:main"],

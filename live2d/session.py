@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from live2d.schedule import (
 from live2d.store import ParticleStore
 from live2d.thumbnails import write_thumbnails
 from live2d.warp import WarpSettings, read_settings
+
+if TYPE_CHECKING:
+    from live2d.executors import Executor
 
 STATE_VERSION = 1
 LOG_LINES_KEPT = 1000
@@ -122,13 +125,17 @@ class Session:
         engine: Engine | str = "auto",
         device: str = "auto",
         cistem_bin: str | None = None,
+        executor: Executor | None = None,
     ) -> None:
+        """``executor``: where the engine's slices run (live2d.executors; None: this process).
+        The caller owns it and closes it after :meth:`close`."""
         self.warp_dir = Path(warp_dir).resolve()
         self.output_dir = Path(output_dir or self.warp_dir / "classification").resolve()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.work_dir = self.output_dir / "work"
         self._engine_choice = engine
-        self._engine_options = {"device": device, "cistem_bin": cistem_bin}
+        self._engine_options = {"device": device, "cistem_bin": cistem_bin,
+                                "executor": executor}
         self._engine: Engine | None = engine if isinstance(engine, Engine) else None
         self._lock = threading.RLock()
         self._listeners: list[Listener] = []

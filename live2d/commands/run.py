@@ -45,6 +45,17 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="builtin engine: auto, cpu or cuda")
     parser.add_argument("--cistem-bin", help="folder holding cisTEM's refine2d and merge2d")
     parser.add_argument("--once", action="store_true", help="run one job now and exit")
+    cluster = parser.add_argument_group(
+        "cluster (builtin engine; needs pip install 'dask[distributed]' and OUTPUT on a "
+        "filesystem the workers share)")
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="run cycles on an existing Dask scheduler, e.g. tcp://head:8786")
+    cluster.add_argument("--cluster", choices=("local", "slurm", "pbs", "sge"),
+                         help="start Dask workers: local processes, or batch jobs through "
+                              "dask-jobqueue")
+    cluster.add_argument("--cluster-config", type=Path, metavar="FILE",
+                         help="YAML/JSON options of the cluster (dask-jobqueue's, e.g. cores, "
+                              "memory, queue, walltime; jobs: how many; local: n_workers)")
     for name, (flag, kind, help_text) in SETTING_OPTIONS.items():
         extra = {"choices": JOB_TYPES} if name == "mode" else {}
         parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text, **extra)
@@ -57,18 +68,30 @@ def setting_overrides(args: argparse.Namespace) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     # Imported here so that `live2d --help` and the light commands start fast.
+    from live2d.executors import make_executor
     from live2d.session import Session, SessionError
     from live2d.warp import WarpFolderError
 
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     logging.getLogger("live2d").addHandler(console)
+    if args.engine == "cistem" and (args.scheduler or args.cluster):
+        print("live2d run: the cisTEM engine runs its slices as local processes only; use "
+              "--engine builtin with --scheduler/--cluster", file=sys.stderr)
+        return 1
+    try:
+        executor = make_executor(args.scheduler, args.cluster, args.cluster_config)
+    except EngineError as exc:
+        print(f"live2d run: {exc}", file=sys.stderr)
+        return 1
     try:
         session = Session(args.warp_dir, args.output, engine=args.engine, device=args.device,
-                          cistem_bin=args.cistem_bin)
+                          cistem_bin=args.cistem_bin, executor=executor)
         session.update_settings(setting_overrides(args))
-    except (SessionError, SettingsError, WarpFolderError, OSError) as exc:
+        executor.check_shared_folder(session.output_dir)
+    except (EngineError, SessionError, SettingsError, WarpFolderError, OSError) as exc:
         print(f"live2d run: {exc}", file=sys.stderr)
+        executor.close()
         return 1
 
     def stop(signum: int, _frame) -> None:
@@ -91,3 +114,4 @@ def main(args: argparse.Namespace) -> int:
         return 1
     finally:
         session.close()
+        executor.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from live2d.engines.base import (
     CycleCancelled,
     CycleParams,
@@ -13,6 +15,9 @@ from live2d.engines.base import (
     ProgressCallback,
     class_counts,
 )
+
+if TYPE_CHECKING:
+    from live2d.executors import Executor
 
 ENGINE_NAMES = ("auto", "builtin", "cistem")
 
@@ -32,12 +37,19 @@ __all__ = [
 
 
 def make_engine(
-    name: str = "auto", *, device: str = "auto", cistem_bin: str | None = None
+    name: str = "auto", *, device: str = "auto", cistem_bin: str | None = None,
+    executor: Executor | None = None,
 ) -> Engine:
-    """The engine called ``name``; ``auto`` is cisTEM when refine2d and merge2d are found."""
+    """The engine called ``name``; ``auto`` is cisTEM when refine2d and merge2d are found.
+    ``executor``: where the built-in engine's slices run; with a distributed one (Dask), ``auto``
+    is the built-in engine, the only one that runs on a cluster so far."""
     if name not in ENGINE_NAMES:
         raise ValueError(f"unknown engine {name!r}: choose one of {', '.join(ENGINE_NAMES)}")
-    if name in ("auto", "cistem"):
+    distributed = executor is not None and executor.distributed
+    if name == "cistem" and distributed:
+        raise EngineError("the cisTEM engine runs its slices as local processes only; use "
+                          "--engine builtin with --scheduler/--cluster")
+    if name in ("auto", "cistem") and not distributed:
         from live2d.engines import cistem
 
         programs = cistem.find_programs(cistem_bin, required=(name == "cistem"))
@@ -45,4 +57,4 @@ def make_engine(
             return cistem.CistemEngine(programs)
     from live2d.engines.builtin import BuiltinEngine
 
-    return BuiltinEngine(device=device)
+    return BuiltinEngine(device=device, executor=executor)

@@ -32,11 +32,13 @@ the star file): about 0.2 GB over PyTorch's own for K = 50, 8 Å, 128 px, batch 
 
 from __future__ import annotations
 
+import copy as _copy
 import math
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mrcfile
 import numpy as np
@@ -59,6 +61,9 @@ from live2d.engines.base import (
 )
 from live2d.imaging import ctf_2d, rotate, soft_disc
 
+if TYPE_CHECKING:
+    from live2d.executors import Executor
+
 EDGE_FALLOFF = 20.0  # Å of soft edge around masks and cropped boxes, as cisTEM
 WIENER_CONSTANT = 0.05  # regularisation, relative to a class's mean CTF² weight
 PAIR_WEIGHT_FLOOR = 1e-3  # (class, angle) pairs with less total weight are not accumulated
@@ -71,6 +76,9 @@ NOISE_SAMPLE = 300  # particles used to estimate the noise spectrum
 COARSE_SEARCH_MIN_BOX = 32
 COARSE_CANDIDATE_FRACTION = 0.05  # ... this fraction of them,
 COARSE_MIN_CANDIDATES = 16  # but never fewer than this.
+# Batches per chunk: the unit of work a cluster worker gets, and of the partial sums that are
+# added up in order (the same in-process, so that both give the same averages).
+CHUNK_BATCHES = 16
 
 
 @dataclass(frozen=True)
@@ -117,9 +125,16 @@ def _even_ceil(value: float) -> int:
 class BuiltinEngine(Engine):
     name = "builtin"
 
-    def __init__(self, device: str = "auto", batch_size: int | None = None) -> None:
+    def __init__(self, device: str = "auto", batch_size: int | None = None,
+                 executor: Executor | None = None, chunk_batches: int = CHUNK_BATCHES) -> None:
         """``batch_size``: particles per batch (memory grows linearly with it); default 32 on
-        the CPU, 256 on a GPU, where bigger batches keep it busy."""
+        the CPU, 256 on a GPU, where bigger batches keep it busy. ``executor``: where the
+        cycle's chunks of ``chunk_batches`` batches run (None: in this process); a distributed
+        one runs them on its workers' CPUs."""
+        self.executor = executor
+        self.chunk_batches = max(1, chunk_batches)
+        if executor is not None and executor.distributed:
+            device = "cpu"  # the client only prepares references; workers classify on CPU
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -131,6 +146,8 @@ class BuiltinEngine(Engine):
     def describe(self) -> str:
         where = (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
                  else f"cpu, {torch.get_num_threads()} threads")
+        if self.executor is not None and self.executor.distributed:
+            where = self.executor.describe()
         return f"builtin (torch {torch.__version__.split('+')[0]}, {where})"
 
     # ------------------------------------------------------------------ starting classes
@@ -206,17 +223,7 @@ class BuiltinEngine(Engine):
         progress(Progress("noise spectrum", 0.0))
         search.estimate_noise(stack, rng.permutation(used)[:NOISE_SAMPLE], table)
 
-        results = {name: np.zeros(len(used)) for name in
-                   ("cls", "psi", "shx", "shy", "occ", "logp", "sigma", "score")}
-        classify_started = time.monotonic()
-        for done, batch in _batches(used, self.batch_size):
-            _check_cancel(cancel)
-            out = search.classify(stack, batch, table)
-            start = done - len(batch)
-            for name, values in out.items():
-                results[name][start:done] = values
-            rate = done / max(time.monotonic() - classify_started, 1e-9)
-            progress(Progress("classifying", done / len(used), rate))
+        results = self._classify(search, stack, table, used, request, progress, cancel)
         _check_cancel(cancel)
         progress(Progress("averaging", 1.0))
         averages, empty = search.averages()
@@ -237,6 +244,43 @@ class BuiltinEngine(Engine):
             log.append(f"classes {', '.join(str(c + 1) for c in empty)} were empty: re-seeded")
         return CycleResult(request.classes_out, request.star_out,
                            class_counts(out_table["2DCLS"], k), len(used), seconds, log)
+
+    def _classify(self, search: _Search, stack: np.ndarray, table: pd.DataFrame,
+                  used: np.ndarray, request: CycleRequest, progress: ProgressCallback,
+                  cancel: threading.Event) -> dict[str, np.ndarray]:
+        """Classify ``used`` in chunks of whole batches, each into partial sums of its own that
+        are added up in chunk order: the same chunks whether they run here or on a cluster's
+        workers, so the averages come out the same."""
+        size = self.batch_size * self.chunk_batches
+        chunks = [used[start:start + size] for start in range(0, len(used), size)]
+        started = time.monotonic()
+        if self.executor is None or not self.executor.distributed:
+            partials = []
+            for chunk in chunks:
+                before = sum(len(c) for c in chunks[:len(partials)])
+
+                def on_batch(done: int, before: int = before) -> None:
+                    _check_cancel(cancel)
+                    rate = (before + done) / max(time.monotonic() - started, 1e-9)
+                    progress(Progress("classifying", (before + done) / len(used), rate))
+
+                partials.append(_classify_chunk(search, stack, chunk, table.iloc[chunk],
+                                                self.batch_size, on_batch))
+        else:
+            threads = max(1, request.threads)
+            tasks = [_ChunkTask(str(request.stack), chunk, table.iloc[chunk][_CTF_COLUMNS],
+                                self.batch_size, threads) for chunk in chunks]
+            ends = np.cumsum([len(chunk) for chunk in chunks])
+
+            def on_done(n: int) -> None:
+                done = int(ends[n - 1]) if n else 0  # chunks finish out of order: an estimate
+                rate = done / max(time.monotonic() - started, 1e-9)
+                progress(Progress("classifying", done / len(used), rate))
+
+            on_done(0)
+            partials = self.executor.map(_run_chunk_task, search.without_sums(), tasks,
+                                         cancel=cancel, on_done=on_done)
+        return search.merge(partials)
 
 
 class _Search:
@@ -298,9 +342,9 @@ class _Search:
         return _fourier_crop(torch.fft.rfft2(cropped), w)
 
     def _particles(self, stack: np.ndarray, batch: np.ndarray,
-                   table: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+                   rows: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rows``: the star rows of ``batch``, in its order."""
         images = _prepare(stack, batch, self.params, self.background, self.device)
-        rows = table.iloc[batch]
 
         def column(name: str) -> torch.Tensor:
             return torch.as_tensor(np.array(rows[name], dtype=np.float64), dtype=torch.float32,
@@ -325,8 +369,8 @@ class _Search:
     batch_size_for_noise = 64
 
     def classify(self, stack: np.ndarray, batch: np.ndarray,
-                 table: pd.DataFrame) -> dict[str, np.ndarray]:
-        spectra, ctf = self._particles(stack, batch, table)
+                 rows: pd.DataFrame) -> dict[str, np.ndarray]:
+        spectra, ctf = self._particles(stack, batch, rows)
         b, w = len(batch), self.g.working
         filtered = spectra * ctf * self.band / self.noise  # (B, W, H)
         particle_ctf = (ctf**2 * self.band / self.noise).flatten(1)
@@ -427,6 +471,31 @@ class _Search:
         dense[particle, frame] = pair[particle, slot]
         self.weights += (dense.T @ (ctf**2).flatten(1)).view_as(self.weights)
         self.mass += dense.sum(dim=0).view(self.k, self.r).sum(dim=1)
+
+    def fresh_sums(self) -> _Search:
+        """A shallow copy that shares the references but accumulates into sums of its own."""
+        copy = _copy.copy(self)
+        w = self.g.working
+        copy.sums = torch.zeros((self.k * self.r, w, self.half), dtype=torch.complex64,
+                                device=self.device)
+        copy.weights = torch.zeros((self.k * self.r, w, self.half), device=self.device)
+        copy.mass = torch.zeros(self.k, device=self.device)
+        return copy
+
+    def without_sums(self) -> _Search:
+        """What the workers need, without the (empty) accumulators: less to send."""
+        copy = _copy.copy(self)
+        copy.sums = copy.weights = copy.mass = None
+        return copy
+
+    def merge(self, partials: list[_Partial]) -> dict[str, np.ndarray]:
+        """Add the chunks' partial sums in chunk order; their per-particle results, joined."""
+        for part in partials:
+            self.sums += part.sums.to(self.device)
+            self.weights += part.weights.to(self.device)
+            self.mass += part.mass.to(self.device)
+        return {name: np.concatenate([part.results[name] for part in partials])
+                for name in _RESULT_NAMES}
 
     def averages(self) -> tuple[torch.Tensor, list[int]]:
         """Class averages (K, box, box) from the sums, and the classes that stayed empty."""
@@ -536,6 +605,59 @@ class _ShiftCorrelator:
         corr = self.correlate(particles)
         corr += self.outside_bias
         return corr.amax(dim=-1).amax(dim=-1).T - norms
+
+
+# ---------------------------------------------------------------------------------- chunks
+_RESULT_NAMES = ("cls", "psi", "shx", "shy", "occ", "logp", "sigma", "score")
+_CTF_COLUMNS = ["DF1", "DF2", "ANGAST", "VOLT", "Cs", "AmpC", "PSHIFT"]
+
+
+@dataclass
+class _Partial:
+    """One chunk's contribution: partial class sums and its particles' results, in order."""
+
+    sums: torch.Tensor
+    weights: torch.Tensor
+    mass: torch.Tensor
+    results: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class _ChunkTask:
+    stack: str  # path, opened by the worker (on the shared filesystem)
+    chunk: np.ndarray  # particle indices into the stack
+    rows: pd.DataFrame  # their CTF columns, in chunk order
+    batch_size: int
+    threads: int
+
+
+def _classify_chunk(search: _Search, stack: np.ndarray, chunk: np.ndarray, rows: pd.DataFrame,
+                    batch_size: int, on_batch=None) -> _Partial:
+    """Classify ``chunk`` batch by batch into fresh partial sums; depends on nothing but its
+    arguments (no randomness), so it gives the same numbers wherever it runs."""
+    own = search.fresh_sums()
+    results = {name: np.zeros(len(chunk)) for name in _RESULT_NAMES}
+    for done, batch in _batches(chunk, batch_size):
+        start = done - len(batch)
+        out = own.classify(stack, batch, rows.iloc[start:done])
+        for name, values in out.items():
+            results[name][start:done] = values
+        if on_batch is not None:
+            on_batch(done)
+    return _Partial(own.sums, own.weights, own.mass, results)
+
+
+def _run_chunk_task(search: _Search, task: _ChunkTask) -> _Partial:
+    """A chunk on a Dask worker: the stack memory-mapped from the shared folder."""
+    torch.set_num_threads(task.threads)
+    try:
+        mrc = mrcfile.mmap(task.stack, mode="r", permissive=True)
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"built-in engine on a worker: cannot read {task.stack}: {exc}") \
+            from None
+    stack = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
+    mrc.close()
+    return _classify_chunk(search, stack, task.chunk, task.rows, task.batch_size)
 
 
 # ---------------------------------------------------------------------------------- helpers

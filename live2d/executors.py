@@ -1,0 +1,248 @@
+"""Where the slices of a classification cycle run: in this process, or on a Dask cluster.
+
+A cycle splits into independent slices (the built-in engine's chunks of particle batches) whose
+partial results the engine then merges in order. :class:`LocalExecutor` runs the slices one after
+the other in this process, as Live2D always did; :class:`DaskExecutor` sends them to the workers
+of a ``dask.distributed`` scheduler: an existing one (``address``), one that ``dask-jobqueue``
+starts on a batch system, or a :class:`distributed.LocalCluster` on loopback.
+
+Workers read the particle stack from the output folder, so the folder must be on a filesystem
+they share with this process; :meth:`DaskExecutor.check_shared_folder` proves it before the first
+cycle. ``dask`` is imported only when a DaskExecutor is made: the default path needs none of it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from live2d.engines.base import CycleCancelled, EngineError
+
+CONNECT_TIMEOUT = 30.0  # s to reach a scheduler before giving up
+RETRIES = 3  # a slice that raised is run again this often (lost workers are handled apart)
+WAIT_POLL = 0.2  # s between checks of the cancel event while slices run
+JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster"}
+INSTALL_HINT = 'pip install "dask[distributed]"'
+
+
+class ExecutorError(EngineError):
+    """The executor cannot run slices (no scheduler, no shared folder, a slice kept failing)."""
+
+
+class Executor(ABC):
+    """Runs ``fn(shared, item)`` for every item and returns the results in the items' order."""
+
+    distributed = False
+
+    @abstractmethod
+    def map(self, fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[Any], *,
+            cancel: threading.Event | None = None,
+            on_done: Callable[[int], None] | None = None) -> list[Any]:
+        """``on_done(n)`` after each finished item (n finished so far); a set ``cancel`` event
+        raises CycleCancelled and abandons the items still running."""
+
+    def check_shared_folder(self, folder: Path) -> None:
+        """Raise ExecutorError unless every worker sees ``folder``."""
+        return None
+
+    def describe(self) -> str:
+        return "local"
+
+    def close(self) -> None:
+        return None
+
+
+class LocalExecutor(Executor):
+    """Today's behaviour: every slice in this process, one after the other."""
+
+    def map(self, fn, shared, items, *, cancel=None, on_done=None):
+        results = []
+        for item in items:
+            if cancel is not None and cancel.is_set():
+                raise CycleCancelled("the cycle was stopped")
+            results.append(fn(shared, item))
+            if on_done is not None:
+                on_done(len(results))
+        return results
+
+
+def _import_distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise ExecutorError(f"Dask is not installed: {INSTALL_HINT} (or pip install "
+                            "'live2d[dask]')") from None
+    return distributed
+
+
+class DaskExecutor(Executor):
+    """Slices as tasks on a Dask cluster.
+
+    ``address``: ``tcp://host:port`` of a running scheduler. ``cluster``: a cluster object
+    (LocalCluster, a dask-jobqueue cluster) to use and close with this executor. Neither: a
+    LocalCluster on 127.0.0.1 with ``n_workers`` single-threaded worker processes.
+    """
+
+    distributed = True
+
+    def __init__(self, address: str | None = None, cluster: Any = None, *,
+                 n_workers: int | None = None, timeout: float = CONNECT_TIMEOUT,
+                 retries: int = RETRIES) -> None:
+        distributed = _import_distributed()
+        self.retries = retries
+        self._own_cluster = None
+        if address is None and cluster is None:
+            cluster = distributed.LocalCluster(
+                n_workers=n_workers or max(1, (os.cpu_count() or 2) // 2), threads_per_worker=1,
+                processes=True, host="127.0.0.1", dashboard_address=None)
+            self._own_cluster = cluster
+        target = cluster if cluster is not None else address
+        try:
+            self.client = distributed.Client(target, timeout=timeout, set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            if self._own_cluster is not None:
+                self._own_cluster.close()
+            raise ExecutorError(
+                f"cannot reach the Dask scheduler at {address} within {timeout:g} s ({exc}); "
+                "start one (`dask scheduler`, then `dask worker ADDRESS` on the nodes), check the "
+                "address and that this machine can reach its port, or leave --scheduler out to "
+                "run locally") from None
+        if cluster is not None and self._own_cluster is None:
+            self._own_cluster = cluster  # handed over: closed with this executor
+        self.address = self.client.scheduler.address
+
+    def describe(self) -> str:
+        workers = self.client.scheduler_info().get("workers", {})
+        return f"dask at {self.address}, {len(workers)} workers"
+
+    def wait_for_workers(self, n: int = 1, timeout: float = CONNECT_TIMEOUT) -> None:
+        try:
+            self.client.wait_for_workers(n, timeout=timeout)
+        except TimeoutError:
+            raise ExecutorError(f"the Dask scheduler at {self.address} has no workers after "
+                                f"{timeout:g} s: start some (`dask worker {self.address}`)") \
+                from None
+
+    def check_shared_folder(self, folder: Path) -> None:
+        """Every worker stats a marker file made here: a folder they cannot see would make every
+        slice fail later with a less clear error."""
+        self.wait_for_workers()
+        folder = Path(folder).resolve()
+        marker = folder / f".live2d-shared-{uuid.uuid4().hex}"
+        marker.write_text("live2d shared-filesystem check\n", encoding="utf-8")
+        try:
+            seen = self.client.run(os.path.exists, str(marker))
+        finally:
+            marker.unlink(missing_ok=True)
+        blind = sorted(worker for worker, exists in seen.items() if not exists)
+        if blind:
+            raise ExecutorError(
+                f"workers cannot see {folder}: a shared filesystem is needed (mount it at the same "
+                f"path on every worker node; blind workers: {', '.join(blind)})")
+
+    def map(self, fn, shared, items, *, cancel=None, on_done=None):
+        from distributed import as_completed
+
+        if not items:
+            return []
+        # One copy of the shared state per worker, not one per task.
+        [shared_future] = self.client.scatter([shared], broadcast=True, hash=False)
+        futures = [self.client.submit(fn, shared_future, item, retries=self.retries, pure=False)
+                   for item in items]
+        index = {future.key: i for i, future in enumerate(futures)}
+        results: list[Any] = [None] * len(futures)
+        pending = as_completed(futures, loop=self.client.loop, with_results=False)
+        done = 0
+        try:
+            while done < len(futures):
+                if cancel is not None and cancel.is_set():
+                    raise CycleCancelled("the cycle was stopped")
+                for future in pending.next_batch(block=False) or self._pause():
+                    try:
+                        results[index[future.key]] = future.result()
+                    except Exception as exc:  # a slice kept failing, or its workers all died
+                        raise ExecutorError(f"a slice of the cycle failed on the Dask cluster "
+                                            f"after {self.retries} retries: "
+                                            f"{type(exc).__name__}: {exc}") from exc
+                    done += 1
+                    if on_done is not None:
+                        on_done(done)
+        finally:
+            self.client.cancel([f for f in futures if not f.done()])
+            self.client.cancel([shared_future])
+        return results
+
+    @staticmethod
+    def _pause() -> list:
+        time.sleep(WAIT_POLL)
+        return []
+
+    def close(self) -> None:
+        self.client.close()
+        if self._own_cluster is not None:
+            self._own_cluster.close()
+
+
+def load_cluster_config(path: Path) -> dict[str, Any]:
+    """Keyword arguments of a dask-jobqueue cluster from a YAML or JSON file (a mapping)."""
+    import json
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ExecutorError(f"cannot read the cluster config {path}: {exc}") from None
+    try:
+        if Path(path).suffix.lower() == ".json":
+            config = json.loads(text)
+        else:
+            import yaml
+
+            config = yaml.safe_load(text)
+    except Exception as exc:
+        raise ExecutorError(f"{path} is not valid YAML/JSON: {exc}") from None
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise ExecutorError(f"{path} must hold a mapping of cluster options, e.g. "
+                            "{cores: 8, memory: 32GB, queue: normal, jobs: 4}")
+    return config
+
+
+def make_executor(scheduler: str | None = None, cluster: str | None = None,
+                  cluster_config: Path | None = None, *,
+                  timeout: float = CONNECT_TIMEOUT) -> Executor:
+    """The executor the command-line options ask for: ``scheduler`` an address, ``cluster``
+    ``local``/``slurm``/``pbs``/``sge`` (options from ``cluster_config``, and ``jobs``: how many
+    batch jobs to start, default 1); neither: LocalExecutor."""
+    if scheduler and cluster:
+        raise ExecutorError("give either --scheduler or --cluster, not both")
+    if scheduler:
+        return DaskExecutor(scheduler, timeout=timeout)
+    if cluster is None:
+        return LocalExecutor()
+    options = load_cluster_config(cluster_config) if cluster_config else {}
+    if cluster == "local":
+        _import_distributed()
+        return DaskExecutor(n_workers=options.get("n_workers"), timeout=timeout)
+    if cluster not in JOBQUEUE_KINDS:
+        raise ExecutorError(f"unknown cluster kind {cluster!r}: choose local, "
+                            f"{', '.join(JOBQUEUE_KINDS)}")
+    _import_distributed()
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise ExecutorError(f"--cluster {cluster} needs dask-jobqueue: pip install dask-jobqueue "
+                            "(or use --scheduler with workers you start yourself)") from None
+    jobs = int(options.pop("jobs", 1))
+    try:
+        batch_cluster = getattr(dask_jobqueue, JOBQUEUE_KINDS[cluster])(**options)
+    except (TypeError, ValueError) as exc:
+        raise ExecutorError(f"{cluster_config}: bad {cluster} cluster options: {exc}") from None
+    batch_cluster.scale(jobs=jobs)
+    return DaskExecutor(cluster=batch_cluster, timeout=timeout)
