@@ -30,9 +30,15 @@ def test_twenty_sigkills_while_warp_collects_lose_and_duplicate_nothing(tmp_path
     microscope.start()
     rng = np.random.default_rng(7)
     kills = {"inside a cycle": 0, "importing or waiting": 0}
-    for _ in range(20):
+    for attempt in range(20):
         process = start_run(warp)
-        time.sleep(rng.uniform(1.5, 4.0))  # python + torch start-up is about 1.5 s
+        if attempt % 2:
+            time.sleep(rng.uniform(1.5, 4.0))  # anywhere: start-up, import, cycle, waiting
+        else:  # aim inside a cycle: kill a moment after its scratch folder appears
+            deadline = time.monotonic() + 8.0
+            while not (out / "work").exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.15))
         kills["inside a cycle" if (out / "work").exists() else "importing or waiting"] += 1
         process.send_signal(signal.SIGKILL)
         process.wait()
