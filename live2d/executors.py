@@ -1,10 +1,11 @@
 """Where the slices of a classification cycle run: in this process, or on a Dask cluster.
 
-A cycle splits into independent slices (the built-in engine's chunks of particle batches) whose
-partial results the engine then merges in order. :class:`LocalExecutor` runs the slices one after
-the other in this process, as Live2D always did; :class:`DaskExecutor` sends them to the workers
-of a ``dask.distributed`` scheduler: an existing one (``address``), one that ``dask-jobqueue``
-starts on a batch system, or a :class:`distributed.LocalCluster` on loopback.
+A cycle splits into independent slices (the built-in engine's chunks of particle batches, the
+cisTEM engine's refine2d runs) whose partial results the engine then merges in order.
+:class:`LocalExecutor` runs the slices one after the other in this process, as Live2D always
+did; :class:`DaskExecutor` sends them to the workers of a ``dask.distributed`` scheduler: an
+existing one (``address``), one that ``dask-jobqueue`` starts on a batch system, or a
+:class:`distributed.LocalCluster` on loopback.
 
 Workers read the particle stack from the output folder, so the folder must be on a filesystem
 they share with this process; :meth:`DaskExecutor.check_shared_folder` proves it before the first
@@ -43,12 +44,22 @@ class Executor(ABC):
     @abstractmethod
     def map(self, fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[Any], *,
             cancel: threading.Event | None = None,
-            on_done: Callable[[int], None] | None = None) -> list[Any]:
+            on_done: Callable[[int], None] | None = None,
+            retries: int | None = None) -> list[Any]:
         """``on_done(n)`` after each finished item (n finished so far); a set ``cancel`` event
-        raises CycleCancelled and abandons the items still running."""
+        raises CycleCancelled and abandons the items still running. ``retries``: how often a
+        slice that raised runs again, where the executor retries at all (None: its default)."""
+
+    def slots(self) -> int | None:
+        """How many slices can run at once on the workers; None: this process decides."""
+        return None
 
     def check_shared_folder(self, folder: Path) -> None:
         """Raise ExecutorError unless every worker sees ``folder``."""
+        return None
+
+    def check_programs(self, programs: Sequence[Path]) -> None:
+        """Raise ExecutorError unless every worker can run each of ``programs``."""
         return None
 
     def describe(self) -> str:
@@ -61,7 +72,7 @@ class Executor(ABC):
 class LocalExecutor(Executor):
     """Today's behaviour: every slice in this process, one after the other."""
 
-    def map(self, fn, shared, items, *, cancel=None, on_done=None):
+    def map(self, fn, shared, items, *, cancel=None, on_done=None, retries=None):
         results = []
         for item in items:
             if cancel is not None and cancel.is_set():
@@ -146,14 +157,32 @@ class DaskExecutor(Executor):
                 f"workers cannot see {folder}: a shared filesystem is needed (mount it at the same "
                 f"path on every worker node; blind workers: {', '.join(blind)})")
 
-    def map(self, fn, shared, items, *, cancel=None, on_done=None):
+    def slots(self) -> int:
+        workers = self.client.scheduler_info().get("workers", {}).values()
+        return max(1, sum(int(worker.get("nthreads", 1)) for worker in workers))
+
+    def check_programs(self, programs: Sequence[Path]) -> None:
+        """Every worker checks it can execute each program: cisTEM must be installed at the same
+        path on every node, as it is on this one."""
+        self.wait_for_workers()
+        paths = [str(Path(program).resolve()) for program in programs]
+        seen = self.client.run(_runnable, paths)
+        missing = sorted(f"{worker}: {', '.join(absent)}"
+                         for worker, absent in seen.items() if absent)
+        if missing:
+            raise ExecutorError("workers cannot run the cisTEM programs at the paths this machine "
+                                "uses: install cisTEM at the same path on every worker node (or "
+                                f"on the shared filesystem); missing on {'; '.join(missing)}")
+
+    def map(self, fn, shared, items, *, cancel=None, on_done=None, retries=None):
         from distributed import as_completed
 
         if not items:
             return []
+        retries = self.retries if retries is None else retries
         # One copy of the shared state per worker, not one per task.
         [shared_future] = self.client.scatter([shared], broadcast=True, hash=False)
-        futures = [self.client.submit(fn, shared_future, item, retries=self.retries, pure=False)
+        futures = [self.client.submit(fn, shared_future, item, retries=retries, pure=False)
                    for item in items]
         index = {future.key: i for i, future in enumerate(futures)}
         results: list[Any] = [None] * len(futures)
@@ -168,7 +197,7 @@ class DaskExecutor(Executor):
                         results[index[future.key]] = future.result()
                     except Exception as exc:  # a slice kept failing, or its workers all died
                         raise ExecutorError(f"a slice of the cycle failed on the Dask cluster "
-                                            f"after {self.retries} retries: "
+                                            f"after {retries} retries: "
                                             f"{type(exc).__name__}: {exc}") from exc
                     done += 1
                     if on_done is not None:
@@ -187,6 +216,11 @@ class DaskExecutor(Executor):
         self.client.close()
         if self._own_cluster is not None:
             self._own_cluster.close()
+
+
+def _runnable(paths: list[str]) -> list[str]:
+    """On a worker: those of ``paths`` it cannot execute."""
+    return [path for path in paths if not os.access(path, os.X_OK)]
 
 
 def load_cluster_config(path: Path) -> dict[str, Any]:

@@ -7,17 +7,21 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from unittest import mock
 
 import mrcfile
 import numpy as np
 import pytest
+from cistem_standin import make_bin_dir
+from cistem_standin.particles import make_particles
 
 from live2d import cistem_star
 from live2d.cli import main as cli_main
 from live2d.engines import EngineError
-from live2d.engines.base import CycleParams, CycleRequest
+from live2d.engines.base import CycleCancelled, CycleParams, CycleRequest
 from live2d.engines.builtin import BuiltinEngine
+from live2d.engines.cistem import CistemEngine, find_programs
 from live2d.phantom import Phantom
 from live2d.simulate import simulate
 
@@ -248,6 +252,157 @@ def test_cli_says_what_to_do_about_an_unreachable_scheduler_or_cistem(tmp_path, 
         assert cli_main(["run", str(warp), "--once", "--scheduler",
                          f"tcp://127.0.0.1:{port}"]) == 1
     assert "cannot reach the Dask scheduler" in capsys.readouterr().err
-    assert cli_main(["run", str(warp), "--once", "--engine", "cistem", "--scheduler",
-                     executor.address]) == 1
-    assert "--engine builtin" in capsys.readouterr().err
+    assert cli_main(["run", str(warp), "--once", "--engine", "cistem", "--cistem-bin",
+                     str(tmp_path / "nowhere"), "--scheduler", executor.address]) == 1
+    assert "refine2d" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ cisTEM slices on the cluster
+
+CISTEM_N = 41  # two slices of different sizes: 1-21 and 22-41
+CISTEM_PARAMS = CycleParams(pixel_size=4.0, mask_radius=40.0, high_res=8.0)
+
+
+@pytest.fixture(scope="module")
+def cistem_start(tmp_path_factory):
+    """Particles, and random-start classes made by the stand-in refine2d."""
+    folder = tmp_path_factory.mktemp("cistem_dask")
+    stack, star = make_particles(folder, n=CISTEM_N, box=32)
+    programs = find_programs(str(make_bin_dir(folder / "bin")), True)
+    start = CycleRequest(stack, star, folder / "start.star", folder / "start.mrc",
+                         CISTEM_PARAMS, K)
+    CistemEngine(programs).start_classes(start, lambda _: None, threading.Event())
+    return stack, star, start.classes_out
+
+
+def cistem_engine(tmp_path, executor, **hooks):
+    """The cisTEM engine on the cluster, with stand-ins that record each run in tmp/records
+    and act on ``hooks`` (runtime.py's variables): the workers' environment is not the test's."""
+    records = tmp_path / "records"
+    records.mkdir()
+    env = {"CISTEM_STANDIN_RECORD": str(records)}
+    programs = find_programs(str(make_bin_dir(tmp_path / "bin", env=env)), True)
+    make_bin_dir(tmp_path / "bin", env={**env, **hooks})  # hooked after the probe
+    return CistemEngine(programs, executor=executor), records
+
+
+def cistem_request(tmp_path, cistem_start, name="cycle"):
+    stack, star, classes = cistem_start
+    return CycleRequest(stack, star, tmp_path / f"{name}.star", tmp_path / f"{name}.mrc",
+                        CISTEM_PARAMS, K, classes_in=classes, workdir=tmp_path / "work",
+                        threads=1)
+
+
+def read_records(folder, program):
+    """The runs of ``program`` on the test's particles (find_programs also probes refine2d)."""
+    found = [json.loads(path.read_text()) for path in folder.glob(f"{program}-*.json")]
+    found = [record for record in found if "probe" not in record.get("stack", "")]
+    return sorted(found, key=lambda record: record["recorded"])
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie nobody reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def worker_pids(executor) -> set[int]:
+    return set(executor.client.run(os.getpid).values())
+
+
+def test_cistem_slices_run_on_the_workers_and_merge_here(tmp_path, executor, cistem_start):
+    engine, records = cistem_engine(tmp_path, executor)
+    assert "slices on dask" in engine.describe()
+    request = cistem_request(tmp_path, cistem_start)
+    progress = []
+    result = engine.run_cycle(request, progress.append, threading.Event())
+
+    table = cistem_star.read_star(result.star)
+    assert table["POS"].tolist() == list(range(1, CISTEM_N + 1))
+    assert sum(result.class_counts) == CISTEM_N == result.particles_processed
+    with mrcfile.open(result.classes) as mrc:
+        assert mrc.data.shape == (K, 32, 32) and float(mrc.voxel_size.x) == 4.0
+    refines = read_records(records, "Refine2D")
+    assert len(refines) == executor.slots() == 2  # a slice per worker thread
+    assert sorted((run["first"], run["last"]) for run in refines) == [(1, 21), (22, CISTEM_N)]
+    assert {run["ppid"] for run in refines} <= worker_pids(executor)  # started by workers
+    assert len({run["seed_second"] for run in refines}) == 2  # distinct random streams
+    [merge] = read_records(records, "Merge2D")
+    assert merge["ppid"] == os.getpid()  # merge2d here, from the workers' dump files
+    assert sum(line.count("ran on tcp://127.0.0.1") for line in result.log) == 2
+    assert any("Normal termination" in line for line in result.log)
+    fractions = [update.fraction for update in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert not list((tmp_path / "work").iterdir())  # scratch removed
+
+
+def test_cistem_slice_of_a_killed_worker_is_rerun_and_its_refine2d_dies(
+        tmp_path, executor, cistem_start):
+    engine, records = cistem_engine(tmp_path, executor,
+                                    CISTEM_STANDIN_FAIL="refine2d:kill-parent-once")
+    before = set(executor.client.scheduler_info()["workers"])
+    result = engine.run_cycle(cistem_request(tmp_path, cistem_start), lambda _: None,
+                              threading.Event())
+    assert (records / "killed-parent").exists()  # a slice's refine2d killed its worker ...
+    assert before - set(executor.client.scheduler_info()["workers"])  # ... which is gone,
+    assert cistem_star.read_star(result.star)["POS"].tolist() == list(range(1, CISTEM_N + 1))
+    refines = read_records(records, "Refine2D")
+    assert len(refines) == 3  # two slices, one of them twice
+    orphan = refines[0]["pid"] if refines[0]["ppid"] not in worker_pids(executor) else None
+    deadline = time.monotonic() + 10
+    while any(alive(run["pid"]) for run in refines) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert orphan is None or not alive(orphan)  # it died with its worker: no stray writer
+    assert not any(alive(run["pid"]) for run in refines)
+
+
+def test_stopping_a_cistem_cycle_ends_the_slices_on_the_workers(tmp_path, executor,
+                                                                 cistem_start):
+    engine, records = cistem_engine(tmp_path, executor, CISTEM_STANDIN_FAIL="refine2d:hang")
+    request = cistem_request(tmp_path, cistem_start)
+    cancel, outcome = threading.Event(), []
+
+    def run():
+        try:
+            engine.run_cycle(request, lambda _: None, cancel)
+        except BaseException as exc:  # the test looks at it
+            outcome.append(exc)
+
+    cycle_thread = threading.Thread(target=run)
+    cycle_thread.start()
+    deadline = time.monotonic() + 30
+    while len(read_records(records, "Refine2D")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pids = [run["pid"] for run in read_records(records, "Refine2D")]
+    assert len(pids) == 2 and all(alive(pid) for pid in pids)
+    cancel.set()
+    cycle_thread.join(timeout=15)
+    assert not cycle_thread.is_alive() and isinstance(outcome[0], CycleCancelled)
+    deadline = time.monotonic() + 15
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in pids)  # the workers ended their refine2d
+    assert not request.star_out.exists() and not request.classes_out.exists()
+
+
+def test_workers_that_cannot_run_cistem_are_named(tmp_path, executor):
+    with pytest.raises(ExecutorError, match=r"same path on every worker.*missing on tcp://"):
+        executor.check_programs([tmp_path / "refine2d"])
+    executor.check_programs([Path(sys.executable)])
+
+
+def test_cli_runs_cistem_jobs_on_the_scheduler(tmp_path, executor):
+    warp = tmp_path / "warp"
+    simulate(warp, particles=80, per_micrograph=40, box=32, pixel_size=4.0, snr=0.5, views=3,
+             seed=0)
+    bins = make_bin_dir(tmp_path / "bin")
+    assert cli_main(["run", str(warp), "--once", "--output", str(tmp_path / "out"),
+                     "--classes", "3", "--particles-per-class", "20", "--startup-cycles", "1",
+                     "--refinement-cycles", "1", "--engine", "cistem", "--cistem-bin",
+                     str(bins), "--scheduler", executor.address]) == 0
+    history = json.loads((tmp_path / "out" / "session.json").read_text())["history"]
+    assert len(history) == 3 and "slices on dask" in history[-1]["engine"]
+    assert len(cistem_star.read_star(tmp_path / "out" / history[-1]["star"])) == 80

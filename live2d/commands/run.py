@@ -46,8 +46,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cistem-bin", help="folder holding cisTEM's refine2d and merge2d")
     parser.add_argument("--once", action="store_true", help="run one job now and exit")
     cluster = parser.add_argument_group(
-        "cluster (builtin engine; needs pip install 'dask[distributed]' and OUTPUT on a "
-        "filesystem the workers share)")
+        "cluster (needs pip install 'dask[distributed]', OUTPUT on a filesystem the workers "
+        "share and, for cisTEM, its programs at the same path on every worker)")
     cluster.add_argument("--scheduler", metavar="ADDRESS",
                          help="run cycles on an existing Dask scheduler, e.g. tcp://head:8786")
     cluster.add_argument("--cluster", choices=("local", "slurm", "pbs", "sge"),
@@ -75,10 +75,6 @@ def main(args: argparse.Namespace) -> int:
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     logging.getLogger("live2d").addHandler(console)
-    if args.engine == "cistem" and (args.scheduler or args.cluster):
-        print("live2d run: the cisTEM engine runs its slices as local processes only; use "
-              "--engine builtin with --scheduler/--cluster", file=sys.stderr)
-        return 1
     try:
         executor = make_executor(args.scheduler, args.cluster, args.cluster_config)
     except EngineError as exc:
@@ -88,7 +84,9 @@ def main(args: argparse.Namespace) -> int:
         session = Session(args.warp_dir, args.output, engine=args.engine, device=args.device,
                           cistem_bin=args.cistem_bin, executor=executor)
         session.update_settings(setting_overrides(args))
-        executor.check_shared_folder(session.output_dir)
+        if executor.distributed:  # workers that cannot see the files or run cisTEM: say so now
+            executor.check_shared_folder(session.output_dir)
+            session.engine  # noqa: B018  (made now, checking the workers can run it)
     except (EngineError, SessionError, SettingsError, WarpFolderError, OSError) as exc:
         print(f"live2d run: {exc}", file=sys.stderr)
         executor.close()

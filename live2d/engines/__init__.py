@@ -41,20 +41,16 @@ def make_engine(
     executor: Executor | None = None,
 ) -> Engine:
     """The engine called ``name``; ``auto`` is cisTEM when refine2d and merge2d are found.
-    ``executor``: where the built-in engine's slices run; with a distributed one (Dask), ``auto``
-    is the built-in engine, the only one that runs on a cluster so far."""
+    ``executor``: where a cycle's slices run (the built-in engine's chunks, cisTEM's refine2d
+    slices); None: in this process and its children."""
     if name not in ENGINE_NAMES:
         raise ValueError(f"unknown engine {name!r}: choose one of {', '.join(ENGINE_NAMES)}")
-    distributed = executor is not None and executor.distributed
-    if name == "cistem" and distributed:
-        raise EngineError("the cisTEM engine runs its slices as local processes only; use "
-                          "--engine builtin with --scheduler/--cluster")
-    if name in ("auto", "cistem") and not distributed:
+    if name in ("auto", "cistem"):
         from live2d.engines import cistem
 
         programs = cistem.find_programs(cistem_bin, required=(name == "cistem"))
         if programs is not None:
-            return cistem.CistemEngine(programs)
+            return cistem.CistemEngine(programs, executor=executor)
     from live2d.engines.builtin import BuiltinEngine
 
     return BuiltinEngine(device=device, executor=executor)

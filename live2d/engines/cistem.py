@@ -2,7 +2,8 @@
 
 A random start is one refine2d in init mode. A cycle is P refine2d slices over consecutive
 particle ranges (cisTEM's FirstLastParticleForJob), each dumping its class sums, then one merge2d
-that turns the P dumps into class averages; the slices' star files are joined in order. All
+that turns the P dumps into class averages; the slices' star files are joined in order. With a
+Dask executor the slices run on the cluster's workers (cistem_cluster) and the rest stays here. All
 answers go in scripted mode (see cistem_prompts); finding the programs and their build is in
 cistem_programs.
 
@@ -19,6 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mrcfile
 import numpy as np
@@ -33,12 +35,17 @@ from live2d.engines.base import (
     CycleResult,
     Engine,
     EngineError,
+    Progress,
     ProgressCallback,
     class_counts,
 )
+from live2d.engines.cistem_cluster import run_slice
 from live2d.engines.cistem_jobs import Job, JobRunner
 from live2d.engines.cistem_programs import CistemPrograms, describe_programs, find_programs
 from live2d.engines.cistem_prompts import Refine2DRun, merge2d_answers, refine2d_answers
+
+if TYPE_CHECKING:
+    from live2d.executors import Executor
 
 __all__ = ["CistemEngine", "CistemPrograms", "find_programs", "first_last_particle_for_job"]
 
@@ -48,11 +55,17 @@ REFINE_SHARE = 0.95  # of a cycle's progress; merge2d takes the rest
 class CistemEngine(Engine):
     name = "cistem"
 
-    def __init__(self, programs: CistemPrograms) -> None:
+    def __init__(self, programs: CistemPrograms, executor: Executor | None = None) -> None:
+        """``executor``: a distributed one (Dask) runs the refine2d slices on its workers, one
+        per worker thread, and checks now that every worker can run the programs."""
         self.programs = programs
+        self.executor = executor if executor is not None and executor.distributed else None
+        if self.executor is not None:
+            self.executor.check_programs([programs.refine2d])
 
     def describe(self) -> str:
-        return f"cistem ({describe_programs(self.programs)})"
+        where = f", slices on {self.executor.describe()}" if self.executor is not None else ""
+        return f"cistem ({describe_programs(self.programs)}{where})"
 
     def start_classes(
         self, request: CycleRequest, progress: ProgressCallback, cancel: threading.Event
@@ -92,11 +105,12 @@ class CistemEngine(Engine):
     def run_cycle(
         self, request: CycleRequest, progress: ProgressCallback, cancel: threading.Event
     ) -> CycleResult:
-        """P = min(threads, N) refine2d slices, then merge2d. particles_processed counts the
-        particles this cycle used (best class > 0)."""
+        """P = min(threads, N) refine2d slices (on a cluster: P = its worker threads), then
+        merge2d here. particles_processed counts the particles this cycle used (best class > 0)."""
         began = time.monotonic()
         n = _check_request(request, refine=True)
-        slices = max(1, min(request.threads, n))
+        workers = self.executor.slots() if self.executor is not None else None
+        slices = max(1, min(workers or request.threads, n))
         with _Scratch(request) as scratch:
             runner = JobRunner(scratch.folder, cancel, progress)
             ranges = [first_last_particle_for_job(n, job, slices) for job in range(1, slices + 1)]
@@ -119,7 +133,10 @@ class CistemEngine(Engine):
                 jobs.append(
                     self._refine2d_job(run, request.params, title, f"refine2d {number}/{slices}")
                 )
-            runner.run(jobs, span=(0.0, REFINE_SHARE))
+            if self.executor is None:
+                runner.run(jobs, span=(0.0, REFINE_SHARE))
+            else:
+                self._run_on_cluster(jobs, scratch.folder, runner, progress, cancel)
             for job, star, dump in zip(jobs, stars, dumps, strict=True):
                 _require_output(job, star, "star file")
                 _require_output(job, dump, "dump file")
@@ -152,6 +169,27 @@ class CistemEngine(Engine):
             seconds=time.monotonic() - began,
             log=runner.log,
         )
+
+    def _run_on_cluster(self, jobs: list[Job], folder: Path, runner: JobRunner,
+                        progress: ProgressCallback, cancel: threading.Event) -> None:
+        """The slices as tasks on the executor's workers; their logs join this cycle's log."""
+        assert self.executor is not None
+        began = time.monotonic()
+        per_slice = sum(job.weight for job in jobs) / len(jobs)
+
+        def slice_done(done: int) -> None:
+            elapsed = time.monotonic() - began
+            progress(Progress(stage="classifying", fraction=REFINE_SHARE * done / len(jobs),
+                              particles_per_second=done * per_slice / elapsed if elapsed else 0.0))
+
+        progress(Progress(stage="classifying", fraction=0.0))
+        # One retry: a node with trouble of its own; a slice that fails twice will fail again.
+        results = self.executor.map(run_slice, folder, jobs, cancel=cancel, on_done=slice_done,
+                                    retries=1)
+        for job, (worker, lines, last_lines) in zip(jobs, results, strict=True):
+            runner.log.append(f"{job.tag}: ran on {worker}")
+            runner.log.extend(lines)
+            job.last_lines.extend(last_lines)
 
     def _refine2d_job(self, run: Refine2DRun, params: CycleParams, title: str, tag: str) -> Job:
         return Job(

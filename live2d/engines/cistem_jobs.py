@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
 import logging
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -77,6 +79,19 @@ class StartClock:
 START_CLOCK = StartClock()
 
 
+@functools.cache
+def die_with_parent() -> tuple[str, ...]:
+    """A prefix that makes a program get SIGKILL when the process that started it dies, so a
+    killed live2d run or Dask worker leaves no refine2d behind writing into the cycle's files.
+    util-linux's setpriv execs the program in place (same pid, same process group)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return ()
+    prefix = (setpriv, "--pdeathsig", "KILL", "--")
+    probe = subprocess.run([*prefix, "true"], capture_output=True, check=False)
+    return prefix if probe.returncode == 0 else ()
+
+
 class OutputSplitter:
     """Splits a program's output into finished lines and carriage-return updates."""
 
@@ -134,8 +149,10 @@ class Job:
 class JobRunner:
     """Runs batches of jobs for one cycle and keeps that cycle's log."""
 
-    def __init__(self, cwd: Path, cancel: threading.Event, progress: ProgressCallback) -> None:
+    def __init__(self, cwd: Path, cancel: threading.Event, progress: ProgressCallback,
+                 clock: StartClock | None = None) -> None:
         self.cwd = cwd
+        self.clock = clock or START_CLOCK
         self.cancel = cancel
         self.progress = progress
         self.log: list[str] = []
@@ -160,7 +177,7 @@ class JobRunner:
                 wait = POLL_S
                 if pending:
                     if start_at is None:
-                        start_at = START_CLOCK.reserve() if pending[0].staggered else time.time()
+                        start_at = self.clock.reserve() if pending[0].staggered else time.time()
                     now = time.time()
                     if now >= start_at:
                         # A start that slipped past its reserved second must reserve again.
@@ -185,7 +202,7 @@ class JobRunner:
         log.debug("%s: starting %s", job.tag, job.program)
         try:
             job.process = subprocess.Popen(
-                [str(job.program)],
+                [*die_with_parent(), str(job.program)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

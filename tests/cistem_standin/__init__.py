@@ -16,13 +16,20 @@ STANDIN_DIR = Path(__file__).resolve().parent
 PROGRAMS = ("refine2d", "merge2d")
 
 
-def make_bin_dir(folder: Path, openmp: bool = True, programs: tuple[str, ...] = PROGRAMS) -> Path:
-    """A bin folder with wrappers for ``programs``; ``openmp`` picks the 25- or 24-prompt build."""
+def make_bin_dir(folder: Path, openmp: bool = True, programs: tuple[str, ...] = PROGRAMS,
+                 env: dict[str, str] | None = None) -> Path:
+    """A bin folder with wrappers for ``programs``; ``openmp`` picks the 25- or 24-prompt build.
+    ``env``: variables the wrappers set (the hooks of runtime.py), for programs started by
+    processes whose environment a test cannot change, such as Dask workers."""
     folder.mkdir(parents=True, exist_ok=True)
+    settings = dict(env or {})
+    if not openmp:
+        settings["CISTEM_STANDIN_BUILD"] = "no-openmp"
+    exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in settings.items())
     for program in programs:
-        build = "" if openmp else "export CISTEM_STANDIN_BUILD=no-openmp\n"
         script = shlex.quote(str(STANDIN_DIR / f"{program}.py"))
         wrapper = folder / program
-        wrapper.write_text(f'#!/bin/sh\n{build}exec {shlex.quote(sys.executable)} {script} "$@"\n')
+        wrapper.write_text(
+            f'#!/bin/sh\n{exports}exec {shlex.quote(sys.executable)} {script} "$@"\n')
         wrapper.chmod(0o755)
     return folder

@@ -5,7 +5,10 @@ the failure hooks tests switch on through environment variables.
 * ``CISTEM_STANDIN_FAIL=<program>:<mode>``, modes:
   ``exit`` (stop with status 3 when the work starts), ``error`` (print an ``Error:`` line, go
   on and exit 0), ``no-output`` (write no output file), ``hang`` (never finish; keep the
-  progress bar going), ``hang-ignore-term`` (as hang, and ignore SIGTERM).
+  progress bar going), ``hang-ignore-term`` (as hang, and ignore SIGTERM),
+  ``kill-parent-once`` (the first run anywhere SIGKILLs the process that started it, as a
+  crashed Dask worker, then works on silently for ever; later runs work normally; remembered
+  by a file ``killed-parent`` in the record folder).
 * ``CISTEM_STANDIN_FAIL_FIRST=<n>``: refine2d fails only in the slice starting at particle n.
 * ``CISTEM_STANDIN_RECORD=<folder>``: each run writes its answers there (userinput.record).
 """
@@ -44,6 +47,15 @@ def act_on(mode: str | None, bar: ProgressBar | None) -> None:
         sys.exit(3)
     if mode == "error":
         out("\nError: stand-in failure requested\n")
+    if mode == "kill-parent-once":
+        marker = os.path.join(os.environ["CISTEM_STANDIN_RECORD"], "killed-parent")
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        os.kill(os.getppid(), signal.SIGKILL)
+        while True:  # silently: no write to the dead parent's pipe ends this process for it
+            time.sleep(0.2)
     if mode in ("hang", "hang-ignore-term"):
         if mode == "hang-ignore-term":
             signal.signal(signal.SIGTERM, signal.SIG_IGN)

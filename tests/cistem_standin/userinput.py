@@ -99,6 +99,7 @@ class ScriptedInput:
         facts.update(
             program=self.program_name,
             pid=os.getpid(),
+            ppid=os.getppid(),
             prompts=self.prompts,
             answers=self.answers,
             unread_answers=self._unread_lines(),
