@@ -13,8 +13,10 @@ from unittest import mock
 import mrcfile
 import numpy as np
 import pytest
+import yaml
 from cistem_standin import make_bin_dir
 from cistem_standin.particles import make_particles
+from slurm_helpers import needs_slurm, slurm_job
 
 from live2d import cistem_star
 from live2d.cli import main as cli_main
@@ -153,6 +155,35 @@ def test_a_worker_killed_mid_cycle_loses_nothing(particles, executor, local_resu
     assert marker.exists()  # the chunk killed its worker ...
     assert before - set(executor.client.scheduler_info()["workers"])  # ... which is gone,
     assert_same(result, local_result)  # and its chunk was redone elsewhere: nothing lost
+
+
+@needs_slurm
+def test_workers_started_as_slurm_jobs_give_the_local_result(particles, local_result, tmp_path):
+    """--cluster slurm: dask-jobqueue submits the workers with sbatch to a real (one-node)
+    Slurm; the cycle is the same as in one process, and closing cancels the batch jobs."""
+    folder, p = particles
+    config = tmp_path / "slurm.yaml"
+    config.write_text(yaml.safe_dump({
+        "cores": 1, "processes": 1, "memory": "2GB", "walltime": "00:20:00", "jobs": 2,
+        "interface": "lo", "python": sys.executable, "log_directory": str(tmp_path / "logs"),
+        "local_directory": str(tmp_path / "scratch")}))
+    executor = make_executor(cluster="slurm", cluster_config=config)
+    try:
+        executor.check_shared_folder(folder)
+        executor.wait_for_workers(2)
+        jobs = executor.client.run(lambda: os.environ.get("SLURM_JOB_ID"))
+        assert len(set(jobs.values())) == 2 and all(jobs.values())  # two batch jobs
+        engine = BuiltinEngine("cpu", batch_size=BATCH, chunk_batches=CHUNK_BATCHES,
+                               executor=executor)
+        assert_same(cycle(folder, p, "slurm", engine), local_result)
+    finally:
+        executor.close()
+    deadline = time.monotonic() + 30
+    while any(slurm_job(job)["JobState"] in ("PENDING", "RUNNING") for job in jobs.values()) \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert all(slurm_job(job)["JobState"] not in ("PENDING", "RUNNING")
+               for job in jobs.values())
 
 
 def test_an_unreachable_scheduler_fails_fast_with_advice():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from pyworkflow import BETA
 from pyworkflow.object import Integer, Set
 
 from live2d import cistem_star, warp
+from live2d.executors import Executor, LocalExecutor, make_executor
 from live2d.schedule import JOB_LABELS, Settings, SettingsError, automatic_job_due
 from live2d.session import CycleRecord, Session
 from live2d_plugin import Plugin
@@ -35,6 +37,7 @@ from live2d_plugin.constants import (
 from live2d_plugin.convert import WarpExport, alignment_2d, cycle_assignments, mrc_box
 
 JOB_TYPES = ("abinit", "seeded", "refine")
+DASK_ADDRESS = re.compile(r"^((tcp|tls|ucx)://)?[\w.\-\[\]:]+:\d+$")
 # Form parameter -> Settings field; defaults, ranges and levels come from Settings.
 PARAM_SETTINGS = {
     "numberOfClasses": "classes",
@@ -130,6 +133,14 @@ class ProtLive2DClassify2D(ProtClassify2D):
         number("autoCenter", params.BooleanParam)
         number("autoMask", params.BooleanParam)
         form.addParallelSection(threads=4, mpi=0)
+        form.addParam("daskScheduler", params.StringParam, default="",
+                      expertLevel=params.LEVEL_ADVANCED, label="Dask scheduler (optional)",
+                      help="Address of a running Dask scheduler, e.g. tcp://head:8786: each "
+                           "cycle's slices (the built-in engine's particle chunks, cisTEM's "
+                           "refine2d slices) then run on its workers, which must see this "
+                           "project's folder (and, for cisTEM, its programs) at the same path. "
+                           "Empty: the cycles run where this protocol runs, on this machine or "
+                           "in its queue job, with the threads above.")
 
     # ------------------------------------------------------------------------------ settings
     def _engineName(self) -> str:
@@ -154,7 +165,14 @@ class ProtLive2DClassify2D(ProtClassify2D):
                                  needsGPU=False)
 
     def classifyStep(self, _run: int = 0) -> None:
-        session = self._openSession()
+        executor = self._openExecutor()
+        try:
+            self._classify(executor)
+        finally:
+            executor.close()
+
+    def _classify(self, executor: Executor) -> None:
+        session = self._openSession(executor)
         self._publishError: BaseException | None = None
         session.add_listener(self._onSessionEvent)
         watcher_done = threading.Event()
@@ -195,14 +213,29 @@ class ProtLive2DClassify2D(ProtClassify2D):
                 return
             self._sleep(POLL_SECONDS)
 
-    def _openSession(self) -> Session:
+    def _openExecutor(self) -> Executor:
+        """Where the cycles' slices run: the Dask scheduler of the form, else this process."""
+        address = self.daskScheduler.get("").strip()
+        if not address:
+            return LocalExecutor()
+        executor = make_executor(scheduler=address)
+        try:
+            os.makedirs(self._getExtraPath("live2d"), exist_ok=True)
+            executor.check_shared_folder(Path(self._getExtraPath("live2d")))
+        except BaseException:
+            executor.close()
+            raise
+        self.info(f"cycles run on {executor.describe()}")
+        return executor
+
+    def _openSession(self, executor: Executor) -> Session:
         export = self._export()
         output = self._getExtraPath("live2d")
         resuming = os.path.exists(os.path.join(output, "session.json"))
         if not export.exists:
             self._createExport(export)
         common = {"engine": self._engineName(), "device": Plugin.getDevice(),
-                  "cistem_bin": Plugin.getCistemBin()}
+                  "cistem_bin": Plugin.getCistemBin(), "executor": executor}
         if not resuming:
             return Session(export.folder, output, settings=self._settings(), **common)
         # Continue: keep the session's own job type (an ab initio job is followed by seeded
@@ -411,6 +444,10 @@ class ProtLive2DClassify2D(ProtClassify2D):
         if inputSet is not None and not inputSet.hasCTF():
             errors.append("the input particles have no CTF: Live2D needs it (import them with "
                           "'import warp particles (live)' or estimate the CTF first)")
+        address = self.daskScheduler.get("").strip()
+        if address and not DASK_ADDRESS.match(address):
+            errors.append(f"Dask scheduler {address!r} is not an address such as "
+                          "tcp://head:8786 (or leave it empty)")
         if self._engineName() == "cistem":
             from live2d.engines import EngineError
             from live2d.engines.cistem_programs import find_programs

@@ -1,9 +1,10 @@
 """The Scipion environment of the plugin tests, made here before anything imports pyworkflow
 (pyworkflow reads its configuration from environment variables once, at import).
 
-Everything goes to a throwaway folder: Scipion home, user data (projects), hosts.conf. Protocols
-run in subprocesses that inherit this environment. If pyworkflow / pwem are not installed (a plain
-``pip install live2d`` without the ``scipion`` extra), the plugin tests are not collected.
+Everything goes to a throwaway folder: Scipion home, user data (projects), hosts.conf (with a
+Slurm queue, used only by the queue tests). Protocols run in subprocesses that inherit this
+environment. If pyworkflow / pwem are not installed (a plain ``pip install live2d`` without the
+``scipion`` extra), the plugin tests are not collected.
 """
 
 from __future__ import annotations
@@ -67,10 +68,33 @@ def _setup_scipion_environment() -> Path:
     os.environ["LIVE2D_PLUGIN_ENTRY_POINT"] = "installed" if installed else "shim"
     if not installed:
         _install_entry_point_shim(root)
-    from pyworkflow.protocol import HostConfig
-
-    HostConfig.writeBasic(str(root / "hosts.conf"))
+    (root / "hosts.conf").write_text(SLURM_HOSTS_CONF)
     return root
+
+
+# localhost as a Scipion site with a Slurm queue, as Scipion's documentation configures one.
+# Protocols use the queue only when launched with it (test_plugin_queue); the rest run locally.
+SLURM_HOSTS_CONF = """\
+[localhost]
+PARALLEL_COMMAND = mpirun -np %_(JOB_NODES)d --map-by node %_(COMMAND)s
+NAME = SLURM
+MANDATORY = 0
+SUBMIT_COMMAND = sbatch %_(JOB_SCRIPT)s
+CANCEL_COMMAND = scancel %_(JOB_ID)s
+CHECK_COMMAND = squeue -h -j %_(JOB_ID)s
+SUBMIT_PREFIX = scipion
+QUEUES = {"debug": [["JOB_MEMORY", "2048", "Memory (MB)", "Memory per job"]]}
+QUEUES_DEFAULT = {"JOB_GPUS": "0"}
+SUBMIT_TEMPLATE = #!/bin/bash
+  #SBATCH -J %_(JOB_NAME)s
+  #SBATCH -o %_(JOB_LOGS)s.out
+  #SBATCH -e %_(JOB_LOGS)s.err
+  #SBATCH -p %_(JOB_QUEUE)s
+  #SBATCH --ntasks=%_(JOB_NODES)d
+  #SBATCH --cpus-per-task=%_(JOB_THREADS)d
+  #SBATCH --mem=%_(JOB_MEMORY)s
+  %_(JOB_COMMAND)s
+"""
 
 
 if _scipion_available():
