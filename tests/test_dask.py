@@ -419,6 +419,19 @@ def test_stopping_a_cistem_cycle_ends_the_slices_on_the_workers(tmp_path, execut
     assert not request.star_out.exists() and not request.classes_out.exists()
 
 
+def test_a_cistem_slice_that_keeps_failing_fails_the_cycle_cleanly(tmp_path, executor,
+                                                                   cistem_start):
+    engine, records = cistem_engine(tmp_path, executor, CISTEM_STANDIN_FAIL="refine2d:exit",
+                                    CISTEM_STANDIN_FAIL_FIRST="22")
+    request = cistem_request(tmp_path, cistem_start)
+    with pytest.raises(EngineError, match=r"(?s)after 1 retries.*refine2d slice 2/2 \(particles "
+                                          r"22-41\) failed with exit status 3.*status 3 as asked"):
+        engine.run_cycle(request, lambda _: None, threading.Event())
+    assert len([run for run in read_records(records, "Refine2D") if run["first"] == 22]) == 2
+    assert not request.star_out.exists() and not request.classes_out.exists()
+    assert not list((tmp_path / "work").iterdir())
+
+
 def test_workers_that_cannot_run_cistem_are_named(tmp_path, executor):
     with pytest.raises(ExecutorError, match=r"same path on every worker.*missing on tcp://"):
         executor.check_programs([tmp_path / "refine2d"])
