@@ -81,3 +81,18 @@ def soft_disc(box: int, radius: float, falloff: float = 3.0,
     r = torch.sqrt(x**2 + y**2)
     edge = ((r - radius) / max(falloff, 1e-6)).clamp(0.0, 1.0)
     return 0.5 * (1.0 + torch.cos(torch.pi * edge))
+
+
+def blank_edges(images: np.ndarray) -> np.ndarray:
+    """Per image of a (N, Y, X) array: True where an edge is blank, as when a particle was cut
+    out past the micrograph's border and padded, either with a constant (an outermost line is
+    flat) or by repeating the last real line (an outermost line equals the one inside it)."""
+    images = np.asarray(images, dtype=np.float32)
+    tolerance = 1e-5 * (images.reshape(len(images), -1).std(axis=1) + 1e-20)
+    blank = np.zeros(len(images), dtype=bool)
+    sides = ((images[:, 0, :], images[:, 1, :]), (images[:, -1, :], images[:, -2, :]),
+             (images[:, :, 0], images[:, :, 1]), (images[:, :, -1], images[:, :, -2]))
+    for edge, inside in sides:
+        blank |= np.ptp(edge, axis=1) <= tolerance
+        blank |= np.abs(edge - inside).max(axis=1) <= tolerance
+    return blank

@@ -68,6 +68,9 @@ class Settings:
     smoothing: float = _spec(1.0, "Smoothing factor", lo=0.01, hi=100.0)
     auto_center: bool = _spec(True, "Autocenter")
     auto_mask: bool = _spec(False, "Automask")
+    exclude_blank_edges: bool = _spec(
+        False, "Exclude blank edges",
+        help="Leave out particles cut out past a micrograph's border (a flat or repeated edge).")
     particle_file: str = _spec("allparticles", "Warp particle file",
                                choices=("allparticles", "goodparticles"))
     poll_seconds: float = _spec(30.0, "Polling period", lo=0.5, hi=3600.0, unit="s")

@@ -468,6 +468,7 @@ class Session:
             smoothing=settings.smoothing,
             fraction=spec.fraction,
             invert_contrast=warp.invert,
+            exclude_blank_edges=settings.exclude_blank_edges,
             auto_mask=settings.auto_mask and spec.kind == "refine",
             auto_center=settings.auto_center and spec.kind == "refine",
         )

@@ -14,6 +14,7 @@ from live2d.engines.base import CycleParams, CycleRequest, Progress
 from live2d.engines.builtin import BuiltinEngine
 from live2d.engines.cistem import CistemEngine, find_programs
 from live2d.evaluate import aligned_truth, comparable, correlation, score
+from live2d.imaging import blank_edges
 from live2d.phantom import Phantom
 
 BOX, PIXEL, N, K = 48, 3.0, 360, 4
@@ -276,3 +277,29 @@ def test_more_classes_than_used_particles_in_a_cycle_is_a_clear_error(data, clas
     with pytest.raises(EngineError, match="too few for 4 classes"):
         BuiltinEngine("cpu").run_cycle(step, lambda _: None, threading.Event())
     assert not step.star_out.exists()
+
+
+def test_particles_with_blank_edges_are_excluded_only_when_asked(data, classified, tmp_path):
+    folder, truth = data
+    _, classes, star = classified
+    with mrcfile.open(folder / "particles.mrcs") as mrc:
+        images = np.array(mrc.data)
+    assert not blank_edges(images).any()  # noisy particles are never taken for padded ones
+    images[0, :, :8] = 0.0  # cut out past the micrograph's left border, zero-padded
+    images[1, :6, :] = images[1, 6, :]  # past the top, padded by repeating the last line
+    images[2, :, -1] = 1.5  # a flat right column
+    with mrcfile.new(tmp_path / "particles.mrcs") as mrc:
+        mrc.set_data(images)
+        mrc.voxel_size = PIXEL
+    (tmp_path / "particles.star").write_text((folder / "particles.star").read_text())
+    engine = BuiltinEngine("cpu")
+    for exclude in (False, True):
+        step = request(tmp_path, f"edges_{exclude}", params(truth, exclude_blank_edges=exclude),
+                       star, classes, seed=3)
+        result = engine.run_cycle(step, lambda _: None, threading.Event())
+        table = cistem_star.read_star(step.star_out)
+        unused = np.flatnonzero(table["2DCLS"] < 0).tolist()
+        assert unused == ([0, 1, 2] if exclude else [])
+        assert (table["CHANGE"][unused] == 0).all()
+        assert sum(result.class_counts) == N - len(unused)
+        assert ("Number of excluded images with blank edges = 3" in result.log) == exclude

@@ -21,8 +21,8 @@ Conventions, the same as cisTEM's refine2d (so either engine continues the other
 :mod:`live2d.imaging`'s: a particle P with (PSI, SHX, SHY) matches its class average A as
 ``A ≈ rotate(shift(P, (SHX, SHY)), PSI)`` (rotate: counter-clockwise by PSI degrees about pixel
 (box//2, box//2); shift: by (SHX, SHY) Å towards higher column/row indices), so the reported
-shift is minus the particle's displacement. Unused particles (fraction < 1) keep their row with
-the class negated and CHANGE 0. Class averages have protein white.
+shift is minus the particle's displacement. Unused particles (fraction < 1, or excluded for blank
+edges) keep their row with the class negated and CHANGE 0. Class averages have protein white.
 
 Memory: particles stream from the memory-mapped stack in batches of ``batch_size``; what a cycle
 holds is the frame bank and sums (K × angles × working box²) plus per-batch arrays (batch × frames
@@ -59,7 +59,7 @@ from live2d.engines.base import (
     ProgressCallback,
     class_counts,
 )
-from live2d.imaging import ctf_2d, rotate, soft_disc
+from live2d.imaging import blank_edges, ctf_2d, rotate, soft_disc
 
 if TYPE_CHECKING:
     from live2d.executors import Executor
@@ -71,6 +71,7 @@ PAIR_WEIGHT_FLOOR = 1e-3  # (class, angle) pairs with less total weight are not 
 EMPTY_CLASS_WEIGHT = PAIR_WEIGHT_FLOOR
 LOG_WEIGHT_FLOOR = -80.0  # log-likelihood below the best one's at which a weight counts as 0
 NOISE_SAMPLE = 300  # particles used to estimate the noise spectrum
+EDGE_CHECK_BATCH = 1024  # particles read at once when looking for blank edges
 # Working boxes from this size on get a half-resolution pass over every (class, angle) frame;
 # only the best frames of each particle are then searched at full resolution ...
 COARSE_SEARCH_MIN_BOX = 32
@@ -212,9 +213,15 @@ class BuiltinEngine(Engine):
         n, k, box = len(table), len(classes), stack.shape[-1]
         used = np.flatnonzero(rng.random(n) < params.fraction) if params.fraction < 1 else \
             np.arange(n)
+        excluded = 0
+        if params.exclude_blank_edges:  # as refine2d: left unused, like particles not drawn
+            keep = np.concatenate([~blank_edges(stack[batch]) for _, batch in
+                                   _batches(used, EDGE_CHECK_BATCH)] or [np.zeros(0, bool)])
+            excluded, used = int((~keep).sum()), used[keep]
         if len(used) < k:
-            raise EngineError(f"{len(used)} particles used ({params.fraction:.0%} of {n}) are "
-                              f"too few for {k} classes")
+            raise EngineError(f"{len(used)} particles used ({params.fraction:.0%} of {n}"
+                              f"{f', {excluded} with blank edges excluded' if excluded else ''})"
+                              f" are too few for {k} classes")
         if request.n_classes != k:
             raise EngineError(f"{request.classes_in} holds {k} classes, not the "
                               f"{request.n_classes} asked for")
@@ -242,6 +249,8 @@ class BuiltinEngine(Engine):
                        "(class, angle) frames per particle")
         if empty:
             log.append(f"classes {', '.join(str(c + 1) for c in empty)} were empty: re-seeded")
+        if params.exclude_blank_edges:
+            log.append(f"Number of excluded images with blank edges = {excluded}")
         return CycleResult(request.classes_out, request.star_out,
                            class_counts(out_table["2DCLS"], k), len(used), seconds, log)
 

@@ -51,6 +51,7 @@ PARAM_SETTINGS = {
     "updateEvery": "update_every",
     "autoCenter": "auto_center",
     "autoMask": "auto_mask",
+    "excludeBlankEdges": "exclude_blank_edges",
 }
 POLL_SECONDS = 3.0  # between looks at the input set while no job is due
 EXPORT_BATCH = 20_000  # particles read from the input set at once
@@ -132,6 +133,7 @@ class ProtLive2DClassify2D(ProtClassify2D):
         number("updateEvery", params.IntParam)
         number("autoCenter", params.BooleanParam)
         number("autoMask", params.BooleanParam)
+        number("excludeBlankEdges", params.BooleanParam)
         form.addParallelSection(threads=4, mpi=0)
         form.addParam("daskScheduler", params.StringParam, default="",
                       expertLevel=params.LEVEL_ADVANCED, label="Dask scheduler (optional)",
