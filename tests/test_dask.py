@@ -25,6 +25,7 @@ from live2d.engines.base import CycleCancelled, CycleParams, CycleRequest
 from live2d.engines.builtin import BuiltinEngine
 from live2d.engines.cistem import CistemEngine, find_programs
 from live2d.phantom import Phantom
+from live2d.server.control import Controller
 from live2d.simulate import simulate
 
 distributed = pytest.importorskip("distributed")
@@ -270,6 +271,27 @@ def test_cli_runs_a_job_on_the_scheduler_as_it_does_locally(tmp_path, executor, 
         with mrcfile.open(tmp_path / "here" / mine["classes"]) as a, \
                 mrcfile.open(tmp_path / "there" / theirs["classes"]) as b:
             assert np.array_equal(a.data, b.data)
+
+
+def test_the_web_runner_runs_its_jobs_on_the_scheduler(tmp_path, executor):
+    """live2d serve --scheduler: jobs started from the page run their cycles on the cluster."""
+    warp = tmp_path / "warp"
+    simulate(warp, particles=120, per_micrograph=60, box=32, pixel_size=4.0, snr=0.5, views=3,
+             seed=0)
+    settings = {"classes": 3, "particles_per_class": 30, "startup_cycles": 1,
+                "refinement_cycles": 1, "high_res_initial": 30.0, "high_res_final": 16.0,
+                "threads": 1}
+    controller = Controller(warp, tmp_path / "out", engine="builtin", device="cpu",
+                            settings=settings, executor=executor)
+    try:
+        controller.handle({"command": "start_job", "job_type": "abinit"})
+        deadline = time.monotonic() + 120
+        while controller.busy and time.monotonic() < deadline:
+            time.sleep(0.2)
+        history = controller.state()["history"]
+    finally:
+        controller.close()
+    assert len(history) == 3 and all("dask at" in cycle["engine"] for cycle in history)
 
 
 def test_cli_says_what_to_do_about_an_unreachable_scheduler_or_cistem(tmp_path, executor,

@@ -45,6 +45,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="builtin engine: auto, cpu or cuda")
     parser.add_argument("--cistem-bin", help="folder holding cisTEM's refine2d and merge2d")
     parser.add_argument("--once", action="store_true", help="run one job now and exit")
+    add_cluster_args(parser)
+    for name, (flag, kind, help_text) in SETTING_OPTIONS.items():
+        extra = {"choices": JOB_TYPES} if name == "mode" else {}
+        parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text, **extra)
+
+
+def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     cluster = parser.add_argument_group(
         "cluster (needs pip install 'dask[distributed]', OUTPUT on a filesystem the workers "
         "share and, for cisTEM, its programs at the same path on every worker)")
@@ -56,9 +63,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     cluster.add_argument("--cluster-config", type=Path, metavar="FILE",
                          help="YAML/JSON options of the cluster (dask-jobqueue's, e.g. cores, "
                               "memory, queue, walltime; jobs: how many; local: n_workers)")
-    for name, (flag, kind, help_text) in SETTING_OPTIONS.items():
-        extra = {"choices": JOB_TYPES} if name == "mode" else {}
-        parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text, **extra)
 
 
 def setting_overrides(args: argparse.Namespace) -> dict:

@@ -8,7 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from live2d.engines import ENGINE_NAMES
+from live2d.commands.run import add_cluster_args
+from live2d.engines import ENGINE_NAMES, EngineError
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -24,20 +25,30 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=ENGINE_NAMES, default="auto")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--cistem-bin", help="folder holding refine2d and merge2d")
+    add_cluster_args(parser)
 
 
 def main(args: argparse.Namespace) -> int:
+    from live2d.executors import make_executor
     from live2d.server.control import Controller
     from live2d.server.serving import serve
     from live2d.session import SessionError
     from live2d.warp import WarpFolderError
 
     try:
-        controller = Controller(args.warp_dir, args.output, engine=args.engine,
-                                device=args.device, cistem_bin=args.cistem_bin,
-                                warp_root=args.warp_root)
-    except (WarpFolderError, SessionError, OSError) as exc:
+        executor = make_executor(args.scheduler, args.cluster, args.cluster_config)
+    except EngineError as exc:
         print(f"live2d serve: {exc}", file=sys.stderr)
         return 1
-    serve(controller, args.host, args.port, args.token)
-    return 0
+    try:
+        try:
+            controller = Controller(args.warp_dir, args.output, engine=args.engine,
+                                    device=args.device, cistem_bin=args.cistem_bin,
+                                    warp_root=args.warp_root, executor=executor)
+        except (EngineError, WarpFolderError, SessionError, OSError) as exc:
+            print(f"live2d serve: {exc}", file=sys.stderr)
+            return 1
+        serve(controller, args.host, args.port, args.token)
+        return 0
+    finally:
+        executor.close()

@@ -12,12 +12,15 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from live2d.engines import CycleCancelled, EngineError
 from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings, SettingsError
 from live2d.session import Session, SessionError
 from live2d.warp import WarpFolderError, read_settings
+
+if TYPE_CHECKING:
+    from live2d.executors import Executor
 
 log = logging.getLogger("live2d")
 Publish = Callable[[dict[str, Any]], None]
@@ -32,9 +35,11 @@ class Controller:
     def __init__(self, warp_dir: str | Path, output_dir: str | Path | None = None, *,
                  engine: str = "auto", device: str = "auto", cistem_bin: str | None = None,
                  warp_root: str | Path | None = None, settings: dict[str, Any] | None = None,
-                 publish: Publish = lambda event: None) -> None:
+                 publish: Publish = lambda event: None, executor: Executor | None = None) -> None:
+        """``executor``: where cycles' slices run (a Dask cluster); the caller closes it."""
         self.publish = publish
-        self._engine_options = {"engine": engine, "device": device, "cistem_bin": cistem_bin}
+        self._engine_options = {"engine": engine, "device": device, "cistem_bin": cistem_bin,
+                                "executor": executor}
         warp_dir = Path(warp_dir).resolve()
         self.warp_root = Path(warp_root).resolve() if warp_root else warp_dir.parent
         read_settings(warp_dir)  # refuse a folder that is not Warp's before serving it
@@ -137,7 +142,10 @@ class Controller:
             raise CommandError(str(exc)) from None
         settings = self.session.settings
         old = self.session
-        self.session = self._open(folder, None, settings)
+        try:
+            self.session = self._open(folder, None, settings)
+        except EngineError as exc:  # the cluster's workers cannot use that folder
+            raise CommandError(str(exc)) from None
         old.close()
         log.info(f"now watching {folder}")
         self.publish({"type": "settings"})
@@ -146,6 +154,14 @@ class Controller:
     def _open(self, warp_dir: Path, output_dir: str | Path | None,
               settings: Settings | None = None) -> Session:
         session = Session(warp_dir, output_dir, settings=settings, **self._engine_options)
+        executor = self._engine_options["executor"]
+        if executor is not None and executor.distributed:
+            try:  # workers that cannot see this output folder or run the engine: say so now
+                executor.check_shared_folder(session.output_dir)
+                session.engine  # noqa: B018
+            except BaseException:
+                session.close()
+                raise
         session.add_listener(self._forward)
         return session
 
