@@ -303,3 +303,22 @@ def test_particles_with_blank_edges_are_excluded_only_when_asked(data, classifie
         assert (table["CHANGE"][unused] == 0).all()
         assert sum(result.class_counts) == N - len(unused)
         assert ("Number of excluded images with blank edges = 3" in result.log) == exclude
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="no CUDA GPU here (bench/gpu_check.sh runs this on one)")
+def test_a_cuda_cycle_matches_the_cpu_cycle(data, classified):
+    """One implementation for both devices: the same cycle on the GPU gives the CPU's result up
+    to floating-point order (a few particles between two near-equal classes may differ)."""
+    folder, truth = data
+    _, classes, star = classified
+    tables, averages = {}, {}
+    for device in ("cpu", "cuda"):
+        step = request(folder, f"on_{device}", params(truth), star, classes, seed=5)
+        BuiltinEngine(device, batch_size=32).run_cycle(step, lambda _: None, threading.Event())
+        tables[device] = cistem_star.read_star(step.star_out)
+        with mrcfile.open(step.classes_out) as mrc:
+            averages[device] = np.array(mrc.data)
+    assert (tables["cpu"]["2DCLS"] == tables["cuda"]["2DCLS"]).mean() > 0.97
+    agreement = correlation(torch.from_numpy(averages["cpu"]), torch.from_numpy(averages["cuda"]))
+    assert (agreement > 0.999).all(), agreement
