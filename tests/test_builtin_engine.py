@@ -322,3 +322,37 @@ def test_a_cuda_cycle_matches_the_cpu_cycle(data, classified):
     assert (tables["cpu"]["2DCLS"] == tables["cuda"]["2DCLS"]).mean() > 0.97
     agreement = correlation(torch.from_numpy(averages["cpu"]), torch.from_numpy(averages["cuda"]))
     assert (agreement > 0.999).all(), agreement
+
+
+def test_a_previous_alignment_between_grid_angles_is_kept_when_it_fits_better(data, classified,
+                                                                             tmp_path):
+    """As refine2d: each particle's previous best match is scored with this cycle's grid, so a
+    coarse grid does not throw away finer alignments from earlier cycles."""
+    folder, truth = data
+    _, classes, star = classified
+    before = cistem_star.read_star(star)
+    coarse = params(truth, angular_step=90.0)
+    step = request(folder, "coarse_grid", coarse, star, classes, seed=4)
+    BuiltinEngine("cpu").run_cycle(step, lambda _: None, threading.Event())
+    after = cistem_star.read_star(step.star_out)
+
+    kept = (np.isclose(after["PSI"], before["PSI"], atol=0.01)
+            & np.isclose(after["SHX"], before["SHX"], atol=0.01)
+            & (after["2DCLS"] == before["2DCLS"])).to_numpy()
+    assert 0.5 < kept.mean() < 1.0  # the earlier 10° alignments mostly beat a 90° grid
+    on_grid = after["PSI"].to_numpy()[~kept] % 90.0
+    assert np.ptp(on_grid) < 0.02  # the others: angles of this cycle's one 90° grid
+
+    forgotten = before.copy()
+    forgotten["2DCLS"] = 0  # never classified: nothing to keep
+    cistem_star.write_star(tmp_path / "forgotten.star", forgotten)
+    step = request(folder, "coarse_only", coarse, tmp_path / "forgotten.star", classes, seed=4)
+    BuiltinEngine("cpu").run_cycle(step, lambda _: None, threading.Event())
+    only_grid = cistem_star.read_star(step.star_out)["PSI"].to_numpy() % 90.0
+    assert np.allclose(only_grid, only_grid[0], atol=0.01)
+    with_previous, without = (
+        score(truth["views"], truth["view"], truth["psi"], truth["shift"],
+              cistem_star.read_star(folder / f"{name}.star"),
+              mrcfile.read(folder / f"{name}.mrc"), PIXEL, truth["mask"])
+        for name in ("coarse_grid", "coarse_only"))
+    assert with_previous.homogeneity > without.homogeneity  # finer alignments: sharper classes

@@ -13,6 +13,9 @@ One cycle follows the semantics of cisTEM's refine2d (../shared/cistem-interface
    a Gaussian prior on the shift, give weights over (class, angle, shift). The translations come
    from dense matrix products (:class:`_ShiftCorrelator`), or, for the few frames a particle
    keeps after a half-resolution pass over all of them (working boxes >= 32 px), from FFTs.
+   As in refine2d, each particle's previous best match (previous class, psi and shift) is
+   scored too and reported when it beats the grid, so a coarse or re-offset grid does not
+   throw away a finer earlier alignment; the class sums come from the grid's weights.
 4. Class sums of CTF-weighted, aligned particles and of CTF² form Wiener-style averages, masked,
    band-limited and optionally re-centred and auto-masked. Classes left with (almost) no weight
    are re-seeded from the particles that fit worst.
@@ -72,6 +75,7 @@ EMPTY_CLASS_WEIGHT = PAIR_WEIGHT_FLOOR
 LOG_WEIGHT_FLOOR = -80.0  # log-likelihood below the best one's at which a weight counts as 0
 NOISE_SAMPLE = 300  # particles used to estimate the noise spectrum
 EDGE_CHECK_BATCH = 1024  # particles read at once when looking for blank edges
+TURNED_REFERENCES_KEPT = 4096  # classes turned to previous psi values, kept for a cycle
 # Working boxes from this size on get a half-resolution pass over every (class, angle) frame;
 # only the best frames of each particle are then searched at full resolution ...
 COARSE_SEARCH_MIN_BOX = 32
@@ -92,6 +96,7 @@ class Geometry:
     psi: np.ndarray  # (R,) this cycle's angle grid, degrees
     shifts: torch.Tensor  # (T, 2) integer (dy, dx) translations in working pixels
     log_prior: torch.Tensor  # (T,) Gaussian prior on the translation
+    prior_sigma: float  # working px: that prior's width
     mask_radius: float  # px of the stack
 
 
@@ -116,7 +121,8 @@ def plan_geometry(params: CycleParams, box: int, rng: np.random.Generator) -> Ge
     shifts = torch.as_tensor(np.stack([dy[inside], dx[inside]], axis=1), dtype=torch.long)
     sigma = max(search / 2.0 / binned, 1.0)
     log_prior = -(shifts.float() ** 2).sum(dim=1) / (2.0 * sigma**2)
-    return Geometry(box, pixel, cropped, working, binned, psi, shifts, log_prior, mask_radius)
+    return Geometry(box, pixel, cropped, working, binned, psi, shifts, log_prior, sigma,
+                    mask_radius)
 
 
 def _even_ceil(value: float) -> int:
@@ -277,7 +283,7 @@ class BuiltinEngine(Engine):
                                                 self.batch_size, on_batch))
         else:
             threads = max(1, request.threads)
-            tasks = [_ChunkTask(str(request.stack), chunk, table.iloc[chunk][_CTF_COLUMNS],
+            tasks = [_ChunkTask(str(request.stack), chunk, table.iloc[chunk][_CHUNK_COLUMNS],
                                 self.batch_size, threads) for chunk in chunks]
             ends = np.cumsum([len(chunk) for chunk in chunks])
 
@@ -310,6 +316,8 @@ class _Search:
         if w % 2 == 0:
             self.pair_weights[:, -1] = 1.0
         self.usable = classes.flatten(1).std(dim=1) > 0  # all-zero classes are skipped
+        self.classes = classes.to(device)  # for each particle's previous best match
+        self._turned: dict[tuple[int, float], torch.Tensor] = {}
         angles = np.repeat(geometry.psi[None], self.k, axis=0).reshape(-1)
         turned = rotate(classes.repeat_interleave(self.r, dim=0), angles)
         self.references = self._spectra(turned.to(device))  # (K·R, W, W/2+1)
@@ -383,9 +391,10 @@ class _Search:
         b, w = len(batch), self.g.working
         filtered = spectra * ctf * self.band / self.noise  # (B, W, H)
         particle_ctf = (ctf**2 * self.band / self.noise).flatten(1)
+        previous = self._previous_match(filtered, particle_ctf, rows)
         norms = 0.5 * particle_ctf @ self.reference_power.T  # (B, KR): ½Σ|CTF·A|²/noise
         frames = self._candidates(filtered, particle_ctf)  # (B, M) frames to search
-        rows = torch.arange(b, device=self.device)[:, None]
+        batch_rows = torch.arange(b, device=self.device)[:, None]
         if self.everything is not None:
             corr = self.everything.at_shifts(filtered)  # (B, M, T)
         else:
@@ -393,7 +402,7 @@ class _Search:
             maps = torch.fft.irfft2(cross, s=(w, w)) * (w * w)
             corr = maps.flatten(2)[..., self.shift_index]  # (B, M, T)
             del cross, maps
-        frame_norms = norms[rows, frames]
+        frame_norms = norms[batch_rows, frames]
         # in place where possible: these (B, M, T) arrays are the biggest of the cycle
         scores = corr - frame_norms[..., None]
         scores.mul_(self.params.smoothing).add_(self.log_prior)
@@ -422,21 +431,83 @@ class _Search:
         particle_power = ((spectra.abs() ** 2 * self.band / self.noise) *
                           self.pair_weights).flatten(1).sum(dim=1)
         best_corr = corr[index, best_slot, best_shift]
-        residual = (particle_power - 2.0 * best_corr + signal).clamp_min(1e-12)
         shift = self.g.shifts.to(self.device)[best_shift].float() * self.g.binned_pixel
+        psi = torch.as_tensor((-self.g.psi) % 360.0, device=self.device,
+                              dtype=torch.float32)[best_angle]
+        shx, shy = -shift[:, 1], -shift[:, 0]
+        if previous is not None:  # where the previous match scores higher, it is reported
+            wins = previous.score > peak
+            best_class = torch.where(wins, previous.cls, best_class)
+            psi, shx, shy = (torch.where(wins, new, old) for new, old in
+                             ((previous.psi, psi), (previous.shx, shx), (previous.shy, shy)))
+            best_corr = torch.where(wins, previous.corr, best_corr)
+            signal = torch.where(wins, previous.signal, signal)
+        residual = (particle_power - 2.0 * best_corr + signal).clamp_min(1e-12)
         same_class = (frames // self.r) == best_class[:, None]
         class_weight = (pair * same_class).sum(dim=1)
         out = {
             "cls": best_class + 1,
-            "psi": torch.as_tensor((-self.g.psi) % 360.0, device=self.device)[best_angle],
-            "shx": -shift[:, 1],
-            "shy": -shift[:, 0],
+            "psi": psi,
+            "shx": shx,
+            "shy": shy,
             "occ": 100.0 * class_weight,
             "logp": log_z,
             "sigma": torch.sqrt(residual / signal.clamp_min(1e-12)).clamp(max=100.0),
             "score": 100.0 * best_corr / torch.sqrt(particle_power * signal).clamp_min(1e-12),
         }
         return {name: value.double().cpu().numpy() for name, value in out.items()}
+
+    def _previous_match(self, filtered: torch.Tensor, particle_ctf: torch.Tensor,
+                        rows: pd.DataFrame) -> _PreviousMatch | None:
+        """As refine2d, each particle's previous best match (its previous class turned by its
+        previous psi, at its previous shift) is scored like a grid point, so that an alignment
+        between this cycle's grid points is kept when it fits better. -inf where there is none
+        (never classified, or its class is now empty)."""
+        if "2DCLS" not in rows:
+            return None
+        previous = np.abs(np.asarray(rows["2DCLS"], dtype=np.int64))
+        if not ((previous >= 1) & (previous <= self.k)).any():
+            return None
+        cls = torch.as_tensor(np.clip(previous, 1, self.k) - 1, device=self.device)
+        valid = torch.as_tensor((previous >= 1) & (previous <= self.k), device=self.device)
+        valid &= self.usable.to(self.device)[cls]
+
+        def column(name: str) -> torch.Tensor:
+            return torch.as_tensor(np.array(rows[name], dtype=np.float64), device=self.device,
+                                   dtype=torch.float32)
+
+        psi, shx, shy = column("PSI"), column("SHX"), column("SHY")
+        references = self._turned_references(cls, np.array(rows["PSI"], dtype=np.float64))
+        # the reported shift is minus the displacement: back to (dy, dx) working pixels
+        dy, dx = -shy / self.g.binned_pixel, -shx / self.g.binned_pixel
+        w = self.g.working
+        fy = torch.fft.fftfreq(w, device=self.device)[None, :, None]
+        fx = torch.fft.rfftfreq(w, device=self.device)[None, None, :]
+        phase = torch.exp(2j * math.pi * (fy * dy[:, None, None] + fx * dx[:, None, None]))
+        corr = ((filtered * references.conj() * phase).real * self.pair_weights).flatten(1)
+        corr = corr.sum(dim=1)
+        norm = 0.5 * (particle_ctf * (references.abs() ** 2 * self.pair_weights).flatten(1))
+        norm = norm.sum(dim=1)
+        log_prior = -(dy**2 + dx**2) / (2.0 * self.g.prior_sigma**2)
+        score = (corr - norm) * self.params.smoothing + log_prior
+        return _PreviousMatch(cls=cls, psi=psi % 360.0, shx=shx, shy=shy, corr=corr,
+                              signal=2.0 * norm,
+                              score=torch.where(valid, score, torch.full_like(score, -torch.inf)))
+
+    def _turned_references(self, cls: torch.Tensor, psi: np.ndarray) -> torch.Tensor:
+        """Spectra of the classes turned to the particles' previous psi. Those are mostly the
+        previous cycle's grid angles, so each (class, psi) is turned once per cycle and kept."""
+        keys = list(zip(cls.tolist(), np.round(psi, 3).tolist(), strict=True))
+        missing = sorted(set(keys) - self._turned.keys())
+        if len(self._turned) + len(missing) > TURNED_REFERENCES_KEPT:
+            self._turned.clear()
+            missing = sorted(set(keys))
+        if missing:
+            classes = torch.as_tensor([c for c, _ in missing], device=self.device)
+            angles = np.array([-angle for _, angle in missing])
+            spectra = self._spectra(rotate(self.classes[classes], angles))
+            self._turned.update(zip(missing, spectra, strict=True))
+        return torch.stack([self._turned[key] for key in keys])
 
     def _candidates(self, filtered: torch.Tensor, particle_ctf: torch.Tensor) -> torch.Tensor:
         """``(B, M)`` (class, angle) frames worth a full-resolution look: all of them for small
@@ -618,7 +689,9 @@ class _ShiftCorrelator:
 
 # ---------------------------------------------------------------------------------- chunks
 _RESULT_NAMES = ("cls", "psi", "shx", "shy", "occ", "logp", "sigma", "score")
-_CTF_COLUMNS = ["DF1", "DF2", "ANGAST", "VOLT", "Cs", "AmpC", "PSHIFT"]
+# What a chunk needs of its particles' rows: CTF, and the previous best match.
+_CHUNK_COLUMNS = ["DF1", "DF2", "ANGAST", "VOLT", "Cs", "AmpC", "PSHIFT", "2DCLS", "PSI", "SHX",
+                  "SHY"]
 
 
 @dataclass
@@ -635,9 +708,22 @@ class _Partial:
 class _ChunkTask:
     stack: str  # path, opened by the worker (on the shared filesystem)
     chunk: np.ndarray  # particle indices into the stack
-    rows: pd.DataFrame  # their CTF columns, in chunk order
+    rows: pd.DataFrame  # their _CHUNK_COLUMNS, in chunk order
     batch_size: int
     threads: int
+
+
+@dataclass
+class _PreviousMatch:
+    """Per particle of a batch: its previous best match and how it scores now."""
+
+    cls: torch.Tensor  # 0-based class
+    psi: torch.Tensor
+    shx: torch.Tensor
+    shy: torch.Tensor
+    corr: torch.Tensor
+    signal: torch.Tensor  # |CTF·A|²/noise of that reference, as the grid's best has
+    score: torch.Tensor  # on the grid's scale (smoothing × log-likelihood + prior); -inf: none
 
 
 def _classify_chunk(search: _Search, stack: np.ndarray, chunk: np.ndarray, rows: pd.DataFrame,
