@@ -11,30 +11,34 @@ from typing import Any
 
 
 @contextmanager
-def replacing(path: str | os.PathLike) -> Iterator[Path]:
+def replacing(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; when the block ends without an error the
     file is fsynced and renamed over ``path``, otherwise it is removed. For writers that need a
-    file name (mrcfile), where :func:`atomic_write_bytes` needs the bytes."""
+    file name (mrcfile), where :func:`atomic_write_bytes` needs the bytes. ``durable=False``
+    skips the fsyncs: readers still see the old file or the new one whole, but a power cut
+    may leave neither (for files as passing as a progress report)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+        if durable:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with replacing(path) as tmp, open(tmp, "wb") as handle:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    with replacing(path, durable) as tmp, open(tmp, "wb") as handle:
         handle.write(data)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), durable)
 
 
 def atomic_write_json(path: str | os.PathLike, value: Any) -> None:

@@ -45,10 +45,13 @@ class Executor(ABC):
     def map(self, fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[Any], *,
             cancel: threading.Event | None = None,
             on_done: Callable[[int], None] | None = None,
-            retries: int | None = None) -> list[Any]:
+            retries: int | None = None,
+            on_wait: Callable[[], None] | None = None) -> list[Any]:
         """``on_done(n)`` after each finished item (n finished so far); a set ``cancel`` event
         raises CycleCancelled and abandons the items still running. ``retries``: how often a
-        slice that raised runs again, where the executor retries at all (None: its default)."""
+        slice that raised runs again, where the executor retries at all (None: its default).
+        ``on_wait()``: called while waiting for remote items, a few times a second, in the
+        caller's thread (e.g. to relay the slices' own progress)."""
 
     def slots(self) -> int | None:
         """How many slices can run at once on the workers; None: this process decides."""
@@ -72,7 +75,7 @@ class Executor(ABC):
 class LocalExecutor(Executor):
     """Today's behaviour: every slice in this process, one after the other."""
 
-    def map(self, fn, shared, items, *, cancel=None, on_done=None, retries=None):
+    def map(self, fn, shared, items, *, cancel=None, on_done=None, retries=None, on_wait=None):
         results = []
         for item in items:
             if cancel is not None and cancel.is_set():
@@ -174,7 +177,7 @@ class DaskExecutor(Executor):
                                 "uses: install cisTEM at the same path on every worker node (or "
                                 f"on the shared filesystem); missing on {'; '.join(missing)}")
 
-    def map(self, fn, shared, items, *, cancel=None, on_done=None, retries=None):
+    def map(self, fn, shared, items, *, cancel=None, on_done=None, retries=None, on_wait=None):
         from distributed import as_completed
 
         if not items:
@@ -192,7 +195,7 @@ class DaskExecutor(Executor):
             while done < len(futures):
                 if cancel is not None and cancel.is_set():
                     raise CycleCancelled("the cycle was stopped")
-                for future in pending.next_batch(block=False) or self._pause():
+                for future in pending.next_batch(block=False) or self._pause(on_wait):
                     try:
                         results[index[future.key]] = future.result()
                     except Exception as exc:  # a slice kept failing, or its workers all died
@@ -208,8 +211,10 @@ class DaskExecutor(Executor):
         return results
 
     @staticmethod
-    def _pause() -> list:
+    def _pause(on_wait: Callable[[], None] | None) -> list:
         time.sleep(WAIT_POLL)
+        if on_wait is not None:
+            on_wait()
         return []
 
     def close(self) -> None:

@@ -395,6 +395,18 @@ def test_cistem_slices_run_on_the_workers_and_merge_here(tmp_path, executor, cis
     assert not list((tmp_path / "work").iterdir())  # scratch removed
 
 
+def test_cistem_slices_progress_reaches_the_caller_while_they_run(tmp_path, executor,
+                                                                  cistem_start):
+    engine, _ = cistem_engine(tmp_path, executor, CISTEM_STANDIN_DELAY="0.15")  # ~3 s a slice
+    progress = []
+    engine.run_cycle(cistem_request(tmp_path, cistem_start), progress.append, threading.Event())
+    fractions = [update.fraction for update in progress]
+    # before any slice had finished (that alone would say 0.475), the workers' progress bars
+    assert any(0.0 < fraction < 0.45 for fraction in fractions), fractions
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any(update.particles_per_second > 0 for update in progress)
+
+
 def test_cistem_slice_of_a_killed_worker_is_rerun_and_its_refine2d_dies(
         tmp_path, executor, cistem_start):
     engine, records = cistem_engine(tmp_path, executor,

@@ -39,7 +39,7 @@ from live2d.engines.base import (
     ProgressCallback,
     class_counts,
 )
-from live2d.engines.cistem_cluster import run_slice
+from live2d.engines.cistem_cluster import read_progress, run_slice
 from live2d.engines.cistem_jobs import Job, JobRunner
 from live2d.engines.cistem_programs import CistemPrograms, describe_programs, find_programs
 from live2d.engines.cistem_prompts import Refine2DRun, merge2d_answers, refine2d_answers
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["CistemEngine", "CistemPrograms", "find_programs", "first_last_particle_for_job"]
 
 REFINE_SHARE = 0.95  # of a cycle's progress; merge2d takes the rest
+CLUSTER_PROGRESS_EVERY_S = 1.0  # between reads of the slices' progress files
 
 
 class CistemEngine(Engine):
@@ -175,17 +176,28 @@ class CistemEngine(Engine):
         """The slices as tasks on the executor's workers; their logs join this cycle's log."""
         assert self.executor is not None
         began = time.monotonic()
-        per_slice = sum(job.weight for job in jobs) / len(jobs)
+        weights = np.array([job.weight for job in jobs], dtype=float)
+        reported = [0.0, 0.0]  # fraction, when
 
-        def slice_done(done: int) -> None:
-            elapsed = time.monotonic() - began
-            progress(Progress(stage="classifying", fraction=REFINE_SHARE * done / len(jobs),
-                              particles_per_second=done * per_slice / elapsed if elapsed else 0.0))
+        def relay(finished: int = 0) -> None:
+            """The slices' own progress, as their workers write it, weighted by their sizes;
+            slices known to be finished count whole."""
+            now = time.monotonic()
+            if not finished and now - reported[1] < CLUSTER_PROGRESS_EVERY_S:
+                return
+            done = np.array(read_progress(folder, len(jobs)))
+            fraction = max(float((weights * done).sum() / weights.sum()),
+                           finished / len(jobs), reported[0])
+            elapsed = now - began
+            reported[:] = fraction, now
+            progress(Progress(stage="classifying", fraction=REFINE_SHARE * fraction,
+                              particles_per_second=fraction * weights.sum() / elapsed
+                              if elapsed else 0.0))
 
         progress(Progress(stage="classifying", fraction=0.0))
         # One retry: a node with trouble of its own; a slice that fails twice will fail again.
-        results = self.executor.map(run_slice, folder, jobs, cancel=cancel, on_done=slice_done,
-                                    retries=1)
+        results = self.executor.map(run_slice, folder, list(enumerate(jobs, start=1)),
+                                    cancel=cancel, on_done=relay, on_wait=relay, retries=1)
         for job, (worker, lines, last_lines) in zip(jobs, results, strict=True):
             runner.log.append(f"{job.tag}: ran on {worker}")
             runner.log.extend(lines)

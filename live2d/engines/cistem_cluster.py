@@ -9,6 +9,8 @@ local cycle gets for free need the cluster's help:
   (their clocks agree to well under a second under NTP);
 * a hard stop: the caller removes the scratch folder when a cycle is stopped, and each task
   watches for that and ends its refine2d;
+* progress: each task writes its slice's fraction done to a file in the scratch folder, which
+  the caller reads while it waits;
 * a lost worker: its refine2d dies with it (cistem_jobs.die_with_parent) before Dask reruns
   the slice elsewhere, so two runs never write the same slice's files.
 
@@ -17,15 +19,18 @@ local cycle gets for free need the cluster's help:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
 
-from live2d.engines.base import no_progress
+from live2d.atomic import atomic_write_text
+from live2d.engines.base import Progress
 from live2d.engines.cistem_jobs import Job, JobRunner, StartClock
 
 START_LOCK = "live2d-cistem-start"
 WATCH_S = 0.5  # s between a task's looks at the scratch folder
+PROGRESS_PREFIX = "progress_"  # + slice number: a slice's fraction done, for the caller
 
 
 class ClusterStartClock(StartClock):
@@ -46,22 +51,41 @@ class ClusterStartClock(StartClock):
             return start_at
 
 
-def run_slice(scratch: Path, job: Job) -> tuple[str, list[str], list[str]]:
-    """On a worker: run one refine2d slice in the cycle's ``scratch`` folder. Returns the
-    worker's address, the slice's log lines and its last lines (for failure messages)."""
+def run_slice(scratch: Path, item: tuple[int, Job]) -> tuple[str, list[str], list[str]]:
+    """On a worker: run slice ``number`` (from 1) in the cycle's ``scratch`` folder, telling its
+    progress through a file there (see read_progress). Returns the worker's address, the
+    slice's log lines and its last lines (for failure messages)."""
     from distributed import get_worker
 
+    number, job = item
     cancel = threading.Event()
     finished = threading.Event()
     watcher = threading.Thread(target=_watch, args=(scratch, cancel, finished),
                                name=f"watch {job.tag}", daemon=True)
     watcher.start()
-    runner = JobRunner(scratch, cancel, no_progress, clock=ClusterStartClock())
+    progress_file = scratch / f"{PROGRESS_PREFIX}{number}"
+
+    def tell(progress: Progress) -> None:
+        with contextlib.suppress(OSError):  # progress is a courtesy: never fail the slice
+            atomic_write_text(progress_file, f"{progress.fraction:.4f}\n", durable=False)
+
+    runner = JobRunner(scratch, cancel, tell, clock=ClusterStartClock())
     try:
         runner.run([job])
     finally:
         finished.set()
     return get_worker().address, runner.log, list(job.last_lines)
+
+
+def read_progress(scratch: Path, slices: int) -> list[float]:
+    """Each slice's fraction done, as its worker last wrote it (0 before it started)."""
+    done = []
+    for number in range(1, slices + 1):
+        try:
+            done.append(float((scratch / f"{PROGRESS_PREFIX}{number}").read_text()))
+        except (OSError, ValueError):
+            done.append(0.0)
+    return done
 
 
 def _watch(scratch: Path, cancel: threading.Event, finished: threading.Event) -> None:

@@ -30,7 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from cistem_standin import formats  # noqa: E402
-from cistem_standin.runtime import ProgressBar, act_on, failure_mode, openmp_build  # noqa: E402
+from cistem_standin.runtime import (  # noqa: E402
+    ProgressBar,
+    act_on,
+    failure_mode,
+    openmp_build,
+    particle_delay,
+)
 from cistem_standin.userinput import ScriptedInput, crash, out  # noqa: E402
 
 NOWHERE = "/dev/null"
@@ -157,8 +163,10 @@ def refine(a, stack, rows, first: int, last: int, rng, mode: str | None) -> None
     class_logp = np.full(len(nonzero), -np.inf)
     sum_logp_total, sum_snr, images = -np.inf, 0.0, 0
     results = []
+    delay = particle_delay()
     for done, row in enumerate(rows, start=1):
         bar.update(done)
+        time.sleep(delay)
         row = dict(row)
         if rng.uniform(-1, 1) < 1 - 2 * a["fraction"] or not nonzero:
             row["2DCLS"] = -abs(row["2DCLS"])

@@ -11,6 +11,8 @@ the failure hooks tests switch on through environment variables.
   by a file ``killed-parent`` in the record folder).
 * ``CISTEM_STANDIN_FAIL_FIRST=<n>``: refine2d fails only in the slice starting at particle n.
 * ``CISTEM_STANDIN_RECORD=<folder>``: each run writes its answers there (userinput.record).
+* ``CISTEM_STANDIN_DELAY=<seconds>``: refine2d spends this long on each particle it refines,
+  so that a slice lasts long enough to show progress.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ BAR_WIDTH = 30
 
 def openmp_build() -> bool:
     return os.environ.get("CISTEM_STANDIN_BUILD", "") != "no-openmp"
+
+
+def particle_delay() -> float:
+    return float(os.environ.get("CISTEM_STANDIN_DELAY", "0") or 0)
 
 
 def failure_mode(program: str, first_particle: int | None = None) -> str | None:
