@@ -495,6 +495,9 @@ class ProtLive2DClassify2D(ProtClassify2D):
                          f"starts at {self.firstJobAt.get()} (or when the input closes).")
         if history:
             lines.append(f"{len(history)} cycles on disk (any of them in the viewer).")
+        address = self.daskScheduler.get("").strip()
+        if address:
+            lines.append(f"Cycles run on the workers of the Dask scheduler {address}.")
         return lines
 
     def _methods(self) -> list[str]:

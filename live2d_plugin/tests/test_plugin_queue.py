@@ -66,6 +66,7 @@ class TestClassifyBeyondOneProcess(ProjectTestCase):
             done = self.wait_finished(classify, timeout=180)
         history = history_of(done)
         self.assertEqual(len(history), 3)
+        self.assertIn(f"Dask scheduler {cluster.scheduler_address}", "\n".join(done.summary()))
         self.assertTrue(all("dask at tcp://127.0.0.1" in record["engine"]
                             for record in history), [r["engine"] for r in history])
         self.assertEqual(done.publishedParticles.get(), 80)
