@@ -1,7 +1,7 @@
 """cisTEM's refine2d slices as tasks on a Dask cluster; merge2d then runs where live2d runs.
 
 Each task runs one refine2d slice on a worker with the same JobRunner as a local cycle, in the
-cycle's scratch folder on the shared filesystem, and returns the slice's log. Three things a
+cycle's scratch folder on the shared filesystem, and returns the slice's log. Four things a
 local cycle gets for free need the cluster's help:
 
 * distinct random streams: refine2d seeds from the wall-clock second it starts in, so the
