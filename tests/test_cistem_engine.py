@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import threading
@@ -12,7 +11,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
-from cistem_standin import make_bin_dir
+from cistem_standin import make_bin_dir, read_records
 from cistem_standin.formats import dump_size, read_dump
 from cistem_standin.particles import make_particles
 
@@ -99,11 +98,6 @@ def _request(particles, folder: Path, name: str, classes_in: Path | None, **chan
 
 def _ignore(_: Progress) -> None:
     return None
-
-
-def _read_records(folder: Path, program: str) -> list[dict]:
-    found = [json.loads(path.read_text()) for path in folder.glob(f"{program}-*.json")]
-    return sorted(found, key=lambda record: record["recorded"])
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -422,7 +416,7 @@ def test_start_and_two_cycles_in_two_slices(engines, particles, tmp_path, record
     assert 0 < unused.sum() < N
     assert (-again["2DCLS"][unused] == table["2DCLS"][unused]).all()
 
-    refine_runs = _read_records(records, "Refine2D")
+    refine_runs = read_records(records, "Refine2D")
     assert len(refine_runs) == 5
     assert len({run["seed_second"] for run in refine_runs}) == 5  # distinct random streams
     assert all(run["unread_answers"] == 0 and run["answers"][-1] == "1" for run in refine_runs)
@@ -433,7 +427,7 @@ def test_start_and_two_cycles_in_two_slices(engines, particles, tmp_path, record
         str(folder / "dump_1.dat"),
         str(folder / "dump_2.dat"),
     ]
-    merges = _read_records(records, "Merge2D")
+    merges = read_records(records, "Merge2D")
     assert (merges[0]["seed"], merges[0]["count"]) == (str(folder / "dump_.dat"), 2)
     assert _leftovers(tmp_path) == []
 
@@ -446,7 +440,7 @@ def test_cycle_with_a_build_without_openmp(
     engines[False].run_cycle(request, _ignore, threading.Event())
 
     assert len(cistem_star.read_star(request.star_out)) == N
-    runs = _read_records(records, "Refine2D")
+    runs = read_records(records, "Refine2D")
     assert [len(run["answers"]) for run in runs] == [24, 24, 24]
     assert all(run["unread_answers"] == 0 and not run["openmp"] for run in runs)
     assert [(run["first"], run["last"]) for run in runs] == [(1, 14), (15, 28), (29, 41)]
@@ -526,9 +520,9 @@ def test_cancel_ends_every_slice_within_seconds(
     worker = threading.Thread(target=run)
     worker.start()
     deadline = time.monotonic() + 30
-    while len(_read_records(records, "Refine2D")) < 2 and time.monotonic() < deadline:
+    while len(read_records(records, "Refine2D")) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    pids = [run["pid"] for run in _read_records(records, "Refine2D")]
+    pids = [run["pid"] for run in read_records(records, "Refine2D")]
     assert len(pids) == 2
 
     cancel.set()
@@ -555,7 +549,7 @@ def test_cancel_before_the_cycle_starts_runs_nothing(
     with pytest.raises(CycleCancelled):
         engines[True].run_cycle(request, _ignore, cancel)
 
-    assert _read_records(records, "Refine2D") == []
+    assert read_records(records, "Refine2D") == []
     assert _leftovers(tmp_path) == []
 
 

@@ -14,7 +14,7 @@ import mrcfile
 import numpy as np
 import pytest
 import yaml
-from cistem_standin import make_bin_dir
+from cistem_standin import make_bin_dir, read_records
 from cistem_standin.particles import make_particles
 from slurm_helpers import needs_slurm, slurm_job
 
@@ -347,13 +347,6 @@ def cistem_request(tmp_path, cistem_start, name="cycle"):
     return CycleRequest(stack, star, tmp_path / f"{name}.star", tmp_path / f"{name}.mrc",
                         CISTEM_PARAMS, K, classes_in=classes, workdir=tmp_path / "work",
                         threads=1)
-
-
-def read_records(folder, program):
-    """The runs of ``program`` on the test's particles (find_programs also probes refine2d)."""
-    found = [json.loads(path.read_text()) for path in folder.glob(f"{program}-*.json")]
-    found = [record for record in found if "probe" not in record.get("stack", "")]
-    return sorted(found, key=lambda record: record["recorded"])
 
 
 def alive(pid: int) -> bool:

@@ -8,6 +8,7 @@ The stand-ins import nothing from live2d: they check the engine against the inte
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -33,3 +34,11 @@ def make_bin_dir(folder: Path, openmp: bool = True, programs: tuple[str, ...] = 
             f'#!/bin/sh\n{exports}exec {shlex.quote(sys.executable)} {script} "$@"\n')
         wrapper.chmod(0o755)
     return folder
+
+
+def read_records(folder: Path, program: str) -> list[dict]:
+    """The runs of ``program`` ("Refine2D", "Merge2D") that CISTEM_STANDIN_RECORD kept in
+    ``folder``, oldest first; find_programs' own probe runs left out."""
+    found = [json.loads(path.read_text()) for path in Path(folder).glob(f"{program}-*.json")]
+    found = [record for record in found if "probe" not in str(record.get("stack", ""))]
+    return sorted(found, key=lambda record: record["recorded"])
