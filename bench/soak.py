@@ -8,22 +8,32 @@ duplicated, and the longest time to recover (restart until the store holds every
 had written at the restart).
 
     python bench/soak.py --minutes 10
+    python bench/soak.py --workers 2 --engine cistem-standin   # cisTEM's path on a Dask cluster
+
+With ``--workers N`` the cycles run on a local Dask cluster of N worker processes, and killing a
+worker (SIGKILL, mid-slice or not) joins the faults; ``--engine cistem-standin`` drives the
+cisTEM engine with the test suite's stand-in refine2d/merge2d.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # cistem_standin
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "faults"))
 from harness import (
     Microscope,
@@ -35,6 +45,20 @@ from harness import (
 )
 
 from live2d.simulate import MODEL
+
+
+@contextlib.contextmanager
+def cluster_of(workers: int) -> Iterator[Any]:
+    """A client of a loopback Dask cluster of ``workers`` processes (None for 0)."""
+    if not workers:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      host="127.0.0.1", dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        yield client
 
 
 def stored_count(out: Path) -> int:
@@ -83,21 +107,33 @@ def main() -> None:
     parser.add_argument("--particles", type=int, default=4000,
                         help="particles the simulated microscope writes in all")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine", choices=("builtin", "cistem-standin"), default="builtin")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="run the cycles on a local Dask cluster of this many workers")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     kinds = ["star half-rewritten", "garbage line in star", "stack still being written",
              "settings mid-write", "folder vanished"]
     faults: Counter[str] = Counter()
     restarts, recoveries = 0, [0.0]
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, cluster_of(args.workers) as client:
         warp = Path(scratch) / "warp"
         out = warp / "classification"
+        options: list[str] = []
+        if args.engine == "cistem-standin":
+            from cistem_standin import make_bin_dir
+
+            options += ["--engine", "cistem", "--cistem-bin",
+                        str(make_bin_dir(Path(scratch) / "bin"))]
+        if client is not None:
+            options += ["--scheduler", client.scheduler.address]
+            kinds.append("worker killed")
         grow(warp, 60)
         interval = max(0.2, args.minutes * 60 / (args.particles / 20))
         microscope = Microscope(warp, 60, args.particles, interval)
         microscope.start()
         deadline = time.monotonic() + args.minutes * 60
-        process = start_run(warp)
+        process = start_run(warp, *options)
         while time.monotonic() < deadline:
             time.sleep(rng.uniform(1.0, 6.0))
             if rng.random() < 0.5:
@@ -106,25 +142,32 @@ def main() -> None:
                 faults["SIGKILL"] += 1
                 check_invariants(warp, out, complete=False)
                 target, restarted = microscope.count, time.monotonic()
-                process = start_run(warp)
+                process = start_run(warp, *options)
                 restarts += 1
                 while stored_count(out) < target and time.monotonic() < deadline + 120:
                     time.sleep(0.1)
                 recoveries.append(time.monotonic() - restarted)
             else:
                 kind = str(rng.choice(kinds))
-                with microscope.lock:
-                    transient_fault(kind, warp, rng)
+                if kind == "worker killed":
+                    victim = int(rng.choice(sorted(client.run(os.getpid).values())))
+                    os.kill(victim, signal.SIGKILL)  # its nanny starts a new one
+                else:
+                    with microscope.lock:
+                        transient_fault(kind, warp, rng)
                 faults[kind] += 1
         process.send_signal(signal.SIGTERM)
         process.wait(60)
         microscope.join()
-        final = subprocess.run(run_command(warp, "--once"), capture_output=True, text=True)
+        final = subprocess.run(run_command(warp, *options, "--once"), capture_output=True,
+                               text=True)
         if final.returncode != 0:
             raise SystemExit(f"the final run failed: {final.stderr[-2000:]}")
         figures = check_invariants(warp, out, complete=True)
         expected = warp_image_names(warp)
-    print(f"soak of {args.minutes:g} min: {sum(faults.values())} faults injected "
+    where = f", cycles on {args.workers} Dask workers" if args.workers else ""
+    print(f"soak of {args.minutes:g} min ({args.engine} engine{where}): "
+          f"{sum(faults.values())} faults injected "
           f"({', '.join(f'{k} {n}' for k, n in sorted(faults.items()))}), {restarts} restarts")
     print(f"particles checked {len(expected)}, in the store {figures['particles']}, lost 0, "
           f"duplicated 0 (asserted); cycles completed {figures['cycles']}; longest recovery "
