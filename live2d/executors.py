@@ -132,8 +132,8 @@ class DaskExecutor(Executor):
         self.address = self.client.scheduler.address
 
     def describe(self) -> str:
-        workers = self.client.scheduler_info().get("workers", {})
-        return f"dask at {self.address}, {len(workers)} workers"
+        workers = len(self.client.scheduler_info().get("workers", {}))
+        return f"dask at {self.address}, {workers} worker{'' if workers == 1 else 's'}"
 
     def wait_for_workers(self, n: int = 1, timeout: float = CONNECT_TIMEOUT) -> None:
         try:
