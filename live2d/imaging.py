@@ -18,7 +18,9 @@ from torch_ctf import calculate_ctf_2d
 def rotation_matrices_yx(psi: np.ndarray | torch.Tensor, box: int) -> torch.Tensor:
     """``(n, 3, 3)`` maps from output to input (y, x) pixel positions for a CCW turn by ``psi``
     degrees (the form torch-transform-image samples with)."""
-    theta = torch.deg2rad(torch.as_tensor(psi, dtype=torch.float64).reshape(-1))
+    angles = psi.double() if isinstance(psi, torch.Tensor) else \
+        torch.from_numpy(np.array(psi, dtype=np.float64))  # a copy: read-only views warn
+    theta = torch.deg2rad(angles.reshape(-1))
     cos, sin = torch.cos(theta), torch.sin(theta)
     centre = float(box // 2)
     matrices = torch.zeros((len(theta), 3, 3), dtype=torch.float64)

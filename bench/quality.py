@@ -1,0 +1,91 @@
+"""Classification quality on simulated data with known truth, cycle by cycle, for either engine.
+
+Simulates a Warp session (`live2d simulate`'s phantom, CTF, shifts, noise), runs one ab initio
+job on it with the chosen engine, and prints for every cycle the two scores of issue 3
+(live2d/evaluate.py): homogeneity (1: each class holds one view, perfectly aligned; random
+assignment about 0.1) and average fidelity (class averages against their members' true mean).
+The same seed gives the same particles, so two engines are compared on identical data:
+
+    python bench/quality.py                                     # built-in engine
+    python bench/quality.py --engine cistem --cistem-bin DIR    # the same data through cisTEM
+    python bench/quality.py --particles 1200 --box 64 --pixel-size 3 --views 6 --snr 0.05 \\
+        --classes 8 --startup-cycles 4 --refinement-cycles 2 --high-res-initial 30 \\
+        --high-res-final 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from live2d.evaluate import score_cycle
+from live2d.schedule import Settings
+from live2d.session import Session
+from live2d.simulate import simulate, truth_dir_for
+from live2d.warp import read_settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", choices=("builtin", "cistem"), default="builtin")
+    parser.add_argument("--cistem-bin", help="folder holding refine2d and merge2d")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--particles", type=int, default=1500)
+    parser.add_argument("--box", type=int, default=128)
+    parser.add_argument("--pixel-size", type=float, default=1.5)
+    parser.add_argument("--views", type=int, default=12)
+    parser.add_argument("--snr", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0, help="of the simulated particles")
+    parser.add_argument("--classes", type=int, default=12)
+    parser.add_argument("--startup-cycles", type=int, default=5)
+    parser.add_argument("--refinement-cycles", type=int, default=2)
+    parser.add_argument("--high-res-initial", type=float, default=40.0)
+    parser.add_argument("--high-res-final", type=float, default=8.0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--keep", type=Path, help="work here and keep the files (default: a "
+                                                  "temporary folder)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        root = args.keep or Path(scratch)
+        warp = root / "warp"
+        simulate(warp, particles=args.particles, per_micrograph=200, box=args.box,
+                 pixel_size=args.pixel_size, snr=args.snr, views=args.views, seed=args.seed)
+        values = {"classes": args.classes, "startup_cycles": args.startup_cycles,
+                  "refinement_cycles": args.refinement_cycles,
+                  "high_res_initial": args.high_res_initial,
+                  "high_res_final": args.high_res_final,
+                  "particles_per_class": max(1, args.particles // args.classes),
+                  "first_job_at": 1, "mode": "abinit"}
+        if args.threads:
+            values["threads"] = args.threads
+        session = Session(warp, root / "classification", engine=args.engine,
+                          device=args.device, cistem_bin=args.cistem_bin,
+                          settings=Settings(**values))
+        began = time.monotonic()
+        try:
+            session.run_job()
+            history = session.history
+            engine = session.engine.describe()
+        finally:
+            session.close()
+        wall = time.monotonic() - began
+        mask_radius = 0.6 * read_settings(warp).diameter
+        print(f"{engine}; {args.particles} particles of {args.box} px at {args.pixel_size} Å/px, "
+              f"{args.views} views, SNR {args.snr:g}, seed {args.seed}; {args.classes} classes")
+        print("cycle  block        high-res  used  homogeneity  fidelity  classes  seconds")
+        for record in history:
+            if record.block == "start":
+                continue
+            scores = score_cycle(root / "classification", record.number, truth_dir_for(warp),
+                                 mask_radius)
+            print(f"{record.number:5d}  {record.block:<11s} {record.high_res:6.1f} Å "
+                  f"{record.fraction:5.0%}  {scores.homogeneity:11.3f}  {scores.fidelity:8.3f}  "
+                  f"{scores.classes_used:7d}  {record.finished - record.started:7.1f}")
+        print(f"job: {len(history)} cycles in {wall:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
