@@ -29,7 +29,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -44,21 +43,21 @@ from harness import (
     warp_image_names,
 )
 
+from live2d.executors import DaskExecutor
 from live2d.simulate import MODEL
 
 
 @contextlib.contextmanager
-def cluster_of(workers: int) -> Iterator[Any]:
-    """A client of a loopback Dask cluster of ``workers`` processes (None for 0)."""
+def cluster_of(workers: int) -> Iterator[DaskExecutor | None]:
+    """The executor of a loopback Dask cluster of ``workers`` processes (None for 0)."""
     if not workers:
         yield None
         return
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        yield client
+    executor = DaskExecutor(n_workers=workers)
+    try:
+        yield executor
+    finally:
+        executor.close()
 
 
 def stored_count(out: Path) -> int:
@@ -116,7 +115,7 @@ def main() -> None:
              "settings mid-write", "folder vanished"]
     faults: Counter[str] = Counter()
     restarts, recoveries = 0, [0.0]
-    with tempfile.TemporaryDirectory() as scratch, cluster_of(args.workers) as client:
+    with tempfile.TemporaryDirectory() as scratch, cluster_of(args.workers) as cluster:
         warp = Path(scratch) / "warp"
         out = warp / "classification"
         options: list[str] = []
@@ -125,8 +124,8 @@ def main() -> None:
 
             options += ["--engine", "cistem", "--cistem-bin",
                         str(make_bin_dir(Path(scratch) / "bin"))]
-        if client is not None:
-            options += ["--scheduler", client.scheduler.address]
+        if cluster is not None:
+            options += ["--scheduler", cluster.address]
             kinds.append("worker killed")
         grow(warp, 60)
         interval = max(0.2, args.minutes * 60 / (args.particles / 20))
@@ -150,7 +149,7 @@ def main() -> None:
             else:
                 kind = str(rng.choice(kinds))
                 if kind == "worker killed":
-                    victim = int(rng.choice(sorted(client.run(os.getpid).values())))
+                    victim = int(rng.choice(sorted(cluster.client.run(os.getpid).values())))
                     os.kill(victim, signal.SIGKILL)  # its nanny starts a new one
                 else:
                     with microscope.lock:

@@ -436,6 +436,14 @@ class Session:
                 self._log(f"cannot save the session state: {exc}", logging.ERROR)
         self._wait(self.settings.poll_seconds, None)
 
+    def check_workers(self) -> None:
+        """With a distributed executor, raise EngineError now (not at the first cycle) if its
+        workers cannot see the output folder or run the engine; nothing to do otherwise."""
+        executor = self._engine_options["executor"]
+        if executor is not None and executor.distributed:
+            executor.check_shared_folder(self.output_dir)
+            _ = self.engine  # making it checks the workers can run its programs
+
     # ----------------------------------------------------------------- one cycle
     @property
     def engine(self) -> Engine:

@@ -11,7 +11,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
-from cistem_standin import make_bin_dir, read_records
+from cistem_standin import make_bin_dir, read_records, wait_for_records
 from cistem_standin.formats import dump_size, read_dump
 from cistem_standin.particles import make_particles
 
@@ -519,10 +519,7 @@ def test_cancel_ends_every_slice_within_seconds(
 
     worker = threading.Thread(target=run)
     worker.start()
-    deadline = time.monotonic() + 30
-    while len(read_records(records, "Refine2D")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    pids = [run["pid"] for run in read_records(records, "Refine2D")]
+    pids = [run["pid"] for run in wait_for_records(records, "Refine2D", 2)]
     assert len(pids) == 2
 
     cancel.set()

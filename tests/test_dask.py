@@ -14,7 +14,7 @@ import mrcfile
 import numpy as np
 import pytest
 import yaml
-from cistem_standin import make_bin_dir, read_records
+from cistem_standin import make_bin_dir, read_records, wait_for_records
 from cistem_standin.particles import make_particles
 from slurm_helpers import needs_slurm, slurm_job
 
@@ -434,10 +434,7 @@ def test_stopping_a_cistem_cycle_ends_the_slices_on_the_workers(tmp_path, execut
 
     cycle_thread = threading.Thread(target=run)
     cycle_thread.start()
-    deadline = time.monotonic() + 30
-    while len(read_records(records, "Refine2D")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    pids = [run["pid"] for run in read_records(records, "Refine2D")]
+    pids = [run["pid"] for run in wait_for_records(records, "Refine2D", 2)]
     assert len(pids) == 2 and all(alive(pid) for pid in pids)
     cancel.set()
     cycle_thread.join(timeout=15)

@@ -88,9 +88,7 @@ def main(args: argparse.Namespace) -> int:
         session = Session(args.warp_dir, args.output, engine=args.engine, device=args.device,
                           cistem_bin=args.cistem_bin, executor=executor)
         session.update_settings(setting_overrides(args))
-        if executor.distributed:  # workers that cannot see the files or run cisTEM: say so now
-            executor.check_shared_folder(session.output_dir)
-            session.engine  # noqa: B018  (made now, checking the workers can run it)
+        session.check_workers()
     except (EngineError, SessionError, SettingsError, WarpFolderError, OSError) as exc:
         print(f"live2d run: {exc}", file=sys.stderr)
         executor.close()

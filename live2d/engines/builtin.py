@@ -362,14 +362,8 @@ class _Search:
                    rows: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
         """``rows``: the star rows of ``batch``, in its order."""
         images = _prepare(stack, batch, self.params, self.background, self.device)
-
-        def column(name: str) -> torch.Tensor:
-            return torch.as_tensor(np.array(rows[name], dtype=np.float64), dtype=torch.float32,
-                                   device=self.device)
-
-        ctf = ctf_2d(column("DF1"), column("DF2"), column("ANGAST"), column("VOLT"),
-                     column("Cs"), column("AmpC"), column("PSHIFT"), self.g.binned_pixel,
-                     self.g.working)
+        ctf = ctf_2d(*(_column(rows, name, self.device) for name in _CTF_COLUMNS),
+                     self.g.binned_pixel, self.g.working)
         return self._spectra(images), ctf
 
     def estimate_noise(self, stack: np.ndarray, sample: np.ndarray, table: pd.DataFrame) -> None:
@@ -466,17 +460,13 @@ class _Search:
         if "2DCLS" not in rows:
             return None
         previous = np.abs(np.asarray(rows["2DCLS"], dtype=np.int64))
-        if not ((previous >= 1) & (previous <= self.k)).any():
+        classified = (previous >= 1) & (previous <= self.k)
+        if not classified.any():
             return None
         cls = torch.as_tensor(np.clip(previous, 1, self.k) - 1, device=self.device)
-        valid = torch.as_tensor((previous >= 1) & (previous <= self.k), device=self.device)
+        valid = torch.as_tensor(classified, device=self.device)
         valid &= self.usable.to(self.device)[cls]
-
-        def column(name: str) -> torch.Tensor:
-            return torch.as_tensor(np.array(rows[name], dtype=np.float64), device=self.device,
-                                   dtype=torch.float32)
-
-        psi, shx, shy = column("PSI"), column("SHX"), column("SHY")
+        psi, shx, shy = (_column(rows, name, self.device) for name in ("PSI", "SHX", "SHY"))
         references = self._turned_references(cls, np.array(rows["PSI"], dtype=np.float64))
         # the reported shift is minus the displacement: back to (dy, dx) working pixels
         dy, dx = -shy / self.g.binned_pixel, -shx / self.g.binned_pixel
@@ -689,9 +679,9 @@ class _ShiftCorrelator:
 
 # ---------------------------------------------------------------------------------- chunks
 _RESULT_NAMES = ("cls", "psi", "shx", "shy", "occ", "logp", "sigma", "score")
+_CTF_COLUMNS = ["DF1", "DF2", "ANGAST", "VOLT", "Cs", "AmpC", "PSHIFT"]  # ctf_2d's order
 # What a chunk needs of its particles' rows: CTF, and the previous best match.
-_CHUNK_COLUMNS = ["DF1", "DF2", "ANGAST", "VOLT", "Cs", "AmpC", "PSHIFT", "2DCLS", "PSI", "SHX",
-                  "SHY"]
+_CHUNK_COLUMNS = [*_CTF_COLUMNS, "2DCLS", "PSI", "SHX", "SHY"]
 
 
 @dataclass
@@ -756,6 +746,13 @@ def _run_chunk_task(search: _Search, task: _ChunkTask) -> _Partial:
 
 
 # ---------------------------------------------------------------------------------- helpers
+def _column(rows: pd.DataFrame, name: str, device: torch.device) -> torch.Tensor:
+    """A star column of a batch's rows as float32 on ``device`` (copied: the rows may be a
+    read-only view)."""
+    return torch.as_tensor(np.array(rows[name], dtype=np.float64), dtype=torch.float32,
+                           device=device)
+
+
 def _check_cancel(cancel: threading.Event) -> None:
     if cancel.is_set():
         raise CycleCancelled("the cycle was stopped")

@@ -154,14 +154,11 @@ class Controller:
     def _open(self, warp_dir: Path, output_dir: str | Path | None,
               settings: Settings | None = None) -> Session:
         session = Session(warp_dir, output_dir, settings=settings, **self._engine_options)
-        executor = self._engine_options["executor"]
-        if executor is not None and executor.distributed:
-            try:  # workers that cannot see this output folder or run the engine: say so now
-                executor.check_shared_folder(session.output_dir)
-                session.engine  # noqa: B018
-            except BaseException:
-                session.close()
-                raise
+        try:
+            session.check_workers()
+        except BaseException:
+            session.close()
+            raise
         session.add_listener(self._forward)
         return session
 

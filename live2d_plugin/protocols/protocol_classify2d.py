@@ -215,9 +215,12 @@ class ProtLive2DClassify2D(ProtClassify2D):
                 return
             self._sleep(POLL_SECONDS)
 
+    def _daskAddress(self) -> str:
+        return (self.daskScheduler.get() or "").strip()
+
     def _openExecutor(self) -> Executor:
         """Where the cycles' slices run: the Dask scheduler of the form, else this process."""
-        address = self.daskScheduler.get("").strip()
+        address = self._daskAddress()
         if not address:
             return LocalExecutor()
         executor = make_executor(scheduler=address)
@@ -446,7 +449,7 @@ class ProtLive2DClassify2D(ProtClassify2D):
         if inputSet is not None and not inputSet.hasCTF():
             errors.append("the input particles have no CTF: Live2D needs it (import them with "
                           "'import warp particles (live)' or estimate the CTF first)")
-        address = self.daskScheduler.get("").strip()
+        address = self._daskAddress()
         if address and not DASK_ADDRESS.match(address):
             errors.append(f"Dask scheduler {address!r} is not an address such as "
                           "tcp://head:8786 (or leave it empty)")
@@ -495,7 +498,7 @@ class ProtLive2DClassify2D(ProtClassify2D):
                          f"starts at {self.firstJobAt.get()} (or when the input closes).")
         if history:
             lines.append(f"{len(history)} cycles on disk (any of them in the viewer).")
-        address = self.daskScheduler.get("").strip()
+        address = self._daskAddress()
         if address:
             lines.append(f"Cycles run on the workers of the Dask scheduler {address}.")
         return lines

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
 STANDIN_DIR = Path(__file__).resolve().parent
@@ -42,3 +43,12 @@ def read_records(folder: Path, program: str) -> list[dict]:
     found = [json.loads(path.read_text()) for path in Path(folder).glob(f"{program}-*.json")]
     found = [record for record in found if "probe" not in str(record.get("stack", ""))]
     return sorted(found, key=lambda record: record["recorded"])
+
+
+def wait_for_records(folder: Path, program: str, count: int, timeout: float = 30.0) -> list[dict]:
+    """read_records once ``count`` runs of ``program`` have recorded themselves, or whatever is
+    there after ``timeout`` seconds (the caller asserts on it)."""
+    deadline = time.monotonic() + timeout
+    while len(records := read_records(folder, program)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return records
