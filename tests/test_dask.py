@@ -1,6 +1,8 @@
 """The built-in engine's cycles on a real Dask cluster: two worker processes on loopback."""
 
+import contextlib
 import functools
+import io
 import json
 import os
 import socket
@@ -311,6 +313,27 @@ def test_cli_says_what_to_do_about_an_unreachable_scheduler_or_cistem(tmp_path, 
     assert cli_main(["run", str(warp), "--once", "--engine", "cistem", "--cistem-bin",
                      str(tmp_path / "nowhere"), "--scheduler", executor.address]) == 1
     assert "refine2d" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("check", ["check_shared_folder", "check_programs"])
+def test_workers_that_cannot_do_the_work_stop_run_and_serve_at_start(tmp_path, executor, check):
+    """Blind workers, or workers without cisTEM, are reported before anything is imported."""
+    warp = tmp_path / "warp"
+    simulate(warp, particles=40, per_micrograph=40, box=32, pixel_size=4.0, views=2, seed=0)
+    bins = str(make_bin_dir(tmp_path / "bin"))
+    refusal = ExecutorError(f"{check} says no")
+    with mock.patch.object(DaskExecutor, check, side_effect=refusal):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert cli_main(["run", str(warp), "--once", "--output", str(tmp_path / "out"),
+                             "--engine", "cistem", "--cistem-bin", bins, "--scheduler",
+                             executor.address]) == 1
+        assert f"{check} says no" in err.getvalue()
+        with pytest.raises(ExecutorError, match=f"{check} says no"):
+            Controller(warp, tmp_path / "page", engine="cistem", cistem_bin=bins,
+                       executor=executor)
+    assert not (tmp_path / "out" / "particles.mrcs").exists()
+    assert not (tmp_path / "page" / "particles.mrcs").exists()
 
 
 # ------------------------------------------------------------------ cisTEM slices on the cluster
