@@ -36,6 +36,7 @@ from live2d.engines import (
     make_engine,
 )
 from live2d.importer import Importer, ImportReport
+from live2d.mrc import mark_image_stack
 from live2d.schedule import (
     JOB_TYPES,
     CycleSpec,
@@ -540,6 +541,7 @@ class Session:
             raise
         for line in result.log:
             log.debug(line)
+        mark_image_stack(request.classes_out)
         write_thumbnails(request.classes_out, paths["thumbnails"])
         request.classes_out.replace(paths["classes"])
         request.star_out.replace(paths["star"])

@@ -1,4 +1,5 @@
-"""PNG thumbnails of class averages, one per class, for the web page and the Scipion viewer."""
+"""PNG thumbnails of class averages, one per class, for the web page and the Scipion viewer,
+and the one place that decides how an image is shown (:func:`display_image`)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,21 @@ def to_8bit(image: np.ndarray) -> np.ndarray:
     return (np.clip((image - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
 
 
+def display_image(image: np.ndarray) -> np.ndarray:
+    """8-bit pixels of one image, its top row first, as every face of Live2D shows it.
+
+    The first row of the MRC data (y = 0) is drawn at the top, as Scipion's viewers and
+    ``relion_display`` draw it (IMOD and cisTEM put it at the bottom): the page's thumbnails, the
+    Scipion viewer and exported PNGs all draw through this function, so a class looks the same in
+    Live2D as in the programs its outputs are taken to. Draw the result with the first row on top
+    (PIL does; matplotlib with ``origin="upper"``).
+    """
+    return to_8bit(np.asarray(image, dtype=np.float32))
+
+
 def write_thumbnails(classes_mrc: str | Path, folder: str | Path) -> list[Path]:
-    """``class_001.png``... for every slice of ``classes_mrc``; y flipped so the PNG shows the
-    image as MRC viewers (and cisTEM) do, origin at the bottom left."""
+    """``class_001.png``... for every image of ``classes_mrc``, shown as :func:`display_image`
+    decides."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with mrcfile.open(classes_mrc, permissive=True) as mrc:
@@ -28,6 +41,6 @@ def write_thumbnails(classes_mrc: str | Path, folder: str | Path) -> list[Path]:
     paths = []
     for index, image in enumerate(data, start=1):
         path = folder / f"class_{index:03d}.png"
-        Image.fromarray(to_8bit(image[::-1])).save(path)
+        Image.fromarray(display_image(image)).save(path)
         paths.append(path)
     return paths

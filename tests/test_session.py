@@ -52,6 +52,9 @@ def test_run_once_writes_every_cycle_and_the_history(warp, capsys):
         assert len(cycle["class_counts"]) == 4 and cycle["finished"] >= cycle["started"]
         with mrcfile.open(out / cycle["classes"]) as mrc:
             assert mrc.data.shape == (4, 48, 48) and mrc.voxel_size.x == pytest.approx(3.0)
+            # Four 2D images, not one volume, for Scipion, RELION and cryoSPARC alike.
+            assert mrc.is_image_stack() and mrc.header.mz == 1
+            assert mrc.voxel_size.z == pytest.approx(3.0)
         assert len(list((out / cycle["thumbnails"]).glob("class_*.png"))) == 4
         assert len(cistem_star.read_star(out / cycle["star"])) == 240
     assert sum(history[-1]["class_counts"]) == 240  # the last cycle uses every particle
