@@ -25,12 +25,19 @@ class SettingsError(ValueError):
     """A setting with a wrong type or out of range; the message names it and the allowed range."""
 
 
-def _spec(default: Any, label: str, *, lo=None, hi=None, level="expert", unit="", choices=None,
-          optional=False, help=""):
+def _spec(default: Any, label: str, *, lo: float | None = None, hi: float | None = None,
+          level: str = "expert", unit: str = "", choices: tuple[str, ...] | None = None,
+          labels: dict[str, str] | None = None, optional: bool = False, empty: str = "",
+          default_text: str = "", help: str = "") -> Any:
+    """A Settings field. ``help`` says what the setting does and when to change it, never its
+    default or range: :meth:`Settings.describe` adds those, so no UI states them differently.
+    ``empty``: what an empty optional value means; ``default_text``: the default in words where
+    the value itself depends on the machine."""
     return field(
         default=default,
         metadata={"label": label, "min": lo, "max": hi, "level": level, "unit": unit,
-                  "choices": choices, "optional": optional, "help": help},
+                  "choices": choices, "labels": labels, "optional": optional, "empty": empty,
+                  "default_text": default_text, "help": help},
     )
 
 
@@ -41,50 +48,159 @@ class Settings:
 
     mask_radius: float | None = _spec(
         None, "Mask radius", lo=1.0, hi=5000.0, level="user", unit="Å", optional=True,
-        help="Radius of the circular mask on class averages; empty = 0.6 × Warp's diameter.")
+        empty="0.6 × the particle diameter Warp picks with",
+        help="Radius of the circular mask applied to the class averages between cycles; "
+             "particles are compared with the averages only inside it. Make it a little larger "
+             "than the particle's radius: too small cuts off density, too large lets noise and "
+             "neighbouring particles into the averages.")
     mode: str = _spec(
-        "abinit", "Classification type", level="user", choices=JOB_TYPES,
-        help="Job type of the next job: ab initio, seeded startup or refinement.")
-    classes: int = _spec(50, "Number of classes", lo=1, hi=1000)
+        "abinit", "Classification type", level="user", choices=JOB_TYPES, labels=JOB_LABELS,
+        help="The kind of job that runs next. Ab initio: starts from random classes and, on a "
+             "subset of the particles (Initial particles per class), raises the resolution "
+             "limit from the initial to the final one over the startup cycles, then runs the "
+             "refinement cycles with all particles; needed while no classes of the current "
+             "particles exist (Live2D falls back to it then). Seeded startup: the same ramp, "
+             "from the latest classes and with all particles from the first cycle; the usual "
+             "job during collection once the classes show distinct views (often after about "
+             "50,000 particles). Refinement: only the cycles at the final limit, from the latest "
+             "classes; the quickest way to take in new particles once the classes are very good "
+             "and seeded startups take hours, but prone to getting stuck in local minima. After "
+             "an ab initio job the automatic jobs continue as seeded startups.")
+    classes: int = _spec(
+        50, "Number of classes", lo=1, hi=1000,
+        help="How many 2D classes an ab initio job creates; seeded startups and refinements "
+             "keep the classes they start from. Typical: 20 to 100; more for large or "
+             "heterogeneous data, fewer for small data sets, or what earlier classifications "
+             "of the same or similar samples suggest.")
     particles_per_class: int = _spec(
         300, "Initial particles per class", lo=1, hi=1_000_000,
-        help="Particles per class used by the startup cycles of an ab initio job.")
-    high_res_initial: float = _spec(40.0, "Initial high-res limit", lo=2.0, hi=300.0, unit="Å")
-    high_res_final: float = _spec(8.0, "Final high-res limit", lo=2.0, hi=300.0, unit="Å")
-    startup_cycles: int = _spec(15, "Startup cycles", lo=0, hi=200)
-    refinement_cycles: int = _spec(5, "Refinement cycles", lo=0, hi=200)
+        help="Size of the random subset the startup cycles of an ab initio job use, per class "
+             "(this × Number of classes, or all particles if there are fewer). Larger subsets "
+             "give cleaner starting classes at the cost of slower startup cycles.")
+    high_res_initial: float = _spec(
+        40.0, "Initial high-res limit", lo=2.0, hi=300.0, unit="Å",
+        help="Resolution limit at the start of ab initio and seeded startup jobs, from which "
+             "the startup cycles ramp to the final limit; starting coarse keeps the classes "
+             "from fitting noise. Once the classes are good but not yet good enough for "
+             "refinement, a finer start (e.g. 20 Å) with fewer startup cycles makes seeded "
+             "startups faster with little loss.")
+    high_res_final: float = _spec(
+        8.0, "Final high-res limit", lo=2.0, hi=300.0, unit="Å",
+        help="Resolution limit reached at the end of the startup cycles and used by every "
+             "refinement cycle (never finer than twice the pixel size). Rarely needs changing; "
+             "a finer limit shows more detail in the averages but takes longer and can fit "
+             "noise.")
+    startup_cycles: int = _spec(
+        15, "Startup cycles", lo=0, hi=200,
+        help="Cycles of ab initio and seeded startup jobs over which the resolution limit "
+             "improves linearly from the initial to the final one (e.g. 40 to 8 Å in 15 cycles "
+             "is about 2.3 Å per cycle); refinement jobs skip them. Fewer cycles, with a finer "
+             "initial limit, make seeded startups faster at some risk of local minima when the "
+             "starting classes are poor.")
+    refinement_cycles: int = _spec(
+        5, "Refinement cycles", lo=0, hi=200,
+        help="Cycles at the final resolution limit with all particles that end every job (a "
+             "refinement job runs only these). Keep 3 or more after startup cycles: the classes "
+             "improve most in the first cycles at high resolution. With hundreds of thousands "
+             "of particles in refinement jobs, 2 lets new particles in more often.")
     first_job_at: int = _spec(
         50_000, "Particle count before starting", lo=1, hi=100_000_000,
-        help="Particles needed before the first automatic job.")
+        help="Number of particles that starts the first automatic job, when no classes exist "
+             "yet (also after Warp's settings change and every particle is imported again). "
+             "Later jobs follow Additional particles before update. First classes are usually "
+             "meaningful from about 15,000 particles: lower it for earlier feedback.")
     update_every: int = _spec(
         50_000, "Additional particles before update", lo=1, hi=100_000_000,
-        help="New particles that trigger the next automatic job.")
-    low_res: float = _spec(300.0, "Low-res limit", lo=10.0, hi=10_000.0, unit="Å")
-    angular_step: float = _spec(15.0, "Angular step", lo=0.0, hi=90.0, unit="°",
-                                help="In-plane search step; 0 = automatic.")
+        help="Number of new particles, counted from those the previous job classified, that "
+             "starts the next automatic job. Lower it early in a session for quick feedback on "
+             "whether Warp picks a good variety of views; late in a session jobs may take "
+             "longer than collecting this many, and the next one then starts when the running "
+             "one ends.")
+    low_res: float = _spec(
+        300.0, "Low-res limit", lo=10.0, hi=10_000.0, unit="Å",
+        help="Coarsest detail used when comparing particles with classes: features larger "
+             "than this (ice thickness gradients, carbon edges) are ignored. Rarely needs "
+             "changing; lower it (e.g. 100 Å) when a varying background drives the classes. "
+             "Must stay coarser than the initial high-res limit.")
+    angular_step: float = _spec(
+        15.0, "Angular step", lo=0.0, hi=90.0, unit="°",
+        help="Step of the in-plane rotation search; 0 lets the engine choose it from the "
+             "mask radius and the resolution limit. Finer steps align more precisely but cost "
+             "time in proportion; 5 to 15° is typical for 2D classification.")
     search_range: float | None = _spec(
         None, "Search range", lo=0.0, hi=5000.0, unit="Å", optional=True,
-        help="Translational search range; empty = 0.33 × Warp's diameter.")
-    smoothing: float = _spec(1.0, "Smoothing factor", lo=0.01, hi=100.0)
-    auto_center: bool = _spec(True, "Autocenter")
-    auto_mask: bool = _spec(False, "Automask")
+        empty="0.33 × the particle diameter Warp picks with",
+        help="How far a particle may be shifted to match a class. Widen it for poorly centred "
+             "picks; narrower ranges are faster and give fewer false alignments.")
+    smoothing: float = _spec(
+        1.0, "Smoothing factor", lo=0.01, hi=100.0,
+        help="cisTEM's likelihood tuning factor: it scales the scores before particles are "
+             "shared among classes and orientations. Below 1, particles spread over more "
+             "classes (smoother, more stable averages); above 1, assignments sharpen. Change "
+             "it only when classes stay blurry (raise it) or collapse into a few (lower it).")
+    auto_center: bool = _spec(
+        True, "Autocenter",
+        help="After every cycle but the random start, shift each class average so that its "
+             "centre of mass sits at the centre of the box (cisTEM's Autocenter), which stops "
+             "classes drifting towards the mask's edge. Turn it off for particles whose mass "
+             "centre is not where they should be centred, e.g. with a large flexible domain.")
+    auto_mask: bool = _spec(
+        False, "Automask",
+        help="After every cycle but the random start, mask each class average to the outline "
+             "of its own density (cisTEM's Automask), inside the circular mask, removing noise "
+             "and parts of neighbouring particles. Helps with crowded micrographs and small "
+             "particles; can clip weak density such as micelles or flexible parts.")
     exclude_blank_edges: bool = _spec(
         False, "Exclude blank edges",
-        help="Leave out particles cut out past a micrograph's border (a flat or repeated edge).")
-    particle_file: str = _spec("allparticles", "Warp particle file",
-                               choices=("allparticles", "goodparticles"))
-    poll_seconds: float = _spec(30.0, "Polling period", lo=0.5, hi=3600.0, unit="s")
-    threads: int = _spec(max(1, os.cpu_count() or 1), "Threads", lo=1, hi=1024)
-    seed: int = _spec(0, "Random seed", lo=0, hi=2**31 - 1)
+        help="Leave out particles whose box extends past a micrograph's border, recognised "
+             "by a flat or repeated edge. Turn it on when particles picked near the edges "
+             "bring blank strips into the averages.")
+    particle_file: str = _spec(
+        "allparticles", "Warp particle file", choices=("allparticles", "goodparticles"),
+        help="Which of Warp's particle star files is imported: allparticles holds every "
+             "picked particle, goodparticles only those of micrographs that pass Warp's "
+             "filters (defocus, resolution, motion...). Changing it imports every particle "
+             "again and restarts from an ab initio job.")
+    poll_seconds: float = _spec(
+        30.0, "Polling period", lo=0.5, hi=3600.0, unit="s",
+        help="How often Warp's folder is checked for new particles. A check reads only what "
+             "Warp added, so short periods are cheap; lengthen it when the folder is on a slow "
+             "network share.")
+    threads: int = _spec(
+        max(1, os.cpu_count() or 1), "Threads", lo=1, hi=1024,
+        default_text="every CPU core of this machine",
+        help="CPU threads of the built-in engine, or refine2d processes run side by side by "
+             "the cisTEM engine. More is faster up to the number of logical cores; leave "
+             "some free when other programs (e.g. Warp) share the machine.")
+    seed: int = _spec(
+        0, "Random seed", lo=0, hi=2**31 - 1,
+        help="Seed of the random choices (starting classes, the ab initio subset, the "
+             "rotation grid's offsets): the same seed on the same particles gives the same "
+             "classes. Change it to check whether the classes depend on the random start.")
 
     @classmethod
     def specs(cls) -> list[dict[str, Any]]:
-        """One dict per setting (name, type, default, label, min, max, ...), for UIs to render."""
+        """One dict per setting (name, type, default, label, min, max, help, ...), for UIs to
+        render; ``full_help`` is :meth:`describe`'s text, the one to show to users."""
         out = []
         for f in dataclasses.fields(cls):
             kind = _kind(f)
-            out.append({"name": f.name, "type": kind, "default": f.default, **f.metadata})
+            out.append({"name": f.name, "type": kind, "default": f.default, **f.metadata,
+                        "full_help": cls.describe(f.name)})
         return out
+
+    @classmethod
+    def describe(cls, name: str, note: str = "") -> str:
+        """The help of setting ``name`` for users: what it does, its default, ``note`` (what a
+        particular UI adds, e.g. how its input changes the default) and the allowed range.
+        Defaults and ranges are stated here only, so every UI states them alike."""
+        f = _fields()[name]
+        meta = f.metadata
+        parts = [meta["help"], f"Default: {_default_text(f)}.", note]
+        if meta["min"] is not None and meta["max"] is not None:
+            unit = _unit_suffix(meta["unit"])
+            parts.append(f"Allowed: {_number(meta['min'])} to {_number(meta['max'])}{unit}.")
+        return " ".join(part.strip() for part in parts if part.strip())
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], base: Settings | None = None) -> Settings:
@@ -95,7 +211,7 @@ class Settings:
         base = base or cls()
         if not isinstance(values, dict):
             raise SettingsError("settings must be an object of name: value pairs")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = _fields()
         unknown = sorted(set(values) - set(fields))
         if unknown:
             raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
@@ -126,6 +242,34 @@ def _kind(f: dataclasses.Field) -> str:
         if text.startswith(kind):
             return kind
     raise TypeError(f"unsupported setting type {text}")
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _number(value: float) -> str:
+    # Thousands separators: counts such as 100000000 are unreadable otherwise.
+    if float(value).is_integer() and abs(value) >= 10_000:
+        return f"{int(value):,}"
+    return f"{value:g}"
+
+
+def _unit_suffix(unit: str) -> str:
+    return unit if unit == "°" else f" {unit}" if unit else ""
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    meta = f.metadata
+    if meta["default_text"]:
+        return meta["default_text"]
+    if f.default is None:
+        return f"empty, meaning {meta['empty']}"
+    if isinstance(f.default, bool):
+        return "on" if f.default else "off"
+    if isinstance(f.default, str):
+        return (meta["labels"] or {}).get(f.default, f.default)
+    return f"{_number(f.default)}{_unit_suffix(meta['unit'])}"
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:

@@ -96,3 +96,56 @@ def test_specs_describe_every_setting_for_uis():
     assert specs["mode"]["type"] == "choice" and specs["mode"]["level"] == "user"
     assert specs["mask_radius"]["optional"] and specs["mask_radius"]["level"] == "user"
     assert specs["auto_mask"]["type"] == "bool"
+
+
+def test_every_setting_has_a_help_and_states_its_default_once():
+    for spec in Settings.specs():
+        name, text = spec["name"], spec["help"]
+        assert len(text) > 80, f"{name}: help too short: {text!r}"
+        # The default and the range are Settings.describe's to state, once for every UI.
+        assert "default" not in text.lower() and "range " not in text.lower(), name
+        full = Settings.describe(name)
+        assert spec["full_help"] == full and full.startswith(text), name
+        assert full.count("Default") == 1 and full.lower().count("default") == 1, full
+        assert full.count("Allowed:") == (spec["min"] is not None), full
+        if spec["optional"]:
+            assert full.count("empty, meaning") == 1 and full.count("empty") == 1, full
+
+
+def test_composed_help_states_default_unit_and_range():
+    assert Settings.describe("classes").endswith("Default: 50. Allowed: 1 to 1000.")
+    assert Settings.describe("high_res_initial").endswith("Default: 40 Å. Allowed: 2 to 300 Å.")
+    assert "Default: 50,000." in Settings.describe("first_job_at")
+    assert "Default: Ab initio." in Settings.describe("mode")
+    assert "Default: on." in Settings.describe("auto_center")
+    assert "Default: empty, meaning 0.6 × the particle diameter Warp picks with." in (
+        Settings.describe("mask_radius"))
+    # A UI's note goes after the default, before the range.
+    assert Settings.describe("classes", "NOTE.").endswith("Default: 50. NOTE. Allowed: 1 to 1000.")
+
+
+def test_autocenter_and_automask_say_what_cistem_does():
+    assert "centre of mass" in Settings.describe("auto_center")
+    assert "density" in Settings.describe("auto_mask")
+    mode = Settings.describe("mode")
+    assert all(label in mode for label in ("Ab initio:", "Seeded startup:", "Refinement:"))
+
+
+def test_cli_setting_options_take_their_help_from_settings(capsys):
+    import argparse
+
+    from live2d.cli import main as cli_main
+    from live2d.commands import run
+
+    parser = argparse.ArgumentParser()
+    run.add_args(parser)
+    actions = {action.dest: action for action in parser._actions}
+    assert set(run.SETTING_OPTIONS) <= {spec["name"] for spec in Settings.specs()}
+    for name in run.SETTING_OPTIONS:
+        assert actions[name].help.replace("%%", "%") == Settings.describe(name), name
+    assert actions["mode"].choices == ("abinit", "seeded", "refine")
+    with pytest.raises(SystemExit):
+        cli_main(["run", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "Default: 50,000. Allowed: 1 to 100,000,000." in shown
+    assert "(50000)" not in shown  # the hand-written defaults are gone

@@ -14,41 +14,53 @@ import sys
 from pathlib import Path
 
 from live2d.engines import ENGINE_NAMES, CycleCancelled, EngineError
-from live2d.schedule import JOB_TYPES, SettingsError
+from live2d.schedule import Settings, SettingsError
 
-# command-line option -> Settings field
+# Settings field -> command-line option; type, choices and help come from Settings.
 SETTING_OPTIONS = {
-    "mode": ("--mode", str, "job type of the next job"),
-    "classes": ("--classes", int, "number of classes (50)"),
-    "startup_cycles": ("--startup-cycles", int, "cycles ramping the resolution limit (15)"),
-    "refinement_cycles": ("--refinement-cycles", int, "cycles at the final limit (5)"),
-    "high_res_initial": ("--high-res-initial", float, "initial high-resolution limit, Å (40)"),
-    "high_res_final": ("--high-res-final", float, "final high-resolution limit, Å (8)"),
-    "particles_per_class": ("--particles-per-class", int, "ab initio subset per class (300)"),
-    "mask_radius": ("--mask-radius", float, "mask radius, Å (0.6 × Warp's diameter)"),
-    "search_range": ("--search-range", float, "translational search, Å (0.33 × diameter)"),
-    "angular_step": ("--angular-step", float, "in-plane angular step, degrees (15)"),
-    "first_job_at": ("--first-job-at", int, "particles before the first job (50000)"),
-    "update_every": ("--update-every", int, "new particles before the next job (50000)"),
-    "poll_seconds": ("--poll-seconds", float, "seconds between polls of the Warp folder (30)"),
-    "particle_file": ("--particle-file", str, "allparticles (default) or goodparticles"),
-    "threads": ("--threads", int, "CPU threads or cisTEM processes (all cores)"),
-    "seed": ("--seed", int, "random seed (0)"),
+    "mode": "--mode",
+    "classes": "--classes",
+    "startup_cycles": "--startup-cycles",
+    "refinement_cycles": "--refinement-cycles",
+    "high_res_initial": "--high-res-initial",
+    "high_res_final": "--high-res-final",
+    "particles_per_class": "--particles-per-class",
+    "mask_radius": "--mask-radius",
+    "search_range": "--search-range",
+    "angular_step": "--angular-step",
+    "first_job_at": "--first-job-at",
+    "update_every": "--update-every",
+    "poll_seconds": "--poll-seconds",
+    "particle_file": "--particle-file",
+    "threads": "--threads",
+    "seed": "--seed",
 }
+OPTION_TYPES = {"int": int, "float": float, "str": str, "choice": str}
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("warp_dir", type=Path, metavar="WARP_DIR", help="the folder Warp writes")
     parser.add_argument("--output", type=Path, help="output folder (WARP_DIR/classification)")
     parser.add_argument("--engine", choices=ENGINE_NAMES, default="auto",
-                        help="auto: cisTEM when refine2d and merge2d are found, else builtin")
-    parser.add_argument("--device", default="auto", help="builtin engine: auto, cpu or cuda")
+                        help="auto: cisTEM when refine2d and merge2d are found, else the "
+                             "built-in engine (builtin)")
+    parser.add_argument("--device", default="auto", help="built-in engine: auto, cpu or cuda")
     parser.add_argument("--cistem-bin", help="folder holding cisTEM's refine2d and merge2d")
     parser.add_argument("--once", action="store_true", help="run one job now and exit")
     add_cluster_args(parser)
-    for name, (flag, kind, help_text) in SETTING_OPTIONS.items():
-        extra = {"choices": JOB_TYPES} if name == "mode" else {}
-        parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text, **extra)
+    add_setting_args(parser)
+
+
+def add_setting_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "settings", "A new session starts from the defaults below; a session that exists "
+        "keeps its saved value of every setting not given.")
+    specs = {spec["name"]: spec for spec in Settings.specs()}
+    for name, flag in SETTING_OPTIONS.items():
+        spec = specs[name]
+        # argparse expands % in help texts.
+        group.add_argument(flag, dest=name, type=OPTION_TYPES[spec["type"]], default=None,
+                           choices=spec["choices"], help=spec["full_help"].replace("%", "%%"))
 
 
 def add_cluster_args(parser: argparse.ArgumentParser) -> None:

@@ -79,7 +79,8 @@ function renderSettings() {
 
 function settingInput(spec, current) {
   const label = document.createElement("label");
-  label.title = spec.help || "";
+  // full_help: the help with its default and range (the tooltip wraps long text).
+  label.title = spec.full_help || spec.help || "";
   const text = document.createElement("span");
   text.textContent = spec.label + (spec.unit ? ` (${spec.unit})` : "");
   let input;
