@@ -27,7 +27,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "ruff>=0.5", "selenium>=4.10"],
-        "scipion": ["scipion-pyworkflow>=3.11", "scipion-em>=3.11"],
+        # scipion-app: the `scipion` launcher and the workflow-template dialog.
+        "scipion": ["scipion-pyworkflow>=3.11", "scipion-em>=3.11", "scipion-app>=3.8"],
         "dask": ["dask[distributed]>=2024.1"],
         "cluster": ["dask[distributed]>=2024.1", "dask-jobqueue>=0.8"],
     },

@@ -1,7 +1,11 @@
+# Scipion renders a reference as "<first author> et al., <journal>, <year>" and shows
+# "Error with citation" when year is missing: journal names the repository for that line.
 """
 @misc{Barad_Live2D,
   title = {Live2D: live 2D classification of cryo-EM particles from Warp with cisTEM},
   author = {Barad, Benjamin A.},
+  journal = {GitHub repository},
+  year = {2020},
   howpublished = {https://github.com/bbarad/Live2D},
   url = {https://github.com/bbarad/Live2D}
 }

@@ -8,7 +8,6 @@ LIVE2D_DEVICE = "LIVE2D_DEVICE"
 
 ENGINES = ("auto", "builtin", "cistem")
 ENGINE_LABELS = ("auto", "built-in", "cisTEM")
-JOB_TYPE_LABELS = ("ab initio", "seeded", "refinement")
 PARTICLE_FILE_LABELS = ("all particles", "good particles")
 
 # Right-click action that ends streaming gracefully (the Stop button kills the process).

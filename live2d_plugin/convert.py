@@ -185,6 +185,25 @@ def mrc_box(filename: str) -> int | None:
 
 
 # ------------------------------------------------------------------------- classes: star -> set
+def scipion_stack(classes_mrc: str | os.PathLike) -> str:
+    """The name Scipion registers a cycle's class averages under: ``cycle_NNN.mrcs``, a relative
+    symbolic link to ``cycle_NNN.mrc`` in the same folder (made here if missing).
+
+    pwem tells a stack of 2D images from a volume by the file name alone (``.mrcs``, or the
+    ``:mrcs`` suffix), whatever the header says. The suffix breaks Scipion 3.8's metadata viewer
+    (pwem 3.11 takes the file's modification time with ``:mrcs`` still attached), so the
+    averages get a ``.mrcs`` name; ``.mrc`` stays the name the core, the page and merge2d use.
+    """
+    target = Path(classes_mrc)
+    link = target.with_suffix(".mrcs")
+    if not (link.is_symlink() and os.readlink(link) == target.name):
+        scratch = link.with_name(f".{link.name}.{os.getpid()}")
+        scratch.unlink(missing_ok=True)
+        os.symlink(target.name, scratch)
+        os.replace(scratch, link)
+    return str(link)
+
+
 def alignment_2d(psi: float, shift_x: float, shift_y: float, pixel_size: float) -> Transform:
     """The transform that maps a particle onto its class average.
 

@@ -8,11 +8,14 @@ into ``outputClasses`` and ``outputAverages``.
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import logging
 import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,21 +27,25 @@ from pyworkflow.object import Integer, Set
 
 from live2d import cistem_star, warp
 from live2d.executors import Executor, LocalExecutor, make_executor
-from live2d.schedule import JOB_LABELS, Settings, SettingsError, automatic_job_due
+from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings, SettingsError, automatic_job_due
 from live2d.session import CycleRecord, Session
 from live2d_plugin import Plugin
 from live2d_plugin.constants import (
     ENGINE_LABELS,
     ENGINES,
-    JOB_TYPE_LABELS,
     STOP_ACTION,
     STOP_FILE,
 )
-from live2d_plugin.convert import WarpExport, alignment_2d, cycle_assignments, mrc_box
+from live2d_plugin.convert import (
+    WarpExport,
+    alignment_2d,
+    cycle_assignments,
+    mrc_box,
+    scipion_stack,
+)
 
-JOB_TYPES = ("abinit", "seeded", "refine")
 DASK_ADDRESS = re.compile(r"^((tcp|tls|ucx)://)?[\w.\-\[\]:]+:\d+$")
-# Form parameter -> Settings field; defaults, ranges and levels come from Settings.
+# Form parameter -> Settings field; labels, defaults, ranges, levels and help come from Settings.
 PARAM_SETTINGS = {
     "numberOfClasses": "classes",
     "maskRadius": "mask_radius",
@@ -53,9 +60,47 @@ PARAM_SETTINGS = {
     "autoMask": "auto_mask",
     "excludeBlankEdges": "exclude_blank_edges",
 }
+# Shown at the Normal level besides the settings the web page puts under User Settings: a
+# Scipion run is set up once, before its particles arrive, so how many classes it makes and
+# when its jobs start belong up front (the page keeps them under Expert Settings, where they
+# can still be changed during the session).
+NORMAL_LEVEL_SETTINGS = frozenset({"classes", "first_job_at", "update_every"})
+# What is particular to Scipion input, added to the shared help (see _createExport, _runLoop).
+SCIPION_NOTES = {
+    "mask_radius": "Particles from Scipion carry no Warp picking diameter: half the box width "
+                   "stands in for it.",
+    "mode": "It sets the first job; Continue keeps the job type the run had reached.",
+    "first_job_at": "If the input set closes with fewer particles, the job starts then.",
+    "update_every": "When the input set closes, the remaining particles are classified in a "
+                    "last job however few they are.",
+}
 POLL_SECONDS = 3.0  # between looks at the input set while no job is due
 EXPORT_BATCH = 20_000  # particles read from the input set at once
 CYCLE_SETS_KEPT = 2  # per output: the current cycle's sqlite and the one before
+
+
+def engine_text(description: str) -> str:
+    """An engine's describe() line for users: "builtin (torch 2.3, cpu)" -> "built-in (...)"."""
+    name, _, details = description.partition(" ")
+    if name in ENGINES:
+        name = ENGINE_LABELS[ENGINES.index(name)]
+    return f"{name} {details}".strip()
+
+
+@contextlib.contextmanager
+def _quietFirstDimensions() -> Iterator[None]:
+    """pwem logs "Getting the dimensions for the first item" for every class of every cycle:
+    drop that line while a cycle's classes are built (the cycle's own summary line says it all)."""
+    data_logger = logging.getLogger("pwem.objects.data")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Getting the dimensions for the first item")
+
+    data_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        data_logger.removeFilter(keep)
 
 
 class ProtLive2DClassify2D(ProtClassify2D):
@@ -86,55 +131,38 @@ class ProtLive2DClassify2D(ProtClassify2D):
         specs = {spec["name"]: spec for spec in Settings.specs()}
 
         def level(name: str) -> int:
-            return params.LEVEL_NORMAL if specs[name]["level"] == "user" else \
-                params.LEVEL_ADVANCED
+            shown = specs[name]["level"] == "user" or name in NORMAL_LEVEL_SETTINGS
+            return params.LEVEL_NORMAL if shown else params.LEVEL_ADVANCED
 
-        def help_text(name: str, extra: str = "") -> str:
-            spec = specs[name]
-            bounds = f" Range {spec['min']:g} to {spec['max']:g}." if spec["min"] is not None \
-                else ""
-            return " ".join(part for part in (spec["help"], extra) if part) + bounds
+        def help_text(name: str) -> str:
+            return Settings.describe(name, SCIPION_NOTES.get(name, ""))
 
-        def number(param: str, kind, extra: str = "", **kwargs) -> None:
+        def setting(param: str, kind, **kwargs) -> None:
             name = PARAM_SETTINGS[param]
             spec = specs[name]
             unit = f" ({spec['unit']})" if spec["unit"] else ""
             form.addParam(param, kind, default=spec["default"], label=spec["label"] + unit,
-                          expertLevel=level(name), help=help_text(name, extra), **kwargs)
+                          expertLevel=level(name), help=help_text(name), **kwargs)
 
         form.addSection(label="Input")
         form.addParam("inputParticles", params.PointerParam, pointerClass="SetOfParticles",
                       important=True, label="Input particles",
-                      help="Particles with CTF, e.g. from 'import warp particles (live)'. The set "
-                           "may still be growing: new particles join the next cycle.")
+                      help="The particles to classify; they need a CTF (e.g. the output of "
+                           "'import warp particles (live)', or particles whose CTF was "
+                           "estimated). The set may still be growing: each job takes in the "
+                           "particles that arrived before it, and the run ends once the set is "
+                           "closed and all its particles are classified.")
         form.addParam("engine", params.EnumParam, choices=list(ENGINE_LABELS), default=0,
                       display=params.EnumParam.DISPLAY_HLIST, label="Engine",
-                      help="built-in: Live2D's PyTorch engine (CPU or GPU, nothing to install). "
-                           "cisTEM: cisTEM 2's refine2d and merge2d (LIVE2D_CISTEM_BIN, "
-                           "CISTEM_HOME or PATH). auto: cisTEM when found, else built-in.")
-        form.addParam("classificationType", params.EnumParam, choices=list(JOB_TYPE_LABELS),
-                      default=0, display=params.EnumParam.DISPLAY_HLIST,
-                      label=specs["mode"]["label"],
-                      help="First job: ab initio (random start classes, a subset of particles "
-                           "at low resolution first), seeded (the same ramp from the latest "
-                           "classes, all particles) or refinement (only the high-resolution "
-                           "cycles). After an ab initio job the next ones are seeded.")
-        number("numberOfClasses", params.IntParam, validators=[params.Positive])
-        number("maskRadius", params.FloatParam, allowsNull=True,
-               extra="Empty: 0.6 × the particle diameter, taken as half the box.")
-        form.addSection(label="Schedule")
-        number("highResInitial", params.FloatParam)
-        number("highResFinal", params.FloatParam)
-        number("startupCycles", params.IntParam)
-        number("refinementCycles", params.IntParam)
-        number("particlesPerClass", params.IntParam)
-        number("firstJobAt", params.IntParam,
-               extra="When the input set is closed with fewer particles, the job starts then.")
-        number("updateEvery", params.IntParam)
-        number("autoCenter", params.BooleanParam)
-        number("autoMask", params.BooleanParam)
-        number("excludeBlankEdges", params.BooleanParam)
-        form.addParallelSection(threads=4, mpi=0)
+                      help="The program that classifies. built-in: Live2D's own "
+                           "maximum-likelihood classification in PyTorch, following cisTEM's "
+                           "refine2d cycle by cycle; it runs on the CPU or a CUDA GPU (Scipion "
+                           "variable LIVE2D_DEVICE) and needs nothing else installed. cisTEM: "
+                           "cisTEM 2's refine2d and merge2d, as the original Live2D ran them, "
+                           "looked for in LIVE2D_CISTEM_BIN, then $CISTEM_HOME/bin, then PATH. "
+                           "auto: cisTEM when its programs are found, else built-in.")
+        # Here, not after addParallelSection: the form shows no parameter of that section
+        # but its own (threads, MPI, host).
         form.addParam("daskScheduler", params.StringParam, default="",
                       expertLevel=params.LEVEL_ADVANCED, label="Dask scheduler (optional)",
                       help="Address of a running Dask scheduler, e.g. tcp://head:8786: each "
@@ -142,7 +170,28 @@ class ProtLive2DClassify2D(ProtClassify2D):
                            "refine2d slices) then run on its workers, which must see this "
                            "project's folder (and, for cisTEM, its programs) at the same path. "
                            "Empty: the cycles run where this protocol runs, on this machine or "
-                           "in its queue job, with the threads above.")
+                           "in its queue job, with the threads of the Parallelization section.")
+        form.addSection(label="Classification")
+        form.addParam("classificationType", params.EnumParam,
+                      choices=[JOB_LABELS[job_type] for job_type in JOB_TYPES],
+                      default=JOB_TYPES.index(specs["mode"]["default"]),
+                      display=params.EnumParam.DISPLAY_HLIST, label=specs["mode"]["label"],
+                      expertLevel=level("mode"), help=help_text("mode"))
+        setting("numberOfClasses", params.IntParam, validators=[params.Positive])
+        setting("maskRadius", params.FloatParam, allowsNull=True)
+        setting("autoCenter", params.BooleanParam)
+        setting("autoMask", params.BooleanParam)
+        setting("excludeBlankEdges", params.BooleanParam)
+        form.addSection(label="Schedule")
+        setting("firstJobAt", params.IntParam)
+        setting("updateEvery", params.IntParam)
+        setting("highResInitial", params.FloatParam)
+        setting("highResFinal", params.FloatParam)
+        setting("startupCycles", params.IntParam)
+        setting("refinementCycles", params.IntParam)
+        setting("particlesPerClass", params.IntParam)
+        # Settings' help without Settings.describe's default (every core): 4 applies here.
+        form.addParallelSection(threads=4, mpi=0, binThreadsHelp=specs["threads"]["help"])
 
     # ------------------------------------------------------------------------------ settings
     def _engineName(self) -> str:
@@ -160,6 +209,11 @@ class ProtLive2DClassify2D(ProtClassify2D):
         return Settings.from_dict(self._settingsValues())
 
     # ------------------------------------------------------------------------------ steps
+    def _stepsCheck(self) -> None:
+        """Nothing to check between steps: classifyStep polls its input itself. Overriding it
+        is how pyworkflow recognises a streaming consumer (``Protocol.worksInStreaming``): the
+        scheduler then launches this protocol while its input set is still open."""
+
     def _insertAllSteps(self) -> None:
         # The argument changes after every graceful stop, so that Continue runs the step again
         # (pyworkflow skips steps that finished with the same arguments).
@@ -340,7 +394,7 @@ class ProtLive2DClassify2D(ProtClassify2D):
 
     def _publishCycle(self, record: CycleRecord) -> None:
         output_dir = Path(self._getExtraPath("live2d"))
-        classes_mrc = str(output_dir / record.classes)
+        classes_mrc = scipion_stack(output_dir / record.classes)
         star = cistem_star.read_star(output_dir / record.star)
         from live2d.store import ParticleStore
 
@@ -355,10 +409,11 @@ class ProtLive2DClassify2D(ProtClassify2D):
         averages.copyInfo(self.inputParticles.get())
         averages.setSamplingRate(pixel_size)
         averages.setHasCTF(False)
-        for number in range(1, len(record.class_counts) + 1):
-            average = Particle(location=(number, classes_mrc))
-            average.setSamplingRate(pixel_size)
-            averages.append(average)
+        with _quietFirstDimensions():
+            for number in range(1, len(record.class_counts) + 1):
+                average = Particle(location=(number, classes_mrc))
+                average.setSamplingRate(pixel_size)
+                averages.append(average)
 
         classes = self._createSetOfClasses2D(self.inputParticles, suffix)
 
@@ -379,8 +434,10 @@ class ProtLive2DClassify2D(ProtClassify2D):
             class_item.setAlignment2D()
 
         last_id = int(assignments.index.max()) if len(assignments) else 0
-        classes.classifyItems(updateItemCallback=update_item, updateClassCallback=update_class,
-                              iterParams={"where": f"id <= {last_id}"})
+        with _quietFirstDimensions():
+            classes.classifyItems(updateItemCallback=update_item,
+                                  updateClassCallback=update_class,
+                                  iterParams={"where": f"id <= {last_id}"})
         first = not self.hasAttribute("outputClasses")
         self._updateOutputSet("outputAverages", averages, Set.STREAM_OPEN)
         self._updateOutputSet("outputClasses", classes, Set.STREAM_OPEN)
@@ -403,6 +460,11 @@ class ProtLive2DClassify2D(ProtClassify2D):
             if output is not None and output.isStreamOpen():
                 fresh = set_class(filename=output.getFileName())
                 fresh.loadAllProperties()
+                if isinstance(fresh, SetOfClasses2D):
+                    # A set read back from its sqlite has lost its link to the particles, and
+                    # _updateOutputSet copies every attribute: without this, subsets from the
+                    # final classes find no particles.
+                    fresh.setImages(self.inputParticles)
                 self._updateOutputSet(name, fresh, Set.STREAM_CLOSED)
 
     def _dropOldCycleSets(self) -> None:
@@ -487,15 +549,18 @@ class ProtLive2DClassify2D(ProtClassify2D):
                          f"{self.publishedClassified.get()} of the "
                          f"{self.publishedParticles.get()} particles it saw were classified.")
             if record is not None:
-                lines.append(f"Job {record.job} ({JOB_LABELS[record.job_type]}), "
+                lines.append(f"Job {record.job} ({JOB_LABELS[record.job_type].lower()}), "
                              f"{record.block} cycle {record.block_cycle}, "
-                             f"high-res limit {record.high_res:.1f} Å, engine {record.engine}.")
+                             f"high-res limit {record.high_res:.1f} Å, "
+                             f"engine: {engine_text(record.engine)}.")
             newer = exported - (self.publishedParticles.get() or 0)
             if newer > 0:
                 lines.append(f"{newer} input particles arrived since and join the next job.")
         else:
-            lines.append(f"No classes yet: {exported} particles received, the first job "
-                         f"starts at {self.firstJobAt.get()} (or when the input closes).")
+            first = JOB_LABELS[JOB_TYPES[self.classificationType.get()]].lower()
+            lines.append(f"No classes yet: {exported} particles received; the first job "
+                         f"({first}) starts at {self.firstJobAt.get()} particles (or when "
+                         "the input closes).")
         if history:
             lines.append(f"{len(history)} cycles on disk (any of them in the viewer).")
         address = self._daskAddress()
@@ -506,10 +571,14 @@ class ProtLive2DClassify2D(ProtClassify2D):
     def _methods(self) -> list[str]:
         if not self.hasAttribute("outputClasses"):
             return []
+        history = self._history()
+        # The engine that ran, not the form's choice, which may be "auto".
+        engine = engine_text(history[-1].engine.partition(" ")[0]) if history else \
+            ENGINE_LABELS[self.engine.get()]
         return [f"{self.publishedParticles.get()} particles were classified into "
                 f"{self.numberOfClasses.get()} 2D classes with Live2D [Barad_Live2D] "
-                f"({ENGINE_LABELS[self.engine.get()]} engine), following the schedule of "
-                "cisTEM's 2D classification [Grant2018]."]
+                f"({engine} engine), following the schedule of cisTEM's 2D classification "
+                "[Grant2018]."]
 
     def _citations(self) -> list[str]:
         cites = ["Barad_Live2D"]

@@ -17,6 +17,7 @@ from pyworkflow.object import Set
 from live2d import warp
 from live2d.atomic import atomic_write_json
 from live2d.importer import Importer
+from live2d.schedule import Settings
 from live2d.store import ParticleStore
 from live2d_plugin.constants import PARTICLE_FILE_LABELS, STOP_ACTION, STOP_FILE
 from live2d_plugin.convert import acquisition_from_warp, particles_from_store_rows
@@ -66,10 +67,7 @@ class ProtLive2DImportWarp(ProtImport):
                            "particle star files (Warp > Picking > Export particles on).")
         form.addParam("particleFile", params.EnumParam, choices=list(PARTICLE_FILE_LABELS),
                       default=0, display=params.EnumParam.DISPLAY_HLIST,
-                      label="Particles",
-                      help="allparticles_<model>.star (every picked particle) or "
-                           "goodparticles_<model>.star (only those of micrographs that pass "
-                           "Warp's filters).")
+                      label="Particles", help=Settings.describe("particle_file"))
         form.addParam("streamTimeout", params.FloatParam, default=120.0,
                       validators=[params.Positive],
                       label="Timeout (minutes)",

@@ -55,7 +55,7 @@ class TestClassify(ProjectTestCase):
             for class_item in classes.iterItems():
                 representative = class_item.getRepresentative()
                 index, filename = representative.getLocation()
-                self.assertEqual(Path(filename).name, f"cycle_{cycle:03d}.mrc")
+                self.assertEqual(Path(filename).name, f"cycle_{cycle:03d}.mrcs")
                 self.assertEqual(index, class_item.getObjId())
                 with mrcfile.open(session_dir / f"cycle_{cycle:03d}.mrc") as mrc:
                     self.assertEqual(mrc.data.shape[-1], BOX)

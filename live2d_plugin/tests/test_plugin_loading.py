@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -11,17 +12,39 @@ import pwem
 import pytest
 import pyworkflow.protocol.params as params
 from plugin_test_helpers import ProjectTestCase
+from pyworkflow.object import Integer
 from pyworkflow.template import LocalTemplate
 from pyworkflow.viewer import DESKTOP_TKINTER
 
 import live2d_plugin
 from live2d.schedule import Settings
+from live2d.session import CycleRecord
 from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp
-from live2d_plugin.protocols.protocol_classify2d import PARAM_SETTINGS
+from live2d_plugin.protocols.protocol_classify2d import (
+    PARAM_SETTINGS,
+    SCIPION_NOTES,
+    engine_text,
+)
 from live2d_plugin.viewers import Live2DViewer
 
 REAL_ENTRY_POINT = os.environ.get("LIVE2D_PLUGIN_ENTRY_POINT") == "installed"
 TEMPLATE = Path(live2d_plugin.__file__).parent / "templates" / "warp_live2d.json.template"
+# Sections pyworkflow's form window (pyworkflow/gui/form.py, _createSections) shows no tab for:
+# it renders only its own widgets for them, so a parameter added to them is never seen.
+NO_TAB = ("General", "Parallelization")
+
+
+def shown_sections(prot) -> list:
+    return [s for s in prot.iterDefinitionSections() if s.getLabel() not in NO_TAB]
+
+
+def shown_params(prot) -> dict:
+    return {name: param for section in shown_sections(prot)
+            for name, param in section.iterParams()}
+
+
+def help_without_default_and_range(text: str) -> str:
+    return re.sub(r"\b(Default|Allowed|Range)\b.*$", "", text, flags=re.S).strip()
 
 
 @pytest.mark.skipif(not REAL_ENTRY_POINT, reason="the pyworkflow.plugin entry point is not "
@@ -72,7 +95,95 @@ def test_bibtex_has_the_three_citations() -> None:
     assert keys == {"Barad_Live2D", "Grant2018", "Tegunov2019"}
 
 
+def test_summary_names_engines_with_their_labels() -> None:
+    assert engine_text("builtin (torch 2.3.1, cpu, 2 threads)") == \
+        "built-in (torch 2.3.1, cpu, 2 threads)"
+    assert engine_text("cistem (refine2d 2.0.0, library 2.0.0, OpenMP)").startswith("cisTEM (")
+    assert engine_text("builtin") == "built-in"
+
+
 class TestForms(ProjectTestCase):
+    def test_normal_level_shows_classes_and_when_jobs_start_in_every_tab(self) -> None:
+        prot = self.new(ProtLive2DClassify2D)
+        normal = {name for name, p in shown_params(prot).items()
+                  if p.expertLevel.get() == params.LEVEL_NORMAL}
+        self.assertTrue({"inputParticles", "classificationType", "numberOfClasses",
+                         "maskRadius", "firstJobAt", "updateEvery"} <= normal, normal)
+        for section in shown_sections(prot):  # no tab is empty at the Normal level
+            levels = [p.expertLevel.get() for _, p in section.iterParams()]
+            self.assertIn(params.LEVEL_NORMAL, levels, section.getLabel())
+        schedule = next(s for s in shown_sections(prot) if s.getLabel() == "Schedule")
+        self.assertIn("firstJobAt", dict(schedule.iterParams()))
+        # The page's grouping stays: these are Expert Settings there.
+        specs = {spec["name"]: spec for spec in Settings.specs()}
+        self.assertEqual({specs[n]["level"] for n in ("classes", "first_job_at",
+                                                      "update_every")}, {"expert"})
+
+    def test_every_parameter_has_a_real_help(self) -> None:
+        for prot in (self.new(ProtLive2DClassify2D),
+                     self.new(ProtLive2DImportWarp, warpFolder=str(self.work))):
+            for name, param in shown_params(prot).items():
+                text = param.help.get() or ""
+                self.assertFalse(text.strip().startswith(("Range", "Allowed")), name)
+                self.assertGreater(len(help_without_default_and_range(text)), 60,
+                                   f"{name}: {text!r}")
+                self.assertLessEqual(text.count("Default:"), 1, name)
+        prot = self.new(ProtLive2DClassify2D)
+        for param, setting in PARAM_SETTINGS.items():
+            self.assertEqual(prot.getParam(param).help.get(),
+                             Settings.describe(setting, SCIPION_NOTES.get(setting, "")), param)
+        mode = prot.getParam("classificationType")
+        self.assertEqual(mode.help.get(), Settings.describe("mode", SCIPION_NOTES["mode"]))
+        self.assertEqual(list(mode.choices), ["Ab initio", "Seeded startup", "Refinement"])
+        mask = prot.getParam("maskRadius").help.get()
+        self.assertEqual(mask.count("empty"), 1, mask)  # one statement of what empty means
+        engine = prot.getParam("engine").help.get()
+        self.assertTrue(all(label + ":" in engine for label in ("built-in", "cisTEM", "auto")))
+
+    def test_dask_scheduler_is_in_a_visible_tab_before_the_parallel_section(self) -> None:
+        prot = self.new(ProtLive2DClassify2D)
+        labels = [s.getLabel() for s in prot.iterDefinitionSections()]
+        holder = next(s.getLabel() for s in prot.iterDefinitionSections()
+                      if "daskScheduler" in dict(s.iterParams()))
+        self.assertNotIn(holder, NO_TAB)
+        self.assertLess(labels.index(holder), labels.index("Parallelization"))
+        self.assertEqual(prot.getParam("daskScheduler").expertLevel.get(),
+                         params.LEVEL_ADVANCED)
+
+    def test_citations_and_methods_render_without_errors(self) -> None:
+        for prot in (self.new(ProtLive2DClassify2D),
+                     self.new(ProtLive2DImportWarp, warpFolder=str(self.work))):
+            bibtex = prot.getClassPackage()._bibtex
+            self.assertIn("Barad_Live2D", bibtex)
+            for entry in bibtex.values():  # as Scipion's Cite and Methods tabs render them
+                for text in (prot._getCiteText(entry), prot._getCiteText(entry, True)):
+                    self.assertNotIn("Error with citation", text)
+            cited = "\n".join(prot.citations())
+            self.assertNotIn("Error with citation", cited)
+            self.assertNotIn("not found", cited)
+        self.assertIn("2020", ProtLive2DClassify2D()._getCiteText(bibtex["Barad_Live2D"]))
+
+    def test_summary_uses_the_job_and_engine_labels(self) -> None:
+        prot = self.new(ProtLive2DClassify2D)
+        summary = " ".join(prot.summary())
+        self.assertIn("first job (ab initio)", summary)
+        record = CycleRecord(
+            number=3, job=1, job_type="seeded", block="startup", block_cycle=2, job_cycle=2,
+            job_cycles=20, high_res=37.7, fraction=1.0, particles=900, class_counts=[300] * 3,
+            started=0.0, finished=1.0, engine="builtin (torch 2.3.1, cpu, 2 threads)",
+            generation=0, particles_per_second=10.0, classes="c.mrc", star="c.star",
+            thumbnails="t")
+        prot._history = lambda: [record]
+        prot.outputClasses = Integer(1)  # only its presence matters to the summary
+        prot.publishedCycle.set(3)
+        prot.publishedParticles.set(900)
+        prot.publishedClassified.set(900)
+        summary = " ".join(prot._summary())
+        self.assertIn("(seeded startup)", summary)
+        self.assertIn("engine: built-in (torch 2.3.1", summary)
+        self.assertNotIn("builtin", summary)
+        self.assertIn("(built-in engine)", " ".join(prot._methods()))
+
     def test_classify_form_has_the_issue_parameters_with_live2d_defaults(self) -> None:
         prot = self.new(ProtLive2DClassify2D)
         names = {name for name, _ in prot._definition.iterAllParams()}
