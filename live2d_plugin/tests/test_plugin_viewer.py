@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 from pathlib import Path
+from unittest import mock
 
 import matplotlib.figure
 import mrcfile
 import numpy as np
+import pytest
+from matplotlib.backend_bases import FigureManagerBase
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_hex
 from PIL import Image
 from plugin_test_helpers import ProjectTestCase
 
+from live2d.session import CycleRecord
+from live2d.thumbnails import write_thumbnails
 from live2d_plugin.protocols import ProtLive2DClassify2D
 from live2d_plugin.viewers import Live2DViewer
 from live2d_plugin.viewers.plots import (
+    CycleInfo,
+    class_colors,
     class_order,
     draw_evolution,
     draw_gallery,
+    gallery_figsize,
     load_history,
     population_matrix,
     save_evolution_png,
@@ -33,20 +45,38 @@ CYCLES = [
 ]
 
 
-def write_session(folder: Path) -> None:
-    """session.json and cycle_NNN.mrc as a Live2D session leaves them; class k of every cycle is
-    a disc of radius 3k px, so a drawn panel can be traced back to its class."""
-    folder.mkdir(parents=True, exist_ok=True)
+def discs(k: int) -> np.ndarray:
+    """k images, image i a disc of radius 3(i + 1) px (so a drawn panel traces back to its
+    class)."""
     y, x = np.mgrid[:BOX, :BOX] - BOX // 2
+    return np.stack([(np.hypot(x, y) < 3 * (i + 1)).astype(np.float32) for i in range(k)])
+
+
+def write_stack(path: Path, stack: np.ndarray, header: str = "volume") -> None:
+    """An MRC file of ``stack`` with an image-stack (ispg 0, mz 1) or a volume header."""
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(stack)
+        if header == "image stack":
+            mrc.set_image_stack()
+        else:
+            mrc.set_volume()
+
+
+def write_session(folder: Path, cycles=CYCLES, stack=discs, header: str = "volume") -> None:
+    """session.json and cycle_NNN.mrc as a Live2D session leaves them, the averages of a cycle of
+    K classes being ``stack(K)``."""
+    folder.mkdir(parents=True, exist_ok=True)
     history = []
-    for number, job, block, high_res, counts in CYCLES:
-        stack = np.stack([(np.hypot(x, y) < 3 * (k + 1)).astype(np.float32)
-                          for k in range(len(counts))])
-        with mrcfile.new(folder / f"cycle_{number:03d}.mrc", overwrite=True) as mrc:
-            mrc.set_data(stack)
-        history.append({"number": number, "job": job, "job_type": "abinit", "block": block,
-                        "high_res": high_res, "particles": 160, "class_counts": counts,
-                        "classes": f"cycle_{number:03d}.mrc", "star": f"cycle_{number:03d}.star"})
+    for number, job, block, high_res, counts in cycles:
+        write_stack(folder / f"cycle_{number:03d}.mrc", stack(len(counts)), header)
+        # Every field the session writes, so the protocol's summary reads it as a real one.
+        history.append(dataclasses.asdict(CycleRecord(
+            number=number, job=job, job_type="abinit", block=block, block_cycle=1,
+            job_cycle=number + 1, job_cycles=len(cycles), high_res=high_res, fraction=1.0,
+            particles=sum(counts) or 160, class_counts=counts, started=0.0, finished=1.0,
+            engine="builtin (test)", generation=1, particles_per_second=100.0,
+            classes=f"cycle_{number:03d}.mrc", star=f"cycle_{number:03d}.star",
+            thumbnails=f"thumbnails/cycle_{number:03d}")))
     (folder / "session.json").write_text(json.dumps({"history": history}))
 
 
@@ -96,6 +126,169 @@ def test_pngs_render_headless(tmp_path) -> None:
             assert len(set(image.convert("L").getdata())) > 10  # something was drawn
 
 
+# ------------------------------------------------------------------ one orientation everywhere
+def marked(k: int) -> np.ndarray:
+    """k grey images, class 2 with a bright "L" in the first rows and columns of its data."""
+    stack = np.zeros((k, BOX, BOX), dtype=np.float32)
+    stack[1, 2:12, 2:4] = 1.0
+    stack[1, 10:12, 2:8] = 1.0
+    return stack
+
+
+def bright_corner(pixels: np.ndarray) -> str:
+    """The quarter of a grey image where its bright pixels are, e.g. "top-left"."""
+    pixels = np.asarray(pixels, dtype=np.float32)
+    rows, cols = np.nonzero(pixels > (pixels.min() + pixels.max()) / 2)
+    assert len(rows), "no bright pixels"
+    vertical = "top" if rows.mean() < pixels.shape[0] / 2 else "bottom"
+    return vertical + ("-left" if cols.mean() < pixels.shape[1] / 2 else "-right")
+
+
+def rendered(figure: matplotlib.figure.Figure) -> np.ndarray:
+    """The figure as drawn, grey pixels, first row at the top of the picture."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., 0]
+
+
+def inside(pixels: np.ndarray, axes) -> np.ndarray:
+    """The pixels of ``rendered`` inside ``axes``' frame (its spines cropped off)."""
+    box = axes.get_window_extent()
+    top = pixels.shape[0] - int(np.ceil(box.y1))  # display y runs upwards, rows downwards
+    bottom = pixels.shape[0] - int(np.floor(box.y0))
+    return pixels[top + 2: bottom - 2, int(np.ceil(box.x0)) + 2: int(np.floor(box.x1)) - 2]
+
+
+@pytest.mark.parametrize("header", ["image stack", "volume"])
+def test_a_class_is_the_same_way_up_on_the_page_in_the_viewer_and_in_scipion(tmp_path,
+                                                                             header) -> None:
+    from pwem.viewers.mdviewer.readers import ScipionImageReader
+
+    session = tmp_path / "session"
+    write_session(session, stack=marked, header=header)
+    cycle = load_history(session)[-1]  # class 2 holds the most particles: drawn first
+    path = session / cycle.classes
+    with mrcfile.open(path) as mrc:
+        assert mrc.is_image_stack() if header == "image stack" else mrc.is_volume()
+
+    # The page's thumbnail.
+    with Image.open(write_thumbnails(path, tmp_path / "thumbnails")[1]) as thumbnail:
+        assert bright_corner(np.asarray(thumbnail.convert("L"))) == "top-left"
+
+    # The Scipion viewer's gallery, as drawn in pixels.
+    figure = matplotlib.figure.Figure(figsize=gallery_figsize(4), dpi=100)
+    assert draw_gallery(figure, session, cycle)[0] == 2
+    panel = figure.axes[0]
+    assert panel.images[0].origin == "upper"
+    assert bright_corner(inside(rendered(figure), panel)) == "top-left"
+
+    # Scipion's metadata viewer: N@file through pwem's ImageReadersRegistry (the Scipion form
+    # "file.mrc:mrcs" is not a path that registry can open).
+    shown = ScipionImageReader.open(f"2@{path}")
+    assert bright_corner(np.asarray(shown.convert("L"))) == "top-left"
+
+
+# ------------------------------------------------------------------ telling classes apart
+def long_history(k: int, cycles: int = 12, seed: int = 3) -> list[CycleInfo]:
+    """``cycles`` cycles of K classes with a few large and many small populations, over two
+    jobs."""
+    rng = np.random.default_rng(seed)
+    weights = rng.dirichlet(np.full(k, 0.4))
+    history = []
+    for number in range(cycles):
+        drift = weights * np.exp(0.4 * rng.standard_normal(k))
+        counts = rng.multinomial(20_000, drift / drift.sum()).tolist()
+        history.append(CycleInfo(number, 1 + (number >= cycles // 2), "abinit", "refinement",
+                                 40.0 - 2 * number, 20_000, counts, ""))
+    return history
+
+
+def test_evolution_gives_each_of_50_classes_its_colour_and_labels_the_largest() -> None:
+    history = long_history(50)
+    figure = matplotlib.figure.Figure(figsize=(9, 5), dpi=100)
+    FigureCanvasAgg(figure)
+    populations, limits = draw_evolution(figure, history)
+
+    bands = [tuple(band.get_facecolor()[0][:3]) for band in populations.collections]
+    assert len(bands) == 50
+    assert len({to_hex(rgb) for rgb in bands}) == 50  # no colour repeats, even on screen
+    steps = np.linalg.norm(np.diff(np.array(bands), axis=0), axis=1)
+    assert steps.min() > 0.3  # neighbouring bands clearly differ
+    for k in (200, 1000):
+        assert len({to_hex(c) for c in class_colors(k)}) == k
+
+    matrix = population_matrix(history)
+    labels = {t.get_text(): t for t in populations.texts if t.get_text().isdigit()}
+    thickest = int(np.argmax(matrix.max(axis=0))) + 1
+    assert str(thickest) in labels and len(labels) >= 5
+    boxes = [t.get_window_extent() for t in labels.values()]
+    frame = populations.get_window_extent()
+    for box in boxes:
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 <= frame.y1
+    assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
+
+    legend = figure.legends[0]
+    assert legend.get_title().get_text() == "top 10 of 50 classes,\nlast cycle"
+    largest = int(np.argmax(matrix[-1]))
+    assert legend.get_texts()[0].get_text() == f"#{largest + 1}: {matrix[-1, largest]}"
+    # The resolution limit and the job boundary stay.
+    assert list(limits.get_lines()[0].get_ydata()) == [c.high_res for c in history]
+    assert any(t.get_text() == " job 2" for t in populations.texts)
+
+
+def gallery_of(tmp_path: Path, k: int) -> matplotlib.figure.Figure:
+    counts = [int(c) for c in np.random.default_rng(k).integers(0, 2000, k)]
+    write_session(tmp_path / f"k{k}", cycles=[(0, 1, "startup", 20.0, counts)])
+    figure = matplotlib.figure.Figure(figsize=gallery_figsize(k), dpi=100)
+    FigureCanvasAgg(figure)
+    draw_gallery(figure, tmp_path / f"k{k}", load_history(tmp_path / f"k{k}")[0])
+    figure.canvas.draw()
+    return figure
+
+
+def overlapping(boxes: list) -> list[tuple[int, int]]:
+    """Pairs of boxes whose insides meet (touching edges allowed)."""
+    a = np.array([[b.x0, b.x1, b.y0, b.y1] for b in boxes])
+    meet = ((a[:, None, 0] < a[None, :, 1] - 0.5) & (a[None, :, 0] < a[:, None, 1] - 0.5)
+            & (a[:, None, 2] < a[None, :, 3] - 0.5) & (a[None, :, 2] < a[:, None, 3] - 0.5))
+    return [(i, j) for i, j in zip(*np.nonzero(np.triu(meet, 1)), strict=True)]
+
+
+def test_gallery_titles_shrink_with_the_number_of_classes_and_never_overlap(tmp_path) -> None:
+    sizes = {}
+    for k in (4, 50, 200):
+        figure = gallery_of(tmp_path, k)
+        renderer = figure.canvas.get_renderer()
+        titles = [axes.title for axes in figure.axes]
+        assert len(titles) == k
+        sizes[k] = titles[0].get_fontsize()
+        boxes = [t.get_window_extent(renderer) for t in titles]
+        assert overlapping(boxes) == [], f"titles overlap at {k} classes"
+        # Nor does a title cover an image, or the figure's own title.
+        images = [axes.get_window_extent(renderer) for axes in figure.axes]
+        heading = figure._suptitle.get_window_extent(renderer)
+        assert overlapping([*boxes, *images, heading]) == [], f"overlap at {k} classes"
+        page = figure.bbox
+        assert all(page.x0 <= b.x0 and b.x1 <= page.x1 and b.y1 <= page.y1 for b in boxes)
+        if k == 4:
+            assert titles[0].get_text().endswith("%)")  # room for the share
+        if k == 200:
+            assert " · " in titles[0].get_text() and "%" not in titles[0].get_text()
+    assert sizes[200] < sizes[50] < sizes[4]
+    assert sizes[200] >= 6  # still legible
+    # The page grows with the classes (up to a screen), rather than only the panels shrinking.
+    (width4, _), (_, height50), (width200, height200) = map(gallery_figsize, (4, 50, 200))
+    assert width200 > width4 and height200 > height50
+
+
+def test_gallery_heading_says_the_job_type_as_users_read_it(tmp_path) -> None:
+    write_session(tmp_path)
+    figure = matplotlib.figure.Figure()
+    draw_gallery(figure, tmp_path, load_history(tmp_path)[2])
+    heading = figure._suptitle.get_text()
+    assert "Ab initio job 1" in heading and "abinit" not in heading
+
+
 class TestViewerOnAProtocol(ProjectTestCase):
     def test_viewer_targets_the_protocol_and_renders_both_views(self) -> None:
         prot = self.new(ProtLive2DClassify2D)
@@ -107,7 +300,14 @@ class TestViewerOnAProtocol(ProjectTestCase):
         views = viewer._getVisualizeDict()
         self.assertEqual(set(views), {"displayGallery", "displayEvolution"})
 
-        gallery = views["displayGallery"]("displayGallery")[0]
+        with mock.patch.object(FigureManagerBase, "set_window_title", autospec=True) as named:
+            gallery = views["displayGallery"]("displayGallery")[0]
+            evolution = views["displayEvolution"]("displayEvolution")[0]
+        given = [call.args[1] for call in named.call_args_list]
+        self.assertEqual([title for title in given if not title.startswith("Figure ")],
+                         ["Live2D – class averages, cycle 3",
+                          "Live2D – class populations over 4 cycles"])
+        self.assertFalse(gallery.tightLayoutOn)  # the drawing's own layout is kept
         gallery.getFigure().savefig(self.work / "gallery.png")
         titles = [axes.get_title() for axes in gallery.getFigure().axes]
         self.assertEqual(titles[0], "#2: 90 (56.2%)")
@@ -118,7 +318,6 @@ class TestViewerOnAProtocol(ProjectTestCase):
         self.assertEqual([a.get_title().split(":")[0] for a in gallery.getFigure().axes],
                          ["#1", "#2", "#3"])
 
-        evolution = views["displayEvolution"]("displayEvolution")[0]
         evolution.getFigure().savefig(self.work / "evolution.png")
         self.assertGreater((self.work / "evolution.png").stat().st_size, 5000)
 

@@ -1,6 +1,7 @@
 """Matplotlib drawings of a Live2D session folder: the class gallery of a cycle and the evolution
 of class populations. Pure matplotlib on a given Figure (no pyworkflow, no Tk), so they render
-headless to PNG and inside Scipion's Tk windows alike."""
+headless to PNG and inside Scipion's Tk windows alike. Both lay their figure out themselves
+(callers should not apply tight_layout on top) so that text sizes follow the number of classes."""
 
 from __future__ import annotations
 
@@ -10,12 +11,17 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import matplotlib.figure
 import mrcfile
 import numpy as np
+from matplotlib.font_manager import FontProperties
+from matplotlib.patches import Patch
+from matplotlib.textpath import TextToPath
 from matplotlib.ticker import MaxNLocator
 
-from live2d.thumbnails import to_8bit
+from live2d.schedule import JOB_LABELS
+from live2d.thumbnails import display_image
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,17 @@ def load_history(session_dir: str | Path) -> list[CycleInfo]:
             for r in state.get("history", [])]
 
 
+def read_stack(path: str | Path) -> np.ndarray:
+    """(n, h, w) images of an MRC file whatever its header calls them: mrcfile gives an image
+    stack (ispg 0, mz 1) and a volume (mz = nz) as the same (n, h, w) array, one image as (h, w)
+    and a volume stack as 4-D, so cycle files read alike before and after a header change."""
+    with mrcfile.open(path, permissive=True) as mrc:
+        if mrc.data is None:
+            raise ValueError(f"{path}: no image data")
+        data = np.array(mrc.data, dtype=np.float32)  # a copy: valid once the file is closed
+    return data.reshape((-1, *data.shape[-2:]))
+
+
 def class_order(counts: list[int], sort_by_count: bool) -> list[int]:
     """0-based class indices in display order: by descending count (ties by number) or by
     number."""
@@ -51,31 +68,126 @@ def class_order(counts: list[int], sort_by_count: bool) -> list[int]:
     return indices
 
 
+# ------------------------------------------------------------------------------ gallery layout
+# All in inches / points: text sizes are physical, so the layout is worked out in physical units.
+MARGIN_IN = 0.15
+SUPTITLE_IN = 0.5  # two lines of the figure title
+ROW_GAP_IN = 0.04
+MAX_TITLE_PT, MIN_TITLE_PT, FLOOR_TITLE_PT = 10.0, 6.0, 3.5
+SCREEN_IN = (14.0, 9.6)  # the largest window that fits a 1080p screen at 100 dpi, with toolbar
+_TEXT = TextToPath()
+
+
+@dataclass(frozen=True)
+class GalleryLayout:
+    columns: int
+    rows: int
+    side: float  # of each image, inches
+    fontsize: float  # of the panel titles, points
+
+    @property
+    def title_in(self) -> float:
+        """Height of a title with its pad above the image."""
+        return 1.6 * self.fontsize / 72
+
+    @property
+    def row_in(self) -> float:
+        return self.title_in + self.side + ROW_GAP_IN
+
+
+def gallery_layout(n: int, width: float, height: float,
+                   columns: int | None = None) -> GalleryLayout:
+    """The grid that gives ``n`` panels the largest images on a ``width`` x ``height`` inch page,
+    with title text scaled to the column width (so crowded galleries get smaller titles)."""
+    free_w, free_h = width - 2 * MARGIN_IN, height - SUPTITLE_IN - MARGIN_IN
+    best: GalleryLayout | None = None
+    for cols in [columns] if columns else range(1, max(1, n) + 1):
+        rows = max(1, math.ceil(n / cols))
+        cell_w = free_w / cols
+        fontsize = float(np.clip(cell_w * 72 * 0.08, MIN_TITLE_PT, MAX_TITLE_PT))
+        side = min(cell_w * 0.94, free_h / rows - 1.6 * fontsize / 72 - ROW_GAP_IN)
+        if best is None or side > best.side:
+            best = GalleryLayout(cols, rows, max(side, 0.05), fontsize)
+    assert best is not None
+    return best
+
+
+def gallery_figsize(n: int) -> tuple[float, float]:
+    """A figure size for ``n`` class panels: wider and taller as classes are added, up to the
+    size of a screen (beyond that the panels shrink, and the window's zoom takes over)."""
+    # Columns grow as sqrt(n): so does the width, from a laptop-sized 8 in to a full screen.
+    width = float(np.clip(4 + 1.5 * math.sqrt(max(n, 1)), 8.0, SCREEN_IN[0]))
+    layout = gallery_layout(n, width, SCREEN_IN[1])
+    used = SUPTITLE_IN + MARGIN_IN + layout.rows * layout.row_in
+    return width, float(np.clip(used, 4.0, SCREEN_IN[1]))
+
+
+def _title_forms(number: int, count: int, total: int) -> list[str]:
+    """One panel's title, longest first: the full form while it fits, shorter ones for crowded
+    galleries (the share in % is dropped first, then the "#"; the class number always stays)."""
+    share = f" ({100 * count / total:.1f}%)" if total else ""
+    return [f"#{number}: {count}{share}", f"#{number} · {count}", f"{number}·{count}",
+            f"{number}"]
+
+
+def _fit_titles(numbers: list[int], counts: list[int], total: int, cell_pt: float,
+                fontsize: float) -> tuple[list[str], float]:
+    """The longest title form whose widest title fits ``cell_pt`` points at ``fontsize``; the
+    shortest form, at a smaller size if need be, when none does. One form for all panels, so the
+    gallery reads uniformly."""
+    per_panel = [_title_forms(n, c, total) for n, c in zip(numbers, counts, strict=True)]
+    forms = list(zip(*per_panel, strict=True))
+    prop = FontProperties(size=fontsize)
+    widest = [max(_TEXT.get_text_width_height_descent(t, prop, ismath=False)[0] for t in form)
+              for form in forms]
+    for form, width in zip(forms, widest, strict=True):
+        if width <= 0.95 * cell_pt:
+            return list(form), fontsize
+    return list(forms[-1]), max(FLOOR_TITLE_PT, fontsize * 0.95 * cell_pt / widest[-1])
+
+
 def draw_gallery(figure: matplotlib.figure.Figure, session_dir: str | Path, cycle: CycleInfo,
                  sort_by_count: bool = True, columns: int | None = None) -> list[int]:
-    """Every class average of ``cycle`` with its particle count; returns the 1-based class
-    numbers in the order drawn."""
-    with mrcfile.open(Path(session_dir) / cycle.classes, permissive=True) as mrc:
-        averages = np.asarray(mrc.data, dtype=np.float32).reshape((-1, *mrc.data.shape[-2:]))
-    counts = list(cycle.class_counts) + [0] * (len(averages) - len(cycle.class_counts))
-    order = class_order(counts[: len(averages)], sort_by_count)
-    columns = columns or max(1, math.ceil(math.sqrt(len(order) * 1.5)))
-    rows = max(1, math.ceil(len(order) / columns))
-    figure.clear()
+    """Every class average of ``cycle`` with its particle count, each image drawn as
+    :func:`live2d.thumbnails.display_image` decides (first MRC row at the top, as in the page and
+    Scipion's own viewers); returns the 1-based class numbers in the order drawn."""
+    averages = read_stack(Path(session_dir) / cycle.classes)
+    counts = (list(cycle.class_counts) + [0] * len(averages))[: len(averages)]
+    order = class_order(counts, sort_by_count)
+    width, height = (float(v) for v in figure.get_size_inches())
+    layout = gallery_layout(len(order), width, height, columns)
     total = sum(counts)
+    cell_in = (width - 2 * MARGIN_IN) / layout.columns
+    titles, fontsize = _fit_titles([i + 1 for i in order], [counts[i] for i in order], total,
+                                   cell_in * 72, layout.fontsize)
+    figure.clear()
     for position, index in enumerate(order):
-        axes = figure.add_subplot(rows, columns, position + 1)
-        # MRC rows run bottom-up: draw with the origin at the lower left, as cisTEM shows them.
-        axes.imshow(to_8bit(averages[index]), cmap="gray", origin="lower", vmin=0, vmax=255)
-        share = f" ({100 * counts[index] / total:.1f}%)" if total else ""
-        axes.set_title(f"#{index + 1}: {counts[index]}{share}", fontsize=7)
+        row, col = divmod(position, layout.columns)
+        left = MARGIN_IN + col * cell_in + (cell_in - layout.side) / 2
+        bottom = (height - SUPTITLE_IN - row * layout.row_in - layout.title_in - layout.side)
+        axes = figure.add_axes((left / width, bottom / height, layout.side / width,
+                                layout.side / height))
+        axes.imshow(display_image(averages[index]), cmap="gray", origin="upper", vmin=0,
+                    vmax=255, interpolation="nearest")
+        axes.set_title(titles[position], fontsize=fontsize, pad=0.3 * fontsize)
         axes.set_xticks([])
         axes.set_yticks([])
-    order_text = "sorted by particle count" if sort_by_count else "in class order"
-    figure.suptitle(f"Cycle {cycle.number} (job {cycle.job}, {cycle.job_type}, {cycle.block}) "
-                    f"- {cycle.high_res:.1f} Å - {total} of {cycle.particles} particles, "
-                    f"{order_text}", fontsize=9)
+    figure.suptitle(_gallery_heading(cycle, total, len(order), sort_by_count), fontsize=10,
+                    y=1 - MARGIN_IN / 2 / height, va="top")
     return [index + 1 for index in order]
+
+
+def _gallery_heading(cycle: CycleInfo, total: int, n_classes: int, sort_by_count: bool) -> str:
+    job = JOB_LABELS.get(cycle.job_type, cycle.job_type)
+    order_text = "sorted by particle count" if sort_by_count else "in class order"
+    return (f"Cycle {cycle.number} · {job} job {cycle.job}, {cycle.block} · "
+            f"{cycle.high_res:.1f} Å\n{total} of {cycle.particles} particles in {n_classes} "
+            f"classes, {order_text}")
+
+
+# ------------------------------------------------------------------------------ evolution
+LEGEND_TOP = 10  # classes listed in the legend of the evolution plot
+LEGEND_IN = 1.9  # room right of the plot for the resolution axis and the legend
 
 
 def population_matrix(history: list[CycleInfo]) -> np.ndarray:
@@ -87,10 +199,48 @@ def population_matrix(history: list[CycleInfo]) -> np.ndarray:
     return matrix
 
 
+def class_colors(k: int) -> list[tuple[float, float, float, float]]:
+    """A distinct colour per class, neighbours (adjacent bands of the stack) far apart.
+
+    Up to 10 classes tab10's colours, up to 20 then their light tab20 partners. Beyond that,
+    turbo (perceptually ordered, bright over its whole range) interpolated at as many points as
+    needed (its 256-entry table would repeat colours), visited with a stride near the golden
+    ratio so that consecutive classes land far apart along it. Past 100 classes one curve gets
+    too crowded to stay distinct even in 8-bit colour: a third of the classes take it plain,
+    a third darker, a third lighter.
+    """
+    if k <= 20:
+        tab20 = matplotlib.colormaps["tab20"].colors
+        return [(*rgb, 1.0) for rgb in [*tab20[0::2], *tab20[1::2]][:k]]
+    shades = [1.0] if k <= 100 else [1.0, 0.65, -0.45]  # factor, or blend towards white if < 0
+    hues = math.ceil(k / len(shades))
+    table = np.asarray(matplotlib.colormaps["turbo"].colors)
+    stride = next(s for s in itertools.count(round(hues * 0.382)) if math.gcd(s, hues) == 1)
+    where = ((np.arange(hues) * stride) % hues) / (hues - 1)
+    grid = np.linspace(0, 1, len(table))
+    curve = np.stack([np.interp(where, grid, table[:, c]) for c in range(3)], axis=1)
+    colors, seen = [], set()
+    for index in range(k):
+        shade, rgb = shades[index // hues], curve[index % hues]
+        rgb = rgb * shade if shade > 0 else rgb + (1 - rgb) * -shade
+        # Where turbo moves slowly two classes can still meet on screen (8-bit colour):
+        # nudge the later one a level towards grey until it is unique there too.
+        while (key := tuple(np.round(rgb * 255).astype(int))) in seen:
+            rgb = rgb + np.where(rgb < 0.5, 1, -1) / 255
+        seen.add(key)
+        colors.append((*map(float, rgb), 1.0))
+    return colors
+
+
 def draw_evolution(figure: matplotlib.figure.Figure, history: list[CycleInfo]):
-    """Stacked populations of every class per cycle, the high-resolution limit of each cycle on
-    a second axis, job boundaries as dashed lines. Returns (population axes, limit axes)."""
+    """Stacked populations of every class per cycle, class numbers written on the bands wide
+    enough to hold them and a legend of the largest classes, the high-resolution limit of each
+    cycle on a second axis, job boundaries as dashed lines. Returns (population axes, limit
+    axes)."""
     figure.clear()
+    width, height = (float(v) for v in figure.get_size_inches())
+    figure.subplots_adjust(left=0.75 / width, right=1 - LEGEND_IN / width, top=1 - 0.5 / height,
+                           bottom=0.5 / height)
     axes = figure.add_subplot(1, 1, 1)
     if not history:
         axes.text(0.5, 0.5, "no cycles yet", ha="center", va="center",
@@ -98,8 +248,10 @@ def draw_evolution(figure: matplotlib.figure.Figure, history: list[CycleInfo]):
         return axes, None
     cycles = [c.number for c in history]
     matrix = population_matrix(history)
-    colors = [_class_color(i) for i in range(matrix.shape[1])]
-    axes.stackplot(cycles, matrix.T, colors=colors, linewidth=0.3, edgecolor="white")
+    colors = class_colors(matrix.shape[1])
+    # White seams tell bands apart while there are few; with hundreds they would be all you see.
+    seam = 0.3 if matrix.shape[1] <= 100 else 0.0
+    axes.stackplot(cycles, matrix.T, colors=colors, linewidth=seam, edgecolor="white")
     axes.set_xlabel("cycle")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # cycles are whole numbers
     axes.set_ylabel("particles per class (stacked)")
@@ -109,6 +261,8 @@ def draw_evolution(figure: matplotlib.figure.Figure, history: list[CycleInfo]):
             axes.axvline(cycle.number - 0.5, color="black", linestyle="--", linewidth=0.8)
             axes.text(cycle.number - 0.5, 1.0, f" job {cycle.job}", fontsize=7, va="top",
                       transform=axes.get_xaxis_transform())
+    label_bands(axes, cycles, matrix, colors)
+    _legend_largest(figure, matrix[-1], colors)
     limits = axes.twinx()
     limits.plot(cycles, [c.high_res for c in history], color="black", marker="o",
                 markersize=3, linewidth=1.2, label="high-res limit")
@@ -120,15 +274,59 @@ def draw_evolution(figure: matplotlib.figure.Figure, history: list[CycleInfo]):
     return axes, limits
 
 
-def _class_color(index: int):
-    import matplotlib
+def label_bands(axes, cycles: list[int], matrix: np.ndarray, colors: list, fontsize: float = 7):
+    """Each class's number on its band, at the cycle where the band is thickest: largest bands
+    first, only where the band is taller than the text and the label covers no earlier one (so
+    labels never pile up, however many classes). Returns the texts placed."""
+    tops = matrix.cumsum(axis=1)
+    middles = tops - matrix / 2
+    axes.set_ylim(0, max(1, int(tops[:, -1].max())) * 1.02)  # fixes the scale labels rely on
+    unit_px = abs(axes.transData.transform((0, 1))[1] - axes.transData.transform((0, 0))[1])
+    text_px = fontsize * axes.figure.dpi / 72
+    frame = axes.get_window_extent()
+    placed, boxes = [], []
+    for k in sorted(range(matrix.shape[1]), key=lambda k: (-matrix[:, k].max(), k)):
+        row = len(cycles) - 1 - int(np.argmax(matrix[::-1, k]))  # the latest of equal maxima
+        if matrix[row, k] * unit_px < 1.4 * text_px:
+            break  # sorted by thickness: no later band is tall enough either
+        ha = "left" if row == 0 else "right" if row == len(cycles) - 1 else "center"
+        r, g, b, _ = colors[k]
+        ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+        text = axes.text(cycles[row], middles[row, k], str(k + 1), ha=ha, va="center",
+                         fontsize=fontsize, color=ink, fontweight="bold")
+        box = text.get_window_extent().expanded(1.15, 1.1)
+        if not _inside(box, frame) or any(box.overlaps(other) for other in boxes):
+            text.remove()
+            continue
+        placed.append(text)
+        boxes.append(box)
+    return placed
 
-    return matplotlib.colormaps["tab20"](index % 20)
+
+def _inside(box, frame) -> bool:
+    return (box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0
+            and box.y1 <= frame.y1)
+
+
+def _legend_largest(figure: matplotlib.figure.Figure, final: np.ndarray, colors: list) -> None:
+    """A key to the colours of the largest classes of the last cycle, saying how many of all
+    are listed (the bands themselves carry the numbers where they have room)."""
+    largest = [k for k in np.argsort(-final, kind="stable")[:LEGEND_TOP] if final[k] > 0]
+    if not largest:
+        return
+    k = len(final)
+    which = f"all {k}" if len(largest) == k else f"top {len(largest)} of {k}"
+    handles = [Patch(facecolor=colors[i], label=f"#{i + 1}: {int(final[i])}") for i in largest]
+    width, height = figure.get_size_inches()
+    figure.legend(handles=handles, loc="upper right", bbox_to_anchor=(1 - 0.1 / width,
+                                                                      1 - 0.5 / height),
+                  fontsize=7, title=f"{which} classes,\nlast cycle", title_fontsize=7,
+                  frameon=False)
 
 
 def save_gallery_png(path: str | Path, session_dir: str | Path, cycle: CycleInfo,
                      sort_by_count: bool = True) -> list[int]:
-    figure = matplotlib.figure.Figure(figsize=(10, 8), dpi=100)
+    figure = matplotlib.figure.Figure(figsize=gallery_figsize(len(cycle.class_counts)), dpi=100)
     order = draw_gallery(figure, session_dir, cycle, sort_by_count)
     figure.savefig(path)
     return order

@@ -10,7 +10,22 @@ import pyworkflow.protocol.params as params
 import pyworkflow.viewer as pwviewer
 
 from live2d_plugin.protocols.protocol_classify2d import ProtLive2DClassify2D
-from live2d_plugin.viewers.plots import CycleInfo, draw_evolution, draw_gallery, load_history
+from live2d_plugin.viewers.plots import (
+    CycleInfo,
+    draw_evolution,
+    draw_gallery,
+    gallery_figsize,
+    load_history,
+)
+
+
+def gallery_window_title(cycle: CycleInfo) -> str:
+    return f"Live2D – class averages, cycle {cycle.number}"
+
+
+def evolution_window_title(history: list[CycleInfo]) -> str:
+    cycles = "1 cycle" if len(history) == 1 else f"{len(history)} cycles"
+    return f"Live2D – class populations over {cycles}"
 
 
 class Live2DViewer(pwviewer.ProtocolViewer):
@@ -52,10 +67,14 @@ class Live2DViewer(pwviewer.ProtocolViewer):
         return next((c for c in history if c.number == wanted), None)
 
     # ------------------------------------------------------------------------------ views
-    def _plotter(self, figsize: tuple[float, float]):
+    def _plotter(self, figsize: tuple[float, float], title: str):
         from pyworkflow.gui.plotter import Plotter
 
-        return Plotter(figsize=figsize, windowTitle="Live2D")
+        plotter = Plotter(figsize=figsize, windowTitle=title)
+        # The drawings lay themselves out for their number of classes; Plotter.show()'s
+        # tight_layout would undo that.
+        plotter.tightLayoutOn = False
+        return plotter
 
     def _showGallery(self, _param=None):
         cycle = self._chosenCycle()
@@ -63,13 +82,15 @@ class Live2DViewer(pwviewer.ProtocolViewer):
             numbers = [c.number for c in self._cycles()]
             return [self.errorMessage(f"There is no cycle {self.cycle.get()}; cycles on disk: "
                                       f"{numbers or 'none yet'}", "No such cycle")]
-        plotter = self._plotter((10, 8))
+        plotter = self._plotter(gallery_figsize(len(cycle.class_counts)),
+                                gallery_window_title(cycle))
         draw_gallery(plotter.getFigure(), self._sessionDir(), cycle, bool(self.sortByCount))
         return [plotter]
 
     def _showEvolution(self, _param=None):
-        plotter = self._plotter((9, 5))
-        draw_evolution(plotter.getFigure(), self._cycles())
+        history = self._cycles()
+        plotter = self._plotter((9, 5), evolution_window_title(history))
+        draw_evolution(plotter.getFigure(), history)
         return [plotter]
 
     def errorMessage(self, message: str, title: str):
