@@ -1,13 +1,18 @@
-"""The cisTEM engine with the real refine2d and merge2d, when they are on PATH.
+"""The cisTEM engine with the real refine2d and merge2d.
 
-cisTEM cannot be installed on the development machines, so this runs only where it is; the
-stand-in tests (test_cistem_engine.py) cover the same contract everywhere else.
+The programs come from ``$LIVE2D_TEST_CISTEM_BIN``, else the project's ``../shared/cistem/bin``
+(real cisTEM 2 builds kept beside the checkout as test tooling), else PATH. They are handed to
+these tests only: on PATH for the whole suite, ``--engine auto`` would pick cisTEM everywhere and
+stop testing the built-in engine. Where none is found the module skips, saying so; the stand-in
+tests (test_cistem_engine.py) cover the same contract everywhere.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
+from pathlib import Path
 
 import mrcfile
 import numpy as np
@@ -18,9 +23,22 @@ from live2d import cistem_star
 from live2d.engines.base import CycleParams, CycleRequest, Progress
 from live2d.engines.cistem import CistemEngine, find_programs
 
-if not (shutil.which("refine2d") and shutil.which("merge2d")):
+SHARED_BIN = Path(__file__).resolve().parents[2] / "shared" / "cistem" / "bin"
+
+
+def _real_cistem_bin() -> str | None:
+    for folder in (os.environ.get("LIVE2D_TEST_CISTEM_BIN"), SHARED_BIN):
+        if folder and all((Path(folder) / name).is_file() for name in ("refine2d", "merge2d")):
+            return str(folder)
+    found = shutil.which("refine2d")
+    return str(Path(found).parent) if found and shutil.which("merge2d") else None
+
+
+CISTEM_BIN = _real_cistem_bin()
+if CISTEM_BIN is None:
     pytest.skip(
-        "cisTEM's refine2d and merge2d are not on PATH: real-program tests not run",
+        f"cisTEM's refine2d and merge2d are in neither $LIVE2D_TEST_CISTEM_BIN, {SHARED_BIN} "
+        "nor PATH: real-program tests not run",
         allow_module_level=True,
     )
 
@@ -29,7 +47,7 @@ PARAMS = CycleParams(pixel_size=2.0, mask_radius=50.0, high_res=8.0, angular_ste
 
 
 def test_random_start_and_a_cycle_in_two_slices_with_real_cistem(tmp_path):
-    engine = CistemEngine(find_programs(None, required=True))
+    engine = CistemEngine(find_programs(CISTEM_BIN, required=True))
     stack, star = make_particles(tmp_path, n=N, box=BOX, pixel_size=PARAMS.pixel_size)
     progress: list[Progress] = []
 
