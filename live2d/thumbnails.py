@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 from PIL import Image
+
+from live2d.mrc import read_images
 
 
 def to_8bit(image: np.ndarray) -> np.ndarray:
@@ -35,11 +36,8 @@ def write_thumbnails(classes_mrc: str | Path, folder: str | Path) -> list[Path]:
     decides."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with mrcfile.open(classes_mrc, permissive=True) as mrc:
-        data = np.asarray(mrc.data, dtype=np.float32)
-    data = data.reshape((-1, *data.shape[-2:]))
     paths = []
-    for index, image in enumerate(data, start=1):
+    for index, image in enumerate(read_images(classes_mrc), start=1):
         path = folder / f"class_{index:03d}.png"
         Image.fromarray(display_image(image)).save(path)
         paths.append(path)

@@ -63,6 +63,7 @@ from live2d.engines.base import (
     class_counts,
 )
 from live2d.imaging import blank_edges, ctf_2d, rotate, soft_disc
+from live2d.mrc import read_images
 
 if TYPE_CHECKING:
     from live2d.executors import Executor
@@ -785,9 +786,7 @@ def _read_inputs(request: CycleRequest) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def _read_classes(path: Path, box: int) -> torch.Tensor:
-    with mrcfile.open(path, permissive=True) as mrc:
-        data = np.array(mrc.data, dtype=np.float32)
-    data = data if data.ndim == 3 else data[None]
+    data = read_images(path)
     if data.shape[1:] != (box, box):
         raise EngineError(f"{path} holds {data.shape[1]} px classes; the particles are {box} px")
     return torch.from_numpy(data)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.figure
-import mrcfile
 import numpy as np
 from matplotlib.font_manager import FontProperties
 from matplotlib.patches import Patch
 from matplotlib.textpath import TextToPath
 from matplotlib.ticker import MaxNLocator
 
+from live2d.mrc import read_images
 from live2d.schedule import JOB_LABELS
 from live2d.thumbnails import display_image
 
@@ -46,17 +46,6 @@ def load_history(session_dir: str | Path) -> list[CycleInfo]:
                       float(r["high_res"]), int(r["particles"]), list(r["class_counts"]),
                       str(r["classes"]))
             for r in state.get("history", [])]
-
-
-def read_stack(path: str | Path) -> np.ndarray:
-    """(n, h, w) images of an MRC file whatever its header calls them: mrcfile gives an image
-    stack (ispg 0, mz 1) and a volume (mz = nz) as the same (n, h, w) array, one image as (h, w)
-    and a volume stack as 4-D, so cycle files read alike before and after a header change."""
-    with mrcfile.open(path, permissive=True) as mrc:
-        if mrc.data is None:
-            raise ValueError(f"{path}: no image data")
-        data = np.array(mrc.data, dtype=np.float32)  # a copy: valid once the file is closed
-    return data.reshape((-1, *data.shape[-2:]))
 
 
 def class_order(counts: list[int], sort_by_count: bool) -> list[int]:
@@ -151,7 +140,7 @@ def draw_gallery(figure: matplotlib.figure.Figure, session_dir: str | Path, cycl
     """Every class average of ``cycle`` with its particle count, each image drawn as
     :func:`live2d.thumbnails.display_image` decides (first MRC row at the top, as in the page and
     Scipion's own viewers); returns the 1-based class numbers in the order drawn."""
-    averages = read_stack(Path(session_dir) / cycle.classes)
+    averages = read_images(Path(session_dir) / cycle.classes)
     counts = (list(cycle.class_counts) + [0] * len(averages))[: len(averages)]
     order = class_order(counts, sort_by_count)
     width, height = (float(v) for v in figure.get_size_inches())
