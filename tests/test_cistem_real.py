@@ -22,6 +22,7 @@ from cistem_standin.particles import make_particles
 from live2d import cistem_star
 from live2d.engines.base import CycleParams, CycleRequest, Progress
 from live2d.engines.cistem import CistemEngine, find_programs
+from live2d.mrc import mark_image_stack
 
 SHARED_BIN = Path(__file__).resolve().parents[2] / "shared" / "cistem" / "bin"
 
@@ -66,6 +67,7 @@ def test_random_start_and_a_cycle_in_two_slices_with_real_cistem(tmp_path):
 
     start = request("c0")
     engine.start_classes(start, progress.append, threading.Event())
+    mark_image_stack(start.classes_out)  # as the session labels every cycle's averages
     cycle = request("c1", classes_in=start.classes_out)
     result = engine.run_cycle(cycle, progress.append, threading.Event())
 
