@@ -59,6 +59,25 @@ def test_bad_messages_get_an_error_and_the_server_carries_on(server, message, co
     client.close()
 
 
+@pytest.mark.parametrize("message", ["[" * 5000 + "]" * 5000,
+                                     '{"a":' * 5000 + "1" + "}" * 5000])
+def test_json_nested_thousands_deep_is_refused_as_invalid_without_a_traceback(server, message):
+    client = Client(server)
+    client.receive()
+    for _ in range(3):
+        client.send(message)
+        reply = client.wait_for(lambda m: m["type"] in ("error", "ok"))
+        assert reply == {"type": "error", "message": "the message is not valid JSON"}
+    client.send({"command": "get_state"})
+    state = client.wait_for(lambda m: m["type"] == "state")
+    assert state["status"] == "stopped"
+    session = server.controller.session
+    written = (session.output_dir / "live2d.log").read_text()
+    for text in (written, "\n".join(state["log"])):  # the file and the page's Job Output
+        assert "Traceback" not in text and "RecursionError" not in text
+    client.close()
+
+
 def test_a_second_start_while_busy_is_refused_and_stop_ends_the_job(server):
     client = Client(server)
     client.receive()

@@ -101,7 +101,8 @@ class SocketHandler(_Guarded, websocket.WebSocketHandler):
                 raise CommandError(f"message longer than {MAX_MESSAGE_BYTES} bytes")
             try:
                 request = json.loads(message)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                # RecursionError: nested thousands deep ("[[[[..."), which no page sends.
                 raise CommandError("the message is not valid JSON") from None
             reply = self.settings["controller"].handle(request)
         except CommandError as exc:
