@@ -1,4 +1,16 @@
-"""The ``live2d`` command: one module per subcommand under live2d.commands."""
+"""Live 2D classification of cryo-EM particles while the microscope is still collecting.
+
+Live2D watches the folder Warp processes, imports the particles Warp picks and exports as
+they arrive, and keeps re-running 2D classification on the growing set (its built-in engine or
+cisTEM's refine2d), so that class averages improve as data arrive. Every cycle's class averages
+(MRC) and star file are kept, ready for cisTEM, RELION or cryoSPARC.
+
+Try it without Warp:  live2d demo                  (a simulated session, on the web page)
+At the microscope:    live2d serve WARP_DIR        (the web page, for any number of browsers)
+                      live2d run WARP_DIR          (the command line, no page)
+
+Run "live2d COMMAND --help" for each command's options.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +30,9 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="live2d", description=__doc__)
+    # Subcommands: one module each under live2d.commands (add_args, main).
+    parser = argparse.ArgumentParser(prog="live2d", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"live2d {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():

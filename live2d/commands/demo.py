@@ -15,10 +15,13 @@ DEMO_SETTINGS = {"classes": 10, "particles_per_class": 60, "startup_cycles": 4,
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=int, default=8181)
+    parser.add_argument("--port", type=int, default=8181,
+                        help="port of the page on localhost (default 8181)")
     parser.add_argument("--dir", type=Path, help="where the simulated Warp folder goes "
                                                  "(default: a new temporary folder)")
-    parser.add_argument("--particles", type=int, default=6000)
+    parser.add_argument("--particles", type=int, default=6000,
+                        help="particles the simulated microscope collects before it stops "
+                             "(default 6000)")
     parser.add_argument("--interval", type=float, default=2.0,
                         help="seconds between simulated micrographs of 100 particles")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")

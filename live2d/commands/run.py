@@ -36,14 +36,15 @@ SETTING_OPTIONS = {
     "seed": "--seed",
 }
 OPTION_TYPES = {"int": int, "float": float, "str": str, "choice": str}
+ENGINE_HELP = ("classification engine: builtin (Live2D's own, PyTorch), cistem (cisTEM's "
+               "refine2d and merge2d) or auto (default: cisTEM when both programs are "
+               "found, else builtin)")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("warp_dir", type=Path, metavar="WARP_DIR", help="the folder Warp writes")
     parser.add_argument("--output", type=Path, help="output folder (WARP_DIR/classification)")
-    parser.add_argument("--engine", choices=ENGINE_NAMES, default="auto",
-                        help="auto: cisTEM when refine2d and merge2d are found, else the "
-                             "built-in engine (builtin)")
+    parser.add_argument("--engine", choices=ENGINE_NAMES, default="auto", help=ENGINE_HELP)
     parser.add_argument("--device", default="auto", help="built-in engine: auto, cpu or cuda")
     parser.add_argument("--cistem-bin", help="folder holding cisTEM's refine2d and merge2d")
     parser.add_argument("--once", action="store_true", help="run one job now and exit")

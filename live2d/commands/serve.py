@@ -8,22 +8,25 @@ import argparse
 import sys
 from pathlib import Path
 
-from live2d.commands.run import add_cluster_args
+from live2d.commands.run import ENGINE_HELP, add_cluster_args
 from live2d.engines import ENGINE_NAMES, EngineError
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("warp_dir", type=Path, metavar="WARP_DIR")
+    parser.add_argument("warp_dir", type=Path, metavar="WARP_DIR",
+                        help="the folder Warp processes (it holds previous.settings)")
     parser.add_argument("--output", type=Path, help="output folder (WARP_DIR/classification)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (127.0.0.1; 0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=int, default=8181)
+    parser.add_argument("--port", type=int, default=8181,
+                        help="port to listen on (default 8181)")
     parser.add_argument("--token", help="access token (generated when --host is not local)")
     parser.add_argument("--warp-root", type=Path,
                         help="the page may switch to Warp folders under this one only "
                              "(default: WARP_DIR's parent)")
-    parser.add_argument("--engine", choices=ENGINE_NAMES, default="auto")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--engine", choices=ENGINE_NAMES, default="auto", help=ENGINE_HELP)
+    parser.add_argument("--device", default="auto",
+                        help="where the built-in engine runs: auto, cpu or cuda[:N]")
     parser.add_argument("--cistem-bin", help="folder holding refine2d and merge2d")
     add_cluster_args(parser)
 

@@ -11,16 +11,22 @@ from live2d.simulate import simulate
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("warp_dir", type=Path, metavar="WARP_DIR")
-    parser.add_argument("--particles", type=int, default=2000)
-    parser.add_argument("--per-micrograph", type=int, default=200)
+    parser.add_argument("warp_dir", type=Path, metavar="WARP_DIR",
+                        help="folder to write the simulated Warp session into (created if "
+                             "needed); run again with more --particles and the same other "
+                             "options to extend it")
+    parser.add_argument("--particles", type=int, default=2000,
+                        help="particles the session holds in all (default 2000)")
+    parser.add_argument("--per-micrograph", type=int, default=200,
+                        help="particles per micrograph, one stack each (default 200)")
     parser.add_argument("--interval", type=float, default=0.0,
                         help="seconds between micrographs, to mimic a live session")
     parser.add_argument("--box", type=int, default=128, help="box size, pixels")
     parser.add_argument("--pixel-size", type=float, default=1.5, help="Å per pixel")
     parser.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio")
     parser.add_argument("--views", type=int, default=12, help="distinct views of the particle")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed: the same seed writes the same session (default 0)")
     parser.add_argument("--truth", type=Path, help="truth folder (WARP_DIR_truth)")
 
 
