@@ -9,9 +9,11 @@ import torch
 from cistem_standin import make_bin_dir
 
 from live2d import cistem_star
-from live2d.engines import CycleCancelled, EngineError, builtin, make_engine
+from live2d.engines import CycleCancelled, EngineError, make_engine
 from live2d.engines.base import CycleParams, CycleRequest, Progress
-from live2d.engines.builtin import BuiltinEngine
+from live2d.engines.builtin import BuiltinEngine, search
+from live2d.engines.builtin.geometry import plan_geometry
+from live2d.engines.builtin.shifts import ShiftCorrelator
 from live2d.engines.cistem import CistemEngine, find_programs
 from live2d.evaluate import aligned_truth, comparable, correlation, score
 from live2d.imaging import blank_edges
@@ -250,10 +252,21 @@ def test_half_resolution_preselection_at_small_working_boxes_keeps_the_quality(d
 def test_dense_search_of_every_frame_keeps_the_quality(data, monkeypatch):
     """The path for boxes too small for a half-resolution pass: every frame, every shift."""
     folder, truth = data
-    monkeypatch.setattr(builtin, "COARSE_SEARCH_MIN_BOX", 10_000)
+    monkeypatch.setattr(search, "COARSE_SEARCH_MIN_BOX", 10_000)  # where Search reads it
     result, classes, star = run_cycles(folder, truth, cycles=3, seed=5)
     assert not any("half-resolution pass" in line for line in result.log)
     check_quality(classes, star, truth)
+
+
+def test_geometry_crops_to_the_mask_and_search_range_and_bins_to_the_resolution():
+    p = CycleParams(pixel_size=PIXEL, mask_radius=45.0, high_res=12.0, angular_step=10.0,
+                    search_range=12.0)
+    geometry = plan_geometry(p, BOX, np.random.default_rng(0))
+    # 2 × (12 + 45 + 20 Å falloff) / 3 Å = 51.3 px: the whole box; binned to 12 Å / 2 = 6 Å/px
+    assert (geometry.cropped, geometry.working, geometry.binned_pixel) == (48, 24, 6.0)
+    assert len(geometry.psi) == 36 and np.allclose(np.diff(geometry.psi) % 360.0, 10.0)
+    assert (geometry.shifts.float().norm(dim=1) <= 12.0 / 6.0 + 1e-6).all()
+    assert geometry.log_prior.argmax() == geometry.shifts.abs().sum(dim=1).argmin()
 
 
 @pytest.mark.parametrize("size", [16, 17])
@@ -269,7 +282,7 @@ def test_shift_correlator_matches_the_inverse_fft(size):
     dy, dx = np.mgrid[-reach:reach + 1, -reach:reach + 1]
     inside = dy**2 + dx**2 <= reach**2
     shifts = torch.as_tensor(np.stack([dy[inside], dx[inside]], axis=1))
-    correlator = builtin._ShiftCorrelator(references, shifts)
+    correlator = ShiftCorrelator(references, shifts)
     maps = torch.fft.irfft2(particles[:, None] * references.conj()[None], s=(size, size))
     expected = (maps * size * size)[..., shifts[:, 0] % size, shifts[:, 1] % size]
     assert torch.allclose(correlator.at_shifts(particles), expected, rtol=1e-4, atol=1e-2)

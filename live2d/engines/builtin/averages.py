@@ -1,0 +1,186 @@
+"""Class sums and the class averages made from them.
+
+Every particle is added to each (class, angle) frame it has weight in: its CTF-weighted spectrum
+moved back by its weighted translations, and its CTF² times the frame's weight (:class:`ClassSums`).
+Chunks of particles accumulate into sums of their own that are added up in chunk order
+(:func:`merge_partials`), wherever they ran. The frames are turned back and summed per class into
+Wiener-style averages (:func:`class_averages`), then masked, band-limited and optionally
+re-centred and auto-masked (:func:`finish_classes`). Classes left with (almost) no weight are
+re-seeded from the particles that fit worst (:func:`reseed`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch_fourier_shift import fourier_shift_image_2d
+
+from live2d.engines.base import CycleParams
+from live2d.engines.builtin.geometry import EDGE_FALLOFF, Geometry, band_mask
+from live2d.engines.builtin.io import RESULT_NAMES, prepare
+from live2d.engines.builtin.shifts import ShiftCorrelator
+from live2d.imaging import rotate, soft_disc
+
+WIENER_CONSTANT = 0.05  # regularisation, relative to a class's mean CTF² weight
+PAIR_WEIGHT_FLOOR = 1e-3  # (class, angle) pairs with less total weight are not accumulated
+# A class whose likelihood weights sum to less than this (in particles) is empty: re-seeded.
+EMPTY_CLASS_WEIGHT = PAIR_WEIGHT_FLOOR
+
+
+@dataclass
+class ClassSums:
+    """Running sums per (class, angle) frame, frames ordered class-major (K·R of them)."""
+
+    sums: torch.Tensor  # (K·R, W, W/2+1) complex: CTF-weighted particles, aligned to the frame
+    weights: torch.Tensor  # (K·R, W, W/2+1): their CTF², times their weight in the frame
+    mass: torch.Tensor  # (K,) summed likelihood weight per class
+
+    @classmethod
+    def zeros(cls, k: int, r: int, working: int, device: torch.device) -> ClassSums:
+        half = working // 2 + 1
+        return cls(torch.zeros((k * r, working, half), dtype=torch.complex64, device=device),
+                   torch.zeros((k * r, working, half), device=device),
+                   torch.zeros(k, device=device))
+
+    def add_every_frame(self, correlator: ShiftCorrelator, corrected: torch.Tensor,
+                        ctf: torch.Tensor, weights: torch.Tensor, pair: torch.Tensor) -> None:
+        """Particles that met every frame: dense products, no per-pair FFTs. ``corrected``
+        (B, W, H): CTF-weighted spectra; ``weights`` (B, F, T); ``pair`` (B, F) their sums."""
+        self.sums += correlator.scatter_back(weights, corrected)
+        self._add_weights(pair, ctf)
+
+    def add_frames(self, corrected: torch.Tensor, ctf: torch.Tensor, weights: torch.Tensor,
+                   pair: torch.Tensor, frames: torch.Tensor, shift_index: torch.Tensor) -> None:
+        """Particles that met only ``frames`` (B, M): each added to those it has weight in
+        (and always to its best one), through one FFT of its translation weights per pair.
+        ``shift_index`` (T,): the translations' flat indices in the working box."""
+        b, w = len(corrected), corrected.shape[-2]
+        device = self.sums.device
+        keep = pair >= PAIR_WEIGHT_FLOOR
+        keep[torch.arange(b), pair.argmax(dim=1)] = True
+        particle, slot = torch.nonzero(keep, as_tuple=True)
+        frame = frames[particle, slot]
+        maps = torch.zeros((len(particle), w * w), device=device)
+        maps[:, shift_index] = weights[particle, slot]
+        translation = torch.fft.rfft2(maps.view(-1, w, w)).conj()
+        self.sums.index_add_(0, frame, corrected[particle] * translation)
+        dense = torch.zeros((b, len(self.sums)), device=device)
+        dense[particle, frame] = pair[particle, slot]
+        self._add_weights(dense, ctf)
+
+    def _add_weights(self, frame_weights: torch.Tensor, ctf: torch.Tensor) -> None:
+        """Each particle's CTF² times its weight ``frame_weights`` (B, K·R) in each frame."""
+        self.weights += (frame_weights.T @ (ctf**2).flatten(1)).view_as(self.weights)
+        self.mass += frame_weights.sum(dim=0).view(len(self.mass), -1).sum(dim=1)
+
+    def add(self, other: ClassSums) -> None:
+        self.sums += other.sums.to(self.sums.device)
+        self.weights += other.weights.to(self.weights.device)
+        self.mass += other.mass.to(self.mass.device)
+
+
+@dataclass
+class Partial:
+    """One chunk's contribution: partial class sums and its particles' results, in order."""
+
+    sums: ClassSums
+    results: dict[str, np.ndarray]
+
+
+def merge_partials(total: ClassSums, partials: list[Partial]) -> dict[str, np.ndarray]:
+    """Add the chunks' partial sums to ``total`` in chunk order; their per-particle results,
+    joined."""
+    for part in partials:
+        total.add(part.sums)
+    return {name: np.concatenate([part.results[name] for part in partials])
+            for name in RESULT_NAMES}
+
+
+def class_averages(sums: ClassSums, geometry: Geometry,
+                   band: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Class averages (K, box, box) from the sums, and the classes that stayed empty.
+    ``band``: the working box's band mask."""
+    k, r = len(sums.mass), len(geometry.psi)
+    w, c = geometry.working, geometry.cropped
+    half = w // 2 + 1
+    angles = -np.tile(geometry.psi, k)
+    numerators = rotate(torch.fft.irfft2(sums.sums, s=(w, w)).cpu(), angles)
+    numerators = numerators.view(k, r, w, w).sum(dim=1)
+    denominators = rotate_half_spectra(sums.weights.cpu(), angles)
+    denominators = denominators.view(k, r, w, half).sum(dim=1)
+    band = band.cpu()
+    level = (denominators * band).flatten(1).sum(dim=1) / band.sum().clamp_min(1)
+    mass = sums.mass.cpu()
+    empty = [i for i in range(k) if float(mass[i]) < EMPTY_CLASS_WEIGHT
+             or float(level[i]) <= 1e-8]
+    spectra = torch.fft.rfft2(numerators) / (denominators + WIENER_CONSTANT *
+                                             level.clamp_min(1e-8)[:, None, None])
+    spectra = spectra * band
+    padded = torch.zeros((k, c, c // 2 + 1), dtype=spectra.dtype)
+    padded[:, : w // 2, : half] = spectra[:, : w // 2]
+    padded[:, c - w // 2:, : half] = spectra[:, w // 2:]
+    images = torch.fft.irfft2(padded, s=(c, c))
+    out = torch.zeros((k, geometry.box, geometry.box))
+    start = geometry.box // 2 - c // 2
+    out[:, start:start + c, start:start + c] = images
+    return out, empty
+
+
+def rotate_half_spectra(half: torch.Tensor, angles: np.ndarray) -> torch.Tensor:
+    """Turn real, centro-symmetric rfft2 maps (e.g. CTF² sums) like their images turn."""
+    w = half.shape[-2]
+    full = torch.cat([half, half[..., (-torch.arange(w)) % w, :][..., 1: w - half.shape[-1] + 1]
+                      .flip(-1)], dim=-1)
+    centred = torch.fft.fftshift(full, dim=(-2, -1))
+    turned = torch.fft.ifftshift(rotate(centred, angles), dim=(-2, -1))
+    return turned[..., : half.shape[-1]].clamp_min(0)
+
+
+def finish_classes(classes: torch.Tensor, geometry: Geometry, params: CycleParams,
+                   auto_center: bool) -> torch.Tensor:
+    """Classes band-limited, zero-mean and masked; re-centred on their density if
+    ``auto_center``, auto-masked if the parameters ask for it."""
+    box = geometry.box
+    falloff = EDGE_FALLOFF / geometry.pixel_size
+    mask = soft_disc(box, geometry.mask_radius, falloff)
+    spectra = torch.fft.rfft2(classes)
+    spectra *= band_mask(box, geometry.pixel_size, params.high_res, params.low_res,
+                         torch.device("cpu"))
+    spectra[..., 0, 0] = 0  # zero mean: what cisTEM's averages and the scores assume
+    classes = torch.fft.irfft2(spectra, s=(box, box)) * mask
+    if auto_center:
+        positive = classes.clamp_min(0) * mask
+        mass = positive.flatten(1).sum(dim=1).clamp_min(1e-12)
+        coords = torch.arange(box, dtype=torch.float32) - box // 2
+        cy = (positive.sum(dim=2) * coords).sum(dim=1) / mass
+        cx = (positive.sum(dim=1) * coords).sum(dim=1) / mass
+        classes = fourier_shift_image_2d(classes, torch.stack([-cy, -cx], dim=1)) * mask
+    if params.auto_mask:
+        classes = classes * automatic_mask(classes, mask)
+    return classes
+
+
+def automatic_mask(classes: torch.Tensor, disc: torch.Tensor) -> torch.Tensor:
+    """A soft mask around each class's density: threshold, dilate, soften."""
+    smooth = torch.nn.functional.avg_pool2d(classes[:, None], 5, stride=1, padding=2)[:, 0]
+    peak = smooth.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+    binary = (smooth > 0.15 * peak).float()[:, None]
+    grown = torch.nn.functional.max_pool2d(binary, 7, stride=1, padding=3)
+    soft = torch.nn.functional.avg_pool2d(grown, 5, stride=1, padding=2)[:, 0]
+    return torch.maximum(soft, torch.zeros_like(soft)) * disc
+
+
+def reseed(averages: torch.Tensor, empty: list[int], stack: np.ndarray, used: np.ndarray,
+           results: dict[str, np.ndarray], params: CycleParams,
+           geometry: Geometry) -> torch.Tensor:
+    """Empty classes restart from the particles that fit worst, where a missing view hides."""
+    worst = used[np.argsort(results["logp"])]
+    background = ~(soft_disc(geometry.box, geometry.mask_radius, 0.0) > 0)
+    per_class = max(1, min(50, len(used) // max(len(averages), 1)))
+    for slot, start in zip(empty, range(0, len(worst), per_class), strict=False):
+        members = worst[start:start + per_class]
+        averages[slot] = prepare(stack, members, params, background,
+                                 torch.device("cpu")).mean(dim=0)
+    return averages

@@ -1,0 +1,283 @@
+"""The built-in engine itself: a cycle's steps in order, and its chunks of particle batches.
+
+:class:`BuiltinEngine` reads the inputs, plans the cycle's geometry, sets up the search,
+classifies the particles in chunks of whole batches and writes the class averages and the star
+table. A chunk (:func:`classify_chunk`) accumulates into partial sums of its own that are added
+up in chunk order, so the averages are the same whether the chunks run in this process or on a
+cluster's workers: a distributed :class:`~live2d.executors.Executor` sends each as a
+:class:`ChunkTask` to :func:`run_chunk_task`, which the workers import by this module's path.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import torch
+
+from live2d import cistem_star
+from live2d.engines.base import (
+    CycleCancelled,
+    CycleRequest,
+    CycleResult,
+    Engine,
+    EngineError,
+    Progress,
+    ProgressCallback,
+    class_counts,
+)
+from live2d.engines.builtin.averages import (
+    Partial,
+    class_averages,
+    finish_classes,
+    merge_partials,
+    reseed,
+)
+from live2d.engines.builtin.geometry import plan_geometry
+from live2d.engines.builtin.io import (
+    CTF_COLUMNS,
+    RESULT_NAMES,
+    batches,
+    prepare,
+    read_classes,
+    read_inputs,
+    updated_table,
+    write_classes,
+)
+from live2d.engines.builtin.search import Search
+from live2d.imaging import blank_edges, soft_disc
+
+if TYPE_CHECKING:
+    from live2d.executors import Executor
+
+NOISE_SAMPLE = 300  # particles used to estimate the noise spectrum
+EDGE_CHECK_BATCH = 1024  # particles read at once when looking for blank edges
+# Batches per chunk: the unit of work a cluster worker gets, and of the partial sums that are
+# added up in order (the same in-process, so that both give the same averages).
+CHUNK_BATCHES = 16
+# What a chunk needs of its particles' rows: CTF, and the previous best match.
+CHUNK_COLUMNS = [*CTF_COLUMNS, "2DCLS", "PSI", "SHX", "SHY"]
+
+
+class BuiltinEngine(Engine):
+    name = "builtin"
+
+    def __init__(self, device: str = "auto", batch_size: int | None = None,
+                 executor: Executor | None = None, chunk_batches: int = CHUNK_BATCHES) -> None:
+        """``batch_size``: particles per batch (memory grows linearly with it); default 32 on
+        the CPU, 256 on a GPU, where bigger batches keep it busy. ``executor``: where the
+        cycle's chunks of ``chunk_batches`` batches run (None: in this process); a distributed
+        one runs them on its workers' CPUs."""
+        self.executor = executor
+        self.chunk_batches = max(1, chunk_batches)
+        if executor is not None and executor.distributed:
+            device = "cpu"  # the client only prepares references; workers classify on CPU
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise EngineError("--device cuda: no CUDA GPU is visible to PyTorch (install a "
+                              "CUDA build of torch, or use --device cpu)")
+        self.device = torch.device(device)
+        self.batch_size = batch_size or (256 if self.device.type == "cuda" else 32)
+
+    def describe(self) -> str:
+        where = (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
+                 else f"cpu, {torch.get_num_threads()} threads")
+        if self.executor is not None and self.executor.distributed:
+            where = self.executor.describe()
+        return f"builtin (torch {torch.__version__.split('+')[0]}, {where})"
+
+    # ------------------------------------------------------------------ starting classes
+    def start_classes(self, request: CycleRequest, progress: ProgressCallback,
+                      cancel: threading.Event) -> CycleResult:
+        """Random-start classes as refine2d's init mode: each class the mean of a random subset
+        of normalised, white-protein particles, each shifted at random by up to 0.2 × mask."""
+        started = time.monotonic()
+        check_cancel(cancel)
+        torch.set_num_threads(max(1, request.threads))
+        table, stack = read_inputs(request)
+        params, k = request.params, request.n_classes
+        rng = np.random.default_rng(request.seed)
+        n = len(table)
+        used = np.flatnonzero(rng.random(n) < params.fraction) if params.fraction < 1 else \
+            np.arange(n)
+        if len(used) < k:
+            raise EngineError(f"{len(used)} particles used ({params.fraction:.0%} of {n}) are "
+                              f"too few for {k} classes")
+        box = stack.shape[-1]
+        geometry = plan_geometry(params, box, rng)
+        background = ~(soft_disc(box, geometry.mask_radius, 0.0) > 0)
+        sums = torch.zeros((k, box, box))
+        counts = torch.zeros(k)
+        max_shift = max(1, int(0.2 * geometry.mask_radius))
+        for done, batch in batches(used, self.batch_size):
+            check_cancel(cancel)
+            images = prepare(stack, batch, params, background, torch.device("cpu"))
+            members = torch.as_tensor(rng.random((len(batch), k)) < 1.0 / k)
+            offsets = rng.integers(-max_shift, max_shift + 1, size=(len(batch), 2))
+            for i in range(len(batch)):
+                moved = torch.roll(images[i], shifts=(int(offsets[i, 0]), int(offsets[i, 1])),
+                                   dims=(0, 1))
+                sums[members[i]] += moved
+            counts += members.sum(dim=0)
+            progress(Progress("starting classes", done / len(used),
+                              done / max(time.monotonic() - started, 1e-9)))
+        empty = torch.nonzero(counts == 0).flatten()
+        for slot, index in zip(empty.tolist(), rng.choice(used, size=len(empty)), strict=True):
+            sums[slot] = prepare(stack, np.array([index]), params, background,
+                                 torch.device("cpu"))[0]
+            counts[slot] = 1
+        classes = sums / counts.clamp_min(1)[:, None, None]
+        classes = finish_classes(classes, geometry, params, auto_center=False)
+        write_classes(request.classes_out, classes, params.pixel_size)
+        seconds = time.monotonic() - started
+        return CycleResult(request.classes_out, None, [0] * k, len(used), seconds,
+                           [f"{k} random-start classes from {len(used)} particles"])
+
+    # ------------------------------------------------------------------ one cycle
+    def run_cycle(self, request: CycleRequest, progress: ProgressCallback,
+                  cancel: threading.Event) -> CycleResult:
+        started = time.monotonic()
+        check_cancel(cancel)
+        torch.set_num_threads(max(1, request.threads))
+        if request.classes_in is None:
+            raise EngineError("a refinement cycle needs the previous class averages")
+        table, stack = read_inputs(request)
+        params, device = request.params, self.device
+        classes = read_classes(request.classes_in, stack.shape[-1])
+        rng = np.random.default_rng(request.seed)
+        n, k, box = len(table), len(classes), stack.shape[-1]
+        used = np.flatnonzero(rng.random(n) < params.fraction) if params.fraction < 1 else \
+            np.arange(n)
+        excluded = 0
+        if params.exclude_blank_edges:  # as refine2d: left unused, like particles not drawn
+            keep = np.concatenate([~blank_edges(stack[batch]) for _, batch in
+                                   batches(used, EDGE_CHECK_BATCH)] or [np.zeros(0, bool)])
+            excluded, used = int((~keep).sum()), used[keep]
+        if len(used) < k:
+            raise EngineError(f"{len(used)} particles used ({params.fraction:.0%} of {n}"
+                              f"{f', {excluded} with blank edges excluded' if excluded else ''})"
+                              f" are too few for {k} classes")
+        if request.n_classes != k:
+            raise EngineError(f"{request.classes_in} holds {k} classes, not the "
+                              f"{request.n_classes} asked for")
+        geometry = plan_geometry(params, box, rng)
+        search = Search(geometry, params, classes, device)
+        progress(Progress("noise spectrum", 0.0))
+        search.estimate_noise(stack, rng.permutation(used)[:NOISE_SAMPLE], table)
+
+        results = self._classify(search, stack, table, used, request, progress, cancel)
+        check_cancel(cancel)
+        progress(Progress("averaging", 1.0))
+        averages, empty = class_averages(search.sums, geometry, search.band)
+        if empty:
+            averages = reseed(averages, empty, stack, used, results, params, geometry)
+        averages = finish_classes(averages, geometry, params, params.auto_center)
+        out_table = updated_table(table, used, results)
+        cistem_star.write_star(request.star_out, out_table,
+                               [f"Live2D built-in engine, {len(used)} of {n} particles used"])
+        write_classes(request.classes_out, averages, params.pixel_size)
+        seconds = time.monotonic() - started
+        log = [f"{k} classes × {len(geometry.psi)} angles × {len(geometry.shifts)} shifts, "
+               f"working box {geometry.working} px at {geometry.binned_pixel:.2f} Å/px"]
+        if search.coarse is not None:
+            log.append(f"half-resolution pass keeps {search.candidates} of {k * len(geometry.psi)} "
+                       "(class, angle) frames per particle")
+        if empty:
+            log.append(f"classes {', '.join(str(c + 1) for c in empty)} were empty: re-seeded")
+        if params.exclude_blank_edges:
+            log.append(f"Number of excluded images with blank edges = {excluded}")
+        return CycleResult(request.classes_out, request.star_out,
+                           class_counts(out_table["2DCLS"], k), len(used), seconds, log)
+
+    def _classify(self, search: Search, stack: np.ndarray, table: pd.DataFrame,
+                  used: np.ndarray, request: CycleRequest, progress: ProgressCallback,
+                  cancel: threading.Event) -> dict[str, np.ndarray]:
+        """Classify ``used`` in chunks of whole batches, each into partial sums of its own that
+        are added up in chunk order: the same chunks whether they run here or on a cluster's
+        workers, so the averages come out the same."""
+        size = self.batch_size * self.chunk_batches
+        chunks = [used[start:start + size] for start in range(0, len(used), size)]
+        started = time.monotonic()
+        if self.executor is None or not self.executor.distributed:
+            partials = []
+            for chunk in chunks:
+                before = sum(len(c) for c in chunks[:len(partials)])
+
+                def on_batch(done: int, before: int = before) -> None:
+                    check_cancel(cancel)
+                    rate = (before + done) / max(time.monotonic() - started, 1e-9)
+                    progress(Progress("classifying", (before + done) / len(used), rate))
+
+                partials.append(classify_chunk(search, stack, chunk, table.iloc[chunk],
+                                               self.batch_size, on_batch))
+        else:
+            threads = max(1, request.threads)
+            tasks = [ChunkTask(str(request.stack), chunk, table.iloc[chunk][CHUNK_COLUMNS],
+                               self.batch_size, threads) for chunk in chunks]
+            ends = np.cumsum([len(chunk) for chunk in chunks])
+
+            def on_done(n: int) -> None:
+                done = int(ends[n - 1]) if n else 0  # chunks finish out of order: an estimate
+                rate = done / max(time.monotonic() - started, 1e-9)
+                progress(Progress("classifying", done / len(used), rate))
+
+            on_done(0)
+            partials = self.executor.map(run_chunk_task, search.without_sums(), tasks,
+                                         cancel=cancel, on_done=on_done)
+        return merge_partials(search.sums, partials)
+
+
+# ---------------------------------------------------------------------------------- chunks
+@dataclass(frozen=True)
+class ChunkTask:
+    """A chunk for a worker: what it needs to classify its particles, sent with the search."""
+
+    stack: str  # path, opened by the worker (on the shared filesystem)
+    chunk: np.ndarray  # particle indices into the stack
+    rows: pd.DataFrame  # their CHUNK_COLUMNS, in chunk order
+    batch_size: int
+    threads: int
+
+
+def classify_chunk(search: Search, stack: np.ndarray, chunk: np.ndarray, rows: pd.DataFrame,
+                   batch_size: int,
+                   on_batch: Callable[[int], None] | None = None) -> Partial:
+    """Classify ``chunk`` batch by batch into fresh partial sums; depends on nothing but its
+    arguments (no randomness), so it gives the same numbers wherever it runs."""
+    own = search.fresh_sums()
+    results = {name: np.zeros(len(chunk)) for name in RESULT_NAMES}
+    for done, batch in batches(chunk, batch_size):
+        start = done - len(batch)
+        out = own.classify(stack, batch, rows.iloc[start:done])
+        for name, values in out.items():
+            results[name][start:done] = values
+        if on_batch is not None:
+            on_batch(done)
+    return Partial(own.sums, results)
+
+
+def run_chunk_task(search: Search, task: ChunkTask) -> Partial:
+    """A chunk on a Dask worker: the stack memory-mapped from the shared folder."""
+    torch.set_num_threads(task.threads)
+    try:
+        mrc = mrcfile.mmap(task.stack, mode="r", permissive=True)
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"built-in engine on a worker: cannot read {task.stack}: {exc}") \
+            from None
+    stack = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
+    mrc.close()
+    return classify_chunk(search, stack, task.chunk, task.rows, task.batch_size)
+
+
+def check_cancel(cancel: threading.Event) -> None:
+    """Raise CycleCancelled once ``cancel`` is set."""
+    if cancel.is_set():
+        raise CycleCancelled("the cycle was stopped")
+

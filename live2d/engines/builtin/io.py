@@ -1,0 +1,113 @@
+"""A cycle's inputs and outputs: the star table, the particle stack, the class-average stack.
+
+The stack is memory-mapped and read batch by batch (:func:`batches`), in file order; each batch
+is normalised (background mean 0, s.d. 1) and turned white-protein by :func:`prepare`. The star
+table that comes out follows refine2d: used particles get their best match and scores, unused
+ones (fraction < 1, or excluded for blank edges) keep their row with the class negated and
+CHANGE 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import torch
+
+from live2d import cistem_star
+from live2d.atomic import replacing
+from live2d.engines.base import CycleParams, CycleRequest, EngineError
+from live2d.mrc import read_images
+
+CTF_COLUMNS = ["DF1", "DF2", "ANGAST", "VOLT", "Cs", "AmpC", "PSHIFT"]  # ctf_2d's order
+# What a cycle finds out per particle, as a classification returns it (one array each).
+RESULT_NAMES = ("cls", "psi", "shx", "shy", "occ", "logp", "sigma", "score")
+
+
+def read_inputs(request: CycleRequest) -> tuple[pd.DataFrame, np.ndarray]:
+    """The star table and the particle stack, memory-mapped (read only as batches need it)."""
+    try:
+        table = cistem_star.read_star(request.star_in)
+    except (OSError, cistem_star.StarFormatError) as exc:
+        raise EngineError(f"built-in engine: cannot read {request.star_in}: {exc}") from None
+    try:
+        mrc = mrcfile.mmap(request.stack, mode="r", permissive=True)
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"built-in engine: cannot read {request.stack}: {exc}") from None
+    stack = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
+    mrc.close()  # the memory map itself stays valid until its last reference goes
+    if len(stack) < len(table):
+        raise EngineError(f"{request.star_in} has {len(table)} particles but {request.stack} "
+                          f"only {len(stack)}")
+    return table, stack
+
+
+def read_classes(path: Path, box: int) -> torch.Tensor:
+    """The previous cycle's class averages, which must have the particles' box."""
+    data = read_images(path)
+    if data.shape[1:] != (box, box):
+        raise EngineError(f"{path} holds {data.shape[1]} px classes; the particles are {box} px")
+    return torch.from_numpy(data)
+
+
+def batches(indices: np.ndarray, size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``indices`` in batches of ``size``, each with how many are done once it is."""
+    for start in range(0, len(indices), size):
+        batch = indices[start:start + size]
+        yield start + len(batch), batch
+
+
+def prepare(stack: np.ndarray, batch: np.ndarray, params: CycleParams,
+            background: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Particles of ``batch`` normalised and with white protein."""
+    images = torch.from_numpy(np.array(stack[np.sort(batch)], dtype=np.float32))
+    order = np.argsort(np.argsort(batch))  # stack reads go in file order
+    images = images[torch.as_tensor(order)].to(device)
+    if params.normalize:
+        pixels = images[:, background.to(device)]
+        mean, std = pixels.mean(dim=1), pixels.std(dim=1).clamp_min(1e-12)
+        images = (images - mean[:, None, None]) / std[:, None, None]
+    return images if params.invert_contrast else -images
+
+
+def star_column(rows: pd.DataFrame, name: str, device: torch.device) -> torch.Tensor:
+    """A star column of a batch's rows as float32 on ``device`` (copied: the rows may be a
+    read-only view)."""
+    return torch.as_tensor(np.array(rows[name], dtype=np.float64), dtype=torch.float32,
+                           device=device)
+
+
+def updated_table(table: pd.DataFrame, used: np.ndarray,
+                  results: dict[str, np.ndarray]) -> pd.DataFrame:
+    """``table`` with the ``results`` of the ``used`` particles, the others marked unused."""
+    out = table.copy()
+    for column, default in (("OCC", 100.0), ("LogP", 0), ("SIGMA", 10.0), ("SCORE", 0.0),
+                            ("CHANGE", 0.0), ("PSI", 0.0), ("SHX", 0.0), ("SHY", 0.0),
+                            ("2DCLS", 0)):
+        if column not in out:
+            out[column] = default
+    unused = np.setdiff1d(np.arange(len(table)), used)
+    out.loc[out.index[unused], "2DCLS"] = -out["2DCLS"].iloc[unused].abs()
+    out.loc[out.index[unused], "CHANGE"] = 0.0
+    rows = out.index[used]
+    previous_score = out.loc[rows, "SCORE"].to_numpy(dtype=float)
+    out.loc[rows, "2DCLS"] = results["cls"].astype(np.int64)
+    out.loc[rows, "PSI"] = results["psi"]
+    out.loc[rows, "SHX"] = results["shx"]
+    out.loc[rows, "SHY"] = results["shy"]
+    out.loc[rows, "OCC"] = results["occ"]
+    out.loc[rows, "LogP"] = np.rint(results["logp"]).astype(np.int64)
+    out.loc[rows, "SIGMA"] = results["sigma"]
+    out.loc[rows, "SCORE"] = results["score"]
+    out.loc[rows, "CHANGE"] = results["score"] - previous_score
+    return out
+
+
+def write_classes(path: Path, classes: torch.Tensor, pixel_size: float) -> None:
+    """The class-average stack, replaced whole (a crash leaves the old file or the new one)."""
+    with replacing(path) as scratch, mrcfile.new(scratch, overwrite=True) as mrc:
+        mrc.set_data(classes.detach().cpu().numpy().astype(np.float32))
+        mrc.voxel_size = pixel_size

@@ -1,0 +1,304 @@
+"""The search of one cycle: every particle scored against every turned class at every shift.
+
+The classes are turned once per cycle by every angle of the psi grid into a bank of reference
+spectra ("frames"). Every particle is scored against the frames at every translation within the
+search range at once, with its own CTF and whitened by the noise spectrum: log-likelihoods,
+scaled by the smoothing factor (inverse temperature) and a Gaussian prior on the shift, give
+weights over (class, angle, shift), which :class:`ClassSums` accumulates. The translations come
+from dense matrix products (:class:`ShiftCorrelator`), or, for the few frames a particle keeps
+after a half-resolution pass over all of them (working boxes >= ``COARSE_SEARCH_MIN_BOX``), from
+FFTs. As in refine2d, each particle's previous best match (previous class, psi and shift) is
+scored too and reported when it beats the grid, so a coarse or re-offset grid does not throw away
+a finer earlier alignment; the class sums come from the grid's weights.
+
+Conventions, the same as cisTEM's refine2d: a particle P with (PSI, SHX, SHY) matches its class
+average A as ``A ≈ rotate(shift(P, (SHX, SHY)), PSI)``, so the reported shift is minus the
+particle's displacement.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from live2d.engines.base import CycleParams
+from live2d.engines.builtin.averages import ClassSums
+from live2d.engines.builtin.geometry import (
+    EDGE_FALLOFF,
+    Geometry,
+    band_mask,
+    even_ceil,
+    fourier_crop,
+    shell_average,
+)
+from live2d.engines.builtin.io import CTF_COLUMNS, batches, prepare, star_column
+from live2d.engines.builtin.shifts import ShiftCorrelator
+from live2d.imaging import ctf_2d, rotate, soft_disc
+
+LOG_WEIGHT_FLOOR = -80.0  # log-likelihood below the best one's at which a weight counts as 0
+TURNED_REFERENCES_KEPT = 4096  # classes turned to previous psi values, kept for a cycle
+# Working boxes from this size on (every box of a 40 -> 8 Å ramp on usual data) get a
+# half-resolution pass over every (class, angle) frame; only the best frames of each particle
+# are then searched at full resolution. Scoring every frame at every shift instead made the
+# ramp's middle (16-30 px boxes, 17-26 Å) 10x slower than its 8 Å end, at no gain in quality ...
+COARSE_SEARCH_MIN_BOX = 8
+COARSE_CANDIDATE_FRACTION = 0.05  # ... this fraction of them,
+COARSE_MIN_CANDIDATES = 16  # but never fewer than this.
+
+
+@dataclass
+class PreviousMatch:
+    """Per particle of a batch: its previous best match and how it scores now."""
+
+    cls: torch.Tensor  # 0-based class
+    psi: torch.Tensor
+    shx: torch.Tensor
+    shy: torch.Tensor
+    corr: torch.Tensor
+    signal: torch.Tensor  # |CTF·A|²/noise of that reference, as the grid's best has
+    score: torch.Tensor  # on the grid's scale (smoothing × log-likelihood + prior); -inf: none
+
+
+class Search:
+    """The per-cycle state: rotated reference spectra, noise model and the running sums."""
+
+    def __init__(self, geometry: Geometry, params: CycleParams, classes: torch.Tensor,
+                 device: torch.device) -> None:
+        self.g, self.params, self.device = geometry, params, device
+        w = geometry.working
+        self.k, self.r = len(classes), len(geometry.psi)
+        self.half = w // 2 + 1
+        self.background = ~(soft_disc(geometry.box, geometry.mask_radius, 0.0) > 0)
+        self.edge = soft_disc(geometry.cropped, geometry.cropped / 2.0 - EDGE_FALLOFF /
+                              geometry.pixel_size, EDGE_FALLOFF / geometry.pixel_size).to(device)
+        self.band = band_mask(w, geometry.binned_pixel, params.high_res, params.low_res, device)
+        self.pair_weights = torch.full((w, self.half), 2.0, device=device)
+        self.pair_weights[:, 0] = 1.0
+        if w % 2 == 0:
+            self.pair_weights[:, -1] = 1.0
+        self.usable = classes.flatten(1).std(dim=1) > 0  # all-zero classes are skipped
+        self.classes = classes.to(device)  # for each particle's previous best match
+        self._turned: dict[tuple[int, float], torch.Tensor] = {}
+        angles = np.repeat(geometry.psi[None], self.k, axis=0).reshape(-1)
+        turned = rotate(classes.repeat_interleave(self.r, dim=0), angles)
+        self.references = self._spectra(turned.to(device))  # (K·R, W, W/2+1)
+        flat = geometry.shifts[:, 0] % w * w + geometry.shifts[:, 1] % w
+        self.shift_index = flat.to(device)
+        self.log_prior = geometry.log_prior.to(device)
+        self.reference_power = (self.references.abs() ** 2 * self.pair_weights).flatten(1)
+        frames = self.k * self.r
+        self.candidates = min(frames, max(COARSE_MIN_CANDIDATES,
+                                          math.ceil(COARSE_CANDIDATE_FRACTION * frames)))
+        self.coarse = (self._coarse_search()
+                       if w >= COARSE_SEARCH_MIN_BOX and self.candidates < frames else None)
+        # Without a coarse pass every particle meets every frame: one correlator for them all.
+        self.everything = (ShiftCorrelator(self.references, geometry.shifts.to(device))
+                           if self.coarse is None else None)
+        self.noise = torch.ones((w, self.half), device=device)
+        self.sums = ClassSums.zeros(self.k, self.r, w, device)
+
+    def _coarse_search(self) -> ShiftCorrelator:
+        """Half-resolution references and band, shifts on every other working pixel."""
+        size = even_ceil(self.g.working / 2)
+        references = fourier_crop(self.references, size)
+        self.coarse_band = fourier_crop(self.band, size)
+        weights = torch.full((size, size // 2 + 1), 2.0, device=self.device)
+        weights[:, 0] = 1.0
+        weights[:, -1] = 1.0
+        self.coarse_power = (references.abs() ** 2 * weights).flatten(1)
+        shifts = torch.unique(torch.div(self.g.shifts, 2, rounding_mode="floor"), dim=0)
+        return ShiftCorrelator(references, shifts.to(self.device))
+
+    def _spectra(self, images: torch.Tensor) -> torch.Tensor:
+        """Box-sized images -> working-box rfft2 spectra (crop, soft edge, Fourier crop)."""
+        c, w = self.g.cropped, self.g.working
+        start = self.g.box // 2 - c // 2
+        cropped = images[..., start:start + c, start:start + c] * self.edge
+        return fourier_crop(torch.fft.rfft2(cropped), w)
+
+    def _particles(self, stack: np.ndarray, batch: np.ndarray,
+                   rows: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rows``: the star rows of ``batch``, in its order."""
+        images = prepare(stack, batch, self.params, self.background, self.device)
+        ctf = ctf_2d(*(star_column(rows, name, self.device) for name in CTF_COLUMNS),
+                     self.g.binned_pixel, self.g.working)
+        return self._spectra(images), ctf
+
+    def estimate_noise(self, stack: np.ndarray, sample: np.ndarray, table: pd.DataFrame) -> None:
+        """Noise power per resolution shell from the particles' backgrounds."""
+        total = torch.zeros((self.g.working, self.half), device=self.device)
+        outside = self.background.to(self.device)
+        fraction = float(outside.float().mean())
+        for _, batch in batches(np.sort(sample), self.batch_size_for_noise):
+            images = prepare(stack, batch, self.params, self.background, self.device)
+            total += (self._spectra(images * outside).abs() ** 2).sum(dim=0)
+        power = total / max(len(sample), 1) / max(fraction, 0.05)
+        self.noise = shell_average(power).clamp_min(1e-6)
+
+    batch_size_for_noise = 64
+
+    def classify(self, stack: np.ndarray, batch: np.ndarray,
+                 rows: pd.DataFrame) -> dict[str, np.ndarray]:
+        spectra, ctf = self._particles(stack, batch, rows)
+        b, w = len(batch), self.g.working
+        filtered = spectra * ctf * self.band / self.noise  # (B, W, H)
+        particle_ctf = (ctf**2 * self.band / self.noise).flatten(1)
+        previous = self._previous_match(filtered, particle_ctf, rows)
+        norms = 0.5 * particle_ctf @ self.reference_power.T  # (B, KR): ½Σ|CTF·A|²/noise
+        frames = self._candidates(filtered, particle_ctf)  # (B, M) frames to search
+        batch_rows = torch.arange(b, device=self.device)[:, None]
+        if self.everything is not None:
+            corr = self.everything.at_shifts(filtered)  # (B, M, T)
+        else:
+            cross = filtered[:, None] * self.references[frames].conj()  # (B, M, W, H)
+            maps = torch.fft.irfft2(cross, s=(w, w)) * (w * w)
+            corr = maps.flatten(2)[..., self.shift_index]  # (B, M, T)
+            del cross, maps
+        frame_norms = norms[batch_rows, frames]
+        # in place where possible: these (B, M, T) arrays are the biggest of the cycle
+        scores = corr - frame_norms[..., None]
+        scores.mul_(self.params.smoothing).add_(self.log_prior)
+        unusable = None
+        if not bool(self.usable.all()):
+            unusable = ~self.usable.to(self.device)[frames // self.r]
+            scores.masked_fill_(unusable[..., None], -torch.inf)
+        peak, best = scores.view(b, -1).max(dim=1)
+        # Relative weights below e^-80 change nothing, and the CPU's vectorised exp is 10x
+        # slower on arguments far below that; the scores are not needed after this.
+        scores.sub_(peak[:, None, None]).clamp_min_(LOG_WEIGHT_FLOOR)
+        if unusable is not None:
+            scores.masked_fill_(unusable[..., None], -torch.inf)
+        weights = scores.exp_()
+        total = weights.view(b, -1).sum(dim=1)
+        weights /= total[:, None, None]
+        log_z = peak + torch.log(total)
+        best_slot, best_shift = best // weights.shape[-1], best % weights.shape[-1]
+        index = torch.arange(b, device=self.device)
+        best_frame = frames[index, best_slot]
+        best_class, best_angle = best_frame // self.r, best_frame % self.r
+        pair = weights.sum(dim=2)  # (B, M) weight of each (class, angle) frame
+        self._accumulate(spectra, ctf, weights, pair, frames)
+
+        signal = 2.0 * frame_norms[index, best_slot]
+        particle_power = ((spectra.abs() ** 2 * self.band / self.noise) *
+                          self.pair_weights).flatten(1).sum(dim=1)
+        best_corr = corr[index, best_slot, best_shift]
+        shift = self.g.shifts.to(self.device)[best_shift].float() * self.g.binned_pixel
+        psi = torch.as_tensor((-self.g.psi) % 360.0, device=self.device,
+                              dtype=torch.float32)[best_angle]
+        shx, shy = -shift[:, 1], -shift[:, 0]
+        if previous is not None:  # where the previous match scores higher, it is reported
+            wins = previous.score > peak
+            best_class = torch.where(wins, previous.cls, best_class)
+            psi, shx, shy = (torch.where(wins, new, old) for new, old in
+                             ((previous.psi, psi), (previous.shx, shx), (previous.shy, shy)))
+            best_corr = torch.where(wins, previous.corr, best_corr)
+            signal = torch.where(wins, previous.signal, signal)
+        residual = (particle_power - 2.0 * best_corr + signal).clamp_min(1e-12)
+        same_class = (frames // self.r) == best_class[:, None]
+        class_weight = (pair * same_class).sum(dim=1)
+        out = {
+            "cls": best_class + 1,
+            "psi": psi,
+            "shx": shx,
+            "shy": shy,
+            "occ": 100.0 * class_weight,
+            "logp": log_z,
+            "sigma": torch.sqrt(residual / signal.clamp_min(1e-12)).clamp(max=100.0),
+            "score": 100.0 * best_corr / torch.sqrt(particle_power * signal).clamp_min(1e-12),
+        }
+        return {name: value.double().cpu().numpy() for name, value in out.items()}
+
+    def _previous_match(self, filtered: torch.Tensor, particle_ctf: torch.Tensor,
+                        rows: pd.DataFrame) -> PreviousMatch | None:
+        """As refine2d, each particle's previous best match (its previous class turned by its
+        previous psi, at its previous shift) is scored like a grid point, so that an alignment
+        between this cycle's grid points is kept when it fits better. -inf where there is none
+        (never classified, or its class is now empty)."""
+        if "2DCLS" not in rows:
+            return None
+        previous = np.abs(np.asarray(rows["2DCLS"], dtype=np.int64))
+        classified = (previous >= 1) & (previous <= self.k)
+        if not classified.any():
+            return None
+        cls = torch.as_tensor(np.clip(previous, 1, self.k) - 1, device=self.device)
+        valid = torch.as_tensor(classified, device=self.device)
+        valid &= self.usable.to(self.device)[cls]
+        psi, shx, shy = (star_column(rows, name, self.device) for name in ("PSI", "SHX", "SHY"))
+        references = self._turned_references(cls, np.array(rows["PSI"], dtype=np.float64))
+        # the reported shift is minus the displacement: back to (dy, dx) working pixels
+        dy, dx = -shy / self.g.binned_pixel, -shx / self.g.binned_pixel
+        w = self.g.working
+        fy = torch.fft.fftfreq(w, device=self.device)[None, :, None]
+        fx = torch.fft.rfftfreq(w, device=self.device)[None, None, :]
+        phase = torch.exp(2j * math.pi * (fy * dy[:, None, None] + fx * dx[:, None, None]))
+        corr = ((filtered * references.conj() * phase).real * self.pair_weights).flatten(1)
+        corr = corr.sum(dim=1)
+        norm = 0.5 * (particle_ctf * (references.abs() ** 2 * self.pair_weights).flatten(1))
+        norm = norm.sum(dim=1)
+        log_prior = -(dy**2 + dx**2) / (2.0 * self.g.prior_sigma**2)
+        score = (corr - norm) * self.params.smoothing + log_prior
+        return PreviousMatch(cls=cls, psi=psi % 360.0, shx=shx, shy=shy, corr=corr,
+                             signal=2.0 * norm,
+                             score=torch.where(valid, score, torch.full_like(score, -torch.inf)))
+
+    def _turned_references(self, cls: torch.Tensor, psi: np.ndarray) -> torch.Tensor:
+        """Spectra of the classes turned to the particles' previous psi. Those are mostly the
+        previous cycle's grid angles, so each (class, psi) is turned once per cycle and kept."""
+        keys = list(zip(cls.tolist(), np.round(psi, 3).tolist(), strict=True))
+        missing = sorted(set(keys) - self._turned.keys())
+        if len(self._turned) + len(missing) > TURNED_REFERENCES_KEPT:
+            self._turned.clear()
+            missing = sorted(set(keys))
+        if missing:
+            classes = torch.as_tensor([c for c, _ in missing], device=self.device)
+            angles = np.array([-angle for _, angle in missing])
+            spectra = self._spectra(rotate(self.classes[classes], angles))
+            self._turned.update(zip(missing, spectra, strict=True))
+        return torch.stack([self._turned[key] for key in keys])
+
+    def _candidates(self, filtered: torch.Tensor, particle_ctf: torch.Tensor) -> torch.Tensor:
+        """``(B, M)`` (class, angle) frames worth a full-resolution look: all of them for small
+        boxes, else the best ones of a half-resolution pass over every frame and shift."""
+        b, frames = len(filtered), self.k * self.r
+        if self.coarse is None:
+            return torch.arange(frames, device=self.device).expand(b, frames)
+        size = self.coarse.size
+        coarse = fourier_crop(filtered, size) * self.coarse_band
+        coarse_norms = 0.5 * self._coarse_norms(particle_ctf)  # (B, F)
+        best = self.coarse.best(coarse, coarse_norms)
+        usable = self.usable.to(self.device).repeat_interleave(self.r)
+        return best.masked_fill(~usable, -torch.inf).topk(self.candidates, dim=1).indices
+
+    def _coarse_norms(self, particle_ctf: torch.Tensor) -> torch.Tensor:
+        w = self.g.working
+        ctf_power = fourier_crop(particle_ctf.view(-1, w, self.half), self.coarse.size)
+        ctf_power = ctf_power * self.coarse_band
+        return ctf_power.flatten(1) @ self.coarse_power.T
+
+    def _accumulate(self, spectra: torch.Tensor, ctf: torch.Tensor, weights: torch.Tensor,
+                    pair: torch.Tensor, frames: torch.Tensor) -> None:
+        """Add each particle to every (class, angle) frame it has weight in, shifted back by the
+        weighted translations, and its CTF² times the frame's weight to the frame's weights."""
+        corrected = spectra * ctf
+        if self.everything is not None:  # every frame: dense products, no per-pair FFTs
+            self.sums.add_every_frame(self.everything, corrected, ctf, weights, pair)
+        else:
+            self.sums.add_frames(corrected, ctf, weights, pair, frames, self.shift_index)
+
+    def fresh_sums(self) -> Search:
+        """A shallow copy that shares the references but accumulates into sums of its own."""
+        copy = _copy.copy(self)
+        copy.sums = ClassSums.zeros(self.k, self.r, self.g.working, self.device)
+        return copy
+
+    def without_sums(self) -> Search:
+        """What the workers need, without the (empty) accumulators: less to send."""
+        copy = _copy.copy(self)
+        copy.sums = None  # type: ignore[assignment]
+        return copy

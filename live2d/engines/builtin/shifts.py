@@ -1,0 +1,98 @@
+"""Cross-correlations at every translation of a small set, as dense matrix products.
+
+Without a half-resolution pass every particle meets every (class, angle) frame, and for the small
+working boxes of the early cycles two matrix products are cheaper than one inverse FFT per
+(particle, reference) pair. :class:`ShiftCorrelator` also gives the adjoint, which adds the
+particles back into the frames' sums, moved by their weighted translations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class ShiftCorrelator:
+    """Cross-correlations of particles with a fixed bank of reference spectra at every integer
+    translation of a small set, as two dense matrix products instead of one inverse FFT per
+    (particle, reference) pair.
+
+    ``c[b, f, t] = Σ_k P_b(k) conj(A_f(k)) exp(2πi k·t / n)`` over the full plane equals
+    ``Re Σ_kx w(kx) exp(2πi kx·tx / n) Σ_ky conj(A_f(ky, kx)) P_b(ky, kx) exp(2πi ky·ty / n)``
+    over the rfft2 half plane (w = 1 on the kx = 0 and Nyquist columns, 2 elsewhere). The inner
+    sum is one batched matmul per kx column (references × frequencies @ frequencies ×
+    (particles · ty)), the outer one a matmul over kx. Only the translations inside the search
+    square are evaluated: for working boxes up to ~32 px this was 3-6x faster than pocketfft's
+    batched irfft2 on 2 CPU cores (the products run at BLAS speed; the FFTs of tiny boxes don't).
+    """
+
+    def __init__(self, references: torch.Tensor, shifts: torch.Tensor) -> None:
+        # references (F, n, n // 2 + 1) complex; shifts (T, 2) integer (dy, dx)
+        n, half = references.shape[-2:]
+        device = references.device
+        self.size, self.frames = n, len(references)
+        reach = int(shifts.abs().max()) if len(shifts) else 0
+        steps = torch.arange(-reach, reach + 1, device=device, dtype=torch.float32)
+        self.steps = len(steps)
+        ky = torch.fft.fftfreq(n, device=device) * n
+        kx = torch.arange(half, device=device, dtype=torch.float32)
+        weight = torch.full((half,), 2.0, device=device)
+        weight[0] = 1.0
+        if n % 2 == 0:
+            weight[-1] = 1.0
+        unit = torch.ones((), device=device)
+        self.rows = torch.polar(unit.expand(n, len(steps)),
+                                2 * math.pi * ky[:, None] * steps[None, :] / n)  # (n, Ty)
+        self.phases = torch.polar(unit.expand(len(steps), half),
+                                  2 * math.pi * steps[:, None] * kx[None, :] / n)  # (Tx, half)
+        self.columns = self.phases * weight
+        # Complex products as real ones, so that the big intermediate comes out with real and
+        # imaginary parts in separate rows: conj(A)·S = [[Ar, Ai], [-Ai, Ar]] @ [Sr; Si].
+        ar, ai = (part.permute(2, 0, 1) for part in (references.real, references.imag))
+        self.references = torch.cat([torch.cat([ar, ai], dim=2),
+                                     torch.cat([-ai, ar], dim=2)], dim=1).contiguous()
+        # (half, 2F, 2n); the outer sum takes Re(columns · inner) = cr·Ir - ci·Ii per kx
+        self.outer = torch.stack([self.columns.real, -self.columns.imag], dim=2).reshape(
+            len(steps), 2 * half).contiguous()
+        inside = torch.zeros((len(steps), len(steps)), dtype=torch.bool, device=device)
+        inside[shifts[:, 0] + reach, shifts[:, 1] + reach] = True  # (ty, tx)
+        # -inf outside the search disc, (ty, tx) as correlate lays its output out
+        self.outside_bias = torch.where(inside, 0.0, -torch.inf)
+        self.order = ((shifts[:, 0] + reach) * self.steps + shifts[:, 1] + reach).long()
+
+    def correlate(self, particles: torch.Tensor) -> torch.Tensor:
+        """``(F, B, ty, tx)`` correlations of ``particles`` ``(B, n, n // 2 + 1)``."""
+        b, n, half = particles.shape
+        t = self.steps
+        shifted = particles.permute(2, 1, 0)[..., None] * self.rows[None, :, None, :]
+        shifted = shifted.reshape(half, n, b * t)
+        stacked = torch.cat([shifted.real, shifted.imag], dim=1)  # (half, 2n, B·ty)
+        inner = torch.bmm(self.references, stacked)  # (half, [Re; Im] × F, B·ty)
+        # transposed operands cost BLAS nothing and give the (F, B, ty, tx) layout directly
+        return (inner.view(2 * half, -1).T @ self.outer.T).view(self.frames, b, t, t)
+
+    def scatter_back(self, weights: torch.Tensor, particles: torch.Tensor) -> torch.Tensor:
+        """``(F, n, n // 2 + 1)``: ``Σ_b particles_b · Σ_t weights[b, f, t] exp(2πi k·t / n)``,
+        each particle moved back by its weighted translations (the adjoint of ``at_shifts``)."""
+        b, n, half = particles.shape
+        t = self.steps
+        square = torch.zeros((b, self.frames, t * t), device=weights.device)
+        square[..., self.order] = weights
+        by_column = square.view(b, self.frames, t, t).to(self.phases.dtype) @ self.phases
+        by_column = by_column.permute(3, 1, 0, 2).reshape(half, self.frames, b * t)
+        shifted = particles.permute(2, 1, 0)[..., None] * self.rows[None, :, None, :]
+        summed = torch.bmm(by_column, shifted.reshape(half, n, b * t).transpose(1, 2))
+        return summed.permute(1, 2, 0)  # (F, n, half)
+
+    def at_shifts(self, particles: torch.Tensor) -> torch.Tensor:
+        """``(B, F, T)`` correlations at the translations of the set, in its order."""
+        corr = self.correlate(particles).view(self.frames, len(particles), -1)
+        return corr[..., self.order].transpose(0, 1).contiguous()
+
+    def best(self, particles: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        """``(B, F)`` best ``correlation - norms`` over the translations of the set."""
+        corr = self.correlate(particles)
+        corr += self.outside_bias
+        return corr.amax(dim=-1).amax(dim=-1).T - norms
+
