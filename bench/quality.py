@@ -4,13 +4,19 @@ Simulates a Warp session (`live2d simulate`'s phantom, CTF, shifts, noise), runs
 job on it with the chosen engine, and prints for every cycle the two scores of issue 3
 (live2d/evaluate.py): homogeneity (1: each class holds one view, perfectly aligned; random
 assignment about 0.1) and average fidelity (class averages against their members' true mean).
-The same seed gives the same particles, so two engines are compared on identical data:
+The same seed gives the same particles, so two engines are compared on identical data.
+With ``--junk`` a share of the picks are junk (empty ice, contamination, carbon edges,
+aggregates) and ``--off-centre`` moves picks up to that many pixels off the particle: both
+scores then count true particles only, and two more columns say how well the classes separate
+them from junk (the best selection the truth allows: the classes that are mostly true particles,
+its precision and recall of true particles):
 
     python bench/quality.py                                     # built-in engine
     python bench/quality.py --engine cistem --cistem-bin DIR    # the same data through cisTEM
     python bench/quality.py --particles 1200 --box 64 --pixel-size 3 --views 6 --snr 0.05 \\
         --classes 8 --startup-cycles 4 --refinement-cycles 2 --high-res-initial 30 \\
         --high-res-final 9
+    python bench/quality.py --particles 10000 --classes 20 --junk 0.3 --off-centre 10
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=12)
     parser.add_argument("--snr", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0, help="of the simulated particles")
+    parser.add_argument("--junk", type=float, default=0.0, help="fraction of junk picks")
+    parser.add_argument("--off-centre", type=float, default=0.0,
+                        help="picks up to this many pixels off centre (0: a good picker)")
     parser.add_argument("--classes", type=int, default=12)
     parser.add_argument("--startup-cycles", type=int, default=5)
     parser.add_argument("--refinement-cycles", type=int, default=2)
@@ -52,7 +61,8 @@ def main() -> None:
         root = args.keep or Path(scratch)
         warp = root / "warp"
         simulate(warp, particles=args.particles, per_micrograph=200, box=args.box,
-                 pixel_size=args.pixel_size, snr=args.snr, views=args.views, seed=args.seed)
+                 pixel_size=args.pixel_size, snr=args.snr, views=args.views, seed=args.seed,
+                 junk=args.junk, off_centre=args.off_centre)
         values = {"classes": args.classes, "startup_cycles": args.startup_cycles,
                   "refinement_cycles": args.refinement_cycles,
                   "high_res_initial": args.high_res_initial,
@@ -73,17 +83,20 @@ def main() -> None:
             session.close()
         wall = time.monotonic() - began
         mask_radius = 0.6 * read_settings(warp).diameter
-        print(f"{engine}; {args.particles} particles of {args.box} px at {args.pixel_size} Å/px, "
-              f"{args.views} views, SNR {args.snr:g}, seed {args.seed}; {args.classes} classes")
-        print("cycle  block        high-res  used  homogeneity  fidelity  classes  seconds")
+        print(f"{engine}; {args.particles} picks of {args.box} px at {args.pixel_size} Å/px, "
+              f"{args.views} views, SNR {args.snr:g}, junk {args.junk:.0%}, off centre "
+              f"{args.off_centre:g} px, seed {args.seed}; {args.classes} classes")
+        print("cycle  block        high-res  used  homogeneity  fidelity  classes  "
+              "best-precision  best-recall  seconds")
         for record in history:
             if record.block == "start":
                 continue
-            scores = score_cycle(root / "classification", record.number, truth_dir_for(warp),
-                                 mask_radius)
+            scores, best = score_cycle(root / "classification", record.number,
+                                       truth_dir_for(warp), mask_radius)
             print(f"{record.number:5d}  {record.block:<11s} {record.high_res:6.1f} Å "
                   f"{record.fraction:5.0%}  {scores.homogeneity:11.3f}  {scores.fidelity:8.3f}  "
-                  f"{scores.classes_used:7d}  {record.finished - record.started:7.1f}")
+                  f"{scores.classes_used:7d}  {best.precision:14.3f}  {best.recall:11.3f}  "
+                  f"{record.finished - record.started:7.1f}")
         print(f"job: {len(history)} cycles in {wall:.0f} s")
 
 

@@ -6,6 +6,9 @@
   class one view, perfectly aligned; random assignment gives about 0.1.
 * fidelity: correlation (15 Å low-pass, masked, rotational average removed) of each class average
   with its class's mean true image, weighted by class population.
+
+On a session with junk picks both count true particles only (a class's mean is that of its true
+particles), and :func:`best_selection` says how well the classes separate particles from junk.
 """
 
 from __future__ import annotations
@@ -31,11 +34,32 @@ class Scores:
     classes_used: int
 
 
+@dataclass(frozen=True)
+class Selection:
+    """The best selection of classes the truth allows: every class whose members are mostly
+    true particles."""
+    classes: list[int]  # 1-based class numbers
+    precision: float  # of the selected picks, the share that are true particles
+    recall: float  # of the true particles classified, the share selected
+
+
+def best_selection(labels: np.ndarray, true_particle: np.ndarray) -> Selection:
+    """``labels``: 1-based class of each classified pick; ``true_particle``: which are not junk."""
+    labels = np.asarray(labels)
+    true_particle = np.asarray(true_particle, dtype=bool)
+    chosen = [int(k) for k in np.unique(labels) if true_particle[labels == k].mean() > 0.5]
+    selected = np.isin(labels, chosen)
+    precision = float(true_particle[selected].mean()) if selected.any() else 0.0
+    recall = float(selected[true_particle].mean()) if true_particle.any() else 0.0
+    return Selection(chosen, precision, recall)
+
+
 def score(views: np.ndarray, view: np.ndarray, psi_true: np.ndarray, shift_true: np.ndarray,
           table, classes: np.ndarray, pixel_size: float, mask_radius: float) -> Scores:
-    """``table``: the engine's cisTEM star rows for these particles (2DCLS, PSI, SHX, SHY)."""
+    """``table``: the engine's cisTEM star rows for these particles (2DCLS, PSI, SHX, SHY).
+    Picks whose ``view`` is negative are junk and not scored."""
     best = table["2DCLS"].to_numpy(dtype=np.int64)
-    used = best > 0
+    used = (best > 0) & (np.asarray(view) >= 0)
     aligned = aligned_truth(views, view[used], psi_true[used], shift_true[used],
                             table[used], pixel_size)
     box = views.shape[-1]
@@ -81,8 +105,10 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _correlation(a, b)
 
 
-def score_cycle(output_dir: Path, cycle: int, truth_dir: Path, mask_radius: float) -> Scores:
-    """Scores of one cycle of a session run on a folder written by ``live2d simulate``."""
+def score_cycle(output_dir: Path, cycle: int, truth_dir: Path,
+                mask_radius: float) -> tuple[Scores, Selection]:
+    """Scores of one cycle of a session run on a folder written by ``live2d simulate``, and the
+    best selection of its classes that the truth allows."""
     output_dir = Path(output_dir)
     table = cistem_star.read_star(output_dir / f"cycle_{cycle:03d}.star")
     names = cistem_star.read_star(output_dir / "particles.star")["ORIGNAME"].tolist()
@@ -93,10 +119,13 @@ def score_cycle(output_dir: Path, cycle: int, truth_dir: Path, mask_radius: floa
         views, pixel_size = np.array(mrc.data), float(mrc.voxel_size.x)
     with mrcfile.open(output_dir / f"cycle_{cycle:03d}.mrc") as mrc:
         classes = np.array(mrc.data)
-    return score(views, np.array([int(r["view"]) for r in rows]),
-                 np.array([float(r["psi"]) for r in rows]),
-                 np.array([[float(r["shift_x"]), float(r["shift_y"])] for r in rows]),
-                 table, classes, pixel_size, mask_radius)
+    view = np.array([int(r["view"]) for r in rows])
+    scores = score(views, view, np.array([float(r["psi"]) for r in rows]),
+                   np.array([[float(r["shift_x"]), float(r["shift_y"])] for r in rows]),
+                   table, classes, pixel_size, mask_radius)
+    labels = table["2DCLS"].to_numpy(dtype=np.int64)
+    used = labels > 0
+    return scores, best_selection(labels[used], view[used] >= 0)
 
 
 def _comparable(images: torch.Tensor, pixel_size: float, resolution: float,

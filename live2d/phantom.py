@@ -24,6 +24,7 @@ from torch_fourier_shift import fourier_shift_image_2d
 from torch_transform_image import affine_transform_image_2d
 
 from live2d.imaging import ctf_2d, rotation_matrices_yx
+from live2d.junk import JUNK_KINDS, PARTICLE, render_junk
 
 # (x, y, z) centre in units of the longest dimension, Gaussian sigma in the same unit, density.
 _DOMAINS = np.array(
@@ -46,9 +47,10 @@ _DIAMETER_FRACTION_OF_BOX = 0.65
 @dataclass
 class ParticleBatch:
     images: np.ndarray  # (n, box, box) float32, CTF applied, noise added, Warp-normalised
-    view: np.ndarray  # (n,) int, index into Phantom.views
-    psi: np.ndarray  # (n,) degrees, uniform in [0, 360)
-    shift: np.ndarray  # (n, 2) Å (x, y), uniform in a disc of radius max_shift
+    view: np.ndarray  # (n,) int, index into Phantom.views; -1 for junk
+    psi: np.ndarray  # (n,) degrees, uniform in [0, 360); 0 for junk
+    shift: np.ndarray  # (n, 2) Å (x, y), uniform in a disc of radius max_shift; 0 for junk
+    kind: np.ndarray  # (n,) str: "particle" or one of live2d.junk.JUNK_KINDS
 
 
 class Phantom:
@@ -90,30 +92,50 @@ class Phantom:
         cs: float = 2.7,
         amplitude_contrast: float = 0.07,
         max_shift: float = 0.0,
+        junk: float = 0.0,
     ) -> ParticleBatch:
-        """``n`` noisy particles of random views, angles and shifts, as Warp would export them.
+        """``n`` noisy picks of random views, angles and shifts, as Warp would export them.
 
         ``snr`` is the variance of the CTF-modulated signal inside the particle's circle
         (diameter/2) over the noise variance. Defoci are in Å, the astigmatism angle in degrees
-        from the x axis (cisTEM/Warp convention), ``max_shift`` in Å.
+        from the x axis (cisTEM/Warp convention), ``max_shift`` in Å. A fraction ``junk`` of the
+        picks are junk (:mod:`live2d.junk`, its kinds equally likely), imaged with the same CTF
+        and noise; with ``junk=0`` the random draws are those of a session without junk.
         """
         view = rng.integers(0, len(self.views), size=n)
         psi = rng.uniform(0.0, 360.0, size=n)
         radius = max_shift * np.sqrt(rng.uniform(size=n))
         direction = rng.uniform(0.0, 2.0 * np.pi, size=n)
         shift = np.stack([radius * np.cos(direction), radius * np.sin(direction)], axis=1)
-        clean = torch.from_numpy(render_clean(self.views, view, psi, shift, self.pixel_size))
+        kind = np.full(n, PARTICLE, dtype=object)
+        if junk > 0:
+            junk_rng = np.random.default_rng(rng.integers(2**63))
+            is_junk = junk_rng.uniform(size=n) < junk
+            kind[is_junk] = junk_rng.choice(JUNK_KINDS, size=int(is_junk.sum()))
+            view[is_junk], psi[is_junk], shift[is_junk] = -1, 0.0, 0.0
+        true = kind == PARTICLE
+        clean = np.zeros((n, self.box, self.box), dtype=np.float32)
+        clean[true] = render_clean(self.views, view[true], psi[true], shift[true],
+                                   self.pixel_size)
+        for i in np.flatnonzero(~true):
+            clean[i] = render_junk(kind[i], self.views, junk_rng, self._render_one)
         signal = _apply_ctf(
-            clean, self.pixel_size, defocus_u, defocus_v, defocus_angle, voltage, cs,
-            amplitude_contrast,
+            torch.from_numpy(clean), self.pixel_size, defocus_u, defocus_v, defocus_angle,
+            voltage, cs, amplitude_contrast,
         )
         inside = _disc(self.box, self.diameter / 2.0 / self.pixel_size)
-        signal_variance = float(signal[:, inside].var(dim=1).mean()) if n else 0.0
-        noise_sigma = np.sqrt(signal_variance / snr) if snr > 0 else 1.0
+        # The noise is the micrograph's: set by the particles' signal, not by the junk's.
+        signal_variance = float(signal[true][:, inside].var(dim=1).mean()) if true.any() else 0.0
+        noise_sigma = np.sqrt(signal_variance / snr) if snr > 0 and signal_variance > 0 else 1.0
         noise = rng.standard_normal((n, self.box, self.box), dtype=np.float32)
         images = signal + torch.from_numpy(noise) * noise_sigma
         images = _normalise_background(images, ~inside)
-        return ParticleBatch(images.numpy(), view.astype(np.int64), psi, shift)
+        return ParticleBatch(images.numpy(), view.astype(np.int64), psi, shift, kind)
+
+    def _render_one(self, view: int, psi: float, shift_px: np.ndarray) -> np.ndarray:
+        return render_clean(self.views, np.array([view]), np.array([psi]),
+                            np.asarray(shift_px, dtype=np.float64)[None] * self.pixel_size,
+                            self.pixel_size)[0]
 
 
 def render_clean(

@@ -45,8 +45,8 @@ _STAR_COLUMNS = [
     "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnPhaseShift", "rlnDefocusU",
     "rlnDefocusV", "rlnDefocusAngle", "rlnCtfMaxResolution", "rlnImageName", "rlnMicrographName",
 ]
-_TRUTH_COLUMNS = ["image_name", "view", "psi", "shift_x", "shift_y", "defocus_u", "defocus_v",
-                  "defocus_angle"]
+_TRUTH_COLUMNS = ["image_name", "kind", "view", "psi", "shift_x", "shift_y", "defocus_u",
+                  "defocus_v", "defocus_angle"]
 VOLTAGE, CS, AMPLITUDE_CONTRAST = 300.0, 2.7, 0.07
 
 
@@ -119,14 +119,23 @@ def simulate(
     snr: float = 0.1,
     views: int = 12,
     seed: int = 0,
+    junk: float = 0.0,
+    off_centre: float = 0.0,
     truth_dir: Path | None = None,
     keep_going: Callable[[], bool] = lambda: True,
 ) -> int:
-    """Write (or extend) a simulated Warp session of ``particles`` particles; returns how many
+    """Write (or extend) a simulated Warp session of ``particles`` picks; returns how many
     micrographs were written. With ``interval`` > 0 a micrograph appears every ``interval``
-    seconds, as on a microscope; ``keep_going`` lets a caller end such a run early."""
+    seconds, as on a microscope; ``keep_going`` lets a caller end such a run early.
+
+    ``junk``: the fraction of picks that are junk (empty ice, contamination, carbon edges,
+    aggregates; :mod:`live2d.junk`). ``off_centre``: picks land up to this many pixels from the
+    particle's centre (0: up to 8% of its diameter, a good picker). The truth records each
+    pick's kind."""
     if particles < 0 or per_micrograph < 1:
         raise ValueError("particles must be >= 0 and per_micrograph >= 1")
+    if not 0.0 <= junk < 1.0 or off_centre < 0:
+        raise ValueError("junk must be a fraction in [0, 1) and off_centre >= 0 pixels")
     warp_dir = Path(warp_dir)
     truth_dir = Path(truth_dir) if truth_dir else truth_dir_for(warp_dir)
     (warp_dir / "particles").mkdir(parents=True, exist_ok=True)
@@ -135,6 +144,8 @@ def simulate(
 
     signature = {"box": box, "pixel_size": pixel_size, "views": views, "seed": seed, "snr": snr,
                  "per_micrograph": per_micrograph}
+    if junk or off_centre:  # absent otherwise, so folders simulated before them still extend
+        signature |= {"junk": junk, "off_centre": off_centre}
     record_path = truth_dir / "simulation.json"
     previous = json.loads(record_path.read_text()) if record_path.exists() else None
     reuse = previous is not None and previous["signature"] == signature
@@ -160,7 +171,8 @@ def simulate(
         batch = phantom.particles(size, rng, snr=snr, defocus_u=defocus_u, defocus_v=defocus_v,
                                   defocus_angle=defocus_angle, voltage=VOLTAGE, cs=CS,
                                   amplitude_contrast=AMPLITUDE_CONTRAST,
-                                  max_shift=0.08 * phantom.diameter)
+                                  max_shift=off_centre * pixel_size if off_centre
+                                  else 0.08 * phantom.diameter, junk=junk)
         coordinates = rng.uniform(box, MICROGRAPH_PIXELS - box, size=(size, 2))
         recorded = previous["sizes"] if reuse else []
         stack_path = warp_dir / stack_name
@@ -175,7 +187,8 @@ def simulate(
                 "0.0", f"{defocus_u:.2f}", f"{defocus_v:.2f}", f"{defocus_angle:.2f}", "3.8",
                 image_name, f"{movie}.tif",
             ])
-            truth_rows.append([image_name, int(batch.view[i]), round(float(batch.psi[i]), 4),
+            truth_rows.append([image_name, batch.kind[i], int(batch.view[i]),
+                               round(float(batch.psi[i]), 4),
                                round(float(batch.shift[i, 0]), 4),
                                round(float(batch.shift[i, 1]), 4), round(defocus_u, 2),
                                round(defocus_v, 2), round(defocus_angle, 2)])

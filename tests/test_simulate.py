@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from live2d.cli import main as cli_main
+from live2d.junk import JUNK_KINDS, render_junk
+from live2d.phantom import Phantom
 from live2d.simulate import MODEL, read_settings_values, simulate, truth_dir_for, write_settings
 
 
@@ -92,3 +94,50 @@ def test_write_settings_overrides_one_parameter_and_keeps_the_rest(tmp_path):
     write_settings(warp, DoExport=False)
     values = read_settings_values(warp)
     assert values["Picking"]["DoExport"] == "False" and values["Picking"]["BoxSize"] == "48"
+
+
+def read_truth(warp):
+    with open(truth_dir_for(warp) / "particles.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_junk_and_off_centre_picks_are_recorded_in_the_truth(tmp_path):
+    warp = tmp_path / "warp"
+    assert cli_main(["simulate", str(warp), "--particles", "400", "--per-micrograph", "200",
+                     "--box", "48", "--pixel-size", "3", "--views", "3", "--junk", "0.3",
+                     "--off-centre", "6"]) == 0
+    records = read_truth(warp)
+    kinds = [r["kind"] for r in records]
+    assert set(kinds) == {"particle", *JUNK_KINDS}
+    assert 0.2 < 1 - kinds.count("particle") / len(kinds) < 0.4
+    junk = [r for r in records if r["kind"] != "particle"]
+    assert all(int(r["view"]) == -1 for r in junk)
+    offsets = [np.hypot(float(r["shift_x"]), float(r["shift_y"])) / 3.0 for r in records
+               if r["kind"] == "particle"]
+    assert 4.5 < max(offsets) <= 6.0 + 1e-6  # pixels, up to --off-centre
+
+
+def test_without_junk_every_pick_is_a_particle_near_the_centre(tmp_path):
+    warp = tmp_path / "warp"
+    simulate(warp, particles=200, per_micrograph=200, box=48, pixel_size=3.0, views=3)
+    records = read_truth(warp)
+    assert {r["kind"] for r in records} == {"particle"}
+    diameter = 0.65 * 48 * 3.0
+    assert max(np.hypot(float(r["shift_x"]), float(r["shift_y"])) for r in records) \
+        <= 0.08 * diameter + 1e-6
+
+
+def test_each_kind_of_junk_looks_like_it(tmp_path):
+    phantom = Phantom(64, 3.0, n_views=4)
+    rng = np.random.default_rng(1)
+    draws = {kind: [render_junk(kind, phantom.views, rng, phantom._render_one)
+                    for _ in range(20)] for kind in JUNK_KINDS}
+    view_mass = phantom.views.sum(axis=(1, 2)).mean()
+    assert all(np.ptp(image) < 0.2 for image in draws["empty"])  # nothing but a faint gradient
+    assert all(image.max() > 2.5 for image in draws["contamination"])  # denser than protein
+    for image in draws["carbon"]:  # a step: one side far denser than the other
+        values = np.sort(image.ravel())
+        assert values[-len(values) // 5:].mean() - values[: len(values) // 5].mean() > 0.8
+    assert all(image.sum() > 1.5 * view_mass for image in draws["aggregate"])  # 2-4 particles
+    with pytest.raises(ValueError, match="unknown junk kind"):
+        render_junk("ice cream", phantom.views, rng, phantom._render_one)

@@ -27,12 +27,19 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--views", type=int, default=12, help="distinct views of the particle")
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed: the same seed writes the same session (default 0)")
+    parser.add_argument("--junk", type=float, default=0.0,
+                        help="fraction of picks that are junk: empty ice, contamination, carbon "
+                             "edges, aggregates (default 0)")
+    parser.add_argument("--off-centre", type=float, default=0.0,
+                        help="picks up to this many pixels off the particle's centre (default 0:"
+                             " up to 8%% of its diameter)")
     parser.add_argument("--truth", type=Path, help="truth folder (WARP_DIR_truth)")
 
 
 def main(args: argparse.Namespace) -> int:
     simulate(args.warp_dir, particles=args.particles, per_micrograph=args.per_micrograph,
              interval=args.interval, box=args.box, pixel_size=args.pixel_size, snr=args.snr,
-             views=args.views, seed=args.seed, truth_dir=args.truth)
+             views=args.views, seed=args.seed, junk=args.junk, off_centre=args.off_centre,
+             truth_dir=args.truth)
     print(f"wrote {args.particles} particles to {args.warp_dir}")
     return 0
