@@ -31,6 +31,7 @@ from live2d.warp import (
     StarRewritten,
     WarpFolderError,
     WarpSettings,
+    WarpSettingsMissing,
     WarpSettingsUnreadable,
     WarpStarError,
     particle_file_kind,
@@ -59,6 +60,9 @@ class ImportReport:
     reason: str = ""
     messages: list[str] = field(default_factory=list)
     waiting_on: str | None = None
+    # Set while there is nothing to import yet (no previous.settings, no particle star): what
+    # is missing. Its message is in ``messages`` once, on the first poll that finds it missing.
+    missing: str = ""
 
 
 class Importer:
@@ -74,6 +78,8 @@ class Importer:
         self._pending = pd.DataFrame()
         self._stack_waits: dict[str, tuple[int, float]] = {}  # stack -> (polls, first seen)
         self._shrunk_polls = 0
+        self._missing = ""  # what the last poll found missing, said once until it changes
+        self._settings_missing = False
 
     @property
     def which(self) -> str:
@@ -101,17 +107,29 @@ class Importer:
         except WarpSettingsUnreadable as exc:
             report.messages.append(f"{exc}; trying again at the next poll")
             return
+        except WarpSettingsMissing as exc:
+            if self.store.count == 0:  # started before Warp: wait for its session
+                self._wait_for(str(exc), report)
+                self._settings_missing = True
+                return
+            report.messages.append(f"{exc}; trying again at the next poll")
+            return
         except WarpFolderError as exc:
             if self.store.count == 0:
                 raise
             # A session is under way: a network share that hiccups must not end it.
             report.messages.append(f"{exc}; trying again at the next poll")
             return
+        if self._settings_missing:
+            self._settings_missing = False
+            report.messages.append(f"found Warp's settings in {self.warp_dir}")
         self._check_source(settings, report)
         star = particle_star_path(self.warp_dir, settings, self.which)
         if not star.exists():
-            report.messages.append(f"waiting for Warp's first particles ({star.name} not there)")
+            self._wait_for(f"waiting for Warp's first particles ({star.name} not there)",
+                           report)
             return
+        self._missing = ""
         before = self._progress
         try:
             rows = self._read_rows(star, settings, report)
@@ -137,6 +155,13 @@ class Importer:
             # again next time (the store's names skip any that did get in).
             self._progress, self._pending = before, pending
             raise
+
+    def _wait_for(self, missing: str, report: ImportReport) -> None:
+        """Nothing to import yet: say what is missing once, then wait quietly."""
+        report.missing = missing
+        if missing != self._missing:
+            report.messages.append(missing)
+        self._missing = missing
 
     # ------------------------------------------------------------------ source changes
     def _check_source(self, settings: WarpSettings, report: ImportReport) -> None:

@@ -131,6 +131,9 @@ class Session:
         """``executor``: where the engine's slices run (live2d.executors; None: this process).
         The caller owns it and closes it after :meth:`close`."""
         self.warp_dir = Path(warp_dir).resolve()
+        if not self.warp_dir.is_dir():  # checked before the output folder could create it
+            raise SessionError(f"{self.warp_dir} does not exist or is not a folder: give the "
+                               "folder Warp processes (it may be empty until Warp starts)")
         self.output_dir = Path(output_dir or self.warp_dir / "classification").resolve()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.work_dir = self.output_dir / "work"
@@ -144,6 +147,9 @@ class Session:
         self._cancel = threading.Event()
         self.status = "stopped"  # stopped | listening | running | stopping
         self.progress: dict[str, Any] | None = None
+        # What the Warp folder lacks before anything can be imported (no previous.settings
+        # yet...), as the last poll found it; "" once particles can be imported.
+        self.missing = ""
         self.log_lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
         self._log_handler = self._attach_log()
         self.state = self._load_state(settings)
@@ -287,6 +293,7 @@ class Session:
     def import_new(self) -> ImportReport:
         """One poll of the Warp folder; a re-import forces the next job to start ab initio."""
         report = self.importer.poll()
+        self.missing = report.missing
         for message in report.messages:
             self._log(message)
         if report.new_particles:
@@ -321,6 +328,8 @@ class Session:
             self._log(f"no classes yet for these particles: running ab initio, not {job_type}")
             job_type = "abinit"
         n = self.store.count
+        if n < 1 and self.missing:
+            raise SessionError(f"nothing to classify yet: {self.missing}")
         if n < 1:
             raise SessionError(
                 f"no particles imported from {self.warp_dir} yet: is Warp exporting particles?")

@@ -35,6 +35,11 @@ class WarpFolderError(Exception):
     """The folder cannot be used as a Warp folder; the message says what to fix."""
 
 
+class WarpSettingsMissing(WarpFolderError):
+    """The folder exists but holds no ``previous.settings`` (yet): Warp writes it once its
+    session has started, so a caller that starts first may wait for it."""
+
+
 class WarpSettingsUnreadable(WarpFolderError):
     """``previous.settings`` does not parse (Warp may be writing it): try again later."""
 
@@ -81,8 +86,8 @@ def read_settings(warp_dir: str | os.PathLike) -> WarpSettings:
         raise WarpFolderError(f"{folder} does not exist or is not a folder")
     path = folder / SETTINGS_FILE
     if not path.is_file():
-        raise WarpFolderError(
-            f"no {SETTINGS_FILE} in {folder}: is this the folder Warp processes? "
+        raise WarpSettingsMissing(
+            f"no {SETTINGS_FILE} in {folder} yet: is this the folder Warp processes? "
             "(Warp writes it there once a session has started)")
     try:
         # Parse bytes: the XML declaration says utf-16 and the parser honours it.

@@ -242,6 +242,27 @@ def test_a_kill_between_emptying_the_store_and_saving_progress_is_reported(warp,
     assert_store_matches_warp(ParticleStore(tmp_path / "out"), warp)
 
 
+def test_a_folder_warp_has_not_started_in_is_waited_for_saying_so_once(tmp_path):
+    folder = tmp_path / "warp"
+    folder.mkdir()
+    importer = Importer(folder, ParticleStore(tmp_path / "out"))
+    first = importer.poll()
+    assert first.total == 0 and "no previous.settings in" in first.missing
+    assert first.messages == [first.missing]
+    later = [importer.poll() for _ in range(3)]
+    assert all(r.missing == first.missing and r.messages == [] for r in later)  # quietly
+
+    warp = WarpFolder(folder, box=32, pixel_size=2.0, per_micrograph=20)  # Warp starts
+    report = importer.poll()
+    assert f"found Warp's settings in {folder}" in report.messages
+    assert "allparticles" in report.missing and report.total == 0
+    assert importer.poll().messages == []  # the missing star is said once too
+    warp.add_micrographs(2)
+    report = importer.poll()
+    assert report.new_particles == 40 and report.missing == ""
+    assert_store_matches_warp(importer.store, warp)
+
+
 def test_unreadable_settings_wait_and_a_vanished_folder_does_not_end_a_session(warp, tmp_path):
     importer = importer_for(warp, tmp_path)
     with pytest.raises(WarpFolderError):

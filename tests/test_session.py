@@ -64,11 +64,50 @@ def test_run_once_writes_every_cycle_and_the_history(warp, capsys):
     assert "refinement" in table and "next job: seeded" in table
 
 
-def test_run_once_refuses_a_folder_that_is_not_warp(tmp_path, capsys):
+def test_run_once_on_a_folder_warp_has_not_started_in_says_there_is_nothing_yet(tmp_path,
+                                                                                capsys):
     (tmp_path / "empty").mkdir()
     assert cli_main(["run", str(tmp_path / "empty"), "--once"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("live2d run: nothing to classify yet: no previous.settings in")
+    assert err.endswith("(without --once, live2d run waits for it)")
+    state = json.loads((tmp_path / "empty" / "classification" / "session.json").read_text())
+    assert state["history"] == [] and state["job"] is None
+
+
+def test_run_refuses_a_folder_that_does_not_exist_and_creates_nothing(tmp_path, capsys):
+    assert cli_main(["run", str(tmp_path / "typo"), "--once"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("live2d run:") and "previous.settings" in err and "\n" not in err
+    assert err.startswith("live2d run:") and "does not exist" in err and "\n" not in err
+    assert not (tmp_path / "typo").exists()
+
+
+def test_run_started_before_warp_waits_quietly_then_classifies(tmp_path):
+    warp = tmp_path / "warp"
+    warp.mkdir()
+    command = [sys.executable, "-m", "live2d.cli", "run", str(warp), *SMALL_ARGS,
+               "--poll-seconds", "0.5", "--first-job-at", "200"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    log_path = warp / "classification" / "live2d.log"
+    try:
+        _wait_for(lambda: log_path.exists() and "no previous.settings" in log_path.read_text(),
+                  60)
+        time.sleep(2.5)  # five polls of an empty folder
+        assert process.poll() is None, "live2d run ended instead of waiting for Warp"
+        small_session(warp)  # Warp starts: settings, stacks and star files appear
+        state_path = warp / "classification" / "session.json"
+        _wait_for(lambda: len(json.loads(state_path.read_text())["history"]) >= 4, 180)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    log_text = log_path.read_text()
+    assert log_text.count("no previous.settings") == 1  # said once, then polled quietly
+    assert err.count("no previous.settings") == 1  # on the console too
+    assert f"found Warp's settings in {warp}" in log_text
+    assert "imported 240 particles" in log_text
+    assert "Traceback" not in err
 
 
 def test_run_once_refuses_when_export_is_off(warp, capsys):

@@ -13,6 +13,7 @@ from live2d.warp import (
     StarProgress,
     StarRewritten,
     WarpFolderError,
+    WarpSettingsMissing,
     WarpSettingsUnreadable,
     WarpStarError,
     particle_star_path,
@@ -62,10 +63,13 @@ def test_settings_are_parsed_as_utf16_bytes_with_a_byte_order_mark(tmp_path):
 
 
 def test_a_folder_without_settings_is_refused_with_the_reason(tmp_path):
-    with pytest.raises(WarpFolderError, match=r"no previous\.settings in .*Warp processes"):
+    # Missing settings are told apart (callers started before Warp wait for them)...
+    with pytest.raises(WarpSettingsMissing, match=r"no previous\.settings in .*Warp processes"):
         read_settings(tmp_path)
-    with pytest.raises(WarpFolderError, match="does not exist"):
+    # ...from a folder that is not there at all.
+    with pytest.raises(WarpFolderError, match="does not exist") as caught:
         read_settings(tmp_path / "nowhere")
+    assert not isinstance(caught.value, WarpSettingsMissing)
 
 
 def test_export_off_is_refused_with_the_reason(warp):

@@ -1,8 +1,10 @@
 """Watch a Warp folder, import particles as Warp picks them and classify them in scheduled jobs.
 
 Without --once it runs automatic jobs until Ctrl-C or SIGTERM; a stop abandons the running cycle
-and a restart resumes the job at that cycle. With --once it imports what is there, runs one job
-(finishing an unfinished one first) and exits: 0 on success, 1 with a one-line reason on failure.
+and a restart resumes the job at that cycle. It may start before Warp does: on a folder without
+Warp's previous.settings it says so once and waits for it. With --once it imports what is there,
+runs one job (finishing an unfinished one first) and exits: 0 on success, 1 with a one-line reason
+on failure, including when there is nothing to classify yet.
 """
 
 from __future__ import annotations
@@ -42,12 +44,16 @@ ENGINE_HELP = ("classification engine: builtin (Live2D's own, PyTorch), cistem (
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("warp_dir", type=Path, metavar="WARP_DIR", help="the folder Warp writes")
+    parser.add_argument("warp_dir", type=Path, metavar="WARP_DIR",
+                        help="the folder Warp processes (it holds previous.settings, or will "
+                             "once Warp's session starts: Live2D waits for it)")
     parser.add_argument("--output", type=Path, help="output folder (WARP_DIR/classification)")
     parser.add_argument("--engine", choices=ENGINE_NAMES, default="auto", help=ENGINE_HELP)
     parser.add_argument("--device", default="auto", help="built-in engine: auto, cpu or cuda")
     parser.add_argument("--cistem-bin", help="folder holding cisTEM's refine2d and merge2d")
-    parser.add_argument("--once", action="store_true", help="run one job now and exit")
+    parser.add_argument("--once", action="store_true",
+                        help="run one job now and exit (status 1, saying why, when there is "
+                             "nothing to classify yet)")
     add_cluster_args(parser)
     add_setting_args(parser)
 
@@ -123,7 +129,8 @@ def main(args: argparse.Namespace) -> int:
     except CycleCancelled:
         return 130
     except (EngineError, SessionError, SettingsError, WarpFolderError, OSError) as exc:
-        print(f"live2d run: {exc}", file=sys.stderr)
+        waits = " (without --once, live2d run waits for it)" if session.missing else ""
+        print(f"live2d run: {exc}{waits}", file=sys.stderr)
         return 1
     finally:
         session.close()

@@ -64,7 +64,9 @@ class ProtLive2DImportWarp(ProtImport):
         form.addParam("warpFolder", params.PathParam, important=True,
                       label="Warp folder",
                       help="The folder Warp processes: it holds previous.settings and the "
-                           "particle star files (Warp > Picking > Export particles on).")
+                           "particle star files (Warp > Picking > Export particles on). The "
+                           "import may start before Warp does: on a folder without "
+                           "previous.settings yet it waits for it, up to the Timeout.")
         form.addParam("particleFile", params.EnumParam, choices=list(PARTICLE_FILE_LABELS),
                       default=0, display=params.EnumParam.DISPLAY_HLIST,
                       label="Particles", help=Settings.describe("particle_file"))
@@ -203,8 +205,8 @@ class ProtLive2DImportWarp(ProtImport):
         errors = []
         try:
             settings = warp.read_settings(self._warpDir())
-        except warp.WarpSettingsUnreadable:
-            return errors  # Warp may be writing it: the import retries
+        except (warp.WarpSettingsUnreadable, warp.WarpSettingsMissing):
+            return errors  # Warp may be writing it, or not have started yet: the import waits
         except warp.WarpFolderError as exc:
             return [str(exc)]
         if settings.box < 8:

@@ -79,6 +79,26 @@ class TestImportWarp(ProjectTestCase):
         names = [p._warpImageName.get() for p in particles_of(done)]
         self.assertEqual(len(set(names)), 160)  # each particle once, none twice
 
+    def test_an_import_started_before_warp_waits_for_its_settings(self) -> None:
+        warp_dir = self.work / "warp"
+        warp_dir.mkdir()  # Warp has not started: no previous.settings yet
+        prot = self.new(ProtLive2DImportWarp, warpFolder=str(warp_dir), streamTimeout=30.0)
+        self.assertEqual(prot.validate(), [])
+        self.launch(prot)
+        waiting = self.wait_until(
+            prot, lambda _: "no previous.settings" in self.log_tail(prot, 10**6), 90,
+            "the import to say it waits for Warp's settings")
+        self.assertTrue(waiting.isActive())
+        self.assertIsNone(getattr(waiting, "outputParticles", None))
+
+        simulate_warp(warp_dir, particles=40)  # Warp starts and exports its first particles
+        self.wait_until(prot, lambda p: output_size(p)[0] == 40, 90, "40 particles")
+        self.load(prot).stopStreaming()
+        done = self.wait_finished(prot, timeout=60)
+        self.assertEqual(output_size(done), (40, True))
+        log = self.log_tail(prot, 10**6)
+        self.assertEqual(log.count("no previous.settings"), 1, log)  # said once, then quiet
+
     def test_box_size_change_fails_clearly_and_keeps_the_output(self) -> None:
         warp_dir = self.work / "warp"
         simulate_warp(warp_dir, particles=40)

@@ -19,6 +19,7 @@ from pyworkflow.viewer import DESKTOP_TKINTER
 import live2d_plugin
 from live2d.schedule import Settings
 from live2d.session import CycleRecord
+from live2d.simulate import default_settings, write_settings
 from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp
 from live2d_plugin.protocols.protocol_classify2d import (
     PARAM_SETTINGS,
@@ -202,8 +203,14 @@ class TestForms(ProjectTestCase):
         names = {name for name, _ in prot._definition.iterAllParams()}
         self.assertTrue({"warpFolder", "particleFile", "streamTimeout"} <= names)
         self.assertEqual(ProtLive2DImportWarp._label, "import warp particles (live)")
+        # A folder Warp has not started in yet is accepted: the import waits for it.
+        self.assertEqual(prot.validate(), [])
+        missing = self.new(ProtLive2DImportWarp, warpFolder=str(self.work / "typo"))
+        self.assertIn("does not exist", "\n".join(missing.validate()))
+        # A Warp folder that will never export particles is refused.
+        write_settings(self.work, default_settings(48, 3.0, 100.0), DoExport=False)
         errors = "\n".join(prot.validate())
-        self.assertIn("previous.settings", errors)  # not a Warp folder: says what is missing
+        self.assertIn("particle export is off", errors)
 
     def test_classify_validation_names_bad_settings(self) -> None:
         prot = self.new(ProtLive2DClassify2D, highResInitial=8.0, highResFinal=20.0)
