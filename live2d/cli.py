@@ -6,8 +6,10 @@ cisTEM's refine2d), so that class averages improve as data arrive. Every cycle's
 (MRC) and star file are kept, ready for cisTEM, RELION or cryoSPARC.
 
 Try it without Warp:  live2d demo                  (a simulated session, on the web page)
-At the microscope:    live2d serve WARP_DIR        (the web page, for any number of browsers)
+At the microscope:    live2d serve --warp-root DIR (the web page, for any number of browsers:
+                                                    choose the Warp folder there)
                       live2d run WARP_DIR          (the command line, no page)
+Both may start before Warp does: they wait for the folder's previous.settings.
 
 Run "live2d COMMAND --help" for each command's options.
 """

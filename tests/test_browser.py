@@ -119,3 +119,31 @@ def test_invalid_settings_are_caught_in_the_page_and_by_the_server(server, pages
     page.find_element(By.ID, "start-job").click()
     assert "fix the settings" in error.text
     assert page.find_element(By.ID, "status").text == "stopped"
+
+
+def test_a_page_started_without_a_folder_leads_to_update_warp_directory(tmp_path, pages):
+    root = tmp_path / "grids"
+    (root / "warp").mkdir(parents=True)  # made before Warp writes anything into it
+    running = RunningServer(Controller(engine="builtin", warp_root=root, settings=SMALL))
+    try:
+        page = pages(running.url + "/")
+        wait(page, lambda d: d.find_element(By.ID, "connection").text == "connected")
+        missing = page.find_element(By.ID, "warp-missing")
+        wait(page, lambda d: missing.is_displayed() and "Update Warp Directory" in missing.text)
+        assert page.find_element(By.ID, "warp-dir").text == "none chosen yet"
+        assert not page.find_element(By.ID, "start-job").is_enabled()
+        assert not page.find_element(By.ID, "start-automatic").is_enabled()
+
+        page.find_element(By.ID, "change-warp").click()
+        field = page.find_element(By.ID, "warp-input")
+        assert field.get_attribute("value") == f"{root}/"  # starts where the page may look
+        field.send_keys("warp")
+        field.send_keys(Keys.ENTER)
+        wait(page, lambda d: d.find_element(By.ID, "warp-dir").text == str(root / "warp"))
+        wait(page, lambda d: "no previous.settings" in missing.text)
+        assert page.find_element(By.ID, "start-automatic").is_enabled()
+
+        small_warp(root / "warp", particles=40)  # Warp starts: the warning goes by itself
+        wait(page, lambda d: not missing.is_displayed(), timeout=30)
+    finally:
+        running.stop()

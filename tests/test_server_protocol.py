@@ -1,5 +1,11 @@
 """The page's websocket protocol, with several clients on a real server and the built-in engine."""
 
+import signal
+import subprocess
+import sys
+import urllib.request
+from urllib.error import HTTPError
+
 import pytest
 from server_helpers import SMALL, Client, RunningServer, small_warp
 
@@ -95,17 +101,84 @@ def test_a_second_start_while_busy_is_refused_and_stop_ends_the_job(server):
 
 def test_changing_the_warp_folder_is_checked(server, tmp_path):
     client = Client(server)
-    client.receive()
+    assert client.receive()["missing"] == ""  # a Warp folder with particles lacks nothing
     client.send({"command": "set_warp_dir", "path": str(tmp_path / "elsewhere")})
     assert "outside" in client.wait_for(lambda m: m["type"] == "error")["message"]
+    client.send({"command": "set_warp_dir", "path": str(tmp_path / "grids" / "typo")})
+    assert "does not exist" in client.wait_for(lambda m: m["type"] == "error")["message"]
+    # A folder Warp has not started in yet is accepted, the page saying what it lacks.
     (tmp_path / "grids" / "empty").mkdir()
     client.send({"command": "set_warp_dir", "path": str(tmp_path / "grids" / "empty")})
-    assert "previous.settings" in client.wait_for(lambda m: m["type"] == "error")["message"]
+    state = client.wait_for(lambda m: m["type"] == "state"
+                            and m["warp_dir"] == str(tmp_path / "grids" / "empty"))
+    assert state["missing"].startswith("no previous.settings in")
     second = small_warp(tmp_path / "grids" / "second", particles=80)
     client.send({"command": "set_warp_dir", "path": str(second)})
     state = client.wait_for(lambda m: m["type"] == "state" and m["warp_dir"] == str(second))
     assert state["settings"]["classes"] == SMALL["classes"]  # settings carry over
+    assert state["missing"] == ""
     client.close()
+
+
+def test_a_server_started_without_a_folder_waits_for_the_page_and_then_for_warp(tmp_path):
+    root = tmp_path / "grids"
+    root.mkdir()
+    running = RunningServer(Controller(engine="builtin", warp_root=root, settings=SMALL))
+    try:
+        client = Client(running)
+        state = client.receive()
+        assert state["warp_dir"] is None and state["history"] == [] and state["log"] == []
+        assert "Update Warp Directory" in state["missing"] and str(root) in state["missing"]
+        assert state["settings"]["classes"] == SMALL["classes"]
+        client.send({"command": "start_job"})
+        refused = client.wait_for(lambda m: m["type"] in ("error", "ok"))
+        assert refused["type"] == "error" and "Update Warp Directory" in refused["message"]
+        client.send({"command": "stop"})
+        assert client.wait_for(lambda m: m["type"] in ("error", "ok"))["type"] == "ok"
+        with pytest.raises(HTTPError) as missing_file:
+            urllib.request.urlopen(f"{running.url}/files/cycle_000.star", timeout=10)
+        assert missing_file.value.code == 404
+
+        client.send({"command": "set_warp_dir", "path": str(root / "warp")})  # not made yet
+        assert "does not exist" in client.wait_for(lambda m: m["type"] == "error")["message"]
+        (root / "warp").mkdir()  # the session's folder, before Warp writes anything
+        client.send({"command": "set_warp_dir", "path": str(root / "warp")})
+        state = client.wait_for(lambda m: m["type"] == "state" and m["warp_dir"])
+        assert state["warp_dir"] == str(root / "warp")
+        assert state["missing"].startswith(f"no previous.settings in {root / 'warp'} yet")
+
+        small_warp(root / "warp")  # Warp starts: the page hears of it without asking
+        state = client.wait_for(lambda m: m["type"] == "state" and m["missing"] == "", 30)
+        client.send({"command": "start_job", "job_type": "abinit"})
+        assert client.wait_for(lambda m: m["type"] in ("ok", "error"))["type"] == "ok"
+        done = client.wait_for(lambda m: m["type"] == "state" and len(m["history"]) == 4
+                               and m["status"] == "stopped")
+        assert done["particles"] == 120 and len(done["history"][-1]["class_counts"]) == 3
+        client.close()
+    finally:
+        running.stop()
+
+
+def test_live2d_serve_starts_without_a_folder_and_refuses_one_that_does_not_exist(tmp_path):
+    root = tmp_path / "grids"
+    root.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "live2d.cli", "serve", "--port", "0", "--warp-root", str(root),
+         "--engine", "builtin"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert "choose the Warp folder there (Update Warp Directory)" in line and str(root) in line
+    assert process.returncode == 0
+    for args, complaint in ([str(root / "typo")], "does not exist"), \
+                           (["--output", str(tmp_path / "out")], "--output needs WARP_DIR"):
+        refused = subprocess.run([sys.executable, "-m", "live2d.cli", "serve", *args],
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1 and refused.stderr.startswith("live2d serve:")
+        assert complaint in refused.stderr
+    assert not (root / "typo").exists()
 
 
 def test_ping_answers_with_its_id(server):

@@ -1,6 +1,8 @@
 """Serve the live web page for a Warp folder: watch classes evolve, change settings, start and
-stop jobs from any browser. Binds to 127.0.0.1 unless --host says otherwise; any other address
-requires a token (given with --token, or generated and printed with a ready-to-open URL)."""
+stop jobs from any browser. Without WARP_DIR the page's first step is Update Warp Directory; a
+folder Warp has not started in yet is accepted and watched, the page saying what it lacks.
+Binds to 127.0.0.1 unless --host says otherwise; any other address requires a token (given with
+--token, or generated and printed with a ready-to-open URL)."""
 
 from __future__ import annotations
 
@@ -13,17 +15,22 @@ from live2d.engines import ENGINE_NAMES, EngineError
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("warp_dir", type=Path, metavar="WARP_DIR",
-                        help="the folder Warp processes (it holds previous.settings)")
-    parser.add_argument("--output", type=Path, help="output folder (WARP_DIR/classification)")
+    parser.add_argument("warp_dir", type=Path, metavar="WARP_DIR", nargs="?",
+                        help="the folder Warp processes (it holds previous.settings, or will "
+                             "once Warp starts); without it, choose it in the page with "
+                             "Update Warp Directory")
+    parser.add_argument("--output", type=Path,
+                        help="output folder of WARP_DIR (default: WARP_DIR/classification; "
+                             "folders chosen in the page always use that)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (127.0.0.1; 0.0.0.0 for every interface)")
     parser.add_argument("--port", type=int, default=8181,
                         help="port to listen on (default 8181)")
     parser.add_argument("--token", help="access token (generated when --host is not local)")
     parser.add_argument("--warp-root", type=Path,
-                        help="the page may switch to Warp folders under this one only "
-                             "(default: WARP_DIR's parent)")
+                        help="the page may open Warp folders under this one only "
+                             "(default: WARP_DIR's parent, or the current folder without "
+                             "WARP_DIR)")
     parser.add_argument("--engine", choices=ENGINE_NAMES, default="auto", help=ENGINE_HELP)
     parser.add_argument("--device", default="auto",
                         help="where the built-in engine runs: auto, cpu or cuda[:N]")
@@ -38,6 +45,10 @@ def main(args: argparse.Namespace) -> int:
     from live2d.session import SessionError
     from live2d.warp import WarpFolderError
 
+    if args.output and not args.warp_dir:
+        print("live2d serve: --output needs WARP_DIR (folders chosen in the page write into "
+              "their own classification folder)", file=sys.stderr)
+        return 1
     try:
         executor = make_executor(args.scheduler, args.cluster, args.cluster_config)
     except EngineError as exc:

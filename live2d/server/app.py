@@ -71,7 +71,10 @@ class OutputHandler(_Guarded):
     def get(self, name: str) -> None:
         if not OUTPUT_FILES.match(name):
             raise web.HTTPError(404)
-        root = self.settings["controller"].session.output_dir.resolve()
+        session = self.settings["controller"].session
+        if session is None:  # no Warp folder chosen yet: no outputs
+            raise web.HTTPError(404)
+        root = session.output_dir.resolve()
         path = (root / name).resolve()
         if not path.is_relative_to(root) or not path.is_file():
             raise web.HTTPError(404)

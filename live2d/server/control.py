@@ -3,6 +3,10 @@
 Framework-free on purpose: the Tornado layer only parses JSON and forwards. Every message is
 checked here (command known, fields of the right type, settings through :class:`Settings`), so a
 hostile or broken client gets an error reply and nothing else happens.
+
+The server may start without a Warp folder (the page's first step is then Update Warp
+Directory), and accepts any existing folder under ``warp_root``, Warp's or not yet: a watcher
+thread checks it every few seconds and the page's state says what it lacks (``missing``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from live2d.engines import CycleCancelled, EngineError
 from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings, SettingsError
 from live2d.session import Session, SessionError
-from live2d.warp import WarpFolderError, read_settings
+from live2d.warp import WarpFolderError, particle_star_path, read_settings
 
 if TYPE_CHECKING:
     from live2d.executors import Executor
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("live2d")
 Publish = Callable[[dict[str, Any]], None]
 COMMANDS = ("get_state", "start_job", "start_automatic", "stop", "set_warp_dir", "ping")
+WATCH_SECONDS = 2.0  # how often the Warp folder is checked for what it lacks
 
 
 class CommandError(ValueError):
@@ -32,22 +37,36 @@ class CommandError(ValueError):
 
 
 class Controller:
-    def __init__(self, warp_dir: str | Path, output_dir: str | Path | None = None, *,
+    def __init__(self, warp_dir: str | Path | None = None,
+                 output_dir: str | Path | None = None, *,
                  engine: str = "auto", device: str = "auto", cistem_bin: str | None = None,
                  warp_root: str | Path | None = None, settings: dict[str, Any] | None = None,
                  publish: Publish = lambda event: None, executor: Executor | None = None) -> None:
-        """``executor``: where cycles' slices run (a Dask cluster); the caller closes it."""
+        """``warp_dir`` None: no session until the page picks a folder (under ``warp_root``,
+        default: ``warp_dir``'s parent, else the current folder). ``settings``: applied to the
+        first session opened. ``executor``: where cycles' slices run (a Dask cluster); the
+        caller closes it."""
         self.publish = publish
         self._engine_options = {"engine": engine, "device": device, "cistem_bin": cistem_bin,
                                 "executor": executor}
-        warp_dir = Path(warp_dir).resolve()
-        self.warp_root = Path(warp_root).resolve() if warp_root else warp_dir.parent
-        read_settings(warp_dir)  # refuse a folder that is not Warp's before serving it
-        self.session = self._open(warp_dir, output_dir)
-        if settings:
-            self.session.update_settings(settings)
+        if warp_dir is not None:
+            warp_dir = Path(warp_dir).resolve()
+        if warp_root:
+            self.warp_root = Path(warp_root).resolve()
+        else:
+            self.warp_root = warp_dir.parent if warp_dir is not None else Path.cwd().resolve()
+        self._first_settings = dict(settings or {})
+        Settings.from_dict(self._first_settings)  # a bad one fails now, not at the first page
+        self.session: Session | None = None
+        self._missing = ""  # what the Warp folder lacks, as the watcher last found it
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._closed = threading.Event()
+        if warp_dir is not None:
+            self.session = self._open(warp_dir, output_dir)
+        self._missing = self._check_folder()
+        self._watcher = threading.Thread(target=self._watch, name="live2d-watch", daemon=True)
+        self._watcher.start()
 
     # ------------------------------------------------------------------ state
     @property
@@ -55,12 +74,47 @@ class Controller:
         return self._worker is not None and self._worker.is_alive()
 
     def state(self, with_log: bool = False) -> dict[str, Any]:
-        state = {"type": "state", **self.session.snapshot(), "busy": self.busy,
-                 "specs": Settings.specs(), "job_types": JOB_LABELS,
-                 "warp_root": str(self.warp_root)}
+        session = self.session
+        snapshot = session.snapshot() if session is not None else self._no_session()
+        state = {"type": "state", **snapshot, "busy": self.busy, "specs": Settings.specs(),
+                 "job_types": JOB_LABELS, "warp_root": str(self.warp_root),
+                 "missing": self._missing}
         if with_log:
-            state["log"] = list(self.session.log_lines)
+            state["log"] = list(session.log_lines) if session is not None else []
         return state
+
+    def _no_session(self) -> dict[str, Any]:
+        settings = Settings.from_dict(self._first_settings)
+        return {"warp_dir": None, "output_dir": None, "status": "stopped",
+                "settings": settings.to_dict(), "particles": 0, "history": [], "job": None,
+                "next_mode": settings.mode, "automatic": False, "progress": None}
+
+    # ------------------------------------------------------------------ watching the folder
+    def _check_folder(self) -> str:
+        """What the Warp folder lacks before particles can be imported ("" when nothing)."""
+        session = self.session
+        if session is None:
+            return (f"no Warp folder yet: click Update Warp Directory and give the folder Warp "
+                    f"processes (under {self.warp_root})")
+        try:
+            settings = read_settings(session.warp_dir)
+        except WarpFolderError as exc:
+            return str(exc)
+        star = particle_star_path(session.warp_dir, settings, session.settings.particle_file)
+        if not star.exists():
+            return f"waiting for Warp's first particles ({star.name} not there)"
+        return ""
+
+    def _watch(self) -> None:
+        """Tell the pages when what the folder lacks changes (Warp starts, export turned on)."""
+        while not self._closed.wait(WATCH_SECONDS):
+            try:
+                missing = self._check_folder()
+            except Exception:  # e.g. a share that hangs up oddly: try again later
+                continue
+            if missing != self._missing:
+                self._missing = missing
+                self.publish({"type": "folder", "missing": missing})
 
     # ------------------------------------------------------------------ commands
     def handle(self, message: Any) -> dict[str, Any] | None:
@@ -81,10 +135,14 @@ class Controller:
             hard = message.get("hard", True)
             if not isinstance(hard, bool):
                 raise CommandError("'hard' must be true or false")
+            if self.session is None:
+                return {"type": "ok", "message": "nothing is running"}
             self.session.request_stop(hard=hard)
             return {"type": "ok", "message": "stopping"}
         if command == "set_warp_dir":
             return self._set_warp_dir(message.get("path"))
+        if self.session is None:
+            raise CommandError("no Warp folder yet: choose it first with Update Warp Directory")
         settings = self._apply_settings(message.get("settings"))
         if command == "start_job":
             job_type = message.get("job_type", settings.mode)
@@ -136,18 +194,19 @@ class Controller:
         if not folder.is_relative_to(self.warp_root):
             raise CommandError(f"{folder} is outside {self.warp_root}, the folder this server "
                                "may read (start it with --warp-root to change that)")
-        try:
-            read_settings(folder)
-        except WarpFolderError as exc:
-            raise CommandError(str(exc)) from None
-        settings = self.session.settings
+        if not folder.is_dir():
+            raise CommandError(f"{folder} does not exist or is not a folder")
         old = self.session
         try:
-            self.session = self._open(folder, None, settings)
-        except EngineError as exc:  # the cluster's workers cannot use that folder
+            # Settings carry over from the folder watched so far; the first folder takes the
+            # server's (Controller(settings=...)) if any, else keeps its saved ones.
+            self.session = self._open(folder, None, old.settings if old else None)
+        except (EngineError, SessionError, OSError) as exc:  # e.g. the workers cannot see it
             raise CommandError(str(exc)) from None
-        old.close()
-        log.info(f"now watching {folder}")
+        if old is not None:
+            old.close()
+        self._missing = self._check_folder()
+        log.info(f"now watching {folder}" + (f": {self._missing}" if self._missing else ""))
         self.publish({"type": "settings"})
         return {"type": "ok", "message": f"now watching {folder}"}
 
@@ -156,9 +215,12 @@ class Controller:
         session = Session(warp_dir, output_dir, settings=settings, **self._engine_options)
         try:
             session.check_workers()
+            if settings is None and self._first_settings:
+                session.update_settings(self._first_settings)
         except BaseException:
             session.close()
             raise
+        self._first_settings = {}  # applied once: later folders carry the session's over
         session.add_listener(self._forward)
         return session
 
@@ -166,6 +228,9 @@ class Controller:
         self.publish(event)  # looked up per event: the web layer swaps in its own publisher
 
     def close(self) -> None:
+        self._closed.set()
+        if self.session is None:
+            return
         self.session.request_stop(hard=True)
         if self._worker is not None:
             self._worker.join(timeout=30)

@@ -42,7 +42,12 @@ def serve(controller: Controller, host: str = "127.0.0.1", port: int = 8181,
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    on_ready(f"Live2D is serving {controller.session.warp_dir} at {page_url(host, port, token)}")
+    url = page_url(host, port, token)
+    if controller.session is None:
+        on_ready(f"Live2D is serving at {url}: choose the Warp folder there (Update Warp "
+                 f"Directory), under {controller.warp_root}")
+    else:
+        on_ready(f"Live2D is serving {controller.session.warp_dir} at {url}")
     try:
         loop.start()
     finally:

@@ -54,8 +54,12 @@ function render() {
   const s = page.state;
   $("status").textContent = s.status;
   $("status").dataset.status = s.status;
-  $("warp-dir").textContent = s.warp_dir;
+  $("warp-dir").textContent = s.warp_dir || "none chosen yet";
   $("warp-root").textContent = s.warp_root;
+  // What the folder lacks before particles can be imported (no previous.settings yet...).
+  $("warp-missing").textContent = s.missing || "";
+  $("warp-missing").hidden = !s.missing;
+  for (const id of ["start-job", "start-automatic"]) $(id).disabled = !s.warp_dir;
   $("particles").textContent = `${s.particles.toLocaleString()} particles imported`;
   renderSettings();
   renderProgress(s.progress);
@@ -329,7 +333,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("modal-close").addEventListener("click", closeModal);
   $("modal").addEventListener("click", (e) => { if (e.target === $("modal")) closeModal(); });
   $("change-warp").addEventListener("click", () => {
-    $("warp-input").value = page.state ? page.state.warp_dir : "";
+    const s = page.state;
+    $("warp-input").value = !s ? "" : s.warp_dir || `${s.warp_root.replace(/\/$/, "")}/`;
     $("warp-dialog").hidden = false;
     $("warp-input").focus();
   });
