@@ -61,6 +61,24 @@ def plan_geometry(params: CycleParams, box: int, rng: np.random.Generator) -> Ge
                     mask_radius)
 
 
+def shift_neighbours(shifts: torch.Tensor) -> torch.Tensor:
+    """``(T, 4)``: for each translation of ``shifts`` (``(T, 2)`` integer (dy, dx)), the index of
+    its neighbours at dy - 1, dy + 1, dx - 1 and dx + 1; -1 where that one is out of range."""
+    index = {tuple(shift): i for i, shift in enumerate(shifts.tolist())}
+    steps = ((-1, 0), (1, 0), (0, -1), (0, 1))
+    return torch.as_tensor([[index.get((dy + sy, dx + sx), -1) for sy, sx in steps]
+                            for dy, dx in shifts.tolist()], dtype=torch.long).reshape(-1, 4)
+
+
+def parabola_peak(minus: torch.Tensor, centre: torch.Tensor, plus: torch.Tensor) -> torch.Tensor:
+    """Where a parabola through three equally spaced samples peaks, in sample steps from the
+    centre (-0.5 to 0.5); 0 where the centre is not a finite maximum of the three."""
+    curvature = minus - 2.0 * centre + plus
+    offset = 0.5 * (minus - plus) / torch.where(curvature < 0, curvature, -1.0)
+    usable = (curvature < 0) & torch.isfinite(minus) & torch.isfinite(plus)
+    return torch.where(usable, offset.clamp(-0.5, 0.5), torch.zeros_like(offset))
+
+
 def even_ceil(value: float) -> int:
     """The even integer at or above ``value``, at least 2."""
     return max(2, math.ceil(value / 2.0) * 2)
