@@ -27,7 +27,8 @@ class Column:
     default: float | str
 
 
-# refine2d's output mask, in cisTEM's fixed writer order, then the provenance column Live2D adds.
+# refine2d's output mask, in cisTEM's fixed writer order, then the provenance columns of the
+# particle store: where each particle came from (refine2d ignores them).
 COLUMNS: tuple[Column, ...] = (
     Column("POS", "_cisTEMPositionInStack", "%8u", 0),
     Column("PSI", "_cisTEMAnglePsi", "%7.2f", 0.0),
@@ -51,12 +52,18 @@ COLUMNS: tuple[Column, ...] = (
     Column("ISHFTX", "_cisTEMImageShiftX", "%7.3f", 0.0),
     Column("ISHFTY", "_cisTEMImageShiftY", "%7.3f", 0.0),
     Column("2DCLS", "_cisTEMBest2DClass", "%5i", 0),
+    Column("ORIGX", "_cisTEMOriginalXPosition", "%9.2f", 0.0),  # pixels of the micrograph
+    Column("ORIGY", "_cisTEMOriginalYPosition", "%9.2f", 0.0),
+    Column("MICROGRAPH", "_live2dMicrographName", "'%s'", ""),
     Column("ORIGNAME", "_cisTEMOriginalImageFilename", "'%s'", ""),
 )
 BY_SHORT = {c.short: c for c in COLUMNS}
 BY_LABEL = {c.label: c for c in COLUMNS}
-# What refine2d writes; ORIGNAME is Live2D's provenance, only in the particle store's star.
-REFINE2D_COLUMNS = tuple(c.short for c in COLUMNS if c.short != "ORIGNAME")
+# Only in the particle store's star: the source's micrograph, coordinates and image name.
+PROVENANCE_COLUMNS = ("ORIGX", "ORIGY", "MICROGRAPH", "ORIGNAME")
+STRING_COLUMNS = ("MICROGRAPH", "ORIGNAME")
+# What refine2d writes.
+REFINE2D_COLUMNS = tuple(c.short for c in COLUMNS if c.short not in PROVENANCE_COLUMNS)
 INTEGER_COLUMNS = ("POS", "LogP", "2DCLS")
 # cisTEM reads these with no absent-column fallback (DF*) or uses 0 where it needs a real value.
 REQUIRED_COLUMNS = ("POS", "DF1", "DF2", "ANGAST", "PSIZE", "VOLT")
@@ -68,7 +75,7 @@ class StarFormatError(ValueError):
 
 def new_table(n: int) -> pd.DataFrame:
     """A table of ``n`` particles with cisTEM's defaults and POS = 1..n."""
-    table = pd.DataFrame({c.short: np.full(n, c.default) for c in COLUMNS if c.short != "ORIGNAME"})
+    table = pd.DataFrame({c: np.full(n, BY_SHORT[c].default) for c in REFINE2D_COLUMNS})
     table["POS"] = np.arange(1, n + 1, dtype=np.int64)
     for name in INTEGER_COLUMNS:
         table[name] = table[name].astype(np.int64)
@@ -94,7 +101,7 @@ def header(columns: Iterable[str], comments: Iterable[str] = ()) -> str:
     lines = [f"# {c}" for c in comments]
     lines += [" ", "data_", " ", "loop_"]
     lines += [f"{BY_SHORT[c].label} #{i}" for i, c in enumerate(columns, start=1)]
-    widths = [len(BY_SHORT[c].fmt % (0 if c != "ORIGNAME" else "")) for c in columns]
+    widths = [len(BY_SHORT[c].fmt % ("" if c in STRING_COLUMNS else 0)) for c in columns]
     lines.append("#" + " ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))[1:] + " ")
     return "\n".join(lines) + "\n"
 
@@ -163,18 +170,20 @@ def parse_star(text: str, name: str = "<star>") -> pd.DataFrame:
             header=None,
             names=names,
             quotechar="'",
-            dtype={n: str for n in names if n == "ORIGNAME" or n.endswith("Filename")},
+            dtype={n: str for n in names if n in STRING_COLUMNS or n.endswith("Filename")},
             engine="c",
         )
     except (ValueError, pd.errors.ParserError) as exc:
         raise StarFormatError(f"{name}: malformed data line ({exc})") from None
+    if "MICROGRAPH" in table and not table[names[-1]].isna().any():
+        table["MICROGRAPH"] = table["MICROGRAPH"].fillna("")  # written '' : not known
     if table.isna().to_numpy().any():
         bad = int(np.flatnonzero(table.isna().to_numpy().any(axis=1))[0])
         raise StarFormatError(f"{name}: data line {bad + 1} has fewer than {len(names)} fields")
     for column in table.columns:
         if column in INTEGER_COLUMNS:
             table[column] = table[column].astype(np.int64)
-        elif column != "ORIGNAME" and table[column].dtype == object:
+        elif column not in STRING_COLUMNS and table[column].dtype == object:
             raise StarFormatError(f"{name}: column {column} holds non-numeric values")
     return table
 

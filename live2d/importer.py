@@ -130,6 +130,8 @@ class Importer:
                            report)
             return
         self._missing = ""
+        if self.store.provenance_pending:
+            self._fill_provenance(star, report)
         before = self._progress
         try:
             rows = self._read_rows(star, settings, report)
@@ -155,6 +157,28 @@ class Importer:
             # again next time (the store's names skip any that did get in).
             self._progress, self._pending = before, pending
             raise
+
+    def _fill_provenance(self, star: Path, report: ImportReport) -> None:
+        """A store made before micrographs and coordinates were kept: fill them in from the
+        whole star, once (particles no longer in it keep them unknown)."""
+        try:
+            rows, _ = read_new_rows(star, StarProgress())
+        except (WarpStarError, OSError) as exc:
+            report.messages.append(f"micrographs and coordinates of the particles imported "
+                                   f"before this version wait for a readable {star.name} ({exc})")
+            return
+        sources = self._store_rows(rows, None).set_index("ORIGNAME")
+        sources = sources[~sources.index.duplicated()]
+        names = self.store.read_table()["ORIGNAME"]
+        found = sources.reindex(names)
+        known = found["MICROGRAPH"].notna()
+        self.store.fill_provenance(found["MICROGRAPH"].fillna("").to_numpy(),
+                                   found["ORIGX"].fillna(0.0).to_numpy(),
+                                   found["ORIGY"].fillna(0.0).to_numpy())
+        report.messages.append(f"micrographs and coordinates of {int(known.sum())} particles "
+                               f"imported before this version filled in from {star.name}"
+                               + (f" ({int((~known).sum())} no longer in it)"
+                                  if not known.all() else ""))
 
     def _wait_for(self, missing: str, report: ImportReport) -> None:
         """Nothing to import yet: say what is missing once, then wait quietly."""
@@ -289,11 +313,21 @@ class Importer:
         return len(table)
 
     @staticmethod
-    def _store_rows(rows: pd.DataFrame, settings: WarpSettings) -> pd.DataFrame:
+    def _store_rows(rows: pd.DataFrame, settings: WarpSettings | None) -> pd.DataFrame:
+        """The store's columns of Warp's ``rows`` (without ``settings``: provenance only)."""
         def column(name: str, default: float) -> np.ndarray:
             return rows[name].to_numpy(dtype=float) if name in rows else np.full(len(rows),
                                                                                   default)
 
+        provenance = pd.DataFrame({
+            "ORIGX": column("rlnCoordinateX", 0.0),
+            "ORIGY": column("rlnCoordinateY", 0.0),
+            "MICROGRAPH": (rows["rlnMicrographName"].astype(str).to_numpy()
+                           if "rlnMicrographName" in rows else np.full(len(rows), "")),
+            "ORIGNAME": rows["rlnImageName"].to_numpy(),
+        })
+        if settings is None:
+            return provenance
         return pd.DataFrame({
             "DF1": column("rlnDefocusU", 0.0),
             "DF2": column("rlnDefocusV", 0.0),
@@ -303,8 +337,7 @@ class Importer:
             "VOLT": column("rlnVoltage", settings.voltage),
             "Cs": column("rlnSphericalAberration", settings.cs),
             "AmpC": column("rlnAmplitudeContrast", settings.amplitude_contrast),
-            "ORIGNAME": rows["rlnImageName"].to_numpy(),
-        })
+        }).join(provenance)
 
     # ------------------------------------------------------------------ persistence
     def _load(self) -> dict:

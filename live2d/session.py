@@ -494,7 +494,8 @@ class Session:
     def _cycle_input(self, star_path: Path, previous: CycleRecord | None) -> int:
         """Write the cycle's input star: the previous cycle's results, then the particles imported
         since then, unassigned. Returns the particle count."""
-        table = self.store.read_table().drop(columns=["ORIGNAME"], errors="ignore")
+        table = self.store.read_table().drop(columns=list(cistem_star.PROVENANCE_COLUMNS),
+                                             errors="ignore")
         if previous is not None:
             earlier = cistem_star.read_star(self.output_dir / previous.star)
             if len(earlier) > len(table):

@@ -5,6 +5,13 @@ header's image count is patched), star rows to the end of ``particles.star``, bo
 and only then is ``store.json`` replaced atomically. ``store.json`` is the commit point: after a
 kill at any moment, opening the store cuts stack and star back to what it records, so a particle
 is either wholly in the store or not at all, never twice.
+
+Each row keeps where the particle came from (the provenance columns: the source's image name,
+micrograph and coordinates), which exports and reading the source stacks in place need.
+Stores of format 1 lacked micrograph and coordinates: opening one adds the columns, empty, and
+marks them ``provenance_pending`` until the importer fills them from the source star
+(:meth:`ParticleStore.fill_provenance`). The star is replaced whole then, in two phases (the new
+file is committed under a temporary name, then renamed), so a kill leaves either version.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from live2d.atomic import atomic_write_json
 
 STORE_COLUMNS = ("POS", "PSI", "SHX", "SHY", "DF1", "DF2", "ANGAST", "PSHIFT", "OCC", "LogP",
                  "SIGMA", "SCORE", "CHANGE", "PSIZE", "VOLT", "Cs", "AmpC", "BTILTX", "BTILTY",
-                 "ISHFTX", "ISHFTY", "2DCLS", "ORIGNAME")
+                 "ISHFTX", "ISHFTY", "2DCLS", "ORIGX", "ORIGY", "MICROGRAPH", "ORIGNAME")
+FORMAT = 2
 HEADER_BYTES = 1024
 _STAR_HEADER = cistem_star.header(
     STORE_COLUMNS, ["Live2D particle store: every imported particle"]).encode("utf-8")
@@ -65,13 +73,20 @@ class ParticleStore:
         return int(self._state["box"])
 
     @property
+    def provenance_pending(self) -> bool:
+        """Micrographs and coordinates of a migrated store's particles are not filled in yet."""
+        return bool(self._state.get("provenance_pending"))
+
+    @property
     def image_bytes(self) -> int:
         return self.box * self.box * 4
 
     def read_table(self) -> pd.DataFrame:
         """Every particle's row (cisTEM short column names, ORIGNAME = Warp's rlnImageName)."""
         if self.count == 0:
-            return cistem_star.new_table(0).assign(ORIGNAME=pd.Series(dtype=str))
+            return cistem_star.new_table(0).assign(
+                ORIGX=pd.Series(dtype=float), ORIGY=pd.Series(dtype=float),
+                MICROGRAPH=pd.Series(dtype=str), ORIGNAME=pd.Series(dtype=str))
         table = cistem_star.read_star(self.star_path)
         if len(table) != self.count:
             raise StoreError(f"{self.star_path} holds {len(table)} rows, the store {self.count}")
@@ -90,13 +105,13 @@ class ParticleStore:
         # Commit first: a kill before the files are emptied leaves an empty commit, and opening
         # an empty store always rewrites its files.
         self._commit(count=0, generation=generation, pixel_size=pixel_size, box=box,
-                     star_bytes=len(_STAR_HEADER))
+                     star_bytes=len(_STAR_HEADER), format=FORMAT, provenance_pending=False)
         self._write_empty_files()
         self._names = set()
 
     def append(self, images: np.ndarray, table: pd.DataFrame) -> None:
         """Add particles: ``images`` (n, box, box) and their rows (cisTEM short names, with
-        ORIGNAME). POS is set here."""
+        ORIGNAME; MICROGRAPH, ORIGX and ORIGY where the source has them). POS is set here."""
         n = len(images)
         if n != len(table):
             raise ValueError(f"{n} images but {len(table)} rows")
@@ -111,7 +126,8 @@ class ParticleStore:
         defaults = cistem_star.new_table(n)
         for column in STORE_COLUMNS:
             if column not in rows:
-                rows[column] = defaults[column].to_numpy() if column in defaults else ""
+                rows[column] = defaults[column].to_numpy() if column in defaults else \
+                    cistem_star.BY_SHORT[column].default
         count = self.count + n
         with open(self.stack_path, "r+b") as stack:
             stack.seek(HEADER_BYTES + self.count * self.image_bytes)
@@ -130,16 +146,62 @@ class ParticleStore:
         if self._names is not None:
             self._names.update(rows["ORIGNAME"])
 
+    def fill_provenance(self, micrograph: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        """Set every particle's micrograph and coordinates (in store order) and clear
+        ``provenance_pending``: the migration's second step, once the source star is read."""
+        table = self.read_table()
+        if not len(table) == len(micrograph) == len(x) == len(y):
+            raise ValueError(f"{len(micrograph)} sources for {len(table)} particles")
+        table["MICROGRAPH"], table["ORIGX"], table["ORIGY"] = micrograph, x, y
+        self._replace_star(table, provenance_pending=False)
+
     # ------------------------------------------------------------------ on disk
     def _load(self) -> dict:
-        empty = {"count": 0, "generation": 0, "pixel_size": 0.0, "box": 0, "star_bytes": 0}
+        empty = {"count": 0, "generation": 0, "pixel_size": 0.0, "box": 0, "star_bytes": 0,
+                 "format": FORMAT}
         if not self.state_path.exists():
             return empty
         try:
-            return {**empty, **json.loads(self.state_path.read_text(encoding="utf-8"))}
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise StoreError(f"{self.state_path} is unreadable ({exc}); it is only replaced "
                              "atomically: restore it, or delete the store to re-import") from None
+        return {**empty, "format": 1, **state}
+
+    def _replace_star(self, table: pd.DataFrame, **changes: object) -> None:
+        """Replace the whole star with ``table``'s rows: the new file is committed under a
+        temporary name first, so that a kill before the rename is finished on opening."""
+        text = _STAR_HEADER + cistem_star.format_rows(table, STORE_COLUMNS).encode("utf-8")
+        replacement = self.star_path.with_name(self.star_path.name + ".new")
+        with open(replacement, "wb") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._commit(star_bytes=len(text), replacing_star=replacement.name, **changes)
+        self._finish_star_replacement()
+
+    def _finish_star_replacement(self) -> None:
+        pending = self._state.get("replacing_star")
+        if not pending:
+            return
+        replacement = self.folder / pending
+        if replacement.exists():
+            os.replace(replacement, self.star_path)
+            directory = os.open(self.folder, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        self._commit(replacing_star=None)
+
+    def _migrate(self) -> None:
+        """Format 1 -> 2: the provenance columns are added, empty until filled."""
+        if self.count == 0:
+            self._commit(format=FORMAT)
+            return
+        table = cistem_star.read_star(self.star_path).iloc[: self.count].copy()
+        table["ORIGX"], table["ORIGY"], table["MICROGRAPH"] = 0.0, 0.0, ""
+        self._replace_star(table, format=FORMAT, provenance_pending=True)
 
     def _commit(self, **changes: object) -> None:
         state = {**self._state, **changes}
@@ -170,9 +232,17 @@ class ParticleStore:
         stack.write(struct.pack("<f", count * self.pixel_size))
 
     def _reconcile(self) -> None:
-        """Cut stack and star back to the last commit (a kill may have left more)."""
+        """Cut stack and star back to the last commit (a kill may have left more), and finish
+        a replacement of the star or a migration that a kill interrupted."""
         if not self._state["box"]:
             return
+        self._finish_star_replacement()
+        if self._state["format"] < FORMAT:
+            self._cut_back()
+            self._migrate()
+        self._cut_back()
+
+    def _cut_back(self) -> None:
         if self.count == 0:  # cheap, and covers a kill in the middle of reset()
             self._write_empty_files()
             return

@@ -344,3 +344,68 @@ def test_sigkill_during_import_loses_and_duplicates_nothing(tmp_path):
     assert not report.reimported and report.total == 1700
     assert_store_matches_warp(ParticleStore(tmp_path / "out"), warp)
     assert any(0 < count < available for count, available in counts)  # killed mid-import
+
+
+def test_each_particle_keeps_its_micrograph_and_coordinates(warp, tmp_path):
+    importer = importer_for(warp, tmp_path)
+    importer.poll()
+    table = ParticleStore(tmp_path / "out").read_table()  # as read back from disk
+    assert table["MICROGRAPH"].tolist()[:2] == ["FoilHole_00000_Data.tif"] * 2
+    assert table["MICROGRAPH"].iloc[-1] == "FoilHole_00001_Data.tif"
+    assert table["ORIGX"].tolist()[:3] == [100.0, 101.0, 102.0]
+    assert table["ORIGY"].iloc[19] == 219.0
+
+
+def downgrade_to_format_1(folder: Path) -> None:
+    """Rewrite a store as Live2D wrote it before it kept micrographs and coordinates."""
+    from live2d import cistem_star
+
+    store = ParticleStore(folder)
+    old = [c for c in store.read_table().columns if c not in ("ORIGX", "ORIGY", "MICROGRAPH")]
+    table = store.read_table()[old]
+    text = cistem_star.header(old, ["Live2D particle store: every imported particle"]) + \
+        cistem_star.format_rows(table, old)
+    store.star_path.write_text(text)
+    state = json.loads(store.state_path.read_text())
+    for key in ("format", "provenance_pending", "replacing_star"):
+        state.pop(key, None)
+    state["star_bytes"] = len(text.encode())
+    store.state_path.write_text(json.dumps(state))
+
+
+def test_a_store_of_the_previous_format_is_migrated_and_its_sources_filled_in(warp, tmp_path):
+    importer_for(warp, tmp_path).poll()
+    before = ParticleStore(tmp_path / "out").read_table()
+    downgrade_to_format_1(tmp_path / "out")
+
+    store = ParticleStore(tmp_path / "out")
+    assert store.provenance_pending and store.count == 40
+    assert store.read_table()["MICROGRAPH"].eq("").all()
+    importer = Importer(warp.folder, store)
+    warp.add_micrographs(1)
+    report = importer.poll()
+    assert report.new_particles == 20 and not report.reimported
+    assert any("40 particles imported before this version filled in" in m
+               for m in report.messages)
+    after = ParticleStore(tmp_path / "out")
+    assert not after.provenance_pending
+    table = after.read_table()
+    assert table.iloc[:40].equals(before)  # exactly what a new store holds
+    assert table["MICROGRAPH"].iloc[-1] == "FoilHole_00002_Data.tif"
+    assert_store_matches_warp(after, warp)
+
+
+def test_a_kill_while_the_star_is_replaced_is_finished_on_opening(warp, tmp_path):
+    importer_for(warp, tmp_path).poll()
+    downgrade_to_format_1(tmp_path / "out")
+    store = ParticleStore(tmp_path / "out")
+    state = json.loads(store.state_path.read_text())
+    replacement = store.star_path.with_name("particles.star.new")
+    migrated = store.star_path.read_bytes()
+    # as if killed after committing the replacement, before renaming it into place
+    store.star_path.write_bytes(b"garbage from the old format\n")
+    replacement.write_bytes(migrated)
+    store.state_path.write_text(json.dumps({**state, "replacing_star": replacement.name}))
+    reopened = ParticleStore(tmp_path / "out")
+    assert reopened.count == 40 and len(reopened.read_table()) == 40
+    assert not replacement.exists() and reopened.provenance_pending
