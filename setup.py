@@ -18,6 +18,7 @@ setup(
         "mrcfile>=1.4,<=1.4.3",
         "pandas>=1.5",
         "pillow>=9",
+        "starfile>=0.5",
         "tornado>=6.2",
         "torch>=2.1",
         "torch-ctf>=0.6",

@@ -13,6 +13,7 @@ waiting too long for Warp to finish them (left out of the check that imported ro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,6 +25,8 @@ import numpy as np
 import pandas as pd
 
 from live2d.atomic import atomic_write_json
+from live2d.layouts import WARP, Layout, detect_layout
+from live2d.relion_star import read_particle_star
 from live2d.store import ParticleStore
 from live2d.warp import (
     StackNotReady,
@@ -39,7 +42,11 @@ from live2d.warp import (
     read_new_rows,
     read_particle_images,
     read_settings,
+    split_image_name,
+    stack_box,
 )
+
+CONTRASTS = ("auto", "white", "black")
 
 # A stack that Warp is still writing is waited for at least this many polls and this long before
 # its particles are skipped (so that one lost stack cannot stall a session for good).
@@ -66,11 +73,21 @@ class ImportReport:
 
 
 class Importer:
+    """``star``: the particle star to import (relative paths from ``warp_dir``), for WarpTools 2
+    projects holding several and for any RELION-style star; None: what the folder's layout says
+    (:mod:`live2d.layouts`). ``contrast``: ``"white"`` or ``"black"`` protein in the stacks;
+    ``"auto"``: Warp's Invert setting for a Warp 1.x folder, white otherwise."""
+
     def __init__(self, warp_dir: str | os.PathLike, store: ParticleStore,
-                 which: str = "allparticles") -> None:
+                 which: str = "allparticles", star: str | os.PathLike | None = None,
+                 contrast: str = "auto") -> None:
         self.warp_dir = Path(warp_dir)
         self.store = store
         self.which = which
+        self.star = Path(star) if star else None
+        self.contrast = contrast
+        self._layout: Layout | None = None
+        self._stack_paths: dict[str, str] = {}  # star source: stack as named -> as found
         self.state_path = store.folder / "import.json"
         self._recovered = ""
         self._state = self._load()
@@ -90,6 +107,33 @@ class Importer:
     def which(self, value: str) -> None:
         self._which = particle_file_kind(value)  # "all"/"good" are accepted too
 
+    @property
+    def contrast(self) -> str:
+        return self._contrast
+
+    @contrast.setter
+    def contrast(self, value: str) -> None:
+        if value not in CONTRASTS:
+            raise ValueError(f"contrast must be one of {', '.join(CONTRASTS)}, not {value!r}")
+        self._contrast = value
+
+    def source_settings(self) -> WarpSettings:
+        """The particles' pixel size, box, microscope and contrast, for the engine: Warp 1.x's
+        settings as they are now, else what the last poll of the star found (diameter 0:
+        not known)."""
+        layout = self._layout or detect_layout(self.warp_dir, self.star)
+        if layout.kind == WARP:
+            return self._warp_settings()
+        if not self._state.get("settings"):
+            raise WarpFolderError(f"no particles imported from {layout.star} yet")
+        return WarpSettings(**self._state["settings"])
+
+    def _warp_settings(self) -> WarpSettings:
+        settings = read_settings(self.warp_dir)
+        if self.contrast == "auto":
+            return settings
+        return dataclasses.replace(settings, invert=self.contrast == "white")
+
     def poll(self) -> ImportReport:
         """Import what Warp added since the last poll; the report says what happened."""
         report = ImportReport()
@@ -103,7 +147,8 @@ class Importer:
 
     def _poll(self, report: ImportReport) -> None:
         try:
-            settings = read_settings(self.warp_dir)
+            layout = detect_layout(self.warp_dir, self.star)
+            settings = self._warp_settings() if layout.kind == WARP else None
         except WarpSettingsUnreadable as exc:
             report.messages.append(f"{exc}; trying again at the next poll")
             return
@@ -123,6 +168,12 @@ class Importer:
         if self._settings_missing:
             self._settings_missing = False
             report.messages.append(f"found Warp's settings in {self.warp_dir}")
+        if layout != self._layout and not layout.waiting:
+            report.messages.append(f"{self.warp_dir} is {layout.describe(self.warp_dir)}")
+        self._layout = layout
+        if settings is None:
+            self._poll_star(layout, report)
+            return
         self._check_source(settings, report)
         star = particle_star_path(self.warp_dir, settings, self.which)
         if not star.exists():
@@ -158,6 +209,82 @@ class Importer:
             self._progress, self._pending = before, pending
             raise
 
+    # ------------------------------------------------------------------ RELION-style stars
+    def _poll_star(self, layout: Layout, report: ImportReport) -> None:
+        """Import the rows of a RELION particle star that the store lacks. Such stars are
+        rewritten whole, rows in any order: each change is read whole (starfile), rows are
+        matched by rlnImageName, and only the new particles' images are read."""
+        star = layout.star
+        if star is None or not star.exists():
+            self._wait_for(layout.waiting or f"waiting for the particle star {star}", report)
+            return
+        self._missing = ""
+        stat = star.stat()
+        seen = [stat.st_size, stat.st_mtime_ns, self.contrast]
+        if seen == self._state.get("star_seen") and not len(self._pending):
+            return
+        try:
+            particles = read_particle_star(star)
+        except WarpStarError as exc:
+            report.messages.append(f"{exc}: nothing imported from it until it is fixed")
+            return
+        except OSError as exc:
+            report.messages.append(f"{star.name} cannot be read now ({exc}); trying again")
+            return
+        rows = particles.rows
+        if not len(rows):
+            self._wait_for(f"waiting for particles in {star.name}", report)
+            return
+        rows = rows.assign(_read_name=[self._resolve(name, star)
+                                       for name in rows["rlnImageName"]])
+        try:
+            box = particles.box or stack_box(split_image_name(rows["_read_name"][0])[1])
+        except StackNotReady as exc:
+            report.messages.append(f"waiting for {exc}")
+            return
+        settings = WarpSettings(
+            pixel_size=particles.pixel_size, box=box, diameter=0.0, model="", min_score=0.0,
+            export=True, invert=self.contrast != "black", normalize=True,
+            voltage=particles.voltage, cs=particles.cs,
+            amplitude_contrast=particles.amplitude_contrast)
+        source = ["star", str(star), box, round(particles.pixel_size, 6),
+                  "white" if settings.invert else "black"]
+        if self.store.count and self._state["source"] and self._state["source"] != source:
+            report.reimported = True
+            report.reason = (f"{_describe_star_change(self._state['source'], source)}: "
+                             "re-importing every particle; the next job starts ab initio")
+            self._start_over(settings, source)
+        elif not self.store.box or self.store.box != box:
+            self._start_over(settings, source)
+        self._state["source"] = source
+        self._state["settings"] = dataclasses.asdict(settings)
+        pending, self._pending = self._pending, pd.DataFrame()
+        try:
+            self._import(rows, settings, report)
+        except OSError:
+            self._pending = pending
+            raise
+        if not len(self._pending):
+            self._state["star_seen"] = seen if not particles.unfinished else None
+            self._save()
+
+    def _resolve(self, name: str, star: Path) -> str:
+        """``N@stack`` with the stack as found: relative paths from the folder first (as
+        RELION resolves them from its project folder), then from the star's folder."""
+        index, stack = split_image_name(name)
+        found = self._stack_paths.get(stack)
+        if found is None:
+            found = stack
+            if not Path(stack).is_absolute():
+                for base in (self.warp_dir, star.parent):
+                    if (base / stack).exists():
+                        found = str(base / stack)
+                        break
+                else:
+                    return f"{index + 1}@{self.warp_dir / stack}"  # not there yet: look again
+            self._stack_paths[stack] = found
+        return f"{index + 1}@{found}"
+
     def _fill_provenance(self, star: Path, report: ImportReport) -> None:
         """A store made before micrographs and coordinates were kept: fill them in from the
         whole star, once (particles no longer in it keep them unknown)."""
@@ -190,6 +317,8 @@ class Importer:
     # ------------------------------------------------------------------ source changes
     def _check_source(self, settings: WarpSettings, report: ImportReport) -> None:
         source = [settings.box, settings.model, settings.min_score, self.which]
+        if not settings.invert:  # absent for white protein, as before contrast was recorded
+            source.append("black")
         old = self._state["source"]
         if self.store.count and not math.isclose(self.store.pixel_size, settings.pixel_size,
                                                  rel_tol=1e-4):
@@ -269,8 +398,8 @@ class Importer:
         batch_rows = 0
         for stack, group in rows.groupby(stacks, sort=False):
             try:
-                images = read_particle_images(self.warp_dir, group["rlnImageName"].tolist(),
-                                              settings.box)
+                names = group["_read_name" if "_read_name" in group else "rlnImageName"]
+                images = read_particle_images(self.warp_dir, names.tolist(), settings.box)
             except StackNotReady as exc:
                 polls, since = self._stack_waits.get(stack, (0, time.monotonic()))
                 polls += 1
@@ -383,7 +512,15 @@ def _check_pixel_size(rows: pd.DataFrame, settings: WarpSettings) -> None:
 def _describe_change(old: list, new: list) -> str:
     if not old:
         return "the particle store was rebuilt"
-    names = ["box size", "BoxNet model", "picking threshold", "particle file"]
+    names = ["box size", "BoxNet model", "picking threshold", "particle file", "contrast"]
+    old, new = [*old, "white"][:5], [*new, "white"][:5]
     changes = [f"{name} changed {a} -> {b}" for name, a, b in zip(names, old, new, strict=False)
                if a != b]
     return "; ".join(changes) or "Warp's settings changed"
+
+
+def _describe_star_change(old: list, new: list) -> str:
+    names = ["layout", "particle star", "box size", "pixel size", "contrast"]
+    changes = [f"{name} changed {a} -> {b}" for name, a, b in zip(names, old, new, strict=False)
+               if a != b]
+    return "; ".join(changes) or "the particle star changed"

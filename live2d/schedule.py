@@ -161,6 +161,14 @@ class Settings:
              "picked particle, goodparticles only those of micrographs that pass Warp's "
              "filters (defocus, resolution, motion...). Changing it imports every particle "
              "again and restarts from an ab initio job.")
+    contrast: str = _spec(
+        "auto", "Protein contrast", level="expert", choices=("auto", "white", "black"),
+        labels={"auto": "auto", "white": "white", "black": "black"},
+        help="How protein looks in the particle stacks. Auto: as Warp's Invert setting says "
+             "for a Warp 1.x folder, white for any other particle star (Warp, WarpTools and "
+             "RELION with inverted contrast). Black: stacks that are not inverted, such as "
+             "cryoSPARC's extractions. Changing it imports every particle again and restarts "
+             "from an ab initio job.")
     poll_seconds: float = _spec(
         30.0, "Polling period", lo=0.5, hi=3600.0, unit="s",
         help="How often Warp's folder is checked for new particles. A check reads only what "

@@ -47,7 +47,7 @@ from live2d.schedule import (
 )
 from live2d.store import ParticleStore
 from live2d.thumbnails import write_thumbnails
-from live2d.warp import WarpSettings, read_settings
+from live2d.warp import WarpSettings
 
 if TYPE_CHECKING:
     from live2d.executors import Executor
@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 STATE_VERSION = 1
 LOG_LINES_KEPT = 1000
 MAX_CYCLE_FAILURES = 3
+# A particle's diameter as a share of its box, where no picker says (boxes are usually about
+# 1.5-2 diameters wide).
+DIAMETER_OF_BOX = 0.6
 log = logging.getLogger("live2d")
 
 Listener = Callable[[dict[str, Any]], None]
@@ -104,6 +107,7 @@ class JobState:
 class SessionState:
     warp_dir: str
     settings: dict[str, Any]
+    star: str = ""  # the particle star named with --star ("": the folder's layout decides)
     history: list[dict[str, Any]] = field(default_factory=list)
     job: dict[str, Any] | None = None
     jobs_started: int = 0
@@ -127,9 +131,12 @@ class Session:
         device: str = "auto",
         cistem_bin: str | None = None,
         executor: Executor | None = None,
+        star: str | Path | None = None,
     ) -> None:
         """``executor``: where the engine's slices run (live2d.executors; None: this process).
-        The caller owns it and closes it after :meth:`close`."""
+        The caller owns it and closes it after :meth:`close`. ``star``: the particle star to
+        import (a WarpTools 2 export, any RELION-style star; relative to ``warp_dir``); a
+        resumed session keeps the one it was started with unless another is given."""
         self.warp_dir = Path(warp_dir).resolve()
         if not self.warp_dir.is_dir():  # checked before the output folder could create it
             raise SessionError(f"{self.warp_dir} does not exist or is not a folder: give the "
@@ -153,8 +160,14 @@ class Session:
         self.log_lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
         self._log_handler = self._attach_log()
         self.state = self._load_state(settings)
+        if star is not None and str(star) != self.state.star:
+            self.state.star = str(star)
+            self._write_state()
         self.store = ParticleStore(self.output_dir)
-        self.importer = Importer(self.warp_dir, self.store, which=self.settings.particle_file)
+        self.importer = Importer(self.warp_dir, self.store, which=self.settings.particle_file,
+                                 star=self.state.star or None,
+                                 contrast=self.settings.contrast)
+        self._said_no_diameter = False
         self._clean_work_dir()
 
     # ----------------------------------------------------------------- state and persistence
@@ -205,6 +218,7 @@ class Session:
             settings = Settings.from_dict(values, base=self.settings)
             self.state.settings = settings.to_dict()
             self.importer.which = settings.particle_file
+            self.importer.contrast = settings.contrast
             self._write_state()
         self._emit({"type": "settings", "settings": settings.to_dict()})
         return settings
@@ -472,10 +486,20 @@ class Session:
 
     def _cycle_params(self, spec: CycleSpec, warp: WarpSettings) -> CycleParams:
         settings = self.settings
-        mask = settings.mask_radius or 0.6 * warp.diameter
+        diameter = warp.diameter
+        if not diameter:  # a star without Warp's settings: guessed from the box
+            diameter = DIAMETER_OF_BOX * warp.box * warp.pixel_size
+            if not self._said_no_diameter and (settings.mask_radius is None or
+                                               settings.search_range is None):
+                self._said_no_diameter = True
+                self._log(f"no particle diameter is known for this particle star: mask radius "
+                          f"and search range default to {0.6 * diameter:.0f} and "
+                          f"{0.33 * diameter:.0f} Å, from the {warp.box}-px box; set them to "
+                          "change that")
+        mask = settings.mask_radius or 0.6 * diameter
         search = settings.search_range
         if search is None:
-            search = 0.33 * warp.diameter
+            search = 0.33 * diameter
         return CycleParams(
             pixel_size=self.store.pixel_size,
             mask_radius=mask,
@@ -507,7 +531,7 @@ class Session:
     def _run_cycle(self, job: JobState) -> None:
         spec = job.spec(job.next_index)
         settings = self.settings
-        warp = read_settings(self.warp_dir)
+        warp = self.importer.source_settings()
         number = len(self.state.history)
         paths = self.cycle_paths(number)
         previous = self.latest_cycle() if spec.kind == "refine" else None

@@ -176,6 +176,10 @@ def read_new_rows(path: str | os.PathLike, progress: StarProgress) -> tuple[pd.D
                                                                            StarProgress]:
     """Rows added to ``path`` since ``progress``, and the progress after them.
 
+    Hand-written rather than ``starfile``: Warp 1.x's star grows by whole rows, and reading only
+    the bytes past ``progress`` is what keeps a poll O(new particles) at millions of rows.
+    (Stars that are rewritten in any order are read whole: :mod:`live2d.relion_star`.)
+
     Raises StarRewritten if what was read before has changed, WarpStarError if the file is
     malformed beyond its unfinished last line, FileNotFoundError if it is gone.
     """
@@ -294,6 +298,13 @@ def read_particle_images(warp_dir: str | os.PathLike, image_names: list[str],
     if out is None:
         out = np.empty((0, box or 0, box or 0), dtype=np.float32)
     return out
+
+
+def stack_box(stack: str, warp_dir: str | os.PathLike = ".") -> int:
+    """The image size of a stack (``warp_dir``/``stack``) from its header; StackNotReady if it is
+    not there or not readable yet."""
+    nx, _ = _check_stack_complete(Path(warp_dir) / stack, stack, 1)
+    return nx
 
 
 def _check_stack_complete(path: Path, stack: str, needed: int) -> tuple[int, int]:

@@ -228,3 +228,22 @@ def test_sigkill_during_a_cycle_then_restart_loses_and_duplicates_nothing(warp):
     assert len(names) == names.nunique() == 240
     with mrcfile.mmap(out / "particles.mrcs") as mrc:
         assert mrc.data.shape[0] == 240
+
+
+def test_run_on_a_relion_star_classifies_its_particles_and_guesses_the_mask(warp):
+    import starfile
+
+    warp_star = starfile.read(next(warp.glob("allparticles_*.star")))
+    optics = warp_star[["rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"]].iloc[:1]
+    optics = optics.assign(rlnOpticsGroup=1, rlnImagePixelSize=3.0, rlnImageSize=48)
+    particles = warp_star.drop(columns=["rlnVoltage", "rlnSphericalAberration",
+                                        "rlnAmplitudeContrast", "rlnMagnification",
+                                        "rlnDetectorPixelSize"]).assign(rlnOpticsGroup=1)
+    starfile.write({"optics": optics, "particles": particles}, warp / "exported.star")
+    assert cli_main(["run", str(warp), "--star", "exported.star", "--once", *SMALL_ARGS]) == 0
+    out = warp / "classification"
+    state = json.loads((out / "session.json").read_text())
+    assert state["star"] == "exported.star"
+    assert [c["particles"] for c in state["history"]] == [240] * 4
+    log = (out / "live2d.log").read_text()
+    assert "RELION particle star" in log and "no particle diameter is known" in log

@@ -9,6 +9,7 @@ expected pixels of any particle can be recomputed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
@@ -127,3 +128,72 @@ class WarpFolder:
         """Both star files rewritten whole, in place, as Warp does after every movie."""
         for which in ("allparticles", "goodparticles"):
             self.star_path(which).write_text(self.star_text(which))
+
+
+class WarpToolsProject:
+    """A WarpTools 2 project as ``create_settings`` and ``fs_export_particles`` leave it: a
+    ``warp_frameseries.settings`` beside its processing folder, one stack per movie in
+    ``warp_frameseries/particles/`` and one RELION 3.1 star (optics table, 7-digit indices).
+    Every export rewrites the whole star, rows in a new order (WarpTools reads the pick files in
+    parallel), and the stacks of movies exported before, with the same content."""
+
+    def __init__(self, folder: Path, box: int = 32, pixel_size: float = 2.0,
+                 per_movie: int = 10, seed: int = 0, star: str = "particles.star",
+                 relative_to_star: bool = False) -> None:
+        self.folder = Path(folder)
+        self.box, self.pixel_size, self.per, self.seed = box, pixel_size, per_movie, seed
+        self.star_path = self.folder / star
+        self.star_path.parent.mkdir(parents=True, exist_ok=True)
+        self.relative_to_star = relative_to_star
+        (self.folder / "warp_frameseries" / "particles").mkdir(parents=True, exist_ok=True)
+        values = settings_values(box, pixel_size)
+        del values["Picking"]  # WarpTools' settings have no picking or export section
+        (self.folder / "warp_frameseries.settings").write_bytes(settings_xml(values))
+        self.movies = 0
+        self.order_seed = 0
+
+    def stack_path(self, movie: int) -> Path:
+        return self.folder / "warp_frameseries" / "particles" / f"movie_{movie:04d}_1.50A.mrcs"
+
+    def image_name(self, movie: int, j: int) -> str:
+        stack = self.stack_path(movie)
+        base = self.star_path.parent if self.relative_to_star else self.folder
+        return f"{j + 1:07d}@{Path(os.path.relpath(stack, base)).as_posix()}"
+
+    def images(self, movie: int) -> np.ndarray:
+        return particle_image(self.seed, movie, self.box, self.per)
+
+    def export(self, new_movies: int = 1, cut_at: int | None = None) -> None:
+        """Export again with ``new_movies`` more: every stack rewritten, the star rewritten whole
+        with the rows shuffled; ``cut_at``: the star is left cut after that many bytes, as a
+        reader can catch it mid-write."""
+        self.movies += new_movies
+        for movie in range(self.movies):
+            with mrcfile.new(self.stack_path(movie), overwrite=True) as mrc:
+                mrc.set_data(self.images(movie))
+                mrc.voxel_size = self.pixel_size
+        rows = [(movie, j) for movie in range(self.movies) for j in range(self.per)]
+        order = np.random.default_rng(self.order_seed).permutation(len(rows))
+        self.order_seed += 1
+        text = self.star_text([rows[i] for i in order])
+        self.star_path.write_text(text[:cut_at] if cut_at is not None else text)
+
+    def star_text(self, rows: list[tuple[int, int]]) -> str:
+        lines = ["", "# version 30001", "", "data_optics", "", "loop_",
+                 "_rlnOpticsGroupName #1", "_rlnOpticsGroup #2",
+                 "_rlnMicrographOriginalPixelSize #3",
+                 "_rlnVoltage #4", "_rlnSphericalAberration #5", "_rlnAmplitudeContrast #6",
+                 "_rlnImagePixelSize #7", "_rlnImageSize #8", "_rlnImageDimensionality #9",
+                 f"opticsGroup1 1 0.7500 300.000000 2.700000 0.070000 {self.pixel_size:.6f} "
+                 f"{self.box} 2", "", "", "# version 30001", "", "data_particles", "", "loop_",
+                 "_rlnCoordinateX #1", "_rlnCoordinateY #2", "_rlnAngleRot #3",
+                 "_rlnAngleTilt #4", "_rlnAnglePsi #5", "_rlnMicrographName #6",
+                 "_rlnOpticsGroup #7", "_rlnDefocusU #8", "_rlnDefocusV #9",
+                 "_rlnDefocusAngle #10", "_rlnPhaseShift #11", "_rlnCtfBfactor #12",
+                 "_rlnCtfScalefactor #13", "_rlnImageName #14"]
+        for movie, j in rows:
+            defocus = 15000.0 + 100.0 * movie
+            lines.append(f"{300.0 + j:.6f} {400.0 + j:.6f} 0.000000 0.000000 0.000000 "
+                         f"movie_{movie:04d}.tif 1 {defocus:.6f} {defocus - 300:.6f} "
+                         f"30.000000 0.000000 0.000000 1.000000 {self.image_name(movie, j)}")
+        return "\n".join(lines) + "\n\n"

@@ -34,6 +34,7 @@ SETTING_OPTIONS = {
     "update_every": "--update-every",
     "poll_seconds": "--poll-seconds",
     "particle_file": "--particle-file",
+    "contrast": "--contrast",
     "threads": "--threads",
     "seed": "--seed",
 }
@@ -48,6 +49,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="the folder Warp processes (it holds previous.settings, or will "
                              "once Warp's session starts: Live2D waits for it)")
     parser.add_argument("--output", type=Path, help="output folder (WARP_DIR/classification)")
+    parser.add_argument("--star", type=Path, metavar="STAR",
+                        help="classify the particles of this RELION 3.0/3.1 particle star "
+                             "(WarpTools 2's fs_export_particles, RELION's Extract, a cryoSPARC "
+                             "export), relative to WARP_DIR; it may grow or be rewritten while "
+                             "Live2D runs. Default: Warp 1.x's own star files, or the one "
+                             "particle star of a WarpTools 2 project")
     parser.add_argument("--engine", choices=ENGINE_NAMES, default="auto", help=ENGINE_HELP)
     parser.add_argument("--device", default="auto", help="built-in engine: auto, cpu or cuda")
     parser.add_argument("--cistem-bin", help="folder holding cisTEM's refine2d and merge2d")
@@ -105,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
         return 1
     try:
         session = Session(args.warp_dir, args.output, engine=args.engine, device=args.device,
-                          cistem_bin=args.cistem_bin, executor=executor)
+                          cistem_bin=args.cistem_bin, executor=executor, star=args.star)
         session.update_settings(setting_overrides(args))
         session.check_workers()
     except (EngineError, SessionError, SettingsError, WarpFolderError, OSError) as exc:

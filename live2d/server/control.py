@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from live2d.engines import CycleCancelled, EngineError
+from live2d.layouts import WARP, detect_layout
 from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings, SettingsError
 from live2d.session import Session, SessionError
 from live2d.warp import WarpFolderError, particle_star_path, read_settings
@@ -97,6 +98,12 @@ class Controller:
             return (f"no Warp folder yet: click Update Warp Directory and give the folder Warp "
                     f"processes (under {self.warp_root})")
         try:
+            layout = detect_layout(session.warp_dir, session.state.star or None)
+            if layout.kind != WARP:
+                if layout.waiting:
+                    return layout.waiting
+                return "" if layout.star.exists() else f"waiting for the particle star " \
+                    f"{layout.star}"
             settings = read_settings(session.warp_dir)
         except WarpFolderError as exc:
             return str(exc)
