@@ -29,6 +29,8 @@ EXPORT_STAR_LABELS = (
     "rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift",
     "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", ID_LABEL,
 )
+# Attribute of the imported particles: "white" or "black" protein (the import's contrast).
+CONTRAST_ATTRIBUTE = "_live2dContrast"
 
 
 # ------------------------------------------------------------------------ import: store -> set
@@ -42,8 +44,9 @@ def acquisition_from_warp(settings: warp.WarpSettings) -> Acquisition:
 
 
 def particles_from_store_rows(rows: pd.DataFrame, stack: str, pixel_size: float,
-                              acquisition: Acquisition):
-    """A ``Particle`` per store row: image ``POS`` of ``stack``, its CTF from Warp's star."""
+                              acquisition: Acquisition, contrast: str = "white"):
+    """A ``Particle`` per store row: image ``POS`` of ``stack``, its CTF from Warp's star, and
+    how protein looks in its image (``contrast``, see :func:`particle_contrast`)."""
     for row in rows.itertuples(index=False):
         values = row._asdict()
         particle = Particle(location=(int(values["POS"]), stack))
@@ -58,7 +61,15 @@ def particles_from_store_rows(rows: pd.DataFrame, stack: str, pixel_size: float,
         particle.setCTF(ctf)
         # Where Warp wrote it: N@particles/<movie>.mrcs, relative to the Warp folder.
         particle._warpImageName = String(str(values["ORIGNAME"]))
+        setattr(particle, CONTRAST_ATTRIBUTE, String(contrast))
         yield particle
+
+
+def particle_contrast(particle: Particle | None) -> str:
+    """``"white"`` or ``"black"``: how protein looks in the particle's image, as the import
+    recorded it; white (Scipion's convention) for particles from elsewhere."""
+    value = getattr(particle, CONTRAST_ATTRIBUTE, None)
+    return "black" if value is not None and value.get() == "black" else "white"
 
 
 # ------------------------------------------------------------------- classify: set -> Warp layout
@@ -76,11 +87,14 @@ class WarpExport:
     def exists(self) -> bool:
         return (self.folder / warp.SETTINGS_FILE).exists()
 
-    def create(self, box: int, pixel_size: float, diameter: float) -> None:
-        """``previous.settings`` for particles of ``box`` px at ``pixel_size`` Å; Invert stays
-        True: Scipion's particles, like Warp's exports, have white protein."""
+    def create(self, box: int, pixel_size: float, diameter: float,
+               contrast: str = "white") -> None:
+        """``previous.settings`` for particles of ``box`` px at ``pixel_size`` Å; Invert is on
+        for white protein (Scipion's particles, like Warp's exports, have it unless the import
+        said black)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        simulate.write_settings(self.folder, simulate.default_settings(box, pixel_size, diameter))
+        simulate.write_settings(self.folder, simulate.default_settings(box, pixel_size, diameter),
+                                Invert=contrast != "black")
 
     def exported_ids(self) -> set[int]:
         if self._ids is None:

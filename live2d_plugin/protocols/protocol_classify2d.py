@@ -41,6 +41,7 @@ from live2d_plugin.convert import (
     alignment_2d,
     cycle_assignments,
     mrc_box,
+    particle_contrast,
     scipion_stack,
 )
 
@@ -322,6 +323,8 @@ class ProtLive2DClassify2D(ProtClassify2D):
             first = inputSet.getFirstItem() if inputSet.getSize() else None
             pixel_size = inputSet.getSamplingRate()
             box = None
+            # Black protein only where the import said so (its Protein contrast parameter).
+            contrast = particle_contrast(first)
             if first is not None:
                 box = mrc_box(first.getFileName()) or first.getDim()[0]
             elif inputSet.getDimensions():
@@ -332,7 +335,9 @@ class ProtLive2DClassify2D(ProtClassify2D):
             return  # nothing to read yet: the next poll tries again
         mask = self.maskRadius.get()
         diameter = mask / 0.6 if mask else 0.5 * box * pixel_size
-        export.create(int(box), float(pixel_size), float(diameter))
+        export.create(int(box), float(pixel_size), float(diameter), contrast)
+        if contrast == "black":
+            self.info("the input particles have black protein (as imported): classifying so")
 
     def _exportNew(self) -> bool:
         """Append the input's new particles to the Warp-like folder; True if the input is

@@ -1,8 +1,12 @@
-"""Streaming import of the particles Warp exports, with their CTF, while Warp is collecting."""
+"""Streaming import of the particles Warp exports, with their CTF, while Warp is collecting.
+
+Warp 1.x folders, WarpTools 2 projects and any RELION particle star: the core's importer tells
+them apart (:mod:`live2d.layouts`), as ``live2d run DIR --star STAR --contrast ...`` does."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -16,7 +20,9 @@ from pyworkflow.object import Set
 
 from live2d import warp
 from live2d.atomic import atomic_write_json
-from live2d.importer import Importer
+from live2d.importer import CONTRASTS, Importer
+from live2d.layouts import STAR, WARP, WARPTOOLS, Layout, detect_layout
+from live2d.relion_star import is_particle_star
 from live2d.schedule import Settings
 from live2d.store import ParticleStore
 from live2d_plugin.constants import PARTICLE_FILE_LABELS, STOP_ACTION, STOP_FILE
@@ -29,10 +35,22 @@ SOURCE_FILE = "warp_source.json"
 # so polling often is cheap; short timeouts poll a few times within the timeout.
 MAX_POLL_SECONDS = 3.0
 MIN_POLL_SECONDS = 0.5
+# What the Scipion forms add to the shared help of the settings (Settings.describe).
+PARTICLE_FILE_NOTE = "Warp 1.x folders only: a particle star is imported whole."
+CONTRAST_NOTE = ("Here the import does not change the pixels: each output particle records "
+                 "the contrast, and 'live 2D classification' classifies with it (other Scipion "
+                 "protocols expect white protein).")
+# The core's messages name the command line's option; the form calls it so.
+CLI_WORDS = (("give --star", 'set "Particle star"'), ("--star", '"Particle star"'))
 
 
 class StoreResetRefused(Exception):
-    """The importer wanted to empty a store whose particles are already in the output."""
+    """The importer wanted to empty a store whose particles are already in the output, to
+    import particles of ``pixel_size`` and ``box`` again."""
+
+    def __init__(self, pixel_size: float, box: int) -> None:
+        super().__init__(pixel_size, box)
+        self.pixel_size, self.box = pixel_size, box
 
 
 class PublishedStore(ParticleStore):
@@ -42,16 +60,19 @@ class PublishedStore(ParticleStore):
 
     def reset(self, pixel_size: float, box: int) -> None:
         if self.count:
-            raise StoreResetRefused()
+            raise StoreResetRefused(pixel_size, box)
         super().reset(pixel_size, box)
 
 
 class ProtLive2DImportWarp(ProtImport):
     """Imports the particles Warp picks and exports while it is still collecting.
 
-    The output set stays open and grows as Warp writes new particles; it closes when the
-    protocol is stopped (right click > STOP STREAMING, or the Stop button) or when no new
-    particle arrived for the timeout. Every particle carries its CTF from Warp's star file.
+    The folder may be Warp 1.x's (previous.settings), a WarpTools 2 project (its
+    warp_frameseries.settings and the particle star fs_export_particles writes there) or hold
+    any RELION particle star named in "Particle star". The output set stays open and grows as
+    new particles are exported; it closes when the protocol is stopped (right click > STOP
+    STREAMING, or the Stop button) or when no new particle arrived for the timeout. Every
+    particle carries its CTF from the star file.
     """
 
     _label = "import warp particles (live)"
@@ -63,13 +84,31 @@ class ProtLive2DImportWarp(ProtImport):
         form.addSection(label="Input")
         form.addParam("warpFolder", params.PathParam, important=True,
                       label="Warp folder",
-                      help="The folder Warp processes: it holds previous.settings and the "
-                           "particle star files (Warp > Picking > Export particles on). The "
-                           "import may start before Warp does: on a folder without "
-                           "previous.settings yet it waits for it, up to the Timeout.")
+                      help="The folder Warp processes: for Warp 1.x it holds previous.settings "
+                           "and the particle star files (Warp > Picking > Export particles "
+                           "on); for WarpTools 2, the project folder holding "
+                           "warp_frameseries.settings and the star fs_export_particles writes; "
+                           "else the folder that relative paths of the Particle star start "
+                           "from. The import may start before Warp does: on a folder without "
+                           "Warp's settings yet it waits for them, up to the Timeout.")
+        form.addParam("particleStar", params.PathParam, allowsNull=True,
+                      label="Particle star (optional)",
+                      help="A RELION 3.0/3.1 particle star, as WarpTools 2's "
+                           "fs_export_particles, RELION's Extract or a cryoSPARC export write "
+                           "it, relative to the Warp folder or absolute. It may grow or be "
+                           "rewritten whole while the import runs: only particles not imported "
+                           "yet are added. Empty: Warp 1.x's own star files, or the single "
+                           "particle star of a WarpTools 2 project.")
         form.addParam("particleFile", params.EnumParam, choices=list(PARTICLE_FILE_LABELS),
                       default=0, display=params.EnumParam.DISPLAY_HLIST,
-                      label="Particles", help=Settings.describe("particle_file"))
+                      label="Particles",
+                      help=Settings.describe("particle_file", PARTICLE_FILE_NOTE))
+        contrast = next(spec for spec in Settings.specs() if spec["name"] == "contrast")
+        form.addParam("proteinContrast", params.EnumParam,
+                      choices=[contrast["labels"][c] for c in contrast["choices"]],
+                      default=list(contrast["choices"]).index(contrast["default"]),
+                      display=params.EnumParam.DISPLAY_HLIST, expertLevel=params.LEVEL_ADVANCED,
+                      label=contrast["label"], help=Settings.describe("contrast", CONTRAST_NOTE))
         form.addParam("streamTimeout", params.FloatParam, default=120.0,
                       validators=[params.Positive],
                       label="Timeout (minutes)",
@@ -83,7 +122,8 @@ class ProtLive2DImportWarp(ProtImport):
 
     def importStep(self) -> None:
         store = PublishedStore(self._getExtraPath("store"))
-        importer = Importer(self._warpDir(), store, which=self._which())
+        importer = Importer(self._warpDir(), store, which=self._which(), star=self._star(),
+                            contrast=self._contrast())
         published = self._publishedCount()
         timeout = float(self.streamTimeout.get()) * 60.0
         poll = min(MAX_POLL_SECONDS, max(MIN_POLL_SECONDS, timeout / 6.0))
@@ -92,9 +132,9 @@ class ProtLive2DImportWarp(ProtImport):
             while True:
                 report = importer.poll()
                 for message in report.messages:
-                    self.info(message)
+                    self.info(scipion_words(message))
                 if store.count > published:
-                    published = self._publish(store, published)
+                    published = self._publish(importer, published)
                     last_new = time.monotonic()
                 if self._stopRequested():
                     self.info("STOP STREAMING requested: closing the output")
@@ -104,22 +144,26 @@ class ProtLive2DImportWarp(ProtImport):
                               "closing the output")
                     break
                 time.sleep(poll)
-        except StoreResetRefused:
+        except StoreResetRefused as refused:
             self._closeOutput()
-            raise RuntimeError(self._changeMessage(store)) from None
+            raise RuntimeError(self._changeMessage(store, refused)) from None
         self._closeOutput()
 
     # ------------------------------------------------------------------------------ output
-    def _publish(self, store: ParticleStore, published: int) -> int:
+    def _publish(self, importer: Importer, published: int) -> int:
         """Append the store's particles beyond ``published`` to the open output set."""
+        store = importer.store
         rows = store.read_table().iloc[published:]
-        settings = warp.read_settings(self._warpDir())
+        # Warp 1.x's settings, or what the particle star says (pixel size, box, microscope).
+        settings = importer.source_settings()
         output = self._openOutput(store, settings)
         stack = str(store.stack_path)
         if not published:
-            self._recordSource(settings)
+            self._recordSource(settings, self._layout())
         acquisition = acquisition_from_warp(settings)
-        for particle in particles_from_store_rows(rows, stack, store.pixel_size, acquisition):
+        contrast = "white" if settings.invert else "black"
+        for particle in particles_from_store_rows(rows, stack, store.pixel_size, acquisition,
+                                                  contrast):
             output.append(particle)
         self._updateOutputSet(OUTPUT_NAME, output, Set.STREAM_OPEN)
         self.info(f"{len(rows)} new particles; {published + len(rows)} in {OUTPUT_NAME}")
@@ -152,28 +196,54 @@ class ProtLive2DImportWarp(ProtImport):
         output.enableAppend()
         self._updateOutputSet(OUTPUT_NAME, output, Set.STREAM_CLOSED)
 
-    def _recordSource(self, settings: warp.WarpSettings) -> None:
+    def _layout(self) -> Layout | None:
+        try:
+            return detect_layout(self._warpDir(), self._star())
+        except warp.WarpFolderError:  # e.g. a second star appeared: the importer says so
+            return None
+
+    def _recordSource(self, settings: warp.WarpSettings, layout: Layout | None) -> None:
         """What the published particles were imported with, to name a later change."""
+        if layout is None:  # only Warp 1.x's settings know the particle diameter
+            layout = Layout(WARP if settings.diameter else STAR)
         atomic_write_json(Path(self._getExtraPath(SOURCE_FILE)), {
             "box": settings.box, "model": settings.model, "min_score": settings.min_score,
-            "pixel_size": settings.pixel_size, "particles": self._which()})
+            "pixel_size": settings.pixel_size, "particles": self._which(),
+            "layout": layout.kind, "star": str(layout.star) if layout.star else "",
+            "contrast": "white" if settings.invert else "black"})
 
-    def _changeMessage(self, store: ParticleStore) -> str:
-        changes = []
+    def _source(self) -> dict:
         try:
-            now = warp.read_settings(self._warpDir())
-            before = json.loads(Path(self._getExtraPath(SOURCE_FILE)).read_text())
-        except (OSError, ValueError, warp.WarpFolderError):
-            now, before = None, {}
-        if now is not None:
-            names = {"box": "box size", "model": "BoxNet model",
-                     "min_score": "picking threshold", "pixel_size": "pixel size"}
-            changes = [f"Warp's {label} changed {before[key]} -> {getattr(now, key)}"
-                       for key, label in names.items()
-                       if key in before and before[key] != getattr(now, key)]
-        reason = "; ".join(changes) or (
-            f"rows already imported from Warp's {self._which()} star file changed (Warp's "
-            "filters or picking changed)")
+            return json.loads(Path(self._getExtraPath(SOURCE_FILE)).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _changeMessage(self, store: ParticleStore, refused: StoreResetRefused) -> str:
+        before = self._source()
+        if before.get("layout", WARP) == WARP:
+            try:
+                now = warp.read_settings(self._warpDir())
+            except warp.WarpFolderError:
+                now = None
+            changes = []
+            if now is not None:
+                names = {"box": "box size", "model": "BoxNet model",
+                         "min_score": "picking threshold", "pixel_size": "pixel size"}
+                changes = [f"Warp's {label} changed {before[key]} -> {getattr(now, key)}"
+                           for key, label in names.items()
+                           if key in before and before[key] != getattr(now, key)]
+            reason = "; ".join(changes) or (
+                f"rows already imported from Warp's {self._which()} star file changed (Warp's "
+                "filters or picking changed)")
+        else:
+            star = Path(before.get("star") or "the particle star").name
+            changes = []
+            if refused.box != store.box:
+                changes.append(f"the box size in {star} changed {store.box} -> {refused.box}")
+            if not math.isclose(refused.pixel_size, store.pixel_size, rel_tol=1e-4):
+                changes.append(f"the pixel size in {star} changed {store.pixel_size:g} -> "
+                               f"{refused.pixel_size:g} Å")
+            reason = "; ".join(changes) or f"the particles of {star} changed"
         return (f"{reason}. The {store.count} particles already in {OUTPUT_NAME} came from "
                 "the previous settings and cannot be mixed with new ones: the output is closed. "
                 "Start a new 'import warp particles (live)' protocol for the particles of the "
@@ -200,21 +270,47 @@ class ProtLive2DImportWarp(ProtImport):
     def _which(self) -> str:
         return PARTICLE_FILES[self.particleFile.get()]
 
+    def _star(self) -> str | None:
+        """The particle star named in the form (relative to the folder or absolute), or None:
+        the folder's layout says which star to import."""
+        return (self.particleStar.get() or "").strip() or None
+
+    def _contrast(self) -> str:
+        return CONTRASTS[self.proteinContrast.get()]
+
     # ------------------------------------------------------------------------------ info
     def _validate(self) -> list[str]:
-        errors = []
+        """What can never be imported; a folder or star that is not there yet is waited for."""
+        try:
+            layout = detect_layout(self._warpDir(), self._star())
+        except warp.WarpSettingsMissing:
+            return []  # Warp has not started yet: the import waits for its settings
+        except warp.WarpFolderError as exc:
+            return [scipion_words(str(exc))]
+        if layout.kind != WARP:
+            star = layout.star
+            if star is not None and star.is_file() and star.stat().st_size and \
+                    not is_particle_star(star):
+                return [f"{star} is not a RELION particle star (it has no _rlnImageName)"]
+            return []  # a star not exported yet is waited for
         try:
             settings = warp.read_settings(self._warpDir())
-        except (warp.WarpSettingsUnreadable, warp.WarpSettingsMissing):
-            return errors  # Warp may be writing it, or not have started yet: the import waits
+        except warp.WarpSettingsUnreadable:
+            return []  # Warp may be writing it: the import reads it again
         except warp.WarpFolderError as exc:
             return [str(exc)]
         if settings.box < 8:
-            errors.append(f"Warp's box of {settings.box} px is too small")
-        return errors
+            return [f"Warp's box of {settings.box} px is too small"]
+        return []
 
     def _summary(self) -> list[str]:
-        lines = [f"Warp folder: {self.warpFolder.get()} ({self._which()})"]
+        source = self._source()
+        star = self._star() or source.get("star")
+        if star:
+            layout = f" ({source['layout']})" if source.get("layout") else ""
+            lines = [f"Particle star: {star}; folder: {self.warpFolder.get()}{layout}"]
+        else:
+            lines = [f"Warp folder: {self.warpFolder.get()} ({self._which()})"]
         output = getattr(self, OUTPUT_NAME, None)
         if output is not None:
             state = "open, growing" if output.isStreamOpen() else "closed"
@@ -228,8 +324,22 @@ class ProtLive2DImportWarp(ProtImport):
         output = getattr(self, OUTPUT_NAME, None)
         if output is None:
             return []
-        return [f"{output.getSize()} particles picked and exported by Warp [Tegunov2019] were "
-                f"imported with Live2D at {output.getSamplingRate():.3f} Å/px, with their CTF."]
+        source = self._source()
+        if source.get("layout", WARP) == WARP:
+            origin = "picked and exported by Warp [Tegunov2019]"
+        elif source["layout"] == WARPTOOLS:
+            origin = "exported by WarpTools [Tegunov2019]"
+        else:
+            origin = "of a RELION particle star"
+        return [f"{output.getSize()} particles {origin} were imported with Live2D at "
+                f"{output.getSamplingRate():.3f} Å/px, with their CTF."]
 
     def _citations(self) -> list[str]:
         return ["Tegunov2019"]
+
+
+def scipion_words(message: str) -> str:
+    """A core message as the form says it: its "Particle star" for the command line's --star."""
+    for cli, form in CLI_WORDS:
+        message = message.replace(cli, form)
+    return message

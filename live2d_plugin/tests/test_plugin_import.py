@@ -1,7 +1,9 @@
-"""ProtLive2DImportWarp on simulated Warp sessions: static, streaming, and a box-size change."""
+"""ProtLive2DImportWarp on simulated Warp sessions: static, streaming, and a box-size change;
+on WarpTools 2 projects and named RELION particle stars."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import mrcfile
@@ -16,8 +18,12 @@ from plugin_test_helpers import (
     simulate_warp,
 )
 
+from live2d import warp
 from live2d.simulate import write_settings
-from live2d_plugin.protocols import ProtLive2DImportWarp
+from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+from warp_fixtures import WarpToolsProject  # lives in the core's tests
 
 
 def warp_image(warp_dir: Path, image_name: str) -> np.ndarray:
@@ -127,3 +133,116 @@ class TestImportWarp(ProjectTestCase):
         stopped = self.load(prot)
         self.assertTrue(stopped.isAborted())
         self.assertEqual(output_size(stopped), (40, True))
+
+
+def movie_and_index(image_name: str) -> tuple[int, int]:
+    """(movie, 0-based index) of a WarpToolsProject image name."""
+    index, _, stack = image_name.partition("@")
+    return int(stack.rsplit("movie_", 1)[1][:4]), int(index) - 1
+
+
+class TestImportParticleStars(ProjectTestCase):
+    def assert_particles_match(self, particles: list, project: WarpToolsProject) -> None:
+        """Every exported particle exactly once, each pointing at its own pixels."""
+        names = [p._warpImageName.get() for p in particles]
+        self.assertEqual(sorted(names), sorted(project.image_name(m, j)
+                                               for m in range(project.movies)
+                                               for j in range(project.per)))
+        # One store stack, each particle at its own index of it: nothing imported twice.
+        self.assertEqual(len({p.getFileName() for p in particles}), 1)
+        self.assertEqual(sorted(p.getIndex() for p in particles),
+                         list(range(1, len(particles) + 1)))
+        for particle, name in zip(particles, names, strict=True):
+            movie, index = movie_and_index(name)
+            np.testing.assert_array_equal(stored_image(particle.getLocation(), self.proj.path),
+                                          project.images(movie)[index])
+            self.assertAlmostEqual(particle.getSamplingRate(), project.pixel_size)
+            self.assertAlmostEqual(particle.getCTF().getDefocusU(), 15000.0 + 100.0 * movie,
+                                   delta=0.01)
+
+    def test_a_warptools_project_reexported_while_streaming_imports_each_particle_once(
+            self) -> None:
+        project = WarpToolsProject(self.work / "warptools", box=32, pixel_size=2.0,
+                                   per_movie=10)
+        project.export(2)
+        prot = self.new(ProtLive2DImportWarp, warpFolder=str(project.folder),
+                        streamTimeout=30.0)
+        self.assertEqual(prot.validate(), [])  # found without naming its star
+        self.launch(prot)
+        first = self.wait_until(prot, lambda p: output_size(p)[0] == 20, 90, "20 particles")
+        self.assertEqual(output_size(first), (20, False))
+
+        project.export(1)  # fs_export_particles again: one more movie, every row reshuffled
+        grown = self.wait_until(prot, lambda p: output_size(p)[0] == 30, 60, "30 particles")
+        grown.stopStreaming()
+        done = self.wait_finished(prot, timeout=60)
+        self.assertEqual(output_size(done), (30, True))
+        output = done.outputParticles
+        self.assertAlmostEqual(output.getSamplingRate(), 2.0, places=4)  # the star's, not Warp's
+        self.assertAlmostEqual(output.getAcquisition().getVoltage(), 300.0)
+        self.assertTrue(output.hasCTF())
+        particles = particles_of(done)
+        self.assert_particles_match(particles, project)
+        self.assertEqual(particles[0].getXDim(), 32)
+        log = self.log_tail(prot, 10**6)
+        self.assertIn("WarpTools 2 layout", log)
+        self.assertIn("Particle star: ", " ".join(done.summary()))
+
+    def test_a_named_star_with_black_protein_reaches_the_classification_as_black(self) -> None:
+        project = WarpToolsProject(self.work / "relion", box=32, pixel_size=1.5, per_movie=6,
+                                   star="Extract/job012/particles.star", relative_to_star=True)
+        (project.folder / "warp_frameseries.settings").unlink()  # a plain RELION project
+        project.export(2)
+        bare = self.new(ProtLive2DImportWarp, warpFolder=str(project.folder))
+        self.assertEqual(bare.validate(), [])  # nothing to import yet, waited for
+        prot = self.new(ProtLive2DImportWarp, warpFolder=str(project.folder),
+                        particleStar="Extract/job012/particles.star", proteinContrast=2,
+                        streamTimeout=0.05)
+        self.assertEqual(prot.validate(), [])
+        done = self.wait_finished(self.launch(prot), timeout=90)
+        self.assertEqual(output_size(done), (12, True))
+        self.assertAlmostEqual(done.outputParticles.getSamplingRate(), 1.5, places=4)
+        particles = particles_of(done)
+        self.assert_particles_match(particles, project)
+        self.assertEqual({p._live2dContrast.get() for p in particles}, {"black"})
+
+        # The classification writes its Warp-like folder with Invert off for these particles.
+        classify = self.new(ProtLive2DClassify2D)
+        classify.inputParticles.set(done)
+        classify.inputParticles.setExtended("outputParticles")
+        self.proj.saveProtocol(classify)
+        classify._createExport(classify._export())
+        self.assertFalse(warp.read_settings(classify._export().folder).invert)
+
+    def test_a_box_change_in_the_star_fails_clearly_and_keeps_the_output(self) -> None:
+        project = WarpToolsProject(self.work / "warptools", box=32, per_movie=5)
+        project.export(1)
+        prot = self.launch(self.new(ProtLive2DImportWarp, warpFolder=str(project.folder),
+                                    streamTimeout=30.0))
+        self.wait_until(prot, lambda p: output_size(p)[0] == 5, 90, "5 particles")
+        project.box = 40
+        project.export(1)  # re-extracted with a bigger box
+        failed = self.wait_until(prot, lambda p: p.isFailed(), 60, "the run to fail")
+        message = failed.getErrorMessage()
+        self.assertIn("the box size in particles.star changed 32 -> 40", message, message)
+        self.assertIn("new 'import warp particles (live)' protocol", message)
+        self.assertEqual(output_size(failed), (5, True))
+
+    def test_validation_of_star_layouts(self) -> None:
+        project = WarpToolsProject(self.work / "warptools")
+        project.export(1)
+        (project.folder / "other.star").write_text(project.star_path.read_text())
+        several = self.new(ProtLive2DImportWarp, warpFolder=str(project.folder))
+        errors = "\n".join(several.validate())
+        self.assertIn("several particle stars", errors)
+        self.assertIn('set "Particle star"', errors)  # the form's name, not the CLI's --star
+        named = self.new(ProtLive2DImportWarp, warpFolder=str(project.folder),
+                         particleStar="other.star")
+        self.assertEqual(named.validate(), [])
+        (project.folder / "notes.star").write_text("data_\nloop_\n_rlnMicrographName #1\na\n")
+        wrong = self.new(ProtLive2DImportWarp, warpFolder=str(project.folder),
+                         particleStar="notes.star")
+        self.assertIn("not a RELION particle star", "\n".join(wrong.validate()))
+        later = self.new(ProtLive2DImportWarp, warpFolder=str(project.folder),
+                         particleStar=str(self.work / "not_yet.star"))
+        self.assertEqual(later.validate(), [])  # an absolute star not written yet: waited for

@@ -26,6 +26,7 @@ from live2d_plugin.protocols.protocol_classify2d import (
     SCIPION_NOTES,
     engine_text,
 )
+from live2d_plugin.protocols.protocol_import_warp import CONTRAST_NOTE
 from live2d_plugin.viewers import Live2DViewer
 
 REAL_ENTRY_POINT = os.environ.get("LIVE2D_PLUGIN_ENTRY_POINT") == "installed"
@@ -201,8 +202,17 @@ class TestForms(ProjectTestCase):
     def test_import_form_and_its_validation(self) -> None:
         prot = self.new(ProtLive2DImportWarp, warpFolder=str(self.work))
         names = {name for name, _ in prot._definition.iterAllParams()}
-        self.assertTrue({"warpFolder", "particleFile", "streamTimeout"} <= names)
+        self.assertTrue({"warpFolder", "particleStar", "particleFile", "proteinContrast",
+                         "streamTimeout"} <= names)
         self.assertEqual(ProtLive2DImportWarp._label, "import warp particles (live)")
+        # The same inputs as `live2d run DIR --star STAR --contrast ...`.
+        contrast = prot.getParam("proteinContrast")
+        self.assertEqual(contrast.help.get(), Settings.describe("contrast", CONTRAST_NOTE))
+        self.assertEqual(list(contrast.choices), ["auto", "white", "black"])
+        self.assertEqual(contrast.expertLevel.get(), params.LEVEL_ADVANCED)
+        self.assertEqual(prot._contrast(), Settings().contrast)
+        self.assertIsNone(prot._star())  # empty: the folder's layout decides
+        self.assertIn("fs_export_particles", prot.getParam("particleStar").help.get())
         # A folder Warp has not started in yet is accepted: the import waits for it.
         self.assertEqual(prot.validate(), [])
         missing = self.new(ProtLive2DImportWarp, warpFolder=str(self.work / "typo"))
