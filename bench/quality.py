@@ -9,7 +9,8 @@ With ``--junk`` a share of the picks are junk (empty ice, contamination, carbon 
 aggregates) and ``--off-centre`` moves picks up to that many pixels off the particle: both
 scores then count true particles only, and two more columns say how well the classes separate
 them from junk (the best selection the truth allows: the classes that are mostly true particles,
-its precision and recall of true particles):
+its precision and recall of true particles), next to the selection Live2D proposes (classes
+scored 0.5 or more by live2d.class_quality):
 
     python bench/quality.py                                     # built-in engine
     python bench/quality.py --engine cistem --cistem-bin DIR    # the same data through cisTEM
@@ -26,11 +27,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from live2d.class_quality import GOOD_SCORE
 from live2d.evaluate import score_cycle
 from live2d.schedule import Settings
 from live2d.session import Session
 from live2d.simulate import simulate, truth_dir_for
 from live2d.warp import read_settings
+
+
+def proposed_classes(record) -> list[int]:
+    return [k + 1 for k, score in enumerate(record.class_score) if score >= GOOD_SCORE]
 
 
 def main() -> None:
@@ -87,15 +93,17 @@ def main() -> None:
               f"{args.views} views, SNR {args.snr:g}, junk {args.junk:.0%}, off centre "
               f"{args.off_centre:g} px, seed {args.seed}; {args.classes} classes")
         print("cycle  block        high-res  used  homogeneity  fidelity  classes  "
-              "best-precision  best-recall  seconds")
+              "best-precision  best-recall  auto-precision  auto-recall  seconds")
         for record in history:
             if record.block == "start":
                 continue
-            scores, best = score_cycle(root / "classification", record.number,
-                                       truth_dir_for(warp), mask_radius)
+            scores, best, auto = score_cycle(root / "classification", record.number,
+                                             truth_dir_for(warp), mask_radius,
+                                             proposed=proposed_classes(record))
             print(f"{record.number:5d}  {record.block:<11s} {record.high_res:6.1f} Å "
                   f"{record.fraction:5.0%}  {scores.homogeneity:11.3f}  {scores.fidelity:8.3f}  "
                   f"{scores.classes_used:7d}  {best.precision:14.3f}  {best.recall:11.3f}  "
+                  f"{auto.precision:14.3f}  {auto.recall:11.3f}  "
                   f"{record.finished - record.started:7.1f}")
         print(f"job: {len(history)} cycles in {wall:.0f} s")
 

@@ -48,6 +48,13 @@ def best_selection(labels: np.ndarray, true_particle: np.ndarray) -> Selection:
     labels = np.asarray(labels)
     true_particle = np.asarray(true_particle, dtype=bool)
     chosen = [int(k) for k in np.unique(labels) if true_particle[labels == k].mean() > 0.5]
+    return selection_of(chosen, labels, true_particle)
+
+
+def selection_of(chosen: list[int], labels: np.ndarray, true_particle: np.ndarray) -> Selection:
+    """Precision and recall of true particles when the classes ``chosen`` are selected."""
+    labels = np.asarray(labels)
+    true_particle = np.asarray(true_particle, dtype=bool)
     selected = np.isin(labels, chosen)
     precision = float(true_particle[selected].mean()) if selected.any() else 0.0
     recall = float(selected[true_particle].mean()) if true_particle.any() else 0.0
@@ -105,10 +112,10 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _correlation(a, b)
 
 
-def score_cycle(output_dir: Path, cycle: int, truth_dir: Path,
-                mask_radius: float) -> tuple[Scores, Selection]:
-    """Scores of one cycle of a session run on a folder written by ``live2d simulate``, and the
-    best selection of its classes that the truth allows."""
+def score_cycle(output_dir: Path, cycle: int, truth_dir: Path, mask_radius: float,
+                proposed: list[int] | None = None) -> tuple[Scores, Selection, Selection]:
+    """Scores of one cycle of a session run on a folder written by ``live2d simulate``, the
+    best selection of its classes that the truth allows, and how the ``proposed`` one fares."""
     output_dir = Path(output_dir)
     table = cistem_star.read_star(output_dir / f"cycle_{cycle:03d}.star")
     names = cistem_star.read_star(output_dir / "particles.star")["ORIGNAME"].tolist()
@@ -125,7 +132,9 @@ def score_cycle(output_dir: Path, cycle: int, truth_dir: Path,
                    table, classes, pixel_size, mask_radius)
     labels = table["2DCLS"].to_numpy(dtype=np.int64)
     used = labels > 0
-    return scores, best_selection(labels[used], view[used] >= 0)
+    true_particle = view[used] >= 0
+    return (scores, best_selection(labels[used], true_particle),
+            selection_of(proposed or [], labels[used], true_particle))
 
 
 def _comparable(images: torch.Tensor, pixel_size: float, resolution: float,

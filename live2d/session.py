@@ -26,6 +26,7 @@ import numpy as np
 
 from live2d import cistem_star
 from live2d.atomic import atomic_write_json
+from live2d.class_quality import ClassQuality, assess_classes
 from live2d.engines import (
     CycleCancelled,
     CycleParams,
@@ -36,7 +37,7 @@ from live2d.engines import (
     make_engine,
 )
 from live2d.importer import Importer, ImportReport
-from live2d.mrc import mark_image_stack
+from live2d.mrc import mark_image_stack, read_images
 from live2d.schedule import (
     JOB_TYPES,
     CycleSpec,
@@ -84,6 +85,12 @@ class CycleRecord:
     classes: str  # file names relative to the output folder
     star: str
     thumbnails: str
+    # Per class (live2d.class_quality): half-set resolution estimate in Å (None: empty class)
+    # and good/junk score; the whole table, with reasons, in ``class_table``. Empty for the
+    # random start.
+    class_resolution: list[float | None] = field(default_factory=list)
+    class_score: list[float] = field(default_factory=list)
+    class_table: str = ""
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CycleRecord:
@@ -481,6 +488,7 @@ class Session:
         return {
             "classes": self.output_dir / f"{stem}.mrc",
             "star": self.output_dir / f"{stem}.star",
+            "class_table": self.output_dir / f"{stem}_classes.json",
             "thumbnails": self.output_dir / "thumbnails" / stem,
         }
 
@@ -577,6 +585,9 @@ class Session:
             log.debug(line)
         mark_image_stack(request.classes_out)
         write_thumbnails(request.classes_out, paths["thumbnails"])
+        quality = self._assess_classes(request) if spec.kind != "start" else []
+        if quality:
+            atomic_write_json(paths["class_table"], [q.to_dict() for q in quality])
         request.classes_out.replace(paths["classes"])
         request.star_out.replace(paths["star"])
         record = CycleRecord(
@@ -588,6 +599,9 @@ class Session:
             particles_per_second=round(result.particles_per_second, 1),
             classes=paths["classes"].name, star=paths["star"].name,
             thumbnails=str(paths["thumbnails"].relative_to(self.output_dir)),
+            class_resolution=[q.resolution for q in quality],
+            class_score=[q.score for q in quality],
+            class_table=paths["class_table"].name if quality else "",
         )
         with self._lock:
             self.state.history.append(dataclasses.asdict(record))
@@ -599,6 +613,16 @@ class Session:
         self._log(f"cycle {number} done in {record.finished - started:.1f} s "
                   f"({record.particles_per_second:.0f} particles/s)")
         self._emit({"type": "cycle", "cycle": dataclasses.asdict(record)})
+
+    def _assess_classes(self, request: CycleRequest) -> list[ClassQuality]:
+        """Resolution estimate and good/junk score of every class of a finished cycle."""
+        import mrcfile
+
+        table = cistem_star.read_star(request.star_out)
+        with mrcfile.mmap(self.store.stack_path, mode="r", permissive=True) as stack:
+            return assess_classes(stack.data, table, read_images(request.classes_out),
+                                  self.store.pixel_size, request.params.mask_radius,
+                                  request.params.high_res, request.params.invert_contrast)
 
     def _clean_work_dir(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)

@@ -58,10 +58,20 @@ def test_run_once_writes_every_cycle_and_the_history(warp, capsys):
         assert len(list((out / cycle["thumbnails"]).glob("class_*.png"))) == 4
         assert len(cistem_star.read_star(out / cycle["star"])) == 240
     assert sum(history[-1]["class_counts"]) == 240  # the last cycle uses every particle
+    assert history[0]["class_table"] == ""  # random classes have no quality to speak of
+    for cycle in history[1:]:  # each class's resolution estimate and score, every cycle
+        table = json.loads((out / cycle["class_table"]).read_text())
+        assert [c["number"] for c in table] == [1, 2, 3, 4]
+        assert [c["score"] for c in table] == cycle["class_score"]
+        assert all(c["reason"] and 0 <= c["score"] <= 1 for c in table)
+        assert all(r is None or 6.0 <= r < 200 for r in cycle["class_resolution"])
     assert not (out / "work").exists()
     assert cli_main(["status", str(warp)]) == 0
     table = capsys.readouterr().out
     assert "refinement" in table and "next job: seeded" in table
+    assert "classes of cycle 3" in table and "proposed good" in table
+    last = json.loads((out / history[-1]["class_table"]).read_text())
+    assert f"{last[0]['resolution']:.1f} Å" in table and last[0]["reason"] in table
 
 
 def test_run_once_on_a_folder_warp_has_not_started_in_says_there_is_nothing_yet(tmp_path,

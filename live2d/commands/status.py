@@ -20,6 +20,27 @@ def find_state(folder: Path) -> Path | None:
     return None
 
 
+def print_classes(folder: Path, history: list[dict]) -> None:
+    """The latest cycle's classes: resolution estimate, score and why, good ones marked."""
+    latest = next((c for c in reversed(history) if c.get("class_table")), None)
+    if latest is None:
+        return
+    try:
+        table = json.loads((folder / latest["class_table"]).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    good = [c for c in table if c["score"] >= 0.5]
+    print(f"classes of cycle {latest['number']} (resolution: half-set FRC 0.143, a guide; "
+          f"score 0 junk .. 1 good): {len(good)} proposed good, "
+          f"{sum(c['particles'] for c in good)} particles")
+    for c in table:
+        resolution = "-" if c["resolution"] is None else \
+            f"{'≤' if c['at_limit'] else ' '}{c['resolution']:.1f}"
+        mark = "good" if c["score"] >= 0.5 else "junk"
+        print(f"  {c['number']:>4} {c['particles']:>8} {resolution:>7} Å {c['score']:5.2f} "
+              f"{mark}  {c['reason']}")
+
+
 def main(args: argparse.Namespace) -> int:
     path = find_state(args.dir)
     if path is None:
@@ -38,6 +59,7 @@ def main(args: argparse.Namespace) -> int:
               f"{c['job_cycle']:>3}/{c['job_cycles']:<3} {c['high_res']:>6.1f} "
               f"{c['fraction']:>5.0%} {c['particles']:>9} {sum(1 for n in counts if n):>7} "
               f"{max(counts, default=0):>7} {c['particles_per_second']:>7.0f}  {finished}")
+    print_classes(path.parent, state["history"])
     job = state.get("job")
     if job:
         print(f"unfinished: job {job['number']} ({job['job_type']}) at cycle "

@@ -1,0 +1,101 @@
+"""Per-class resolution estimates and good/junk scores, on particles with a known truth."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from live2d import cistem_star
+from live2d.class_quality import (
+    assess_classes,
+    frc,
+    half_set_sums,
+    resolution_from_frc,
+    straight_edge,
+)
+from live2d.evaluate import correlation
+from live2d.junk import render_junk
+from live2d.phantom import Phantom
+
+BOX, PIXEL = 48, 3.0
+
+
+def particles(phantom, n, snr, seed=0, view=None):
+    rng = np.random.default_rng(seed)
+    batch = phantom.particles(n, rng, snr=snr, defocus_u=15000, defocus_v=14500,
+                              defocus_angle=30, max_shift=6.0)
+    table = cistem_star.new_table(n)
+    table["DF1"], table["DF2"], table["ANGAST"] = 15000.0, 14500.0, 30.0
+    table["PSIZE"], table["VOLT"], table["Cs"], table["AmpC"] = PIXEL, 300.0, 2.7, 0.07
+    # the alignment a perfect engine reports: A = rotate(shift(P, SH), PSI); class = view
+    table["PSI"], table["SHX"], table["SHY"] = -batch.psi, -batch.shift[:, 0], -batch.shift[:, 1]
+    table["2DCLS"] = batch.view + 1
+    return batch, table
+
+
+def test_frc_is_one_for_the_same_image_and_near_zero_for_independent_noise():
+    rng = np.random.default_rng(0)
+    a, b = (torch.from_numpy(rng.standard_normal((64, 64)).astype(np.float32)) for _ in "ab")
+    assert torch.allclose(frc(a, a)[1:], torch.ones(32), atol=1e-5)
+    assert frc(a, b)[5:].abs().mean() < 0.1  # the inner rings hold few samples
+    assert resolution_from_frc(torch.ones(33), 64, 1.5) == (3.0, True)  # never falls
+    curve = torch.tensor([1.0, 0.9, 0.5, 0.2, 0.1, 0.0])
+    resolution, at_limit = resolution_from_frc(curve, 10, 2.0)
+    assert not at_limit and 20 / 4 < resolution < 20 / 3  # between rings 3 and 4
+
+
+def test_half_sums_undo_the_reported_alignment():
+    phantom = Phantom(BOX, PIXEL, n_views=2)
+    batch, table = particles(phantom, 200, snr=50.0)
+    sums = half_set_sums(batch.images, table, 2, PIXEL)
+    views = torch.from_numpy(phantom.views)
+    for view in range(2):
+        both = (sums[view, 0] + sums[view, 1])[None]
+        own = float(correlation(both, views[view][None]))
+        other = float(correlation(both, views[1 - view][None]))
+        assert own > 0.5 and own > other + 0.2  # CTF-weighted, but the view, turned back
+        half = correlation(sums[view, 0][None], sums[view, 1][None])
+        assert float(half) > 0.9  # the two halves agree
+
+
+def test_more_particles_give_a_finer_estimate_and_the_classes_are_scored_good():
+    phantom = Phantom(BOX, PIXEL, n_views=2)
+    estimates = []
+    for n in (40, 400):
+        batch, table = particles(phantom, n, snr=0.2, seed=n)
+        quality = assess_classes(batch.images, table, phantom.views, PIXEL,
+                                 0.6 * phantom.diameter, 8.0)
+        estimates.append(np.mean([q.resolution for q in quality]))
+    assert estimates[1] < estimates[0]
+    assert all(q.score >= 0.5 and "centred" in q.reason for q in quality)
+
+
+def test_junk_classes_get_low_scores_and_say_why():
+    phantom = Phantom(BOX, PIXEL, n_views=1)
+    rng = np.random.default_rng(3)
+    junk = {kind: np.mean([render_junk(kind, phantom.views, rng, phantom._render_one)
+                           for _ in range(3)], axis=0)
+            for kind in ("empty", "contamination", "carbon")}
+    averages = np.stack([phantom.views[0], junk["empty"] * 0 + 0.01 * rng.standard_normal(
+        (BOX, BOX)), junk["contamination"] * 4, junk["carbon"] * 0.3]).astype(np.float32)
+    assert straight_edge(averages[3]) > 6 > straight_edge(averages[0])
+    batch, table = particles(phantom, 400, snr=0.2)
+    table["2DCLS"] = np.arange(400) // 2 % 4 + 1  # both halves (by position) in every class
+    quality = assess_classes(batch.images, table, averages, PIXEL, 0.6 * phantom.diameter,
+                             8.0)
+    reasons = [q.reason for q in quality]
+    assert quality[0].score >= 0.5
+    assert "empty ice" in reasons[1] and "contamination" in reasons[2] and \
+        "carbon" in reasons[3]
+    assert all(q.score < 0.5 for q in quality[1:])
+
+
+def test_an_empty_class_is_reported_as_such():
+    phantom = Phantom(BOX, PIXEL, n_views=1)
+    batch, table = particles(phantom, 50, snr=1.0)
+    quality = assess_classes(batch.images, table, np.concatenate([phantom.views] * 2), PIXEL,
+                             40.0, 8.0)
+    assert quality[1].particles == 0 and quality[1].score == 0 and quality[1].reason == \
+        "empty class"
+    assert pd.Series([q.number for q in quality]).tolist() == [1, 2]
+    assert quality[0].resolution == pytest.approx(quality[0].resolution)
