@@ -46,6 +46,16 @@ from live2d.schedule import (
     next_job_type,
     plan_job,
 )
+from live2d.selection import (
+    SelectionError,
+    SelectionState,
+    follow_cycle,
+    good_particles_history,
+    mark,
+    proposed,
+    selected,
+    selected_particles,
+)
 from live2d.store import ParticleStore
 from live2d.thumbnails import write_thumbnails
 from live2d.warp import WarpSettings
@@ -175,6 +185,7 @@ class Session:
                                  star=self.state.star or None,
                                  contrast=self.settings.contrast)
         self._said_no_diameter = False
+        self.selection = SelectionState.load(self.output_dir)
         self._clean_work_dir()
 
     # ----------------------------------------------------------------- state and persistence
@@ -586,6 +597,7 @@ class Session:
         mark_image_stack(request.classes_out)
         write_thumbnails(request.classes_out, paths["thumbnails"])
         quality = self._assess_classes(request) if spec.kind != "start" else []
+        previous_record = self.state.history[-1] if self.state.history else None
         if quality:
             atomic_write_json(paths["class_table"], [q.to_dict() for q in quality])
         request.classes_out.replace(paths["classes"])
@@ -603,6 +615,8 @@ class Session:
             class_score=[q.score for q in quality],
             class_table=paths["class_table"].name if quality else "",
         )
+        if quality:
+            self._follow_selection(dataclasses.asdict(record), previous_record)
         with self._lock:
             self.state.history.append(dataclasses.asdict(record))
             assert self.state.job is not None
@@ -613,6 +627,62 @@ class Session:
         self._log(f"cycle {number} done in {record.finished - started:.1f} s "
                   f"({record.particles_per_second:.0f} particles/s)")
         self._emit({"type": "cycle", "cycle": dataclasses.asdict(record)})
+
+    # ----------------------------------------------------------------- selection
+    def latest_scored(self) -> dict | None:
+        """The latest cycle that has class scores (the one the selection refers to)."""
+        with self._lock:
+            return next((r for r in reversed(self.state.history) if r.get("class_score")),
+                        None)
+
+    def selection_summary(self) -> dict[str, Any]:
+        """The selection everywhere uses: the proposal with the user's marks over it."""
+        record = self.latest_scored()
+        with self._lock:
+            state = self.selection
+            if record is None:
+                return {"cycle": None, "classes": [], "particles": 0, "proposed": [],
+                        "marks": {}, "carried": [], "dropped": [], "exports": state.exports,
+                        "history": []}
+            classes = selected(record, state)
+            return {"cycle": record["number"], "classes": classes,
+                    "particles": selected_particles(record, classes),
+                    "proposed": proposed(record),
+                    "marks": dict(state.marks) if state.cycle == record["number"] else {},
+                    "carried": state.carried, "dropped": state.dropped,
+                    "exports": state.exports,
+                    "history": good_particles_history(self.state.history, state)}
+
+    def mark_classes(self, marks: dict) -> dict[str, Any]:
+        """Mark classes of the latest cycle good or junk (None: back to the proposal);
+        raises SelectionError with a message for the user."""
+        record = self.latest_scored()
+        if record is None:
+            raise SelectionError("no classified cycle yet: nothing to mark")
+        with self._lock:
+            self.selection = SelectionState.load(self.output_dir)  # exports written meanwhile
+            mark(self.selection, record, marks)
+            self.selection.save(self.output_dir)
+        summary = self.selection_summary()
+        self._emit({"type": "selection", "selection": summary})
+        return summary
+
+    def _follow_selection(self, record: dict, previous: dict | None) -> None:
+        self.selection = SelectionState.load(self.output_dir)
+        old = next((r for r in self.state.history if r["number"] == self.selection.cycle),
+                   None)
+        old_averages = read_images(self.output_dir / old["classes"]) if old else None
+        follow_cycle(self.selection, previous, record, old_averages,
+                     read_images(self.output_dir / record["classes"]), self._mask_radius_px())
+        self.selection.save(self.output_dir)
+        if self.selection.carried or self.selection.dropped:
+            self._log(f"class marks: carried {self.selection.carried or 'none'} (old -> new), "
+                      f"dropped {self.selection.dropped or 'none'}")
+
+    def _mask_radius_px(self) -> float:
+        settings = self.importer.source_settings()
+        diameter = settings.diameter or DIAMETER_OF_BOX * settings.box * settings.pixel_size
+        return (self.settings.mask_radius or 0.6 * diameter) / settings.pixel_size
 
     def _assess_classes(self, request: CycleRequest) -> list[ClassQuality]:
         """Resolution estimate and good/junk score of every class of a finished cycle."""

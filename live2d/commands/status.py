@@ -41,6 +41,19 @@ def print_classes(folder: Path, history: list[dict]) -> None:
               f"{mark}  {c['reason']}")
 
 
+def print_exports(folder: Path) -> None:
+    from live2d.selection import SelectionError, SelectionState
+
+    try:
+        exports = SelectionState.load(folder).exports
+    except SelectionError:
+        return
+    for export in exports[-3:]:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(export["time"]))
+        print(f"exported {when}: {export['particles']} particles of cycle {export['cycle']} "
+              f"(classes {', '.join(map(str, export['classes']))}) to {export['file']}")
+
+
 def main(args: argparse.Namespace) -> int:
     path = find_state(args.dir)
     if path is None:
@@ -60,6 +73,7 @@ def main(args: argparse.Namespace) -> int:
               f"{c['fraction']:>5.0%} {c['particles']:>9} {sum(1 for n in counts if n):>7} "
               f"{max(counts, default=0):>7} {c['particles_per_second']:>7.0f}  {finished}")
     print_classes(path.parent, state["history"])
+    print_exports(path.parent)
     job = state.get("job")
     if job:
         print(f"unfinished: job {job['number']} ({job['job_type']}) at cycle "

@@ -1,0 +1,158 @@
+"""The particles of chosen classes as a RELION 3.1 particle star, for RELION, cryoSPARC or Scipion.
+
+The star points at the source's own stacks (Warp's, WarpTools', a RELION job's), not at Live2D's
+copy: ``rlnImageName`` absolute by default, or relative to a RELION project folder
+(``relative_to``), since RELION resolves paths from the folder it runs in. It carries what
+re-extraction and refinement need: micrograph and coordinates, CTF, and the cycle's 2D alignment
+(``rlnAnglePsi``, ``rlnOriginX/YAngst``: RELION's convention is cisTEM's, as
+``relion_stack_create --apply_transformation`` confirms), with pixel size, box and microscope in
+the optics table. Written with ``starfile``, atomically (temp file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import starfile
+
+from live2d import cistem_star
+from live2d.selection import SelectionError, SelectionState, selected
+from live2d.warp import split_image_name
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path
+    cycle: int
+    classes: list[int]
+    particles: int
+
+
+def export_particles(output_dir: str | os.PathLike, to: str | os.PathLike,
+                     classes: str | list[int] = "auto", cycle: int | None = None,
+                     relative_to: str | os.PathLike | None = None) -> Exported:
+    """Write the particles of ``classes`` (``"auto"``: the session's selection) of ``cycle``
+    (default: the latest classified) to the star ``to``. Raises SelectionError saying what is
+    wrong: no such cycle or class, an empty selection, an output that cannot be written."""
+    output_dir = Path(output_dir)
+    state = json.loads((output_dir / "session.json").read_text(encoding="utf-8"))
+    history = [r for r in state["history"] if r.get("block") != "start"]
+    if not history:
+        raise SelectionError("no classified cycle yet: nothing to export")
+    if cycle is None:
+        record = history[-1]
+    else:
+        record = next((r for r in history if r["number"] == cycle), None)
+        if record is None:
+            numbers = ", ".join(str(r["number"]) for r in history[-5:])
+            raise SelectionError(f"no classified cycle {cycle} (latest ones: {numbers})")
+    star_path = output_dir / record["star"]
+    if not star_path.exists():
+        raise SelectionError(f"cycle {record['number']}'s particles are not on disk any more "
+                             f"({star_path.name}): choose a later cycle")
+    n_classes = len(record["class_counts"])
+    if classes == "auto":
+        chosen = selected(record, SelectionState.load(output_dir))
+    else:
+        chosen = sorted({int(k) for k in classes})
+        wrong = [k for k in chosen if not 1 <= k <= n_classes]
+        if wrong:
+            raise SelectionError(f"no class {wrong[0]}: cycle {record['number']} has classes "
+                                 f"1 to {n_classes}")
+    if not chosen:
+        raise SelectionError(f"no class of cycle {record['number']} is selected: mark some "
+                             "good, or name them (--classes 1,4,7)")
+    table = cistem_star.read_star(star_path)
+    store = cistem_star.read_star(output_dir / "particles.star")
+    rows = table[table["2DCLS"].isin(chosen)]
+    if not len(rows):
+        raise SelectionError(f"classes {chosen} of cycle {record['number']} hold no particles")
+    sources = store.iloc[rows["POS"].to_numpy() - 1].reset_index(drop=True)
+    rows = rows.reset_index(drop=True)
+    base = Path(relative_to).resolve() if relative_to else None
+    names = _image_names(sources["ORIGNAME"], Path(state["warp_dir"]), state.get("star", ""),
+                         base)
+    pixel = float(rows["PSIZE"].iloc[0])
+    optics = pd.DataFrame({
+        "rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
+        "rlnVoltage": [float(rows["VOLT"].iloc[0])],
+        "rlnSphericalAberration": [float(rows["Cs"].iloc[0])],
+        "rlnAmplitudeContrast": [float(rows["AmpC"].iloc[0])],
+        "rlnImagePixelSize": [pixel], "rlnImageSize": [_box(output_dir)],
+        "rlnImageDimensionality": [2],
+    })
+    particles = pd.DataFrame({
+        "rlnImageName": names,
+        "rlnMicrographName": sources.get("MICROGRAPH", pd.Series([""] * len(rows))).replace(
+            "", "unknown").to_numpy(),
+        "rlnCoordinateX": sources.get("ORIGX", 0.0),
+        "rlnCoordinateY": sources.get("ORIGY", 0.0),
+        "rlnDefocusU": rows["DF1"], "rlnDefocusV": rows["DF2"],
+        "rlnDefocusAngle": rows["ANGAST"], "rlnPhaseShift": rows["PSHIFT"],
+        "rlnAnglePsi": rows["PSI"], "rlnOriginXAngst": rows["SHX"],
+        "rlnOriginYAngst": rows["SHY"], "rlnClassNumber": rows["2DCLS"],
+        "rlnOpticsGroup": 1,
+    })
+    to = Path(to)
+    _write_atomically(to, {"optics": optics, "particles": particles})
+    exported = Exported(to.resolve(), int(record["number"]), chosen, len(particles))
+    _record(output_dir, exported)
+    return exported
+
+
+def _image_names(names: pd.Series, warp_dir: Path, star: str, base: Path | None) -> list[str]:
+    """``N@stack`` with each stack where the import found it: relative names from the Warp
+    folder, else the particle star's folder (as the importer resolves them)."""
+    star_dir = (warp_dir / star).parent if star else warp_dir
+    found: dict[str, str] = {}
+    out = []
+    for name in names:
+        index, stack = split_image_name(str(name))
+        if stack not in found:
+            path = Path(stack)
+            if not path.is_absolute():
+                path = warp_dir / stack if (warp_dir / stack).exists() or not \
+                    (star_dir / stack).exists() else star_dir / stack
+            path = path.resolve()
+            found[stack] = os.path.relpath(path, base) if base else str(path)
+        out.append(f"{index + 1:06d}@{found[stack]}")
+    return out
+
+
+def _box(output_dir: Path) -> int:
+    store = json.loads((output_dir / "store.json").read_text(encoding="utf-8"))
+    return int(store["box"])
+
+
+def _write_atomically(path: Path, blocks: dict[str, pd.DataFrame]) -> None:
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise SelectionError(f"cannot write {path}: {folder} is not a folder")
+    try:
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise SelectionError(f"cannot write {path} ({exc.strerror}): choose another folder") \
+            from None
+    os.close(handle)
+    try:
+        starfile.write(blocks, temporary, overwrite=True)
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _record(output_dir: Path, exported: Exported) -> None:
+    state = SelectionState.load(output_dir)
+    state.exports = [*state.exports[-19:], {
+        "file": str(exported.path), "cycle": exported.cycle, "classes": exported.classes,
+        "particles": exported.particles, "time": round(time.time(), 1)}]
+    state.save(output_dir)

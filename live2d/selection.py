@@ -1,0 +1,163 @@
+"""Which classes are the good particles: the proposal of every cycle with the user's marks over it.
+
+The proposal is every class scored :data:`live2d.class_quality.GOOD_SCORE` or more. A mark
+(good or junk, from the page, the CLI or Scipion) overrides the proposal for its class and is
+kept in ``selection.json`` (replaced atomically) for the session. Class numbers carry over
+through seeded and refinement cycles, so marks do too, except on a class that was emptied and
+re-seeded. An ab initio job makes new classes: each mark moves to the most similar new class
+(rotation-invariant correlation of the averages) where one is similar enough, and what was
+carried and what was dropped is recorded for the page to say.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from live2d.atomic import atomic_write_json
+from live2d.class_quality import GOOD_SCORE
+from live2d.imaging import rotate, soft_disc
+
+SIMILAR_ENOUGH = 0.7  # rotation-invariant correlation for a mark to move to a new class
+SELECTION_FILE = "selection.json"
+MARKS = ("good", "junk")
+
+
+class SelectionError(ValueError):
+    """A mark or an export that cannot be done; the message says why."""
+
+
+@dataclass
+class SelectionState:
+    cycle: int = -1  # the cycle the marks' class numbers refer to
+    job: int = -1
+    marks: dict[str, str] = field(default_factory=dict)  # class number -> "good" | "junk"
+    carried: list[list[int]] = field(default_factory=list)  # [old, new] at the last ab initio
+    dropped: list[int] = field(default_factory=list)  # marks that found no similar new class
+    exports: list[dict] = field(default_factory=list)  # what was exported, latest last
+
+    @classmethod
+    def load(cls, folder: Path) -> SelectionState:
+        path = Path(folder) / SELECTION_FILE
+        if not path.exists():
+            return cls()
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+            return cls(**values)
+        except (ValueError, TypeError) as exc:
+            raise SelectionError(f"{path} is unreadable ({exc}); it is only replaced "
+                                 "atomically: restore it or move it away") from None
+
+    def save(self, folder: Path) -> None:
+        atomic_write_json(Path(folder) / SELECTION_FILE, asdict(self))
+
+
+def proposed(record: dict) -> list[int]:
+    """Classes a cycle's scores propose as good (1-based)."""
+    return [k + 1 for k, score in enumerate(record.get("class_score", []))
+            if score >= GOOD_SCORE]
+
+
+def selected(record: dict, state: SelectionState) -> list[int]:
+    """The selection used everywhere: the proposal with the marks over it (marks apply to the
+    cycle they were carried to)."""
+    chosen = set(proposed(record))
+    if state.cycle == record["number"]:
+        for number, mark in state.marks.items():
+            (chosen.add if mark == "good" else chosen.discard)(int(number))
+    return sorted(chosen)
+
+
+def selected_particles(record: dict, classes: list[int]) -> int:
+    counts = record["class_counts"]
+    return int(sum(counts[k - 1] for k in classes if 1 <= k <= len(counts)))
+
+
+def good_particles_history(history: list[dict], state: SelectionState) -> list[dict]:
+    """Per cycle with scores: particles imported and particles in the selected classes (the
+    answer to "do we have enough?")."""
+    return [{"cycle": r["number"], "imported": r["particles"],
+             "good": selected_particles(r, selected(r, state))}
+            for r in history if r.get("class_score")]
+
+
+def mark(state: SelectionState, record: dict, marks: dict) -> None:
+    """Apply ``{class number: "good" | "junk" | None}`` to the latest cycle ``record``."""
+    n_classes = len(record["class_counts"])
+    for number, value in marks.items():
+        try:
+            k = int(number)
+        except (TypeError, ValueError):
+            raise SelectionError(f"class {number!r} is not a class number") from None
+        if not 1 <= k <= n_classes:
+            raise SelectionError(f"there is no class {k}: cycle {record['number']} has classes "
+                                 f"1 to {n_classes}")
+        if value is not None and value not in MARKS:
+            raise SelectionError(f"a class is marked good, junk or null, not {value!r}")
+    if state.cycle != record["number"]:
+        state.cycle, state.job = record["number"], record["job"]
+    for number, value in marks.items():
+        if value is None:
+            state.marks.pop(str(int(number)), None)
+        else:
+            state.marks[str(int(number))] = value
+
+
+def follow_cycle(state: SelectionState, previous: dict | None, record: dict,
+                 old_averages: np.ndarray | None, new_averages: np.ndarray,
+                 mask_radius_px: float) -> None:
+    """Move the marks onto a new cycle's classes (see the module's docstring)."""
+    if not state.marks or state.cycle == record["number"]:
+        state.cycle, state.job = record["number"], record["job"]
+        return
+    new_job = record["job"] != state.job
+    if new_job and record["job_type"] == "abinit" and old_averages is not None:
+        marked = sorted(int(n) for n in state.marks)
+        similarity = rotational_similarity(old_averages[[k - 1 for k in marked]], new_averages,
+                                           mask_radius_px)
+        marks, carried, dropped = {}, [], []
+        for row, old in enumerate(marked):
+            best = int(similarity[row].argmax())
+            if similarity[row, best] >= SIMILAR_ENOUGH and str(best + 1) not in marks:
+                marks[str(best + 1)] = state.marks[str(old)]
+                carried.append([old, best + 1])
+            else:
+                dropped.append(old)
+        state.marks, state.carried, state.dropped = marks, carried, dropped
+    elif previous is not None:
+        # a class emptied in the previous cycle was re-seeded: it is another class now
+        counts = previous["class_counts"]
+        emptied = [n for n in state.marks if int(n) <= len(counts) and counts[int(n) - 1] == 0]
+        for number in emptied:
+            del state.marks[number]
+        state.dropped = [int(n) for n in emptied]
+        state.carried = []
+    state.cycle, state.job = record["number"], record["job"]
+
+
+def rotational_similarity(a: np.ndarray, b: np.ndarray, mask_radius_px: float,
+                          steps: int = 36) -> np.ndarray:
+    """``(len(a), len(b))``: for each pair of averages, the best correlation over in-plane
+    rotations of ``b`` (masked, means removed)."""
+    a_t = torch.as_tensor(np.asarray(a, dtype=np.float32))
+    b_t = torch.as_tensor(np.asarray(b, dtype=np.float32))
+    if not len(a_t) or not len(b_t):
+        return np.zeros((len(a_t), len(b_t)))
+    mask = soft_disc(a_t.shape[-1], mask_radius_px, 3.0)
+
+    def normalised(images: torch.Tensor) -> torch.Tensor:
+        images = images * mask
+        images = images - images.mean(dim=(1, 2), keepdim=True)
+        flat = images.flatten(1)
+        return flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    reference = normalised(a_t)
+    best = torch.full((len(a_t), len(b_t)), -1.0)
+    for angle in np.arange(steps) * 360.0 / steps:
+        turned = normalised(rotate(b_t, np.full(len(b_t), angle)))
+        best = torch.maximum(best, reference @ turned.T)
+    return best.numpy()

@@ -1,0 +1,145 @@
+"""Exporting the good classes' particles: RELION's own programs read what Live2D writes."""
+
+import json
+import os
+import shutil
+import subprocess
+
+import mrcfile
+import numpy as np
+import pytest
+import starfile
+import torch
+
+from live2d.cli import main as cli_main
+from live2d.evaluate import comparable, correlation
+from live2d.selection import SelectionError
+from live2d.session import Session
+from live2d.simulate import simulate
+
+SMALL = ["--classes", "4", "--particles-per-class", "40", "--startup-cycles", "2",
+         "--refinement-cycles", "1", "--high-res-initial", "30", "--high-res-final", "12",
+         "--threads", "1"]
+RELION = shutil.which("relion_stack_create")
+
+
+@pytest.fixture(scope="module")
+def session_dir(tmp_path_factory):
+    warp = tmp_path_factory.mktemp("export") / "warp"
+    simulate(warp, particles=240, per_micrograph=60, box=48, pixel_size=3.0, snr=2.0, views=4)
+    assert cli_main(["run", str(warp), "--once", *SMALL]) == 0
+    return warp
+
+
+def latest(warp):
+    return json.loads((warp / "classification" / "session.json").read_text())["history"][-1]
+
+
+def test_export_writes_a_relion_31_star_of_the_chosen_classes(session_dir, tmp_path, capsys):
+    record = latest(session_dir)
+    populated = [k + 1 for k, n in enumerate(record["class_counts"]) if n]
+    out = tmp_path / "good.star"
+    assert cli_main(["export", str(session_dir), "--classes",
+                     ",".join(map(str, populated[:2])), "--to", str(out)]) == 0
+    assert f"to {out}" in capsys.readouterr().out
+    blocks = starfile.read(out, always_dict=True)
+    optics, particles = blocks["optics"], blocks["particles"]
+    assert optics["rlnImagePixelSize"][0] == 3.0 and optics["rlnImageSize"][0] == 48
+    assert optics["rlnVoltage"][0] == 300.0
+    counts = record["class_counts"]
+    assert len(particles) == sum(counts[k - 1] for k in populated[:2])
+    assert set(particles["rlnClassNumber"]) == set(populated[:2])
+    for column in ("rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnDefocusU",
+                   "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnOpticsGroup"):
+        assert column in particles
+    stack = particles["rlnImageName"][0].split("@")[1]
+    assert os.path.isabs(stack) and stack.startswith(str(session_dir / "particles"))
+    assert particles["rlnMicrographName"].str.endswith(".tif").all()
+    assert (particles["rlnCoordinateX"] > 0).all()  # Warp's pick coordinates, kept
+    assert cli_main(["status", str(session_dir)]) == 0
+    assert f"particles of cycle {record['number']}" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(RELION is None, reason="RELION is not installed (apt-get install relion)")
+def test_relion_applies_the_exported_alignment_and_gets_live2ds_averages(session_dir, tmp_path):
+    record = latest(session_dir)
+    populated = [k + 1 for k, n in enumerate(record["class_counts"]) if n > 20]
+    project = tmp_path / "relion_project"
+    project.mkdir()
+    assert cli_main(["export", str(session_dir), "--classes", ",".join(map(str, populated)),
+                     "--to", str(project / "good.star"), "--relative-to", str(project)]) == 0
+    names = starfile.read(project / "good.star", always_dict=True)["particles"]["rlnImageName"]
+    assert not os.path.isabs(names[0].split("@")[1])  # relative to the project
+    for transform, name in ((["--apply_transformation"], "aligned"), ([], "raw")):
+        run = subprocess.run([RELION, "--i", "good.star", "--o", name, *transform], cwd=project,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+    classes = starfile.read(project / "good.star", always_dict=True)["particles"][
+        "rlnClassNumber"].to_numpy()
+    averages = torch.from_numpy(mrcfile.read(session_dir / "classification" /
+                                             record["classes"]).copy())
+    for k in populated:
+        scores = {}
+        for name in ("aligned", "raw"):
+            mean = torch.from_numpy(mrcfile.read(project / f"{name}.mrcs")[classes == k]
+                                    .mean(axis=0)[None].copy())
+            scores[name] = float(correlation(comparable(mean, 3.0, 20.0, 50.0),
+                                             comparable(averages[k - 1][None], 3.0, 20.0, 50.0)))
+        # Wrong signs of psi or shifts would blur RELION's means like untransformed ones.
+        assert scores["aligned"] > 0.7 and scores["aligned"] > scores["raw"] + 0.2, scores
+
+
+def test_auto_exports_the_proposal_with_the_marks_over_it(session_dir, tmp_path):
+    session = Session(session_dir, engine="builtin")
+    try:
+        record = latest(session_dir)
+        populated = [k + 1 for k, n in enumerate(record["class_counts"]) if n]
+        summary = session.mark_classes({populated[0]: "good", populated[1]: "junk"})
+        assert populated[0] in summary["classes"] and populated[1] not in summary["classes"]
+        assert summary["marks"] == {str(populated[0]): "good", str(populated[1]): "junk"}
+        with pytest.raises(SelectionError, match="there is no class 9"):
+            session.mark_classes({9: "good"})
+        reopened = Session(session_dir, engine="builtin").selection_summary()
+        assert reopened["marks"] == summary["marks"]  # persisted
+    finally:
+        session.close()
+    out = tmp_path / "auto.star"
+    assert cli_main(["export", str(session_dir), "--to", str(out)]) == 0
+    exported = set(starfile.read(out, always_dict=True)["particles"]["rlnClassNumber"])
+    assert exported == set(summary["classes"])
+
+
+@pytest.mark.parametrize("arguments, words", [
+    (["--classes", "9"], "no class 9"),
+    (["--cycle", "77"], "no classified cycle 77"),
+    (["--classes", "1", "--to", "/proc/forbidden/x.star"], "cannot write"),
+])
+def test_bad_exports_say_why_and_write_nothing(session_dir, tmp_path, capsys, arguments, words):
+    out = tmp_path / "x.star"
+    argv = ["export", str(session_dir), "--to", str(out), *arguments]
+    if "--to" in arguments:
+        argv = ["export", str(session_dir), *arguments]
+    assert cli_main(argv) == 1
+    assert words in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_cycle_not_on_disk_and_an_empty_selection_are_refused(session_dir, tmp_path):
+    from live2d.export import export_particles
+
+    output = session_dir / "classification"
+    record = latest(session_dir)
+    empty = [k + 1 for k, n in enumerate(record["class_counts"]) if not n]
+    if empty:
+        with pytest.raises(SelectionError, match="hold no particles"):
+            export_particles(output, tmp_path / "e.star", empty)
+    first = json.loads((output / "session.json").read_text())["history"][1]
+    star = output / first["star"]
+    star.rename(star.with_suffix(".away"))
+    try:
+        with pytest.raises(SelectionError, match="not on disk"):
+            export_particles(output, tmp_path / "e.star", [1], cycle=first["number"])
+    finally:
+        star.with_suffix(".away").rename(star)
+    assert not list(tmp_path.iterdir())
+    assert np.isfinite(record["class_counts"]).all()
