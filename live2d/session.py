@@ -101,6 +101,7 @@ class CycleRecord:
     class_resolution: list[float | None] = field(default_factory=list)
     class_score: list[float] = field(default_factory=list)
     class_table: str = ""
+    star_kept: bool = True  # False once the star is pruned (Settings.keep_cycle_results)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CycleRecord:
@@ -624,6 +625,7 @@ class Session:
             self.state.job["failures"] = 0
             self._write_state()
         self._clean_work_dir()
+        self._prune_results()
         self._log(f"cycle {number} done in {record.finished - started:.1f} s "
                   f"({record.particles_per_second:.0f} particles/s)")
         self._emit({"type": "cycle", "cycle": dataclasses.asdict(record)})
@@ -693,6 +695,27 @@ class Session:
             return assess_classes(stack.data, table, read_images(request.classes_out),
                                   self.store.pixel_size, request.params.mask_radius,
                                   request.params.high_res, request.params.invert_contrast)
+
+    def _prune_results(self) -> None:
+        """Delete per-particle stars beyond the latest ``keep_cycle_results`` cycles, except
+        each job's last cycle and the one the next cycle continues from."""
+        keep = self.settings.keep_cycle_results
+        with self._lock:
+            history = self.state.history
+            last_of_job = {r["job"]: r["number"] for r in history}
+            pruned = []
+            for record in history[:-keep]:
+                if not record.get("star_kept", True) or \
+                        last_of_job[record["job"]] == record["number"]:
+                    continue
+                (self.output_dir / record["star"]).unlink(missing_ok=True)
+                record["star_kept"] = False
+                pruned.append(record["number"])
+            if pruned:
+                self._write_state()
+        if pruned:
+            log.debug("per-particle results of cycle(s) %s pruned (keeping the latest %d)",
+                      ", ".join(map(str, pruned)), keep)
 
     def _clean_work_dir(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)

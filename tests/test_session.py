@@ -70,6 +70,7 @@ def test_run_once_writes_every_cycle_and_the_history(warp, capsys):
     table = capsys.readouterr().out
     assert "refinement" in table and "next job: seeded" in table
     assert "classes of cycle 3" in table and "proposed good" in table
+    assert "KB per particle" in table and "GB free" in table
     last = json.loads((out / history[-1]["class_table"]).read_text())
     assert f"{last[0]['resolution']:.1f} Å" in table and last[0]["reason"] in table
 
@@ -257,3 +258,19 @@ def test_run_on_a_relion_star_classifies_its_particles_and_guesses_the_mask(warp
     assert [c["particles"] for c in state["history"]] == [240] * 4
     log = (out / "live2d.log").read_text()
     assert "RELION particle star" in log and "no particle diameter is known" in log
+
+
+def test_old_per_particle_results_are_pruned_but_every_cycles_classes_stay(warp):
+    session = Session(warp, engine="builtin",
+                      settings=Settings(**{**SMALL, "keep_cycle_results": 1}))
+    try:
+        session.run_job()
+        history = session.history
+    finally:
+        session.close()
+    out = warp / "classification"
+    assert [r.star_kept for r in history] == [False, False, False, True]  # the job's last kept
+    assert [(out / r.star).exists() for r in history] == [False, False, False, True]
+    assert all((out / r.classes).exists() and r.class_counts for r in history)
+    assert cli_main(["export", str(warp), "--cycle", str(history[1].number), "--classes", "1",
+                     "--to", str(warp / "x.star")]) == 1  # says it is not on disk any more

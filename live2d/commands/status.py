@@ -41,6 +41,19 @@ def print_classes(folder: Path, history: list[dict]) -> None:
               f"{mark}  {c['reason']}")
 
 
+def print_disk(folder: Path) -> None:
+    import shutil
+
+    used = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    free = shutil.disk_usage(folder).free
+    try:
+        particles = json.loads((folder / "store.json").read_text(encoding="utf-8"))["count"]
+    except (OSError, ValueError, KeyError):
+        particles = 0
+    per = f", {used / particles / 1024:.1f} KB per particle" if particles else ""
+    print(f"disk: {used / 2**30:.2f} GB in {folder}{per}; {free / 2**30:.1f} GB free")
+
+
 def print_exports(folder: Path) -> None:
     from live2d.selection import SelectionError, SelectionState
 
@@ -74,6 +87,7 @@ def main(args: argparse.Namespace) -> int:
               f"{max(counts, default=0):>7} {c['particles_per_second']:>7.0f}  {finished}")
     print_classes(path.parent, state["history"])
     print_exports(path.parent)
+    print_disk(path.parent)
     job = state.get("job")
     if job:
         print(f"unfinished: job {job['number']} ({job['job_type']}) at cycle "
