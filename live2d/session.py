@@ -36,6 +36,7 @@ from live2d.engines import (
     Progress,
     make_engine,
 )
+from live2d.export import Exported, export_particles
 from live2d.importer import Importer, ImportReport
 from live2d.mrc import mark_image_stack, read_images
 from live2d.schedule import (
@@ -668,6 +669,16 @@ class Session:
         summary = self.selection_summary()
         self._emit({"type": "selection", "selection": summary})
         return summary
+
+    def export_selection(self, to: str | Path, classes: str | list[int] = "auto",
+                         cycle: int | None = None) -> Exported:
+        """:func:`live2d.export.export_particles` of this session's output; the summary (and
+        every listener) then lists the export. Raises SelectionError with a message."""
+        exported = export_particles(self.output_dir, to, classes, cycle)
+        with self._lock:
+            self.selection = SelectionState.load(self.output_dir)  # the export is recorded
+        self._emit({"type": "selection", "selection": self.selection_summary()})
+        return exported
 
     def _follow_selection(self, record: dict, previous: dict | None) -> None:
         self.selection = SelectionState.load(self.output_dir)

@@ -1,5 +1,6 @@
 """The page's websocket protocol, with several clients on a real server and the built-in engine."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -187,3 +188,140 @@ def test_ping_answers_with_its_id(server):
     client.send({"command": "ping", "id": 7})
     assert client.wait_for(lambda m: m["type"] == "pong")["id"] == 7
     client.close()
+
+
+@pytest.fixture
+def classified(tmp_path):
+    """A server over a session with one finished job (cycles 1-3 scored)."""
+    controller = Controller(small_warp(tmp_path / "grids" / "warp"), engine="builtin",
+                            settings=SMALL)
+    controller.session.run_job("abinit")
+    running = RunningServer(controller)
+    yield running
+    running.stop()
+
+
+def test_a_new_page_gets_the_selection_and_the_latest_class_table(classified):
+    client = Client(classified)
+    state = client.receive()
+    selection = state["selection"]
+    assert selection["cycle"] == 3 and selection["marks"] == {}
+    assert selection["classes"] == selection["proposed"]
+    assert [h["cycle"] for h in selection["history"]] == [1, 2, 3]
+    table = state["class_tables"]["3"]
+    assert [row["number"] for row in table] == [1, 2, 3]
+    assert all(row["reason"] and 0 <= row["score"] <= 1 for row in table)
+    assert state["good_score"] == 0.5
+    # the tables of earlier cycles are served as files
+    status = urllib.request.urlopen(f"{classified.url}/files/cycle_001_classes.json",
+                                    timeout=10)
+    assert json.loads(status.read())[0]["number"] == 1
+    client.close()
+
+
+def test_a_mark_changes_the_selection_on_every_page(classified):
+    first, second = Client(classified), Client(classified)
+    before = first.receive()["selection"]
+    second.receive()
+    counts = classified.controller.session.latest_scored()["class_counts"]
+    first.send({"command": "mark", "classes": {"1": "junk"}})
+    assert first.wait_for(lambda m: m["type"] in ("ok", "error"))["type"] == "ok"
+    for client in (first, second):
+        state = client.wait_for(lambda m: m["type"] == "state"
+                                and m["selection"]["marks"] == {"1": "junk"})
+        assert 1 not in state["selection"]["classes"]
+        assert state["selection"]["particles"] == before["particles"] - counts[0]
+    second.send({"command": "mark", "cycle": 3, "classes": {"1": None, "2": "good"}})
+    state = first.wait_for(lambda m: m["type"] == "state"
+                           and m["selection"]["marks"] == {"2": "good"})
+    assert state["selection"]["classes"] == sorted({*before["proposed"], 2})
+    # kept by the session, in its folder
+    assert json.loads((classified.controller.session.output_dir / "selection.json")
+                      .read_text())["marks"] == {"2": "good"}
+    first.close()
+    second.close()
+
+
+@pytest.mark.parametrize("message, complaint", [
+    ({"command": "mark"}, "'classes' must be an object"),
+    ({"command": "mark", "classes": {}}, "'classes' must be an object"),
+    ({"command": "mark", "classes": ["1", "good"]}, "'classes' must be an object"),
+    ({"command": "mark", "classes": "1=good"}, "'classes' must be an object"),
+    ({"command": "mark", "classes": {"0": "good"}}, "not a class number"),
+    ({"command": "mark", "classes": {"-1": "good"}}, "not a class number"),
+    ({"command": "mark", "classes": {" 1": "good"}}, "not a class number"),
+    ({"command": "mark", "classes": {"1.0": "good"}}, "not a class number"),
+    ({"command": "mark", "classes": {"1" * 40: "good"}}, "not a class number"),
+    ({"command": "mark", "classes": {"../x": "good"}}, "not a class number"),
+    ({"command": "mark", "classes": {"4": "good"}}, "there is no class 4"),
+    ({"command": "mark", "classes": {"1": "great"}}, "good, junk or null"),
+    ({"command": "mark", "classes": {"1": True}}, "good, junk or null"),
+    ({"command": "mark", "classes": {"1": {"$ne": 1}}}, "good, junk or null"),
+    ({"command": "mark", "classes": {str(k): "good" for k in range(1, 1002)}}, "at most"),
+    ({"command": "mark", "classes": {"1": "good"}, "cycle": 2}, "not the latest"),
+    ({"command": "mark", "classes": {"1": "good"}, "cycle": "3"}, "'cycle' must be"),
+    ({"command": "mark", "classes": {"1": "good"}, "cycle": True}, "'cycle' must be"),
+    ({"command": "mark", "classes": {"1": "good"}, "path": "/etc"}, "unexpected field"),
+    ({"command": "start_job", "classes": {"1": "good"}}, "unexpected field"),
+    ({"command": "export", "to": "/tmp/x.star"}, "unexpected field"),
+    ({"command": "export", "classes": [1]}, "unexpected field"),
+])
+def test_bad_marks_and_exports_are_refused_and_change_nothing(classified, message, complaint):
+    client = Client(classified)
+    client.receive()
+    client.send(message)
+    reply = client.wait_for(lambda m: m["type"] in ("error", "ok", "exported"))
+    assert reply["type"] == "error" and complaint in reply["message"], reply
+    client.send({"command": "get_state"})
+    state = client.wait_for(lambda m: m["type"] == "state")
+    assert state["selection"]["marks"] == {} and state["selection"]["exports"] == []
+    assert not (classified.controller.session.output_dir / "exports").exists()
+    client.close()
+
+
+def test_before_any_cycle_nothing_can_be_marked_or_exported(server):
+    client = Client(server)
+    assert client.receive()["selection"]["cycle"] is None
+    for message in ({"command": "mark", "classes": {"1": "good"}}, {"command": "export"}):
+        client.send(message)
+        reply = client.wait_for(lambda m: m["type"] in ("error", "ok", "exported"))
+        assert reply["type"] == "error" and "no classified cycle yet" in reply["message"]
+    client.close()
+
+
+def test_export_writes_the_selection_for_download_and_an_empty_one_is_refused(classified):
+    import starfile
+
+    first, second = Client(classified), Client(classified)
+    selection = first.receive()["selection"]
+    second.receive()
+    first.send({"command": "export"})
+    reply = first.wait_for(lambda m: m["type"] in ("error", "exported"))
+    assert reply["type"] == "exported", reply
+    assert reply["download"] == "exports/good_cycle_003.star"
+    assert reply["particles"] == selection["particles"]
+    assert reply["classes"] == selection["classes"]
+    output = classified.controller.session.output_dir
+    written = starfile.read(output / "exports" / "good_cycle_003.star")
+    assert len(written["particles"]) == selection["particles"]
+    assert set(written["particles"]["rlnClassNumber"]) == set(selection["classes"])
+    assert written["optics"]["rlnImagePixelSize"][0] == 4.0
+    # every page offers it, and the server serves it as a download
+    state = second.wait_for(lambda m: m["type"] == "state" and m["selection"]["exports"])
+    assert state["selection"]["exports"][-1]["download"] == reply["download"]
+    response = urllib.request.urlopen(f"{classified.url}/files/{reply['download']}",
+                                      timeout=10)
+    assert "attachment" in response.headers["Content-Disposition"]
+    assert response.read() == (output / "exports" / "good_cycle_003.star").read_bytes()
+
+    first.send({"command": "mark", "classes": {"1": "junk", "2": "junk", "3": "junk"}})
+    assert first.wait_for(lambda m: m["type"] in ("ok", "error"))["type"] == "ok"
+    first.send({"command": "export"})
+    refused = first.wait_for(lambda m: m["type"] in ("error", "exported"))
+    assert refused["type"] == "error" and "no class of cycle 3 is selected" in \
+        refused["message"]
+    assert len(starfile.read(output / "exports" / "good_cycle_003.star")["particles"]) == \
+        selection["particles"]  # the earlier export is left as it was
+    assert sorted(p.name for p in (output / "exports").iterdir()) == ["good_cycle_003.star"]
+    first.close()
+    second.close()

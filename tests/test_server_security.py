@@ -106,6 +106,10 @@ def test_a_websocket_from_another_origin_is_refused(open_server):
     "/files/../session.json", "/files/%2e%2e/session.json", "/files/session.json",
     "/files/particles.mrcs", "/files/cycle_001.mrc/../../session.json",
     "/static/../control.py", "/static/%2e%2e/control.py", "/files/thumbnails/../live2d.log",
+    "/files/selection.json", "/files/exports/../session.json", "/files/exports/session.json",
+    "/files/exports/%2e%2e/session.json", "/files/exports/good_cycle_001.star/../../session.json",
+    "/files/cycle_001_classes.json/../session.json", "/files/exports/.good_cycle_001.star.tmp",
+    "/files/exports/good_cycle_001.json",
 ])
 def test_only_the_sessions_own_outputs_and_static_files_are_served(open_server, path):
     status, body, _ = get(open_server.url + path)
@@ -120,6 +124,45 @@ def test_outputs_and_static_files_are_served(open_server):
     assert status == 200 and body.startswith(b"\x89PNG")
     status, body, _ = get(open_server.url + "/static/app.js")
     assert status == 200 and b"WebSocket" in body
+    status, body, headers = get(open_server.url + "/files/cycle_001_classes.json")
+    assert status == 200 and b'"reason"' in body
+    assert headers["Content-Type"].startswith("application/json")
+
+
+def test_an_export_is_served_from_the_exports_folder_and_nothing_else_there(open_server,
+                                                                             tmp_path):
+    session = open_server.controller.session
+    (session.output_dir / "exports").mkdir()
+    exported = session.export_selection(session.output_dir / "exports" / "good_cycle_003.star")
+    status, body, headers = get(open_server.url + "/files/exports/good_cycle_003.star")
+    assert status == 200 and body == exported.path.read_bytes()
+    assert "attachment" in headers["Content-Disposition"]
+    assert headers["Cache-Control"] == "no-cache"  # a later export replaces it
+    # a file the session did not write there, linked in, is not served
+    secret = tmp_path / "secret.star"
+    secret.write_text("do not serve me")
+    os.symlink(secret, session.output_dir / "exports" / "good_cycle_009.star")
+    status, body, _ = get(open_server.url + "/files/exports/good_cycle_009.star")
+    assert status == 404 and b"do not serve" not in body
+    # nor a folder of exports that is itself a link out of the output folder
+    (session.output_dir / "exports" / "good_cycle_009.star").unlink()
+    (session.output_dir / "exports").rename(tmp_path / "moved")
+    os.symlink(tmp_path / "moved", session.output_dir / "exports")
+    status, body, _ = get(open_server.url + "/files/exports/good_cycle_003.star")
+    assert status == 404
+
+
+def test_an_export_larger_than_a_piece_is_sent_whole(open_server, monkeypatch):
+    from live2d.server import app
+
+    monkeypatch.setattr(app, "CHUNK_BYTES", 1000)
+    session = open_server.controller.session
+    (session.output_dir / "exports").mkdir()
+    exported = session.export_selection(session.output_dir / "exports" / "good_cycle_003.star")
+    assert exported.path.stat().st_size > 3000
+    status, body, headers = get(open_server.url + "/files/exports/good_cycle_003.star")
+    assert status == 200 and body == exported.path.read_bytes()
+    assert int(headers["Content-Length"]) == len(body)
 
 
 def test_symlinks_cannot_escape_the_output_or_static_folders(open_server, tmp_path):

@@ -2,8 +2,9 @@
 
 Security: the server binds to 127.0.0.1 unless told otherwise, and then needs a token, checked on
 every request (``?token=`` once, then a cookie). Websocket handshakes must come from the page's own
-origin. Only the page's static files and the session's own outputs (cycle MRC/star, class PNGs)
-are served, each after resolving symlinks and checking it lies under its root.
+origin. Only the page's static files and the session's own outputs (cycle MRC/star, class tables,
+class PNGs, the selection's exports) are served, each after resolving symlinks and checking it
+lies under its root.
 """
 
 from __future__ import annotations
@@ -11,20 +12,24 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from tornado import ioloop, web, websocket
+from tornado import ioloop, iostream, web, websocket
 
-from live2d.server.control import CommandError, Controller
+from live2d.server.control import EXPORT_DIR, CommandError, Controller
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 TOKEN_COOKIE = "live2d_token"
 MAX_MESSAGE_BYTES = 64 * 1024
+CHUNK_BYTES = 1 << 20  # output files are sent in pieces this size
 # What the page may download, relative to the session's output folder.
-OUTPUT_FILES = re.compile(r"^(cycle_\d{3,}\.(mrc|star)|thumbnails/cycle_\d{3,}/class_\d{3,}\.png)$")
+OUTPUT_FILES = re.compile(r"^(cycle_\d{3,}\.(mrc|star)|cycle_\d{3,}_classes\.json|"
+                          r"thumbnails/cycle_\d{3,}/class_\d{3,}\.png|"
+                          rf"{EXPORT_DIR}/good_cycle_\d{{3,}}\.star)$")
 log = logging.getLogger("live2d")
 
 
@@ -66,9 +71,10 @@ class StaticHandler(_Guarded, web.StaticFileHandler):
 
 
 class OutputHandler(_Guarded):
-    """A cycle's class averages (MRC), star file and class thumbnails, nothing else."""
+    """A cycle's class averages (MRC), star file, class table and thumbnails, and the
+    selection's exports, nothing else."""
 
-    def get(self, name: str) -> None:
+    async def get(self, name: str) -> None:
         if not OUTPUT_FILES.match(name):
             raise web.HTTPError(404)
         session = self.settings["controller"].session
@@ -79,11 +85,28 @@ class OutputHandler(_Guarded):
         if not path.is_relative_to(root) or not path.is_file():
             raise web.HTTPError(404)
         kind = {"png": "image/png", "mrc": "application/octet-stream",
-                "star": "text/plain; charset=utf-8"}[path.suffix[1:]]
+                "star": "text/plain; charset=utf-8",
+                "json": "application/json; charset=utf-8"}[path.suffix[1:]]
         self.set_header("Content-Type", kind)
-        if path.suffix != ".png":
+        if name.startswith(f"{EXPORT_DIR}/"):
+            self.set_header("Cache-Control", "no-cache")  # a later export replaces it
+        if path.suffix not in (".png", ".json"):
             self.set_header("Content-Disposition", f'attachment; filename="{path.name}"')
-        self.write(path.read_bytes())
+        with open(path, "rb") as handle:  # opened once: a replacement meanwhile is not mixed in
+            remaining = os.fstat(handle.fileno()).st_size
+            if remaining <= CHUNK_BYTES:  # in one piece, with an ETag for the browser's cache
+                self.write(handle.read(remaining))
+                return
+            # In pieces: an export of a million particles is hundreds of MB, and every page
+            # waits on this loop.
+            self.set_header("Content-Length", str(remaining))
+            while remaining > 0 and (piece := handle.read(min(CHUNK_BYTES, remaining))):
+                remaining -= len(piece)
+                self.write(piece)
+                try:
+                    await self.flush()
+                except iostream.StreamClosedError:  # the browser went away: nothing to do
+                    return
 
 
 class SocketHandler(_Guarded, websocket.WebSocketHandler):
@@ -98,7 +121,8 @@ class SocketHandler(_Guarded, websocket.WebSocketHandler):
     def on_close(self) -> None:
         self.settings["clients"].discard(self)
 
-    def on_message(self, message: str | bytes) -> None:
+    async def on_message(self, message: str | bytes) -> None:
+        controller: Controller = self.settings["controller"]
         try:
             if len(message) > MAX_MESSAGE_BYTES:
                 raise CommandError(f"message longer than {MAX_MESSAGE_BYTES} bytes")
@@ -107,7 +131,11 @@ class SocketHandler(_Guarded, websocket.WebSocketHandler):
             except (ValueError, UnicodeDecodeError, RecursionError):
                 # RecursionError: nested thousands deep ("[[[[..."), which no page sends.
                 raise CommandError("the message is not valid JSON") from None
-            reply = self.settings["controller"].handle(request)
+            if controller.is_slow(request):  # e.g. an export: the other pages go on meanwhile
+                reply = await ioloop.IOLoop.current().run_in_executor(
+                    None, controller.handle, request)
+            else:
+                reply = controller.handle(request)
         except CommandError as exc:
             reply = {"type": "error", "message": str(exc)}
         except Exception as exc:  # never let one message take the server down

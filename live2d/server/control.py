@@ -4,6 +4,10 @@ Framework-free on purpose: the Tornado layer only parses JSON and forwards. Ever
 checked here (command known, fields of the right type, settings through :class:`Settings`), so a
 hostile or broken client gets an error reply and nothing else happens.
 
+The selection (the proposal with the user's good/junk marks over it) is the session's: ``mark``
+changes it for every page, ``export`` writes its particles into the output folder's
+``exports/`` for the page to download.
+
 The server may start without a Warp folder (the page's first step is then Update Warp
 Directory), and accepts any existing folder under ``warp_root``, Warp's or not yet: a watcher
 thread checks it every few seconds and the page's state says what it lacks (``missing``).
@@ -11,16 +15,20 @@ thread checks it every few seconds and the page's state says what it lacks (``mi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from live2d.class_quality import GOOD_SCORE
 from live2d.engines import CycleCancelled, EngineError
 from live2d.layouts import WARP, detect_layout
 from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings, SettingsError
+from live2d.selection import MARKS, SelectionError
 from live2d.session import Session, SessionError
 from live2d.warp import WarpFolderError, particle_star_path, read_settings
 
@@ -29,7 +37,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("live2d")
 Publish = Callable[[dict[str, Any]], None]
-COMMANDS = ("get_state", "start_job", "start_automatic", "stop", "set_warp_dir", "ping")
+COMMANDS = ("get_state", "start_job", "start_automatic", "stop", "set_warp_dir", "ping", "mark",
+            "export")
+# The fields each command may carry besides "command" and "id" (the older ones share a set).
+FIELDS = {"mark": {"classes", "cycle"}, "export": set()}
+OLDER_FIELDS = {"job_type", "settings", "hard", "path"}
+SLOW_COMMANDS = ("export",)  # the web layer runs these off its event loop
+EXPORT_DIR = "exports"  # in the output folder, served for download
+CLASS_NUMBER = re.compile(r"[1-9][0-9]{0,4}")
+MAX_MARKS = 1000
 WATCH_SECONDS = 2.0  # how often the Warp folder is checked for what it lacks
 
 
@@ -62,6 +78,8 @@ class Controller:
         self._missing = ""  # what the Warp folder lacks, as the watcher last found it
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._exporting = threading.Lock()
+        self._tables: dict[Path, tuple[int, list]] = {}  # class table files read, by mtime
         self._closed = threading.Event()
         if warp_dir is not None:
             self.session = self._open(warp_dir, output_dir)
@@ -80,9 +98,46 @@ class Controller:
         state = {"type": "state", **snapshot, "busy": self.busy, "specs": Settings.specs(),
                  "job_types": JOB_LABELS, "warp_root": str(self.warp_root),
                  "missing": self._missing}
+        state.update(self._selection_state(session))
         if with_log:
             state["log"] = list(session.log_lines) if session is not None else []
         return state
+
+    def _selection_state(self, session: Session | None) -> dict[str, Any]:
+        """The selection summary, each export with the name it downloads by (when it is one
+        the server serves), and the class table (resolution, score, reason) of the cycle the
+        selection refers to; other cycles' tables the page fetches from /files/."""
+        if session is None:
+            return {"selection": None, "class_tables": {}, "good_score": GOOD_SCORE}
+        summary = session.selection_summary()
+        root = session.output_dir.resolve()
+        exports = []
+        for export in summary["exports"]:
+            path = Path(export["file"])
+            served = path.parent == root / EXPORT_DIR and is_export_name(path.name)
+            exports.append({**export, "download": f"{EXPORT_DIR}/{path.name}" if served
+                            else None})
+        summary = {**summary, "exports": exports}
+        tables = {}
+        record = session.latest_scored()
+        if record is not None and record.get("class_table"):
+            table = self._class_table(session.output_dir / record["class_table"])
+            if table is not None:
+                tables[str(record["number"])] = table
+        return {"selection": summary, "class_tables": tables, "good_score": GOOD_SCORE}
+
+    def _class_table(self, path: Path) -> list | None:
+        try:
+            mtime = path.stat().st_mtime_ns
+            cached = self._tables.get(path)
+            if cached is None or cached[0] != mtime:
+                table = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(table, list):
+                    return None
+                self._tables = {path: (mtime, table)}  # only the latest is asked for
+            return self._tables[path][1]
+        except (OSError, ValueError):
+            return None
 
     def _no_session(self) -> dict[str, Any]:
         settings = Settings.from_dict(self._first_settings)
@@ -131,7 +186,7 @@ class Controller:
         command = message.get("command")
         if command not in COMMANDS:
             raise CommandError(f"unknown command {command!r}: one of {', '.join(COMMANDS)}")
-        unknown = set(message) - {"command", "job_type", "settings", "hard", "path", "id"}
+        unknown = set(message) - {"command", "id"} - FIELDS.get(command, OLDER_FIELDS)
         if unknown:
             raise CommandError(f"unexpected field(s) {', '.join(sorted(map(str, unknown)))}")
         if command == "ping":  # liveness and latency checks
@@ -150,6 +205,10 @@ class Controller:
             return self._set_warp_dir(message.get("path"))
         if self.session is None:
             raise CommandError("no Warp folder yet: choose it first with Update Warp Directory")
+        if command == "mark":
+            return self._mark(message.get("classes"), message.get("cycle"))
+        if command == "export":
+            return self._export()
         settings = self._apply_settings(message.get("settings"))
         if command == "start_job":
             job_type = message.get("job_type", settings.mode)
@@ -159,6 +218,70 @@ class Controller:
         else:
             self._start(self.session.run_automatic, "automatic jobs")
         return {"type": "ok", "message": f"started {command.removeprefix('start_')}"}
+
+    def is_slow(self, message: Any) -> bool:
+        """Whether ``message`` is a command that takes long (the web layer runs it in a thread:
+        :meth:`handle` is safe to call from one for these)."""
+        return isinstance(message, dict) and message.get("command") in SLOW_COMMANDS
+
+    def _mark(self, marks: Any, cycle: Any = None) -> dict[str, Any]:
+        """``{"3": "good", "5": "junk", "7": null}`` (null: back to the proposal); every page
+        hears of the new selection through the session's event. ``cycle``: the one the page
+        showed; refused if another has finished since (its classes may be other ones)."""
+        if not isinstance(marks, dict) or not marks:
+            raise CommandError("'classes' must be an object of class numbers and marks, "
+                               'e.g. {"3": "good", "5": "junk", "7": null}')
+        if len(marks) > MAX_MARKS:
+            raise CommandError(f"at most {MAX_MARKS} classes can be marked at once")
+        for number, value in marks.items():
+            if not isinstance(number, str) or not CLASS_NUMBER.fullmatch(number):
+                raise CommandError(f"{str(number)[:20]!r} is not a class number (1, 2, ...)")
+            if value is not None and value not in MARKS:
+                raise CommandError(f"class {number} can be marked good, junk or null (the "
+                                   f"proposal), not {str(value)[:20]!r}")
+        if cycle is not None:
+            if not isinstance(cycle, int) or isinstance(cycle, bool):
+                raise CommandError("'cycle' must be the number of the cycle the marks are for")
+            latest = self.session.selection_summary()["cycle"]
+            if cycle != latest:
+                raise CommandError(f"cycle {cycle} is not the latest classified cycle any more "
+                                   f"({latest}): look at its classes and mark them again")
+        try:
+            summary = self.session.mark_classes(marks)
+        except SelectionError as exc:
+            raise CommandError(str(exc)) from None
+        return {"type": "ok", "message": f"{len(summary['classes'])} classes selected, "
+                                         f"{summary['particles']:,} particles"}
+
+    def _export(self) -> dict[str, Any]:
+        """The selection's particles as a RELION star in ``exports/`` of the output folder,
+        replacing an earlier export of the same cycle (atomically)."""
+        session = self.session  # the folder may change meanwhile: this export keeps its own
+        if not self._exporting.acquire(blocking=False):
+            raise CommandError("an export is being written: wait for it to finish")
+        try:
+            cycle = session.selection_summary()["cycle"]
+            if cycle is None:
+                raise CommandError("no classified cycle yet: nothing to export")
+            folder = session.output_dir / EXPORT_DIR
+            try:
+                folder.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise CommandError(f"cannot make {folder} ({exc.strerror})") from None
+            name = export_name(cycle)
+            exported = session.export_selection(folder / name, cycle=cycle)
+        except SelectionError as exc:
+            raise CommandError(str(exc)) from None
+        finally:
+            self._exporting.release()
+        log.info(f"exported {exported.particles:,} particles of classes "
+                 f"{', '.join(map(str, exported.classes))} (cycle {exported.cycle}) to "
+                 f"{exported.path}")
+        return {"type": "exported", "message": f"exported {exported.particles:,} particles of "
+                f"classes {', '.join(map(str, exported.classes))} (cycle {exported.cycle})",
+                "file": str(exported.path), "download": f"{EXPORT_DIR}/{name}",
+                "cycle": exported.cycle, "classes": exported.classes,
+                "particles": exported.particles}
 
     def _apply_settings(self, values: Any) -> Settings:
         if values is None:
@@ -242,3 +365,11 @@ class Controller:
         if self._worker is not None:
             self._worker.join(timeout=30)
         self.session.close()
+
+
+def export_name(cycle: int) -> str:
+    return f"good_cycle_{cycle:03d}.star"
+
+
+def is_export_name(name: str) -> bool:
+    return re.fullmatch(r"good_cycle_\d{3,}\.star", name) is not None
