@@ -1,6 +1,8 @@
 """The page in a real headless Chromium: start a job, see classes, use the modal, go back in time,
-and two pages showing the same state."""
+two pages showing the same state, and choosing and exporting the good classes."""
 
+import json
+import re
 import shutil
 
 import pytest
@@ -75,7 +77,7 @@ def test_a_user_runs_a_job_and_browses_the_classes(server, pages):
     assert all(t.find_element(By.CSS_SELECTOR, ".count").text.isdigit() for t in tiles)
     wait(page, lambda d: d.find_element(By.ID, "status").text == "stopped")
 
-    tiles[0].click()
+    tiles[0].find_element(By.TAG_NAME, "img").click()  # the average opens the full size
     title = page.find_element(By.ID, "modal-title")
     assert page.find_element(By.ID, "modal").is_displayed() and "class 1:" in title.text
     page.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)
@@ -147,3 +149,109 @@ def test_a_page_started_without_a_folder_leads_to_update_warp_directory(tmp_path
         wait(page, lambda d: not missing.is_displayed(), timeout=30)
     finally:
         running.stop()
+
+
+@pytest.fixture
+def classified(tmp_path):
+    """A server over a session whose first job (cycles 1-3, scored) is done."""
+    controller = Controller(small_warp(tmp_path / "warp", particles=120), engine="builtin",
+                            settings=SMALL)
+    controller.session.run_job("abinit")
+    running = RunningServer(controller)
+    yield running
+    running.stop()
+
+
+def tile(driver, number):
+    return driver.find_element(By.CSS_SELECTOR, f".tile[data-class-number='{number}']")
+
+
+def marked(driver, number, value):
+    button = tile(driver, number).find_element(By.CSS_SELECTOR, f"button[data-mark={value}]")
+    return button.get_attribute("aria-pressed") == "true" and \
+        "marked" in button.get_attribute("class")
+
+
+def test_a_user_marks_classes_on_one_page_another_sees_it_and_exports(classified, pages):
+    session = classified.controller.session
+    counts = session.latest_scored()["class_counts"]
+    proposed = session.selection_summary()
+    page, watcher = pages(classified.url + "/"), pages(classified.url + "/")
+    for driver in (page, watcher):
+        wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".tile .reason")) == 3)
+    # Under every class: its resolution estimate, score and reason; said once what it is.
+    for number in (1, 2, 3):
+        shown = tile(page, number)
+        assert re.fullmatch(r"(≤ )?\d+\.\d Å|no estimate",
+                            shown.find_element(By.CSS_SELECTOR, ".resolution").text)
+        assert re.fullmatch(r"score [01]\.\d\d",
+                            shown.find_element(By.CSS_SELECTOR, ".score").text)
+        assert shown.find_element(By.CSS_SELECTOR, ".reason").text
+    assert "not a gold-standard resolution" in page.find_element(By.ID, "quality-help").text
+    selected = page.find_element(By.ID, "selected-particles")
+    assert selected.text == f"{proposed['particles']:,}"
+    assert page.find_elements(By.CSS_SELECTOR, "#good-plot polyline[data-series=good]")
+    assert page.find_elements(By.CSS_SELECTOR, "#plot polyline")
+
+    assert not page.find_element(By.ID, "selection-moves").is_displayed()
+
+    # As an ab initio restart leaves it: one mark moved to a new class, one dropped.
+    state = json.loads((session.output_dir / "selection.json").read_text())
+    state.update(carried=[[2, 3]], dropped=[1])
+    (session.output_dir / "selection.json").write_text(json.dumps(state))
+    # Junk on one page: both pages show the mark and the smaller selection.
+    tile(page, 1).find_element(By.CSS_SELECTOR, "button[data-mark=junk]").click()
+    without_1 = sum(counts[k - 1] for k in proposed["classes"] if k != 1)
+    for driver in (page, watcher):
+        wait(driver, lambda d: marked(d, 1, "junk") and
+             d.find_element(By.ID, "selected-particles").text == f"{without_1:,}", 20)
+        assert tile(driver, 1).get_attribute("data-selected") == "false"
+        assert "1 marked by hand" in driver.find_element(By.ID, "selection-detail").text
+        moves = driver.find_element(By.ID, "selection-moves").text
+        assert "class 2 → 3" in moves and "dropped" in moves and "class 1." in moves
+    # A second click (here on the other page) goes back to the proposal.
+    tile(watcher, 1).find_element(By.CSS_SELECTOR, "button[data-mark=junk]").click()
+    wait(page, lambda d: not marked(d, 1, "junk") and
+         d.find_element(By.ID, "selected-particles").text == f"{proposed['particles']:,}", 20)
+
+    # The full-size view has the same toggle (G and J keys too); the average still opens it.
+    tile(page, 2).find_element(By.TAG_NAME, "img").click()
+    assert "Å" in page.find_element(By.ID, "modal-quality").text
+    page.find_element(By.CSS_SELECTOR, "#modal-mark button[data-mark=junk]").click()
+    wait(watcher, lambda d: marked(d, 2, "junk"), 20)
+    page.find_element(By.TAG_NAME, "body").send_keys("g")
+    wait(watcher, lambda d: marked(d, 2, "good"), 20)
+    good = page.find_element(By.CSS_SELECTOR, "#modal-mark button[data-mark=good]")
+    wait(page, lambda d: good.get_attribute("aria-pressed") == "true", 20)
+    page.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+
+    # Export: a link to the star in the output folder, on every page, that downloads.
+    page.find_element(By.ID, "export").click()
+    for driver in (page, watcher):
+        link = driver.find_element(By.ID, "export-link")
+        wait(driver, lambda d, link=link: (link.get_attribute("href") or "").endswith(
+            "/files/exports/good_cycle_003.star"), 30)
+        assert link.get_attribute("download") == "good_cycle_003.star"
+    assert "exported" in page.find_element(By.ID, "export-status").text
+    text = page.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(document.getElementById('export-link').href).then(r => r.text()).then(done);")
+    assert "data_optics" in text and "data_particles" in text
+    assert text == (session.output_dir / "exports" / "good_cycle_003.star").read_text()
+
+    # Nothing selected: the export is refused and the page says why.
+    for number in (1, 2, 3):
+        tile(page, number).find_element(By.CSS_SELECTOR, "button[data-mark=junk]").click()
+        wait(page, lambda d, n=number: marked(d, n, "junk"), 20)
+    wait(page, lambda d: d.find_element(By.ID, "selected-particles").text == "0")
+    page.find_element(By.ID, "export").click()
+    error = page.find_element(By.ID, "error")
+    wait(page, lambda d: error.is_displayed() and "is selected" in error.text, 30)
+    assert page.find_element(By.ID, "export").is_enabled()
+
+    # An earlier cycle shows what its scores proposed; marks are made on the latest one.
+    page.find_element(By.ID, "cycle-prev").click()
+    wait(page, lambda d: d.find_element(By.ID, "cycle-meta").text.startswith("Cycle 2"))
+    wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".tile .reason")) == 3 and
+         all(t.text for t in d.find_elements(By.CSS_SELECTOR, ".tile .reason")))
+    assert not tile(page, 1).find_element(By.CSS_SELECTOR, "button[data-mark=good]").is_enabled()

@@ -6,6 +6,8 @@ const $ = (id) => document.getElementById(id);
 const page = {
   state: null, socket: null, cycle: null, follow: true, staged: {}, modalIndex: null,
   log: [], order: [],
+  tables: {}, tablesFor: null, fetching: new Set(),  // class tables by cycle number
+  exporting: false,
 };
 
 function connect() {
@@ -15,6 +17,7 @@ function connect() {
   socket.onopen = () => { $("connection").textContent = "connected"; };
   socket.onclose = () => {
     $("connection").textContent = "disconnected: reconnecting…";
+    if (page.exporting) exportDone("");
     setTimeout(connect, 2000);
   };
   socket.onmessage = (event) => receive(JSON.parse(event.data));
@@ -31,6 +34,11 @@ function send(message) {
 function receive(message) {
   if (message.type === "state") {
     if (message.log) page.log = message.log.slice(-1000);
+    if (message.output_dir !== page.tablesFor) {  // another folder: its own cycle numbers
+      page.tables = {};
+      page.tablesFor = message.output_dir;
+    }
+    Object.assign(page.tables, message.class_tables || {});
     page.state = message;
     render();
   } else if (message.type === "log") {
@@ -41,8 +49,12 @@ function receive(message) {
     renderProgress(message.progress);
   } else if (message.type === "error") {
     showError(message.message);
+    if (page.exporting) exportDone(message.message);
   } else if (message.type === "ok") {
     hideError();
+  } else if (message.type === "exported") {
+    hideError();
+    exportDone(`${message.message}.`);
   }
 }
 
@@ -64,6 +76,7 @@ function render() {
   renderSettings();
   renderProgress(s.progress);
   renderCycles();
+  renderSelection();
   renderLog();
 }
 
@@ -186,6 +199,7 @@ function renderCycles() {
   $("cycle-slider").max = String(Math.max(cycles.length - 1, 0));
   showCycle();
   renderPlot();
+  renderGoodPlot();
 }
 
 function setCycle(index) {
@@ -222,28 +236,236 @@ function showCycle() {
   const counts = c.class_counts.length ? c.class_counts : [];
   page.order = counts.map((_, k) => k);
   if ($("sort-count").checked) page.order.sort((a, b) => counts[b] - counts[a] || a - b);
-  gallery.replaceChildren(...page.order.map((k, position) => {
-    const tile = document.createElement("button");
-    tile.className = "tile";
-    tile.type = "button";
-    tile.dataset.classNumber = String(k + 1);
-    const image = document.createElement("img");
-    image.src = `/files/${c.thumbnails}/class_${String(k + 1).padStart(3, "0")}.png`;
-    image.alt = `class ${k + 1}`;
-    image.loading = "lazy";
-    const caption = document.createElement("span");
-    caption.className = "caption";
-    const name = document.createElement("span");
-    name.textContent = `class ${k + 1}`;
-    const count = document.createElement("span");
-    count.className = "count";
-    count.textContent = counts[k].toLocaleString();
-    caption.append(name, count);
-    tile.append(image, caption);
-    tile.addEventListener("click", () => openModal(position));
-    return tile;
-  }));
+  needTable(c);
+  // The same cycle in the same order keeps its tiles (no images reloaded): only what they
+  // say changes, e.g. a mark made on another page.
+  const key = `${page.tablesFor}|${c.number}|${c.thumbnails}|${page.order.join(",")}`;
+  if (gallery.dataset.key !== key) {
+    gallery.replaceChildren(...page.order.map((k, position) => makeTile(c, k, position)));
+    gallery.dataset.key = key;
+  }
+  for (const tile of gallery.children) fillTile(tile, c, Number(tile.dataset.classNumber) - 1);
   if (page.modalIndex !== null) openModal(page.modalIndex);
+}
+
+function thumbnail(c, k) {
+  return `/files/${c.thumbnails}/class_${String(k + 1).padStart(3, "0")}.png`;
+}
+
+function makeTile(c, k, position) {
+  const tile = document.createElement("div");
+  tile.className = "tile";
+  tile.dataset.classNumber = String(k + 1);
+  const open = document.createElement("button");
+  open.type = "button";
+  open.className = "tile-image";
+  open.title = "full size";
+  const image = document.createElement("img");
+  image.src = thumbnail(c, k);
+  image.alt = `class ${k + 1}`;
+  image.loading = "lazy";
+  open.append(image);
+  open.addEventListener("click", () => openModal(position));
+  const caption = document.createElement("span");
+  caption.className = "caption";
+  const name = document.createElement("span");
+  name.textContent = `class ${k + 1}`;
+  const count = document.createElement("span");
+  count.className = "count";
+  caption.append(name, count);
+  const quality = document.createElement("span");
+  quality.className = "quality";
+  const resolution = document.createElement("span");
+  resolution.className = "resolution";
+  const score = document.createElement("span");
+  score.className = "score";
+  quality.append(resolution, score);
+  const reason = document.createElement("span");
+  reason.className = "reason";
+  tile.append(open, caption, quality, reason, markButtons(() => k));
+  return tile;
+}
+
+function fillTile(tile, c, k) {
+  tile.querySelector(".count").textContent = c.class_counts[k].toLocaleString();
+  const q = classQuality(c, k);
+  const quality = tile.querySelector(".quality");
+  const reason = tile.querySelector(".reason");
+  const marks = tile.querySelector(".mark");
+  quality.hidden = reason.hidden = marks.hidden = !q;
+  if (!q) { delete tile.dataset.selected; return; }
+  tile.querySelector(".resolution").textContent = q.resolution;
+  tile.querySelector(".score").textContent = q.score;
+  reason.textContent = q.reason;
+  quality.title = reason.title = q.reason;
+  tile.dataset.selected = String(markState(c, k).selected);
+  fillMarks(marks, c, k);
+}
+
+// ------------------------------------------------------------------------------ class quality
+// Each cycle's record has the resolutions and scores; its class table (cycle_NNN_classes.json)
+// adds the reasons and whether the estimate reached the box's limit. The server sends the
+// latest cycle's; earlier ones are fetched once when shown.
+function needTable(c) {
+  if (!c.class_table || c.number in page.tables || page.fetching.has(c.number)) return;
+  const folder = page.tablesFor;
+  page.fetching.add(c.number);
+  fetch(`/files/${c.class_table}`, { credentials: "same-origin" })
+    .then((response) => (response.ok ? response.json() : null))
+    .catch(() => null)
+    .then((table) => {
+      page.fetching.delete(c.number);
+      if (folder !== page.tablesFor) return;
+      page.tables[c.number] = Array.isArray(table) ? table : null;  // null: the record only
+      const shown = history()[page.cycle];
+      if (shown && shown.number === c.number) showCycle();
+    });
+}
+
+function formatResolution(resolution, atLimit) {
+  if (resolution === null || resolution === undefined) return "no estimate";
+  return `${atLimit ? "≤ " : ""}${resolution.toFixed(1)} Å`;
+}
+
+function classQuality(c, k) {
+  const scores = c.class_score || [];
+  if (scores[k] === undefined) return null;  // the start cycle, or a session from before
+  const table = page.tables[c.number];
+  const row = table ? table.find((r) => r.number === k + 1) : null;
+  const resolution = row ? row.resolution : (c.class_resolution || [])[k];
+  return {
+    resolution: formatResolution(resolution, row ? row.at_limit : false),
+    score: `score ${(row ? row.score : scores[k]).toFixed(2)}`,
+    reason: row ? row.reason : "",
+  };
+}
+
+// ------------------------------------------------------------------------------ selection
+// The session's selection (the proposal with the marks over it) is for its latest scored
+// cycle; earlier cycles show what their scores proposed, without marks.
+function markState(c, k) {
+  const selection = page.state.selection;
+  const number = k + 1;
+  if (selection && selection.cycle === c.number) {
+    return {
+      mark: selection.marks[String(number)] || null,
+      proposed: selection.proposed.includes(number),
+      selected: selection.classes.includes(number),
+      editable: true,
+    };
+  }
+  const proposed = (c.class_score || [])[k] >= page.state.good_score;
+  return { mark: null, proposed, selected: proposed, editable: false };
+}
+
+function markButtons(classIndex) {
+  const box = document.createElement("span");
+  box.className = "mark";
+  box.setAttribute("role", "group");
+  box.setAttribute("aria-label", "mark this class");
+  for (const [value, text] of [["good", "✓ good"], ["junk", "✗ junk"]]) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.mark = value;
+    button.textContent = text;
+    button.addEventListener("click", () => toggleMark(classIndex(), value));
+    box.append(button);
+  }
+  return box;
+}
+
+function fillMarks(box, c, k) {
+  const m = markState(c, k);
+  const latest = page.state.selection ? page.state.selection.cycle : null;
+  for (const button of box.querySelectorAll("button")) {
+    const value = button.dataset.mark;
+    const marked = m.mark === value;
+    const proposed = !m.mark && (value === "good") === m.proposed;
+    button.classList.toggle("marked", marked);
+    button.classList.toggle("proposed", proposed);
+    button.setAttribute("aria-pressed", String(marked));
+    button.disabled = !m.editable;
+    if (!m.editable) {
+      button.title = `marks are made on the latest cycle (${latest})`;
+    } else if (marked) {
+      button.title = `marked ${value}: click to go back to the proposal ` +
+        `(${m.proposed ? "good" : "junk"})`;
+    } else {
+      button.title = `mark class ${k + 1} ${value}` +
+        (proposed ? " (proposed already: a mark keeps it so in later cycles)" : "");
+    }
+  }
+}
+
+function toggleMark(k, value) {
+  const c = history()[page.cycle];
+  const selection = page.state && page.state.selection;
+  if (!c || !selection || selection.cycle !== c.number) return;
+  const current = selection.marks[String(k + 1)] || null;
+  send({ command: "mark", cycle: c.number,
+    classes: { [String(k + 1)]: current === value ? null : value } });
+}
+
+function renderSelection() {
+  const selection = page.state.selection;
+  $("selection").hidden = !selection || selection.cycle === null;
+  if ($("selection").hidden) return;
+  const c = history().find((r) => r.number === selection.cycle);
+  const classified = c ? c.class_counts.reduce((a, b) => a + b, 0) : 0;
+  const n = selection.classes.length;
+  $("selected-particles").textContent = selection.particles.toLocaleString();
+  $("selected-classes").textContent =
+    `${n} class${n === 1 ? "" : "es"}` + (n ? ` (${selection.classes.join(", ")})` : "");
+  const marked = Object.keys(selection.marks).length;
+  $("selection-detail").textContent =
+    `of ${classified.toLocaleString()} in cycle ${selection.cycle}'s classes · ` +
+    (marked ? `${marked} marked by hand, the rest as proposed`
+      : `as proposed (score ${page.state.good_score} or more)`);
+  const moves = [];
+  if (selection.carried.length) {
+    moves.push("After the ab initio restart, marks moved to the most similar new classes: " +
+      selection.carried.map(([from, to]) => `class ${from} → ${to}`).join(", ") + ".");
+  }
+  if (selection.dropped.length) {
+    moves.push(`Marks dropped (no similar new class, or the class was emptied and re-seeded): ` +
+      selection.dropped.map((k) => `class ${k}`).join(", ") + ".");
+  }
+  $("selection-moves").textContent = moves.join(" ");
+  $("selection-moves").hidden = !moves.length;
+  $("export").disabled = page.exporting;
+  const last = selection.exports[selection.exports.length - 1];
+  $("export-last").hidden = !last;
+  if (last) {
+    const link = $("export-link");
+    const name = last.file.split("/").pop();
+    if (last.download) {
+      link.href = `/files/${last.download}`;
+      link.download = name;
+      link.removeAttribute("aria-disabled");
+    } else {  // written elsewhere (live2d export --to): not the server's to serve
+      link.removeAttribute("href");
+      link.setAttribute("aria-disabled", "true");
+    }
+    link.textContent = last.download ? name : last.file;
+    const when = new Date(last.time * 1000).toLocaleTimeString();
+    $("export-what").textContent = `(${last.particles.toLocaleString()} particles of classes ` +
+      `${last.classes.join(", ")}, cycle ${last.cycle}, ${when})`;
+  }
+}
+
+function exportSelected() {
+  if (page.exporting) return;
+  page.exporting = true;
+  $("export").disabled = true;
+  $("export-status").textContent = "writing the star file…";
+  send({ command: "export" });
+  if (!page.socket || page.socket.readyState !== WebSocket.OPEN) exportDone("");
+}
+
+function exportDone(text) {
+  page.exporting = false;
+  $("export").disabled = false;
+  $("export-status").textContent = text;
 }
 
 function openModal(position) {
@@ -251,11 +473,21 @@ function openModal(position) {
   if (!c || !page.order.length) return;
   page.modalIndex = (position + page.order.length) % page.order.length;
   const k = page.order[page.modalIndex];
-  $("modal-image").src = `/files/${c.thumbnails}/class_${String(k + 1).padStart(3, "0")}.png`;
+  const src = thumbnail(c, k);
+  if ($("modal-image").getAttribute("src") !== src) $("modal-image").src = src;
   $("modal-title").textContent =
     `Cycle ${c.number}, class ${k + 1}: ${c.class_counts[k].toLocaleString()} particles`;
+  const q = classQuality(c, k);
+  $("modal-quality").hidden = $("modal-mark").hidden = !q;
+  if (q) {
+    $("modal-quality").textContent =
+      `${q.resolution} · ${q.score}` + (q.reason ? ` · ${q.reason}` : "");
+    fillMarks($("modal-mark"), c, k);
+  }
   $("modal").hidden = false;
 }
+
+function modalClass() { return page.modalIndex === null ? null : page.order[page.modalIndex]; }
 
 function closeModal() { page.modalIndex = null; $("modal").hidden = true; }
 
@@ -302,6 +534,52 @@ function renderPlot() {
   }
 }
 
+// Particles in the selected classes against particles imported, cycle by cycle: enough yet?
+function renderGoodPlot() {
+  const svg = $("good-plot");
+  const ns = "http://www.w3.org/2000/svg";
+  svg.replaceChildren();
+  const selection = page.state.selection;
+  const points = selection ? selection.history : [];
+  if (!points.length) return;
+  const width = 600, height = 220, left = 40, right = 40, top = 24, bottom = 25;
+  const largest = Math.max(1, ...points.map((p) => p.imported));
+  const x = (i) => left + (points.length === 1 ? 0.5 : i / (points.length - 1)) * (width - left - right);
+  const y = (n) => top + (1 - n / largest) * (height - top - bottom);
+  const series = [["imported", "#98a2b3"], ["good", "#027a48"]];
+  for (const [name, colour] of series) {
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", points.map((p, i) => `${x(i)},${y(p[name])}`).join(" "));
+    line.setAttribute("fill", "none");
+    line.setAttribute("stroke", colour);
+    line.setAttribute("stroke-width", "2");
+    line.dataset.series = name;
+    svg.append(line);
+    const end = document.createElementNS(ns, "circle");  // the latest cycle (or the only one)
+    end.setAttribute("cx", x(points.length - 1));
+    end.setAttribute("cy", y(points[points.length - 1][name]));
+    end.setAttribute("r", "3");
+    end.setAttribute("fill", colour);
+    svg.append(end);
+  }
+  const last = points[points.length - 1];
+  const labels = [[4, 14, `${largest.toLocaleString()} particles`, "start", "#1d2430"],
+    [4, height - 8, `cycle ${points[0].cycle}`, "start", "#1d2430"],
+    [width - 4, height - 8, `cycle ${last.cycle}`, "end", "#1d2430"],
+    [width - 4, 14, `— imported ${last.imported.toLocaleString()}`, "end", "#667085"],
+    [width - 150, 14, `— good ${last.good.toLocaleString()}`, "end", "#027a48"]];
+  for (const [lx, ly, text, anchor, colour] of labels) {
+    const label = document.createElementNS(ns, "text");
+    label.setAttribute("x", lx);
+    label.setAttribute("y", ly);
+    label.setAttribute("text-anchor", anchor);
+    label.setAttribute("font-size", "11");
+    label.setAttribute("fill", colour);
+    label.textContent = text;
+    svg.append(label);
+  }
+}
+
 function renderLog() {
   const box = $("log");
   const atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
@@ -331,6 +609,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("cycle-slider").addEventListener("input", (e) => setCycle(Number(e.target.value)));
   $("sort-count").addEventListener("change", showCycle);
   $("modal-close").addEventListener("click", closeModal);
+  for (const button of $("modal-mark").querySelectorAll("button")) {
+    button.addEventListener("click", () => {
+      if (modalClass() !== null) toggleMark(modalClass(), button.dataset.mark);
+    });
+  }
+  $("export").addEventListener("click", exportSelected);
   $("modal").addEventListener("click", (e) => { if (e.target === $("modal")) closeModal(); });
   $("change-warp").addEventListener("click", () => {
     const s = page.state;
@@ -349,6 +633,10 @@ document.addEventListener("DOMContentLoaded", () => {
     if (e.key === "ArrowRight") openModal(page.modalIndex + 1);
     else if (e.key === "ArrowLeft") openModal(page.modalIndex - 1);
     else if (e.key === "Escape") closeModal();
+    else if ((e.key === "g" || e.key === "j") && !$("modal-mark").hidden &&
+             !$("modal-mark").querySelector("button").disabled) {
+      toggleMark(modalClass(), e.key === "g" ? "good" : "junk");
+    }
   });
   connect();
 });
