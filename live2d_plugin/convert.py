@@ -5,6 +5,7 @@
   ``allparticles_<model>.star`` that only ever grows), so the classification protocol feeds its
   input to an unmodified :class:`live2d.session.Session` through the core's own importer.
 * A cycle's star row -> a 2D alignment ``Transform``.
+* A cycle's class table (resolution estimate, score, reason) -> attributes of its ``Class2D``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import mrcfile
 import numpy as np
 import pandas as pd
 from pwem.objects import Acquisition, CTFModel, Particle, Transform
-from pyworkflow.object import String
+from pyworkflow.object import Boolean, Float, String
 
 from live2d import simulate, warp
 
@@ -31,6 +32,15 @@ EXPORT_STAR_LABELS = (
 )
 # Attribute of the imported particles: "white" or "black" protein (the import's contrast).
 CONTRAST_ATTRIBUTE = "_live2dContrast"
+# Attributes of every class of outputClasses, from the cycle's class table
+# (live2d.class_quality): the half-set resolution estimate in Å (at or better than it when
+# _live2dAtLimit; None for a class of fewer than 2 particles), the good/junk score (0..1), the
+# reason for it, and whether the class is in the selection that outputParticles holds.
+RESOLUTION_ATTRIBUTE = "_live2dResolution"
+AT_LIMIT_ATTRIBUTE = "_live2dAtLimit"
+SCORE_ATTRIBUTE = "_live2dScore"
+REASON_ATTRIBUTE = "_live2dReason"
+SELECTED_ATTRIBUTE = "_live2dSelected"
 
 
 # ------------------------------------------------------------------------ import: store -> set
@@ -234,6 +244,21 @@ def alignment_2d(psi: float, shift_x: float, shift_y: float, pixel_size: float) 
     transform = Transform()
     transform.setMatrix(matrix)
     return transform
+
+
+def set_class_quality(class_item, row: dict | None, selected: bool) -> None:
+    """Give a ``Class2D`` its resolution estimate, score, reason and selection. Every class gets
+    every attribute (None where the table has no value): a flat sqlite takes its columns from
+    the first class it stores."""
+    row = row or {}
+    resolution = row.get("resolution")
+    score = row.get("score")
+    setattr(class_item, RESOLUTION_ATTRIBUTE,
+            Float(None if resolution is None else float(resolution)))
+    setattr(class_item, AT_LIMIT_ATTRIBUTE, Boolean(bool(row.get("at_limit", False))))
+    setattr(class_item, SCORE_ATTRIBUTE, Float(None if score is None else float(score)))
+    setattr(class_item, REASON_ATTRIBUTE, String(str(row.get("reason", ""))))
+    setattr(class_item, SELECTED_ATTRIBUTE, Boolean(bool(selected)))
 
 
 def cycle_assignments(star: pd.DataFrame, store_table: pd.DataFrame,

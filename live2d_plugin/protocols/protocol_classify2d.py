@@ -3,12 +3,14 @@
 The protocol is an adapter: it appends the input set's new particles to a folder laid out as
 Warp's (see :class:`live2d_plugin.convert.WarpExport`), lets an unmodified
 :class:`live2d.session.Session` import them and run its jobs, and turns every finished cycle
-into ``outputClasses`` and ``outputAverages``.
+into ``outputClasses`` (each class with its resolution estimate and score), ``outputAverages``
+and ``outputParticles`` (the particles of the selected classes, see :mod:`live2d.selection`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import logging
 import os
@@ -23,7 +25,7 @@ import pyworkflow.protocol.params as params
 from pwem.objects import Particle, SetOfAverages, SetOfClasses2D, SetOfParticles
 from pwem.protocols import ProtClassify2D
 from pyworkflow import BETA
-from pyworkflow.object import Integer, Set
+from pyworkflow.object import Integer, Set, String
 
 from live2d import cistem_star, warp
 from live2d.executors import Executor, LocalExecutor, make_executor
@@ -43,7 +45,9 @@ from live2d_plugin.convert import (
     mrc_box,
     particle_contrast,
     scipion_stack,
+    set_class_quality,
 )
+from live2d_plugin.quality import cycle_selection, read_class_table
 
 DASK_ADDRESS = re.compile(r"^((tcp|tls|ucx)://)?[\w.\-\[\]:]+:\d+$")
 # Form parameter -> Settings field; labels, defaults, ranges, levels and help come from Settings.
@@ -110,21 +114,28 @@ class ProtLive2DClassify2D(ProtClassify2D):
     refinement) and the built-in engine or cisTEM.
 
     A job starts once enough particles arrived, the next one after enough new ones; after every
-    cycle outputClasses and outputAverages are replaced by the latest classes. Every cycle's
-    averages stay on disk: the viewer shows any of them and how classes evolved. Right click >
-    STOP STREAMING stops after the current cycle; Continue resumes.
+    cycle outputClasses and outputAverages are replaced by the latest classes, each class with
+    its resolution estimate, good/junk score and the reason for it, and outputParticles by the
+    particles of the classes selected (those scored good, or marked so in Live2D's page), with
+    their 2D alignment: later protocols can take the good particles while collection goes on.
+    Another choice of classes is made with Scipion's subset tools on outputClasses. Every
+    cycle's averages stay on disk: the viewer shows any of them and how classes evolved. Right
+    click > STOP STREAMING stops after the current cycle; Continue resumes.
     """
 
     _label = "live 2D classification"
     _devStatus = BETA
     _possibleOutputs: ClassVar[dict] = {"outputClasses": SetOfClasses2D,
-                                        "outputAverages": SetOfAverages}
+                                        "outputAverages": SetOfAverages,
+                                        "outputParticles": SetOfParticles}
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.publishedCycle = Integer()
         self.publishedParticles = Integer()
         self.publishedClassified = Integer()
+        self.publishedSelected = Integer()  # particles in outputParticles
+        self.publishedSelection = String()  # its classes, "1,4,7"
         self.exportedParticles = Integer()
 
     # ------------------------------------------------------------------------------ form
@@ -409,6 +420,11 @@ class ProtLive2DClassify2D(ProtClassify2D):
         pixel_size = float(star["PSIZE"].iloc[0]) if len(star) else \
             self.inputParticles.get().getSamplingRate()
         suffix = f"_cycle{record.number:03d}"
+        quality = read_class_table(output_dir / record.class_table if record.class_table
+                                   else None)
+        # The selection everywhere: the proposal of the cycle's scores with the marks made in
+        # Live2D's page (selection.json) over it.
+        chosen = cycle_selection(output_dir, dataclasses.asdict(record))
 
         averages = self._createSetOfAverages(suffix)
         averages.copyInfo(self.inputParticles.get())
@@ -421,6 +437,11 @@ class ProtLive2DClassify2D(ProtClassify2D):
                 averages.append(average)
 
         classes = self._createSetOfClasses2D(self.inputParticles, suffix)
+        # Not an append-only stream: a cycle can move any particle in or out of the selection,
+        # so every cycle has a set of its own, published under the same name as the classes.
+        particles = self._createSetOfParticles(suffix)
+        particles.copyInfo(self.inputParticles.get())
+        particles.setAlignment2D()
 
         def update_item(item, _row) -> None:
             values = assignments.loc[item.getObjId()] if item.getObjId() in assignments.index \
@@ -428,15 +449,20 @@ class ProtLive2DClassify2D(ProtClassify2D):
             if values is None:
                 item._appendItem = False
                 return
-            item.setClassId(int(values["cls"]))
+            number = int(values["cls"])
+            item.setClassId(number)
             item.setTransform(alignment_2d(values["psi"], values["shx"], values["shy"],
                                            pixel_size))
+            if number in chosen:
+                particles.append(item.clone())  # same id, CTF and alignment as the member
 
         def update_class(class_item) -> None:
             representative = class_item.getRepresentative()
             representative.setLocation(class_item.getObjId(), classes_mrc)
             representative.setSamplingRate(pixel_size)
             class_item.setAlignment2D()
+            set_class_quality(class_item, quality.get(class_item.getObjId()),
+                              class_item.getObjId() in chosen)
 
         last_id = int(assignments.index.max()) if len(assignments) else 0
         with _quietFirstDimensions():
@@ -444,19 +470,34 @@ class ProtLive2DClassify2D(ProtClassify2D):
                                   updateClassCallback=update_class,
                                   iterParams={"where": f"id <= {last_id}"})
         first = not self.hasAttribute("outputClasses")
+        # A run resumed from a version without outputParticles has classes already.
+        first_particles = not self.hasAttribute("outputParticles")
+        selected_count = particles.getSize()
         self._updateOutputSet("outputAverages", averages, Set.STREAM_OPEN)
         self._updateOutputSet("outputClasses", classes, Set.STREAM_OPEN)
+        self._updateOutputSet("outputParticles", particles, Set.STREAM_OPEN)
         if first:
             self._defineSourceRelation(self.inputParticles, classes)
             self._defineSourceRelation(self.inputParticles, averages)
+        if first_particles:
+            self._defineSourceRelation(self.inputParticles, particles)
         self.publishedCycle.set(record.number)
         self.publishedParticles.set(record.particles)
         self.publishedClassified.set(len(assignments))
-        self._store(self.publishedCycle, self.publishedParticles, self.publishedClassified)
+        self.publishedSelected.set(selected_count)
+        self.publishedSelection.set(",".join(str(n) for n in sorted(chosen)))
+        self._store(self.publishedCycle, self.publishedParticles, self.publishedClassified,
+                    self.publishedSelected, self.publishedSelection)
         self._dropOldCycleSets()
         self.info(f"outputClasses: cycle {record.number}, {len(assignments)} of "
                   f"{record.particles} particles classified into "
                   f"{sum(1 for c in record.class_counts if c)} classes")
+        self.info(f"outputParticles: cycle {record.number}, {selected_count} particles of the "
+                  f"selected classes {self._selectionText(chosen)}")
+
+    @staticmethod
+    def _selectionText(classes) -> str:
+        return ", ".join(str(n) for n in sorted(classes)) if classes else "(none)"
 
     def _closeOutputs(self) -> None:
         """The run ends (input classified, or stopped): consumers see the outputs are final."""
@@ -473,7 +514,8 @@ class ProtLive2DClassify2D(ProtClassify2D):
                 self._updateOutputSet(name, fresh, Set.STREAM_CLOSED)
 
     def _dropOldCycleSets(self) -> None:
-        for pattern in ("classes2D_cycle*.sqlite", "averages_cycle*.sqlite"):
+        for pattern in ("classes2D_cycle*.sqlite", "averages_cycle*.sqlite",
+                        "particles_cycle*.sqlite"):
             for path in sorted(glob.glob(self._getPath(pattern)))[:-CYCLE_SETS_KEPT]:
                 os.remove(path)
 
@@ -558,6 +600,11 @@ class ProtLive2DClassify2D(ProtClassify2D):
                              f"{record.block} cycle {record.block_cycle}, "
                              f"high-res limit {record.high_res:.1f} Å, "
                              f"engine: {engine_text(record.engine)}.")
+            if self.hasAttribute("outputParticles") and self.publishedSelected.get() is not None:
+                chosen = [int(n) for n in (self.publishedSelection.get() or "").split(",") if n]
+                lines.append(f"outputParticles: the {self.publishedSelected.get()} particles "
+                             f"of the selected classes {self._selectionText(chosen)} (scored "
+                             "good, or marked in Live2D's page), with their 2D alignment.")
             newer = exported - (self.publishedParticles.get() or 0)
             if newer > 0:
                 lines.append(f"{newer} input particles arrived since and join the next job.")

@@ -1,5 +1,6 @@
 """ProtLive2DClassify2D: the built-in engine on a growing set, and the cisTEM path with the
-stand-in programs of tests/cistem_standin."""
+stand-in programs of tests/cistem_standin; outputParticles (the selected classes' particles) and
+the quality of every class, and a later protocol taking those particles."""
 
 from __future__ import annotations
 
@@ -12,10 +13,19 @@ import mrcfile
 import numpy as np
 import pytest
 from plugin_test_helpers import BOX, PIXEL_SIZE, ProjectTestCase, output_size, simulate_warp
-from pwem.objects import SetOfClasses2D
+from pwem.objects import SetOfClasses2D, SetOfParticles
+from pwem.protocols import ProtSplitSet
 from pyworkflow.protocol.constants import MODE_RESUME
 
+from live2d.selection import SelectionState, mark, selected, selected_particles
 from live2d.session import Session
+from live2d_plugin.convert import (
+    AT_LIMIT_ATTRIBUTE,
+    REASON_ATTRIBUTE,
+    RESOLUTION_ATTRIBUTE,
+    SCORE_ATTRIBUTE,
+    SELECTED_ATTRIBUTE,
+)
 from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp
 
 STANDIN_PARENT = Path(__file__).resolve().parents[2] / "tests"
@@ -38,6 +48,16 @@ def session_state(prot) -> dict:
 
 def history_of(prot) -> list[dict]:
     return session_state(prot).get("history", [])
+
+
+def class_members(prot) -> dict[int, dict[int, np.ndarray]]:
+    """class id -> {particle id: 2D alignment matrix} of a protocol's outputClasses."""
+    classes = classes_of(prot)
+    try:
+        return {c.getObjId(): {p.getObjId(): p.getTransform().getMatrix().copy() for p in c}
+                for c in classes.iterItems()}
+    finally:
+        classes.close()
 
 
 class TestClassify(ProjectTestCase):
@@ -70,6 +90,105 @@ class TestClassify(ProjectTestCase):
             classes.close()
         averages = prot.outputAverages
         self.assertAlmostEqual(averages.getSamplingRate(), PIXEL_SIZE, places=4)
+        self.check_class_quality(prot, cycle)
+        self.check_selected_particles(prot, cycle)
+
+    def check_class_quality(self, prot, cycle: int) -> None:
+        """Every class carries the resolution estimate, score and reason of the cycle's class
+        table, and whether it is selected."""
+        record = next(r for r in history_of(prot) if r["number"] == cycle)
+        table = json.loads(Path(prot._getExtraPath("live2d", record["class_table"]))
+                           .read_text())
+        rows = {row["number"]: row for row in table}
+        chosen = selected(record, SelectionState.load(Path(prot._getExtraPath("live2d"))))
+        classes = classes_of(prot)
+        try:
+            seen = 0
+            for class_item in classes.iterItems():
+                row = rows[class_item.getObjId()]
+                resolution = getattr(class_item, RESOLUTION_ATTRIBUTE).get()
+                if row["resolution"] is None:
+                    self.assertIsNone(resolution)
+                else:
+                    self.assertAlmostEqual(resolution, row["resolution"], places=3)
+                    self.assertGreater(resolution, 0)
+                self.assertEqual(getattr(class_item, AT_LIMIT_ATTRIBUTE).get(), row["at_limit"])
+                score = getattr(class_item, SCORE_ATTRIBUTE).get()
+                self.assertAlmostEqual(score, row["score"], places=3)
+                self.assertTrue(0.0 <= score <= 1.0)
+                self.assertEqual(getattr(class_item, REASON_ATTRIBUTE).get(), row["reason"])
+                self.assertTrue(row["reason"])
+                self.assertEqual(getattr(class_item, SELECTED_ATTRIBUTE).get(),
+                                 class_item.getObjId() in chosen)
+                seen += 1
+            self.assertEqual(seen, sum(1 for c in record["class_counts"] if c))
+        finally:
+            classes.close()
+
+    def check_selected_particles(self, prot, cycle: int) -> None:
+        """outputParticles are the members of the selected classes of the cycle, as
+        live2d.selection counts them from the session files, each with its alignment."""
+        session_dir = Path(prot._getExtraPath("live2d"))
+        record = next(r for r in history_of(prot) if r["number"] == cycle)
+        chosen = selected(record, SelectionState.load(session_dir))
+        expected = selected_particles(record, chosen)
+        self.assertEqual(prot.publishedSelected.get(), expected)
+        self.assertEqual(output_size(prot, "outputClasses")[1],
+                         output_size(prot, "outputParticles")[1])  # replaced, closed together
+        self.assertTrue(prot.outputParticles.hasAlignment2D())
+        members = class_members(prot)
+        wanted = {pid: matrix for number in chosen for pid, matrix in members[number].items()}
+        particles = SetOfParticles(filename=prot.outputParticles.getFileName())
+        particles.loadAllProperties()
+        try:
+            self.assertEqual(particles.getSize(), expected)
+            self.assertTrue(particles.hasAlignment2D())
+            self.assertAlmostEqual(particles.getSamplingRate(), PIXEL_SIZE, places=4)
+            got = {}
+            for particle in particles:
+                self.assertTrue(particle.hasCTF())
+                self.assertIn(particle.getClassId(), chosen)
+                got[particle.getObjId()] = particle.getTransform().getMatrix().copy()
+        finally:
+            particles.close()
+        self.assertEqual(set(got), set(wanted))  # same ids as the members of those classes
+        for pid, matrix in got.items():
+            np.testing.assert_allclose(matrix, wanted[pid], atol=1e-6)
+        summary = "\n".join(prot.summary())
+        self.assertIn(f"outputParticles: the {expected} particles", summary)
+
+    def check_downstream(self, classify) -> None:
+        """pwem's "split sets" on outputParticles: both halves together are the selected
+        particles, with their alignment."""
+        self.proj.getRuns(refresh=True)
+        particles = self.proj.getProtocol(classify.getObjId()).outputParticles
+        expected = classify.publishedSelected.get()
+        self.assertGreaterEqual(expected, 2, "the simulated particles make no good class")
+        split = self.new(ProtSplitSet, label="split the good particles", numberOfSets=2)
+        split.inputSet.set(classify)
+        split.inputSet.setExtended("outputParticles")
+        self.assertEqual(split.validate(), [])
+        self.proj.launchProtocol(split, wait=True)
+        done = self.load(split)
+        self.assertTrue(done.isFinished(), f"{done.getErrorMessage()}\n{self.log_tail(split)}")
+        halves = []
+        for name in ("outputParticles01", "outputParticles02"):
+            half = SetOfParticles(filename=getattr(done, name).getFileName())
+            half.loadAllProperties()
+            try:
+                self.assertTrue(half.hasAlignment2D())
+                halves.append({p.getObjId(): p.getTransform().getMatrix().copy() for p in half})
+            finally:
+                half.close()
+        self.assertEqual(len(halves[0]) + len(halves[1]), expected)
+        self.assertEqual(particles.getSize(), expected)
+        members = class_members(classify)
+        wanted = {pid: m for number in map(int, classify.publishedSelection.get().split(","))
+                  for pid, m in members[number].items()}
+        got = {**halves[0], **halves[1]}
+        self.assertEqual(set(got), set(wanted))
+        for pid, matrix in got.items():
+            np.testing.assert_allclose(matrix, wanted[pid], atol=1e-6)
 
     def test_builtin_engine_on_a_growing_set_republishes_classes(self) -> None:
         warp_dir = self.work / "warp"
@@ -89,6 +208,17 @@ class TestClassify(ProjectTestCase):
         self.assertEqual(first.publishedParticles.get(), 120)
         self.assertIn("cycle 2", "\n".join(first.summary()))
         self.assertEqual(output_size(first, "outputClasses")[1], False)  # still open
+        self.check_selected_particles(first, first.publishedCycle.get())
+        # A later protocol takes the good particles while the classification goes on.
+        self.check_downstream(first)
+        # The user marks the largest class junk in Live2D's page: the mark carries over to the
+        # next job's cycles, and outputParticles leave that class out from then on.
+        session_dir = Path(first._getExtraPath("live2d"))
+        record = history_of(first)[-1]
+        largest = int(np.argmax(record["class_counts"])) + 1
+        state = SelectionState.load(session_dir)
+        mark(state, record, {largest: "junk"})
+        state.save(session_dir)
 
         simulate_warp(warp_dir, particles=240)  # Warp keeps collecting: 120 more
         imported = self.wait_until(importer, lambda p: output_size(p)[0] == 240, 60,
@@ -108,6 +238,11 @@ class TestClassify(ProjectTestCase):
         self.assertEqual(done.publishedParticles.get(), 240)
         self.assertEqual(done.publishedClassified.get(), sum(last["class_counts"]))
         self.check_classes(done, last["number"], sum(last["class_counts"]))
+        marks = SelectionState.load(Path(done._getExtraPath("live2d")))
+        self.assertEqual(marks.cycle, last["number"])
+        self.assertEqual(marks.marks, {str(largest): "junk"})
+        self.assertNotIn(str(largest), done.publishedSelection.get().split(","))
+        self.assertLess(done.publishedSelected.get(), sum(last["class_counts"]))
         summary = "\n".join(done.summary())
         self.assertIn(f"cycle {last['number']}", summary)
         self.assertIn("of the 240 particles", summary)

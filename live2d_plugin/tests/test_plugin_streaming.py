@@ -1,6 +1,7 @@
 """The classification as Scipion users run it: scheduled behind a streaming import (by hand and
 from the workflow template), live while the import is still open, with particle subsets made
-from chosen classes by pwem's own subset protocol, during the run and after it."""
+from chosen classes by pwem's own subset protocol, during the run and after it, next to the
+selected classes' particles it publishes itself (outputParticles)."""
 
 from __future__ import annotations
 
@@ -99,6 +100,20 @@ class StreamingTestCase(ProjectTestCase):
         finally:
             classes.close()
 
+    def check_selected_particles(self, classify, closed: bool) -> None:
+        """outputParticles: the members of the classes the run selected, replaced with
+        outputClasses and closed with it."""
+        members = members_by_class(classify.outputClasses.getFileName())
+        chosen = [int(n) for n in (classify.publishedSelection.get() or "").split(",") if n]
+        expected = {pid for number in chosen for pid in members[number]}
+        self.assertEqual(output_size(classify, "outputParticles"), (len(expected), closed))
+        self.assertEqual(classify.publishedSelected.get(), len(expected))
+        particles = SetOfParticles(filename=classify.outputParticles.getFileName())
+        try:
+            self.assertEqual({p.getObjId() for p in particles}, expected)
+        finally:
+            particles.close()
+
     def classify_protocol(self, importer, **params):
         classify = self.new(ProtLive2DClassify2D, engine=1, **{**SMALL_SCHEDULE, **params})
         classify.inputParticles.set(importer)
@@ -113,6 +128,7 @@ class StreamingTestCase(ProjectTestCase):
         self.assertEqual(output_size(self.load(importer)), (120, False))  # still streaming
         self.assertEqual(first.publishedParticles.get(), 120)
         self.check_averages_are_2d_stacks(first)
+        self.check_selected_particles(first, closed=False)
 
         chosen = sorted(members_by_class(first.outputClasses.getFileName()))[:2]
         subset, classes_file = self.subset_from_classes(first, chosen, "during")
@@ -125,8 +141,10 @@ class StreamingTestCase(ProjectTestCase):
                                and (p.publishedParticles.get() or 0) == 240, 240,
                                "all 240 particles classified")
         self.check_averages_are_2d_stacks(done)
+        self.check_selected_particles(done, closed=True)
         log = Path(self.proj.path, done.getWorkingDir(), "logs", "run.stdout").read_text()
         self.assertIn("outputClasses: cycle", log)
+        self.assertIn("outputParticles: cycle", log)
         self.assertNotIn("Getting the dimensions for the first item", log)  # once per class
         chosen = sorted(members_by_class(done.outputClasses.getFileName()))[1:]
         subset, classes_file = self.subset_from_classes(done, chosen, "after")
