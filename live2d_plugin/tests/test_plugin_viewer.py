@@ -1,4 +1,6 @@
-"""Live2DViewer and its drawings, headless (Agg), on synthetic cycle files."""
+"""Live2DViewer and its drawings, headless (Agg), on synthetic cycle files: galleries with each
+class's count, resolution estimate, score and reason, the selection framed, and the evolution of
+class populations."""
 
 from __future__ import annotations
 
@@ -18,12 +20,15 @@ from matplotlib.colors import to_hex
 from PIL import Image
 from plugin_test_helpers import ProjectTestCase
 
+from live2d.selection import SelectionState, mark
 from live2d.session import CycleRecord
 from live2d.thumbnails import write_thumbnails
 from live2d_plugin.protocols import ProtLive2DClassify2D
 from live2d_plugin.viewers import Live2DViewer
 from live2d_plugin.viewers.plots import (
+    SELECTED_COLOR,
     CycleInfo,
+    caption_lines,
     class_colors,
     class_order,
     draw_evolution,
@@ -62,13 +67,42 @@ def write_stack(path: Path, stack: np.ndarray, header: str = "volume") -> None:
             mrc.set_volume()
 
 
-def write_session(folder: Path, cycles=CYCLES, stack=discs, header: str = "volume") -> None:
+# Scores of the classes of a scored session (class 1, 2, ...): 2 and 4 are junk.
+SCORES = [0.91, 0.2, 0.74, 0.3]
+JUNK_REASON = "signal off centre or spread out: contamination or aggregates"
+
+
+def quality_table(counts: list[int]) -> list[dict]:
+    """A class table as live2d.class_quality writes one: class k at 10 + 2k Å (class 1 at the
+    limit of its box), scores from SCORES, empty classes without an estimate."""
+    total = sum(counts)
+    rows = []
+    for k, count in enumerate(counts):
+        if not count:
+            rows.append({"number": k + 1, "particles": 0, "resolution": None,
+                         "at_limit": False, "score": 0.0, "reason": "empty class"})
+            continue
+        resolution, at_limit, score = 10.0 + 2 * k, k == 0, SCORES[k % len(SCORES)]
+        where = f"{'≤ ' if at_limit else ''}{resolution:.1f} Å"
+        reason = f"{where}, centred, {count / total:.0%} of particles" if score >= 0.5 \
+            else JUNK_REASON
+        rows.append({"number": k + 1, "particles": count, "resolution": resolution,
+                     "at_limit": at_limit, "score": score, "reason": reason})
+    return rows
+
+
+def write_session(folder: Path, cycles=CYCLES, stack=discs, header: str = "volume",
+                  scored: bool = False) -> None:
     """session.json and cycle_NNN.mrc as a Live2D session leaves them, the averages of a cycle of
-    K classes being ``stack(K)``."""
+    K classes being ``stack(K)``; ``scored``: with every classified cycle's class table and its
+    scores in the record, as sessions since class quality have them."""
     folder.mkdir(parents=True, exist_ok=True)
     history = []
     for number, job, block, high_res, counts in cycles:
         write_stack(folder / f"cycle_{number:03d}.mrc", stack(len(counts)), header)
+        table = quality_table(counts) if scored and block != "start" else []
+        if table:
+            (folder / f"cycle_{number:03d}_classes.json").write_text(json.dumps(table))
         # Every field the session writes, so the protocol's summary reads it as a real one.
         history.append(dataclasses.asdict(CycleRecord(
             number=number, job=job, job_type="abinit", block=block, block_cycle=1,
@@ -76,7 +110,10 @@ def write_session(folder: Path, cycles=CYCLES, stack=discs, header: str = "volum
             particles=sum(counts) or 160, class_counts=counts, started=0.0, finished=1.0,
             engine="builtin (test)", generation=1, particles_per_second=100.0,
             classes=f"cycle_{number:03d}.mrc", star=f"cycle_{number:03d}.star",
-            thumbnails=f"thumbnails/cycle_{number:03d}")))
+            thumbnails=f"thumbnails/cycle_{number:03d}",
+            class_resolution=[row["resolution"] for row in table],
+            class_score=[row["score"] for row in table],
+            class_table=f"cycle_{number:03d}_classes.json" if table else "")))
     (folder / "session.json").write_text(json.dumps({"history": history}))
 
 
@@ -98,6 +135,59 @@ def test_gallery_draws_every_class_with_its_count(tmp_path) -> None:
     disc = np.hypot(*(np.mgrid[:BOX, :BOX] - BOX // 2)) < 6
     assert (shown > 128).sum() == disc.sum()
     assert "Cycle 2" in figure._suptitle.get_text()
+
+
+def captions_of(figure: matplotlib.figure.Figure) -> list[str]:
+    """The text under each panel, in the order drawn."""
+    return ["".join(text.get_text() for text in axes.texts) for axes in figure.axes]
+
+
+def framed(figure: matplotlib.figure.Figure) -> list[bool]:
+    """Whether each panel, in the order drawn, has the selection's green frame."""
+    return [to_hex(axes.spines["left"].get_edgecolor()) == SELECTED_COLOR
+            for axes in figure.axes]
+
+
+def test_gallery_shows_each_class_quality_and_frames_the_selected_classes(tmp_path) -> None:
+    write_session(tmp_path, scored=True)
+    cycle = load_history(tmp_path)[2]  # counts [5, 70, 25]
+    assert cycle.assessed and caption_lines(cycle) == 4
+    figure = matplotlib.figure.Figure(figsize=gallery_figsize(3, caption_lines(cycle)))
+    assert draw_gallery(figure, tmp_path, cycle) == [2, 3, 1]
+    # First line the estimate and the score, then the reason (wrapped to the panel's width)
+    # without the resolution it starts with.
+    captions = [caption.split("\n", 1) for caption in captions_of(figure)]
+    assert [first for first, _ in captions] == ["12.0 Å · score 0.20", "14.0 Å · score 0.74",
+                                                "≤ 10.0 Å · score 0.91"]
+    assert [reason.replace("\n", " ") for _, reason in captions] == [
+        JUNK_REASON, "centred, 25% of particles", "centred, 5% of particles"]
+    # The proposal (scored 0.5 or more): classes 3 and 1.
+    assert framed(figure) == [False, True, True]
+    heading = figure._suptitle.get_text()
+    assert "Green frame: selected, 2 classes, 30 particles" in heading
+
+    # A mark made in the page (here: class 2 good, class 1 junk) is the selection shown.
+    state = SelectionState()
+    record = json.loads((tmp_path / "session.json").read_text())["history"][2]
+    mark(state, record, {2: "good", 1: "junk"})
+    state.save(tmp_path)
+    draw_gallery(figure, tmp_path, cycle)
+    assert framed(figure) == [True, True, False]
+    assert "selected, 2 classes, 95 particles" in figure._suptitle.get_text()
+    # A cycle the marks do not refer to shows its own proposal.
+    draw_gallery(figure, tmp_path, load_history(tmp_path)[1])  # counts [10, 50, 40]
+    assert framed(figure) == [False, True, True]
+
+
+def test_gallery_of_a_session_without_scores_has_no_captions(tmp_path) -> None:
+    write_session(tmp_path)
+    cycle = load_history(tmp_path)[2]
+    assert not cycle.assessed and caption_lines(cycle) == 0
+    figure = matplotlib.figure.Figure()
+    draw_gallery(figure, tmp_path, cycle)
+    assert captions_of(figure) == ["", "", ""]
+    assert not any(framed(figure))
+    assert "selected" not in figure._suptitle.get_text()
 
 
 def test_evolution_stacks_populations_and_plots_the_resolution_limit(tmp_path) -> None:
@@ -236,12 +326,14 @@ def test_evolution_gives_each_of_50_classes_its_colour_and_labels_the_largest() 
     assert any(t.get_text() == " job 2" for t in populations.texts)
 
 
-def gallery_of(tmp_path: Path, k: int) -> matplotlib.figure.Figure:
+def gallery_of(tmp_path: Path, k: int, scored: bool = False) -> matplotlib.figure.Figure:
     counts = [int(c) for c in np.random.default_rng(k).integers(0, 2000, k)]
-    write_session(tmp_path / f"k{k}", cycles=[(0, 1, "startup", 20.0, counts)])
-    figure = matplotlib.figure.Figure(figsize=gallery_figsize(k), dpi=100)
+    folder = tmp_path / f"k{k}{'_scored' if scored else ''}"
+    write_session(folder, cycles=[(0, 1, "startup", 20.0, counts)], scored=scored)
+    cycle = load_history(folder)[0]
+    figure = matplotlib.figure.Figure(figsize=gallery_figsize(k, caption_lines(cycle)), dpi=100)
     FigureCanvasAgg(figure)
-    draw_gallery(figure, tmp_path / f"k{k}", load_history(tmp_path / f"k{k}")[0])
+    draw_gallery(figure, folder, cycle)
     figure.canvas.draw()
     return figure
 
@@ -279,6 +371,33 @@ def test_gallery_titles_shrink_with_the_number_of_classes_and_never_overlap(tmp_
     # The page grows with the classes (up to a screen), rather than only the panels shrinking.
     (width4, _), (_, height50), (width200, height200) = map(gallery_figsize, (4, 50, 200))
     assert width200 > width4 and height200 > height50
+
+
+def test_gallery_captions_fit_under_their_classes_at_any_number_of_classes(tmp_path) -> None:
+    for k in (4, 50, 200):
+        figure = gallery_of(tmp_path, k, scored=True)
+        renderer = figure.canvas.get_renderer()
+        captions = [axes.texts[0] for axes in figure.axes]
+        assert len(captions) == k
+        texts = [t.get_text() for t in captions]
+        # Always the resolution estimate; the reason where there is room.
+        assert all("Å" in t.splitlines()[0] for t in texts if not t.startswith("–"))
+        if k == 4:
+            assert all(len(t.splitlines()) >= 2 for t in texts), texts
+            assert all("score" in t for t in texts)
+        if k == 200:
+            assert all(len(t.splitlines()) == 1 for t in texts)
+        boxes = [t.get_window_extent(renderer) for t in captions]
+        titles = [axes.title.get_window_extent(renderer) for axes in figure.axes]
+        images = [axes.get_window_extent(renderer) for axes in figure.axes]
+        heading = figure._suptitle.get_window_extent(renderer)
+        assert overlapping([*boxes, *titles, *images, heading]) == [], f"overlap at {k} classes"
+        page = figure.bbox
+        assert all(page.x0 <= b.x0 and b.x1 <= page.x1 and page.y0 <= b.y0 for b in boxes)
+        assert page.x0 <= heading.x0 and heading.x1 <= page.x1, f"heading wider at {k} classes"
+        # Each caption sits under its own image, centred on it.
+        for box, image in zip(boxes, images, strict=True):
+            assert box.y1 <= image.y0 and abs((box.x0 + box.x1) - (image.x0 + image.x1)) < 2
 
 
 def test_gallery_heading_says_the_job_type_as_users_read_it(tmp_path) -> None:
@@ -320,6 +439,20 @@ class TestViewerOnAProtocol(ProjectTestCase):
 
         evolution.getFigure().savefig(self.work / "evolution.png")
         self.assertGreater((self.work / "evolution.png").stat().st_size, 5000)
+
+        # A session with class scores: each class's resolution estimate, score and reason.
+        write_session(Path(prot._getExtraPath("live2d")), scored=True)
+        viewer.cycle.set(3)
+        viewer.sortByCount.set(True)
+        gallery = views["displayGallery"]("displayGallery")[0]
+        figure = gallery.getFigure()
+        gallery.getFigure().savefig(self.work / "gallery_scored.png")
+        self.assertEqual(figure.axes[0].get_title(), "#2: 90 (56.2%)")
+        self.assertEqual(captions_of(figure)[0].splitlines()[0], "12.0 Å · score 0.20")
+        self.assertEqual(captions_of(figure)[1].splitlines()[0], "16.0 Å · score 0.30")
+        self.assertEqual(framed(figure), [False, False, True, False])  # class 1 only
+        self.assertIn("selected, 1 class, 30 particles", figure._suptitle.get_text())
+        self.assertEqual(captions_of(figure)[3], "–\nempty class")  # class 3
 
         viewer.cycle.set(99)
         message = views["displayGallery"]("displayGallery")[0]

@@ -1,14 +1,16 @@
-"""Matplotlib drawings of a Live2D session folder: the class gallery of a cycle and the evolution
-of class populations. Pure matplotlib on a given Figure (no pyworkflow, no Tk), so they render
-headless to PNG and inside Scipion's Tk windows alike. Both lay their figure out themselves
-(callers should not apply tight_layout on top) so that text sizes follow the number of classes."""
+"""Matplotlib drawings of a Live2D session folder: the class gallery of a cycle (each class with
+its particle count, resolution estimate, score and the reason for it, the selected classes
+framed) and the evolution of class populations. Pure matplotlib on a given Figure (no
+pyworkflow, no Tk), so they render headless to PNG and inside Scipion's Tk windows alike. Both
+lay their figure out themselves (callers should not apply tight_layout on top) so that text
+sizes follow the number of classes."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -21,7 +23,9 @@ from matplotlib.ticker import MaxNLocator
 
 from live2d.mrc import read_images
 from live2d.schedule import JOB_LABELS
+from live2d.selection import selected_particles
 from live2d.thumbnails import display_image
+from live2d_plugin.quality import cycle_selection, read_class_table, reason_text, resolution_text
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,15 @@ class CycleInfo:
     particles: int
     class_counts: list[int]
     classes: str  # MRC stack of the averages, relative to the session folder
+    # Per class (live2d.class_quality), empty for the random start and older sessions.
+    class_score: list[float] = field(default_factory=list)
+    class_resolution: list[float | None] = field(default_factory=list)
+    class_table: str = ""  # cycle_NNN_classes.json (with the reasons), relative to the folder
+
+    @property
+    def assessed(self) -> bool:
+        """Whether the cycle's classes have a resolution estimate and a score."""
+        return bool(self.class_score)
 
 
 def load_history(session_dir: str | Path) -> list[CycleInfo]:
@@ -44,7 +57,8 @@ def load_history(session_dir: str | Path) -> list[CycleInfo]:
     state = json.loads(path.read_text(encoding="utf-8"))
     return [CycleInfo(int(r["number"]), int(r["job"]), str(r["job_type"]), str(r["block"]),
                       float(r["high_res"]), int(r["particles"]), list(r["class_counts"]),
-                      str(r["classes"]))
+                      str(r["classes"]), list(r.get("class_score") or []),
+                      list(r.get("class_resolution") or []), str(r.get("class_table") or ""))
             for r in state.get("history", [])]
 
 
@@ -61,7 +75,11 @@ def class_order(counts: list[int], sort_by_count: bool) -> list[int]:
 # All in inches / points: text sizes are physical, so the layout is worked out in physical units.
 MARGIN_IN = 0.15
 SUPTITLE_IN = 0.5  # two lines of the figure title
+HEADING_LINE_IN = 0.17  # its third line, about the selection, for assessed cycles
 ROW_GAP_IN = 0.04
+REASON_LINES = 3  # of the reason under each class, where it fits at all
+CAPTION_LINE = 1.45  # height of a caption line in font sizes
+SELECTED_COLOR = "#2ca02c"
 MAX_TITLE_PT, MIN_TITLE_PT, FLOOR_TITLE_PT = 10.0, 6.0, 3.5
 SCREEN_IN = (14.0, 9.6)  # the largest window that fits a 1080p screen at 100 dpi, with toolbar
 _TEXT = TextToPath()
@@ -72,7 +90,8 @@ class GalleryLayout:
     columns: int
     rows: int
     side: float  # of each image, inches
-    fontsize: float  # of the panel titles, points
+    fontsize: float  # of the panel titles (and captions), points
+    caption_lines: int = 0  # under each image: resolution estimate and score, then the reason
 
     @property
     def title_in(self) -> float:
@@ -80,34 +99,59 @@ class GalleryLayout:
         return 1.6 * self.fontsize / 72
 
     @property
+    def caption_in(self) -> float:
+        """Height of a caption with its pad below the image."""
+        return _caption_in(self.caption_lines, self.fontsize)
+
+    @property
+    def heading_in(self) -> float:
+        return _heading_in(self.caption_lines)
+
+    @property
     def row_in(self) -> float:
-        return self.title_in + self.side + ROW_GAP_IN
+        return self.title_in + self.side + self.caption_in + ROW_GAP_IN
 
 
-def gallery_layout(n: int, width: float, height: float,
-                   columns: int | None = None) -> GalleryLayout:
+def _caption_in(lines: int, fontsize: float) -> float:
+    return (CAPTION_LINE * lines + 0.4) * fontsize / 72 if lines else 0.0
+
+
+def _heading_in(caption_lines: int) -> float:
+    return SUPTITLE_IN + (HEADING_LINE_IN if caption_lines else 0.0)
+
+
+def gallery_layout(n: int, width: float, height: float, columns: int | None = None,
+                   caption_lines: int = 0) -> GalleryLayout:
     """The grid that gives ``n`` panels the largest images on a ``width`` x ``height`` inch page,
-    with title text scaled to the column width (so crowded galleries get smaller titles)."""
-    free_w, free_h = width - 2 * MARGIN_IN, height - SUPTITLE_IN - MARGIN_IN
+    with title text scaled to the column width (so crowded galleries get smaller titles), and
+    room for ``caption_lines`` under every image."""
+    free_w, free_h = width - 2 * MARGIN_IN, height - _heading_in(caption_lines) - MARGIN_IN
     best: GalleryLayout | None = None
     for cols in [columns] if columns else range(1, max(1, n) + 1):
         rows = max(1, math.ceil(n / cols))
         cell_w = free_w / cols
         fontsize = float(np.clip(cell_w * 72 * 0.08, MIN_TITLE_PT, MAX_TITLE_PT))
-        side = min(cell_w * 0.94, free_h / rows - 1.6 * fontsize / 72 - ROW_GAP_IN)
+        side = min(cell_w * 0.94, free_h / rows - 1.6 * fontsize / 72
+                   - _caption_in(caption_lines, fontsize) - ROW_GAP_IN)
         if best is None or side > best.side:
-            best = GalleryLayout(cols, rows, max(side, 0.05), fontsize)
+            best = GalleryLayout(cols, rows, max(side, 0.05), fontsize, caption_lines)
     assert best is not None
     return best
 
 
-def gallery_figsize(n: int) -> tuple[float, float]:
-    """A figure size for ``n`` class panels: wider and taller as classes are added, up to the
-    size of a screen (beyond that the panels shrink, and the window's zoom takes over)."""
+def caption_lines(cycle: CycleInfo) -> int:
+    """Caption lines a gallery of ``cycle`` makes room for: none for a cycle without scores."""
+    return 1 + REASON_LINES if cycle.assessed else 0
+
+
+def gallery_figsize(n: int, captions: int = 0) -> tuple[float, float]:
+    """A figure size for ``n`` class panels (with ``captions`` lines under each, see
+    :func:`caption_lines`): wider and taller as classes are added, up to the size of a screen
+    (beyond that the panels shrink, and the window's zoom takes over)."""
     # Columns grow as sqrt(n): so does the width, from a laptop-sized 8 in to a full screen.
     width = float(np.clip(4 + 1.5 * math.sqrt(max(n, 1)), 8.0, SCREEN_IN[0]))
-    layout = gallery_layout(n, width, SCREEN_IN[1])
-    used = SUPTITLE_IN + MARGIN_IN + layout.rows * layout.row_in
+    layout = gallery_layout(n, width, SCREEN_IN[1], caption_lines=captions)
+    used = layout.heading_in + MARGIN_IN + layout.rows * layout.row_in
     return width, float(np.clip(used, 4.0, SCREEN_IN[1]))
 
 
@@ -124,36 +168,124 @@ def _fit_titles(numbers: list[int], counts: list[int], total: int, cell_pt: floa
     """The longest title form whose widest title fits ``cell_pt`` points at ``fontsize``; the
     shortest form, at a smaller size if need be, when none does. One form for all panels, so the
     gallery reads uniformly."""
-    per_panel = [_title_forms(n, c, total) for n, c in zip(numbers, counts, strict=True)]
+    return _fit_forms([_title_forms(n, c, total) for n, c in zip(numbers, counts, strict=True)],
+                      cell_pt, fontsize)
+
+
+def _fit_forms(per_panel: list[list[str]], cell_pt: float,
+               fontsize: float) -> tuple[list[str], float]:
+    """Of the panels' texts (each longest first), the longest form that fits ``cell_pt`` in
+    every panel; the shortest, at a smaller size if need be, when none does."""
     forms = list(zip(*per_panel, strict=True))
     prop = FontProperties(size=fontsize)
-    widest = [max(_TEXT.get_text_width_height_descent(t, prop, ismath=False)[0] for t in form)
-              for form in forms]
+    widest = [max(_text_width(t, prop) for t in form) for form in forms]
     for form, width in zip(forms, widest, strict=True):
         if width <= 0.95 * cell_pt:
             return list(form), fontsize
     return list(forms[-1]), max(FLOOR_TITLE_PT, fontsize * 0.95 * cell_pt / widest[-1])
 
 
+def _text_width(text: str, prop: FontProperties) -> float:
+    return _TEXT.get_text_width_height_descent(text, prop, ismath=False)[0]
+
+
+# ------------------------------------------------------------------------------ class captions
+def class_rows(session_dir: str | Path, cycle: CycleInfo) -> dict[int, dict]:
+    """Per class number: resolution, at_limit, score and reason, from the cycle's class table
+    (from its record where the table is missing: without the reasons)."""
+    table = read_class_table(Path(session_dir) / cycle.class_table) if cycle.class_table \
+        else {}
+    if table:
+        return table
+    resolutions = cycle.class_resolution + [None] * len(cycle.class_score)
+    return {k + 1: {"number": k + 1, "resolution": resolutions[k], "at_limit": False,
+                    "score": score, "reason": ""}
+            for k, score in enumerate(cycle.class_score)}
+
+
+def _caption_forms(row: dict | None) -> list[str]:
+    """The first caption line of a class, longest first: resolution estimate and score ("–"
+    for a class without an estimate: empty, or a single particle)."""
+    if not row or row.get("score") is None:
+        return ["", "", ""]
+    if row.get("resolution") is None:
+        return ["–", "–", "–"]
+    where, score = resolution_text(row), float(row["score"])
+    short = f"{'≤' if row.get('at_limit') else ''}{float(row['resolution']):.0f}Å"
+    return [f"{where} · score {score:.2f}", f"{where} · {score:.2f}", f"{short}·{score:.1f}"]
+
+
+def _wrap(text: str, width_pt: float, prop: FontProperties) -> list[str] | None:
+    """``text`` broken at spaces into lines of at most ``width_pt``; None if a word is wider."""
+    lines: list[str] = []
+    for word in text.split():
+        if _text_width(word, prop) > width_pt:
+            return None
+        trial = f"{lines[-1]} {word}" if lines else word
+        if lines and _text_width(trial, prop) <= width_pt:
+            lines[-1] = trial
+        else:
+            lines.append(word)
+    return lines
+
+
+def _fit_captions(rows: list[dict | None], cell_pt: float, fontsize: float,
+                  with_reasons: bool) -> tuple[list[str], float] | None:
+    """The captions of the panels: with the reason (wrapped, at most :data:`REASON_LINES`
+    lines), or None where a reason does not fit; without reasons, the longest first line that
+    fits every panel, as the titles."""
+    if not with_reasons:
+        return _fit_forms([_caption_forms(row) for row in rows], cell_pt, fontsize)
+    prop = FontProperties(size=fontsize)
+    width = 0.95 * cell_pt
+    captions = []
+    for row in rows:
+        first = _caption_forms(row)[0]
+        reason = _wrap(reason_text(row), width, prop)
+        if _text_width(first, prop) > width or reason is None or len(reason) > REASON_LINES:
+            return None
+        captions.append("\n".join([first, *reason]))
+    return captions, fontsize
+
+
 def draw_gallery(figure: matplotlib.figure.Figure, session_dir: str | Path, cycle: CycleInfo,
                  sort_by_count: bool = True, columns: int | None = None) -> list[int]:
     """Every class average of ``cycle`` with its particle count, each image drawn as
     :func:`live2d.thumbnails.display_image` decides (first MRC row at the top, as in the page and
-    Scipion's own viewers); returns the 1-based class numbers in the order drawn."""
+    Scipion's own viewers); returns the 1-based class numbers in the order drawn.
+
+    For a cycle with class scores, under every image its resolution estimate and score and,
+    where there is room, the reason for the score; the selected classes (the proposal with the
+    marks over it, as outputParticles holds them for the latest cycle) get a green frame."""
     averages = read_images(Path(session_dir) / cycle.classes)
     counts = (list(cycle.class_counts) + [0] * len(averages))[: len(averages)]
     order = class_order(counts, sort_by_count)
     width, height = (float(v) for v in figure.get_size_inches())
-    layout = gallery_layout(len(order), width, height, columns)
     total = sum(counts)
-    cell_in = (width - 2 * MARGIN_IN) / layout.columns
+    rows = class_rows(session_dir, cycle) if cycle.assessed else {}
+    chosen = cycle_selection(session_dir, {"number": cycle.number,
+                                           "class_score": cycle.class_score}) \
+        if cycle.assessed else set()
+    captions: list[str] = []
+    caption_font = 0.0
+    for lines in ((1 + REASON_LINES, 1) if cycle.assessed else (0,)):
+        layout = gallery_layout(len(order), width, height, columns, lines)
+        cell_in = (width - 2 * MARGIN_IN) / layout.columns
+        if not lines:
+            break
+        fitted = _fit_captions([rows.get(i + 1) for i in order], cell_in * 72, layout.fontsize,
+                               with_reasons=lines > 1)
+        if fitted is not None:
+            captions, caption_font = fitted
+            break
     titles, fontsize = _fit_titles([i + 1 for i in order], [counts[i] for i in order], total,
                                    cell_in * 72, layout.fontsize)
     figure.clear()
     for position, index in enumerate(order):
         row, col = divmod(position, layout.columns)
         left = MARGIN_IN + col * cell_in + (cell_in - layout.side) / 2
-        bottom = (height - SUPTITLE_IN - row * layout.row_in - layout.title_in - layout.side)
+        bottom = (height - layout.heading_in - row * layout.row_in - layout.title_in
+                  - layout.side)
         axes = figure.add_axes((left / width, bottom / height, layout.side / width,
                                 layout.side / height))
         axes.imshow(display_image(averages[index]), cmap="gray", origin="upper", vmin=0,
@@ -161,8 +293,21 @@ def draw_gallery(figure: matplotlib.figure.Figure, session_dir: str | Path, cycl
         axes.set_title(titles[position], fontsize=fontsize, pad=0.3 * fontsize)
         axes.set_xticks([])
         axes.set_yticks([])
-    figure.suptitle(_gallery_heading(cycle, total, len(order), sort_by_count), fontsize=10,
-                    y=1 - MARGIN_IN / 2 / height, va="top")
+        if captions:
+            axes.annotate(captions[position], xy=(0.5, 0), xycoords="axes fraction",
+                          xytext=(0, -0.4 * caption_font), textcoords="offset points",
+                          ha="center", va="top", fontsize=caption_font, linespacing=1.15)
+        if index + 1 in chosen:
+            for spine in axes.spines.values():
+                spine.set_edgecolor(SELECTED_COLOR)
+                spine.set_linewidth(2.5)
+    heading = _gallery_heading(cycle, total, len(order), sort_by_count)
+    if cycle.assessed:
+        picked = selected_particles({"class_counts": counts}, sorted(chosen))
+        classes = "1 class" if len(chosen) == 1 else f"{len(chosen)} classes"
+        heading += (f"\nGreen frame: selected, {classes}, {picked} particles · "
+                    "under each: resolution estimate (a guide), score")
+    figure.suptitle(heading, fontsize=10, y=1 - MARGIN_IN / 2 / height, va="top")
     return [index + 1 for index in order]
 
 
@@ -315,7 +460,8 @@ def _legend_largest(figure: matplotlib.figure.Figure, final: np.ndarray, colors:
 
 def save_gallery_png(path: str | Path, session_dir: str | Path, cycle: CycleInfo,
                      sort_by_count: bool = True) -> list[int]:
-    figure = matplotlib.figure.Figure(figsize=gallery_figsize(len(cycle.class_counts)), dpi=100)
+    figure = matplotlib.figure.Figure(figsize=gallery_figsize(len(cycle.class_counts),
+                                                              caption_lines(cycle)), dpi=100)
     order = draw_gallery(figure, session_dir, cycle, sort_by_count)
     figure.savefig(path)
     return order

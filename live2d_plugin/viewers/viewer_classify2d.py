@@ -12,6 +12,7 @@ import pyworkflow.viewer as pwviewer
 from live2d_plugin.protocols.protocol_classify2d import ProtLive2DClassify2D
 from live2d_plugin.viewers.plots import (
     CycleInfo,
+    caption_lines,
     draw_evolution,
     draw_gallery,
     gallery_figsize,
@@ -29,7 +30,8 @@ def evolution_window_title(history: list[CycleInfo]) -> str:
 
 
 class Live2DViewer(pwviewer.ProtocolViewer):
-    """Class averages of any cycle (with particle counts, sortable by count) and how the class
+    """Class averages of any cycle (with particle counts, sortable by count; with each class's
+    resolution estimate, score and its reason, the selected classes framed) and how the class
     populations and the resolution limit evolved over the session."""
 
     _label = "viewer live 2D classification"
@@ -82,7 +84,7 @@ class Live2DViewer(pwviewer.ProtocolViewer):
             numbers = [c.number for c in self._cycles()]
             return [self.errorMessage(f"There is no cycle {self.cycle.get()}; cycles on disk: "
                                       f"{numbers or 'none yet'}", "No such cycle")]
-        plotter = self._plotter(gallery_figsize(len(cycle.class_counts)),
+        plotter = self._plotter(gallery_figsize(len(cycle.class_counts), caption_lines(cycle)),
                                 gallery_window_title(cycle))
         draw_gallery(plotter.getFigure(), self._sessionDir(), cycle, bool(self.sortByCount))
         return [plotter]
