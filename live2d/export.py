@@ -151,8 +151,7 @@ def _write_atomically(path: Path, blocks: dict[str, pd.DataFrame]) -> None:
 
 
 def _record(output_dir: Path, exported: Exported) -> None:
-    state = SelectionState.load(output_dir)
-    state.exports = [*state.exports[-19:], {
-        "file": str(exported.path), "cycle": exported.cycle, "classes": exported.classes,
-        "particles": exported.particles, "time": round(time.time(), 1)}]
-    state.save(output_dir)
+    with SelectionState.updating(output_dir) as state:
+        state.exports = [*state.exports[-19:], {
+            "file": str(exported.path), "cycle": exported.cycle, "classes": exported.classes,
+            "particles": exported.particles, "time": round(time.time(), 1)}]

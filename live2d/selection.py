@@ -11,7 +11,10 @@ carried and what was dropped is recorded for the page to say.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from live2d.imaging import rotate, soft_disc
 
 SIMILAR_ENOUGH = 0.7  # rotation-invariant correlation for a mark to move to a new class
 SELECTION_FILE = "selection.json"
+LOCK_FILE = ".selection.lock"
 MARKS = ("good", "junk")
 
 
@@ -39,6 +43,21 @@ class SelectionState:
     carried: list[list[int]] = field(default_factory=list)  # [old, new] at the last ab initio
     dropped: list[int] = field(default_factory=list)  # marks that found no similar new class
     exports: list[dict] = field(default_factory=list)  # what was exported, latest last
+
+    @classmethod
+    @contextlib.contextmanager
+    def updating(cls, folder: Path) -> Iterator[SelectionState]:
+        """Load, let the caller change, save: under a file lock, so that the page's marks, a
+        cycle's carrying over and an export from the command line never lose each other's
+        change."""
+        with open(Path(folder) / LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                state = cls.load(folder)
+                yield state
+                state.save(folder)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @classmethod
     def load(cls, folder: Path) -> SelectionState:
@@ -134,8 +153,9 @@ def follow_cycle(state: SelectionState, previous: dict | None, record: dict,
         emptied = [n for n in state.marks if int(n) <= len(counts) and counts[int(n) - 1] == 0]
         for number in emptied:
             del state.marks[number]
-        state.dropped = [int(n) for n in emptied]
-        state.carried = []
+        if new_job:  # what the last ab initio restart carried is said until the next job
+            state.carried, state.dropped = [], []
+        state.dropped = sorted({*state.dropped, *(int(n) for n in emptied)})
     state.cycle, state.job = record["number"], record["job"]
 
 
