@@ -55,13 +55,15 @@ COLUMNS: tuple[Column, ...] = (
     Column("ORIGX", "_cisTEMOriginalXPosition", "%9.2f", 0.0),  # pixels of the micrograph
     Column("ORIGY", "_cisTEMOriginalYPosition", "%9.2f", 0.0),
     Column("MICROGRAPH", "_live2dMicrographName", "'%s'", ""),
+    # size:mtime of the source stack when imported (stores that read the stacks in place)
+    Column("SRCSTAMP", "_live2dSourceStackStamp", "'%s'", ""),
     Column("ORIGNAME", "_cisTEMOriginalImageFilename", "'%s'", ""),
 )
 BY_SHORT = {c.short: c for c in COLUMNS}
 BY_LABEL = {c.label: c for c in COLUMNS}
 # Only in the particle store's star: the source's micrograph, coordinates and image name.
-PROVENANCE_COLUMNS = ("ORIGX", "ORIGY", "MICROGRAPH", "ORIGNAME")
-STRING_COLUMNS = ("MICROGRAPH", "ORIGNAME")
+PROVENANCE_COLUMNS = ("ORIGX", "ORIGY", "MICROGRAPH", "SRCSTAMP", "ORIGNAME")
+STRING_COLUMNS = ("MICROGRAPH", "SRCSTAMP", "ORIGNAME")
 # What refine2d writes.
 REFINE2D_COLUMNS = tuple(c.short for c in COLUMNS if c.short not in PROVENANCE_COLUMNS)
 INTEGER_COLUMNS = ("POS", "LogP", "2DCLS")
@@ -175,8 +177,10 @@ def parse_star(text: str, name: str = "<star>") -> pd.DataFrame:
         )
     except (ValueError, pd.errors.ParserError) as exc:
         raise StarFormatError(f"{name}: malformed data line ({exc})") from None
-    if "MICROGRAPH" in table and not table[names[-1]].isna().any():
-        table["MICROGRAPH"] = table["MICROGRAPH"].fillna("")  # written '' : not known
+    if not table[names[-1]].isna().any():
+        for column in ("MICROGRAPH", "SRCSTAMP"):  # written '': not known
+            if column in table:
+                table[column] = table[column].fillna("")
     if table.isna().to_numpy().any():
         bad = int(np.flatnonzero(table.isna().to_numpy().any(axis=1))[0])
         raise StarFormatError(f"{name}: data line {bad + 1} has fewer than {len(names)} fields")

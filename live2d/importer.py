@@ -27,6 +27,7 @@ import pandas as pd
 from live2d.atomic import atomic_write_json
 from live2d.layouts import WARP, Layout, detect_layout
 from live2d.relion_star import read_particle_star
+from live2d.source_images import open_images
 from live2d.store import ParticleStore
 from live2d.warp import (
     StackNotReady,
@@ -37,6 +38,7 @@ from live2d.warp import (
     WarpSettingsMissing,
     WarpSettingsUnreadable,
     WarpStarError,
+    check_particle_stack,
     particle_file_kind,
     particle_star_path,
     read_new_rows,
@@ -76,16 +78,22 @@ class Importer:
     """``star``: the particle star to import (relative paths from ``warp_dir``), for WarpTools 2
     projects holding several and for any RELION-style star; None: what the folder's layout says
     (:mod:`live2d.layouts`). ``contrast``: ``"white"`` or ``"black"`` protein in the stacks;
-    ``"auto"``: Warp's Invert setting for a Warp 1.x folder, white otherwise."""
+    ``"auto"``: Warp's Invert setting for a Warp 1.x folder, white otherwise. ``copy_images``:
+    whether the store copies every particle's pixels (an engine such as cisTEM needs one stack)
+    or reads Warp 1.x's stacks in place."""
 
     def __init__(self, warp_dir: str | os.PathLike, store: ParticleStore,
                  which: str = "allparticles", star: str | os.PathLike | None = None,
-                 contrast: str = "auto") -> None:
+                 contrast: str = "auto", copy_images: bool = True) -> None:
         self.warp_dir = Path(warp_dir)
         self.store = store
         self.which = which
         self.star = Path(star) if star else None
         self.contrast = contrast
+        # False: Warp 1.x's stacks, written once, are read in place (no copy); stacks that are
+        # rewritten (WarpTools, RELION) are always copied, since a file truncated under a
+        # memory map crashes the reader.
+        self.copy_images = copy_images
         self._layout: Layout | None = None
         self._stack_paths: dict[str, str] = {}  # star source: stack as named -> as found
         self.state_path = store.folder / "import.json"
@@ -146,6 +154,8 @@ class Importer:
         return report
 
     def _poll(self, report: ImportReport) -> None:
+        if self.copy_images and self.store.box and not self.store.copies_images:
+            self._copy_in(report)
         try:
             layout = detect_layout(self.warp_dir, self.star)
             settings = self._warp_settings() if layout.kind == WARP else None
@@ -341,7 +351,9 @@ class Importer:
         self._start_over(settings, source)
 
     def _start_over(self, settings: WarpSettings, source: list) -> None:
-        self.store.reset(settings.pixel_size, settings.box)
+        in_place = not self.copy_images and (self._layout is None or self._layout.kind == WARP)
+        self.store.reset(settings.pixel_size, settings.box,
+                         source_root=self.warp_dir.resolve() if in_place else None)
         self._state = {"source": source, "progress": StarProgress().to_dict(),
                        "generation": self.store.generation, "skipped": []}
         self._progress = StarProgress()
@@ -399,7 +411,11 @@ class Importer:
         for stack, group in rows.groupby(stacks, sort=False):
             try:
                 names = group["_read_name" if "_read_name" in group else "rlnImageName"]
-                images = read_particle_images(self.warp_dir, names.tolist(), settings.box)
+                if self.store.copies_images:
+                    images = read_particle_images(self.warp_dir, names.tolist(), settings.box)
+                else:  # read in place later: only check the stack is complete
+                    images = None
+                    stamp = check_particle_stack(self.warp_dir, names.tolist(), settings.box)
             except StackNotReady as exc:
                 polls, since = self._stack_waits.get(stack, (0, time.monotonic()))
                 polls += 1
@@ -419,7 +435,11 @@ class Importer:
                 self._skip(stack, f"skipping the {len(group)} particles of {exc}", report)
                 continue
             self._stack_waits.pop(stack, None)
-            batch.append(self._store_rows(group, settings).assign(_images=list(images)))
+            rows_of_stack = self._store_rows(group, settings)
+            if images is None:
+                batch.append(rows_of_stack.assign(SRCSTAMP=stamp, _images=None))
+            else:
+                batch.append(rows_of_stack.assign(_images=list(images)))
             batch_rows += len(group)
             if batch_rows >= per_batch:
                 report.new_particles += self._append(batch)
@@ -437,9 +457,22 @@ class Importer:
         if not batch:
             return 0
         table = pd.concat(batch, ignore_index=True)
-        images = np.stack(table.pop("_images").to_list())
-        self.store.append(images, table)
+        images = table.pop("_images")
+        self.store.append(np.stack(images.to_list()) if self.store.copies_images else None,
+                          table)
         return len(table)
+
+    def _copy_in(self, report: ImportReport) -> None:
+        """A store that reads Warp's stacks in place, when an engine needs one stack: copy the
+        particles in, incrementally (a kill resumes the copy)."""
+        images = open_images(self.store.images_path)
+        changed = images.changed_stacks()
+        self.store.copy_in(lambda start, stop: images[start:stop])
+        report.messages.append(
+            f"copied the {self.store.count} particles read in place into {self.store.stack_path}"
+            " (this engine needs one stack)" + (f"; {len(changed)} stack(s) had changed or "
+                                               f"vanished since import: their particles are "
+                                               f"blank" if changed else ""))
 
     @staticmethod
     def _store_rows(rows: pd.DataFrame, settings: WarpSettings | None) -> pd.DataFrame:

@@ -57,6 +57,7 @@ from live2d.selection import (
     selected,
     selected_particles,
 )
+from live2d.source_images import open_images
 from live2d.store import ParticleStore
 from live2d.thumbnails import write_thumbnails
 from live2d.warp import WarpSettings
@@ -326,6 +327,10 @@ class Session:
     # ----------------------------------------------------------------- importing
     def import_new(self) -> ImportReport:
         """One poll of the Warp folder; a re-import forces the next job to start ab initio."""
+        executor = self._engine_options["executor"]
+        # Cluster workers get the copy: they may not see Warp's folder where this machine does.
+        self.importer.copy_images = self.engine.needs_particle_stack or bool(
+            executor is not None and executor.distributed)
         report = self.importer.poll()
         self.missing = report.missing
         for message in report.messages:
@@ -561,8 +566,16 @@ class Session:
         self.work_dir.mkdir(exist_ok=True)
         star_in = self.work_dir / f"cycle_{number:03d}_input.star"
         n = self._cycle_input(star_in, previous)
+        if not self.store.copies_images:
+            images = open_images(self.store.images_path)
+            left_out = int((~images.usable(n)).sum())
+            if left_out:
+                changed = images.changed_stacks(n)
+                self._log(f"{left_out} particles are left out of this cycle: their Warp "
+                          f"stack(s) changed or vanished since import ({', '.join(changed[:3])}"
+                          f"{'...' if len(changed) > 3 else ''})")
         request = CycleRequest(
-            stack=self.store.stack_path,
+            stack=self.store.images_path,
             star_in=star_in,
             star_out=self.work_dir / paths["star"].name,
             classes_out=self.work_dir / paths["classes"].name,
@@ -662,10 +675,9 @@ class Session:
         record = self.latest_scored()
         if record is None:
             raise SelectionError("no classified cycle yet: nothing to mark")
-        with self._lock:
-            self.selection = SelectionState.load(self.output_dir)  # exports written meanwhile
-            mark(self.selection, record, marks)
-            self.selection.save(self.output_dir)
+        with self._lock, SelectionState.updating(self.output_dir) as state:
+            mark(state, record, marks)
+            self.selection = state
         summary = self.selection_summary()
         self._emit({"type": "selection", "selection": summary})
         return summary
@@ -681,14 +693,14 @@ class Session:
         return exported
 
     def _follow_selection(self, record: dict, previous: dict | None) -> None:
-        self.selection = SelectionState.load(self.output_dir)
-        old = next((r for r in self.state.history if r["number"] == self.selection.cycle),
-                   None)
-        old_averages = read_images(self.output_dir / old["classes"]) if old else None
-        follow_cycle(self.selection, previous, record, old_averages,
-                     read_images(self.output_dir / record["classes"]), self._mask_radius_px())
-        self.selection.save(self.output_dir)
-        if self.selection.carried or self.selection.dropped:
+        with SelectionState.updating(self.output_dir) as state:
+            old = next((r for r in self.state.history if r["number"] == state.cycle), None)
+            old_averages = read_images(self.output_dir / old["classes"]) if old else None
+            follow_cycle(state, previous, record, old_averages,
+                         read_images(self.output_dir / record["classes"]),
+                         self._mask_radius_px())
+            self.selection = state
+        if record["job"] != (previous or {}).get("job") and (state.carried or state.dropped):
             self._log(f"class marks: carried {self.selection.carried or 'none'} (old -> new), "
                       f"dropped {self.selection.dropped or 'none'}")
 
@@ -699,13 +711,11 @@ class Session:
 
     def _assess_classes(self, request: CycleRequest) -> list[ClassQuality]:
         """Resolution estimate and good/junk score of every class of a finished cycle."""
-        import mrcfile
-
         table = cistem_star.read_star(request.star_out)
-        with mrcfile.mmap(self.store.stack_path, mode="r", permissive=True) as stack:
-            return assess_classes(stack.data, table, read_images(request.classes_out),
-                                  self.store.pixel_size, request.params.mask_radius,
-                                  request.params.high_res, request.params.invert_contrast)
+        return assess_classes(open_images(request.stack), table,
+                              read_images(request.classes_out), self.store.pixel_size,
+                              request.params.mask_radius, request.params.high_res,
+                              request.params.invert_contrast)
 
     def _prune_results(self) -> None:
         """Delete per-particle stars beyond the latest ``keep_cycle_results`` cycles, except

@@ -7,11 +7,14 @@ kill at any moment, opening the store cuts stack and star back to what it record
 is either wholly in the store or not at all, never twice.
 
 Each row keeps where the particle came from (the provenance columns: the source's image name,
-micrograph and coordinates), which exports and reading the source stacks in place need.
-Stores of format 1 lacked micrograph and coordinates: opening one adds the columns, empty, and
-marks them ``provenance_pending`` until the importer fills them from the source star
-(:meth:`ParticleStore.fill_provenance`). The star is replaced whole then, in two phases (the new
-file is committed under a temporary name, then renamed), so a kill leaves either version.
+micrograph, coordinates and a stamp of its stack), which exports and reading the source stacks
+in place need. In "source" mode (:attr:`ParticleStore.copies_images` False) the stack gets no
+pixels at all: the built-in engine reads Warp's own stacks (:mod:`live2d.source_images`), and
+:meth:`ParticleStore.copy_in` makes the copy, incrementally, when an engine needs one.
+Stores of earlier formats are migrated on opening: missing columns are added, and micrographs
+and coordinates are marked ``provenance_pending`` until the importer fills them from the source
+star (:meth:`ParticleStore.fill_provenance`). The star is replaced whole then, in two phases (the
+new file is committed under a temporary name, then renamed), so a kill leaves either version.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,11 +32,13 @@ import pandas as pd
 
 from live2d import cistem_star
 from live2d.atomic import atomic_write_json
+from live2d.source_images import SOURCES_FILE
 
 STORE_COLUMNS = ("POS", "PSI", "SHX", "SHY", "DF1", "DF2", "ANGAST", "PSHIFT", "OCC", "LogP",
                  "SIGMA", "SCORE", "CHANGE", "PSIZE", "VOLT", "Cs", "AmpC", "BTILTX", "BTILTY",
-                 "ISHFTX", "ISHFTY", "2DCLS", "ORIGX", "ORIGY", "MICROGRAPH", "ORIGNAME")
-FORMAT = 2
+                 "ISHFTX", "ISHFTY", "2DCLS", "ORIGX", "ORIGY", "MICROGRAPH", "SRCSTAMP",
+                 "ORIGNAME")
+FORMAT = 3  # 2: micrograph and coordinates; 3: the source stack's stamp
 HEADER_BYTES = 1024
 _STAR_HEADER = cistem_star.header(
     STORE_COLUMNS, ["Live2D particle store: every imported particle"]).encode("utf-8")
@@ -73,6 +79,21 @@ class ParticleStore:
         return int(self._state["box"])
 
     @property
+    def copies_images(self) -> bool:
+        """Whether ``particles.mrcs`` holds every particle's pixels (else: the sources do)."""
+        return self._state.get("images", "copy") == "copy"
+
+    @property
+    def copied(self) -> int:
+        """Particles whose pixels are in ``particles.mrcs``."""
+        return self.count if self.copies_images else int(self._state.get("copied", 0))
+
+    @property
+    def images_path(self) -> Path:
+        """What :func:`live2d.source_images.open_images` opens to read every particle."""
+        return self.stack_path if self.copies_images else self.folder / SOURCES_FILE
+
+    @property
     def provenance_pending(self) -> bool:
         """Micrographs and coordinates of a migrated store's particles are not filled in yet."""
         return bool(self._state.get("provenance_pending"))
@@ -99,27 +120,38 @@ class ParticleStore:
         return self._names
 
     # ------------------------------------------------------------------ changing it
-    def reset(self, pixel_size: float, box: int) -> None:
-        """Empty the store for particles of a new pixel size or box; bumps the generation."""
+    def reset(self, pixel_size: float, box: int, source_root: Path | None = None) -> None:
+        """Empty the store for particles of a new pixel size or box; bumps the generation.
+        ``source_root``: keep no copy of the pixels, the particles' stacks are read in place
+        (their names relative to this folder)."""
         generation = self.generation + 1 if self._state["box"] else self.generation
+        mode = {"images": "source", "source_root": str(source_root), "copied": 0} \
+            if source_root else {"images": "copy"}
         # Commit first: a kill before the files are emptied leaves an empty commit, and opening
         # an empty store always rewrites its files.
         self._commit(count=0, generation=generation, pixel_size=pixel_size, box=box,
-                     star_bytes=len(_STAR_HEADER), format=FORMAT, provenance_pending=False)
+                     star_bytes=len(_STAR_HEADER), format=FORMAT, provenance_pending=False,
+                     **mode)
+        if source_root:
+            atomic_write_json(self.folder / SOURCES_FILE, {
+                "root": str(source_root), "star": self.star_path.name, "box": box})
         self._write_empty_files()
         self._names = set()
 
-    def append(self, images: np.ndarray, table: pd.DataFrame) -> None:
+    def append(self, images: np.ndarray | None, table: pd.DataFrame) -> None:
         """Add particles: ``images`` (n, box, box) and their rows (cisTEM short names, with
-        ORIGNAME; MICROGRAPH, ORIGX and ORIGY where the source has them). POS is set here."""
-        n = len(images)
-        if n != len(table):
-            raise ValueError(f"{n} images but {len(table)} rows")
-        if n == 0:
-            return
+        ORIGNAME; MICROGRAPH, ORIGX, ORIGY and SRCSTAMP where known). POS is set here.
+        ``images`` None: a store in source mode, whose pixels stay in the sources."""
+        n = len(table)
         if not self._state["box"]:
             raise StoreError("the store must be reset with a pixel size and box first")
-        if images.shape[1:] != (self.box, self.box):
+        if images is None and self.copies_images:
+            raise ValueError("this store keeps a copy of every particle: give the images")
+        if images is not None and len(images) != n:
+            raise ValueError(f"{len(images)} images but {n} rows")
+        if n == 0:
+            return
+        if images is not None and images.shape[1:] != (self.box, self.box):
             raise ValueError(f"images are {images.shape[1:]}, the store holds {self.box} px")
         rows = table.copy()
         rows["POS"] = np.arange(self.count + 1, self.count + n + 1)
@@ -129,12 +161,8 @@ class ParticleStore:
                 rows[column] = defaults[column].to_numpy() if column in defaults else \
                     cistem_star.BY_SHORT[column].default
         count = self.count + n
-        with open(self.stack_path, "r+b") as stack:
-            stack.seek(HEADER_BYTES + self.count * self.image_bytes)
-            stack.write(np.ascontiguousarray(images, dtype="<f4").tobytes())
-            self._patch_count(stack, count)
-            stack.flush()
-            os.fsync(stack.fileno())
+        if images is not None:
+            self._write_images(self.count, images)
         with open(self.star_path, "r+b") as star:
             star.seek(self._state["star_bytes"])
             star.write(cistem_star.format_rows(rows, STORE_COLUMNS).encode("utf-8"))
@@ -145,6 +173,27 @@ class ParticleStore:
         self._commit(count=count, star_bytes=star_bytes)
         if self._names is not None:
             self._names.update(rows["ORIGNAME"])
+
+    def copy_in(self, read: Callable[[int, int], np.ndarray], batch: int = 1024) -> None:
+        """Switch a source-mode store to a full copy: ``read(start, stop)`` gives the pixels of
+        particles ``start`` to ``stop``. Incremental: each batch is committed, so a kill
+        resumes where it stopped."""
+        if self.copies_images:
+            return
+        while self.copied < self.count:
+            start = self.copied
+            stop = min(self.count, start + batch)
+            self._write_images(start, read(start, stop))
+            self._commit(copied=stop)
+        self._commit(images="copy")
+
+    def _write_images(self, start: int, images: np.ndarray) -> None:
+        with open(self.stack_path, "r+b") as stack:
+            stack.seek(HEADER_BYTES + start * self.image_bytes)
+            stack.write(np.ascontiguousarray(images, dtype="<f4").tobytes())
+            self._patch_count(stack, start + len(images))
+            stack.flush()
+            os.fsync(stack.fileno())
 
     def fill_provenance(self, micrograph: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
         """Set every particle's micrograph and coordinates (in store order) and clear
@@ -195,13 +244,17 @@ class ParticleStore:
         self._commit(replacing_star=None)
 
     def _migrate(self) -> None:
-        """Format 1 -> 2: the provenance columns are added, empty until filled."""
+        """Earlier formats: the columns they lack are added (micrographs and coordinates empty
+        until filled)."""
         if self.count == 0:
             self._commit(format=FORMAT)
             return
         table = cistem_star.read_star(self.star_path).iloc[: self.count].copy()
-        table["ORIGX"], table["ORIGY"], table["MICROGRAPH"] = 0.0, 0.0, ""
-        self._replace_star(table, format=FORMAT, provenance_pending=True)
+        pending = "MICROGRAPH" not in table
+        for column in STORE_COLUMNS:
+            if column not in table:
+                table[column] = cistem_star.BY_SHORT[column].default
+        self._replace_star(table, format=FORMAT, provenance_pending=pending)
 
     def _commit(self, **changes: object) -> None:
         state = {**self._state, **changes}
@@ -221,6 +274,30 @@ class ParticleStore:
         with open(self.star_path, "wb") as star:
             star.write(_STAR_HEADER)
             os.fsync(star.fileno())
+
+    def _empty_files_intact(self) -> bool:
+        """Cut the files of an empty store back to their headers where those are intact, and
+        say whether they were: opening then writes no new blocks, which matters on a full
+        disk (an append cut short by it leaves bytes past the commit)."""
+        try:
+            with open(self.star_path, "rb") as star:
+                if star.read(len(_STAR_HEADER)) != _STAR_HEADER:
+                    return False
+            with mrcfile.open(self.stack_path, header_only=True, permissive=True) as mrc:
+                if int(mrc.header.nx) != self.box or int(mrc.header.ny) != self.box:
+                    return False
+            for path, size in ((self.star_path, len(_STAR_HEADER)),
+                               (self.stack_path, HEADER_BYTES)):
+                if path.stat().st_size != size:
+                    with open(path, "r+b") as handle:
+                        handle.truncate(size)
+                        os.fsync(handle.fileno())
+            with open(self.stack_path, "r+b") as stack:
+                self._patch_count(stack, 0)
+                os.fsync(stack.fileno())
+            return True
+        except (OSError, ValueError):
+            return False
 
     def _patch_count(self, stack: BinaryIO, count: int) -> None:
         """Set the header's image count (nz, mz) and cell length along z to ``count`` images."""
@@ -243,10 +320,11 @@ class ParticleStore:
         self._cut_back()
 
     def _cut_back(self) -> None:
-        if self.count == 0:  # cheap, and covers a kill in the middle of reset()
-            self._write_empty_files()
+        if self.count == 0:  # covers a kill in the middle of reset()
+            if not self._empty_files_intact():
+                self._write_empty_files()
             return
-        stack_bytes = HEADER_BYTES + self.count * self.image_bytes
+        stack_bytes = HEADER_BYTES + self.copied * self.image_bytes
         for path, committed in ((self.stack_path, stack_bytes),
                                 (self.star_path, self._state["star_bytes"])):
             size = path.stat().st_size if path.exists() else -1
@@ -261,6 +339,6 @@ class ParticleStore:
                     os.fsync(handle.fileno())
         with open(self.stack_path, "r+b") as stack:
             stack.seek(_NZ)
-            if struct.unpack("<i", stack.read(4))[0] != self.count:
-                self._patch_count(stack, self.count)
+            if struct.unpack("<i", stack.read(4))[0] != self.copied:
+                self._patch_count(stack, self.copied)
                 os.fsync(stack.fileno())

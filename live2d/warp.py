@@ -300,6 +300,23 @@ def read_particle_images(warp_dir: str | os.PathLike, image_names: list[str],
     return out
 
 
+def check_particle_stack(warp_dir: str | os.PathLike, image_names: list[str], box: int) -> str:
+    """For particles that stay in their stack (read in place later): check, as
+    :func:`read_particle_images` does, that their one stack is complete and of ``box``-px
+    images, without reading the pixels; returns the stack's stamp (size:mtime)."""
+    stacks = {split_image_name(name)[1] for name in image_names}
+    if len(stacks) != 1:
+        raise ValueError("the names must all be of one stack")
+    stack = stacks.pop()
+    path = Path(warp_dir) / stack
+    needed = max(split_image_name(name)[0] for name in image_names) + 1
+    nx, ny = _check_stack_complete(path, stack, needed)
+    if (nx, ny) != (box, box):
+        raise WarpStarError(f"{stack} has {nx}×{ny} images; Warp's box is {box}")
+    status = path.stat()
+    return f"{status.st_size}:{status.st_mtime_ns}"
+
+
 def stack_box(stack: str, warp_dir: str | os.PathLike = ".") -> int:
     """The image size of a stack (``warp_dir``/``stack``) from its header; StackNotReady if it is
     not there or not readable yet."""

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import mrcfile
+import numpy as np
 import pytest
 
 from live2d import cistem_star
@@ -17,6 +18,8 @@ from live2d.engines import CycleCancelled
 from live2d.schedule import Settings
 from live2d.session import Session
 from live2d.simulate import simulate, write_settings
+from live2d.source_images import open_images
+from live2d.store import ParticleStore
 
 SMALL = {"classes": 4, "particles_per_class": 40, "startup_cycles": 2, "refinement_cycles": 1,
          "high_res_initial": 30.0, "high_res_final": 12.0, "threads": 1, "first_job_at": 200,
@@ -237,8 +240,8 @@ def test_sigkill_during_a_cycle_then_restart_loses_and_duplicates_nothing(warp):
     assert len({c["job"] for c in state["history"]}) == 1 and state["job"] is None
     names = cistem_star.read_star(out / "particles.star")["ORIGNAME"]
     assert len(names) == names.nunique() == 240
-    with mrcfile.mmap(out / "particles.mrcs") as mrc:
-        assert mrc.data.shape[0] == 240
+    images = open_images(ParticleStore(out).images_path)  # Warp's stacks, read in place
+    assert len(images) == 240 and images.usable().all()
 
 
 def test_run_on_a_relion_star_classifies_its_particles_and_guesses_the_mask(warp):
@@ -274,3 +277,57 @@ def test_old_per_particle_results_are_pruned_but_every_cycles_classes_stay(warp)
     assert all((out / r.classes).exists() and r.class_counts for r in history)
     assert cli_main(["export", str(warp), "--cycle", str(history[1].number), "--classes", "1",
                      "--to", str(warp / "x.star")]) == 1  # says it is not on disk any more
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def test_the_builtin_engine_reads_warps_stacks_in_place_without_a_copy(warp):
+    assert cli_main(["run", str(warp), "--once", *SMALL_ARGS]) == 0
+    out = warp / "classification"
+    store = ParticleStore(out)
+    assert not store.copies_images and store.count == 240
+    with mrcfile.open(store.stack_path, permissive=True) as mrc:
+        assert mrc.header.nz == 0  # no second copy of the pixels
+    warp_stacks = folder_bytes(warp / "particles")
+    assert folder_bytes(out) < 0.5 * warp_stacks
+    images = open_images(store.images_path)
+    table = store.read_table()
+    first = table["ORIGNAME"].iloc[70]  # served from Warp's own stack, pixel for pixel
+    index, stack = first.split("@")
+    assert np.array_equal(images[[70]][0], mrcfile.read(warp / stack)[int(index) - 1])
+
+
+def test_a_warp_stack_that_vanishes_after_import_is_left_out_and_said(warp):
+    assert cli_main(["run", str(warp), "--once", *SMALL_ARGS]) == 0
+    out = warp / "classification"
+    table = ParticleStore(out).read_table()
+    gone = table["ORIGNAME"].iloc[0].split("@")[1]
+    (warp / gone).unlink()
+    assert cli_main(["run", str(warp), "--once", "--mode", "refine", *SMALL_ARGS]) == 0
+    log = (out / "live2d.log").read_text()
+    assert "60 particles are left out of this cycle" in log and gone in log
+    state = json.loads((out / "session.json").read_text())
+    latest = cistem_star.read_star(out / state["history"][-1]["star"])
+    left_out = table["ORIGNAME"].str.endswith(gone).to_numpy()
+    assert (latest["2DCLS"][left_out] <= 0).all() and (latest["2DCLS"][~left_out] > 0).all()
+
+
+def test_switching_to_cistem_makes_the_copy_once(warp, tmp_path):
+    from cistem_standin import make_bin_dir
+
+    assert cli_main(["run", str(warp), "--once", *SMALL_ARGS]) == 0
+    out = warp / "classification"
+    assert not ParticleStore(out).copies_images
+    bins = make_bin_dir(tmp_path / "bin")
+    assert cli_main(["run", str(warp), "--once", "--mode", "refine", "--engine", "cistem",
+                     "--cistem-bin", str(bins), *SMALL_ARGS]) == 0
+    store = ParticleStore(out)
+    assert store.copies_images and store.copied == 240
+    names = store.read_table()["ORIGNAME"]
+    with mrcfile.mmap(store.stack_path) as mrc:
+        for i in (0, 130, 239):
+            index, stack = names.iloc[i].split("@")
+            assert np.array_equal(mrc.data[i], mrcfile.read(warp / stack)[int(index) - 1])
+    assert "copied the 240 particles" in (out / "live2d.log").read_text()

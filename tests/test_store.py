@@ -126,16 +126,21 @@ def test_sigkill_while_appending_loses_and_duplicates_nothing(tmp_path):
         if not store.box:
             store.reset(1.5, {BOX})
         start = store.count
+        store.append(*batch(start, 7))
+        print("appending", flush=True)
+        start += 7
         while True:
             store.append(*batch(start, 7))
             start += 7
     """)
     rng = np.random.default_rng(0)
     for _ in range(5):
-        process = subprocess.Popen([sys.executable, "-c", script])
-        time.sleep(0.6 + rng.uniform(0, 0.4))
+        process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+        assert process.stdout.readline() == b"appending\n"  # however slow the start
+        time.sleep(rng.uniform(0, 0.4))
         process.send_signal(signal.SIGKILL)
         process.wait()
+        process.stdout.close()
         store = ParticleStore(tmp_path)
         assert store.count % 7 == 0
         check_consistent(tmp_path, store.count)

@@ -85,6 +85,9 @@ class CycleCancelled(RuntimeError):
 
 class Engine(ABC):
     name: str = "engine"
+    # Whether the engine reads one MRC stack of every particle (refine2d does); if not, the
+    # store may read Warp's own stacks in place (live2d.source_images) instead of copying them.
+    needs_particle_stack: bool = True
 
     @abstractmethod
     def start_classes(

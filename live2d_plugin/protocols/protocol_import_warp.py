@@ -58,10 +58,10 @@ class PublishedStore(ParticleStore):
     its store when Warp's settings change (and imports everything again), which would swap the
     images under the published particles. Here that ends the import instead."""
 
-    def reset(self, pixel_size: float, box: int) -> None:
+    def reset(self, pixel_size: float, box: int, source_root: Path | None = None) -> None:
         if self.count:
             raise StoreResetRefused(pixel_size, box)
-        super().reset(pixel_size, box)
+        super().reset(pixel_size, box, source_root)
 
 
 class ProtLive2DImportWarp(ProtImport):

@@ -101,10 +101,11 @@ def test_broken_warp_files_are_reported_and_nothing_bad_is_imported(tmp_path):
     check()
 
     stack = next((warp / "particles").glob("*.mrcs"))
-    stack.unlink()  # a stack deleted after its rows were imported: ours is a copy
+    stack.unlink()  # a stack deleted after its rows were imported (read in place)
     assert session.run_job("abinit")
     assert check_invariants(warp.parent / "warp", session.output_dir, complete=False)[
         "cycles"] == 3
+    assert "left out of this cycle" in log_text(session) and stack.name in log_text(session)
     session.close()
 
 
@@ -158,14 +159,16 @@ def test_a_full_output_disk_loses_nothing_and_the_session_carries_on(tmp_path):
         pytest.skip("mounting a small tmpfs needs root (mount -t tmpfs): disk-full test not run")
     try:
         warp = tmp_path / "warp"
-        grow(warp, 400)  # 400 × 32² × 4 bytes = 1.6 MB: more than the disk holds
+        # The store reads Warp's stacks in place: 4,000 particles' star rows and the cycles'
+        # files are more than the disk holds.
+        grow(warp, 4000)
         session = Session(warp, out, settings=SMALL)
         thread, stop = automatic(session)
         wait_for(lambda: "No space left" in log_text(session), timeout=60)
         check_invariants(warp, out, complete=False)
-        assert session.store.count < 400
+        assert session.store.count < 4000
         subprocess.run(["mount", "-o", "remount,size=40m", str(out)], check=True)
-        wait_for(lambda: session.store.count == 400 and len(session.history) >= 3, timeout=90)
+        wait_for(lambda: session.store.count == 4000 and len(session.history) >= 3, timeout=90)
         stop.set()
         session.request_stop(hard=True)
         thread.join(timeout=60)

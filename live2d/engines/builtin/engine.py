@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import mrcfile
 import numpy as np
 import pandas as pd
 import torch
 
 from live2d import cistem_star
+from live2d.cistem_star import StarFormatError
 from live2d.engines.base import (
     CycleCancelled,
     CycleRequest,
@@ -48,10 +48,12 @@ from live2d.engines.builtin.io import (
     read_classes,
     read_inputs,
     updated_table,
+    usable,
     write_classes,
 )
 from live2d.engines.builtin.search import Search
 from live2d.imaging import blank_edges, soft_disc
+from live2d.source_images import open_images
 
 if TYPE_CHECKING:
     from live2d.executors import Executor
@@ -67,6 +69,7 @@ CHUNK_COLUMNS = [*CTF_COLUMNS, "2DCLS", "PSI", "SHX", "SHY"]
 
 class BuiltinEngine(Engine):
     name = "builtin"
+    needs_particle_stack = False
 
     def __init__(self, device: str = "auto", batch_size: int | None = None,
                  executor: Executor | None = None, chunk_batches: int = CHUNK_BATCHES) -> None:
@@ -107,6 +110,7 @@ class BuiltinEngine(Engine):
         n = len(table)
         used = np.flatnonzero(rng.random(n) < params.fraction) if params.fraction < 1 else \
             np.arange(n)
+        used = used[usable(stack, n)[used]]
         if len(used) < k:
             raise EngineError(f"{len(used)} particles used ({params.fraction:.0%} of {n}) are "
                               f"too few for {k} classes")
@@ -155,6 +159,7 @@ class BuiltinEngine(Engine):
         n, k, box = len(table), len(classes), stack.shape[-1]
         used = np.flatnonzero(rng.random(n) < params.fraction) if params.fraction < 1 else \
             np.arange(n)
+        used = used[usable(stack, n)[used]]  # left unused, as particles not drawn
         excluded = 0
         if params.exclude_blank_edges:  # as refine2d: left unused, like particles not drawn
             keep = np.concatenate([~blank_edges(stack[batch]) for _, batch in
@@ -264,15 +269,14 @@ def classify_chunk(search: Search, stack: np.ndarray, chunk: np.ndarray, rows: p
 
 
 def run_chunk_task(search: Search, task: ChunkTask) -> Partial:
-    """A chunk on a Dask worker: the stack memory-mapped from the shared folder."""
+    """A chunk on a Dask worker: the stack memory-mapped from the shared folder (or the source
+    stacks, read in place)."""
     torch.set_num_threads(task.threads)
     try:
-        mrc = mrcfile.mmap(task.stack, mode="r", permissive=True)
-    except (OSError, ValueError) as exc:
+        stack = open_images(task.stack)
+    except (OSError, ValueError, StarFormatError) as exc:
         raise EngineError(f"built-in engine on a worker: cannot read {task.stack}: {exc}") \
             from None
-    stack = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
-    mrc.close()
     return classify_chunk(search, stack, task.chunk, task.rows, task.batch_size)
 
 

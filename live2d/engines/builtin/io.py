@@ -21,6 +21,7 @@ from live2d import cistem_star
 from live2d.atomic import replacing
 from live2d.engines.base import CycleParams, CycleRequest, EngineError
 from live2d.mrc import read_images
+from live2d.source_images import open_images
 
 CTF_COLUMNS = ["DF1", "DF2", "ANGAST", "VOLT", "Cs", "AmpC", "PSHIFT"]  # ctf_2d's order
 # What a cycle finds out per particle, as a classification returns it (one array each).
@@ -34,15 +35,19 @@ def read_inputs(request: CycleRequest) -> tuple[pd.DataFrame, np.ndarray]:
     except (OSError, cistem_star.StarFormatError) as exc:
         raise EngineError(f"built-in engine: cannot read {request.star_in}: {exc}") from None
     try:
-        mrc = mrcfile.mmap(request.stack, mode="r", permissive=True)
-    except (OSError, ValueError) as exc:
+        stack = open_images(request.stack)
+    except (OSError, ValueError, cistem_star.StarFormatError) as exc:
         raise EngineError(f"built-in engine: cannot read {request.stack}: {exc}") from None
-    stack = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
-    mrc.close()  # the memory map itself stays valid until its last reference goes
     if len(stack) < len(table):
         raise EngineError(f"{request.star_in} has {len(table)} particles but {request.stack} "
                           f"only {len(stack)}")
     return table, stack
+
+
+def usable(stack, n: int) -> np.ndarray:
+    """Per particle, whether its image can be read: all of them in an MRC stack; with the
+    source stacks read in place, not those whose stack changed or vanished since import."""
+    return stack.usable(n) if hasattr(stack, "usable") else np.ones(n, dtype=bool)
 
 
 def read_classes(path: Path, box: int) -> torch.Tensor:
