@@ -159,3 +159,32 @@ def test_a_project_with_several_particle_stars_asks_which(tmp_path):
     with pytest.raises(WarpFolderError, match=r"several particle stars .* give --star"):
         detect_layout(project.folder)
     assert detect_layout(project.folder, "other.star").star == project.folder / "other.star"
+
+
+def test_a_half_written_stack_of_an_export_is_waited_for_then_imported(tmp_path):
+    project = WarpToolsProject(tmp_path / "project")
+    project.export(2)
+    stack = project.stack_path(1)
+    whole = stack.read_bytes()
+    stack.write_bytes(whole[: len(whole) // 2])  # WarpTools still writing it
+    importer = importer_for(project.folder, tmp_path)
+    report = importer.poll()
+    assert report.total == 10 and any("waiting for" in m for m in report.messages)
+    stack.write_bytes(whole)
+    assert importer.poll().total == 20
+    assert_store_matches(importer.store, project)
+
+
+def test_a_vanishing_project_folder_does_not_end_the_session(tmp_path):
+    project = WarpToolsProject(tmp_path / "project")
+    project.export(1)
+    importer = importer_for(project.folder, tmp_path)
+    assert importer.poll().total == 10
+    away = tmp_path / "away"
+    project.folder.rename(away)  # a network share that hiccups
+    report = importer.poll()
+    assert report.total == 10 and any("next poll" in m for m in report.messages)
+    away.rename(project.folder)
+    project.export(1)
+    assert importer.poll().total == 20
+    assert_store_matches(importer.store, project)
