@@ -41,10 +41,8 @@ def main(args: argparse.Namespace) -> int:
     from live2d.export import export_particles
     from live2d.selection import SelectionError
 
-    state = find_state(args.dir)
+    state = find_state(args.dir, "export")
     if state is None:
-        print(f"live2d export: no session.json in {args.dir} or {args.dir / 'classification'}",
-              file=sys.stderr)
         return 1
     try:
         exported = export_particles(state.parent, args.to, parse_classes(args.classes),

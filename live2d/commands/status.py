@@ -13,10 +13,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, help="output or Warp folder")
 
 
-def find_state(folder: Path) -> Path | None:
+def find_state(folder: Path, command: str | None = None) -> Path | None:
+    """The session.json of DIR (the output folder or the Warp folder); None, saying so on
+    stderr when ``command`` is given, if there is none."""
     for candidate in (folder / "session.json", folder / "classification" / "session.json"):
         if candidate.is_file():
             return candidate
+    if command:
+        print(f"live2d {command}: no session.json in {folder} or {folder / 'classification'}",
+              file=sys.stderr)
     return None
 
 
@@ -68,10 +73,8 @@ def print_exports(folder: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    path = find_state(args.dir)
+    path = find_state(args.dir, "status")
     if path is None:
-        print(f"live2d status: no session.json in {args.dir} or {args.dir / 'classification'}",
-              file=sys.stderr)
         return 1
     state = json.loads(path.read_text(encoding="utf-8"))
     print(f"session {path.parent}  (Warp folder {state['warp_dir']})")
