@@ -27,6 +27,7 @@ import numpy as np
 from live2d import cistem_star
 from live2d.atomic import atomic_write_json
 from live2d.class_quality import ClassQuality, assess_classes
+from live2d.disk import DiskUse, disk_use
 from live2d.engines import (
     CycleCancelled,
     CycleParams,
@@ -188,6 +189,7 @@ class Session:
                                  star=self.state.star or None,
                                  contrast=self.settings.contrast)
         self._said_no_diameter = False
+        self.disk: DiskUse | None = None  # the output folder's disk use, as last measured
         self.selection = SelectionState.load(self.output_dir)
         self._clean_work_dir()
 
@@ -305,6 +307,7 @@ class Session:
                 "next_mode": self.settings.mode,
                 "automatic": self.state.automatic,
                 "progress": self.progress,
+                "disk": self._disk_dict(),
             }
 
     # ----------------------------------------------------------------- control
@@ -337,6 +340,7 @@ class Session:
             self._log(message)
         if report.new_particles:
             self._log(f"imported {report.new_particles} particles ({report.total} in all)")
+            self.check_disk()
         if report.reimported:
             self._log(f"{report.reason}", logging.WARNING)
             with self._lock:
@@ -640,6 +644,7 @@ class Session:
             self._write_state()
         self._clean_work_dir()
         self._prune_results()
+        self.check_disk()
         self._log(f"cycle {number} done in {record.finished - started:.1f} s "
                   f"({record.particles_per_second:.0f} particles/s)")
         self._emit({"type": "cycle", "cycle": dataclasses.asdict(record)})
@@ -716,6 +721,27 @@ class Session:
                               read_images(request.classes_out), self.store.pixel_size,
                               request.params.mask_radius, request.params.high_res,
                               request.params.invert_contrast)
+
+    def _disk_dict(self) -> dict[str, Any] | None:
+        return None if self.disk is None else self.disk.to_dict() | {"text": self.disk.describe()}
+
+    def check_disk(self) -> DiskUse | None:
+        """Measure the output folder's disk use, tell the pages, and warn in the log when the
+        free space falls below what the next cycles need."""
+        if not self.store.box:
+            return None
+        latest = self.latest_cycle()
+        classes = len(latest.class_counts) if latest else self.settings.classes
+        use = disk_use(self.output_dir, self.store.count, classes, self.store.box,
+                       self.store.copies_images, min(self.settings.update_every,
+                                                     self.store.count))
+        if use.low and not (self.disk and self.disk.low):
+            log.warning("disk space is low in %s: %s; free some or move --output before "
+                        "the disk fills (a full disk stops new work)", self.output_dir,
+                        use.describe())
+        self.disk = use
+        self._emit({"type": "disk", "disk": self._disk_dict()})
+        return use
 
     def _prune_results(self) -> None:
         """Delete per-particle stars beyond the latest ``keep_cycle_results`` cycles, except

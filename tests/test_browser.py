@@ -99,6 +99,10 @@ def test_a_user_runs_a_job_and_browses_the_classes(server, pages):
     assert [a.get_attribute("href").rsplit("/", 1)[1] for a in links] == [
         "cycle_002.mrc", "cycle_002.star"]
 
+    disk = page.find_element(By.ID, "disk").text  # disk use in sight, on every page
+    assert disk.startswith("Disk: ") and "per particle" in disk and "free" in disk
+    wait(watcher, lambda d: d.find_element(By.ID, "disk").text == disk)
+
     # The other page followed the same job without anyone touching it.
     wait(watcher, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".tile")) == 4)
     assert watcher.find_element(By.ID, "cycle-meta").text.startswith("Cycle 3")

@@ -46,17 +46,17 @@ def print_classes(folder: Path, history: list[dict]) -> None:
               f"{mark}  {c['reason']}")
 
 
-def print_disk(folder: Path) -> None:
-    import shutil
+def print_disk(folder: Path, history: list[dict]) -> None:
+    from live2d.disk import disk_use
 
-    used = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    free = shutil.disk_usage(folder).free
     try:
-        particles = json.loads((folder / "store.json").read_text(encoding="utf-8"))["count"]
-    except (OSError, ValueError, KeyError):
-        particles = 0
-    per = f", {used / particles / 1024:.1f} KB per particle" if particles else ""
-    print(f"disk: {used / 2**30:.2f} GB in {folder}{per}; {free / 2**30:.1f} GB free")
+        store = json.loads((folder / "store.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        store = {}
+    classes = len(history[-1]["class_counts"]) if history else 0
+    use = disk_use(folder, int(store.get("count", 0)), classes, int(store.get("box", 0)),
+                   store.get("images", "copy") == "copy")
+    print(f"disk: {use.describe()} ({folder})")
 
 
 def print_exports(folder: Path) -> None:
@@ -90,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
               f"{max(counts, default=0):>7} {c['particles_per_second']:>7.0f}  {finished}")
     print_classes(path.parent, state["history"])
     print_exports(path.parent)
-    print_disk(path.parent)
+    print_disk(path.parent, state["history"])
     job = state.get("job")
     if job:
         print(f"unfinished: job {job['number']} ({job['job_type']}) at cycle "

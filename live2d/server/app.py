@@ -176,7 +176,8 @@ def connect_events(app: web.Application, loop: ioloop.IOLoop) -> None:
 
     def broadcast(event: dict[str, Any]) -> None:
         # Log lines and progress go as they are; anything else redraws every page in full.
-        message = event if event["type"] in ("log", "progress") else controller.state()
+        # the small events go as they are; the others change what the state holds
+        message = event if event["type"] in ("log", "progress", "disk") else controller.state()
         for client in list(clients):
             client.send(message)
 

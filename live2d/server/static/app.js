@@ -47,6 +47,9 @@ function receive(message) {
     renderLog();
   } else if (message.type === "progress") {
     renderProgress(message.progress);
+  } else if (message.type === "disk") {
+    if (page.state) page.state.disk = message.disk;
+    renderDisk(message.disk);
   } else if (message.type === "error") {
     showError(message.message);
     if (page.exporting) exportDone(message.message);
@@ -73,6 +76,7 @@ function render() {
   $("warp-missing").hidden = !s.missing;
   for (const id of ["start-job", "start-automatic"]) $(id).disabled = !s.warp_dir;
   $("particles").textContent = `${s.particles.toLocaleString()} particles imported`;
+  renderDisk(s.disk);
   renderSettings();
   renderProgress(s.progress);
   renderCycles();
@@ -640,3 +644,10 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   connect();
 });
+
+// The output folder's disk use and free space; a warning before the disk fills.
+function renderDisk(disk) {
+  const line = $("disk");
+  line.textContent = disk ? `Disk: ${disk.text}` : "";
+  line.classList.toggle("warning", Boolean(disk && disk.low));
+}
