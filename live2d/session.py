@@ -350,7 +350,8 @@ class Session:
                 self._write_state()
         if report.new_particles or report.reimported:
             self._emit({"type": "import", "particles": report.total,
-                        "new": report.new_particles, "waiting_on": report.waiting_on})
+                        "new": report.new_particles, "waiting_on": report.waiting_on,
+                        "reimported": report.reimported})
         return report
 
     # ----------------------------------------------------------------- jobs

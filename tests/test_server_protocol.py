@@ -325,3 +325,16 @@ def test_export_writes_the_selection_for_download_and_an_empty_one_is_refused(cl
     assert sorted(p.name for p in (output / "exports").iterdir()) == ["good_cycle_003.star"]
     first.close()
     second.close()
+
+
+def test_new_particles_reach_the_pages_as_a_small_message_not_the_whole_history(server):
+    client = Client(server)
+    client.receive()
+    client.send({"command": "start_job", "job_type": "abinit", "settings": {"classes": 2}})
+    client.wait_for(lambda m: m["type"] == "state" and len(m["history"]) == 4
+                    and m["status"] == "stopped")
+    imports = [m for m in client.messages if m["type"] == "import"]
+    assert imports and imports[0]["particles"] == 120 and "history" not in imports[0]
+    disk = [m for m in client.messages if m["type"] == "disk"]
+    assert disk and "free" in disk[-1]["disk"]["text"] and "history" not in disk[-1]
+    client.close()

@@ -176,8 +176,11 @@ def connect_events(app: web.Application, loop: ioloop.IOLoop) -> None:
 
     def broadcast(event: dict[str, Any]) -> None:
         # Log lines and progress go as they are; anything else redraws every page in full.
-        # the small events go as they are; the others change what the state holds
-        message = event if event["type"] in ("log", "progress", "disk") else controller.state()
+        # Small events go as they are (new particles need not resend every cycle's history);
+        # the others change what the state holds.
+        small = event["type"] in ("log", "progress", "disk") or (
+            event["type"] == "import" and not event.get("reimported"))
+        message = event if small else controller.state()
         for client in list(clients):
             client.send(message)
 

@@ -47,6 +47,9 @@ function receive(message) {
     renderLog();
   } else if (message.type === "progress") {
     renderProgress(message.progress);
+  } else if (message.type === "import") {
+    if (page.state) page.state.particles = message.particles;
+    $("particles").textContent = `${message.particles.toLocaleString()} particles imported`;
   } else if (message.type === "disk") {
     if (page.state) page.state.disk = message.disk;
     renderDisk(message.disk);
