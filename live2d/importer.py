@@ -404,6 +404,13 @@ class Importer:
                           for name, stack in zip(rows["rlnImageName"], stacks, strict=True)],
                          dtype=bool)
         rows = rows[fresh].drop_duplicates("rlnImageName")
+        if not self.store.copies_images and len(rows) and \
+                _stacks_of(rows).map(_outside_warp_folder).any():
+            # Only Warp's own stacks (relative names, written once) are read in place: stacks
+            # elsewhere, such as the growing one of a Scipion import, may change after import.
+            report.messages.append("particles from stacks outside the Warp folder: keeping a "
+                                   "copy of every particle, since those stacks may change")
+            self._copy_in(report)
         stacks = stacks[rows.index]
         per_batch = max(1, APPEND_BATCH_BYTES // (settings.box * settings.box * 4))
         batch: list[pd.DataFrame] = []
@@ -530,6 +537,10 @@ def _stacks_of(rows: pd.DataFrame) -> pd.Series:
     if not len(rows):
         return pd.Series([], dtype=object, index=rows.index)
     return rows["rlnImageName"].str.partition("@")[2]
+
+
+def _outside_warp_folder(stack: str) -> bool:
+    return Path(stack).is_absolute() or ".." in Path(stack).parts
 
 
 def _check_pixel_size(rows: pd.DataFrame, settings: WarpSettings) -> None:
