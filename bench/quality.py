@@ -23,20 +23,17 @@ scored 0.5 or more by live2d.class_quality):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
 
-from live2d.class_quality import GOOD_SCORE
 from live2d.evaluate import score_cycle
 from live2d.schedule import Settings
+from live2d.selection import proposed
 from live2d.session import Session
 from live2d.simulate import simulate, truth_dir_for
 from live2d.warp import read_settings
-
-
-def proposed_classes(record) -> list[int]:
-    return [k + 1 for k, score in enumerate(record.class_score) if score >= GOOD_SCORE]
 
 
 def main() -> None:
@@ -99,7 +96,7 @@ def main() -> None:
                 continue
             scores, best, auto = score_cycle(root / "classification", record.number,
                                              truth_dir_for(warp), mask_radius,
-                                             proposed=proposed_classes(record))
+                                             proposed=proposed(dataclasses.asdict(record)))
             print(f"{record.number:5d}  {record.block:<11s} {record.high_res:6.1f} Å "
                   f"{record.fraction:5.0%}  {scores.homogeneity:11.3f}  {scores.fidelity:8.3f}  "
                   f"{scores.classes_used:7d}  {best.precision:14.3f}  {best.recall:11.3f}  "

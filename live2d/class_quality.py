@@ -26,12 +26,12 @@ import pandas as pd
 import torch
 
 from live2d.engines.builtin.geometry import fourier_crop
+from live2d.engines.builtin.io import CTF_COLUMNS
 from live2d.imaging import ctf_2d, rotate, soft_disc
 
 FRC_THRESHOLD = 0.143
 GOOD_SCORE = 0.5
 BATCH = 256
-CTF_COLUMNS = ["DF1", "DF2", "ANGAST", "VOLT", "Cs", "AmpC", "PSHIFT"]  # ctf_2d's order
 
 
 @dataclass(frozen=True)

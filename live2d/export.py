@@ -22,6 +22,7 @@ import pandas as pd
 import starfile
 
 from live2d import cistem_star
+from live2d.layouts import find_stack
 from live2d.selection import SelectionError, SelectionState, selected
 from live2d.warp import split_image_name
 
@@ -115,11 +116,7 @@ def _image_names(names: pd.Series, warp_dir: Path, star: str, base: Path | None)
     for name in names:
         index, stack = split_image_name(str(name))
         if stack not in found:
-            path = Path(stack)
-            if not path.is_absolute():
-                path = warp_dir / stack if (warp_dir / stack).exists() or not \
-                    (star_dir / stack).exists() else star_dir / stack
-            path = path.resolve()
+            path = (find_stack(stack, warp_dir, star_dir) or warp_dir / stack).resolve()
             found[stack] = os.path.relpath(path, base) if base else str(path)
         out.append(f"{index + 1:06d}@{found[stack]}")
     return out

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from live2d.atomic import atomic_write_json
-from live2d.layouts import WARP, Layout, detect_layout
+from live2d.layouts import WARP, Layout, detect_layout, find_stack
 from live2d.relion_star import read_particle_star
 from live2d.source_images import open_images
 from live2d.store import ParticleStore
@@ -284,15 +284,10 @@ class Importer:
         index, stack = split_image_name(name)
         found = self._stack_paths.get(stack)
         if found is None:
-            found = stack
-            if not Path(stack).is_absolute():
-                for base in (self.warp_dir, star.parent):
-                    if (base / stack).exists():
-                        found = str(base / stack)
-                        break
-                else:
-                    return f"{index + 1}@{self.warp_dir / stack}"  # not there yet: look again
-            self._stack_paths[stack] = found
+            path = find_stack(stack, self.warp_dir, star.parent)
+            if path is None:
+                return f"{index + 1}@{self.warp_dir / stack}"  # not there yet: look again
+            found = self._stack_paths[stack] = str(path)
         return f"{index + 1}@{found}"
 
     def _fill_provenance(self, star: Path, report: ImportReport) -> None:
@@ -404,14 +399,13 @@ class Importer:
                           for name, stack in zip(rows["rlnImageName"], stacks, strict=True)],
                          dtype=bool)
         rows = rows[fresh].drop_duplicates("rlnImageName")
-        if not self.store.copies_images and len(rows) and \
-                _stacks_of(rows).map(_outside_warp_folder).any():
+        stacks = stacks[rows.index]
+        if not self.store.copies_images and stacks.map(_outside_warp_folder).any():
             # Only Warp's own stacks (relative names, written once) are read in place: stacks
             # elsewhere, such as the growing one of a Scipion import, may change after import.
             report.messages.append("particles from stacks outside the Warp folder: keeping a "
                                    "copy of every particle, since those stacks may change")
             self._copy_in(report)
-        stacks = stacks[rows.index]
         per_batch = max(1, APPEND_BATCH_BYTES // (settings.box * settings.box * 4))
         batch: list[pd.DataFrame] = []
         batch_rows = 0

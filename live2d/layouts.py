@@ -67,3 +67,16 @@ def detect_layout(folder: str | os.PathLike, star: str | os.PathLike | None = No
 def _warptools_settings(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.settings") if p.name != SETTINGS_FILE
                   and p.is_file())
+
+
+def find_stack(stack: str, folder: Path, star_dir: Path) -> Path | None:
+    """Where a star's stack is: an absolute path as it is; a relative one from ``folder``
+    first (as RELION resolves paths from its project folder), then from the star's folder.
+    None while it is in neither."""
+    path = Path(stack)
+    if path.is_absolute():
+        return path
+    for base in (folder, star_dir):
+        if (base / path).exists():
+            return base / path
+    return None

@@ -26,17 +26,10 @@ import numpy as np
 import pandas as pd
 
 from live2d import cistem_star
-from live2d.warp import split_image_name
+from live2d.warp import split_image_name, stack_stamp
 
 SOURCES_FILE = "particles.sources.json"
 OPEN_STACKS = 256  # memory maps kept open at once
-
-
-def stack_stamp(path: str | os.PathLike) -> str:
-    """What identifies a stack's content cheaply: its size and modification time (the form
-    :func:`live2d.warp.check_particle_stack` records at import)."""
-    status = os.stat(path)
-    return f"{status.st_size}:{status.st_mtime_ns}"
 
 
 def open_images(path: str | os.PathLike):

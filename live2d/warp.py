@@ -313,7 +313,12 @@ def check_particle_stack(warp_dir: str | os.PathLike, image_names: list[str], bo
     nx, ny = _check_stack_complete(path, stack, needed)
     if (nx, ny) != (box, box):
         raise WarpStarError(f"{stack} has {nx}×{ny} images; Warp's box is {box}")
-    status = path.stat()
+    return stack_stamp(path)
+
+
+def stack_stamp(path: str | os.PathLike) -> str:
+    """What identifies a stack's content cheaply: its size and modification time."""
+    status = os.stat(path)
     return f"{status.st_size}:{status.st_mtime_ns}"
 
 
