@@ -340,7 +340,8 @@ class Session:
             self._log(message)
         if report.new_particles:
             self._log(f"imported {report.new_particles} particles ({report.total} in all)")
-            self.check_disk()
+            if self.disk is None:  # then after every cycle: walking the folder is O(files)
+                self.check_disk()
         if report.reimported:
             self._log(f"{report.reason}", logging.WARNING)
             with self._lock:
@@ -636,7 +637,8 @@ class Session:
             class_table=paths["class_table"].name if quality else "",
         )
         if quality:
-            self._follow_selection(dataclasses.asdict(record), previous_record)
+            self._follow_selection(dataclasses.asdict(record), previous_record,
+                                   request.params.mask_radius / self.store.pixel_size)
         with self._lock:
             self.state.history.append(dataclasses.asdict(record))
             assert self.state.job is not None
@@ -698,22 +700,17 @@ class Session:
         self._emit({"type": "selection", "selection": self.selection_summary()})
         return exported
 
-    def _follow_selection(self, record: dict, previous: dict | None) -> None:
+    def _follow_selection(self, record: dict, previous: dict | None,
+                          mask_radius_px: float) -> None:
         with SelectionState.updating(self.output_dir) as state:
             old = next((r for r in self.state.history if r["number"] == state.cycle), None)
             old_averages = read_images(self.output_dir / old["classes"]) if old else None
             follow_cycle(state, previous, record, old_averages,
-                         read_images(self.output_dir / record["classes"]),
-                         self._mask_radius_px())
+                         read_images(self.output_dir / record["classes"]), mask_radius_px)
             self.selection = state
         if record["job"] != (previous or {}).get("job") and (state.carried or state.dropped):
             self._log(f"class marks: carried {self.selection.carried or 'none'} (old -> new), "
                       f"dropped {self.selection.dropped or 'none'}")
-
-    def _mask_radius_px(self) -> float:
-        settings = self.importer.source_settings()
-        diameter = settings.diameter or DIAMETER_OF_BOX * settings.box * settings.pixel_size
-        return (self.settings.mask_radius or 0.6 * diameter) / settings.pixel_size
 
     def _assess_classes(self, request: CycleRequest) -> list[ClassQuality]:
         """Resolution estimate and good/junk score of every class of a finished cycle."""
