@@ -22,6 +22,7 @@ import pandas as pd
 import starfile
 
 from live2d import cistem_star
+from live2d.history import read_history
 from live2d.layouts import find_stack
 from live2d.selection import SelectionError, SelectionState, selected
 from live2d.warp import split_image_name
@@ -43,7 +44,7 @@ def export_particles(output_dir: str | os.PathLike, to: str | os.PathLike,
     wrong: no such cycle or class, an empty selection, an output that cannot be written."""
     output_dir = Path(output_dir)
     state = json.loads((output_dir / "session.json").read_text(encoding="utf-8"))
-    history = [r for r in state["history"] if r.get("block") != "start"]
+    history = [r for r in read_history(output_dir) if r.get("block") != "start"]
     if not history:
         raise SelectionError("no classified cycle yet: nothing to export")
     if cycle is None:

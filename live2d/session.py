@@ -1,8 +1,10 @@
 """The live loop: import what Warp picked, run scheduled classification jobs, keep every cycle.
 
-One ``Session`` owns one output folder. Its state (settings, the job in progress, the history of
-every cycle) lives in ``session.json``, written atomically after every change, so a process killed
-at any moment restarts where it was: the running job resumes at its first unfinished cycle.
+One ``Session`` owns one output folder. Its state (settings, the job in progress) lives in
+``session.json``, written atomically after every change, and every cycle's record is appended to
+``history.jsonl`` (:mod:`live2d.history`), so a process killed at any moment restarts where it
+was: the running job resumes at its first unfinished cycle, and neither file's writes grow with
+the number of cycles so far.
 
 Threading: the loop (``run_job``, ``run_automatic``) runs in one worker thread; ``request_stop``,
 ``snapshot``, ``update_settings`` and listeners are safe to use from any other thread (a web
@@ -38,6 +40,7 @@ from live2d.engines import (
     make_engine,
 )
 from live2d.export import Exported, export_particles
+from live2d.history import CycleHistory
 from live2d.importer import Importer, ImportReport
 from live2d.mrc import mark_image_stack, read_images
 from live2d.schedule import (
@@ -66,7 +69,7 @@ from live2d.warp import WarpSettings
 if TYPE_CHECKING:
     from live2d.executors import Executor
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the history moved to history.jsonl
 LOG_LINES_KEPT = 1000
 MAX_CYCLE_FAILURES = 3
 # A particle's diameter as a share of its box, where no picker says (boxes are usually about
@@ -129,7 +132,6 @@ class SessionState:
     warp_dir: str
     settings: dict[str, Any]
     star: str = ""  # the particle star named with --star ("": the folder's layout decides)
-    history: list[dict[str, Any]] = field(default_factory=list)
     job: dict[str, Any] | None = None
     jobs_started: int = 0
     particles_at_last_job: int | None = None
@@ -205,7 +207,11 @@ class Session:
     @property
     def history(self) -> list[CycleRecord]:
         with self._lock:
-            return [CycleRecord.from_dict(r) for r in self.state.history]
+            return [CycleRecord.from_dict(r) for r in self._records]
+
+    @property
+    def _records(self) -> list[dict[str, Any]]:
+        return self._history.records
 
     @property
     def job(self) -> JobState | None:
@@ -217,19 +223,37 @@ class Session:
 
             try:
                 values = json.loads(self.state_path.read_text(encoding="utf-8"))
-                state = SessionState(**values)
-            except (ValueError, TypeError) as exc:
+                older_history = values.pop("history", None)
+                state = SessionState(**{**values, "version": STATE_VERSION})
+            except (ValueError, TypeError, AttributeError) as exc:
                 raise SessionError(
                     f"{self.state_path} is unreadable ({exc}); it is only ever replaced "
                     "atomically, so something else wrote it: restore it or move it away"
                 ) from None
+            if older_history is not None:  # an earlier version's session: history moves out
+                self._history = CycleHistory.replace(self.output_dir, older_history)
+                self._write_state(state)
+            else:
+                self._history = CycleHistory(self.output_dir)
             if settings is not None:
                 state.settings = settings.to_dict()
-            self._log(f"resuming session in {self.output_dir}: {len(state.history)} cycles")
+            self._catch_up_job(state)
+            self._log(f"resuming session in {self.output_dir}: {len(self._records)} cycles")
             return state
+        self._history = CycleHistory(self.output_dir)
         state = SessionState(str(self.warp_dir), (settings or Settings()).to_dict())
         self._write_state(state)
         return state
+
+    def _catch_up_job(self, state: SessionState) -> None:
+        """A kill between recording a cycle and saving the job's progress leaves the job one
+        cycle behind its history: move it on rather than run that cycle again."""
+        if not state.job:
+            return
+        done = [r["job_cycle"] for r in self._records if r.get("job") == state.job["number"]]
+        if done and max(done) > state.job["next_index"]:
+            state.job["next_index"] = max(done)
+            state.job["failures"] = 0
 
     def _write_state(self, state: SessionState | None = None) -> None:
         with self._lock:
@@ -293,22 +317,26 @@ class Session:
         self.status = status
         self._emit({"type": "status", "status": status})
 
-    def snapshot(self) -> dict[str, Any]:
-        """Everything a UI shows, JSON-ready."""
+    def snapshot(self, with_history: bool = True) -> dict[str, Any]:
+        """Everything a UI shows, JSON-ready; ``with_history`` False: all but the history of
+        cycles (for a UI that has it and hears of each new cycle)."""
         with self._lock:
-            return {
+            snapshot = {
                 "warp_dir": str(self.warp_dir),
                 "output_dir": str(self.output_dir),
                 "status": self.status,
                 "settings": dict(self.state.settings),
                 "particles": self.store.count,
-                "history": [dict(r) for r in self.state.history],
+                "history": [dict(r) for r in self._records],
                 "job": dict(self.state.job) if self.state.job else None,
                 "next_mode": self.settings.mode,
                 "automatic": self.state.automatic,
                 "progress": self.progress,
                 "disk": self._disk_dict(),
             }
+        if not with_history:
+            del snapshot["history"]
+        return snapshot
 
     # ----------------------------------------------------------------- control
     def request_stop(self, hard: bool = False) -> None:
@@ -358,9 +386,10 @@ class Session:
     # ----------------------------------------------------------------- jobs
     def latest_cycle(self) -> CycleRecord | None:
         """The newest cycle of the current particle set (older sets cannot seed a job)."""
-        history = self.history
-        if history and history[-1].generation == self.store.generation:
-            return history[-1]
+        with self._lock:
+            last = self._records[-1] if self._records else None
+        if last is not None and last["generation"] == self.store.generation:
+            return CycleRecord.from_dict(last)
         return None
 
     def start_job(self, job_type: str | None = None) -> JobState:
@@ -564,7 +593,7 @@ class Session:
         spec = job.spec(job.next_index)
         settings = self.settings
         warp = self.importer.source_settings()
-        number = len(self.state.history)
+        number = len(self._records)
         paths = self.cycle_paths(number)
         previous = self.latest_cycle() if spec.kind == "refine" else None
         if spec.kind == "refine" and previous is None:
@@ -618,7 +647,7 @@ class Session:
         mark_image_stack(request.classes_out)
         write_thumbnails(request.classes_out, paths["thumbnails"])
         quality = self._assess_classes(request) if spec.kind != "start" else []
-        previous_record = self.state.history[-1] if self.state.history else None
+        previous_record = self._records[-1] if self._records else None
         if quality:
             atomic_write_json(paths["class_table"], [q.to_dict() for q in quality])
         request.classes_out.replace(paths["classes"])
@@ -640,7 +669,7 @@ class Session:
             self._follow_selection(dataclasses.asdict(record), previous_record,
                                    request.params.mask_radius / self.store.pixel_size)
         with self._lock:
-            self.state.history.append(dataclasses.asdict(record))
+            self._history.append(dataclasses.asdict(record))  # then the job moves on
             assert self.state.job is not None
             self.state.job["next_index"] = spec.index + 1
             self.state.job["failures"] = 0
@@ -656,11 +685,12 @@ class Session:
     def latest_scored(self) -> dict | None:
         """The latest cycle that has class scores (the one the selection refers to)."""
         with self._lock:
-            return next((r for r in reversed(self.state.history) if r.get("class_score")),
-                        None)
+            return next((r for r in reversed(self._records) if r.get("class_score")), None)
 
-    def selection_summary(self) -> dict[str, Any]:
-        """The selection everywhere uses: the proposal with the user's marks over it."""
+    def selection_summary(self, whole_history: bool = True) -> dict[str, Any]:
+        """The selection everywhere uses: the proposal with the user's marks over it.
+        ``whole_history`` False: its good-particle history holds only the latest cycle (what a
+        page that has the rest needs)."""
         record = self.latest_scored()
         with self._lock:
             state = self.selection
@@ -675,7 +705,8 @@ class Session:
                     "marks": dict(state.marks) if state.cycle == record["number"] else {},
                     "carried": state.carried, "dropped": state.dropped,
                     "exports": state.exports,
-                    "history": good_particles_history(self.state.history, state)}
+                    "history": good_particles_history(
+                        self._records if whole_history else [record], state)}
 
     def mark_classes(self, marks: dict) -> dict[str, Any]:
         """Mark classes of the latest cycle good or junk (None: back to the proposal);
@@ -703,7 +734,7 @@ class Session:
     def _follow_selection(self, record: dict, previous: dict | None,
                           mask_radius_px: float) -> None:
         with SelectionState.updating(self.output_dir) as state:
-            old = next((r for r in self.state.history if r["number"] == state.cycle), None)
+            old = next((r for r in reversed(self._records) if r["number"] == state.cycle), None)
             old_averages = read_images(self.output_dir / old["classes"]) if old else None
             follow_cycle(state, previous, record, old_averages,
                          read_images(self.output_dir / record["classes"]), mask_radius_px)
@@ -746,18 +777,17 @@ class Session:
         each job's last cycle and the one the next cycle continues from."""
         keep = self.settings.keep_cycle_results
         with self._lock:
-            history = self.state.history
+            history = self._records
             last_of_job = {r["job"]: r["number"] for r in history}
             pruned = []
             for record in history[:-keep]:
                 if not record.get("star_kept", True) or \
                         last_of_job[record["job"]] == record["number"]:
                     continue
+                # Recorded first: a kill between the two leaves a star no record points at.
+                self._history.change(record["number"], star_kept=False)
                 (self.output_dir / record["star"]).unlink(missing_ok=True)
-                record["star_kept"] = False
                 pruned.append(record["number"])
-            if pruned:
-                self._write_state()
         if pruned:
             log.debug("per-particle results of cycle(s) %s pruned (keeping the latest %d)",
                       ", ".join(map(str, pruned)), keep)

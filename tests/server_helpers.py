@@ -71,6 +71,7 @@ class Client:
                               headers=request_headers)
         self.connection = self._run(lambda: websocket.websocket_connect(request))
         self.messages: list[dict] = []
+        self.view: dict | None = None  # the state as the page pieces it together
 
     def _run(self, start, timeout: float | None = None):
         """Start a Tornado call inside this client's loop (its futures belong to it), wait."""
@@ -89,7 +90,30 @@ class Client:
         assert text is not None, "the server closed the connection"
         message = json.loads(text)
         self.messages.append(message)
+        self._follow(message)
         return message
+
+    def _follow(self, message: dict) -> None:
+        """What app.js does with ``state``, ``update`` and ``cycle`` messages."""
+        if message["type"] == "state":
+            self.view = dict(message)
+        elif message["type"] == "update" and self.view is not None:
+            points = {p["cycle"]: p for p in (self.view.get("selection") or {}).get("history", [])}
+            self.view = {**self.view, **message, "type": "state",
+                         "history": self.view["history"]}
+            if message.get("selection"):
+                points.update({p["cycle"]: p for p in message["selection"]["history"]})
+                self.view["selection"] = {**message["selection"],
+                                          "history": [points[c] for c in sorted(points)]}
+        elif message["type"] == "cycle" and self.view is not None:
+            cycles = [c for c in self.view["history"] if c["number"] != message["cycle"]["number"]]
+            self.view["history"] = sorted([*cycles, message["cycle"]], key=lambda c: c["number"])
+
+    def wait_for_view(self, predicate, timeout: float = 60.0) -> dict:
+        """Receive until the state pieced together from the messages satisfies ``predicate``."""
+        self.wait_for(lambda _m: self.view is not None and predicate(self.view), timeout)
+        assert self.view is not None
+        return self.view
 
     def wait_for(self, predicate, timeout: float = 60.0) -> dict:
         deadline = time.monotonic() + timeout

@@ -3,7 +3,6 @@
 import contextlib
 import functools
 import io
-import json
 import os
 import socket
 import sys
@@ -26,6 +25,7 @@ from live2d.engines import EngineError
 from live2d.engines.base import CycleCancelled, CycleParams, CycleRequest
 from live2d.engines.builtin import BuiltinEngine
 from live2d.engines.cistem import CistemEngine, find_programs
+from live2d.history import read_history
 from live2d.phantom import Phantom
 from live2d.server.control import Controller
 from live2d.simulate import simulate
@@ -266,8 +266,8 @@ def test_cli_runs_a_job_on_the_scheduler_as_it_does_locally(tmp_path, executor, 
                      *small]) == 0
     assert cli_main(["run", str(warp), "--once", "--output", str(tmp_path / "there"),
                      "--scheduler", executor.address, *small]) == 0
-    here = json.loads((tmp_path / "here" / "session.json").read_text())["history"]
-    there = json.loads((tmp_path / "there" / "session.json").read_text())["history"]
+    here = read_history(tmp_path / "here")
+    there = read_history(tmp_path / "there")
     assert len(there) == len(here) == 3 and "dask" in there[-1]["engine"]
     for mine, theirs in zip(here, there, strict=True):
         with mrcfile.open(tmp_path / "here" / mine["classes"]) as a, \
@@ -497,6 +497,6 @@ def test_cli_runs_cistem_jobs_on_the_scheduler(tmp_path, executor):
                      "--classes", "3", "--particles-per-class", "20", "--startup-cycles", "1",
                      "--refinement-cycles", "1", "--engine", "cistem", "--cistem-bin",
                      str(bins), "--scheduler", executor.address]) == 0
-    history = json.loads((tmp_path / "out" / "session.json").read_text())["history"]
+    history = read_history(tmp_path / "out")
     assert len(history) == 3 and "slices on dask" in history[-1]["engine"]
     assert len(cistem_star.read_star(tmp_path / "out" / history[-1]["star"])) == 80

@@ -1,6 +1,5 @@
 """Exporting the good classes' particles: RELION's own programs read what Live2D writes."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ import torch
 
 from live2d.cli import main as cli_main
 from live2d.evaluate import comparable, correlation
+from live2d.history import read_history
 from live2d.selection import SelectionError
 from live2d.session import Session
 from live2d.simulate import simulate
@@ -32,7 +32,7 @@ def session_dir(tmp_path_factory):
 
 
 def latest(warp):
-    return json.loads((warp / "classification" / "session.json").read_text())["history"][-1]
+    return read_history(warp / "classification")[-1]
 
 
 def test_export_writes_a_relion_31_star_of_the_chosen_classes(session_dir, tmp_path, capsys):
@@ -133,7 +133,7 @@ def test_a_cycle_not_on_disk_and_an_empty_selection_are_refused(session_dir, tmp
     if empty:
         with pytest.raises(SelectionError, match="hold no particles"):
             export_particles(output, tmp_path / "e.star", empty)
-    first = json.loads((output / "session.json").read_text())["history"][1]
+    first = read_history(output)[1]
     star = output / first["star"]
     star.rename(star.with_suffix(".away"))
     try:

@@ -12,6 +12,8 @@ from server_helpers import SMALL, Client, RunningServer, small_warp
 
 from live2d.server.control import Controller
 
+STATES = ("state", "update")  # the whole state, or what changed in it
+
 
 @pytest.fixture
 def server(tmp_path):
@@ -32,8 +34,8 @@ def test_every_client_gets_the_state_and_sees_a_job_run(server):
     first.send({"command": "start_job", "job_type": "abinit", "settings": {"classes": 2}})
     assert first.wait_for(lambda m: m["type"] in ("ok", "error"))["type"] == "ok"
     for client in (first, second):  # global state: both pages follow the same job
-        done = client.wait_for(lambda m: m["type"] == "state" and len(m["history"]) == 4
-                               and m["status"] == "stopped")
+        done = client.wait_for_view(lambda m: len(m["history"]) == 4
+                                    and m["status"] == "stopped")
         assert done["settings"]["classes"] == 2 and done["particles"] == 120
         assert len(done["history"][-1]["class_counts"]) == 2
     assert any(m["type"] == "log" and "job 1" in m["line"] for m in second.messages)
@@ -62,7 +64,7 @@ def test_bad_messages_get_an_error_and_the_server_carries_on(server, message, co
     reply = client.wait_for(lambda m: m["type"] in ("error", "ok"))
     assert reply["type"] == "error" and complaint in reply["message"]
     client.send({"command": "get_state"})
-    assert client.wait_for(lambda m: m["type"] == "state")["status"] == "stopped"
+    assert client.wait_for(lambda m: m["type"] in STATES)["status"] == "stopped"
     client.close()
 
 
@@ -76,7 +78,7 @@ def test_json_nested_thousands_deep_is_refused_as_invalid_without_a_traceback(se
         reply = client.wait_for(lambda m: m["type"] in ("error", "ok"))
         assert reply == {"type": "error", "message": "the message is not valid JSON"}
     client.send({"command": "get_state"})
-    state = client.wait_for(lambda m: m["type"] == "state")
+    state = client.wait_for(lambda m: m["type"] in STATES)
     assert state["status"] == "stopped"
     session = server.controller.session
     written = (session.output_dir / "live2d.log").read_text()
@@ -90,12 +92,12 @@ def test_a_second_start_while_busy_is_refused_and_stop_ends_the_job(server):
     client.receive()
     client.send({"command": "start_automatic", "settings": {"first_job_at": 10_000}})
     assert client.wait_for(lambda m: m["type"] in ("ok", "error"))["type"] == "ok"
-    client.wait_for(lambda m: m["type"] == "state" and m["status"] == "listening")
+    client.wait_for(lambda m: m["type"] in STATES and m["status"] == "listening")
     client.send({"command": "start_job"})
     refused = client.wait_for(lambda m: m["type"] == "error")
     assert "running" in refused["message"]
     client.send({"command": "stop"})
-    client.wait_for(lambda m: m["type"] == "state" and m["status"] == "stopped"
+    client.wait_for(lambda m: m["type"] in STATES and m["status"] == "stopped"
                     and not m["busy"], timeout=30)
     client.close()
 
@@ -110,12 +112,12 @@ def test_changing_the_warp_folder_is_checked(server, tmp_path):
     # A folder Warp has not started in yet is accepted, the page saying what it lacks.
     (tmp_path / "grids" / "empty").mkdir()
     client.send({"command": "set_warp_dir", "path": str(tmp_path / "grids" / "empty")})
-    state = client.wait_for(lambda m: m["type"] == "state"
+    state = client.wait_for(lambda m: m["type"] in STATES
                             and m["warp_dir"] == str(tmp_path / "grids" / "empty"))
     assert state["missing"].startswith("no previous.settings in")
     second = small_warp(tmp_path / "grids" / "second", particles=80)
     client.send({"command": "set_warp_dir", "path": str(second)})
-    state = client.wait_for(lambda m: m["type"] == "state" and m["warp_dir"] == str(second))
+    state = client.wait_for(lambda m: m["type"] in STATES and m["warp_dir"] == str(second))
     assert state["settings"]["classes"] == SMALL["classes"]  # settings carry over
     assert state["missing"] == ""
     client.close()
@@ -144,16 +146,16 @@ def test_a_server_started_without_a_folder_waits_for_the_page_and_then_for_warp(
         assert "does not exist" in client.wait_for(lambda m: m["type"] == "error")["message"]
         (root / "warp").mkdir()  # the session's folder, before Warp writes anything
         client.send({"command": "set_warp_dir", "path": str(root / "warp")})
-        state = client.wait_for(lambda m: m["type"] == "state" and m["warp_dir"])
+        state = client.wait_for(lambda m: m["type"] in STATES and m["warp_dir"])
         assert state["warp_dir"] == str(root / "warp")
         assert state["missing"].startswith(f"no previous.settings in {root / 'warp'} yet")
 
         small_warp(root / "warp")  # Warp starts: the page hears of it without asking
-        state = client.wait_for(lambda m: m["type"] == "state" and m["missing"] == "", 30)
+        state = client.wait_for(lambda m: m["type"] in STATES and m["missing"] == "", 30)
         client.send({"command": "start_job", "job_type": "abinit"})
         assert client.wait_for(lambda m: m["type"] in ("ok", "error"))["type"] == "ok"
-        done = client.wait_for(lambda m: m["type"] == "state" and len(m["history"]) == 4
-                               and m["status"] == "stopped")
+        done = client.wait_for_view(lambda m: len(m["history"]) == 4
+                                    and m["status"] == "stopped")
         assert done["particles"] == 120 and len(done["history"][-1]["class_counts"]) == 3
         client.close()
     finally:
@@ -227,12 +229,12 @@ def test_a_mark_changes_the_selection_on_every_page(classified):
     first.send({"command": "mark", "classes": {"1": "junk"}})
     assert first.wait_for(lambda m: m["type"] in ("ok", "error"))["type"] == "ok"
     for client in (first, second):
-        state = client.wait_for(lambda m: m["type"] == "state"
+        state = client.wait_for(lambda m: m["type"] in STATES
                                 and m["selection"]["marks"] == {"1": "junk"})
         assert 1 not in state["selection"]["classes"]
         assert state["selection"]["particles"] == before["particles"] - counts[0]
     second.send({"command": "mark", "cycle": 3, "classes": {"1": None, "2": "good"}})
-    state = first.wait_for(lambda m: m["type"] == "state"
+    state = first.wait_for(lambda m: m["type"] in STATES
                            and m["selection"]["marks"] == {"2": "good"})
     assert state["selection"]["classes"] == sorted({*before["proposed"], 2})
     # kept by the session, in its folder
@@ -273,7 +275,7 @@ def test_bad_marks_and_exports_are_refused_and_change_nothing(classified, messag
     reply = client.wait_for(lambda m: m["type"] in ("error", "ok", "exported"))
     assert reply["type"] == "error" and complaint in reply["message"], reply
     client.send({"command": "get_state"})
-    state = client.wait_for(lambda m: m["type"] == "state")
+    state = client.wait_for(lambda m: m["type"] in STATES)
     assert state["selection"]["marks"] == {} and state["selection"]["exports"] == []
     assert not (classified.controller.session.output_dir / "exports").exists()
     client.close()
@@ -307,7 +309,7 @@ def test_export_writes_the_selection_for_download_and_an_empty_one_is_refused(cl
     assert set(written["particles"]["rlnClassNumber"]) == set(selection["classes"])
     assert written["optics"]["rlnImagePixelSize"][0] == 4.0
     # every page offers it, and the server serves it as a download
-    state = second.wait_for(lambda m: m["type"] == "state" and m["selection"]["exports"])
+    state = second.wait_for(lambda m: m["type"] in STATES and m["selection"]["exports"])
     assert state["selection"]["exports"][-1]["download"] == reply["download"]
     response = urllib.request.urlopen(f"{classified.url}/files/{reply['download']}",
                                       timeout=10)
@@ -331,10 +333,34 @@ def test_new_particles_reach_the_pages_as_a_small_message_not_the_whole_history(
     client = Client(server)
     client.receive()
     client.send({"command": "start_job", "job_type": "abinit", "settings": {"classes": 2}})
-    client.wait_for(lambda m: m["type"] == "state" and len(m["history"]) == 4
-                    and m["status"] == "stopped")
+    client.wait_for_view(lambda m: len(m["history"]) == 4 and m["status"] == "stopped")
     imports = [m for m in client.messages if m["type"] == "import"]
     assert imports and imports[0]["particles"] == 120 and "history" not in imports[0]
     disk = [m for m in client.messages if m["type"] == "disk"]
     assert disk and "free" in disk[-1]["disk"]["text"] and "history" not in disk[-1]
+    client.close()
+
+
+def test_no_message_of_a_running_session_grows_with_its_cycles(server):
+    client = Client(server)
+    client.receive()
+    for job in ("abinit", "seeded"):
+        client.send({"command": "start_job", "job_type": job, "settings": {"classes": 2}})
+        assert client.wait_for(lambda m: m["type"] in ("ok", "error"))["type"] == "ok"
+        client.wait_for(lambda m: m["type"] == "update" and m["status"] == "stopped"
+                        and not m["busy"])
+    cycles = [m["cycle"]["number"] for m in client.messages if m["type"] == "cycle"]
+    assert cycles == list(range(len(cycles))) and len(cycles) >= 6  # each cycle sent once
+    updates = [m for m in client.messages if m["type"] == "update"]
+    assert updates and all("history" not in m for m in updates)
+    assert all(len(m["selection"]["history"]) <= 1 for m in updates if m["selection"])
+    sizes = [len(json.dumps(m)) for m in updates if m["selection"]["history"]]
+    assert max(sizes) - min(sizes) < 2000, sizes  # as small after cycle 7 as after cycle 1
+    # pieced together, the page holds what a page that connects now is sent whole
+    fresh = Client(server)
+    whole = fresh.receive()
+    assert client.view["history"] == whole["history"]
+    assert client.view["selection"]["history"] == whole["selection"]["history"]
+    assert [p["cycle"] for p in whole["selection"]["history"]] == cycles[1:]
+    fresh.close()
     client.close()

@@ -15,6 +15,7 @@ import pytest
 from live2d import cistem_star
 from live2d.cli import main as cli_main
 from live2d.engines import CycleCancelled
+from live2d.history import read_history
 from live2d.schedule import Settings
 from live2d.session import Session
 from live2d.simulate import simulate, write_settings
@@ -45,7 +46,8 @@ def test_run_once_writes_every_cycle_and_the_history(warp, capsys):
     assert cli_main(["run", str(warp), "--once", *SMALL_ARGS]) == 0
     out = warp / "classification"
     state = json.loads((out / "session.json").read_text())
-    history = state["history"]
+    history = read_history(out)
+    assert "history" not in state  # kept in history.jsonl, appended to
     assert [c["number"] for c in history] == [0, 1, 2, 3]
     assert [c["block"] for c in history] == ["start", "startup", "startup", "refinement"]
     assert [c["high_res"] for c in history] == [30.0, 30.0, 12.0, 12.0]
@@ -86,7 +88,7 @@ def test_run_once_on_a_folder_warp_has_not_started_in_says_there_is_nothing_yet(
     assert err.startswith("live2d run: nothing to classify yet: no previous.settings in")
     assert err.endswith("(without --once, live2d run waits for it)")
     state = json.loads((tmp_path / "empty" / "classification" / "session.json").read_text())
-    assert state["history"] == [] and state["job"] is None
+    assert read_history(tmp_path / "empty" / "classification") == [] and state["job"] is None
 
 
 def test_run_refuses_a_folder_that_does_not_exist_and_creates_nothing(tmp_path, capsys):
@@ -110,8 +112,7 @@ def test_run_started_before_warp_waits_quietly_then_classifies(tmp_path):
         time.sleep(2.5)  # five polls of an empty folder
         assert process.poll() is None, "live2d run ended instead of waiting for Warp"
         small_session(warp)  # Warp starts: settings, stacks and star files appear
-        state_path = warp / "classification" / "session.json"
-        _wait_for(lambda: len(json.loads(state_path.read_text())["history"]) >= 4, 180)
+        _wait_for(lambda: len(read_history(warp / "classification")) >= 4, 180)
     finally:
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=60)
@@ -229,15 +230,16 @@ def test_sigkill_during_a_cycle_then_restart_loses_and_duplicates_nothing(warp):
     def inside_second_cycle() -> bool:
         if not state_path.exists() or not (out / "work").exists():
             return False
-        return len(json.loads(state_path.read_text())["history"]) >= 1
+        return len(read_history(out)) >= 1
 
     _wait_for(inside_second_cycle, 120)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert subprocess.run(command, env=env, capture_output=True).returncode == 0
     state = json.loads(state_path.read_text())
-    assert [c["number"] for c in state["history"]] == [0, 1, 2, 3]
-    assert len({c["job"] for c in state["history"]}) == 1 and state["job"] is None
+    history = read_history(out)
+    assert [c["number"] for c in history] == [0, 1, 2, 3]
+    assert len({c["job"] for c in history}) == 1 and state["job"] is None
     names = cistem_star.read_star(out / "particles.star")["ORIGNAME"]
     assert len(names) == names.nunique() == 240
     images = open_images(ParticleStore(out).images_path)  # Warp's stacks, read in place
@@ -258,7 +260,7 @@ def test_run_on_a_relion_star_classifies_its_particles_and_guesses_the_mask(warp
     out = warp / "classification"
     state = json.loads((out / "session.json").read_text())
     assert state["star"] == "exported.star"
-    assert [c["particles"] for c in state["history"]] == [240] * 4
+    assert [c["particles"] for c in read_history(out)] == [240] * 4
     log = (out / "live2d.log").read_text()
     assert "RELION particle star" in log and "no particle diameter is known" in log
 
@@ -308,8 +310,7 @@ def test_a_warp_stack_that_vanishes_after_import_is_left_out_and_said(warp):
     assert cli_main(["run", str(warp), "--once", "--mode", "refine", *SMALL_ARGS]) == 0
     log = (out / "live2d.log").read_text()
     assert "60 particles are left out of this cycle" in log and gone in log
-    state = json.loads((out / "session.json").read_text())
-    latest = cistem_star.read_star(out / state["history"][-1]["star"])
+    latest = cistem_star.read_star(out / read_history(out)[-1]["star"])
     left_out = table["ORIGNAME"].str.endswith(gone).to_numpy()
     assert (latest["2DCLS"][left_out] <= 0).all() and (latest["2DCLS"][~left_out] > 0).all()
 

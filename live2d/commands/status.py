@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from live2d.history import read_history
+
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, help="output or Warp folder")
@@ -77,20 +79,21 @@ def main(args: argparse.Namespace) -> int:
     if path is None:
         return 1
     state = json.loads(path.read_text(encoding="utf-8"))
+    history = read_history(path.parent)
     print(f"session {path.parent}  (Warp folder {state['warp_dir']})")
     header = (f"{'cycle':>5} {'job':>4} {'type':<7} {'block':<10} {'in job':>7} {'res Å':>6} "
               f"{'used':>5} {'particles':>9} {'classes':>7} {'largest':>7} {'p/s':>7}  finished")
     print(header)
-    for c in state["history"]:
+    for c in history:
         counts = c["class_counts"]
         finished = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["finished"]))
         print(f"{c['number']:>5} {c['job']:>4} {c['job_type']:<7} {c['block']:<10} "
               f"{c['job_cycle']:>3}/{c['job_cycles']:<3} {c['high_res']:>6.1f} "
               f"{c['fraction']:>5.0%} {c['particles']:>9} {sum(1 for n in counts if n):>7} "
               f"{max(counts, default=0):>7} {c['particles_per_second']:>7.0f}  {finished}")
-    print_classes(path.parent, state["history"])
+    print_classes(path.parent, history)
     print_exports(path.parent)
-    print_disk(path.parent, state["history"])
+    print_disk(path.parent, history)
     job = state.get("job")
     if job:
         print(f"unfinished: job {job['number']} ({job['job_type']}) at cycle "

@@ -175,13 +175,21 @@ def connect_events(app: web.Application, loop: ioloop.IOLoop) -> None:
     clients: set[SocketHandler] = app.settings["clients"]
 
     def broadcast(event: dict[str, Any]) -> None:
-        # Log lines and progress go as they are; anything else redraws every page in full.
-        # Small events go as they are (new particles need not resend every cycle's history);
-        # the others change what the state holds.
+        # Nothing sent while a session runs grows with its cycles: small events go as they are,
+        # a finished cycle goes alone and then what changed with it (Controller.update). Only
+        # another folder's session resends the whole state, history included.
         small = event["type"] in ("log", "progress", "disk") or (
             event["type"] == "import" and not event.get("reimported"))
-        message = event if small else controller.state()
+        if event["type"] == "session":
+            messages = [controller.state()]
+        elif small:
+            messages = [event]
+        elif event["type"] == "cycle":
+            messages = [event, controller.update()]
+        else:
+            messages = [controller.update()]
         for client in list(clients):
-            client.send(message)
+            for message in messages:
+                client.send(message)
 
     controller.publish = lambda event: loop.add_callback(broadcast, event)

@@ -93,6 +93,7 @@ class Controller:
         return self._worker is not None and self._worker.is_alive()
 
     def state(self, with_log: bool = False) -> dict[str, Any]:
+        """Everything a page shows: what it is sent when it connects."""
         session = self.session
         snapshot = session.snapshot() if session is not None else self._no_session()
         state = {"type": "state", **snapshot, "busy": self.busy, "specs": Settings.specs(),
@@ -103,13 +104,24 @@ class Controller:
             state["log"] = list(session.log_lines) if session is not None else []
         return state
 
-    def _selection_state(self, session: Session | None) -> dict[str, Any]:
+    def update(self) -> dict[str, Any]:
+        """What changes while a session runs, for pages that have its :meth:`state`: no cycle
+        history (a finished cycle is sent on its own) and the good-particle history's latest
+        point only, so that its size does not grow with the number of cycles."""
+        session = self.session
+        snapshot = session.snapshot(with_history=False) if session is not None else \
+            {k: v for k, v in self._no_session().items() if k != "history"}
+        return {"type": "update", **snapshot, "busy": self.busy, "missing": self._missing,
+                **self._selection_state(session, whole_history=False)}
+
+    def _selection_state(self, session: Session | None,
+                         whole_history: bool = True) -> dict[str, Any]:
         """The selection summary, each export with the name it downloads by (when it is one
         the server serves), and the class table (resolution, score, reason) of the cycle the
         selection refers to; other cycles' tables the page fetches from /files/."""
         if session is None:
             return {"selection": None, "class_tables": {}, "good_score": GOOD_SCORE}
-        summary = session.selection_summary()
+        summary = session.selection_summary(whole_history)
         root = session.output_dir.resolve()
         exports = []
         for export in summary["exports"]:
@@ -337,7 +349,7 @@ class Controller:
             old.close()
         self._missing = self._check_folder()
         log.info(f"now watching {folder}" + (f": {self._missing}" if self._missing else ""))
-        self.publish({"type": "settings"})
+        self.publish({"type": "session"})  # another folder: every page is sent its whole state
         return {"type": "ok", "message": f"now watching {folder}"}
 
     def _open(self, warp_dir: Path, output_dir: str | Path | None,

@@ -29,6 +29,7 @@ from pyworkflow.object import Integer, Set, String
 
 from live2d import cistem_star, warp
 from live2d.executors import Executor, LocalExecutor, make_executor
+from live2d.history import read_history
 from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings, SettingsError, automatic_job_due
 from live2d.session import CycleRecord, Session
 from live2d_plugin import Plugin
@@ -574,17 +575,8 @@ class ProtLive2DClassify2D(ProtClassify2D):
         return errors
 
     def _history(self) -> list[CycleRecord]:
-        import json
-
-        path = self._getExtraPath("live2d", "session.json")
-        if not os.path.exists(path):
-            return []
-        try:
-            with open(path, encoding="utf-8") as handle:
-                state = json.load(handle)
-        except (OSError, ValueError):
-            return []
-        return [CycleRecord.from_dict(values) for values in state.get("history", [])]
+        return [CycleRecord.from_dict(values)
+                for values in read_history(self._getExtraPath("live2d"))]
 
     def _summary(self) -> list[str]:
         lines = []

@@ -17,6 +17,7 @@ from pwem.objects import SetOfClasses2D, SetOfParticles
 from pwem.protocols import ProtSplitSet
 from pyworkflow.protocol.constants import MODE_RESUME
 
+from live2d.history import read_history
 from live2d.selection import SelectionState, mark, selected, selected_particles
 from live2d.session import Session
 from live2d_plugin.convert import (
@@ -47,7 +48,7 @@ def session_state(prot) -> dict:
 
 
 def history_of(prot) -> list[dict]:
-    return session_state(prot).get("history", [])
+    return read_history(prot._getExtraPath("live2d"))
 
 
 def class_members(prot) -> dict[int, dict[int, np.ndarray]]:

@@ -8,7 +8,6 @@ sizes follow the number of classes."""
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from matplotlib.patches import Patch
 from matplotlib.textpath import TextToPath
 from matplotlib.ticker import MaxNLocator
 
+from live2d.history import read_history
 from live2d.mrc import read_images
 from live2d.schedule import JOB_LABELS
 from live2d.selection import selected_particles
@@ -50,16 +50,12 @@ class CycleInfo:
 
 
 def load_history(session_dir: str | Path) -> list[CycleInfo]:
-    """The cycles recorded in ``session.json`` (empty when there is none yet)."""
-    path = Path(session_dir) / "session.json"
-    if not path.exists():
-        return []
-    state = json.loads(path.read_text(encoding="utf-8"))
+    """The cycles the session in ``session_dir`` recorded (empty when there is none yet)."""
     return [CycleInfo(int(r["number"]), int(r["job"]), str(r["job_type"]), str(r["block"]),
                       float(r["high_res"]), int(r["particles"]), list(r["class_counts"]),
                       str(r["classes"]), list(r.get("class_score") or []),
                       list(r.get("class_resolution") or []), str(r.get("class_table") or ""))
-            for r in state.get("history", [])]
+            for r in read_history(session_dir)]
 
 
 def class_order(counts: list[int], sort_by_count: bool) -> list[int]:

@@ -4,7 +4,6 @@ as a subprocess, and the invariants that must hold after any fault and restart."
 from __future__ import annotations
 
 import csv
-import json
 import subprocess
 import sys
 import threading
@@ -14,6 +13,7 @@ from pathlib import Path
 import mrcfile
 
 from live2d import cistem_star
+from live2d.history import read_history
 from live2d.simulate import simulate, truth_dir_for
 from live2d.source_images import open_images
 from live2d.store import ParticleStore
@@ -77,8 +77,7 @@ def check_invariants(warp: Path, out: Path, complete: bool = True) -> dict:
         assert names == expected, "the store does not hold exactly Warp's particles, in order"
     else:
         assert set(names) <= set(expected), "the store holds particles Warp never wrote"
-    state = json.loads((out / "session.json").read_text())
-    history = state["history"]
+    history = read_history(out)
     assert [c["number"] for c in history] == list(range(len(history))), "history has a gap"
     if history:
         latest = history[-1]

@@ -41,6 +41,13 @@ function receive(message) {
     Object.assign(page.tables, message.class_tables || {});
     page.state = message;
     render();
+  } else if (message.type === "update") {
+    if (!page.state) return;  // the whole state comes first; an update before it is stale
+    Object.assign(page.tables, message.class_tables || {});
+    page.state = mergeUpdate(page.state, message);
+    render();
+  } else if (message.type === "cycle") {
+    if (page.state) addCycle(page.state.history, message.cycle);
   } else if (message.type === "log") {
     page.log.push(message.line);
     if (page.log.length > 1000) page.log.splice(0, page.log.length - 1000);
@@ -62,6 +69,26 @@ function receive(message) {
     hideError();
     exportDone(`${message.message}.`);
   }
+}
+
+// An update carries everything but the cycle history, and of the good-particle history only
+// the latest point: the page keeps the rest, so messages do not grow with the session.
+function mergeUpdate(state, update) {
+  const merged = { ...state, ...update, type: "state", history: state.history };
+  if (update.selection && state.selection) {
+    const points = state.selection.history.slice();
+    for (const point of update.selection.history) {
+      const at = points.findIndex((p) => p.cycle === point.cycle);
+      if (at >= 0) points[at] = point; else points.push(point);
+    }
+    merged.selection = { ...update.selection, history: points };
+  }
+  return merged;
+}
+
+function addCycle(cycles, record) {
+  const at = cycles.findIndex((c) => c.number === record.number);
+  if (at >= 0) cycles[at] = record; else cycles.push(record);
 }
 
 function showError(text) { $("error").textContent = text; $("error").hidden = false; }

@@ -1,0 +1,104 @@
+"""The cycle history: appended to, never rewritten, and read the same by every reader."""
+
+import dataclasses
+import json
+
+from test_session import SMALL, small_session
+
+from live2d.cli import main as cli_main
+from live2d.history import HISTORY_FILE, CycleHistory, read_history
+from live2d.schedule import Settings
+from live2d.session import Session
+
+
+def test_records_are_appended_and_changes_apply_to_the_earlier_record(tmp_path):
+    history = CycleHistory(tmp_path)
+    history.append({"number": 0, "star_kept": True})
+    history.append({"number": 1, "star_kept": True})
+    before = (tmp_path / HISTORY_FILE).read_bytes()
+    history.change(0, star_kept=False)
+    after = (tmp_path / HISTORY_FILE).read_bytes()
+    assert after.startswith(before) and after.count(b"\n") == 3  # appended, nothing rewritten
+    expected = [{"number": 0, "star_kept": False}, {"number": 1, "star_kept": True}]
+    assert history.records == expected
+    assert read_history(tmp_path) == expected == CycleHistory(tmp_path).records
+
+
+def test_a_torn_last_line_is_skipped_by_readers_and_cut_by_the_next_writer(tmp_path):
+    CycleHistory(tmp_path).append({"number": 0})
+    with open(tmp_path / HISTORY_FILE, "ab") as handle:  # a kill mid-append
+        handle.write(b'{"number": 1, "class_cou')
+    assert read_history(tmp_path) == [{"number": 0}]
+    history = CycleHistory(tmp_path)
+    history.append({"number": 1})
+    assert read_history(tmp_path) == [{"number": 0}, {"number": 1}]
+    assert (tmp_path / HISTORY_FILE).read_text().count("\n") == 2
+
+
+def test_a_cycle_adds_one_line_and_session_json_does_not_grow(tmp_path):
+    warp = tmp_path / "warp"
+    small_session(warp)
+    session = Session(warp, settings=Settings(**SMALL))
+    out = session.output_dir
+    seen: list[tuple[bytes, int]] = []
+
+    def after_cycle(event):
+        if event["type"] == "cycle":
+            seen.append(((out / HISTORY_FILE).read_bytes(), (out / "session.json").stat().st_size))
+
+    session.add_listener(after_cycle)
+    assert session.run_job("abinit") and session.run_job("seeded")
+    session.close()
+    assert len(seen) >= 6
+    for (earlier, _), (later, _) in zip(seen, seen[1:], strict=False):
+        assert later.startswith(earlier) and later.count(b"\n") == earlier.count(b"\n") + 1
+    sizes = [size for _, size in seen]
+    assert max(sizes) - min(sizes) < 200, sizes  # the job's progress, not the history
+    assert "history" not in json.loads((out / "session.json").read_text())
+
+
+def test_a_session_of_an_earlier_version_moves_its_history_out_and_resumes(tmp_path):
+    warp = tmp_path / "warp"
+    small_session(warp)
+    session = Session(warp, settings=Settings(**SMALL))
+    session.add_listener(lambda e: e["type"] == "cycle" and session.request_stop())
+    assert session.run_job("abinit") is False  # one cycle done, the job half-way
+    session.close()
+    out = session.output_dir
+    state = json.loads((out / "session.json").read_text())
+    old = {**state, "version": 1, "history": read_history(out)}  # as version 1 wrote it
+    (out / "session.json").write_text(json.dumps(old))
+    (out / HISTORY_FILE).unlink()
+    assert [r["number"] for r in read_history(out)] == [0]  # readers manage either way
+
+    resumed = Session(warp)
+    state = json.loads((out / "session.json").read_text())
+    assert "history" not in state and state["version"] == 2
+    assert [c.number for c in resumed.history] == [0]
+    assert resumed.run_job()
+    assert [c.number for c in resumed.history] == [0, 1, 2, 3]
+    resumed.close()
+    assert cli_main(["status", str(out)]) == 0
+
+
+def test_a_kill_between_recording_a_cycle_and_saving_the_job_does_not_run_it_twice(tmp_path):
+    warp = tmp_path / "warp"
+    small_session(warp)
+    session = Session(warp, settings=Settings(**SMALL))
+    session.add_listener(lambda e: e["type"] == "cycle" and e["cycle"]["number"] == 1
+                         and session.request_stop())
+    assert session.run_job("abinit") is False
+    session.close()
+    out = session.output_dir
+    state = json.loads((out / "session.json").read_text())
+    assert state["job"]["next_index"] == 2
+    state["job"]["next_index"] = 1  # cycle 1 is in the history, the job was not saved after it
+    (out / "session.json").write_text(json.dumps(state))
+
+    resumed = Session(warp)
+    assert resumed.job is not None and resumed.job.next_index == 2
+    assert resumed.run_job()
+    records = [dataclasses.asdict(c) for c in resumed.history]
+    assert [r["number"] for r in records] == [0, 1, 2, 3]
+    assert [r["job_cycle"] for r in records] == [1, 2, 3, 4]
+    resumed.close()
