@@ -108,6 +108,7 @@ class CycleRecord:
     class_score: list[float] = field(default_factory=list)
     class_table: str = ""
     star_kept: bool = True  # False once the star is pruned (Settings.keep_cycle_results)
+    thumbnails_kept: bool = True  # False once pruned (made again from the averages if needed)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CycleRecord:
@@ -773,21 +774,29 @@ class Session:
         return use
 
     def _prune_results(self) -> None:
-        """Delete per-particle stars beyond the latest ``keep_cycle_results`` cycles, except
-        each job's last cycle and the one the next cycle continues from."""
+        """Beyond the latest ``keep_cycle_results`` cycles, delete the per-particle stars, except
+        each job's last cycle (the one a later job continues from), and the thumbnails (the page
+        makes them again from the cycle's averages when someone looks: live2d.server)."""
         keep = self.settings.keep_cycle_results
         with self._lock:
             history = self._records
             last_of_job = {r["job"]: r["number"] for r in history}
             pruned = []
             for record in history[:-keep]:
-                if not record.get("star_kept", True) or \
-                        last_of_job[record["job"]] == record["number"]:
+                changes = {}
+                if record.get("thumbnails_kept", True):
+                    changes["thumbnails_kept"] = False
+                if record.get("star_kept", True) and last_of_job[record["job"]] != \
+                        record["number"]:
+                    changes["star_kept"] = False
+                if not changes:
                     continue
-                # Recorded first: a kill between the two leaves a star no record points at.
-                self._history.change(record["number"], star_kept=False)
-                (self.output_dir / record["star"]).unlink(missing_ok=True)
-                pruned.append(record["number"])
+                # Recorded first: a kill between the two leaves files no record points at.
+                self._history.change(record["number"], **changes)
+                if "star_kept" in changes:
+                    (self.output_dir / record["star"]).unlink(missing_ok=True)
+                    pruned.append(record["number"])
+                shutil.rmtree(self.output_dir / record["thumbnails"], ignore_errors=True)
         if pruned:
             log.debug("per-particle results of cycle(s) %s pruned (keeping the latest %d)",
                       ", ".join(map(str, pruned)), keep)

@@ -1,6 +1,7 @@
 """The cycle history: appended to, never rewritten, and read the same by every reader."""
 
 import dataclasses
+import itertools
 import json
 
 from test_session import SMALL, small_session
@@ -50,7 +51,7 @@ def test_a_cycle_adds_one_line_and_session_json_does_not_grow(tmp_path):
     assert session.run_job("abinit") and session.run_job("seeded")
     session.close()
     assert len(seen) >= 6
-    for (earlier, _), (later, _) in zip(seen, seen[1:], strict=False):
+    for (earlier, _), (later, _) in itertools.pairwise(seen):
         assert later.startswith(earlier) and later.count(b"\n") == earlier.count(b"\n") + 1
     sizes = [size for _, size in seen]
     assert max(sizes) - min(sizes) < 200, sizes  # the job's progress, not the history

@@ -1,5 +1,6 @@
 """The page's websocket protocol, with several clients on a real server and the built-in engine."""
 
+import io
 import json
 import signal
 import subprocess
@@ -7,6 +8,8 @@ import sys
 import urllib.request
 from urllib.error import HTTPError
 
+import mrcfile
+import numpy as np
 import pytest
 from server_helpers import SMALL, Client, RunningServer, small_warp
 
@@ -364,3 +367,30 @@ def test_no_message_of_a_running_session_grows_with_its_cycles(server):
     assert [p["cycle"] for p in whole["selection"]["history"]] == cycles[1:]
     fresh.close()
     client.close()
+
+
+def test_pruned_thumbnails_are_made_again_from_the_averages_when_a_page_asks(tmp_path):
+    from PIL import Image
+
+    from live2d.thumbnails import display_image
+
+    controller = Controller(small_warp(tmp_path / "warp"), engine="builtin",
+                            settings={**SMALL, "keep_cycle_results": 1})
+    controller.session.run_job("abinit")
+    running = RunningServer(controller)
+    try:
+        out = controller.session.output_dir
+        old = controller.session.history[1]
+        assert not old.thumbnails_kept and not (out / old.thumbnails).exists()
+        averages = mrcfile.read(out / old.classes)
+        for k in range(len(old.class_counts)):
+            url = f"{running.url}/files/{old.thumbnails}/class_{k + 1:03d}.png"
+            with urllib.request.urlopen(url, timeout=30) as response:
+                png = Image.open(io.BytesIO(response.read()))
+            assert (np.asarray(png) == display_image(averages[k])).all()
+        with pytest.raises(HTTPError) as missing:  # no averages of that cycle: nothing to make
+            urllib.request.urlopen(f"{running.url}/files/thumbnails/cycle_099/class_001.png",
+                                   timeout=10)
+        assert missing.value.code == 404 and not (out / "thumbnails" / "cycle_099").exists()
+    finally:
+        running.stop()

@@ -277,6 +277,9 @@ def test_old_per_particle_results_are_pruned_but_every_cycles_classes_stay(warp)
     assert [r.star_kept for r in history] == [False, False, False, True]  # the job's last kept
     assert [(out / r.star).exists() for r in history] == [False, False, False, True]
     assert all((out / r.classes).exists() and r.class_counts for r in history)
+    # thumbnails of all but the latest go too (the server makes them again on request)
+    assert [r.thumbnails_kept for r in history] == [False, False, False, True]
+    assert [(out / r.thumbnails).exists() for r in history] == [False, False, False, True]
     assert cli_main(["export", str(warp), "--cycle", str(history[1].number), "--classes", "1",
                      "--to", str(warp / "x.star")]) == 1  # says it is not on disk any more
 

@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -21,6 +23,7 @@ from urllib.parse import urlparse
 from tornado import ioloop, iostream, web, websocket
 
 from live2d.server.control import EXPORT_DIR, CommandError, Controller
+from live2d.thumbnails import write_thumbnails
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 TOKEN_COOKIE = "live2d_token"
@@ -30,7 +33,30 @@ CHUNK_BYTES = 1 << 20  # output files are sent in pieces this size
 OUTPUT_FILES = re.compile(r"^(cycle_\d{3,}\.(mrc|star)|cycle_\d{3,}_classes\.json|"
                           r"thumbnails/cycle_\d{3,}/class_\d{3,}\.png|"
                           rf"{EXPORT_DIR}/good_cycle_\d{{3,}}\.star)$")
+THUMBNAIL = re.compile(r"^thumbnails/(cycle_\d{3,})/class_\d{3,}\.png$")
 log = logging.getLogger("live2d")
+_remaking = threading.Lock()  # one cycle's thumbnails at a time: its classes are asked at once
+
+
+def remake_thumbnails(root: Path, name: str) -> None:
+    """The thumbnails of an older cycle, pruned to save space (Session._prune_results), made
+    again from its class averages when a page asks for one."""
+    match = THUMBNAIL.match(name)
+    assert match is not None
+    cycle = match.group(1)
+    with _remaking:
+        if (root / name).exists():  # another request made them meanwhile
+            return
+        averages = root / f"{cycle}.mrc"
+        if averages.is_file():
+            # Into a scratch folder renamed whole: a page never gets half a PNG.
+            scratch = root / "thumbnails" / f".{cycle}.{os.getpid()}"
+            shutil.rmtree(scratch, ignore_errors=True)
+            write_thumbnails(averages, scratch)
+            try:
+                os.rename(scratch, root / "thumbnails" / cycle)
+            except OSError:  # the session wrote them meanwhile
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 class _Guarded(web.RequestHandler):
@@ -82,6 +108,8 @@ class OutputHandler(_Guarded):
             raise web.HTTPError(404)
         root = session.output_dir.resolve()
         path = (root / name).resolve()
+        if path.is_relative_to(root) and not path.exists() and THUMBNAIL.match(name):
+            await ioloop.IOLoop.current().run_in_executor(None, remake_thumbnails, root, name)
         if not path.is_relative_to(root) or not path.is_file():
             raise web.HTTPError(404)
         kind = {"png": "image/png", "mrc": "application/octet-stream",
