@@ -80,7 +80,9 @@ class Importer:
     (:mod:`live2d.layouts`). ``contrast``: ``"white"`` or ``"black"`` protein in the stacks;
     ``"auto"``: Warp's Invert setting for a Warp 1.x folder, white otherwise. ``copy_images``:
     whether the store copies every particle's pixels (an engine such as cisTEM needs one stack)
-    or reads Warp 1.x's stacks in place."""
+    or reads the stacks of a Warp 1.x folder's star in place: Warp's own, or any its rows name
+    by path (a Scipion classification's input), each checked by its stamp before it is read
+    (:func:`live2d.warp.stack_stamp`)."""
 
     def __init__(self, warp_dir: str | os.PathLike, store: ParticleStore,
                  which: str = "allparticles", star: str | os.PathLike | None = None,
@@ -90,9 +92,9 @@ class Importer:
         self.which = which
         self.star = Path(star) if star else None
         self.contrast = contrast
-        # False: Warp 1.x's stacks, written once, are read in place (no copy); stacks that are
-        # rewritten (WarpTools, RELION) are always copied, since a file truncated under a
-        # memory map crashes the reader.
+        # False: Warp 1.x's stacks, written once, and Live2D stores' stacks, only appended to,
+        # are read in place (no copy); stacks that are rewritten (WarpTools, RELION) are always
+        # copied, since a file truncated under a memory map crashes the reader.
         self.copy_images = copy_images
         self._layout: Layout | None = None
         self._stack_paths: dict[str, str] = {}  # star source: stack as named -> as found
@@ -400,12 +402,6 @@ class Importer:
                          dtype=bool)
         rows = rows[fresh].drop_duplicates("rlnImageName")
         stacks = stacks[rows.index]
-        if not self.store.copies_images and stacks.map(_outside_warp_folder).any():
-            # Only Warp's own stacks (relative names, written once) are read in place: stacks
-            # elsewhere, such as the growing one of a Scipion import, may change after import.
-            report.messages.append("particles from stacks outside the Warp folder: keeping a "
-                                   "copy of every particle, since those stacks may change")
-            self._copy_in(report)
         per_batch = max(1, APPEND_BATCH_BYTES // (settings.box * settings.box * 4))
         batch: list[pd.DataFrame] = []
         batch_rows = 0
@@ -531,10 +527,6 @@ def _stacks_of(rows: pd.DataFrame) -> pd.Series:
     if not len(rows):
         return pd.Series([], dtype=object, index=rows.index)
     return rows["rlnImageName"].str.partition("@")[2]
-
-
-def _outside_warp_folder(stack: str) -> bool:
-    return Path(stack).is_absolute() or ".." in Path(stack).parts
 
 
 def _check_pixel_size(rows: pd.DataFrame, settings: WarpSettings) -> None:

@@ -2,11 +2,13 @@
 
 Warp 1.x writes each micrograph's stack once, so the built-in engine can read particles from
 Warp's own stacks: a store in "source" mode keeps, per particle, the source's ``N@stack`` name and
-a stamp of the stack (its size and modification time when it was imported) instead of a copy of
-the pixels. :class:`SourceImages` serves them like a memory-mapped stack (``images[indices]``,
-``len``, ``shape``), opening stacks as they are needed and checking each one's stamp first: a
-stack that changed or vanished since the import serves zeros, and :meth:`SourceImages.usable`
-tells the engine to leave its particles out (the session logs how many).
+a stamp of the stack (:func:`live2d.warp.stack_stamp`: its size and modification time when it was
+imported, or for another Live2D store's growing stack that store's id and generation) instead of
+a copy of the pixels. :class:`SourceImages` serves them like a memory-mapped stack
+(``images[indices]``, ``len``, ``shape``), opening stacks as they are needed and checking each
+one's stamp first: a stack that changed or vanished since the import (a store's: emptied, or not
+holding the images asked for) serves zeros, and :meth:`SourceImages.usable` tells the engine to
+leave its particles out (the session logs how many).
 
 :func:`open_images` opens either kind: an MRC stack (memory-mapped) or a store's
 ``particles.sources.json``.
@@ -26,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from live2d import cistem_star
-from live2d.warp import split_image_name, stack_stamp
+from live2d.warp import split_image_name, stamp_holds
 
 SOURCES_FILE = "particles.sources.json"
 OPEN_STACKS = 256  # memory maps kept open at once
@@ -57,12 +59,19 @@ class SourceImages:
     def __init__(self, root: Path, names: list[str], stamps: list[str], box: int) -> None:
         self.root = Path(root)
         self.box = box
-        self.stack_of, stacks = pd.factorize(pd.Series([split_image_name(n)[1] for n in names]))
-        self.stacks = list(stacks)
-        self.index = np.array([split_image_name(n)[0] for n in names], dtype=np.int64)
-        self.stamp_of_stack: list[str] = [""] * len(self.stacks)
-        for stack, stamp in zip(self.stack_of, stamps, strict=True):
-            self.stamp_of_stack[stack] = stamp
+        parsed = [split_image_name(name) for name in names]
+        self.index = np.array([index for index, _ in parsed], dtype=np.int64)
+        # A stack per (file, stamp): particles of one file imported at different times (a
+        # growing stack) are each checked against the stamp taken when they were imported.
+        keys = pd.Series([f"{stack}\n{stamp}" for (_, stack), stamp
+                          in zip(parsed, stamps, strict=True)], dtype=object)
+        self.stack_of, stacks = pd.factorize(keys)
+        self.stacks: list[str] = []
+        self.stamp_of_stack: list[str] = []
+        for key in stacks:
+            stack, _, stamp = key.partition("\n")
+            self.stacks.append(stack)
+            self.stamp_of_stack.append(stamp)
         self._open: OrderedDict[int, np.ndarray | None] = OrderedDict()
 
     @classmethod
@@ -87,39 +96,48 @@ class SourceImages:
         out = np.zeros((len(indices), self.box, self.box), dtype=np.float32)
         stacks = self.stack_of[indices]
         for stack in np.unique(stacks):
-            data = self._stack(int(stack))
-            if data is None:
-                continue
             rows = np.flatnonzero(stacks == stack)
-            out[rows] = data[self.index[indices[rows]]]
+            wanted = self.index[indices[rows]]
+            data = self._stack(int(stack), int(wanted.max()) + 1)
+            if data is not None:
+                out[rows] = data[wanted]
         return out
 
     def usable(self, n: int | None = None) -> np.ndarray:
         """Per particle (the first ``n``), whether its stack is still the one imported."""
         n = len(self) if n is None else n
-        good = np.array([self._unchanged(s) for s in range(len(self.stacks))], dtype=bool)
-        return good[self.stack_of[:n]] if len(good) else np.zeros(n, dtype=bool)
+        good = np.zeros(len(self.stacks), dtype=bool)
+        for stack, images in self._needed(n).items():
+            good[stack] = self._unchanged(stack, images)
+        return good[self.stack_of[:n]]
 
     def changed_stacks(self, n: int | None = None) -> list[str]:
         n = len(self) if n is None else n
-        used = np.unique(self.stack_of[:n])
-        return [self.stacks[s] for s in used if not self._unchanged(int(s))]
+        return list(dict.fromkeys(self.stacks[stack] for stack, images in self._needed(n).items()
+                                  if not self._unchanged(stack, images)))
 
-    def _unchanged(self, stack: int) -> bool:
-        try:
-            return stack_stamp(self.root / self.stacks[stack]) == self.stamp_of_stack[stack]
-        except OSError:
-            return False
+    def _needed(self, n: int) -> dict[int, int]:
+        """Per stack the first ``n`` particles use: how many images it must hold for them."""
+        needed = np.zeros(len(self.stacks), dtype=np.int64)
+        np.maximum.at(needed, self.stack_of[:n], self.index[:n] + 1)
+        return {int(stack): int(needed[stack]) for stack in np.unique(self.stack_of[:n])}
 
-    def _stack(self, stack: int) -> np.ndarray | None:
+    def _unchanged(self, stack: int, images: int) -> bool:
+        return stamp_holds(self.root / self.stacks[stack], self.stamp_of_stack[stack], images)
+
+    def _stack(self, stack: int, images: int) -> np.ndarray | None:
+        """The stack's images, mapped once; mapped again when ``images`` are wanted and the
+        map is shorter: a growing store's stack mapped before its later particles came."""
         if stack in self._open:
             self._open.move_to_end(stack)
-            return self._open[stack]
+            data = self._open[stack]
+            if data is None or len(data) >= images:
+                return data
         data = None
-        if self._unchanged(stack):
+        if self._unchanged(stack, images):
             try:
                 data = open_images(self.root / self.stacks[stack])
-                if data.shape[1:] != (self.box, self.box):
+                if data.shape[1:] != (self.box, self.box) or len(data) < images:
                     data = None
             except (OSError, ValueError):
                 data = None

@@ -15,12 +15,17 @@ Stores of earlier formats are migrated on opening: missing columns are added, an
 and coordinates are marked ``provenance_pending`` until the importer fills them from the source
 star (:meth:`ParticleStore.fill_provenance`). The star is replaced whole then, in two phases (the
 new file is committed under a temporary name, then renamed), so a kill leaves either version.
+Committed particles never change, so the stack may be read in place while it grows (a Scipion
+classification reads a Scipion import's store so): a random ``store_id``, made when the store is
+created or emptied (and added on opening to stores made before), and the generation are what
+identify its content (:func:`live2d.warp.stack_stamp`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +38,7 @@ import pandas as pd
 from live2d import cistem_star
 from live2d.atomic import atomic_write_json
 from live2d.source_images import SOURCES_FILE
+from live2d.warp import STORE_STACK, STORE_STATE, split_image_name
 
 STORE_COLUMNS = ("POS", "PSI", "SHX", "SHY", "DF1", "DF2", "ANGAST", "PSHIFT", "OCC", "LogP",
                  "SIGMA", "SCORE", "CHANGE", "PSIZE", "VOLT", "Cs", "AmpC", "BTILTX", "BTILTY",
@@ -54,9 +60,9 @@ class ParticleStore:
     def __init__(self, output_dir: str | os.PathLike) -> None:
         self.folder = Path(output_dir)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.stack_path = self.folder / "particles.mrcs"
+        self.stack_path = self.folder / STORE_STACK
         self.star_path = self.folder / "particles.star"
-        self.state_path = self.folder / "store.json"
+        self.state_path = self.folder / STORE_STATE
         self._state = self._load()
         self._names: set[str] | None = None
         self._reconcile()
@@ -69,6 +75,13 @@ class ParticleStore:
     @property
     def generation(self) -> int:
         return int(self._state["generation"])
+
+    @property
+    def store_id(self) -> str:
+        """Random, made when the store is created or emptied: with the generation, what
+        identifies its particles to a reader of its stack (whose size and time change with
+        every append)."""
+        return str(self._state.get("store_id", ""))
 
     @property
     def pixel_size(self) -> float:
@@ -113,6 +126,15 @@ class ParticleStore:
             raise StoreError(f"{self.star_path} holds {len(table)} rows, the store {self.count}")
         return table
 
+    def image_locations(self, table: pd.DataFrame) -> list[tuple[int, Path]]:
+        """Where the pixels of ``table``'s particles (rows of :meth:`read_table`) are, as
+        (1-based index, stack): this store's stack, or in "source" mode the source's own."""
+        if self.copies_images:
+            return [(int(position), self.stack_path) for position in table["POS"]]
+        root = Path(self._state["source_root"])
+        return [(index + 1, root / stack)
+                for index, stack in map(split_image_name, table["ORIGNAME"])]
+
     def image_names(self) -> set[str]:
         """Warp image names already imported (guards against importing a particle twice)."""
         if self._names is None:
@@ -131,7 +153,7 @@ class ParticleStore:
         # an empty store always rewrites its files.
         self._commit(count=0, generation=generation, pixel_size=pixel_size, box=box,
                      star_bytes=len(_STAR_HEADER), format=FORMAT, provenance_pending=False,
-                     **mode)
+                     store_id=_new_store_id(), **mode)
         if source_root:
             atomic_write_json(self.folder / SOURCES_FILE, {
                 "root": str(source_root), "star": self.star_path.name, "box": box})
@@ -317,6 +339,8 @@ class ParticleStore:
         if self._state["format"] < FORMAT:
             self._cut_back()
             self._migrate()
+        if not self.store_id:  # made before stores had one
+            self._commit(store_id=_new_store_id())
         self._cut_back()
 
     def _cut_back(self) -> None:
@@ -342,3 +366,7 @@ class ParticleStore:
             if struct.unpack("<i", stack.read(4))[0] != self.copied:
                 self._patch_count(stack, self.copied)
                 os.fsync(stack.fileno())
+
+
+def _new_store_id() -> str:
+    return secrets.token_hex(8)

@@ -10,6 +10,7 @@ poll: importing stays O(new particles) however long the session runs.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 import xml.etree.ElementTree as ET
@@ -29,6 +30,11 @@ REQUIRED_STAR_COLUMNS = (
 )
 PARTICLE_FILES = ("allparticles", "goodparticles")
 _PARTICLE_FILE_ALIASES = {"all": "allparticles", "good": "goodparticles"}
+# A Live2D particle store's stack and its commit record beside it (live2d.store), and the
+# prefix of the stamps of such stacks (stack_stamp).
+STORE_STACK = "particles.mrcs"
+STORE_STATE = "store.json"
+STORE_STAMP = "store:"
 
 
 class WarpFolderError(Exception):
@@ -303,7 +309,7 @@ def read_particle_images(warp_dir: str | os.PathLike, image_names: list[str],
 def check_particle_stack(warp_dir: str | os.PathLike, image_names: list[str], box: int) -> str:
     """For particles that stay in their stack (read in place later): check, as
     :func:`read_particle_images` does, that their one stack is complete and of ``box``-px
-    images, without reading the pixels; returns the stack's stamp (size:mtime)."""
+    images, without reading the pixels; returns the stack's stamp (:func:`stack_stamp`)."""
     stacks = {split_image_name(name)[1] for name in image_names}
     if len(stacks) != 1:
         raise ValueError("the names must all be of one stack")
@@ -317,9 +323,49 @@ def check_particle_stack(warp_dir: str | os.PathLike, image_names: list[str], bo
 
 
 def stack_stamp(path: str | os.PathLike) -> str:
-    """What identifies a stack's content cheaply: its size and modification time."""
+    """What identifies a stack's content cheaply. A stack written once: its size and
+    modification time. The stack of a Live2D particle store (:mod:`live2d.store`, a
+    ``store.json`` beside it) grows by appends that never change the particles already
+    committed, so its size and time change while its content does not: its store's id and
+    generation instead (``store:<id>:<generation>``)."""
+    path = Path(path)
+    state = _store_state(path)
+    if state is not None:
+        return _store_stamp(state)
     status = os.stat(path)
     return f"{status.st_size}:{status.st_mtime_ns}"
+
+
+def stamp_holds(path: str | os.PathLike, stamp: str, images: int = 0) -> bool:
+    """Whether the stack at ``path`` is still the one ``stamp`` was taken of (False if it is
+    gone); for a store's stack, also that its store has committed at least ``images`` images."""
+    path = Path(path)
+    try:
+        if not stamp.startswith(STORE_STAMP):
+            return stack_stamp(path) == stamp
+        state = _store_state(path)
+    except OSError:
+        return False
+    return state is not None and _store_stamp(state) == stamp and int(state["count"]) >= images
+
+
+def _store_state(stack: Path) -> dict | None:
+    """The commit record of the store whose stack ``stack`` is, if it is one that holds every
+    particle's pixels (a store reading its sources in place is stamped as any file)."""
+    if stack.name != STORE_STACK:
+        return None
+    try:
+        state = json.loads((stack.parent / STORE_STATE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):  # no store here (it is replaced atomically)
+        return None
+    if not isinstance(state, dict) or not state.get("store_id") or \
+            state.get("images", "copy") != "copy":
+        return None
+    return state
+
+
+def _store_stamp(state: dict) -> str:
+    return f"{STORE_STAMP}{state['store_id']}:{int(state['generation'])}"
 
 
 def stack_box(stack: str, warp_dir: str | os.PathLike = ".") -> int:

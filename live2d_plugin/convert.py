@@ -53,13 +53,15 @@ def acquisition_from_warp(settings: warp.WarpSettings) -> Acquisition:
     return acquisition
 
 
-def particles_from_store_rows(rows: pd.DataFrame, stack: str, pixel_size: float,
-                              acquisition: Acquisition, contrast: str = "white"):
-    """A ``Particle`` per store row: image ``POS`` of ``stack``, its CTF from Warp's star, and
-    how protein looks in its image (``contrast``, see :func:`particle_contrast`)."""
-    for row in rows.itertuples(index=False):
+def particles_from_store_rows(rows: pd.DataFrame, locations: list[tuple[int, Path]],
+                              pixel_size: float, acquisition: Acquisition,
+                              contrast: str = "white"):
+    """A ``Particle`` per store row at its location (1-based index, stack: see
+    :meth:`live2d.store.ParticleStore.image_locations`), with its CTF from Warp's star and how
+    protein looks in its image (``contrast``, see :func:`particle_contrast`)."""
+    for row, (index, stack) in zip(rows.itertuples(index=False), locations, strict=True):
         values = row._asdict()
-        particle = Particle(location=(int(values["POS"]), stack))
+        particle = Particle(location=(index, str(stack)))
         particle.setSamplingRate(pixel_size)
         particle.setAcquisition(acquisition)
         ctf = CTFModel()
@@ -85,7 +87,8 @@ def particle_contrast(particle: Particle | None) -> str:
 # ------------------------------------------------------------------- classify: set -> Warp layout
 class WarpExport:
     """A folder that looks like Warp's to the core: the classification protocol appends its
-    input particles here and the session imports them as it would Warp's."""
+    input particles here and the session imports them as it would Warp's. MRC stacks are named
+    by absolute path, to be read in place; only other formats are converted (``stacks/``)."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)

@@ -409,19 +409,3 @@ def test_a_kill_while_the_star_is_replaced_is_finished_on_opening(warp, tmp_path
     reopened = ParticleStore(tmp_path / "out")
     assert reopened.count == 40 and len(reopened.read_table()) == 40
     assert not replacement.exists() and reopened.provenance_pending
-
-
-def test_stacks_outside_the_warp_folder_are_copied_not_read_in_place(warp, tmp_path):
-    """Only Warp's own stacks are read in place: another program's (a Scipion import's
-    growing stack, named by absolute path) may change after import."""
-    in_place = Importer(warp.folder, ParticleStore(tmp_path / "own"), copy_images=False)
-    in_place.poll()
-    assert not in_place.store.copies_images  # Warp's own stacks: no copy
-    star = warp.star_path()
-    star.write_text(star.read_text().replace("@particles/", f"@{warp.folder}/particles/"))
-    importer = Importer(warp.folder, ParticleStore(tmp_path / "out"), copy_images=False)
-    report = importer.poll()
-    assert report.new_particles == 40 and importer.store.copies_images
-    assert any("outside the Warp folder" in m for m in report.messages)
-    with mrcfile.mmap(importer.store.stack_path) as mrc:
-        assert np.array_equal(mrc.data[25], warp.images(1)[5])

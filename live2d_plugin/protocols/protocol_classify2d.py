@@ -5,6 +5,9 @@ Warp's (see :class:`live2d_plugin.convert.WarpExport`), lets an unmodified
 :class:`live2d.session.Session` import them and run its jobs, and turns every finished cycle
 into ``outputClasses`` (each class with its resolution estimate and score), ``outputAverages``
 and ``outputParticles`` (the particles of the selected classes, see :mod:`live2d.selection`).
+The session reads the input's MRC stacks where they are (no copy), checking before every cycle
+that each is unchanged (:func:`live2d.warp.stack_stamp`: an import's growing store by its id), and
+copies them only when its engine or cluster workers need one stack.
 """
 
 from __future__ import annotations
@@ -261,9 +264,13 @@ class ProtLive2DClassify2D(ProtClassify2D):
             self.info("stopped after the current cycle: Continue resumes")
 
     def _runLoop(self, session: Session) -> None:
+        said_images = False
         while not self._stopRequested():
             closed = self._exportNew()
             report = session.import_new()
+            if session.store.box and not said_images:
+                self.info(self._imagesMessage(session))
+                said_images = True
             settings = session.settings
             total = report.total
             last = session.state.particles_at_last_job
@@ -281,6 +288,16 @@ class ProtLive2DClassify2D(ProtClassify2D):
                 self.info(f"input closed and all {total} particles classified: finishing")
                 return
             self._sleep(POLL_SECONDS)
+
+    @staticmethod
+    def _imagesMessage(session: Session) -> str:
+        """Where the cycles read the particles from, said once in the log."""
+        store = session.store
+        if store.copies_images:
+            return (f"the input particles are copied into {store.stack_path} (the cisTEM "
+                    "engine and cluster workers need one stack)")
+        return ("the input particles are read where they are, not copied; a stack that changes "
+                "or vanishes has its particles left out of the cycles (the log says so)")
 
     def _daskAddress(self) -> str:
         return (self.daskScheduler.get() or "").strip()

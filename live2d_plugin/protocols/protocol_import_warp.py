@@ -42,6 +42,14 @@ CONTRAST_NOTE = ("Here the import does not change the pixels: each output partic
                  "protocols expect white protein).")
 # The core's messages name the command line's option; the form calls it so.
 CLI_WORDS = (("give --star", 'set "Particle star"'), ("--star", '"Particle star"'))
+COPY_FILES_HELP = (
+    "By default the particles are not copied into the project, to avoid data duplication and to "
+    "save disk space: the output particles point at the stacks Warp 1.x wrote (each written "
+    "once), which must then stay where they are while the project uses them. Yes: every "
+    "particle is copied into this protocol's folder, so the project no longer needs Warp's "
+    "folder. The particles of a WarpTools 2 project or of a RELION particle star are always "
+    "copied: their stacks are rewritten when particles are exported again, which would change "
+    "the images under the output.")
 
 
 class StoreResetRefused(Exception):
@@ -72,7 +80,8 @@ class ProtLive2DImportWarp(ProtImport):
     any RELION particle star named in "Particle star". The output set stays open and grows as
     new particles are exported; it closes when the protocol is stopped (right click > STOP
     STREAMING, or the Stop button) or when no new particle arrived for the timeout. Every
-    particle carries its CTF from the star file.
+    particle carries its CTF from the star file. With "Copy files?" No (the default) the
+    particles of a Warp 1.x folder are not copied: they point at Warp's own stacks.
     """
 
     _label = "import warp particles (live)"
@@ -99,6 +108,9 @@ class ProtLive2DImportWarp(ProtImport):
                            "rewritten whole while the import runs: only particles not imported "
                            "yet are added. Empty: Warp 1.x's own star files, or the single "
                            "particle star of a WarpTools 2 project.")
+        form.addParam("copyFiles", params.BooleanParam, default=False,
+                      expertLevel=params.LEVEL_ADVANCED, label="Copy files?",
+                      help=COPY_FILES_HELP)
         form.addParam("particleFile", params.EnumParam, choices=list(PARTICLE_FILE_LABELS),
                       default=0, display=params.EnumParam.DISPLAY_HLIST,
                       label="Particles",
@@ -123,8 +135,9 @@ class ProtLive2DImportWarp(ProtImport):
     def importStep(self) -> None:
         store = PublishedStore(self._getExtraPath("store"))
         importer = Importer(self._warpDir(), store, which=self._which(), star=self._star(),
-                            contrast=self._contrast())
+                            contrast=self._contrast(), copy_images=self._copyFiles())
         published = self._publishedCount()
+        said_copy = False
         timeout = float(self.streamTimeout.get()) * 60.0
         poll = min(MAX_POLL_SECONDS, max(MIN_POLL_SECONDS, timeout / 6.0))
         last_new = time.monotonic()
@@ -133,6 +146,9 @@ class ProtLive2DImportWarp(ProtImport):
                 report = importer.poll()
                 for message in report.messages:
                     self.info(scipion_words(message))
+                if store.box and not said_copy:  # the store's mode is set once it has a box
+                    self.info(self._copyMessage(store))
+                    said_copy = True
                 if store.count > published:
                     published = self._publish(importer, published)
                     last_new = time.monotonic()
@@ -157,13 +173,12 @@ class ProtLive2DImportWarp(ProtImport):
         # Warp 1.x's settings, or what the particle star says (pixel size, box, microscope).
         settings = importer.source_settings()
         output = self._openOutput(store, settings)
-        stack = str(store.stack_path)
-        if not published:
-            self._recordSource(settings, self._layout())
+        if not published or self._source().get("copied") != store.copies_images:
+            self._recordSource(settings, self._layout(), store.copies_images)
         acquisition = acquisition_from_warp(settings)
         contrast = "white" if settings.invert else "black"
-        for particle in particles_from_store_rows(rows, stack, store.pixel_size, acquisition,
-                                                  contrast):
+        for particle in particles_from_store_rows(rows, store.image_locations(rows),
+                                                  store.pixel_size, acquisition, contrast):
             output.append(particle)
         self._updateOutputSet(OUTPUT_NAME, output, Set.STREAM_OPEN)
         self.info(f"{len(rows)} new particles; {published + len(rows)} in {OUTPUT_NAME}")
@@ -202,15 +217,34 @@ class ProtLive2DImportWarp(ProtImport):
         except warp.WarpFolderError:  # e.g. a second star appeared: the importer says so
             return None
 
-    def _recordSource(self, settings: warp.WarpSettings, layout: Layout | None) -> None:
-        """What the published particles were imported with, to name a later change."""
+    def _copyMessage(self, store: ParticleStore) -> str:
+        """How the output particles hold their images, said once in the log."""
+        if not store.copies_images:
+            return (f"Copy files? No: the output particles point at Warp's own stacks in "
+                    f"{self._warpDir()} (nothing copied); keep that folder while the project "
+                    "uses them")
+        if self._copyFiles():
+            return f"Copy files? Yes: every particle is copied into {store.stack_path}"
+        layout = self._layout()
+        if layout is not None and layout.kind == WARP:  # a store made by a run with Yes
+            return (f"Copy files? No, but this protocol's store holds copies already: the "
+                    f"particles are copied into {store.stack_path} as before")
+        return (f"Copy files? No, but the particles are copied into {store.stack_path} all the "
+                "same: the stacks of a WarpTools 2 project or a RELION particle star are "
+                "rewritten when particles are exported again, which would change the images "
+                "under the output")
+
+    def _recordSource(self, settings: warp.WarpSettings, layout: Layout | None,
+                      copied: bool) -> None:
+        """What the published particles were imported with, to name a later change, and
+        whether their images are copied (summary and methods)."""
         if layout is None:  # only Warp 1.x's settings know the particle diameter
             layout = Layout(WARP if settings.diameter else STAR)
         atomic_write_json(Path(self._getExtraPath(SOURCE_FILE)), {
             "box": settings.box, "model": settings.model, "min_score": settings.min_score,
             "pixel_size": settings.pixel_size, "particles": self._which(),
             "layout": layout.kind, "star": str(layout.star) if layout.star else "",
-            "contrast": "white" if settings.invert else "black"})
+            "contrast": "white" if settings.invert else "black", "copied": copied})
 
     def _source(self) -> dict:
         try:
@@ -278,6 +312,9 @@ class ProtLive2DImportWarp(ProtImport):
     def _contrast(self) -> str:
         return CONTRASTS[self.proteinContrast.get()]
 
+    def _copyFiles(self) -> bool:
+        return bool(self.copyFiles.get())
+
     # ------------------------------------------------------------------------------ info
     def _validate(self) -> list[str]:
         """What can never be imported; a folder or star that is not there yet is waited for."""
@@ -316,6 +353,9 @@ class ProtLive2DImportWarp(ProtImport):
             state = "open, growing" if output.isStreamOpen() else "closed"
             lines.append(f"{output.getSize()} particles imported (output {state}), "
                          f"{output.getSamplingRate():.3f} Å/px")
+            if "copied" in source:
+                text = self._imagesText(source["copied"])
+                lines.append(f"{text[0].upper()}{text[1:]}.")
         else:
             lines.append("No particles imported yet.")
         return lines
@@ -331,8 +371,14 @@ class ProtLive2DImportWarp(ProtImport):
             origin = "exported by WarpTools [Tegunov2019]"
         else:
             origin = "of a RELION particle star"
+        images = f"; {self._imagesText(source['copied'])}" if "copied" in source else ""
         return [f"{output.getSize()} particles {origin} were imported with Live2D at "
-                f"{output.getSamplingRate():.3f} Å/px, with their CTF."]
+                f"{output.getSamplingRate():.3f} Å/px, with their CTF{images}."]
+
+    @staticmethod
+    def _imagesText(copied: bool) -> str:
+        return ("their images were copied into the project" if copied else
+                "their images are read in place from Warp's stacks (not copied)")
 
     def _citations(self) -> list[str]:
         return ["Tegunov2019"]

@@ -1,6 +1,7 @@
 """ProtLive2DClassify2D: the built-in engine on a growing set, and the cisTEM path with the
 stand-in programs of tests/cistem_standin; outputParticles (the selected classes' particles) and
-the quality of every class, and a later protocol taking those particles."""
+the quality of every class, and a later protocol taking those particles; the input's particles
+read in place, from Warp's stacks or from a copying import's growing store, never copied."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from pyworkflow.protocol.constants import MODE_RESUME
 from live2d.history import read_history
 from live2d.selection import SelectionState, mark, selected, selected_particles
 from live2d.session import Session
+from live2d.store import HEADER_BYTES, ParticleStore
+from live2d.warp import split_image_name, stack_stamp
 from live2d_plugin.convert import (
     AT_LIMIT_ATTRIBUTE,
     REASON_ATTRIBUTE,
@@ -61,10 +64,75 @@ def class_members(prot) -> dict[int, dict[int, np.ndarray]]:
         classes.close()
 
 
+def session_log(prot) -> str:
+    return Path(prot._getExtraPath("live2d", "live2d.log")).read_text()
+
+
 class TestClassify(ProjectTestCase):
-    def import_protocol(self, warp_dir: Path, timeout_minutes: float):
+    def import_protocol(self, warp_dir: Path, timeout_minutes: float, copy: bool = False):
         return self.launch(self.new(ProtLive2DImportWarp, warpFolder=str(warp_dir),
-                                    streamTimeout=timeout_minutes))
+                                    streamTimeout=timeout_minutes, copyFiles=copy))
+
+    def classify_protocol(self, importer, **params):
+        classify = self.new(ProtLive2DClassify2D, engine=1, **{**SMALL_SCHEDULE, **params})
+        classify.inputParticles.set(importer)
+        classify.inputParticles.setExtended("outputParticles")
+        self.proj.saveProtocol(classify)
+        return classify
+
+    def check_read_in_place(self, classify, count: int) -> list[str]:
+        """The classification's store holds no pixels: its rows name the input's stacks. Every
+        particle was in the last cycle (none left out); returns the stacks named."""
+        store = ParticleStore(classify._getExtraPath("live2d"))
+        self.assertFalse(store.copies_images)
+        self.assertEqual(store.count, count)
+        self.assertEqual(store.stack_path.stat().st_size, HEADER_BYTES)
+        last = history_of(classify)[-1]
+        self.assertEqual((last["particles"], sum(last["class_counts"])), (count, count))
+        log = session_log(classify)
+        self.assertNotIn("left out", log)
+        self.assertIn("the input particles are read where they are, not copied",
+                      self.log_tail(classify, 10**6))
+        return [split_image_name(name)[1] for name in store.read_table()["ORIGNAME"]]
+
+    def test_the_particles_of_an_import_without_copy_are_read_from_warps_stacks(self) -> None:
+        warp_dir = self.work / "warp"
+        simulate_warp(warp_dir, particles=80)
+        importer = self.import_protocol(warp_dir, timeout_minutes=0.02)
+        self.wait_finished(importer, timeout=90)
+        classify = self.launch(self.classify_protocol(importer))
+        done = self.wait_finished(classify, timeout=150)
+        stacks = self.check_read_in_place(done, 80)
+        self.assertEqual(set(stacks), {str(p.resolve())
+                                       for p in (warp_dir / "particles").glob("*.mrcs")})
+        self.assertEqual(done.publishedParticles.get(), 80)
+        self.check_classes(done, 2, sum(history_of(done)[-1]["class_counts"]))
+
+    def test_a_copying_import_is_read_in_place_while_it_still_grows(self) -> None:
+        warp_dir = self.work / "warp"
+        simulate_warp(warp_dir, particles=80)
+        importer = self.import_protocol(warp_dir, timeout_minutes=30.0, copy=True)
+        self.wait_until(importer, lambda p: output_size(p)[0] == 80, 90, "80 particles")
+        classify = self.launch(self.classify_protocol(importer, firstJobAt=60,
+                                                      updateEvery=60))
+        first = self.wait_until(classify, lambda p: (p.publishedCycle.get() or 0) >= 2, 120,
+                                "the classes of the first job")
+        self.assertEqual(first.publishedParticles.get(), 80)
+
+        simulate_warp(warp_dir, particles=160)  # the import appends to its store meanwhile
+        self.wait_until(importer, lambda p: output_size(p)[0] == 160, 60,
+                        "160 particles").stopStreaming()
+        done = self.wait_until(classify, lambda p: p.isFinished()
+                               and (p.publishedParticles.get() or 0) == 160, 150,
+                               "all 160 particles classified")
+        store_stack = Path(self.load(importer)._getExtraPath("store", "particles.mrcs"))
+        stacks = self.check_read_in_place(done, 160)  # the first 80 too, after the appends
+        self.assertEqual(set(stacks), {str(store_stack.resolve())})
+        stamps = set(ParticleStore(done._getExtraPath("live2d")).read_table()["SRCSTAMP"])
+        self.assertEqual(stamps, {stack_stamp(store_stack)})
+        self.assertTrue(stack_stamp(store_stack).startswith("store:"))
+        self.check_classes(done, done.publishedCycle.get(),
+                           sum(history_of(done)[-1]["class_counts"]))
 
     def check_classes(self, prot, cycle: int, classified: int) -> None:
         """outputClasses hold the given cycle's classes: representatives are that cycle's

@@ -1,5 +1,6 @@
-"""ProtLive2DImportWarp on simulated Warp sessions: static, streaming, and a box-size change;
-on WarpTools 2 projects and named RELION particle stars."""
+"""ProtLive2DImportWarp on simulated Warp sessions: static, streaming, and a box-size change,
+with "Copy files?" No (Warp's own stacks, no copy) and Yes; on WarpTools 2 projects and named
+RELION particle stars (always copied)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from plugin_test_helpers import (
 
 from live2d import warp
 from live2d.simulate import write_settings
+from live2d.store import HEADER_BYTES, ParticleStore
 from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
@@ -65,6 +67,46 @@ class TestImportWarp(ProjectTestCase):
             np.testing.assert_array_equal(stored_image(particle.getLocation(), self.proj.path),
                                           warp_image(warp_dir, name))
         self.assertEqual(particles[0].getXDim(), BOX)
+
+    def test_copy_files_no_points_at_warps_own_stacks_and_copies_nothing(self) -> None:
+        warp_dir = self.work / "warp"
+        simulate_warp(warp_dir, particles=80)
+        prot = self.new(ProtLive2DImportWarp, warpFolder=str(warp_dir), streamTimeout=0.05)
+        self.assertFalse(prot.copyFiles.get())  # Scipion's default: no duplicate
+        done = self.wait_finished(self.launch(prot), timeout=90)
+        self.assertEqual(output_size(done), (80, True))
+        for particle in particles_of(done):
+            index, stack = particle._warpImageName.get().split("@")
+            self.assertEqual(particle.getLocation(),
+                             (int(index), str(warp_dir.resolve() / stack)))
+        store = ParticleStore(done._getExtraPath("store"))
+        self.assertFalse(store.copies_images)
+        self.assertEqual(store.count, 80)
+        self.assertEqual(store.stack_path.stat().st_size, HEADER_BYTES)  # no pixels in it
+        log = self.log_tail(prot, 10**6)
+        self.assertEqual(log.count("Copy files? No: the output particles point at Warp's own "
+                                   "stacks"), 1, log)
+        self.assertIn("read in place from Warp's stacks (not copied)", "\n".join(done.summary()))
+        self.assertIn("read in place from Warp's stacks", "\n".join(done.methods()))
+
+    def test_copy_files_yes_copies_every_particle_into_the_store(self) -> None:
+        warp_dir = self.work / "warp"
+        simulate_warp(warp_dir, particles=80)
+        done = self.wait_finished(self.launch(self.new(
+            ProtLive2DImportWarp, warpFolder=str(warp_dir), copyFiles=True,
+            streamTimeout=0.05)), timeout=90)
+        self.assertEqual(output_size(done), (80, True))
+        store = ParticleStore(done._getExtraPath("store"))
+        self.assertTrue(store.copies_images)
+        particles = particles_of(done)
+        self.assertEqual({Path(self.proj.path, p.getFileName()).resolve() for p in particles},
+                         {store.stack_path.resolve()})
+        for particle in particles[::9]:
+            np.testing.assert_array_equal(stored_image(particle.getLocation(), self.proj.path),
+                                          warp_image(warp_dir, particle._warpImageName.get()))
+        log = self.log_tail(done, 10**6)
+        self.assertEqual(log.count("Copy files? Yes: every particle is copied"), 1, log)
+        self.assertIn("copied into the project", "\n".join(done.summary()))
 
     def test_streaming_output_grows_while_warp_writes_and_closes_on_stop(self) -> None:
         warp_dir = self.work / "warp"
@@ -182,11 +224,15 @@ class TestImportParticleStars(ProjectTestCase):
         self.assertAlmostEqual(output.getAcquisition().getVoltage(), 300.0)
         self.assertTrue(output.hasCTF())
         particles = particles_of(done)
-        self.assert_particles_match(particles, project)
+        self.assert_particles_match(particles, project)  # copied, though Copy files? is No
+        self.assertFalse(done.copyFiles.get())
+        self.assertTrue(ParticleStore(done._getExtraPath("store")).copies_images)
         self.assertEqual(particles[0].getXDim(), 32)
         log = self.log_tail(prot, 10**6)
         self.assertIn("WarpTools 2 layout", log)
+        self.assertEqual(log.count("Copy files? No, but the particles are copied"), 1, log)
         self.assertIn("Particle star: ", " ".join(done.summary()))
+        self.assertIn("copied into the project", " ".join(done.summary()))
 
     def test_a_named_star_with_black_protein_reaches_the_classification_as_black(self) -> None:
         project = WarpToolsProject(self.work / "relion", box=32, pixel_size=1.5, per_movie=6,

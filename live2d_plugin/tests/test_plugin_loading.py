@@ -213,6 +213,14 @@ class TestForms(ProjectTestCase):
         self.assertEqual(prot._contrast(), Settings().contrast)
         self.assertIsNone(prot._star())  # empty: the folder's layout decides
         self.assertIn("fs_export_particles", prot.getParam("particleStar").help.get())
+        # Scipion's usual choice, in the Input section, off by default: no duplicate.
+        copy = prot.getParam("copyFiles")
+        self.assertEqual(copy.label.get(), "Copy files?")
+        self.assertFalse(prot.copyFiles.get())
+        inputs = next(s for s in prot.iterDefinitionSections() if s.getLabel() == "Input")
+        self.assertIn("copyFiles", dict(inputs.iterParams()))
+        self.assertIn("WarpTools 2 project or of a RELION particle star are always copied",
+                      copy.help.get())
         # A folder Warp has not started in yet is accepted: the import waits for it.
         self.assertEqual(prot.validate(), [])
         missing = self.new(ProtLive2DImportWarp, warpFolder=str(self.work / "typo"))

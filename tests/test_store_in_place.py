@@ -1,0 +1,230 @@
+"""Another Live2D store's growing stack read in place: what a Scipion classification does with
+the particles of a Scipion import that still appends to its store.
+
+The store's id and generation stamp its stack (its size and time change with every append, its
+committed particles never), so particles read in place stay in every later cycle while the store
+grows, and are left out once it was emptied or replaced."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+from warp_fixtures import WarpFolder
+
+from live2d.importer import Importer
+from live2d.schedule import Settings
+from live2d.session import Session
+from live2d.source_images import SourceImages, open_images
+from live2d.store import ParticleStore
+from live2d.warp import stack_stamp, stamp_holds
+
+SMALL = {"classes": 2, "particles_per_class": 10, "startup_cycles": 1, "refinement_cycles": 1,
+         "high_res_initial": 20.0, "high_res_final": 10.0, "threads": 1, "first_job_at": 40,
+         "update_every": 40, "poll_seconds": 0.5}
+
+
+@pytest.fixture
+def warp(tmp_path) -> WarpFolder:
+    folder = WarpFolder(tmp_path / "warp", box=32, pixel_size=2.0, per_micrograph=20)
+    folder.add_micrographs(2)
+    return folder
+
+
+def producer_of(warp: WarpFolder, folder: Path) -> Importer:
+    """An import that copies Warp's particles into its store (a Scipion import, Copy files)."""
+    importer = Importer(warp.folder, ParticleStore(folder), copy_images=True)
+    importer.poll()
+    assert importer.store.copies_images
+    return importer
+
+
+def write_consumer(store: ParticleStore, warp: WarpFolder, folder: Path,
+                   warp_micrographs: int = 0) -> Path:
+    """A Warp-like folder naming the store's particles by absolute path, as the Scipion
+    classification writes one for its input (rewritten whole, earlier rows first); those of
+    the first ``warp_micrographs`` by Warp's own stacks (a set merged from two imports)."""
+    folder.mkdir(exist_ok=True)
+    (folder / "previous.settings").write_bytes((warp.folder / "previous.settings").read_bytes())
+    table = store.read_table()
+    position = dict(zip(table["ORIGNAME"], table["POS"], strict=True))
+    rows = []
+    for line in warp.rows:
+        fields = line.split()
+        name = fields[12]
+        if name not in position:
+            continue
+        index, stack = name.split("@")
+        own = int(stack.split("_")[1]) < warp_micrographs
+        fields[12] = f"{index}@{warp.folder / stack}" if own else \
+            f"{position[name]:06d}@{store.stack_path}"
+        rows.append(" ".join(fields) + "\n")
+    warp_star = warp.star_path()
+    (folder / warp_star.name).write_text(warp.header() + "".join(rows))
+    return folder
+
+
+def store_state(store: ParticleStore) -> dict:
+    return json.loads(store.state_path.read_text())
+
+
+def test_a_store_gets_an_id_when_made_or_emptied_and_older_stores_get_one_on_opening(tmp_path):
+    store = ParticleStore(tmp_path / "store")
+    store.reset(2.0, 32)
+    first = store.store_id
+    assert first and store_state(store)["store_id"] == first
+    store.append(np.zeros((3, 32, 32), np.float32), _rows(3))
+    assert ParticleStore(tmp_path / "store").store_id == first  # kept on opening
+    store.reset(2.0, 32)
+    assert store.store_id not in ("", first)
+
+    old = store_state(store)
+    del old["store_id"]  # a store made before stores had an id
+    store.state_path.write_text(json.dumps(old))
+    migrated = ParticleStore(tmp_path / "store")
+    assert migrated.store_id and store_state(migrated)["store_id"] == migrated.store_id
+
+
+def test_a_stores_stack_is_stamped_by_its_id_and_generation_not_its_size(warp, tmp_path):
+    producer = producer_of(warp, tmp_path / "producer")
+    store = producer.store
+    stamp = stack_stamp(store.stack_path)
+    assert stamp == f"store:{store.store_id}:{store.generation}"
+    warp.add_micrographs(1)
+    producer.poll()  # appended: the stack's size and time changed, its first 40 did not
+    assert store.count == 60 and stack_stamp(store.stack_path) == stamp
+    assert stamp_holds(store.stack_path, stamp, 60)
+    assert not stamp_holds(store.stack_path, stamp, 61)  # not committed (yet)
+    # Any other stack, and a store that reads its sources in place, by size and time.
+    assert ":" in stack_stamp(warp.stack_path(0))
+    assert not stack_stamp(warp.stack_path(0)).startswith("store:")
+    in_place = Importer(warp.folder, ParticleStore(tmp_path / "in_place"), copy_images=False)
+    in_place.poll()
+    assert not stack_stamp(in_place.store.stack_path).startswith("store:")
+
+
+def test_a_growing_store_is_read_in_place_while_it_grows(warp, tmp_path):
+    producer = producer_of(warp, tmp_path / "producer")
+    consumer = write_consumer(producer.store, warp, tmp_path / "consumer")
+    importer = Importer(consumer, ParticleStore(tmp_path / "out"), copy_images=False)
+    report = importer.poll()
+    store = importer.store
+    assert report.new_particles == 40
+    assert not store.copies_images and store.copied == 0  # no second copy of the pixels
+    with mrcfile.open(store.stack_path, permissive=True) as mrc:
+        assert mrc.header.nz == 0
+    assert set(store.read_table()["SRCSTAMP"]) == {stack_stamp(producer.store.stack_path)}
+    before = open_images(store.images_path)
+    assert before.usable().all()
+
+    warp.add_micrographs(1)
+    producer.poll()  # the producer's store grows under the consumer's stamps
+    write_consumer(producer.store, warp, consumer)
+    assert importer.poll().new_particles == 20
+    images = open_images(store.images_path)
+    assert len(images) == 60 and images.usable().all() and not images.changed_stacks()
+    assert before.usable().all()  # the first 40 are still the ones imported
+    for position, micrograph, index in ((0, 0, 0), (39, 1, 19), (45, 2, 5)):
+        np.testing.assert_array_equal(images[[position]][0], warp.images(micrograph)[index])
+
+
+def test_a_map_of_a_growing_stack_is_made_again_for_its_later_images(warp, tmp_path):
+    producer = producer_of(warp, tmp_path / "producer")
+    stack = producer.store.stack_path
+    stamp = stack_stamp(stack)
+    names = [f"{i:06d}@{stack}" for i in (1, 50)]
+    images = SourceImages(Path("/"), names, [stamp] * 2, 32)
+    np.testing.assert_array_equal(images[[0]][0], warp.images(0)[0])  # maps 40 images
+    warp.add_micrographs(1)
+    producer.poll()
+    np.testing.assert_array_equal(images[[1]][0], warp.images(2)[9])  # beyond that map
+
+
+def test_particles_of_a_store_emptied_or_replaced_are_left_out(warp, tmp_path):
+    producer = producer_of(warp, tmp_path / "producer")
+    consumer = write_consumer(producer.store, warp, tmp_path / "consumer")
+    importer = Importer(consumer, ParticleStore(tmp_path / "out"), copy_images=False)
+    importer.poll()
+    images = open_images(importer.store.images_path)
+    assert images.usable().all()
+
+    state = store_state(producer.store)
+    replaced = {**state, "store_id": "0" * 16}  # deleted and imported again: same count
+    producer.store.state_path.write_text(json.dumps(replaced))
+    assert not images.usable().any()
+    assert images.changed_stacks() == [str(producer.store.stack_path)]
+    producer.store.state_path.write_text(json.dumps({**state, "generation": 5}))
+    assert not images.usable().any()
+    producer.store.state_path.write_text(json.dumps({**state, "count": 39}))  # lost one
+    assert not images.usable().any()
+    producer.store.state_path.write_text(json.dumps(state))
+    assert images.usable().all()
+    producer.store.state_path.unlink()
+    assert not images.usable().any()
+
+
+def test_each_particle_is_checked_by_the_stamp_taken_when_it_was_imported(tmp_path):
+    """A stack that grows outside a store (another program appending to it): its particles
+    imported before it changed are left out, those imported after are kept."""
+    stack = tmp_path / "growing.mrcs"
+    pixels = np.random.default_rng(0).standard_normal((20, 16, 16)).astype(np.float32)
+    mrcfile.write(stack, pixels[:10])
+    before = stack_stamp(stack)
+    mrcfile.write(stack, pixels, overwrite=True)
+    after = stack_stamp(stack)
+    assert before != after
+    names = [f"{i}@{stack}" for i in range(1, 21)]
+    images = SourceImages(Path("/"), names, [before] * 10 + [after] * 10, 16)
+    assert images.usable().tolist() == [False] * 10 + [True] * 10
+    assert images.changed_stacks() == [str(stack)]
+    np.testing.assert_array_equal(images[[0, 15]], np.stack([np.zeros((16, 16)), pixels[15]]))
+
+
+def test_a_session_classifies_a_growing_store_in_place_and_says_when_it_was_replaced(
+        warp, tmp_path):
+    producer = producer_of(warp, tmp_path / "producer")
+    consumer = write_consumer(producer.store, warp, tmp_path / "consumer", warp_micrographs=1)
+    session = Session(consumer, engine="builtin", settings=Settings(**SMALL))
+    try:
+        session.run_job()
+        warp.add_micrographs(1)
+        producer.poll()
+        write_consumer(producer.store, warp, consumer, warp_micrographs=1)
+        assert session.import_new().new_particles == 20
+        session.run_job()
+        history = session.history
+    finally:
+        session.close()
+    out = consumer / "classification"
+    store = ParticleStore(out)
+    assert not store.copies_images and store.copied == 0
+    assert history[-1].particles == 60 and sum(history[-1].class_counts) == 60  # none left out
+    log = (out / "live2d.log").read_text()
+    assert "left out" not in log
+
+    # The producer's store deleted and made again (same particles, same generation 0).
+    shutil.rmtree(producer.store.folder)
+    producer = producer_of(warp, producer.store.folder)
+    assert producer.store.count == 60 and producer.store.generation == 0
+    session = Session(consumer, engine="builtin")
+    try:
+        session.run_job("refine")
+        last = session.history[-1]
+    finally:
+        session.close()
+    log = (out / "live2d.log").read_text()
+    assert "40 particles are left out of this cycle" in log
+    assert str(producer.store.stack_path) in log
+    assert last.particles == 60 and sum(last.class_counts) == 20  # Warp's own 20 only
+
+
+def _rows(n: int):
+    from live2d import cistem_star
+
+    table = cistem_star.new_table(n)
+    table["ORIGNAME"] = [f"{i + 1}@x.mrcs" for i in range(n)]
+    return table
