@@ -5,7 +5,9 @@ refinement cycles; a stand-in engine (random assignments, written in cisTEM's fo
 the place of real classification, since the point is what surrounds it. After each step it
 prints: particles, bytes on disk per particle (output folder), import time per micrograph,
 time outside the engine per cycle (reading the input star, writing results, class quality,
-thumbnails, session.json), the size of session.json and of the state a page is sent.
+thumbnails, session.json and the history), the size of session.json, what the pages are sent
+per cycle (the cycle and the update after it) and the process's memory. bench/many_cycles.py
+measures the same over hundreds of cycles, with a real page open.
 
     python bench/session_growth.py                       # 5 steps of 20,000 (100,000 in all)
     python bench/session_growth.py --steps 10 --step 100000
@@ -14,6 +16,7 @@ thumbnails, session.json), the size of session.json and of the state a page is s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import threading
@@ -90,6 +93,13 @@ def grow(warp: Path, micrographs: int, total: list[str]) -> None:
     (warp / f"allparticles_{MODEL}.star").write_text(header + "\n".join(total) + "\n")
 
 
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
@@ -116,7 +126,7 @@ def main() -> None:
         print(f"stand-in engine, {BOX}-px particles in micrographs of {PER_MICROGRAPH}, "
               f"K = {args.classes}")
         print("particles  cycles  bytes/particle  import ms/micrograph  outside-engine s/cycle"
-              "  session.json KB  page state KB")
+              "  session.json KB  per-cycle msgs KB  RSS MB")
         try:
             for step in range(args.steps):
                 micrographs = args.step // PER_MICROGRAPH
@@ -131,12 +141,15 @@ def main() -> None:
                 cycles = len(session.history) - cycles_before
                 outside = (time.monotonic() - began - engine.seconds) / max(cycles, 1)
                 out = root / "out"
-                state = json.dumps(session.snapshot())
+                last = dataclasses.asdict(session.history[-1])
+                sent = json.dumps({"type": "cycle", "cycle": last}) + json.dumps(
+                    {**session.snapshot(with_history=False),
+                     "selection": session.selection_summary(whole_history=False)})
                 print(f"{session.store.count:9d}  {len(session.history):6d}  "
                       f"{folder_bytes(out) / session.store.count:14.0f}  "
                       f"{per_micrograph:20.1f}  {outside:22.2f}  "
                       f"{(out / 'session.json').stat().st_size / 1024:15.1f}  "
-                      f"{len(state) / 1024:13.1f}", flush=True)
+                      f"{len(sent) / 1024:17.1f}  {rss_mb():6.0f}", flush=True)
         finally:
             session.close()
 

@@ -213,7 +213,7 @@ def connect_events(app: web.Application, loop: ioloop.IOLoop) -> None:
         elif small:
             messages = [event]
         elif event["type"] == "cycle":
-            messages = [event, controller.update()]
+            messages = [event, controller.update(new_cycle=True)]
         else:
             messages = [controller.update()]
         for client in list(clients):

@@ -104,15 +104,19 @@ class Controller:
             state["log"] = list(session.log_lines) if session is not None else []
         return state
 
-    def update(self) -> dict[str, Any]:
+    def update(self, new_cycle: bool = False) -> dict[str, Any]:
         """What changes while a session runs, for pages that have its :meth:`state`: no cycle
         history (a finished cycle is sent on its own) and the good-particle history's latest
-        point only, so that its size does not grow with the number of cycles."""
+        point only, so that its size does not grow with the number of cycles. The latest class
+        table only after a ``new_cycle`` (nothing else changes it)."""
         session = self.session
         snapshot = session.snapshot(with_history=False) if session is not None else \
             {k: v for k, v in self._no_session().items() if k != "history"}
-        return {"type": "update", **snapshot, "busy": self.busy, "missing": self._missing,
-                **self._selection_state(session, whole_history=False)}
+        update = {"type": "update", **snapshot, "busy": self.busy, "missing": self._missing,
+                  **self._selection_state(session, whole_history=False)}
+        if not new_cycle:
+            del update["class_tables"]
+        return update
 
     def _selection_state(self, session: Session | None,
                          whole_history: bool = True) -> dict[str, Any]:
