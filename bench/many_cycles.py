@@ -24,13 +24,12 @@ import threading
 import time
 from pathlib import Path
 
-from session_growth import BOX, PIXEL, StandInEngine, grow, rss_mb
+from session_growth import BOX, PER_MICROGRAPH, StandInEngine, grow, new_warp_folder, rss_mb
 from tornado import httpserver, ioloop, netutil
 
 from live2d.history import HISTORY_FILE
 from live2d.server.app import connect_events, make_app
 from live2d.server.control import Controller
-from live2d.simulate import default_settings, write_settings
 
 
 def serve_in_thread(controller: Controller) -> tuple[int, ioloop.IOLoop]:
@@ -95,10 +94,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         root = args.dir or Path(scratch)
-        warp = root / "warp"
-        (warp / "particles").mkdir(parents=True, exist_ok=True)
-        write_settings(warp, default_settings(BOX, PIXEL, 0.6 * BOX * PIXEL))
-        grow(warp, args.particles // 200, [])
+        warp = new_warp_folder(root)
+        grow(warp, args.particles // PER_MICROGRAPH, [])
         engine = StandInEngine()
         settings = {"classes": args.classes, "startup_cycles": 1, "refinement_cycles":
                     args.every, "particles_per_class": 10**6, "first_job_at": 1,

@@ -93,6 +93,14 @@ def grow(warp: Path, micrographs: int, total: list[str]) -> None:
     (warp / f"allparticles_{MODEL}.star").write_text(header + "\n".join(total) + "\n")
 
 
+def new_warp_folder(root: Path) -> Path:
+    """An empty Warp 1.x folder for particles of BOX px (grow adds micrographs)."""
+    warp = root / "warp"
+    (warp / "particles").mkdir(parents=True, exist_ok=True)
+    write_settings(warp, default_settings(BOX, PIXEL, 0.6 * BOX * PIXEL))
+    return warp
+
+
 def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -114,9 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         root = args.dir or Path(scratch)
-        warp = root / "warp"
-        (warp / "particles").mkdir(parents=True, exist_ok=True)
-        write_settings(warp, default_settings(BOX, PIXEL, 0.6 * BOX * PIXEL))
+        warp = new_warp_folder(root)
         engine = StandInEngine()
         settings = Settings(classes=args.classes, startup_cycles=1, refinement_cycles=1,
                             particles_per_class=10**6, first_job_at=1, high_res_initial=20.0,

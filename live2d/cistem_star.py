@@ -139,25 +139,60 @@ def read_star(path: str | os.PathLike) -> pd.DataFrame:
     return parse_star(text, str(path))
 
 
+@dataclass
+class _Parsed:
+    identity: tuple[object, ...]  # the caller's version, device and inode: else read whole
+    length: int  # bytes parsed, up to the end of a line
+    header: str  # up to the first data line
+    table: pd.DataFrame
+
+
+_GROWING: dict[Path, _Parsed] = {}
+
+
+def read_growing_star(path: str | os.PathLike, length: int | None = None,
+                      version: str = "") -> pd.DataFrame:
+    """:func:`read_star` for a star that only grows by whole rows appended (the particle
+    store's): the first read parses it whole, later ones only the rows added since, so that a
+    cycle of a million-particle session does not parse a million rows again. ``length``: the
+    bytes known to be complete (the store's commit), else the file up to its last newline.
+    ``version``: changes whenever the file is started again in place (the store's id and
+    generation). The table is the caller's to change."""
+    path = Path(path).resolve()
+    try:
+        with open(path, "rb") as handle:
+            status = os.fstat(handle.fileno())
+            identity = (version, status.st_dev, status.st_ino)
+            length = status.st_size if length is None else length
+            known = _GROWING.get(path)
+            if known is None or known.identity != identity or known.length > length:
+                known = None
+            start = known.length if known else 0
+            handle.seek(start)
+            data = handle.read(max(0, length - start))
+    except FileNotFoundError:
+        raise StarFormatError(f"star file not found: {path}") from None
+    data = data[: data.rfind(b"\n") + 1]  # a row being appended waits for the next read
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StarFormatError(f"{path} is not a text star file ({exc})") from None
+    if known is None:
+        table = parse_star(text, str(path))
+        _, first_row = _labels(text, str(path))
+        known = _Parsed(identity, len(data), text[:first_row], table)
+    elif text:
+        rows = parse_star(known.header + text, str(path))
+        known = _Parsed(identity, known.length + len(data), known.header,
+                        pd.concat([known.table, rows], ignore_index=True))
+    _GROWING[path] = known
+    return known.table.copy()
+
+
 def parse_star(text: str, name: str = "<star>") -> pd.DataFrame:
-    lines = text.split("\n")
-    pos = _find(lines, 0, lambda s: "data_" in s, name, "no data_ block")
-    pos = _find(lines, pos + 1, lambda s: "loop_" in s, name, "no loop_ in the data block")
-    labels: list[str] = []
-    pos += 1
-    while pos < len(lines):
-        stripped = lines[pos].strip()
-        if not stripped or stripped[0] in "#;":
-            pos += 1
-            continue
-        if not stripped.startswith("_"):
-            break
-        labels.append(stripped.split()[0])
-        pos += 1
-    if not labels:
-        raise StarFormatError(f"{name}: no column labels after loop_")
+    labels, first_row = _labels(text, name)
     data_lines = []
-    for line in lines[pos:]:
+    for line in text[first_row:].split("\n"):
         if not line.strip():
             break  # cisTEM ends the data block at the first empty line
         if line.lstrip()[:1] not in ("#", ";"):
@@ -192,8 +227,29 @@ def parse_star(text: str, name: str = "<star>") -> pd.DataFrame:
     return table
 
 
-def _find(lines: list[str], start: int, test, name: str, problem: str) -> int:
-    for i in range(start, len(lines)):
-        if test(lines[i]):
-            return i
-    raise StarFormatError(f"{name}: {problem}")
+def _labels(text: str, name: str) -> tuple[list[str], int]:
+    """The column labels after ``data_`` and ``loop_``, and where the first data line starts
+    (read line by line from the start: the data, maybe a million rows, are not split here)."""
+    position = 0
+    found_data = found_loop = False
+    labels: list[str] = []
+    while position < len(text):
+        newline = text.find("\n", position)
+        end = len(text) if newline < 0 else newline
+        stripped = text[position:end].strip()
+        if not found_data:
+            found_data = "data_" in stripped
+        elif not found_loop:
+            found_loop = "loop_" in stripped
+        elif stripped and stripped[0] not in "#;":
+            if not stripped.startswith("_"):
+                break
+            labels.append(stripped.split()[0])
+        position = end + 1
+    if not found_data:
+        raise StarFormatError(f"{name}: no data_ block")
+    if not found_loop:
+        raise StarFormatError(f"{name}: no loop_ in the data block")
+    if not labels:
+        raise StarFormatError(f"{name}: no column labels after loop_")
+    return labels, min(position, len(text))

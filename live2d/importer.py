@@ -199,13 +199,11 @@ class Importer:
         try:
             rows = self._read_rows(star, settings, report)
             _check_pixel_size(rows, settings)
-        except WarpStarError as exc:
-            # Read these rows again once fixed: skipping them would lose particles.
-            self._progress = StarProgress() if report.reimported else before
-            report.messages.append(f"{exc}: nothing imported from it until it is fixed")
-            return
-        except OSError as exc:
-            report.messages.append(f"{star.name} cannot be read now ({exc}); trying again")
+        except (WarpStarError, OSError) as exc:
+            if isinstance(exc, WarpStarError):
+                # Read these rows again once fixed: skipping them would lose particles.
+                self._progress = StarProgress() if report.reimported else before
+            report.messages.append(_unreadable(star, exc))
             return
         pending = self._pending
         rows = pd.concat([pending, rows], ignore_index=True) if len(pending) else rows
@@ -237,11 +235,8 @@ class Importer:
             return
         try:
             particles = read_particle_star(star)
-        except WarpStarError as exc:
-            report.messages.append(f"{exc}: nothing imported from it until it is fixed")
-            return
-        except OSError as exc:
-            report.messages.append(f"{star.name} cannot be read now ({exc}); trying again")
+        except (WarpStarError, OSError) as exc:
+            report.messages.append(_unreadable(star, exc))
             return
         rows = particles.rows
         if not len(rows):
@@ -520,6 +515,13 @@ class Importer:
         self._state["progress"] = self._progress.to_dict()
         self._state["generation"] = self.store.generation
         atomic_write_json(self.state_path, self._state)
+
+
+def _unreadable(star: Path, exc: Exception) -> str:
+    """What the log says of a particle star that could not be read this poll."""
+    if isinstance(exc, WarpStarError):  # malformed: it stays so until someone fixes it
+        return f"{exc}: nothing imported from it until it is fixed"
+    return f"{star.name} cannot be read now ({exc}); trying again"
 
 
 def _stacks_of(rows: pd.DataFrame) -> pd.Series:

@@ -121,7 +121,8 @@ class ParticleStore:
             return cistem_star.new_table(0).assign(
                 ORIGX=pd.Series(dtype=float), ORIGY=pd.Series(dtype=float),
                 MICROGRAPH=pd.Series(dtype=str), ORIGNAME=pd.Series(dtype=str))
-        table = cistem_star.read_star(self.star_path)
+        table = cistem_star.read_growing_star(self.star_path, int(self._state["star_bytes"]),
+                                              f"{self.store_id}:{self.generation}")
         if len(table) != self.count:
             raise StoreError(f"{self.star_path} holds {len(table)} rows, the store {self.count}")
         return table

@@ -81,3 +81,35 @@ def test_provenance_column_round_trips_and_required_columns_are_enforced(tmp_pat
     assert back["POS"].tolist() == [1, 2, 3] and np.allclose(back["DF1"], 15000.0)
     with pytest.raises(StarFormatError, match="PSIZE"):
         write_star(tmp_path / "bad.star", table.drop(columns=["PSIZE"]))
+
+
+def test_a_growing_star_is_parsed_only_where_it_grew(tmp_path, monkeypatch):
+    path = tmp_path / "particles.star"
+    table = cistem_star.new_table(6)
+    table["PSI"] = np.arange(6) * 10.0
+    write_star(path, table.iloc[:4])
+    parsed: list[int] = []
+    parse = cistem_star.parse_star
+    monkeypatch.setattr(cistem_star, "parse_star",
+                        lambda text, name="": parsed.append(text.count("\n")) or parse(text, name))
+    first = cistem_star.read_growing_star(path)
+    assert first.equals(read_star(path))
+    whole = parsed[-1]
+    rows = cistem_star.format_rows(table.iloc[4:], cistem_star.columns_of(table))
+    with open(path, "a") as handle:  # appended, the last row still being written
+        handle.write(rows[:-5])
+    grown = cistem_star.read_growing_star(path)
+    assert len(grown) == 5 and parsed[-1] < whole  # the header and the one new row
+    with open(path, "a") as handle:
+        handle.write(rows[-5:])
+    assert cistem_star.read_growing_star(path).equals(read_star(path))
+    assert list(cistem_star.read_growing_star(path)["PSI"]) == [0, 10, 20, 30, 40, 50]
+    grown["PSI"] = -1.0  # the caller's copy
+    assert cistem_star.read_growing_star(path)["PSI"].iloc[0] == 0
+    # rewritten in place (a store emptied): a new version reads it whole again
+    write_star(path, table.iloc[:2])
+    assert len(cistem_star.read_growing_star(path, version="2")) == 2
+    assert cistem_star.read_growing_star(path, version="2").equals(read_star(path))
+    # only the bytes the writer committed
+    assert len(cistem_star.read_growing_star(path, length=len(path.read_bytes()) - 1,
+                                             version="2")) == 1
