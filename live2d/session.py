@@ -607,9 +607,9 @@ class Session:
             left_out = int((~images.usable(n)).sum())
             if left_out:
                 changed = images.changed_stacks(n)
-                self._log(f"{left_out} particles are left out of this cycle: their Warp "
-                          f"stack(s) changed or vanished since import ({', '.join(changed[:3])}"
-                          f"{'...' if len(changed) > 3 else ''})")
+                self._log(f"{left_out} particles are left out of this cycle: their source "
+                          f"stack(s) changed, vanished or were replaced since import "
+                          f"({', '.join(changed[:3])}{'...' if len(changed) > 3 else ''})")
         request = CycleRequest(
             stack=self.store.images_path,
             star_in=star_in,
