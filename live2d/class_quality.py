@@ -27,7 +27,7 @@ import torch
 
 from live2d.engines.builtin.geometry import fourier_crop
 from live2d.engines.builtin.io import CTF_COLUMNS
-from live2d.imaging import ctf_2d, rotate, soft_disc
+from live2d.imaging import ctf_2d, rotate, shift_phases, soft_disc
 
 FRC_THRESHOLD = 0.143
 GOOD_SCORE = 0.5
@@ -61,8 +61,6 @@ def half_set_sums(stack: np.ndarray, table: pd.DataFrame, n_classes: int, pixel_
     sums = torch.zeros((n_classes, 2, size, size))
     used = table[(table["2DCLS"] > 0) & (table["2DCLS"] <= n_classes)]
     used = used.iloc[np.argsort(used["POS"].to_numpy(), kind="stable")]  # reads in file order
-    fy = torch.fft.fftfreq(size)[None, :, None]
-    fx = torch.fft.rfftfreq(size)[None, None, :]
     for start in range(0, len(used), BATCH):
         rows = used.iloc[start:start + BATCH]
         index = rows["POS"].to_numpy(dtype=np.int64) - 1
@@ -76,7 +74,7 @@ def half_set_sums(stack: np.ndarray, table: pd.DataFrame, n_classes: int, pixel_
         # the reported shift, in the same Fourier product: shift(P, (SHX, SHY))
         dy = torch.tensor(rows["SHY"].to_numpy(dtype=np.float64) / binned, dtype=torch.float32)
         dx = torch.tensor(rows["SHX"].to_numpy(dtype=np.float64) / binned, dtype=torch.float32)
-        phase = torch.exp(-2j * math.pi * (fy * dy[:, None, None] + fx * dx[:, None, None]))
+        phase = shift_phases(dy, dx, size)
         weighted = spectra * ctf[torch.as_tensor(which.reshape(-1))] * phase
         aligned = rotate(torch.fft.irfft2(weighted, s=(size, size)),
                          rows["PSI"].to_numpy(dtype=np.float64))

@@ -54,6 +54,18 @@ def rotate(images: torch.Tensor, psi: np.ndarray | torch.Tensor,
     return turned[:, 0]
 
 
+def shift_phases(dy: torch.Tensor, dx: torch.Tensor, box: int, sign: float = -1.0
+                 ) -> torch.Tensor:
+    """``(n, box, box // 2 + 1)``: ``exp(sign · 2πi (fy·dy + fx·dx))`` on an rfft2 half plane,
+    the factor that shifts each image by its own ``(dy, dx)`` pixels (``sign`` -1: the image
+    moves by +d). Made as a column times a row per image: the same numbers (to float
+    rounding) for a tenth of a whole plane of complex exponentials."""
+    fy = torch.fft.fftfreq(box, device=dy.device)[None, :, None]
+    fx = torch.fft.rfftfreq(box, device=dy.device)[None, None, :]
+    turn = sign * 2j * np.pi
+    return torch.exp(turn * fy * dy[:, None, None]) * torch.exp(turn * fx * dx[:, None, None])
+
+
 def ctf_2d(
     defocus_u: torch.Tensor, defocus_v: torch.Tensor, angle: torch.Tensor,
     voltage: torch.Tensor, cs: torch.Tensor, amplitude_contrast: torch.Tensor,

@@ -16,7 +16,7 @@ from live2d.engines.builtin.geometry import plan_geometry
 from live2d.engines.builtin.shifts import ShiftCorrelator
 from live2d.engines.cistem import CistemEngine, find_programs
 from live2d.evaluate import aligned_truth, comparable, correlation, score
-from live2d.imaging import blank_edges
+from live2d.imaging import blank_edges, shift_phases
 from live2d.phantom import Phantom
 
 BOX, PIXEL, N, K = 48, 3.0, 360, 4
@@ -425,3 +425,16 @@ def test_the_best_match_is_reported_between_grid_points(data, classified, tmp_pa
         spreads[name] = alignment_spread(cistem_star.read_star(step.star_out), truth)
     (angle, shift), (grid_angle, grid_shift) = spreads["interpolated"], spreads["grid"]
     assert angle < 0.85 * grid_angle and shift < 0.85 * grid_shift
+
+
+def test_shift_phases_move_each_image_by_its_own_shift():
+    images = torch.zeros((2, 16, 16))
+    images[:, 8, 8] = 1.0
+    dy, dx = torch.tensor([3.0, -2.0]), torch.tensor([1.0, 4.0])
+    moved = torch.fft.irfft2(torch.fft.rfft2(images) * shift_phases(dy, dx, 16), s=(16, 16))
+    peaks = [divmod(int(m.argmax()), 16) for m in moved]
+    assert peaks == [(11, 9), (6, 12)]  # sign -1: the image moves by +(dy, dx)
+    fy = torch.fft.fftfreq(16)[None, :, None]
+    fx = torch.fft.rfftfreq(16)[None, None, :]
+    whole_plane = torch.exp(2j * np.pi * (fy * dy[:, None, None] + fx * dx[:, None, None]))
+    assert torch.allclose(shift_phases(dy, dx, 16, sign=1.0), whole_plane, atol=1e-5)

@@ -40,7 +40,7 @@ from live2d.engines.builtin.geometry import (
 )
 from live2d.engines.builtin.io import CTF_COLUMNS, batches, prepare, star_column
 from live2d.engines.builtin.shifts import ShiftCorrelator
-from live2d.imaging import ctf_2d, rotate, soft_disc
+from live2d.imaging import ctf_2d, rotate, shift_phases, soft_disc
 
 LOG_WEIGHT_FLOOR = -80.0  # log-likelihood below the best one's at which a weight counts as 0
 TURNED_REFERENCES_KEPT = 4096  # classes turned to previous psi values, kept for a cycle
@@ -270,10 +270,7 @@ class Search:
         references = self._turned_references(cls, np.array(rows["PSI"], dtype=np.float64))
         # the reported shift is minus the displacement: back to (dy, dx) working pixels
         dy, dx = -shy / self.g.binned_pixel, -shx / self.g.binned_pixel
-        w = self.g.working
-        fy = torch.fft.fftfreq(w, device=self.device)[None, :, None]
-        fx = torch.fft.rfftfreq(w, device=self.device)[None, None, :]
-        phase = torch.exp(2j * math.pi * (fy * dy[:, None, None] + fx * dx[:, None, None]))
+        phase = shift_phases(dy, dx, self.g.working, sign=1.0)
         corr = ((filtered * references.conj() * phase).real * self.pair_weights).flatten(1)
         corr = corr.sum(dim=1)
         norm = 0.5 * (particle_ctf * (references.abs() ** 2 * self.pair_weights).flatten(1))
