@@ -148,6 +148,7 @@ class _Parsed:
 
 
 _GROWING: dict[Path, _Parsed] = {}
+GROWING_KEPT = 4  # stars kept parsed: a server that moves between folders keeps the latest
 
 
 def read_growing_star(path: str | os.PathLike, length: int | None = None,
@@ -185,7 +186,10 @@ def read_growing_star(path: str | os.PathLike, length: int | None = None,
         rows = parse_star(known.header + text, str(path))
         known = _Parsed(identity, known.length + len(data), known.header,
                         pd.concat([known.table, rows], ignore_index=True))
-    _GROWING[path] = known
+    _GROWING.pop(path, None)
+    _GROWING[path] = known  # the newest last
+    while len(_GROWING) > GROWING_KEPT:
+        del _GROWING[next(iter(_GROWING))]
     return known.table.copy()
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from live2d import cistem_star
-from live2d.warp import STORE_STATE, split_image_name, stamp_holds
+from live2d.warp import STORE_STATE, split_image_name, stamp_holds, store_stamp
 
 SOURCES_FILE = "particles.sources.json"
 OPEN_STACKS = 256  # memory maps kept open at once
@@ -81,9 +81,8 @@ class SourceImages:
         # Up to the store's commit (a row being appended is not a particle yet), and only the
         # rows added since the last cycle read it.
         store = json.loads((folder / STORE_STATE).read_text(encoding="utf-8"))
-        table = cistem_star.read_growing_star(
-            folder / described["star"], int(store["star_bytes"]),
-            f"{store.get('store_id', '')}:{store['generation']}")
+        table = cistem_star.read_growing_star(folder / described["star"],
+                                              int(store["star_bytes"]), store_stamp(store))
         stamps = table["SRCSTAMP"] if "SRCSTAMP" in table else [""] * len(table)
         return cls(Path(described["root"]), table["ORIGNAME"].tolist(), list(stamps),
                    int(described["box"]))

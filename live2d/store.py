@@ -38,7 +38,7 @@ import pandas as pd
 from live2d import cistem_star
 from live2d.atomic import atomic_write_json
 from live2d.source_images import SOURCES_FILE
-from live2d.warp import STORE_STACK, STORE_STATE, split_image_name
+from live2d.warp import STORE_STACK, STORE_STATE, split_image_name, store_stamp
 
 STORE_COLUMNS = ("POS", "PSI", "SHX", "SHY", "DF1", "DF2", "ANGAST", "PSHIFT", "OCC", "LogP",
                  "SIGMA", "SCORE", "CHANGE", "PSIZE", "VOLT", "Cs", "AmpC", "BTILTX", "BTILTY",
@@ -122,7 +122,7 @@ class ParticleStore:
                 ORIGX=pd.Series(dtype=float), ORIGY=pd.Series(dtype=float),
                 MICROGRAPH=pd.Series(dtype=str), ORIGNAME=pd.Series(dtype=str))
         table = cistem_star.read_growing_star(self.star_path, int(self._state["star_bytes"]),
-                                              f"{self.store_id}:{self.generation}")
+                                              store_stamp(self._state))
         if len(table) != self.count:
             raise StoreError(f"{self.star_path} holds {len(table)} rows, the store {self.count}")
         return table

@@ -331,7 +331,7 @@ def stack_stamp(path: str | os.PathLike) -> str:
     path = Path(path)
     state = _store_state(path)
     if state is not None:
-        return _store_stamp(state)
+        return store_stamp(state)
     status = os.stat(path)
     return f"{status.st_size}:{status.st_mtime_ns}"
 
@@ -346,7 +346,7 @@ def stamp_holds(path: str | os.PathLike, stamp: str, images: int = 0) -> bool:
         state = _store_state(path)
     except OSError:
         return False
-    return state is not None and _store_stamp(state) == stamp and int(state["count"]) >= images
+    return state is not None and store_stamp(state) == stamp and int(state["count"]) >= images
 
 
 def _store_state(stack: Path) -> dict | None:
@@ -364,8 +364,11 @@ def _store_state(stack: Path) -> dict | None:
     return state
 
 
-def _store_stamp(state: dict) -> str:
-    return f"{STORE_STAMP}{state['store_id']}:{int(state['generation'])}"
+def store_stamp(state: dict) -> str:
+    """What identifies a store's content, from its ``store.json`` (``state``): its id and
+    generation. Its stack is stamped so, and its growing star is read again whole when this
+    changes (live2d.cistem_star.read_growing_star)."""
+    return f"{STORE_STAMP}{state.get('store_id', '')}:{int(state['generation'])}"
 
 
 def stack_box(stack: str, warp_dir: str | os.PathLike = ".") -> int:

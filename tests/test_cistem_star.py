@@ -113,3 +113,12 @@ def test_a_growing_star_is_parsed_only_where_it_grew(tmp_path, monkeypatch):
     # only the bytes the writer committed
     assert len(cistem_star.read_growing_star(path, length=len(path.read_bytes()) - 1,
                                              version="2")) == 1
+
+
+def test_only_the_latest_growing_stars_stay_parsed(tmp_path):
+    paths = [tmp_path / f"store_{i}.star" for i in range(cistem_star.GROWING_KEPT + 1)]
+    for path in paths:
+        write_star(path, cistem_star.new_table(3))
+        assert len(cistem_star.read_growing_star(path)) == 3
+    kept = {p.resolve() for p in paths[1:]}
+    assert kept <= set(cistem_star._GROWING) and paths[0].resolve() not in cistem_star._GROWING
