@@ -469,6 +469,10 @@ class Session:
             self._write_state()
         self._clear_stop()
         self._log("automatic jobs: listening for particles from Warp")
+        # For the catch-up job once collection pauses: when the particle count last grew, and
+        # the count a catch-up job last started with (its cycles may leave particles out, and
+        # those must not start another catch-up every poll).
+        seen, grew_at, caught_up = -1, time.monotonic(), 0
         try:
             while not (self._stop.is_set() or (stop is not None and stop.is_set())):
                 self._set_status("listening")
@@ -478,9 +482,16 @@ class Session:
                     self._log(f"import failed: {exc}; retrying at the next poll", logging.ERROR)
                     self._wait(self.settings.poll_seconds, stop)
                     continue
+                if report.total != seen:
+                    seen, grew_at = report.total, time.monotonic()
+                quiet = time.monotonic() - grew_at if report.total > caught_up else 0.0
                 settings = self.settings
-                due = self.job is not None or automatic_job_due(
-                    settings, report.total, self.state.particles_at_last_job)
+                last = self.state.particles_at_last_job
+                due = self.job is not None or automatic_job_due(settings, report.total, last)
+                if not due and automatic_job_due(settings, report.total, last, quiet):
+                    self._log(f"no new particles for {quiet:.0f} s: classifying the "
+                              f"{report.total - (last or 0):,} not classified yet")
+                    caught_up, due = report.total, True
                 if due:
                     try:
                         self.run_job(clear_stop=False)
