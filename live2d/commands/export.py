@@ -22,9 +22,16 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cycle", type=int,
                         help="the cycle whose classes and alignments are exported (default: "
                              "the latest classified one)")
-    parser.add_argument("--relative-to", type=Path, metavar="PROJECT_DIR",
+    parser.add_argument("--relative-to", type=project_dir, metavar="PROJECT_DIR",
                         help="write image paths relative to this RELION project folder (RELION "
                              "resolves them from where it runs), instead of absolute paths")
+
+
+def project_dir(text: str) -> Path:
+    if not text.strip():  # Path("") is the current folder: say so rather than guess
+        raise argparse.ArgumentTypeError("an empty folder name; give the RELION project "
+                                         "folder (. for the current one)")
+    return Path(text)
 
 
 def parse_classes(text: str) -> str | list[int]:
