@@ -1,7 +1,11 @@
 """Each security rule of the web app, with a test that fails if the rule is broken."""
 
+import contextlib
 import os
+import re
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -181,3 +185,37 @@ def test_symlinks_cannot_escape_the_output_or_static_folders(open_server, tmp_pa
     finally:
         link.unlink()
     assert status in (403, 404) and b"do not serve" not in body
+
+
+def test_slow_connections_beyond_the_descriptor_limit_leave_the_page_served(tmp_path):
+    """Slowloris: hundreds of connections that never finish their headers, more than the
+    server has descriptors for. The page is still served at once and the log stays short."""
+    limit = 128
+
+    def lowered() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "live2d.cli", "serve", "--port", "0", "--warp-root",
+             str(tmp_path), "--engine", "builtin"],
+            stdout=subprocess.PIPE, stderr=log_file, text=True, preexec_fn=lowered)
+    slow: list[socket.socket] = []
+    try:
+        port = int(re.search(r"localhost:(\d+)/", process.stdout.readline()).group(1))
+        for _ in range(2 * limit):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+            slow.append(connection)
+            with contextlib.suppress(OSError):  # closed by the server meanwhile
+                connection.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+        status, body, _ = get(f"http://localhost:{port}/")
+        assert status == 200 and b"Live2D" in body
+    finally:
+        for connection in slow:
+            connection.close()
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    log = log_path.read_text()
+    assert len(log) < 10_000, log[:2000]  # no flood of "Too many open files"
+    assert log.count("connections are open") == 1  # said once
