@@ -15,7 +15,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, metavar="DIR",
                         help="the session's output folder, or the Warp folder it classifies")
     parser.add_argument("--to", type=Path, required=True, metavar="STAR",
-                        help="the star file to write (replaced atomically if it exists)")
+                        help="the star file to write (an existing file is replaced atomically; "
+                             "anything else there, a folder or a device, is refused)")
     parser.add_argument("--classes", default="auto",
                         help="auto (default: the proposed selection with the marks made in the "
                              "page over it) or class numbers, e.g. 1,4,7")

@@ -148,7 +148,8 @@ def start_server(app: web.Application, sockets: Iterable[socket.socket]) -> Boun
                                                  f"times more since it was last logged)"}
             loop.default_exception_handler(context)
 
-    asyncio.get_event_loop().set_exception_handler(quiet_repeats)
+    ioloop.IOLoop.current().asyncio_loop.set_exception_handler(  # type: ignore[attr-defined]
+        quiet_repeats)
     return server
 
 
