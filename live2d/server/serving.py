@@ -92,9 +92,11 @@ class BoundedServer(httpserver.HTTPServer):
         self._repeats = Repeats()
 
     def handle_stream(self, stream: iostream.IOStream, address: tuple) -> None:
+        # Closed connections leave both tables here: Tornado keeps the close callback for itself.
         self._open = {s for s in self._open if not s.closed()}
+        self._waiting = OrderedDict((s, None) for s in self._waiting if not s.closed())
         if len(self._open) >= self.max_connections:
-            oldest = self._oldest_waiting()
+            oldest = next(iter(self._waiting), None)
             if oldest is None:  # every one is busy (websockets, downloads): refuse the new one
                 stream.close()
                 self._warn("refused", "connection refused: %d connections are open, the most "
@@ -102,6 +104,7 @@ class BoundedServer(httpserver.HTTPServer):
                 return
             self._warn("closed", "%d connections are open, the most this server allows: "
                        "closing those slowest to send their headers", len(self._open))
+            del self._waiting[oldest]
             self._open.discard(oldest)
             oldest.close()
         self._open.add(stream)
@@ -116,14 +119,6 @@ class BoundedServer(httpserver.HTTPServer):
             self._waiting.move_to_end(stream)
         delegate = super().start_request(server_conn, request_conn)
         return _HeadersSeen(delegate, lambda: self._waiting.pop(stream, None))
-
-    def _oldest_waiting(self) -> iostream.IOStream | None:
-        while self._waiting:
-            stream = next(iter(self._waiting))
-            if not stream.closed():
-                return stream
-            del self._waiting[stream]
-        return None
 
     def _warn(self, key: str, message: str, *args: Any) -> None:
         skipped = self._repeats.due(key)
