@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,8 @@ def replacing(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
     skips the fsyncs: readers still see the old file or the new one whole, but a power cut
     may leave neither (for files as passing as a progress report)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Per process and thread: two writers of one file never share a temporary.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         yield tmp
         if durable:
