@@ -352,7 +352,9 @@ class Session:
     def stop_requested(self) -> bool:
         return self._stop.is_set()
 
-    def _clear_stop(self) -> None:
+    def clear_stop(self) -> None:
+        """Forget earlier stop requests: done when a job or the loop is started, by whoever
+        starts it (a worker thread clearing it itself would lose a stop sent meanwhile)."""
         self._stop.clear()
         self._cancel.clear()
 
@@ -428,7 +430,7 @@ class Session:
         cycles. Returns True when the job finished, False when a stop request ended it early.
         Raises EngineError / SessionError when a cycle fails, CycleCancelled on a hard stop."""
         if clear_stop:
-            self._clear_stop()
+            self.clear_stop()
         self.import_new()
         job = self.job if resume and self.job else None
         if job is None:
@@ -462,12 +464,14 @@ class Session:
             self.progress = None
             self._set_status("stopping" if self._stop.is_set() else "stopped")
 
-    def run_automatic(self, stop: threading.Event | None = None) -> None:
+    def run_automatic(self, stop: threading.Event | None = None, *,
+                      clear_stop: bool = True) -> None:
         """Poll Warp and run jobs whenever enough particles arrived, until a stop request."""
+        if clear_stop:
+            self.clear_stop()
         with self._lock:
             self.state.automatic = True
             self._write_state()
-        self._clear_stop()
         self._log("automatic jobs: listening for particles from Warp")
         # For the catch-up job once collection pauses: when the particle count last grew, and
         # the count a catch-up job last started with (its cycles may leave particles out, and

@@ -61,7 +61,11 @@ def main(args: argparse.Namespace) -> int:
             controller.close()
     finally:
         done.set()
-        microscope.join(timeout=30)
+        # It stops after the micrograph it is writing; the folder goes only then, and the
+        # process does not exit while it is inside torch (which aborts the interpreter).
+        if microscope.is_alive():
+            print("stopping the simulated microscope after its current micrograph…")
+            microscope.join()
         if temporary:
             shutil.rmtree(folder, ignore_errors=True)
             print(f"removed the demo's folder {folder} (keep it next time with --dir)")
