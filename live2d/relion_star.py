@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from live2d.warp import WarpStarError
+from live2d.warp import Refusal, WarpStarError, check_particle_values
 
 CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
 MICROSCOPE_COLUMNS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
@@ -34,6 +34,8 @@ class StarParticles:
     cs: float
     amplitude_contrast: float
     unfinished: int  # particle lines left for the next read (the file was being written)
+    # Rows left out for a non-finite or implausible CTF, microscope or pixel value.
+    refused: tuple[Refusal, ...] = ()
 
 
 def read_particle_star(path: str | os.PathLike) -> StarParticles:
@@ -65,6 +67,9 @@ def read_particle_star(path: str | os.PathLike) -> StarParticles:
     complete = rows[list(CTF_COLUMNS)].notna().all(axis=1).to_numpy()
     unfinished += int((~complete).sum())
     rows = rows[complete].reset_index(drop=True)
+    # Before the values that must be single: one bad row is refused, not the whole star.
+    rows, refused = check_particle_values(rows)
+    rows = rows.reset_index(drop=True)
     pixel = _pixel_sizes(rows, path)
     box = _single(rows, "rlnImageSize", path, "box size") if "rlnImageSize" in rows else None
     values = {}
@@ -75,7 +80,7 @@ def read_particle_star(path: str | os.PathLike) -> StarParticles:
         values[column] = _single(rows, column, path, column[3:])
     return StarParticles(rows, pixel, int(box) if box is not None else None,
                          values["rlnVoltage"], values["rlnSphericalAberration"],
-                         values["rlnAmplitudeContrast"], unfinished)
+                         values["rlnAmplitudeContrast"], unfinished, tuple(refused))
 
 
 def is_particle_star(path: Path) -> bool:
