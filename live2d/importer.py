@@ -251,7 +251,6 @@ class Importer:
             self._report_unreadable(star, exc, report, None)
             return
         self._bad_star = None
-        self._report_refusals(particles.refused, star, report)
         rows = particles.rows
         if not len(rows):
             self._wait_for(f"waiting for particles in {star.name}", report)
@@ -280,6 +279,7 @@ class Importer:
             self._start_over(settings, source)
         self._state["source"] = source
         self._state["settings"] = dataclasses.asdict(settings)
+        self._report_refusals(particles.refused, star, report)  # kept by a start over
         pending, self._pending = self._pending, pd.DataFrame()
         try:
             self._import(rows, settings, report)

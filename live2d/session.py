@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from live2d import cistem_star
-from live2d.atomic import atomic_write_json
+from live2d.atomic import atomic_write_json, naming
 from live2d.class_quality import ClassQuality, assess_classes
 from live2d.disk import DiskUse, disk_use
 from live2d.engines import (
@@ -369,7 +369,8 @@ class Session:
         # Cluster workers get the copy: they may not see Warp's folder where this machine does.
         self.importer.copy_images = self.engine.needs_particle_stack or bool(
             executor is not None and executor.distributed)
-        report = self.importer.poll()
+        with naming(self.store.folder):  # a full disk's error names where to free space
+            report = self.importer.poll()
         self.missing = report.missing
         for message in report.messages:
             self._log(message)
@@ -453,7 +454,8 @@ class Session:
                     if self.state.job is None:  # a re-import dropped the job
                         return False
                 first = False
-                self._run_cycle(job)
+                with naming(self.output_dir):
+                    self._run_cycle(job)
                 job = self.job
                 assert job is not None
             with self._lock:

@@ -338,7 +338,9 @@ def check_particle_values(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[Refusa
             micrograph = (str(rows["rlnMicrographName"].iloc[first])
                           if "rlnMicrographName" in rows else "")
             names = tuple(rows["rlnImageName"].to_numpy()[mask]) if "rlnImageName" in rows else ()
-            refusals.append(Refusal(column, problem, str(values.iloc[first]),
+            value = values.iloc[first]
+            value = f"{value:g}" if isinstance(value, float) else str(value)  # as written
+            refusals.append(Refusal(column, problem, value,
                                     int(rows.index[first]), names, micrograph))
             bad[mask] = True
 

@@ -188,3 +188,26 @@ def test_a_vanishing_project_folder_does_not_end_the_session(tmp_path):
     project.export(1)
     assert importer.poll().total == 20
     assert_store_matches(importer.store, project)
+
+
+def test_a_relion_row_with_an_infinite_defocus_or_voltage_is_refused_alone(tmp_path):
+    folder = tmp_path / "relion"
+    folder.mkdir()
+    with mrcfile.new(folder / "mic.mrcs") as mrc:
+        mrc.set_data(particle_image(0, 0, 24, 6))
+    star = folder / "particles.star"
+    write_relion30_star(star, "mic.mrcs", 6, 3.0)
+    lines = star.read_text().split("\n")
+    rows = [i for i, line in enumerate(lines) if "@mic.mrcs" in line]
+    lines[rows[1]] = lines[rows[1]].replace(" 12000 ", " inf ")
+    lines[rows[3]] = lines[rows[3]].replace(" 300 ", " 1e308 ")  # was "several voltages"
+    star.write_text("\n".join(lines))
+    importer = importer_for(folder, tmp_path, star="particles.star")
+    report = importer.poll()
+    assert report.total == 4, report.messages
+    text = " ".join(report.messages)
+    assert "rlnDefocusU is infinite" in text and "rlnVoltage is outside" in text
+    assert importer.store.read_table()["ORIGNAME"].str[:6].tolist() == [
+        "000001", "000003", "000005", "000006"]
+    star.write_text(star.read_text() + "\n")  # rewritten: the refused rows are not said again
+    assert not any("refused" in m for m in importer.poll().messages)
