@@ -311,6 +311,7 @@ class Importer:
             report.messages.append(f"micrographs and coordinates of the particles imported "
                                    f"before this version wait for a readable {star.name} ({exc})")
             return
+        rows, _ = check_particle_values(rows)  # numbers as numbers; bad rows were refused
         sources = self._store_rows(rows, None).set_index("ORIGNAME")
         sources = sources[~sources.index.duplicated()]
         names = self.store.read_table()["ORIGNAME"]

@@ -262,6 +262,9 @@ def test_non_finite_defocus_rows_are_refused_alone_and_the_session_goes_on(tmp_p
     names = check_invariants.__globals__["ParticleStore"](out).read_table()["ORIGNAME"]
     assert names.tolist() == [n for n in warp_image_names(warp) if n not in refused]
     _latest_cycle_is_finite(out)
+    status = subprocess.run([sys.executable, "-m", "live2d.cli", "status", str(out)],
+                            capture_output=True, text=True)
+    assert "left out: 4 particle rows refused" in status.stdout, status.stdout
 
     grow(warp, 160)  # Warp rewrites its star whole: the same bad rows, and new ones
     _poison(star, bad)
