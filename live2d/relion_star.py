@@ -64,7 +64,10 @@ def read_particle_star(path: str | os.PathLike) -> StarParticles:
                                 "data_optics table")
         extra = [c for c in optics.columns if c not in particles or c == "rlnOpticsGroup"]
         rows = particles.merge(optics[extra], on="rlnOpticsGroup", how="left")
-    complete = rows[list(CTF_COLUMNS)].notna().all(axis=1).to_numpy()
+    complete = rows[list(CTF_COLUMNS)].notna().all(axis=1).to_numpy().copy()
+    # Only the last line can be cut short (its missing fields read as NaN): a NaN in any other
+    # row is a bad value, refused below, not a row to wait for on every poll.
+    complete[:-1] = True
     unfinished += int((~complete).sum())
     rows = rows[complete].reset_index(drop=True)
     # Before the values that must be single: one bad row is refused, not the whole star.
