@@ -112,6 +112,7 @@ class Importer:
         # parsed again (a 4 GB header, say) nor reported again until it changes.
         self._bad_star: tuple[tuple, str] | None = None
         self._settings_missing = False
+        self._settings_said = ""  # what was said of unreadable settings, until they read again
 
     @property
     def which(self) -> str:
@@ -167,7 +168,10 @@ class Importer:
             layout = detect_layout(self.warp_dir, self.star)
             settings = self._warp_settings() if layout.kind == WARP else None
         except WarpSettingsUnreadable as exc:
-            report.messages.append(f"{exc}; trying again at the next poll")
+            message = f"{exc}; trying again at the next poll"
+            if message != self._settings_said:  # a NaN that stays is said once, not every poll
+                report.messages.append(message)
+            self._settings_said = message
             return
         except WarpSettingsMissing as exc:
             if self.store.count == 0:  # started before Warp: wait for its session
@@ -182,6 +186,7 @@ class Importer:
             # A session is under way: a network share that hiccups must not end it.
             report.messages.append(f"{exc}; trying again at the next poll")
             return
+        self._settings_said = ""
         if self._settings_missing:
             self._settings_missing = False
             report.messages.append(f"found Warp's settings in {self.warp_dir}")
@@ -432,7 +437,7 @@ class Importer:
             report.messages.append(
                 f"{star}: refused {len(names)} particle row(s) whose {refusal.column} "
                 f"{refusal.problem}, e.g. {refusal.value!r} in row {refusal.row + 1}{micrograph}; "
-                "the other rows are imported; check that micrograph's CTF in Warp")
+                "the other rows are imported; check that micrograph's CTF estimate")
 
     def _star_identity(self, star: Path, settings: object) -> tuple:
         """What a verdict on ``star`` depends on: the file, the settings it is checked against

@@ -67,6 +67,8 @@ from live2d.thumbnails import write_thumbnails
 from live2d.warp import WarpSettings, check_particle_values
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from live2d.executors import Executor
 
 STATE_VERSION = 2  # 2: the history moved to history.jsonl
@@ -606,7 +608,7 @@ class Session:
         cistem_star.write_star(star_path, table, [f"input of {star_path.stem}"])
         return len(table)
 
-    def _finite_input(self, table):
+    def _finite_input(self, table: pd.DataFrame) -> pd.DataFrame:
         """``table`` with every value finite and every CTF plausible, so that no particle can
         turn the classes into NaN: a store filled before Live2D refused such rows at import
         (live2d.warp.check_particle_values) would otherwise fail every cycle, restart or not.
@@ -634,7 +636,8 @@ class Session:
                       "median CTF, starting unassigned", logging.WARNING)
         return table
 
-    def _check_outputs(self, request: CycleRequest, number: int, refine: bool):
+    def _check_outputs(self, request: CycleRequest, number: int,
+                       refine: bool) -> pd.DataFrame | None:
         """Refuse a cycle whose class averages or particle parameters are not all finite,
         before it is published: the previous classes stay, and the next cycle does not read
         them. Returns the output star's table (refinement cycles; None otherwise)."""
@@ -817,7 +820,8 @@ class Session:
             self._log(f"class marks: carried {self.selection.carried or 'none'} (old -> new), "
                       f"dropped {self.selection.dropped or 'none'}")
 
-    def _assess_classes(self, request: CycleRequest, table) -> list[ClassQuality]:
+    def _assess_classes(self, request: CycleRequest,
+                        table: pd.DataFrame) -> list[ClassQuality]:
         """Resolution estimate and good/junk score of every class of a finished cycle, whose
         particle parameters are ``table``."""
         return assess_classes(open_images(request.stack), table,

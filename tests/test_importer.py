@@ -473,3 +473,14 @@ def test_stacks_outside_the_folder_are_read_and_said_once(warp, tmp_path):
     assert len(said) == 1 and str(elsewhere) in said[0] and "20 particles" in said[0]
     warp.add_micrographs(1)
     assert not any("stacks outside" in m for m in importer.poll().messages)
+
+
+def test_a_nan_setting_is_named_once_and_the_import_goes_on_once_fixed(warp, tmp_path):
+    importer = importer_for(warp, tmp_path)
+    importer.poll()
+    warp.write_settings(Voltage="NaN")
+    warp.add_micrographs(1)
+    messages = [m for _ in range(3) for m in importer.poll().messages]  # no traceback
+    assert len(messages) == 1 and "CTF/Voltage is 'NaN'" in messages[0], messages
+    warp.write_settings(Voltage=300)
+    assert importer.poll().total == 60
