@@ -17,7 +17,13 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from live2d.warp import Refusal, WarpStarError, check_particle_values
+from live2d.warp import (
+    MAX_LINE_BYTES,
+    MAX_STAR_COLUMNS,
+    Refusal,
+    WarpStarError,
+    check_particle_values,
+)
 
 CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
 MICROSCOPE_COLUMNS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
@@ -43,6 +49,14 @@ def read_particle_star(path: str | os.PathLike) -> StarParticles:
     table, no CTF, several pixel sizes...), OSError if it cannot be read now."""
     path = Path(path)
     raw = path.read_bytes()
+    # Bounds, as for Warp's star (live2d.warp): a line that long or that many columns is no
+    # particle star, and waiting for the line to end would re-read it at every poll.
+    if len(raw) - (raw.rfind(b"\n") + 1) > MAX_LINE_BYTES:
+        raise WarpStarError(f"{path} ends in a line of more than {MAX_LINE_BYTES} bytes without "
+                            "a newline: it is no particle star row")
+    if raw.count(b"\n_") > 2 * MAX_STAR_COLUMNS:  # optics and particles tables
+        raise WarpStarError(f"{path} has more than {MAX_STAR_COLUMNS} columns in a table: it is "
+                            "not a particle star")
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:  # starfile raises whatever pandas does on a broken table
