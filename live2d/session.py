@@ -64,7 +64,7 @@ from live2d.selection import (
 from live2d.source_images import open_images
 from live2d.store import ParticleStore
 from live2d.thumbnails import write_thumbnails
-from live2d.warp import WarpSettings, check_particle_values
+from live2d.warp import WarpSettings, implausible_rows
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -613,11 +613,11 @@ class Session:
         turn the classes into NaN: a store filled before Live2D refused such rows at import
         (live2d.warp.check_particle_values) would otherwise fail every cycle, restart or not.
         Such particles get the median CTF and start unassigned; said once per session."""
-        ctf = table.rename(columns=_CISTEM_TO_STAR)
-        good, _ = check_particle_values(ctf)
-        numeric = table.select_dtypes("number")
-        unfinite = ~np.isfinite(numeric.to_numpy(dtype=float)).all(axis=1)
-        bad = ~table.index.isin(good.index) | unfinite
+        ctf = [c for c in _CISTEM_TO_STAR if c in table]
+        bad, _, _ = implausible_rows(table[ctf].rename(columns=_CISTEM_TO_STAR))
+        numeric = table.select_dtypes("number").columns
+        for column in numeric:  # column by column: no copy of a million-row table
+            bad |= ~np.isfinite(table[column].to_numpy(dtype=float))
         if not bad.any():
             return table
         table = table.copy()
@@ -626,7 +626,7 @@ class Session:
                 values = table[short].to_numpy(dtype=float)
                 table.loc[bad, short] = float(np.median(values[~bad])) if (~bad).any() else \
                     cistem_star.BY_SHORT[short].default
-        for short in numeric.columns:
+        for short in numeric:
             if short not in _CISTEM_TO_STAR and short != "POS" and short in cistem_star.BY_SHORT:
                 table.loc[bad, short] = cistem_star.BY_SHORT[short].default
         if not self._told_bad_input:
@@ -653,10 +653,9 @@ class Session:
         except cistem_star.StarFormatError as exc:
             raise EngineError(f"cycle {number}: unusable particle parameters ({exc}); not "
                               "published, the previous classes stay") from None
-        numeric = table.select_dtypes("number")
-        finite = np.isfinite(numeric.to_numpy(dtype=float))
-        if not finite.all():
-            column = numeric.columns[int(np.flatnonzero(~finite.all(axis=0))[0])]
+        for column in table.select_dtypes("number").columns:
+            if np.isfinite(table[column].to_numpy(dtype=float)).all():
+                continue
             raise EngineError(f"cycle {number}: the engine wrote non-finite {column} values "
                               f"({request.star_out}); not published, the previous classes stay")
         return table

@@ -329,6 +329,17 @@ def check_particle_values(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[Refusa
     """The rows whose CTF, microscope and pixel values are finite and plausible (those columns
     made numbers), and what was refused, one Refusal per column and kind of fault, so that one
     bad row is left out, not the whole star, and is named once rather than once per row."""
+    bad, refusals, numbers = implausible_rows(rows)
+    good = rows[~bad]
+    if numbers:
+        good = good.assign(**{c: n[~bad] for c, n in numbers.items()})
+    return good, refusals
+
+
+def implausible_rows(rows: pd.DataFrame) -> tuple[np.ndarray, list[Refusal],
+                                                  dict[str, np.ndarray]]:
+    """Which rows :func:`check_particle_values` refuses (a mask), why, and the checked columns
+    as numbers."""
     bad = np.zeros(len(rows), dtype=bool)
     refusals: list[Refusal] = []
 
@@ -351,22 +362,19 @@ def check_particle_values(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[Refusa
         values = rows[column]
         number = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
         numbers[column] = number
-        nan = np.isnan(number)
-        refuse(column, "is not a number", nan, values)
+        refuse(column, "is not a number", np.isnan(number), values)
         refuse(column, "is infinite", np.isinf(number), values)
         refuse(column, f"is outside {low:g} to {high:g}{' ' + unit if unit else ''}",
                np.isfinite(number) & ((number < low) | (number > high)), values)
     if "rlnDefocusU" in numbers and "rlnDefocusV" in numbers:
         with np.errstate(invalid="ignore"):
             astigmatism = np.abs(numbers["rlnDefocusU"] - numbers["rlnDefocusV"])
-        pairs = rows["rlnDefocusU"].astype(str) + " and " + rows["rlnDefocusV"].astype(str)
-        refuse("rlnDefocusU/rlnDefocusV",
-               f"differ by more than {MAX_ASTIGMATISM:g} Å (astigmatism)",
-               ~bad & (astigmatism > MAX_ASTIGMATISM), pairs)
-    good = rows[~bad]
-    if numbers:
-        good = good.assign(**{c: n[~bad] for c, n in numbers.items()})
-    return good, refusals
+        too_much = ~bad & (astigmatism > MAX_ASTIGMATISM)
+        if too_much.any():  # (the pairs as text only then: a million rows' worth otherwise)
+            pairs = rows["rlnDefocusU"].astype(str) + " and " + rows["rlnDefocusV"].astype(str)
+            refuse("rlnDefocusU/rlnDefocusV",
+                   f"differ by more than {MAX_ASTIGMATISM:g} Å (astigmatism)", too_much, pairs)
+    return bad, refusals, numbers
 
 
 def _hash(data: bytes) -> str:
