@@ -330,10 +330,9 @@ def check_particle_values(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[Refusa
     made numbers), and what was refused, one Refusal per column and kind of fault, so that one
     bad row is left out, not the whole star, and is named once rather than once per row."""
     bad, refusals, numbers = implausible_rows(rows)
-    good = rows[~bad]
-    if numbers:
-        good = good.assign(**{c: n[~bad] for c, n in numbers.items()})
-    return good, refusals
+    good = rows[~bad] if bad.any() else rows  # (no copy of a clean batch)
+    text = {c: n[~bad] for c, n in numbers.items() if rows[c].dtype != np.float64}
+    return (good.assign(**text) if text else good), refusals
 
 
 def implausible_rows(rows: pd.DataFrame) -> tuple[np.ndarray, list[Refusal],
