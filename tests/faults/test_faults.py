@@ -175,6 +175,8 @@ def test_a_full_output_disk_loses_nothing_and_the_session_carries_on(tmp_path):
         session = Session(warp, out, settings=SMALL)
         thread, stop = automatic(session)
         wait_for(lambda: "No space left" in log_text(session), timeout=60)
+        full = [line for line in session.log_lines if "No space left" in line]
+        assert all(str(out) in line for line in full), full  # each says where to free space
         check_invariants(warp, out, complete=False)
         assert session.store.count < 4000
         subprocess.run(["mount", "-o", "remount,size=40m", str(out)], check=True)
