@@ -26,6 +26,7 @@ from live2d.mrc import read_images
 from live2d.schedule import Settings
 from live2d.session import Session
 from live2d.simulate import MODEL, write_settings
+from live2d.store import ParticleStore
 
 SMALL = Settings(classes=3, particles_per_class=30, startup_cycles=1, refinement_cycles=1,
                  high_res_initial=30.0, high_res_final=16.0, threads=1, first_job_at=60,
@@ -261,7 +262,7 @@ def test_non_finite_defocus_rows_are_refused_alone_and_the_session_goes_on(tmp_p
         assert first.stderr.count(f"e.g. {f'{float(value):g}'!r}") == 1
     assert STAR in first.stderr and "the other rows are imported" in first.stderr
     check_invariants(warp, out, complete=False)
-    names = check_invariants.__globals__["ParticleStore"](out).read_table()["ORIGNAME"]
+    names = ParticleStore(out).read_table()["ORIGNAME"]
     assert names.tolist() == [n for n in warp_image_names(warp) if n not in refused]
     _latest_cycle_is_finite(out)
     status = subprocess.run([sys.executable, "-m", "live2d.cli", "status", str(out)],
@@ -272,7 +273,7 @@ def test_non_finite_defocus_rows_are_refused_alone_and_the_session_goes_on(tmp_p
     _poison(star, bad)
     second = _run_once(warp)  # a restart: the bad rows are neither reported nor re-imported
     assert "refused" not in second.stderr and "re-importing" not in second.stderr
-    names = check_invariants.__globals__["ParticleStore"](out).read_table()["ORIGNAME"]
+    names = ParticleStore(out).read_table()["ORIGNAME"]
     assert names.tolist() == [n for n in warp_image_names(warp) if n not in refused]
     assert len(names) == 156 and len(read_history(out)) > 7
     _latest_cycle_is_finite(out)
