@@ -203,6 +203,8 @@ class ParticleStore:
         resumes where it stopped."""
         if self.copies_images:
             return
+        if self.copied == 0:  # a kill before the first batch's commit starts it again
+            self._write_empty_stack()
         while self.copied < self.count:
             start = self.copied
             stop = min(self.count, start + batch)
@@ -285,6 +287,18 @@ class ParticleStore:
         self._state = state
 
     def _write_empty_files(self) -> None:
+        """An empty star, and an empty stack where the store copies pixels. A store reading its
+        sources in place has no stack until copy_in makes one: an empty one would show users
+        0 particles, and an earlier copy's would show stale ones."""
+        if self.copies_images:
+            self._write_empty_stack()
+        else:
+            self.stack_path.unlink(missing_ok=True)
+        with open(self.star_path, "wb") as star:
+            star.write(_STAR_HEADER)
+            os.fsync(star.fileno())
+
+    def _write_empty_stack(self) -> None:
         with mrcfile.new(self.stack_path, overwrite=True) as mrc:
             mrc.set_data(np.zeros((1, self.box, self.box), dtype=np.float32))
             mrc.voxel_size = self.pixel_size
@@ -294,9 +308,6 @@ class ParticleStore:
             stack.truncate(HEADER_BYTES)
             self._patch_count(stack, 0)
             os.fsync(stack.fileno())
-        with open(self.star_path, "wb") as star:
-            star.write(_STAR_HEADER)
-            os.fsync(star.fileno())
 
     def _empty_files_intact(self) -> bool:
         """Cut the files of an empty store back to their headers where those are intact, and
@@ -306,21 +317,31 @@ class ParticleStore:
             with open(self.star_path, "rb") as star:
                 if star.read(len(_STAR_HEADER)) != _STAR_HEADER:
                     return False
+            files = [(self.star_path, len(_STAR_HEADER))]
+            if not self.copies_images:  # no stack until a copy begins
+                if self.stack_path.exists():
+                    return False
+                self._truncate(files)
+                return True
             with mrcfile.open(self.stack_path, header_only=True, permissive=True) as mrc:
                 if int(mrc.header.nx) != self.box or int(mrc.header.ny) != self.box:
                     return False
-            for path, size in ((self.star_path, len(_STAR_HEADER)),
-                               (self.stack_path, HEADER_BYTES)):
-                if path.stat().st_size != size:
-                    with open(path, "r+b") as handle:
-                        handle.truncate(size)
-                        os.fsync(handle.fileno())
+            self._truncate([*files, (self.stack_path, HEADER_BYTES)])
             with open(self.stack_path, "r+b") as stack:
                 self._patch_count(stack, 0)
                 os.fsync(stack.fileno())
             return True
         except (OSError, ValueError):
             return False
+
+    @staticmethod
+    def _truncate(files: list[tuple[Path, int]]) -> None:
+        """Cut each file back to its size, durably."""
+        for path, size in files:
+            if path.stat().st_size != size:
+                with open(path, "r+b") as handle:
+                    handle.truncate(size)
+                    os.fsync(handle.fileno())
 
     def _patch_count(self, stack: BinaryIO, count: int) -> None:
         """Set the header's image count (nz, mz) and cell length along z to ``count`` images."""
@@ -349,9 +370,12 @@ class ParticleStore:
             if not self._empty_files_intact():
                 self._write_empty_files()
             return
-        stack_bytes = HEADER_BYTES + self.copied * self.image_bytes
-        for path, committed in ((self.stack_path, stack_bytes),
-                                (self.star_path, self._state["star_bytes"])):
+        files = [(self.star_path, self._state["star_bytes"])]
+        if not self.copies_images and self.copied == 0:  # no copy begun: no stack
+            self.stack_path.unlink(missing_ok=True)
+        else:
+            files.append((self.stack_path, HEADER_BYTES + self.copied * self.image_bytes))
+        for path, committed in files:
             size = path.stat().st_size if path.exists() else -1
             if size < committed:
                 raise StoreError(
@@ -362,6 +386,8 @@ class ParticleStore:
                 with open(path, "r+b") as handle:
                     handle.truncate(committed)
                     os.fsync(handle.fileno())
+        if len(files) == 1:
+            return
         with open(self.stack_path, "r+b") as stack:
             stack.seek(_NZ)
             if struct.unpack("<i", stack.read(4))[0] != self.copied:

@@ -145,3 +145,23 @@ def test_sigkill_while_appending_loses_and_duplicates_nothing(tmp_path):
         assert store.count % 7 == 0
         check_consistent(tmp_path, store.count)
     assert ParticleStore(tmp_path).count > 0
+
+
+def test_a_store_reading_its_sources_in_place_has_no_stack_until_a_copy_begins(tmp_path):
+    """Users who open the folder's particles.mrcs must not find 0 particles, or a stale copy's
+    particles, where the store reads Warp's stacks in place."""
+    store = ParticleStore(tmp_path)
+    store.reset(1.5, BOX)
+    store.append(*batch(0, 4))  # a copy from before, then a re-import reading in place
+    store.reset(1.5, BOX, source_root=tmp_path)
+    assert not store.stack_path.exists()
+    images, table = batch(0, 6)
+    store.append(None, table)
+    assert not ParticleStore(tmp_path).stack_path.exists()  # reopening makes none
+    # An earlier version's empty stack is removed on opening; a copy then starts one.
+    (tmp_path / "particles.mrcs").write_bytes(b"\0" * 1024)
+    reopened = ParticleStore(tmp_path)
+    assert not reopened.stack_path.exists() and reopened.count == 6
+    reopened.copy_in(lambda start, stop: images[start:stop], batch=4)
+    assert reopened.copies_images
+    check_consistent(tmp_path, 6)
