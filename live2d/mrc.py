@@ -184,7 +184,10 @@ class MrcStack:
         direct = native and len(unique) == len(indices) and bool(np.all(unique == indices))
         buffer = np.empty((len(unique), header.ny, header.nx), dtype=header.dtype)
         if len(unique):
-            fd = open_regular(self.path)
+            try:
+                fd = open_regular(self.path)
+            except NotAStack as exc:  # it was a stack when this was opened
+                raise StackChanged(str(exc)) from None
             try:
                 breaks = np.flatnonzero(np.diff(unique) != 1) + 1
                 for run in np.split(np.arange(len(unique)), breaks):

@@ -327,7 +327,10 @@ def check_particle_stack(warp_dir: str | os.PathLike, image_names: list[str], bo
     header = _open_complete_stack(path, stack, needed).header
     if (header.nx, header.ny) != (box, box):
         raise WarpStarError(f"{stack} has {header.nx}×{header.ny} images; Warp's box is {box}")
-    return stack_stamp(path)
+    try:
+        return stack_stamp(path)
+    except (OSError, ValueError) as exc:  # replaced since its header was read
+        raise StackNotReady(stack, f"unreadable ({exc})") from None
 
 
 def stack_stamp(path: str | os.PathLike) -> str:
