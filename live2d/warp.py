@@ -354,9 +354,10 @@ def stack_stamp(path: str | os.PathLike) -> str:
 
 
 def stack_fingerprint(path: str | os.PathLike) -> str:
-    """A digest of a stack's first 4 KiB (its header) and of 4 KiB samples spread to its end
-    (the last image included): a few small reads, whatever the stack's size. A rewrite by Warp
-    changes every image, so it changes samples; a change that spares all of them goes unseen."""
+    """A digest of FINGERPRINT_SAMPLES samples of 4 KiB spread evenly from the stack's start
+    (its header) to its end (the last image): a few small reads, whatever the stack's size. A
+    rewrite by Warp changes every image, so it changes samples; a change that spares all of
+    them goes unseen."""
     fd = open_regular(path)
     try:
         return _fingerprint(fd, os.fstat(fd).st_size, path)
