@@ -132,7 +132,7 @@ def read_stack_header(fd: int, path: str | os.PathLike) -> StackHeader:
     nsymbt = int(np.frombuffer(raw, dtype=f"{order}i4", count=1, offset=92)[0])
     if nx == ny == nz == 0:
         raise StackIncomplete("its header is still blank")
-    if min(nx, ny, nz) < 1 or nx * ny * nz > _LARGEST_IMAGES:
+    if min(nx, ny) < 1 or nz < 0 or nx * ny * nz > _LARGEST_IMAGES:  # (no images yet: fine)
         raise NotAStack(f"{path} is not an MRC stack: its header says {nx}×{ny}×{nz} pixels")
     if nsymbt < 0 or HEADER_BYTES + nsymbt > size:
         raise NotAStack(f"{path}: its header announces a {nsymbt}-byte extended header in a "
