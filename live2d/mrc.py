@@ -51,7 +51,8 @@ class StackChanged(OSError):
 
 class NotAStack(ValueError):
     """A file that is not an MRC stack at all, in a way that waiting will not fix (not a regular
-    file, a header contradicting the file's size): the message says what is wrong."""
+    file, a header contradicting the file's size): the message says what is wrong, as a clause
+    about "it" (callers name the file)."""
 
 
 class StackIncomplete(ValueError):
@@ -65,8 +66,8 @@ def open_regular(path: str | os.PathLike) -> int:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise NotAStack(f"{path} is {_kind(mode)}, not a regular file: Live2D reads only "
-                        "stacks that are files")
+        raise NotAStack(f"it is {_kind(mode)}, not a regular file (Live2D reads only stacks "
+                        "that are files)")
     return fd
 
 
@@ -128,14 +129,14 @@ def read_stack_header(fd: int, path: str | os.PathLike) -> StackHeader:
     else:
         if not any(raw[:16]):
             raise StackIncomplete("its header is still blank")
-        raise NotAStack(f"{path} is not an MRC stack (no MRC data mode in its header)")
+        raise NotAStack("it is not an MRC stack (no MRC data mode in its header)")
     nsymbt = int(np.frombuffer(raw, dtype=f"{order}i4", count=1, offset=92)[0])
     if nx == ny == nz == 0:
         raise StackIncomplete("its header is still blank")
     if min(nx, ny) < 1 or nz < 0 or nx * ny * nz > _LARGEST_IMAGES:  # (no images yet: fine)
-        raise NotAStack(f"{path} is not an MRC stack: its header says {nx}×{ny}×{nz} pixels")
+        raise NotAStack(f"it is not an MRC stack: its header says {nx}×{ny}×{nz} pixels")
     if nsymbt < 0 or HEADER_BYTES + nsymbt > size:
-        raise NotAStack(f"{path}: its header announces a {nsymbt}-byte extended header in a "
+        raise NotAStack(f"its header announces a {nsymbt}-byte extended header in a "
                         f"{size}-byte file: the file is damaged or not an MRC stack")
     return StackHeader(nx, ny, nz, np.dtype(mrcfile.utils.dtype_from_mode(mode)).newbyteorder(
         order), HEADER_BYTES + nsymbt, size)
@@ -187,7 +188,7 @@ class MrcStack:
             try:
                 fd = open_regular(self.path)
             except NotAStack as exc:  # it was a stack when this was opened
-                raise StackChanged(str(exc)) from None
+                raise StackChanged(f"{self.path}: {exc}") from None
             try:
                 breaks = np.flatnonzero(np.diff(unique) != 1) + 1
                 for run in np.split(np.arange(len(unique)), breaks):

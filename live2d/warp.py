@@ -440,8 +440,9 @@ def _open_complete_stack(path: Path, stack: str, needed: int) -> MrcStack:
         images = MrcStack(path)
     except FileNotFoundError:
         raise StackNotReady(stack, "not written yet") from None
-    except NotAStack as exc:
-        raise BrokenStack(f"{exc}; its particles are skipped") from None
+    except NotAStack as exc:  # said as other skipped stacks are: "skipping the N particles of"
+        raise BrokenStack(f"{stack}: {exc}; waiting will not fix it: to classify them, replace "
+                          "it with the stack and import into a new output folder") from None
     except (StackIncomplete, OSError) as exc:
         raise StackNotReady(stack, f"unreadable ({exc})") from None
     header = images.header
