@@ -190,11 +190,13 @@ class MrcStack:
             except NotAStack as exc:  # it was a stack when this was opened
                 raise StackChanged(f"{self.path}: {exc}") from None
             try:
-                breaks = np.flatnonzero(np.diff(unique) != 1) + 1
-                for run in np.split(np.arange(len(unique)), breaks):
-                    first, count = int(unique[run[0]]), len(run)
-                    view = memoryview(buffer[run[0]:run[0] + count]).cast("B")
-                    offset = header.data_offset + first * header.image_bytes
+                size = header.image_bytes
+                flat = memoryview(buffer.reshape(-1).view(np.uint8))
+                breaks = (np.flatnonzero(np.diff(unique) != 1) + 1).tolist()
+                firsts = unique.tolist()
+                for start, stop in zip([0, *breaks], [*breaks, len(firsts)], strict=True):
+                    view = flat[start * size:stop * size]
+                    offset = header.data_offset + firsts[start] * size
                     got = os.preadv(fd, [view], offset)
                     if got < len(view):
                         view[got:] = read_exactly(fd, len(view) - got, offset + got, self.path)
