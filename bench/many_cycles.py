@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 
 from session_growth import BOX, PER_MICROGRAPH, StandInEngine, grow, new_warp_folder, rss_mb
-from tornado import httpserver, ioloop, netutil
+from tornado import ioloop, netutil
 
 from live2d.history import HISTORY_FILE
 from live2d.server.app import connect_events, make_app
 from live2d.server.control import Controller
+from live2d.server.serving import start_server
 
 
 def serve_in_thread(controller: Controller) -> tuple[int, ioloop.IOLoop]:
@@ -41,7 +42,7 @@ def serve_in_thread(controller: Controller) -> tuple[int, ioloop.IOLoop]:
         loop = ioloop.IOLoop.current()
         app = make_app(controller)
         sockets = netutil.bind_sockets(0, "127.0.0.1")
-        httpserver.HTTPServer(app).add_sockets(sockets)
+        start_server(app, sockets)
         connect_events(app, loop)
         found.update(port=sockets[0].getsockname()[1], loop=loop)
         ready.set()

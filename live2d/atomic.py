@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+@contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """Give a disk-full error raised in the block ``path`` as its file name when it names none
+    (a write's or a close's ENOSPC names no file), so that the message says where to free
+    space."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 @contextmanager
@@ -18,13 +33,15 @@ def replacing(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
     skips the fsyncs: readers still see the old file or the new one whole, but a power cut
     may leave neither (for files as passing as a progress report)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Per process and thread: two writers of one file never share a temporary.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        yield tmp
-        if durable:
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with naming(path):
+            yield tmp
+            if durable:
+                with open(tmp, "rb") as handle:
+                    os.fsync(handle.fileno())
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -222,6 +222,11 @@ def parse_star(text: str, name: str = "<star>") -> pd.DataFrame:
                 table[column] = table[column].fillna("")
     if table.isna().to_numpy().any():
         bad = int(np.flatnonzero(table.isna().to_numpy().any(axis=1))[0])
+        if len(data_lines[bad].split()) >= len(names):  # all there, one written as nan
+            column = table.columns[int(np.flatnonzero(table.iloc[bad].isna().to_numpy())[0])]
+            raise StarFormatError(f"{name}: data line {bad + 1} has {column} "
+                                  f"{data_lines[bad].split()[names.index(column)]!r}, not a "
+                                  "number")
         raise StarFormatError(f"{name}: data line {bad + 1} has fewer than {len(names)} fields")
     for column in table.columns:
         if column in INTEGER_COLUMNS:

@@ -12,8 +12,8 @@ is "at or better than" Nyquist.
 **Score.** From 0 (junk) to 1 (good particles), the product of simple, explainable features of
 the class, with the reason shown: its resolution; its contrast against the class of the typical
 particle (empty ice is far fainter, contamination far denser); how much of its signal is a
-compact object near the centre; straight edges (carbon); and its population. A class is
-proposed as good from a score of 0.5.
+compact object near the centre; straight edges (carbon); and its population (a third of the
+average class, or 60 particles). A class is proposed as good from a score of 0.5.
 """
 
 from __future__ import annotations
@@ -206,8 +206,10 @@ def _scored(number: int, particles: int, share: float, resolution: float, at_lim
         "dense": (3.5 - relative_contrast) / 1.5,
         "centred": (centred - 0.5) / 0.3,
         "edge": (7.0 - edge) / 2.5,
-        # a tenth of the average class size: few particles look alike by chance
-        "populous": share * n_classes / 0.1,
+        # Few particles look alike by chance, and their half sets, aligned to the same noisy
+        # average, agree more than they should: a class needs a third of the average class
+        # size or, for a rare view in a large session, enough particles of its own (60).
+        "populous": max(share * n_classes / 0.33, (particles - 20) / 40),
     }
     features = {name: float(np.clip(value, 0.0, 1.0)) for name, value in features.items()}
     score = float(np.prod(list(features.values())))
@@ -218,9 +220,11 @@ def _scored(number: int, particles: int, share: float, resolution: float, at_lim
         "edge": "sharp straight edge: carbon",
         "centred": "signal off centre or spread out: contamination or aggregates",
         "sharp": f"{where}: blurred, mixed views or junk",
-        "populous": f"{where}, only {share:.1%} of particles",
+        "populous": f"{where}, only {particles} particles ({share:.1%}): too few to judge",
     }
     failing = [name for name in reasons if features[name] < 0.5]  # in order of priority
+    if not failing and score < GOOD_SCORE:  # no single flaw, but together too many
+        failing = [min(reasons, key=features.get)]
     reason = reasons[failing[0]] if failing else f"{where}, centred, {share:.0%} of particles"
     return ClassQuality(number, particles, round(resolution, 2), at_limit, round(centred, 3),
                         round(edge, 2), round(relative_contrast, 2), round(score, 3), reason)

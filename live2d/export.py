@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ import pandas as pd
 import starfile
 
 from live2d import cistem_star
+from live2d.atomic import replacing
 from live2d.history import read_history
 from live2d.layouts import find_stack
 from live2d.selection import SelectionError, SelectionState, selected
@@ -129,23 +130,35 @@ def _box(output_dir: Path) -> int:
 
 
 def _write_atomically(path: Path, blocks: dict[str, pd.DataFrame]) -> None:
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent
     if not folder.is_dir():
         raise SelectionError(f"cannot write {path}: {folder} is not a folder")
     try:
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        mode = path.stat().st_mode  # a link is followed: a link to a device is refused too
+    except FileNotFoundError:  # nothing there, or a dangling link: the export replaces it
+        pass
+    else:
+        if not stat.S_ISREG(mode):
+            # Renaming over it would replace a device node (as root), a FIFO or a folder.
+            raise SelectionError(f"cannot write {path}: it is {_kind(mode)}, not a regular "
+                                 "file; name a new file or an earlier export")
+    try:
+        # Created by starfile's open(), so as readable as the umask allows (mkstemp's 0600
+        # kept a cryoSPARC service account or the group out).
+        with replacing(path) as temporary:
+            starfile.write(blocks, temporary, overwrite=True)
     except OSError as exc:
         raise SelectionError(f"cannot write {path} ({exc.strerror}): choose another folder") \
             from None
-    os.close(handle)
-    try:
-        starfile.write(blocks, temporary, overwrite=True)
-        with open(temporary, "rb+") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
 
 
 def _record(output_dir: Path, exported: Exported) -> None:

@@ -30,6 +30,7 @@ from live2d.relion_star import read_particle_star
 from live2d.source_images import open_images
 from live2d.store import ParticleStore
 from live2d.warp import (
+    Refusal,
     StackNotReady,
     StarProgress,
     StarRewritten,
@@ -39,6 +40,7 @@ from live2d.warp import (
     WarpSettingsUnreadable,
     WarpStarError,
     check_particle_stack,
+    check_particle_values,
     particle_file_kind,
     particle_star_path,
     read_new_rows,
@@ -106,7 +108,11 @@ class Importer:
         self._stack_waits: dict[str, tuple[int, float]] = {}  # stack -> (polls, first seen)
         self._shrunk_polls = 0
         self._missing = ""  # what the last poll found missing, said once until it changes
+        # The star found malformed, as (path, size, mtime, inode), and what was said of it: not
+        # parsed again (a 4 GB header, say) nor reported again until it changes.
+        self._bad_star: tuple[tuple, str] | None = None
         self._settings_missing = False
+        self._settings_said = ""  # what was said of unreadable settings, until they read again
 
     @property
     def which(self) -> str:
@@ -162,7 +168,10 @@ class Importer:
             layout = detect_layout(self.warp_dir, self.star)
             settings = self._warp_settings() if layout.kind == WARP else None
         except WarpSettingsUnreadable as exc:
-            report.messages.append(f"{exc}; trying again at the next poll")
+            message = f"{exc}; trying again at the next poll"
+            if message != self._settings_said:  # a NaN that stays is said once, not every poll
+                report.messages.append(message)
+            self._settings_said = message
             return
         except WarpSettingsMissing as exc:
             if self.store.count == 0:  # started before Warp: wait for its session
@@ -177,6 +186,7 @@ class Importer:
             # A session is under way: a network share that hiccups must not end it.
             report.messages.append(f"{exc}; trying again at the next poll")
             return
+        self._settings_said = ""
         if self._settings_missing:
             self._settings_missing = False
             report.messages.append(f"found Warp's settings in {self.warp_dir}")
@@ -196,15 +206,20 @@ class Importer:
         if self.store.provenance_pending:
             self._fill_provenance(star, report)
         before = self._progress
+        if self._still_bad(star, settings):
+            return
         try:
             rows = self._read_rows(star, settings, report)
+            rows = self._refuse_bad_values(rows, star, report)
             _check_pixel_size(rows, settings)
         except (WarpStarError, OSError) as exc:
             if isinstance(exc, WarpStarError):
                 # Read these rows again once fixed: skipping them would lose particles.
                 self._progress = StarProgress() if report.reimported else before
-            report.messages.append(_unreadable(star, exc))
+            self._report_unreadable(star, exc, report, settings)
             return
+        self._bad_star = None
+        self._note_outside(rows["rlnImageName"], star, report)
         pending = self._pending
         rows = pd.concat([pending, rows], ignore_index=True) if len(pending) else rows
         self._pending = pd.DataFrame()
@@ -233,17 +248,21 @@ class Importer:
         seen = [stat.st_size, stat.st_mtime_ns, self.contrast]
         if seen == self._state.get("star_seen") and not len(self._pending):
             return
+        if self._still_bad(star, None):
+            return
         try:
             particles = read_particle_star(star)
         except (WarpStarError, OSError) as exc:
-            report.messages.append(_unreadable(star, exc))
+            self._report_unreadable(star, exc, report, None)
             return
+        self._bad_star = None
         rows = particles.rows
         if not len(rows):
             self._wait_for(f"waiting for particles in {star.name}", report)
             return
         rows = rows.assign(_read_name=[self._resolve(name, star)
                                        for name in rows["rlnImageName"]])
+        self._note_outside(rows["_read_name"], star, report)
         try:
             box = particles.box or stack_box(split_image_name(rows["_read_name"][0])[1])
         except StackNotReady as exc:
@@ -265,6 +284,7 @@ class Importer:
             self._start_over(settings, source)
         self._state["source"] = source
         self._state["settings"] = dataclasses.asdict(settings)
+        self._report_refusals(particles.refused, star, report)  # kept by a start over
         pending, self._pending = self._pending, pd.DataFrame()
         try:
             self._import(rows, settings, report)
@@ -296,6 +316,7 @@ class Importer:
             report.messages.append(f"micrographs and coordinates of the particles imported "
                                    f"before this version wait for a readable {star.name} ({exc})")
             return
+        rows, _ = check_particle_values(rows)  # numbers as numbers; bad rows were refused
         sources = self._store_rows(rows, None).set_index("ORIGNAME")
         sources = sources[~sources.index.duplicated()]
         names = self.store.read_table()["ORIGNAME"]
@@ -347,7 +368,8 @@ class Importer:
         self.store.reset(settings.pixel_size, settings.box,
                          source_root=self.warp_dir.resolve() if in_place else None)
         self._state = {"source": source, "progress": StarProgress().to_dict(),
-                       "generation": self.store.generation, "skipped": []}
+                       "generation": self.store.generation, "skipped": [], "refused": [],
+                       "outside": []}
         self._progress = StarProgress()
         self._pending = pd.DataFrame()
         self._stack_waits.clear()
@@ -365,7 +387,10 @@ class Importer:
         # Warp rewrites the file whole after every movie: usually with the same rows first.
         rows, progress = read_new_rows(star, StarProgress())
         imported = self.store.read_table()["ORIGNAME"].tolist()
-        kept = np.flatnonzero(~_stacks_of(rows).isin(self._state["skipped"]).to_numpy())
+        # Refused rows are not in the store: unless a good row of the same name came since.
+        refused = set(self._state["refused"]).difference(imported)
+        kept = np.flatnonzero(~(_stacks_of(rows).isin(self._state["skipped"]) |
+                                rows["rlnImageName"].isin(refused)).to_numpy())
         names = rows["rlnImageName"].to_numpy()[kept].tolist()
         same_prefix = names[: len(imported)] == imported[: len(names)]
         if same_prefix and len(names) < len(imported):
@@ -385,6 +410,75 @@ class Importer:
         self._start_over(settings, self._state["source"])
         self._progress = progress
         return rows
+
+    # ------------------------------------------------------------------ bad input
+    def _refuse_bad_values(self, rows: pd.DataFrame, star: Path,
+                           report: ImportReport) -> pd.DataFrame:
+        """``rows`` less those with a non-finite or implausible CTF, microscope or pixel value
+        (check_particle_values): one bad row must neither poison the classes nor stop the
+        import of the rest."""
+        good, refusals = check_particle_values(rows)
+        self._report_refusals(refusals, star, report)
+        return good
+
+    def _report_refusals(self, refusals: list[Refusal], star: Path,
+                         report: ImportReport) -> None:
+        """Say once per column and fault which rows were refused, and remember their names so
+        that neither a rewritten star nor a restart reports them again (nor takes their absence
+        from the store for a change of the rows imported)."""
+        known = set(self._state["refused"])
+        for refusal in refusals:
+            names = [name for name in refusal.names if name not in known]
+            if not names:
+                continue
+            known.update(names)
+            self._state["refused"].extend(names)
+            micrograph = f" (micrograph {refusal.micrograph})" if refusal.micrograph else ""
+            report.messages.append(
+                f"{star}: refused {len(names)} particle row(s) whose {refusal.column} "
+                f"{refusal.problem}, e.g. {refusal.value!r} in row {refusal.row + 1}{micrograph}; "
+                "the other rows are imported; check that micrograph's CTF estimate")
+
+    def _star_identity(self, star: Path, settings: object) -> tuple:
+        """What a verdict on ``star`` depends on: the file, the settings it is checked against
+        and where reading starts."""
+        return (*_file_identity(star), settings, self._progress, self.contrast)
+
+    def _still_bad(self, star: Path, settings: object) -> bool:
+        """Whether ``star`` is as it was when found malformed (said then): not read again."""
+        return self._bad_star is not None and \
+            self._bad_star[0] == self._star_identity(star, settings)
+
+    def _report_unreadable(self, star: Path, exc: Exception, report: ImportReport,
+                           settings: object) -> None:
+        message = _unreadable(star, exc)
+        if isinstance(exc, WarpStarError):
+            if self._bad_star is None or self._bad_star[1] != message:
+                report.messages.append(message)
+            self._bad_star = (self._star_identity(star, settings), message)
+            return
+        report.messages.append(message)
+
+    def _note_outside(self, names: pd.Series, star: Path, report: ImportReport) -> None:
+        """Say once per folder when particles are read from outside ``warp_dir`` (image names
+        with ``../`` or absolute paths): fine for a star that names them on purpose, a surprise
+        in a folder that Warp wrote."""
+        if not len(names):
+            return
+        root = os.path.normpath(self.warp_dir.absolute())
+        told = set(self._state["outside"])
+        outside: dict[str, int] = {}
+        for stack, count in _stacks_of(pd.DataFrame({"rlnImageName": names})).value_counts(
+                sort=False).items():
+            folder = os.path.dirname(os.path.normpath(os.path.join(root, stack)))
+            if os.path.commonpath([root, folder]) != root and folder not in told:
+                outside[folder] = outside.get(folder, 0) + int(count)
+        for folder, count in outside.items():
+            report.messages.append(
+                f"{star.name} names particle stacks outside {self.warp_dir}: {count} particles "
+                f"are read from {folder} (image names with ../ or absolute paths); if that is "
+                "not intended, check the star's rlnImageName")
+        self._state["outside"] = [*told, *outside]
 
     # ------------------------------------------------------------------ importing images
     def _import(self, rows: pd.DataFrame, settings: WarpSettings, report: ImportReport) -> None:
@@ -496,7 +590,8 @@ class Importer:
     # ------------------------------------------------------------------ persistence
     def _load(self) -> dict:
         empty = {"source": [], "progress": StarProgress().to_dict(),
-                 "generation": self.store.generation, "skipped": []}
+                 "generation": self.store.generation, "skipped": [], "refused": [],
+                 "outside": []}
         if not self.state_path.exists() or not self.store.box:
             return empty
         try:
@@ -522,6 +617,14 @@ def _unreadable(star: Path, exc: Exception) -> str:
     if isinstance(exc, WarpStarError):  # malformed: it stays so until someone fixes it
         return f"{exc}: nothing imported from it until it is fixed"
     return f"{star.name} cannot be read now ({exc}); trying again"
+
+
+def _file_identity(path: Path) -> tuple:
+    try:
+        status = path.stat()
+    except OSError:
+        return ()
+    return (str(path), status.st_size, status.st_mtime_ns, status.st_ino)
 
 
 def _stacks_of(rows: pd.DataFrame) -> pd.Series:

@@ -17,7 +17,13 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from live2d.warp import WarpStarError
+from live2d.warp import (
+    MAX_LINE_BYTES,
+    MAX_STAR_COLUMNS,
+    Refusal,
+    WarpStarError,
+    check_particle_values,
+)
 
 CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
 MICROSCOPE_COLUMNS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
@@ -34,6 +40,8 @@ class StarParticles:
     cs: float
     amplitude_contrast: float
     unfinished: int  # particle lines left for the next read (the file was being written)
+    # Rows left out for a non-finite or implausible CTF, microscope or pixel value.
+    refused: tuple[Refusal, ...] = ()
 
 
 def read_particle_star(path: str | os.PathLike) -> StarParticles:
@@ -41,6 +49,14 @@ def read_particle_star(path: str | os.PathLike) -> StarParticles:
     table, no CTF, several pixel sizes...), OSError if it cannot be read now."""
     path = Path(path)
     raw = path.read_bytes()
+    # Bounds, as for Warp's star (live2d.warp): a line that long or that many columns is no
+    # particle star, and waiting for the line to end would re-read it at every poll.
+    if len(raw) - (raw.rfind(b"\n") + 1) > MAX_LINE_BYTES:
+        raise WarpStarError(f"{path} ends in a line of more than {MAX_LINE_BYTES} bytes without "
+                            "a newline: it is no particle star row")
+    if raw.count(b"\n_") > 2 * MAX_STAR_COLUMNS:  # optics and particles tables
+        raise WarpStarError(f"{path} has more than {MAX_STAR_COLUMNS} columns in a table: it is "
+                            "not a particle star")
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:  # starfile raises whatever pandas does on a broken table
@@ -62,9 +78,15 @@ def read_particle_star(path: str | os.PathLike) -> StarParticles:
                                 "data_optics table")
         extra = [c for c in optics.columns if c not in particles or c == "rlnOpticsGroup"]
         rows = particles.merge(optics[extra], on="rlnOpticsGroup", how="left")
-    complete = rows[list(CTF_COLUMNS)].notna().all(axis=1).to_numpy()
+    complete = rows[list(CTF_COLUMNS)].notna().all(axis=1).to_numpy().copy()
+    # Only the last line can be cut short (its missing fields read as NaN): a NaN in any other
+    # row is a bad value, refused below, not a row to wait for on every poll.
+    complete[:-1] = True
     unfinished += int((~complete).sum())
     rows = rows[complete].reset_index(drop=True)
+    # Before the values that must be single: one bad row is refused, not the whole star.
+    rows, refused = check_particle_values(rows)
+    rows = rows.reset_index(drop=True)
     pixel = _pixel_sizes(rows, path)
     box = _single(rows, "rlnImageSize", path, "box size") if "rlnImageSize" in rows else None
     values = {}
@@ -75,7 +97,7 @@ def read_particle_star(path: str | os.PathLike) -> StarParticles:
         values[column] = _single(rows, column, path, column[3:])
     return StarParticles(rows, pixel, int(box) if box is not None else None,
                          values["rlnVoltage"], values["rlnSphericalAberration"],
-                         values["rlnAmplitudeContrast"], unfinished)
+                         values["rlnAmplitudeContrast"], unfinished, tuple(refused))
 
 
 def is_particle_star(path: Path) -> bool:

@@ -116,6 +116,13 @@ class Settings:
              "whether Warp picks a good variety of views; late in a session jobs may take "
              "longer than collecting this many, and the next one then starts when the running "
              "one ends.")
+    catch_up_after: float = _spec(
+        600.0, "Quiet time before catching up", lo=0.0, hi=86_400.0, unit="s",
+        help="When no new particle has arrived for this long (collection paused or ended), "
+             "one more automatic job classifies the particles no job has seen yet, even below "
+             "Additional particles before update, or Particle count before starting when no "
+             "classes exist yet: the last particles of a session are not left unclassified. "
+             "0 turns it off.")
     low_res: float = _spec(
         300.0, "Low-res limit", lo=10.0, hi=10_000.0, unit="Å",
         help="Coarsest detail used when comparing particles with classes: features larger "
@@ -372,8 +379,15 @@ def next_job_type(finished: str) -> str:
     return "seeded" if finished == "abinit" else finished
 
 
-def automatic_job_due(settings: Settings, n_particles: int, n_at_last_job: int | None) -> bool:
-    """First job at ``first_job_at`` particles; then every ``update_every`` new particles."""
+def automatic_job_due(settings: Settings, n_particles: int, n_at_last_job: int | None,
+                      quiet_seconds: float = 0.0) -> bool:
+    """First job at ``first_job_at`` particles; then every ``update_every`` new particles; and,
+    once no particle has arrived for ``catch_up_after`` seconds (``quiet_seconds`` so far), a
+    job for any particles not classified yet (at least one per class)."""
     if n_at_last_job is None:
-        return n_particles >= settings.first_job_at
-    return n_particles - n_at_last_job >= settings.update_every
+        if n_particles >= settings.first_job_at:
+            return True
+    elif n_particles - n_at_last_job >= settings.update_every:
+        return True
+    return (0 < settings.catch_up_after <= quiet_seconds
+            and n_particles > (n_at_last_job or 0) and n_particles >= settings.classes)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from live2d import cistem_star
-from live2d.atomic import atomic_write_json
+from live2d.atomic import atomic_write_json, naming
 from live2d.class_quality import ClassQuality, assess_classes
 from live2d.disk import DiskUse, disk_use
 from live2d.engines import (
@@ -64,14 +64,21 @@ from live2d.selection import (
 from live2d.source_images import open_images
 from live2d.store import ParticleStore
 from live2d.thumbnails import write_thumbnails
-from live2d.warp import WarpSettings
+from live2d.warp import WarpSettings, implausible_rows
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from live2d.executors import Executor
 
 STATE_VERSION = 2  # 2: the history moved to history.jsonl
 LOG_LINES_KEPT = 1000
 MAX_CYCLE_FAILURES = 3
+# The store's CTF columns as a particle star names them (for check_particle_values).
+_CISTEM_TO_STAR = {"DF1": "rlnDefocusU", "DF2": "rlnDefocusV", "ANGAST": "rlnDefocusAngle",
+                   "PSHIFT": "rlnPhaseShift", "VOLT": "rlnVoltage",
+                   "Cs": "rlnSphericalAberration", "AmpC": "rlnAmplitudeContrast",
+                   "PSIZE": "rlnImagePixelSize"}
 # A particle's diameter as a share of its box, where no picker says (boxes are usually about
 # 1.5-2 diameters wide).
 DIAMETER_OF_BOX = 0.6
@@ -185,6 +192,7 @@ class Session:
         # yet...), as the last poll found it; "" once particles can be imported.
         self.missing = ""
         self.log_lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
+        self._told_bad_input = False  # the particles with unusable parameters were mentioned
         self._log_handler = self._attach_log()
         self.state = self._load_state(settings)
         if star is not None and str(star) != self.state.star:
@@ -355,7 +363,9 @@ class Session:
     def stop_requested(self) -> bool:
         return self._stop.is_set()
 
-    def _clear_stop(self) -> None:
+    def clear_stop(self) -> None:
+        """Forget earlier stop requests: done when a job or the loop is started, by whoever
+        starts it (a worker thread clearing it itself would lose a stop sent meanwhile)."""
         self._stop.clear()
         self._cancel.clear()
 
@@ -366,7 +376,8 @@ class Session:
         # Cluster workers get the copy: they may not see Warp's folder where this machine does.
         self.importer.copy_images = self.engine.needs_particle_stack or bool(
             executor is not None and executor.distributed)
-        report = self.importer.poll()
+        with naming(self.store.folder):  # a full disk's error names where to free space
+            report = self.importer.poll()
         self.missing = report.missing
         for message in report.messages:
             self._log(message)
@@ -431,7 +442,7 @@ class Session:
         cycles. Returns True when the job finished, False when a stop request ended it early.
         Raises EngineError / SessionError when a cycle fails, CycleCancelled on a hard stop."""
         if clear_stop:
-            self._clear_stop()
+            self.clear_stop()
         self.import_new()
         job = self.job if resume and self.job else None
         if job is None:
@@ -450,7 +461,8 @@ class Session:
                     if self.state.job is None:  # a re-import dropped the job
                         return False
                 first = False
-                self._run_cycle(job)
+                with naming(self.output_dir):
+                    self._run_cycle(job)
                 job = self.job
                 assert job is not None
             with self._lock:
@@ -465,13 +477,19 @@ class Session:
             self.progress = None
             self._set_status("stopping" if self._stop.is_set() else "stopped")
 
-    def run_automatic(self, stop: threading.Event | None = None) -> None:
+    def run_automatic(self, stop: threading.Event | None = None, *,
+                      clear_stop: bool = True) -> None:
         """Poll Warp and run jobs whenever enough particles arrived, until a stop request."""
+        if clear_stop:
+            self.clear_stop()
         with self._lock:
             self.state.automatic = True
             self._write_state()
-        self._clear_stop()
         self._log("automatic jobs: listening for particles from Warp")
+        # For the catch-up job once collection pauses: when the particle count last grew, and
+        # the count a catch-up job last started with (its cycles may leave particles out, and
+        # those must not start another catch-up every poll).
+        seen, grew_at, caught_up = -1, time.monotonic(), 0
         try:
             while not (self._stop.is_set() or (stop is not None and stop.is_set())):
                 self._set_status("listening")
@@ -481,9 +499,16 @@ class Session:
                     self._log(f"import failed: {exc}; retrying at the next poll", logging.ERROR)
                     self._wait(self.settings.poll_seconds, stop)
                     continue
+                if report.total != seen:
+                    seen, grew_at = report.total, time.monotonic()
+                quiet = time.monotonic() - grew_at if report.total > caught_up else 0.0
                 settings = self.settings
-                due = self.job is not None or automatic_job_due(
-                    settings, report.total, self.state.particles_at_last_job)
+                last = self.state.particles_at_last_job
+                due = self.job is not None or automatic_job_due(settings, report.total, last)
+                if not due and automatic_job_due(settings, report.total, last, quiet):
+                    self._log(f"no new particles for {quiet:.0f} s: classifying the "
+                              f"{report.total - (last or 0):,} not classified yet")
+                    caught_up, due = report.total, True
                 if due:
                     try:
                         self.run_job(clear_stop=False)
@@ -586,12 +611,72 @@ class Session:
         table = self.store.read_table().drop(columns=list(cistem_star.PROVENANCE_COLUMNS),
                                              errors="ignore")
         if previous is not None:
-            earlier = cistem_star.read_star(self.output_dir / previous.star)
+            try:
+                earlier = cistem_star.read_star(self.output_dir / previous.star)
+            except cistem_star.StarFormatError as exc:
+                # Published by a version that let non-finite parameters through: unusable, but
+                # the classes are not, so the particles start this cycle unassigned.
+                self._log(f"the previous cycle's particle parameters cannot be used ({exc}): "
+                          "every particle starts this cycle unassigned", logging.WARNING)
+                earlier = table.iloc[:0]
             if len(earlier) > len(table):
                 raise SessionError(f"{previous.star} has more rows than the particle stack")
             table = _concat_rows(earlier, table.iloc[len(earlier):])
+        table = self._finite_input(table)
         cistem_star.write_star(star_path, table, [f"input of {star_path.stem}"])
         return len(table)
+
+    def _finite_input(self, table: pd.DataFrame) -> pd.DataFrame:
+        """``table`` with every value finite and every CTF plausible, so that no particle can
+        turn the classes into NaN: a store filled before Live2D refused such rows at import
+        (live2d.warp.check_particle_values) would otherwise fail every cycle, restart or not.
+        Such particles get the median CTF and start unassigned; said once per session."""
+        ctf = [c for c in _CISTEM_TO_STAR if c in table]
+        bad, _, _ = implausible_rows(table[ctf].rename(columns=_CISTEM_TO_STAR))
+        numeric = table.select_dtypes("number").columns
+        for column in numeric:  # column by column: no copy of a million-row table
+            bad |= ~np.isfinite(table[column].to_numpy(dtype=float))
+        if not bad.any():
+            return table
+        table = table.copy()
+        for short in _CISTEM_TO_STAR:
+            if short in table:
+                values = table[short].to_numpy(dtype=float)
+                table.loc[bad, short] = float(np.median(values[~bad])) if (~bad).any() else \
+                    cistem_star.BY_SHORT[short].default
+        for short in numeric:
+            if short not in _CISTEM_TO_STAR and short != "POS" and short in cistem_star.BY_SHORT:
+                table.loc[bad, short] = cistem_star.BY_SHORT[short].default
+        if not self._told_bad_input:
+            self._told_bad_input = True
+            self._log(f"{int(bad.sum())} particles have non-finite or implausible parameters "
+                      "(imported before Live2D refused such rows): they are classified with the "
+                      "median CTF, starting unassigned", logging.WARNING)
+        return table
+
+    def _check_outputs(self, request: CycleRequest, number: int,
+                       refine: bool) -> pd.DataFrame | None:
+        """Refuse a cycle whose class averages or particle parameters are not all finite,
+        before it is published: the previous classes stay, and the next cycle does not read
+        them. Returns the output star's table (refinement cycles; None otherwise)."""
+        classes = read_images(request.classes_out)
+        if not np.isfinite(classes).all():
+            raise EngineError(f"cycle {number}: the engine wrote class averages with NaN or "
+                              f"infinite pixels ({request.classes_out}); not published, the "
+                              "previous classes stay")
+        if not refine:
+            return None
+        try:
+            table = cistem_star.read_star(request.star_out)
+        except cistem_star.StarFormatError as exc:
+            raise EngineError(f"cycle {number}: unusable particle parameters ({exc}); not "
+                              "published, the previous classes stay") from None
+        for column in table.select_dtypes("number").columns:
+            if np.isfinite(table[column].to_numpy(dtype=float)).all():
+                continue
+            raise EngineError(f"cycle {number}: the engine wrote non-finite {column} values "
+                              f"({request.star_out}); not published, the previous classes stay")
+        return table
 
     def _run_cycle(self, job: JobState) -> None:
         spec = job.spec(job.next_index)
@@ -652,9 +737,14 @@ class Session:
             raise
         for line in result.log:
             log.debug(line)
+        try:
+            table = self._check_outputs(request, number, spec.kind != "start")
+        except EngineError:
+            self._clean_work_dir()
+            raise
         mark_image_stack(request.classes_out)
         write_thumbnails(request.classes_out, paths["thumbnails"])
-        quality = self._assess_classes(request) if spec.kind != "start" else []
+        quality = self._assess_classes(request, table) if table is not None else []
         previous_record = self._records[-1] if self._records else None
         if quality:
             atomic_write_json(paths["class_table"], [q.to_dict() for q in quality])
@@ -752,9 +842,10 @@ class Session:
             self._log(f"class marks: carried {self.selection.carried or 'none'} (old -> new), "
                       f"dropped {self.selection.dropped or 'none'}")
 
-    def _assess_classes(self, request: CycleRequest) -> list[ClassQuality]:
-        """Resolution estimate and good/junk score of every class of a finished cycle."""
-        table = cistem_star.read_star(request.star_out)
+    def _assess_classes(self, request: CycleRequest,
+                        table: pd.DataFrame) -> list[ClassQuality]:
+        """Resolution estimate and good/junk score of every class of a finished cycle, whose
+        particle parameters are ``table``."""
         return assess_classes(open_images(request.stack), table,
                               read_images(request.classes_out), self.store.pixel_size,
                               request.params.mask_radius, request.params.high_res,

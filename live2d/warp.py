@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import stat
 import xml.etree.ElementTree as ET
@@ -29,6 +30,28 @@ REQUIRED_STAR_COLUMNS = (
     "rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage",
     "rlnSphericalAberration", "rlnAmplitudeContrast",
 )
+# What a particle's CTF and microscope values can be, generously: outside these a value is a typo,
+# an overflow or a failed fit, and one such particle turns every class average into NaN.
+# (column: lowest, highest, unit)
+_RANGES: dict[str, tuple[float, float, str]] = {
+    "rlnDefocusU": (-200_000.0, 200_000.0, "Å"),  # ±20 µm
+    "rlnDefocusV": (-200_000.0, 200_000.0, "Å"),
+    "rlnDefocusAngle": (-360.0, 360.0, "°"),
+    "rlnPhaseShift": (-360.0, 360.0, "°"),
+    "rlnVoltage": (10.0, 1000.0, "kV"),
+    "rlnSphericalAberration": (-20.0, 20.0, "mm"),
+    "rlnAmplitudeContrast": (0.0, 1.0, ""),
+    "rlnImagePixelSize": (1e-3, 100.0, "Å"),
+    "rlnDetectorPixelSize": (1e-3, 1e4, "µm"),
+    "rlnMagnification": (1.0, 1e9, ""),
+    "rlnCoordinateX": (-1e7, 1e7, "px"),
+    "rlnCoordinateY": (-1e7, 1e7, "px"),
+}
+MAX_ASTIGMATISM = 50_000.0  # Å, |DefocusU - DefocusV|
+# A Warp or RELION particle star has tens of columns and rows of a few hundred bytes: beyond
+# these it is not a particle star, and parsing it on every poll would take gigabytes.
+MAX_STAR_COLUMNS = 1000
+MAX_LINE_BYTES = 1 << 20
 PARTICLE_FILES = ("allparticles", "goodparticles")
 _PARTICLE_FILE_ALIASES = {"all": "allparticles", "good": "goodparticles"}
 # A Live2D particle store's stack and its commit record beside it (live2d.store), and the
@@ -54,6 +77,11 @@ class WarpSettingsMissing(WarpFolderError):
 
 class WarpSettingsUnreadable(WarpFolderError):
     """``previous.settings`` does not parse (Warp may be writing it): try again later."""
+
+
+class WarpSettingsInvalid(WarpSettingsUnreadable):
+    """A ``previous.settings`` value is not a usable number (NaN, infinite, absurd): the message
+    names the setting and its value. Tried again at every poll, as Warp may still correct it."""
 
 
 class WarpStarError(Exception):
@@ -114,34 +142,55 @@ def read_settings(warp_dir: str | os.PathLike) -> WarpSettings:
             f"{path} cannot be parsed ({exc}); Warp may be writing it") from None
     params = _params(root)
     try:
-        pixel_size = float(params["PixelSizeX"]) * 2 ** float(params.get("Import/BinTimes", 0))
+        pixel_size = _setting(path, params, "PixelSizeX", None, 1e-3, 100.0, "Å") * 2 ** _setting(
+            path, params, "Import/BinTimes", 0.0, -4.0, 10.0, "")
         settings = WarpSettings(
             pixel_size=round(pixel_size, 6),
-            box=int(float(params["Picking/BoxSize"])),
-            diameter=float(params["Picking/Diameter"]),
+            box=int(_setting(path, params, "Picking/BoxSize", None, 8, 4096, "px")),
+            diameter=_setting(path, params, "Picking/Diameter", None, 0.0, 10_000.0, "Å"),
             model=PureWindowsPath(params["Picking/ModelPath"]).name,
-            min_score=float(params.get("Picking/MinimumScore", 0)),
+            min_score=_setting(path, params, "Picking/MinimumScore", 0.0, -1e6, 1e6, ""),
             export=_bool(params.get("Picking/DoExport", "False")),
             invert=_bool(params.get("Picking/Invert", "True")),
             normalize=_bool(params.get("Picking/Normalize", "True")),
-            voltage=float(params.get("CTF/Voltage", 300)),
-            cs=float(params.get("CTF/Cs", 2.7)),
-            amplitude_contrast=float(params.get("CTF/Amplitude", 0.07)),
+            voltage=_setting(path, params, "CTF/Voltage", 300.0, *_RANGES["rlnVoltage"]),
+            cs=_setting(path, params, "CTF/Cs", 2.7, *_RANGES["rlnSphericalAberration"]),
+            amplitude_contrast=_setting(path, params, "CTF/Amplitude", 0.07,
+                                        *_RANGES["rlnAmplitudeContrast"]),
         )
     except KeyError as exc:
         raise WarpSettingsUnreadable(f"{path} has no {exc.args[0]} setting") from None
-    except ValueError as exc:
-        raise WarpSettingsUnreadable(f"{path} has an unreadable value ({exc})") from None
     if not settings.model:
         raise WarpFolderError(f"{path}: no BoxNet model set (Picking > model): nothing is picked")
     if not settings.export:
         raise WarpFolderError(
             f"particle export is off in Warp ({path}: Picking > Export particles): "
             "turn it on so that Warp writes particle stacks")
-    if settings.pixel_size <= 0 or settings.box < 8:
-        raise WarpSettingsUnreadable(f"{path}: pixel size {pixel_size} or box {settings.box} "
-                                     "is not usable")
+    if settings.pixel_size > 100.0:
+        raise WarpSettingsInvalid(f"{path}: the pixel size after binning, {pixel_size:g} Å, is "
+                                  "above 100 Å: check PixelSizeX and Import/BinTimes in Warp")
     return settings
+
+
+def _setting(path: Path, params: dict[str, str], name: str, default: float | None,
+             low: float, high: float, unit: str) -> float:
+    """Setting ``name`` as a finite number within [low, high]; WarpSettingsInvalid naming the
+    setting and its value otherwise (a NaN or infinite box or voltage would poison every cycle
+    or overflow, and a traceback tells the user nothing). ``default`` None: it is required."""
+    if name not in params:
+        if default is None:
+            raise KeyError(name)
+        return default
+    text = params[name]
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not low <= value <= high:  # also False for NaN
+        raise WarpSettingsInvalid(
+            f"{path}: {name} is {text!r}, not a number between {low:g} and {high:g}"
+            f"{' ' + unit if unit else ''}: correct it in Warp's settings")
+    return value
 
 
 def _params(root: ET.Element) -> dict[str, str]:
@@ -210,8 +259,14 @@ def read_new_rows(path: str | os.PathLike, progress: StarProgress) -> tuple[pd.D
             handle.seek(start)
             if _hash(handle.read(progress.offset - start)) != progress.tail_hash:
                 raise StarRewritten(f"{path.name} was rewritten with different rows")
-        else:
-            handle.seek(0)
+        if size - progress.offset > MAX_LINE_BYTES:
+            # A line without its newline waits for the next poll, but not one so long that it
+            # is no row: read its end first rather than gigabytes on every poll.
+            handle.seek(size - MAX_LINE_BYTES)
+            if b"\n" not in handle.read(MAX_LINE_BYTES):
+                raise WarpStarError(f"{path} ends in a line of more than {MAX_LINE_BYTES} bytes "
+                                    "without a newline: it is no particle star row")
+        handle.seek(progress.offset)
         new = handle.read(size - progress.offset)
     complete = new[: new.rfind(b"\n") + 1]  # an unfinished last line waits for the next poll
     labels = progress.labels
@@ -223,6 +278,9 @@ def read_new_rows(path: str | os.PathLike, progress: StarProgress) -> tuple[pd.D
         if not body_started:
             if text.startswith("_"):
                 labels = (*labels, text.split()[0][1:])
+                if len(labels) > MAX_STAR_COLUMNS:
+                    raise WarpStarError(f"{path} has more than {MAX_STAR_COLUMNS} columns: it "
+                                        "is not a Warp particle star")
                 continue
             if not text or text.startswith(("data_", "loop_", "#")):
                 continue
@@ -242,6 +300,7 @@ def read_new_rows(path: str | os.PathLike, progress: StarProgress) -> tuple[pd.D
         handle.seek(max(0, end - TAIL_CHECK_BYTES))
         tail_hash = _hash(handle.read(end - max(0, end - TAIL_CHECK_BYTES)))
     table = _frame(rows, labels)
+    table.index = pd.RangeIndex(progress.rows, progress.rows + len(rows))  # row numbers - 1
     return table, StarProgress(end, progress.rows + len(rows), labels, tail_hash)
 
 
@@ -258,12 +317,74 @@ def _frame(rows: list[list[str]], labels: tuple[str, ...]) -> pd.DataFrame:
         if column not in ("rlnImageName", "rlnMicrographName"):
             converted = pd.to_numeric(table[column], errors="coerce")
             if converted.isna().any():
-                if column in REQUIRED_STAR_COLUMNS:
-                    bad = table[column][converted.isna()].iloc[0]
-                    raise WarpStarError(f"{column} has a non-numeric value {bad!r}")
-                continue  # a text column of a newer Warp: keep it as text
+                # A text column of a newer Warp, or a column with a bad value in some rows,
+                # which check_particle_values refuses (those rows only): keep it as text.
+                continue
             table[column] = converted
     return table
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Rows of a particle star refused for one kind of bad value in one column."""
+
+    column: str
+    problem: str  # what is wrong, for the log
+    value: str  # the first bad value as written
+    row: int  # the first refused row's label in the table checked (Warp's star: line - 1)
+    names: tuple[str, ...]  # the refused rows' rlnImageName
+    micrograph: str  # the first refused row's rlnMicrographName ("" when none)
+
+
+def check_particle_values(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[Refusal]]:
+    """The rows whose CTF, microscope and pixel values are finite and plausible (those columns
+    made numbers), and what was refused, one Refusal per column and kind of fault, so that one
+    bad row is left out, not the whole star, and is named once rather than once per row."""
+    bad, refusals, numbers = implausible_rows(rows)
+    good = rows[~bad] if bad.any() else rows  # (no copy of a clean batch)
+    text = {c: n[~bad] for c, n in numbers.items() if rows[c].dtype != np.float64}
+    return (good.assign(**text) if text else good), refusals
+
+
+def implausible_rows(rows: pd.DataFrame) -> tuple[np.ndarray, list[Refusal],
+                                                  dict[str, np.ndarray]]:
+    """Which rows :func:`check_particle_values` refuses (a mask), why, and the checked columns
+    as numbers."""
+    bad = np.zeros(len(rows), dtype=bool)
+    refusals: list[Refusal] = []
+
+    def refuse(column: str, problem: str, mask: np.ndarray, values: pd.Series) -> None:
+        if mask.any():
+            first = int(np.flatnonzero(mask)[0])
+            micrograph = (str(rows["rlnMicrographName"].iloc[first])
+                          if "rlnMicrographName" in rows else "")
+            names = tuple(rows["rlnImageName"].to_numpy()[mask]) if "rlnImageName" in rows else ()
+            value = values.iloc[first]
+            value = f"{value:g}" if isinstance(value, float) else str(value)  # as written
+            refusals.append(Refusal(column, problem, value,
+                                    int(rows.index[first]), names, micrograph))
+            bad[mask] = True
+
+    numbers: dict[str, np.ndarray] = {}
+    for column, (low, high, unit) in _RANGES.items():
+        if column not in rows:
+            continue
+        values = rows[column]
+        number = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+        numbers[column] = number
+        refuse(column, "is not a number", np.isnan(number), values)
+        refuse(column, "is infinite", np.isinf(number), values)
+        refuse(column, f"is outside {low:g} to {high:g}{' ' + unit if unit else ''}",
+               np.isfinite(number) & ((number < low) | (number > high)), values)
+    if "rlnDefocusU" in numbers and "rlnDefocusV" in numbers:
+        with np.errstate(invalid="ignore"):
+            astigmatism = np.abs(numbers["rlnDefocusU"] - numbers["rlnDefocusV"])
+        too_much = ~bad & (astigmatism > MAX_ASTIGMATISM)
+        if too_much.any():  # (the pairs as text only then: a million rows' worth otherwise)
+            pairs = rows["rlnDefocusU"].astype(str) + " and " + rows["rlnDefocusV"].astype(str)
+            refuse("rlnDefocusU/rlnDefocusV",
+                   f"differ by more than {MAX_ASTIGMATISM:g} Å (astigmatism)", too_much, pairs)
+    return bad, refusals, numbers
 
 
 def _hash(data: bytes) -> str:

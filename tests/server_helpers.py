@@ -8,10 +8,11 @@ import threading
 import time
 from pathlib import Path
 
-from tornado import httpserver, ioloop, netutil, websocket
+from tornado import ioloop, netutil, websocket
 
 from live2d.server.app import connect_events, make_app
 from live2d.server.control import Controller
+from live2d.server.serving import start_server
 from live2d.simulate import simulate
 
 SMALL = {"classes": 3, "particles_per_class": 30, "startup_cycles": 2, "refinement_cycles": 1,
@@ -40,8 +41,7 @@ class RunningServer:
         app = make_app(self.controller, self.token)
         sockets = netutil.bind_sockets(0, "127.0.0.1")
         self.port = sockets[0].getsockname()[1]
-        self.server = httpserver.HTTPServer(app)
-        self.server.add_sockets(sockets)
+        self.server = start_server(app, sockets)
         connect_events(app, self.loop)
         self._ready.set()
         self.loop.start()

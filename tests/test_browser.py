@@ -1,13 +1,18 @@
 """The page in a real headless Chromium: start a job, see classes, use the modal, go back in time,
 two pages showing the same state, and choosing and exporting the good classes."""
 
+import http.server
 import json
+import mimetypes
 import re
 import shutil
+import threading
+from pathlib import Path
 
 import pytest
 from server_helpers import SMALL, RunningServer, small_warp
 
+import live2d.server
 from live2d.server.control import Controller
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
@@ -110,6 +115,43 @@ def test_a_user_runs_a_job_and_browses_the_classes(server, pages):
         "value") == "4"
     page.find_element(By.ID, "tab-log").click()
     assert "job 1" in page.find_element(By.ID, "log").text
+
+
+def test_until_its_websocket_opens_the_page_says_connecting_not_stopped(pages):
+    """The page's own files, from a server whose websocket never answers (a slow network, a
+    server starting up): the badge must not claim a state the page has not heard yet."""
+    static = Path(live2d.server.__file__).parent / "static"
+    answered = threading.Event()
+
+    class SlowSocket(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.startswith("/ws"):
+                answered.wait(30)  # the websocket hangs, never opened
+                return
+            name = "index.html" if self.path == "/" else self.path.removeprefix("/static/")
+            body = (static / name).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", mimetypes.guess_type(name)[0] or "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowSocket)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        driver = pages(f"http://127.0.0.1:{server.server_address[1]}/")
+        wait(driver, lambda d: d.execute_script("return page.socket && page.socket.readyState")
+             == 0)  # CONNECTING
+        status = driver.find_element(By.ID, "status")
+        assert status.text == "connecting…"
+        assert status.get_attribute("data-status") == "connecting"
+        assert driver.find_element(By.ID, "cycle-meta").text == "Connecting to the server…"
+    finally:
+        answered.set()
+        server.shutdown()
 
 
 def test_invalid_settings_are_caught_in_the_page_and_by_the_server(server, pages):

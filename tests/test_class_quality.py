@@ -99,3 +99,21 @@ def test_an_empty_class_is_reported_as_such():
         "empty class"
     assert pd.Series([q.number for q in quality]).tolist() == [1, 2]
     assert quality[0].resolution == pytest.approx(quality[0].resolution)
+
+
+def test_a_class_of_a_few_particles_is_not_proposed_good_on_its_resolution_alone():
+    """33 particles (1% of the set, a tenth of the average class) make a noisy average whose
+    half sets agree all the same; a rare view of 60 (under a fifth of the average) is judged
+    on its features."""
+    phantom = Phantom(BOX, PIXEL, n_views=10)
+    batch, table = particles(phantom, 3300, snr=0.2, seed=5)
+    view = batch.view
+    keep = (view < 8) | ((view == 8) & (np.cumsum(view == 8) <= 60)) | \
+        ((view == 9) & (np.cumsum(view == 9) <= 33))
+    table = table[keep].reset_index(drop=True)
+    table["POS"] = np.arange(1, len(table) + 1)
+    quality = assess_classes(batch.images[keep], table, phantom.views, PIXEL,
+                             0.6 * phantom.diameter, 8.0)
+    assert quality[9].particles == 33 and quality[9].score < 0.5
+    assert "33 particles" in quality[9].reason and "too few" in quality[9].reason
+    assert quality[8].particles == 60 and quality[8].score >= 0.5

@@ -1,8 +1,13 @@
 """Disk use in sight: measured per session, with a warning before the disk fills."""
 
 import collections
+import errno
+import os
+
+import pytest
 
 from live2d import disk
+from live2d.atomic import atomic_write_text, naming
 from live2d.schedule import Settings
 from live2d.session import Session
 from live2d.simulate import simulate
@@ -44,3 +49,21 @@ def test_a_session_warns_once_when_free_space_runs_low(tmp_path, monkeypatch):
     disk_events = [e["disk"] for e in events if e["type"] == "disk"]
     assert len(disk_events) >= 4 and all(e["low"] and e["free"] == 50_000 for e in disk_events)
     assert session.disk.used > 0 and "KB per particle" in disk_events[-1]["text"]
+
+
+def test_a_full_disk_names_the_file_that_could_not_be_written(tmp_path, monkeypatch):
+    def full(*_args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write or fsync raises it
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = tmp_path / "state.json"
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        atomic_write_text(target, "{}")
+    assert caught.value.filename == str(target) and str(target) in str(caught.value)
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone
+    with pytest.raises(OSError) as caught, naming(tmp_path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert str(tmp_path) in str(caught.value)
+    with pytest.raises(OSError) as caught, naming(tmp_path):
+        raise OSError(errno.EIO, "Input/output error")  # a read's error is not a full disk
+    assert caught.value.filename is None

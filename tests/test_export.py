@@ -143,3 +143,46 @@ def test_a_cycle_not_on_disk_and_an_empty_selection_are_refused(session_dir, tmp
         star.with_suffix(".away").rename(star)
     assert not list(tmp_path.iterdir())
     assert np.isfinite(record["class_counts"]).all()
+
+
+def test_an_export_is_as_readable_as_the_umask_allows(session_dir, tmp_path):
+    """A cryoSPARC service account or the group reads the star, as any file the user writes."""
+    out = tmp_path / "shared.star"
+    previous = os.umask(0o022)
+    try:
+        assert cli_main(["export", str(session_dir), "--classes", "1,2", "--to", str(out)]) == 0
+    finally:
+        os.umask(previous)
+    assert out.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "link to a fifo"])
+def test_export_replaces_only_a_regular_file(session_dir, tmp_path, capsys, kind):
+    out = tmp_path / "x.star"
+    if kind == "folder":
+        out.mkdir()
+    else:
+        fifo = tmp_path / "pipe"
+        os.mkfifo(fifo)
+        if kind == "fifo":
+            fifo.rename(out)
+        else:
+            out.symlink_to(fifo)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert cli_main(["export", str(session_dir), "--classes", "1", "--to", str(out)]) == 1
+    assert "not a regular file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # untouched, no temp file left
+    assert out.is_dir() if kind == "folder" else out.is_fifo()
+    regular = tmp_path / "old.star"
+    regular.write_text("an earlier export")
+    assert cli_main(["export", str(session_dir), "--classes", "1", "--to", str(regular)]) == 0
+    assert "rlnImageName" in regular.read_text()
+
+
+def test_an_empty_relative_to_is_refused(session_dir, tmp_path, capsys):
+    out = tmp_path / "x.star"
+    with pytest.raises(SystemExit):
+        cli_main(["export", str(session_dir), "--classes", "1", "--to", str(out),
+                  "--relative-to", ""])
+    assert "--relative-to" in capsys.readouterr().err
+    assert not out.exists()

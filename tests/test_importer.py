@@ -409,3 +409,78 @@ def test_a_kill_while_the_star_is_replaced_is_finished_on_opening(warp, tmp_path
     reopened = ParticleStore(tmp_path / "out")
     assert reopened.count == 40 and len(reopened.read_table()) == 40
     assert not replacement.exists() and reopened.provenance_pending
+
+
+def test_a_bad_value_refuses_its_row_only_and_a_rewrite_neither_repeats_nor_reimports(warp,
+                                                                                       tmp_path):
+    warp.rows[5] = warp.rows[5].replace(" 30.0 4.0 ", " nan 4.0 ")  # rlnDefocusAngle
+    warp.rows[7] = warp.rows[7].replace(" 300.0 ", " 1e308 ")  # rlnVoltage
+    warp.write_stars()
+    importer = importer_for(warp, tmp_path)
+    report = importer.poll()
+    assert report.total == 38  # was 0: one 'nan' stopped the import of the whole star
+    text = " ".join(report.messages)
+    assert "rlnDefocusAngle is not a number, e.g. 'nan' in row 6" in text
+    assert "rlnVoltage is outside 10 to 1000 kV, e.g. '1e+308' in row 8" in text
+    warp.add_micrographs(1)  # Warp rewrites the star whole, the bad rows still in it
+    report = importer.poll()
+    assert report.new_particles == 20 and not report.reimported
+    assert not any("refused" in m for m in report.messages)  # said once
+    fresh = importer_for(warp, tmp_path)  # a restart remembers them too
+    warp.add_micrographs(1)
+    report = fresh.poll()
+    assert report.total == 78 and not report.reimported
+    assert not any("refused" in m for m in report.messages)
+    good = [r.split()[12] for i, r in enumerate(warp.rows) if i not in (5, 7)]
+    assert fresh.store.read_table()["ORIGNAME"].tolist() == good
+
+
+def test_a_malformed_star_is_said_once_and_not_parsed_again_until_it_changes(warp, tmp_path,
+                                                                             monkeypatch):
+    importer = importer_for(warp, tmp_path)
+    importer.poll()
+    star = warp.star_path()
+    good = star.read_text()
+    # 100,000 columns: 4 GB to parse if the rows were split on every poll
+    star.write_text(good.replace("_rlnMicrographName #14\n", "_rlnMicrographName #14\n" + "".join(
+        f"_rlnJunk{i} #{i + 15}\n" for i in range(100_000))) + "x " * 100_000 + "\n")
+    reads = []
+    real = importer_module.read_new_rows
+    monkeypatch.setattr(importer_module, "read_new_rows",
+                        lambda *args: reads.append(1) or real(*args))
+    messages = [m for _ in range(4) for m in importer.poll().messages]
+    assert len(messages) == 1 and "more than 1000 columns" in messages[0], messages
+    assert len(reads) <= 2  # the first poll (and its rewrite check), then nothing
+    star.write_text(good + "x" * (2 << 20))  # fixed, but a line of 2 MB without a newline
+    messages = [m for _ in range(3) for m in importer.poll().messages]
+    assert len(messages) == 1 and "without a newline" in messages[0], messages
+    warp.add_micrographs(1)
+    assert importer.poll().total == 60
+
+
+def test_stacks_outside_the_folder_are_read_and_said_once(warp, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    source = warp.stack_path(1)
+    source.rename(elsewhere / source.name)
+    warp.rows = [r.replace(f"@{warp.stack_name(1)}", f"@../elsewhere/{source.name}")
+                 for r in warp.rows]
+    warp.write_stars()
+    importer = importer_for(warp, tmp_path)
+    report = importer.poll()
+    assert report.total == 40
+    said = [m for m in report.messages if "stacks outside" in m]
+    assert len(said) == 1 and str(elsewhere) in said[0] and "20 particles" in said[0]
+    warp.add_micrographs(1)
+    assert not any("stacks outside" in m for m in importer.poll().messages)
+
+
+def test_a_nan_setting_is_named_once_and_the_import_goes_on_once_fixed(warp, tmp_path):
+    importer = importer_for(warp, tmp_path)
+    importer.poll()
+    warp.write_settings(Voltage="NaN")
+    warp.add_micrographs(1)
+    messages = [m for _ in range(3) for m in importer.poll().messages]  # no traceback
+    assert len(messages) == 1 and "CTF/Voltage is 'NaN'" in messages[0], messages
+    warp.write_settings(Voltage=300)
+    assert importer.poll().total == 60

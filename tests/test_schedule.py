@@ -65,6 +65,13 @@ def test_automatic_triggers():
     assert automatic_job_due(s, 1000, None)
     assert not automatic_job_due(s, 1499, 1000)
     assert automatic_job_due(s, 1500, 1000)
+    # Collection paused: the particles no job has seen are classified, however few.
+    assert not automatic_job_due(s, 1001, 1000, quiet_seconds=599)
+    assert automatic_job_due(s, 1001, 1000, quiet_seconds=600)
+    assert automatic_job_due(s, 50, None, quiet_seconds=600)
+    assert not automatic_job_due(s, 49, None, quiet_seconds=600)  # fewer than one per class
+    assert not automatic_job_due(s, 1000, 1000, quiet_seconds=6000)  # nothing new
+    assert not automatic_job_due(Settings(catch_up_after=0), 1001, 1000, quiet_seconds=1e9)
 
 
 @pytest.mark.parametrize("values, message", [

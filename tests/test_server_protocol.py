@@ -105,6 +105,20 @@ def test_a_second_start_while_busy_is_refused_and_stop_ends_the_job(server):
     client.close()
 
 
+def test_a_stop_sent_the_moment_after_a_start_is_not_lost(tmp_path):
+    """Ctrl-C right after `live2d demo` or `serve` started its automatic jobs: the stop must
+    reach the worker, however late its thread begins (it used to clear the request, run on,
+    and outlive the 30 s the server waits for it)."""
+    controller = Controller(small_warp(tmp_path / "warp"), engine="builtin",
+                            settings={**SMALL, "first_job_at": 10_000})
+    for _ in range(20):
+        controller.handle({"command": "start_automatic"})
+        controller.handle({"command": "stop"})
+        controller._worker.join(timeout=10)
+        assert not controller._worker.is_alive()
+    controller.close()
+
+
 def test_changing_the_warp_folder_is_checked(server, tmp_path):
     client = Client(server)
     assert client.receive()["missing"] == ""  # a Warp folder with particles lacks nothing

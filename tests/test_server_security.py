@@ -1,9 +1,15 @@
 """Each security rule of the web app, with a test that fails if the rule is broken."""
 
+import contextlib
+import logging
 import os
+import re
+import resource
 import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -181,3 +187,108 @@ def test_symlinks_cannot_escape_the_output_or_static_folders(open_server, tmp_pa
     finally:
         link.unlink()
     assert status in (403, 404) and b"do not serve" not in body
+
+
+@pytest.mark.parametrize("host", ["attacker.example", "attacker.example:{port}",
+                                  "192.168.1.20:{port}", "127.0.0.1.attacker.example"])
+def test_without_a_token_only_loopback_host_names_are_answered(open_server, host):
+    """DNS rebinding: a site whose name now resolves to 127.0.0.1 sends its own name as Host
+    (and as Origin), and must get neither the outputs nor the websocket."""
+    host = host.format(port=open_server.port)
+    status, body, _ = get(open_server.url + "/files/cycle_001.star", {"Host": host})
+    assert status == 403 and b"_cisTEMPositionInStack" not in body
+    assert b"localhost" in body  # says which names it answers to
+    with pytest.raises(HTTPClientError) as refused:
+        Client(open_server, origin=f"http://{host}", headers={"Host": host})
+    assert refused.value.code == 403
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:{port}", "127.0.0.1:{port}",
+                                  "127.1.2.3:{port}", "[::1]:{port}", "LOCALHOST:{port}"])
+def test_loopback_host_names_are_answered(open_server, host):
+    host = host.format(port=open_server.port)
+    status, body, _ = get(open_server.url + "/files/cycle_001.star", {"Host": host})
+    assert status == 200 and b"_cisTEMPositionInStack" in body
+    client = Client(open_server, origin=f"http://{host}", headers={"Host": host})
+    assert client.receive()["type"] == "state"
+    client.close()
+
+
+def test_with_a_token_any_host_name_is_answered(token_server):
+    status, _, _ = get(f"{token_server.url}/?token={TOKEN}", {"Host": "workstation.lab:8181"})
+    assert status == 200
+
+
+def test_the_token_is_not_written_to_the_log(token_server, caplog):
+    caplog.set_level(logging.INFO)
+    for path in ("/files/nonexist.png", "/", "/nowhere", "/ws"):
+        get(f"{token_server.url}{path}?token={TOKEN}")
+    get(f"{token_server.url}/?token={TOKEN}&x=1")
+    assert "404 GET /files/nonexist.png?token=" in caplog.text  # the failed request is logged
+    assert TOKEN not in caplog.text
+
+
+def test_token_guesses_are_limited(token_server):
+    statuses = [get(f"{token_server.url}/?token=guess{i}")[0] for i in range(12)]
+    assert statuses[:10] == [403] * 10 and statuses[10:] == [429, 429]
+    status, body, _ = get(f"{token_server.url}/?token={TOKEN}")  # no longer even checked
+    assert status == 429 and b"wait" in body
+    with pytest.raises(HTTPClientError) as refused:
+        Client(token_server, query=f"?token={TOKEN}")
+    assert refused.value.code == 429
+
+
+def test_a_missing_token_is_not_a_guess(token_server):
+    for _ in range(15):
+        assert get(f"{token_server.url}/")[0] == 403
+    assert get(f"{token_server.url}/?token={TOKEN}")[0] == 200
+
+
+def test_slow_connections_beyond_the_descriptor_limit_leave_the_page_served(tmp_path):
+    """Slowloris: hundreds of connections that never finish their headers, more than the
+    server has descriptors for. The page is still served at once and the log stays short.
+    And when the descriptors run out all the same (the session's own files), the accept
+    error that repeats on every turn of the loop is logged once, not thousands of times."""
+    limit = 128
+
+    def lowered() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "live2d.cli", "serve", "--port", "0", "--warp-root",
+             str(tmp_path), "--engine", "builtin"],
+            stdout=subprocess.PIPE, stderr=log_file, text=True, preexec_fn=lowered)
+    slow: list[socket.socket] = []
+    try:
+        port = int(re.search(r"localhost:(\d+)/", process.stdout.readline()).group(1))
+        # Descriptors all but used up by something else: accept() fails with EMFILE.
+        in_use = len(os.listdir(f"/proc/{process.pid}/fd"))
+        resource.prlimit(process.pid, resource.RLIMIT_NOFILE, (in_use + 2, limit))
+        starved = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(8)]
+        for _ in range(100):  # until the server has met the error (a few turns of its loop)
+            if "Too many open files" in log_path.read_text():
+                break
+            time.sleep(0.1)
+        time.sleep(1)  # it meets it again and again meanwhile
+        resource.prlimit(process.pid, resource.RLIMIT_NOFILE, (limit, limit))
+        for connection in starved:
+            connection.close()
+        # Slowloris.
+        for _ in range(2 * limit):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+            slow.append(connection)
+            with contextlib.suppress(OSError):  # closed by the server meanwhile
+                connection.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+        status, body, _ = get(f"http://localhost:{port}/")
+        assert status == 200 and b"Live2D" in body
+    finally:
+        for connection in slow:
+            connection.close()
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    log = log_path.read_text()
+    assert len(log) < 10_000, log[:2000]  # no flood of "Too many open files"
+    assert log.count("Too many open files") == 1, log[:2000]  # said once
+    assert log.count("connections are open") == 1

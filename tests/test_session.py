@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -151,6 +152,43 @@ def test_particles_picked_during_a_job_join_its_next_cycle(tmp_path):
     particles = [c.particles for c in session.history]
     assert particles == [120, 240, 240, 240]
     assert len(cistem_star.read_star(session.output_dir / "cycle_001.star")) == 240
+    session.close()
+
+
+def test_once_collection_pauses_the_particles_no_job_has_seen_are_classified(tmp_path):
+    """The end of a session: fewer new particles than Additional particles before update, and
+    (the first job) fewer than Particle count before starting, are classified all the same once
+    nothing new has arrived for catch_up_after seconds; then no job runs without new ones."""
+    warp = tmp_path / "warp"
+    small_session(warp, particles=120)
+    settings = {**SMALL, "first_job_at": 10_000, "update_every": 10_000,
+                "catch_up_after": 1.5, "poll_seconds": 0.5}
+    session = Session(warp, settings=Settings(**settings))
+    jobs_done = []
+
+    def more_particles_after_the_first_job(event):
+        if event["type"] == "log" and "finished; the next automatic job" in event["line"]:
+            jobs_done.append(time.monotonic())
+            if len(jobs_done) == 1:
+                small_session(warp, particles=180)  # 60 more, then the microscope stops
+
+    session.add_listener(more_particles_after_the_first_job)
+    stop = threading.Event()
+    loop = threading.Thread(target=session.run_automatic, args=(stop,))
+    loop.start()
+    try:
+        deadline = time.monotonic() + 120
+        while len(jobs_done) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(3.0)  # quiet for twice catch_up_after: nothing new, so no third job
+    finally:
+        stop.set()
+        loop.join(timeout=60)
+    jobs = {}
+    for cycle in session.history:
+        jobs[cycle.job] = cycle.particles
+    assert jobs == {1: 120, 2: 180}
+    assert session.state.jobs_started == 2
     session.close()
 
 

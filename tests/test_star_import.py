@@ -188,3 +188,48 @@ def test_a_vanishing_project_folder_does_not_end_the_session(tmp_path):
     project.export(1)
     assert importer.poll().total == 20
     assert_store_matches(importer.store, project)
+
+
+def test_a_relion_row_with_an_infinite_defocus_or_voltage_is_refused_alone(tmp_path):
+    folder = tmp_path / "relion"
+    folder.mkdir()
+    with mrcfile.new(folder / "mic.mrcs") as mrc:
+        mrc.set_data(particle_image(0, 0, 24, 6))
+    star = folder / "particles.star"
+    write_relion30_star(star, "mic.mrcs", 6, 3.0)
+    lines = star.read_text().split("\n")
+    rows = [i for i, line in enumerate(lines) if "@mic.mrcs" in line]
+    lines[rows[1]] = lines[rows[1]].replace(" 12000 ", " inf ")
+    lines[rows[3]] = lines[rows[3]].replace(" 300 ", " 1e308 ")  # was "several voltages"
+    lines[rows[4]] = lines[rows[4]].replace(" 11800 ", " nan ")  # was waited for at every poll
+    star.write_text("\n".join(lines))
+    importer = importer_for(folder, tmp_path, star="particles.star")
+    report = importer.poll()
+    assert report.total == 3, report.messages
+    text = " ".join(report.messages)
+    assert "rlnDefocusU is infinite" in text and "rlnVoltage is outside" in text
+    assert "rlnDefocusV is not a number" in text
+    assert importer.store.read_table()["ORIGNAME"].str[:6].tolist() == [
+        "000001", "000003", "000006"]
+    star.write_text(star.read_text() + "\n")  # rewritten: the refused rows are not said again
+    assert not any("refused" in m for m in importer.poll().messages)
+
+
+def test_a_relion_star_of_an_endless_line_or_too_many_columns_is_said_once(tmp_path):
+    folder = tmp_path / "relion"
+    folder.mkdir()
+    with mrcfile.new(folder / "mic.mrcs") as mrc:
+        mrc.set_data(particle_image(0, 0, 24, 5))
+    star = folder / "particles.star"
+    write_relion30_star(star, "mic.mrcs", 5, 3.0)
+    good = star.read_text()
+    importer = importer_for(folder, tmp_path, star="particles.star")
+    star.write_text(good + "x" * (2 << 20))  # was waited for as an unfinished line, re-read
+    messages = [m for _ in range(3) for m in importer.poll().messages if "newline" in m]
+    assert len(messages) == 1, messages
+    star.write_text(good.replace("loop_\n", "loop_\n" + "".join(
+        f"_rlnJunk{i} #{i}\n" for i in range(3000)), 1))
+    messages = [m for _ in range(3) for m in importer.poll().messages if "columns" in m]
+    assert len(messages) == 1, messages
+    star.write_text(good)
+    assert importer.poll().total == 5

@@ -17,10 +17,12 @@ from live2d.warp import (
     StarProgress,
     StarRewritten,
     WarpFolderError,
+    WarpSettingsInvalid,
     WarpSettingsMissing,
     WarpSettingsUnreadable,
     WarpStarError,
     check_particle_stack,
+    check_particle_values,
     particle_star_path,
     read_new_rows,
     read_particle_images,
@@ -167,7 +169,6 @@ def test_extra_columns_and_any_column_order_are_fine(tmp_path):
 @pytest.mark.parametrize("text, message", [
     (HEADER + row(1) + "this is not a row\n", "has 5 values where the header has 8"),
     (HEADER.replace("_rlnDefocusV #3\n", "") + row(1).replace(" 14800.0", ""), "rlnDefocusV"),
-    (HEADER + row(1).replace("15000.0", "n/a"), "non-numeric"),
 ])
 def test_malformed_star_files_give_a_clear_error(tmp_path, text, message):
     star = tmp_path / "p.star"
@@ -175,6 +176,57 @@ def test_malformed_star_files_give_a_clear_error(tmp_path, text, message):
     with pytest.raises(WarpStarError, match=message) as caught:
         read_new_rows(star, StarProgress())
     assert "p.star" in str(caught.value) or "rlnDefocus" in str(caught.value)
+
+
+@pytest.mark.parametrize("section, name, value", [
+    (None, "PixelSizeX", "NaN"), (None, "PixelSizeX", "-Infinity"),
+    ("Picking", "BoxSize", "Infinity"), ("Picking", "BoxSize", "1e308"),
+    ("Picking", "Diameter", "NaN"), ("CTF", "Voltage", "1e308"), ("CTF", "Cs", "inf"),
+    ("CTF", "Amplitude", "NaN"), ("Import", "BinTimes", "1e308"),
+])
+def test_non_finite_or_absurd_settings_name_the_setting_and_value(warp, section, name, value):
+    values = settings_values(box=32, pixel_size=2.0)
+    values[section][name] = value
+    (warp.folder / "previous.settings").write_bytes(settings_xml(values))
+    with pytest.raises(WarpSettingsInvalid) as caught:  # not an OverflowError traceback
+        read_settings(warp.folder)
+    assert name in str(caught.value) and repr(value) in str(caught.value)
+    assert isinstance(caught.value, WarpSettingsUnreadable)  # tried again at the next poll
+
+
+def test_bad_ctf_values_refuse_their_rows_only_once_per_column_and_fault(tmp_path):
+    star = tmp_path / "p.star"
+    bad = {2: ("15000.0", "inf"), 3: ("15000.0", "1e308"), 4: ("15000.0", "nan"),
+           5: ("15000.0", "n/a"), 6: ("15000.0", "inf"), 7: ("300.0", "-Infinity"),
+           8: ("14800.0", "90000.0")}
+    text = HEADER + "".join(row(i).replace(*bad[i], 1) if i in bad else row(i)
+                            for i in range(1, 11))
+    star.write_text(text)
+    table, progress = read_new_rows(star, StarProgress())  # the rows are read, not refused here
+    assert progress.rows == 10
+    good, refusals = check_particle_values(table)
+    assert good["rlnImageName"].tolist() == [row(i).split()[0] for i in (1, 9, 10)]
+    assert good["rlnDefocusU"].dtype == float
+    found = {(r.column, r.problem.split()[1], r.value, r.row + 1, len(r.names))
+             for r in refusals}
+    assert found == {("rlnDefocusU", "infinite", "inf", 2, 2),  # rows 2 and 6: said once
+                     ("rlnDefocusU", "outside", "1e308", 3, 1),
+                     ("rlnDefocusU", "not", "nan", 4, 2),  # "n/a" is not a number either
+                     ("rlnVoltage", "infinite", "-inf", 7, 1),
+                     ("rlnDefocusU/rlnDefocusV", "by", "15000.0 and 90000.0", 8, 1)}
+
+
+def test_a_star_of_too_many_columns_or_an_endless_line_is_refused(tmp_path):
+    star = tmp_path / "p.star"
+    star.write_text(HEADER + "".join(f"_rlnExtra{i} #{i + 9}\n" for i in range(2000)))
+    with pytest.raises(WarpStarError, match="more than 1000 columns"):
+        read_new_rows(star, StarProgress())
+    star.write_text(HEADER + row(1) + "x" * (3 << 20))  # no newline: would wait forever
+    with pytest.raises(WarpStarError, match="without a newline"):
+        read_new_rows(star, StarProgress())
+    star.write_text(HEADER + row(1) + row(2)[:20])  # an ordinary unfinished row still waits
+    table, progress = read_new_rows(star, StarProgress())
+    assert len(table) == 1 and progress.rows == 1
 
 
 # ----------------------------------------------------------------------------- stacks

@@ -4,6 +4,7 @@ engine and small settings, so classes appear within minutes on a laptop. Open th
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import threading
 import time
@@ -11,14 +12,17 @@ from pathlib import Path
 
 DEMO_SETTINGS = {"classes": 10, "particles_per_class": 60, "startup_cycles": 4,
                  "refinement_cycles": 2, "high_res_initial": 30.0, "high_res_final": 10.0,
-                 "first_job_at": 600, "update_every": 1500, "poll_seconds": 3.0}
+                 "first_job_at": 600, "update_every": 1500, "poll_seconds": 3.0,
+                 # once the simulated microscope stops, its last particles are classified too
+                 "catch_up_after": 10.0}
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8181,
                         help="port of the page on localhost (default 8181)")
-    parser.add_argument("--dir", type=Path, help="where the simulated Warp folder goes "
-                                                 "(default: a new temporary folder)")
+    parser.add_argument("--dir", type=Path, help="where the simulated Warp folder and its "
+                                                 "classification go, kept on exit (default: a "
+                                                 "temporary folder, removed on exit)")
     parser.add_argument("--particles", type=int, default=6000,
                         help="particles the simulated microscope collects before it stops "
                              "(default 6000)")
@@ -32,7 +36,8 @@ def main(args: argparse.Namespace) -> int:
     from live2d.server.serving import serve
     from live2d.simulate import simulate
 
-    folder = args.dir or Path(tempfile.mkdtemp(prefix="live2d-demo-"))
+    temporary = args.dir is None
+    folder = Path(tempfile.mkdtemp(prefix="live2d-demo-")) if temporary else args.dir
     warp = folder / "warp"
     done = threading.Event()
 
@@ -41,14 +46,29 @@ def main(args: argparse.Namespace) -> int:
                  box=64, pixel_size=3.0, snr=0.05, views=8, keep_going=lambda: not done.is_set())
 
     microscope = threading.Thread(target=collect, name="simulated-warp", daemon=True)
-    microscope.start()
-    while not (warp / "previous.settings").exists():
-        time.sleep(0.1)
-    print(f"simulating a Warp session in {warp} (a micrograph every {args.interval:g} s)")
-    controller = Controller(warp, engine="builtin", device=args.device, settings=DEMO_SETTINGS)
-    controller.handle({"command": "start_automatic"})
+    controller = None
     try:
-        serve(controller, "127.0.0.1", args.port, None)
+        microscope.start()
+        while not (warp / "previous.settings").exists():
+            time.sleep(0.1)
+        print(f"simulating a Warp session in {warp} (a micrograph every {args.interval:g} s)")
+        controller = Controller(warp, engine="builtin", device=args.device,
+                                settings=DEMO_SETTINGS)
+        controller.handle({"command": "start_automatic"})
+        serve(controller, "127.0.0.1", args.port, None)  # until Ctrl-C; it closes the controller
+    except KeyboardInterrupt:  # Ctrl-C before the page was up
+        if controller is not None:
+            controller.close()
     finally:
         done.set()
+        # It stops after the micrograph it is writing; the folder goes only then, and the
+        # process does not exit while it is inside torch (which aborts the interpreter).
+        if microscope.is_alive():
+            print("stopping the simulated microscope after its current micrograph…")
+            microscope.join()
+        if temporary:
+            shutil.rmtree(folder, ignore_errors=True)
+            print(f"removed the demo's folder {folder} (keep it next time with --dir)")
+        else:
+            print(f"the demo's session is kept in {warp}")
     return 0

@@ -15,16 +15,24 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, metavar="DIR",
                         help="the session's output folder, or the Warp folder it classifies")
     parser.add_argument("--to", type=Path, required=True, metavar="STAR",
-                        help="the star file to write (replaced atomically if it exists)")
+                        help="the star file to write (an existing file is replaced atomically; "
+                             "anything else there, a folder or a device, is refused)")
     parser.add_argument("--classes", default="auto",
                         help="auto (default: the proposed selection with the marks made in the "
                              "page over it) or class numbers, e.g. 1,4,7")
     parser.add_argument("--cycle", type=int,
                         help="the cycle whose classes and alignments are exported (default: "
                              "the latest classified one)")
-    parser.add_argument("--relative-to", type=Path, metavar="PROJECT_DIR",
+    parser.add_argument("--relative-to", type=project_dir, metavar="PROJECT_DIR",
                         help="write image paths relative to this RELION project folder (RELION "
                              "resolves them from where it runs), instead of absolute paths")
+
+
+def project_dir(text: str) -> Path:
+    if not text.strip():  # Path("") is the current folder: say so rather than guess
+        raise argparse.ArgumentTypeError("an empty folder name; give the RELION project "
+                                         "folder (. for the current one)")
+    return Path(text)
 
 
 def parse_classes(text: str) -> str | list[int]:

@@ -32,6 +32,7 @@ SETTING_OPTIONS = {
     "angular_step": "--angular-step",
     "first_job_at": "--first-job-at",
     "update_every": "--update-every",
+    "catch_up_after": "--catch-up-after",
     "poll_seconds": "--poll-seconds",
     "particle_file": "--particle-file",
     "contrast": "--contrast",

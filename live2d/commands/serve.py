@@ -10,7 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from live2d.commands.run import ENGINE_HELP, add_cluster_args
+from live2d.commands.run import (
+    ENGINE_HELP,
+    add_cluster_args,
+    add_setting_args,
+    setting_overrides,
+)
 from live2d.engines import ENGINE_NAMES, EngineError
 
 
@@ -36,10 +41,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="where the built-in engine runs: auto, cpu or cuda[:N]")
     parser.add_argument("--cistem-bin", help="folder holding refine2d and merge2d")
     add_cluster_args(parser)
+    add_setting_args(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     from live2d.executors import make_executor
+    from live2d.schedule import SettingsError
     from live2d.server.control import Controller
     from live2d.server.serving import serve
     from live2d.session import SessionError
@@ -58,8 +65,9 @@ def main(args: argparse.Namespace) -> int:
         try:
             controller = Controller(args.warp_dir, args.output, engine=args.engine,
                                     device=args.device, cistem_bin=args.cistem_bin,
-                                    warp_root=args.warp_root, executor=executor)
-        except (EngineError, WarpFolderError, SessionError, OSError) as exc:
+                                    warp_root=args.warp_root, executor=executor,
+                                    settings=setting_overrides(args))
+        except (EngineError, WarpFolderError, SessionError, SettingsError, OSError) as exc:
             print(f"live2d serve: {exc}", file=sys.stderr)
             return 1
         serve(controller, args.host, args.port, args.token)

@@ -74,6 +74,18 @@ def print_exports(folder: Path) -> None:
               f"(classes {', '.join(map(str, export['classes']))}) to {export['file']}")
 
 
+def print_left_out(folder: Path) -> None:
+    """Warp's rows not imported on purpose, so that the count of particles adds up."""
+    try:
+        state = json.loads((folder / "import.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    refused, skipped = len(state.get("refused", [])), len(state.get("skipped", []))
+    if refused or skipped:
+        print(f"left out: {refused} particle rows refused for non-finite or implausible values, "
+              f"{skipped} stacks skipped as never finished (the log says which)")
+
+
 def main(args: argparse.Namespace) -> int:
     path = find_state(args.dir, "status")
     if path is None:
@@ -98,6 +110,7 @@ def main(args: argparse.Namespace) -> int:
               "import (live2d.log names them)")
     print_classes(path.parent, history)
     print_exports(path.parent)
+    print_left_out(path.parent)
     print_disk(path.parent, history)
     job = state.get("job")
     if job:

@@ -1,21 +1,26 @@
 """The Tornado application: the page, its websocket, and the session's result files.
 
 Security: the server binds to 127.0.0.1 unless told otherwise, and then needs a token, checked on
-every request (``?token=`` once, then a cookie). Websocket handshakes must come from the page's own
-origin. Only the page's static files and the session's own outputs (cycle MRC/star, class tables,
-class PNGs, the selection's exports) are served, each after resolving symlinks and checking it
-lies under its root.
+every request (``?token=`` once, then a cookie), with at most GUESSES wrong ones per client address
+a minute; the token never reaches the log. Without a token only loopback Host names are answered
+(DNS rebinding: a site whose name resolves to 127.0.0.1 sends its own). Websocket handshakes must
+come from the page's own origin. Only the page's static files and the session's own outputs
+(cycle MRC/star, class tables, class PNGs, the selection's exports) are served, each after
+resolving symlinks and checking it lies under its root.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import os
 import re
 import shutil
 import threading
+import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -33,6 +38,9 @@ CHUNK_BYTES = 1 << 20  # output files are sent in pieces this size
 OUTPUT_FILES = re.compile(r"^(cycle_\d{3,}\.(mrc|star)|cycle_\d{3,}_classes\.json|"
                           r"thumbnails/cycle_\d{3,}/class_\d{3,}\.png|"
                           rf"{EXPORT_DIR}/good_cycle_\d{{3,}}\.star)$")
+GUESSES = 10  # wrong tokens allowed per client address a minute
+GUESS_SECONDS = 60.0
+TOKEN_IN_URI = re.compile(r"(?<=[?&]token=)[^&]*")
 THUMBNAIL = re.compile(r"^thumbnails/(cycle_\d{3,})/class_\d{3,}\.png$")
 log = logging.getLogger("live2d")
 _remaking = threading.Lock()  # one cycle's thumbnails at a time: its classes are asked at once
@@ -59,16 +67,83 @@ def remake_thumbnails(root: Path, name: str) -> None:
                 shutil.rmtree(scratch, ignore_errors=True)
 
 
+def is_loopback_name(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or [::1]: names that no other site can make its own."""
+    name = host.lower().removeprefix("[").removesuffix("]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class Guesses:
+    """Wrong tokens per client address in the last GUESS_SECONDS: past GUESSES the address is
+    not even checked (a guesser gets 10 a minute, not 830 a second)."""
+
+    def __init__(self) -> None:
+        self._times: dict[str, deque[float]] = {}
+
+    def _recent(self, address: str) -> deque[float]:
+        times = self._times.setdefault(address, deque())
+        while times and times[0] < time.monotonic() - GUESS_SECONDS:
+            times.popleft()
+        return times
+
+    def exhausted(self, address: str) -> bool:
+        exhausted = len(self._recent(address)) >= GUESSES
+        if not self._times[address]:
+            del self._times[address]  # the table holds only recent guessers
+        return exhausted
+
+    def wrong(self, address: str) -> None:
+        self._recent(address).append(time.monotonic())
+        if len(self._times) > 10_000:  # guessers from many addresses: forget the stale ones
+            for stale in [a for a, times in self._times.items()
+                          if times[-1] < time.monotonic() - GUESS_SECONDS]:
+                del self._times[stale]
+
+
+def redacted(uri: str) -> str:
+    return TOKEN_IN_URI.sub("(hidden)", uri)
+
+
 class _Guarded(web.RequestHandler):
     def prepare(self) -> None:
         token = self.settings["live2d_token"]
         if not token:
+            if not is_loopback_name(self.request.host_name):
+                raise web.HTTPError(
+                    403, f"this server answers to localhost, 127.0.0.1 and [::1] only, not "
+                         f"{self.request.host_name!r}; to open it under another name, serve "
+                         f"with --host and a token")
             return
+        guesses: Guesses = self.settings["live2d_guesses"]
+        address = self.request.remote_ip or ""
+        if guesses.exhausted(address):
+            raise web.HTTPError(429, f"too many wrong tokens from {address}: wait a minute")
         given = self.get_query_argument("token", None) or self.get_cookie(TOKEN_COOKIE) or ""
         if not hmac.compare_digest(given.encode(), token.encode()):
+            if given:  # a page opened without the token is no guess
+                guesses.wrong(address)
             raise web.HTTPError(403, "a valid token is needed (see the URL printed at start)")
         if self.get_query_argument("token", None):
             self.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
+
+    def _request_summary(self) -> str:
+        # What Tornado's access log and its HTTPError warnings name a request by.
+        return f"{self.request.method} {redacted(self.request.uri or '')} " \
+               f"({self.request.remote_ip})"
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """The reason in words, which a bare "403: Forbidden" does not give."""
+        error = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(error, web.HTTPError) and error.log_message:
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.finish(f"{status_code} {self._reason}: {error.log_message}\n")
+        else:
+            super().write_error(status_code, **kwargs)
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -76,6 +151,14 @@ class _Guarded(web.RequestHandler):
         self.set_header("Content-Security-Policy",
                         "default-src 'self'; img-src 'self' data:; style-src 'self'; "
                         "connect-src 'self' ws: wss:; frame-ancestors 'none'")
+
+
+class NotFoundHandler(_Guarded):
+    """Any other path: guarded and logged like the rest (Tornado's own would log the token)."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise web.HTTPError(404)
 
 
 class PageHandler(_Guarded):
@@ -192,6 +275,8 @@ def make_app(controller: Controller, token: str | None = None) -> web.Applicatio
         controller=controller,
         clients=clients,
         live2d_token=token or "",
+        live2d_guesses=Guesses(),
+        default_handler_class=NotFoundHandler,
         # Beyond this Tornado closes the connection; up to it on_message answers with an error.
         websocket_max_message_size=16 * MAX_MESSAGE_BYTES,
     )

@@ -230,9 +230,10 @@ class Controller:
             job_type = message.get("job_type", settings.mode)
             if job_type not in JOB_TYPES:
                 raise CommandError(f"job_type must be one of {', '.join(JOB_TYPES)}")
-            self._start(lambda: self.session.run_job(job_type, resume=False), "job")
+            self._start(lambda: self.session.run_job(job_type, resume=False, clear_stop=False),
+                        "job")
         else:
-            self._start(self.session.run_automatic, "automatic jobs")
+            self._start(lambda: self.session.run_automatic(clear_stop=False), "automatic jobs")
         return {"type": "ok", "message": f"started {command.removeprefix('start_')}"}
 
     def is_slow(self, message: Any) -> bool:
@@ -315,6 +316,7 @@ class Controller:
         with self._lock:
             if self.busy:
                 raise CommandError("a job is running: stop it before starting another")
+            self.session.clear_stop()  # here, so that a stop sent right after is kept
 
             def run() -> None:
                 try:

@@ -84,6 +84,8 @@ def main() -> None:
         shares[number] = occupancy
     for number, share in enumerate(shares, start=1):
         out(f"Class = {number:4d}, average occupancy = {100 * share:10.4f}\n")
+    if mode == "nan":  # a numerical blow-up: one class average of NaN
+        classes[0] = float("nan")
     if mode != "no-output":
         formats.write_stack(classes_out, classes)
     out(f"\nTotal logp = {merged.sum_logp_total:g}\n")

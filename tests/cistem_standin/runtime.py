@@ -5,10 +5,10 @@ the failure hooks tests switch on through environment variables.
 * ``CISTEM_STANDIN_FAIL=<program>:<mode>``, modes:
   ``exit`` (stop with status 3 when the work starts), ``error`` (print an ``Error:`` line, go
   on and exit 0), ``no-output`` (write no output file), ``hang`` (never finish; keep the
-  progress bar going), ``hang-ignore-term`` (as hang, and ignore SIGTERM),
-  ``kill-parent-once`` (the first run anywhere SIGKILLs the process that started it, as a
-  crashed Dask worker, then works on silently for ever; later runs work normally; remembered
-  by a file ``killed-parent`` in the record folder).
+  progress bar going), ``hang-ignore-term`` (as hang, and ignore SIGTERM), ``nan`` (merge2d:
+  one class average of NaN), ``kill-parent-once`` (the first run anywhere SIGKILLs the process
+  that started it, as a crashed Dask worker, then works on silently for ever; later runs work
+  normally; remembered by a file ``killed-parent`` in the record folder).
 * ``CISTEM_STANDIN_FAIL_FIRST=<n>``: refine2d fails only in the slice starting at particle n.
 * ``CISTEM_STANDIN_RECORD=<folder>``: each run writes its answers there (userinput.record).
 * ``CISTEM_STANDIN_DELAY=<seconds>``: refine2d spends this long on each particle it refines,

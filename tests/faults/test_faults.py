@@ -12,9 +12,18 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
-from harness import Microscope, check_invariants, grow, run_command, start_run
+from harness import (
+    Microscope,
+    check_invariants,
+    grow,
+    run_command,
+    start_run,
+    warp_image_names,
+)
 
+from live2d import cistem_star
 from live2d.history import read_history
+from live2d.mrc import read_images
 from live2d.schedule import Settings
 from live2d.session import Session
 from live2d.simulate import MODEL, simulate, write_settings
@@ -168,6 +177,8 @@ def test_a_full_output_disk_loses_nothing_and_the_session_carries_on(tmp_path):
         session = Session(warp, out, settings=SMALL)
         thread, stop = automatic(session)
         wait_for(lambda: "No space left" in log_text(session), timeout=60)
+        full = [line for line in session.log_lines if "No space left" in line]
+        assert all(str(out) in line for line in full), full  # each says where to free space
         check_invariants(warp, out, complete=False)
         assert session.store.count < 4000
         subprocess.run(["mount", "-o", "remount,size=40m", str(out)], check=True)
@@ -191,7 +202,7 @@ def test_a_failing_engine_keeps_the_last_good_cycle_and_gives_up_cleanly(tmp_pat
     session = Session(warp, settings=SMALL, engine="cistem", cistem_bin=str(bin_dir))
     assert session.run_job("abinit")
     good = len(session.history)
-    for mode in ("exit", "no-output"):
+    for mode in ("exit", "no-output", "nan"):  # nan: NaN classes must not be published
         monkeypatch.setenv("CISTEM_STANDIN_FAIL", f"merge2d:{mode}")
         thread, stop = automatic(session)
         session.start_job("seeded")
@@ -207,6 +218,93 @@ def test_a_failing_engine_keeps_the_last_good_cycle_and_gives_up_cleanly(tmp_pat
     assert session.run_job("seeded")  # once the engine works again, the loop carries on
     assert len(session.history) > good
     session.close()
+
+
+def _poison(star: Path, values: dict[int, tuple[str, str]]) -> list[str]:
+    """Write ``values`` (row number -> (column, value)) into Warp's star, as a Warp whose CTF
+    fit blew up would; returns the image names of those rows."""
+    lines = star.read_text().split("\n")
+    labels = [line.split()[0][1:] for line in lines if line.startswith("_rln")]
+    data = [i for i, line in enumerate(lines) if "@" in line]
+    names = []
+    for number, (column, value) in values.items():
+        fields = lines[data[number - 1]].split()
+        fields[labels.index(column)] = value
+        lines[data[number - 1]] = "  ".join(fields)
+        names.append(fields[labels.index("rlnImageName")])
+    star.write_text("\n".join(lines))
+    return names
+
+
+def _run_once(warp: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run(run_command(warp, "--once"), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _latest_cycle_is_finite(out: Path) -> None:
+    latest = read_history(out)[-1]
+    assert np.isfinite(read_images(out / latest["classes"])).all()
+    table = cistem_star.read_star(out / latest["star"])
+    assert np.isfinite(table.select_dtypes("number").to_numpy(dtype=float)).all()
+
+
+def test_non_finite_defocus_rows_are_refused_alone_and_the_session_goes_on(tmp_path):
+    warp, out = tmp_path / "warp", tmp_path / "warp" / "classification"
+    grow(warp, 100)
+    star = warp / STAR
+    bad = {3: ("rlnDefocusU", "inf"), 10: ("rlnDefocusV", "1e308"), 17: ("rlnDefocusU", "nan"),
+           30: ("rlnVoltage", "-inf")}
+    refused = _poison(star, bad)
+    first = _run_once(warp)
+    for column, value in bad.values():  # each named once, with its column and the file
+        assert first.stderr.count(f"{column} is") == sum(c == column for c, _ in bad.values())
+        assert first.stderr.count(f"e.g. {f'{float(value):g}'!r}") == 1
+    assert STAR in first.stderr and "the other rows are imported" in first.stderr
+    check_invariants(warp, out, complete=False)
+    names = ParticleStore(out).read_table()["ORIGNAME"]
+    assert names.tolist() == [n for n in warp_image_names(warp) if n not in refused]
+    _latest_cycle_is_finite(out)
+    status = subprocess.run([sys.executable, "-m", "live2d.cli", "status", str(out)],
+                            capture_output=True, text=True)
+    assert "left out: 4 particle rows refused" in status.stdout, status.stdout
+
+    grow(warp, 160)  # Warp rewrites its star whole: the same bad rows, and new ones
+    _poison(star, bad)
+    second = _run_once(warp)  # a restart: the bad rows are neither reported nor re-imported
+    assert "refused" not in second.stderr and "re-importing" not in second.stderr
+    names = ParticleStore(out).read_table()["ORIGNAME"]
+    assert names.tolist() == [n for n in warp_image_names(warp) if n not in refused]
+    assert len(names) == 156 and len(read_history(out)) > 7
+    _latest_cycle_is_finite(out)
+
+
+def test_a_store_poisoned_by_an_earlier_version_no_longer_fails_every_cycle(tmp_path):
+    """Before rows were refused, an inf defocus reached the store and a NaN the published
+    particle parameters: every cycle then failed, restart or not."""
+    warp, out = tmp_path / "warp", tmp_path / "warp" / "classification"
+    grow(warp, 100)
+    _run_once(warp)
+    stored = out / "particles.star"
+    text = stored.read_text()
+    row = text.split("\n")[[i for i, line in enumerate(text.split("\n"))
+                             if line.strip()[:1].isdigit()][4]]
+    fields = row.split()
+    poisoned = row.replace(f" {fields[4]} ", f" {'inf':>{len(fields[4])}} ", 1)
+    stored.write_text(text.replace(row, poisoned, 1))  # same length: the store's commit holds
+    latest = out / read_history(out)[-1]["star"]
+    lines = latest.read_text().split("\n")
+    index = [i for i, line in enumerate(lines) if line.strip()[:1].isdigit()][2]
+    shift = lines[index].split()[2]
+    lines[index] = lines[index].replace(f" {shift} ", f" {'nan':>{len(shift)}} ", 1)
+    latest.write_text("\n".join(lines))
+    grow(warp, 140)
+    result = _run_once(warp)
+    assert "non-finite or implausible parameters" in result.stderr
+    assert "cannot be used" in result.stderr  # the previous cycle's NaN, named
+    check_invariants(warp, out, complete=True)
+    _latest_cycle_is_finite(out)
 
 
 # --------------------------------------------------------------- stacks on a changing file system

@@ -17,6 +17,9 @@ function connect() {
   socket.onopen = () => { $("connection").textContent = "connected"; };
   socket.onclose = () => {
     $("connection").textContent = "disconnected: reconnecting…";
+    // Until the server answers again, what it is doing is unknown: no stale "running".
+    $("status").textContent = "connecting…";
+    $("status").dataset.status = "connecting";
     if (page.exporting) exportDone("");
     setTimeout(connect, 2000);
   };
@@ -249,6 +252,7 @@ function showCycle() {
   const gallery = $("gallery");
   if (page.cycle < 0 || !cycles.length) {
     gallery.replaceChildren();
+    $("cycle-meta").textContent = "No classes yet: they appear here after the first cycle.";
     return;
   }
   const c = cycles[page.cycle];

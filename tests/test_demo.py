@@ -1,0 +1,91 @@
+"""`live2d demo` as a newcomer runs it: its last particles are classified once the simulated
+microscope stops, and Ctrl-C leaves no temporary folder behind."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from live2d.history import read_history
+from live2d.simulate import simulate
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_demo(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "live2d.cli", "demo", "--port",
+                             str(free_port()), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def interrupt(process: subprocess.Popen) -> str:
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=90)
+    assert process.returncode == 0, out
+    return out
+
+
+def test_the_demo_classifies_every_particle_once_its_microscope_stops(tmp_path):
+    # 300 particles: fewer than the demo's first_job_at (600), so only the catch-up after the
+    # simulated session ends classifies them.
+    demo = start_demo("--dir", str(tmp_path), "--particles", "300", "--interval", "0.2",
+                      "--device", "cpu")
+    log = tmp_path / "warp" / "classification" / "live2d.log"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and demo.poll() is None:
+            if log.exists() and "job 1 finished" in log.read_text(encoding="utf-8"):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the demo's catch-up job did not finish in 240 s")
+    finally:
+        out = interrupt(demo)
+    history = read_history(tmp_path / "warp" / "classification")
+    assert history[-1]["particles"] == 300
+    assert "no new particles for" in log.read_text(encoding="utf-8")
+    assert f"kept in {tmp_path / 'warp'}" in out
+    assert (tmp_path / "warp" / "classification" / "session.json").exists()
+
+
+def test_ctrl_c_removes_the_demos_temporary_folder_and_says_so():
+    demo = start_demo("--particles", "100", "--interval", "0.5", "--device", "cpu")
+    first = demo.stdout.readline()  # "simulating a Warp session in <folder>/warp ..."
+    assert first.startswith("simulating a Warp session in "), first
+    warp = Path(first.split(" in ", 1)[1].split(" (", 1)[0])
+    assert warp.is_dir()
+    while "Live2D is serving" not in demo.stdout.readline():  # the page is up: the user's cue
+        assert demo.poll() is None
+    out = interrupt(demo)
+    assert not warp.parent.exists()
+    assert f"removed the demo's folder {warp.parent}" in out
+
+
+def test_serve_takes_the_settings_run_takes(tmp_path):
+    """The Quick start's `live2d serve WARP_DIR --first-job-at N`: the session opens with them."""
+    warp = tmp_path / "warp"
+    simulate(warp, particles=40, per_micrograph=40, box=32, pixel_size=4.0)
+    serve = subprocess.Popen([sys.executable, "-m", "live2d.cli", "serve", str(warp), "--port",
+                              str(free_port()), "--first-job-at", "77", "--catch-up-after", "0"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        while "Live2D is serving" not in serve.stdout.readline():
+            assert serve.poll() is None
+        state = json.loads((warp / "classification" / "session.json").read_text())
+        assert state["settings"]["first_job_at"] == 77
+        assert state["settings"]["catch_up_after"] == 0
+    finally:
+        interrupt(serve)
+    refused = subprocess.run([sys.executable, "-m", "live2d.cli", "serve", str(warp),
+                              "--first-job-at", "0"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert "first_job_at" in refused.stderr and "between 1 and" in refused.stderr
