@@ -4,9 +4,13 @@ for as long as you like, checking after every one that nothing was lost or dupli
 Faults: SIGKILL of the run (then a restart), Warp's star file caught half-rewritten or with a
 garbage line, a particle stack still being written, previous.settings mid-write, the Warp folder
 vanishing for a moment, rows with non-finite or absurd numbers (inf, nan, 1e308 defocus, voltage
-or pixel size: each must be refused and none imported, the rest imported). Prints faults by
-kind, restarts, particles checked, particles lost or duplicated, rows refused, and the longest
-time to recover (restart until the store holds every particle Warp had written at the restart).
+or pixel size: each must be refused and none imported, the rest imported); and for good, to
+stacks already imported: a stack touched (its time changed, not its bytes: none of its particles
+may be left out), truncated or rewritten with other bytes (its particles are left out of the
+cycles, and stay in the store: the store must still hold every particle, and at the end exactly
+those of the damaged stacks are left out). Prints faults by kind, restarts, particles checked,
+particles lost or duplicated, rows refused, and the longest time to recover (restart until the
+store holds every particle Warp had written at the restart).
 
     python bench/soak.py --minutes 10
     python bench/soak.py --workers 2 --engine cistem-standin   # cisTEM's path on a Dask cluster
@@ -46,6 +50,9 @@ from harness import (
 
 from live2d.executors import DaskExecutor
 from live2d.simulate import MODEL
+from live2d.source_images import open_images
+from live2d.store import ParticleStore
+from live2d.warp import split_image_name
 
 
 @contextlib.contextmanager
@@ -127,6 +134,45 @@ def non_finite_rows(warp: Path, rng: np.random.Generator) -> None:
     star.write_text(text + "".join(rows))
 
 
+STACK_FAULTS = ["stack touched", "stack truncated", "stack rewritten"]
+
+
+def stack_fault(kind: str, warp: Path, out: Path, rng: np.random.Generator,
+                damaged: set[str]) -> None:
+    """Touch, truncate or rewrite (same size, other bytes) a stack whose particles are all in
+    the store (not the latest, which the store may still be reading); ``damaged`` collects the
+    stacks whose particles must be left out from now on."""
+    imported = {split_image_name(name)[1] for name in warp_image_names(warp)[:stored_count(out)]}
+    latest = split_image_name(warp_image_names(warp)[stored_count(out) - 1])[1] \
+        if imported else None
+    candidates = sorted(imported - {latest} - damaged)
+    if not candidates:
+        return
+    name = str(rng.choice(candidates))
+    stack = warp / name
+    later = time.time_ns() + 1_000_000_000  # a new time, whatever the clock's tick
+    if kind == "stack truncated":
+        os.truncate(stack, 1024)
+        damaged.add(name)
+    elif kind == "stack rewritten":
+        data = np.fromfile(stack, dtype=np.uint8)
+        data[1024:] ^= 0x5A  # every image changed: Warp processed the movie again
+        data.tofile(stack)
+        damaged.add(name)
+    os.utime(stack, ns=(later, later))
+
+
+def check_left_out(out: Path, damaged: set[str]) -> int:
+    """Exactly the particles of ``damaged`` stacks are left out (touched ones are kept)."""
+    images = open_images(ParticleStore(out).images_path)
+    stacks = [split_image_name(name)[1] for name in ParticleStore(out).read_table()["ORIGNAME"]]
+    usable = images.usable()
+    wrong = [stack for stack, ok in zip(stacks, usable, strict=True)
+             if ok == (stack in damaged)]
+    assert not wrong, f"left out or kept wrongly: {sorted(set(wrong))[:5]}"
+    return int((~usable).sum())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,7 +186,9 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     kinds = ["star half-rewritten", "garbage line in star", "stack still being written",
-             "settings mid-write", "folder vanished", "non-finite numbers in star"]
+             "settings mid-write", "folder vanished", "non-finite numbers in star",
+             *STACK_FAULTS]
+    damaged: set[str] = set()
     faults: Counter[str] = Counter()
     restarts, recoveries = 0, [0.0]
     with tempfile.TemporaryDirectory() as scratch, cluster_of(args.workers) as cluster:
@@ -179,6 +227,9 @@ def main() -> None:
                 if kind == "worker killed":
                     victim = int(rng.choice(sorted(cluster.client.run(os.getpid).values())))
                     os.kill(victim, signal.SIGKILL)  # its nanny starts a new one
+                elif kind in STACK_FAULTS:
+                    with microscope.lock:
+                        stack_fault(kind, warp, out, rng, damaged)
                 else:
                     with microscope.lock:
                         transient_fault(kind, warp, rng)
@@ -191,6 +242,7 @@ def main() -> None:
         if final.returncode != 0:
             raise SystemExit(f"the final run failed: {final.stderr[-2000:]}")
         figures = check_invariants(warp, out, complete=True)
+        left_out = check_left_out(out, damaged)
         expected = warp_image_names(warp)
         log_text = (out / "live2d.log").read_text(errors="replace")
         # Refusal messages name the row, not the image: any mention of the bad rows' stack
@@ -206,6 +258,9 @@ def main() -> None:
           f"duplicated 0 (asserted); rows with non-finite numbers imported 0 (asserted), "
           f"{refusals} refusal messages; cycles completed {figures['cycles']}; longest "
           f"recovery {max(recoveries):.1f} s")
+    print(f"stacks damaged for good {len(damaged)}: their {left_out} particles left out of the "
+          "cycles and kept in the store, every other particle (touched stacks' too) usable "
+          "(asserted)")
 
 
 if __name__ == "__main__":

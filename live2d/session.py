@@ -116,6 +116,9 @@ class CycleRecord:
     class_table: str = ""
     star_kept: bool = True  # False once the star is pruned (Settings.keep_cycle_results)
     thumbnails_kept: bool = True  # False once pruned (made again from the averages if needed)
+    # Of ``particles``, those whose source stack changed or vanished since import (read in
+    # place): not in this cycle's classes, whatever its fraction.
+    left_out: int = 0
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CycleRecord:
@@ -687,6 +690,7 @@ class Session:
         self.work_dir.mkdir(exist_ok=True)
         star_in = self.work_dir / f"cycle_{number:03d}_input.star"
         n = self._cycle_input(star_in, previous)
+        left_out = 0
         if not self.store.copies_images:
             images = open_images(self.store.images_path)
             left_out = int((~images.usable(n)).sum())
@@ -694,7 +698,10 @@ class Session:
                 changed = images.changed_stacks(n)
                 self._log(f"{left_out} particles are left out of this cycle: their source "
                           f"stack(s) changed, vanished or were replaced since import "
-                          f"({', '.join(changed[:3])}{'...' if len(changed) > 3 else ''})")
+                          f"({', '.join(changed[:3])}{'...' if len(changed) > 3 else ''}); "
+                          "they stay in the store: put the stacks back as imported, or "
+                          "import into a new output folder to classify them",
+                          logging.WARNING)
         request = CycleRequest(
             stack=self.store.images_path,
             star_in=star_in,
@@ -755,6 +762,7 @@ class Session:
             class_resolution=[q.resolution for q in quality],
             class_score=[q.score for q in quality],
             class_table=paths["class_table"].name if quality else "",
+            left_out=left_out,
         )
         if quality:
             self._follow_selection(dataclasses.asdict(record), previous_record,

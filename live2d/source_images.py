@@ -2,16 +2,18 @@
 
 Warp 1.x writes each micrograph's stack once, so the built-in engine can read particles from
 Warp's own stacks: a store in "source" mode keeps, per particle, the source's ``N@stack`` name and
-a stamp of the stack (:func:`live2d.warp.stack_stamp`: its size and modification time when it was
+a stamp of the stack (:func:`live2d.warp.stack_stamp`: its size, time and a fingerprint when it was
 imported, or for another Live2D store's growing stack that store's id and generation) instead of
-a copy of the pixels. :class:`SourceImages` serves them like a memory-mapped stack
+a copy of the pixels. :class:`SourceImages` serves them like a stack
 (``images[indices]``, ``len``, ``shape``), opening stacks as they are needed and checking each
 one's stamp first: a stack that changed or vanished since the import (a store's: emptied, or not
 holding the images asked for) serves zeros, and :meth:`SourceImages.usable` tells the engine to
 leave its particles out (the session logs how many).
 
-:func:`open_images` opens either kind: an MRC stack (memory-mapped) or a store's
-``particles.sources.json``.
+:func:`open_images` opens either kind: an MRC stack or a store's ``particles.sources.json``. Both
+are read with plain reads, never memory-mapped: a stack shortened while a cycle reads it raises
+StackChanged (the cycle fails, and the next leaves its particles out), where a map would kill
+the process with SIGBUS.
 """
 
 from __future__ import annotations
@@ -19,35 +21,31 @@ from __future__ import annotations
 import functools
 import json
 import os
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 import pandas as pd
 
 from live2d import cistem_star
+from live2d.mrc import MrcStack, StackChanged
 from live2d.warp import STORE_STATE, split_image_name, stamp_holds, store_stamp
 
 SOURCES_FILE = "particles.sources.json"
-OPEN_STACKS = 256  # memory maps kept open at once
+OPEN_STACKS = 256  # stacks whose headers are kept
 
 
-def open_images(path: str | os.PathLike):
-    """The particle images at ``path``: ``(n, box, box)`` array-like, memory-mapped."""
+def open_images(path: str | os.PathLike) -> MrcStack | SourceImages:
+    """The particle images at ``path``: ``(n, box, box)`` array-like, read as they are asked
+    for, with plain reads (:class:`live2d.mrc.MrcStack`: never memory-mapped, so a stack cut
+    short under a cycle is an error, StackChanged, not a SIGBUS)."""
     path = Path(path)
     if path.name.endswith(SOURCES_FILE):
         star = path.parent / json.loads(path.read_text(encoding="utf-8"))["star"]
         status = star.stat()
         # a cluster worker opens it for every chunk: read the store's star once per change
         return _sources(path, status.st_size, status.st_mtime_ns)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mrc = mrcfile.mmap(path, mode="r", permissive=True)
-    data = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
-    mrc.close()  # the memory map stays valid until its last reference goes
-    return data
+    return MrcStack(path)
 
 
 @functools.lru_cache(maxsize=2)
@@ -72,7 +70,7 @@ class SourceImages:
             stack, _, stamp = key.partition("\n")
             self.stacks.append(stack)
             self.stamp_of_stack.append(stamp)
-        self._open: OrderedDict[int, np.ndarray | None] = OrderedDict()
+        self._open: OrderedDict[int, MrcStack | SourceImages | None] = OrderedDict()
 
     @classmethod
     def from_file(cls, path: Path) -> SourceImages:
@@ -104,8 +102,15 @@ class SourceImages:
             rows = np.flatnonzero(stacks == stack)
             wanted = self.index[indices[rows]]
             data = self._stack(int(stack), int(wanted.max()) + 1)
-            if data is not None:
+            if data is None:
+                continue
+            try:
                 out[rows] = data[wanted]
+            except OSError as exc:  # shortened or replaced since its stamp was checked
+                self._open.pop(int(stack), None)
+                raise StackChanged(
+                    f"{self.stacks[stack]} changed while it was read ({exc}); the next cycle "
+                    "leaves its particles out") from None
         return out
 
     def usable(self, n: int | None = None) -> np.ndarray:
@@ -130,9 +135,9 @@ class SourceImages:
     def _unchanged(self, stack: int, images: int) -> bool:
         return stamp_holds(self.root / self.stacks[stack], self.stamp_of_stack[stack], images)
 
-    def _stack(self, stack: int, images: int) -> np.ndarray | None:
-        """The stack's images, mapped once; mapped again when ``images`` are wanted and the
-        map is shorter: a growing store's stack mapped before its later particles came."""
+    def _stack(self, stack: int, images: int) -> MrcStack | SourceImages | None:
+        """The stack, opened once; opened again when ``images`` are wanted and it held fewer
+        then: a growing store's stack opened before its later particles came."""
         if stack in self._open:
             self._open.move_to_end(stack)
             data = self._open[stack]

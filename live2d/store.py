@@ -38,13 +38,20 @@ import pandas as pd
 from live2d import cistem_star
 from live2d.atomic import atomic_write_json
 from live2d.source_images import SOURCES_FILE
-from live2d.warp import STORE_STACK, STORE_STATE, split_image_name, store_stamp
+from live2d.warp import (
+    STORE_STACK,
+    STORE_STAMP,
+    STORE_STATE,
+    split_image_name,
+    stack_stamp,
+    store_stamp,
+)
 
 STORE_COLUMNS = ("POS", "PSI", "SHX", "SHY", "DF1", "DF2", "ANGAST", "PSHIFT", "OCC", "LogP",
                  "SIGMA", "SCORE", "CHANGE", "PSIZE", "VOLT", "Cs", "AmpC", "BTILTX", "BTILTY",
                  "ISHFTX", "ISHFTY", "2DCLS", "ORIGX", "ORIGY", "MICROGRAPH", "SRCSTAMP",
                  "ORIGNAME")
-FORMAT = 3  # 2: micrograph and coordinates; 3: the source stack's stamp
+FORMAT = 4  # 2: micrograph and coordinates; 3: the source stack's stamp; 4: with a fingerprint
 HEADER_BYTES = 1024
 _STAR_HEADER = cistem_star.header(
     STORE_COLUMNS, ["Live2D particle store: every imported particle"]).encode("utf-8")
@@ -270,15 +277,18 @@ class ParticleStore:
 
     def _migrate(self) -> None:
         """Earlier formats: the columns they lack are added (micrographs and coordinates empty
-        until filled)."""
+        until filled), and stacks' stamps without a fingerprint get one where the stack is
+        still the one stamped (:func:`_fingerprint_stamps`)."""
         if self.count == 0:
             self._commit(format=FORMAT)
             return
         table = cistem_star.read_star(self.star_path).iloc[: self.count].copy()
-        pending = "MICROGRAPH" not in table
+        pending = "MICROGRAPH" not in table or self.provenance_pending
         for column in STORE_COLUMNS:
             if column not in table:
                 table[column] = cistem_star.BY_SHORT[column].default
+        if self._state.get("source_root"):
+            table["SRCSTAMP"] = _fingerprint_stamps(Path(self._state["source_root"]), table)
         self._replace_star(table, format=FORMAT, provenance_pending=pending)
 
     def _commit(self, **changes: object) -> None:
@@ -393,6 +403,31 @@ class ParticleStore:
             if struct.unpack("<i", stack.read(4))[0] != self.copied:
                 self._patch_count(stack, self.copied)
                 os.fsync(stack.fileno())
+
+
+def _fingerprint_stamps(root: Path, table: pd.DataFrame) -> list[str]:
+    """SRCSTAMP of ``table``'s particles (read in place from ``root``) with the fingerprint
+    that stamps of format 3 lack, where the stack's size and time are still those stamped: then
+    it holds what was imported, and a later touch no longer leaves its particles out. Stacks
+    that changed since keep their old stamp (their particles stay left out, as before)."""
+    done: dict[tuple[str, str], str] = {}
+    stamps = []
+    for name, stamp in zip(table["ORIGNAME"], table["SRCSTAMP"].astype(str), strict=True):
+        stack = split_image_name(name)[1]
+        if (stack, stamp) not in done:
+            done[stack, stamp] = _with_fingerprint(root / stack, stamp)
+        stamps.append(done[stack, stamp])
+    return stamps
+
+
+def _with_fingerprint(path: Path, stamp: str) -> str:
+    if stamp.count(":") != 1 or stamp.startswith(STORE_STAMP):
+        return stamp  # none yet (not read in place), or not a file's
+    try:
+        new = stack_stamp(path)  # size and time of what it fingerprinted
+    except (OSError, ValueError):
+        return stamp  # gone or unreadable: its particles stay left out
+    return new if new.rpartition(":")[0] == stamp else stamp
 
 
 def _new_store_id() -> str:

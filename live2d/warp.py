@@ -13,15 +13,16 @@ import hashlib
 import json
 import math
 import os
-import warnings
+import stat
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 
-import mrcfile
 import numpy as np
 import pandas as pd
+
+from live2d.mrc import MrcStack, NotAStack, StackIncomplete, open_regular, read_exactly
 
 SETTINGS_FILE = "previous.settings"
 TAIL_CHECK_BYTES = 64 * 1024
@@ -58,6 +59,11 @@ _PARTICLE_FILE_ALIASES = {"all": "allparticles", "good": "goodparticles"}
 STORE_STACK = "particles.mrcs"
 STORE_STATE = "store.json"
 STORE_STAMP = "store:"
+# A stack's fingerprint (stack_fingerprint): this many samples of this many bytes.
+FINGERPRINT_SAMPLES = 8
+FINGERPRINT_BLOCK = 4096
+MAX_VERDICTS = 100_000  # fingerprint checks remembered (per stack, size and time)
+_VERDICTS: dict[tuple[str, int, int, int, str], bool] = {}
 
 
 class WarpFolderError(Exception):
@@ -80,6 +86,11 @@ class WarpSettingsInvalid(WarpSettingsUnreadable):
 
 class WarpStarError(Exception):
     """A particle star file is malformed in a way waiting will not fix."""
+
+
+class BrokenStack(WarpStarError):
+    """A particle stack that waiting will not make readable (not a regular file, a header that
+    contradicts the file's size or is not an MRC header): its particles are skipped."""
 
 
 class StarRewritten(Exception):
@@ -395,8 +406,9 @@ def read_particle_images(warp_dir: str | os.PathLike, image_names: list[str],
     """The images named ``N@stack`` (Warp's rlnImageName), in order, as float32 (n, box, box).
 
     ``box`` defaults to the size of the first stack's images. Only the images asked for are read
-    (memory-mapped). Raises StackNotReady if a stack is missing or shorter than its header or the
-    names say (Warp still writing it), WarpStarError if its images are not ``box`` pixels."""
+    (plain reads, :class:`live2d.mrc.MrcStack`). Raises StackNotReady if a stack is missing or
+    shorter than its header or the names say (Warp still writing it), BrokenStack if it is not
+    a stack that waiting will make one, WarpStarError if its images are not ``box`` pixels."""
     wanted: dict[str, list[tuple[int, int]]] = {}
     for position, name in enumerate(image_names):
         index, stack = split_image_name(name)
@@ -405,22 +417,18 @@ def read_particle_images(warp_dir: str | os.PathLike, image_names: list[str],
     for stack, items in wanted.items():
         path = Path(warp_dir) / stack
         needed = max(index for _, index in items) + 1
-        nx, ny = _check_stack_complete(path, stack, needed)
+        images = _open_complete_stack(path, stack, needed)
         if box is None:
-            box = nx
-        if (nx, ny) != (box, box):
-            raise WarpStarError(f"{stack} has {nx}×{ny} images; Warp's box is {box}")
+            box = images.header.nx
+        if (images.header.nx, images.header.ny) != (box, box):
+            raise WarpStarError(f"{stack} has {images.header.nx}×{images.header.ny} images; "
+                                f"Warp's box is {box}")
         if out is None:
             out = np.empty((len(image_names), box, box), dtype=np.float32)
         try:
-            with warnings.catch_warnings():  # sizes are checked above; a longer file is fine
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mrc = mrcfile.mmap(path, mode="r", permissive=True)
-            with mrc:
-                data = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
-                positions = [position for position, _ in items]
-                out[positions] = data[[index for _, index in items]]
-        except (ValueError, OSError, TypeError, AttributeError) as exc:
+            out[[position for position, _ in items]] = images.read(
+                np.array([index for _, index in items], dtype=np.int64))
+        except OSError as exc:  # shortened or replaced since its header was read
             raise StackNotReady(stack, f"unreadable ({exc})") from None
     if out is None:
         out = np.empty((0, box or 0, box or 0), dtype=np.float32)
@@ -437,37 +445,85 @@ def check_particle_stack(warp_dir: str | os.PathLike, image_names: list[str], bo
     stack = stacks.pop()
     path = Path(warp_dir) / stack
     needed = max(split_image_name(name)[0] for name in image_names) + 1
-    nx, ny = _check_stack_complete(path, stack, needed)
-    if (nx, ny) != (box, box):
-        raise WarpStarError(f"{stack} has {nx}×{ny} images; Warp's box is {box}")
-    return stack_stamp(path)
+    header = _open_complete_stack(path, stack, needed).header
+    if (header.nx, header.ny) != (box, box):
+        raise WarpStarError(f"{stack} has {header.nx}×{header.ny} images; Warp's box is {box}")
+    try:
+        return stack_stamp(path)
+    except (OSError, ValueError) as exc:  # replaced since its header was read
+        raise StackNotReady(stack, f"unreadable ({exc})") from None
 
 
 def stack_stamp(path: str | os.PathLike) -> str:
-    """What identifies a stack's content cheaply. A stack written once: its size and
-    modification time. The stack of a Live2D particle store (:mod:`live2d.store`, a
-    ``store.json`` beside it) grows by appends that never change the particles already
-    committed, so its size and time change while its content does not: its store's id and
-    generation instead (``store:<id>:<generation>``)."""
+    """What identifies a stack's content. A stack written once: its size and modification time,
+    then a fingerprint of its bytes (:func:`stack_fingerprint`), ``size:mtime:fingerprint``;
+    the time is the cheap check, the fingerprint the one that decides when the time changed but
+    the bytes may not have (a viewer mapping it ``r+``, a backup, rsync). The stack of a Live2D
+    particle store (:mod:`live2d.store`, a ``store.json`` beside it) grows by appends that never
+    change the particles already committed, so its size and time change while its content does
+    not: its store's id and generation instead (``store:<id>:<generation>``)."""
     path = Path(path)
     state = _store_state(path)
     if state is not None:
         return store_stamp(state)
-    status = os.stat(path)
-    return f"{status.st_size}:{status.st_mtime_ns}"
+    fd = open_regular(path)
+    try:
+        status = os.fstat(fd)
+        return f"{status.st_size}:{status.st_mtime_ns}:{_fingerprint(fd, status.st_size, path)}"
+    finally:
+        os.close(fd)
+
+
+def stack_fingerprint(path: str | os.PathLike) -> str:
+    """A digest of FINGERPRINT_SAMPLES samples of 4 KiB spread evenly from the stack's start
+    (its header) to its end (the last image): a few small reads, whatever the stack's size. A
+    rewrite by Warp changes every image, so it changes samples; a change that spares all of
+    them goes unseen."""
+    fd = open_regular(path)
+    try:
+        return _fingerprint(fd, os.fstat(fd).st_size, path)
+    finally:
+        os.close(fd)
+
+
+def _fingerprint(fd: int, size: int, path: str | os.PathLike) -> str:
+    block = min(FINGERPRINT_BLOCK, size)
+    digest = hashlib.blake2b(digest_size=12)
+    for offset in sorted({round(i * (size - block) / (FINGERPRINT_SAMPLES - 1))
+                          for i in range(FINGERPRINT_SAMPLES)}):
+        digest.update(read_exactly(fd, block, offset, path))
+    return digest.hexdigest()
 
 
 def stamp_holds(path: str | os.PathLike, stamp: str, images: int = 0) -> bool:
     """Whether the stack at ``path`` is still the one ``stamp`` was taken of (False if it is
-    gone); for a store's stack, also that its store has committed at least ``images`` images."""
+    gone); for a store's stack, also that its store has committed at least ``images`` images.
+    Size and time as stamped: it is. Otherwise the same size and fingerprint: it is, and that
+    verdict is kept for this size and time, so a touched stack is read for it once."""
     path = Path(path)
     try:
         if not stamp.startswith(STORE_STAMP):
-            return stack_stamp(path) == stamp
+            return _file_stamp_holds(path, stamp)
         state = _store_state(path)
-    except OSError:
+    except (OSError, ValueError):
         return False
     return state is not None and store_stamp(state) == stamp and int(state["count"]) >= images
+
+
+def _file_stamp_holds(path: Path, stamp: str) -> bool:
+    size, mtime, fingerprint = [*stamp.split(":"), "", ""][:3]
+    status = os.stat(path)
+    if f"{status.st_size}:{status.st_mtime_ns}" == f"{size}:{mtime}":
+        return stat.S_ISREG(status.st_mode)
+    if not fingerprint or str(status.st_size) != size:  # a stamp of format 3 has none
+        return False
+    key = (str(path), status.st_ino, status.st_size, status.st_mtime_ns, fingerprint)
+    verdict = _VERDICTS.get(key)
+    if verdict is None:
+        if len(_VERDICTS) > MAX_VERDICTS:
+            _VERDICTS.clear()
+        verdict = _VERDICTS[key] = stack_fingerprint(path) == fingerprint
+    return verdict
 
 
 def _store_state(stack: Path) -> dict | None:
@@ -495,25 +551,26 @@ def store_stamp(state: dict) -> str:
 def stack_box(stack: str, warp_dir: str | os.PathLike = ".") -> int:
     """The image size of a stack (``warp_dir``/``stack``) from its header; StackNotReady if it is
     not there or not readable yet."""
-    nx, _ = _check_stack_complete(Path(warp_dir) / stack, stack, 1)
-    return nx
+    return _open_complete_stack(Path(warp_dir) / stack, stack, 1).header.nx
 
 
-def _check_stack_complete(path: Path, stack: str, needed: int) -> tuple[int, int]:
-    """(nx, ny) of a stack whose header and size say it holds at least ``needed`` images."""
+def _open_complete_stack(path: Path, stack: str, needed: int) -> MrcStack:
+    """The stack, whose header and size say it holds at least ``needed`` images. Its header is
+    checked against the file's size before anything is allocated."""
     try:
-        with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
-            header = mrc.header
-            nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
-            itemsize = mrcfile.utils.dtype_from_mode(header.mode).itemsize
-            expected = header.nbytes + int(header.nsymbt) + nx * ny * nz * itemsize
-        size = path.stat().st_size
+        images = MrcStack(path)
     except FileNotFoundError:
         raise StackNotReady(stack, "not written yet") from None
-    except (ValueError, OSError, TypeError, AttributeError) as exc:
+    except NotAStack as exc:  # said as other skipped stacks are: "skipping the N particles of"
+        raise BrokenStack(f"{stack}: {exc}; waiting will not fix it: to classify them, replace "
+                          "it with the stack and import into a new output folder") from None
+    except (StackIncomplete, OSError) as exc:
         raise StackNotReady(stack, f"unreadable ({exc})") from None
-    if nz < needed:
-        raise StackNotReady(stack, f"its header counts {nz} images, {needed} needed")
-    if size < expected:
-        raise StackNotReady(stack, f"{size} bytes of the {expected} its header announces")
-    return nx, ny
+    header = images.header
+    if header.nz < needed:
+        raise StackNotReady(stack, f"its header counts {header.nz} images, {needed} needed")
+    expected = header.data_offset + header.nz * header.image_bytes
+    if header.file_size < expected:
+        raise StackNotReady(stack, f"{header.file_size} bytes of the {expected} its header "
+                                   "announces")
+    return images

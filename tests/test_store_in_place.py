@@ -8,7 +8,10 @@ grows, and are left out once it was emptied or replaced."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mrcfile
@@ -16,6 +19,7 @@ import numpy as np
 import pytest
 from warp_fixtures import WarpFolder
 
+from live2d import warp as warp_module
 from live2d.importer import Importer
 from live2d.schedule import Settings
 from live2d.session import Session
@@ -230,3 +234,82 @@ def _rows(n: int):
     table = cistem_star.new_table(n)
     table["ORIGNAME"] = [f"{i + 1}@x.mrcs" for i in range(n)]
     return table
+
+
+# ------------------------------------------------------------- Warp's stacks on a changing disk
+def in_place_store(warp: WarpFolder, folder: Path) -> ParticleStore:
+    importer = Importer(warp.folder, ParticleStore(folder), copy_images=False)
+    importer.poll()
+    assert not importer.store.copies_images and importer.store.count == 40
+    return importer.store
+
+
+def test_a_stack_touched_keeps_its_particles_and_one_rewritten_loses_them(warp, tmp_path,
+                                                                          monkeypatch):
+    store = in_place_store(warp, tmp_path / "out")
+    touched, rewritten = warp.stack_path(0), warp.stack_path(1)
+    with mrcfile.mmap(touched, mode="r+", permissive=True):
+        pass  # a viewer's r+ map: the header written back as it was
+    os.utime(touched, ns=(1, 10**18))  # and a backup restoring another time
+    pixels = mrcfile.read(rewritten).copy()
+    pixels += 1.0  # Warp re-processed the movie: same size, other bytes
+    with open(rewritten, "r+b") as handle:
+        handle.seek(1024)
+        handle.write(pixels.astype("<f4").tobytes())
+    os.utime(rewritten, ns=(1, 10**18 + 1))  # (within a clock tick of the import, it had its time)
+    images = open_images(store.images_path)
+    reads = []
+    real = warp_module.stack_fingerprint
+    monkeypatch.setattr(warp_module, "stack_fingerprint",
+                        lambda path: reads.append(path) or real(path))
+    assert images.usable().tolist() == [True] * 20 + [False] * 20
+    assert images.changed_stacks() == [warp.stack_name(1)]
+    np.testing.assert_array_equal(images[[3]][0], warp.images(0)[3])
+    assert images.usable().sum() == 20 and len(reads) == 2  # each verdict kept while unchanged
+
+
+def test_a_format_3_store_gets_fingerprints_for_the_stacks_it_still_holds(warp, tmp_path):
+    """Stamps of format 3 are size and time only: on opening, those that still hold get a
+    fingerprint (a later touch keeps their particles); those that changed stay left out."""
+    store = in_place_store(warp, tmp_path / "out")
+    table = store.read_table()
+    stamps = table["SRCSTAMP"].tolist()
+    assert all(stamp.count(":") == 2 for stamp in stamps)
+    table["SRCSTAMP"] = [stamp.rpartition(":")[0] for stamp in stamps]  # as format 3 wrote
+    store._replace_star(table, format=3)
+    os.utime(warp.stack_path(1), ns=(1, 10**18))  # touched before the upgrade: not provable
+
+    upgraded = ParticleStore(tmp_path / "out")
+    assert store_state(upgraded)["format"] == 4 and upgraded.count == 40
+    new = upgraded.read_table()["SRCSTAMP"].tolist()
+    assert new[:20] == stamps[:20] and new[20:] == [s.rpartition(":")[0] for s in stamps[20:]]
+    os.utime(warp.stack_path(0), ns=(1, 10**18))  # touched after it
+    assert open_images(upgraded.images_path).usable().tolist() == [True] * 20 + [False] * 20
+
+
+CUT_WHILE_READ = """
+import os, sys
+from pathlib import Path
+from live2d.source_images import SourceImages
+from live2d.warp import stack_stamp
+stack = Path(sys.argv[1])
+images = SourceImages(stack.parent, [f"{i}@{stack.name}" for i in range(1, 21)],
+                      [stack_stamp(stack)] * 20, 32)
+images[[0]]  # opened (formerly memory-mapped) for this cycle
+os.truncate(stack, 1024)  # Warp re-processing the movie
+try:
+    images[[19]]
+except OSError as exc:
+    print(type(exc).__name__, exc)
+print(images.usable().tolist() == [False] * 20)
+"""
+
+
+def test_a_stack_cut_short_while_it_is_read_raises_an_error_not_sigbus(warp):
+    result = subprocess.run([sys.executable, "-c", CUT_WHILE_READ, str(warp.stack_path(0))],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"killed by signal {-result.returncode}" \
+        if result.returncode < 0 else result.stderr
+    said, usable = result.stdout.splitlines()
+    assert said.startswith("StackChanged") and "changed while it was read" in said
+    assert usable == "True"

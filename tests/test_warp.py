@@ -1,5 +1,6 @@
 """Reading Warp's settings, star files and stacks, including while Warp is writing them."""
 
+import os
 import struct
 
 import mrcfile
@@ -7,8 +8,11 @@ import numpy as np
 import pytest
 from warp_fixtures import MODEL, WarpFolder, settings_values, settings_xml
 
+from live2d.mrc import MrcStack
+from live2d.source_images import open_images
 from live2d.warp import (
     TAIL_CHECK_BYTES,
+    BrokenStack,
     StackNotReady,
     StarProgress,
     StarRewritten,
@@ -17,6 +21,7 @@ from live2d.warp import (
     WarpSettingsMissing,
     WarpSettingsUnreadable,
     WarpStarError,
+    check_particle_stack,
     check_particle_values,
     particle_star_path,
     read_new_rows,
@@ -274,3 +279,35 @@ def test_windows_paths_and_line_endings_from_warp_are_read(tmp_path):
     table, _ = read_new_rows(star, StarProgress())
     assert len(table) == 2 and table.loc[1, "rlnDefocusU"] == 15000.0
     assert split_image_name(table.loc[1, "rlnImageName"]) == (1, f"particles/m_{MODEL}.mrcs")
+
+
+def test_a_stack_that_waiting_will_not_fix_is_broken_at_once_one_being_written_is_not_ready(
+        warp, tmp_path):
+    """Checked from the header and the file's size before anything is read or allocated."""
+    stack = warp.stack_path(0)
+    name = f"000030@{warp.stack_name(0)}"
+    full = stack.read_bytes()
+    for broken, says in ((full[:92] + struct.pack("<i", 2**31 - 1) + full[96:],
+                          "2147483647-byte extended header"),
+                         (b"Warp session notes\n" * 100, "not an MRC stack"),
+                         (full[:12] + struct.pack("<i", 77) + full[16:], "not an MRC stack")):
+        stack.write_bytes(broken)
+        with pytest.raises(BrokenStack, match=says):
+            check_particle_stack(warp.folder, [name], 32)
+    stack.unlink()
+    os.mkfifo(stack)  # opened without blocking, and refused
+    with pytest.raises(BrokenStack, match="is a FIFO, not a regular file"):
+        read_particle_images(warp.folder, [name], 32)
+    stack.unlink()
+    stack.write_bytes(bytes(1024) + full[1024:])  # header not written yet
+    with pytest.raises(StackNotReady, match="header is still blank"):
+        check_particle_stack(warp.folder, [name], 32)
+    stack.write_bytes(full[:1024])  # the header, no images yet
+    with pytest.raises(StackNotReady, match="bytes of the"):
+        check_particle_stack(warp.folder, [name], 32)
+    stack.write_bytes(full[:8] + struct.pack("<i", 0) + full[12:1024])  # an empty store's
+    assert len(open_images(stack)) == 0 and MrcStack(stack).shape == (0, 32, 32)
+    big_endian = tmp_path / "big.mrcs"
+    with mrcfile.new(big_endian) as mrc:
+        mrc.set_data(warp.images(0)[:3].astype(">f4"))
+    np.testing.assert_array_equal(MrcStack(big_endian)[[2, 0]], warp.images(0)[[2, 0]])

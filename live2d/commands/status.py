@@ -103,6 +103,11 @@ def main(args: argparse.Namespace) -> int:
               f"{c['job_cycle']:>3}/{c['job_cycles']:<3} {c['high_res']:>6.1f} "
               f"{c['fraction']:>5.0%} {c['particles']:>9} {sum(1 for n in counts if n):>7} "
               f"{max(counts, default=0):>7} {c['particles_per_second']:>7.0f}  {finished}")
+    if history and history[-1].get("left_out"):
+        latest = history[-1]
+        print(f"cycle {latest['number']} left out {latest['left_out']} of its "
+              f"{latest['particles']} particles: their source stacks changed or vanished since "
+              "import (live2d.log names them)")
     print_classes(path.parent, history)
     print_exports(path.parent)
     print_left_out(path.parent)

@@ -285,9 +285,20 @@ class ProtLive2DClassify2D(ProtClassify2D):
                 self._raisePublishError()
                 continue
             if closed:
-                self.info(f"input closed and all {total} particles classified: finishing")
+                self.info(f"input closed and {self._classifiedText(session, total)}: "
+                          "finishing")
                 return
             self._sleep(POLL_SECONDS)
+
+    @staticmethod
+    def _classifiedText(session: Session, total: int) -> str:
+        """What the last cycle classified: never "all" when particles were left out."""
+        history = session.history
+        left_out = history[-1].left_out if history else 0
+        if not left_out:
+            return f"all {total} particles classified"
+        return (f"{total - left_out} of {total} particles classified: {left_out} were left out "
+                "because their stacks changed or vanished since import (see the log)")
 
     @staticmethod
     def _imagesMessage(session: Session) -> str:
@@ -604,6 +615,9 @@ class ProtLive2DClassify2D(ProtClassify2D):
             lines.append(f"outputClasses are from cycle {self.publishedCycle.get()}: "
                          f"{self.publishedClassified.get()} of the "
                          f"{self.publishedParticles.get()} particles it saw were classified.")
+            if record is not None and record.left_out:
+                lines.append(f"{record.left_out} particles were left out of that cycle: their "
+                             "stacks changed or vanished since import (the log names them).")
             if record is not None:
                 lines.append(f"Job {record.job} ({JOB_LABELS[record.job_type].lower()}), "
                              f"{record.block} cycle {record.block_cycle}, "

@@ -134,6 +134,47 @@ class TestClassify(ProjectTestCase):
         self.check_classes(done, done.publishedCycle.get(),
                            sum(history_of(done)[-1]["class_counts"]))
 
+    def test_a_stack_opened_in_scipions_viewer_keeps_its_particles_and_a_rewritten_one_is_said(
+            self) -> None:
+        """pwem's MRC reader maps stacks r+ (their time changes, not their bytes): their
+        particles stay in. A stack Warp rewrote since: its particles are left out, and the
+        summary and log say so instead of "all classified"."""
+        from pwem.emlib.image.image_readers import MRCImageReader
+
+        warp_dir = self.work / "warp"
+        simulate_warp(warp_dir, particles=80)
+        importer = self.import_protocol(warp_dir, timeout_minutes=30.0)
+        self.wait_until(importer, lambda p: output_size(p)[0] == 80, 90, "80 particles")
+        classify = self.launch(self.classify_protocol(importer, firstJobAt=60,
+                                                      updateEvery=60))
+        self.wait_until(classify, lambda p: (p.publishedCycle.get() or 0) >= 2, 120,
+                        "the classes of the first job")
+        viewed, rewritten = sorted((warp_dir / "particles").glob("*.mrcs"))[:2]
+        MRCImageReader.getMrcImage(str(viewed)).close()  # what Scipion's viewer does
+        pixels = mrcfile.read(rewritten) + 1.0  # Warp re-processed that movie
+        with open(rewritten, "r+b") as handle:
+            handle.seek(HEADER_BYTES)
+            handle.write(pixels.astype("<f4").tobytes())
+        os.utime(rewritten, ns=(1, 10**18))  # (a rewrite within a clock tick keeps its time)
+
+        simulate_warp(warp_dir, particles=160)
+        self.wait_until(importer, lambda p: output_size(p)[0] == 160, 60,
+                        "160 particles").stopStreaming()
+        done = self.wait_until(classify, lambda p: p.isFinished()
+                               and (p.publishedParticles.get() or 0) == 160, 150,
+                               "the last job on 160 particles")
+        self.assertNotIn("all 160 particles classified", self.log_tail(done, 10**6))
+        self.assertIn("120 of 160 particles classified: 40 were left out",
+                      self.log_tail(done, 10**6))
+        log = session_log(done)
+        self.assertIn("40 particles are left out of this cycle", log)
+        self.assertIn(rewritten.name, log)
+        self.assertNotIn(viewed.name, log)
+        summary = "\n".join(done.summary())
+        self.assertIn("40 particles were left out of that cycle", summary)
+        last = history_of(done)[-1]
+        self.assertEqual((last["particles"], last["left_out"]), (160, 40))
+
     def check_classes(self, prot, cycle: int, classified: int) -> None:
         """outputClasses hold the given cycle's classes: representatives are that cycle's
         averages, members carry a 2D alignment, and they add up to the particles classified."""

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pytest
 from harness import (
@@ -25,7 +26,7 @@ from live2d.history import read_history
 from live2d.mrc import read_images
 from live2d.schedule import Settings
 from live2d.session import Session
-from live2d.simulate import MODEL, write_settings
+from live2d.simulate import MODEL, simulate, write_settings
 from live2d.store import ParticleStore
 
 SMALL = Settings(classes=3, particles_per_class=30, startup_cycles=1, refinement_cycles=1,
@@ -304,3 +305,138 @@ def test_a_store_poisoned_by_an_earlier_version_no_longer_fails_every_cycle(tmp_
     assert "cannot be used" in result.stderr  # the previous cycle's NaN, named
     check_invariants(warp, out, complete=True)
     _latest_cycle_is_finite(out)
+
+
+# --------------------------------------------------------------- stacks on a changing file system
+def stacks_of(warp: Path) -> list[Path]:
+    return sorted((warp / "particles").glob("*.mrcs"))
+
+
+def read_log(out: Path) -> str:
+    path = out / "live2d.log"
+    return path.read_text() if path.exists() else ""
+
+
+def test_touched_stacks_keep_their_particles(tmp_path):
+    """A viewer mapping stacks r+ (pwem's MRC reader), rsync or a backup changes their time and
+    not their bytes: every particle stays in the next cycles."""
+    warp, out = tmp_path / "warp", tmp_path / "warp" / "classification"
+    grow(warp, 100)
+    first = subprocess.run(run_command(warp, "--once"), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    for stack in stacks_of(warp):
+        before = stack.read_bytes()
+        with mrcfile.mmap(stack, mode="r+", permissive=True):
+            pass  # what a viewer does: the header is written back unchanged on closing
+        later = stack.stat().st_mtime_ns + 5_000_000_000
+        os.utime(stack, ns=(later, later))
+        assert stack.read_bytes() == before
+    grow(warp, 160)  # a job is due: it classifies the touched stacks' particles
+    second = subprocess.run(run_command(warp, "--once"), capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    latest = read_history(out)[-1]
+    assert "left out" not in read_log(out)
+    assert latest["particles"] == 160 and latest["left_out"] == 0
+    check_invariants(warp, out, complete=True)
+
+
+def test_a_stack_cut_short_during_a_cycle_leaves_its_particles_out_and_the_run_goes_on(tmp_path):
+    """Warp re-processing a movie truncates its stack while a cycle reads it: no SIGBUS, the
+    cycle is tried again without those particles, and the log says so."""
+    warp, out = tmp_path / "warp", tmp_path / "warp" / "classification"
+    # Enough particles that a refinement cycle reads for a second or more.
+    simulate(warp, particles=1200, per_micrograph=60, box=64, pixel_size=2.0, snr=0.5, views=3)
+    last = stacks_of(warp)[-1]  # read last in every cycle: after the cut
+    process = subprocess.Popen(
+        run_command(warp, "--startup-cycles", "1", "--refinement-cycles", "4"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "refinement 1)" in read_log(out), timeout=180)
+        # The cycle has checked the stacks and is reading them: the last one's images come at
+        # its end (the noise estimate may have read some already).
+        time.sleep(0.1)
+        os.truncate(last, 1024)
+        wait_for(lambda: "job 1 finished" in read_log(out) or process.poll() is not None,
+                 timeout=180)
+        assert process.poll() is None, f"live2d run died ({process.returncode})"
+        log = read_log(out)
+        assert "60 particles are left out of this cycle" in log and last.name in log
+        assert "changed while it was read" in log  # the cut landed inside a cycle's reads
+        history = read_history(out)
+        assert history[-1]["left_out"] == 60 and history[-1]["particles"] == 1200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    figures = check_invariants(warp, out, complete=True)  # left out, not lost
+    assert figures["particles"] == 1200
+    status = subprocess.run([sys.executable, "-m", "live2d.cli", "status", str(out)],
+                            capture_output=True, text=True)
+    assert "left out 60 of its 1200 particles" in status.stdout, status.stdout + status.stderr
+
+
+def test_a_fifo_in_place_of_a_stack_is_skipped_and_sigterm_still_stops_the_run(tmp_path):
+    """A non-regular file where a stack should be: opening it must not block (a FIFO would
+    hang the import in the kernel, deaf to SIGTERM); its particles are skipped, the others
+    imported."""
+    warp, out = tmp_path / "warp", tmp_path / "warp" / "classification"
+    grow(warp, 100)
+    fifo = stacks_of(warp)[2]
+    fifo.unlink()
+    os.mkfifo(fifo)
+    process = start_run(warp)
+    try:
+        wait_for(lambda: "imported 80 particles" in read_log(out), timeout=120)
+        assert "is a FIFO, not a regular file" in read_log(out)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    names = ParticleStore(out).read_table()["ORIGNAME"]
+    assert len(names) == 80 and not any(fifo.name in name for name in names)
+
+
+LIMITED_IMPORT = """
+import resource, sys
+from live2d.importer import Importer
+from live2d.store import ParticleStore
+# What this process has mapped, plus 512 MiB: far less than the 2 GiB the header asks for.
+mapped = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+              if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (mapped + 2**29, mapped + 2**29))
+report = Importer(sys.argv[1], ParticleStore(sys.argv[2]), copy_images=sys.argv[3] == "copy").poll()
+print(report.new_particles)
+print("\\n".join(report.messages))
+"""
+
+
+@pytest.mark.parametrize("copy", ["copy", "in place"])
+def test_a_header_claiming_a_huge_extended_header_or_a_text_file_is_skipped_without_allocating(
+        tmp_path, copy):
+    """A stack whose header announces a 2 GiB extended header, and one that is a link to a text
+    file: skipped with a message on the first poll, within a memory limit; the good stacks are
+    imported."""
+    warp = tmp_path / "warp"
+    grow(warp, 100)
+    stacks = stacks_of(warp)
+    with open(stacks[1], "r+b") as handle:  # nsymbt: bytes 92-95
+        handle.seek(92)
+        handle.write(np.int32(2**31 - 1).tobytes())
+    text = tmp_path / "notes.txt"
+    text.write_text("Warp session notes\n" * 400)
+    stacks[3].unlink()
+    stacks[3].symlink_to(text)
+    result = subprocess.run([sys.executable, "-c", LIMITED_IMPORT, str(warp),
+                             str(tmp_path / "out"), copy], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported, *messages = result.stdout.splitlines()
+    assert int(imported) == 60
+    said = "\n".join(messages)
+    assert said.count("skipping the 20 particles of") == 2
+    assert "2147483647-byte extended header" in said and stacks[1].name in said
+    assert "not an MRC stack" in said and stacks[3].name in said

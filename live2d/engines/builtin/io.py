@@ -1,10 +1,10 @@
 """A cycle's inputs and outputs: the star table, the particle stack, the class-average stack.
 
-The stack is memory-mapped and read batch by batch (:func:`batches`), in file order; each batch
-is normalised (background mean 0, s.d. 1) and turned white-protein by :func:`prepare`. The star
-table that comes out follows refine2d: used particles get their best match and scores, unused
-ones (fraction < 1, or excluded for blank edges) keep their row with the class negated and
-CHANGE 0.
+The stack is read batch by batch (:func:`batches`), in file order, with plain reads (never
+memory-mapped: see :mod:`live2d.source_images`); each batch is normalised (background mean 0,
+s.d. 1) and turned white-protein by :func:`prepare`. The star table that comes out follows
+refine2d: used particles get their best match and scores, unused ones (fraction < 1, or excluded
+for blank edges) keep their row with the class negated and CHANGE 0.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ RESULT_NAMES = ("cls", "psi", "shx", "shy", "occ", "logp", "sigma", "score")
 
 
 def read_inputs(request: CycleRequest) -> tuple[pd.DataFrame, np.ndarray]:
-    """The star table and the particle stack, memory-mapped (read only as batches need it)."""
+    """The star table and the particle stack (read only as batches need it)."""
     try:
         table = cistem_star.read_star(request.star_in)
     except (OSError, cistem_star.StarFormatError) as exc:
@@ -68,7 +68,8 @@ def batches(indices: np.ndarray, size: int) -> Iterator[tuple[int, np.ndarray]]:
 def prepare(stack: np.ndarray, batch: np.ndarray, params: CycleParams,
             background: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Particles of ``batch`` normalised and with white protein."""
-    images = torch.from_numpy(np.array(stack[np.sort(batch)], dtype=np.float32))
+    # Readers give a fresh array (open_images): no copy needed before torch takes it.
+    images = torch.from_numpy(np.asarray(stack[np.sort(batch)], dtype=np.float32))
     order = np.argsort(np.argsort(batch))  # stack reads go in file order
     images = images[torch.as_tensor(order)].to(device)
     if params.normalize:

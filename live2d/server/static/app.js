@@ -262,7 +262,9 @@ function showCycle() {
   $("cycle-meta").textContent =
     `Cycle ${c.number}: ${c.particles.toLocaleString()} particles (${Math.round(100 * c.fraction)}% used), ` +
     `${page.state.job_types[c.job_type]} job ${c.job}, ${c.block} cycle ${c.block_cycle} ` +
-    `(${c.job_cycle} of ${c.job_cycles}), ${c.high_res.toFixed(1)} Å, ${c.engine}, finished ${finished}`;
+    `(${c.job_cycle} of ${c.job_cycles}), ${c.high_res.toFixed(1)} Å, ${c.engine}, finished ${finished}` +
+    (c.left_out ? `. ${c.left_out.toLocaleString()} particles were left out: their source stacks ` +
+      "changed or vanished since import (see the log)" : "");
   const links = [["class averages (MRC)", c.classes], ["star file", c.star]];
   $("downloads").replaceChildren(...links.map(([text, name]) => {
     const link = document.createElement("a");
