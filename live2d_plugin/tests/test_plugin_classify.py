@@ -19,6 +19,7 @@ from pwem.protocols import ProtSplitSet
 from pyworkflow.protocol.constants import MODE_RESUME
 
 from live2d.history import read_history
+from live2d.mrc import HEADER_BYTES
 from live2d.selection import SelectionState, mark, selected, selected_particles
 from live2d.session import Session
 from live2d.store import ParticleStore

@@ -212,7 +212,7 @@ def test_a_failing_engine_keeps_the_last_good_cycle_and_gives_up_cleanly(tmp_pat
         thread.join(timeout=60)
         assert len(session.history) == good and session.job is None
         check_invariants(warp, session.output_dir, complete=True)
-        session._clear_stop()
+        session.clear_stop()
         session.log_lines.clear()
     monkeypatch.delenv("CISTEM_STANDIN_FAIL")
     assert session.run_job("seeded")  # once the engine works again, the loop carries on
