@@ -221,6 +221,8 @@ def test_with_a_token_any_host_name_is_answered(token_server):
 
 def test_the_token_is_not_written_to_the_log(token_server, caplog):
     caplog.set_level(logging.INFO)
+    # Importing dask.distributed (the cluster tests) sets Tornado's loggers to CRITICAL.
+    caplog.set_level(logging.INFO, logger="tornado.access")
     for path in ("/files/nonexist.png", "/", "/nowhere", "/ws"):
         get(f"{token_server.url}{path}?token={TOKEN}")
     get(f"{token_server.url}/?token={TOKEN}&x=1")
