@@ -22,7 +22,7 @@ import pandas as pd
 import starfile
 
 from live2d import cistem_star
-from live2d.atomic import replacing
+from live2d.atomic import file_kind, replacing
 from live2d.history import read_history
 from live2d.layouts import find_stack
 from live2d.selection import SelectionError, SelectionState, selected
@@ -140,7 +140,7 @@ def _write_atomically(path: Path, blocks: dict[str, pd.DataFrame]) -> None:
     else:
         if not stat.S_ISREG(mode):
             # Renaming over it would replace a device node (as root), a FIFO or a folder.
-            raise SelectionError(f"cannot write {path}: it is {_kind(mode)}, not a regular "
+            raise SelectionError(f"cannot write {path}: it is {file_kind(mode)}, not a regular "
                                  "file; name a new file or an earlier export")
     try:
         # Created by starfile's open(), so as readable as the umask allows (mkstemp's 0600
@@ -151,14 +151,6 @@ def _write_atomically(path: Path, blocks: dict[str, pd.DataFrame]) -> None:
         raise SelectionError(f"cannot write {path} ({exc.strerror}): choose another folder") \
             from None
 
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a file"
 
 
 def _record(output_dir: Path, exported: Exported) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
+from live2d.atomic import file_kind
+
 
 def mark_image_stack(path: str | Path) -> None:
     """Label ``path`` as a stack of 2D images (space group 0, one section per image) in place.
@@ -66,18 +68,9 @@ def open_regular(path: str | os.PathLike) -> int:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise NotAStack(f"it is {_kind(mode)}, not a regular file (Live2D reads only stacks "
+        raise NotAStack(f"it is {file_kind(mode)}, not a regular file (Live2D reads only stacks "
                         "that are files)")
     return fd
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "not a file"
 
 
 def read_exactly(fd: int, size: int, offset: int, path: str | os.PathLike) -> bytes:
