@@ -88,6 +88,11 @@ EXPORT_BATCH = 20_000  # particles read from the input set at once
 CYCLE_SETS_KEPT = 2  # per output: the current cycle's sqlite and the one before
 
 
+def _cycleOfSet(path: str) -> int:
+    """The cycle number of a per-cycle set's sqlite (``classes2D_cycle1000.sqlite``: 1000)."""
+    return int(re.search(r"_cycle(\d+)\.sqlite$", path).group(1))
+
+
 def engine_text(description: str) -> str:
     """An engine's describe() line for users: "builtin (torch 2.3, cpu)" -> "built-in (...)"."""
     name, _, details = description.partition(" ")
@@ -545,7 +550,9 @@ class ProtLive2DClassify2D(ProtClassify2D):
     def _dropOldCycleSets(self) -> None:
         for pattern in ("classes2D_cycle*.sqlite", "averages_cycle*.sqlite",
                         "particles_cycle*.sqlite"):
-            for path in sorted(glob.glob(self._getPath(pattern)))[:-CYCLE_SETS_KEPT]:
+            # By cycle number: as text, cycle1000 sorts before cycle999 and would go first.
+            paths = sorted(glob.glob(self._getPath(pattern)), key=_cycleOfSet)
+            for path in paths[:-CYCLE_SETS_KEPT]:
                 os.remove(path)
 
     # ------------------------------------------------------------------------------ stop

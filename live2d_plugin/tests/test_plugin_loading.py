@@ -104,6 +104,23 @@ def test_summary_names_engines_with_their_labels() -> None:
     assert engine_text("builtin") == "built-in"
 
 
+def test_past_cycle_999_the_oldest_cycle_sets_are_dropped_not_the_newest(tmp_path) -> None:
+    """Streaming sessions pass 1,000 cycles: cycle1000 sorts before cycle999 as text."""
+    names = [f"{kind}_cycle{n:03d}.sqlite" for kind in ("classes2D", "averages", "particles")
+             for n in (998, 999, 1000, 1001)]
+    for name in names:
+        (tmp_path / name).touch()
+
+    class Protocol:
+        def _getPath(self, name: str) -> str:
+            return str(tmp_path / name)
+
+    ProtLive2DClassify2D._dropOldCycleSets(Protocol())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{kind}_cycle{n}.sqlite" for kind in ("classes2D", "averages", "particles")
+        for n in (1000, 1001))
+
+
 class TestForms(ProjectTestCase):
     def test_normal_level_shows_classes_and_when_jobs_start_in_every_tab(self) -> None:
         prot = self.new(ProtLive2DClassify2D)
