@@ -448,13 +448,14 @@ class Session:
         if job is None:
             job = self.start_job(job_type)
         else:
-            self._log(f"job {job.number} ({job.job_type}): resuming at cycle {job.next_index + 1}")
+            self._log(f"job {job.number} ({job.job_type}): resuming at its "
+                      f"{self._cycle_words(job)}")
         self._set_status("running")
         first = True
         try:
             while job.next_index < len(job.plan):
                 if self._stop.is_set():
-                    self._log(f"job {job.number} stopped before cycle {job.next_index + 1}")
+                    self._log(f"job {job.number} stopped before its {self._cycle_words(job)}")
                     return False
                 if not first:
                     self.import_new()  # particles picked meanwhile join the next cycle
@@ -678,6 +679,12 @@ class Session:
                               f"({request.star_out}); not published, the previous classes stay")
         return table
 
+    def _cycle_words(self, job: JobState) -> str:
+        """The job's next cycle, counted both ways: within the job from 1 (as its plan) and as
+        the session's cycle number (as cycle_NNN files), e.g. "cycle 8 of 11 (session cycle 7)"."""
+        return (f"cycle {job.next_index + 1} of {len(job.plan)} "
+                f"(session cycle {len(self._records)})")
+
     def _run_cycle(self, job: JobState) -> None:
         spec = job.spec(job.next_index)
         settings = self.settings
@@ -776,7 +783,8 @@ class Session:
         self._clean_work_dir()
         self._prune_results()
         self.check_disk()
-        self._log(f"cycle {number} done in {record.finished - started:.1f} s "
+        self._log(f"cycle {number} (job {job.number}, cycle {spec.index + 1} of "
+                  f"{len(job.plan)}) done in {record.finished - started:.1f} s "
                   f"({record.particles_per_second:.0f} particles/s)")
         self._emit({"type": "cycle", "cycle": dataclasses.asdict(record)})
 

@@ -221,6 +221,16 @@ def test_soft_stop_ends_the_job_between_cycles(warp):
     assert session.run_job("abinit") is False
     assert len(session.history) == 1 and session.job.next_index == 1
     session.close()
+    # Where it stopped and resumes, counted within the job (from 1) and as the session's cycle
+    # number (cycle_NNN, from 0), so the two never seem to disagree.
+    resumed = Session(warp)
+    assert resumed.run_job()
+    resumed.close()
+    log = (warp / "classification" / "live2d.log").read_text()
+    assert "cycle 0 (job 1, cycle 1 of 4) done" in log
+    assert "job 1 stopped before its cycle 2 of 4 (session cycle 1)" in log
+    assert "job 1 (abinit): resuming at its cycle 2 of 4 (session cycle 1)" in log
+    assert "cycle 1 (job 1, cycle 2 of 4) done" in log
 
 
 def test_seeded_and_refine_need_classes_and_otherwise_run_abinit(warp):
