@@ -488,8 +488,8 @@ class Session:
             self._write_state()
         self._log("automatic jobs: listening for particles from Warp")
         # For the catch-up job once collection pauses: when the particle count last grew, and
-        # the count a catch-up job last started with (its cycles may leave particles out, and
-        # those must not start another catch-up every poll).
+        # the count a catch-up job last started with (one that failed and was given up leaves
+        # particles_at_last_job as it was: without this, another would start at every poll).
         seen, grew_at, caught_up = -1, time.monotonic(), 0
         try:
             while not (self._stop.is_set() or (stop is not None and stop.is_set())):
