@@ -15,7 +15,7 @@ import pytest
 
 from live2d import cistem_star
 from live2d.cli import main as cli_main
-from live2d.engines import CycleCancelled
+from live2d.engines import CycleCancelled, EngineError
 from live2d.history import read_history
 from live2d.schedule import Settings
 from live2d.session import Session
@@ -189,6 +189,35 @@ def test_once_collection_pauses_the_particles_no_job_has_seen_are_classified(tmp
         jobs[cycle.job] = cycle.particles
     assert jobs == {1: 120, 2: 180}
     assert session.state.jobs_started == 2
+    session.close()
+
+
+def test_a_catch_up_job_that_is_given_up_does_not_start_again_without_new_particles(
+        tmp_path, monkeypatch):
+    warp = tmp_path / "warp"
+    small_session(warp, particles=120)
+    settings = {**SMALL, "first_job_at": 10_000, "update_every": 10_000,
+                "catch_up_after": 0.5, "poll_seconds": 0.5}
+    session = Session(warp, settings=Settings(**settings))
+
+    def failing_cycle(job):
+        raise EngineError("the engine failed")
+
+    monkeypatch.setattr(session, "_run_cycle", failing_cycle)
+    stop = threading.Event()
+    loop = threading.Thread(target=session.run_automatic, args=(stop,))
+    loop.start()
+    try:
+        deadline = time.monotonic() + 60
+        while session.job is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        while session.job is not None and time.monotonic() < deadline:  # retried, given up
+            time.sleep(0.1)
+        time.sleep(3.0)  # six more polls, still quiet
+    finally:
+        stop.set()
+        loop.join(timeout=60)
+    assert session.state.jobs_started == 1
     session.close()
 
 
