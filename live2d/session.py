@@ -24,25 +24,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from live2d import cistem_star
 from live2d.atomic import atomic_write_json, naming
-from live2d.class_quality import ClassQuality, assess_classes
+from live2d.cycle import CycleInputs, clean_work_folder, run_cycle
 from live2d.disk import DiskUse, disk_use
 from live2d.engines import (
     CycleCancelled,
-    CycleParams,
-    CycleRequest,
     Engine,
     EngineError,
-    Progress,
     make_engine,
 )
 from live2d.export import Exported, export_particles
 from live2d.history import CycleHistory
 from live2d.importer import Importer, ImportReport
-from live2d.mrc import mark_image_stack, read_images
+from live2d.mrc import read_images
+from live2d.output_folder import OutputFolder
 from live2d.schedule import (
     JOB_TYPES,
     CycleSpec,
@@ -61,27 +56,15 @@ from live2d.selection import (
     selected,
     selected_particles,
 )
-from live2d.source_images import open_images
 from live2d.store import ParticleStore
-from live2d.thumbnails import write_thumbnails
-from live2d.warp import WarpSettings, implausible_rows
 
 if TYPE_CHECKING:
-    import pandas as pd
 
     from live2d.executors import Executor
 
 STATE_VERSION = 2  # 2: the history moved to history.jsonl
 LOG_LINES_KEPT = 1000
 MAX_CYCLE_FAILURES = 3
-# The store's CTF columns as a particle star names them (for check_particle_values).
-_CISTEM_TO_STAR = {"DF1": "rlnDefocusU", "DF2": "rlnDefocusV", "ANGAST": "rlnDefocusAngle",
-                   "PSHIFT": "rlnPhaseShift", "VOLT": "rlnVoltage",
-                   "Cs": "rlnSphericalAberration", "AmpC": "rlnAmplitudeContrast",
-                   "PSIZE": "rlnImagePixelSize"}
-# A particle's diameter as a share of its box, where no picker says (boxes are usually about
-# 1.5-2 diameters wide).
-DIAMETER_OF_BOX = 0.6
 log = logging.getLogger("live2d")
 
 Listener = Callable[[dict[str, Any]], None]
@@ -177,7 +160,7 @@ class Session:
                                "folder Warp processes (it may be empty until Warp starts)")
         self.output_dir = Path(output_dir or self.warp_dir / "classification").resolve()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.work_dir = self.output_dir / "work"
+        self.output = OutputFolder(self.output_dir)
         self._engine_choice = engine
         self._engine_options = {"device": device, "cistem_bin": cistem_bin,
                                 "executor": executor}
@@ -192,7 +175,7 @@ class Session:
         # yet...), as the last poll found it; "" once particles can be imported.
         self.missing = ""
         self.log_lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
-        self._told_bad_input = False  # the particles with unusable parameters were mentioned
+        self._said: set[str] = set()  # the warnings a cycle says once a session (live2d.cycle)
         self._log_handler = self._attach_log()
         self.state = self._load_state(settings)
         if star is not None and str(star) != self.state.star:
@@ -202,7 +185,6 @@ class Session:
         self.importer = Importer(self.warp_dir, self.store, which=self.settings.particle_file,
                                  star=self.state.star or None,
                                  contrast=self.settings.contrast)
-        self._said_no_diameter = False
         self.disk: DiskUse | None = None  # the output folder's disk use, as last measured
         self.selection = SelectionState.load(self.output_dir)
         self._clean_work_dir()
@@ -566,119 +548,6 @@ class Session:
             self._log(f"engine: {self._engine.describe()}")
         return self._engine
 
-    def cycle_paths(self, number: int) -> dict[str, Path]:
-        stem = f"cycle_{number:03d}"
-        return {
-            "classes": self.output_dir / f"{stem}.mrc",
-            "star": self.output_dir / f"{stem}.star",
-            "class_table": self.output_dir / f"{stem}_classes.json",
-            "thumbnails": self.output_dir / "thumbnails" / stem,
-        }
-
-    def _cycle_params(self, spec: CycleSpec, warp: WarpSettings) -> CycleParams:
-        settings = self.settings
-        diameter = warp.diameter
-        if not diameter:  # a star without Warp's settings: guessed from the box
-            diameter = DIAMETER_OF_BOX * warp.box * warp.pixel_size
-            if not self._said_no_diameter and (settings.mask_radius is None or
-                                               settings.search_range is None):
-                self._said_no_diameter = True
-                self._log(f"no particle diameter is known for this particle star: mask radius "
-                          f"and search range default to {0.6 * diameter:.0f} and "
-                          f"{0.33 * diameter:.0f} Å, from the {warp.box}-px box; set them to "
-                          "change that")
-        mask = settings.mask_radius or 0.6 * diameter
-        search = settings.search_range
-        if search is None:
-            search = 0.33 * diameter
-        return CycleParams(
-            pixel_size=self.store.pixel_size,
-            mask_radius=mask,
-            high_res=max(spec.high_res, 2.0 * self.store.pixel_size),
-            low_res=settings.low_res,
-            angular_step=settings.angular_step,
-            search_range=search,
-            smoothing=settings.smoothing,
-            fraction=spec.fraction,
-            invert_contrast=warp.invert,
-            exclude_blank_edges=settings.exclude_blank_edges,
-            auto_mask=settings.auto_mask and spec.kind == "refine",
-            auto_center=settings.auto_center and spec.kind == "refine",
-        )
-
-    def _cycle_input(self, star_path: Path, previous: CycleRecord | None) -> int:
-        """Write the cycle's input star: the previous cycle's results, then the particles imported
-        since then, unassigned. Returns the particle count."""
-        table = self.store.read_table().drop(columns=list(cistem_star.PROVENANCE_COLUMNS),
-                                             errors="ignore")
-        if previous is not None:
-            try:
-                earlier = cistem_star.read_star(self.output_dir / previous.star)
-            except cistem_star.StarFormatError as exc:
-                # Published by a version that let non-finite parameters through: unusable, but
-                # the classes are not, so the particles start this cycle unassigned.
-                self._log(f"the previous cycle's particle parameters cannot be used ({exc}): "
-                          "every particle starts this cycle unassigned", logging.WARNING)
-                earlier = table.iloc[:0]
-            if len(earlier) > len(table):
-                raise SessionError(f"{previous.star} has more rows than the particle stack")
-            table = _concat_rows(earlier, table.iloc[len(earlier):])
-        table = self._finite_input(table)
-        cistem_star.write_star(star_path, table, [f"input of {star_path.stem}"])
-        return len(table)
-
-    def _finite_input(self, table: pd.DataFrame) -> pd.DataFrame:
-        """``table`` with every value finite and every CTF plausible, so that no particle can
-        turn the classes into NaN: a store filled before Live2D refused such rows at import
-        (live2d.warp.check_particle_values) would otherwise fail every cycle, restart or not.
-        Such particles get the median CTF and start unassigned; said once per session."""
-        ctf = [c for c in _CISTEM_TO_STAR if c in table]
-        bad, _, _ = implausible_rows(table[ctf].rename(columns=_CISTEM_TO_STAR))
-        numeric = table.select_dtypes("number").columns
-        for column in numeric:  # column by column: no copy of a million-row table
-            bad |= ~np.isfinite(table[column].to_numpy(dtype=float))
-        if not bad.any():
-            return table
-        table = table.copy()
-        for short in _CISTEM_TO_STAR:
-            if short in table:
-                values = table[short].to_numpy(dtype=float)
-                table.loc[bad, short] = float(np.median(values[~bad])) if (~bad).any() else \
-                    cistem_star.BY_SHORT[short].default
-        for short in numeric:
-            if short not in _CISTEM_TO_STAR and short != "POS" and short in cistem_star.BY_SHORT:
-                table.loc[bad, short] = cistem_star.BY_SHORT[short].default
-        if not self._told_bad_input:
-            self._told_bad_input = True
-            self._log(f"{int(bad.sum())} particles have non-finite or implausible parameters "
-                      "(imported before Live2D refused such rows): they are classified with the "
-                      "median CTF, starting unassigned", logging.WARNING)
-        return table
-
-    def _check_outputs(self, request: CycleRequest, number: int,
-                       refine: bool) -> pd.DataFrame | None:
-        """Refuse a cycle whose class averages or particle parameters are not all finite,
-        before it is published: the previous classes stay, and the next cycle does not read
-        them. Returns the output star's table (refinement cycles; None otherwise)."""
-        classes = read_images(request.classes_out)
-        if not np.isfinite(classes).all():
-            raise EngineError(f"cycle {number}: the engine wrote class averages with NaN or "
-                              f"infinite pixels ({request.classes_out}); not published, the "
-                              "previous classes stay")
-        if not refine:
-            return None
-        try:
-            table = cistem_star.read_star(request.star_out)
-        except cistem_star.StarFormatError as exc:
-            raise EngineError(f"cycle {number}: unusable particle parameters ({exc}); not "
-                              "published, the previous classes stay") from None
-        for column in table.select_dtypes("number").columns:
-            if np.isfinite(table[column].to_numpy(dtype=float)).all():
-                continue
-            raise EngineError(f"cycle {number}: the engine wrote non-finite {column} values "
-                              f"({request.star_out}); not published, the previous classes stay")
-        return table
-
     def _cycle_words(self, job: JobState) -> str:
         """The job's next cycle, counted both ways: within the job from 1 (as its plan) and as
         the session's cycle number (as cycle_NNN files), e.g. "cycle 8 of 11 (session cycle 7)"."""
@@ -687,104 +556,33 @@ class Session:
 
     def _run_cycle(self, job: JobState) -> None:
         spec = job.spec(job.next_index)
-        settings = self.settings
-        warp = self.importer.source_settings()
-        number = len(self._records)
-        paths = self.cycle_paths(number)
         previous = self.latest_cycle() if spec.kind == "refine" else None
         if spec.kind == "refine" and previous is None:
             raise SessionError("a refinement cycle needs classes and none exist: start ab initio")
-        self.work_dir.mkdir(exist_ok=True)
-        star_in = self.work_dir / f"cycle_{number:03d}_input.star"
-        n = self._cycle_input(star_in, previous)
-        left_out = 0
-        if not self.store.copies_images:
-            images = open_images(self.store.images_path)
-            left_out = int((~images.usable(n)).sum())
-            if left_out:
-                changed = images.changed_stacks(n)
-                self._log(f"{left_out} particles are left out of this cycle: their source "
-                          f"stack(s) changed, vanished or were replaced since import "
-                          f"({', '.join(changed[:3])}{'...' if len(changed) > 3 else ''}); "
-                          "they stay in the store: put the stacks back as imported, or "
-                          "import into a new output folder to classify them",
-                          logging.WARNING)
-        request = CycleRequest(
-            stack=self.store.images_path,
-            star_in=star_in,
-            star_out=self.work_dir / paths["star"].name,
-            classes_out=self.work_dir / paths["classes"].name,
-            params=self._cycle_params(spec, warp),
-            n_classes=settings.classes if spec.kind == "start" else _n_classes(previous),
-            classes_in=self.output_dir / previous.classes if spec.kind == "refine" else None,
-            workdir=self.work_dir,
-            threads=settings.threads,
-            seed=settings.seed + number,
-        )
-        self._log(f"cycle {number} (job {job.number} {job.job_type}, {spec.block} "
-                  f"{spec.block_cycle}): {n} particles, {request.params.high_res:.1f} Å, "
-                  f"{spec.fraction:.0%} used")
-        started = time.time()
+        inputs = CycleInputs(self.output, self.store, self.settings,
+                             self.importer.source_settings(), self.engine, self._cancel,
+                             self._said)
 
-        def on_progress(p: Progress) -> None:
-            self.progress = {"cycle": number, "stage": p.stage, "fraction": p.fraction,
-                             "particles_per_second": p.particles_per_second,
-                             "eta_seconds": _eta(p, started)}
-            self._emit({"type": "progress", "progress": self.progress})
+        def on_progress(progress: dict[str, Any]) -> None:
+            self.progress = progress
+            self._emit({"type": "progress", "progress": progress})
 
-        engine = self.engine
-        try:
-            if spec.kind == "start":
-                result = engine.start_classes(request, on_progress, self._cancel)
-                shutil.copyfile(star_in, request.star_out)  # unassigned: what the next cycle reads
-            else:
-                result = engine.run_cycle(request, on_progress, self._cancel)
-        except BaseException:
-            self._clean_work_dir()
-            raise
-        for line in result.log:
-            log.debug(line)
-        try:
-            table = self._check_outputs(request, number, spec.kind != "start")
-        except EngineError:
-            self._clean_work_dir()
-            raise
-        mark_image_stack(request.classes_out)
-        write_thumbnails(request.classes_out, paths["thumbnails"])
-        quality = self._assess_classes(request, table) if table is not None else []
+        record, params = run_cycle(len(self._records), job, previous, inputs, on_progress)
         previous_record = self._records[-1] if self._records else None
-        if quality:
-            atomic_write_json(paths["class_table"], [q.to_dict() for q in quality])
-        request.classes_out.replace(paths["classes"])
-        request.star_out.replace(paths["star"])
-        record = CycleRecord(
-            number=number, job=job.number, job_type=job.job_type, block=spec.block,
-            block_cycle=spec.block_cycle, job_cycle=spec.index + 1, job_cycles=len(job.plan),
-            high_res=request.params.high_res, fraction=spec.fraction, particles=n,
-            class_counts=result.class_counts, started=started, finished=time.time(),
-            engine=engine.describe(), generation=self.store.generation,
-            particles_per_second=round(result.particles_per_second, 1),
-            classes=paths["classes"].name, star=paths["star"].name,
-            thumbnails=str(paths["thumbnails"].relative_to(self.output_dir)),
-            class_resolution=[q.resolution for q in quality],
-            class_score=[q.score for q in quality],
-            class_table=paths["class_table"].name if quality else "",
-            left_out=left_out,
-        )
-        if quality:
+        if record.class_score:
             self._follow_selection(dataclasses.asdict(record), previous_record,
-                                   request.params.mask_radius / self.store.pixel_size)
+                                   params.mask_radius / self.store.pixel_size)
         with self._lock:
             self._history.append(dataclasses.asdict(record))  # then the job moves on
             assert self.state.job is not None
-            self.state.job["next_index"] = spec.index + 1
+            self.state.job["next_index"] = job.next_index + 1
             self.state.job["failures"] = 0
             self._write_state()
         self._clean_work_dir()
         self._prune_results()
         self.check_disk()
-        self._log(f"cycle {number} (job {job.number}, cycle {spec.index + 1} of "
-                  f"{len(job.plan)}) done in {record.finished - started:.1f} s "
+        self._log(f"cycle {record.number} (job {job.number}, cycle {record.job_cycle} of "
+                  f"{record.job_cycles}) done in {record.finished - record.started:.1f} s "
                   f"({record.particles_per_second:.0f} particles/s)")
         self._emit({"type": "cycle", "cycle": dataclasses.asdict(record)})
 
@@ -850,15 +648,6 @@ class Session:
             self._log(f"class marks: carried {self.selection.carried or 'none'} (old -> new), "
                       f"dropped {self.selection.dropped or 'none'}")
 
-    def _assess_classes(self, request: CycleRequest,
-                        table: pd.DataFrame) -> list[ClassQuality]:
-        """Resolution estimate and good/junk score of every class of a finished cycle, whose
-        particle parameters are ``table``."""
-        return assess_classes(open_images(request.stack), table,
-                              read_images(request.classes_out), self.store.pixel_size,
-                              request.params.mask_radius, request.params.high_res,
-                              request.params.invert_contrast)
-
     def _disk_dict(self) -> dict[str, Any] | None:
         return None if self.disk is None else self.disk.to_dict() | {"text": self.disk.describe()}
 
@@ -909,25 +698,4 @@ class Session:
                       ", ".join(map(str, pruned)), keep)
 
     def _clean_work_dir(self) -> None:
-        shutil.rmtree(self.work_dir, ignore_errors=True)
-
-
-def _n_classes(previous: CycleRecord | None) -> int:
-    assert previous is not None
-    return len(previous.class_counts)
-
-
-def _concat_rows(earlier, new_rows):
-    import pandas as pd
-
-    new_rows = new_rows.copy()
-    new_rows["2DCLS"] = 0
-    columns = [c for c in earlier.columns if c in new_rows.columns]
-    return pd.concat([earlier, new_rows[columns]], ignore_index=True)
-
-
-def _eta(p: Progress, started: float) -> float | None:
-    if p.fraction <= 0:
-        return None
-    elapsed = time.time() - started
-    return float(np.round(elapsed * (1 - p.fraction) / p.fraction, 1))
+        clean_work_folder(self.output)

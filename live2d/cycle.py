@@ -1,0 +1,305 @@
+"""One classification cycle: from the particle store and the previous cycle to published results.
+
+:func:`run_cycle` writes the cycle's input star (the previous cycle's parameters, then the
+particles imported since, unassigned), asks the engine for one cycle, refuses results that are not
+all finite, scores the classes and publishes the class averages, the particles' star, the class
+table and the thumbnails under the cycle's names (:mod:`live2d.output_folder`). It returns the
+cycle's record; recording it (:mod:`live2d.history`) and moving the job on is the caller's, so a
+kill before that runs the cycle again and leaves nothing half-recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from live2d import cistem_star
+from live2d.atomic import atomic_write_json
+from live2d.class_quality import ClassQuality, assess_classes
+from live2d.engines import CycleParams, CycleRequest, Engine, EngineError, Progress
+from live2d.mrc import mark_image_stack, read_images
+from live2d.output_folder import OutputFolder
+from live2d.schedule import CycleSpec, Settings
+from live2d.source_images import open_images
+from live2d.thumbnails import write_thumbnails
+from live2d.warp import WarpSettings, implausible_rows
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from live2d.session import CycleRecord, JobState
+    from live2d.store import ParticleStore
+
+# The store's CTF columns as a particle star names them (for check_particle_values).
+_CISTEM_TO_STAR = {"DF1": "rlnDefocusU", "DF2": "rlnDefocusV", "ANGAST": "rlnDefocusAngle",
+                   "PSHIFT": "rlnPhaseShift", "VOLT": "rlnVoltage",
+                   "Cs": "rlnSphericalAberration", "AmpC": "rlnAmplitudeContrast",
+                   "PSIZE": "rlnImagePixelSize"}
+# A particle's diameter as a share of its box, where no picker says (boxes are usually about
+# 1.5-2 diameters wide).
+DIAMETER_OF_BOX = 0.6
+log = logging.getLogger("live2d")
+
+ProgressReport = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class CycleInputs:
+    """What one cycle is run with, besides its place in the job: where, on which particles,
+    with which settings and engine. ``said`` holds the warnings said already this session
+    (each is said once, not every cycle)."""
+
+    output: OutputFolder
+    store: ParticleStore
+    settings: Settings
+    source: WarpSettings  # the particles' pixel size, box, contrast and diameter
+    engine: Engine
+    cancel: threading.Event
+    said: set[str]
+
+
+class FinishedCycle(NamedTuple):
+    """A published cycle: its record (not recorded yet) and the parameters it ran with."""
+
+    record: CycleRecord
+    params: CycleParams
+
+
+def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: CycleInputs,
+              on_progress: ProgressReport) -> FinishedCycle:
+    """Run and publish cycle ``number``: the job's next cycle, continuing from ``previous``
+    (a refinement cycle needs it). ``on_progress`` gets the cycle's progress as the page shows
+    it. Raises EngineError (results refused: nothing published), CycleCancelled (a hard stop),
+    SessionError (the previous cycle does not fit the store); the work folder is emptied
+    whenever it raises."""
+    from live2d.session import CycleRecord  # the record's owner imports this module
+
+    spec = job.spec(job.next_index)
+    settings, store, output = inputs.settings, inputs.store, inputs.output
+    files = output.cycle(number)
+    output.work.mkdir(exist_ok=True)
+    n = _write_input(files.input_star, previous, inputs)
+    left_out = _left_out(store, n)
+    request = CycleRequest(
+        stack=store.images_path,
+        star_in=files.input_star,
+        star_out=output.work / files.star.name,
+        classes_out=output.work / files.classes.name,
+        params=cycle_params(spec, inputs),
+        n_classes=settings.classes if spec.kind == "start" else len(previous.class_counts),
+        classes_in=output / previous.classes if spec.kind == "refine" else None,
+        workdir=output.work,
+        threads=settings.threads,
+        seed=settings.seed + number,
+    )
+    log.info(f"cycle {number} (job {job.number} {job.job_type}, {spec.block} "
+             f"{spec.block_cycle}): {n} particles, {request.params.high_res:.1f} Å, "
+             f"{spec.fraction:.0%} used")
+    started = time.time()
+
+    def report(p: Progress) -> None:
+        on_progress({"cycle": number, "stage": p.stage, "fraction": p.fraction,
+                     "particles_per_second": p.particles_per_second,
+                     "eta_seconds": _eta(p, started)})
+
+    engine = inputs.engine
+    try:
+        if spec.kind == "start":
+            result = engine.start_classes(request, report, inputs.cancel)
+            shutil.copyfile(files.input_star, request.star_out)  # unassigned: the next input
+        else:
+            result = engine.run_cycle(request, report, inputs.cancel)
+        for line in result.log:
+            log.debug(line)
+        table = _check_outputs(request, number, spec.kind != "start")
+    except BaseException:
+        clean_work_folder(output)
+        raise
+    mark_image_stack(request.classes_out)
+    write_thumbnails(request.classes_out, files.thumbnails)
+    quality = _assess_classes(request, table, store) if table is not None else []
+    if quality:
+        atomic_write_json(files.class_table, [q.to_dict() for q in quality])
+    request.classes_out.replace(files.classes)
+    request.star_out.replace(files.star)
+    record = CycleRecord(
+        number=number, job=job.number, job_type=job.job_type, block=spec.block,
+        block_cycle=spec.block_cycle, job_cycle=spec.index + 1, job_cycles=len(job.plan),
+        high_res=request.params.high_res, fraction=spec.fraction, particles=n,
+        class_counts=result.class_counts, started=started, finished=time.time(),
+        engine=engine.describe(), generation=store.generation,
+        particles_per_second=round(result.particles_per_second, 1),
+        classes=files.relative(files.classes), star=files.relative(files.star),
+        thumbnails=files.relative(files.thumbnails),
+        class_resolution=[q.resolution for q in quality],
+        class_score=[q.score for q in quality],
+        class_table=files.relative(files.class_table) if quality else "",
+        left_out=left_out,
+    )
+    return FinishedCycle(record, request.params)
+
+
+def cycle_params(spec: CycleSpec, inputs: CycleInputs) -> CycleParams:
+    """The engine's parameters for the cycle ``spec`` plans: the mask and search range follow
+    the particle diameter (Warp's, else guessed from the box) unless the settings give them."""
+    settings, source, pixel_size = inputs.settings, inputs.source, inputs.store.pixel_size
+    diameter = source.diameter
+    if not diameter:  # a star without Warp's settings: guessed from the box
+        diameter = DIAMETER_OF_BOX * source.box * source.pixel_size
+        if "no diameter" not in inputs.said and (settings.mask_radius is None or
+                                                 settings.search_range is None):
+            inputs.said.add("no diameter")
+            log.info(f"no particle diameter is known for this particle star: mask radius "
+                     f"and search range default to {0.6 * diameter:.0f} and "
+                     f"{0.33 * diameter:.0f} Å, from the {source.box}-px box; set them to "
+                     "change that")
+    mask = settings.mask_radius or 0.6 * diameter
+    search = settings.search_range
+    if search is None:
+        search = 0.33 * diameter
+    return CycleParams(
+        pixel_size=pixel_size,
+        mask_radius=mask,
+        high_res=max(spec.high_res, 2.0 * pixel_size),
+        low_res=settings.low_res,
+        angular_step=settings.angular_step,
+        search_range=search,
+        smoothing=settings.smoothing,
+        fraction=spec.fraction,
+        invert_contrast=source.invert,
+        exclude_blank_edges=settings.exclude_blank_edges,
+        auto_mask=settings.auto_mask and spec.kind == "refine",
+        auto_center=settings.auto_center and spec.kind == "refine",
+    )
+
+
+def clean_work_folder(output: OutputFolder) -> None:
+    """Empty the cycles' scratch folder (a cycle that failed or was killed leaves files)."""
+    shutil.rmtree(output.work, ignore_errors=True)
+
+
+def _write_input(star_path: Path, previous: CycleRecord | None, inputs: CycleInputs) -> int:
+    """Write the cycle's input star: the previous cycle's results, then the particles imported
+    since then, unassigned. Returns the particle count."""
+    table = inputs.store.read_table().drop(columns=list(cistem_star.PROVENANCE_COLUMNS),
+                                           errors="ignore")
+    if previous is not None:
+        try:
+            earlier = cistem_star.read_star(inputs.output / previous.star)
+        except cistem_star.StarFormatError as exc:
+            # Published by a version that let non-finite parameters through: unusable, but
+            # the classes are not, so the particles start this cycle unassigned.
+            log.warning(f"the previous cycle's particle parameters cannot be used ({exc}): "
+                        "every particle starts this cycle unassigned")
+            earlier = table.iloc[:0]
+        if len(earlier) > len(table):
+            from live2d.session import SessionError
+
+            raise SessionError(f"{previous.star} has more rows than the particle stack")
+        table = _concat_rows(earlier, table.iloc[len(earlier):])
+    table = _finite_input(table, inputs.said)
+    cistem_star.write_star(star_path, table, [f"input of {star_path.stem}"])
+    return len(table)
+
+
+def _finite_input(table: pd.DataFrame, said: set[str]) -> pd.DataFrame:
+    """``table`` with every value finite and every CTF plausible, so that no particle can
+    turn the classes into NaN: a store filled before Live2D refused such rows at import
+    (live2d.warp.check_particle_values) would otherwise fail every cycle, restart or not.
+    Such particles get the median CTF and start unassigned; said once per session."""
+    ctf = [c for c in _CISTEM_TO_STAR if c in table]
+    bad, _, _ = implausible_rows(table[ctf].rename(columns=_CISTEM_TO_STAR))
+    numeric = table.select_dtypes("number").columns
+    for column in numeric:  # column by column: no copy of a million-row table
+        bad |= ~np.isfinite(table[column].to_numpy(dtype=float))
+    if not bad.any():
+        return table
+    table = table.copy()
+    for short in _CISTEM_TO_STAR:
+        if short in table:
+            values = table[short].to_numpy(dtype=float)
+            table.loc[bad, short] = float(np.median(values[~bad])) if (~bad).any() else \
+                cistem_star.BY_SHORT[short].default
+    for short in numeric:
+        if short not in _CISTEM_TO_STAR and short != "POS" and short in cistem_star.BY_SHORT:
+            table.loc[bad, short] = cistem_star.BY_SHORT[short].default
+    if "bad input" not in said:
+        said.add("bad input")
+        log.warning(f"{int(bad.sum())} particles have non-finite or implausible parameters "
+                    "(imported before Live2D refused such rows): they are classified with the "
+                    "median CTF, starting unassigned")
+    return table
+
+
+def _left_out(store: ParticleStore, n: int) -> int:
+    """How many of the first ``n`` particles cannot be read as imported (their source stack,
+    read in place, changed or vanished): said in the log, counted in the record."""
+    if store.copies_images:
+        return 0
+    images = open_images(store.images_path)
+    left_out = int((~images.usable(n)).sum())
+    if left_out:
+        changed = images.changed_stacks(n)
+        log.warning(f"{left_out} particles are left out of this cycle: their source "
+                    f"stack(s) changed, vanished or were replaced since import "
+                    f"({', '.join(changed[:3])}{'...' if len(changed) > 3 else ''}); "
+                    "they stay in the store: put the stacks back as imported, or "
+                    "import into a new output folder to classify them")
+    return left_out
+
+
+def _check_outputs(request: CycleRequest, number: int, refine: bool) -> pd.DataFrame | None:
+    """Refuse a cycle whose class averages or particle parameters are not all finite,
+    before it is published: the previous classes stay, and the next cycle does not read
+    them. Returns the output star's table (refinement cycles; None otherwise)."""
+    classes = read_images(request.classes_out)
+    if not np.isfinite(classes).all():
+        raise EngineError(f"cycle {number}: the engine wrote class averages with NaN or "
+                          f"infinite pixels ({request.classes_out}); not published, the "
+                          "previous classes stay")
+    if not refine:
+        return None
+    try:
+        table = cistem_star.read_star(request.star_out)
+    except cistem_star.StarFormatError as exc:
+        raise EngineError(f"cycle {number}: unusable particle parameters ({exc}); not "
+                          "published, the previous classes stay") from None
+    for column in table.select_dtypes("number").columns:
+        if np.isfinite(table[column].to_numpy(dtype=float)).all():
+            continue
+        raise EngineError(f"cycle {number}: the engine wrote non-finite {column} values "
+                          f"({request.star_out}); not published, the previous classes stay")
+    return table
+
+
+def _assess_classes(request: CycleRequest, table: pd.DataFrame,
+                    store: ParticleStore) -> list[ClassQuality]:
+    """Resolution estimate and good/junk score of every class of a finished cycle, whose
+    particle parameters are ``table``."""
+    return assess_classes(open_images(request.stack), table, read_images(request.classes_out),
+                          store.pixel_size, request.params.mask_radius,
+                          request.params.high_res, request.params.invert_contrast)
+
+
+def _concat_rows(earlier: pd.DataFrame, new_rows: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
+    new_rows = new_rows.copy()
+    new_rows["2DCLS"] = 0
+    columns = [c for c in earlier.columns if c in new_rows.columns]
+    return pd.concat([earlier, new_rows[columns]], ignore_index=True)
+
+
+def _eta(p: Progress, started: float) -> float | None:
+    if p.fraction <= 0:
+        return None
+    elapsed = time.time() - started
+    return float(np.round(elapsed * (1 - p.fraction) / p.fraction, 1))

@@ -1,0 +1,153 @@
+"""The output folder's layout: the name of every file Live2D writes there, in one place.
+
+A session's output folder (``--output``; ``<Warp folder>/classification`` by default) holds::
+
+    session.json                 settings and the job in progress        (live2d.session)
+    history.jsonl                every cycle's record, appended          (live2d.history)
+    live2d.log                   the session's log
+    selection.json               class marks, carried marks, exports     (live2d.selection)
+    particles.star               the particle store's table              (live2d.store)
+    particles.mrcs               its images, where it copies them
+    particles.sources.json       the stacks it reads in place instead    (live2d.source_images)
+    store.json                   the store's commit point
+    import.json                  the importer's progress                 (live2d.importer)
+    cycle_NNN.mrc                cycle NNN's class averages
+    cycle_NNN.star               its particles' parameters (cisTEM's star)
+    cycle_NNN_classes.json       its class table: resolution, score, reasons (live2d.class_quality)
+    thumbnails/cycle_NNN/class_KKK.png   the page's images of its classes (pruned, made again)
+    exports/good_cycle_NNN.star  the page's exports of good particles
+    work/                        a running cycle's scratch, emptied whenever a session opens
+
+A particle store may also live in a folder of its own (the Scipion import's): the store's names
+are then relative to that folder. Everything that names one of these files takes the name from
+here: the session, the readers (status, export, the Scipion plugin) and the web server's routes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+SESSION_STATE = "session.json"
+HISTORY = "history.jsonl"
+LOG = "live2d.log"
+SELECTION = "selection.json"
+STORE_TABLE = "particles.star"
+STORE_STACK = "particles.mrcs"
+STORE_SOURCES = "particles.sources.json"
+STORE_STATE = "store.json"
+IMPORT_STATE = "import.json"
+THUMBNAILS = "thumbnails"
+EXPORTS = "exports"
+WORK = "work"
+# Where a session's output goes by default, inside the Warp folder it watches.
+DEFAULT_OUTPUT = "classification"
+
+_NUMBER = r"\d{3,}"  # cycle and class numbers: zero-padded to 3 digits, more past 999
+# The files the web server may send: a cycle's results, its thumbnails, the exports.
+SERVED_FILES = re.compile(
+    rf"^(cycle_{_NUMBER}\.(mrc|star)|cycle_{_NUMBER}_classes\.json|"
+    rf"{THUMBNAILS}/cycle_{_NUMBER}/class_{_NUMBER}\.png|"
+    rf"{EXPORTS}/good_cycle_{_NUMBER}\.star)$")
+THUMBNAIL = re.compile(rf"^{THUMBNAILS}/(cycle_{_NUMBER})/class_{_NUMBER}\.png$")
+
+
+def cycle_stem(number: int) -> str:
+    """``cycle_007``: the name every file of cycle ``number`` starts with."""
+    return f"cycle_{number:03d}"
+
+
+def thumbnail_name(class_number: int) -> str:
+    """A class's thumbnail inside its cycle's thumbnail folder (classes count from 1)."""
+    return f"class_{class_number:03d}.png"
+
+
+def export_name(cycle: int) -> str:
+    """The star the page exports the good particles of ``cycle`` to, in :data:`EXPORTS`."""
+    return f"good_{cycle_stem(cycle)}.star"
+
+
+@dataclass(frozen=True)
+class CycleFiles:
+    """Where one cycle's results go, as paths in the output folder, and its scratch input."""
+
+    classes: Path  # the class averages, an MRC stack
+    star: Path  # the particles' parameters after the cycle
+    class_table: Path
+    thumbnails: Path  # a folder of PNGs
+    input_star: Path  # in the work folder: what the engine reads
+
+    def relative(self, path: Path) -> str:
+        """``path`` as the cycle's record stores it: relative to the output folder."""
+        return str(path.relative_to(self.classes.parent))
+
+
+class OutputFolder:
+    """The paths of one output folder (the names are this module's constants)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def __truediv__(self, name: str | os.PathLike) -> Path:
+        """A file named relative to the folder, as cycle records name theirs."""
+        return self.root / name
+
+    @property
+    def session_state(self) -> Path:
+        return self.root / SESSION_STATE
+
+    @property
+    def history(self) -> Path:
+        return self.root / HISTORY
+
+    @property
+    def log(self) -> Path:
+        return self.root / LOG
+
+    @property
+    def selection(self) -> Path:
+        return self.root / SELECTION
+
+    @property
+    def store_table(self) -> Path:
+        return self.root / STORE_TABLE
+
+    @property
+    def store_state(self) -> Path:
+        return self.root / STORE_STATE
+
+    @property
+    def import_state(self) -> Path:
+        return self.root / IMPORT_STATE
+
+    @property
+    def work(self) -> Path:
+        return self.root / WORK
+
+    @property
+    def exports(self) -> Path:
+        return self.root / EXPORTS
+
+    def cycle(self, number: int) -> CycleFiles:
+        stem = cycle_stem(number)
+        return CycleFiles(classes=self.root / f"{stem}.mrc",
+                          star=self.root / f"{stem}.star",
+                          class_table=self.root / f"{stem}_classes.json",
+                          thumbnails=self.root / THUMBNAILS / stem,
+                          input_star=self.work / f"{stem}_input.star")
+
+    def thumbnail_folder(self, stem: str) -> Path:
+        """The thumbnail folder of the cycle whose files start with ``stem``."""
+        return self.root / THUMBNAILS / stem
+
+
+def find_output_folder(folder: str | os.PathLike) -> Path | None:
+    """The output folder a user means by ``folder``: the folder itself, or the default output
+    folder inside a Warp folder; None where neither holds a session."""
+    folder = Path(folder)
+    for candidate in (folder, folder / DEFAULT_OUTPUT):
+        if (candidate / SESSION_STATE).exists():
+            return candidate
+    return None
