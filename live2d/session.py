@@ -137,6 +137,22 @@ class SessionError(RuntimeError):
     """Something the user must fix (wrong folder, nothing to classify); the message says what."""
 
 
+class SessionLogHandler(logging.FileHandler):
+    """Writes the "live2d" logger to the session's log file and keeps the latest lines for the
+    pages, telling them of each (a "log" event)."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(session.output.log, encoding="utf-8")
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.session = session
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        line = self.format(record)
+        self.session.log_lines.append(line)
+        self.session._emit({"type": "log", "line": line})
+
+
 class Session:
     def __init__(
         self,
@@ -281,21 +297,10 @@ class Session:
                 log.exception("session listener failed")
 
     def _attach_log(self) -> logging.Handler:
-        path = self.output_dir / "live2d.log"
-        if path.exists():
-            with open(path, encoding="utf-8", errors="replace") as handle:
+        if self.output.log.exists():
+            with open(self.output.log, encoding="utf-8", errors="replace") as handle:
                 self.log_lines.extend(line.rstrip("\n") for line in handle)
-        session = self
-
-        class Handler(logging.FileHandler):
-            def emit(self, record: logging.LogRecord) -> None:
-                super().emit(record)
-                line = self.format(record)
-                session.log_lines.append(line)
-                session._emit({"type": "log", "line": line})
-
-        handler = Handler(path, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler = SessionLogHandler(self)
         logging.getLogger("live2d").addHandler(handler)
         logging.getLogger("live2d").setLevel(logging.INFO)
         return handler
