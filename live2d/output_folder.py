@@ -148,6 +148,6 @@ def find_output_folder(folder: str | os.PathLike) -> Path | None:
     folder inside a Warp folder; None where neither holds a session."""
     folder = Path(folder)
     for candidate in (folder, folder / DEFAULT_OUTPUT):
-        if (candidate / SESSION_STATE).exists():
+        if (candidate / SESSION_STATE).is_file():
             return candidate
     return None

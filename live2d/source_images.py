@@ -29,9 +29,9 @@ import pandas as pd
 
 from live2d import cistem_star
 from live2d.mrc import MrcStack, StackChanged
-from live2d.warp import STORE_STATE, split_image_name, stamp_holds, store_stamp
+from live2d.output_folder import STORE_SOURCES, STORE_STATE
+from live2d.warp import split_image_name, stamp_holds, store_stamp
 
-SOURCES_FILE = "particles.sources.json"
 OPEN_STACKS = 256  # stacks whose headers are kept
 
 
@@ -40,7 +40,7 @@ def open_images(path: str | os.PathLike) -> MrcStack | SourceImages:
     for, with plain reads (:class:`live2d.mrc.MrcStack`: never memory-mapped, so a stack cut
     short under a cycle is an error, StackChanged, not a SIGBUS)."""
     path = Path(path)
-    if path.name.endswith(SOURCES_FILE):
+    if path.name.endswith(STORE_SOURCES):
         star = path.parent / json.loads(path.read_text(encoding="utf-8"))["star"]
         status = star.stat()
         # a cluster worker opens it for every chunk: read the store's star once per change

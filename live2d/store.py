@@ -37,11 +37,9 @@ import pandas as pd
 
 from live2d import cistem_star
 from live2d.atomic import atomic_write_json
-from live2d.source_images import SOURCES_FILE
+from live2d.output_folder import STORE_SOURCES, STORE_STACK, STORE_STATE, STORE_TABLE
 from live2d.warp import (
-    STORE_STACK,
     STORE_STAMP,
-    STORE_STATE,
     split_image_name,
     stack_stamp,
     store_stamp,
@@ -68,7 +66,7 @@ class ParticleStore:
         self.folder = Path(output_dir)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.stack_path = self.folder / STORE_STACK
-        self.star_path = self.folder / "particles.star"
+        self.star_path = self.folder / STORE_TABLE
         self.state_path = self.folder / STORE_STATE
         self._state = self._load()
         self._names: set[str] | None = None
@@ -111,7 +109,7 @@ class ParticleStore:
     @property
     def images_path(self) -> Path:
         """What :func:`live2d.source_images.open_images` opens to read every particle."""
-        return self.stack_path if self.copies_images else self.folder / SOURCES_FILE
+        return self.stack_path if self.copies_images else self.folder / STORE_SOURCES
 
     @property
     def provenance_pending(self) -> bool:
@@ -163,7 +161,7 @@ class ParticleStore:
                      star_bytes=len(_STAR_HEADER), format=FORMAT, provenance_pending=False,
                      store_id=_new_store_id(), **mode)
         if source_root:
-            atomic_write_json(self.folder / SOURCES_FILE, {
+            atomic_write_json(self.folder / STORE_SOURCES, {
                 "root": str(source_root), "star": self.star_path.name, "box": box})
         self._write_empty_files()
         self._names = set()

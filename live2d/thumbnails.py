@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from live2d.mrc import read_images
+from live2d.output_folder import thumbnail_name
 
 
 def to_8bit(image: np.ndarray) -> np.ndarray:
@@ -38,7 +39,7 @@ def write_thumbnails(classes_mrc: str | Path, folder: str | Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, image in enumerate(read_images(classes_mrc), start=1):
-        path = folder / f"class_{index:03d}.png"
+        path = folder / thumbnail_name(index)
         Image.fromarray(display_image(image)).save(path)
         paths.append(path)
     return paths

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from live2d.mrc import MrcStack, NotAStack, StackIncomplete, open_regular, read_exactly
+from live2d.output_folder import STORE_STACK, STORE_STATE
 
 SETTINGS_FILE = "previous.settings"
 TAIL_CHECK_BYTES = 64 * 1024
@@ -56,8 +57,6 @@ PARTICLE_FILES = ("allparticles", "goodparticles")
 _PARTICLE_FILE_ALIASES = {"all": "allparticles", "good": "goodparticles"}
 # A Live2D particle store's stack and its commit record beside it (live2d.store), and the
 # prefix of the stamps of such stacks (stack_stamp).
-STORE_STACK = "particles.mrcs"
-STORE_STATE = "store.json"
 STORE_STAMP = "store:"
 # A stack's fingerprint (stack_fingerprint): this many samples of this many bytes.
 FINGERPRINT_SAMPLES = 8

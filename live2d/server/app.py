@@ -27,21 +27,17 @@ from urllib.parse import urlparse
 
 from tornado import ioloop, iostream, web, websocket
 
-from live2d.server.control import EXPORT_DIR, CommandError, Controller
+from live2d.output_folder import EXPORTS, SERVED_FILES, THUMBNAIL, OutputFolder
+from live2d.server.control import CommandError, Controller
 from live2d.thumbnails import write_thumbnails
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 TOKEN_COOKIE = "live2d_token"
 MAX_MESSAGE_BYTES = 64 * 1024
 CHUNK_BYTES = 1 << 20  # output files are sent in pieces this size
-# What the page may download, relative to the session's output folder.
-OUTPUT_FILES = re.compile(r"^(cycle_\d{3,}\.(mrc|star)|cycle_\d{3,}_classes\.json|"
-                          r"thumbnails/cycle_\d{3,}/class_\d{3,}\.png|"
-                          rf"{EXPORT_DIR}/good_cycle_\d{{3,}}\.star)$")
 GUESSES = 10  # wrong tokens allowed per client address a minute
 GUESS_SECONDS = 60.0
 TOKEN_IN_URI = re.compile(r"(?<=[?&]token=)[^&]*")
-THUMBNAIL = re.compile(r"^thumbnails/(cycle_\d{3,})/class_\d{3,}\.png$")
 log = logging.getLogger("live2d")
 _remaking = threading.Lock()  # one cycle's thumbnails at a time: its classes are asked at once
 
@@ -58,11 +54,11 @@ def remake_thumbnails(root: Path, name: str) -> None:
         averages = root / f"{cycle}.mrc"
         if averages.is_file():
             # Into a scratch folder renamed whole: a page never gets half a PNG.
-            scratch = root / "thumbnails" / f".{cycle}.{os.getpid()}"
+            scratch = OutputFolder(root).thumbnail_folder(f".{cycle}.{os.getpid()}")
             shutil.rmtree(scratch, ignore_errors=True)
             write_thumbnails(averages, scratch)
             try:
-                os.rename(scratch, root / "thumbnails" / cycle)
+                os.rename(scratch, OutputFolder(root).thumbnail_folder(cycle))
             except OSError:  # the session wrote them meanwhile
                 shutil.rmtree(scratch, ignore_errors=True)
 
@@ -184,7 +180,7 @@ class OutputHandler(_Guarded):
     selection's exports, nothing else."""
 
     async def get(self, name: str) -> None:
-        if not OUTPUT_FILES.match(name):
+        if not SERVED_FILES.match(name):
             raise web.HTTPError(404)
         session = self.settings["controller"].session
         if session is None:  # no Warp folder chosen yet: no outputs
@@ -199,7 +195,7 @@ class OutputHandler(_Guarded):
                 "star": "text/plain; charset=utf-8",
                 "json": "application/json; charset=utf-8"}[path.suffix[1:]]
         self.set_header("Content-Type", kind)
-        if name.startswith(f"{EXPORT_DIR}/"):
+        if name.startswith(f"{EXPORTS}/"):
             self.set_header("Cache-Control", "no-cache")  # a later export replaces it
         if path.suffix not in (".png", ".json"):
             self.set_header("Content-Disposition", f'attachment; filename="{path.name}"')
