@@ -21,6 +21,7 @@ from live2d.atomic import atomic_write_text
 
 @dataclass(frozen=True)
 class Column:
+    """One column of a cisTEM star file: its short name, its label and how cisTEM prints it."""
     short: str  # the name cisTEM prints in its "#    POS     PSI ..." comment line
     label: str
     fmt: str

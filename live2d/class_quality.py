@@ -36,6 +36,8 @@ BATCH = 256
 
 @dataclass(frozen=True)
 class ClassQuality:
+    """One class of a finished cycle judged: its half-set resolution estimate, the measures behind
+    its good/junk score, and the reason a person reads (the record's class table is a list)."""
     number: int  # 1-based class
     particles: int
     resolution: float | None  # Å; at or better than this when ``at_limit``; None: < 2 particles

@@ -18,6 +18,8 @@ CYCLES_AHEAD = 5  # free space below what this many cycles write is "low"
 
 @dataclass(frozen=True)
 class DiskUse:
+    """The output folder's disk use as last measured, and whether the free space is too low for the
+    next cycles."""
     used: int  # bytes in the output folder
     free: int  # bytes free on its filesystem
     per_particle: float  # used / particles (0 without particles)

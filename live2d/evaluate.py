@@ -30,6 +30,8 @@ from live2d.phantom import render_clean
 
 @dataclass(frozen=True)
 class Scores:
+    """How well a classification matches the simulation's truth: class homogeneity, fidelity to
+    the true views, and how many classes hold particles."""
     homogeneity: float
     fidelity: float
     classes_used: int

@@ -25,6 +25,8 @@ STAR = "RELION particle star"
 
 @dataclass(frozen=True)
 class Layout:
+    """What a watched folder holds: a Warp 1.x folder, a WarpTools 2 project or a RELION-style
+    particle star, and what is missing before anything can be imported."""
     kind: str  # WARP, WARPTOOLS or STAR
     star: Path | None = None  # the particle star of WARPTOOLS and STAR layouts
     waiting: str = ""  # what is missing before anything can be imported ("" when nothing)

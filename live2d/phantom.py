@@ -46,6 +46,7 @@ _DIAMETER_FRACTION_OF_BOX = 0.65
 
 @dataclass
 class ParticleBatch:
+    """Simulated picks, particles and junk, with the truth of each (view, angle, shift, kind)."""
     images: np.ndarray  # (n, box, box) float32, CTF applied, noise added, Warp-normalised
     view: np.ndarray  # (n,) int, index into Phantom.views; -1 for junk
     psi: np.ndarray  # (n,) degrees, uniform in [0, 360); 0 for junk

@@ -54,6 +54,8 @@ def _sources(path: Path, _size: int, _mtime: int) -> SourceImages:
 
 
 class SourceImages:
+    """The images of a store that reads its particles in place: where each one lies (a stack and
+    an index in it), each stack checked against the stamp taken at import before it is read."""
     def __init__(self, root: Path, names: list[str], stamps: list[str], box: int) -> None:
         self.root = Path(root)
         self.box = box

@@ -62,6 +62,9 @@ class StoreError(RuntimeError):
 
 
 class ParticleStore:
+    """Every imported particle of a session, append-only: a cisTEM star table (CTF, provenance)
+    and the images, copied into one stack or read in place from the stacks they came from.
+    One commit point (store.json) makes each append all-or-nothing across a kill."""
     def __init__(self, output_dir: str | os.PathLike) -> None:
         self.folder = Path(output_dir)
         self.folder.mkdir(parents=True, exist_ok=True)

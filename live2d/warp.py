@@ -106,6 +106,8 @@ class StackNotReady(Exception):
 
 @dataclass(frozen=True)
 class WarpSettings:
+    """The particles' acquisition and picking settings as Warp 1.x's previous.settings gives them
+    (or as a particle star's rows do): pixel size, box, diameter, picking model, contrast, CTF."""
     pixel_size: float  # Å per pixel of the exported particles (binned)
     box: int
     diameter: float

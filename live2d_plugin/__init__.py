@@ -19,6 +19,8 @@ _references = ["Barad_Live2D", "Grant2018", "Tegunov2019"]
 
 
 class Plugin(pwem.Plugin):
+    """Live2D's Scipion plugin: its configuration variables (cisTEM's folder, the built-in
+    engine's device) and references."""
     # Deliberately no _homeVar / _pathVars: pyworkflow fails the validation of every protocol of
     # a plugin whose path variables point nowhere, and the built-in engine needs no binaries.
     # The classification protocol checks cisTEM itself, and only when cisTEM is chosen.

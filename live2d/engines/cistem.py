@@ -54,6 +54,8 @@ CLUSTER_PROGRESS_EVERY_S = 1.0  # between reads of the slices' progress files
 
 
 class CistemEngine(Engine):
+    """cisTEM's refine2d and merge2d run as programs: refine2d on slices of the stack (threads
+    here, or a cluster's workers), merge2d joining their sums into the class averages."""
     name = "cistem"
 
     def __init__(self, programs: CistemPrograms, executor: Executor | None = None) -> None:

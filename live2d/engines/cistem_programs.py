@@ -47,6 +47,7 @@ PROBE_TIMEOUT_S = 120.0
 
 @dataclass(frozen=True)
 class CistemPrograms:
+    """The refine2d and merge2d found and probed: their paths, versions and what they ask."""
     refine2d: Path
     merge2d: Path
     refine2d_version: str  # "1.02"

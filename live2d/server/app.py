@@ -158,6 +158,7 @@ class NotFoundHandler(_Guarded):
 
 
 class PageHandler(_Guarded):
+    """The page itself, never cached (it must match the server that sends its state)."""
     def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
         self.write((STATIC_DIR / "index.html").read_bytes())
@@ -165,6 +166,7 @@ class PageHandler(_Guarded):
 
 
 class StaticHandler(_Guarded, web.StaticFileHandler):
+    """The page's scripts and styles, only from the static folder (links resolved first)."""
     @classmethod
     def get_absolute_path(cls, root: str, path: str) -> str:
         return str((Path(root) / path).resolve())  # symlinks resolved before the root check
@@ -217,6 +219,8 @@ class OutputHandler(_Guarded):
 
 
 class SocketHandler(_Guarded, websocket.WebSocketHandler):
+    """A page's websocket: the session's state on connect, every change after, and the page's
+    commands (checked by the controller) in."""
     def check_origin(self, origin: str) -> bool:
         """Only the page this server served may connect (no cross-site websocket hijacking)."""
         return urlparse(origin).netloc == self.request.host

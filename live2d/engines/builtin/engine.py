@@ -68,6 +68,8 @@ CHUNK_COLUMNS = [*CTF_COLUMNS, "2DCLS", "PSI", "SHX", "SHY"]
 
 
 class BuiltinEngine(Engine):
+    """Live2D's own 2D classification in PyTorch (CPU or GPU), reading the particle stacks in
+    place; a distributed executor runs each cycle's chunks of batches on its workers."""
     name = "builtin"
     needs_particle_stack = False
 
