@@ -86,11 +86,12 @@ class StarSource(ParticleSource):
             amplitude_contrast=particles.amplitude_contrast)
         source = StarIdentity(str(star), box, round(particles.pixel_size, 6),
                               "white" if settings.invert else "black")
-        # Before noting stacks outside the folder: a start over forgets what was noted.
         start_over = self._check_source(settings, source)
-        if start_over is not None:
-            return start_over
+        if start_over is not None and intake.store.count:
+            return start_over  # the caller decides; the next poll notes what is outside
         intake.note_outside(rows["_read_name"], star, report)
+        if start_over is not None:  # a store without particles: nothing to lose
+            self.start_over(start_over)
         intake.state.source = source
         intake.state.settings = settings
         intake.report_refusals(particles.refused, star, report)  # kept by a start over
@@ -106,8 +107,8 @@ class StarSource(ParticleSource):
         return None
 
     def _check_source(self, settings: WarpSettings, source: StarIdentity) -> StartOver | None:
-        """A start over when the store's particles are stale (said why when another source's
-        were imported); a store without particles is started over here (nothing to lose)."""
+        """The start over needed when the store's particles are stale (said why when another
+        source's were imported) or the store has no box yet."""
         store, old = self.intake.store, self.intake.state.source
         if store.count and old is not None and old != source:
             reason = f"{source.describe_change(old)}: {RE_IMPORT}"
@@ -115,11 +116,7 @@ class StarSource(ParticleSource):
             reason = ""
         else:
             return None
-        request = StartOver(reason, settings.pixel_size, settings.box, source)
-        if store.count:
-            return request
-        self.start_over(request)
-        return None
+        return StartOver(reason, settings.pixel_size, settings.box, source)
 
     def _resolve(self, name: str, star: Path) -> str:
         """``N@stack`` with the stack as found: relative paths from the folder first (as
