@@ -274,8 +274,7 @@ class Session:
         with self._lock:
             settings = Settings.from_dict(values, base=self.settings)
             self.state.settings = settings.to_dict()
-            self.importer.which = settings.particle_file
-            self.importer.contrast = settings.contrast
+            self.importer.configure(which=settings.particle_file, contrast=settings.contrast)
             self._write_state()
         self._emit({"type": "settings", "settings": settings.to_dict()})
         return settings
@@ -361,10 +360,11 @@ class Session:
         """One poll of the Warp folder; a re-import forces the next job to start ab initio."""
         executor = self._engine_options["executor"]
         # Cluster workers get the copy: they may not see Warp's folder where this machine does.
-        self.importer.copy_images = self.engine.needs_particle_stack or bool(
-            executor is not None and executor.distributed)
+        self.importer.configure(copy_images=self.engine.needs_particle_stack or bool(
+            executor is not None and executor.distributed))
         with naming(self.store.folder):  # a full disk's error names where to free space
-            report = self.importer.poll()
+            # Stale particles are re-imported at once: the session's next job starts afresh.
+            report = self.importer.poll_reimporting()
         self.missing = report.missing
         for message in report.messages:
             self._log(message)

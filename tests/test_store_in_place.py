@@ -42,7 +42,7 @@ def warp(tmp_path) -> WarpFolder:
 def producer_of(warp: WarpFolder, folder: Path) -> Importer:
     """An import that copies Warp's particles into its store (a Scipion import, Copy files)."""
     importer = Importer(warp.folder, ParticleStore(folder), copy_images=True)
-    importer.poll()
+    importer.poll_reimporting()
     assert importer.store.copies_images
     return importer
 
@@ -99,7 +99,7 @@ def test_a_stores_stack_is_stamped_by_its_id_and_generation_not_its_size(warp, t
     stamp = stack_stamp(store.stack_path)
     assert stamp == f"store:{store.store_id}:{store.generation}"
     warp.add_micrographs(1)
-    producer.poll()  # appended: the stack's size and time changed, its first 40 did not
+    producer.poll_reimporting()  # appended: the stack's size and time changed, its first 40 did not
     assert store.count == 60 and stack_stamp(store.stack_path) == stamp
     assert stamp_holds(store.stack_path, stamp, 60)
     assert not stamp_holds(store.stack_path, stamp, 61)  # not committed (yet)
@@ -108,7 +108,7 @@ def test_a_stores_stack_is_stamped_by_its_id_and_generation_not_its_size(warp, t
     assert ":" in stack_stamp(warp.stack_path(0))
     assert not stack_stamp(warp.stack_path(0)).startswith("store:")
     in_place = Importer(warp.folder, ParticleStore(tmp_path / "in_place"), copy_images=False)
-    in_place.poll()
+    in_place.poll_reimporting()
     assert not in_place.store.stack_path.exists()
     assert {name.split("@")[1] for name in in_place.store.read_table()["ORIGNAME"]} == \
         {str(warp.stack_path(m).relative_to(warp.folder)) for m in range(3)}
@@ -118,7 +118,7 @@ def test_a_growing_store_is_read_in_place_while_it_grows(warp, tmp_path):
     producer = producer_of(warp, tmp_path / "producer")
     consumer = write_consumer(producer.store, warp, tmp_path / "consumer")
     importer = Importer(consumer, ParticleStore(tmp_path / "out"), copy_images=False)
-    report = importer.poll()
+    report = importer.poll_reimporting()
     store = importer.store
     assert report.new_particles == 40
     assert not store.copies_images and store.copied == 0  # no second copy of the pixels
@@ -128,9 +128,9 @@ def test_a_growing_store_is_read_in_place_while_it_grows(warp, tmp_path):
     assert before.usable().all()
 
     warp.add_micrographs(1)
-    producer.poll()  # the producer's store grows under the consumer's stamps
+    producer.poll_reimporting()  # the producer's store grows under the consumer's stamps
     write_consumer(producer.store, warp, consumer)
-    assert importer.poll().new_particles == 20
+    assert importer.poll_reimporting().new_particles == 20
     images = open_images(store.images_path)
     assert len(images) == 60 and images.usable().all() and not images.changed_stacks()
     assert before.usable().all()  # the first 40 are still the ones imported
@@ -146,7 +146,7 @@ def test_a_map_of_a_growing_stack_is_made_again_for_its_later_images(warp, tmp_p
     images = SourceImages(Path("/"), names, [stamp] * 2, 32)
     np.testing.assert_array_equal(images[[0]][0], warp.images(0)[0])  # maps 40 images
     warp.add_micrographs(1)
-    producer.poll()
+    producer.poll_reimporting()
     np.testing.assert_array_equal(images[[1]][0], warp.images(2)[9])  # beyond that map
 
 
@@ -154,7 +154,7 @@ def test_particles_of_a_store_emptied_or_replaced_are_left_out(warp, tmp_path):
     producer = producer_of(warp, tmp_path / "producer")
     consumer = write_consumer(producer.store, warp, tmp_path / "consumer")
     importer = Importer(consumer, ParticleStore(tmp_path / "out"), copy_images=False)
-    importer.poll()
+    importer.poll_reimporting()
     images = open_images(importer.store.images_path)
     assert images.usable().all()
 
@@ -198,7 +198,7 @@ def test_a_session_classifies_a_growing_store_in_place_and_says_when_it_was_repl
     try:
         session.run_job()
         warp.add_micrographs(1)
-        producer.poll()
+        producer.poll_reimporting()
         write_consumer(producer.store, warp, consumer, warp_micrographs=1)
         assert session.import_new().new_particles == 20
         session.run_job()
@@ -239,7 +239,7 @@ def _rows(n: int):
 # ------------------------------------------------------------- Warp's stacks on a changing disk
 def in_place_store(warp: WarpFolder, folder: Path) -> ParticleStore:
     importer = Importer(warp.folder, ParticleStore(folder), copy_images=False)
-    importer.poll()
+    importer.poll_reimporting()
     assert not importer.store.copies_images and importer.store.count == 40
     return importer.store
 

@@ -20,7 +20,7 @@ from pyworkflow.object import Set
 
 from live2d import warp
 from live2d.atomic import atomic_write_json
-from live2d.importer import CONTRASTS, Importer
+from live2d.importer import CONTRASTS, Importer, StartOver
 from live2d.layouts import STAR, WARP, WARPTOOLS, Layout, detect_layout
 from live2d.relion_star import is_particle_star
 from live2d.schedule import Settings
@@ -50,26 +50,6 @@ COPY_FILES_HELP = (
     "folder. The particles of a WarpTools 2 project or of a RELION particle star are always "
     "copied: their stacks are rewritten when particles are exported again, which would change "
     "the images under the output.")
-
-
-class StoreResetRefused(Exception):
-    """The importer wanted to empty a store whose particles are already in the output, to
-    import particles of ``pixel_size`` and ``box`` again."""
-
-    def __init__(self, pixel_size: float, box: int) -> None:
-        super().__init__(pixel_size, box)
-        self.pixel_size, self.box = pixel_size, box
-
-
-class PublishedStore(ParticleStore):
-    """A particle store whose images a Scipion output points to: the core's importer empties
-    its store when Warp's settings change (and imports everything again), which would swap the
-    images under the published particles. Here that ends the import instead."""
-
-    def reset(self, pixel_size: float, box: int, source_root: Path | None = None) -> None:
-        if self.count:
-            raise StoreResetRefused(pixel_size, box)
-        super().reset(pixel_size, box, source_root)
 
 
 class ProtLive2DImportWarp(ProtImport):
@@ -133,7 +113,7 @@ class ProtLive2DImportWarp(ProtImport):
         self._insertFunctionStep(self.importStep, needsGPU=False)
 
     def importStep(self) -> None:
-        store = PublishedStore(self._getExtraPath("store"))
+        store = ParticleStore(self._getExtraPath("store"))
         importer = Importer(self._warpDir(), store, which=self._which(), star=self._star(),
                             contrast=self._contrast(), copy_images=self._copyFiles())
         published = self._publishedCount()
@@ -141,28 +121,29 @@ class ProtLive2DImportWarp(ProtImport):
         timeout = float(self.streamTimeout.get()) * 60.0
         poll = min(MAX_POLL_SECONDS, max(MIN_POLL_SECONDS, timeout / 6.0))
         last_new = time.monotonic()
-        try:
-            while True:
-                report = importer.poll()
-                for message in report.messages:
-                    self.info(scipion_words(message))
-                if store.box and not said_copy:  # the store's mode is set once it has a box
-                    self.info(self._copyMessage(store))
-                    said_copy = True
-                if store.count > published:
-                    published = self._publish(importer, published)
-                    last_new = time.monotonic()
-                if self._stopRequested():
-                    self.info("STOP STREAMING requested: closing the output")
-                    break
-                if time.monotonic() - last_new > timeout:
-                    self.info(f"no new particles for {self.streamTimeout.get()} min: "
-                              "closing the output")
-                    break
-                time.sleep(poll)
-        except StoreResetRefused as refused:
-            self._closeOutput()
-            raise RuntimeError(self._changeMessage(store, refused)) from None
+        while True:
+            report = importer.poll()
+            if report.start_over is not None:
+                # Emptying the store would swap the images under the published particles:
+                # the import ends instead.
+                self._closeOutput()
+                raise RuntimeError(self._changeMessage(store, report.start_over))
+            for message in report.messages:
+                self.info(scipion_words(message))
+            if store.box and not said_copy:  # the store's mode is set once it has a box
+                self.info(self._copyMessage(store))
+                said_copy = True
+            if store.count > published:
+                published = self._publish(importer, published)
+                last_new = time.monotonic()
+            if self._stopRequested():
+                self.info("STOP STREAMING requested: closing the output")
+                break
+            if time.monotonic() - last_new > timeout:
+                self.info(f"no new particles for {self.streamTimeout.get()} min: "
+                          "closing the output")
+                break
+            time.sleep(poll)
         self._closeOutput()
 
     # ------------------------------------------------------------------------------ output
@@ -252,7 +233,9 @@ class ProtLive2DImportWarp(ProtImport):
         except (OSError, ValueError):
             return {}
 
-    def _changeMessage(self, store: ParticleStore, refused: StoreResetRefused) -> str:
+    def _changeMessage(self, store: ParticleStore, refused: StartOver) -> str:
+        """Why the import ends rather than start over (``refused``: the start over a poll
+        found needed), naming the change."""
         before = self._source()
         if before.get("layout", WARP) == WARP:
             try:
