@@ -81,7 +81,7 @@ def check_invariants(warp: Path, out: Path, complete: bool = True) -> dict:
     assert [c["number"] for c in history] == list(range(len(history))), "history has a gap"
     if history:
         latest = history[-1]
-        with mrcfile.open(out / latest["classes"]) as mrc:
-            assert mrc.data.shape[0] == len(latest["class_counts"])
-        assert len(cistem_star.read_star(out / latest["star"])) == latest["particles"]
+        with mrcfile.open(out / latest.classes) as mrc:
+            assert mrc.data.shape[0] == len(latest.class_counts)
+        assert len(cistem_star.read_star(out / latest.star)) == latest.particles
     return {"particles": len(names), "cycles": len(history)}
