@@ -166,7 +166,7 @@ def test_gallery_shows_each_class_quality_and_frames_the_selected_classes(tmp_pa
 
     # A mark made in the page (here: class 2 good, class 1 junk) is the selection shown.
     state = SelectionState()
-    record = json.loads((tmp_path / "session.json").read_text())["history"][2]
+    record = read_history(tmp_path)[2]
     mark(state, record, {2: "good", 1: "junk"})
     state.save(tmp_path)
     draw_gallery(figure, tmp_path, cycle)
