@@ -498,5 +498,5 @@ def test_cli_runs_cistem_jobs_on_the_scheduler(tmp_path, executor):
                      "--refinement-cycles", "1", "--engine", "cistem", "--cistem-bin",
                      str(bins), "--scheduler", executor.address]) == 0
     history = read_history(tmp_path / "out")
-    assert len(history) == 3 and "slices on dask" in history[-1]["engine"]
-    assert len(cistem_star.read_star(tmp_path / "out" / history[-1]["star"])) == 80
+    assert len(history) == 3 and "slices on dask" in history[-1].engine
+    assert len(cistem_star.read_star(tmp_path / "out" / history[-1].star)) == 80

@@ -78,7 +78,7 @@ def check_invariants(warp: Path, out: Path, complete: bool = True) -> dict:
     else:
         assert set(names) <= set(expected), "the store holds particles Warp never wrote"
     history = read_history(out)
-    assert [c["number"] for c in history] == list(range(len(history))), "history has a gap"
+    assert [c.number for c in history] == list(range(len(history))), "history has a gap"
     if history:
         latest = history[-1]
         with mrcfile.open(out / latest.classes) as mrc:
