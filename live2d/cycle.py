@@ -25,6 +25,7 @@ from live2d import cistem_star
 from live2d.atomic import atomic_write_json
 from live2d.class_quality import ClassQuality, assess_classes
 from live2d.engines import CycleParams, CycleRequest, Engine, EngineError, Progress
+from live2d.history import CycleRecord
 from live2d.mrc import mark_image_stack, read_images
 from live2d.output_folder import OutputFolder
 from live2d.schedule import CycleSpec, Settings
@@ -35,7 +36,7 @@ from live2d.warp import WarpSettings, implausible_rows
 if TYPE_CHECKING:
     import pandas as pd
 
-    from live2d.session import CycleRecord, JobState
+    from live2d.session import JobState
     from live2d.store import ParticleStore
 
 # The store's CTF columns as a particle star names them (for check_particle_values).
@@ -80,8 +81,6 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
     it. Raises EngineError (results refused: nothing published), CycleCancelled (a hard stop),
     SessionError (the previous cycle does not fit the store); the work folder is emptied
     whenever it raises."""
-    from live2d.session import CycleRecord  # the record's owner imports this module
-
     spec = job.spec(job.next_index)
     settings, store, output = inputs.settings, inputs.store, inputs.output
     files = output.cycle(number)

@@ -45,37 +45,37 @@ def export_particles(output_dir: str | os.PathLike, to: str | os.PathLike,
     wrong: no such cycle or class, an empty selection, an output that cannot be written."""
     output_dir = Path(output_dir)
     state = json.loads((output_dir / "session.json").read_text(encoding="utf-8"))
-    history = [r for r in read_history(output_dir) if r.get("block") != "start"]
+    history = [r for r in read_history(output_dir) if r.block != "start"]
     if not history:
         raise SelectionError("no classified cycle yet: nothing to export")
     if cycle is None:
         record = history[-1]
     else:
-        record = next((r for r in history if r["number"] == cycle), None)
+        record = next((r for r in history if r.number == cycle), None)
         if record is None:
-            numbers = ", ".join(str(r["number"]) for r in history[-5:])
+            numbers = ", ".join(str(r.number) for r in history[-5:])
             raise SelectionError(f"no classified cycle {cycle} (latest ones: {numbers})")
-    star_path = output_dir / record["star"]
+    star_path = output_dir / record.star
     if not star_path.exists():
-        raise SelectionError(f"cycle {record['number']}'s particles are not on disk any more "
+        raise SelectionError(f"cycle {record.number}'s particles are not on disk any more "
                              f"({star_path.name}): choose a later cycle")
-    n_classes = len(record["class_counts"])
+    n_classes = len(record.class_counts)
     if classes == "auto":
         chosen = selected(record, SelectionState.load(output_dir))
     else:
         chosen = sorted({int(k) for k in classes})
         wrong = [k for k in chosen if not 1 <= k <= n_classes]
         if wrong:
-            raise SelectionError(f"no class {wrong[0]}: cycle {record['number']} has classes "
+            raise SelectionError(f"no class {wrong[0]}: cycle {record.number} has classes "
                                  f"1 to {n_classes}")
     if not chosen:
-        raise SelectionError(f"no class of cycle {record['number']} is selected: mark some "
+        raise SelectionError(f"no class of cycle {record.number} is selected: mark some "
                              "good, or name them (--classes 1,4,7)")
     table = cistem_star.read_star(star_path)
     store = cistem_star.read_star(output_dir / "particles.star")
     rows = table[table["2DCLS"].isin(chosen)]
     if not len(rows):
-        raise SelectionError(f"classes {chosen} of cycle {record['number']} hold no particles")
+        raise SelectionError(f"classes {chosen} of cycle {record.number} hold no particles")
     sources = store.iloc[rows["POS"].to_numpy() - 1].reset_index(drop=True)
     rows = rows.reset_index(drop=True)
     base = Path(relative_to).resolve() if relative_to else None
@@ -104,7 +104,7 @@ def export_particles(output_dir: str | os.PathLike, to: str | os.PathLike,
     })
     to = Path(to)
     _write_atomically(to, {"optics": optics, "particles": particles})
-    exported = Exported(to.resolve(), int(record["number"]), chosen, len(particles))
+    exported = Exported(to.resolve(), record.number, chosen, len(particles))
     _record(output_dir, exported)
     return exported
 

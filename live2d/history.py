@@ -2,7 +2,7 @@
 on day one.
 
 ``history.jsonl`` holds one JSON object per line: a finished cycle's record (a
-:class:`live2d.session.CycleRecord` as a dict, with its ``number``), or a change to an earlier
+:class:`CycleRecord` as a dict, with its ``number``), or a change to an earlier
 record (``{"change": 12, "star_kept": false}``: cycle 12's star was pruned). Appending is one
 fsynced write whatever the length of the history; ``session.json`` keeps only what is small
 (settings, the job in progress).
@@ -12,13 +12,18 @@ it off (the cycle it described was never recorded, so it runs again).
 
 Sessions written before this file existed kept the history inside ``session.json``;
 :func:`read_history` reads either, and the session moves it here when it opens one.
+
+Each cycle's class table (resolution, score and reason per class) is a file of its own, named in
+the record; :func:`read_class_table` reads it for every reader.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +33,80 @@ HISTORY_FILE = "history.jsonl"
 log = logging.getLogger("live2d")
 
 
+@dataclass(frozen=True)
+class CycleRecord:
+    """What one finished classification cycle was and left behind: its place in its job, its
+    settings, its classes' populations and quality, and the files it wrote. Written once when
+    the cycle ends; only whether its star and thumbnails are still kept changes later
+    (:meth:`CycleHistory.change`)."""
+
+    number: int  # global cycle number: files cycle_NNN.*
+    job: int
+    job_type: str
+    block: str
+    block_cycle: int
+    job_cycle: int  # 1-based position within the job
+    job_cycles: int
+    high_res: float
+    fraction: float
+    particles: int  # particles in the stack this cycle saw
+    class_counts: list[int]
+    started: float
+    finished: float
+    engine: str
+    generation: int
+    particles_per_second: float
+    classes: str  # file names relative to the output folder
+    star: str
+    thumbnails: str
+    # Per class (live2d.class_quality): half-set resolution estimate in Å (None: empty class)
+    # and good/junk score; the whole table, with reasons, in ``class_table``. Empty for the
+    # random start.
+    class_resolution: list[float | None] = field(default_factory=list)
+    class_score: list[float] = field(default_factory=list)
+    class_table: str = ""
+    star_kept: bool = True  # False once the star is pruned (Settings.keep_cycle_results)
+    thumbnails_kept: bool = True  # False once pruned (made again from the averages if needed)
+    # Of ``particles``, those whose source stack changed or vanished since import (read in
+    # place): not in this cycle's classes, whatever its fraction.
+    left_out: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CycleRecord:
+        """The record a dict describes; keys of no field (a later version's) are ignored, and
+        fields added since it was written take their defaults. TypeError if one is missing that
+        every version wrote."""
+        return cls(**{k: v for k, v in values.items() if k in _FIELDS})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready values (the history's lines, the page's cycles)."""
+        return dataclasses.asdict(self)
+
+    @property
+    def assessed(self) -> bool:
+        """Whether the cycle's classes have a resolution estimate and a score (not so for the
+        random start, nor in sessions from before class quality)."""
+        return bool(self.class_score)
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(CycleRecord))
+
+
 class CycleHistory:
     """The records of ``folder``'s cycles, oldest first, kept in memory and on disk."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.path = Path(folder) / HISTORY_FILE
         self._cut_torn_line()
-        self.records: list[dict[str, Any]] = _parse(self.path)
+        self.records: list[CycleRecord] = _parse(self.path)
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: CycleRecord) -> None:
         """Record a finished cycle (durable when this returns)."""
-        self._write(record)
-        self.records.append(dict(record))
+        self._write(record.to_dict())
+        self.records.append(record)
 
     def change(self, number: int, **values: Any) -> None:
         """Change fields of cycle ``number``'s record."""
@@ -50,9 +114,9 @@ class CycleHistory:
         _apply_change(self.records, number, values)
 
     @classmethod
-    def replace(cls, folder: str | os.PathLike, records: list[dict[str, Any]]) -> CycleHistory:
+    def replace(cls, folder: str | os.PathLike, records: list[CycleRecord]) -> CycleHistory:
         """Write ``records`` as the whole history (moving an old session's history here)."""
-        text = "".join(_line(r) for r in records)
+        text = "".join(_line(r.to_dict()) for r in records)
         atomic_write_text(Path(folder) / HISTORY_FILE, text)
         return cls(folder)
 
@@ -87,7 +151,7 @@ class CycleHistory:
                     "again", self.path)
 
 
-def read_history(folder: str | os.PathLike) -> list[dict[str, Any]]:
+def read_history(folder: str | os.PathLike) -> list[CycleRecord]:
     """The records of ``folder``'s cycles for readers (the status command, an export, the Scipion
     viewer), whether the session keeps them here or, from an older version, in session.json."""
     folder = Path(folder)
@@ -99,15 +163,54 @@ def read_history(folder: str | os.PathLike) -> list[dict[str, Any]]:
     except (OSError, ValueError):
         return []
     history = state.get("history", []) if isinstance(state, dict) else []
-    return history if isinstance(history, list) else []
+    return records_of(history, folder / "session.json") if isinstance(history, list) else []
 
 
-def _parse(path: Path) -> list[dict[str, Any]]:
+def records_of(values: list[Any], source: str | os.PathLike) -> list[CycleRecord]:
+    """The records of an earlier version's history (the list in its ``session.json``), leaving
+    out, with a warning, what is not one."""
+    records = []
+    for value in values:
+        record = _record(value, source)
+        if record is not None:
+            records.append(record)
+    return records
+
+
+def read_class_table(folder: str | os.PathLike, record: CycleRecord) -> list[dict] | None:
+    """Cycle ``record``'s class table (``live2d.class_quality``: one dict per class, with its
+    resolution, score and reason), None if it has none (the random start, a session from before
+    class tables, a file gone). Raises OSError for a file that cannot be read and ValueError for
+    one that is not a table."""
+    if not record.class_table:
+        return None
+    try:
+        text = (Path(folder) / record.class_table).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    table = json.loads(text)
+    if not isinstance(table, list):
+        raise ValueError(f"{record.class_table} is not a list of classes")
+    return table
+
+
+def _record(value: Any, source: str | os.PathLike) -> CycleRecord | None:
+    if isinstance(value, dict):
+        try:
+            return CycleRecord.from_dict(value)
+        except TypeError:
+            pass
+    log.warning("a value in %s is not a cycle's record (something else wrote it): skipped",
+                source)
+    return None
+
+
+def _parse(path: Path) -> list[CycleRecord]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
-    records: list[dict[str, Any]] = []
+    records: list[CycleRecord] = []
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -123,14 +226,17 @@ def _parse(path: Path) -> list[dict[str, Any]]:
         if isinstance(value, dict) and "change" in value:
             _apply_change(records, value.pop("change"), value)
         elif isinstance(value, dict):
-            records.append(value)
+            record = _record(value, f"line {number} of {path}")
+            if record is not None:
+                records.append(record)
     return records
 
 
-def _apply_change(records: list[dict[str, Any]], number: Any, values: dict[str, Any]) -> None:
-    for record in reversed(records):
-        if record.get("number") == number:
-            record.update(values)
+def _apply_change(records: list[CycleRecord], number: Any, values: dict[str, Any]) -> None:
+    known = {k: v for k, v in values.items() if k in _FIELDS}  # a later version's: ignored
+    for index in range(len(records) - 1, -1, -1):
+        if records[index].number == number:
+            records[index] = dataclasses.replace(records[index], **known)
             return
 
 

@@ -23,6 +23,7 @@ import torch
 
 from live2d.atomic import atomic_write_json
 from live2d.class_quality import GOOD_SCORE
+from live2d.history import CycleRecord
 from live2d.imaging import rotate, soft_disc
 
 SIMILAR_ENOUGH = 0.7  # rotation-invariant correlation for a mark to move to a new class
@@ -75,50 +76,49 @@ class SelectionState:
         atomic_write_json(Path(folder) / SELECTION_FILE, asdict(self))
 
 
-def proposed(record: dict) -> list[int]:
+def proposed(record: CycleRecord) -> list[int]:
     """Classes a cycle's scores propose as good (1-based)."""
-    return [k + 1 for k, score in enumerate(record.get("class_score", []))
-            if score >= GOOD_SCORE]
+    return [k + 1 for k, score in enumerate(record.class_score) if score >= GOOD_SCORE]
 
 
-def selected(record: dict, state: SelectionState) -> list[int]:
+def selected(record: CycleRecord, state: SelectionState) -> list[int]:
     """The selection used everywhere: the proposal with the marks over it (marks apply to the
     cycle they were carried to)."""
     chosen = set(proposed(record))
-    if state.cycle == record["number"]:
+    if state.cycle == record.number:
         for number, mark in state.marks.items():
             (chosen.add if mark == "good" else chosen.discard)(int(number))
     return sorted(chosen)
 
 
-def selected_particles(record: dict, classes: list[int]) -> int:
-    counts = record["class_counts"]
+def selected_particles(record: CycleRecord, classes: list[int]) -> int:
+    counts = record.class_counts
     return int(sum(counts[k - 1] for k in classes if 1 <= k <= len(counts)))
 
 
-def good_particles_history(history: list[dict], state: SelectionState) -> list[dict]:
+def good_particles_history(history: list[CycleRecord], state: SelectionState) -> list[dict]:
     """Per cycle with scores: particles imported and particles in the selected classes (the
     answer to "do we have enough?")."""
-    return [{"cycle": r["number"], "imported": r["particles"],
+    return [{"cycle": r.number, "imported": r.particles,
              "good": selected_particles(r, selected(r, state))}
-            for r in history if r.get("class_score")]
+            for r in history if r.assessed]
 
 
-def mark(state: SelectionState, record: dict, marks: dict) -> None:
+def mark(state: SelectionState, record: CycleRecord, marks: dict) -> None:
     """Apply ``{class number: "good" | "junk" | None}`` to the latest cycle ``record``."""
-    n_classes = len(record["class_counts"])
+    n_classes = len(record.class_counts)
     for number, value in marks.items():
         try:
             k = int(number)
         except (TypeError, ValueError):
             raise SelectionError(f"class {number!r} is not a class number") from None
         if not 1 <= k <= n_classes:
-            raise SelectionError(f"there is no class {k}: cycle {record['number']} has classes "
+            raise SelectionError(f"there is no class {k}: cycle {record.number} has classes "
                                  f"1 to {n_classes}")
         if value is not None and value not in MARKS:
             raise SelectionError(f"a class is marked good, junk or null, not {value!r}")
-    if state.cycle != record["number"]:
-        state.cycle, state.job = record["number"], record["job"]
+    if state.cycle != record.number:
+        state.cycle, state.job = record.number, record.job
     for number, value in marks.items():
         if value is None:
             state.marks.pop(str(int(number)), None)
@@ -126,15 +126,15 @@ def mark(state: SelectionState, record: dict, marks: dict) -> None:
             state.marks[str(int(number))] = value
 
 
-def follow_cycle(state: SelectionState, previous: dict | None, record: dict,
+def follow_cycle(state: SelectionState, previous: CycleRecord | None, record: CycleRecord,
                  old_averages: np.ndarray | None, new_averages: np.ndarray,
                  mask_radius_px: float) -> None:
     """Move the marks onto a new cycle's classes (see the module's docstring)."""
-    if not state.marks or state.cycle == record["number"]:
-        state.cycle, state.job = record["number"], record["job"]
+    if not state.marks or state.cycle == record.number:
+        state.cycle, state.job = record.number, record.job
         return
-    new_job = record["job"] != state.job
-    if new_job and record["job_type"] == "abinit" and old_averages is not None:
+    new_job = record.job != state.job
+    if new_job and record.job_type == "abinit" and old_averages is not None:
         marked = sorted(int(n) for n in state.marks)
         similarity = rotational_similarity(old_averages[[k - 1 for k in marked]], new_averages,
                                            mask_radius_px)
@@ -149,14 +149,14 @@ def follow_cycle(state: SelectionState, previous: dict | None, record: dict,
         state.marks, state.carried, state.dropped = marks, carried, dropped
     elif previous is not None:
         # a class emptied in the previous cycle was re-seeded: it is another class now
-        counts = previous["class_counts"]
+        counts = previous.class_counts
         emptied = [n for n in state.marks if int(n) <= len(counts) and counts[int(n) - 1] == 0]
         for number in emptied:
             del state.marks[number]
         if new_job:  # what the last ab initio restart carried is said until the next job
             state.carried, state.dropped = [], []
         state.dropped = sorted({*state.dropped, *(int(n) for n in emptied)})
-    state.cycle, state.job = record["number"], record["job"]
+    state.cycle, state.job = record.number, record.job
 
 
 def rotational_similarity(a: np.ndarray, b: np.ndarray, mask_radius_px: float,

@@ -20,7 +20,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,7 @@ from live2d.engines import (
     make_engine,
 )
 from live2d.export import Exported, export_particles
-from live2d.history import CycleHistory
+from live2d.history import CycleHistory, CycleRecord, records_of
 from live2d.importer import Importer, ImportReport
 from live2d.mrc import read_images
 from live2d.output_folder import OutputFolder
@@ -68,45 +68,6 @@ MAX_CYCLE_FAILURES = 3
 log = logging.getLogger("live2d")
 
 Listener = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class CycleRecord:
-    number: int  # global cycle number: files cycle_NNN.*
-    job: int
-    job_type: str
-    block: str
-    block_cycle: int
-    job_cycle: int  # 1-based position within the job
-    job_cycles: int
-    high_res: float
-    fraction: float
-    particles: int  # particles in the stack this cycle saw
-    class_counts: list[int]
-    started: float
-    finished: float
-    engine: str
-    generation: int
-    particles_per_second: float
-    classes: str  # file names relative to the output folder
-    star: str
-    thumbnails: str
-    # Per class (live2d.class_quality): half-set resolution estimate in Å (None: empty class)
-    # and good/junk score; the whole table, with reasons, in ``class_table``. Empty for the
-    # random start.
-    class_resolution: list[float | None] = field(default_factory=list)
-    class_score: list[float] = field(default_factory=list)
-    class_table: str = ""
-    star_kept: bool = True  # False once the star is pruned (Settings.keep_cycle_results)
-    thumbnails_kept: bool = True  # False once pruned (made again from the averages if needed)
-    # Of ``particles``, those whose source stack changed or vanished since import (read in
-    # place): not in this cycle's classes, whatever its fraction.
-    left_out: int = 0
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> CycleRecord:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
 
 
 @dataclass
@@ -217,10 +178,10 @@ class Session:
     @property
     def history(self) -> list[CycleRecord]:
         with self._lock:
-            return [CycleRecord.from_dict(r) for r in self._records]
+            return list(self._records)
 
     @property
-    def _records(self) -> list[dict[str, Any]]:
+    def _records(self) -> list[CycleRecord]:
         return self._history.records
 
     @property
@@ -241,7 +202,8 @@ class Session:
                     "atomically, so something else wrote it: restore it or move it away"
                 ) from None
             if older_history is not None:  # an earlier version's session: history moves out
-                self._history = CycleHistory.replace(self.output_dir, older_history)
+                self._history = CycleHistory.replace(
+                    self.output_dir, records_of(older_history, self.state_path))
                 self._write_state(state)
             else:
                 self._history = CycleHistory(self.output_dir)
@@ -260,7 +222,7 @@ class Session:
         cycle behind its history: move it on rather than run that cycle again."""
         if not state.job:
             return
-        done = [r["job_cycle"] for r in self._records if r.get("job") == state.job["number"]]
+        done = [r.job_cycle for r in self._records if r.job == state.job["number"]]
         if done and max(done) > state.job["next_index"]:
             state.job["next_index"] = max(done)
             state.job["failures"] = 0
@@ -325,7 +287,7 @@ class Session:
                 "status": self.status,
                 "settings": dict(self.state.settings),
                 "particles": self.store.count,
-                "history": [dict(r) for r in self._records],
+                "history": [r.to_dict() for r in self._records],
                 "job": dict(self.state.job) if self.state.job else None,
                 "next_mode": self.settings.mode,
                 "automatic": self.state.automatic,
@@ -390,8 +352,8 @@ class Session:
         """The newest cycle of the current particle set (older sets cannot seed a job)."""
         with self._lock:
             last = self._records[-1] if self._records else None
-        if last is not None and last["generation"] == self.store.generation:
-            return CycleRecord.from_dict(last)
+        if last is not None and last.generation == self.store.generation:
+            return last
         return None
 
     def start_job(self, job_type: str | None = None) -> JobState:
@@ -574,11 +536,11 @@ class Session:
 
         record, params = run_cycle(len(self._records), job, previous, inputs, on_progress)
         previous_record = self._records[-1] if self._records else None
-        if record.class_score:
-            self._follow_selection(dataclasses.asdict(record), previous_record,
+        if record.assessed:
+            self._follow_selection(record, previous_record,
                                    params.mask_radius / self.store.pixel_size)
         with self._lock:
-            self._history.append(dataclasses.asdict(record))  # then the job moves on
+            self._history.append(record)  # then the job moves on
             assert self.state.job is not None
             self.state.job["next_index"] = job.next_index + 1
             self.state.job["failures"] = 0
@@ -589,13 +551,13 @@ class Session:
         self._log(f"cycle {record.number} (job {job.number}, cycle {record.job_cycle} of "
                   f"{record.job_cycles}) done in {record.finished - record.started:.1f} s "
                   f"({record.particles_per_second:.0f} particles/s)")
-        self._emit({"type": "cycle", "cycle": dataclasses.asdict(record)})
+        self._emit({"type": "cycle", "cycle": record.to_dict()})
 
     # ----------------------------------------------------------------- selection
-    def latest_scored(self) -> dict | None:
+    def latest_scored(self) -> CycleRecord | None:
         """The latest cycle that has class scores (the one the selection refers to)."""
         with self._lock:
-            return next((r for r in reversed(self._records) if r.get("class_score")), None)
+            return next((r for r in reversed(self._records) if r.assessed), None)
 
     def selection_summary(self, whole_history: bool = True) -> dict[str, Any]:
         """The selection everywhere uses: the proposal with the user's marks over it.
@@ -609,10 +571,10 @@ class Session:
                         "marks": {}, "carried": [], "dropped": [], "exports": state.exports,
                         "history": []}
             classes = selected(record, state)
-            return {"cycle": record["number"], "classes": classes,
+            return {"cycle": record.number, "classes": classes,
                     "particles": selected_particles(record, classes),
                     "proposed": proposed(record),
-                    "marks": dict(state.marks) if state.cycle == record["number"] else {},
+                    "marks": dict(state.marks) if state.cycle == record.number else {},
                     "carried": state.carried, "dropped": state.dropped,
                     "exports": state.exports,
                     "history": good_particles_history(
@@ -641,15 +603,15 @@ class Session:
         self._emit({"type": "selection", "selection": self.selection_summary()})
         return exported
 
-    def _follow_selection(self, record: dict, previous: dict | None,
+    def _follow_selection(self, record: CycleRecord, previous: CycleRecord | None,
                           mask_radius_px: float) -> None:
         with SelectionState.updating(self.output_dir) as state:
-            old = next((r for r in reversed(self._records) if r["number"] == state.cycle), None)
-            old_averages = read_images(self.output_dir / old["classes"]) if old else None
+            old = next((r for r in reversed(self._records) if r.number == state.cycle), None)
+            old_averages = read_images(self.output_dir / old.classes) if old else None
             follow_cycle(state, previous, record, old_averages,
-                         read_images(self.output_dir / record["classes"]), mask_radius_px)
+                         read_images(self.output_dir / record.classes), mask_radius_px)
             self.selection = state
-        if record["job"] != (previous or {}).get("job") and (state.carried or state.dropped):
+        if (previous is None or record.job != previous.job) and (state.carried or state.dropped):
             self._log(f"class marks: carried {self.selection.carried or 'none'} (old -> new), "
                       f"dropped {self.selection.dropped or 'none'}")
 
@@ -681,23 +643,22 @@ class Session:
         keep = self.settings.keep_cycle_results
         with self._lock:
             history = self._records
-            last_of_job = {r["job"]: r["number"] for r in history}
+            last_of_job = {r.job: r.number for r in history}
             pruned = []
             for record in history[:-keep]:
                 changes = {}
-                if record.get("thumbnails_kept", True):
+                if record.thumbnails_kept:
                     changes["thumbnails_kept"] = False
-                if record.get("star_kept", True) and last_of_job[record["job"]] != \
-                        record["number"]:
+                if record.star_kept and last_of_job[record.job] != record.number:
                     changes["star_kept"] = False
                 if not changes:
                     continue
                 # Recorded first: a kill between the two leaves files no record points at.
-                self._history.change(record["number"], **changes)
+                self._history.change(record.number, **changes)
                 if "star_kept" in changes:
-                    (self.output_dir / record["star"]).unlink(missing_ok=True)
-                    pruned.append(record["number"])
-                shutil.rmtree(self.output_dir / record["thumbnails"], ignore_errors=True)
+                    (self.output_dir / record.star).unlink(missing_ok=True)
+                    pruned.append(record.number)
+                shutil.rmtree(self.output_dir / record.thumbnails, ignore_errors=True)
         if pruned:
             log.debug("per-particle results of cycle(s) %s pruned (keeping the latest %d)",
                       ", ".join(map(str, pruned)), keep)

@@ -5,19 +5,17 @@ Scipion objects."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from live2d.history import CycleRecord, read_class_table
 from live2d.selection import SelectionError, SelectionState, selected
 
 
-def read_class_table(path: str | os.PathLike | None) -> dict[int, dict]:
+def class_table_by_number(session_dir: str | os.PathLike, record: CycleRecord) -> dict[int, dict]:
     """A cycle's class table by class number; empty if the cycle has none (the random start, or
     a session from before class tables)."""
-    if not path or not Path(path).is_file():
-        return {}
-    return {int(row["number"]): row for row in json.loads(Path(path).read_text("utf-8"))}
+    return {int(row["number"]): row for row in read_class_table(session_dir, record) or []}
 
 
 def resolution_text(row: dict | None) -> str:
@@ -39,9 +37,8 @@ def reason_text(row: dict | None) -> str:
     return reason
 
 
-def cycle_selection(session_dir: str | os.PathLike, record: dict) -> set[int]:
-    """The classes of a cycle (a history record, or any dict with its ``number`` and
-    ``class_score``) selected as everywhere else: the proposal with the marks over it. The
+def cycle_selection(session_dir: str | os.PathLike, record: CycleRecord) -> set[int]:
+    """The classes of a cycle selected as everywhere else: the proposal with the marks over it. The
     marks of an unreadable ``selection.json`` are left out here (the session refuses to go on
     with one and says so)."""
     try:

@@ -220,7 +220,7 @@ def marked(driver, number, value):
 
 def test_a_user_marks_classes_on_one_page_another_sees_it_and_exports(classified, pages):
     session = classified.controller.session
-    counts = session.latest_scored()["class_counts"]
+    counts = session.latest_scored().class_counts
     proposed = session.selection_summary()
     page, watcher = pages(classified.url + "/"), pages(classified.url + "/")
     for driver in (page, watcher):

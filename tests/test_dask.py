@@ -268,14 +268,14 @@ def test_cli_runs_a_job_on_the_scheduler_as_it_does_locally(tmp_path, executor, 
                      "--scheduler", executor.address, *small]) == 0
     here = read_history(tmp_path / "here")
     there = read_history(tmp_path / "there")
-    assert len(there) == len(here) == 3 and "dask" in there[-1]["engine"]
+    assert len(there) == len(here) == 3 and "dask" in there[-1].engine
     for mine, theirs in zip(here, there, strict=True):
-        with mrcfile.open(tmp_path / "here" / mine["classes"]) as a, \
-                mrcfile.open(tmp_path / "there" / theirs["classes"]) as b:
+        with mrcfile.open(tmp_path / "here" / mine.classes) as a, \
+                mrcfile.open(tmp_path / "there" / theirs.classes) as b:
             assert np.array_equal(a.data, b.data)
-        if mine["star"]:  # later cycles score previous matches too: still the same
-            assert (tmp_path / "here" / mine["star"]).read_text() == \
-                (tmp_path / "there" / theirs["star"]).read_text()
+        if mine.star:  # later cycles score previous matches too: still the same
+            assert (tmp_path / "here" / mine.star).read_text() == \
+                (tmp_path / "there" / theirs.star).read_text()
 
 
 def test_the_web_runner_runs_its_jobs_on_the_scheduler(tmp_path, executor):
@@ -498,5 +498,5 @@ def test_cli_runs_cistem_jobs_on_the_scheduler(tmp_path, executor):
                      "--refinement-cycles", "1", "--engine", "cistem", "--cistem-bin",
                      str(bins), "--scheduler", executor.address]) == 0
     history = read_history(tmp_path / "out")
-    assert len(history) == 3 and "slices on dask" in history[-1]["engine"]
-    assert len(cistem_star.read_star(tmp_path / "out" / history[-1]["star"])) == 80
+    assert len(history) == 3 and "slices on dask" in history[-1].engine
+    assert len(cistem_star.read_star(tmp_path / "out" / history[-1].star)) == 80

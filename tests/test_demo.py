@@ -51,7 +51,7 @@ def test_the_demo_classifies_every_particle_once_its_microscope_stops(tmp_path):
     finally:
         out = interrupt(demo)
     history = read_history(tmp_path / "warp" / "classification")
-    assert history[-1]["particles"] == 300
+    assert history[-1].particles == 300
     assert "no new particles for" in log.read_text(encoding="utf-8")
     assert f"kept in {tmp_path / 'warp'}" in out
     assert (tmp_path / "warp" / "classification" / "session.json").exists()

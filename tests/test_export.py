@@ -37,7 +37,7 @@ def latest(warp):
 
 def test_export_writes_a_relion_31_star_of_the_chosen_classes(session_dir, tmp_path, capsys):
     record = latest(session_dir)
-    populated = [k + 1 for k, n in enumerate(record["class_counts"]) if n]
+    populated = [k + 1 for k, n in enumerate(record.class_counts) if n]
     out = tmp_path / "good.star"
     assert cli_main(["export", str(session_dir), "--classes",
                      ",".join(map(str, populated[:2])), "--to", str(out)]) == 0
@@ -46,7 +46,7 @@ def test_export_writes_a_relion_31_star_of_the_chosen_classes(session_dir, tmp_p
     optics, particles = blocks["optics"], blocks["particles"]
     assert optics["rlnImagePixelSize"][0] == 3.0 and optics["rlnImageSize"][0] == 48
     assert optics["rlnVoltage"][0] == 300.0
-    counts = record["class_counts"]
+    counts = record.class_counts
     assert len(particles) == sum(counts[k - 1] for k in populated[:2])
     assert set(particles["rlnClassNumber"]) == set(populated[:2])
     for column in ("rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnDefocusU",
@@ -57,13 +57,13 @@ def test_export_writes_a_relion_31_star_of_the_chosen_classes(session_dir, tmp_p
     assert particles["rlnMicrographName"].str.endswith(".tif").all()
     assert (particles["rlnCoordinateX"] > 0).all()  # Warp's pick coordinates, kept
     assert cli_main(["status", str(session_dir)]) == 0
-    assert f"particles of cycle {record['number']}" in capsys.readouterr().out
+    assert f"particles of cycle {record.number}" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(RELION is None, reason="RELION is not installed (apt-get install relion)")
 def test_relion_applies_the_exported_alignment_and_gets_live2ds_averages(session_dir, tmp_path):
     record = latest(session_dir)
-    populated = [k + 1 for k, n in enumerate(record["class_counts"]) if n > 20]
+    populated = [k + 1 for k, n in enumerate(record.class_counts) if n > 20]
     project = tmp_path / "relion_project"
     project.mkdir()
     assert cli_main(["export", str(session_dir), "--classes", ",".join(map(str, populated)),
@@ -77,7 +77,7 @@ def test_relion_applies_the_exported_alignment_and_gets_live2ds_averages(session
     classes = starfile.read(project / "good.star", always_dict=True)["particles"][
         "rlnClassNumber"].to_numpy()
     averages = torch.from_numpy(mrcfile.read(session_dir / "classification" /
-                                             record["classes"]).copy())
+                                             record.classes).copy())
     for k in populated:
         scores = {}
         for name in ("aligned", "raw"):
@@ -93,7 +93,7 @@ def test_auto_exports_the_proposal_with_the_marks_over_it(session_dir, tmp_path)
     session = Session(session_dir, engine="builtin")
     try:
         record = latest(session_dir)
-        populated = [k + 1 for k, n in enumerate(record["class_counts"]) if n]
+        populated = [k + 1 for k, n in enumerate(record.class_counts) if n]
         summary = session.mark_classes({populated[0]: "good", populated[1]: "junk"})
         assert populated[0] in summary["classes"] and populated[1] not in summary["classes"]
         assert summary["marks"] == {str(populated[0]): "good", str(populated[1]): "junk"}
@@ -129,20 +129,20 @@ def test_a_cycle_not_on_disk_and_an_empty_selection_are_refused(session_dir, tmp
 
     output = session_dir / "classification"
     record = latest(session_dir)
-    empty = [k + 1 for k, n in enumerate(record["class_counts"]) if not n]
+    empty = [k + 1 for k, n in enumerate(record.class_counts) if not n]
     if empty:
         with pytest.raises(SelectionError, match="hold no particles"):
             export_particles(output, tmp_path / "e.star", empty)
     first = read_history(output)[1]
-    star = output / first["star"]
+    star = output / first.star
     star.rename(star.with_suffix(".away"))
     try:
         with pytest.raises(SelectionError, match="not on disk"):
-            export_particles(output, tmp_path / "e.star", [1], cycle=first["number"])
+            export_particles(output, tmp_path / "e.star", [1], cycle=first.number)
     finally:
         star.with_suffix(".away").rename(star)
     assert not list(tmp_path.iterdir())
-    assert np.isfinite(record["class_counts"]).all()
+    assert np.isfinite(record.class_counts).all()
 
 
 def test_an_export_is_as_readable_as_the_umask_allows(session_dir, tmp_path):

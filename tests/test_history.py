@@ -4,36 +4,73 @@ import dataclasses
 import itertools
 import json
 
+import pytest
 from test_session import SMALL, small_session
 
 from live2d.cli import main as cli_main
-from live2d.history import HISTORY_FILE, CycleHistory, read_history
+from live2d.history import HISTORY_FILE, CycleHistory, CycleRecord, read_class_table, read_history
 from live2d.schedule import Settings
 from live2d.session import Session
 
 
+def record(number: int, **values) -> CycleRecord:
+    """Cycle ``number``'s record, made-up but for ``values``."""
+    return CycleRecord(
+        number=number, job=1, job_type="abinit", block="startup", block_cycle=number + 1,
+        job_cycle=number + 1, job_cycles=4, high_res=20.0, fraction=1.0, particles=100,
+        class_counts=[60, 40], started=0.0, finished=1.0, engine="builtin (test)",
+        generation=0, particles_per_second=100.0, classes=f"cycle_{number:03d}.mrc",
+        star=f"cycle_{number:03d}.star", thumbnails=f"thumbnails/cycle_{number:03d}", **values)
+
+
 def test_records_are_appended_and_changes_apply_to_the_earlier_record(tmp_path):
     history = CycleHistory(tmp_path)
-    history.append({"number": 0, "star_kept": True})
-    history.append({"number": 1, "star_kept": True})
+    history.append(record(0, star_kept=True))
+    history.append(record(1, star_kept=True))
     before = (tmp_path / HISTORY_FILE).read_bytes()
     history.change(0, star_kept=False)
     after = (tmp_path / HISTORY_FILE).read_bytes()
     assert after.startswith(before) and after.count(b"\n") == 3  # appended, nothing rewritten
-    expected = [{"number": 0, "star_kept": False}, {"number": 1, "star_kept": True}]
+    expected = [record(0, star_kept=False), record(1, star_kept=True)]
     assert history.records == expected
     assert read_history(tmp_path) == expected == CycleHistory(tmp_path).records
 
 
 def test_a_torn_last_line_is_skipped_by_readers_and_cut_by_the_next_writer(tmp_path):
-    CycleHistory(tmp_path).append({"number": 0})
+    CycleHistory(tmp_path).append(record(0))
     with open(tmp_path / HISTORY_FILE, "ab") as handle:  # a kill mid-append
         handle.write(b'{"number": 1, "class_cou')
-    assert read_history(tmp_path) == [{"number": 0}]
+    assert read_history(tmp_path) == [record(0)]
     history = CycleHistory(tmp_path)
-    history.append({"number": 1})
-    assert read_history(tmp_path) == [{"number": 0}, {"number": 1}]
+    history.append(record(1))
+    assert read_history(tmp_path) == [record(0), record(1)]
     assert (tmp_path / HISTORY_FILE).read_text().count("\n") == 2
+
+
+def test_a_record_is_one_sorted_json_line_and_other_versions_records_load(tmp_path):
+    history = CycleHistory(tmp_path)
+    history.append(record(0, class_score=[0.9, 0.1], class_table="cycle_000_classes.json"))
+    line = (tmp_path / HISTORY_FILE).read_text()
+    assert line == json.dumps(dataclasses.asdict(history.records[0]), separators=(",", ":"),
+                              sort_keys=True) + "\n"
+    older = {k: v for k, v in record(1).to_dict().items() if k not in ("left_out", "class_table")}
+    newer = {**record(2).to_dict(), "comes_later": 1}
+    lacking = {k: v for k, v in record(3).to_dict().items() if k != "star"}
+    with open(tmp_path / HISTORY_FILE, "a") as handle:
+        for value in (older, newer, lacking, {"change": 2, "star_kept": False, "later": 2}):
+            handle.write(json.dumps(value) + "\n")
+    assert read_history(tmp_path) == [history.records[0], record(1), record(2, star_kept=False)]
+
+
+def test_the_class_table_is_read_where_the_record_says(tmp_path):
+    table = [{"number": 1, "score": 0.9}, {"number": 2, "score": 0.1}]
+    (tmp_path / "cycle_001_classes.json").write_text(json.dumps(table))
+    assert read_class_table(tmp_path, record(1, class_table="cycle_001_classes.json")) == table
+    assert read_class_table(tmp_path, record(0)) is None  # the random start has none
+    assert read_class_table(tmp_path, record(2, class_table="cycle_002_classes.json")) is None
+    (tmp_path / "cycle_003_classes.json").write_text('{"number": 1}')
+    with pytest.raises(ValueError):
+        read_class_table(tmp_path, record(3, class_table="cycle_003_classes.json"))
 
 
 def test_a_cycle_adds_one_line_and_session_json_does_not_grow(tmp_path):
@@ -67,10 +104,11 @@ def test_a_session_of_an_earlier_version_moves_its_history_out_and_resumes(tmp_p
     session.close()
     out = session.output_dir
     state = json.loads((out / "session.json").read_text())
-    old = {**state, "version": 1, "history": read_history(out)}  # as version 1 wrote it
+    old = {**state, "version": 1,  # as version 1 wrote it
+           "history": [r.to_dict() for r in read_history(out)]}
     (out / "session.json").write_text(json.dumps(old))
     (out / HISTORY_FILE).unlink()
-    assert [r["number"] for r in read_history(out)] == [0]  # readers manage either way
+    assert [r.number for r in read_history(out)] == [0]  # readers manage either way
 
     resumed = Session(warp)
     state = json.loads((out / "session.json").read_text())

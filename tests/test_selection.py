@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from live2d.history import CycleRecord
 from live2d.imaging import rotate
 from live2d.phantom import Phantom
 from live2d.selection import (
@@ -17,8 +18,13 @@ from live2d.selection import (
 
 
 def record(number, job, job_type="refine", counts=(50, 50, 50), scores=(0.9, 0.2, 0.8)):
-    return {"number": number, "job": job, "job_type": job_type, "particles": sum(counts),
-            "class_counts": list(counts), "class_score": list(scores)}
+    return CycleRecord(
+        number=number, job=job, job_type=job_type, block="refinement", block_cycle=1,
+        job_cycle=1, job_cycles=1, high_res=12.0, fraction=1.0, particles=sum(counts),
+        class_counts=list(counts), started=0.0, finished=1.0, engine="builtin (test)",
+        generation=0, particles_per_second=100.0, classes=f"cycle_{number:03d}.mrc",
+        star=f"cycle_{number:03d}.star", thumbnails=f"thumbnails/cycle_{number:03d}",
+        class_score=list(scores))
 
 
 def test_marks_override_the_proposal_and_are_checked(tmp_path):

@@ -49,35 +49,35 @@ def test_run_once_writes_every_cycle_and_the_history(warp, capsys):
     state = json.loads((out / "session.json").read_text())
     history = read_history(out)
     assert "history" not in state  # kept in history.jsonl, appended to
-    assert [c["number"] for c in history] == [0, 1, 2, 3]
-    assert [c["block"] for c in history] == ["start", "startup", "startup", "refinement"]
-    assert [c["high_res"] for c in history] == [30.0, 30.0, 12.0, 12.0]
+    assert [c.number for c in history] == [0, 1, 2, 3]
+    assert [c.block for c in history] == ["start", "startup", "startup", "refinement"]
+    assert [c.high_res for c in history] == [30.0, 30.0, 12.0, 12.0]
     assert state["job"] is None and state["settings"]["mode"] == "seeded"
     for cycle in history:
-        assert cycle["particles"] == 240 and cycle["engine"].startswith("builtin")
-        assert len(cycle["class_counts"]) == 4 and cycle["finished"] >= cycle["started"]
-        with mrcfile.open(out / cycle["classes"]) as mrc:
+        assert cycle.particles == 240 and cycle.engine.startswith("builtin")
+        assert len(cycle.class_counts) == 4 and cycle.finished >= cycle.started
+        with mrcfile.open(out / cycle.classes) as mrc:
             assert mrc.data.shape == (4, 48, 48) and mrc.voxel_size.x == pytest.approx(3.0)
             # Four 2D images, not one volume, for Scipion, RELION and cryoSPARC alike.
             assert mrc.is_image_stack() and mrc.header.mz == 1
             assert mrc.voxel_size.z == pytest.approx(3.0)
-        assert len(list((out / cycle["thumbnails"]).glob("class_*.png"))) == 4
-        assert len(cistem_star.read_star(out / cycle["star"])) == 240
-    assert sum(history[-1]["class_counts"]) == 240  # the last cycle uses every particle
-    assert history[0]["class_table"] == ""  # random classes have no quality to speak of
+        assert len(list((out / cycle.thumbnails).glob("class_*.png"))) == 4
+        assert len(cistem_star.read_star(out / cycle.star)) == 240
+    assert sum(history[-1].class_counts) == 240  # the last cycle uses every particle
+    assert history[0].class_table == ""  # random classes have no quality to speak of
     for cycle in history[1:]:  # each class's resolution estimate and score, every cycle
-        table = json.loads((out / cycle["class_table"]).read_text())
+        table = json.loads((out / cycle.class_table).read_text())
         assert [c["number"] for c in table] == [1, 2, 3, 4]
-        assert [c["score"] for c in table] == cycle["class_score"]
+        assert [c["score"] for c in table] == cycle.class_score
         assert all(c["reason"] and 0 <= c["score"] <= 1 for c in table)
-        assert all(r is None or 6.0 <= r < 200 for r in cycle["class_resolution"])
+        assert all(r is None or 6.0 <= r < 200 for r in cycle.class_resolution)
     assert not (out / "work").exists()
     assert cli_main(["status", str(warp)]) == 0
     table = capsys.readouterr().out
     assert "refinement" in table and "next job: seeded" in table
     assert "classes of cycle 3" in table and "proposed good" in table
     assert "KB per particle" in table and "GB free" in table
-    last = json.loads((out / history[-1]["class_table"]).read_text())
+    last = json.loads((out / history[-1].class_table).read_text())
     assert f"{last[0]['resolution']:.1f} Å" in table and last[0]["reason"] in table
 
 
@@ -315,8 +315,8 @@ def test_sigkill_during_a_cycle_then_restart_loses_and_duplicates_nothing(warp):
     assert subprocess.run(command, env=env, capture_output=True).returncode == 0
     state = json.loads(state_path.read_text())
     history = read_history(out)
-    assert [c["number"] for c in history] == [0, 1, 2, 3]
-    assert len({c["job"] for c in history}) == 1 and state["job"] is None
+    assert [c.number for c in history] == [0, 1, 2, 3]
+    assert len({c.job for c in history}) == 1 and state["job"] is None
     names = cistem_star.read_star(out / "particles.star")["ORIGNAME"]
     assert len(names) == names.nunique() == 240
     images = open_images(ParticleStore(out).images_path)  # Warp's stacks, read in place
@@ -337,7 +337,7 @@ def test_run_on_a_relion_star_classifies_its_particles_and_guesses_the_mask(warp
     out = warp / "classification"
     state = json.loads((out / "session.json").read_text())
     assert state["star"] == "exported.star"
-    assert [c["particles"] for c in read_history(out)] == [240] * 4
+    assert [c.particles for c in read_history(out)] == [240] * 4
     log = (out / "live2d.log").read_text()
     assert "RELION particle star" in log and "no particle diameter is known" in log
 
@@ -390,7 +390,7 @@ def test_a_warp_stack_that_vanishes_after_import_is_left_out_and_said(warp):
     assert cli_main(["run", str(warp), "--once", "--mode", "refine", *SMALL_ARGS]) == 0
     log = (out / "live2d.log").read_text()
     assert "60 particles are left out of this cycle" in log and gone in log
-    latest = cistem_star.read_star(out / read_history(out)[-1]["star"])
+    latest = cistem_star.read_star(out / read_history(out)[-1].star)
     left_out = table["ORIGNAME"].str.endswith(gone).to_numpy()
     assert (latest["2DCLS"][left_out] <= 0).all() and (latest["2DCLS"][~left_out] > 0).all()
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from live2d.history import read_history
+from live2d.history import CycleRecord, read_class_table, read_history
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -27,17 +27,19 @@ def find_state(folder: Path, command: str | None = None) -> Path | None:
     return None
 
 
-def print_classes(folder: Path, history: list[dict]) -> None:
+def print_classes(folder: Path, history: list[CycleRecord]) -> None:
     """The latest cycle's classes: resolution estimate, score and why, good ones marked."""
-    latest = next((c for c in reversed(history) if c.get("class_table")), None)
+    latest = next((c for c in reversed(history) if c.class_table), None)
     if latest is None:
         return
     try:
-        table = json.loads((folder / latest["class_table"]).read_text(encoding="utf-8"))
+        table = read_class_table(folder, latest)
     except (OSError, ValueError):
         return
+    if table is None:
+        return
     good = [c for c in table if c["score"] >= 0.5]
-    print(f"classes of cycle {latest['number']} (resolution: half-set FRC 0.143, a guide; "
+    print(f"classes of cycle {latest.number} (resolution: half-set FRC 0.143, a guide; "
           f"score 0 junk .. 1 good): {len(good)} proposed good, "
           f"{sum(c['particles'] for c in good)} particles")
     for c in table:
@@ -48,14 +50,14 @@ def print_classes(folder: Path, history: list[dict]) -> None:
               f"{mark}  {c['reason']}")
 
 
-def print_disk(folder: Path, history: list[dict]) -> None:
+def print_disk(folder: Path, history: list[CycleRecord]) -> None:
     from live2d.disk import disk_use
 
     try:
         store = json.loads((folder / "store.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         store = {}
-    classes = len(history[-1]["class_counts"]) if history else 0
+    classes = len(history[-1].class_counts) if history else 0
     use = disk_use(folder, int(store.get("count", 0)), classes, int(store.get("box", 0)),
                    store.get("images", "copy") == "copy")
     print(f"disk: {use.describe()} ({folder})")
@@ -97,16 +99,16 @@ def main(args: argparse.Namespace) -> int:
               f"{'used':>5} {'particles':>9} {'classes':>7} {'largest':>7} {'p/s':>7}  finished")
     print(header)
     for c in history:
-        counts = c["class_counts"]
-        finished = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["finished"]))
-        print(f"{c['number']:>5} {c['job']:>4} {c['job_type']:<7} {c['block']:<10} "
-              f"{c['job_cycle']:>3}/{c['job_cycles']:<3} {c['high_res']:>6.1f} "
-              f"{c['fraction']:>5.0%} {c['particles']:>9} {sum(1 for n in counts if n):>7} "
-              f"{max(counts, default=0):>7} {c['particles_per_second']:>7.0f}  {finished}")
-    if history and history[-1].get("left_out"):
+        counts = c.class_counts
+        finished = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.finished))
+        print(f"{c.number:>5} {c.job:>4} {c.job_type:<7} {c.block:<10} "
+              f"{c.job_cycle:>3}/{c.job_cycles:<3} {c.high_res:>6.1f} "
+              f"{c.fraction:>5.0%} {c.particles:>9} {sum(1 for n in counts if n):>7} "
+              f"{max(counts, default=0):>7} {c.particles_per_second:>7.0f}  {finished}")
+    if history and history[-1].left_out:
         latest = history[-1]
-        print(f"cycle {latest['number']} left out {latest['left_out']} of its "
-              f"{latest['particles']} particles: their source stacks changed or vanished since "
+        print(f"cycle {latest.number} left out {latest.left_out} of its "
+              f"{latest.particles} particles: their source stacks changed or vanished since "
               "import (live2d.log names them)")
     print_classes(path.parent, history)
     print_exports(path.parent)

@@ -15,7 +15,6 @@ thread checks it every few seconds and the page's state says what it lacks (``mi
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from live2d.class_quality import GOOD_SCORE
 from live2d.engines import CycleCancelled, EngineError
+from live2d.history import CycleRecord, read_class_table
 from live2d.layouts import WARP, detect_layout
 from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings, SettingsError
 from live2d.selection import MARKS, SelectionError
@@ -136,19 +136,20 @@ class Controller:
         summary = {**summary, "exports": exports}
         tables = {}
         record = session.latest_scored()
-        if record is not None and record.get("class_table"):
-            table = self._class_table(session.output_dir / record["class_table"])
+        if record is not None and record.class_table:
+            table = self._class_table(session.output_dir, record)
             if table is not None:
-                tables[str(record["number"])] = table
+                tables[str(record.number)] = table
         return {"selection": summary, "class_tables": tables, "good_score": GOOD_SCORE}
 
-    def _class_table(self, path: Path) -> list | None:
+    def _class_table(self, folder: Path, record: CycleRecord) -> list | None:
+        path = folder / record.class_table
         try:
             mtime = path.stat().st_mtime_ns
             cached = self._tables.get(path)
             if cached is None or cached[0] != mtime:
-                table = json.loads(path.read_text(encoding="utf-8"))
-                if not isinstance(table, list):
+                table = read_class_table(folder, record)
+                if table is None:
                     return None
                 self._tables = {path: (mtime, table)}  # only the latest is asked for
             return self._tables[path][1]

@@ -13,7 +13,6 @@ copies them only when its engine or cluster workers need one stack.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import glob
 import logging
 import os
@@ -32,9 +31,9 @@ from pyworkflow.object import Integer, Set, String
 
 from live2d import cistem_star, warp
 from live2d.executors import Executor, LocalExecutor, make_executor
-from live2d.history import read_history
+from live2d.history import CycleRecord, read_history
 from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings, SettingsError, automatic_job_due
-from live2d.session import CycleRecord, Session
+from live2d.session import Session
 from live2d_plugin import Plugin
 from live2d_plugin.constants import (
     ENGINE_LABELS,
@@ -51,7 +50,7 @@ from live2d_plugin.convert import (
     scipion_stack,
     set_class_quality,
 )
-from live2d_plugin.quality import cycle_selection, read_class_table
+from live2d_plugin.quality import class_table_by_number, cycle_selection
 
 DASK_ADDRESS = re.compile(r"^((tcp|tls|ucx)://)?[\w.\-\[\]:]+:\d+$")
 # Form parameter -> Settings field; labels, defaults, ranges, levels and help come from Settings.
@@ -454,11 +453,10 @@ class ProtLive2DClassify2D(ProtClassify2D):
         pixel_size = float(star["PSIZE"].iloc[0]) if len(star) else \
             self.inputParticles.get().getSamplingRate()
         suffix = f"_cycle{record.number:03d}"
-        quality = read_class_table(output_dir / record.class_table if record.class_table
-                                   else None)
+        quality = class_table_by_number(output_dir, record)
         # The selection everywhere: the proposal of the cycle's scores with the marks made in
         # Live2D's page (selection.json) over it.
-        chosen = cycle_selection(output_dir, dataclasses.asdict(record))
+        chosen = cycle_selection(output_dir, record)
 
         averages = self._createSetOfAverages(suffix)
         averages.copyInfo(self.inputParticles.get())
@@ -610,8 +608,7 @@ class ProtLive2DClassify2D(ProtClassify2D):
         return errors
 
     def _history(self) -> list[CycleRecord]:
-        return [CycleRecord.from_dict(values)
-                for values in read_history(self._getExtraPath("live2d"))]
+        return read_history(self._getExtraPath("live2d"))
 
     def _summary(self) -> list[str]:
         lines = []

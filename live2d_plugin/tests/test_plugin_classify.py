@@ -18,7 +18,7 @@ from pwem.objects import SetOfClasses2D, SetOfParticles
 from pwem.protocols import ProtSplitSet
 from pyworkflow.protocol.constants import MODE_RESUME
 
-from live2d.history import read_history
+from live2d.history import CycleRecord, read_history
 from live2d.mrc import HEADER_BYTES
 from live2d.selection import SelectionState, mark, selected, selected_particles
 from live2d.session import Session
@@ -51,7 +51,7 @@ def session_state(prot) -> dict:
     return json.loads(state.read_text()) if state.exists() else {}
 
 
-def history_of(prot) -> list[dict]:
+def history_of(prot) -> list[CycleRecord]:
     return read_history(prot._getExtraPath("live2d"))
 
 
@@ -89,7 +89,7 @@ class TestClassify(ProjectTestCase):
         self.assertEqual(store.count, count)
         self.assertFalse(store.stack_path.exists())  # no pixels, so no stack
         last = history_of(classify)[-1]
-        self.assertEqual((last["particles"], sum(last["class_counts"])), (count, count))
+        self.assertEqual((last.particles, sum(last.class_counts)), (count, count))
         log = session_log(classify)
         self.assertNotIn("left out", log)
         self.assertIn("the input particles are read where they are, not copied",
@@ -107,7 +107,7 @@ class TestClassify(ProjectTestCase):
         self.assertEqual(set(stacks), {str(p.resolve())
                                        for p in (warp_dir / "particles").glob("*.mrcs")})
         self.assertEqual(done.publishedParticles.get(), 80)
-        self.check_classes(done, 2, sum(history_of(done)[-1]["class_counts"]))
+        self.check_classes(done, 2, sum(history_of(done)[-1].class_counts))
 
     def test_a_copying_import_is_read_in_place_while_it_still_grows(self) -> None:
         warp_dir = self.work / "warp"
@@ -133,7 +133,7 @@ class TestClassify(ProjectTestCase):
         self.assertEqual(stamps, {stack_stamp(store_stack)})
         self.assertTrue(stack_stamp(store_stack).startswith("store:"))
         self.check_classes(done, done.publishedCycle.get(),
-                           sum(history_of(done)[-1]["class_counts"]))
+                           sum(history_of(done)[-1].class_counts))
 
     def test_a_stack_opened_in_scipions_viewer_keeps_its_particles_and_a_rewritten_one_is_said(
             self) -> None:
@@ -174,7 +174,7 @@ class TestClassify(ProjectTestCase):
         summary = "\n".join(done.summary())
         self.assertIn("40 particles were left out of that cycle", summary)
         last = history_of(done)[-1]
-        self.assertEqual((last["particles"], last["left_out"]), (160, 40))
+        self.assertEqual((last.particles, last.left_out), (160, 40))
 
     def check_classes(self, prot, cycle: int, classified: int) -> None:
         """outputClasses hold the given cycle's classes: representatives are that cycle's
@@ -207,8 +207,8 @@ class TestClassify(ProjectTestCase):
     def check_class_quality(self, prot, cycle: int) -> None:
         """Every class carries the resolution estimate, score and reason of the cycle's class
         table, and whether it is selected."""
-        record = next(r for r in history_of(prot) if r["number"] == cycle)
-        table = json.loads(Path(prot._getExtraPath("live2d", record["class_table"]))
+        record = next(r for r in history_of(prot) if r.number == cycle)
+        table = json.loads(Path(prot._getExtraPath("live2d", record.class_table))
                            .read_text())
         rows = {row["number"]: row for row in table}
         chosen = selected(record, SelectionState.load(Path(prot._getExtraPath("live2d"))))
@@ -232,7 +232,7 @@ class TestClassify(ProjectTestCase):
                 self.assertEqual(getattr(class_item, SELECTED_ATTRIBUTE).get(),
                                  class_item.getObjId() in chosen)
                 seen += 1
-            self.assertEqual(seen, sum(1 for c in record["class_counts"] if c))
+            self.assertEqual(seen, sum(1 for c in record.class_counts if c))
         finally:
             classes.close()
 
@@ -240,7 +240,7 @@ class TestClassify(ProjectTestCase):
         """outputParticles are the members of the selected classes of the cycle, as
         live2d.selection counts them from the session files, each with its alignment."""
         session_dir = Path(prot._getExtraPath("live2d"))
-        record = next(r for r in history_of(prot) if r["number"] == cycle)
+        record = next(r for r in history_of(prot) if r.number == cycle)
         chosen = selected(record, SelectionState.load(session_dir))
         expected = selected_particles(record, chosen)
         self.assertEqual(prot.publishedSelected.get(), expected)
@@ -326,7 +326,7 @@ class TestClassify(ProjectTestCase):
         # next job's cycles, and outputParticles leave that class out from then on.
         session_dir = Path(first._getExtraPath("live2d"))
         record = history_of(first)[-1]
-        largest = int(np.argmax(record["class_counts"])) + 1
+        largest = int(np.argmax(record.class_counts)) + 1
         state = SelectionState.load(session_dir)
         mark(state, record, {largest: "junk"})
         state.save(session_dir)
@@ -343,24 +343,24 @@ class TestClassify(ProjectTestCase):
         self.assertEqual(session_state(done)["settings"]["threads"],
                          SMALL_SCHEDULE["numberOfThreads"])
         last = history[-1]
-        self.assertEqual(last["particles"], 240)
-        self.assertEqual(last["job_type"], "seeded")
-        self.assertEqual(done.publishedCycle.get(), last["number"])
+        self.assertEqual(last.particles, 240)
+        self.assertEqual(last.job_type, "seeded")
+        self.assertEqual(done.publishedCycle.get(), last.number)
         self.assertEqual(done.publishedParticles.get(), 240)
-        self.assertEqual(done.publishedClassified.get(), sum(last["class_counts"]))
-        self.check_classes(done, last["number"], sum(last["class_counts"]))
+        self.assertEqual(done.publishedClassified.get(), sum(last.class_counts))
+        self.check_classes(done, last.number, sum(last.class_counts))
         marks = SelectionState.load(Path(done._getExtraPath("live2d")))
-        self.assertEqual(marks.cycle, last["number"])
+        self.assertEqual(marks.cycle, last.number)
         self.assertEqual(marks.marks, {str(largest): "junk"})
         self.assertNotIn(str(largest), done.publishedSelection.get().split(","))
-        self.assertLess(done.publishedSelected.get(), sum(last["class_counts"]))
+        self.assertLess(done.publishedSelected.get(), sum(last.class_counts))
         summary = "\n".join(done.summary())
-        self.assertIn(f"cycle {last['number']}", summary)
+        self.assertIn(f"cycle {last.number}", summary)
         self.assertIn("of the 240 particles", summary)
         self.assertEqual(output_size(done, "outputClasses")[1], True)  # closed at the end
         # Every cycle's averages stay on disk for the viewer.
         for record in history:
-            self.assertTrue(Path(done._getExtraPath("live2d", record["classes"])).exists())
+            self.assertTrue(Path(done._getExtraPath("live2d", record.classes)).exists())
 
     def test_stop_ends_after_the_current_cycle_and_continue_resumes(self) -> None:
         warp_dir = self.work / "warp"
@@ -380,7 +380,7 @@ class TestClassify(ProjectTestCase):
         before = history_of(stopped)
         self.assertGreaterEqual(len(before), 2)
         self.assertEqual(output_size(stopped, "outputClasses")[1], True)  # final until resumed
-        self.assertEqual(stopped.publishedCycle.get(), before[-1]["number"])
+        self.assertEqual(stopped.publishedCycle.get(), before[-1].number)
 
         simulate_warp(warp_dir, particles=240)
         self.wait_until(importer, lambda p: output_size(p)[0] == 240, 60,
@@ -395,11 +395,11 @@ class TestClassify(ProjectTestCase):
         # Resumed, not restarted: the cycles before the stop are kept as they were, numbering
         # goes on, and the run classified the grown set.
         self.assertEqual(after[: len(before)], before)
-        self.assertEqual([r["number"] for r in after], list(range(len(after))))
+        self.assertEqual([r.number for r in after], list(range(len(after))))
         self.assertGreater(len(after), len(before))
-        self.assertEqual(after[-1]["particles"], 240)
-        self.assertEqual(done.publishedCycle.get(), after[-1]["number"])
-        self.check_classes(done, after[-1]["number"], sum(after[-1]["class_counts"]))
+        self.assertEqual(after[-1].particles, 240)
+        self.assertEqual(done.publishedCycle.get(), after[-1].number)
+        self.check_classes(done, after[-1].number, sum(after[-1].class_counts))
 
     def test_cistem_engine_with_stand_in_programs(self) -> None:
         sys.path.insert(0, str(STANDIN_PARENT))
@@ -430,9 +430,9 @@ class TestClassify(ProjectTestCase):
                 os.environ["LIVE2D_CISTEM_BIN"] = previous
         history = history_of(done)
         self.assertEqual(len(history), 3)  # closed input below firstJobAt: one job, whole set
-        self.assertTrue(all("refine2d" in record["engine"] for record in history[1:]),
-                        [r["engine"] for r in history])
-        self.check_classes(done, 2, sum(history[-1]["class_counts"]))
+        self.assertTrue(all("refine2d" in record.engine for record in history[1:]),
+                        [r.engine for r in history])
+        self.check_classes(done, 2, sum(history[-1].class_counts))
         self.assertEqual(done.publishedParticles.get(), 80)
 
     def test_cistem_engine_missing_fails_validation_only_when_chosen(self) -> None:

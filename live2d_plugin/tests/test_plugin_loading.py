@@ -17,8 +17,8 @@ from pyworkflow.template import LocalTemplate
 from pyworkflow.viewer import DESKTOP_TKINTER
 
 import live2d_plugin
+from live2d.history import CycleRecord
 from live2d.schedule import Settings
-from live2d.session import CycleRecord
 from live2d.simulate import default_settings, write_settings
 from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp
 from live2d_plugin.protocols.protocol_classify2d import (

@@ -67,8 +67,8 @@ class TestClassifyBeyondOneProcess(ProjectTestCase):
         history = history_of(done)
         self.assertEqual(len(history), 3)
         self.assertIn(f"Dask scheduler {cluster.scheduler_address}", "\n".join(done.summary()))
-        self.assertTrue(all("dask at tcp://127.0.0.1" in record["engine"]
-                            for record in history), [r["engine"] for r in history])
+        self.assertTrue(all("dask at tcp://127.0.0.1" in record.engine
+                            for record in history), [r.engine for r in history])
         self.assertEqual(done.publishedParticles.get(), 80)
 
     def test_a_malformed_scheduler_address_fails_validation(self) -> None:

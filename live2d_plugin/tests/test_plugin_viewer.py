@@ -20,21 +20,19 @@ from matplotlib.colors import to_hex
 from PIL import Image
 from plugin_test_helpers import ProjectTestCase
 
+from live2d.history import CycleRecord, read_history
 from live2d.selection import SelectionState, mark
-from live2d.session import CycleRecord
 from live2d.thumbnails import write_thumbnails
 from live2d_plugin.protocols import ProtLive2DClassify2D
 from live2d_plugin.viewers import Live2DViewer
 from live2d_plugin.viewers.plots import (
     SELECTED_COLOR,
-    CycleInfo,
     caption_lines,
     class_colors,
     class_order,
     draw_evolution,
     draw_gallery,
     gallery_figsize,
-    load_history,
     population_matrix,
     save_evolution_png,
     save_gallery_png,
@@ -124,7 +122,7 @@ def test_class_order_sorts_by_count_and_keeps_ties_in_class_order() -> None:
 
 def test_gallery_draws_every_class_with_its_count(tmp_path) -> None:
     write_session(tmp_path)
-    cycle = load_history(tmp_path)[2]
+    cycle = read_history(tmp_path)[2]
     figure = matplotlib.figure.Figure()
     order = draw_gallery(figure, tmp_path, cycle, sort_by_count=True)
     assert order == [2, 3, 1]
@@ -150,7 +148,7 @@ def framed(figure: matplotlib.figure.Figure) -> list[bool]:
 
 def test_gallery_shows_each_class_quality_and_frames_the_selected_classes(tmp_path) -> None:
     write_session(tmp_path, scored=True)
-    cycle = load_history(tmp_path)[2]  # counts [5, 70, 25]
+    cycle = read_history(tmp_path)[2]  # counts [5, 70, 25]
     assert cycle.assessed and caption_lines(cycle) == 4
     figure = matplotlib.figure.Figure(figsize=gallery_figsize(3, caption_lines(cycle)))
     assert draw_gallery(figure, tmp_path, cycle) == [2, 3, 1]
@@ -168,20 +166,20 @@ def test_gallery_shows_each_class_quality_and_frames_the_selected_classes(tmp_pa
 
     # A mark made in the page (here: class 2 good, class 1 junk) is the selection shown.
     state = SelectionState()
-    record = json.loads((tmp_path / "session.json").read_text())["history"][2]
+    record = read_history(tmp_path)[2]
     mark(state, record, {2: "good", 1: "junk"})
     state.save(tmp_path)
     draw_gallery(figure, tmp_path, cycle)
     assert framed(figure) == [True, True, False]
     assert "selected, 2 classes, 95 particles" in figure._suptitle.get_text()
     # A cycle the marks do not refer to shows its own proposal.
-    draw_gallery(figure, tmp_path, load_history(tmp_path)[1])  # counts [10, 50, 40]
+    draw_gallery(figure, tmp_path, read_history(tmp_path)[1])  # counts [10, 50, 40]
     assert framed(figure) == [False, True, True]
 
 
 def test_gallery_of_a_session_without_scores_has_no_captions(tmp_path) -> None:
     write_session(tmp_path)
-    cycle = load_history(tmp_path)[2]
+    cycle = read_history(tmp_path)[2]
     assert not cycle.assessed and caption_lines(cycle) == 0
     figure = matplotlib.figure.Figure()
     draw_gallery(figure, tmp_path, cycle)
@@ -192,7 +190,7 @@ def test_gallery_of_a_session_without_scores_has_no_captions(tmp_path) -> None:
 
 def test_evolution_stacks_populations_and_plots_the_resolution_limit(tmp_path) -> None:
     write_session(tmp_path)
-    history = load_history(tmp_path)
+    history = read_history(tmp_path)
     matrix = population_matrix(history)
     assert matrix.shape == (4, 4)
     assert matrix[1].tolist() == [10, 50, 40, 0]  # padded to the largest K
@@ -206,7 +204,7 @@ def test_evolution_stacks_populations_and_plots_the_resolution_limit(tmp_path) -
 
 def test_pngs_render_headless(tmp_path) -> None:
     write_session(tmp_path / "session")
-    history = load_history(tmp_path / "session")
+    history = read_history(tmp_path / "session")
     save_gallery_png(tmp_path / "gallery.png", tmp_path / "session", history[-1])
     save_evolution_png(tmp_path / "evolution.png", history)
     for name in ("gallery.png", "evolution.png"):
@@ -256,7 +254,7 @@ def test_a_class_is_the_same_way_up_on_the_page_in_the_viewer_and_in_scipion(tmp
 
     session = tmp_path / "session"
     write_session(session, stack=marked, header=header)
-    cycle = load_history(session)[-1]  # class 2 holds the most particles: drawn first
+    cycle = read_history(session)[-1]  # class 2 holds the most particles: drawn first
     path = session / cycle.classes
     with mrcfile.open(path) as mrc:
         assert mrc.is_image_stack() if header == "image stack" else mrc.is_volume()
@@ -279,7 +277,7 @@ def test_a_class_is_the_same_way_up_on_the_page_in_the_viewer_and_in_scipion(tmp
 
 
 # ------------------------------------------------------------------ telling classes apart
-def long_history(k: int, cycles: int = 12, seed: int = 3) -> list[CycleInfo]:
+def long_history(k: int, cycles: int = 12, seed: int = 3) -> list[CycleRecord]:
     """``cycles`` cycles of K classes with a few large and many small populations, over two
     jobs."""
     rng = np.random.default_rng(seed)
@@ -288,8 +286,12 @@ def long_history(k: int, cycles: int = 12, seed: int = 3) -> list[CycleInfo]:
     for number in range(cycles):
         drift = weights * np.exp(0.4 * rng.standard_normal(k))
         counts = rng.multinomial(20_000, drift / drift.sum()).tolist()
-        history.append(CycleInfo(number, 1 + (number >= cycles // 2), "abinit", "refinement",
-                                 40.0 - 2 * number, 20_000, counts, ""))
+        history.append(CycleRecord(
+            number=number, job=1 + (number >= cycles // 2), job_type="abinit",
+            block="refinement", block_cycle=1, job_cycle=number + 1, job_cycles=cycles,
+            high_res=40.0 - 2 * number, fraction=1.0, particles=20_000, class_counts=counts,
+            started=0.0, finished=1.0, engine="builtin (test)", generation=1,
+            particles_per_second=100.0, classes="", star="", thumbnails=""))
     return history
 
 
@@ -330,7 +332,7 @@ def gallery_of(tmp_path: Path, k: int, scored: bool = False) -> matplotlib.figur
     counts = [int(c) for c in np.random.default_rng(k).integers(0, 2000, k)]
     folder = tmp_path / f"k{k}{'_scored' if scored else ''}"
     write_session(folder, cycles=[(0, 1, "startup", 20.0, counts)], scored=scored)
-    cycle = load_history(folder)[0]
+    cycle = read_history(folder)[0]
     figure = matplotlib.figure.Figure(figsize=gallery_figsize(k, caption_lines(cycle)), dpi=100)
     FigureCanvasAgg(figure)
     draw_gallery(figure, folder, cycle)
@@ -403,7 +405,7 @@ def test_gallery_captions_fit_under_their_classes_at_any_number_of_classes(tmp_p
 def test_gallery_heading_says_the_job_type_as_users_read_it(tmp_path) -> None:
     write_session(tmp_path)
     figure = matplotlib.figure.Figure()
-    draw_gallery(figure, tmp_path, load_history(tmp_path)[2])
+    draw_gallery(figure, tmp_path, read_history(tmp_path)[2])
     heading = figure._suptitle.get_text()
     assert "Ab initio job 1" in heading and "abinit" not in heading
 

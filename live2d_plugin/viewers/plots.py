@@ -7,9 +7,10 @@ sizes follow the number of classes."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -20,42 +21,17 @@ from matplotlib.patches import Patch
 from matplotlib.textpath import TextToPath
 from matplotlib.ticker import MaxNLocator
 
-from live2d.history import read_history
+from live2d.history import CycleRecord
 from live2d.mrc import read_images
 from live2d.schedule import JOB_LABELS
 from live2d.selection import selected_particles
 from live2d.thumbnails import display_image
-from live2d_plugin.quality import cycle_selection, read_class_table, reason_text, resolution_text
-
-
-@dataclass(frozen=True)
-class CycleInfo:
-    number: int
-    job: int
-    job_type: str
-    block: str
-    high_res: float
-    particles: int
-    class_counts: list[int]
-    classes: str  # MRC stack of the averages, relative to the session folder
-    # Per class (live2d.class_quality), empty for the random start and older sessions.
-    class_score: list[float] = field(default_factory=list)
-    class_resolution: list[float | None] = field(default_factory=list)
-    class_table: str = ""  # cycle_NNN_classes.json (with the reasons), relative to the folder
-
-    @property
-    def assessed(self) -> bool:
-        """Whether the cycle's classes have a resolution estimate and a score."""
-        return bool(self.class_score)
-
-
-def load_history(session_dir: str | Path) -> list[CycleInfo]:
-    """The cycles the session in ``session_dir`` recorded (empty when there is none yet)."""
-    return [CycleInfo(int(r["number"]), int(r["job"]), str(r["job_type"]), str(r["block"]),
-                      float(r["high_res"]), int(r["particles"]), list(r["class_counts"]),
-                      str(r["classes"]), list(r.get("class_score") or []),
-                      list(r.get("class_resolution") or []), str(r.get("class_table") or ""))
-            for r in read_history(session_dir)]
+from live2d_plugin.quality import (
+    class_table_by_number,
+    cycle_selection,
+    reason_text,
+    resolution_text,
+)
 
 
 def class_order(counts: list[int], sort_by_count: bool) -> list[int]:
@@ -135,7 +111,7 @@ def gallery_layout(n: int, width: float, height: float, columns: int | None = No
     return best
 
 
-def caption_lines(cycle: CycleInfo) -> int:
+def caption_lines(cycle: CycleRecord) -> int:
     """Caption lines a gallery of ``cycle`` makes room for: none for a cycle without scores."""
     return 1 + REASON_LINES if cycle.assessed else 0
 
@@ -186,11 +162,10 @@ def _text_width(text: str, prop: FontProperties) -> float:
 
 
 # ------------------------------------------------------------------------------ class captions
-def class_rows(session_dir: str | Path, cycle: CycleInfo) -> dict[int, dict]:
+def class_rows(session_dir: str | Path, cycle: CycleRecord) -> dict[int, dict]:
     """Per class number: resolution, at_limit, score and reason, from the cycle's class table
     (from its record where the table is missing: without the reasons)."""
-    table = read_class_table(Path(session_dir) / cycle.class_table) if cycle.class_table \
-        else {}
+    table = class_table_by_number(session_dir, cycle)
     if table:
         return table
     resolutions = cycle.class_resolution + [None] * len(cycle.class_score)
@@ -244,7 +219,7 @@ def _fit_captions(rows: list[dict | None], cell_pt: float, fontsize: float,
     return captions, fontsize
 
 
-def draw_gallery(figure: matplotlib.figure.Figure, session_dir: str | Path, cycle: CycleInfo,
+def draw_gallery(figure: matplotlib.figure.Figure, session_dir: str | Path, cycle: CycleRecord,
                  sort_by_count: bool = True, columns: int | None = None) -> list[int]:
     """Every class average of ``cycle`` with its particle count, each image drawn as
     :func:`live2d.thumbnails.display_image` decides (first MRC row at the top, as in the page and
@@ -259,9 +234,7 @@ def draw_gallery(figure: matplotlib.figure.Figure, session_dir: str | Path, cycl
     width, height = (float(v) for v in figure.get_size_inches())
     total = sum(counts)
     rows = class_rows(session_dir, cycle) if cycle.assessed else {}
-    chosen = cycle_selection(session_dir, {"number": cycle.number,
-                                           "class_score": cycle.class_score}) \
-        if cycle.assessed else set()
+    chosen = cycle_selection(session_dir, cycle) if cycle.assessed else set()
     captions: list[str] = []
     caption_font = 0.0
     for lines in ((1 + REASON_LINES, 1) if cycle.assessed else (0,)):
@@ -299,7 +272,8 @@ def draw_gallery(figure: matplotlib.figure.Figure, session_dir: str | Path, cycl
                 spine.set_linewidth(2.5)
     heading = _gallery_heading(cycle, total, len(order), sort_by_count)
     if cycle.assessed:
-        picked = selected_particles({"class_counts": counts}, sorted(chosen))
+        picked = selected_particles(dataclasses.replace(cycle, class_counts=counts),
+                                    sorted(chosen))
         classes = "1 class" if len(chosen) == 1 else f"{len(chosen)} classes"
         heading += (f"\nGreen frame: selected, {classes}, {picked} particles · "
                     "under each: resolution estimate (a guide), score")
@@ -307,7 +281,7 @@ def draw_gallery(figure: matplotlib.figure.Figure, session_dir: str | Path, cycl
     return [index + 1 for index in order]
 
 
-def _gallery_heading(cycle: CycleInfo, total: int, n_classes: int, sort_by_count: bool) -> str:
+def _gallery_heading(cycle: CycleRecord, total: int, n_classes: int, sort_by_count: bool) -> str:
     job = JOB_LABELS.get(cycle.job_type, cycle.job_type)
     order_text = "sorted by particle count" if sort_by_count else "in class order"
     return (f"Cycle {cycle.number} · {job} job {cycle.job}, {cycle.block} · "
@@ -320,7 +294,7 @@ LEGEND_TOP = 10  # classes listed in the legend of the evolution plot
 LEGEND_IN = 1.9  # room right of the plot for the resolution axis and the legend
 
 
-def population_matrix(history: list[CycleInfo]) -> np.ndarray:
+def population_matrix(history: list[CycleRecord]) -> np.ndarray:
     """(cycles, classes) particle counts, classes padded with zeros to the largest K."""
     width = max((len(c.class_counts) for c in history), default=0)
     matrix = np.zeros((len(history), width), dtype=np.int64)
@@ -362,7 +336,7 @@ def class_colors(k: int) -> list[tuple[float, float, float, float]]:
     return colors
 
 
-def draw_evolution(figure: matplotlib.figure.Figure, history: list[CycleInfo]):
+def draw_evolution(figure: matplotlib.figure.Figure, history: list[CycleRecord]):
     """Stacked populations of every class per cycle, class numbers written on the bands wide
     enough to hold them and a legend of the largest classes, the high-resolution limit of each
     cycle on a second axis, job boundaries as dashed lines. Returns (population axes, limit
@@ -454,7 +428,7 @@ def _legend_largest(figure: matplotlib.figure.Figure, final: np.ndarray, colors:
                   frameon=False)
 
 
-def save_gallery_png(path: str | Path, session_dir: str | Path, cycle: CycleInfo,
+def save_gallery_png(path: str | Path, session_dir: str | Path, cycle: CycleRecord,
                      sort_by_count: bool = True) -> list[int]:
     figure = matplotlib.figure.Figure(figsize=gallery_figsize(len(cycle.class_counts),
                                                               caption_lines(cycle)), dpi=100)
@@ -463,7 +437,7 @@ def save_gallery_png(path: str | Path, session_dir: str | Path, cycle: CycleInfo
     return order
 
 
-def save_evolution_png(path: str | Path, history: list[CycleInfo]) -> None:
+def save_evolution_png(path: str | Path, history: list[CycleRecord]) -> None:
     figure = matplotlib.figure.Figure(figsize=(9, 5), dpi=100)
     draw_evolution(figure, history)
     figure.savefig(path)

@@ -9,22 +9,21 @@ from typing import ClassVar
 import pyworkflow.protocol.params as params
 import pyworkflow.viewer as pwviewer
 
+from live2d.history import CycleRecord, read_history
 from live2d_plugin.protocols.protocol_classify2d import ProtLive2DClassify2D
 from live2d_plugin.viewers.plots import (
-    CycleInfo,
     caption_lines,
     draw_evolution,
     draw_gallery,
     gallery_figsize,
-    load_history,
 )
 
 
-def gallery_window_title(cycle: CycleInfo) -> str:
+def gallery_window_title(cycle: CycleRecord) -> str:
     return f"Live2D – class averages, cycle {cycle.number}"
 
 
-def evolution_window_title(history: list[CycleInfo]) -> str:
+def evolution_window_title(history: list[CycleRecord]) -> str:
     cycles = "1 cycle" if len(history) == 1 else f"{len(history)} cycles"
     return f"Live2D – class populations over {cycles}"
 
@@ -60,10 +59,10 @@ class Live2DViewer(pwviewer.ProtocolViewer):
     def _sessionDir(self) -> Path:
         return Path(self.protocol._getExtraPath("live2d"))
 
-    def _cycles(self) -> list[CycleInfo]:
-        return load_history(self._sessionDir())
+    def _cycles(self) -> list[CycleRecord]:
+        return read_history(self._sessionDir())
 
-    def _chosenCycle(self) -> CycleInfo | None:
+    def _chosenCycle(self) -> CycleRecord | None:
         history = self._cycles()
         wanted = self.cycle.get()
         return next((c for c in history if c.number == wanted), None)

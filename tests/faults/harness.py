@@ -78,10 +78,10 @@ def check_invariants(warp: Path, out: Path, complete: bool = True) -> dict:
     else:
         assert set(names) <= set(expected), "the store holds particles Warp never wrote"
     history = read_history(out)
-    assert [c["number"] for c in history] == list(range(len(history))), "history has a gap"
+    assert [c.number for c in history] == list(range(len(history))), "history has a gap"
     if history:
         latest = history[-1]
-        with mrcfile.open(out / latest["classes"]) as mrc:
-            assert mrc.data.shape[0] == len(latest["class_counts"])
-        assert len(cistem_star.read_star(out / latest["star"])) == latest["particles"]
+        with mrcfile.open(out / latest.classes) as mrc:
+            assert mrc.data.shape[0] == len(latest.class_counts)
+        assert len(cistem_star.read_star(out / latest.star)) == latest.particles
     return {"particles": len(names), "cycles": len(history)}

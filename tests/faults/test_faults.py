@@ -245,8 +245,8 @@ def _run_once(warp: Path) -> subprocess.CompletedProcess:
 
 def _latest_cycle_is_finite(out: Path) -> None:
     latest = read_history(out)[-1]
-    assert np.isfinite(read_images(out / latest["classes"])).all()
-    table = cistem_star.read_star(out / latest["star"])
+    assert np.isfinite(read_images(out / latest.classes)).all()
+    table = cistem_star.read_star(out / latest.star)
     assert np.isfinite(table.select_dtypes("number").to_numpy(dtype=float)).all()
 
 
@@ -293,7 +293,7 @@ def test_a_store_poisoned_by_an_earlier_version_no_longer_fails_every_cycle(tmp_
     fields = row.split()
     poisoned = row.replace(f" {fields[4]} ", f" {'inf':>{len(fields[4])}} ", 1)
     stored.write_text(text.replace(row, poisoned, 1))  # same length: the store's commit holds
-    latest = out / read_history(out)[-1]["star"]
+    latest = out / read_history(out)[-1].star
     lines = latest.read_text().split("\n")
     index = [i for i, line in enumerate(lines) if line.strip()[:1].isdigit()][2]
     shift = lines[index].split()[2]
@@ -336,7 +336,7 @@ def test_touched_stacks_keep_their_particles(tmp_path):
     assert second.returncode == 0, second.stderr
     latest = read_history(out)[-1]
     assert "left out" not in read_log(out)
-    assert latest["particles"] == 160 and latest["left_out"] == 0
+    assert latest.particles == 160 and latest.left_out == 0
     check_invariants(warp, out, complete=True)
 
 
@@ -363,7 +363,7 @@ def test_a_stack_cut_short_during_a_cycle_leaves_its_particles_out_and_the_run_g
         assert "60 particles are left out of this cycle" in log and last.name in log
         assert "changed while it was read" in log  # the cut landed inside a cycle's reads
         history = read_history(out)
-        assert history[-1]["left_out"] == 60 and history[-1]["particles"] == 1200
+        assert history[-1].left_out == 60 and history[-1].particles == 1200
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
