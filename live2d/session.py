@@ -31,14 +31,13 @@ from live2d.atomic import atomic_write_json, naming
 from live2d.class_quality import ClassQuality, assess_classes
 from live2d.disk import DiskUse, disk_use
 from live2d.engines import (
-    CycleCancelled,
     CycleParams,
     CycleRequest,
     Engine,
-    EngineError,
     Progress,
     make_engine,
 )
+from live2d.errors import CycleCancelled, EngineError, SelectionError, SessionError
 from live2d.export import Exported, export_particles
 from live2d.history import CycleHistory
 from live2d.importer import Importer, ImportReport
@@ -52,7 +51,6 @@ from live2d.schedule import (
     plan_job,
 )
 from live2d.selection import (
-    SelectionError,
     SelectionState,
     follow_cycle,
     good_particles_history,
@@ -148,10 +146,6 @@ class SessionState:
     particles_at_last_job: int | None = None
     automatic: bool = False
     version: int = STATE_VERSION
-
-
-class SessionError(RuntimeError):
-    """Something the user must fix (wrong folder, nothing to classify); the message says what."""
 
 
 class Session:
@@ -358,10 +352,6 @@ class Session:
             self._cancel.set()
         if self.status in ("running", "listening"):
             self._set_status("stopping")
-
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
 
     def clear_stop(self) -> None:
         """Forget earlier stop requests: done when a job or the loop is started, by whoever

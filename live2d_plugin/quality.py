@@ -9,7 +9,8 @@ import json
 import os
 from pathlib import Path
 
-from live2d.selection import SelectionError, SelectionState, selected
+from live2d.errors import SelectionError
+from live2d.selection import SelectionState, selected
 
 
 def read_class_table(path: str | os.PathLike | None) -> dict[int, dict]:

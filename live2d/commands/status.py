@@ -62,7 +62,8 @@ def print_disk(folder: Path, history: list[dict]) -> None:
 
 
 def print_exports(folder: Path) -> None:
-    from live2d.selection import SelectionError, SelectionState
+    from live2d.errors import SelectionError
+    from live2d.selection import SelectionState
 
     try:
         exports = SelectionState.load(folder).exports

@@ -31,9 +31,10 @@ from pyworkflow import BETA
 from pyworkflow.object import Integer, Set, String
 
 from live2d import cistem_star, warp
+from live2d.errors import SettingsError
 from live2d.executors import Executor, LocalExecutor, make_executor
 from live2d.history import read_history
-from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings, SettingsError, automatic_job_due
+from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings, automatic_job_due
 from live2d.session import CycleRecord, Session
 from live2d_plugin import Plugin
 from live2d_plugin.constants import (
@@ -599,8 +600,8 @@ class ProtLive2DClassify2D(ProtClassify2D):
             errors.append(f"Dask scheduler {address!r} is not an address such as "
                           "tcp://head:8786 (or leave it empty)")
         if self._engineName() == "cistem":
-            from live2d.engines import EngineError
             from live2d.engines.cistem_programs import find_programs
+            from live2d.errors import EngineError
 
             try:
                 find_programs(Plugin.getCistemBin(), True)
