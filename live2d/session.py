@@ -192,6 +192,8 @@ class Session:
         if star is not None and str(star) != self.state.star:
             self.state.star = str(star)
             self._write_state()
+        # Parsed once: state.settings is only the form session.json keeps (see _change_settings).
+        self._settings = Settings.from_dict(self.state.settings)
         self.store = ParticleStore(self.output_dir)
         self.importer = Importer(self.warp_dir, self.store, which=self.settings.particle_file,
                                  star=self.state.star or None,
@@ -208,7 +210,7 @@ class Session:
 
     @property
     def settings(self) -> Settings:
-        return Settings.from_dict(self.state.settings)
+        return self._settings
 
     @property
     def history(self) -> list[CycleRecord]:
@@ -268,13 +270,21 @@ class Session:
     def update_settings(self, values: dict[str, Any]) -> Settings:
         """Validate and store new settings (raises SettingsError with a message for the user)."""
         with self._lock:
-            settings = Settings.from_dict(values, base=self.settings)
-            self.state.settings = settings.to_dict()
+            settings = self._change_settings(values)
             self.importer.which = settings.particle_file
             self.importer.contrast = settings.contrast
             self._write_state()
         self._emit({"type": "settings", "settings": settings.to_dict()})
         return settings
+
+    def _change_settings(self, values: dict[str, Any]) -> Settings:
+        """The one writer of the settings: validates ``values`` over the current settings and
+        keeps the result both typed and in the state that :meth:`_write_state` saves (the
+        caller saves it)."""
+        with self._lock:
+            self._settings = Settings.from_dict(values, base=self._settings)
+            self.state.settings = self._settings.to_dict()
+            return self._settings
 
     # ----------------------------------------------------------------- events and log
     def add_listener(self, listener: Listener) -> None:
@@ -380,7 +390,7 @@ class Session:
             with self._lock:
                 self.state.job = None
                 self.state.particles_at_last_job = None
-                self.state.settings = {**self.state.settings, "mode": "abinit"}
+                self._change_settings({"mode": "abinit"})
                 self._write_state()
         if report.new_particles or report.reimported:
             self._emit({"type": "import", "particles": report.total,
@@ -460,7 +470,7 @@ class Session:
                 self.state.job = None
                 self.state.particles_at_last_job = self.latest_cycle().particles
                 mode = next_job_type(job.job_type)
-                self.state.settings = {**self.state.settings, "mode": mode}
+                self._change_settings({"mode": mode})
                 self._write_state()
             self._log(f"job {job.number} finished; the next automatic job is {mode}")
             return True
