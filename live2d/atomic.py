@@ -1,4 +1,5 @@
-"""Crash-safe file replacement: temp file in the same folder, fsync, rename, fsync the folder."""
+"""Crash-safe file replacement: temp file in the same folder, fsync, rename, fsync the folder;
+and the repair of an append-only text file that a kill left with a torn last line."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def file_kind(mode: int) -> str:
@@ -72,6 +73,37 @@ def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = True) 
 
 def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
+
+
+def cut_torn_line(path: str | os.PathLike) -> bool:
+    """Cut off the last line of ``path`` when it does not end in a newline (a kill mid-append
+    tore it), so that the next append starts a line of its own. Reads only the file's tail.
+    True when something was cut; a missing file is left missing."""
+    try:
+        with open(path, "rb+") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return False
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return False
+            data = _tail(handle, size)
+            handle.truncate(size - len(data) + data.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _tail(handle: BinaryIO, size: int, block: int = 1 << 16) -> bytes:
+    """The file's bytes from its last newline on (a line is a few KB; read back in blocks)."""
+    data = b""
+    position = size
+    while position > 0 and b"\n" not in data:
+        step = min(block, position)
+        position -= step
+        handle.seek(position)
+        data = handle.read(step) + data
+    return data
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:

@@ -24,7 +24,8 @@ import numpy as np
 from live2d import cistem_star
 from live2d.atomic import atomic_write_json
 from live2d.class_quality import ClassQuality, assess_classes
-from live2d.engines import CycleParams, CycleRequest, Engine, EngineError, Progress
+from live2d.engines import CycleParams, CycleRequest, Engine, Progress
+from live2d.errors import EngineError, SessionError
 from live2d.history import CycleRecord
 from live2d.mrc import mark_image_stack, read_images
 from live2d.output_folder import OutputFolder
@@ -200,8 +201,6 @@ def _write_input(star_path: Path, previous: CycleRecord | None, inputs: CycleInp
                         "every particle starts this cycle unassigned")
             earlier = table.iloc[:0]
         if len(earlier) > len(table):
-            from live2d.session import SessionError
-
             raise SessionError(f"{previous.star} has more rows than the particle stack")
         table = _concat_rows(earlier, table.iloc[len(earlier):])
     table = _finite_input(table, inputs.said)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from live2d.engines.base import CycleCancelled, EngineError
+from live2d.errors import CycleCancelled, EngineError
 
 CONNECT_TIMEOUT = 30.0  # s to reach a scheduler before giving up
 RETRIES = 3  # a slice that raised is run again this often (lost workers are handled apart)

@@ -23,9 +23,10 @@ import starfile
 
 from live2d import cistem_star
 from live2d.atomic import file_kind, replacing
+from live2d.errors import SelectionError
 from live2d.history import read_history
 from live2d.layouts import find_stack
-from live2d.selection import SelectionError, SelectionState, selected
+from live2d.selection import SelectionState, selected
 from live2d.warp import split_image_name
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from live2d.atomic import atomic_write_text, fsync_dir
+from live2d.atomic import atomic_write_text, cut_torn_line, fsync_dir
 
 HISTORY_FILE = "history.jsonl"
 log = logging.getLogger("live2d")
@@ -97,7 +97,9 @@ class CycleHistory:
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.path = Path(folder) / HISTORY_FILE
-        self._cut_torn_line()
+        if cut_torn_line(self.path):
+            log.warning("%s ended in a torn line (a kill mid-write): cut off; that cycle runs "
+                        "again", self.path)
         self.records: list[CycleRecord] = _parse(self.path)
 
     def __len__(self) -> int:
@@ -133,22 +135,6 @@ class CycleHistory:
                 raise
         if created:
             fsync_dir(self.path.parent)
-
-    def _cut_torn_line(self) -> None:
-        try:
-            with open(self.path, "rb+") as handle:
-                size = handle.seek(0, os.SEEK_END)
-                if size == 0:
-                    return
-                handle.seek(max(0, size - 1))
-                if handle.read(1) == b"\n":
-                    return
-                data = _tail(handle, size)
-                handle.truncate(size - len(data) + data.rfind(b"\n") + 1)
-        except FileNotFoundError:
-            return
-        log.warning("%s ended in a torn line (a kill mid-write): cut off; that cycle runs "
-                    "again", self.path)
 
 
 def read_history(folder: str | os.PathLike) -> list[CycleRecord]:
@@ -243,14 +229,3 @@ def _apply_change(records: list[CycleRecord], number: Any, values: dict[str, Any
 def _line(value: dict[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True) + "\n"
 
-
-def _tail(handle, size: int, block: int = 1 << 16) -> bytes:
-    """The file's bytes from its last newline on (a record is a few KB; read back in blocks)."""
-    data = b""
-    position = size
-    while position > 0 and b"\n" not in data:
-        step = min(block, position)
-        position -= step
-        handle.seek(position)
-        data = handle.read(step) + data
-    return data

@@ -17,12 +17,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from live2d.errors import SettingsError
+
 JOB_TYPES = ("abinit", "seeded", "refine")
 JOB_LABELS = {"abinit": "Ab initio", "seeded": "Seeded startup", "refine": "Refinement"}
-
-
-class SettingsError(ValueError):
-    """A setting with a wrong type or out of range; the message names it and the allowed range."""
 
 
 def _spec(default: Any, label: str, *, lo: float | None = None, hi: float | None = None,

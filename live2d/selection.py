@@ -23,6 +23,7 @@ import torch
 
 from live2d.atomic import atomic_write_json
 from live2d.class_quality import GOOD_SCORE
+from live2d.errors import SelectionError
 from live2d.history import CycleRecord
 from live2d.imaging import rotate, soft_disc
 
@@ -30,10 +31,6 @@ SIMILAR_ENOUGH = 0.7  # rotation-invariant correlation for a mark to move to a n
 SELECTION_FILE = "selection.json"
 LOCK_FILE = ".selection.lock"
 MARKS = ("good", "junk")
-
-
-class SelectionError(ValueError):
-    """A mark or an export that cannot be done; the message says why."""
 
 
 @dataclass

@@ -28,11 +28,10 @@ from live2d.atomic import atomic_write_json, naming
 from live2d.cycle import CycleInputs, clean_work_folder, run_cycle
 from live2d.disk import DiskUse, disk_use
 from live2d.engines import (
-    CycleCancelled,
     Engine,
-    EngineError,
     make_engine,
 )
+from live2d.errors import CycleCancelled, EngineError, SelectionError, SessionError
 from live2d.export import Exported, export_particles
 from live2d.history import CycleHistory, CycleRecord, records_of
 from live2d.importer import Importer, ImportReport
@@ -47,7 +46,6 @@ from live2d.schedule import (
     plan_job,
 )
 from live2d.selection import (
-    SelectionError,
     SelectionState,
     follow_cycle,
     good_particles_history,
@@ -92,10 +90,6 @@ class SessionState:
     particles_at_last_job: int | None = None
     automatic: bool = False
     version: int = STATE_VERSION
-
-
-class SessionError(RuntimeError):
-    """Something the user must fix (wrong folder, nothing to classify); the message says what."""
 
 
 class SessionLogHandler(logging.FileHandler):
@@ -158,6 +152,8 @@ class Session:
         if star is not None and str(star) != self.state.star:
             self.state.star = str(star)
             self._write_state()
+        # Parsed once: state.settings is only the form session.json keeps (see _change_settings).
+        self._settings = Settings.from_dict(self.state.settings)
         self.store = ParticleStore(self.output_dir)
         self.importer = Importer(self.warp_dir, self.store, which=self.settings.particle_file,
                                  star=self.state.star or None,
@@ -173,7 +169,7 @@ class Session:
 
     @property
     def settings(self) -> Settings:
-        return Settings.from_dict(self.state.settings)
+        return self._settings
 
     @property
     def history(self) -> list[CycleRecord]:
@@ -234,12 +230,20 @@ class Session:
     def update_settings(self, values: dict[str, Any]) -> Settings:
         """Validate and store new settings (raises SettingsError with a message for the user)."""
         with self._lock:
-            settings = Settings.from_dict(values, base=self.settings)
-            self.state.settings = settings.to_dict()
+            settings = self._change_settings(values)
             self.importer.configure(which=settings.particle_file, contrast=settings.contrast)
             self._write_state()
         self._emit({"type": "settings", "settings": settings.to_dict()})
         return settings
+
+    def _change_settings(self, values: dict[str, Any]) -> Settings:
+        """The one writer of the settings: validates ``values`` over the current settings and
+        keeps the result both typed and in the state that :meth:`_write_state` saves (the
+        caller saves it)."""
+        with self._lock:
+            self._settings = Settings.from_dict(values, base=self._settings)
+            self.state.settings = self._settings.to_dict()
+            return self._settings
 
     # ----------------------------------------------------------------- events and log
     def add_listener(self, listener: Listener) -> None:
@@ -307,10 +311,6 @@ class Session:
         if self.status in ("running", "listening"):
             self._set_status("stopping")
 
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
-
     def clear_stop(self) -> None:
         """Forget earlier stop requests: done when a job or the loop is started, by whoever
         starts it (a worker thread clearing it itself would lose a stop sent meanwhile)."""
@@ -339,7 +339,7 @@ class Session:
             with self._lock:
                 self.state.job = None
                 self.state.particles_at_last_job = None
-                self.state.settings = {**self.state.settings, "mode": "abinit"}
+                self._change_settings({"mode": "abinit"})
                 self._write_state()
         if report.new_particles or report.reimported:
             self._emit({"type": "import", "particles": report.total,
@@ -419,7 +419,7 @@ class Session:
                 self.state.job = None
                 self.state.particles_at_last_job = self.latest_cycle().particles
                 mode = next_job_type(job.job_type)
-                self.state.settings = {**self.state.settings, "mode": mode}
+                self._change_settings({"mode": mode})
                 self._write_state()
             self._log(f"job {job.number} finished; the next automatic job is {mode}")
             return True

@@ -9,7 +9,3 @@ LIVE2D_DEVICE = "LIVE2D_DEVICE"
 ENGINES = ("auto", "builtin", "cistem")
 ENGINE_LABELS = ("auto", "built-in", "cisTEM")
 PARTICLE_FILE_LABELS = ("all particles", "good particles")
-
-# Right-click action that ends streaming gracefully (the Stop button kills the process).
-STOP_ACTION = "STOP STREAMING"
-STOP_FILE = "STOP_STREAMING.TXT"

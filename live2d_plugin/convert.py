@@ -21,6 +21,7 @@ from pwem.objects import Acquisition, CTFModel, Particle, Transform
 from pyworkflow.object import Boolean, Float, String
 
 from live2d import simulate, warp
+from live2d.atomic import cut_torn_line
 
 MRC_SUFFIXES = (".mrc", ".mrcs", ".st", ".map")
 # Column of the exported star that carries each particle's Scipion id; the core's Warp reader
@@ -111,7 +112,8 @@ class WarpExport:
 
     def exported_ids(self) -> set[int]:
         if self._ids is None:
-            self._repair_tail()
+            # A kill mid-append can leave half a row; cut it so the next append starts a line.
+            cut_torn_line(self.star_path)
             self._ids = set()
             if self.star_path.exists():
                 table, _ = warp.read_new_rows(self.star_path, warp.StarProgress())
@@ -123,15 +125,6 @@ class WarpExport:
     def last_id(self) -> int:
         ids = self.exported_ids()
         return max(ids) if ids else 0
-
-    def _repair_tail(self) -> None:
-        """A kill mid-append can leave half a row; cut it so the next append starts a line."""
-        if not self.star_path.exists():
-            return
-        data = self.star_path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(self.star_path, "r+b") as handle:
-                handle.truncate(data.rfind(b"\n") + 1)
 
     def append(self, particles: list[Particle], box: int) -> int:
         """Append rows for the particles not exported yet; returns how many were added."""

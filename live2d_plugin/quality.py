@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from live2d.errors import SelectionError
 from live2d.history import CycleRecord, read_class_table
-from live2d.selection import SelectionError, SelectionState, selected
+from live2d.selection import SelectionState, selected
 
 
 def class_table_by_number(session_dir: str | os.PathLike, record: CycleRecord) -> dict[int, dict]:

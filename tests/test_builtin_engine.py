@@ -9,12 +9,13 @@ import torch
 from cistem_standin import make_bin_dir
 
 from live2d import cistem_star
-from live2d.engines import CycleCancelled, EngineError, make_engine
+from live2d.engines import make_engine
 from live2d.engines.base import CycleParams, CycleRequest, Progress
 from live2d.engines.builtin import BuiltinEngine, search
 from live2d.engines.builtin.geometry import plan_geometry
 from live2d.engines.builtin.shifts import ShiftCorrelator
 from live2d.engines.cistem import CistemEngine, find_programs
+from live2d.errors import CycleCancelled, EngineError
 from live2d.evaluate import aligned_truth, comparable, correlation, score
 from live2d.imaging import blank_edges, shift_phases
 from live2d.phantom import Phantom

@@ -18,10 +18,8 @@ from cistem_standin.particles import make_particles
 from live2d import cistem_star
 from live2d.engines import cistem_programs
 from live2d.engines.base import (
-    CycleCancelled,
     CycleParams,
     CycleRequest,
-    EngineError,
     Progress,
 )
 from live2d.engines.cistem import CistemEngine, find_programs, first_last_particle_for_job
@@ -33,6 +31,7 @@ from live2d.engines.cistem_prompts import (
     merge2d_answers,
     refine2d_answers,
 )
+from live2d.errors import CycleCancelled, EngineError
 
 PARAMS = CycleParams(pixel_size=4.0, mask_radius=40.0, high_res=8.0)
 K = 3

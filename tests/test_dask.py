@@ -21,10 +21,10 @@ from slurm_helpers import needs_slurm, slurm_job
 
 from live2d import cistem_star
 from live2d.cli import main as cli_main
-from live2d.engines import EngineError
-from live2d.engines.base import CycleCancelled, CycleParams, CycleRequest
+from live2d.engines.base import CycleParams, CycleRequest
 from live2d.engines.builtin import BuiltinEngine
 from live2d.engines.cistem import CistemEngine, find_programs
+from live2d.errors import CycleCancelled, EngineError
 from live2d.history import read_history
 from live2d.phantom import Phantom
 from live2d.server.control import Controller
@@ -222,7 +222,7 @@ def test_local_executor_runs_in_order_and_stops_on_cancel():
     assert done == [1, 2, 3]
     cancel = threading.Event()
     cancel.set()
-    from live2d.engines.base import CycleCancelled
+    from live2d.errors import CycleCancelled
 
     with pytest.raises(CycleCancelled):
         LocalExecutor().map(lambda s, x: x, None, [1], cancel=cancel)

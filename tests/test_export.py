@@ -11,9 +11,9 @@ import starfile
 import torch
 
 from live2d.cli import main as cli_main
+from live2d.errors import SelectionError
 from live2d.evaluate import comparable, correlation
 from live2d.history import read_history
-from live2d.selection import SelectionError
 from live2d.session import Session
 from live2d.simulate import simulate
 

@@ -1,8 +1,8 @@
 import pytest
 
+from live2d.errors import SettingsError
 from live2d.schedule import (
     Settings,
-    SettingsError,
     automatic_job_due,
     next_job_type,
     plan_job,

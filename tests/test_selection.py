@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from live2d.errors import SelectionError
 from live2d.history import CycleRecord
 from live2d.imaging import rotate
 from live2d.phantom import Phantom
 from live2d.selection import (
-    SelectionError,
     SelectionState,
     follow_cycle,
     good_particles_history,

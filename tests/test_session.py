@@ -15,7 +15,7 @@ import pytest
 
 from live2d import cistem_star
 from live2d.cli import main as cli_main
-from live2d.engines import CycleCancelled, EngineError
+from live2d.errors import CycleCancelled, EngineError
 from live2d.history import read_history
 from live2d.schedule import Settings
 from live2d.session import Session

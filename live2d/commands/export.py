@@ -46,8 +46,8 @@ def parse_classes(text: str) -> str | list[int]:
 
 
 def main(args: argparse.Namespace) -> int:
+    from live2d.errors import SelectionError
     from live2d.export import export_particles
-    from live2d.selection import SelectionError
 
     state = find_state(args.dir, "export")
     if state is None:

@@ -15,8 +15,9 @@ import signal
 import sys
 from pathlib import Path
 
-from live2d.engines import ENGINE_NAMES, CycleCancelled, EngineError
-from live2d.schedule import Settings, SettingsError
+from live2d.engines import ENGINE_NAMES
+from live2d.errors import CycleCancelled, EngineError, SettingsError
+from live2d.schedule import Settings
 
 # Settings field -> command-line option; type, choices and help come from Settings.
 SETTING_OPTIONS = {
@@ -99,8 +100,9 @@ def setting_overrides(args: argparse.Namespace) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     # Imported here so that `live2d --help` and the light commands start fast.
+    from live2d.errors import SessionError
     from live2d.executors import make_executor
-    from live2d.session import Session, SessionError
+    from live2d.session import Session
     from live2d.warp import WarpFolderError
 
     console = logging.StreamHandler(sys.stderr)

@@ -16,7 +16,8 @@ from live2d.commands.run import (
     add_setting_args,
     setting_overrides,
 )
-from live2d.engines import ENGINE_NAMES, EngineError
+from live2d.engines import ENGINE_NAMES
+from live2d.errors import EngineError
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -45,11 +46,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from live2d.errors import SessionError, SettingsError
     from live2d.executors import make_executor
-    from live2d.schedule import SettingsError
     from live2d.server.control import Controller
     from live2d.server.serving import serve
-    from live2d.session import SessionError
     from live2d.warp import WarpFolderError
 
     if args.output and not args.warp_dir:

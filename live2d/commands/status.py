@@ -64,7 +64,8 @@ def print_disk(folder: Path, history: list[CycleRecord]) -> None:
 
 
 def print_exports(folder: Path) -> None:
-    from live2d.selection import SelectionError, SelectionState
+    from live2d.errors import SelectionError
+    from live2d.selection import SelectionState
 
     try:
         exports = SelectionState.load(folder).exports

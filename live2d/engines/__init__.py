@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from live2d.engines.base import (
-    CycleCancelled,
     CycleParams,
     CycleRequest,
     CycleResult,
     Engine,
-    EngineError,
     Progress,
     ProgressCallback,
     class_counts,
@@ -23,12 +21,10 @@ ENGINE_NAMES = ("auto", "builtin", "cistem")
 
 __all__ = [
     "ENGINE_NAMES",
-    "CycleCancelled",
     "CycleParams",
     "CycleRequest",
     "CycleResult",
     "Engine",
-    "EngineError",
     "Progress",
     "ProgressCallback",
     "class_counts",

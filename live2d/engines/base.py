@@ -75,14 +75,6 @@ class CycleResult:
         return self.particles_processed / self.seconds if self.seconds > 0 else 0.0
 
 
-class EngineError(RuntimeError):
-    """A cycle failed; the message names the program or stage and what it said."""
-
-
-class CycleCancelled(RuntimeError):
-    """A hard stop ended the cycle before it finished; nothing of it was kept."""
-
-
 class Engine(ABC):
     name: str = "engine"
     # Whether the engine reads one MRC stack of every particle (refine2d does); if not, the
@@ -111,7 +103,3 @@ def class_counts(best_class: np.ndarray | pd.Series, n_classes: int) -> list[int
     values = np.asarray(best_class, dtype=np.int64)
     used = values[(values > 0) & (values <= n_classes)]
     return np.bincount(used - 1, minlength=n_classes).astype(int).tolist()
-
-
-def no_progress(_: Progress) -> None:
-    return None

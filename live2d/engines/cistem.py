@@ -29,12 +29,10 @@ import pandas as pd
 from live2d import cistem_star
 from live2d.atomic import fsync_dir
 from live2d.engines.base import (
-    CycleCancelled,
     CycleParams,
     CycleRequest,
     CycleResult,
     Engine,
-    EngineError,
     Progress,
     ProgressCallback,
     class_counts,
@@ -43,6 +41,7 @@ from live2d.engines.cistem_cluster import read_progress, run_slice
 from live2d.engines.cistem_jobs import Job, JobRunner
 from live2d.engines.cistem_programs import CistemPrograms, describe_programs, find_programs
 from live2d.engines.cistem_prompts import Refine2DRun, merge2d_answers, refine2d_answers
+from live2d.errors import CycleCancelled, EngineError
 
 if TYPE_CHECKING:
     from live2d.executors import Executor

@@ -22,7 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from live2d.engines.base import CycleCancelled, EngineError, Progress, ProgressCallback
+from live2d.engines.base import Progress, ProgressCallback
+from live2d.errors import CycleCancelled, EngineError
 
 log = logging.getLogger("live2d.cistem")
 

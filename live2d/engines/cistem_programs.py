@@ -26,7 +26,7 @@ import mrcfile
 import numpy as np
 
 from live2d import cistem_star
-from live2d.engines.base import CycleParams, EngineError
+from live2d.engines.base import CycleParams
 from live2d.engines.cistem_jobs import OutputSplitter
 from live2d.engines.cistem_prompts import (
     MERGE2D_PROMPTS,
@@ -37,6 +37,7 @@ from live2d.engines.cistem_prompts import (
     parse_banner,
     refine2d_answers,
 )
+from live2d.errors import EngineError
 
 log = logging.getLogger("live2d.cistem")
 

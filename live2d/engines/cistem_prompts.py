@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from live2d.engines.base import CycleParams, EngineError
+from live2d.engines.base import CycleParams
+from live2d.errors import EngineError
 
 REFINE2D_PROMPTS: tuple[str, ...] = (
     "Input particle images",

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from live2d.class_quality import GOOD_SCORE
-from live2d.engines import CycleCancelled, EngineError
+from live2d.errors import CycleCancelled, EngineError, SelectionError, SessionError, SettingsError
 from live2d.history import CycleRecord, read_class_table
 from live2d.layouts import WARP, detect_layout
-from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings, SettingsError
-from live2d.selection import MARKS, SelectionError
-from live2d.session import Session, SessionError
+from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings
+from live2d.selection import MARKS
+from live2d.session import Session
 from live2d.warp import WarpFolderError, particle_star_path, read_settings
 
 if TYPE_CHECKING:

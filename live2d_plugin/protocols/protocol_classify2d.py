@@ -30,17 +30,13 @@ from pyworkflow import BETA
 from pyworkflow.object import Integer, Set, String
 
 from live2d import cistem_star, warp
+from live2d.errors import SettingsError
 from live2d.executors import Executor, LocalExecutor, make_executor
 from live2d.history import CycleRecord, read_history
-from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings, SettingsError, automatic_job_due
+from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings, automatic_job_due
 from live2d.session import Session
 from live2d_plugin import Plugin
-from live2d_plugin.constants import (
-    ENGINE_LABELS,
-    ENGINES,
-    STOP_ACTION,
-    STOP_FILE,
-)
+from live2d_plugin.constants import ENGINE_LABELS, ENGINES
 from live2d_plugin.convert import (
     WarpExport,
     alignment_2d,
@@ -51,6 +47,7 @@ from live2d_plugin.convert import (
     set_class_quality,
 )
 from live2d_plugin.quality import class_table_by_number, cycle_selection
+from live2d_plugin.stopping import StreamStopping
 
 DASK_ADDRESS = re.compile(r"^((tcp|tls|ucx)://)?[\w.\-\[\]:]+:\d+$")
 # Form parameter -> Settings field; labels, defaults, ranges, levels and help come from Settings.
@@ -116,7 +113,7 @@ def _quietFirstDimensions() -> Iterator[None]:
         data_logger.removeFilter(keep)
 
 
-class ProtLive2DClassify2D(ProtClassify2D):
+class ProtLive2DClassify2D(StreamStopping, ProtClassify2D):
     """Live 2D classification (Live2D): classifies the particles of a set that may still be
     growing, with the schedule of cisTEM's classification panel (ab initio, seeded startup,
     refinement) and the built-in engine or cisTEM.
@@ -429,16 +426,12 @@ class ProtLive2DClassify2D(ProtClassify2D):
                 self._publishCycle(record)
         except BaseException as exc:  # the session would only log it: surface it after
             self._publishError = exc
-            self._requestStopAfterCycle()
-
-    def _requestStopAfterCycle(self) -> None:
-        Path(self._stopFile()).touch()
+            self.stopStreaming()  # after this cycle, as the right-click action
 
     def _raisePublishError(self) -> None:
         if self._publishError is not None:
             error, self._publishError = self._publishError, None
-            if os.path.exists(self._stopFile()):
-                os.remove(self._stopFile())
+            self._withdrawStop()
             raise RuntimeError(f"publishing the classes failed: {error}") from error
 
     def _publishCycle(self, record: CycleRecord) -> None:
@@ -554,12 +547,6 @@ class ProtLive2DClassify2D(ProtClassify2D):
                 os.remove(path)
 
     # ------------------------------------------------------------------------------ stop
-    def _stopFile(self) -> str:
-        return self._getExtraPath(STOP_FILE)
-
-    def _stopRequested(self) -> bool:
-        return os.path.exists(self._stopFile())
-
     def _stoppedMarkers(self) -> list[str]:
         return glob.glob(self._getExtraPath("stopped_*.txt"))
 
@@ -573,13 +560,6 @@ class ProtLive2DClassify2D(ProtClassify2D):
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not self._stopRequested():
             time.sleep(0.2)
-
-    def getActions(self):
-        """Right-click action in the project GUI (the GUI runs in another process)."""
-        return [(STOP_ACTION, self.stopStreaming)] if self.isRunning() else []
-
-    def stopStreaming(self, *_args) -> None:
-        Path(self._stopFile()).touch()
 
     # ------------------------------------------------------------------------------ info
     def _validate(self) -> list[str]:
@@ -597,8 +577,8 @@ class ProtLive2DClassify2D(ProtClassify2D):
             errors.append(f"Dask scheduler {address!r} is not an address such as "
                           "tcp://head:8786 (or leave it empty)")
         if self._engineName() == "cistem":
-            from live2d.engines import EngineError
             from live2d.engines.cistem_programs import find_programs
+            from live2d.errors import EngineError
 
             try:
                 find_programs(Plugin.getCistemBin(), True)

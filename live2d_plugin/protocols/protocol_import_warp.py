@@ -25,8 +25,9 @@ from live2d.layouts import STAR, WARP, WARPTOOLS, Layout, detect_layout
 from live2d.relion_star import is_particle_star
 from live2d.schedule import Settings
 from live2d.store import ParticleStore
-from live2d_plugin.constants import PARTICLE_FILE_LABELS, STOP_ACTION, STOP_FILE
+from live2d_plugin.constants import PARTICLE_FILE_LABELS
 from live2d_plugin.convert import acquisition_from_warp, particles_from_store_rows
+from live2d_plugin.stopping import StreamStopping
 
 PARTICLE_FILES = ("allparticles", "goodparticles")
 OUTPUT_NAME = "outputParticles"
@@ -52,7 +53,7 @@ COPY_FILES_HELP = (
     "the images under the output.")
 
 
-class ProtLive2DImportWarp(ProtImport):
+class ProtLive2DImportWarp(StreamStopping, ProtImport):
     """Imports the particles Warp picks and exports while it is still collecting.
 
     The folder may be Warp 1.x's (previous.settings), a WarpTools 2 project (its
@@ -265,20 +266,6 @@ class ProtLive2DImportWarp(ProtImport):
                 "the previous settings and cannot be mixed with new ones: the output is closed. "
                 "Start a new 'import warp particles (live)' protocol for the particles of the "
                 "new settings.")
-
-    # ------------------------------------------------------------------------------ stop
-    def _stopFile(self) -> str:
-        return self._getExtraPath(STOP_FILE)
-
-    def _stopRequested(self) -> bool:
-        return os.path.exists(self._stopFile())
-
-    def getActions(self):
-        """Right-click action in the project GUI (the GUI runs in another process)."""
-        return [(STOP_ACTION, self.stopStreaming)] if self.isRunning() else []
-
-    def stopStreaming(self, *_args) -> None:
-        Path(self._stopFile()).touch()
 
     # ------------------------------------------------------------------------------ helpers
     def _warpDir(self) -> str:

@@ -23,11 +23,9 @@ import torch
 from live2d import cistem_star
 from live2d.cistem_star import StarFormatError
 from live2d.engines.base import (
-    CycleCancelled,
     CycleRequest,
     CycleResult,
     Engine,
-    EngineError,
     Progress,
     ProgressCallback,
     class_counts,
@@ -52,6 +50,7 @@ from live2d.engines.builtin.io import (
     write_classes,
 )
 from live2d.engines.builtin.search import Search
+from live2d.errors import CycleCancelled, EngineError
 from live2d.imaging import blank_edges, soft_disc
 from live2d.source_images import open_images
 

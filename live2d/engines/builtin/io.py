@@ -19,7 +19,8 @@ import torch
 
 from live2d import cistem_star
 from live2d.atomic import replacing
-from live2d.engines.base import CycleParams, CycleRequest, EngineError
+from live2d.engines.base import CycleParams, CycleRequest
+from live2d.errors import EngineError
 from live2d.mrc import read_images
 from live2d.source_images import open_images
 
