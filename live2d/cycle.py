@@ -37,7 +37,7 @@ from live2d.warp import WarpSettings, implausible_rows
 if TYPE_CHECKING:
     import pandas as pd
 
-    from live2d.session import JobState
+    from live2d.session_state import JobState
     from live2d.store import ParticleStore
 
 # The store's CTF columns as a particle star names them (for check_particle_values).

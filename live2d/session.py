@@ -20,11 +20,10 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from live2d.atomic import atomic_write_json, naming
+from live2d.atomic import naming
 from live2d.cycle import CycleInputs, clean_work_folder, run_cycle
 from live2d.disk import DiskUse, disk_use
 from live2d.engines import (
@@ -33,13 +32,12 @@ from live2d.engines import (
 )
 from live2d.errors import CycleCancelled, EngineError, SelectionError, SessionError
 from live2d.export import Exported, export_particles
-from live2d.history import CycleHistory, CycleRecord, records_of
+from live2d.history import CycleRecord
 from live2d.importer import Importer, ImportReport
 from live2d.mrc import read_images
 from live2d.output_folder import OutputFolder
 from live2d.schedule import (
     JOB_TYPES,
-    CycleSpec,
     Settings,
     automatic_job_due,
     next_job_type,
@@ -54,42 +52,17 @@ from live2d.selection import (
     selected,
     selected_particles,
 )
+from live2d.session_state import JobState, open_state
 from live2d.store import ParticleStore
 
 if TYPE_CHECKING:
 
     from live2d.executors import Executor
 
-STATE_VERSION = 2  # 2: the history moved to history.jsonl
 LOG_LINES_KEPT = 1000
-MAX_CYCLE_FAILURES = 3
 log = logging.getLogger("live2d")
 
 Listener = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class JobState:
-    number: int
-    job_type: str
-    plan: list[dict[str, Any]]
-    next_index: int = 0
-    failures: int = 0
-
-    def spec(self, index: int) -> CycleSpec:
-        return CycleSpec(**self.plan[index])
-
-
-@dataclass
-class SessionState:
-    warp_dir: str
-    settings: dict[str, Any]
-    star: str = ""  # the particle star named with --star ("": the folder's layout decides)
-    job: dict[str, Any] | None = None
-    jobs_started: int = 0
-    particles_at_last_job: int | None = None
-    automatic: bool = False
-    version: int = STATE_VERSION
 
 
 class SessionLogHandler(logging.FileHandler):
@@ -148,12 +121,12 @@ class Session:
         self.log_lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
         self._said: set[str] = set()  # the warnings a cycle says once a session (live2d.cycle)
         self._log_handler = self._attach_log()
-        self.state = self._load_state(settings)
+        self.state, self._history, resumed = open_state(self.output, self.warp_dir, settings)
+        if resumed:
+            self._log(f"resuming session in {self.output_dir}: {len(self._records)} cycles")
         if star is not None and str(star) != self.state.star:
             self.state.star = str(star)
             self._write_state()
-        # Parsed once: state.settings is only the form session.json keeps (see _change_settings).
-        self._settings = Settings.from_dict(self.state.settings)
         self.store = ParticleStore(self.output_dir)
         self.importer = Importer(self.warp_dir, self.store, which=self.settings.particle_file,
                                  star=self.state.star or None,
@@ -164,12 +137,8 @@ class Session:
 
     # ----------------------------------------------------------------- state and persistence
     @property
-    def state_path(self) -> Path:
-        return self.output_dir / "session.json"
-
-    @property
     def settings(self) -> Settings:
-        return self._settings
+        return self.state.settings
 
     @property
     def history(self) -> list[CycleRecord]:
@@ -182,68 +151,20 @@ class Session:
 
     @property
     def job(self) -> JobState | None:
-        return JobState(**self.state.job) if self.state.job else None
+        return self.state.job
 
-    def _load_state(self, settings: Settings | None) -> SessionState:
-        if self.state_path.exists():
-            import json
-
-            try:
-                values = json.loads(self.state_path.read_text(encoding="utf-8"))
-                older_history = values.pop("history", None)
-                state = SessionState(**{**values, "version": STATE_VERSION})
-            except (ValueError, TypeError, AttributeError) as exc:
-                raise SessionError(
-                    f"{self.state_path} is unreadable ({exc}); it is only ever replaced "
-                    "atomically, so something else wrote it: restore it or move it away"
-                ) from None
-            if older_history is not None:  # an earlier version's session: history moves out
-                self._history = CycleHistory.replace(
-                    self.output_dir, records_of(older_history, self.state_path))
-                self._write_state(state)
-            else:
-                self._history = CycleHistory(self.output_dir)
-            if settings is not None:
-                state.settings = settings.to_dict()
-            self._catch_up_job(state)
-            self._log(f"resuming session in {self.output_dir}: {len(self._records)} cycles")
-            return state
-        self._history = CycleHistory(self.output_dir)
-        state = SessionState(str(self.warp_dir), (settings or Settings()).to_dict())
-        self._write_state(state)
-        return state
-
-    def _catch_up_job(self, state: SessionState) -> None:
-        """A kill between recording a cycle and saving the job's progress leaves the job one
-        cycle behind its history: move it on rather than run that cycle again."""
-        if not state.job:
-            return
-        done = [r.job_cycle for r in self._records if r.job == state.job["number"]]
-        if done and max(done) > state.job["next_index"]:
-            state.job["next_index"] = max(done)
-            state.job["failures"] = 0
-
-    def _write_state(self, state: SessionState | None = None) -> None:
+    def _write_state(self) -> None:
         with self._lock:
-            atomic_write_json(self.state_path, dataclasses.asdict(state or self.state))
+            self.state.save(self.output.session_state)
 
     def update_settings(self, values: dict[str, Any]) -> Settings:
         """Validate and store new settings (raises SettingsError with a message for the user)."""
         with self._lock:
-            settings = self._change_settings(values)
+            settings = self.state.change_settings(values)
             self.importer.configure(which=settings.particle_file, contrast=settings.contrast)
             self._write_state()
         self._emit({"type": "settings", "settings": settings.to_dict()})
         return settings
-
-    def _change_settings(self, values: dict[str, Any]) -> Settings:
-        """The one writer of the settings: validates ``values`` over the current settings and
-        keeps the result both typed and in the state that :meth:`_write_state` saves (the
-        caller saves it)."""
-        with self._lock:
-            self._settings = Settings.from_dict(values, base=self._settings)
-            self.state.settings = self._settings.to_dict()
-            return self._settings
 
     # ----------------------------------------------------------------- events and log
     def add_listener(self, listener: Listener) -> None:
@@ -289,10 +210,10 @@ class Session:
                 "warp_dir": str(self.warp_dir),
                 "output_dir": str(self.output_dir),
                 "status": self.status,
-                "settings": dict(self.state.settings),
+                "settings": self.state.settings.to_dict(),
                 "particles": self.store.count,
                 "history": [r.to_dict() for r in self._records],
-                "job": dict(self.state.job) if self.state.job else None,
+                "job": dataclasses.asdict(self.state.job) if self.state.job else None,
                 "next_mode": self.settings.mode,
                 "automatic": self.state.automatic,
                 "progress": self.progress,
@@ -339,7 +260,7 @@ class Session:
             with self._lock:
                 self.state.job = None
                 self.state.particles_at_last_job = None
-                self._change_settings({"mode": "abinit"})
+                self.state.change_settings({"mode": "abinit"})
                 self._write_state()
         if report.new_particles or report.reimported:
             self._emit({"type": "import", "particles": report.total,
@@ -379,7 +300,7 @@ class Session:
         with self._lock:
             self.state.jobs_started += 1
             job = JobState(self.state.jobs_started, job_type, [dataclasses.asdict(s) for s in plan])
-            self.state.job = dataclasses.asdict(job)
+            self.state.job = job
             self._write_state()
         self._log(f"job {job.number}: {job_type}, {len(plan)} cycles, {n} particles")
         return job
@@ -419,7 +340,7 @@ class Session:
                 self.state.job = None
                 self.state.particles_at_last_job = self.latest_cycle().particles
                 mode = next_job_type(job.job_type)
-                self._change_settings({"mode": mode})
+                self.state.change_settings({"mode": mode})
                 self._write_state()
             self._log(f"job {job.number} finished; the next automatic job is {mode}")
             return True
@@ -486,13 +407,12 @@ class Session:
     def _note_failure(self) -> None:
         """Retry a failing cycle on the next polls, then give its job up."""
         with self._lock:
-            if not self.state.job:
+            job = self.state.job
+            if job is None:
                 return
-            self.state.job["failures"] = self.state.job.get("failures", 0) + 1
-            if self.state.job["failures"] >= MAX_CYCLE_FAILURES:
-                self._log(f"giving up job {self.state.job['number']} after "
-                          f"{MAX_CYCLE_FAILURES} failures", logging.ERROR)
-                self.state.job = None
+            if self.state.note_failure():
+                self._log(f"giving up job {job.number} after {job.failures} failures",
+                          logging.ERROR)
             try:
                 self._write_state()
             except OSError as exc:  # a full disk: the count is kept in memory until it frees
@@ -542,8 +462,8 @@ class Session:
         with self._lock:
             self._history.append(record)  # then the job moves on
             assert self.state.job is not None
-            self.state.job["next_index"] = job.next_index + 1
-            self.state.job["failures"] = 0
+            self.state.job.next_index = record.job_cycle
+            self.state.job.failures = 0
             self._write_state()
         self._clean_work_dir()
         self._prune_results()
