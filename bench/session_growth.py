@@ -150,7 +150,7 @@ def main() -> None:
                 last = dataclasses.asdict(session.history[-1])
                 sent = json.dumps({"type": "cycle", "cycle": last}) + json.dumps(
                     {**session.snapshot(with_history=False),
-                     "selection": session.selection_summary(whole_history=False)})
+                     "selection": session.selection.summary(whole_history=False)})
                 print(f"{session.store.count:9d}  {len(session.history):6d}  "
                       f"{folder_bytes(out) / session.store.count:14.0f}  "
                       f"{per_micrograph:20.1f}  {outside:22.2f}  "

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,33 @@ class CycleHistory:
         """Change fields of cycle ``number``'s record."""
         self._write({"change": number, **values})
         _apply_change(self.records, number, values)
+
+    def prune_results(self, keep: int) -> list[int]:
+        """Beyond the latest ``keep`` cycles, delete the per-particle stars, except each job's
+        last cycle (the one a later job continues from), and the thumbnails (the page makes
+        them again from the cycle's averages when someone looks: live2d.server). Returns the
+        cycles whose stars were deleted."""
+        folder = self.path.parent
+        last_of_job = {r.job: r.number for r in self.records}
+        pruned = []
+        for record in self.records[:-keep]:
+            changes = {}
+            if record.thumbnails_kept:
+                changes["thumbnails_kept"] = False
+            if record.star_kept and last_of_job[record.job] != record.number:
+                changes["star_kept"] = False
+            if not changes:
+                continue
+            # Recorded first: a kill between the two leaves files no record points at.
+            self.change(record.number, **changes)
+            if "star_kept" in changes:
+                (folder / record.star).unlink(missing_ok=True)
+                pruned.append(record.number)
+            shutil.rmtree(folder / record.thumbnails, ignore_errors=True)
+        if pruned:
+            log.debug("per-particle results of cycle(s) %s pruned (keeping the latest %d)",
+                      ", ".join(map(str, pruned)), keep)
+        return pruned
 
     @classmethod
     def replace(cls, folder: str | os.PathLike, records: list[CycleRecord]) -> CycleHistory:

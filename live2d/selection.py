@@ -14,9 +14,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-from collections.abc import Iterator
+import logging
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,13 +27,18 @@ import torch
 from live2d.atomic import atomic_write_json
 from live2d.class_quality import GOOD_SCORE
 from live2d.errors import SelectionError
-from live2d.history import CycleRecord
+from live2d.history import CycleHistory, CycleRecord
 from live2d.imaging import rotate, soft_disc
+from live2d.mrc import read_images
+
+if TYPE_CHECKING:
+    from live2d.export import Exported
 
 SIMILAR_ENOUGH = 0.7  # rotation-invariant correlation for a mark to move to a new class
 SELECTION_FILE = "selection.json"
 LOCK_FILE = ".selection.lock"
 MARKS = ("good", "junk")
+log = logging.getLogger("live2d")
 
 
 @dataclass
@@ -154,6 +162,87 @@ def follow_cycle(state: SelectionState, previous: CycleRecord | None, record: Cy
             state.carried, state.dropped = [], []
         state.dropped = sorted({*state.dropped, *(int(n) for n in emptied)})
     state.cycle, state.job = record.number, record.job
+
+
+class ClassSelection:
+    """One session's selection as every face shows it: the latest scored cycle's proposal with
+    the user's marks over it (``selection.json``), carried onto each new cycle, and the exports
+    made from it. Safe from any thread (under the session's ``lock``); ``on_change(summary)`` is
+    told of every mark and export."""
+
+    def __init__(self, folder: Path, history: CycleHistory, lock: threading.RLock,
+                 on_change: Callable[[dict[str, Any]], None]) -> None:
+        self.folder = folder
+        self._history = history
+        self._lock = lock
+        self._on_change = on_change
+        self.state = SelectionState.load(folder)
+
+    def latest_scored(self) -> CycleRecord | None:
+        """The latest cycle that has class scores (the one the selection refers to)."""
+        with self._lock:
+            return next((r for r in reversed(self._history.records) if r.assessed), None)
+
+    def summary(self, whole_history: bool = True) -> dict[str, Any]:
+        """The proposal with the user's marks over it; ``whole_history`` False: its
+        good-particle history holds only the latest cycle (what a page that has the rest
+        needs)."""
+        record = self.latest_scored()
+        with self._lock:
+            state = self.state
+            if record is None:
+                return {"cycle": None, "classes": [], "particles": 0, "proposed": [],
+                        "marks": {}, "carried": [], "dropped": [], "exports": state.exports,
+                        "history": []}
+            classes = selected(record, state)
+            return {"cycle": record.number, "classes": classes,
+                    "particles": selected_particles(record, classes),
+                    "proposed": proposed(record),
+                    "marks": dict(state.marks) if state.cycle == record.number else {},
+                    "carried": state.carried, "dropped": state.dropped,
+                    "exports": state.exports,
+                    "history": good_particles_history(
+                        self._history.records if whole_history else [record], state)}
+
+    def mark_classes(self, marks: dict) -> dict[str, Any]:
+        """Mark classes of the latest cycle good or junk (None: back to the proposal); returns
+        the summary. Raises SelectionError with a message for the user."""
+        record = self.latest_scored()
+        if record is None:
+            raise SelectionError("no classified cycle yet: nothing to mark")
+        with self._lock, SelectionState.updating(self.folder) as state:
+            mark(state, record, marks)
+            self.state = state
+        summary = self.summary()
+        self._on_change(summary)
+        return summary
+
+    def export(self, to: str | Path, classes: str | list[int] = "auto",
+               cycle: int | None = None) -> Exported:
+        """:func:`live2d.export.export_particles` of this folder; the summary then lists the
+        export. Raises SelectionError with a message."""
+        from live2d.export import export_particles  # the export reads this module's state
+
+        exported = export_particles(self.folder, to, classes, cycle)
+        with self._lock:
+            self.state = SelectionState.load(self.folder)  # the export is recorded
+        self._on_change(self.summary())
+        return exported
+
+    def follow(self, record: CycleRecord, previous: CycleRecord | None,
+               mask_radius_px: float) -> None:
+        """Carry the marks onto ``record``, a new scored cycle not recorded yet, whose averages
+        are published (see the module's docstring)."""
+        with SelectionState.updating(self.folder) as state:
+            old = next((r for r in reversed(self._history.records) if r.number == state.cycle),
+                       None)
+            old_averages = read_images(self.folder / old.classes) if old else None
+            follow_cycle(state, previous, record, old_averages,
+                         read_images(self.folder / record.classes), mask_radius_px)
+            self.state = state
+        if (previous is None or record.job != previous.job) and (state.carried or state.dropped):
+            log.info(f"class marks: carried {state.carried or 'none'} (old -> new), "
+                     f"dropped {state.dropped or 'none'}")
 
 
 def rotational_similarity(a: np.ndarray, b: np.ndarray, mask_radius_px: float,

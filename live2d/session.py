@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -26,15 +25,10 @@ from typing import TYPE_CHECKING, Any
 from live2d.atomic import naming
 from live2d.cycle import CycleInputs, clean_work_folder, run_cycle
 from live2d.disk import DiskUse, disk_use
-from live2d.engines import (
-    Engine,
-    make_engine,
-)
-from live2d.errors import CycleCancelled, EngineError, SelectionError, SessionError
-from live2d.export import Exported, export_particles
+from live2d.engines import Engine, make_engine
+from live2d.errors import CycleCancelled, EngineError, SessionError
 from live2d.history import CycleRecord
 from live2d.importer import Importer, ImportReport
-from live2d.mrc import read_images
 from live2d.output_folder import OutputFolder
 from live2d.schedule import (
     JOB_TYPES,
@@ -43,20 +37,11 @@ from live2d.schedule import (
     next_job_type,
     plan_job,
 )
-from live2d.selection import (
-    SelectionState,
-    follow_cycle,
-    good_particles_history,
-    mark,
-    proposed,
-    selected,
-    selected_particles,
-)
+from live2d.selection import ClassSelection
 from live2d.session_state import JobState, open_state
 from live2d.store import ParticleStore
 
 if TYPE_CHECKING:
-
     from live2d.executors import Executor
 
 LOG_LINES_KEPT = 1000
@@ -82,6 +67,11 @@ class SessionLogHandler(logging.FileHandler):
 
 
 class Session:
+    """A live classification session over one output folder: it imports what the particle
+    source adds, plans and runs jobs of cycles (:func:`live2d.cycle.run_cycle`), records each
+    cycle (:mod:`live2d.history`), keeps the selection (:mod:`live2d.selection`) and tells its
+    listeners of every change. Its state is :class:`live2d.session_state.SessionState`."""
+
     def __init__(
         self,
         warp_dir: str | Path,
@@ -132,7 +122,9 @@ class Session:
                                  star=self.state.star or None,
                                  contrast=self.settings.contrast)
         self.disk: DiskUse | None = None  # the output folder's disk use, as last measured
-        self.selection = SelectionState.load(self.output_dir)
+        self.selection = ClassSelection(
+            self.output_dir, self._history, self._lock,
+            lambda summary: self._emit({"type": "selection", "selection": summary}))
         self._clean_work_dir()
 
     # ----------------------------------------------------------------- state and persistence
@@ -457,8 +449,8 @@ class Session:
         record, params = run_cycle(len(self._records), job, previous, inputs, on_progress)
         previous_record = self._records[-1] if self._records else None
         if record.assessed:
-            self._follow_selection(record, previous_record,
-                                   params.mask_radius / self.store.pixel_size)
+            self.selection.follow(record, previous_record,
+                                  params.mask_radius / self.store.pixel_size)
         with self._lock:
             self._history.append(record)  # then the job moves on
             assert self.state.job is not None
@@ -466,74 +458,13 @@ class Session:
             self.state.job.failures = 0
             self._write_state()
         self._clean_work_dir()
-        self._prune_results()
+        with self._lock:
+            self._history.prune_results(self.settings.keep_cycle_results)
         self.check_disk()
         self._log(f"cycle {record.number} (job {job.number}, cycle {record.job_cycle} of "
                   f"{record.job_cycles}) done in {record.finished - record.started:.1f} s "
                   f"({record.particles_per_second:.0f} particles/s)")
         self._emit({"type": "cycle", "cycle": record.to_dict()})
-
-    # ----------------------------------------------------------------- selection
-    def latest_scored(self) -> CycleRecord | None:
-        """The latest cycle that has class scores (the one the selection refers to)."""
-        with self._lock:
-            return next((r for r in reversed(self._records) if r.assessed), None)
-
-    def selection_summary(self, whole_history: bool = True) -> dict[str, Any]:
-        """The selection everywhere uses: the proposal with the user's marks over it.
-        ``whole_history`` False: its good-particle history holds only the latest cycle (what a
-        page that has the rest needs)."""
-        record = self.latest_scored()
-        with self._lock:
-            state = self.selection
-            if record is None:
-                return {"cycle": None, "classes": [], "particles": 0, "proposed": [],
-                        "marks": {}, "carried": [], "dropped": [], "exports": state.exports,
-                        "history": []}
-            classes = selected(record, state)
-            return {"cycle": record.number, "classes": classes,
-                    "particles": selected_particles(record, classes),
-                    "proposed": proposed(record),
-                    "marks": dict(state.marks) if state.cycle == record.number else {},
-                    "carried": state.carried, "dropped": state.dropped,
-                    "exports": state.exports,
-                    "history": good_particles_history(
-                        self._records if whole_history else [record], state)}
-
-    def mark_classes(self, marks: dict) -> dict[str, Any]:
-        """Mark classes of the latest cycle good or junk (None: back to the proposal);
-        raises SelectionError with a message for the user."""
-        record = self.latest_scored()
-        if record is None:
-            raise SelectionError("no classified cycle yet: nothing to mark")
-        with self._lock, SelectionState.updating(self.output_dir) as state:
-            mark(state, record, marks)
-            self.selection = state
-        summary = self.selection_summary()
-        self._emit({"type": "selection", "selection": summary})
-        return summary
-
-    def export_selection(self, to: str | Path, classes: str | list[int] = "auto",
-                         cycle: int | None = None) -> Exported:
-        """:func:`live2d.export.export_particles` of this session's output; the summary (and
-        every listener) then lists the export. Raises SelectionError with a message."""
-        exported = export_particles(self.output_dir, to, classes, cycle)
-        with self._lock:
-            self.selection = SelectionState.load(self.output_dir)  # the export is recorded
-        self._emit({"type": "selection", "selection": self.selection_summary()})
-        return exported
-
-    def _follow_selection(self, record: CycleRecord, previous: CycleRecord | None,
-                          mask_radius_px: float) -> None:
-        with SelectionState.updating(self.output_dir) as state:
-            old = next((r for r in reversed(self._records) if r.number == state.cycle), None)
-            old_averages = read_images(self.output_dir / old.classes) if old else None
-            follow_cycle(state, previous, record, old_averages,
-                         read_images(self.output_dir / record.classes), mask_radius_px)
-            self.selection = state
-        if (previous is None or record.job != previous.job) and (state.carried or state.dropped):
-            self._log(f"class marks: carried {self.selection.carried or 'none'} (old -> new), "
-                      f"dropped {self.selection.dropped or 'none'}")
 
     def _disk_dict(self) -> dict[str, Any] | None:
         return None if self.disk is None else self.disk.to_dict() | {"text": self.disk.describe()}
@@ -555,33 +486,6 @@ class Session:
         self.disk = use
         self._emit({"type": "disk", "disk": self._disk_dict()})
         return use
-
-    def _prune_results(self) -> None:
-        """Beyond the latest ``keep_cycle_results`` cycles, delete the per-particle stars, except
-        each job's last cycle (the one a later job continues from), and the thumbnails (the page
-        makes them again from the cycle's averages when someone looks: live2d.server)."""
-        keep = self.settings.keep_cycle_results
-        with self._lock:
-            history = self._records
-            last_of_job = {r.job: r.number for r in history}
-            pruned = []
-            for record in history[:-keep]:
-                changes = {}
-                if record.thumbnails_kept:
-                    changes["thumbnails_kept"] = False
-                if record.star_kept and last_of_job[record.job] != record.number:
-                    changes["star_kept"] = False
-                if not changes:
-                    continue
-                # Recorded first: a kill between the two leaves files no record points at.
-                self._history.change(record.number, **changes)
-                if "star_kept" in changes:
-                    (self.output_dir / record.star).unlink(missing_ok=True)
-                    pruned.append(record.number)
-                shutil.rmtree(self.output_dir / record.thumbnails, ignore_errors=True)
-        if pruned:
-            log.debug("per-particle results of cycle(s) %s pruned (keeping the latest %d)",
-                      ", ".join(map(str, pruned)), keep)
 
     def _clean_work_dir(self) -> None:
         clean_work_folder(self.output)

@@ -220,8 +220,8 @@ def marked(driver, number, value):
 
 def test_a_user_marks_classes_on_one_page_another_sees_it_and_exports(classified, pages):
     session = classified.controller.session
-    counts = session.latest_scored().class_counts
-    proposed = session.selection_summary()
+    counts = session.selection.latest_scored().class_counts
+    proposed = session.selection.summary()
     page, watcher = pages(classified.url + "/"), pages(classified.url + "/")
     for driver in (page, watcher):
         wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".tile .reason")) == 3)

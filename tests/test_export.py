@@ -94,12 +94,12 @@ def test_auto_exports_the_proposal_with_the_marks_over_it(session_dir, tmp_path)
     try:
         record = latest(session_dir)
         populated = [k + 1 for k, n in enumerate(record.class_counts) if n]
-        summary = session.mark_classes({populated[0]: "good", populated[1]: "junk"})
+        summary = session.selection.mark_classes({populated[0]: "good", populated[1]: "junk"})
         assert populated[0] in summary["classes"] and populated[1] not in summary["classes"]
         assert summary["marks"] == {str(populated[0]): "good", str(populated[1]): "junk"}
         with pytest.raises(SelectionError, match="there is no class 9"):
-            session.mark_classes({9: "good"})
-        reopened = Session(session_dir, engine="builtin").selection_summary()
+            session.selection.mark_classes({9: "good"})
+        reopened = Session(session_dir, engine="builtin").selection.summary()
         assert reopened["marks"] == summary["marks"]  # persisted
     finally:
         session.close()

@@ -242,7 +242,7 @@ def test_a_mark_changes_the_selection_on_every_page(classified):
     first, second = Client(classified), Client(classified)
     before = first.receive()["selection"]
     second.receive()
-    counts = classified.controller.session.latest_scored().class_counts
+    counts = classified.controller.session.selection.latest_scored().class_counts
     first.send({"command": "mark", "classes": {"1": "junk"}})
     assert first.wait_for(lambda m: m["type"] in ("ok", "error"))["type"] == "ok"
     for client in (first, second):

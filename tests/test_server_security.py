@@ -139,7 +139,7 @@ def test_an_export_is_served_from_the_exports_folder_and_nothing_else_there(open
                                                                              tmp_path):
     session = open_server.controller.session
     (session.output_dir / "exports").mkdir()
-    exported = session.export_selection(session.output_dir / "exports" / "good_cycle_003.star")
+    exported = session.selection.export(session.output_dir / "exports" / "good_cycle_003.star")
     status, body, headers = get(open_server.url + "/files/exports/good_cycle_003.star")
     assert status == 200 and body == exported.path.read_bytes()
     assert "attachment" in headers["Content-Disposition"]
@@ -164,7 +164,7 @@ def test_an_export_larger_than_a_piece_is_sent_whole(open_server, monkeypatch):
     monkeypatch.setattr(app, "CHUNK_BYTES", 1000)
     session = open_server.controller.session
     (session.output_dir / "exports").mkdir()
-    exported = session.export_selection(session.output_dir / "exports" / "good_cycle_003.star")
+    exported = session.selection.export(session.output_dir / "exports" / "good_cycle_003.star")
     assert exported.path.stat().st_size > 3000
     status, body, headers = get(open_server.url + "/files/exports/good_cycle_003.star")
     assert status == 200 and body == exported.path.read_bytes()

@@ -125,7 +125,7 @@ class Controller:
         selection refers to; other cycles' tables the page fetches from /files/."""
         if session is None:
             return {"selection": None, "class_tables": {}, "good_score": GOOD_SCORE}
-        summary = session.selection_summary(whole_history)
+        summary = session.selection.summary(whole_history)
         root = session.output_dir.resolve()
         exports = []
         for export in summary["exports"]:
@@ -135,7 +135,7 @@ class Controller:
                             else None})
         summary = {**summary, "exports": exports}
         tables = {}
-        record = session.latest_scored()
+        record = session.selection.latest_scored()
         if record is not None and record.class_table:
             table = self._class_table(session.output_dir, record)
             if table is not None:
@@ -260,12 +260,12 @@ class Controller:
         if cycle is not None:
             if not isinstance(cycle, int) or isinstance(cycle, bool):
                 raise CommandError("'cycle' must be the number of the cycle the marks are for")
-            latest = self.session.selection_summary()["cycle"]
+            latest = self.session.selection.summary()["cycle"]
             if cycle != latest:
                 raise CommandError(f"cycle {cycle} is not the latest classified cycle any more "
                                    f"({latest}): look at its classes and mark them again")
         try:
-            summary = self.session.mark_classes(marks)
+            summary = self.session.selection.mark_classes(marks)
         except SelectionError as exc:
             raise CommandError(str(exc)) from None
         return {"type": "ok", "message": f"{len(summary['classes'])} classes selected, "
@@ -278,7 +278,7 @@ class Controller:
         if not self._exporting.acquire(blocking=False):
             raise CommandError("an export is being written: wait for it to finish")
         try:
-            cycle = session.selection_summary()["cycle"]
+            cycle = session.selection.summary()["cycle"]
             if cycle is None:
                 raise CommandError("no classified cycle yet: nothing to export")
             folder = session.output_dir / EXPORT_DIR
@@ -287,7 +287,7 @@ class Controller:
             except OSError as exc:
                 raise CommandError(f"cannot make {folder} ({exc.strerror})") from None
             name = export_name(cycle)
-            exported = session.export_selection(folder / name, cycle=cycle)
+            exported = session.selection.export(folder / name, cycle=cycle)
         except SelectionError as exc:
             raise CommandError(str(exc)) from None
         finally:
