@@ -26,6 +26,7 @@ from live2d.atomic import file_kind, replacing
 from live2d.errors import SelectionError
 from live2d.history import read_history
 from live2d.layouts import find_stack
+from live2d.output_folder import SESSION_STATE, STORE_STATE, STORE_TABLE
 from live2d.selection import SelectionState, selected
 from live2d.warp import split_image_name
 
@@ -45,7 +46,7 @@ def export_particles(output_dir: str | os.PathLike, to: str | os.PathLike,
     (default: the latest classified) to the star ``to``. Raises SelectionError saying what is
     wrong: no such cycle or class, an empty selection, an output that cannot be written."""
     output_dir = Path(output_dir)
-    state = json.loads((output_dir / "session.json").read_text(encoding="utf-8"))
+    state = json.loads((output_dir / SESSION_STATE).read_text(encoding="utf-8"))
     history = [r for r in read_history(output_dir) if r.block != "start"]
     if not history:
         raise SelectionError("no classified cycle yet: nothing to export")
@@ -73,7 +74,7 @@ def export_particles(output_dir: str | os.PathLike, to: str | os.PathLike,
         raise SelectionError(f"no class of cycle {record.number} is selected: mark some "
                              "good, or name them (--classes 1,4,7)")
     table = cistem_star.read_star(star_path)
-    store = cistem_star.read_star(output_dir / "particles.star")
+    store = cistem_star.read_star(output_dir / STORE_TABLE)
     rows = table[table["2DCLS"].isin(chosen)]
     if not len(rows):
         raise SelectionError(f"classes {chosen} of cycle {record.number} hold no particles")
@@ -126,7 +127,7 @@ def _image_names(names: pd.Series, warp_dir: Path, star: str, base: Path | None)
 
 
 def _box(output_dir: Path) -> int:
-    store = json.loads((output_dir / "store.json").read_text(encoding="utf-8"))
+    store = json.loads((output_dir / STORE_STATE).read_text(encoding="utf-8"))
     return int(store["box"])
 
 

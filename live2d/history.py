@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from live2d.atomic import atomic_write_text, cut_torn_line, fsync_dir
+from live2d.output_folder import HISTORY, SESSION_STATE
 
-HISTORY_FILE = "history.jsonl"
+HISTORY_FILE = HISTORY  # the name tests and benches know it by
 log = logging.getLogger("live2d")
 
 
@@ -173,11 +174,11 @@ def read_history(folder: str | os.PathLike) -> list[CycleRecord]:
     if path.exists():
         return _parse(path)
     try:
-        state = json.loads((folder / "session.json").read_text(encoding="utf-8"))
+        state = json.loads((folder / SESSION_STATE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     history = state.get("history", []) if isinstance(state, dict) else []
-    return records_of(history, folder / "session.json") if isinstance(history, list) else []
+    return records_of(history, folder / SESSION_STATE) if isinstance(history, list) else []
 
 
 def records_of(values: list[Any], source: str | os.PathLike) -> list[CycleRecord]:

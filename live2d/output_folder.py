@@ -34,6 +34,7 @@ SESSION_STATE = "session.json"
 HISTORY = "history.jsonl"
 LOG = "live2d.log"
 SELECTION = "selection.json"
+SELECTION_LOCK = ".selection.lock"  # held while the selection is changed
 STORE_TABLE = "particles.star"
 STORE_STACK = "particles.mrcs"
 STORE_SOURCES = "particles.sources.json"
@@ -67,6 +68,11 @@ def thumbnail_name(class_number: int) -> str:
 def export_name(cycle: int) -> str:
     """The star the page exports the good particles of ``cycle`` to, in :data:`EXPORTS`."""
     return f"good_{cycle_stem(cycle)}.star"
+
+
+def is_export_name(name: str) -> bool:
+    """Whether ``name`` is one :func:`export_name` gives."""
+    return re.fullmatch(rf"good_cycle_{_NUMBER}\.star", name) is not None
 
 
 @dataclass(frozen=True)

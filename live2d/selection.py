@@ -30,13 +30,12 @@ from live2d.errors import SelectionError
 from live2d.history import CycleHistory, CycleRecord
 from live2d.imaging import rotate, soft_disc
 from live2d.mrc import read_images
+from live2d.output_folder import SELECTION, SELECTION_LOCK
 
 if TYPE_CHECKING:
     from live2d.export import Exported
 
 SIMILAR_ENOUGH = 0.7  # rotation-invariant correlation for a mark to move to a new class
-SELECTION_FILE = "selection.json"
-LOCK_FILE = ".selection.lock"
 MARKS = ("good", "junk")
 log = logging.getLogger("live2d")
 
@@ -56,7 +55,7 @@ class SelectionState:
         """Load, let the caller change, save: under a file lock, so that the page's marks, a
         cycle's carrying over and an export from the command line never lose each other's
         change."""
-        with open(Path(folder) / LOCK_FILE, "a") as lock:
+        with open(Path(folder) / SELECTION_LOCK, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 state = cls.load(folder)
@@ -67,7 +66,7 @@ class SelectionState:
 
     @classmethod
     def load(cls, folder: Path) -> SelectionState:
-        path = Path(folder) / SELECTION_FILE
+        path = Path(folder) / SELECTION
         if not path.exists():
             return cls()
         try:
@@ -78,7 +77,7 @@ class SelectionState:
                                  "atomically: restore it or move it away") from None
 
     def save(self, folder: Path) -> None:
-        atomic_write_json(Path(folder) / SELECTION_FILE, asdict(self))
+        atomic_write_json(Path(folder) / SELECTION, asdict(self))
 
 
 def proposed(record: CycleRecord) -> list[int]:

@@ -29,7 +29,7 @@ from live2d.engines import Engine, make_engine
 from live2d.errors import CycleCancelled, EngineError, SessionError
 from live2d.history import CycleRecord
 from live2d.importer import Importer, ImportReport
-from live2d.output_folder import OutputFolder
+from live2d.output_folder import DEFAULT_OUTPUT, OutputFolder
 from live2d.schedule import (
     JOB_TYPES,
     Settings,
@@ -92,7 +92,7 @@ class Session:
         if not self.warp_dir.is_dir():  # checked before the output folder could create it
             raise SessionError(f"{self.warp_dir} does not exist or is not a folder: give the "
                                "folder Warp processes (it may be empty until Warp starts)")
-        self.output_dir = Path(output_dir or self.warp_dir / "classification").resolve()
+        self.output_dir = Path(output_dir or self.warp_dir / DEFAULT_OUTPUT).resolve()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.output = OutputFolder(self.output_dir)
         self._engine_choice = engine

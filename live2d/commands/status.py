@@ -9,6 +9,13 @@ import time
 from pathlib import Path
 
 from live2d.history import CycleRecord, read_class_table, read_history
+from live2d.output_folder import (
+    DEFAULT_OUTPUT,
+    IMPORT_STATE,
+    SESSION_STATE,
+    STORE_STATE,
+    find_output_folder,
+)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -18,11 +25,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def find_state(folder: Path, command: str | None = None) -> Path | None:
     """The session.json of DIR (the output folder or the Warp folder); None, saying so on
     stderr when ``command`` is given, if there is none."""
-    for candidate in (folder / "session.json", folder / "classification" / "session.json"):
-        if candidate.is_file():
-            return candidate
+    found = find_output_folder(folder)
+    if found is not None:
+        return found / SESSION_STATE
     if command:
-        print(f"live2d {command}: no session.json in {folder} or {folder / 'classification'}",
+        print(f"live2d {command}: no {SESSION_STATE} in {folder} or {folder / DEFAULT_OUTPUT}",
               file=sys.stderr)
     return None
 
@@ -54,7 +61,7 @@ def print_disk(folder: Path, history: list[CycleRecord]) -> None:
     from live2d.disk import disk_use
 
     try:
-        store = json.loads((folder / "store.json").read_text(encoding="utf-8"))
+        store = json.loads((folder / STORE_STATE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         store = {}
     classes = len(history[-1].class_counts) if history else 0
@@ -80,7 +87,7 @@ def print_exports(folder: Path) -> None:
 def print_left_out(folder: Path) -> None:
     """Warp's rows not imported on purpose, so that the count of particles adds up."""
     try:
-        state = json.loads((folder / "import.json").read_text(encoding="utf-8"))
+        state = json.loads((folder / IMPORT_STATE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
     refused, skipped = len(state.get("refused", [])), len(state.get("skipped", []))

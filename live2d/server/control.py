@@ -27,6 +27,7 @@ from live2d.class_quality import GOOD_SCORE
 from live2d.errors import CycleCancelled, EngineError, SelectionError, SessionError, SettingsError
 from live2d.history import CycleRecord, read_class_table
 from live2d.layouts import WARP, detect_layout
+from live2d.output_folder import EXPORTS, export_name, is_export_name
 from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings
 from live2d.selection import MARKS
 from live2d.session import Session
@@ -43,7 +44,6 @@ COMMANDS = ("get_state", "start_job", "start_automatic", "stop", "set_warp_dir",
 FIELDS = {"mark": {"classes", "cycle"}, "export": set()}
 OLDER_FIELDS = {"job_type", "settings", "hard", "path"}
 SLOW_COMMANDS = ("export",)  # the web layer runs these off its event loop
-EXPORT_DIR = "exports"  # in the output folder, served for download
 CLASS_NUMBER = re.compile(r"[1-9][0-9]{0,4}")
 MAX_MARKS = 1000
 WATCH_SECONDS = 2.0  # how often the Warp folder is checked for what it lacks
@@ -130,8 +130,8 @@ class Controller:
         exports = []
         for export in summary["exports"]:
             path = Path(export["file"])
-            served = path.parent == root / EXPORT_DIR and is_export_name(path.name)
-            exports.append({**export, "download": f"{EXPORT_DIR}/{path.name}" if served
+            served = path.parent == root / EXPORTS and is_export_name(path.name)
+            exports.append({**export, "download": f"{EXPORTS}/{path.name}" if served
                             else None})
         summary = {**summary, "exports": exports}
         tables = {}
@@ -281,7 +281,7 @@ class Controller:
             cycle = session.selection.summary()["cycle"]
             if cycle is None:
                 raise CommandError("no classified cycle yet: nothing to export")
-            folder = session.output_dir / EXPORT_DIR
+            folder = session.output_dir / EXPORTS
             try:
                 folder.mkdir(exist_ok=True)
             except OSError as exc:
@@ -297,7 +297,7 @@ class Controller:
                  f"{exported.path}")
         return {"type": "exported", "message": f"exported {exported.particles:,} particles of "
                 f"classes {', '.join(map(str, exported.classes))} (cycle {exported.cycle})",
-                "file": str(exported.path), "download": f"{EXPORT_DIR}/{name}",
+                "file": str(exported.path), "download": f"{EXPORTS}/{name}",
                 "cycle": exported.cycle, "classes": exported.classes,
                 "particles": exported.particles}
 
@@ -385,10 +385,3 @@ class Controller:
             self._worker.join(timeout=30)
         self.session.close()
 
-
-def export_name(cycle: int) -> str:
-    return f"good_cycle_{cycle:03d}.star"
-
-
-def is_export_name(name: str) -> bool:
-    return re.fullmatch(r"good_cycle_\d{3,}\.star", name) is not None

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from live2d.layouts import Layout
+from live2d.output_folder import IMPORT_STATE
 from live2d.source_images import open_images
 from live2d.sources.state import ImportState, SourceIdentity
 from live2d.store import ParticleStore
@@ -110,7 +111,7 @@ class ParticleIntake:
         self.folder = folder
         self.store = store
         self.options = options
-        self.state_path = store.folder / "import.json"
+        self.state_path = store.folder / IMPORT_STATE
         self.state, self.recovered = ImportState.load(self.state_path, store)
         self.pending = pd.DataFrame()  # rows waiting for their stack, imported first next poll
         self.stack_waits: dict[str, tuple[int, float]] = {}  # stack -> (polls, first seen)
