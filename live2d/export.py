@@ -33,6 +33,8 @@ from live2d.warp import split_image_name
 
 @dataclass(frozen=True)
 class Exported:
+    """A written export: the star, the cycle and classes it holds and how many particles."""
+
     path: Path
     cycle: int
     classes: list[int]

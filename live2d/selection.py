@@ -42,6 +42,10 @@ log = logging.getLogger("live2d")
 
 @dataclass
 class SelectionState:
+    """``selection.json``: the user's marks and the cycle their class numbers refer to, what the
+    last ab initio job carried or dropped, and the exports made (changed only through
+    :meth:`updating`, under a file lock)."""
+
     cycle: int = -1  # the cycle the marks' class numbers refer to
     job: int = -1
     marks: dict[str, str] = field(default_factory=dict)  # class number -> "good" | "junk"

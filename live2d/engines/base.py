@@ -39,6 +39,9 @@ class CycleParams:
 
 @dataclass(frozen=True)
 class CycleRequest:
+    """One cycle asked of an engine, as paths in and out (cisTEM's formats): the particle stack
+    and its star, where the star and the class averages go, and the parameters."""
+
     stack: Path  # MRC stack of all particles
     star_in: Path  # cisTEM star, one row per particle of the stack
     star_out: Path  # run_cycle writes it; start_classes does not (as refine2d in init mode)
@@ -53,6 +56,8 @@ class CycleRequest:
 
 @dataclass
 class Progress:
+    """How far a running cycle is, for the pages (called often: cheap to make)."""
+
     stage: str  # e.g. "noise spectrum", "classifying", "merging"
     fraction: float  # 0..1 of this cycle
     particles_per_second: float = 0.0
@@ -63,6 +68,9 @@ ProgressCallback = Callable[[Progress], None]
 
 @dataclass
 class CycleResult:
+    """What an engine did in one cycle: the files it wrote, the class populations and its
+    throughput (particle-passes per second), with its log lines."""
+
     classes: Path
     star: Path | None  # None for start_classes
     class_counts: list[int]  # particles whose best class is k+1 (used ones only)
@@ -76,6 +84,10 @@ class CycleResult:
 
 
 class Engine(ABC):
+    """A 2D classification engine behind one contract: paths in, paths out. ``start_classes``
+    makes the random-start averages, ``run_cycle`` one cycle of refinement; a ``cancel`` event
+    set ends either early (raising CycleCancelled)."""
+
     name: str = "engine"
     # Whether the engine reads one MRC stack of every particle (refine2d does); if not, the
     # store may read Warp's own stacks in place (live2d.source_images) instead of copying them.

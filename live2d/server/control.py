@@ -54,6 +54,10 @@ class CommandError(ValueError):
 
 
 class Controller:
+    """The web app's view of the session, framework-free: opens the session of the folder the
+    page picks, runs its jobs or automatic loop in one worker thread, checks every command a
+    page sends, and forwards the session's events to ``publish``."""
+
     def __init__(self, warp_dir: str | Path | None = None,
                  output_dir: str | Path | None = None, *,
                  engine: str = "auto", device: str = "auto", cistem_bin: str | None = None,

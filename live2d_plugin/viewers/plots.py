@@ -59,6 +59,9 @@ _TEXT = TextToPath()
 
 @dataclass(frozen=True)
 class GalleryLayout:
+    """How a cycle's class gallery fills the viewer's window: the grid, each image's size and the
+    titles' and captions' fonts."""
+
     columns: int
     rows: int
     side: float  # of each image, inches
