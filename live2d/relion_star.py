@@ -61,10 +61,13 @@ def read_particle_star(path: str | os.PathLike) -> StarParticles:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:  # starfile raises whatever pandas does on a broken table
         raise WarpStarError(f"{path} is not a readable star file ({exc})") from None
+    if not blocks and b"data_" not in raw and any(
+            line.strip() and not line.lstrip().startswith(b"#") for line in raw.splitlines()):
+        raise WarpStarError(f"{path} has no data block: it is not a star file")
     particles = _particle_block(blocks, path)
     unfinished = 0
-    if raw and not raw.endswith(b"\n") and list(blocks.values())[-1] is particles and \
-            len(particles):
+    if raw and not raw.endswith(b"\n") and blocks and list(blocks.values())[-1] is particles \
+            and len(particles):
         particles, unfinished = particles.iloc[:-1], 1  # its last line may be cut short
     missing = [c for c in CTF_COLUMNS if c not in particles]
     if missing:

@@ -237,6 +237,23 @@ def test_a_relion_star_of_an_endless_line_or_too_many_columns_is_said_once(tmp_p
     assert importer.poll_reimporting().total == 5
 
 
+def test_a_star_of_binary_junk_is_refused_once_and_imported_once_fixed(tmp_path):
+    folder = tmp_path / "relion"
+    folder.mkdir()
+    with mrcfile.new(folder / "mic.mrcs") as mrc:
+        mrc.set_data(particle_image(0, 0, 24, 5))
+    star = folder / "particles.star"
+    star.write_bytes(b"\x00\x01\x02 not a star \xff\xfe")
+    importer = importer_for(folder, tmp_path, star="particles.star")
+    messages = [m for _ in range(3) for m in importer.poll_reimporting().messages
+                if "not a star file" in m]
+    assert len(messages) == 1, messages
+    star.write_text("# version 30001\n")  # a header being written: waited for, no refusal
+    assert not [m for m in importer.poll_reimporting().messages if "not a star" in m]
+    write_relion30_star(star, "mic.mrcs", 5, 3.0)
+    assert importer.poll_reimporting().total == 5
+
+
 def test_a_change_of_star_is_reported_by_a_poll_without_emptying_the_store(tmp_path):
     project = WarpToolsProject(tmp_path / "project")
     project.export(1)
