@@ -122,6 +122,8 @@ class ProtLive2DImportWarp(StreamStopping, ProtImport):
         timeout = float(self.streamTimeout.get()) * 60.0
         poll = min(MAX_POLL_SECONDS, max(MIN_POLL_SECONDS, timeout / 6.0))
         last_new = time.monotonic()
+        said: set[str] = set()  # the last poll's messages: a problem that stays is said once
+        problem = ""  # what the latest poll said kept particles out, for an empty ending
         while True:
             report = importer.poll()
             if report.start_over is not None:
@@ -130,7 +132,10 @@ class ProtLive2DImportWarp(StreamStopping, ProtImport):
                 self._closeOutput()
                 raise RuntimeError(self._changeMessage(store, report.start_over))
             for message in report.messages:
-                self.info(scipion_words(message))
+                if message not in said:
+                    self.info(scipion_words(message))
+            said = set(report.messages) | ({report.missing} if report.missing else set())
+            problem = report.missing or (report.messages[-1] if report.messages else problem)
             if store.box and not said_copy:  # the store's mode is set once it has a box
                 self.info(self._copyMessage(store))
                 said_copy = True
@@ -146,6 +151,15 @@ class ProtLive2DImportWarp(StreamStopping, ProtImport):
                 break
             time.sleep(poll)
         self._closeOutput()
+        if not store.count:
+            raise RuntimeError(self._nothingImportedMessage(problem))
+
+    def _nothingImportedMessage(self, problem: str) -> str:
+        """Why an import that closed without a particle failed: a run that ends green with an
+        empty output would let the classification downstream wait for nothing."""
+        reason = scipion_words(problem) if problem else "no particle star had particles"
+        return (f"no particles were imported from {self._warpDir()}: {reason}. Check the Warp "
+                "folder (and the Particle star, if given), then run the protocol again")
 
     # ------------------------------------------------------------------------------ output
     def _publish(self, importer: Importer, published: int) -> int:

@@ -147,6 +147,28 @@ class TestImportWarp(ProjectTestCase):
         log = self.log_tail(prot, 10**6)
         self.assertEqual(log.count("no previous.settings"), 1, log)  # said once, then quiet
 
+    def test_an_import_that_closes_with_nothing_fails_with_the_reason_said_once(self) -> None:
+        empty = self.work / "empty"
+        empty.mkdir()
+        corrupt = self.work / "corrupt"
+        simulate_warp(corrupt, particles=20)
+        star = next(corrupt.glob("allparticles_*.star"))
+        star.write_text("data_\n\nloop_\n_rlnImageName #1\n000001@x.mrcs\n")
+        cases = {empty: "no previous.settings", corrupt: "lacks the column(s)"}
+        runs = {folder: self.launch(self.new(ProtLive2DImportWarp, warpFolder=str(folder),
+                                             streamTimeout=0.1))
+                for folder in cases}
+        for folder, reason in cases.items():
+            failed = self.wait_until(runs[folder], lambda p: p.isFailed(), 120,
+                                     "the import to fail")
+            message = failed.getErrorMessage()
+            self.assertIn("no particles were imported", message, message)
+            self.assertIn(reason, message, message)
+            self.assertIsNone(getattr(failed, "outputParticles", None))
+            log = self.log_tail(runs[folder], 10**6)
+            before_failing = log.split("no particles were imported")[0]
+            self.assertEqual(before_failing.count(reason), 1, log)  # said once, then quiet
+
     def test_box_size_change_fails_clearly_and_keeps_the_output(self) -> None:
         warp_dir = self.work / "warp"
         simulate_warp(warp_dir, particles=40)
