@@ -26,16 +26,18 @@ JOB_LABELS = {"abinit": "Ab initio", "seeded": "Seeded startup", "refine": "Refi
 def _spec(default: Any, label: str, *, lo: float | None = None, hi: float | None = None,
           level: str = "expert", unit: str = "", choices: tuple[str, ...] | None = None,
           labels: dict[str, str] | None = None, optional: bool = False, empty: str = "",
-          default_text: str = "", help: str = "") -> Any:
+          default_text: str = "", help: str = "", on_change: str = "") -> Any:
     """A Settings field. ``help`` says what the setting does and when to change it, never its
     default or range: :meth:`Settings.describe` adds those, so no UI states them differently.
     ``empty``: what an empty optional value means; ``default_text``: the default in words where
-    the value itself depends on the machine."""
+    the value itself depends on the machine; ``on_change``: what changing it does to a session
+    under way (not said where a change means a new run, as in Scipion)."""
     return field(
         default=default,
         metadata={"label": label, "min": lo, "max": hi, "level": level, "unit": unit,
                   "choices": choices, "labels": labels, "optional": optional, "empty": empty,
-                  "default_text": default_text, "help": help},
+                  "default_text": default_text, "help": help,
+                  "on_change": on_change},
     )
 
 
@@ -164,16 +166,18 @@ class Settings:
         "allparticles", "Warp particle file", choices=("allparticles", "goodparticles"),
         help="Which of Warp's particle star files is imported: allparticles holds every "
              "picked particle, goodparticles only those of micrographs that pass Warp's "
-             "filters (defocus, resolution, motion...). Changing it imports every particle "
-             "again and restarts from an ab initio job.")
+             "filters (defocus, resolution, motion...).",
+        on_change="Changing it imports every particle again and restarts from an ab initio "
+                  "job.")
     contrast: str = _spec(
         "auto", "Protein contrast", level="expert", choices=("auto", "white", "black"),
         labels={"auto": "auto", "white": "white", "black": "black"},
         help="How protein looks in the particle stacks. Auto: as Warp's Invert setting says "
              "for a Warp 1.x folder, white for any other particle star (Warp, WarpTools and "
              "RELION with inverted contrast). Black: stacks that are not inverted, such as "
-             "cryoSPARC's extractions. Changing it imports every particle again and restarts "
-             "from an ab initio job.")
+             "cryoSPARC's extractions.",
+        on_change="Changing it imports every particle again and restarts from an ab initio "
+                  "job.")
     poll_seconds: float = _spec(
         30.0, "Polling period", lo=0.5, hi=3600.0, unit="s",
         help="How often Warp's folder is checked for new particles. A check reads only what "
@@ -211,13 +215,15 @@ class Settings:
         return out
 
     @classmethod
-    def describe(cls, name: str, note: str = "") -> str:
-        """The help of setting ``name`` for users: what it does, its default, ``note`` (what a
-        particular UI adds, e.g. how its input changes the default) and the allowed range.
-        Defaults and ranges are stated here only, so every UI states them alike."""
+    def describe(cls, name: str, note: str = "", live: bool = True) -> str:
+        """The help of setting ``name`` for users: what it does (and, where ``live``, what
+        changing it does to a session under way), its default, ``note`` (what a particular UI
+        adds, e.g. how its input changes the default) and the allowed range. Defaults and
+        ranges are stated here only, so every UI states them alike."""
         f = _fields()[name]
         meta = f.metadata
-        parts = [meta["help"], f"Default: {_default_text(f)}.", note]
+        parts = [meta["help"], meta["on_change"] if live else "",
+                 f"Default: {_default_text(f)}.", note]
         if meta["min"] is not None and meta["max"] is not None:
             unit = _unit_suffix(meta["unit"])
             parts.append(f"Allowed: {_number(meta['min'])} to {_number(meta['max'])}{unit}.")

@@ -95,13 +95,14 @@ class ProtLive2DImportWarp(StreamStopping, ProtImport):
         form.addParam("particleFile", params.EnumParam, choices=list(PARTICLE_FILE_LABELS),
                       default=0, display=params.EnumParam.DISPLAY_HLIST,
                       label="Particles",
-                      help=Settings.describe("particle_file", PARTICLE_FILE_NOTE))
+                      help=Settings.describe("particle_file", PARTICLE_FILE_NOTE, live=False))
         contrast = next(spec for spec in Settings.specs() if spec["name"] == "contrast")
         form.addParam("proteinContrast", params.EnumParam,
                       choices=[contrast["labels"][c] for c in contrast["choices"]],
                       default=list(contrast["choices"]).index(contrast["default"]),
                       display=params.EnumParam.DISPLAY_HLIST, expertLevel=params.LEVEL_ADVANCED,
-                      label=contrast["label"], help=Settings.describe("contrast", CONTRAST_NOTE))
+                      label=contrast["label"],
+                      help=Settings.describe("contrast", CONTRAST_NOTE, live=False))
         form.addParam("streamTimeout", params.FloatParam, default=120.0,
                       validators=[params.Positive],
                       label="Timeout (minutes)",

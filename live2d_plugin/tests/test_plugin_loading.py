@@ -224,7 +224,9 @@ class TestForms(ProjectTestCase):
         self.assertEqual(ProtLive2DImportWarp._label, "import warp particles (live)")
         # The same inputs as `live2d run DIR --star STAR --contrast ...`.
         contrast = prot.getParam("proteinContrast")
-        self.assertEqual(contrast.help.get(), Settings.describe("contrast", CONTRAST_NOTE))
+        self.assertEqual(contrast.help.get(),
+                         Settings.describe("contrast", CONTRAST_NOTE, live=False))
+        self.assertNotIn("restarts", contrast.help.get())  # a change here is a new run
         self.assertEqual(list(contrast.choices), ["auto", "white", "black"])
         self.assertEqual(contrast.expertLevel.get(), params.LEVEL_ADVANCED)
         self.assertEqual(prot._contrast(), Settings().contrast)
