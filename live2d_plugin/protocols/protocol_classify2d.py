@@ -46,6 +46,7 @@ from live2d_plugin.convert import (
     scipion_stack,
     set_class_quality,
 )
+from live2d_plugin.protocols.labels import Live2DLabel
 from live2d_plugin.quality import class_table_by_number, cycle_selection
 from live2d_plugin.stopping import StreamStopping
 
@@ -113,7 +114,7 @@ def _quietFirstDimensions() -> Iterator[None]:
         data_logger.removeFilter(keep)
 
 
-class ProtLive2DClassify2D(StreamStopping, ProtClassify2D):
+class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
     """Live 2D classification (Live2D): classifies the particles of a set that may still be
     growing, with the schedule of cisTEM's classification panel (ab initio, seeded startup,
     refinement) and the built-in engine or cisTEM.

@@ -27,6 +27,7 @@ from live2d.schedule import Settings
 from live2d.store import ParticleStore
 from live2d_plugin.constants import PARTICLE_FILE_LABELS
 from live2d_plugin.convert import acquisition_from_warp, particles_from_store_rows
+from live2d_plugin.protocols.labels import Live2DLabel
 from live2d_plugin.stopping import StreamStopping
 
 PARTICLE_FILES = ("allparticles", "goodparticles")
@@ -53,7 +54,7 @@ COPY_FILES_HELP = (
     "the images under the output.")
 
 
-class ProtLive2DImportWarp(StreamStopping, ProtImport):
+class ProtLive2DImportWarp(Live2DLabel, StreamStopping, ProtImport):
     """Imports the particles Warp picks and exports while it is still collecting.
 
     The folder may be Warp 1.x's (previous.settings), a WarpTools 2 project (its

@@ -216,6 +216,13 @@ class TestForms(ProjectTestCase):
         self.assertEqual(levels["highResInitial"], params.LEVEL_ADVANCED)
         self.assertEqual(ProtLive2DClassify2D._label, "live 2D classification")
 
+    def test_new_runs_are_named_without_the_package_name_s_underscores(self) -> None:
+        # As the project window names them: no markup in Methods, whole in the graph's boxes.
+        for cls in (ProtLive2DImportWarp, ProtLive2DClassify2D):
+            label = self.proj.newProtocol(cls).getObjLabel()
+            self.assertEqual(label, f"live2d - {cls._label}")
+            self.assertLessEqual(len(label), 40, label)
+
     def test_import_form_and_its_validation(self) -> None:
         prot = self.new(ProtLive2DImportWarp, warpFolder=str(self.work))
         names = {name for name, _ in prot._definition.iterAllParams()}
