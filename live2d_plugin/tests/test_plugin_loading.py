@@ -261,6 +261,19 @@ class TestForms(ProjectTestCase):
         errors = "\n".join(prot.validate())
         self.assertIn("final high-res limit (20.0 Å) must not be coarser", errors)
 
+    def test_workflow_template_defaults_are_the_forms(self) -> None:
+        # A user starting from the template gets what the forms would give (threads included).
+        text = re.sub(r"~[^|~]*\|([^|~]*)\|[^~]*~", r"\1", TEMPLATE.read_text().split("\n", 1)[1])
+        runs = {run["object.className"]: run for run in json.loads(text)}
+        for cls in (ProtLive2DImportWarp, ProtLive2DClassify2D):
+            form = self.new(cls)
+            for name, value in runs[cls.__name__].items():
+                param = form.getParam(name) if "." not in name else None
+                if param is None or name in ("runName", "runMode", "inputParticles",
+                                             "warpFolder"):
+                    continue
+                self.assertEqual(getattr(form, name).get(), value, f"{cls.__name__}.{name}")
+
     def test_workflow_template_loads_into_a_project(self) -> None:
         template = LocalTemplate("live2d_plugin", str(TEMPLATE))
         self.assertIn("live 2D classification", template.description)
