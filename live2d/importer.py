@@ -53,9 +53,8 @@ class Importer(ParticleFeed):
     for WarpTools 2 projects holding several and for any RELION-style star; None: what the
     folder's layout says (:mod:`live2d.layouts`). ``which``, ``contrast``, ``copy_images``:
     :class:`live2d.sources.ImportOptions`; with ``copy_images`` False the stacks of a Warp 1.x
-    folder's star are read in place: Warp's own, or any its rows name by path (a Scipion
-    classification's input), each checked by its stamp before it is read
-    (:func:`live2d.warp.stack_stamp`)."""
+    folder's star are read in place: Warp's own, or any its rows name by path, each checked by
+    its stamp before it is read (:func:`live2d.warp.stack_stamp`)."""
 
     def __init__(self, warp_dir: str | os.PathLike, store: ParticleStore,
                  which: str = "allparticles", star: str | os.PathLike | None = None,

@@ -98,9 +98,10 @@ class ScipionParticleSource(ParticleFeed):
                 report.closed = closed
                 return None
             intake.missing = ""
-            start_over = self._check_source(settings, report)
+            start_over = self._check_source(settings)
             if start_over is not None:
                 return start_over
+            intake.state.settings = settings
             self._import_new(input_set, self._with_contrast(settings), report)
             intake.save()
             report.closed = closed and not len(intake.pending)
@@ -170,7 +171,7 @@ class ScipionParticleSource(ParticleFeed):
             return settings
         return dataclasses.replace(settings, invert=contrast == "white")
 
-    def _check_source(self, settings: WarpSettings, report: ImportReport) -> StartOver | None:
+    def _check_source(self, settings: WarpSettings) -> StartOver | None:
         """A start over when the store has no box yet (done here: nothing to lose) or its
         particles are stale (returned when it holds some: the caller decides)."""
         intake, store = self._intake, self.store
@@ -183,7 +184,7 @@ class ScipionParticleSource(ParticleFeed):
             return None
         if old is None and store.box == settings.box and store.count:
             # import.json was lost: the store's ids and names still prevent duplicates.
-            intake.state.source, intake.state.settings = source, settings
+            intake.state.source = source
             return None
         reason = ""
         if store.count:
@@ -196,7 +197,6 @@ class ScipionParticleSource(ParticleFeed):
         if store.count:
             return request
         self.start_over(request)
-        intake.state.source, intake.state.settings = source, settings
         return None
 
     def _load_input(self) -> SetOfParticles:

@@ -49,8 +49,8 @@ def producer_of(warp: WarpFolder, folder: Path) -> Importer:
 
 def write_consumer(store: ParticleStore, warp: WarpFolder, folder: Path,
                    warp_micrographs: int = 0) -> Path:
-    """A Warp-like folder naming the store's particles by absolute path, as the Scipion
-    classification writes one for its input (rewritten whole, earlier rows first); those of
+    """A Warp-like folder naming the store's particles by absolute path, as a consumer of a
+    Scipion import names them (rewritten whole, earlier rows first); those of
     the first ``warp_micrographs`` by Warp's own stacks (a set merged from two imports)."""
     folder.mkdir(exist_ok=True)
     (folder / "previous.settings").write_bytes((warp.folder / "previous.settings").read_bytes())

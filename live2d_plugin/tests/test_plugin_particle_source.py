@@ -116,6 +116,19 @@ def test_black_protein_as_imported_is_classified_so(tmp_path):
     assert not source.source_settings().invert
 
 
+def test_a_contrast_asked_otherwise_reimports_every_particle_with_its_id(tmp_path):
+    sqlite, ids = particle_set(tmp_path)
+    source = source_for(sqlite, tmp_path)
+    source.poll_reimporting()
+    source.configure(contrast="black")
+    assert source.poll().start_over is not None  # not done by a plain poll
+    report = source.poll_reimporting()
+    assert report.reimported and "contrast changed white -> black" in report.reason
+    assert (report.new_particles, report.total) == (9, 9)
+    assert source.store.read_table()["SRCID"].tolist() == ids
+    assert not source.source_settings().invert
+
+
 def test_a_kill_mid_poll_loses_and_duplicates_nothing(tmp_path, monkeypatch):
     sqlite, ids = particle_set(tmp_path)
     monkeypatch.setattr(particle_source, "READ_BATCH", 4)
