@@ -58,16 +58,18 @@ COLUMNS: tuple[Column, ...] = (
     Column("MICROGRAPH", "_live2dMicrographName", "'%s'", ""),
     # size:mtime of the source stack when imported (stores that read the stacks in place)
     Column("SRCSTAMP", "_live2dSourceStackStamp", "'%s'", ""),
+    # the particle's id in the source that numbers them (a Scipion set's item id; 0: none)
+    Column("SRCID", "_live2dSourceId", "%10i", 0),
     Column("ORIGNAME", "_cisTEMOriginalImageFilename", "'%s'", ""),
 )
 BY_SHORT = {c.short: c for c in COLUMNS}
 BY_LABEL = {c.label: c for c in COLUMNS}
-# Only in the particle store's star: the source's micrograph, coordinates and image name.
-PROVENANCE_COLUMNS = ("ORIGX", "ORIGY", "MICROGRAPH", "SRCSTAMP", "ORIGNAME")
+# Only in the particle store's star: the source's micrograph, coordinates, id and image name.
+PROVENANCE_COLUMNS = ("ORIGX", "ORIGY", "MICROGRAPH", "SRCSTAMP", "SRCID", "ORIGNAME")
 STRING_COLUMNS = ("MICROGRAPH", "SRCSTAMP", "ORIGNAME")
 # What refine2d writes.
 REFINE2D_COLUMNS = tuple(c.short for c in COLUMNS if c.short not in PROVENANCE_COLUMNS)
-INTEGER_COLUMNS = ("POS", "LogP", "2DCLS")
+INTEGER_COLUMNS = ("POS", "LogP", "2DCLS", "SRCID")
 # cisTEM reads these with no absent-column fallback (DF*) or uses 0 where it needs a real value.
 REQUIRED_COLUMNS = ("POS", "DF1", "DF2", "ANGAST", "PSIZE", "VOLT")
 
@@ -81,7 +83,8 @@ def new_table(n: int) -> pd.DataFrame:
     table = pd.DataFrame({c: np.full(n, BY_SHORT[c].default) for c in REFINE2D_COLUMNS})
     table["POS"] = np.arange(1, n + 1, dtype=np.int64)
     for name in INTEGER_COLUMNS:
-        table[name] = table[name].astype(np.int64)
+        if name in table:  # not the provenance columns: refine2d's only
+            table[name] = table[name].astype(np.int64)
     return table
 
 

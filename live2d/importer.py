@@ -17,7 +17,6 @@ unchanged).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from live2d.sources import (
     CONTRASTS,
     ImportOptions,
     ImportReport,
+    ParticleFeed,
     ParticleIntake,
     ParticleSource,
     StarSource,
@@ -46,16 +46,15 @@ __all__ = ["CONTRASTS", "ImportReport", "Importer", "StartOver"]
 RECOVERED = f"the particle store was emptied for a re-import when Live2D stopped: {RE_IMPORT}"
 
 
-class Importer:
+class Importer(ParticleFeed):
     """Imports the particles of one folder into one store, choosing its source by the folder's
     layout at every poll (a folder may be empty at first, then become a Warp 1.x folder or hold
     a particle star). ``star``: the particle star to import (relative paths from ``warp_dir``),
     for WarpTools 2 projects holding several and for any RELION-style star; None: what the
     folder's layout says (:mod:`live2d.layouts`). ``which``, ``contrast``, ``copy_images``:
     :class:`live2d.sources.ImportOptions`; with ``copy_images`` False the stacks of a Warp 1.x
-    folder's star are read in place: Warp's own, or any its rows name by path (a Scipion
-    classification's input), each checked by its stamp before it is read
-    (:func:`live2d.warp.stack_stamp`)."""
+    folder's star are read in place: Warp's own, or any its rows name by path, each checked by
+    its stamp before it is read (:func:`live2d.warp.stack_stamp`)."""
 
     def __init__(self, warp_dir: str | os.PathLike, store: ParticleStore,
                  which: str = "allparticles", star: str | os.PathLike | None = None,
@@ -91,10 +90,7 @@ class Importer:
                   copy_images: bool | None = None) -> None:
         """Change the options given (None: unchanged), checked as the constructor checks them;
         a change that makes the imported particles stale is reported by the next poll."""
-        changes = {name: value for name, value in (("which", which), ("contrast", contrast),
-                                                   ("copy_images", copy_images))
-                   if value is not None}
-        self._intake.options = dataclasses.replace(self._intake.options, **changes)
+        self._intake.configure(which=which, contrast=contrast, copy_images=copy_images)
 
     def source_settings(self) -> WarpSettings:
         """The particles' pixel size, box, microscope and contrast, for the engine: Warp 1.x's
@@ -121,27 +117,11 @@ class Importer:
         poll imports every particle again."""
         self._source_for(self._layout).start_over(request)
 
-    def poll_reimporting(self) -> ImportReport:
-        """A poll that accepts a start over it finds needed, as a live session does: the store
-        emptied and every particle imported again, reported as one poll (``reimported``, why in
-        ``reason``)."""
-        report = self.poll()
-        request = report.start_over
-        if request is None:
-            return report
-        self.start_over(request)
-        report.start_over = None
-        if request.reason:
-            report.reimported, report.reason = True, request.reason
-        # The store is empty now: this poll cannot ask to start over again.
-        return report.followed_by(self.poll())
-
     def _source_for(self, layout: Layout | None) -> ParticleSource:
         return self._warp_folder if layout is None or layout.kind == WARP else self._star_source
 
     def _poll(self, report: ImportReport) -> StartOver | None:
-        if self.copy_images and self.store.box and not self.store.copies_images:
-            self._intake.copy_in(report)
+        self._intake.copy_in_if_asked(report)
         try:
             layout = detect_layout(self.warp_dir, self.star)
             source = self._source_for(layout)

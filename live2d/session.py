@@ -39,6 +39,7 @@ from live2d.schedule import (
 )
 from live2d.selection import ClassSelection
 from live2d.session_state import JobState, open_state
+from live2d.sources import ParticleFeed
 from live2d.store import ParticleStore
 
 if TYPE_CHECKING:
@@ -83,11 +84,15 @@ class Session:
         cistem_bin: str | None = None,
         executor: Executor | None = None,
         star: str | Path | None = None,
+        particle_feed: Callable[[ParticleStore], ParticleFeed] | None = None,
     ) -> None:
         """``executor``: where the engine's slices run (live2d.executors; None: this process).
         The caller owns it and closes it after :meth:`close`. ``star``: the particle star to
         import (a WarpTools 2 export, any RELION-style star; relative to ``warp_dir``); a
-        resumed session keeps the one it was started with unless another is given."""
+        resumed session keeps the one it was started with unless another is given.
+        ``particle_feed``: makes the particle source that fills the session's store (e.g. a
+        Scipion input set; ``warp_dir`` is then only the folder the session names); None: the
+        folder ``warp_dir`` (:class:`live2d.importer.Importer`)."""
         self.warp_dir = Path(warp_dir).resolve()
         if not self.warp_dir.is_dir():  # checked before the output folder could create it
             raise SessionError(f"{self.warp_dir} does not exist or is not a folder: give the "
@@ -118,9 +123,13 @@ class Session:
             self.state.star = str(star)
             self._write_state()
         self.store = ParticleStore(self.output_dir)
-        self.importer = Importer(self.warp_dir, self.store, which=self.settings.particle_file,
-                                 star=self.state.star or None,
-                                 contrast=self.settings.contrast)
+        self.importer: ParticleFeed = Importer(
+            self.warp_dir, self.store, which=self.settings.particle_file,
+            star=self.state.star or None, contrast=self.settings.contrast,
+        ) if particle_feed is None else particle_feed(self.store)
+        if particle_feed is not None:  # the session's settings hold for any source
+            self.importer.configure(which=self.settings.particle_file,
+                                    contrast=self.settings.contrast)
         self.disk: DiskUse | None = None  # the output folder's disk use, as last measured
         self.selection = ClassSelection(
             self.output_dir, self._history, self._lock,
@@ -341,8 +350,13 @@ class Session:
             self._set_status("stopping" if self._stop.is_set() else "stopped")
 
     def run_automatic(self, stop: threading.Event | None = None, *,
-                      clear_stop: bool = True) -> None:
-        """Poll Warp and run jobs whenever enough particles arrived, until a stop request."""
+                      clear_stop: bool = True, raise_failures: bool = False) -> bool:
+        """Poll the particle source and run jobs whenever enough particles arrived, until a stop
+        request, or until a source that closes (a Scipion set) is closed and every particle it
+        holds is classified: then a last job classifies what the others left, however few, and
+        this returns True (False after a stop). ``raise_failures``: a failing import or cycle
+        raises (a Scipion protocol then fails); otherwise it is logged and retried at the next
+        polls, and its job given up after MAX_CYCLE_FAILURES failures."""
         if clear_stop:
             self.clear_stop()
         with self._lock:
@@ -359,6 +373,8 @@ class Session:
                 try:
                     report = self.import_new()
                 except OSError as exc:  # e.g. the output disk is full: nothing was committed
+                    if raise_failures:
+                        raise
                     self._log(f"import failed: {exc}; retrying at the next poll", logging.ERROR)
                     self._wait(self.settings.poll_seconds, stop)
                     continue
@@ -372,22 +388,43 @@ class Session:
                     self._log(f"no new particles for {quiet:.0f} s: classifying the "
                               f"{report.total - (last or 0):,} not classified yet")
                     caught_up, due = report.total, True
+                if report.closed:
+                    due = due or self._closing_job_due(report.total)
                 if due:
-                    try:
-                        self.run_job(clear_stop=False)
-                    except (EngineError, SessionError, OSError) as exc:
-                        self._log(f"job failed: {exc}", logging.ERROR)
-                        self._note_failure()
-                    except CycleCancelled:
-                        self._log("cycle ended by a hard stop", logging.WARNING)
+                    self._run_automatic_job(raise_failures)
                     continue
+                if report.closed:
+                    return True
                 self._wait(settings.poll_seconds, stop)
+            return False
         finally:
             with self._lock:
                 self.state.automatic = False
                 self._write_state()
             self._set_status("stopped")
             self._log("automatic jobs stopped")
+
+    def _closing_job_due(self, total: int) -> bool:
+        """Whether a closed source's particles need a last job: any that the last job did not
+        see, even below first_job_at or update_every. Raises SessionError when they are too few
+        for the classes asked for (none will ever come to make up the number)."""
+        if total < self.settings.classes:
+            raise SessionError(f"the input set is closed with {total} particles, fewer than "
+                               f"the {self.settings.classes} classes asked for")
+        return total > 0 and self.state.particles_at_last_job != total
+
+    def _run_automatic_job(self, raise_failures: bool) -> None:
+        """The job an automatic poll found due: its failure raised (``raise_failures``) or
+        logged and counted towards giving the job up."""
+        try:
+            self.run_job(clear_stop=False)
+        except (EngineError, SessionError, OSError) as exc:
+            if raise_failures:
+                raise
+            self._log(f"job failed: {exc}", logging.ERROR)
+            self._note_failure()
+        except CycleCancelled:
+            self._log("cycle ended by a hard stop", logging.WARNING)
 
     def _wait(self, seconds: float, stop: threading.Event | None) -> None:
         deadline = time.monotonic() + seconds

@@ -7,7 +7,8 @@ kill at any moment, opening the store cuts stack and star back to what it record
 is either wholly in the store or not at all, never twice.
 
 Each row keeps where the particle came from (the provenance columns: the source's image name,
-micrograph, coordinates and a stamp of its stack), which exports and reading the source stacks
+micrograph, coordinates, a stamp of its stack and its id in a source that numbers its particles,
+such as a Scipion set), which exports and reading the source stacks
 in place need. In "source" mode (:attr:`ParticleStore.copies_images` False) the stack gets no
 pixels at all: the built-in engine reads Warp's own stacks (:mod:`live2d.source_images`), and
 :meth:`ParticleStore.copy_in` makes the copy, incrementally, when an engine needs one.
@@ -48,8 +49,10 @@ from live2d.warp import (
 STORE_COLUMNS = ("POS", "PSI", "SHX", "SHY", "DF1", "DF2", "ANGAST", "PSHIFT", "OCC", "LogP",
                  "SIGMA", "SCORE", "CHANGE", "PSIZE", "VOLT", "Cs", "AmpC", "BTILTX", "BTILTY",
                  "ISHFTX", "ISHFTY", "2DCLS", "ORIGX", "ORIGY", "MICROGRAPH", "SRCSTAMP",
-                 "ORIGNAME")
-FORMAT = 4  # 2: micrograph and coordinates; 3: the source stack's stamp; 4: with a fingerprint
+                 "SRCID", "ORIGNAME")
+# 2: micrograph and coordinates; 3: the source stack's stamp; 4: with a fingerprint; 5: the
+# source's id of each particle
+FORMAT = 5
 HEADER_BYTES = 1024
 _STAR_HEADER = cistem_star.header(
     STORE_COLUMNS, ["Live2D particle store: every imported particle"]).encode("utf-8")

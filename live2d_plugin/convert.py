@@ -1,9 +1,8 @@
 """Moving data between Scipion objects and Live2D's files; no classification here.
 
 * Store rows -> ``Particle`` objects (the import protocol).
-* ``Particle`` objects -> a folder laid out as Warp writes one (``previous.settings`` and an
-  ``allparticles_<model>.star`` that only ever grows), so the classification protocol feeds its
-  input to an unmodified :class:`live2d.session.Session` through the core's own importer.
+* ``Particle`` objects -> RELION-like rows with their Scipion ids, which the classification's
+  particle source (:mod:`live2d_plugin.particle_source`) imports into its session's store.
 * A cycle's star row -> a 2D alignment ``Transform``.
 * A cycle's class table (resolution estimate, score, reason) -> attributes of its ``Class2D``.
 """
@@ -20,17 +19,13 @@ import pandas as pd
 from pwem.objects import Acquisition, CTFModel, Particle, Transform
 from pyworkflow.object import Boolean, Float, String
 
-from live2d import simulate, warp
-from live2d.atomic import cut_torn_line
+from live2d import warp
+from live2d.sources.base import SOURCE_ID
 
 MRC_SUFFIXES = (".mrc", ".mrcs", ".st", ".map")
-# Column of the exported star that carries each particle's Scipion id; the core's Warp reader
-# keeps unknown columns and its importer ignores them.
-ID_LABEL = "rlnLive2DParticleId"
-EXPORT_STAR_LABELS = (
-    "rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift",
-    "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", ID_LABEL,
-)
+# The CTF and microscope of a particle's row, in the order _ctf_values gives them.
+CTF_LABELS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnVoltage",
+              "rlnSphericalAberration", "rlnAmplitudeContrast")
 # Attribute of the imported particles: "white" or "black" protein (the import's contrast).
 CONTRAST_ATTRIBUTE = "_live2dContrast"
 # Attributes of every class of outputClasses, from the cycle's class table
@@ -85,102 +80,16 @@ def particle_contrast(particle: Particle | None) -> str:
     return "black" if value is not None and value.get() == "black" else "white"
 
 
-# ------------------------------------------------------------------- classify: set -> Warp layout
-class WarpExport:
-    """A folder that looks like Warp's to the core: the classification protocol appends its
-    input particles here and the session imports them as it would Warp's. MRC stacks are named
-    by absolute path, to be read in place; only other formats are converted (``stacks/``)."""
-
-    def __init__(self, folder: str | os.PathLike) -> None:
-        self.folder = Path(folder)
-        self.star_path = self.folder / f"allparticles_{simulate.MODEL}.star"
-        self.stacks = self.folder / "stacks"
-        self._ids: set[int] | None = None
-
-    @property
-    def exists(self) -> bool:
-        return (self.folder / warp.SETTINGS_FILE).exists()
-
-    def create(self, box: int, pixel_size: float, diameter: float,
-               contrast: str = "white") -> None:
-        """``previous.settings`` for particles of ``box`` px at ``pixel_size`` Å; Invert is on
-        for white protein (Scipion's particles, like Warp's exports, have it unless the import
-        said black)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        simulate.write_settings(self.folder, simulate.default_settings(box, pixel_size, diameter),
-                                Invert=contrast != "black")
-
-    def exported_ids(self) -> set[int]:
-        if self._ids is None:
-            # A kill mid-append can leave half a row; cut it so the next append starts a line.
-            cut_torn_line(self.star_path)
-            self._ids = set()
-            if self.star_path.exists():
-                table, _ = warp.read_new_rows(self.star_path, warp.StarProgress())
-                if ID_LABEL in table:
-                    self._ids = set(table[ID_LABEL].astype(int).tolist())
-        return self._ids
-
-    @property
-    def last_id(self) -> int:
-        ids = self.exported_ids()
-        return max(ids) if ids else 0
-
-    def append(self, particles: list[Particle], box: int) -> int:
-        """Append rows for the particles not exported yet; returns how many were added."""
-        ids = self.exported_ids()
-        fresh = [p for p in particles if p.getObjId() not in ids]
-        if not fresh:
-            return 0
-        names = self._image_names(fresh, box)
-        rows = []
-        for particle, name in zip(fresh, names, strict=True):
-            rows.append([name, *_ctf_values(particle), str(particle.getObjId())])
-        text = "".join("  ".join(row) + "\n" for row in rows)
-        header = not self.star_path.exists()
-        with open(self.star_path, "a", encoding="utf-8") as handle:
-            if header:
-                handle.write("\ndata_\n\nloop_\n")
-                handle.write("".join(f"_{label} #{i}\n"
-                                     for i, label in enumerate(EXPORT_STAR_LABELS, start=1)))
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        ids.update(p.getObjId() for p in fresh)
-        return len(fresh)
-
-    def _image_names(self, particles: list[Particle], box: int) -> list[str]:
-        """``N@/absolute/stack.mrcs`` for every particle. MRC stacks are read where they are;
-        other formats are converted, batch by batch, into MRC stacks under ``stacks/``."""
-        names: list[str | None] = []
-        convert: list[int] = []
-        for position, particle in enumerate(particles):
-            index, filename = particle.getLocation()
-            path = Path(filename)
-            if path.suffix.lower() in MRC_SUFFIXES:
-                names.append(f"{max(int(index or 1), 1):06d}@{path.resolve()}")
-            else:
-                names.append(None)
-                convert.append(position)
-        if convert:
-            stack = self._convert_batch([particles[i] for i in convert], box)
-            for number, position in enumerate(convert, start=1):
-                names[position] = f"{number:06d}@{stack}"
-        return [name for name in names if name is not None]
-
-    def _convert_batch(self, particles: list[Particle], box: int) -> Path:
-        from pwem.emlib.image import ImageHandler
-
-        handler = ImageHandler()
-        images = np.empty((len(particles), box, box), dtype=np.float32)
-        for i, particle in enumerate(particles):
-            images[i] = handler.read(particle.getLocation()).getData()
-        self.stacks.mkdir(parents=True, exist_ok=True)
-        path = self.stacks / f"batch_{particles[0].getObjId():09d}.mrcs"
-        with mrcfile.new(path, overwrite=True) as mrc:
-            mrc.set_data(images)
-            mrc.voxel_size = particles[0].getSamplingRate()
-        return path.resolve()
+# ------------------------------------------------------------------- classify: set -> store rows
+def particle_rows(particles: list[Particle], image_names: list[str]) -> pd.DataFrame:
+    """RELION-like rows of ``particles`` for the core's import
+    (:meth:`live2d.sources.ParticleIntake.import_rows`): each one's image name, CTF and
+    microscope as text (checked and made numbers on import), and its Scipion id."""
+    rows = pd.DataFrame([_ctf_values(particle) for particle in particles],
+                        columns=list(CTF_LABELS), dtype=object)
+    rows.insert(0, "rlnImageName", image_names)
+    rows[SOURCE_ID] = [int(particle.getObjId()) for particle in particles]
+    return rows
 
 
 def _ctf_values(particle: Particle) -> list[str]:
@@ -257,16 +166,13 @@ def set_class_quality(class_item, row: dict | None, selected: bool) -> None:
     setattr(class_item, SELECTED_ATTRIBUTE, Boolean(bool(selected)))
 
 
-def cycle_assignments(star: pd.DataFrame, store_table: pd.DataFrame,
-                      export_table: pd.DataFrame) -> pd.DataFrame:
-    """Per Scipion particle id: class, PSI, SHX, SHY of the particles a cycle classified
-    (2DCLS > 0; negative means not used in that cycle, 0 never classified)."""
+def cycle_assignments(star: pd.DataFrame, store_table: pd.DataFrame) -> pd.DataFrame:
+    """Per Scipion particle id (the store's SRCID: the cycle's rows are the store's first
+    rows, in order): class, PSI, SHX, SHY of the particles a cycle classified (2DCLS > 0;
+    negative means not used in that cycle, 0 never classified)."""
     n = len(star)
-    origin = store_table["ORIGNAME"].iloc[:n].to_numpy()
-    ids = dict(zip(export_table["rlnImageName"], export_table[ID_LABEL].astype(int),
-                   strict=True))
     frame = pd.DataFrame({
-        "id": [ids.get(name, -1) for name in origin],
+        "id": store_table["SRCID"].iloc[:n].to_numpy(dtype=np.int64),
         "cls": star["2DCLS"].to_numpy(dtype=np.int64),
         "psi": star["PSI"].to_numpy(dtype=float),
         "shx": star["SHX"].to_numpy(dtype=float),

@@ -15,12 +15,14 @@ import pytest
 
 from live2d import cistem_star
 from live2d.cli import main as cli_main
-from live2d.errors import CycleCancelled, EngineError
+from live2d.errors import CycleCancelled, EngineError, SessionError
 from live2d.history import read_history
+from live2d.importer import Importer
 from live2d.schedule import Settings
 from live2d.session import Session
 from live2d.simulate import simulate, write_settings
 from live2d.source_images import open_images
+from live2d.sources import ImportReport
 from live2d.store import ParticleStore
 
 SMALL = {"classes": 4, "particles_per_class": 40, "startup_cycles": 2, "refinement_cycles": 1,
@@ -218,6 +220,57 @@ def test_a_catch_up_job_that_is_given_up_does_not_start_again_without_new_partic
         stop.set()
         loop.join(timeout=60)
     assert session.state.jobs_started == 1
+    session.close()
+
+
+class ClosedFolder(Importer):
+    """A Warp folder whose polls say the source is closed, as a Scipion set's do once its
+    stream closed."""
+
+    def poll(self) -> ImportReport:
+        report = super().poll()
+        report.closed = True
+        return report
+
+
+def closed_folder_session(warp: Path, **settings) -> Session:
+    return Session(warp, settings=Settings(**{**SMALL, **settings}),
+                   particle_feed=lambda store: ClosedFolder(warp, store))
+
+
+def test_a_closed_source_is_classified_whole_below_first_job_at_and_the_loop_ends(tmp_path):
+    warp = tmp_path / "warp"
+    small_session(warp, particles=120)  # fewer than first_job_at and update_every
+    session = closed_folder_session(warp)
+    assert session.run_automatic(raise_failures=True) is True
+    assert {cycle.job: cycle.particles for cycle in session.history} == {1: 120}
+    assert session.state.particles_at_last_job == 120 and session.state.jobs_started == 1
+    assert session.run_automatic(raise_failures=True) is True  # nothing left: no job
+    assert session.state.jobs_started == 1
+    session.close()
+
+
+def test_a_closed_source_with_fewer_particles_than_classes_is_an_error(tmp_path):
+    warp = tmp_path / "warp"
+    small_session(warp, particles=120)
+    session = closed_folder_session(warp, classes=200)
+    with pytest.raises(SessionError, match="closed with 120 particles, fewer than the 200"):
+        session.run_automatic(raise_failures=True)
+    session.close()
+
+
+def test_with_raise_failures_a_failing_cycle_ends_the_loop(tmp_path, monkeypatch):
+    warp = tmp_path / "warp"
+    small_session(warp, particles=120)
+    session = closed_folder_session(warp)
+
+    def failing_cycle(job):
+        raise EngineError("the engine failed")
+
+    monkeypatch.setattr(session, "_run_cycle", failing_cycle)
+    with pytest.raises(EngineError, match="the engine failed"):
+        session.run_automatic(raise_failures=True)
+    assert session.state.jobs_started == 1 and session.job.failures == 0
     session.close()
 
 

@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from live2d import cistem_star
 from live2d.cistem_star import read_star
-from live2d.store import ParticleStore, StoreError
+from live2d.store import FORMAT, STORE_COLUMNS, ParticleStore, StoreError
 
 BOX = 16
 
@@ -50,6 +51,26 @@ def test_append_writes_a_valid_stack_and_star(tmp_path):
     table = store.read_table()
     assert table["DF1"].iloc[0] == pytest.approx(15000.0) and table["2DCLS"].eq(0).all()
     assert store.image_names() == set(table["ORIGNAME"])
+
+
+def test_the_source_ids_are_kept_and_a_format_4_store_gets_them_as_0(tmp_path):
+    store = ParticleStore(tmp_path)
+    store.reset(1.5, BOX)
+    images, table = batch(0, 3)
+    store.append(images, table.assign(SRCID=[7, 9, 12]))
+    assert store.read_table()["SRCID"].tolist() == [7, 9, 12]
+    # As format 4 wrote it: no SRCID column.
+    columns = [c for c in STORE_COLUMNS if c != "SRCID"]
+    text = cistem_star.header(columns, ["Live2D particle store: every imported particle"]) + \
+        cistem_star.format_rows(store.read_table(), columns)
+    store.star_path.write_text(text)
+    state = json.loads(store.state_path.read_text())
+    store.state_path.write_text(json.dumps({**state, "format": 4,
+                                            "star_bytes": len(text.encode())}))
+    upgraded = ParticleStore(tmp_path)
+    assert json.loads(upgraded.state_path.read_text())["format"] == FORMAT
+    assert upgraded.count == 3 and upgraded.read_table()["SRCID"].tolist() == [0, 0, 0]
+    check_consistent(tmp_path, 3)
 
 
 def test_reset_empties_the_store_and_bumps_the_generation(tmp_path):

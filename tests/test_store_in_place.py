@@ -24,7 +24,7 @@ from live2d.importer import Importer
 from live2d.schedule import Settings
 from live2d.session import Session
 from live2d.source_images import SourceImages, open_images
-from live2d.store import ParticleStore
+from live2d.store import FORMAT, ParticleStore
 from live2d.warp import stack_stamp, stamp_holds
 
 SMALL = {"classes": 2, "particles_per_class": 10, "startup_cycles": 1, "refinement_cycles": 1,
@@ -49,8 +49,8 @@ def producer_of(warp: WarpFolder, folder: Path) -> Importer:
 
 def write_consumer(store: ParticleStore, warp: WarpFolder, folder: Path,
                    warp_micrographs: int = 0) -> Path:
-    """A Warp-like folder naming the store's particles by absolute path, as the Scipion
-    classification writes one for its input (rewritten whole, earlier rows first); those of
+    """A Warp-like folder naming the store's particles by absolute path, as a consumer of a
+    Scipion import names them (rewritten whole, earlier rows first); those of
     the first ``warp_micrographs`` by Warp's own stacks (a set merged from two imports)."""
     folder.mkdir(exist_ok=True)
     (folder / "previous.settings").write_bytes((warp.folder / "previous.settings").read_bytes())
@@ -280,7 +280,7 @@ def test_a_format_3_store_gets_fingerprints_for_the_stacks_it_still_holds(warp, 
     os.utime(warp.stack_path(1), ns=(1, 10**18))  # touched before the upgrade: not provable
 
     upgraded = ParticleStore(tmp_path / "out")
-    assert store_state(upgraded)["format"] == 4 and upgraded.count == 40
+    assert store_state(upgraded)["format"] == FORMAT and upgraded.count == 40
     new = upgraded.read_table()["SRCSTAMP"].tolist()
     assert new[:20] == stamps[:20] and new[20:] == [s.rpartition(":")[0] for s in stamps[20:]]
     os.utime(warp.stack_path(0), ns=(1, 10**18))  # touched after it

@@ -8,6 +8,7 @@ from live2d.sources.base import (
     CONTRASTS,
     ImportOptions,
     ImportReport,
+    ParticleFeed,
     ParticleIntake,
     ParticleSource,
     StartOver,
@@ -16,6 +17,7 @@ from live2d.sources.star import StarSource
 from live2d.sources.state import ImportState, StarIdentity, WarpFolderIdentity
 from live2d.sources.warp_folder import WarpFolderSource
 
-__all__ = ["CONTRASTS", "ImportOptions", "ImportReport", "ImportState", "ParticleIntake",
+__all__ = ["CONTRASTS", "ImportOptions", "ImportReport", "ImportState", "ParticleFeed",
+           "ParticleIntake",
            "ParticleSource", "StarIdentity", "StarSource", "StartOver", "WarpFolderIdentity",
            "WarpFolderSource"]

@@ -1,14 +1,17 @@
 """What every particle source shares: the report of a poll, the options, the request to start
-over, and the steps of importing into the store (appending in batches with the images, copying
-images in, refusing bad values, waiting for unfinished stacks)."""
+over, the steps of importing into the store (appending in batches with the images, copying
+images in, refusing bad values, waiting for unfinished stacks), and what a session needs of its
+particle source (:class:`ParticleFeed`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -39,6 +42,9 @@ STACK_WAIT_SECONDS = 600.0
 APPEND_BATCH_BYTES = 256 * 2**20
 
 RE_IMPORT = "re-importing every particle; the next job starts ab initio"
+# Column of the rows a source imports that carries each particle's id in the source (kept in
+# the store's SRCID column); rows without it get 0.
+SOURCE_ID = "_source_id"
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,9 @@ class ImportReport:
     # is missing. Its message is in ``messages`` once, on the first poll that finds it missing.
     missing: str = ""
     start_over: StartOver | None = None
+    # The source is closed: nothing more will come (a Scipion set whose stream closed; a folder
+    # never closes).
+    closed: bool = False
 
     def followed_by(self, later: ImportReport) -> ImportReport:
         """This report and a later poll's as one, as a single poll would have reported."""
@@ -78,7 +87,7 @@ class ImportReport:
             new_particles=self.new_particles + later.new_particles, total=later.total,
             reimported=reimported, reason=later.reason if later.reimported else self.reason,
             messages=[*self.messages, *later.messages], waiting_on=later.waiting_on,
-            missing=later.missing, start_over=later.start_over)
+            missing=later.missing, start_over=later.start_over, closed=later.closed)
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,16 @@ class ParticleIntake:
         # The star found malformed, as (path, size, mtime, inode), and what was said of it: not
         # parsed again (a 4 GB header, say) nor reported again until it changes.
         self.bad_star: tuple[tuple, str] | None = None
+
+    def configure(self, *, which: str | None = None, contrast: str | None = None,
+                  copy_images: bool | None = None) -> None:
+        """Change the options given (None: unchanged), checked as :class:`ImportOptions`
+        checks them; a change that makes the imported particles stale is reported by the next
+        poll."""
+        changes = {name: value for name, value in (("which", which), ("contrast", contrast),
+                                                   ("copy_images", copy_images))
+                   if value is not None}
+        self.options = dataclasses.replace(self.options, **changes)
 
     def start_over(self, request: StartOver) -> None:
         """Empty the store and forget what was imported: the next poll imports everything."""
@@ -278,6 +297,12 @@ class ParticleIntake:
                           table)
         return len(table)
 
+    def copy_in_if_asked(self, report: ImportReport) -> None:
+        """Copy the particles read in place into the store when the options now ask for a
+        copy (:meth:`copy_in`); nothing otherwise."""
+        if self.options.copy_images and self.store.box and not self.store.copies_images:
+            self.copy_in(report)
+
     def copy_in(self, report: ImportReport) -> None:
         """A store that reads Warp's stacks in place, when an engine needs one stack: copy the
         particles in, incrementally (a kill resumes the copy)."""
@@ -289,6 +314,49 @@ class ParticleIntake:
             " (this engine needs one stack)" + (f"; {len(changed)} stack(s) had changed or "
                                                f"vanished since import: their particles are "
                                                f"blank" if changed else ""))
+
+
+class ParticleFeed(Protocol):
+    """What a :class:`live2d.session.Session` needs of its particle source: polls that import
+    into its ``store`` what the source added, the particles' settings for the engine, and the
+    import options it sets. :class:`live2d.importer.Importer` (a folder) is one; the Scipion
+    plugin's input set is another (``live2d_plugin.particle_source``)."""
+
+    store: ParticleStore
+
+    def poll(self) -> ImportReport:
+        """Import what the source added since the last poll; a needed start over is reported
+        (``report.start_over``), not done."""
+        ...
+
+    def start_over(self, request: StartOver) -> None:
+        """Accept a start over a poll reported: empty the store; the next poll imports every
+        particle again."""
+        ...
+
+    def source_settings(self) -> WarpSettings:
+        """The particles' pixel size, box, microscope and contrast, for the engine."""
+        ...
+
+    def configure(self, *, which: str | None = None, contrast: str | None = None,
+                  copy_images: bool | None = None) -> None:
+        """Change the import options given (None: unchanged)."""
+        ...
+
+    def poll_reimporting(self) -> ImportReport:
+        """A poll that accepts a start over it finds needed, as a live session does: the store
+        emptied and every particle imported again, reported as one poll (``reimported``, why in
+        ``reason``)."""
+        report = self.poll()
+        request = report.start_over
+        if request is None:
+            return report
+        self.start_over(request)
+        report.start_over = None
+        if request.reason:
+            report.reimported, report.reason = True, request.reason
+        # The store is empty now: this poll cannot ask to start over again.
+        return report.followed_by(self.poll())
 
 
 class ParticleSource(ABC):
@@ -332,6 +400,9 @@ def store_columns(rows: pd.DataFrame, settings: WarpSettings | None) -> pd.DataF
         "ORIGY": column("rlnCoordinateY", 0.0),
         "MICROGRAPH": (rows["rlnMicrographName"].astype(str).to_numpy()
                        if "rlnMicrographName" in rows else np.full(len(rows), "")),
+        # The source's own id where it numbers its particles (a Scipion set's item ids).
+        "SRCID": (rows[SOURCE_ID].to_numpy(dtype=np.int64) if SOURCE_ID in rows
+                  else np.zeros(len(rows), dtype=np.int64)),
         "ORIGNAME": rows["rlnImageName"].to_numpy(),
     })
     if settings is None:

@@ -1,8 +1,9 @@
 """Live 2D classification of a (growing) set of particles, republishing classes every cycle.
 
-The protocol is an adapter: it appends the input set's new particles to a folder laid out as
-Warp's (see :class:`live2d_plugin.convert.WarpExport`), lets an unmodified
-:class:`live2d.session.Session` import them and run its jobs, and turns every finished cycle
+The protocol is an adapter: it gives an unmodified :class:`live2d.session.Session` its input set
+as the particle source (:class:`live2d_plugin.particle_source.ScipionParticleSource`, which keeps
+each particle's Scipion id in the store), lets the session's automatic loop import and classify
+until the set is closed and classified, and turns every finished cycle
 into ``outputClasses`` (each class with its resolution estimate and score), ``outputAverages``
 and ``outputParticles`` (the particles of the selected classes, see :mod:`live2d.selection`).
 The session reads the input's MRC stacks where they are (no copy), checking before every cycle
@@ -18,7 +19,6 @@ import logging
 import os
 import re
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,23 +29,23 @@ from pwem.protocols import ProtClassify2D
 from pyworkflow import BETA
 from pyworkflow.object import Integer, Set, String
 
-from live2d import cistem_star, warp
+from live2d import cistem_star
 from live2d.errors import SettingsError
 from live2d.executors import Executor, LocalExecutor, make_executor
 from live2d.history import CycleRecord, read_history
-from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings, automatic_job_due
+from live2d.output_folder import OutputFolder
+from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings
 from live2d.session import Session
+from live2d.store import ParticleStore
 from live2d_plugin import Plugin
 from live2d_plugin.constants import ENGINE_LABELS, ENGINES
 from live2d_plugin.convert import (
-    WarpExport,
     alignment_2d,
     cycle_assignments,
-    mrc_box,
-    particle_contrast,
     scipion_stack,
     set_class_quality,
 )
+from live2d_plugin.particle_source import ScipionParticleSource
 from live2d_plugin.protocols.labels import Live2DLabel
 from live2d_plugin.quality import class_table_by_number, cycle_selection
 from live2d_plugin.stopping import StreamStopping
@@ -71,7 +71,8 @@ PARAM_SETTINGS = {
 # when its jobs start belong up front (the page keeps them under Expert Settings, where they
 # can still be changed during the session).
 NORMAL_LEVEL_SETTINGS = frozenset({"classes", "first_job_at", "update_every"})
-# What is particular to Scipion input, added to the shared help (see _createExport, _runLoop).
+# What is particular to Scipion input, added to the shared help (see ScipionParticleSource and
+# Session.run_automatic).
 SCIPION_NOTES = {
     "mask_radius": "Particles from Scipion carry no Warp picking diameter: half the box width "
                    "stands in for it.",
@@ -81,8 +82,8 @@ SCIPION_NOTES = {
                     "last job however few they are.",
 }
 POLL_SECONDS = 3.0  # between looks at the input set while no job is due
-EXPORT_BATCH = 20_000  # particles read from the input set at once
 CYCLE_SETS_KEPT = 2  # per output: the current cycle's sqlite and the one before
+SESSION_FOLDER = "live2d"  # the session's output folder, in the run's extra folder
 
 
 def _cycleOfSet(path: str) -> int:
@@ -122,7 +123,8 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
     A job starts once enough particles arrived, the next one after enough new ones; after every
     cycle outputClasses and outputAverages are replaced by the latest classes, each class with
     its resolution estimate, good/junk score and the reason for it, and outputParticles by the
-    particles of the classes selected (those scored good, or marked so in Live2D's page), with
+    particles of the classes selected (those scored good, unless marked otherwise with
+    ``live2d serve`` on the run's extra/live2d folder), with
     their 2D alignment: later protocols can take the good particles while collection goes on.
     Another choice of classes is made with Scipion's subset tools on outputClasses. Every
     cycle's averages stay on disk: the viewer shows any of them and how classes evolved. Right
@@ -221,6 +223,8 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         values["mode"] = JOB_TYPES[self.classificationType.get()]
         values["threads"] = max(1, int(self.numberOfThreads.get() or 1))
         values["poll_seconds"] = POLL_SECONDS
+        # No catch-up job when the input pauses: a closed input gets its last job instead.
+        values["catch_up_after"] = 0.0
         return values
 
     def _settings(self) -> Settings:
@@ -247,14 +251,23 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
 
     def _classify(self, executor: Executor) -> None:
         session = self._openSession(executor)
+        self._session = session  # for the listener, called in this step's thread
         self._publishError: BaseException | None = None
+        self._saidImages = False
         session.add_listener(self._onSessionEvent)
         watcher_done = threading.Event()
         watcher = threading.Thread(target=self._watchStop, args=(session, watcher_done),
                                    daemon=True)
         watcher.start()
         try:
-            self._runLoop(session)
+            if session.store.box:  # resumed: where the particles are read from is known
+                self._sayImages(session.store)
+            # Stopped by the stop file (see _watchStop) or a publish error (then raised).
+            finished = session.run_automatic(clear_stop=False, raise_failures=True)
+            self._raisePublishError()
+            if finished:
+                self.info(f"input closed and "
+                          f"{self._classifiedText(session, session.store.count)}: finishing")
         finally:
             watcher_done.set()
             session.remove_listener(self._onSessionEvent)
@@ -264,33 +277,6 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
             os.replace(self._stopFile(),
                        self._getExtraPath(f"stopped_{len(self._stoppedMarkers()) + 1}.txt"))
             self.info("stopped after the current cycle: Continue resumes")
-
-    def _runLoop(self, session: Session) -> None:
-        said_images = False
-        while not self._stopRequested():
-            closed = self._exportNew()
-            report = session.import_new()
-            if session.store.box and not said_images:
-                self.info(self._imagesMessage(session))
-                said_images = True
-            settings = session.settings
-            total = report.total
-            last = session.state.particles_at_last_job
-            if closed and total < settings.classes:
-                raise RuntimeError(f"the input set is closed with {total} particles, fewer "
-                                   f"than the {settings.classes} classes asked for")
-            due = session.job is not None or automatic_job_due(settings, total, last)
-            # A closed input is classified whole even below firstJobAt / updateEvery.
-            final = closed and total > 0 and last != total
-            if due or final:
-                session.run_job(clear_stop=False)
-                self._raisePublishError()
-                continue
-            if closed:
-                self.info(f"input closed and {self._classifiedText(session, total)}: "
-                          "finishing")
-                return
-            self._sleep(POLL_SECONDS)
 
     @staticmethod
     def _classifiedText(session: Session, total: int) -> str:
@@ -302,15 +288,22 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         return (f"{total - left_out} of {total} particles classified: {left_out} were left out "
                 "because their stacks changed or vanished since import (see the log)")
 
-    @staticmethod
-    def _imagesMessage(session: Session) -> str:
+    def _sayImages(self, store: ParticleStore) -> None:
         """Where the cycles read the particles from, said once in the log."""
-        store = session.store
+        if self._saidImages:
+            return
+        self._saidImages = True
         if store.copies_images:
-            return (f"the input particles are copied into {store.stack_path} (the cisTEM "
-                    "engine and cluster workers need one stack)")
-        return ("the input particles are read where they are, not copied; a stack that changes "
-                "or vanishes has its particles left out of the cycles (the log says so)")
+            self.info(f"the input particles are copied into {store.stack_path} (the cisTEM "
+                      "engine and cluster workers need one stack)")
+        else:
+            self.info("the input particles are read where they are, not copied; a stack that "
+                      "changes or vanishes has its particles left out of the cycles (the log "
+                      "says so)")
+
+    def _sessionDir(self) -> str:
+        """The session's output folder (live2d.output_folder's layout), inside the run's."""
+        return self._getExtraPath(SESSION_FOLDER)
 
     def _daskAddress(self) -> str:
         return (self.daskScheduler.get() or "").strip()
@@ -322,8 +315,8 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
             return LocalExecutor()
         executor = make_executor(scheduler=address)
         try:
-            os.makedirs(self._getExtraPath("live2d"), exist_ok=True)
-            executor.check_shared_folder(Path(self._getExtraPath("live2d")))
+            os.makedirs(self._sessionDir(), exist_ok=True)
+            executor.check_shared_folder(Path(self._sessionDir()))
         except BaseException:
             executor.close()
             raise
@@ -331,103 +324,66 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         return executor
 
     def _openSession(self, executor: Executor) -> Session:
-        export = self._export()
-        output = self._getExtraPath("live2d")
-        resuming = os.path.exists(os.path.join(output, "session.json"))
-        if not export.exists:
-            self._createExport(export)
+        output = self._sessionDir()
+        resuming = OutputFolder(output).session_state.exists()
+        if resuming:
+            self._checkResumable(output)
+        inputFile = Path(self.inputParticles.get().getFileName()).resolve()
         common = {"engine": self._engineName(), "device": Plugin.getDevice(),
-                  "cistem_bin": Plugin.getCistemBin(), "executor": executor}
+                  "cistem_bin": Plugin.getCistemBin(), "executor": executor,
+                  "particle_feed": self._particleSource}
         if not resuming:
-            return Session(export.folder, output, settings=self._settings(), **common)
+            return Session(inputFile.parent, output, settings=self._settings(), **common)
         # Continue: keep the session's own job type (an ab initio job is followed by seeded
         # ones) and take every other setting from the form, which may have been edited.
-        session = Session(export.folder, output, **common)
+        session = Session(inputFile.parent, output, **common)
         values = self._settingsValues()
         values.pop("mode")
         session.update_settings(values)
         return session
 
+    def _checkResumable(self, output: str) -> None:
+        """A run started by a plugin version that fed the session through a stand-in Warp
+        folder has no Scipion ids in its store: its cycles cannot be published."""
+        standin = self._getExtraPath("warp", "previous.settings")
+        if not os.path.exists(standin):
+            return
+        store = ParticleStore(output)
+        if store.count and not store.read_table()["SRCID"].any():
+            raise RuntimeError(
+                "this run was started by an earlier version of the Live2D plugin, whose "
+                "particles this version cannot map back to the input set: copy the protocol "
+                "(right click > Copy) and run the copy anew")
+
     # ------------------------------------------------------------------------------ input
-    def _export(self) -> WarpExport:
-        return WarpExport(self._getExtraPath("warp"))
-
-    def _loadInput(self) -> SetOfParticles:
-        """A fresh view of the input set: a streaming producer keeps adding to its file."""
-        current = self.inputParticles.get()
-        inputSet = SetOfParticles(filename=current.getFileName())
-        inputSet.loadAllProperties()
-        return inputSet
-
-    def _createExport(self, export: WarpExport) -> None:
-        inputSet = self._loadInput()
-        try:
-            first = inputSet.getFirstItem() if inputSet.getSize() else None
-            pixel_size = inputSet.getSamplingRate()
-            box = None
-            # Black protein only where the import said so (its Protein contrast parameter).
-            contrast = particle_contrast(first)
-            if first is not None:
-                box = mrc_box(first.getFileName()) or first.getDim()[0]
-            elif inputSet.getDimensions():
-                box = inputSet.getDimensions()[0]
-        finally:
-            inputSet.close()
-        if not box:
-            return  # nothing to read yet: the next poll tries again
-        mask = self.maskRadius.get()
-        diameter = mask / 0.6 if mask else 0.5 * box * pixel_size
-        export.create(int(box), float(pixel_size), float(diameter), contrast)
-        if contrast == "black":
-            self.info("the input particles have black protein (as imported): classifying so")
-
-    def _exportNew(self) -> bool:
-        """Append the input's new particles to the Warp-like folder; True if the input is
-        closed (everything it will ever hold has been seen)."""
-        export = self._export()
-        if not export.exists:
-            self._createExport(export)
-            if not export.exists:
-                return self._inputClosed()
-        box = warp.read_settings(export.folder).box
-        inputSet = self._loadInput()
-        added = 0
-        try:
-            closed = inputSet.isStreamClosed()
-            batch: list[Particle] = []
-            for particle in inputSet.iterItems(orderBy="id", where=f"id > {export.last_id}"):
-                batch.append(particle.clone())
-                if len(batch) >= EXPORT_BATCH:
-                    added += export.append(batch, box)
-                    batch = []
-            added += export.append(batch, box)
-        finally:
-            inputSet.close()
-        if added:
-            self.exportedParticles.set(len(export.exported_ids()))
-            self._store(self.exportedParticles)
-        return closed
-
-    def _inputClosed(self) -> bool:
-        inputSet = self._loadInput()
-        try:
-            return inputSet.isStreamClosed()
-        finally:
-            inputSet.close()
+    def _particleSource(self, store: ParticleStore) -> ScipionParticleSource:
+        """The session's particle source: the input set, read directly."""
+        return ScipionParticleSource(self.inputParticles.get().getFileName(), store,
+                                     Path(self._getExtraPath("stacks")), self.maskRadius.get())
 
     # ------------------------------------------------------------------------------ outputs
     def _onSessionEvent(self, event: dict[str, Any]) -> None:
-        """Called by the session after every cycle, in this step's thread."""
+        """Called by the session after every import and cycle, in this step's thread."""
+        if event.get("type") == "import":
+            self._noteImport(event)
         if event.get("type") != "cycle" or self._publishError is not None:
             return
         try:
-            self._exportNew()  # particles that arrived meanwhile join the next cycle
             record = CycleRecord.from_dict(event["cycle"])
             if record.block != "start":  # random starting classes have no members yet
                 self._publishCycle(record)
         except BaseException as exc:  # the session would only log it: surface it after
             self._publishError = exc
             self.stopStreaming()  # after this cycle, as the right-click action
+            self._session.request_stop()  # now: not after the watcher's next look
+
+    def _noteImport(self, event: dict[str, Any]) -> None:
+        """The input particles received so far (the summary's count), and where the cycles
+        read them from, said once."""
+        self.exportedParticles.set(event["particles"])
+        self._store(self.exportedParticles)
+        if self._session.store.box:
+            self._sayImages(self._session.store)
 
     def _raisePublishError(self) -> None:
         if self._publishError is not None:
@@ -436,20 +392,17 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
             raise RuntimeError(f"publishing the classes failed: {error}") from error
 
     def _publishCycle(self, record: CycleRecord) -> None:
-        output_dir = Path(self._getExtraPath("live2d"))
+        output_dir = Path(self._sessionDir())
         classes_mrc = scipion_stack(output_dir / record.classes)
         star = cistem_star.read_star(output_dir / record.star)
-        from live2d.store import ParticleStore
-
-        store_table = ParticleStore(output_dir).read_table()
-        export_table, _ = warp.read_new_rows(self._export().star_path, warp.StarProgress())
-        assignments = cycle_assignments(star, store_table, export_table)
+        store_table = self._session.store.read_table()
+        assignments = cycle_assignments(star, store_table)
         pixel_size = float(star["PSIZE"].iloc[0]) if len(star) else \
             self.inputParticles.get().getSamplingRate()
         suffix = f"_cycle{record.number:03d}"
         quality = class_table_by_number(output_dir, record)
         # The selection everywhere: the proposal of the cycle's scores with the marks made in
-        # Live2D's page (selection.json) over it.
+        # Live2D's page (live2d serve on the session folder: selection.json) over it.
         chosen = cycle_selection(output_dir, record)
 
         averages = self._createSetOfAverages(suffix)
@@ -557,11 +510,6 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
                 session.request_stop()
                 return
 
-    def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not self._stopRequested():
-            time.sleep(0.2)
-
     # ------------------------------------------------------------------------------ info
     def _validate(self) -> list[str]:
         errors = []
@@ -589,7 +537,7 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         return errors
 
     def _history(self) -> list[CycleRecord]:
-        return read_history(self._getExtraPath("live2d"))
+        return read_history(self._sessionDir())
 
     def _summary(self) -> list[str]:
         lines = []
@@ -611,8 +559,9 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
             if self.hasAttribute("outputParticles") and self.publishedSelected.get() is not None:
                 chosen = [int(n) for n in (self.publishedSelection.get() or "").split(",") if n]
                 lines.append(f"outputParticles: the {self.publishedSelected.get()} particles "
-                             f"of the selected classes {self._selectionText(chosen)} (scored "
-                             "good, or marked in Live2D's page), with their 2D alignment.")
+                             f"of the selected classes {self._selectionText(chosen)} (those "
+                             "scored good, with any marks made with 'live2d serve' on "
+                             f"{self._sessionDir()}), with their 2D alignment.")
             newer = exported - (self.publishedParticles.get() or 0)
             if newer > 0:
                 lines.append(f"{newer} input particles arrived since and join the next job.")

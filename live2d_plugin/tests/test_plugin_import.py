@@ -19,7 +19,6 @@ from plugin_test_helpers import (
     simulate_warp,
 )
 
-from live2d import warp
 from live2d.simulate import write_settings
 from live2d.store import ParticleStore
 from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp
@@ -274,13 +273,14 @@ class TestImportParticleStars(ProjectTestCase):
         self.assert_particles_match(particles, project)
         self.assertEqual({p._live2dContrast.get() for p in particles}, {"black"})
 
-        # The classification writes its Warp-like folder with Invert off for these particles.
+        # The classification's particle source reads these particles with Invert off.
         classify = self.new(ProtLive2DClassify2D)
         classify.inputParticles.set(done)
         classify.inputParticles.setExtended("outputParticles")
         self.proj.saveProtocol(classify)
-        classify._createExport(classify._export())
-        self.assertFalse(warp.read_settings(classify._export().folder).invert)
+        source = classify._particleSource(ParticleStore(self.work / "classify_store"))
+        source.poll()
+        self.assertFalse(source.source_settings().invert)
 
     def test_a_box_change_in_the_star_fails_clearly_and_keeps_the_output(self) -> None:
         project = WarpToolsProject(self.work / "warptools", box=32, per_movie=5)

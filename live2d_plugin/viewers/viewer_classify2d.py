@@ -57,7 +57,7 @@ class Live2DViewer(pwviewer.ProtocolViewer):
 
     # ------------------------------------------------------------------------------ data
     def _sessionDir(self) -> Path:
-        return Path(self.protocol._getExtraPath("live2d"))
+        return Path(self.protocol._sessionDir())
 
     def _cycles(self) -> list[CycleRecord]:
         return read_history(self._sessionDir())
