@@ -7,13 +7,16 @@ holds: the star of every particle, the class averages and their thumbnails.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 STAR_BYTES_PER_PARTICLE = 200  # a cycle star's row
 THUMBNAIL_BYTES = 20_000  # one class's PNG, generously
 CYCLES_AHEAD = 5  # free space below what this many cycles write is "low"
+log = logging.getLogger("live2d")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,30 @@ def disk_use(folder: str | os.PathLike, particles: int, classes: int, box: int,
                   + (4 * box * box * new_particles if copies_images else 0))
     return DiskUse(used, free, used / particles if particles else 0.0, next_cycle,
                    free < CYCLES_AHEAD * next_cycle)
+
+
+class DiskWatch:
+    """The output folder's disk use as last measured (:attr:`use`; None before the first
+    measure), with a warning in the log each time free space turns low."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.use: DiskUse | None = None
+
+    def measure(self, particles: int, classes: int, box: int, copies_images: bool,
+                new_particles: int) -> DiskUse:
+        """Measure now (walking the folder: O(files), so after imports and cycles only)."""
+        use = disk_use(self.folder, particles, classes, box, copies_images, new_particles)
+        if use.low and not (self.use and self.use.low):
+            log.warning("disk space is low in %s: %s; free some or move --output before "
+                        "the disk fills (a full disk stops new work)", self.folder,
+                        use.describe())
+        self.use = use
+        return use
+
+    def to_dict(self) -> dict | None:
+        """What the pages show: the figures and the text."""
+        return None if self.use is None else self.use.to_dict() | {"text": self.use.describe()}
 
 
 def _size(n: float) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -395,3 +396,31 @@ def automatic_job_due(settings: Settings, n_particles: int, n_at_last_job: int |
         return True
     return (0 < settings.catch_up_after <= quiet_seconds
             and n_particles > (n_at_last_job or 0) and n_particles >= settings.classes)
+
+
+class AutomaticTrigger:
+    """When the automatic loop starts a job, poll after poll: a job in progress, enough new
+    particles (:func:`automatic_job_due`), or, once collection pauses for ``catch_up_after``
+    seconds, the particles not classified yet. It remembers the count a catch-up job started
+    with: one that failed and was given up leaves the last job's count as it was, and without
+    this another would start at every poll."""
+
+    def __init__(self) -> None:
+        self._seen = -1  # the particle count at the last poll
+        self._grew_at = time.monotonic()
+        self._caught_up = 0
+
+    def due(self, settings: Settings, n_particles: int, n_at_last_job: int | None,
+            job_in_progress: bool) -> tuple[bool, str]:
+        """Whether a job is due now, and what to log when it is a catch-up job."""
+        now = time.monotonic()
+        if n_particles != self._seen:
+            self._seen, self._grew_at = n_particles, now
+        if job_in_progress or automatic_job_due(settings, n_particles, n_at_last_job):
+            return True, ""
+        quiet = now - self._grew_at if n_particles > self._caught_up else 0.0
+        if automatic_job_due(settings, n_particles, n_at_last_job, quiet):
+            self._caught_up = n_particles
+            return True, (f"no new particles for {quiet:.0f} s: classifying the "
+                          f"{n_particles - (n_at_last_job or 0):,} not classified yet")
+        return False, ""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from live2d.atomic import naming
 from live2d.cycle import CycleInputs, clean_work_folder, run_cycle
-from live2d.disk import DiskUse, disk_use
+from live2d.disk import DiskUse, DiskWatch
 from live2d.engines import Engine, make_engine
 from live2d.errors import CycleCancelled, EngineError, SessionError
 from live2d.history import CycleRecord
@@ -32,8 +32,8 @@ from live2d.importer import Importer, ImportReport
 from live2d.output_folder import DEFAULT_OUTPUT, OutputFolder
 from live2d.schedule import (
     JOB_TYPES,
+    AutomaticTrigger,
     Settings,
-    automatic_job_due,
     next_job_type,
     plan_job,
 )
@@ -130,7 +130,7 @@ class Session:
         if particle_feed is not None:  # the session's settings hold for any source
             self.importer.configure(which=self.settings.particle_file,
                                     contrast=self.settings.contrast)
-        self.disk: DiskUse | None = None  # the output folder's disk use, as last measured
+        self._disk = DiskWatch(self.output_dir)
         self.selection = ClassSelection(
             self.output_dir, self._history, self._lock,
             lambda summary: self._emit({"type": "selection", "selection": summary}))
@@ -218,7 +218,7 @@ class Session:
                 "next_mode": self.settings.mode,
                 "automatic": self.state.automatic,
                 "progress": self.progress,
-                "disk": self._disk_dict(),
+                "disk": self._disk.to_dict(),
             }
         if not with_history:
             del snapshot["history"]
@@ -363,10 +363,7 @@ class Session:
             self.state.automatic = True
             self._write_state()
         self._log("automatic jobs: listening for particles from Warp")
-        # For the catch-up job once collection pauses: when the particle count last grew, and
-        # the count a catch-up job last started with (one that failed and was given up leaves
-        # particles_at_last_job as it was: without this, another would start at every poll).
-        seen, grew_at, caught_up = -1, time.monotonic(), 0
+        trigger = AutomaticTrigger()
         try:
             while not (self._stop.is_set() or (stop is not None and stop.is_set())):
                 self._set_status("listening")
@@ -378,16 +375,10 @@ class Session:
                     self._log(f"import failed: {exc}; retrying at the next poll", logging.ERROR)
                     self._wait(self.settings.poll_seconds, stop)
                     continue
-                if report.total != seen:
-                    seen, grew_at = report.total, time.monotonic()
-                quiet = time.monotonic() - grew_at if report.total > caught_up else 0.0
-                settings = self.settings
-                last = self.state.particles_at_last_job
-                due = self.job is not None or automatic_job_due(settings, report.total, last)
-                if not due and automatic_job_due(settings, report.total, last, quiet):
-                    self._log(f"no new particles for {quiet:.0f} s: classifying the "
-                              f"{report.total - (last or 0):,} not classified yet")
-                    caught_up, due = report.total, True
+                due, why = trigger.due(self.settings, report.total,
+                                       self.state.particles_at_last_job, self.job is not None)
+                if why:
+                    self._log(why)
                 if report.closed:
                     due = due or self._closing_job_due(report.total)
                 if due:
@@ -395,7 +386,7 @@ class Session:
                     continue
                 if report.closed:
                     return True
-                self._wait(settings.poll_seconds, stop)
+                self._wait(self.settings.poll_seconds, stop)
             return False
         finally:
             with self._lock:
@@ -503,25 +494,22 @@ class Session:
                   f"({record.particles_per_second:.0f} particles/s)")
         self._emit({"type": "cycle", "cycle": record.to_dict()})
 
-    def _disk_dict(self) -> dict[str, Any] | None:
-        return None if self.disk is None else self.disk.to_dict() | {"text": self.disk.describe()}
+    @property
+    def disk(self) -> DiskUse | None:
+        """The output folder's disk use, as last measured."""
+        return self._disk.use
 
     def check_disk(self) -> DiskUse | None:
-        """Measure the output folder's disk use, tell the pages, and warn in the log when the
-        free space falls below what the next cycles need."""
+        """Measure the output folder's disk use and tell the pages (a warning in the log when
+        free space falls below what the next cycles need)."""
         if not self.store.box:
             return None
         latest = self.latest_cycle()
-        classes = len(latest.class_counts) if latest else self.settings.classes
-        use = disk_use(self.output_dir, self.store.count, classes, self.store.box,
-                       self.store.copies_images, min(self.settings.update_every,
-                                                     self.store.count))
-        if use.low and not (self.disk and self.disk.low):
-            log.warning("disk space is low in %s: %s; free some or move --output before "
-                        "the disk fills (a full disk stops new work)", self.output_dir,
-                        use.describe())
-        self.disk = use
-        self._emit({"type": "disk", "disk": self._disk_dict()})
+        use = self._disk.measure(
+            self.store.count, len(latest.class_counts) if latest else self.settings.classes,
+            self.store.box, self.store.copies_images,
+            min(self.settings.update_every, self.store.count))
+        self._emit({"type": "disk", "disk": self._disk.to_dict()})
         return use
 
     def _clean_work_dir(self) -> None:
