@@ -136,3 +136,14 @@ def open_state(output: OutputFolder, warp_dir: Path,
         history = CycleHistory(output.root)
     state.catch_up(history)
     return state, history, True
+
+
+def read_state(output: OutputFolder) -> SessionState | None:
+    """The state of the session in ``output`` for a reader (a summary, a status), changing
+    nothing; None where there is no session or its state cannot be read."""
+    try:
+        values = json.loads(output.session_state.read_text(encoding="utf-8"))
+        values.pop("history", None)
+        return SessionState.from_dict(values)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None

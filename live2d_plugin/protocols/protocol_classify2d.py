@@ -36,6 +36,7 @@ from live2d.history import CycleRecord, read_history
 from live2d.output_folder import OutputFolder
 from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings
 from live2d.session import Session
+from live2d.session_state import read_state
 from live2d.store import ParticleStore
 from live2d_plugin import Plugin
 from live2d_plugin.constants import ENGINE_LABELS, ENGINES
@@ -176,11 +177,21 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
                       display=params.EnumParam.DISPLAY_HLIST, label="Engine",
                       help="The program that classifies. built-in: Live2D's own "
                            "maximum-likelihood classification in PyTorch, following cisTEM's "
-                           "refine2d cycle by cycle; it runs on the CPU or a CUDA GPU (Scipion "
-                           "variable LIVE2D_DEVICE) and needs nothing else installed. cisTEM: "
+                           "refine2d cycle by cycle; it runs on a CUDA GPU or the CPU (Use GPU "
+                           "and GPU id) and needs nothing else installed. cisTEM: "
                            "cisTEM 2's refine2d and merge2d, as the original Live2D ran them, "
                            "looked for in LIVE2D_CISTEM_BIN, then $CISTEM_HOME/bin, then PATH. "
                            "auto: cisTEM when its programs are found, else built-in.")
+        form.addHidden(params.USE_GPU, params.BooleanParam, default=True,
+                       label="Use GPU?", condition="engine != 2",
+                       help="Yes: the built-in engine runs on the GPU below when CUDA has it "
+                            "(else on the CPU, said in the log). No: on the CPU. cisTEM always "
+                            "runs on the CPU.")
+        form.addHidden(params.GPU_LIST, params.StringParam, default="0",
+                       label="GPU id", condition="engine != 2 and useGpu",
+                       help="The CUDA device of the built-in engine (the first id, if several "
+                            "are given). Empty: the Scipion variable LIVE2D_DEVICE decides "
+                            "(auto: the first GPU, if any).")
         # Here, not after addParallelSection: the form shows no parameter of that section
         # but its own (threads, MPI, host).
         form.addParam("daskScheduler", params.StringParam, default="",
@@ -216,6 +227,21 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
     # ------------------------------------------------------------------------------ settings
     def _engineName(self) -> str:
         return ENGINES[self.engine.get()]
+
+    def _device(self) -> str:
+        """The built-in engine's device, as the form's Use GPU and GPU id ask, where CUDA has
+        that device; else the CPU."""
+        if not self.usesGpu():
+            return "cpu"
+        ids = self.getGpuList()
+        if not ids:
+            return Plugin.getDevice()
+        import torch  # here: the form must open without loading torch
+
+        if not torch.cuda.is_available() or ids[0] >= torch.cuda.device_count():
+            self.info(f"no CUDA GPU {ids[0]} here: the built-in engine runs on the CPU")
+            return "cpu"
+        return f"cuda:{ids[0]}"
 
     def _settingsValues(self) -> dict[str, Any]:
         values: dict[str, Any] = {name: self.getAttributeValue(param)
@@ -329,7 +355,7 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         if resuming:
             self._checkResumable(output)
         inputFile = Path(self.inputParticles.get().getFileName()).resolve()
-        common = {"engine": self._engineName(), "device": Plugin.getDevice(),
+        common = {"engine": self._engineName(), "device": self._device(),
                   "cistem_bin": Plugin.getCistemBin(), "executor": executor,
                   "particle_feed": self._particleSource}
         if not resuming:
@@ -570,12 +596,26 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
             lines.append(f"No classes yet: {exported} particles received; the first job "
                          f"({first}) starts at {self.firstJobAt.get()} particles (or when "
                          "the input closes).")
+        lines.extend(self._stoppedPartWay(history))
         if history:
             lines.append(f"{len(history)} cycles on disk (any of them in the viewer).")
         address = self._daskAddress()
         if address:
             lines.append(f"Cycles run on the workers of the Dask scheduler {address}.")
         return lines
+
+    def _stoppedPartWay(self, history: list[CycleRecord]) -> list[str]:
+        """What a run that is not going on left unfinished: a job stopped part-way, counted
+        both ways (within the job, and the session's cycle number)."""
+        if self.isActive():
+            return []
+        state = read_state(OutputFolder(self._sessionDir()))
+        job = state.job if state is not None else None
+        if job is None:
+            return []
+        return [f"Stopped part-way: job {job.number} ({JOB_LABELS[job.job_type].lower()}) ran "
+                f"{job.next_index} of its {len(job.plan)} cycles; Continue resumes it at its "
+                f"cycle {job.next_index + 1} (session cycle {len(history)})."]
 
     def _methods(self) -> list[str]:
         if not self.hasAttribute("outputClasses"):

@@ -5,6 +5,7 @@ read in place, from Warp's stacks or from a copying import's growing store, neve
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -20,8 +21,11 @@ from pyworkflow.protocol.constants import MODE_RESUME
 
 from live2d.history import CycleRecord, read_history
 from live2d.mrc import HEADER_BYTES
+from live2d.output_folder import SESSION_STATE
+from live2d.schedule import Settings, plan_job
 from live2d.selection import SelectionState, mark, selected, selected_particles
 from live2d.session import Session
+from live2d.session_state import JobState, SessionState
 from live2d.store import ParticleStore
 from live2d.warp import split_image_name, stack_stamp
 from live2d_plugin.convert import (
@@ -400,6 +404,22 @@ class TestClassify(ProjectTestCase):
         self.assertEqual(after[-1].particles, 240)
         self.assertEqual(done.publishedCycle.get(), after[-1].number)
         self.check_classes(done, after[-1].number, sum(after[-1].class_counts))
+
+    def test_the_summary_of_a_run_stopped_part_way_says_where_continue_resumes(self) -> None:
+        classify = self.new(ProtLive2DClassify2D, **SMALL_SCHEDULE)
+        self.proj.saveProtocol(classify)
+        folder = Path(classify._sessionDir())
+        folder.mkdir(parents=True)
+        plan = [dataclasses.asdict(spec) for spec in plan_job("abinit", Settings(), 1000)]
+        state = SessionState(str(self.work), Settings(),
+                             job=JobState(2, "abinit", plan, next_index=3), jobs_started=2)
+        state.save(folder / SESSION_STATE)
+        summary = "\n".join(classify.summary())
+        self.assertIn(f"Stopped part-way: job 2 (ab initio) ran 3 of its {len(plan)} cycles; "
+                      "Continue resumes it at its cycle 4 (session cycle 0).", summary)
+        state.job = None  # the job finished before the stop: nothing left part-way
+        state.save(folder / SESSION_STATE)
+        self.assertNotIn("part-way", "\n".join(classify.summary()))
 
     def test_cistem_engine_with_stand_in_programs(self) -> None:
         sys.path.insert(0, str(STANDIN_PARENT))

@@ -216,6 +216,20 @@ class TestForms(ProjectTestCase):
         self.assertEqual(levels["highResInitial"], params.LEVEL_ADVANCED)
         self.assertEqual(ProtLive2DClassify2D._label, "live 2D classification")
 
+    def test_the_classification_form_has_scipion_s_gpu_fields(self) -> None:
+        import torch
+
+        prot = self.new(ProtLive2DClassify2D)
+        names = {name for name, _ in prot._definition.iterAllParams()}
+        self.assertTrue({params.USE_GPU, params.GPU_LIST} <= names)
+        self.assertTrue(prot.usesGpu())
+        prot.useGpu.set(False)
+        self.assertEqual(prot._device(), "cpu")
+        prot.useGpu.set(True)
+        prot.gpuList.set("1")
+        expected = "cuda:1" if torch.cuda.device_count() > 1 else "cpu"
+        self.assertEqual(prot._device(), expected)
+
     def test_new_runs_are_named_without_the_package_name_s_underscores(self) -> None:
         # As the project window names them: no markup in Methods, whole in the graph's boxes.
         for cls in (ProtLive2DImportWarp, ProtLive2DClassify2D):
