@@ -95,46 +95,19 @@ class OutputFolder:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        self.session_state = self.root / SESSION_STATE
+        self.history = self.root / HISTORY
+        self.log = self.root / LOG
+        self.selection = self.root / SELECTION
+        self.store_table = self.root / STORE_TABLE
+        self.store_state = self.root / STORE_STATE
+        self.import_state = self.root / IMPORT_STATE
+        self.work = self.root / WORK
+        self.exports = self.root / EXPORTS
 
     def __truediv__(self, name: str | os.PathLike) -> Path:
         """A file named relative to the folder, as cycle records name theirs."""
         return self.root / name
-
-    @property
-    def session_state(self) -> Path:
-        return self.root / SESSION_STATE
-
-    @property
-    def history(self) -> Path:
-        return self.root / HISTORY
-
-    @property
-    def log(self) -> Path:
-        return self.root / LOG
-
-    @property
-    def selection(self) -> Path:
-        return self.root / SELECTION
-
-    @property
-    def store_table(self) -> Path:
-        return self.root / STORE_TABLE
-
-    @property
-    def store_state(self) -> Path:
-        return self.root / STORE_STATE
-
-    @property
-    def import_state(self) -> Path:
-        return self.root / IMPORT_STATE
-
-    @property
-    def work(self) -> Path:
-        return self.root / WORK
-
-    @property
-    def exports(self) -> Path:
-        return self.root / EXPORTS
 
     def cycle(self, number: int) -> CycleFiles:
         stem = cycle_stem(number)

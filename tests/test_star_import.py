@@ -17,6 +17,15 @@ def importer_for(folder, tmp_path, **options) -> Importer:
     return Importer(folder, ParticleStore(tmp_path / "out"), **options)
 
 
+def relion_folder(tmp_path, particles: int):
+    """A folder holding one stack, mic.mrcs, of ``particles`` 24-px images."""
+    folder = tmp_path / "relion"
+    folder.mkdir()
+    with mrcfile.new(folder / "mic.mrcs") as mrc:
+        mrc.set_data(particle_image(0, 0, 24, particles))
+    return folder
+
+
 def assert_store_matches(store: ParticleStore, project: WarpToolsProject) -> None:
     """Every exported particle exactly once, with its own pixels, micrograph and coordinates."""
     table = store.read_table()
@@ -110,10 +119,7 @@ def test_a_relion_30_star_gives_pixel_size_per_particle_and_box_from_its_stack(t
 
 
 def test_particles_without_ctf_are_refused_with_a_clear_message(tmp_path):
-    folder = tmp_path / "relion"
-    folder.mkdir()
-    with mrcfile.new(folder / "mic.mrcs") as mrc:
-        mrc.set_data(particle_image(0, 0, 24, 5))
+    folder = relion_folder(tmp_path, 5)
     write_relion30_star(folder / "particles.star", "mic.mrcs", 5, 3.0, with_ctf=False)
     report = importer_for(folder, tmp_path, star="particles.star").poll_reimporting()
     assert report.total == 0
@@ -193,10 +199,7 @@ def test_a_vanishing_project_folder_does_not_end_the_session(tmp_path):
 
 
 def test_a_relion_row_with_an_infinite_defocus_or_voltage_is_refused_alone(tmp_path):
-    folder = tmp_path / "relion"
-    folder.mkdir()
-    with mrcfile.new(folder / "mic.mrcs") as mrc:
-        mrc.set_data(particle_image(0, 0, 24, 6))
+    folder = relion_folder(tmp_path, 6)
     star = folder / "particles.star"
     write_relion30_star(star, "mic.mrcs", 6, 3.0)
     lines = star.read_text().split("\n")
@@ -218,10 +221,7 @@ def test_a_relion_row_with_an_infinite_defocus_or_voltage_is_refused_alone(tmp_p
 
 
 def test_a_relion_star_of_an_endless_line_or_too_many_columns_is_said_once(tmp_path):
-    folder = tmp_path / "relion"
-    folder.mkdir()
-    with mrcfile.new(folder / "mic.mrcs") as mrc:
-        mrc.set_data(particle_image(0, 0, 24, 5))
+    folder = relion_folder(tmp_path, 5)
     star = folder / "particles.star"
     write_relion30_star(star, "mic.mrcs", 5, 3.0)
     good = star.read_text()
@@ -238,10 +238,7 @@ def test_a_relion_star_of_an_endless_line_or_too_many_columns_is_said_once(tmp_p
 
 
 def test_a_star_of_binary_junk_is_refused_once_and_imported_once_fixed(tmp_path):
-    folder = tmp_path / "relion"
-    folder.mkdir()
-    with mrcfile.new(folder / "mic.mrcs") as mrc:
-        mrc.set_data(particle_image(0, 0, 24, 5))
+    folder = relion_folder(tmp_path, 5)
     star = folder / "particles.star"
     star.write_bytes(b"\x00\x01\x02 not a star \xff\xfe")
     importer = importer_for(folder, tmp_path, star="particles.star")
