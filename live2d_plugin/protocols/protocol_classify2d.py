@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -84,6 +85,10 @@ SCIPION_NOTES = {
 }
 POLL_SECONDS = 3.0  # between looks at the input set while no job is due
 CYCLE_SETS_KEPT = 2  # per output: the current cycle's sqlite and the one before
+# ... and every cycle's sqlite for this long after the next cycle replaced it: Scipion's project
+# window opens the file named in its own copy of the outputs, which it refreshes less and less
+# often (up to every 30 minutes) while the run goes on.
+REPLACED_SETS_KEPT_SECONDS = 60 * 60
 SESSION_FOLDER = "live2d"  # the session's output folder, in the run's extra folder
 
 
@@ -519,11 +524,21 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
                 self._updateOutputSet(name, fresh, Set.STREAM_CLOSED)
 
     def _dropOldCycleSets(self) -> None:
+        """Deletes the per-cycle sqlite files no project window still names: those older than
+        the newest CYCLE_SETS_KEPT cycles' that were replaced (the next cycle's file written)
+        over REPLACED_SETS_KEPT_SECONDS ago. Disk use is bounded by the cycles of the last hour,
+        however long the session runs; the cost is one stat per file kept."""
+        replaced_before = time.time() - REPLACED_SETS_KEPT_SECONDS
         for pattern in ("classes2D_cycle*.sqlite", "averages_cycle*.sqlite",
                         "particles_cycle*.sqlite"):
             # By cycle number: as text, cycle1000 sorts before cycle999 and would go first.
             paths = sorted(glob.glob(self._getPath(pattern)), key=_cycleOfSet)
-            for path in paths[:-CYCLE_SETS_KEPT]:
+            droppable = paths[:-CYCLE_SETS_KEPT]
+            for path, successor in zip(droppable, paths[1:], strict=False):
+                # Each file is written once, when its cycle is published: the next file's
+                # time is when this one was replaced, and later cycles' files are newer still.
+                if os.path.getmtime(successor) >= replaced_before:
+                    break
                 os.remove(path)
 
     # ------------------------------------------------------------------------------ stop

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -108,17 +109,44 @@ def test_past_cycle_999_the_oldest_cycle_sets_are_dropped_not_the_newest(tmp_pat
     """Streaming sessions pass 1,000 cycles: cycle1000 sorts before cycle999 as text."""
     names = [f"{kind}_cycle{n:03d}.sqlite" for kind in ("classes2D", "averages", "particles")
              for n in (998, 999, 1000, 1001)]
+    two_hours_ago = time.time() - 2 * 3600  # replaced long ago: no window can show them
     for name in names:
         (tmp_path / name).touch()
+        os.utime(tmp_path / name, (two_hours_ago, two_hours_ago))
 
-    class Protocol:
-        def _getPath(self, name: str) -> str:
-            return str(tmp_path / name)
-
-    ProtLive2DClassify2D._dropOldCycleSets(Protocol())
+    ProtLive2DClassify2D._dropOldCycleSets(ProtocolIn(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         f"{kind}_cycle{n}.sqlite" for kind in ("classes2D", "averages", "particles")
         for n in (1000, 1001))
+
+
+class ProtocolIn:
+    """Stands in for a classification run whose run folder is ``folder``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _getPath(self, name: str) -> str:
+        return str(self.folder / name)
+
+
+def test_a_cycle_set_stays_an_hour_after_the_next_cycle_replaced_it(tmp_path) -> None:
+    """Scipion's project window opens the file of the outputs as it last refreshed them, up to
+    30 minutes ago: a replaced cycle's sets stay 60 minutes, then go (one cycle every 16
+    minutes here: cycle 10 now, cycle 9 16 minutes ago, ...)."""
+    now = time.time()
+    for number in range(1, 11):
+        published = now - (10 - number) * 16 * 60
+        for kind in ("classes2D", "averages", "particles"):
+            path = tmp_path / f"{kind}_cycle{number:03d}.sqlite"
+            path.touch()
+            os.utime(path, (published, published))
+
+    ProtLive2DClassify2D._dropOldCycleSets(ProtocolIn(tmp_path))
+    # Cycle 6 was replaced by cycle 7, 48 minutes ago; cycle 5 by cycle 6, 64 minutes ago.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{kind}_cycle{n:03d}.sqlite" for kind in ("classes2D", "averages", "particles")
+        for n in range(6, 11))
 
 
 class TestForms(ProjectTestCase):

@@ -23,6 +23,7 @@ from test_plugin_classify import SMALL_SCHEDULE
 from test_plugin_loading import TEMPLATE
 
 from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp
+from live2d_plugin.protocols.protocol_classify2d import _cycleOfSet
 
 
 def members_by_class(classes_file: str) -> dict[int, dict[int, np.ndarray]]:
@@ -33,6 +34,11 @@ def members_by_class(classes_file: str) -> dict[int, dict[int, np.ndarray]]:
                 for cls in classes.iterItems()}
     finally:
         classes.close()
+
+
+def class_members(classes_file: str) -> dict[int, set[int]]:
+    """class id -> the ids of its particles, of a SetOfClasses2D sqlite."""
+    return {number: set(members) for number, members in members_by_class(classes_file).items()}
 
 
 class StreamingTestCase(ProjectTestCase):
@@ -133,6 +139,8 @@ class StreamingTestCase(ProjectTestCase):
         chosen = sorted(members_by_class(first.outputClasses.getFileName()))[:2]
         subset, classes_file = self.subset_from_classes(first, chosen, "during")
         self.check_subset(subset, classes_file, chosen)
+        # The file a project window that refreshed then holds and opens (issue 21, item 2).
+        shown_cycle, shown_members = _cycleOfSet(classes_file), class_members(classes_file)
 
         simulate_warp(warp_dir, particles=240)  # Warp keeps collecting
         self.wait_until(importer, lambda p: output_size(p)[0] == 240, 90,
@@ -142,6 +150,10 @@ class StreamingTestCase(ProjectTestCase):
                                "all 240 particles classified")
         self.check_averages_are_2d_stacks(done)
         self.check_selected_particles(done, closed=True)
+        # Cycles later (keeping only the two newest cycles' files deleted it), within the hour.
+        self.assertGreaterEqual(done.publishedCycle.get(), shown_cycle + 2)
+        self.assertTrue(Path(self.proj.path, classes_file).exists(), classes_file)
+        self.assertEqual(class_members(classes_file), shown_members)
         log = Path(self.proj.path, done.getWorkingDir(), "logs", "run.stdout").read_text()
         self.assertIn("outputClasses: cycle", log)
         self.assertIn("outputParticles: cycle", log)
