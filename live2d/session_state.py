@@ -71,6 +71,8 @@ class SessionState:
         """Raises TypeError, ValueError or AttributeError for what no version wrote; raises
         SettingsError for settings that do not validate."""
         values = {**values, "version": STATE_VERSION}
+        if "settings" not in values:
+            raise TypeError("no settings")
         job = values.get("job")
         values["job"] = JobState(**job) if job else None
         values["settings"] = Settings.from_dict(values["settings"])
@@ -145,5 +147,5 @@ def read_state(output: OutputFolder) -> SessionState | None:
         values = json.loads(output.session_state.read_text(encoding="utf-8"))
         values.pop("history", None)
         return SessionState.from_dict(values)
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
         return None

@@ -18,8 +18,10 @@ from live2d.cli import main as cli_main
 from live2d.errors import CycleCancelled, EngineError, SessionError
 from live2d.history import read_history
 from live2d.importer import Importer
+from live2d.output_folder import OutputFolder
 from live2d.schedule import Settings
 from live2d.session import Session
+from live2d.session_state import read_state
 from live2d.simulate import simulate, write_settings
 from live2d.source_images import open_images
 from live2d.sources import ImportReport
@@ -467,3 +469,16 @@ def test_switching_to_cistem_makes_the_copy_once(warp, tmp_path):
             index, stack = names.iloc[i].split("@")
             assert np.array_equal(mrc.data[i], mrcfile.read(warp / stack)[int(index) - 1])
     assert "copied the 240 particles" in (out / "live2d.log").read_text()
+
+
+@pytest.mark.parametrize("state", ["not json {", "[1, 2]", '{"warp_dir": "/x"}',
+                                   '{"warp_dir": "/x", "settings": {}, "job": {"plan": 3}}'])
+def test_a_session_json_no_version_wrote_is_refused_with_what_to_do(tmp_path, state):
+    warp_dir = tmp_path / "warp"
+    warp_dir.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "session.json").write_text(state)
+    with pytest.raises(SessionError, match=r"unreadable.*restore it or move it away"):
+        Session(warp_dir, out, engine="builtin")
+    assert read_state(OutputFolder(out)) is None  # readers (the Scipion summary) skip it
