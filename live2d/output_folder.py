@@ -16,6 +16,9 @@ A session's output folder (``--output``; ``<Warp folder>/classification`` by def
     cycle_NNN_classes.json       its class table: resolution, score, reasons (live2d.class_quality)
     thumbnails/cycle_NNN/class_KKK.png   the page's images of its classes (pruned, made again)
     exports/good_cycle_NNN.star  the page's exports of good particles
+    yield_squares.csv            good particles per grid square, per foil hole, per micrograph
+    yield_holes.csv                of the latest scored cycle           (live2d.collection_yield)
+    yield_micrographs.csv
     work/                        a running cycle's scratch, emptied whenever a session opens
 
 A particle store may also live in a folder of its own (the Scipion import's): the store's names
@@ -43,6 +46,11 @@ IMPORT_STATE = "import.json"
 THUMBNAILS = "thumbnails"
 EXPORTS = "exports"
 WORK = "work"
+YIELD_SQUARES = "yield_squares.csv"
+YIELD_HOLES = "yield_holes.csv"
+YIELD_MICROGRAPHS = "yield_micrographs.csv"
+# Each yield table's file, by what its rows are (live2d.collection_yield.LEVELS).
+YIELD_TABLES = {"square": YIELD_SQUARES, "hole": YIELD_HOLES, "micrograph": YIELD_MICROGRAPHS}
 # Where a session's output goes by default, inside the Warp folder it watches.
 DEFAULT_OUTPUT = "classification"
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from live2d.atomic import naming
+from live2d.collection_yield import write_yield_tables
 from live2d.cycle import CycleInputs, clean_work_folder, run_cycle
 from live2d.disk import DiskUse, DiskWatch
 from live2d.engines import Engine, make_engine
@@ -486,6 +487,8 @@ class Session:
             self.state.job.failures = 0
             self._write_state()
         self._clean_work_dir()
+        if record.assessed:
+            self._write_yield(record)
         with self._lock:
             self._history.prune_results(self.settings.keep_cycle_results)
         self.check_disk()
@@ -493,6 +496,14 @@ class Session:
                   f"{record.job_cycles}) done in {record.finished - record.started:.1f} s "
                   f"({record.particles_per_second:.0f} particles/s)")
         self._emit({"type": "cycle", "cycle": record.to_dict()})
+
+    def _write_yield(self, record: CycleRecord) -> None:
+        """The yield tables of the cycle just recorded (O(particles), like its star): a
+        failure is logged, the cycle stands."""
+        try:
+            write_yield_tables(self.output_dir, self.store.read_table(), record)
+        except Exception as exc:  # the tables are advice; the cycle is the work
+            log.warning("yield tables of cycle %d not written: %s", record.number, exc)
 
     @property
     def disk(self) -> DiskUse | None:

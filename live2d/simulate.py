@@ -6,6 +6,8 @@ and noise go to one stack per micrograph under ``particles/``; ``allparticles_<m
 (view, angle, shift of every particle, and the clean views) goes to a folder beside the Warp
 folder so that it cannot be mistaken for Warp output.
 
+Micrographs are named as EPU names its movies (``FoilHole_<hole>_Data_..._<date>_<time>``,
+:func:`epu_movie_name`), so the yield per foil hole (live2d.collection_yield) has holes to count.
 Micrograph ``i`` is generated from the seed and ``i`` alone, so simulating 240 particles into a
 folder that holds 120 of the same simulation appends micrographs and leaves the first ones
 byte-identical: this is how tests mimic a session that keeps collecting.
@@ -19,6 +21,7 @@ import json
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import mrcfile
@@ -48,6 +51,20 @@ _STAR_COLUMNS = [
 _TRUTH_COLUMNS = ["image_name", "kind", "view", "psi", "shift_x", "shift_y", "defocus_u",
                   "defocus_v", "defocus_angle"]
 VOLTAGE, CS, AMPLITUDE_CONTRAST = 300.0, 2.7, 0.07
+# EPU's movie names: fixed, not the clock's, so that a simulation extended later keeps them.
+MICROGRAPHS_PER_HOLE = 4
+SECONDS_PER_MICROGRAPH = 20
+_FIRST_HOLE, _FIRST_TEMPLATE, _FIRST_ACQUISITION = 24697853, 24671885, 24671887
+_FIRST_MOVIE_TIME = datetime(2023, 11, 4, 8, 40, 15)
+
+
+def epu_movie_name(index: int) -> str:
+    """The name EPU gives micrograph ``index`` of the simulation (live2d.epu), without extension:
+    :data:`MICROGRAPHS_PER_HOLE` to a foil hole, one every :data:`SECONDS_PER_MICROGRAPH`."""
+    template = _FIRST_TEMPLATE + index % MICROGRAPHS_PER_HOLE
+    taken = _FIRST_MOVIE_TIME + timedelta(seconds=SECONDS_PER_MICROGRAPH * index)
+    return (f"FoilHole_{_FIRST_HOLE + index // MICROGRAPHS_PER_HOLE}_Data_{template}_"
+            f"{_FIRST_ACQUISITION + index}_{taken:%Y%m%d_%H%M%S}_fractions")
 
 
 def truth_dir_for(warp_dir: Path) -> Path:
@@ -162,7 +179,7 @@ def simulate(
     for index, size in enumerate(sizes):
         if not keep_going():
             break
-        movie = f"FoilHole_{1000 + index:05d}_Data"
+        movie = epu_movie_name(index)
         stack_name = f"particles/{movie}_{MODEL}.mrcs"
         rng = np.random.default_rng([seed, index])
         defocus_u = rng.uniform(8000.0, 25000.0)

@@ -128,15 +128,7 @@ class ParticleStore:
 
     def read_table(self) -> pd.DataFrame:
         """Every particle's row (cisTEM short column names, ORIGNAME = Warp's rlnImageName)."""
-        if self.count == 0:
-            return cistem_star.new_table(0).assign(
-                ORIGX=pd.Series(dtype=float), ORIGY=pd.Series(dtype=float),
-                MICROGRAPH=pd.Series(dtype=str), ORIGNAME=pd.Series(dtype=str))
-        table = cistem_star.read_growing_star(self.star_path, int(self._state["star_bytes"]),
-                                              store_stamp(self._state))
-        if len(table) != self.count:
-            raise StoreError(f"{self.star_path} holds {len(table)} rows, the store {self.count}")
-        return table
+        return _committed_table(self.star_path, self._state)
 
     def image_locations(self, table: pd.DataFrame) -> list[tuple[int, Path]]:
         """Where the pixels of ``table``'s particles (rows of :meth:`read_table`) are, as
@@ -436,3 +428,26 @@ def _with_fingerprint(path: Path, stamp: str) -> str:
 
 def _new_store_id() -> str:
     return secrets.token_hex(8)
+
+
+def read_committed_table(folder: str | os.PathLike) -> pd.DataFrame:
+    """:meth:`ParticleStore.read_table` for a reader beside the session (a command run while it
+    collects): it changes nothing on disk, where opening a ParticleStore cuts back what the
+    session has appended but not committed yet."""
+    folder = Path(folder)
+    state = json.loads((folder / STORE_STATE).read_text(encoding="utf-8"))
+    return _committed_table(folder / STORE_TABLE, state)
+
+
+def _committed_table(star_path: Path, state: dict) -> pd.DataFrame:
+    """The rows of the star at ``star_path`` that ``state`` (a store.json) commits."""
+    count = int(state["count"])
+    if count == 0:
+        return cistem_star.new_table(0).assign(
+            ORIGX=pd.Series(dtype=float), ORIGY=pd.Series(dtype=float),
+            MICROGRAPH=pd.Series(dtype=str), ORIGNAME=pd.Series(dtype=str))
+    table = cistem_star.read_growing_star(star_path, int(state["star_bytes"]),
+                                          store_stamp(state))
+    if len(table) != count:
+        raise StoreError(f"{star_path} holds {len(table)} rows, the store {count}")
+    return table

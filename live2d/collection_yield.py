@@ -1,0 +1,155 @@
+"""How many good particles each micrograph, foil hole and grid square gave: where to collect more.
+
+Every pick in the particle store counts as a particle; it is good when the latest published
+cycle with class scores put it in a selected class (:func:`live2d.selection.selected`: the
+proposal with the user's marks over it). Picks that cycle did not classify (imported since, or
+left out) count as particles, not good ones. Holes and squares come from the micrograph names
+and an EPU session folder (:mod:`live2d.epu`); micrographs whose names are not EPU's are counted
+per micrograph only.
+
+Each table holds, per row: micrographs, particles, good_particles, good_fraction (0..1) and
+first_seen / last_seen (ISO 8601 UTC, from EPU's names; empty where unknown). The session writes
+all three as CSV beside the classes after every scored cycle (:func:`write_yield_tables`): one
+pass over the store's micrograph column and the cycle's classes, O(particles) like the cycle's
+own star, then O(micrographs).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from live2d import cistem_star
+from live2d.atomic import atomic_write_text
+from live2d.epu import micrograph_origin, read_hole_squares
+from live2d.history import CycleRecord, read_history
+from live2d.output_folder import YIELD_TABLES
+from live2d.selection import SelectionState, selected
+
+_FIGURES = ("micrographs", "particles", "good_particles", "good_fraction", "first_seen",
+            "last_seen")
+# The columns of each table, by what a row is: the grid square, the foil hole, the micrograph.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "square": ("grid_square", *_FIGURES),
+    "hole": ("grid_square", "foil_hole", *_FIGURES),
+    "micrograph": ("grid_square", "foil_hole", "micrograph", *_FIGURES),
+}
+LEVELS = tuple(COLUMNS)
+
+
+class YieldError(RuntimeError):
+    """No yield to give yet (no scored cycle, its star pruned); the message says why."""
+
+
+@dataclass(frozen=True)
+class ScoredParticles:
+    """Every particle of the store, in store order: its micrograph and whether it is good."""
+
+    cycle: int
+    micrographs: pd.Series
+    good: np.ndarray
+
+
+def latest_scored_cycle(folder: str | os.PathLike) -> CycleRecord:
+    """The latest cycle that has class scores and whose per-particle star is still kept.
+    Raises YieldError when there is none yet."""
+    folder = Path(folder)
+    record = next((r for r in reversed(read_history(folder))
+                   if r.assessed and r.star_kept and (folder / r.star).is_file()), None)
+    if record is None:
+        raise YieldError(f"no cycle with class scores in {folder} yet: the yield follows the "
+                         "first classification job's second cycle")
+    return record
+
+
+def score_particles(folder: str | os.PathLike, store_table: pd.DataFrame,
+                    record: CycleRecord | None = None) -> ScoredParticles:
+    """Each particle of ``store_table`` (the store's rows) good or not by ``record`` (default:
+    :func:`latest_scored_cycle`) and the selection. Raises YieldError when there is none."""
+    folder = Path(folder)
+    record = record or latest_scored_cycle(folder)
+    chosen = selected(record, SelectionState.load(folder))
+    classes = cistem_star.read_star(folder / record.star)
+    # POS is the store position (from 1) of the particle each row of the cycle's star is.
+    positions = (classes["POS"].to_numpy(dtype=np.int64) - 1 if "POS" in classes
+                 else np.arange(len(classes)))
+    in_store = (positions >= 0) & (positions < len(store_table))
+    good = np.zeros(len(store_table), dtype=bool)
+    good[positions[in_store]] = classes["2DCLS"].isin(chosen).to_numpy()[in_store]
+    micrographs = (store_table["MICROGRAPH"].fillna("").astype(str) if "MICROGRAPH" in store_table
+                   else pd.Series([""] * len(store_table)))
+    return ScoredParticles(record.number, micrographs.reset_index(drop=True), good)
+
+
+def yield_tables(particles: ScoredParticles,
+                 hole_squares: dict[str, str] | None = None) -> dict[str, list[dict]]:
+    """The rows of every table (:data:`LEVELS`), in the order collection first met each
+    micrograph, hole and square. ``hole_squares``: foil hole -> grid square, from an EPU
+    folder; a square in the micrograph's path counts where the map has none."""
+    hole_squares = hole_squares or {}
+    counts = pd.DataFrame({"micrograph": particles.micrographs, "good": particles.good}) \
+        .groupby("micrograph", sort=False)["good"].agg(["size", "sum"])
+    origins = [micrograph_origin(str(name)) for name in counts.index]
+    # A hole's square, from any of its movies' paths that names one, unless EPU's folder does.
+    squares = {o.foil_hole: o.grid_square for o in origins if o.foil_hole and o.grid_square}
+    squares |= hole_squares
+    per_micrograph: list[dict] = []
+    for origin, count, good in zip(origins, counts["size"], counts["sum"], strict=True):
+        square = squares.get(origin.foil_hole, "") or origin.grid_square
+        per_micrograph.append({"grid_square": square, "foil_hole": origin.foil_hole,
+                               "micrograph": origin.micrograph,
+                               **_figures([origin.acquired], 1, int(count), int(good))})
+    return {"micrograph": per_micrograph,
+            "hole": _group(per_micrograph, ("grid_square", "foil_hole"), "foil_hole"),
+            "square": _group(per_micrograph, ("grid_square",), "grid_square")}
+
+
+def _group(rows: list[dict], keys: tuple[str, ...], needed: str) -> list[dict]:
+    """``rows`` (per micrograph) added up by ``keys``, leaving out those without ``needed``."""
+    groups: dict[tuple[str, ...], list[dict]] = {}
+    for row in rows:
+        if row[needed]:
+            groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    return [{**dict(zip(keys, key, strict=True)),
+             **_figures([t for r in members for t in (r["first_seen"], r["last_seen"])],
+                        len(members), sum(r["particles"] for r in members),
+                        sum(r["good_particles"] for r in members))}
+            for key, members in groups.items()]
+
+
+def _figures(times: list[str], micrographs: int, particles: int, good: int) -> dict:
+    known = sorted(t for t in times if t)  # ISO 8601 UTC in one form: sorts as time does
+    return {"micrographs": micrographs, "particles": particles, "good_particles": good,
+            "good_fraction": round(good / particles, 4) if particles else 0.0,
+            "first_seen": known[0] if known else "", "last_seen": known[-1] if known else ""}
+
+
+def table_csv(rows: list[dict], level: str) -> str:
+    """``rows`` of the table ``level`` as CSV, with :data:`COLUMNS` as its header."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, COLUMNS[level], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def table_json(rows: list[dict], level: str) -> str:
+    return json.dumps([{c: row[c] for c in COLUMNS[level]} for row in rows], indent=1) + "\n"
+
+
+def write_yield_tables(folder: str | os.PathLike, store_table: pd.DataFrame,
+                       record: CycleRecord, epu_dir: str | os.PathLike | None = None) -> None:
+    """Write the three tables of cycle ``record`` as CSV into the output folder ``folder``
+    (:data:`live2d.output_folder.YIELD_TABLES`), each replaced atomically."""
+    folder = Path(folder)
+    tables = yield_tables(score_particles(folder, store_table, record),
+                          read_hole_squares(epu_dir) if epu_dir else None)
+    for level, name in YIELD_TABLES.items():
+        atomic_write_text(folder / name, table_csv(tables[level], level))

@@ -1,0 +1,86 @@
+"""Print how many good particles each grid square, foil hole or micrograph gave, by the latest
+cycle with class scores and the selection (the classes proposed good, with the page's marks over
+them): where the grid is worth collecting. DIR is the output folder or the Warp folder. Foil
+holes and times come from EPU's movie names; grid squares from an EPU session folder (--epu) or
+from the movies' paths. The session writes the same tables as yield_*.csv after every cycle."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from live2d.commands.status import find_state
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    from live2d.collection_yield import LEVELS
+
+    parser.add_argument("dir", type=Path, metavar="DIR",
+                        help="the session's output folder, or the Warp folder it classifies")
+    parser.add_argument("--by", choices=LEVELS, default="square",
+                        help="one row per grid square (default), foil hole or micrograph")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                        help="an aligned table to read (default), CSV or JSON")
+    parser.add_argument("--epu", type=Path, metavar="EPU_DIR",
+                        help="the EPU session folder (holding Images-Disc1/GridSquare_*), for "
+                             "the grid square of each foil hole")
+
+
+def main(args: argparse.Namespace) -> int:
+    from live2d.collection_yield import (
+        YieldError,
+        latest_scored_cycle,
+        score_particles,
+        table_csv,
+        table_json,
+        yield_tables,
+    )
+    from live2d.epu import read_hole_squares
+    from live2d.errors import SelectionError
+    from live2d.store import read_committed_table
+
+    state = find_state(args.dir, "yield")
+    if state is None:
+        return 1
+    if args.epu is not None and not args.epu.is_dir():
+        print(f"live2d yield: --epu {args.epu} is not a folder", file=sys.stderr)
+        return 1
+    try:
+        record = latest_scored_cycle(state.parent)  # before the store: there may be none
+        particles = score_particles(state.parent, read_committed_table(state.parent), record)
+    except (YieldError, SelectionError, OSError, ValueError) as exc:
+        print(f"live2d yield: {exc}", file=sys.stderr)
+        return 1
+    rows = yield_tables(particles, read_hole_squares(args.epu) if args.epu else None)[args.by]
+    if args.format == "csv":
+        sys.stdout.write(table_csv(rows, args.by))
+    elif args.format == "json":
+        sys.stdout.write(table_json(rows, args.by))
+    else:
+        print_table(rows, args.by, particles.cycle)
+    return 0
+
+
+def print_table(rows: list[dict], level: str, cycle: int) -> None:
+    from live2d.collection_yield import COLUMNS
+
+    print(f"yield by {level}, by the classes selected in cycle {cycle} "
+          f"({len(rows)} {level}{'s' if len(rows) != 1 else ''})")
+    columns = COLUMNS[level]
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(line[i]) for line in cells)]) for i, c in enumerate(columns)]
+    if not rows and level != "micrograph":
+        print("no grid square is known for any micrograph: name the EPU session folder "
+              "(--epu)" if level == "square" else "no micrograph names a foil hole (names that "
+              "are not EPU's count per micrograph only: --by micrograph)")
+        return
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for line in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.0%}"
+    return str(value) if value != "" else "-"

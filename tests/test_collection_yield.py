@@ -1,0 +1,188 @@
+"""Where each particle came from (EPU's names and session folder) and the good particles per
+micrograph, foil hole and grid square: the tables, the command and the session's CSVs."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from live2d import cistem_star
+from live2d.cli import main as cli_main
+from live2d.collection_yield import COLUMNS, YieldError, score_particles, yield_tables
+from live2d.epu import MicrographOrigin, micrograph_origin, read_hole_squares
+from live2d.history import CycleHistory, CycleRecord
+from live2d.output_folder import SESSION_STATE, YIELD_TABLES
+from live2d.selection import SelectionState
+from live2d.store import ParticleStore
+
+BOX = 8
+EPU_MOVIE = "FoilHole_24697853_Data_24671885_24671887_20231104_084015_fractions"
+# Micrograph -> the classes of its particles in cycle 1 (None: picked since, not classified).
+MICROGRAPHS = {
+    "/data/GridSquare_111/Data/FoilHole_501_Data_9_11_20231104_084015_fractions.tif":
+        [1, 1, 2, 3],
+    "FoilHole_501_Data_9_11_20231104_085015_fractions.tif": [1, 0],
+    "FoilHole_502_Data_9_11_20231104_083000_fractions.tif": [3, 1, 2],
+    "mic_0001.mrc": [None, None],
+}
+A, B, C, D = MICROGRAPHS
+
+
+def test_epu_names_give_hole_and_time_and_a_path_the_square():
+    assert micrograph_origin(f"{EPU_MOVIE}.tiff") == MicrographOrigin(
+        f"{EPU_MOVIE}.tiff", foil_hole="24697853", acquired="2023-11-04T08:40:15Z")
+    in_square = f"D:\\EPU\\Images-Disc1\\GridSquare_24668021\\Data\\{EPU_MOVIE}.mrc"
+    origin = micrograph_origin(in_square)
+    assert (origin.grid_square, origin.foil_hole) == ("24668021", "24697853")
+    assert micrograph_origin("FoilHole_00003_Data.tif").foil_hole == "00003"  # no time: none
+    assert micrograph_origin("FoilHole_00003_Data.tif").acquired == ""
+
+
+@pytest.mark.parametrize("name", ["20231104_Grid3_0012.tif", "sq04_hole17_00042.mrc",
+                                  "mic_0001.mrc", "", "GridSquare_12_of_many.tif"])
+def test_other_names_give_neither_hole_nor_square(name):
+    assert micrograph_origin(name) == MicrographOrigin(name)
+
+
+def write_epu_folder(root, squares: dict[str, list[str]]) -> None:
+    for square, holes in squares.items():
+        data = root / "Images-Disc1" / f"GridSquare_{square}" / "Data"
+        data.mkdir(parents=True, exist_ok=True)
+        for hole in holes:
+            (data / f"FoilHole_{hole}_Data_9_11_20231104_084015.xml").write_text("<xml/>")
+            (data / f"FoilHole_{hole}_Data_9_11_20231104_084015.jpg").write_bytes(b"")
+
+
+def test_the_hole_to_square_map_is_read_from_the_epu_folder_as_it_grows(tmp_path):
+    assert read_hole_squares(tmp_path) == {}
+    write_epu_folder(tmp_path, {"111": ["501"]})
+    (tmp_path / "Images-Disc1" / "GridSquare_111" / "GridSquare_20231104_083000.xml").write_text("")
+    assert read_hole_squares(tmp_path) == {"501": "111"}
+    write_epu_folder(tmp_path, {"222": ["502", "503"]})
+    assert read_hole_squares(tmp_path) == {"501": "111", "502": "222", "503": "222"}
+
+
+@pytest.fixture
+def output(tmp_path):
+    """An output folder by hand: 11 particles in 4 micrographs, cycle 1 classified the first
+    9 into 3 classes (scores propose 1 and 3), and class 3 is marked junk: only class 1 is
+    good."""
+    folder = tmp_path / "out"
+    store = ParticleStore(folder)
+    store.reset(1.5, BOX)
+    names = [name for name, classes in MICROGRAPHS.items() for _ in classes]
+    table = pd.DataFrame({"DF1": 15000.0, "DF2": 14000.0, "ANGAST": 0.0, "PSIZE": 1.5,
+                          "VOLT": 300.0, "Cs": 2.7, "AmpC": 0.07, "MICROGRAPH": names,
+                          "ORIGNAME": [f"{i + 1:06d}@p.mrcs" for i in range(len(names))]})
+    store.append(np.zeros((len(names), BOX, BOX), dtype=np.float32), table)
+    classes = [k for ks in MICROGRAPHS.values() for k in ks if k is not None]
+    star = cistem_star.new_table(len(classes))
+    star["2DCLS"] = classes
+    cistem_star.write_star(folder / "cycle_001.star", star)
+    record = CycleRecord(
+        number=1, job=1, job_type="abinit", block="startup", block_cycle=1, job_cycle=2,
+        job_cycles=3, high_res=20.0, fraction=1.0, particles=len(classes),
+        class_counts=[4, 2, 2], started=0.0, finished=1.0, engine="builtin (test)",
+        generation=0, particles_per_second=100.0, classes="cycle_001.mrc",
+        star="cycle_001.star", thumbnails="thumbnails/cycle_001", class_score=[0.9, 0.2, 0.8])
+    CycleHistory(folder).append(record)
+    SelectionState(cycle=1, job=1, marks={"3": "junk"}).save(folder)
+    (folder / SESSION_STATE).write_text("{}")
+    return folder
+
+
+def figures(micrographs, particles, good, first, last):
+    return {"micrographs": micrographs, "particles": particles, "good_particles": good,
+            "good_fraction": round(good / particles, 4), "first_seen": first, "last_seen": last}
+
+
+def test_every_pick_counts_and_the_selected_classes_are_good(output):
+    tables = yield_tables(score_particles(output, ParticleStore(output).read_table()))
+    assert tables["micrograph"] == [
+        {"grid_square": "111", "foil_hole": "501", "micrograph": A,
+         **figures(1, 4, 2, "2023-11-04T08:40:15Z", "2023-11-04T08:40:15Z")},
+        # the hole's square from its other movie's path
+        {"grid_square": "111", "foil_hole": "501", "micrograph": B,
+         **figures(1, 2, 1, "2023-11-04T08:50:15Z", "2023-11-04T08:50:15Z")},
+        {"grid_square": "", "foil_hole": "502", "micrograph": C,
+         **figures(1, 3, 1, "2023-11-04T08:30:00Z", "2023-11-04T08:30:00Z")},
+        {"grid_square": "", "foil_hole": "", "micrograph": D, **figures(1, 2, 0, "", "")},
+    ]
+    assert tables["hole"] == [
+        {"grid_square": "111", "foil_hole": "501",
+         **figures(2, 6, 3, "2023-11-04T08:40:15Z", "2023-11-04T08:50:15Z")},
+        {"grid_square": "", "foil_hole": "502",
+         **figures(1, 3, 1, "2023-11-04T08:30:00Z", "2023-11-04T08:30:00Z")},
+    ]
+    assert tables["square"] == [
+        {"grid_square": "111", **figures(2, 6, 3, "2023-11-04T08:40:15Z",
+                                         "2023-11-04T08:50:15Z")}]
+    squares = yield_tables(score_particles(output, ParticleStore(output).read_table()),
+                           {"502": "222"})["square"]
+    assert [(r["grid_square"], r["particles"], r["good_particles"]) for r in squares] == \
+        [("111", 6, 3), ("222", 3, 1)]
+
+
+def cli_csv(capsys, *args) -> tuple[str, list[list[str]]]:
+    """The command's CSV: its header line as written, and its rows."""
+    assert cli_main(["yield", *map(str, args), "--format", "csv"]) == 0
+    header, rows = capsys.readouterr().out.split("\n", 1)
+    return header, list(csv.reader(io.StringIO(rows)))
+
+
+def test_the_command_writes_each_table_with_its_columns(output, tmp_path, capsys):
+    epu = tmp_path / "epu"
+    write_epu_folder(epu, {"111": ["501"], "222": ["502"]})
+    header, squares = cli_csv(capsys, output, "--by", "square", "--epu", epu)
+    assert header == \
+        "grid_square,micrographs,particles,good_particles,good_fraction,first_seen,last_seen"
+    assert squares == [
+        ["111", "2", "6", "3", "0.5", "2023-11-04T08:40:15Z", "2023-11-04T08:50:15Z"],
+        ["222", "1", "3", "1", "0.3333", "2023-11-04T08:30:00Z", "2023-11-04T08:30:00Z"]]
+    header, holes = cli_csv(capsys, output, "--by", "hole")
+    assert header == ("grid_square,foil_hole,micrographs,particles,good_particles,"
+                      "good_fraction,first_seen,last_seen")
+    assert holes[1] == ["", "502", "1", "3", "1", "0.3333", "2023-11-04T08:30:00Z",
+                        "2023-11-04T08:30:00Z"]
+    header, micrographs = cli_csv(capsys, output, "--by", "micrograph")
+    assert header == ("grid_square,foil_hole,micrograph,micrographs,particles,"
+                      "good_particles,good_fraction,first_seen,last_seen")
+    assert micrographs[-1] == ["", "", "mic_0001.mrc", "1", "2", "0", "0.0", "", ""]
+    assert cli_main(["yield", str(output), "--by", "hole", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["good_fraction"] == 0.5
+    assert cli_main(["yield", str(output)]) == 0
+    assert "111" in capsys.readouterr().out
+
+
+def test_the_command_says_when_there_is_no_session_or_no_scored_cycle(output, tmp_path, capsys):
+    assert cli_main(["yield", str(tmp_path / "nowhere")]) == 1
+    assert "no session.json" in capsys.readouterr().err
+    (output / "history.jsonl").unlink()
+    assert cli_main(["yield", str(output)]) == 1
+    assert "no cycle with class scores" in capsys.readouterr().err
+    with pytest.raises(YieldError):
+        score_particles(output, ParticleStore(output).read_table())
+
+
+def test_a_session_writes_the_three_tables_after_each_scored_cycle(tmp_path):
+    from test_session import SMALL_ARGS, small_session
+
+    warp = tmp_path / "warp"
+    small_session(warp)
+    assert cli_main(["run", str(warp), "--once", *SMALL_ARGS]) == 0
+    out = warp / "classification"
+    tables = {level: list(csv.DictReader(io.StringIO((out / name).read_text())))
+              for level, name in YIELD_TABLES.items()}
+    for level, name in YIELD_TABLES.items():
+        header = next(csv.reader(io.StringIO((out / name).read_text())))
+        assert tuple(header) == COLUMNS[level]
+    assert len(tables["micrograph"]) == 4  # the simulator's EPU names: 4 movies of one hole
+    assert sum(int(r["particles"]) for r in tables["micrograph"]) == 240
+    assert [(r["foil_hole"], r["micrographs"], r["particles"]) for r in tables["hole"]] == \
+        [("24697853", "4", "240")]
+    assert tables["square"] == []  # no square: neither the names nor an EPU folder say
+    good = sum(int(r["good_particles"]) for r in tables["micrograph"])
+    assert 0 <= good <= 240 and tables["hole"][0]["first_seen"] == "2023-11-04T08:40:15Z"
