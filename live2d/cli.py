@@ -26,7 +26,7 @@ COMMANDS = {
     "run": "watch a Warp folder and classify its particles as they arrive",
     "status": "print the history of a session's cycles and its latest classes",
     "export": "write the particles of the good classes as a RELION star",
-    "yield": "print the good particles per grid square, foil hole or micrograph",
+    "yield": "print the good particles per grid square, hole or micrograph",
     "simulate": "write a simulated Warp session (optionally live)",
     "serve": "serve the live web page for a Warp folder",
     "demo": "simulate a live session and serve the page on it",
