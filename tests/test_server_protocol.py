@@ -5,6 +5,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from urllib.error import HTTPError
 
@@ -116,6 +117,23 @@ def test_a_stop_sent_the_moment_after_a_start_is_not_lost(tmp_path):
         controller.handle({"command": "stop"})
         controller._worker.join(timeout=10)
         assert not controller._worker.is_alive()
+    controller.close()
+
+
+def test_the_last_event_of_a_stopped_loop_tells_pages_it_is_no_longer_busy(tmp_path):
+    """The worker's last event is sent from its thread, still alive then: a page that read
+    "busy" from the thread kept showing a running job after the stop, until some later event."""
+    controller = Controller(small_warp(tmp_path / "warp"), engine="builtin",
+                            settings={**SMALL, "first_job_at": 10_000})
+    seen = []
+    controller.publish = lambda event: seen.append((event["type"], controller.busy))
+    controller.handle({"command": "start_automatic"})
+    deadline = time.monotonic() + 30
+    while controller.session.status != "listening" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    controller.handle({"command": "stop"})
+    controller._worker.join(timeout=30)
+    assert seen[-1] == ("status", False), seen[-3:]
     controller.close()
 
 

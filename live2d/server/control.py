@@ -81,6 +81,9 @@ class Controller:
         self.session: Session | None = None
         self._missing = ""  # what the Warp folder lacks, as the watcher last found it
         self._worker: threading.Thread | None = None
+        # From a start until just before its worker's last event, so that the event tells the
+        # pages the work ended (the thread itself is still alive while it sends it).
+        self._busy = False
         self._lock = threading.Lock()
         self._exporting = threading.Lock()
         self._tables: dict[Path, tuple[int, list]] = {}  # class table files read, by mtime
@@ -94,7 +97,8 @@ class Controller:
     # ------------------------------------------------------------------ state
     @property
     def busy(self) -> bool:
-        return self._worker is not None and self._worker.is_alive()
+        """A job or the automatic loop is running."""
+        return self._busy
 
     def state(self, with_log: bool = False) -> dict[str, Any]:
         """Everything a page shows: what it is sent when it connects."""
@@ -333,10 +337,16 @@ class Controller:
                 except Exception:  # the page must hear about anything that ends the worker
                     log.exception(f"{what} failed unexpectedly")
                 finally:
+                    self._busy = False
                     self.publish({"type": "status", "status": self.session.status})
 
             self._worker = threading.Thread(target=run, name="live2d-job", daemon=True)
-            self._worker.start()
+            self._busy = True
+            try:
+                self._worker.start()
+            except BaseException:
+                self._busy = False
+                raise
 
     def _set_warp_dir(self, path: Any) -> dict[str, Any]:
         if not isinstance(path, str) or not path.strip():
