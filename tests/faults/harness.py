@@ -3,11 +3,14 @@ as a subprocess, and the invariants that must hold after any fault and restart."
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mrcfile
@@ -55,6 +58,21 @@ def run_command(warp: Path, *extra: str) -> list[str]:
 def start_run(warp: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(run_command(warp, *extra), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def run_ended_by_sigterm(warp: Path, *extra: str) -> Iterator[subprocess.Popen]:
+    """`live2d run` in a process for the block, which SIGTERM must then end cleanly (exit 0);
+    killed if the block fails, so no run outlives its test."""
+    process = start_run(warp, *extra)
+    try:
+        yield process
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def warp_image_names(warp: Path) -> list[str]:

@@ -17,6 +17,7 @@ from harness import (
     check_invariants,
     grow,
     run_command,
+    run_ended_by_sigterm,
     start_run,
     warp_image_names,
 )
@@ -347,10 +348,7 @@ def test_a_stack_cut_short_during_a_cycle_leaves_its_particles_out_and_the_run_g
     # Enough particles that a refinement cycle reads for a second or more.
     simulate(warp, particles=1200, per_micrograph=60, box=64, pixel_size=2.0, snr=0.5, views=3)
     last = stacks_of(warp)[-1]  # read last in every cycle: after the cut
-    process = subprocess.Popen(
-        run_command(warp, "--startup-cycles", "1", "--refinement-cycles", "4"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with run_ended_by_sigterm(warp, "--startup-cycles", "1", "--refinement-cycles", "4") as process:
         wait_for(lambda: "refinement 1)" in read_log(out), timeout=180)
         # The cycle has checked the stacks and is reading them: the last one's images come at
         # its end (the noise estimate may have read some already).
@@ -364,12 +362,6 @@ def test_a_stack_cut_short_during_a_cycle_leaves_its_particles_out_and_the_run_g
         assert "changed while it was read" in log  # the cut landed inside a cycle's reads
         history = read_history(out)
         assert history[-1].left_out == 60 and history[-1].particles == 1200
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     figures = check_invariants(warp, out, complete=True)  # left out, not lost
     assert figures["particles"] == 1200
     status = subprocess.run([sys.executable, "-m", "live2d.cli", "status", str(out)],
@@ -386,16 +378,9 @@ def test_a_fifo_in_place_of_a_stack_is_skipped_and_sigterm_still_stops_the_run(t
     fifo = stacks_of(warp)[2]
     fifo.unlink()
     os.mkfifo(fifo)
-    process = start_run(warp)
-    try:
+    with run_ended_by_sigterm(warp):
         wait_for(lambda: "imported 80 particles" in read_log(out), timeout=120)
         assert "is a FIFO, not a regular file" in read_log(out)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     names = ParticleStore(out).read_table()["ORIGNAME"]
     assert len(names) == 80 and not any(fifo.name in name for name in names)
 
