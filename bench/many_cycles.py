@@ -27,7 +27,7 @@ from pathlib import Path
 from session_growth import BOX, PER_MICROGRAPH, StandInEngine, grow, new_warp_folder, rss_mb
 from tornado import ioloop, netutil
 
-from live2d.history import HISTORY_FILE
+from live2d.output_folder import HISTORY
 from live2d.server.app import connect_events, make_app
 from live2d.server.control import Controller
 from live2d.server.serving import start_server
@@ -134,7 +134,7 @@ def main() -> None:
                         "return performance.memory.usedJSHeapSize") / 2**20
                 print(f"{len(session.history):6d}  {outside:22.2f}  "
                       f"{(out / 'session.json').stat().st_size / 1024:15.1f}  "
-                      f"{(out / HISTORY_FILE).stat().st_size / 1024:10.0f}  "
+                      f"{(out / HISTORY).stat().st_size / 1024:10.0f}  "
                       f"{per_cycle / 1024:17.1f}  {whole / 1024:16.0f}  {rss_mb():13.0f}  "
                       f"{load:11.2f}  {heap:17.1f}", flush=True)
         finally:

@@ -31,7 +31,6 @@ from typing import Any
 from live2d.atomic import atomic_write_text, cut_torn_line, fsync_dir
 from live2d.output_folder import HISTORY, SESSION_STATE
 
-HISTORY_FILE = HISTORY  # the name tests and benches know it by
 log = logging.getLogger("live2d")
 
 
@@ -98,7 +97,7 @@ class CycleHistory:
     """The records of ``folder``'s cycles, oldest first, kept in memory and on disk."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
-        self.path = Path(folder) / HISTORY_FILE
+        self.path = Path(folder) / HISTORY
         if cut_torn_line(self.path):
             log.warning("%s ended in a torn line (a kill mid-write): cut off; that cycle runs "
                         "again", self.path)
@@ -148,7 +147,7 @@ class CycleHistory:
     def replace(cls, folder: str | os.PathLike, records: list[CycleRecord]) -> CycleHistory:
         """Write ``records`` as the whole history (moving an old session's history here)."""
         text = "".join(_line(r.to_dict()) for r in records)
-        atomic_write_text(Path(folder) / HISTORY_FILE, text)
+        atomic_write_text(Path(folder) / HISTORY, text)
         return cls(folder)
 
     def _write(self, value: dict[str, Any]) -> None:
@@ -170,7 +169,7 @@ def read_history(folder: str | os.PathLike) -> list[CycleRecord]:
     """The records of ``folder``'s cycles for readers (the status command, an export, the Scipion
     viewer), whether the session keeps them here or, from an older version, in session.json."""
     folder = Path(folder)
-    path = folder / HISTORY_FILE
+    path = folder / HISTORY
     if path.exists():
         return _parse(path)
     try:

@@ -8,7 +8,8 @@ import pytest
 from test_session import SMALL, small_session
 
 from live2d.cli import main as cli_main
-from live2d.history import HISTORY_FILE, CycleHistory, CycleRecord, read_class_table, read_history
+from live2d.history import CycleHistory, CycleRecord, read_class_table, read_history
+from live2d.output_folder import HISTORY
 from live2d.schedule import Settings
 from live2d.session import Session
 
@@ -27,9 +28,9 @@ def test_records_are_appended_and_changes_apply_to_the_earlier_record(tmp_path):
     history = CycleHistory(tmp_path)
     history.append(record(0, star_kept=True))
     history.append(record(1, star_kept=True))
-    before = (tmp_path / HISTORY_FILE).read_bytes()
+    before = (tmp_path / HISTORY).read_bytes()
     history.change(0, star_kept=False)
-    after = (tmp_path / HISTORY_FILE).read_bytes()
+    after = (tmp_path / HISTORY).read_bytes()
     assert after.startswith(before) and after.count(b"\n") == 3  # appended, nothing rewritten
     expected = [record(0, star_kept=False), record(1, star_kept=True)]
     assert history.records == expected
@@ -38,25 +39,25 @@ def test_records_are_appended_and_changes_apply_to_the_earlier_record(tmp_path):
 
 def test_a_torn_last_line_is_skipped_by_readers_and_cut_by_the_next_writer(tmp_path):
     CycleHistory(tmp_path).append(record(0))
-    with open(tmp_path / HISTORY_FILE, "ab") as handle:  # a kill mid-append
+    with open(tmp_path / HISTORY, "ab") as handle:  # a kill mid-append
         handle.write(b'{"number": 1, "class_cou')
     assert read_history(tmp_path) == [record(0)]
     history = CycleHistory(tmp_path)
     history.append(record(1))
     assert read_history(tmp_path) == [record(0), record(1)]
-    assert (tmp_path / HISTORY_FILE).read_text().count("\n") == 2
+    assert (tmp_path / HISTORY).read_text().count("\n") == 2
 
 
 def test_a_record_is_one_sorted_json_line_and_other_versions_records_load(tmp_path):
     history = CycleHistory(tmp_path)
     history.append(record(0, class_score=[0.9, 0.1], class_table="cycle_000_classes.json"))
-    line = (tmp_path / HISTORY_FILE).read_text()
+    line = (tmp_path / HISTORY).read_text()
     assert line == json.dumps(dataclasses.asdict(history.records[0]), separators=(",", ":"),
                               sort_keys=True) + "\n"
     older = {k: v for k, v in record(1).to_dict().items() if k not in ("left_out", "class_table")}
     newer = {**record(2).to_dict(), "comes_later": 1}
     lacking = {k: v for k, v in record(3).to_dict().items() if k != "star"}
-    with open(tmp_path / HISTORY_FILE, "a") as handle:
+    with open(tmp_path / HISTORY, "a") as handle:
         for value in (older, newer, lacking, {"change": 2, "star_kept": False, "later": 2}):
             handle.write(json.dumps(value) + "\n")
     assert read_history(tmp_path) == [history.records[0], record(1), record(2, star_kept=False)]
@@ -82,7 +83,7 @@ def test_a_cycle_adds_one_line_and_session_json_does_not_grow(tmp_path):
 
     def after_cycle(event):
         if event["type"] == "cycle":
-            seen.append(((out / HISTORY_FILE).read_bytes(), (out / "session.json").stat().st_size))
+            seen.append(((out / HISTORY).read_bytes(), (out / "session.json").stat().st_size))
 
     session.add_listener(after_cycle)
     assert session.run_job("abinit") and session.run_job("seeded")
@@ -107,7 +108,7 @@ def test_a_session_of_an_earlier_version_moves_its_history_out_and_resumes(tmp_p
     old = {**state, "version": 1,  # as version 1 wrote it
            "history": [r.to_dict() for r in read_history(out)]}
     (out / "session.json").write_text(json.dumps(old))
-    (out / HISTORY_FILE).unlink()
+    (out / HISTORY).unlink()
     assert [r.number for r in read_history(out)] == [0]  # readers manage either way
 
     resumed = Session(warp)
