@@ -43,7 +43,7 @@ _remaking = threading.Lock()  # one cycle's thumbnails at a time: its classes ar
 
 
 def remake_thumbnails(root: Path, name: str) -> None:
-    """The thumbnails of an older cycle, pruned to save space (Session._prune_results), made
+    """The thumbnails of an older cycle, pruned to save space (CycleHistory.prune_results), made
     again from its class averages when a page asks for one."""
     match = THUMBNAIL.match(name)
     assert match is not None
