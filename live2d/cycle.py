@@ -24,13 +24,14 @@ import numpy as np
 from live2d import cistem_star
 from live2d.atomic import atomic_write_json
 from live2d.class_quality import ClassQuality, assess_classes
-from live2d.engines import CycleParams, CycleRequest, Engine, Progress
+from live2d.engines import CycleParams, CycleRequest, Engine, Progress, StreamBatch
 from live2d.errors import EngineError, SessionError
 from live2d.history import CycleRecord
 from live2d.mrc import mark_image_stack, read_images
 from live2d.output_folder import OutputFolder
 from live2d.schedule import CycleSpec, Settings
 from live2d.source_images import open_images
+from live2d.streaming import UpdatePlan, plan_update
 from live2d.thumbnails import write_thumbnails
 from live2d.warp import WarpSettings, implausible_rows
 
@@ -88,6 +89,7 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
     output.work.mkdir(exist_ok=True)
     n = _write_input(files.input_star, previous, inputs)
     left_out = _left_out(store, n)
+    update = plan_update(previous, n, settings, number) if spec.kind == "stream" else None
     request = CycleRequest(
         stack=store.images_path,
         star_in=files.input_star,
@@ -95,14 +97,18 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
         classes_out=output.work / files.classes.name,
         params=cycle_params(spec, inputs),
         n_classes=settings.classes if spec.kind == "start" else len(previous.class_counts),
-        classes_in=output / previous.classes if spec.kind == "refine" else None,
+        classes_in=output / previous.classes if spec.kind != "start" else None,
         workdir=output.work,
         threads=settings.threads,
         seed=settings.seed + number,
+        batches=_stream_batches(update, output),
     )
-    log.info(f"cycle {number} (job {job.number} {job.job_type}, {spec.block} "
-             f"{spec.block_cycle}): {n} particles, {request.params.high_res:.1f} Å, "
-             f"{spec.fraction:.0%} used")
+    if update is None:
+        log.info(f"cycle {number} (job {job.number} {job.job_type}, {spec.block} "
+                 f"{spec.block_cycle}): {n} particles, {request.params.high_res:.1f} Å, "
+                 f"{spec.fraction:.0%} used")
+    else:
+        _log_update(number, job, update, request.params.high_res)
     started = time.time()
 
     def report(p: Progress) -> None:
@@ -115,6 +121,8 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
         if spec.kind == "start":
             result = engine.start_classes(request, report, inputs.cancel)
             shutil.copyfile(files.input_star, request.star_out)  # unassigned: the next input
+        elif spec.kind == "stream":
+            result = engine.run_update(request, report, inputs.cancel)
         else:
             result = engine.run_cycle(request, report, inputs.cancel)
         for line in result.log:
@@ -130,6 +138,11 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
         atomic_write_json(files.class_table, [q.to_dict() for q in quality])
     request.classes_out.replace(files.classes)
     request.star_out.replace(files.star)
+    if update is not None:  # named by no record until this cycle's is appended
+        output.stream_sums.mkdir(exist_ok=True)
+        for batch in request.batches:
+            if batch.classify:
+                batch.sums.replace(output.stream_sums / batch.sums.name)
     record = CycleRecord(
         number=number, job=job.number, job_type=job.job_type, block=spec.block,
         block_cycle=spec.block_cycle, job_cycle=spec.index + 1, job_cycles=len(job.plan),
@@ -143,8 +156,40 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
         class_score=[q.score for q in quality],
         class_table=files.relative(files.class_table) if quality else "",
         left_out=left_out,
+        **(_update_fields(update) if update is not None else {}),
     )
     return FinishedCycle(record, request.params)
+
+
+def _stream_batches(update: UpdatePlan | None, output: OutputFolder) -> tuple[StreamBatch, ...]:
+    """The engine's view of an update's batches: those classified now write their sums to the
+    work folder (moved to stream/ when the cycle is published), the others' are read."""
+    if update is None:
+        return ()
+    out = []
+    for batch in update.batches:
+        kept = batch.sums_path(output)
+        classify = batch.start in update.classify
+        out.append(StreamBatch(batch.start, batch.stop,
+                               output.work / kept.name if classify else kept, classify))
+    return tuple(out)
+
+
+def _update_fields(update: UpdatePlan) -> dict[str, Any]:
+    return {"batches": [[b.start, b.stop, b.aligned] for b in update.batches],
+            "new_particles": update.new_particles, "revisited": update.revisited,
+            "revisit_credit": update.credit}
+
+
+def _log_update(number: int, job: JobState, update: UpdatePlan, high_res: float) -> None:
+    if update.first:
+        what = (f"first update: all {update.classified:,} particles, "
+                f"{update.new_particles:,} of them new, go into {len(update.batches)} batches "
+                "and are classified against the classes")
+    else:
+        what = (f"{update.new_particles:,} new particles, {update.revisited:,} re-visited, "
+                f"{len(update.batches)} batches in the classes")
+    log.info(f"cycle {number} (job {job.number}, streaming update) at {high_res:.1f} Å: {what}")
 
 
 def cycle_params(spec: CycleSpec, inputs: CycleInputs) -> CycleParams:

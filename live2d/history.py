@@ -71,6 +71,13 @@ class CycleRecord:
     # Of ``particles``, those whose source stack changed or vanished since import (read in
     # place): not in this cycle's classes, whatever its fraction.
     left_out: int = 0
+    # A streaming update's (live2d.streaming): the batches its classes are made of, as
+    # [start, stop, cycle that classified it]; the particles it classified that were not in the
+    # previous classes, and those it classified again; the re-visit budget it left.
+    batches: list[list[int]] = field(default_factory=list)
+    new_particles: int = 0
+    revisited: int = 0
+    revisit_credit: int = 0
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CycleRecord:
@@ -102,6 +109,7 @@ class CycleHistory:
             log.warning("%s ended in a torn line (a kill mid-write): cut off; that cycle runs "
                         "again", self.path)
         self.records: list[CycleRecord] = _parse(self.path)
+        self._pruned_to = 0  # records before this one were pruned as far as they will be
 
     def __len__(self) -> int:
         return len(self.records)
@@ -118,17 +126,22 @@ class CycleHistory:
 
     def prune_results(self, keep: int) -> list[int]:
         """Beyond the latest ``keep`` cycles, delete the per-particle stars, except each job's
-        last cycle (the one a later job continues from), and the thumbnails (the page makes
+        last cycle (the one a later job continues from; not so for streaming updates, one job
+        each, which only the next update continues from), and the thumbnails (the page makes
         them again from the cycle's averages when someone looks: live2d.server). Returns the
-        cycles whose stars were deleted."""
+        cycles whose stars were deleted. Only the cycles that left the kept window since the
+        last call are looked at: its cost does not grow with the session."""
         folder = self.path.parent
-        last_of_job = {r.job: r.number for r in self.records}
         pruned = []
-        for record in self.records[:-keep]:
+        end = max(0, len(self.records) - keep)
+        for index in range(min(self._pruned_to, end), end):
+            record = self.records[index]
+            later = self.records[index + 1] if index + 1 < len(self.records) else None
+            last_of_job = later is None or later.job != record.job
             changes = {}
             if record.thumbnails_kept:
                 changes["thumbnails_kept"] = False
-            if record.star_kept and last_of_job[record.job] != record.number:
+            if record.star_kept and not (last_of_job and record.job_type != "stream"):
                 changes["star_kept"] = False
             if not changes:
                 continue
@@ -138,6 +151,7 @@ class CycleHistory:
                 (folder / record.star).unlink(missing_ok=True)
                 pruned.append(record.number)
             shutil.rmtree(folder / record.thumbnails, ignore_errors=True)
+        self._pruned_to = max(self._pruned_to, end)
         if pruned:
             log.debug("per-particle results of cycle(s) %s pruned (keeping the latest %d)",
                       ", ".join(map(str, pruned)), keep)

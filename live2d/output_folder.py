@@ -16,6 +16,8 @@ A session's output folder (``--output``; ``<Warp folder>/classification`` by def
     cycle_NNN_classes.json       its class table: resolution, score, reasons (live2d.class_quality)
     thumbnails/cycle_NNN/class_KKK.png   the page's images of its classes (pruned, made again)
     exports/good_cycle_NNN.star  the page's exports of good particles
+    stream/batch_S_cNNN.pt       a streaming batch's class sums: particles from S, classified
+                                   in cycle NNN                        (live2d.streaming)
     yield_squares.csv            good particles per grid square, per foil hole, per micrograph
     yield_holes.csv                of the latest scored cycle           (live2d.collection_yield)
     yield_micrographs.csv
@@ -46,6 +48,7 @@ IMPORT_STATE = "import.json"
 THUMBNAILS = "thumbnails"
 EXPORTS = "exports"
 WORK = "work"
+STREAM_SUMS = "stream"
 YIELD_SQUARES = "yield_squares.csv"
 YIELD_HOLES = "yield_holes.csv"
 YIELD_MICROGRAPHS = "yield_micrographs.csv"
@@ -71,6 +74,13 @@ def cycle_stem(number: int) -> str:
 def thumbnail_name(class_number: int) -> str:
     """A class's thumbnail inside its cycle's thumbnail folder (classes count from 1)."""
     return f"class_{class_number:03d}.png"
+
+
+def batch_sums_name(start: int, cycle: int) -> str:
+    """The kept class sums of the streaming batch from particle ``start``, classified in
+    ``cycle``: one file per classification, so a batch classified again gets a new file and a
+    kill never leaves a file that two records mean differently."""
+    return f"batch_{start:09d}_{cycle_stem(cycle)}.pt"
 
 
 def export_name(cycle: int) -> str:
@@ -112,6 +122,7 @@ class OutputFolder:
         self.import_state = self.root / IMPORT_STATE
         self.work = self.root / WORK
         self.exports = self.root / EXPORTS
+        self.stream_sums = self.root / STREAM_SUMS
 
     def __truediv__(self, name: str | os.PathLike) -> Path:
         """A file named relative to the folder, as cycle records name theirs."""

@@ -1,6 +1,7 @@
-"""What to run and when: settings, the three job types of Live2D, and the automatic triggers.
+"""What to run and when: settings, the job types of Live2D, and the automatic triggers.
 
-Job types (as in the original Live2D, which mirrors the cisTEM GUI's classification panel):
+Job types (the first three as in the original Live2D, which mirrors the cisTEM GUI's
+classification panel):
 
 * ``abinit``: random-start classes at the initial high-resolution limit from a subset of about
   ``particles_per_class`` particles per class, ``startup_cycles`` cycles ramping the limit linearly
@@ -8,6 +9,12 @@ Job types (as in the original Live2D, which mirrors the cisTEM GUI's classificat
   particles. The next automatic job is seeded.
 * ``seeded``: the same ramp with all particles, starting from the latest classes.
 * ``refine``: only the refinement cycles, from the latest classes.
+* ``stream``: one update (:mod:`live2d.streaming`): the particles that arrived since the last one
+  are classified against the current classes at the final limit and folded into the kept class
+  sums, with a budget of older particles re-visited; its cost does not grow with the session.
+  Once classes exist, automatic jobs continue as updates with engines that stream.
+
+``JOB_TYPES`` only ever grows at its end: Scipion stores the chosen type's index.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from typing import Any
 
 from live2d.errors import SettingsError
 
-JOB_TYPES = ("abinit", "seeded", "refine")
-JOB_LABELS = {"abinit": "Ab initio", "seeded": "Seeded startup", "refine": "Refinement"}
+JOB_TYPES = ("abinit", "seeded", "refine", "stream")
+JOB_LABELS = {"abinit": "Ab initio", "seeded": "Seeded startup", "refine": "Refinement",
+              "stream": "Streaming"}
 
 
 def _spec(default: Any, label: str, *, lo: float | None = None, hi: float | None = None,
@@ -65,8 +73,13 @@ class Settings:
              "job during collection once the classes show distinct views (often after about "
              "50,000 particles). Refinement: only the cycles at the final limit, from the latest "
              "classes; the quickest way to take in new particles once the classes are very good "
-             "and seeded startups take hours, but prone to getting stuck in local minima. After "
-             "an ab initio job the automatic jobs continue as seeded startups.")
+             "and seeded startups take hours, but prone to getting stuck in local minima. "
+             "Streaming: one update that classifies only the particles that arrived since the "
+             "last one, at the final limit, against the latest classes, and adds them to the "
+             "classes (re-visiting some older particles too: Re-visited per new particle); its "
+             "cost does not grow with the session, so the classes keep up with the microscope. "
+             "After an ab initio job the automatic jobs continue as streaming updates (as "
+             "seeded startups with the cisTEM engine, which does not stream yet).")
     classes: int = _spec(
         50, "Number of classes", lo=1, hi=1000,
         help="How many 2D classes an ab initio job creates; seeded startups and refinements "
@@ -117,6 +130,24 @@ class Settings:
              "whether Warp picks a good variety of views; late in a session jobs may take "
              "longer than collecting this many, and the next one then starts when the running "
              "one ends.")
+    stream_every: int = _spec(
+        10_000, "New particles before a streaming update", lo=1, hi=100_000_000,
+        help="Number of new particles that starts the next streaming update (Classification "
+             "type Streaming). At 150,000 picks an hour this is an update every 4 minutes; "
+             "updates cost in proportion to the particles they take in, so smaller values give "
+             "fresher classes at a little more overhead per particle.")
+    stream_interval: float = _spec(
+        300.0, "Longest wait for a streaming update", lo=1.0, hi=86_400.0, unit="s",
+        help="A streaming update also starts when this long has passed since the last one and "
+             "any new particle has arrived, so slow collection still shows in the classes "
+             "within minutes.")
+    stream_revisit: float = _spec(
+        0.5, "Re-visited per new particle", lo=0.0, hi=100.0,
+        help="How many older particles each streaming update classifies again against the "
+             "improved classes, per new particle, least recently aligned first (whole batches "
+             "of earlier updates; their old contribution to the classes is replaced). New "
+             "particles always come first. 0 never re-aligns older particles; 1 spends as "
+             "much time on re-visits as on new particles.")
     catch_up_after: float = _spec(
         600.0, "Quiet time before catching up", lo=0.0, hi=86_400.0, unit="s",
         help="When no new particle has arrived for this long (collection paused or ended), "
@@ -335,8 +366,8 @@ class CycleSpec:
     """One cycle of a job's plan."""
 
     index: int  # 0-based position in the job
-    kind: str  # "start" (random-start classes) or "refine"
-    block: str  # "start", "startup" or "refinement"
+    kind: str  # "start" (random-start classes), "refine" or "stream" (an update)
+    block: str  # "start", "startup", "refinement" or "update"
     block_cycle: int  # 1-based position within its block
     high_res: float
     fraction: float
@@ -362,6 +393,8 @@ def plan_job(job_type: str, settings: Settings, n_particles: int) -> list[CycleS
     """The cycles of one job of ``job_type`` over ``n_particles`` particles."""
     if job_type not in JOB_TYPES:
         raise ValueError(f"unknown job type {job_type!r}: one of {', '.join(JOB_TYPES)}")
+    if job_type == "stream":
+        return [CycleSpec(0, "stream", "update", 1, settings.high_res_final, 1.0)]
     specs: list[tuple[str, str, float, float]] = []
     subset = subset_fraction(settings, n_particles)
     if job_type == "abinit":
@@ -379,20 +412,30 @@ def plan_job(job_type: str, settings: Settings, n_particles: int) -> list[CycleS
     return plan
 
 
-def next_job_type(finished: str) -> str:
-    """After an ab initio job, automatic jobs continue as seeded startups."""
-    return "seeded" if finished == "abinit" else finished
+def next_job_type(finished: str, streams: bool = True) -> str:
+    """After an ab initio job, automatic jobs continue as streaming updates, or as seeded
+    startups with an engine that does not stream (``streams``)."""
+    if finished == "abinit":
+        return "stream" if streams else "seeded"
+    return finished
 
 
 def automatic_job_due(settings: Settings, n_particles: int, n_at_last_job: int | None,
-                      quiet_seconds: float = 0.0) -> bool:
-    """First job at ``first_job_at`` particles; then every ``update_every`` new particles; and,
-    once no particle has arrived for ``catch_up_after`` seconds (``quiet_seconds`` so far), a
-    job for any particles not classified yet (at least one per class)."""
+                      quiet_seconds: float = 0.0, since_last_job: float = 0.0) -> bool:
+    """First job at ``first_job_at`` particles; then every ``update_every`` new particles (for
+    streaming updates: every ``stream_every``, or after ``stream_interval`` seconds since the
+    last job, ``since_last_job``, with any new particle); and, once no particle has arrived
+    for ``catch_up_after`` seconds (``quiet_seconds`` so far), a job for any particles not
+    classified yet (at least one per class)."""
+    new = n_particles - (n_at_last_job or 0)
     if n_at_last_job is None:
         if n_particles >= settings.first_job_at:
             return True
-    elif n_particles - n_at_last_job >= settings.update_every:
+    elif settings.mode == "stream":
+        if new >= settings.stream_every or (new > 0 and
+                                            since_last_job >= settings.stream_interval):
+            return True
+    elif new >= settings.update_every:
         return True
     return (0 < settings.catch_up_after <= quiet_seconds
             and n_particles > (n_at_last_job or 0) and n_particles >= settings.classes)
@@ -407,7 +450,7 @@ class AutomaticTrigger:
 
     def __init__(self) -> None:
         self._seen = -1  # the particle count at the last poll
-        self._grew_at = time.monotonic()
+        self._grew_at = self._job_at = time.monotonic()
         self._caught_up = 0
 
     def due(self, settings: Settings, n_particles: int, n_at_last_job: int | None,
@@ -416,11 +459,13 @@ class AutomaticTrigger:
         now = time.monotonic()
         if n_particles != self._seen:
             self._seen, self._grew_at = n_particles, now
-        if job_in_progress or automatic_job_due(settings, n_particles, n_at_last_job):
+        if job_in_progress or automatic_job_due(settings, n_particles, n_at_last_job,
+                                                since_last_job=now - self._job_at):
+            self._job_at = now
             return True, ""
         quiet = now - self._grew_at if n_particles > self._caught_up else 0.0
         if automatic_job_due(settings, n_particles, n_at_last_job, quiet):
-            self._caught_up = n_particles
+            self._caught_up, self._job_at = n_particles, now
             return True, (f"no new particles for {quiet:.0f} s: classifying the "
                           f"{n_particles - (n_at_last_job or 0):,} not classified yet")
         return False, ""

@@ -42,6 +42,7 @@ from live2d.selection import ClassSelection
 from live2d.session_state import JobState, open_state
 from live2d.sources import ParticleFeed
 from live2d.store import ParticleStore
+from live2d.streaming import drop_unreferenced
 
 if TYPE_CHECKING:
     from live2d.executors import Executor
@@ -136,6 +137,7 @@ class Session:
             self.output_dir, self._history, self._lock,
             lambda summary: self._emit({"type": "selection", "selection": summary}))
         self._clean_work_dir()
+        drop_unreferenced(self.output, self._records[-1] if self._records else None)
 
     # ----------------------------------------------------------------- state and persistence
     @property
@@ -288,6 +290,10 @@ class Session:
         if job_type != "abinit" and self.latest_cycle() is None:
             self._log(f"no classes yet for these particles: running ab initio, not {job_type}")
             job_type = "abinit"
+        if job_type == "stream" and not self.engine.streams:
+            self._log(f"the {self.engine.name} engine does not run streaming updates yet: "
+                      "running a seeded startup")
+            job_type = "seeded"
         n = self.store.count
         if n < 1 and self.missing:
             raise SessionError(f"nothing to classify yet: {self.missing}")
@@ -341,7 +347,7 @@ class Session:
             with self._lock:
                 self.state.job = None
                 self.state.particles_at_last_job = self.latest_cycle().particles
-                mode = next_job_type(job.job_type)
+                mode = next_job_type(job.job_type, self.engine.streams)
                 self.state.change_settings({"mode": mode})
                 self._write_state()
             self._log(f"job {job.number} finished; the next automatic job is {mode}")
@@ -464,8 +470,8 @@ class Session:
 
     def _run_cycle(self, job: JobState) -> None:
         spec = job.spec(job.next_index)
-        previous = self.latest_cycle() if spec.kind == "refine" else None
-        if spec.kind == "refine" and previous is None:
+        previous = self.latest_cycle() if spec.kind != "start" else None
+        if previous is None and spec.kind != "start":
             raise SessionError("a refinement cycle needs classes and none exist: start ab initio")
         inputs = CycleInputs(self.output, self.store, self.settings,
                              self.importer.source_settings(), self.engine, self._cancel,
@@ -487,6 +493,7 @@ class Session:
             self.state.job.failures = 0
             self._write_state()
         self._clean_work_dir()
+        drop_unreferenced(self.output, record)
         if record.assessed:
             self._write_yield(record)
         with self._lock:

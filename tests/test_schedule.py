@@ -54,8 +54,9 @@ def test_single_startup_cycle_goes_straight_to_final():
     assert ramp(40.0, 8.0, 0) == []
 
 
-def test_after_abinit_comes_seeded():
-    assert next_job_type("abinit") == "seeded"
+def test_after_abinit_come_streaming_updates_or_seeded_startups():
+    assert next_job_type("abinit") == "stream"
+    assert next_job_type("abinit", streams=False) == "seeded"
     assert next_job_type("refine") == "refine"
 
 
@@ -80,7 +81,7 @@ def test_automatic_triggers():
     ({"classes": "5"}, "must be a number"),
     ({"classes": True}, "must be a number"),
     ({"high_res_final": float("nan")}, "finite"),
-    ({"mode": "fast"}, "one of abinit, seeded, refine"),
+    ({"mode": "fast"}, "one of abinit, seeded, refine, stream"),
     ({"auto_center": "yes"}, "true or false"),
     ({"bogus": 1}, "unknown setting"),
     ({"high_res_initial": 8.0, "high_res_final": 20.0}, "must not be coarser"),
@@ -150,7 +151,7 @@ def test_cli_setting_options_take_their_help_from_settings(capsys):
     assert set(run.SETTING_OPTIONS) <= {spec["name"] for spec in Settings.specs()}
     for name in run.SETTING_OPTIONS:
         assert actions[name].help.replace("%%", "%") == Settings.describe(name), name
-    assert actions["mode"].choices == ("abinit", "seeded", "refine")
+    assert actions["mode"].choices == ("abinit", "seeded", "refine", "stream")
     with pytest.raises(SystemExit):
         cli_main(["run", "--help"])
     shown = " ".join(capsys.readouterr().out.split())

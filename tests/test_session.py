@@ -56,7 +56,7 @@ def test_run_once_writes_every_cycle_and_the_history(warp, capsys):
     assert [c.number for c in history] == [0, 1, 2, 3]
     assert [c.block for c in history] == ["start", "startup", "startup", "refinement"]
     assert [c.high_res for c in history] == [30.0, 30.0, 12.0, 12.0]
-    assert state["job"] is None and state["settings"]["mode"] == "seeded"
+    assert state["job"] is None and state["settings"]["mode"] == "stream"
     for cycle in history:
         assert cycle.particles == 240 and cycle.engine.startswith("builtin")
         assert len(cycle.class_counts) == 4 and cycle.finished >= cycle.started
@@ -78,7 +78,7 @@ def test_run_once_writes_every_cycle_and_the_history(warp, capsys):
     assert not (out / "work").exists()
     assert cli_main(["status", str(warp)]) == 0
     table = capsys.readouterr().out
-    assert "refinement" in table and "next job: seeded" in table
+    assert "refinement" in table and "next job: stream" in table
     assert "classes of cycle 3" in table and "proposed good" in table
     assert "KB per particle" in table and "GB free" in table
     last = json.loads((out / history[-1].class_table).read_text())

@@ -4,7 +4,8 @@ Without --once it runs automatic jobs until Ctrl-C or SIGTERM; a stop abandons t
 and a restart resumes the job at that cycle. It may start before Warp does: on a folder without
 Warp's previous.settings it says so once and waits for it. With --once it imports what is there,
 runs one job (finishing an unfinished one first) and exits: 0 on success, 1 with a one-line reason
-on failure, including when there is nothing to classify yet.
+on failure, including when there is nothing to classify yet (or, for a streaming update, no
+classes yet).
 """
 
 from __future__ import annotations
@@ -132,6 +133,12 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         if args.once:
+            if session.job is None and session.settings.mode == "stream" and \
+                    session.latest_cycle() is None:
+                print("live2d run: a streaming update needs classes and there are none yet: "
+                      "run an ab initio job first (live2d run --once --mode abinit)",
+                      file=sys.stderr)
+                return 1
             finished = session.run_job()
             return 0 if finished else 130
         session.run_automatic()

@@ -11,6 +11,7 @@ from live2d.engines.base import (
     Engine,
     Progress,
     ProgressCallback,
+    StreamBatch,
     class_counts,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "Engine",
     "Progress",
     "ProgressCallback",
+    "StreamBatch",
     "class_counts",
     "make_engine",
 ]

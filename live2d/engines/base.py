@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from live2d.errors import EngineError
+
 
 @dataclass(frozen=True)
 class CycleParams:
@@ -38,6 +40,22 @@ class CycleParams:
 
 
 @dataclass(frozen=True)
+class StreamBatch:
+    """One batch of a streaming update (:meth:`Engine.run_update`): particles ``start`` to
+    ``stop`` (stack order) and the file of their kept contribution to the class sums, which the
+    engine writes when it classifies them now (``classify``) and reads otherwise."""
+
+    start: int
+    stop: int
+    sums: Path
+    classify: bool
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
 class CycleRequest:
     """One cycle asked of an engine, as paths in and out (cisTEM's formats): the particle stack
     and its star, where the star and the class averages go, and the parameters."""
@@ -52,6 +70,9 @@ class CycleRequest:
     workdir: Path | None = None  # scratch for temporary files; the engine removes what it made
     threads: int = 1
     seed: int = 0
+    # A streaming update's batches, in order; together they cover every particle in the
+    # classes (run_update only).
+    batches: tuple[StreamBatch, ...] = ()
 
 
 @dataclass
@@ -92,6 +113,9 @@ class Engine(ABC):
     # Whether the engine reads one MRC stack of every particle (refine2d does); if not, the
     # store may read Warp's own stacks in place (live2d.source_images) instead of copying them.
     needs_particle_stack: bool = True
+    # Whether run_update exists: streaming updates that classify only some batches and keep
+    # every batch's contribution to the class sums.
+    streams: bool = False
 
     @abstractmethod
     def start_classes(
@@ -104,6 +128,16 @@ class Engine(ABC):
         self, request: CycleRequest, progress: ProgressCallback, cancel: threading.Event
     ) -> CycleResult:
         """Classify every used particle against ``request.classes_in``; write star and classes."""
+
+    def run_update(
+        self, request: CycleRequest, progress: ProgressCallback, cancel: threading.Event
+    ) -> CycleResult:
+        """A streaming update: classify the particles of ``request.batches`` marked
+        ``classify`` against ``request.classes_in`` and write their sums; the classes are made
+        from every batch's sums, added in batch order. The star written holds every particle:
+        the others keep their rows of ``request.star_in``."""
+        raise EngineError(f"the {self.name} engine does not run streaming updates yet: use "
+                          "seeded startup or refinement jobs with it")
 
     def describe(self) -> str:
         """One line for the log: engine name, version, device."""

@@ -98,21 +98,51 @@ def merge_partials(total: ClassSums, partials: list[Partial]) -> dict[str, np.nd
             for name in RESULT_NAMES}
 
 
-def class_averages(sums: ClassSums, geometry: Geometry,
-                   band: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-    """Class averages (K, box, box) from the sums, and the classes that stayed empty.
-    ``band``: the working box's band mask."""
+@dataclass
+class ReducedSums:
+    """Class sums turned back to each class's own frame and summed over angles: what the
+    averages are made of, independent of the angle grid (so a streaming update's kept sums of
+    one batch can be added to another's made with other angles). ``numerators`` (K, W, W):
+    CTF-weighted particle images; ``denominators`` (K, W, W/2+1): their CTF² weights;
+    ``mass`` (K,): likelihood weight per class."""
+
+    numerators: torch.Tensor
+    denominators: torch.Tensor
+    mass: torch.Tensor
+
+    def add(self, other: ReducedSums) -> None:
+        self.numerators += other.numerators
+        self.denominators += other.denominators
+        self.mass += other.mass
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {"numerators": self.numerators, "denominators": self.denominators,
+                "mass": self.mass}
+
+
+def reduce_sums(sums: ClassSums, geometry: Geometry) -> ReducedSums:
+    """``sums``' frames turned back by their angles and summed per class (on the CPU)."""
     k, r = len(sums.mass), len(geometry.psi)
-    w, c = geometry.working, geometry.cropped
+    w = geometry.working
     half = w // 2 + 1
     angles = -np.tile(geometry.psi, k)
     numerators = rotate(torch.fft.irfft2(sums.sums, s=(w, w)).cpu(), angles)
-    numerators = numerators.view(k, r, w, w).sum(dim=1)
     denominators = rotate_half_spectra(sums.weights.cpu(), angles)
-    denominators = denominators.view(k, r, w, half).sum(dim=1)
+    return ReducedSums(numerators.view(k, r, w, w).sum(dim=1),
+                       denominators.view(k, r, w, half).sum(dim=1), sums.mass.cpu().clone())
+
+
+def class_averages(sums: ClassSums | ReducedSums, geometry: Geometry,
+                   band: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Class averages (K, box, box) from the sums, and the classes that stayed empty.
+    ``band``: the working box's band mask."""
+    reduced = sums if isinstance(sums, ReducedSums) else reduce_sums(sums, geometry)
+    numerators, denominators, mass = reduced.numerators, reduced.denominators, reduced.mass
+    k = len(mass)
+    w, c = geometry.working, geometry.cropped
+    half = w // 2 + 1
     band = band.cpu()
     level = (denominators * band).flatten(1).sum(dim=1) / band.sum().clamp_min(1)
-    mass = sums.mass.cpu()
     empty = [i for i in range(k) if float(mass[i]) < EMPTY_CLASS_WEIGHT
              or float(level[i]) <= 1e-8]
     spectra = torch.fft.rfft2(numerators) / (denominators + WIENER_CONSTANT *

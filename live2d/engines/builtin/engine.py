@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,23 +22,29 @@ import pandas as pd
 import torch
 
 from live2d import cistem_star
+from live2d.atomic import replacing
 from live2d.cistem_star import StarFormatError
 from live2d.engines.base import (
+    CycleParams,
     CycleRequest,
     CycleResult,
     Engine,
     Progress,
     ProgressCallback,
+    StreamBatch,
     class_counts,
 )
 from live2d.engines.builtin.averages import (
+    ClassSums,
     Partial,
+    ReducedSums,
     class_averages,
     finish_classes,
     merge_partials,
+    reduce_sums,
     reseed,
 )
-from live2d.engines.builtin.geometry import plan_geometry
+from live2d.engines.builtin.geometry import Geometry, plan_geometry
 from live2d.engines.builtin.io import (
     CTF_COLUMNS,
     RESULT_NAMES,
@@ -71,6 +78,7 @@ class BuiltinEngine(Engine):
     place; a distributed executor runs each cycle's chunks of batches on its workers."""
     name = "builtin"
     needs_particle_stack = False
+    streams = True
 
     def __init__(self, device: str = "auto", batch_size: int | None = None,
                  executor: Executor | None = None, chunk_batches: int = CHUNK_BATCHES) -> None:
@@ -202,6 +210,101 @@ class BuiltinEngine(Engine):
         return CycleResult(request.classes_out, request.star_out,
                            class_counts(out_table["2DCLS"], k), len(used), seconds, log)
 
+    # ------------------------------------------------------------------ streaming update
+    def run_update(self, request: CycleRequest, progress: ProgressCallback,
+                   cancel: threading.Event) -> CycleResult:
+        """Classify the batches marked ``classify`` against the current classes, each into sums
+        of its own (turned back to the classes' frames: independent of this update's angle
+        grid), written to the batch's file; the classes come from every batch's sums added in
+        batch order. With the same seed, classes and alignments, an update that classifies
+        every batch gives a full cycle's classes (float rounding apart). Kept sums made with
+        another working box, class count, mask or band are re-made: every batch is
+        classified again, and the log says so."""
+        started = time.monotonic()
+        check_cancel(cancel)
+        torch.set_num_threads(max(1, request.threads))
+        if request.classes_in is None:
+            raise EngineError("a streaming update needs the current class averages")
+        if not request.batches:
+            raise EngineError("a streaming update needs its batches of particles")
+        table, stack = read_inputs(request)
+        params = request.params
+        classes = read_classes(request.classes_in, stack.shape[-1])
+        rng = np.random.default_rng(request.seed)  # drawn as run_cycle draws (same seed: same)
+        n, k, box = len(table), len(classes), stack.shape[-1]
+        if request.batches[-1].stop > n or request.n_classes != k:
+            raise EngineError(f"the update's batches ({request.batches[-1].stop} particles, "
+                              f"{request.n_classes} classes) do not fit {request.star_in} "
+                              f"({n} particles) and {request.classes_in} ({k} classes)")
+        readable = usable(stack, n)
+        used = np.flatnonzero(readable)
+        geometry = plan_geometry(params, box, rng)
+        search = Search(geometry, params, classes, self.device)
+        progress(Progress("noise spectrum", 0.0))
+        search.estimate_noise(stack, rng.permutation(used)[:NOISE_SAMPLE], table)
+        key = sums_key(geometry, params, k)
+        log: list[str] = []
+        stale = [b for b in request.batches if not b.classify and _kept_sums(b, key) is None]
+        todo = [b for b in request.batches if b.classify or b in stale]
+        if stale:
+            log.append(f"kept class sums of {len(stale)} batch(es) do not fit this update "
+                       f"(working box {geometry.working} px, {k} classes, mask "
+                       f"{params.mask_radius:.0f} Å, {params.high_res:.1f}-{params.low_res:.0f} "
+                       "Å): their particles are classified again")
+        total_work = max(1, sum(b.size for b in todo))
+        done_before = 0
+        classified, results_parts, left_out = [], [], []
+        for batch in todo:
+            members = np.arange(batch.start, batch.stop)
+            chosen, skipped = members[readable[members]], members[~readable[members]]
+            if params.exclude_blank_edges and len(chosen):
+                keep = np.concatenate([~blank_edges(stack[part]) for _, part in
+                                       batches(chosen, EDGE_CHECK_BATCH)])
+                chosen, skipped = chosen[keep], np.concatenate([skipped, chosen[~keep]])
+
+            def batch_progress(p: Progress, before: int = done_before,
+                               size: int = batch.size) -> None:
+                progress(Progress(p.stage, (before + p.fraction * size) / total_work,
+                                  p.particles_per_second))
+
+            search.sums = ClassSums.zeros(k, len(geometry.psi), geometry.working, search.device)
+            results = (self._classify(search, stack, table, chosen, request, batch_progress,
+                                      cancel) if len(chosen) else
+                       {name: np.zeros(0) for name in RESULT_NAMES})
+            check_cancel(cancel)
+            _write_sums(batch.sums, reduce_sums(search.sums, geometry), key, len(chosen))
+            classified.append(chosen)
+            results_parts.append(results)
+            left_out.append(skipped)
+            done_before += batch.size
+        progress(Progress("averaging", 1.0))
+        total = ReducedSums(*(torch.zeros(shape) for shape in _sum_shapes(k, geometry.working)))
+        for batch in request.batches:  # in batch order: the same sums give the same classes
+            kept = _kept_sums(batch, key)
+            if kept is None:
+                raise EngineError(f"{batch.sums} cannot be read back")
+            total.add(kept)
+        used_now = np.concatenate(classified) if classified else np.zeros(0, np.int64)
+        results = {name: np.concatenate([part[name] for part in results_parts])
+                   for name in RESULT_NAMES}
+        averages, empty = class_averages(total, geometry, search.band)
+        if empty and len(used_now):
+            averages = reseed(averages, empty, stack, used_now, results, params, geometry)
+        averages = finish_classes(averages, geometry, params, params.auto_center)
+        out_table = updated_table(table, used_now, results,
+                                  np.concatenate(left_out) if left_out else None)
+        cistem_star.write_star(request.star_out, out_table,
+                               [f"Live2D built-in engine, streaming update: {len(used_now)} "
+                                f"of {n} particles classified"])
+        write_classes(request.classes_out, averages, params.pixel_size)
+        seconds = time.monotonic() - started
+        log.append(f"streaming update: {len(used_now)} particles in {len(todo)} batch(es) "
+                   f"classified, {len(request.batches)} batches in the classes")
+        if empty:
+            log.append(f"classes {', '.join(str(c + 1) for c in empty)} were empty: re-seeded")
+        return CycleResult(request.classes_out, request.star_out,
+                           class_counts(out_table["2DCLS"], k), len(used_now), seconds, log)
+
     def _classify(self, search: Search, stack: np.ndarray, table: pd.DataFrame,
                   used: np.ndarray, request: CycleRequest, progress: ProgressCallback,
                   cancel: threading.Event) -> dict[str, np.ndarray]:
@@ -279,6 +382,38 @@ def run_chunk_task(search: Search, task: ChunkTask) -> Partial:
         raise EngineError(f"built-in engine on a worker: cannot read {task.stack}: {exc}") \
             from None
     return classify_chunk(search, stack, task.chunk, task.rows, task.batch_size)
+
+
+# ------------------------------------------------------------------------- kept batch sums
+def sums_key(geometry: Geometry, params: CycleParams, k: int) -> dict[str, float]:
+    """What a batch's kept sums were made with and must match to be added to another's. The
+    angle grid is not part of it: the sums are turned back to the classes' own frames."""
+    return {"classes": k, "box": geometry.box, "cropped": geometry.cropped,
+            "working": geometry.working, "pixel": round(geometry.binned_pixel, 5),
+            "mask": round(params.mask_radius, 3), "high_res": round(params.high_res, 3),
+            "low_res": round(params.low_res, 3), "invert": params.invert_contrast,
+            "normalize": params.normalize}
+
+
+def _sum_shapes(k: int, working: int) -> tuple[tuple[int, ...], ...]:
+    return (k, working, working), (k, working, working // 2 + 1), (k,)
+
+
+def _write_sums(path: Path, sums: ReducedSums, key: dict[str, float], particles: int) -> None:
+    """A batch's sums, written whole (a kill leaves the old file or the new one)."""
+    with replacing(path) as scratch:
+        torch.save({"key": key, "particles": particles, **sums.to_dict()}, scratch)
+
+
+def _kept_sums(batch: StreamBatch, key: dict[str, float]) -> ReducedSums | None:
+    """The batch's kept sums, or None when missing, unreadable or made with another ``key``."""
+    try:
+        kept = torch.load(batch.sums, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError):
+        return None
+    if not isinstance(kept, dict) or kept.get("key") != key:
+        return None
+    return ReducedSums(kept["numerators"], kept["denominators"], kept["mass"])
 
 
 def check_cancel(cancel: threading.Event) -> None:

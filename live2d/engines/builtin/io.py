@@ -87,16 +87,18 @@ def star_column(rows: pd.DataFrame, name: str, device: torch.device) -> torch.Te
                            device=device)
 
 
-def updated_table(table: pd.DataFrame, used: np.ndarray,
-                  results: dict[str, np.ndarray]) -> pd.DataFrame:
-    """``table`` with the ``results`` of the ``used`` particles, the others marked unused."""
+def updated_table(table: pd.DataFrame, used: np.ndarray, results: dict[str, np.ndarray],
+                  unused: np.ndarray | None = None) -> pd.DataFrame:
+    """``table`` with the ``results`` of the ``used`` particles, and ``unused`` (default:
+    every other particle) marked unused; any others keep their rows."""
     out = table.copy()
     for column, default in (("OCC", 100.0), ("LogP", 0), ("SIGMA", 10.0), ("SCORE", 0.0),
                             ("CHANGE", 0.0), ("PSI", 0.0), ("SHX", 0.0), ("SHY", 0.0),
                             ("2DCLS", 0)):
         if column not in out:
             out[column] = default
-    unused = np.setdiff1d(np.arange(len(table)), used)
+    if unused is None:
+        unused = np.setdiff1d(np.arange(len(table)), used)
     out.loc[out.index[unused], "2DCLS"] = -out["2DCLS"].iloc[unused].abs()
     out.loc[out.index[unused], "CHANGE"] = 0.0
     rows = out.index[used]

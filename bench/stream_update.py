@@ -1,0 +1,169 @@
+"""What one streaming update costs as the session grows: the same new particles at every size.
+
+For each session size N it prepares a Warp 1.x folder of N particles (32-px boxes, micrographs
+of 200, as bench/session_growth.py writes them), imports it, and puts in place what a session
+that has streamed up to N would hold: classes, a star of every particle's class and alignment,
+and a streaming record whose batches (of ``stream_every``) each have kept class sums. That state
+is made up (random classes and assignments): classifying N particles first would take the cores
+this measures. Then ``--new`` particles arrive and one update runs with the built-in engine
+(classifying them and the re-visit budget). It prints the update's wall time, the engine's part,
+the rest, and the largest parts of the rest.
+
+    python bench/stream_update.py                          # 20,000 and 200,000 particles
+    python bench/stream_update.py --sizes 20000 1000000 --new 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from session_growth import BOX, PER_MICROGRAPH, PIXEL, grow, new_warp_folder, rss_mb
+
+from live2d import cistem_star, collection_yield, cycle, session
+from live2d.engines.builtin import BuiltinEngine
+from live2d.engines.builtin.averages import ReducedSums
+from live2d.engines.builtin.engine import _write_sums, sums_key
+from live2d.engines.builtin.geometry import plan_geometry
+from live2d.history import CycleHistory, CycleRecord
+from live2d.output_folder import OutputFolder
+from live2d.schedule import Settings, plan_job
+from live2d.session import Session
+from live2d.streaming import Batch
+
+PARTS = defaultdict(float)
+
+
+def timed(owner, name: str, label: str) -> None:
+    """Count the seconds spent in ``owner.name`` under ``label``."""
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        began = time.monotonic()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            PARTS[label] += time.monotonic() - began
+
+    setattr(owner, name, wrapper)
+
+
+def prepare(root: Path, size: int, settings: Settings, rows: list[str]) -> Path:
+    """A Warp folder of ``size`` particles and an output folder that has streamed them all."""
+    warp = new_warp_folder(root)
+    grow(warp, size // PER_MICROGRAPH, rows)
+    out = root / "out"
+    opened = Session(warp, out, engine="builtin", settings=settings)
+    try:
+        opened.import_new()
+        store, source = opened.store, opened.importer.source_settings()
+        generation = store.generation
+        inputs = cycle.CycleInputs(opened.output, store, settings, source, opened.engine,
+                                   threading.Event(), set())
+        table = store.read_table().drop(columns=list(cistem_star.PROVENANCE_COLUMNS),
+                                        errors="ignore")
+    finally:
+        opened.close()
+    output = OutputFolder(out)
+    k = settings.classes
+    spec = plan_job("stream", settings, size)[0]
+    params = cycle.cycle_params(spec, inputs)
+    geometry = plan_geometry(params, BOX, np.random.default_rng(0))
+    key = sums_key(geometry, params, k)
+    rng = np.random.default_rng(1)
+    files = output.cycle(0)
+    with mrcfile.new(files.classes, overwrite=True) as mrc:
+        mrc.set_data(rng.standard_normal((k, BOX, BOX)).astype(np.float32))
+        mrc.voxel_size = PIXEL
+    table["2DCLS"] = rng.integers(1, k + 1, len(table))
+    table["PSI"] = rng.uniform(0, 360, len(table))
+    cistem_star.write_star(files.star, table)
+    output.stream_sums.mkdir(exist_ok=True)
+    w = geometry.working
+    edges = [*range(0, size, settings.stream_every), size]
+    batches = [Batch(a, b, 0) for a, b in itertools.pairwise(edges)]
+    for batch in batches:
+        sums = ReducedSums(torch.rand(k, w, w), torch.rand(k, w, w // 2 + 1) + 1.0,
+                           torch.rand(k) * batch.size / k + 1.0)
+        _write_sums(batch.sums_path(output), sums, key, batch.size)
+    counts = np.bincount(table["2DCLS"] - 1, minlength=k).tolist()
+    record = CycleRecord(
+        number=0, job=1, job_type="stream", block="update", block_cycle=1, job_cycle=1,
+        job_cycles=1, high_res=params.high_res, fraction=1.0, particles=size,
+        class_counts=counts, started=time.time(), finished=time.time(), engine="prepared",
+        generation=generation, particles_per_second=0.0, classes=files.relative(files.classes),
+        star=files.relative(files.star), thumbnails=files.relative(files.thumbnails),
+        batches=[[b.start, b.stop, b.aligned] for b in batches])
+    CycleHistory(out).append(record)
+    state = json.loads(output.session_state.read_text())
+    state.update(jobs_started=1, particles_at_last_job=size)
+    state["settings"]["mode"] = "stream"
+    output.session_state.write_text(json.dumps(state))
+    return warp
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 200_000])
+    parser.add_argument("--new", type=int, default=10_000, help="particles per update")
+    parser.add_argument("--classes", type=int, default=50)
+    parser.add_argument("--high-res", type=float, default=8.0)
+    parser.add_argument("--revisit", type=float, default=0.5, help="stream_revisit")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dir", type=Path, help="work here (default: a temporary folder)")
+    args = parser.parse_args()
+    settings = Settings(classes=args.classes, high_res_final=args.high_res,
+                        high_res_initial=max(40.0, args.high_res), stream_every=args.new,
+                        stream_revisit=args.revisit, threads=args.threads, mode="stream",
+                        angular_step=15.0)
+    timed(BuiltinEngine, "run_update", "engine")
+    timed(cycle, "_write_input", "input star")
+    timed(cycle, "_left_out", "left-out check")
+    timed(cycle, "_assess_classes", "class quality")
+    timed(cycle, "_check_outputs", "output check")
+    timed(session, "write_yield_tables", "yield tables")
+    timed(collection_yield, "write_yield_tables", "_")
+    print(f"built-in engine, {BOX}-px particles at {PIXEL} Å/px, K = {args.classes}, "
+          f"{args.high_res} Å, {args.new:,} new per update, stream_revisit {args.revisit}, "
+          f"{args.threads} threads")
+    print("particles  update s  engine s  outside s  classified  RSS MB  largest parts outside")
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory(dir=args.dir) as scratch:
+            root = Path(scratch)
+            rows: list[str] = []
+            warp = prepare(root, size, settings, rows)
+            grow(warp, args.new // PER_MICROGRAPH, rows)
+            opened = Session(warp, root / "out", engine="builtin")
+            try:
+                opened.import_new()
+                PARTS.clear()
+                began = time.monotonic()
+                assert opened.run_job("stream")
+                seconds = time.monotonic() - began
+                latest = opened.history[-1]
+            finally:
+                opened.close()
+            engine = PARTS.pop("engine", 0.0)
+            PARTS.pop("_", None)
+            parts = ", ".join(f"{name} {value:.1f}" for name, value in
+                              sorted(PARTS.items(), key=lambda item: -item[1])[:4])
+            print(f"{size:9,d}  {seconds:8.1f}  {engine:8.1f}  {seconds - engine:9.1f}  "
+                  f"{latest.new_particles + latest.revisited:10,d}  {rss_mb():6.0f}  {parts}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

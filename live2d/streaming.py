@@ -1,0 +1,136 @@
+"""Streaming updates: which particles an update classifies, and the batches its classes are
+made of.
+
+The particles in the classes are cut into batches in stack order, each the particles of one
+update (or a slice of at most ``stream_every`` of a backlog). Each batch's contribution to the
+class sums is kept in a file of its own (``stream/``, :func:`live2d.output_folder.batch_sums_name`)
+and the classes are made from all of them, added in batch order. An update classifies the
+particles that arrived since the last one as new batches, plus a budget of older batches
+re-visited against the improved classes (``stream_revisit`` re-visited particles per new one,
+least recently aligned first, whole batches; what a batch too large for this update's budget
+leaves is carried to the next as credit). A re-visited batch's new file replaces its old one, so
+nothing is counted twice.
+
+The cycle record is the commit point: a streaming record lists its batches (start, stop and the
+cycle that classified each), so the files in ``stream/`` that the latest record does not name
+are left over from a killed update or an older job and are deleted (:func:`drop_unreferenced`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from live2d.history import CycleRecord
+from live2d.output_folder import OutputFolder, batch_sums_name
+from live2d.schedule import Settings
+
+log = logging.getLogger("live2d")
+
+# A last batch smaller than this share of ``stream_every`` is classified again with the next
+# update's new particles, as one batch: updates triggered by time with a few particles each
+# would otherwise leave thousands of tiny batches.
+SMALL_BATCH_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Particles ``start`` to ``stop`` (stack order), classified in cycle ``aligned``."""
+
+    start: int
+    stop: int
+    aligned: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    def sums_path(self, output: OutputFolder) -> Path:
+        return output.stream_sums / batch_sums_name(self.start, self.aligned)
+
+
+@dataclass(frozen=True)
+class UpdatePlan:
+    """What one update classifies: every batch of the classes in order, those of
+    ``classify`` (new and re-visited, their ``aligned`` already this update's cycle) among
+    them; counts for the log and the record; the re-visit credit carried on."""
+
+    batches: tuple[Batch, ...]
+    classify: frozenset[int]  # starts of the batches classified now
+    new_particles: int  # particles not in the previous classes
+    revisited: int  # particles classified again
+    credit: int  # re-visit budget left for the next update
+    first: bool  # the previous cycle kept no batches: every particle is classified
+
+    @property
+    def classified(self) -> int:
+        return sum(b.size for b in self.batches if b.start in self.classify)
+
+
+def kept_batches(record: CycleRecord | None) -> list[Batch]:
+    """The batches a cycle's classes are made of (none unless it was a streaming update)."""
+    if record is None:
+        return []
+    return [Batch(*map(int, row)) for row in record.batches]
+
+
+def plan_update(previous: CycleRecord, n_particles: int, settings: Settings,
+                cycle: int) -> UpdatePlan:
+    """The update of ``cycle`` over the first ``n_particles`` particles, continuing from
+    ``previous`` (the latest cycle)."""
+    kept = kept_batches(previous)
+    first = not kept
+    covered = kept[-1].stop if kept else 0
+    if covered > n_particles:
+        raise ValueError(f"the classes hold {covered} particles, the store {n_particles}")
+    new_start = covered
+    if kept and covered < n_particles and kept[-1].size < SMALL_BATCH_SHARE * \
+            settings.stream_every:
+        new_start = kept.pop().start  # joins the new particles
+    new = _split(new_start, n_particles, settings.stream_every, cycle)
+    budget = 0 if first else previous.revisit_credit + round(settings.stream_revisit *
+                                                             (n_particles - covered))
+    revisit: set[int] = set()
+    for batch in sorted(kept, key=lambda b: (b.aligned, b.start)):  # least recently first
+        if batch.size > budget:
+            break  # kept for the next update, with the credit this one leaves
+        revisit.add(batch.start)
+        budget -= batch.size
+    if not new and not revisit and kept:  # an update asked for with nothing new: re-visit one
+        oldest = min(kept, key=lambda b: (b.aligned, b.start))
+        revisit.add(oldest.start)
+        budget = 0
+    largest = max((b.size for b in kept), default=settings.stream_every)
+    batches = tuple([Batch(b.start, b.stop, cycle) if b.start in revisit else b for b in kept]
+                    + new)
+    return UpdatePlan(
+        batches=batches,
+        classify=frozenset(revisit | {b.start for b in new}),
+        new_particles=n_particles - previous.particles if first else n_particles - covered,
+        revisited=sum(b.size for b in kept if b.start in revisit),
+        credit=min(max(budget, 0), largest),
+        first=first,
+    )
+
+
+def _split(start: int, stop: int, size: int, cycle: int) -> list[Batch]:
+    """``start`` to ``stop`` in batches of at most ``size``, as even as they come."""
+    count = -(-(stop - start) // size) if stop > start else 0
+    edges = [start + round(i * (stop - start) / count) for i in range(count + 1)] if count else []
+    return [Batch(a, b, cycle) for a, b in itertools.pairwise(edges)]
+
+
+def drop_unreferenced(output: OutputFolder, latest: CycleRecord | None) -> int:
+    """Delete the kept sums ``latest`` does not name (re-visited batches' old files, a killed
+    update's, an older job's). Returns how many went."""
+    if not output.stream_sums.is_dir():
+        return 0
+    keep = {b.sums_path(output).name for b in kept_batches(latest)}
+    dropped = 0
+    for path in output.stream_sums.iterdir():
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+            dropped += 1
+    return dropped

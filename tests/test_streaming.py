@@ -1,0 +1,267 @@
+"""Streaming updates: which batches an update classifies, the built-in engine's kept sums, and
+updates in a session (every particle in the classes once, a kill, the command line)."""
+
+import dataclasses
+import itertools
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import starfile
+import torch
+from test_builtin_engine import BOX, PIXEL, K, N, classified, data, params  # noqa: F401
+
+from live2d import cistem_star
+from live2d.cli import main as cli_main
+from live2d.engines.base import CycleRequest, StreamBatch
+from live2d.engines.builtin import BuiltinEngine
+from live2d.history import CycleRecord
+from live2d.mrc import read_images
+from live2d.output_folder import batch_sums_name
+from live2d.schedule import (
+    AutomaticTrigger,
+    Settings,
+    automatic_job_due,
+    next_job_type,
+    plan_job,
+)
+from live2d.session import Session
+from live2d.simulate import simulate
+from live2d.streaming import plan_update
+
+
+def record(particles: int, batches=(), credit: int = 0) -> CycleRecord:
+    return CycleRecord(number=len(batches), job=1, job_type="stream" if batches else "abinit",
+                       block="update", block_cycle=1, job_cycle=1, job_cycles=1, high_res=8.0,
+                       fraction=1.0, particles=particles, class_counts=[particles],
+                       started=0.0, finished=1.0, engine="builtin", generation=0,
+                       particles_per_second=1.0, classes="c.mrc", star="c.star",
+                       thumbnails="t", batches=[list(b) for b in batches],
+                       revisit_credit=credit)
+
+
+# ------------------------------------------------------------------------------- the plan
+def test_first_update_puts_the_classified_particles_into_batches_of_stream_every():
+    settings = Settings(stream_every=1000)
+    plan = plan_update(record(2500), 2600, settings, cycle=7)
+    assert plan.first and plan.new_particles == 100 and plan.revisited == 0
+    assert [b.size for b in plan.batches] == [867, 866, 867]
+    assert plan.classify == {b.start for b in plan.batches}
+    assert all(b.aligned == 7 for b in plan.batches) and plan.credit == 0
+
+
+def test_new_particles_come_first_then_the_least_recently_aligned_within_budget():
+    settings = Settings(stream_every=1000, stream_revisit=0.5)
+    kept = [(0, 1000, 3), (1000, 2000, 2), (2000, 3000, 4), (3000, 4000, 5)]
+    plan = plan_update(record(4000, kept), 6000, settings, cycle=6)
+    starts = [b.start for b in plan.batches]
+    assert starts == [0, 1000, 2000, 3000, 4000, 5000]  # stack order, new ones at the end
+    # 2000 new particles buy 1000 re-visited: the batch aligned longest ago (cycle 2).
+    assert plan.classify == {1000, 4000, 5000}
+    assert plan.new_particles == 2000 and plan.revisited == 1000 and plan.credit == 0
+    assert {b.start: b.aligned for b in plan.batches}[1000] == 6
+    assert {b.start: b.aligned for b in plan.batches}[0] == 3  # untouched: not re-classified
+
+
+def test_a_budget_too_small_for_a_batch_is_carried_to_the_next_update():
+    settings = Settings(stream_every=1000, stream_revisit=0.5)
+    kept = [(0, 1000, 2), (1000, 2000, 3)]
+    first = plan_update(record(2000, kept), 2800, settings, cycle=4)
+    assert first.classify == {2000} and first.credit == 400  # 800 new buy 400: not a batch
+    then = plan_update(record(2800, [*kept, (2000, 2800, 4)], first.credit), 4000, settings,
+                       cycle=5)
+    assert 0 in then.classify and then.revisited == 1000  # 400 carried + 600 earned
+
+
+def test_a_small_last_batch_is_classified_again_with_the_next_new_particles():
+    settings = Settings(stream_every=1000, stream_revisit=0.0)
+    kept = [(0, 1000, 2), (1000, 1100, 3)]
+    plan = plan_update(record(1100, kept), 1500, settings, cycle=4)
+    assert [(b.start, b.stop) for b in plan.batches] == [(0, 1000), (1000, 1500)]
+    assert plan.classify == {1000} and plan.new_particles == 400
+
+
+def test_an_update_with_nothing_new_revisits_the_oldest_batch():
+    settings = Settings(stream_every=1000)
+    kept = [(0, 1000, 5), (1000, 2000, 3)]
+    plan = plan_update(record(2000, kept), 2000, settings, cycle=6)
+    assert plan.classify == {1000} and plan.new_particles == 0
+
+
+def test_a_stream_job_is_one_update_at_the_final_limit():
+    (spec,) = plan_job("stream", Settings(high_res_final=9.0), 10)
+    assert (spec.kind, spec.block, spec.high_res, spec.fraction) == ("stream", "update", 9.0, 1.0)
+
+
+def test_streaming_updates_trigger_on_new_particles_or_on_time():
+    settings = Settings(mode="stream", stream_every=1000, stream_interval=300)
+    assert automatic_job_due(settings, 51_000, 50_000)
+    assert not automatic_job_due(settings, 50_500, 50_000, since_last_job=299)
+    assert automatic_job_due(settings, 50_001, 50_000, since_last_job=301)
+    assert not automatic_job_due(settings, 50_000, 50_000, since_last_job=10_000)
+    assert not automatic_job_due(dataclasses.replace(settings, mode="seeded"), 51_000, 50_000)
+    trigger = AutomaticTrigger()
+    assert trigger.due(settings, 51_000, 50_000, False) == (True, "")
+
+
+# ------------------------------------------------------------------ the engine's kept sums
+def update_request(folder: Path, name: str, p, star, classes, batches, seed=5) -> CycleRequest:
+    return CycleRequest(folder / "particles.mrcs", star, folder / f"{name}.star",
+                        folder / f"{name}.mrc", p, K, classes_in=classes, threads=1, seed=seed,
+                        batches=tuple(batches))
+
+
+def batches_of(folder: Path, tag: str, edges, classify) -> list[StreamBatch]:
+    return [StreamBatch(a, b, folder / f"{tag}_{a}.pt", a in classify)
+            for a, b in itertools.pairwise(edges)]
+
+
+@pytest.fixture(scope="module")
+def full_and_update(data, classified):  # noqa: F811
+    """One full cycle and one update classifying every batch, same classes and seed."""
+    folder, truth = data
+    _, classes, star = classified
+    engine, p = BuiltinEngine("cpu"), params(truth)
+    full = CycleRequest(folder / "particles.mrcs", star, folder / "full.star",
+                        folder / "full.mrc", p, K, classes_in=classes, threads=1, seed=5)
+    engine.run_cycle(full, lambda _: None, threading.Event())
+    edges = [0, 100, 250, N]
+    update = update_request(folder, "all", p, star, classes,
+                            batches_of(folder, "s", edges, set(edges)))
+    result = engine.run_update(update, lambda _: None, threading.Event())
+    return folder, engine, p, classes, star, edges, full, update, result
+
+
+def test_an_update_of_every_batch_equals_a_full_cycle(full_and_update):
+    *_, full, update, result = full_and_update
+    a, b = read_images(full.classes_out), read_images(update.classes_out)
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+    full_rows, rows = cistem_star.read_star(full.star_out), cistem_star.read_star(update.star_out)
+    for column in ("2DCLS", "PSI", "SHX", "SHY"):
+        np.testing.assert_allclose(rows[column], full_rows[column], atol=1e-3)
+    assert sum(result.class_counts) == N and result.particles_processed == N
+
+
+def test_a_revisited_batch_replaces_its_sums_and_is_never_counted_twice(full_and_update):
+    folder, engine, p, classes, star, edges, _, update, _ = full_and_update
+    before = {b.start: torch.load(b.sums, weights_only=True)["mass"] for b in update.batches}
+    again = update_request(folder, "again", p, star, classes,
+                           batches_of(folder, "s", edges, {100}))
+    result = engine.run_update(again, lambda _: None, threading.Event())
+    # The same batch against the same classes: the same sums, so the same classes. Added a
+    # second time, its particles would weigh double and the averages would move.
+    a, b = read_images(update.classes_out), read_images(again.classes_out)
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+    assert result.particles_processed == 150 and sum(result.class_counts) == N
+    assert torch.allclose(torch.load(folder / "s_100.pt", weights_only=True)["mass"],
+                          before[100])
+    # Particles not classified now keep the rows they came in with.
+    kept, given = cistem_star.read_star(again.star_out), cistem_star.read_star(star)
+    np.testing.assert_array_equal(kept["PSI"].to_numpy()[:100], given["PSI"].to_numpy()[:100])
+    assert not np.array_equal(kept["PSI"].to_numpy()[100:250], given["PSI"].to_numpy()[100:250])
+
+
+def test_kept_sums_of_another_mask_are_remade_and_the_log_says_so(full_and_update):
+    folder, engine, p, classes, star, edges, *_ = full_and_update
+    wider = dataclasses.replace(p, mask_radius=p.mask_radius + 6.0)
+    fresh = update_request(folder, "fresh", wider, star, classes,
+                           batches_of(folder, "w", edges, set(edges)))
+    engine.run_update(fresh, lambda _: None, threading.Event())
+    stale = update_request(folder, "stale", wider, star, classes,
+                           batches_of(folder, "s", edges, {250}))
+    result = engine.run_update(stale, lambda _: None, threading.Event())
+    assert any("do not fit" in line and "classified again" in line for line in result.log)
+    assert result.particles_processed == N  # every batch, not only the one asked for
+    a, b = read_images(fresh.classes_out), read_images(stale.classes_out)
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+
+
+def test_engines_that_do_not_stream_say_so():
+    from live2d.engines.cistem import CistemEngine
+    from live2d.errors import EngineError
+
+    assert BuiltinEngine("cpu").streams and not CistemEngine.streams
+    with pytest.raises(EngineError, match="does not run streaming updates"):
+        CistemEngine.__new__(CistemEngine).run_update(None, None, None)  # type: ignore
+    assert next_job_type("abinit") == "stream"
+    assert next_job_type("abinit", streams=False) == "seeded"
+
+
+# --------------------------------------------------------------------------- in a session
+def grow(warp: Path, particles: int) -> None:
+    simulate(warp, particles=particles, per_micrograph=60, box=48, pixel_size=3.0, snr=0.5,
+             views=4, seed=0)
+
+
+STREAM = {"classes": 4, "particles_per_class": 40, "startup_cycles": 1, "refinement_cycles": 1,
+          "high_res_initial": 20.0, "high_res_final": 12.0, "threads": 1,
+          "first_job_at": 200, "stream_every": 100, "stream_revisit": 0.5}
+
+
+def exported_rows(out: Path, tmp: Path, classes: int) -> int:
+    star = tmp / "all.star"
+    assert cli_main(["export", str(out), "--to", str(star), "--classes",
+                     ",".join(str(k + 1) for k in range(classes))]) == 0
+    return len(starfile.read(star)["particles"])
+
+
+def test_updates_after_abinit_keep_every_particle_in_the_classes_once(tmp_path):
+    warp = tmp_path / "warp"
+    grow(warp, 240)
+    session = Session(warp, settings=Settings(**STREAM), engine="builtin")
+    assert session.run_job("abinit") and session.settings.mode == "stream"
+    for particles in (360, 420, 420):
+        grow(warp, particles)
+        assert session.run_job()
+        latest = session.history[-1]
+        assert latest.job_type == "stream" and latest.particles == particles
+        covered = sorted(i for a, b, _ in latest.batches for i in range(a, b))
+        assert covered == list(range(particles))  # each one, once
+        assert sum(latest.class_counts) == particles
+        assert exported_rows(session.output_dir, tmp_path, 4) == particles
+        # Only the latest update's batch sums are kept, one file per batch.
+        kept = sorted(p.name for p in (session.output_dir / "stream").iterdir())
+        assert kept == sorted(batch_sums_name(a, c) for a, _, c in latest.batches)
+    first, second, third = session.history[-3:]
+    assert first.new_particles == 120 and second.new_particles == 60
+    assert third.new_particles == 0 and third.revisited > 0  # nothing new: re-aligns the oldest
+    session.close()
+
+
+def test_a_killed_update_runs_again_and_its_left_over_sums_go(tmp_path):
+    warp = tmp_path / "warp"
+    grow(warp, 240)
+    session = Session(warp, settings=Settings(**STREAM), engine="builtin")
+    assert session.run_job("abinit")
+    assert session.run_job()  # the first update: every particle into batches
+    grow(warp, 330)
+    assert session.run_job()
+    session.close()
+    out = session.output_dir
+    history = out / "history.jsonl"
+    lines = history.read_text().splitlines(keepends=True)
+    history.write_text("".join(lines[:-1]))  # killed before the update's record was appended
+    state = json.loads((out / "session.json").read_text())
+    state["job"] = {"number": state["jobs_started"], "job_type": "stream",
+                    "plan": [dataclasses.asdict(s) for s in plan_job("stream", Settings(), 1)],
+                    "next_index": 0, "failures": 0}
+    (out / "session.json").write_text(json.dumps(state))
+    orphans = {p.name for p in (out / "stream").iterdir()}
+    session = Session(warp, engine="builtin")
+    named = {batch_sums_name(a, c) for a, _, c in session.history[-1].batches}
+    assert {p.name for p in (out / "stream").iterdir()} == named != orphans
+    assert session.run_job()  # the job in progress: the killed update, again
+    latest = session.history[-1]
+    assert sum(latest.class_counts) == 330 == latest.particles
+    assert exported_rows(out, tmp_path, 4) == 330
+    session.close()
+
+
+def test_run_once_streaming_without_classes_says_to_start_ab_initio(tmp_path, capsys):
+    warp = tmp_path / "warp"
+    grow(warp, 240)
+    assert cli_main(["run", str(warp), "--once", "--mode", "stream", "--engine", "builtin",
+                     "--classes", "4", "--threads", "1"]) == 1
+    assert "run an ab initio job first" in capsys.readouterr().err
