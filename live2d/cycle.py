@@ -20,18 +20,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+import torch
 
 from live2d import cistem_star
-from live2d.atomic import atomic_write_json
-from live2d.class_quality import ClassQuality, assess_classes
+from live2d.atomic import atomic_write_json, replacing
+from live2d.class_quality import ClassQuality, assess_classes, half_set_sums, working_size
 from live2d.engines import CycleParams, CycleRequest, Engine, Progress, StreamBatch
 from live2d.errors import EngineError, SessionError
 from live2d.history import CycleRecord
 from live2d.mrc import mark_image_stack, read_images
-from live2d.output_folder import OutputFolder
+from live2d.output_folder import OutputFolder, batch_sums_name
 from live2d.schedule import CycleSpec, Settings
 from live2d.source_images import open_images
-from live2d.streaming import UpdatePlan, plan_update
+from live2d.streaming import Batch, UpdatePlan, plan_update, with_classified
 from live2d.thumbnails import write_thumbnails
 from live2d.warp import WarpSettings, implausible_rows
 
@@ -101,7 +102,7 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
         workdir=output.work,
         threads=settings.threads,
         seed=settings.seed + number,
-        batches=_stream_batches(update, output),
+        batches=_stream_batches(update, output, number),
     )
     if update is None:
         log.info(f"cycle {number} (job {job.number} {job.job_type}, {spec.block} "
@@ -133,16 +134,23 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
         raise
     mark_image_stack(request.classes_out)
     write_thumbnails(request.classes_out, files.thumbnails)
-    quality = _assess_classes(request, table, store) if table is not None else []
+    batches = with_classified(update, result.batches_classified, number) if update else []
+    try:
+        quality = (_assess_classes(request, table, store, batches, number, output)
+                   if table is not None else [])
+    except BaseException:
+        clean_work_folder(output)
+        raise
     if quality:
         atomic_write_json(files.class_table, [q.to_dict() for q in quality])
     request.classes_out.replace(files.classes)
     request.star_out.replace(files.star)
     if update is not None:  # named by no record until this cycle's is appended
         output.stream_sums.mkdir(exist_ok=True)
-        for batch in request.batches:
-            if batch.classify:
-                batch.sums.replace(output.stream_sums / batch.sums.name)
+        for batch in batches:
+            if batch.aligned == number:
+                for kept in (batch.sums_path(output), batch.halves_path(output)):
+                    (output.work / kept.name).replace(kept)
     record = CycleRecord(
         number=number, job=job.number, job_type=job.job_type, block=spec.block,
         block_cycle=spec.block_cycle, job_cycle=spec.index + 1, job_cycles=len(job.plan),
@@ -156,28 +164,31 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
         class_score=[q.score for q in quality],
         class_table=files.relative(files.class_table) if quality else "",
         left_out=left_out,
-        **(_update_fields(update) if update is not None else {}),
+        **(_update_fields(update, batches, number) if update is not None else {}),
     )
     return FinishedCycle(record, request.params)
 
 
-def _stream_batches(update: UpdatePlan | None, output: OutputFolder) -> tuple[StreamBatch, ...]:
-    """The engine's view of an update's batches: those classified now write their sums to the
-    work folder (moved to stream/ when the cycle is published), the others' are read."""
+def _stream_batches(update: UpdatePlan | None, output: OutputFolder,
+                    number: int) -> tuple[StreamBatch, ...]:
+    """The engine's view of an update's batches: the kept sums it reads, and where in the work
+    folder it writes the sums of those it classifies (moved to stream/ when the cycle is
+    published, under the name of the cycle that made them)."""
     if update is None:
         return ()
-    out = []
-    for batch in update.batches:
-        kept = batch.sums_path(output)
-        classify = batch.start in update.classify
-        out.append(StreamBatch(batch.start, batch.stop,
-                               output.work / kept.name if classify else kept, classify))
-    return tuple(out)
+    return tuple(StreamBatch(b.start, b.stop, b.sums_path(output),
+                             output.work / batch_sums_name(b.start, number),
+                             b.start in update.classify)
+                 for b in update.batches)
 
 
-def _update_fields(update: UpdatePlan) -> dict[str, Any]:
-    return {"batches": [[b.start, b.stop, b.aligned] for b in update.batches],
-            "new_particles": update.new_particles, "revisited": update.revisited,
+def _update_fields(update: UpdatePlan, batches: list[Batch], number: int) -> dict[str, Any]:
+    """The record's streaming fields; ``batches`` as the engine left them (it classifies
+    batches whose kept sums do not fit, besides the plan's: those count as re-visited)."""
+    classified = sum(b.size for b in batches if b.aligned == number)
+    new = update.classified - update.revisited
+    return {"batches": [[b.start, b.stop, b.aligned] for b in batches],
+            "new_particles": update.new_particles, "revisited": classified - new,
             "revisit_credit": update.credit}
 
 
@@ -323,13 +334,51 @@ def _check_outputs(request: CycleRequest, number: int, refine: bool) -> pd.DataF
     return table
 
 
-def _assess_classes(request: CycleRequest, table: pd.DataFrame,
-                    store: ParticleStore) -> list[ClassQuality]:
+def _assess_classes(request: CycleRequest, table: pd.DataFrame, store: ParticleStore,
+                    batches: list[Batch], number: int,
+                    output: OutputFolder) -> list[ClassQuality]:
     """Resolution estimate and good/junk score of every class of a finished cycle, whose
-    particle parameters are ``table``."""
-    return assess_classes(open_images(request.stack), table, read_images(request.classes_out),
-                          store.pixel_size, request.params.mask_radius,
-                          request.params.high_res, request.params.invert_contrast)
+    particle parameters are ``table``. A streaming update's (``batches``) adds up its
+    batches' kept half-set sums, made only for those it classified: not O(particles)."""
+    stack, averages = open_images(request.stack), read_images(request.classes_out)
+    params = request.params
+    half_sums = _update_half_sums(stack, table, averages, store.pixel_size, params, batches,
+                                  number, output) if batches else None
+    return assess_classes(stack, table, averages, store.pixel_size, params.mask_radius,
+                          params.high_res, params.invert_contrast, half_sums)
+
+
+def _update_half_sums(stack: np.ndarray, table: pd.DataFrame, averages: np.ndarray,
+                      pixel_size: float, params: CycleParams, batches: list[Batch],
+                      number: int, output: OutputFolder) -> torch.Tensor:
+    """The half-set sums of every batch, added in batch order: made (into the work folder)
+    for the batches this update (cycle ``number``) classified, read for the others, or made
+    again in place where theirs do not fit (another box or limit; from the same rows, so the
+    same sums)."""
+    k, box = len(averages), averages.shape[-1]
+    size = working_size(box, pixel_size, params.high_res)
+    key = {"classes": k, "size": size, "box": box, "pixel": round(pixel_size, 5),
+           "invert": params.invert_contrast}
+    total = torch.zeros((k, 2, size, size))
+    for batch in batches:
+        kept = batch.halves_path(output)
+        path = output.work / kept.name if batch.aligned == number else kept
+        halves = _read_halves(path, key) if path == kept else None
+        if halves is None:
+            halves = half_set_sums(stack, table.iloc[batch.start:batch.stop], k, pixel_size,
+                                   size, params.invert_contrast)
+            with replacing(path) as scratch:
+                torch.save({"key": key, "sums": halves}, scratch)
+        total += halves
+    return total
+
+
+def _read_halves(path: Path, key: dict[str, Any]) -> torch.Tensor | None:
+    try:
+        kept = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError):
+        return None
+    return kept["sums"] if isinstance(kept, dict) and kept.get("key") == key else None
 
 
 def _concat_rows(earlier: pd.DataFrame, new_rows: pd.DataFrame) -> pd.DataFrame:

@@ -16,8 +16,9 @@ A session's output folder (``--output``; ``<Warp folder>/classification`` by def
     cycle_NNN_classes.json       its class table: resolution, score, reasons (live2d.class_quality)
     thumbnails/cycle_NNN/class_KKK.png   the page's images of its classes (pruned, made again)
     exports/good_cycle_NNN.star  the page's exports of good particles
-    stream/batch_S_cNNN.pt       a streaming batch's class sums: particles from S, classified
+    stream/batch_S_cycle_NNN.pt  a streaming batch's class sums: particles from S, classified
                                    in cycle NNN                        (live2d.streaming)
+    stream/halves_S_cycle_NNN.pt its half-set sums, for the class quality
     yield_squares.csv            good particles per grid square, per foil hole, per micrograph
     yield_holes.csv                of the latest scored cycle           (live2d.collection_yield)
     yield_micrographs.csv
@@ -81,6 +82,11 @@ def batch_sums_name(start: int, cycle: int) -> str:
     ``cycle``: one file per classification, so a batch classified again gets a new file and a
     kill never leaves a file that two records mean differently."""
     return f"batch_{start:09d}_{cycle_stem(cycle)}.pt"
+
+
+def batch_halves_name(start: int, cycle: int) -> str:
+    """The kept half-set sums (live2d.class_quality) of the same batch, named the same way."""
+    return f"halves_{start:09d}_{cycle_stem(cycle)}.pt"
 
 
 def export_name(cycle: int) -> str:

@@ -3,12 +3,14 @@ made of.
 
 The particles in the classes are cut into batches in stack order, each the particles of one
 update (or a slice of at most ``stream_every`` of a backlog). Each batch's contribution to the
-class sums is kept in a file of its own (``stream/``, :func:`live2d.output_folder.batch_sums_name`)
-and the classes are made from all of them, added in batch order. An update classifies the
-particles that arrived since the last one as new batches, plus a budget of older batches
-re-visited against the improved classes (``stream_revisit`` re-visited particles per new one,
-least recently aligned first, whole batches; what a batch too large for this update's budget
-leaves is carried to the next as credit). A re-visited batch's new file replaces its old one, so
+class sums is kept in a file of its own (``stream/``,
+:func:`live2d.output_folder.batch_sums_name`) and the classes are made from all of them, added
+in batch order; so are its half-set sums, from which the class quality is judged
+(:func:`live2d.class_quality.assess_classes`). An update classifies the particles that arrived
+since the last one as new batches, plus a budget of older batches re-visited against the
+improved classes (``stream_revisit`` re-visited particles per new one, least recently aligned
+first, whole batches; what a batch too large for this update's budget leaves is carried to the
+next as credit). A re-visited batch's new file replaces its old one, so
 nothing is counted twice.
 
 The cycle record is the commit point: a streaming record lists its batches (start, stop and the
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from live2d.history import CycleRecord
-from live2d.output_folder import OutputFolder, batch_sums_name
+from live2d.output_folder import OutputFolder, batch_halves_name, batch_sums_name
 from live2d.schedule import Settings
 
 log = logging.getLogger("live2d")
@@ -50,6 +52,9 @@ class Batch:
     def sums_path(self, output: OutputFolder) -> Path:
         return output.stream_sums / batch_sums_name(self.start, self.aligned)
 
+    def halves_path(self, output: OutputFolder) -> Path:
+        return output.stream_sums / batch_halves_name(self.start, self.aligned)
+
 
 @dataclass(frozen=True)
 class UpdatePlan:
@@ -67,6 +72,13 @@ class UpdatePlan:
     @property
     def classified(self) -> int:
         return sum(b.size for b in self.batches if b.start in self.classify)
+
+
+def with_classified(plan: UpdatePlan, classified: tuple[int, ...], cycle: int) -> list[Batch]:
+    """The plan's batches once the engine has classified those starting at ``classified``
+    (the plan's, and any whose kept sums no longer fit)."""
+    done = set(classified)
+    return [Batch(b.start, b.stop, cycle) if b.start in done else b for b in plan.batches]
 
 
 def kept_batches(record: CycleRecord | None) -> list[Batch]:
@@ -127,7 +139,8 @@ def drop_unreferenced(output: OutputFolder, latest: CycleRecord | None) -> int:
     update's, an older job's). Returns how many went."""
     if not output.stream_sums.is_dir():
         return 0
-    keep = {b.sums_path(output).name for b in kept_batches(latest)}
+    keep = {path.name for b in kept_batches(latest)
+            for path in (b.sums_path(output), b.halves_path(output))}
     dropped = 0
     for path in output.stream_sums.iterdir():
         if path.name not in keep:

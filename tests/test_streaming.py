@@ -14,12 +14,13 @@ import torch
 from test_builtin_engine import BOX, PIXEL, K, N, classified, data, params  # noqa: F401
 
 from live2d import cistem_star
+from live2d.class_quality import half_set_sums
 from live2d.cli import main as cli_main
 from live2d.engines.base import CycleRequest, StreamBatch
 from live2d.engines.builtin import BuiltinEngine
 from live2d.history import CycleRecord
 from live2d.mrc import read_images
-from live2d.output_folder import batch_sums_name
+from live2d.output_folder import batch_halves_name, batch_sums_name
 from live2d.schedule import (
     AutomaticTrigger,
     Settings,
@@ -29,6 +30,7 @@ from live2d.schedule import (
 )
 from live2d.session import Session
 from live2d.simulate import simulate
+from live2d.source_images import open_images
 from live2d.streaming import plan_update
 
 
@@ -114,7 +116,7 @@ def update_request(folder: Path, name: str, p, star, classes, batches, seed=5) -
 
 
 def batches_of(folder: Path, tag: str, edges, classify) -> list[StreamBatch]:
-    return [StreamBatch(a, b, folder / f"{tag}_{a}.pt", a in classify)
+    return [StreamBatch(a, b, folder / f"{tag}_{a}.pt", folder / f"{tag}_{a}.pt", a in classify)
             for a, b in itertools.pairwise(edges)]
 
 
@@ -221,9 +223,17 @@ def test_updates_after_abinit_keep_every_particle_in_the_classes_once(tmp_path):
         assert covered == list(range(particles))  # each one, once
         assert sum(latest.class_counts) == particles
         assert exported_rows(session.output_dir, tmp_path, 4) == particles
+        # The class quality adds up the batches' kept half-set sums: as if made from scratch.
+        halves = sum(torch.load(session.output_dir / "stream" / batch_halves_name(a, c),
+                                weights_only=True)["sums"] for a, _, c in latest.batches)
+        full = half_set_sums(open_images(session.store.images_path),
+                             cistem_star.read_star(session.output_dir / latest.star), 4, 3.0,
+                             halves.shape[-1], invert=True)
+        assert torch.allclose(halves, full, atol=1e-4 * float(full.abs().max()))
         # Only the latest update's batch sums are kept, one file per batch.
         kept = sorted(p.name for p in (session.output_dir / "stream").iterdir())
-        assert kept == sorted(batch_sums_name(a, c) for a, _, c in latest.batches)
+        assert kept == sorted(name(a, c) for a, _, c in latest.batches
+                              for name in (batch_sums_name, batch_halves_name))
     first, second, third = session.history[-3:]
     assert first.new_particles == 120 and second.new_particles == 60
     assert third.new_particles == 0 and third.revisited > 0  # nothing new: re-aligns the oldest
@@ -250,7 +260,8 @@ def test_a_killed_update_runs_again_and_its_left_over_sums_go(tmp_path):
     (out / "session.json").write_text(json.dumps(state))
     orphans = {p.name for p in (out / "stream").iterdir()}
     session = Session(warp, engine="builtin")
-    named = {batch_sums_name(a, c) for a, _, c in session.history[-1].batches}
+    named = {name(a, c) for a, _, c in session.history[-1].batches
+             for name in (batch_sums_name, batch_halves_name)}
     assert {p.name for p in (out / "stream").iterdir()} == named != orphans
     assert session.run_job()  # the job in progress: the killed update, again
     latest = session.history[-1]

@@ -42,12 +42,14 @@ class CycleParams:
 @dataclass(frozen=True)
 class StreamBatch:
     """One batch of a streaming update (:meth:`Engine.run_update`): particles ``start`` to
-    ``stop`` (stack order) and the file of their kept contribution to the class sums, which the
-    engine writes when it classifies them now (``classify``) and reads otherwise."""
+    ``stop`` (stack order), the file of their kept contribution to the class sums (read unless
+    they are classified now), and where to write their new contribution when they are:
+    when asked (``classify``), or because their kept sums do not fit this update."""
 
     start: int
     stop: int
     sums: Path
+    sums_out: Path
     classify: bool
 
     @property
@@ -98,6 +100,8 @@ class CycleResult:
     particles_processed: int
     seconds: float
     log: list[str] = field(default_factory=list)
+    # A streaming update's: the starts of the batches it classified (and wrote sums_out of).
+    batches_classified: tuple[int, ...] = ()
 
     @property
     def particles_per_second(self) -> float:

@@ -31,7 +31,6 @@ from live2d.engines.base import (
     Engine,
     Progress,
     ProgressCallback,
-    StreamBatch,
     class_counts,
 )
 from live2d.engines.builtin.averages import (
@@ -244,7 +243,7 @@ class BuiltinEngine(Engine):
         search.estimate_noise(stack, rng.permutation(used)[:NOISE_SAMPLE], table)
         key = sums_key(geometry, params, k)
         log: list[str] = []
-        stale = [b for b in request.batches if not b.classify and _kept_sums(b, key) is None]
+        stale = [b for b in request.batches if not b.classify and _read_sums(b.sums, key) is None]
         todo = [b for b in request.batches if b.classify or b in stale]
         if stale:
             log.append(f"kept class sums of {len(stale)} batch(es) do not fit this update "
@@ -272,7 +271,7 @@ class BuiltinEngine(Engine):
                                       cancel) if len(chosen) else
                        {name: np.zeros(0) for name in RESULT_NAMES})
             check_cancel(cancel)
-            _write_sums(batch.sums, reduce_sums(search.sums, geometry), key, len(chosen))
+            _write_sums(batch.sums_out, reduce_sums(search.sums, geometry), key, len(chosen))
             classified.append(chosen)
             results_parts.append(results)
             left_out.append(skipped)
@@ -280,9 +279,10 @@ class BuiltinEngine(Engine):
         progress(Progress("averaging", 1.0))
         total = ReducedSums(*(torch.zeros(shape) for shape in _sum_shapes(k, geometry.working)))
         for batch in request.batches:  # in batch order: the same sums give the same classes
-            kept = _kept_sums(batch, key)
+            path = batch.sums_out if batch in todo else batch.sums
+            kept = _read_sums(path, key)
             if kept is None:
-                raise EngineError(f"{batch.sums} cannot be read back")
+                raise EngineError(f"{path} cannot be read back")
             total.add(kept)
         used_now = np.concatenate(classified) if classified else np.zeros(0, np.int64)
         results = {name: np.concatenate([part[name] for part in results_parts])
@@ -303,7 +303,8 @@ class BuiltinEngine(Engine):
         if empty:
             log.append(f"classes {', '.join(str(c + 1) for c in empty)} were empty: re-seeded")
         return CycleResult(request.classes_out, request.star_out,
-                           class_counts(out_table["2DCLS"], k), len(used_now), seconds, log)
+                           class_counts(out_table["2DCLS"], k), len(used_now), seconds, log,
+                           tuple(b.start for b in todo))
 
     def _classify(self, search: Search, stack: np.ndarray, table: pd.DataFrame,
                   used: np.ndarray, request: CycleRequest, progress: ProgressCallback,
@@ -405,10 +406,10 @@ def _write_sums(path: Path, sums: ReducedSums, key: dict[str, float], particles:
         torch.save({"key": key, "particles": particles, **sums.to_dict()}, scratch)
 
 
-def _kept_sums(batch: StreamBatch, key: dict[str, float]) -> ReducedSums | None:
-    """The batch's kept sums, or None when missing, unreadable or made with another ``key``."""
+def _read_sums(path: Path, key: dict[str, float]) -> ReducedSums | None:
+    """A batch's kept sums, or None when missing, unreadable or made with another ``key``."""
     try:
-        kept = torch.load(batch.sums, map_location="cpu", weights_only=True)
+        kept = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError):
         return None
     if not isinstance(kept, dict) or kept.get("key") != key:
