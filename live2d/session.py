@@ -27,6 +27,7 @@ from live2d.collection_yield import write_yield_tables
 from live2d.cycle import CycleInputs, clean_work_folder, run_cycle
 from live2d.disk import DiskUse, DiskWatch
 from live2d.engines import Engine, make_engine
+from live2d.epu import epu_folder_problem
 from live2d.errors import CycleCancelled, EngineError, SessionError
 from live2d.history import CycleRecord
 from live2d.importer import Importer, ImportReport
@@ -86,6 +87,7 @@ class Session:
         executor: Executor | None = None,
         star: str | Path | None = None,
         particle_feed: Callable[[ParticleStore], ParticleFeed] | None = None,
+        epu_dir: str | Path | None = None,
     ) -> None:
         """``executor``: where the engine's slices run (live2d.executors; None: this process).
         The caller owns it and closes it after :meth:`close`. ``star``: the particle star to
@@ -93,7 +95,9 @@ class Session:
         resumed session keeps the one it was started with unless another is given.
         ``particle_feed``: makes the particle source that fills the session's store (e.g. a
         Scipion input set; ``warp_dir`` is then only the folder the session names); None: the
-        folder ``warp_dir`` (:class:`live2d.importer.Importer`)."""
+        folder ``warp_dir`` (:class:`live2d.importer.Importer`). ``epu_dir``: the EPU session
+        folder, for the grid square of each foil hole in the yield tables (:mod:`live2d.epu`);
+        kept like ``star``."""
         self.warp_dir = Path(warp_dir).resolve()
         if not self.warp_dir.is_dir():  # checked before the output folder could create it
             raise SessionError(f"{self.warp_dir} does not exist or is not a folder: give the "
@@ -123,6 +127,10 @@ class Session:
         if star is not None and str(star) != self.state.star:
             self.state.star = str(star)
             self._write_state()
+        if epu_dir is not None and str(Path(epu_dir).resolve()) != self.state.epu_dir:
+            self.state.epu_dir = str(Path(epu_dir).resolve())
+            self._write_state()
+        self._epu_folder()  # a folder that cannot be read is said now, not at the first cycle
         self.store = ParticleStore(self.output_dir)
         self.importer: ParticleFeed = Importer(
             self.warp_dir, self.store, which=self.settings.particle_file,
@@ -501,9 +509,21 @@ class Session:
         """The yield tables of the cycle just recorded (O(particles), like its star): a
         failure is logged, the cycle stands."""
         try:
-            write_yield_tables(self.output_dir, self.store.read_table(), record)
+            write_yield_tables(self.output_dir, self.store.read_table(), record,
+                               self._epu_folder())
         except Exception as exc:  # the tables are advice; the cycle is the work
             log.warning("yield tables of cycle %d not written: %s", record.number, exc)
+
+    def _epu_folder(self) -> Path | None:
+        """The EPU session folder kept in the state, where it can be read; where it cannot, the
+        log says so once (the yield is then per micrograph and foil hole) and this is None."""
+        if not self.state.epu_dir:
+            return None
+        problem = epu_folder_problem(self.state.epu_dir)
+        if problem and problem not in self._said:
+            self._said.add(problem)
+            log.warning("%s: grid squares come from the movie paths only", problem)
+        return None if problem else Path(self.state.epu_dir)
 
     @property
     def disk(self) -> DiskUse | None:

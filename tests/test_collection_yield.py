@@ -186,3 +186,63 @@ def test_a_session_writes_the_three_tables_after_each_scored_cycle(tmp_path):
     assert tables["square"] == []  # no square: neither the names nor an EPU folder say
     good = sum(int(r["good_particles"]) for r in tables["micrograph"])
     assert 0 <= good <= 240 and tables["hole"][0]["first_seen"] == "2023-11-04T08:40:15Z"
+
+
+def open_session(output, warp, **kwargs):
+    from live2d.session import Session
+
+    (warp).mkdir(exist_ok=True)  # Warp not started yet: nothing is imported
+    return Session(warp, output, engine="builtin", **kwargs)
+
+
+def test_the_epu_folder_is_kept_in_the_session_and_used_after_a_restart(output, tmp_path,
+                                                                          capsys):
+    epu = tmp_path / "epu"
+    write_epu_folder(epu, {"111": ["501"], "222": ["502"]})
+    (output / SESSION_STATE).unlink()  # the fixture's stand-in: a real session starts here
+    session = open_session(output, tmp_path / "warp", epu_dir=epu)
+    session.close()
+    assert json.loads((output / SESSION_STATE).read_text())["epu_dir"] == str(epu.resolve())
+    restarted = open_session(output, tmp_path / "warp")  # not told again
+    try:
+        restarted._write_yield(restarted.history[-1])
+    finally:
+        restarted.close()
+    squares = list(csv.DictReader(io.StringIO((output / YIELD_TABLES["square"]).read_text())))
+    assert [(r["grid_square"], r["good_particles"]) for r in squares] == [("111", "3"),
+                                                                         ("222", "1")]
+    _, rows = cli_csv(capsys, output, "--by", "square")  # the command, without --epu
+    assert [row[0] for row in rows] == ["111", "222"]
+
+
+def test_an_older_session_json_without_the_epu_folder_still_opens(output, tmp_path):
+    (output / SESSION_STATE).unlink()
+    session = open_session(output, tmp_path / "warp", epu_dir=tmp_path)
+    session.close()
+    state = json.loads((output / SESSION_STATE).read_text())
+    del state["epu_dir"]
+    (output / SESSION_STATE).write_text(json.dumps(state))
+    session = open_session(output, tmp_path / "warp")
+    session.close()
+    assert session.state.epu_dir == ""
+
+
+def test_a_missing_epu_folder_gives_per_micrograph_figures_and_one_log_line(output, tmp_path,
+                                                                           capsys):
+    (output / SESSION_STATE).unlink()
+    session = open_session(output, tmp_path / "warp", epu_dir=tmp_path / "nowhere")
+    try:
+        for _ in range(2):
+            session._write_yield(session.history[-1])
+    finally:
+        session.close()
+    said = [line for line in (output / "live2d.log").read_text().splitlines()
+            if "nowhere" in line]
+    assert len(said) == 1 and "WARNING" in said[0] and "is not there" in said[0]
+    micrographs = list(csv.DictReader(io.StringIO(
+        (output / YIELD_TABLES["micrograph"]).read_text())))
+    assert [r["particles"] for r in micrographs] == ["4", "2", "3", "2"]
+    squares = list(csv.DictReader(io.StringIO((output / YIELD_TABLES["square"]).read_text())))
+    assert [r["grid_square"] for r in squares] == ["111"]  # from a movie's path only
+    _, rows = cli_csv(capsys, output, "--by", "micrograph")
+    assert len(rows) == 4
