@@ -50,11 +50,22 @@ class YieldError(RuntimeError):
 
 @dataclass(frozen=True)
 class ScoredParticles:
-    """Every particle of the store, in store order: its micrograph and whether it is good."""
+    """Every particle of the store, in store order: its micrograph, its class in the cycle
+    (0: the cycle did not classify it) and whether it is good."""
 
     cycle: int
     micrographs: pd.Series
     good: np.ndarray
+    classes: np.ndarray
+
+    @property
+    def classified(self) -> np.ndarray:
+        return self.classes > 0
+
+    def only(self, which: np.ndarray) -> ScoredParticles:
+        """The particles ``which`` (a mask in store order) selects."""
+        return ScoredParticles(self.cycle, self.micrographs[which].reset_index(drop=True),
+                               self.good[which], self.classes[which])
 
 
 def latest_scored_cycle(folder: str | os.PathLike) -> CycleRecord:
@@ -83,9 +94,11 @@ def score_particles(folder: str | os.PathLike, store_table: pd.DataFrame,
     in_store = (positions >= 0) & (positions < len(store_table))
     good = np.zeros(len(store_table), dtype=bool)
     good[positions[in_store]] = classes["2DCLS"].isin(chosen).to_numpy()[in_store]
+    assigned = np.zeros(len(store_table), dtype=np.int64)
+    assigned[positions[in_store]] = classes["2DCLS"].to_numpy(dtype=np.int64)[in_store]
     micrographs = (store_table["MICROGRAPH"].fillna("").astype(str) if "MICROGRAPH" in store_table
                    else pd.Series([""] * len(store_table)))
-    return ScoredParticles(record.number, micrographs.reset_index(drop=True), good)
+    return ScoredParticles(record.number, micrographs.reset_index(drop=True), good, assigned)
 
 
 def yield_tables(particles: ScoredParticles,
