@@ -28,7 +28,7 @@ import pandas as pd
 
 from live2d import cistem_star
 from live2d.atomic import atomic_write_text
-from live2d.epu import micrograph_origin, read_hole_squares
+from live2d.epu import micrograph_origin
 from live2d.history import CycleRecord, read_history
 from live2d.output_folder import YIELD_TABLES
 from live2d.selection import SelectionState, selected
@@ -157,12 +157,11 @@ def table_json(rows: list[dict], level: str) -> str:
     return json.dumps([{c: row[c] for c in COLUMNS[level]} for row in rows], indent=1) + "\n"
 
 
-def write_yield_tables(folder: str | os.PathLike, store_table: pd.DataFrame,
-                       record: CycleRecord, epu_dir: str | os.PathLike | None = None) -> None:
-    """Write the three tables of cycle ``record`` as CSV into the output folder ``folder``
-    (:data:`live2d.output_folder.YIELD_TABLES`), each replaced atomically."""
+def write_yield_tables(folder: str | os.PathLike, particles: ScoredParticles,
+                       hole_squares: dict[str, str] | None = None) -> None:
+    """Write the three tables of the scored ``particles`` as CSV into the output folder
+    ``folder`` (:data:`live2d.output_folder.YIELD_TABLES`), each replaced atomically."""
     folder = Path(folder)
-    tables = yield_tables(score_particles(folder, store_table, record),
-                          read_hole_squares(epu_dir) if epu_dir else None)
+    tables = yield_tables(particles, hole_squares)
     for level, name in YIELD_TABLES.items():
         atomic_write_text(folder / name, table_csv(tables[level], level))

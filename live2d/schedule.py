@@ -438,6 +438,10 @@ class AutomaticTrigger:
         self._grew_at = time.monotonic()
         self._caught_up = 0
 
+    def quiet_seconds(self) -> float:
+        """How long the particle count has stayed as it is, as the polls saw it."""
+        return time.monotonic() - self._grew_at
+
     def due(self, settings: Settings, n_particles: int, n_at_last_job: int | None,
             job_in_progress: bool) -> tuple[bool, str]:
         """Whether a job is due now, and what to log when it is a catch-up job."""

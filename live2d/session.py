@@ -22,13 +22,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
+from live2d.alerts import CYCLE_RULES, WARP_STALLED, AlertBook, cycle_alerts, warp_stalled
 from live2d.atomic import naming
-from live2d.collection_yield import write_yield_tables
+from live2d.collection_yield import ScoredParticles, score_particles, write_yield_tables
 from live2d.cycle import CycleInputs, clean_work_folder, run_cycle
 from live2d.disk import DiskUse, DiskWatch
 from live2d.engines import Engine, make_engine
-from live2d.epu import epu_folder_problem
+from live2d.epu import epu_folder_problem, read_hole_squares
 from live2d.errors import CycleCancelled, EngineError, SessionError
+from live2d.forecast import forecast, particle_times
 from live2d.history import CycleRecord
 from live2d.importer import Importer, ImportReport
 from live2d.output_folder import DEFAULT_OUTPUT, OutputFolder
@@ -51,6 +55,9 @@ LOG_LINES_KEPT = 1000
 log = logging.getLogger("live2d")
 
 Listener = Callable[[dict[str, Any]], None]
+# What a scored cycle's alerts are judged on: the store's table, its particles scored by the
+# cycle, the EPU folder's foil hole -> grid square (None: none kept or readable).
+ScoredCycle = tuple[pd.DataFrame, ScoredParticles, dict[str, str] | None]
 
 
 class SessionLogHandler(logging.FileHandler):
@@ -140,6 +147,7 @@ class Session:
             self.importer.configure(which=self.settings.particle_file,
                                     contrast=self.settings.contrast)
         self._disk = DiskWatch(self.output_dir)
+        self.alerts = AlertBook(self.output_dir)
         self.selection = ClassSelection(
             self.output_dir, self._history, self._lock,
             lambda summary: self._emit({"type": "selection", "selection": summary}))
@@ -228,6 +236,7 @@ class Session:
                 "automatic": self.state.automatic,
                 "progress": self.progress,
                 "disk": self._disk.to_dict(),
+                "alerts": [alert.to_dict() for alert in self.alerts.active],
             }
         if not with_history:
             del snapshot["history"]
@@ -373,6 +382,7 @@ class Session:
             self._write_state()
         self._log("automatic jobs: listening for particles from Warp")
         trigger = AutomaticTrigger()
+        polled: int | None = None  # the particle count at the previous poll
         try:
             while not (self._stop.is_set() or (stop is not None and stop.is_set())):
                 self._set_status("listening")
@@ -386,6 +396,10 @@ class Session:
                     continue
                 due, why = trigger.due(self.settings, report.total,
                                        self.state.particles_at_last_job, self.job is not None)
+                # Counted from poll to poll: a job's own imports between cycles count too.
+                self._check_stall(trigger.quiet_seconds(),
+                                  polled is not None and report.total > polled)
+                polled = report.total
                 if why:
                     self._log(why)
                 if report.closed:
@@ -496,7 +510,9 @@ class Session:
             self._write_state()
         self._clean_work_dir()
         if record.assessed:
-            self._write_yield(record)
+            scored = self._write_yield(record)
+            if scored is not None:
+                self._check_cycle_alerts(*scored)
         with self._lock:
             self._history.prune_results(self.settings.keep_cycle_results)
         self.check_disk()
@@ -505,14 +521,54 @@ class Session:
                   f"({record.particles_per_second:.0f} particles/s)")
         self._emit({"type": "cycle", "cycle": record.to_dict()})
 
-    def _write_yield(self, record: CycleRecord) -> None:
+    def _write_yield(self, record: CycleRecord) -> ScoredCycle | None:
         """The yield tables of the cycle just recorded (O(particles), like its star): a
-        failure is logged, the cycle stands."""
+        failure is logged, the cycle stands. Returns what the alerts are judged on (None after
+        a failure): the store's table, its particles scored, the EPU folder's hole -> square."""
         try:
-            write_yield_tables(self.output_dir, self.store.read_table(), record,
-                               self._epu_folder())
+            table = self.store.read_table()
+            particles = score_particles(self.output_dir, table, record)
+            epu = self._epu_folder()
+            hole_squares = read_hole_squares(epu) if epu else None
+            write_yield_tables(self.output_dir, particles, hole_squares)
         except Exception as exc:  # the tables are advice; the cycle is the work
             log.warning("yield tables of cycle %d not written: %s", record.number, exc)
+            return None
+        return table, particles, hole_squares
+
+    def _check_cycle_alerts(self, table: pd.DataFrame, particles: ScoredParticles,
+                            hole_squares: dict[str, str] | None) -> None:
+        """Fire or clear the alerts judged on a scored cycle (live2d.alerts.CYCLE_RULES): a
+        failure is logged, the cycle stands."""
+        try:
+            times, what = particle_times(table)
+            outlook = forecast(particles, times, self.settings.target_good_particles, what)
+            self._update_alerts(CYCLE_RULES,
+                                cycle_alerts(particles, hole_squares, outlook, self.settings))
+        except Exception as exc:  # advice, like the tables
+            log.warning("alerts of cycle %d not judged: %s", particles.cycle, exc)
+
+    def _check_stall(self, quiet_seconds: float, arrived: bool) -> None:
+        """Fire the stall alert once no particle has arrived for warp_stalled_after seconds;
+        clear it when particles arrive (not when a restart merely resets the quiet time)."""
+        stalled = warp_stalled(quiet_seconds, self.warp_dir, self.settings)
+        if stalled or arrived or not self.settings.warp_stalled_after:
+            try:
+                self._update_alerts((WARP_STALLED,), stalled)
+            except OSError as exc:  # e.g. a full disk: said, and tried again at the next poll
+                log.error("alerts not saved: %s", exc)
+
+    def _update_alerts(self, rules: tuple[str, ...], firing: dict[str, str]) -> None:
+        """Record the conditions of ``rules`` (live2d.alerts.AlertBook.update); an alert that
+        starts goes to the log as a warning and to the listeners, as does one that clears."""
+        with self._lock:
+            fired, cleared = self.alerts.update(rules, firing)
+        for alert in fired:
+            log.warning(alert.message)
+            self._emit({"type": "alert", "active": True, **alert.to_dict()})
+        for alert in cleared:
+            log.info("no longer: %s", alert.message)
+            self._emit({"type": "alert", "active": False, **alert.to_dict()})
 
     def _epu_folder(self) -> Path | None:
         """The EPU session folder kept in the state, where it can be read; where it cannot, the

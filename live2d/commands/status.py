@@ -96,6 +96,15 @@ def print_left_out(folder: Path) -> None:
               f"{skipped} stacks skipped as never finished (the log says which)")
 
 
+def print_alerts(folder: Path) -> None:
+    """The alerts in force (live2d.alerts), oldest first, each with when it fired."""
+    from live2d.alerts import read_alerts
+
+    for alert in read_alerts(folder):
+        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(alert.since))
+        print(f"ALERT since {since}: {alert.message}")
+
+
 def print_forecast(folder: Path) -> None:
     """Good particles per hour, the time to the target and whether new views appear, by the
     latest scored cycle (nothing before there is one)."""
@@ -144,6 +153,7 @@ def main(args: argparse.Namespace) -> int:
               f"{latest.particles} particles: their source stacks changed or vanished since "
               "import (live2d.log names them)")
     print_classes(path.parent, history)
+    print_alerts(path.parent)
     print_forecast(path.parent)
     print_exports(path.parent)
     print_left_out(path.parent)
