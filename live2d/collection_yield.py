@@ -28,7 +28,7 @@ import pandas as pd
 
 from live2d import cistem_star
 from live2d.atomic import atomic_write_text
-from live2d.epu import micrograph_origin, read_hole_squares
+from live2d.epu import micrograph_origin
 from live2d.history import CycleRecord, read_history
 from live2d.output_folder import YIELD_TABLES
 from live2d.selection import SelectionState, selected
@@ -50,11 +50,22 @@ class YieldError(RuntimeError):
 
 @dataclass(frozen=True)
 class ScoredParticles:
-    """Every particle of the store, in store order: its micrograph and whether it is good."""
+    """Every particle of the store, in store order: its micrograph, its class in the cycle
+    (0: the cycle did not classify it) and whether it is good."""
 
     cycle: int
     micrographs: pd.Series
     good: np.ndarray
+    classes: np.ndarray
+
+    @property
+    def classified(self) -> np.ndarray:
+        return self.classes > 0
+
+    def only(self, which: np.ndarray) -> ScoredParticles:
+        """The particles ``which`` (a mask in store order) selects."""
+        return ScoredParticles(self.cycle, self.micrographs[which].reset_index(drop=True),
+                               self.good[which], self.classes[which])
 
 
 def latest_scored_cycle(folder: str | os.PathLike) -> CycleRecord:
@@ -83,9 +94,11 @@ def score_particles(folder: str | os.PathLike, store_table: pd.DataFrame,
     in_store = (positions >= 0) & (positions < len(store_table))
     good = np.zeros(len(store_table), dtype=bool)
     good[positions[in_store]] = classes["2DCLS"].isin(chosen).to_numpy()[in_store]
+    assigned = np.zeros(len(store_table), dtype=np.int64)
+    assigned[positions[in_store]] = classes["2DCLS"].to_numpy(dtype=np.int64)[in_store]
     micrographs = (store_table["MICROGRAPH"].fillna("").astype(str) if "MICROGRAPH" in store_table
                    else pd.Series([""] * len(store_table)))
-    return ScoredParticles(record.number, micrographs.reset_index(drop=True), good)
+    return ScoredParticles(record.number, micrographs.reset_index(drop=True), good, assigned)
 
 
 def yield_tables(particles: ScoredParticles,
@@ -144,12 +157,11 @@ def table_json(rows: list[dict], level: str) -> str:
     return json.dumps([{c: row[c] for c in COLUMNS[level]} for row in rows], indent=1) + "\n"
 
 
-def write_yield_tables(folder: str | os.PathLike, store_table: pd.DataFrame,
-                       record: CycleRecord, epu_dir: str | os.PathLike | None = None) -> None:
-    """Write the three tables of cycle ``record`` as CSV into the output folder ``folder``
-    (:data:`live2d.output_folder.YIELD_TABLES`), each replaced atomically."""
+def write_yield_tables(folder: str | os.PathLike, particles: ScoredParticles,
+                       hole_squares: dict[str, str] | None = None) -> None:
+    """Write the three tables of the scored ``particles`` as CSV into the output folder
+    ``folder`` (:data:`live2d.output_folder.YIELD_TABLES`), each replaced atomically."""
     folder = Path(folder)
-    tables = yield_tables(score_particles(folder, store_table, record),
-                          read_hole_squares(epu_dir) if epu_dir else None)
+    tables = yield_tables(particles, hole_squares)
     for level, name in YIELD_TABLES.items():
         atomic_write_text(folder / name, table_csv(tables[level], level))

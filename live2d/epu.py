@@ -59,6 +59,18 @@ def micrograph_origin(name: str) -> MicrographOrigin:
                             grid_square=square.group(1) if square else "", acquired=acquired)
 
 
+def epu_folder_problem(epu_dir: str | os.PathLike) -> str:
+    """Why the EPU session folder ``epu_dir`` cannot give grid squares, in one line for a log;
+    "" when it can (it may still hold no acquisition yet). Its particles then count per
+    micrograph and foil hole only, never an error: the folder is advice, not input."""
+    path = Path(epu_dir)
+    if not path.is_dir():
+        return f"the EPU session folder {path} is not there (or not a folder)"
+    if not os.access(path, os.R_OK | os.X_OK):
+        return f"the EPU session folder {path} cannot be read"
+    return ""
+
+
 def read_hole_squares(epu_dir: str | os.PathLike) -> dict[str, str]:
     """Foil hole -> grid square, from the acquisition files of the EPU session folder
     ``epu_dir`` (empty where it has none yet). Reads names only, never the files, so calling

@@ -155,6 +155,34 @@ class Settings:
              "Additional particles before update, or Particle count before starting when no "
              "classes exist yet: the last particles of a session are not left unclassified. "
              "0 turns it off.")
+    target_good_particles: int = _spec(
+        100_000, "Good particles wanted", lo=0, hi=1_000_000_000, level="user",
+        help="How many good particles the session aims for (those in classes marked or "
+             "proposed good): live2d status forecasts when collection reaches it at the last "
+             "hour's rate, and an alert says when it is reached. 0 turns both off.")
+    bad_square_fraction: float = _spec(
+        0.5, "Bad grid square below", lo=0.0, hi=1.0,
+        help="An alert names a grid square whose share of good particles falls below this "
+             "fraction of the median share of the session's grid squares (0.5: less than half "
+             "as good as a typical square), so that collection moves elsewhere; it clears when "
+             "the square recovers. Squares come from the EPU session folder or the movie "
+             "paths. 0 turns it off.")
+    bad_square_micrographs: int = _spec(
+        8, "Micrographs before judging a square", lo=1, hi=100_000,
+        help="How many classified micrographs a grid square needs before the bad-square alert "
+             "judges it, and before it counts towards the session's median: fewer give too "
+             "noisy a share of good particles.")
+    yield_drop_fraction: float = _spec(
+        0.5, "Falling yield below", lo=0.0, hi=1.0,
+        help="An alert says the yield is falling when the good particles per hour of the "
+             "last hour fall below this fraction of the whole session's rate (judged once the "
+             "session spans two hours): worse ice, a drifting stage or a dirty area. 0 turns "
+             "it off.")
+    warp_stalled_after: float = _spec(
+        1200.0, "Quiet time before a stall alert", lo=0.0, hi=86_400.0, unit="s",
+        help="While automatic jobs run, an alert says Warp has stalled when no new particle "
+             "has arrived for this long (the microscope or Warp stopped, a full disk, a lost "
+             "network share); it clears when particles arrive again. 0 turns it off.")
     low_res: float = _spec(
         300.0, "Low-res limit", lo=10.0, hi=10_000.0, unit="Å",
         help="Coarsest detail used when comparing particles with classes: features larger "
@@ -452,6 +480,10 @@ class AutomaticTrigger:
         self._seen = -1  # the particle count at the last poll
         self._grew_at = self._job_at = time.monotonic()
         self._caught_up = 0
+
+    def quiet_seconds(self) -> float:
+        """How long the particle count has stayed as it is, as the polls saw it."""
+        return time.monotonic() - self._grew_at
 
     def due(self, settings: Settings, n_particles: int, n_at_last_job: int | None,
             job_in_progress: bool) -> tuple[bool, str]:

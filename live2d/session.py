@@ -22,12 +22,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
+from live2d.alerts import CYCLE_RULES, WARP_STALLED, AlertBook, cycle_alerts, warp_stalled
 from live2d.atomic import naming
-from live2d.collection_yield import write_yield_tables
+from live2d.collection_yield import ScoredParticles, score_particles, write_yield_tables
 from live2d.cycle import CycleInputs, clean_work_folder, run_cycle
 from live2d.disk import DiskUse, DiskWatch
 from live2d.engines import Engine, make_engine
+from live2d.epu import epu_folder_problem, read_hole_squares
 from live2d.errors import CycleCancelled, EngineError, SessionError
+from live2d.forecast import forecast, particle_times
 from live2d.history import CycleRecord
 from live2d.importer import Importer, ImportReport
 from live2d.output_folder import DEFAULT_OUTPUT, OutputFolder
@@ -51,6 +56,9 @@ LOG_LINES_KEPT = 1000
 log = logging.getLogger("live2d")
 
 Listener = Callable[[dict[str, Any]], None]
+# What a scored cycle's alerts are judged on: the store's table, its particles scored by the
+# cycle, the EPU folder's foil hole -> grid square (None: none kept or readable).
+ScoredCycle = tuple[pd.DataFrame, ScoredParticles, dict[str, str] | None]
 
 
 class SessionLogHandler(logging.FileHandler):
@@ -87,6 +95,7 @@ class Session:
         executor: Executor | None = None,
         star: str | Path | None = None,
         particle_feed: Callable[[ParticleStore], ParticleFeed] | None = None,
+        epu_dir: str | Path | None = None,
     ) -> None:
         """``executor``: where the engine's slices run (live2d.executors; None: this process).
         The caller owns it and closes it after :meth:`close`. ``star``: the particle star to
@@ -94,7 +103,9 @@ class Session:
         resumed session keeps the one it was started with unless another is given.
         ``particle_feed``: makes the particle source that fills the session's store (e.g. a
         Scipion input set; ``warp_dir`` is then only the folder the session names); None: the
-        folder ``warp_dir`` (:class:`live2d.importer.Importer`)."""
+        folder ``warp_dir`` (:class:`live2d.importer.Importer`). ``epu_dir``: the EPU session
+        folder, for the grid square of each foil hole in the yield tables (:mod:`live2d.epu`);
+        kept like ``star``."""
         self.warp_dir = Path(warp_dir).resolve()
         if not self.warp_dir.is_dir():  # checked before the output folder could create it
             raise SessionError(f"{self.warp_dir} does not exist or is not a folder: give the "
@@ -124,6 +135,10 @@ class Session:
         if star is not None and str(star) != self.state.star:
             self.state.star = str(star)
             self._write_state()
+        if epu_dir is not None and str(Path(epu_dir).resolve()) != self.state.epu_dir:
+            self.state.epu_dir = str(Path(epu_dir).resolve())
+            self._write_state()
+        self._epu_folder()  # a folder that cannot be read is said now, not at the first cycle
         self.store = ParticleStore(self.output_dir)
         self.importer: ParticleFeed = Importer(
             self.warp_dir, self.store, which=self.settings.particle_file,
@@ -133,6 +148,7 @@ class Session:
             self.importer.configure(which=self.settings.particle_file,
                                     contrast=self.settings.contrast)
         self._disk = DiskWatch(self.output_dir)
+        self.alerts = AlertBook(self.output_dir)
         self.selection = ClassSelection(
             self.output_dir, self._history, self._lock,
             lambda summary: self._emit({"type": "selection", "selection": summary}))
@@ -222,6 +238,7 @@ class Session:
                 "automatic": self.state.automatic,
                 "progress": self.progress,
                 "disk": self._disk.to_dict(),
+                "alerts": [alert.to_dict() for alert in self.alerts.active],
             }
         if not with_history:
             del snapshot["history"]
@@ -371,6 +388,7 @@ class Session:
             self._write_state()
         self._log("automatic jobs: listening for particles from Warp")
         trigger = AutomaticTrigger()
+        polled: int | None = None  # the particle count at the previous poll
         try:
             while not (self._stop.is_set() or (stop is not None and stop.is_set())):
                 self._set_status("listening")
@@ -384,6 +402,10 @@ class Session:
                     continue
                 due, why = trigger.due(self.settings, report.total,
                                        self.state.particles_at_last_job, self.job is not None)
+                # Counted from poll to poll: a job's own imports between cycles count too.
+                self._check_stall(trigger.quiet_seconds(),
+                                  polled is not None and report.total > polled)
+                polled = report.total
                 if why:
                     self._log(why)
                 if report.closed:
@@ -495,7 +517,9 @@ class Session:
         self._clean_work_dir()
         drop_unreferenced(self.output, record)
         if record.assessed:
-            self._write_yield(record)
+            scored = self._write_yield(record)
+            if scored is not None:
+                self._check_cycle_alerts(*scored)
         with self._lock:
             self._history.prune_results(self.settings.keep_cycle_results)
         self.check_disk()
@@ -504,13 +528,65 @@ class Session:
                   f"({record.particles_per_second:.0f} particles/s)")
         self._emit({"type": "cycle", "cycle": record.to_dict()})
 
-    def _write_yield(self, record: CycleRecord) -> None:
+    def _write_yield(self, record: CycleRecord) -> ScoredCycle | None:
         """The yield tables of the cycle just recorded (O(particles), like its star): a
-        failure is logged, the cycle stands."""
+        failure is logged, the cycle stands. Returns what the alerts are judged on (None after
+        a failure): the store's table, its particles scored, the EPU folder's hole -> square."""
         try:
-            write_yield_tables(self.output_dir, self.store.read_table(), record)
+            table = self.store.read_table()
+            particles = score_particles(self.output_dir, table, record)
+            epu = self._epu_folder()
+            hole_squares = read_hole_squares(epu) if epu else None
+            write_yield_tables(self.output_dir, particles, hole_squares)
         except Exception as exc:  # the tables are advice; the cycle is the work
             log.warning("yield tables of cycle %d not written: %s", record.number, exc)
+            return None
+        return table, particles, hole_squares
+
+    def _check_cycle_alerts(self, table: pd.DataFrame, particles: ScoredParticles,
+                            hole_squares: dict[str, str] | None) -> None:
+        """Fire or clear the alerts judged on a scored cycle (live2d.alerts.CYCLE_RULES): a
+        failure is logged, the cycle stands."""
+        try:
+            times, what = particle_times(table)
+            outlook = forecast(particles, times, self.settings.target_good_particles, what)
+            self._update_alerts(CYCLE_RULES,
+                                cycle_alerts(particles, hole_squares, outlook, self.settings))
+        except Exception as exc:  # advice, like the tables
+            log.warning("alerts of cycle %d not judged: %s", particles.cycle, exc)
+
+    def _check_stall(self, quiet_seconds: float, arrived: bool) -> None:
+        """Fire the stall alert once no particle has arrived for warp_stalled_after seconds;
+        clear it when particles arrive (not when a restart merely resets the quiet time)."""
+        stalled = warp_stalled(quiet_seconds, self.warp_dir, self.settings)
+        if stalled or arrived or not self.settings.warp_stalled_after:
+            try:
+                self._update_alerts((WARP_STALLED,), stalled)
+            except OSError as exc:  # e.g. a full disk: said, and tried again at the next poll
+                log.error("alerts not saved: %s", exc)
+
+    def _update_alerts(self, rules: tuple[str, ...], firing: dict[str, str]) -> None:
+        """Record the conditions of ``rules`` (live2d.alerts.AlertBook.update); an alert that
+        starts goes to the log as a warning and to the listeners, as does one that clears."""
+        with self._lock:
+            fired, cleared = self.alerts.update(rules, firing)
+        for alert in fired:
+            log.warning(alert.message)
+            self._emit({"type": "alert", "active": True, **alert.to_dict()})
+        for alert in cleared:
+            log.info("no longer: %s", alert.message)
+            self._emit({"type": "alert", "active": False, **alert.to_dict()})
+
+    def _epu_folder(self) -> Path | None:
+        """The EPU session folder kept in the state, where it can be read; where it cannot, the
+        log says so once (the yield is then per micrograph and foil hole) and this is None."""
+        if not self.state.epu_dir:
+            return None
+        problem = epu_folder_problem(self.state.epu_dir)
+        if problem and problem not in self._said:
+            self._said.add(problem)
+            log.warning("%s: grid squares come from the movie paths only", problem)
+        return None if problem else Path(self.state.epu_dir)
 
     @property
     def disk(self) -> DiskUse | None:

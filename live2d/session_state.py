@@ -53,6 +53,8 @@ class SessionState:
     warp_dir: str
     settings: Settings
     star: str = ""  # the particle star named with --star ("": the folder's layout decides)
+    # The EPU session folder named with --epu, for grid squares ("": only the movie paths say).
+    epu_dir: str = ""
     job: JobState | None = None
     jobs_started: int = 0
     particles_at_last_job: int | None = None

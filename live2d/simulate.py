@@ -53,6 +53,8 @@ _TRUTH_COLUMNS = ["image_name", "kind", "view", "psi", "shift_x", "shift_y", "de
 VOLTAGE, CS, AMPLITUDE_CONTRAST = 300.0, 2.7, 0.07
 # EPU's movie names: fixed, not the clock's, so that a simulation extended later keeps them.
 MICROGRAPHS_PER_HOLE = 4
+HOLES_PER_SQUARE = 4
+_FIRST_SQUARE = 24668021
 SECONDS_PER_MICROGRAPH = 20
 _FIRST_HOLE, _FIRST_TEMPLATE, _FIRST_ACQUISITION = 24697853, 24671885, 24671887
 _FIRST_MOVIE_TIME = datetime(2023, 11, 4, 8, 40, 15)
@@ -65,6 +67,18 @@ def epu_movie_name(index: int) -> str:
     taken = _FIRST_MOVIE_TIME + timedelta(seconds=SECONDS_PER_MICROGRAPH * index)
     return (f"FoilHole_{_FIRST_HOLE + index // MICROGRAPHS_PER_HOLE}_Data_{template}_"
             f"{_FIRST_ACQUISITION + index}_{taken:%Y%m%d_%H%M%S}_fractions")
+
+
+def write_epu_acquisition(epu_dir: Path, index: int) -> None:
+    """The file EPU writes into its session folder ``epu_dir`` for micrograph ``index`` of the
+    simulation, under its grid square (:data:`HOLES_PER_SQUARE` foil holes to a square): what
+    live2d.epu reads is its name and folder, so it holds only a stub."""
+    square = _FIRST_SQUARE + index // MICROGRAPHS_PER_HOLE // HOLES_PER_SQUARE
+    data = epu_dir / "Images-Disc1" / f"GridSquare_{square}" / "Data"
+    acquisition = data / f"{epu_movie_name(index).removesuffix('_fractions')}.xml"
+    if not acquisition.exists():
+        data.mkdir(parents=True, exist_ok=True)
+        acquisition.write_text("<MicroscopeImage/>\n", encoding="utf-8")
 
 
 def truth_dir_for(warp_dir: Path) -> Path:
@@ -140,6 +154,7 @@ def simulate(
     off_centre: float = 0.0,
     truth_dir: Path | None = None,
     keep_going: Callable[[], bool] = lambda: True,
+    epu_dir: Path | None = None,
 ) -> int:
     """Write (or extend) a simulated Warp session of ``particles`` picks; returns how many
     micrographs were written. With ``interval`` > 0 a micrograph appears every ``interval``
@@ -148,7 +163,8 @@ def simulate(
     ``junk``: the fraction of picks that are junk (empty ice, contamination, carbon edges,
     aggregates; :mod:`live2d.junk`). ``off_centre``: picks land up to this many pixels from the
     particle's centre (0: up to 8% of its diameter, a good picker). The truth records each
-    pick's kind."""
+    pick's kind. ``epu_dir``: also write the EPU session folder's acquisition files there, one
+    per micrograph under its grid square, as EPU does before Warp sees the movie."""
     if particles < 0 or per_micrograph < 1:
         raise ValueError("particles must be >= 0 and per_micrograph >= 1")
     if not 0.0 <= junk < 1.0 or off_centre < 0:
@@ -180,6 +196,8 @@ def simulate(
         if not keep_going():
             break
         movie = epu_movie_name(index)
+        if epu_dir is not None:
+            write_epu_acquisition(Path(epu_dir), index)
         stack_name = f"particles/{movie}_{MODEL}.mrcs"
         rng = np.random.default_rng([seed, index])
         defocus_u = rng.uniform(8000.0, 25000.0)

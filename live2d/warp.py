@@ -542,6 +542,18 @@ def _store_state(stack: Path) -> dict | None:
     return state
 
 
+def stamp_written(stamp: str) -> float | None:
+    """When the stack stamped ``stamp`` (:func:`stack_stamp`) was last written, in seconds
+    since the epoch: its modification time. None for a store's stamp (``store:...``), which
+    holds no time, and for an empty or malformed one."""
+    if stamp.startswith(STORE_STAMP):
+        return None
+    parts = stamp.split(":")
+    if len(parts) < 2 or not parts[1].isdigit():
+        return None
+    return int(parts[1]) / 1e9
+
+
 def store_stamp(state: dict) -> str:
     """What identifies a store's content, from its ``store.json`` (``state``): its id and
     generation. Its stack is stamped so, and its growing star is read again whole when this

@@ -1,6 +1,7 @@
 """Where each particle came from (EPU's names and session folder) and the good particles per
 micrograph, foil hole and grid square: the tables, the command and the session's CSVs."""
 
+import collections
 import csv
 import io
 import json
@@ -170,10 +171,15 @@ def test_the_command_says_when_there_is_no_session_or_no_scored_cycle(output, tm
 def test_a_session_writes_the_three_tables_after_each_scored_cycle(tmp_path):
     from test_session import SMALL_ARGS, small_session
 
-    warp = tmp_path / "warp"
+    from live2d.simulate import write_epu_acquisition
+
+    warp, epu = tmp_path / "warp", tmp_path / "epu"
     small_session(warp)
-    assert cli_main(["run", str(warp), "--once", *SMALL_ARGS]) == 0
+    for index in range(4):  # the simulator's EPU folder for its 4 micrographs
+        write_epu_acquisition(epu, index)
+    assert cli_main(["run", str(warp), "--once", "--epu", str(epu), *SMALL_ARGS]) == 0
     out = warp / "classification"
+    assert json.loads((out / SESSION_STATE).read_text())["epu_dir"] == str(epu.resolve())
     tables = {level: list(csv.DictReader(io.StringIO((out / name).read_text())))
               for level, name in YIELD_TABLES.items()}
     for level, name in YIELD_TABLES.items():
@@ -183,6 +189,82 @@ def test_a_session_writes_the_three_tables_after_each_scored_cycle(tmp_path):
     assert sum(int(r["particles"]) for r in tables["micrograph"]) == 240
     assert [(r["foil_hole"], r["micrographs"], r["particles"]) for r in tables["hole"]] == \
         [("24697853", "4", "240")]
-    assert tables["square"] == []  # no square: neither the names nor an EPU folder say
+    assert [(r["grid_square"], r["micrographs"], r["particles"]) for r in tables["square"]] \
+        == [("24668021", "4", "240")]  # from the EPU folder: the names do not say
     good = sum(int(r["good_particles"]) for r in tables["micrograph"])
     assert 0 <= good <= 240 and tables["hole"][0]["first_seen"] == "2023-11-04T08:40:15Z"
+
+
+def test_the_simulator_writes_the_epu_folder_of_its_movies(tmp_path):
+    from live2d.simulate import HOLES_PER_SQUARE, MICROGRAPHS_PER_HOLE, MODEL, simulate
+
+    micrographs = MICROGRAPHS_PER_HOLE * (HOLES_PER_SQUARE + 1)  # a square and a hole more
+    simulate(tmp_path / "warp", particles=2 * micrographs, per_micrograph=2, box=16,
+             pixel_size=3.0, views=2, epu_dir=tmp_path / "epu")
+    squares = read_hole_squares(tmp_path / "epu")
+    assert len(squares) == HOLES_PER_SQUARE + 1
+    assert sorted(collections.Counter(squares.values()).values()) == [1, HOLES_PER_SQUARE]
+    star = (tmp_path / "warp" / f"allparticles_{MODEL}.star").read_text()
+    holes = {micrograph_origin(line.split()[-1]).foil_hole for line in star.splitlines()
+             if "FoilHole_" in line}
+    assert holes == set(squares)  # every movie's hole has its square
+
+
+def open_session(output, warp, **kwargs):
+    from live2d.session import Session
+
+    (warp).mkdir(exist_ok=True)  # Warp not started yet: nothing is imported
+    return Session(warp, output, engine="builtin", **kwargs)
+
+
+def test_the_epu_folder_is_kept_in_the_session_and_used_after_a_restart(output, tmp_path,
+                                                                          capsys):
+    epu = tmp_path / "epu"
+    write_epu_folder(epu, {"111": ["501"], "222": ["502"]})
+    (output / SESSION_STATE).unlink()  # the fixture's stand-in: a real session starts here
+    session = open_session(output, tmp_path / "warp", epu_dir=epu)
+    session.close()
+    assert json.loads((output / SESSION_STATE).read_text())["epu_dir"] == str(epu.resolve())
+    restarted = open_session(output, tmp_path / "warp")  # not told again
+    try:
+        restarted._write_yield(restarted.history[-1])
+    finally:
+        restarted.close()
+    squares = list(csv.DictReader(io.StringIO((output / YIELD_TABLES["square"]).read_text())))
+    assert [(r["grid_square"], r["good_particles"]) for r in squares] == [("111", "3"),
+                                                                         ("222", "1")]
+    _, rows = cli_csv(capsys, output, "--by", "square")  # the command, without --epu
+    assert [row[0] for row in rows] == ["111", "222"]
+
+
+def test_an_older_session_json_without_the_epu_folder_still_opens(output, tmp_path):
+    (output / SESSION_STATE).unlink()
+    session = open_session(output, tmp_path / "warp", epu_dir=tmp_path)
+    session.close()
+    state = json.loads((output / SESSION_STATE).read_text())
+    del state["epu_dir"]
+    (output / SESSION_STATE).write_text(json.dumps(state))
+    session = open_session(output, tmp_path / "warp")
+    session.close()
+    assert session.state.epu_dir == ""
+
+
+def test_a_missing_epu_folder_gives_per_micrograph_figures_and_one_log_line(output, tmp_path,
+                                                                           capsys):
+    (output / SESSION_STATE).unlink()
+    session = open_session(output, tmp_path / "warp", epu_dir=tmp_path / "nowhere")
+    try:
+        for _ in range(2):
+            session._write_yield(session.history[-1])
+    finally:
+        session.close()
+    said = [line for line in (output / "live2d.log").read_text().splitlines()
+            if "nowhere" in line]
+    assert len(said) == 1 and "WARNING" in said[0] and "is not there" in said[0]
+    micrographs = list(csv.DictReader(io.StringIO(
+        (output / YIELD_TABLES["micrograph"]).read_text())))
+    assert [r["particles"] for r in micrographs] == ["4", "2", "3", "2"]
+    squares = list(csv.DictReader(io.StringIO((output / YIELD_TABLES["square"]).read_text())))
+    assert [r["grid_square"] for r in squares] == ["111"]  # from a movie's path only
+    _, rows = cli_csv(capsys, output, "--by", "micrograph")
+    assert len(rows) == 4

@@ -55,6 +55,9 @@ def test_the_demo_classifies_every_particle_once_its_microscope_stops(tmp_path):
     assert "no new particles for" in log.read_text(encoding="utf-8")
     assert f"kept in {tmp_path / 'warp'}" in out
     assert (tmp_path / "warp" / "classification" / "session.json").exists()
+    # The simulated microscope's EPU folder names the grid square of its foil hole.
+    squares = (tmp_path / "warp" / "classification" / "yield_squares.csv").read_text()
+    assert squares.splitlines()[1].startswith("24668021,3,300,")
 
 
 def test_ctrl_c_removes_the_demos_temporary_folder_and_says_so():

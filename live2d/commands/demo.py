@@ -39,11 +39,13 @@ def main(args: argparse.Namespace) -> int:
     temporary = args.dir is None
     folder = Path(tempfile.mkdtemp(prefix="live2d-demo-")) if temporary else args.dir
     warp = folder / "warp"
+    epu = folder / "epu"  # the simulated microscope's EPU session folder: grid squares
     done = threading.Event()
 
     def collect() -> None:
         simulate(warp, particles=args.particles, per_micrograph=100, interval=args.interval,
-                 box=64, pixel_size=3.0, snr=0.05, views=8, keep_going=lambda: not done.is_set())
+                 box=64, pixel_size=3.0, snr=0.05, views=8, keep_going=lambda: not done.is_set(),
+                 epu_dir=epu)
 
     microscope = threading.Thread(target=collect, name="simulated-warp", daemon=True)
     controller = None
@@ -53,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
             time.sleep(0.1)
         print(f"simulating a Warp session in {warp} (a micrograph every {args.interval:g} s)")
         controller = Controller(warp, engine="builtin", device=args.device,
-                                settings=DEMO_SETTINGS)
+                                settings=DEMO_SETTINGS, epu_dir=epu)
         controller.handle({"command": "start_automatic"})
         serve(controller, "127.0.0.1", args.port, None)  # until Ctrl-C; it closes the controller
     except KeyboardInterrupt:  # Ctrl-C before the page was up

@@ -35,6 +35,11 @@ SETTING_OPTIONS = {
     "first_job_at": "--first-job-at",
     "update_every": "--update-every",
     "catch_up_after": "--catch-up-after",
+    "target_good_particles": "--target-good-particles",
+    "bad_square_fraction": "--bad-square-fraction",
+    "bad_square_micrographs": "--bad-square-micrographs",
+    "yield_drop_fraction": "--yield-drop-fraction",
+    "warp_stalled_after": "--warp-stalled-after",
     "poll_seconds": "--poll-seconds",
     "particle_file": "--particle-file",
     "contrast": "--contrast",
@@ -58,6 +63,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "export), relative to WARP_DIR; it may grow or be rewritten while "
                              "Live2D runs. Default: Warp 1.x's own star files, or the one "
                              "particle star of a WarpTools 2 project")
+    add_epu_arg(parser)
     parser.add_argument("--engine", choices=ENGINE_NAMES, default="auto", help=ENGINE_HELP)
     parser.add_argument("--device", default="auto", help="built-in engine: auto, cpu or cuda")
     parser.add_argument("--cistem-bin", help="folder holding cisTEM's refine2d and merge2d")
@@ -66,6 +72,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "nothing to classify yet)")
     add_cluster_args(parser)
     add_setting_args(parser)
+
+
+def add_epu_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epu", type=Path, metavar="EPU_DIR",
+                        help="the EPU session folder (holding Images-Disc1/GridSquare_*): the "
+                             "yield tables and alerts then name each foil hole's grid square. "
+                             "Kept in the session: a restart, live2d yield and live2d status "
+                             "use it without being told again")
 
 
 def add_setting_args(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +130,8 @@ def main(args: argparse.Namespace) -> int:
         return 1
     try:
         session = Session(args.warp_dir, args.output, engine=args.engine, device=args.device,
-                          cistem_bin=args.cistem_bin, executor=executor, star=args.star)
+                          cistem_bin=args.cistem_bin, executor=executor, star=args.star,
+                          epu_dir=args.epu)
         session.update_settings(setting_overrides(args))
         session.check_workers()
     except (EngineError, SessionError, SettingsError, WarpFolderError, OSError) as exc:

@@ -13,6 +13,7 @@ from pathlib import Path
 from live2d.commands.run import (
     ENGINE_HELP,
     add_cluster_args,
+    add_epu_arg,
     add_setting_args,
     setting_overrides,
 )
@@ -37,6 +38,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="the page may open Warp folders under this one only "
                              "(default: WARP_DIR's parent, or the current folder without "
                              "WARP_DIR)")
+    add_epu_arg(parser)
     parser.add_argument("--engine", choices=ENGINE_NAMES, default="auto", help=ENGINE_HELP)
     parser.add_argument("--device", default="auto",
                         help="where the built-in engine runs: auto, cpu or cuda[:N]")
@@ -56,6 +58,10 @@ def main(args: argparse.Namespace) -> int:
         print("live2d serve: --output needs WARP_DIR (folders chosen in the page write into "
               "their own classification folder)", file=sys.stderr)
         return 1
+    if args.epu and not args.warp_dir:
+        print("live2d serve: --epu needs WARP_DIR (the session of that folder keeps it)",
+              file=sys.stderr)
+        return 1
     try:
         executor = make_executor(args.scheduler, args.cluster, args.cluster_config)
     except EngineError as exc:
@@ -66,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
             controller = Controller(args.warp_dir, args.output, engine=args.engine,
                                     device=args.device, cistem_bin=args.cistem_bin,
                                     warp_root=args.warp_root, executor=executor,
-                                    settings=setting_overrides(args))
+                                    settings=setting_overrides(args), epu_dir=args.epu)
         except (EngineError, WarpFolderError, SessionError, SettingsError, OSError) as exc:
             print(f"live2d serve: {exc}", file=sys.stderr)
             return 1

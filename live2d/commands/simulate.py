@@ -34,12 +34,16 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="picks up to this many pixels off the particle's centre (default 0:"
                              " up to 8%% of its diameter)")
     parser.add_argument("--truth", type=Path, help="truth folder (WARP_DIR_truth)")
+    parser.add_argument("--epu", type=Path, metavar="EPU_DIR",
+                        help="also write an EPU session folder here (Images-Disc1/GridSquare_*/"
+                             "Data/FoilHole_*.xml, four foil holes to a grid square), for "
+                             "live2d run --epu")
 
 
 def main(args: argparse.Namespace) -> int:
     simulate(args.warp_dir, particles=args.particles, per_micrograph=args.per_micrograph,
              interval=args.interval, box=args.box, pixel_size=args.pixel_size, snr=args.snr,
              views=args.views, seed=args.seed, junk=args.junk, off_centre=args.off_centre,
-             truth_dir=args.truth)
+             truth_dir=args.truth, epu_dir=args.epu)
     print(f"wrote {args.particles} particles to {args.warp_dir}")
     return 0

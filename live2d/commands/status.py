@@ -96,6 +96,40 @@ def print_left_out(folder: Path) -> None:
               f"{skipped} stacks skipped as never finished (the log says which)")
 
 
+def print_alerts(folder: Path) -> None:
+    """The alerts in force (live2d.alerts), oldest first, each with when it fired."""
+    from live2d.alerts import read_alerts
+
+    for alert in read_alerts(folder):
+        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(alert.since))
+        print(f"ALERT since {since}: {alert.message}")
+
+
+def print_forecast(folder: Path) -> None:
+    """Good particles per hour, the time to the target and whether new views appear, by the
+    latest scored cycle (nothing before there is one)."""
+    from live2d.collection_yield import YieldError, latest_scored_cycle, score_particles
+    from live2d.errors import SelectionError
+    from live2d.forecast import forecast, particle_times
+    from live2d.output_folder import OutputFolder
+    from live2d.session_state import read_state
+    from live2d.store import read_committed_table
+
+    state = read_state(OutputFolder(folder))
+    if state is None:
+        return
+    try:
+        record = latest_scored_cycle(folder)
+        table = read_committed_table(folder)
+        particles = score_particles(folder, table, record)
+    except (YieldError, SelectionError, OSError, ValueError):
+        return  # no scored cycle yet, or the store is being replaced: nothing to forecast
+    times, what = particle_times(table)
+    for line in forecast(particles, times, state.settings.target_good_particles,
+                         what).lines():
+        print(line)
+
+
 def main(args: argparse.Namespace) -> int:
     path = find_state(args.dir, "status")
     if path is None:
@@ -119,6 +153,8 @@ def main(args: argparse.Namespace) -> int:
               f"{latest.particles} particles: their source stacks changed or vanished since "
               "import (live2d.log names them)")
     print_classes(path.parent, history)
+    print_alerts(path.parent)
+    print_forecast(path.parent)
     print_exports(path.parent)
     print_left_out(path.parent)
     print_disk(path.parent, history)

@@ -1,8 +1,9 @@
 """Print how many good particles each grid square, foil hole or micrograph gave, by the latest
 cycle with class scores and the selection (the classes proposed good, with the page's marks over
 them): where the grid is worth collecting. DIR is the output folder or the Warp folder. Foil
-holes and times come from EPU's movie names; grid squares from an EPU session folder (--epu) or
-from the movies' paths. The session writes the same tables as yield_*.csv after every cycle."""
+holes and times come from EPU's movie names; grid squares from an EPU session folder (--epu, or
+the one the session keeps from live2d run --epu) or from the movies' paths. The session writes
+the same tables as yield_*.csv after every cycle."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="an aligned table to read (default), CSV or JSON")
     parser.add_argument("--epu", type=Path, metavar="EPU_DIR",
                         help="the EPU session folder (holding Images-Disc1/GridSquare_*), for "
-                             "the grid square of each foil hole")
+                             "the grid square of each foil hole (default: the one the session "
+                             "was started with, live2d run --epu)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -46,13 +48,14 @@ def main(args: argparse.Namespace) -> int:
     if args.epu is not None and not args.epu.is_dir():
         print(f"live2d yield: --epu {args.epu} is not a folder", file=sys.stderr)
         return 1
+    epu = args.epu or session_epu_folder(state.parent)
     try:
         record = latest_scored_cycle(state.parent)  # before the store: there may be none
         particles = score_particles(state.parent, read_committed_table(state.parent), record)
     except (YieldError, SelectionError, OSError, ValueError) as exc:
         print(f"live2d yield: {exc}", file=sys.stderr)
         return 1
-    rows = yield_tables(particles, read_hole_squares(args.epu) if args.epu else None)[args.by]
+    rows = yield_tables(particles, read_hole_squares(epu) if epu else None)[args.by]
     if args.format == "csv":
         sys.stdout.write(table_csv(rows, args.by))
     elif args.format == "json":
@@ -60,6 +63,25 @@ def main(args: argparse.Namespace) -> int:
     else:
         print_table(rows, args.by, particles.cycle)
     return 0
+
+
+def session_epu_folder(folder: Path) -> Path | None:
+    """The EPU session folder the session in ``folder`` keeps (``live2d run --epu``), where it
+    can be read; where it cannot, a line on stderr says so and the squares come from the movie
+    paths only."""
+    from live2d.epu import epu_folder_problem
+    from live2d.output_folder import OutputFolder
+    from live2d.session_state import read_state
+
+    state = read_state(OutputFolder(folder))
+    if state is None or not state.epu_dir:
+        return None
+    problem = epu_folder_problem(state.epu_dir)
+    if problem:
+        print(f"live2d yield: {problem}: grid squares come from the movie paths only",
+              file=sys.stderr)
+        return None
+    return Path(state.epu_dir)
 
 
 def print_table(rows: list[dict], level: str, cycle: int) -> None:
