@@ -25,6 +25,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from live2d.history import CycleRecord
 from live2d.output_folder import OutputFolder, batch_halves_name, batch_sums_name
 from live2d.schedule import Settings
@@ -147,3 +149,71 @@ def drop_unreferenced(output: OutputFolder, latest: CycleRecord | None) -> int:
             path.unlink(missing_ok=True)
             dropped += 1
     return dropped
+
+
+@dataclass(frozen=True)
+class KeepingUp:
+    """Whether the classes keep up with the microscope: the particles in the latest classes of
+    those imported, the rest waiting (backlog), how long particles took from their stack
+    being written to being in published classes (seconds; None where times are unknown), and
+    how long ago the least recently aligned batch was classified."""
+
+    in_classes: int
+    imported: int
+    latest_latency: float | None  # the longest wait among the latest cycle's new particles
+    p50: float | None  # over the particles published in the hour before the latest cycle
+    p99: float | None
+    oldest_alignment: float | None  # seconds before the latest cycle ended
+
+    @property
+    def backlog(self) -> int:
+        return self.imported - self.in_classes
+
+    def lines(self) -> list[str]:
+        out = [f"streaming: {self.in_classes:,} of {self.imported:,} particles in the classes, "
+               f"{self.backlog:,} waiting"]
+        if self.latest_latency is not None:
+            hour = (f"; over the last hour p50 {_minutes(self.p50)}, p99 {_minutes(self.p99)}"
+                    if self.p50 is not None else "")
+            out.append(f"latency (stack written to particles in the classes): latest cycle up "
+                       f"to {_minutes(self.latest_latency)}{hour}")
+        if self.oldest_alignment is not None:
+            out.append(f"the least recently aligned particles were classified "
+                       f"{_minutes(self.oldest_alignment)} before the latest update")
+        return out
+
+
+def keeping_up(records: list[CycleRecord], written: np.ndarray) -> KeepingUp | None:
+    """:class:`KeepingUp` from the cycle records of the current particles (oldest first) and
+    each particle's time of writing (``written``, seconds since the epoch, NaN where unknown;
+    :func:`live2d.forecast.particle_times`). A particle's latency ends with the first cycle
+    whose particles include it. None without records."""
+    if not records:
+        return None
+    latest = records[-1]
+    reach = np.maximum.accumulate(np.array([r.particles for r in records]))
+    finished = np.array([r.finished for r in records])
+    published = len(written) if len(written) < reach[-1] else int(reach[-1])
+    first = np.searchsorted(reach, np.arange(published), side="right")
+    latency = finished[first] - written[:published]
+    known = np.isfinite(latency)
+    before = int(reach[-2]) if len(reach) > 1 else 0
+    newest = latency[before:published][known[before:published]]
+    recent = known & (finished[first] >= latest.finished - 3600.0)
+    batches = kept_batches(latest)
+    by_number = {r.number: r.finished for r in records}
+    aligned = [by_number[b.aligned] for b in batches if b.aligned in by_number]
+    return KeepingUp(
+        in_classes=sum(latest.class_counts),
+        imported=len(written),
+        latest_latency=float(newest.max()) if len(newest) else None,
+        p50=float(np.percentile(latency[recent], 50)) if recent.any() else None,
+        p99=float(np.percentile(latency[recent], 99)) if recent.any() else None,
+        oldest_alignment=latest.finished - min(aligned) if aligned else None,
+    )
+
+
+def _minutes(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"

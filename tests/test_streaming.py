@@ -31,7 +31,7 @@ from live2d.schedule import (
 from live2d.session import Session
 from live2d.simulate import simulate
 from live2d.source_images import open_images
-from live2d.streaming import plan_update
+from live2d.streaming import keeping_up, plan_update
 
 
 def record(particles: int, batches=(), credit: int = 0) -> CycleRecord:
@@ -276,3 +276,34 @@ def test_run_once_streaming_without_classes_says_to_start_ab_initio(tmp_path, ca
     assert cli_main(["run", str(warp), "--once", "--mode", "stream", "--engine", "builtin",
                      "--classes", "4", "--threads", "1"]) == 1
     assert "run an ab initio job first" in capsys.readouterr().err
+
+
+def test_keeping_up_from_the_records_and_the_stacks_times():
+    # Particles written at t = 0..99 s; cycles ended at 150 s (60 particles) and 400 s (100).
+    records = [dataclasses.replace(record(60), number=0, finished=150.0),
+               dataclasses.replace(record(100, [(0, 60, 0), (60, 100, 1)]), number=1,
+                                   finished=400.0, class_counts=[97])]
+    written = np.concatenate([np.arange(100.0), [np.nan] * 20])  # 20 more, not yet classified
+    state = keeping_up(records, written)
+    assert (state.in_classes, state.imported, state.backlog) == (97, 120, 23)
+    assert state.latest_latency == 400.0 - 60.0  # the longest wait among cycle 1's new ones
+    latencies = np.concatenate([150.0 - np.arange(60.0), 400.0 - np.arange(60.0, 100.0)])
+    assert state.p50 == pytest.approx(np.percentile(latencies, 50))
+    assert state.p99 == pytest.approx(np.percentile(latencies, 99))
+    assert state.oldest_alignment == 250.0  # batch 0 was classified in cycle 0
+    assert "23 waiting" in state.lines()[0] and "p99" in state.lines()[1]
+
+
+def test_status_shows_whether_a_streaming_session_keeps_up(tmp_path, capsys):
+    warp = tmp_path / "warp"
+    grow(warp, 240)
+    assert cli_main(["run", str(warp), "--once", "--engine", "builtin", "--classes", "4",
+                     "--threads", "1", "--startup-cycles", "1", "--refinement-cycles", "1",
+                     "--high-res-initial", "20", "--high-res-final", "12"]) == 0
+    grow(warp, 300)
+    assert cli_main(["run", str(warp), "--once", "--engine", "builtin"]) == 0
+    capsys.readouterr()
+    assert cli_main(["status", str(warp)]) == 0
+    out = capsys.readouterr().out
+    assert "streaming: 300 of 300 particles in the classes, 0 waiting" in out
+    assert "latency (stack written to particles in the classes)" in out

@@ -17,6 +17,8 @@ from live2d.output_folder import (
     find_output_folder,
 )
 
+CYCLES_SHOWN = 30  # the latest cycles listed; history.jsonl keeps every one
+
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, help="output or Warp folder")
@@ -130,6 +132,24 @@ def print_forecast(folder: Path) -> None:
         print(line)
 
 
+def print_keeping_up(folder: Path, history: list[CycleRecord]) -> None:
+    """For a session that streams: particles in the classes, the backlog, the latency."""
+    from live2d.forecast import particle_times
+    from live2d.store import read_committed_table
+    from live2d.streaming import keeping_up
+
+    if not history or history[-1].job_type != "stream":
+        return
+    try:
+        table = read_committed_table(folder)
+    except (OSError, ValueError):
+        return  # the store is being replaced: nothing to say until it is
+    current = [r for r in history if r.generation == history[-1].generation]
+    state = keeping_up(current, particle_times(table)[0])
+    for line in state.lines() if state else []:
+        print(line)
+
+
 def main(args: argparse.Namespace) -> int:
     path = find_state(args.dir, "status")
     if path is None:
@@ -140,7 +160,9 @@ def main(args: argparse.Namespace) -> int:
     header = (f"{'cycle':>5} {'job':>4} {'type':<7} {'block':<10} {'in job':>7} {'res Å':>6} "
               f"{'used':>5} {'particles':>9} {'classes':>7} {'largest':>7} {'p/s':>7}  finished")
     print(header)
-    for c in history:
+    if len(history) > CYCLES_SHOWN:  # a streaming session has an update every few minutes
+        print(f"  ... {len(history) - CYCLES_SHOWN} earlier cycles (history.jsonl has them all)")
+    for c in history[-CYCLES_SHOWN:]:
         counts = c.class_counts
         finished = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.finished))
         print(f"{c.number:>5} {c.job:>4} {c.job_type:<7} {c.block:<10} "
@@ -153,6 +175,7 @@ def main(args: argparse.Namespace) -> int:
               f"{latest.particles} particles: their source stacks changed or vanished since "
               "import (live2d.log names them)")
     print_classes(path.parent, history)
+    print_keeping_up(path.parent, history)
     print_alerts(path.parent)
     print_forecast(path.parent)
     print_exports(path.parent)
