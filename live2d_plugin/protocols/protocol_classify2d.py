@@ -64,6 +64,9 @@ PARAM_SETTINGS = {
     "particlesPerClass": "particles_per_class",
     "firstJobAt": "first_job_at",
     "updateEvery": "update_every",
+    "streamEvery": "stream_every",
+    "streamInterval": "stream_interval",
+    "streamRevisit": "stream_revisit",
     "autoCenter": "auto_center",
     "autoMask": "auto_mask",
     "excludeBlankEdges": "exclude_blank_edges",
@@ -72,7 +75,7 @@ PARAM_SETTINGS = {
 # Scipion run is set up once, before its particles arrive, so how many classes it makes and
 # when its jobs start belong up front (the page keeps them under Expert Settings, where they
 # can still be changed during the session).
-NORMAL_LEVEL_SETTINGS = frozenset({"classes", "first_job_at", "update_every"})
+NORMAL_LEVEL_SETTINGS = frozenset({"classes", "first_job_at", "update_every", "stream_every"})
 # What is particular to Scipion input, added to the shared help (see ScipionParticleSource and
 # Session.run_automatic).
 SCIPION_NOTES = {
@@ -221,6 +224,9 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         form.addSection(label="Schedule")
         setting("firstJobAt", params.IntParam)
         setting("updateEvery", params.IntParam)
+        setting("streamEvery", params.IntParam)
+        setting("streamInterval", params.FloatParam)
+        setting("streamRevisit", params.FloatParam)
         setting("highResInitial", params.FloatParam)
         setting("highResFinal", params.FloatParam)
         setting("startupCycles", params.IntParam)

@@ -311,7 +311,7 @@ class TestClassify(ProjectTestCase):
         importer = self.import_protocol(warp_dir, timeout_minutes=30.0)
         self.wait_until(importer, lambda p: output_size(p)[0] == 120, 90, "120 particles")
         classify = self.new(ProtLive2DClassify2D, engine=1, firstJobAt=100, updateEvery=100,
-                            **SMALL_SCHEDULE)
+                            streamEvery=100, **SMALL_SCHEDULE)
         classify.inputParticles.set(importer)
         classify.inputParticles.setExtended("outputParticles")
         self.proj.saveProtocol(classify)
@@ -342,13 +342,13 @@ class TestClassify(ProjectTestCase):
         done = self.wait_finished(classify, timeout=150)
 
         history = history_of(done)
-        self.assertGreaterEqual(len(history), 5)  # job 2 (seeded) ran on the grown set
+        self.assertGreaterEqual(len(history), 4)  # job 2 (a streaming update) on the grown set
         # The engine ran with the protocol's threads.
         self.assertEqual(session_state(done)["settings"]["threads"],
                          SMALL_SCHEDULE["numberOfThreads"])
         last = history[-1]
         self.assertEqual(last.particles, 240)
-        self.assertEqual(last.job_type, "seeded")
+        self.assertEqual(last.job_type, "stream")
         self.assertEqual(done.publishedCycle.get(), last.number)
         self.assertEqual(done.publishedParticles.get(), 240)
         self.assertEqual(done.publishedClassified.get(), sum(last.class_counts))

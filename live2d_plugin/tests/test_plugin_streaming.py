@@ -150,8 +150,8 @@ class StreamingTestCase(ProjectTestCase):
                                "all 240 particles classified")
         self.check_averages_are_2d_stacks(done)
         self.check_selected_particles(done, closed=True)
-        # Cycles later (keeping only the two newest cycles' files deleted it), within the hour.
-        self.assertGreaterEqual(done.publishedCycle.get(), shown_cycle + 2)
+        # A cycle later (a streaming update; the hour sets are kept is tested on its own).
+        self.assertGreaterEqual(done.publishedCycle.get(), shown_cycle + 1)
         self.assertTrue(Path(self.proj.path, classes_file).exists(), classes_file)
         self.assertEqual(class_members(classes_file), shown_members)
         log = Path(self.proj.path, done.getWorkingDir(), "logs", "run.stdout").read_text()

@@ -32,7 +32,7 @@ from live2d.store import ParticleStore
 
 SMALL = Settings(classes=3, particles_per_class=30, startup_cycles=1, refinement_cycles=1,
                  high_res_initial=30.0, high_res_final=16.0, threads=1, first_job_at=60,
-                 update_every=100, poll_seconds=0.5)
+                 update_every=100, stream_every=100, poll_seconds=0.5)
 STAR = f"allparticles_{MODEL}.star"
 
 
