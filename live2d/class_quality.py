@@ -162,20 +162,20 @@ def contrast(average: np.ndarray, mask_radius_px: float) -> float:
 
 def assess_classes(stack: np.ndarray, table: pd.DataFrame, averages: np.ndarray,
                    pixel_size: float, mask_radius: float, high_res: float,
-                   invert: bool = True, half_sums: torch.Tensor | None = None
-                   ) -> list[ClassQuality]:
+                   invert: bool = True, half_sums: torch.Tensor | None = None,
+                   counts: list[int] | None = None) -> list[ClassQuality]:
     """Every class's resolution estimate, features and score (``mask_radius`` in Å, the
-    cycle's ``high_res`` limit in Å). ``half_sums``: the half-set sums of ``table``'s
-    particles where they are known (a streaming update adds up its batches'), of the
-    :func:`working_size` box."""
+    cycle's ``high_res`` limit in Å). Where they are known already (a streaming update adds up
+    its batches'), the half-set sums (of the :func:`working_size` box) and the particles per
+    class; ``table`` is not read then."""
     n_classes, box = len(averages), averages.shape[-1]
     size = working_size(box, pixel_size, high_res)
     binned = pixel_size * box / size
     sums = half_sums if half_sums is not None else half_set_sums(stack, table, n_classes,
                                                                   pixel_size, size, invert)
     mask = soft_disc(size, mask_radius / binned, 3.0 * pixel_size / binned)
-    counts = np.bincount(table["2DCLS"].to_numpy(dtype=np.int64).clip(0, n_classes),
-                         minlength=n_classes + 1)[1:]
+    counts = np.asarray(counts) if counts is not None else np.bincount(
+        table["2DCLS"].to_numpy(dtype=np.int64).clip(0, n_classes), minlength=n_classes + 1)[1:]
     total = max(int(counts.sum()), 1)
     radius = mask_radius / pixel_size
     contrasts = np.array([contrast(average, radius) for average in averages])

@@ -26,10 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from live2d import cistem_star
 from live2d.atomic import atomic_write_text
 from live2d.epu import micrograph_origin
-from live2d.history import CycleRecord, read_history
+from live2d.history import CycleRecord, particle_results_kept, particle_table, read_history
 from live2d.output_folder import YIELD_TABLES
 from live2d.selection import SelectionState, selected
 
@@ -73,7 +72,7 @@ def latest_scored_cycle(folder: str | os.PathLike) -> CycleRecord:
     Raises YieldError when there is none yet."""
     folder = Path(folder)
     record = next((r for r in reversed(read_history(folder))
-                   if r.assessed and r.star_kept and (folder / r.star).is_file()), None)
+                   if r.assessed and particle_results_kept(folder, r)), None)
     if record is None:
         raise YieldError(f"no cycle with class scores in {folder} yet: the yield follows the "
                          "first classification job's second cycle")
@@ -87,7 +86,7 @@ def score_particles(folder: str | os.PathLike, store_table: pd.DataFrame,
     folder = Path(folder)
     record = record or latest_scored_cycle(folder)
     chosen = selected(record, SelectionState.load(folder))
-    classes = cistem_star.read_star(folder / record.star)
+    classes = particle_table(folder, record)
     # POS is the store position (from 1) of the particle each row of the cycle's star is.
     positions = (classes["POS"].to_numpy(dtype=np.int64) - 1 if "POS" in classes
                  else np.arange(len(classes)))

@@ -27,12 +27,12 @@ from live2d.atomic import atomic_write_json, replacing
 from live2d.class_quality import ClassQuality, assess_classes, half_set_sums, working_size
 from live2d.engines import CycleParams, CycleRequest, Engine, Progress, StreamBatch
 from live2d.errors import EngineError, SessionError
-from live2d.history import CycleRecord
+from live2d.history import CycleRecord, particle_table
 from live2d.mrc import mark_image_stack, read_images
 from live2d.output_folder import OutputFolder, batch_sums_name
 from live2d.schedule import CycleSpec, Settings
 from live2d.source_images import open_images
-from live2d.streaming import Batch, UpdatePlan, plan_update, with_classified
+from live2d.streaming import Batch, UpdatePlan, kept_batches, plan_update, with_classified
 from live2d.thumbnails import write_thumbnails
 from live2d.warp import WarpSettings, implausible_rows
 
@@ -88,9 +88,13 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
     settings, store, output = inputs.settings, inputs.store, inputs.output
     files = output.cycle(number)
     output.work.mkdir(exist_ok=True)
-    n = _write_input(files.input_star, previous, inputs)
+    if spec.kind == "stream":
+        n = store.count
+        update = plan_update(previous, n, settings, number)
+        _write_update_input(files.input_star, update, previous, inputs)
+    else:
+        n, update = _write_input(files.input_star, previous, inputs), None
     left_out = _left_out(store, n)
-    update = plan_update(previous, n, settings, number) if spec.kind == "stream" else None
     request = CycleRequest(
         stack=store.images_path,
         star_in=files.input_star,
@@ -136,20 +140,22 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
     write_thumbnails(request.classes_out, files.thumbnails)
     batches = with_classified(update, result.batches_classified, number) if update else []
     try:
-        quality = (_assess_classes(request, table, store, batches, number, output)
-                   if table is not None else [])
+        quality = (_assess_classes(request, table, store, batches, number, output,
+                                   result.class_counts) if table is not None else [])
     except BaseException:
         clean_work_folder(output)
         raise
     if quality:
         atomic_write_json(files.class_table, [q.to_dict() for q in quality])
     request.classes_out.replace(files.classes)
-    request.star_out.replace(files.star)
-    if update is not None:  # named by no record until this cycle's is appended
+    if update is None:
+        request.star_out.replace(files.star)
+    else:  # named by no record until this cycle's is appended
+        _write_batch_rows(table, batches, number, output)
         output.stream_sums.mkdir(exist_ok=True)
         for batch in batches:
             if batch.aligned == number:
-                for kept in (batch.sums_path(output), batch.halves_path(output)):
+                for kept in batch.paths(output):
                     (output.work / kept.name).replace(kept)
     record = CycleRecord(
         number=number, job=job.number, job_type=job.job_type, block=spec.block,
@@ -158,7 +164,8 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
         class_counts=result.class_counts, started=started, finished=time.time(),
         engine=engine.describe(), generation=store.generation,
         particles_per_second=round(result.particles_per_second, 1),
-        classes=files.relative(files.classes), star=files.relative(files.star),
+        classes=files.relative(files.classes),
+        star=files.relative(files.star) if update is None else "",
         thumbnails=files.relative(files.thumbnails),
         class_resolution=[q.resolution for q in quality],
         class_score=[q.score for q in quality],
@@ -178,8 +185,70 @@ def _stream_batches(update: UpdatePlan | None, output: OutputFolder,
         return ()
     return tuple(StreamBatch(b.start, b.stop, b.sums_path(output),
                              output.work / batch_sums_name(b.start, number),
-                             b.start in update.classify)
+                             b.start in update.classify, b.rows_path(output))
                  for b in update.batches)
+
+
+def _write_update_input(star_path: Path, update: UpdatePlan, previous: CycleRecord,
+                        inputs: CycleInputs) -> None:
+    """Write a streaming update's input star: the rows of the batches it classifies, from
+    the batches' kept rows and, for particles not in the classes yet, the store (unassigned).
+    The first update after another job takes every particle, that job's results first."""
+    output, store = inputs.output, inputs.store
+    kept = kept_batches(previous)
+    if not kept:
+        _write_input(star_path, previous, inputs)
+        return
+    covered = kept[-1].stop
+    parts = []
+    new_rows = None
+    for batch in update.batches:
+        if batch.start not in update.classify:
+            continue
+        parts += [_read_kept_rows(old, output) for old in kept
+                  if batch.start <= old.start and old.stop <= min(batch.stop, covered)]
+        if batch.stop > covered:
+            if new_rows is None:  # the store's rows beyond the classes, read once
+                new_rows = store.read_table().iloc[covered:].drop(
+                    columns=list(cistem_star.PROVENANCE_COLUMNS), errors="ignore")
+            parts.append(new_rows.iloc[max(batch.start, covered) - covered:
+                                       batch.stop - covered].assign(**{"2DCLS": 0}))
+    table = _finite_input(_concat_frames(parts), inputs.said)
+    cistem_star.write_star(star_path, table, [f"input of {star_path.stem}: the particles "
+                                              "this streaming update classifies"])
+
+
+def _read_kept_rows(batch: Batch, output: OutputFolder) -> pd.DataFrame:
+    try:
+        return cistem_star.read_star(batch.rows_path(output))
+    except cistem_star.StarFormatError as exc:
+        raise SessionError(f"the kept parameters of particles {batch.start + 1}-{batch.stop} "
+                           f"cannot be read ({exc}): run a seeded startup job to classify "
+                           "every particle again") from None
+
+
+def _concat_frames(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    import pandas as pd
+
+    columns = [c for c in parts[0].columns if all(c in part for part in parts)]
+    return pd.concat([part[columns] for part in parts], ignore_index=True)
+
+
+def _write_batch_rows(table: pd.DataFrame, batches: list[Batch], number: int,
+                      output: OutputFolder) -> None:
+    """Each batch classified in update ``number``: its rows of the engine's star ``table``,
+    into the work folder (published with its sums)."""
+    index = table["POS"].to_numpy(dtype=np.int64) - 1
+    for batch in batches:
+        if batch.aligned != number:
+            continue
+        rows = table[(index >= batch.start) & (index < batch.stop)]
+        if len(rows) != batch.size:
+            raise EngineError(f"cycle {number}: the engine's star holds {len(rows)} of the "
+                              f"{batch.size} particles {batch.start + 1}-{batch.stop}")
+        cistem_star.write_star(output.work / batch.rows_path(output).name, rows,
+                               [f"particles {batch.start + 1}-{batch.stop}, classified in "
+                                f"cycle {number}"])
 
 
 def _update_fields(update: UpdatePlan, batches: list[Batch], number: int) -> dict[str, Any]:
@@ -249,7 +318,7 @@ def _write_input(star_path: Path, previous: CycleRecord | None, inputs: CycleInp
                                            errors="ignore")
     if previous is not None:
         try:
-            earlier = cistem_star.read_star(inputs.output / previous.star)
+            earlier = particle_table(inputs.output.root, previous)
         except cistem_star.StarFormatError as exc:
             # Published by a version that let non-finite parameters through: unusable, but
             # the classes are not, so the particles start this cycle unassigned.
@@ -257,7 +326,8 @@ def _write_input(star_path: Path, previous: CycleRecord | None, inputs: CycleInp
                         "every particle starts this cycle unassigned")
             earlier = table.iloc[:0]
         if len(earlier) > len(table):
-            raise SessionError(f"{previous.star} has more rows than the particle stack")
+            raise SessionError(f"cycle {previous.number}'s results have more rows than the "
+                               "particle stack")
         table = _concat_rows(earlier, table.iloc[len(earlier):])
     table = _finite_input(table, inputs.said)
     cistem_star.write_star(star_path, table, [f"input of {star_path.stem}"])
@@ -335,39 +405,43 @@ def _check_outputs(request: CycleRequest, number: int, refine: bool) -> pd.DataF
 
 
 def _assess_classes(request: CycleRequest, table: pd.DataFrame, store: ParticleStore,
-                    batches: list[Batch], number: int,
-                    output: OutputFolder) -> list[ClassQuality]:
+                    batches: list[Batch], number: int, output: OutputFolder,
+                    counts: list[int]) -> list[ClassQuality]:
     """Resolution estimate and good/junk score of every class of a finished cycle, whose
-    particle parameters are ``table``. A streaming update's (``batches``) adds up its
+    particle parameters are ``table``. A streaming update's (``batches``; ``table`` holds the
+    rows of those it classified, ``counts`` every batch's particles per class) adds up its
     batches' kept half-set sums, made only for those it classified: not O(particles)."""
     stack, averages = open_images(request.stack), read_images(request.classes_out)
     params = request.params
     half_sums = _update_half_sums(stack, table, averages, store.pixel_size, params, batches,
                                   number, output) if batches else None
     return assess_classes(stack, table, averages, store.pixel_size, params.mask_radius,
-                          params.high_res, params.invert_contrast, half_sums)
+                          params.high_res, params.invert_contrast, half_sums,
+                          counts if batches else None)
 
 
 def _update_half_sums(stack: np.ndarray, table: pd.DataFrame, averages: np.ndarray,
                       pixel_size: float, params: CycleParams, batches: list[Batch],
                       number: int, output: OutputFolder) -> torch.Tensor:
     """The half-set sums of every batch, added in batch order: made (into the work folder)
-    for the batches this update (cycle ``number``) classified, read for the others, or made
-    again in place where theirs do not fit (another box or limit; from the same rows, so the
-    same sums)."""
+    for the batches this update (cycle ``number``) classified, from their rows of ``table``;
+    read for the others, or made again in place where theirs do not fit (another box or
+    limit; from the batch's kept rows, so the same sums)."""
     k, box = len(averages), averages.shape[-1]
     size = working_size(box, pixel_size, params.high_res)
     key = {"classes": k, "size": size, "box": box, "pixel": round(pixel_size, 5),
            "invert": params.invert_contrast}
+    index = table["POS"].to_numpy(dtype=np.int64) - 1
     total = torch.zeros((k, 2, size, size))
     for batch in batches:
         kept = batch.halves_path(output)
-        path = output.work / kept.name if batch.aligned == number else kept
-        halves = _read_halves(path, key) if path == kept else None
+        now = batch.aligned == number
+        halves = None if now else _read_halves(kept, key)
         if halves is None:
-            halves = half_set_sums(stack, table.iloc[batch.start:batch.stop], k, pixel_size,
-                                   size, params.invert_contrast)
-            with replacing(path) as scratch:
+            rows = (table[(index >= batch.start) & (index < batch.stop)] if now
+                    else _read_kept_rows(batch, output))
+            halves = half_set_sums(stack, rows, k, pixel_size, size, params.invert_contrast)
+            with replacing(output.work / kept.name if now else kept) as scratch:
                 torch.save({"key": key, "sums": halves}, scratch)
         total += halves
     return total

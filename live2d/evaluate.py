@@ -23,8 +23,9 @@ import torch
 from torch_fourier_shift import fourier_shift_image_2d
 
 from live2d import cistem_star
+from live2d.history import particle_table, read_history
 from live2d.imaging import rotate, soft_disc
-from live2d.output_folder import STORE_TABLE, OutputFolder
+from live2d.output_folder import STORE_TABLE
 from live2d.phantom import render_clean
 
 
@@ -120,14 +121,15 @@ def score_cycle(output_dir: Path, cycle: int, truth_dir: Path, mask_radius: floa
     """Scores of one cycle of a session run on a folder written by ``live2d simulate``, the
     best selection of its classes that the truth allows, and how the ``proposed`` one fares."""
     output_dir = Path(output_dir)
-    table = cistem_star.read_star(OutputFolder(output_dir).cycle(cycle).star)
+    record = next(r for r in read_history(output_dir) if r.number == cycle)
+    table = particle_table(output_dir, record)
     names = cistem_star.read_star(output_dir / STORE_TABLE)["ORIGNAME"].tolist()
     with open(Path(truth_dir) / "particles.csv") as handle:
         truth = {row["image_name"]: row for row in csv.DictReader(handle)}
     rows = [truth[name] for name in names[: len(table)]]
     with mrcfile.open(Path(truth_dir) / "views.mrc") as mrc:
         views, pixel_size = np.array(mrc.data), float(mrc.voxel_size.x)
-    with mrcfile.open(OutputFolder(output_dir).cycle(cycle).classes) as mrc:
+    with mrcfile.open(output_dir / record.classes) as mrc:
         classes = np.array(mrc.data)
     view = np.array([int(r["view"]) for r in rows])
     scores = score(views, view, np.array([float(r["psi"]) for r in rows]),

@@ -24,7 +24,7 @@ import starfile
 from live2d import cistem_star
 from live2d.atomic import file_kind, replacing
 from live2d.errors import SelectionError
-from live2d.history import read_history
+from live2d.history import particle_results_kept, particle_table, read_history
 from live2d.layouts import find_stack
 from live2d.output_folder import SESSION_STATE, STORE_STATE, STORE_TABLE
 from live2d.selection import SelectionState, selected
@@ -59,10 +59,10 @@ def export_particles(output_dir: str | os.PathLike, to: str | os.PathLike,
         if record is None:
             numbers = ", ".join(str(r.number) for r in history[-5:])
             raise SelectionError(f"no classified cycle {cycle} (latest ones: {numbers})")
-    star_path = output_dir / record.star
-    if not star_path.exists():
+    if not particle_results_kept(output_dir, record):
         raise SelectionError(f"cycle {record.number}'s particles are not on disk any more "
-                             f"({star_path.name}): choose a later cycle")
+                             "(pruned, or replaced by a later streaming update): choose a "
+                             "later cycle")
     n_classes = len(record.class_counts)
     if classes == "auto":
         chosen = selected(record, SelectionState.load(output_dir))
@@ -75,7 +75,7 @@ def export_particles(output_dir: str | os.PathLike, to: str | os.PathLike,
     if not chosen:
         raise SelectionError(f"no class of cycle {record.number} is selected: mark some "
                              "good, or name them (--classes 1,4,7)")
-    table = cistem_star.read_star(star_path)
+    table = particle_table(output_dir, record)
     store = cistem_star.read_star(output_dir / STORE_TABLE)
     rows = table[table["2DCLS"].isin(chosen)]
     if not len(rows):

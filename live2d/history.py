@@ -28,8 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from live2d import cistem_star
 from live2d.atomic import atomic_write_text, cut_torn_line, fsync_dir
-from live2d.output_folder import HISTORY, SESSION_STATE
+from live2d.output_folder import HISTORY, SESSION_STATE, STREAM_SUMS, batch_rows_name
 
 log = logging.getLogger("live2d")
 
@@ -91,6 +94,12 @@ class CycleRecord:
         return dataclasses.asdict(self)
 
     @property
+    def streamed(self) -> bool:
+        """A streaming update's: its particles' parameters are kept per batch
+        (:func:`particle_table`), not in a star of its own."""
+        return bool(self.batches)
+
+    @property
     def assessed(self) -> bool:
         """Whether the cycle's classes have a resolution estimate and a score (not so for the
         random start, nor in sessions from before class quality)."""
@@ -141,13 +150,13 @@ class CycleHistory:
             changes = {}
             if record.thumbnails_kept:
                 changes["thumbnails_kept"] = False
-            if record.star_kept and not (last_of_job and record.job_type != "stream"):
+            if record.star_kept and not (last_of_job and not record.streamed):
                 changes["star_kept"] = False
             if not changes:
                 continue
             # Recorded first: a kill between the two leaves files no record points at.
             self.change(record.number, **changes)
-            if "star_kept" in changes:
+            if "star_kept" in changes and record.star:
                 (folder / record.star).unlink(missing_ok=True)
                 pruned.append(record.number)
             shutil.rmtree(folder / record.thumbnails, ignore_errors=True)
@@ -271,3 +280,34 @@ def _apply_change(records: list[CycleRecord], number: Any, values: dict[str, Any
 def _line(value: dict[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True) + "\n"
 
+
+
+def particle_results_kept(folder: str | os.PathLike, record: CycleRecord) -> bool:
+    """Whether ``record``'s per-particle parameters can still be read: its star, unless pruned;
+    a streaming update's batches' rows, which the next update that re-visits a batch
+    replaces (so only the latest update's are sure to be kept)."""
+    folder = Path(folder)
+    if not record.streamed:
+        return record.star_kept and (folder / record.star).is_file()
+    return all((folder / STREAM_SUMS / batch_rows_name(start, cycle)).is_file()
+               for start, _, cycle in record.batches)
+
+
+def particle_table(folder: str | os.PathLike, record: CycleRecord) -> pd.DataFrame:
+    """``record``'s per-particle parameters, one row per particle of the cycle (cisTEM's short
+    column names): its star, or a streaming update's batches' rows put together (O(particles):
+    made when asked, never by the update). Raises StarFormatError when they are not kept
+    (:func:`particle_results_kept`) or not readable."""
+    folder = Path(folder)
+    if not record.streamed:
+        return cistem_star.read_star(folder / record.star)
+    parts = [cistem_star.read_star(folder / STREAM_SUMS / batch_rows_name(start, cycle))
+             for start, _, cycle in record.batches]
+    return pd.concat(parts, ignore_index=True)
+
+
+def write_particle_star(folder: str | os.PathLike, record: CycleRecord, path: Path) -> Path:
+    """``record``'s per-particle parameters as one cisTEM star at ``path`` (written whole)."""
+    cistem_star.write_star(path, particle_table(folder, record),
+                           [f"cycle {record.number}: every particle's class and alignment"])
+    return path

@@ -19,6 +19,8 @@ A session's output folder (``--output``; ``<Warp folder>/classification`` by def
     stream/batch_S_cycle_NNN.pt  a streaming batch's class sums: particles from S, classified
                                    in cycle NNN                        (live2d.streaming)
     stream/halves_S_cycle_NNN.pt its half-set sums, for the class quality
+    stream/rows_S_cycle_NNN.star its particles' parameters (cisTEM's star): a streaming
+                                   update's cycle_NNN.star is made from these on demand
     yield_squares.csv            good particles per grid square, per foil hole, per micrograph
     yield_holes.csv                of the latest scored cycle           (live2d.collection_yield)
     yield_micrographs.csv
@@ -89,6 +91,11 @@ def batch_sums_name(start: int, cycle: int) -> str:
 def batch_halves_name(start: int, cycle: int) -> str:
     """The kept half-set sums (live2d.class_quality) of the same batch, named the same way."""
     return f"halves_{start:09d}_{cycle_stem(cycle)}.pt"
+
+
+def batch_rows_name(start: int, cycle: int) -> str:
+    """The same batch's particle parameters, a cisTEM star of its rows."""
+    return f"rows_{start:09d}_{cycle_stem(cycle)}.star"
 
 
 def export_name(cycle: int) -> str:

@@ -28,7 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from live2d.history import CycleRecord
-from live2d.output_folder import OutputFolder, batch_halves_name, batch_sums_name
+from live2d.output_folder import (
+    OutputFolder,
+    batch_halves_name,
+    batch_rows_name,
+    batch_sums_name,
+)
 from live2d.schedule import Settings
 
 log = logging.getLogger("live2d")
@@ -56,6 +61,13 @@ class Batch:
 
     def halves_path(self, output: OutputFolder) -> Path:
         return output.stream_sums / batch_halves_name(self.start, self.aligned)
+
+    def rows_path(self, output: OutputFolder) -> Path:
+        return output.stream_sums / batch_rows_name(self.start, self.aligned)
+
+    def paths(self, output: OutputFolder) -> tuple[Path, Path, Path]:
+        """Every file kept for the batch: class sums, half-set sums, rows."""
+        return self.sums_path(output), self.halves_path(output), self.rows_path(output)
 
 
 @dataclass(frozen=True)
@@ -141,8 +153,7 @@ def drop_unreferenced(output: OutputFolder, latest: CycleRecord | None) -> int:
     update's, an older job's). Returns how many went."""
     if not output.stream_sums.is_dir():
         return 0
-    keep = {path.name for b in kept_batches(latest)
-            for path in (b.sums_path(output), b.halves_path(output))}
+    keep = {path.name for b in kept_batches(latest) for path in b.paths(output)}
     dropped = 0
     for path in output.stream_sums.iterdir():
         if path.name not in keep:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from server_helpers import SMALL, Client, RunningServer, small_warp
 
+from live2d import cistem_star
 from live2d.server.control import Controller
 
 STATES = ("state", "update")  # the whole state, or what changed in it
@@ -426,3 +427,20 @@ def test_pruned_thumbnails_are_made_again_from_the_averages_when_a_page_asks(tmp
         assert missing.value.code == 404 and not (out / "thumbnails" / "cycle_099").exists()
     finally:
         running.stop()
+
+
+def test_a_streaming_updates_star_is_made_for_its_download(classified):
+    session = classified.controller.session
+    assert session.run_job("stream")
+    latest = session.history[-1]
+    assert latest.streamed and latest.star == ""
+    name = f"cycle_{latest.number:03d}.star"
+    response = urllib.request.urlopen(f"{classified.url}/files/{name}", timeout=30)
+    assert name in response.headers["Content-Disposition"]
+    rows = cistem_star.parse_star(response.read().decode(), name)
+    assert len(rows) == latest.particles and rows["POS"].tolist() == \
+        list(range(1, latest.particles + 1))
+    assert not list(session.output_dir.glob(f".{name}*"))  # made for the download, then gone
+    with pytest.raises(HTTPError) as missing:  # no such update: nothing is made
+        urllib.request.urlopen(f"{classified.url}/files/cycle_999.star", timeout=10)
+    assert missing.value.code == 404

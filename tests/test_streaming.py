@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import starfile
 import torch
@@ -18,9 +19,9 @@ from live2d.class_quality import half_set_sums
 from live2d.cli import main as cli_main
 from live2d.engines.base import CycleRequest, StreamBatch
 from live2d.engines.builtin import BuiltinEngine
-from live2d.history import CycleRecord
+from live2d.history import CycleRecord, particle_table
 from live2d.mrc import read_images
-from live2d.output_folder import batch_halves_name, batch_sums_name
+from live2d.output_folder import batch_halves_name, batch_rows_name, batch_sums_name
 from live2d.schedule import (
     AutomaticTrigger,
     Settings,
@@ -110,13 +111,22 @@ def test_streaming_updates_trigger_on_new_particles_or_on_time():
 
 # ------------------------------------------------------------------ the engine's kept sums
 def update_request(folder: Path, name: str, p, star, classes, batches, seed=5) -> CycleRequest:
-    return CycleRequest(folder / "particles.mrcs", star, folder / f"{name}.star",
+    """An update of ``batches``; its input star holds the rows of those it classifies, as the
+    session writes it, each batch's rows kept in a file of their own."""
+    table = cistem_star.read_star(star)
+    rows = [table.iloc[b.start:b.stop] for b in batches if b.classify]
+    star_in = folder / f"{name}_input.star"
+    cistem_star.write_star(star_in, pd.concat(rows, ignore_index=True))
+    for b in batches:
+        cistem_star.write_star(b.rows, table.iloc[b.start:b.stop])
+    return CycleRequest(folder / "particles.mrcs", star_in, folder / f"{name}.star",
                         folder / f"{name}.mrc", p, K, classes_in=classes, threads=1, seed=seed,
                         batches=tuple(batches))
 
 
 def batches_of(folder: Path, tag: str, edges, classify) -> list[StreamBatch]:
-    return [StreamBatch(a, b, folder / f"{tag}_{a}.pt", folder / f"{tag}_{a}.pt", a in classify)
+    return [StreamBatch(a, b, folder / f"{tag}_{a}.pt", folder / f"{tag}_{a}.pt", a in classify,
+                        folder / f"{tag}_{a}_rows.star")
             for a, b in itertools.pairwise(edges)]
 
 
@@ -159,10 +169,11 @@ def test_a_revisited_batch_replaces_its_sums_and_is_never_counted_twice(full_and
     assert result.particles_processed == 150 and sum(result.class_counts) == N
     assert torch.allclose(torch.load(folder / "s_100.pt", weights_only=True)["mass"],
                           before[100])
-    # Particles not classified now keep the rows they came in with.
-    kept, given = cistem_star.read_star(again.star_out), cistem_star.read_star(star)
-    np.testing.assert_array_equal(kept["PSI"].to_numpy()[:100], given["PSI"].to_numpy()[:100])
-    assert not np.array_equal(kept["PSI"].to_numpy()[100:250], given["PSI"].to_numpy()[100:250])
+    # The star written holds the rows of the batch classified, and only those.
+    rows = cistem_star.read_star(again.star_out)
+    assert rows["POS"].tolist() == list(range(101, 251))
+    before = cistem_star.read_star(update.star_out)["2DCLS"]
+    assert rows["2DCLS"].tolist() == before[100:250].tolist()
 
 
 def test_kept_sums_of_another_mask_are_remade_and_the_log_says_so(full_and_update):
@@ -227,13 +238,14 @@ def test_updates_after_abinit_keep_every_particle_in_the_classes_once(tmp_path):
         halves = sum(torch.load(session.output_dir / "stream" / batch_halves_name(a, c),
                                 weights_only=True)["sums"] for a, _, c in latest.batches)
         full = half_set_sums(open_images(session.store.images_path),
-                             cistem_star.read_star(session.output_dir / latest.star), 4, 3.0,
+                             particle_table(session.output_dir, latest), 4, 3.0,
                              halves.shape[-1], invert=True)
         assert torch.allclose(halves, full, atol=1e-4 * float(full.abs().max()))
         # Only the latest update's batch sums are kept, one file per batch.
         kept = sorted(p.name for p in (session.output_dir / "stream").iterdir())
         assert kept == sorted(name(a, c) for a, _, c in latest.batches
-                              for name in (batch_sums_name, batch_halves_name))
+                              for name in (batch_sums_name, batch_halves_name, batch_rows_name))
+        assert latest.star == ""  # its star is made from the batches' rows when asked
     first, second, third = session.history[-3:]
     assert first.new_particles == 120 and second.new_particles == 60
     assert third.new_particles == 0 and third.revisited > 0  # nothing new: re-aligns the oldest
@@ -261,7 +273,7 @@ def test_a_killed_update_runs_again_and_its_left_over_sums_go(tmp_path):
     orphans = {p.name for p in (out / "stream").iterdir()}
     session = Session(warp, engine="builtin")
     named = {name(a, c) for a, _, c in session.history[-1].batches
-             for name in (batch_sums_name, batch_halves_name)}
+             for name in (batch_sums_name, batch_halves_name, batch_rows_name)}
     assert {p.name for p in (out / "stream").iterdir()} == named != orphans
     assert session.run_job()  # the job in progress: the killed update, again
     latest = session.history[-1]

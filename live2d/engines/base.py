@@ -44,13 +44,16 @@ class StreamBatch:
     """One batch of a streaming update (:meth:`Engine.run_update`): particles ``start`` to
     ``stop`` (stack order), the file of their kept contribution to the class sums (read unless
     they are classified now), and where to write their new contribution when they are:
-    when asked (``classify``), or because their kept sums do not fit this update."""
+    when asked (``classify``; their rows are in the request's star), or because their kept
+    sums do not fit this update (their rows are then read from ``rows``)."""
 
     start: int
     stop: int
     sums: Path
     sums_out: Path
     classify: bool
+    rows: Path | None = None  # where the rows of a batch not classified now are kept
+
 
     @property
     def size(self) -> int:
@@ -137,9 +140,10 @@ class Engine(ABC):
         self, request: CycleRequest, progress: ProgressCallback, cancel: threading.Event
     ) -> CycleResult:
         """A streaming update: classify the particles of ``request.batches`` marked
-        ``classify`` against ``request.classes_in`` and write their sums; the classes are made
-        from every batch's sums, added in batch order. The star written holds every particle:
-        the others keep their rows of ``request.star_in``."""
+        ``classify`` (their rows: ``request.star_in``) against ``request.classes_in`` and write
+        their sums; the classes are made from every batch's sums, added in batch order. The
+        star written holds the rows of the batches classified; the result's class counts are
+        every batch's."""
         raise EngineError(f"the {self.name} engine does not run streaming updates yet: use "
                           "seeded startup or refinement jobs with it")
 

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from collections import deque
@@ -27,7 +28,9 @@ from urllib.parse import urlparse
 
 from tornado import ioloop, iostream, web, websocket
 
-from live2d.output_folder import EXPORTS, SERVED_FILES, THUMBNAIL, OutputFolder
+from live2d.cistem_star import StarFormatError
+from live2d.history import particle_results_kept, write_particle_star
+from live2d.output_folder import EXPORTS, SERVED_FILES, THUMBNAIL, OutputFolder, cycle_stem
 from live2d.server.control import CommandError, Controller
 from live2d.thumbnails import write_thumbnails
 
@@ -191,16 +194,32 @@ class OutputHandler(_Guarded):
         path = (root / name).resolve()
         if path.is_relative_to(root) and not path.exists() and THUMBNAIL.match(name):
             await ioloop.IOLoop.current().run_in_executor(None, remake_thumbnails, root, name)
+        made = None
+        if path.is_relative_to(root) and not path.exists() and name.endswith(".star"):
+            made = await ioloop.IOLoop.current().run_in_executor(
+                None, _streamed_star, session, root, name)
+        if made is not None:  # a streaming update's star, made for this download only
+            try:
+                await self._send(made, name)
+            finally:
+                made.unlink(missing_ok=True)
+            return
         if not path.is_relative_to(root) or not path.is_file():
             raise web.HTTPError(404)
+        await self._send(path, name)
+
+    async def _send(self, path: Path, name: str) -> None:
+        """The file at ``path``, sent as the file ``name`` (the route's)."""
+        suffix = Path(name).suffix
         kind = {"png": "image/png", "mrc": "application/octet-stream",
                 "star": "text/plain; charset=utf-8",
-                "json": "application/json; charset=utf-8"}[path.suffix[1:]]
+                "json": "application/json; charset=utf-8"}[suffix[1:]]
         self.set_header("Content-Type", kind)
         if name.startswith(f"{EXPORTS}/"):
             self.set_header("Cache-Control", "no-cache")  # a later export replaces it
-        if path.suffix not in (".png", ".json"):
-            self.set_header("Content-Disposition", f'attachment; filename="{path.name}"')
+        if suffix not in (".png", ".json"):
+            self.set_header("Content-Disposition",
+                            f'attachment; filename="{Path(name).name}"')
         with open(path, "rb") as handle:  # opened once: a replacement meanwhile is not mixed in
             remaining = os.fstat(handle.fileno()).st_size
             if remaining <= CHUNK_BYTES:  # in one piece, with an ETag for the browser's cache
@@ -216,6 +235,22 @@ class OutputHandler(_Guarded):
                     await self.flush()
                 except iostream.StreamClosedError:  # the browser went away: nothing to do
                     return
+
+
+def _streamed_star(session, root: Path, name: str) -> Path | None:
+    """The star of the streaming update ``name`` (cycle_NNN.star) names, written to a
+    temporary file from its batches' rows; None for any other name, or when they are gone."""
+    record = next((r for r in session.history if r.streamed and
+                   f"{cycle_stem(r.number)}.star" == name), None)
+    if record is None or not particle_results_kept(root, record):
+        return None
+    handle, scratch = tempfile.mkstemp(prefix=f".{name}.", dir=root)
+    os.close(handle)
+    try:
+        return write_particle_star(root, record, Path(scratch))
+    except (OSError, StarFormatError):  # a later update replaced a batch meanwhile
+        Path(scratch).unlink(missing_ok=True)
+        return None
 
 
 class SocketHandler(_Guarded, websocket.WebSocketHandler):

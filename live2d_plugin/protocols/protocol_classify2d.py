@@ -30,10 +30,9 @@ from pwem.protocols import ProtClassify2D
 from pyworkflow import BETA
 from pyworkflow.object import Integer, Set, String
 
-from live2d import cistem_star
 from live2d.errors import SettingsError
 from live2d.executors import Executor, LocalExecutor, make_executor
-from live2d.history import CycleRecord, read_history
+from live2d.history import CycleRecord, particle_table, read_history
 from live2d.output_folder import OutputFolder
 from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings
 from live2d.session import Session
@@ -431,7 +430,7 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
     def _publishCycle(self, record: CycleRecord) -> None:
         output_dir = Path(self._sessionDir())
         classes_mrc = scipion_stack(output_dir / record.classes)
-        star = cistem_star.read_star(output_dir / record.star)
+        star = particle_table(output_dir, record)
         store_table = self._session.store.read_table()
         assignments = cycle_assignments(star, store_table)
         pixel_size = float(star["PSIZE"].iloc[0]) if len(star) else \

@@ -181,7 +181,8 @@ class TestForms(ProjectTestCase):
                              Settings.describe(setting, SCIPION_NOTES.get(setting, "")), param)
         mode = prot.getParam("classificationType")
         self.assertEqual(mode.help.get(), Settings.describe("mode", SCIPION_NOTES["mode"]))
-        self.assertEqual(list(mode.choices), ["Ab initio", "Seeded startup", "Refinement", "Streaming"])
+        self.assertEqual(list(mode.choices),
+                         ["Ab initio", "Seeded startup", "Refinement", "Streaming"])
         mask = prot.getParam("maskRadius").help.get()
         self.assertEqual(mask.count("empty"), 1, mask)  # one statement of what empty means
         engine = prot.getParam("engine").help.get()

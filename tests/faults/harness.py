@@ -15,9 +15,8 @@ from pathlib import Path
 
 import mrcfile
 
-from live2d import cistem_star
-from live2d.history import read_history
-from live2d.output_folder import STREAM_SUMS, batch_sums_name
+from live2d.history import particle_table, read_history
+from live2d.output_folder import STREAM_SUMS, batch_halves_name, batch_rows_name, batch_sums_name
 from live2d.simulate import simulate, truth_dir_for
 from live2d.source_images import open_images
 from live2d.store import ParticleStore
@@ -102,11 +101,12 @@ def check_invariants(warp: Path, out: Path, complete: bool = True) -> dict:
         latest = history[-1]
         with mrcfile.open(out / latest.classes) as mrc:
             assert mrc.data.shape[0] == len(latest.class_counts)
-        assert len(cistem_star.read_star(out / latest.star)) == latest.particles
+        assert len(particle_table(out, latest)) == latest.particles
         if latest.batches:  # a streaming update: each particle in one batch, its sums kept
             covered = sorted(i for start, stop, _ in latest.batches for i in range(start, stop))
             assert covered == list(range(latest.particles)), "a particle in no or two batches"
             assert sum(latest.class_counts) == latest.particles - latest.left_out
             for start, _, cycle in latest.batches:
-                assert (out / STREAM_SUMS / batch_sums_name(start, cycle)).is_file()
+                for name in (batch_sums_name, batch_halves_name, batch_rows_name):
+                    assert (out / STREAM_SUMS / name(start, cycle)).is_file()
     return {"particles": len(names), "cycles": len(history)}

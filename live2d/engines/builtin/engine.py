@@ -10,6 +10,7 @@ cluster's workers: a distributed :class:`~live2d.executors.Executor` sends each 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from live2d.engines.base import (
     Engine,
     Progress,
     ProgressCallback,
+    StreamBatch,
     class_counts,
 )
 from live2d.engines.builtin.averages import (
@@ -212,13 +214,15 @@ class BuiltinEngine(Engine):
     # ------------------------------------------------------------------ streaming update
     def run_update(self, request: CycleRequest, progress: ProgressCallback,
                    cancel: threading.Event) -> CycleResult:
-        """Classify the batches marked ``classify`` against the current classes, each into sums
-        of its own (turned back to the classes' frames: independent of this update's angle
-        grid), written to the batch's file; the classes come from every batch's sums added in
-        batch order. With the same seed, classes and alignments, an update that classifies
-        every batch gives a full cycle's classes (float rounding apart). Kept sums made with
-        another working box, class count, mask or band are re-made: every batch is
-        classified again, and the log says so."""
+        """Classify the batches marked ``classify`` (their rows: ``request.star_in``) against
+        the current classes, each into sums of its own, turned back to the classes' frames
+        (independent of this update's angle grid) and written with the batch's class counts
+        to its ``sums_out``; the classes come from every batch's sums added in batch order.
+        The star written holds the rows of the batches classified. With the same seed,
+        classes and alignments, an update that classifies every batch gives a full cycle's
+        classes (float rounding apart). A batch whose kept sums were made with another working
+        box, class count, mask or band is classified again (its rows read from ``rows``), and
+        the log says so. Reads and writes only the batches classified: O(new particles)."""
         started = time.monotonic()
         check_cancel(cancel)
         torch.set_num_threads(max(1, request.threads))
@@ -230,17 +234,17 @@ class BuiltinEngine(Engine):
         params = request.params
         classes = read_classes(request.classes_in, stack.shape[-1])
         rng = np.random.default_rng(request.seed)  # drawn as run_cycle draws (same seed: same)
-        n, k, box = len(table), len(classes), stack.shape[-1]
-        if request.batches[-1].stop > n or request.n_classes != k:
-            raise EngineError(f"the update's batches ({request.batches[-1].stop} particles, "
-                              f"{request.n_classes} classes) do not fit {request.star_in} "
-                              f"({n} particles) and {request.classes_in} ({k} classes)")
+        n, k, box = request.batches[-1].stop, len(classes), stack.shape[-1]
+        if len(stack) < n or request.n_classes != k:
+            raise EngineError(f"the update's batches ({n} particles, {request.n_classes} "
+                              f"classes) do not fit {request.stack} ({len(stack)} particles) "
+                              f"and {request.classes_in} ({k} classes)")
         readable = usable(stack, n)
-        used = np.flatnonzero(readable)
         geometry = plan_geometry(params, box, rng)
         search = Search(geometry, params, classes, self.device)
         progress(Progress("noise spectrum", 0.0))
-        search.estimate_noise(stack, rng.permutation(used)[:NOISE_SAMPLE], table)
+        search.estimate_noise(stack, rng.permutation(np.flatnonzero(readable))[:NOISE_SAMPLE],
+                              table)
         key = sums_key(geometry, params, k)
         log: list[str] = []
         stale = [b for b in request.batches if not b.classify and _read_sums(b.sums, key) is None]
@@ -250,14 +254,21 @@ class BuiltinEngine(Engine):
                        f"(working box {geometry.working} px, {k} classes, mask "
                        f"{params.mask_radius:.0f} Å, {params.high_res:.1f}-{params.low_res:.0f} "
                        "Å): their particles are classified again")
+            table = pd.concat([table, *(_kept_rows(b) for b in stale)], ignore_index=True)
+        index = table["POS"].to_numpy(dtype=np.int64) - 1  # each row's image in the stack
         total_work = max(1, sum(b.size for b in todo))
         done_before = 0
         classified, results_parts, left_out = [], [], []
         for batch in todo:
-            members = np.arange(batch.start, batch.stop)
-            chosen, skipped = members[readable[members]], members[~readable[members]]
+            rows = np.flatnonzero((index >= batch.start) & (index < batch.stop))
+            if len(rows) != batch.size:
+                raise EngineError(f"{request.star_in} holds {len(rows)} of the {batch.size} "
+                                  f"particles {batch.start + 1}-{batch.stop} to classify")
+            rows = rows[np.argsort(index[rows], kind="stable")]
+            readable_rows = readable[index[rows]]
+            chosen, skipped = rows[readable_rows], rows[~readable_rows]
             if params.exclude_blank_edges and len(chosen):
-                keep = np.concatenate([~blank_edges(stack[part]) for _, part in
+                keep = np.concatenate([~blank_edges(stack[index[part]]) for _, part in
                                        batches(chosen, EDGE_CHECK_BATCH)])
                 chosen, skipped = chosen[keep], np.concatenate([skipped, chosen[~keep]])
 
@@ -267,33 +278,38 @@ class BuiltinEngine(Engine):
                                   p.particles_per_second))
 
             search.sums = ClassSums.zeros(k, len(geometry.psi), geometry.working, search.device)
-            results = (self._classify(search, stack, table, chosen, request, batch_progress,
-                                      cancel) if len(chosen) else
+            results = (self._classify(search, stack, table, index[chosen], request,
+                                      batch_progress, cancel, rows=chosen) if len(chosen) else
                        {name: np.zeros(0) for name in RESULT_NAMES})
             check_cancel(cancel)
-            _write_sums(batch.sums_out, reduce_sums(search.sums, geometry), key, len(chosen))
+            _write_sums(batch.sums_out, reduce_sums(search.sums, geometry), key, len(chosen),
+                        class_counts(results["cls"], k))
             classified.append(chosen)
             results_parts.append(results)
             left_out.append(skipped)
             done_before += batch.size
         progress(Progress("averaging", 1.0))
         total = ReducedSums(*(torch.zeros(shape) for shape in _sum_shapes(k, geometry.working)))
+        counts = np.zeros(k, dtype=np.int64)
         for batch in request.batches:  # in batch order: the same sums give the same classes
             path = batch.sums_out if batch in todo else batch.sums
             kept = _read_sums(path, key)
             if kept is None:
                 raise EngineError(f"{path} cannot be read back")
             total.add(kept)
+            counts += kept.counts
         used_now = np.concatenate(classified) if classified else np.zeros(0, np.int64)
         results = {name: np.concatenate([part[name] for part in results_parts])
                    for name in RESULT_NAMES}
         averages, empty = class_averages(total, geometry, search.band)
         if empty and len(used_now):
-            averages = reseed(averages, empty, stack, used_now, results, params, geometry)
+            averages = reseed(averages, empty, stack, index[used_now], results, params,
+                              geometry)
         averages = finish_classes(averages, geometry, params, params.auto_center)
         out_table = updated_table(table, used_now, results,
                                   np.concatenate(left_out) if left_out else None)
-        cistem_star.write_star(request.star_out, out_table,
+        done = np.sort(np.concatenate([used_now, *left_out]).astype(np.int64))
+        cistem_star.write_star(request.star_out, out_table.iloc[done],
                                [f"Live2D built-in engine, streaming update: {len(used_now)} "
                                 f"of {n} particles classified"])
         write_classes(request.classes_out, averages, params.pixel_size)
@@ -302,22 +318,25 @@ class BuiltinEngine(Engine):
                    f"classified, {len(request.batches)} batches in the classes")
         if empty:
             log.append(f"classes {', '.join(str(c + 1) for c in empty)} were empty: re-seeded")
-        return CycleResult(request.classes_out, request.star_out,
-                           class_counts(out_table["2DCLS"], k), len(used_now), seconds, log,
-                           tuple(b.start for b in todo))
+        return CycleResult(request.classes_out, request.star_out, counts.tolist(),
+                           len(used_now), seconds, log, tuple(b.start for b in todo))
 
     def _classify(self, search: Search, stack: np.ndarray, table: pd.DataFrame,
                   used: np.ndarray, request: CycleRequest, progress: ProgressCallback,
-                  cancel: threading.Event) -> dict[str, np.ndarray]:
-        """Classify ``used`` in chunks of whole batches, each into partial sums of its own that
-        are added up in chunk order: the same chunks whether they run here or on a cluster's
+                  cancel: threading.Event, rows: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
+        """Classify the images ``used`` (their rows of ``table``: ``rows``, by default the
+        same positions) in chunks of whole batches, each into partial sums of its own that are
+        added up in chunk order: the same chunks whether they run here or on a cluster's
         workers, so the averages come out the same."""
         size = self.batch_size * self.chunk_batches
+        rows = used if rows is None else rows
         chunks = [used[start:start + size] for start in range(0, len(used), size)]
+        chunk_rows = [rows[start:start + size] for start in range(0, len(rows), size)]
         started = time.monotonic()
         if self.executor is None or not self.executor.distributed:
             partials = []
-            for chunk in chunks:
+            for chunk, at in zip(chunks, chunk_rows, strict=True):
                 before = sum(len(c) for c in chunks[:len(partials)])
 
                 def on_batch(done: int, before: int = before) -> None:
@@ -325,12 +344,13 @@ class BuiltinEngine(Engine):
                     rate = (before + done) / max(time.monotonic() - started, 1e-9)
                     progress(Progress("classifying", (before + done) / len(used), rate))
 
-                partials.append(classify_chunk(search, stack, chunk, table.iloc[chunk],
+                partials.append(classify_chunk(search, stack, chunk, table.iloc[at],
                                                self.batch_size, on_batch))
         else:
             threads = max(1, request.threads)
-            tasks = [ChunkTask(str(request.stack), chunk, table.iloc[chunk][CHUNK_COLUMNS],
-                               self.batch_size, threads) for chunk in chunks]
+            tasks = [ChunkTask(str(request.stack), chunk, table.iloc[at][CHUNK_COLUMNS],
+                               self.batch_size, threads)
+                     for chunk, at in zip(chunks, chunk_rows, strict=True)]
             ends = np.cumsum([len(chunk) for chunk in chunks])
 
             def on_done(n: int) -> None:
@@ -400,10 +420,25 @@ def _sum_shapes(k: int, working: int) -> tuple[tuple[int, ...], ...]:
     return (k, working, working), (k, working, working // 2 + 1), (k,)
 
 
-def _write_sums(path: Path, sums: ReducedSums, key: dict[str, float], particles: int) -> None:
-    """A batch's sums, written whole (a kill leaves the old file or the new one)."""
+def _write_sums(path: Path, sums: ReducedSums, key: dict[str, float], particles: int,
+                counts: list[int]) -> None:
+    """A batch's sums and its particles per class (best class), written whole (a kill leaves
+    the old file or the new one)."""
     with replacing(path) as scratch:
-        torch.save({"key": key, "particles": particles, **sums.to_dict()}, scratch)
+        torch.save({"key": key, "particles": particles, **sums.to_dict(),
+                    "counts": torch.tensor(counts, dtype=torch.int64)}, scratch)
+
+
+def _kept_rows(batch: StreamBatch) -> pd.DataFrame:
+    """The rows of a batch not asked to be classified, which must be after all."""
+    if batch.rows is None:
+        raise EngineError(f"the kept sums of particles {batch.start + 1}-{batch.stop} do not "
+                          "fit this update and their rows were not given")
+    try:
+        return cistem_star.read_star(batch.rows)
+    except StarFormatError as exc:
+        raise EngineError(f"cannot classify particles {batch.start + 1}-{batch.stop} again: "
+                          f"{exc}") from None
 
 
 def _read_sums(path: Path, key: dict[str, float]) -> ReducedSums | None:
@@ -412,9 +447,17 @@ def _read_sums(path: Path, key: dict[str, float]) -> ReducedSums | None:
         kept = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError):
         return None
-    if not isinstance(kept, dict) or kept.get("key") != key:
+    if not isinstance(kept, dict) or kept.get("key") != key or "counts" not in kept:
         return None
-    return ReducedSums(kept["numerators"], kept["denominators"], kept["mass"])
+    return KeptSums(kept["numerators"], kept["denominators"], kept["mass"],
+                    kept["counts"].numpy())
+
+
+@dataclass
+class KeptSums(ReducedSums):
+    """A batch's kept sums, with its particles per best class."""
+
+    counts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def check_cancel(cancel: threading.Event) -> None:

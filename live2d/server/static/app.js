@@ -265,7 +265,9 @@ function showCycle() {
     `(${c.job_cycle} of ${c.job_cycles}), ${c.high_res.toFixed(1)} Å, ${c.engine}, finished ${finished}` +
     (c.left_out ? `. ${c.left_out.toLocaleString()} particles were left out: their source stacks ` +
       "changed or vanished since import (see the log)" : "");
-  const links = [["class averages (MRC)", c.classes], ["star file", c.star]];
+  // A streaming update keeps its particles' parameters per batch: the server makes its star.
+  const star = c.star || `cycle_${String(c.number).padStart(3, "0")}.star`;
+  const links = [["class averages (MRC)", c.classes], ["star file", star]];
   $("downloads").replaceChildren(...links.map(([text, name]) => {
     const link = document.createElement("a");
     link.href = `/files/${name}`;
