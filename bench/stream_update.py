@@ -32,7 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from session_growth import BOX, PER_MICROGRAPH, PIXEL, grow, new_warp_folder, rss_mb
 
-from live2d import cistem_star, collection_yield, cycle, session
+from live2d import cistem_star, cycle, session
+from live2d.class_quality import half_sums_key
+from live2d.engines.base import class_counts
 from live2d.engines.builtin import BuiltinEngine
 from live2d.engines.builtin.averages import ReducedSums
 from live2d.engines.builtin.engine import _write_sums, sums_key
@@ -89,22 +91,28 @@ def prepare(root: Path, size: int, settings: Settings, rows: list[str]) -> Path:
         mrc.voxel_size = PIXEL
     table["2DCLS"] = rng.integers(1, k + 1, len(table))
     table["PSI"] = rng.uniform(0, 360, len(table))
-    cistem_star.write_star(files.star, table)
     output.stream_sums.mkdir(exist_ok=True)
     w = geometry.working
+    halves_key = half_sums_key(k, BOX, PIXEL, params.high_res, params.invert_contrast)
     edges = [*range(0, size, settings.stream_every), size]
     batches = [Batch(a, b, 0) for a, b in itertools.pairwise(edges)]
     for batch in batches:
         sums = ReducedSums(torch.rand(k, w, w), torch.rand(k, w, w // 2 + 1) + 1.0,
                            torch.rand(k) * batch.size / k + 1.0)
-        _write_sums(batch.sums_path(output), sums, key, batch.size)
-    counts = np.bincount(table["2DCLS"] - 1, minlength=k).tolist()
+        rows = table.iloc[batch.start:batch.stop]
+        _write_sums(batch.sums_path(output), sums, key, batch.size,
+                    class_counts(rows["2DCLS"], k))
+        half = int(halves_key["size"])
+        torch.save({"key": halves_key, "sums": torch.rand(k, 2, half, half)},
+                   batch.halves_path(output))
+        cistem_star.write_star(batch.rows_path(output), rows)
+    counts = class_counts(table["2DCLS"], k)
     record = CycleRecord(
         number=0, job=1, job_type="stream", block="update", block_cycle=1, job_cycle=1,
         job_cycles=1, high_res=params.high_res, fraction=1.0, particles=size,
         class_counts=counts, started=time.time(), finished=time.time(), engine="prepared",
         generation=generation, particles_per_second=0.0, classes=files.relative(files.classes),
-        star=files.relative(files.star), thumbnails=files.relative(files.thumbnails),
+        star="", thumbnails=files.relative(files.thumbnails),
         batches=[[b.start, b.stop, b.aligned] for b in batches])
     CycleHistory(out).append(record)
     state = json.loads(output.session_state.read_text())
@@ -131,11 +139,14 @@ def main() -> None:
                         angular_step=15.0)
     timed(BuiltinEngine, "run_update", "engine")
     timed(cycle, "_write_input", "input star")
+    timed(cycle, "_write_update_input", "input star")
+    timed(cycle, "_write_batch_rows", "batch rows")
     timed(cycle, "_left_out", "left-out check")
     timed(cycle, "_assess_classes", "class quality")
     timed(cycle, "_check_outputs", "output check")
-    timed(session, "write_yield_tables", "yield tables")
-    timed(collection_yield, "write_yield_tables", "_")
+    timed(session.Session, "_write_yield", "yield tables")
+    timed(session.Session, "_check_cycle_alerts", "alerts")
+    timed(cycle, "write_thumbnails", "thumbnails")
     print(f"built-in engine, {BOX}-px particles at {PIXEL} Å/px, K = {args.classes}, "
           f"{args.high_res} Å, {args.new:,} new per update, stream_revisit {args.revisit}, "
           f"{args.threads} threads")
@@ -157,7 +168,6 @@ def main() -> None:
             finally:
                 opened.close()
             engine = PARTS.pop("engine", 0.0)
-            PARTS.pop("_", None)
             parts = ", ".join(f"{name} {value:.1f}" for name, value in
                               sorted(PARTS.items(), key=lambda item: -item[1])[:4])
             print(f"{size:9,d}  {seconds:8.1f}  {engine:8.1f}  {seconds - engine:9.1f}  "

@@ -94,6 +94,13 @@ def working_size(box: int, pixel_size: float, high_res: float) -> int:
     return min(box, max(16, 2 * math.ceil(box * pixel_size / nyquist)))
 
 
+def half_sums_key(n_classes: int, box: int, pixel_size: float, high_res: float,
+                  invert: bool) -> dict[str, object]:
+    """What kept half-set sums were made with and must match to be added to others."""
+    return {"classes": n_classes, "size": working_size(box, pixel_size, high_res), "box": box,
+            "pixel": round(pixel_size, 5), "invert": invert}
+
+
 def frc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Fourier ring correlation of two ``(box, box)`` images, one value per ring out to
     Nyquist (ring r at ``r / (box · pixel)`` Å⁻¹)."""

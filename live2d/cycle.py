@@ -24,7 +24,7 @@ import torch
 
 from live2d import cistem_star
 from live2d.atomic import atomic_write_json, replacing
-from live2d.class_quality import ClassQuality, assess_classes, half_set_sums, working_size
+from live2d.class_quality import ClassQuality, assess_classes, half_set_sums, half_sums_key
 from live2d.engines import CycleParams, CycleRequest, Engine, Progress, StreamBatch
 from live2d.errors import EngineError, SessionError
 from live2d.history import CycleRecord, particle_table
@@ -428,9 +428,8 @@ def _update_half_sums(stack: np.ndarray, table: pd.DataFrame, averages: np.ndarr
     read for the others, or made again in place where theirs do not fit (another box or
     limit; from the batch's kept rows, so the same sums)."""
     k, box = len(averages), averages.shape[-1]
-    size = working_size(box, pixel_size, params.high_res)
-    key = {"classes": k, "size": size, "box": box, "pixel": round(pixel_size, 5),
-           "invert": params.invert_contrast}
+    key = half_sums_key(k, box, pixel_size, params.high_res, params.invert_contrast)
+    size = int(key["size"])
     index = table["POS"].to_numpy(dtype=np.int64) - 1
     total = torch.zeros((k, 2, size, size))
     for batch in batches:

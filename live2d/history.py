@@ -301,9 +301,25 @@ def particle_table(folder: str | os.PathLike, record: CycleRecord) -> pd.DataFra
     folder = Path(folder)
     if not record.streamed:
         return cistem_star.read_star(folder / record.star)
-    parts = [cistem_star.read_star(folder / STREAM_SUMS / batch_rows_name(start, cycle))
-             for start, _, cycle in record.batches]
-    return pd.concat(parts, ignore_index=True)
+    # A batch's rows file is not changed once published (a re-visit writes a new one): parsed
+    # once and kept for the next call, so reading an update's table parses only what the
+    # update wrote. Keyed by size and time too: a cycle run again after a kill rewrites its own.
+    global _BATCH_ROWS
+    keys = []
+    for start, _, cycle in record.batches:
+        path = folder / STREAM_SUMS / batch_rows_name(start, cycle)
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise cistem_star.StarFormatError(f"cannot read {path}: {exc}") from None
+        keys.append((path, stat.st_size, stat.st_mtime_ns))
+    _BATCH_ROWS = {key: _BATCH_ROWS[key] if key in _BATCH_ROWS else cistem_star.read_star(key[0])
+                   for key in keys}
+    return pd.concat([_BATCH_ROWS[key] for key in keys], ignore_index=True)
+
+
+# The batches' rows last read by particle_table, by (path, size, modification time).
+_BATCH_ROWS: dict[tuple[Path, int, int], pd.DataFrame] = {}
 
 
 def write_particle_star(folder: str | os.PathLike, record: CycleRecord, path: Path) -> Path:

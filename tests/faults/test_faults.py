@@ -22,8 +22,7 @@ from harness import (
     warp_image_names,
 )
 
-from live2d import cistem_star
-from live2d.history import read_history
+from live2d.history import particle_table, read_history
 from live2d.mrc import read_images
 from live2d.schedule import Settings
 from live2d.session import Session
@@ -247,7 +246,7 @@ def _run_once(warp: Path) -> subprocess.CompletedProcess:
 def _latest_cycle_is_finite(out: Path) -> None:
     latest = read_history(out)[-1]
     assert np.isfinite(read_images(out / latest.classes)).all()
-    table = cistem_star.read_star(out / latest.star)
+    table = particle_table(out, latest)
     assert np.isfinite(table.select_dtypes("number").to_numpy(dtype=float)).all()
 
 
