@@ -140,6 +140,8 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
     write_thumbnails(request.classes_out, files.thumbnails)
     batches = with_classified(update, result.batches_classified, number) if update else []
     try:
+        if update is not None:
+            _write_batch_rows(table, batches, number, output)
         quality = (_assess_classes(request, table, store, batches, number, output,
                                    result.class_counts) if table is not None else [])
     except BaseException:
@@ -151,7 +153,6 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
     if update is None:
         request.star_out.replace(files.star)
     else:  # named by no record until this cycle's is appended
-        _write_batch_rows(table, batches, number, output)
         output.stream_sums.mkdir(exist_ok=True)
         for batch in batches:
             if batch.aligned == number:

@@ -89,9 +89,14 @@ class CycleRecord:
         every version wrote."""
         return cls(**{k: v for k, v in values.items() if k in _FIELDS})
 
-    def to_dict(self) -> dict[str, Any]:
-        """The record as JSON-ready values (the history's lines, the page's cycles)."""
-        return dataclasses.asdict(self)
+    def to_dict(self, with_batches: bool = True) -> dict[str, Any]:
+        """The record as JSON-ready values: the history's lines, and (without a streaming
+        update's list of batches, which grows with the session: only their number) the
+        pages' cycles."""
+        values = dataclasses.asdict(self)
+        if not with_batches:
+            values["batches"] = len(self.batches)
+        return values
 
     @property
     def streamed(self) -> bool:

@@ -232,7 +232,7 @@ class Session:
                 "status": self.status,
                 "settings": self.state.settings.to_dict(),
                 "particles": self.store.count,
-                "history": [r.to_dict() for r in self._records],
+                "history": [r.to_dict(with_batches=False) for r in self._records],
                 "job": dataclasses.asdict(self.state.job) if self.state.job else None,
                 "next_mode": self.settings.mode,
                 "automatic": self.state.automatic,
@@ -526,7 +526,7 @@ class Session:
         self._log(f"cycle {record.number} (job {job.number}, cycle {record.job_cycle} of "
                   f"{record.job_cycles}) done in {record.finished - record.started:.1f} s "
                   f"({record.particles_per_second:.0f} particles/s)")
-        self._emit({"type": "cycle", "cycle": record.to_dict()})
+        self._emit({"type": "cycle", "cycle": record.to_dict(with_batches=False)})
 
     def _write_yield(self, record: CycleRecord) -> ScoredCycle | None:
         """The yield tables of the cycle just recorded (O(particles), like its star): a

@@ -116,6 +116,16 @@ def test_a_user_runs_a_job_and_browses_the_classes(server, pages):
     page.find_element(By.ID, "tab-log").click()
     assert "job 1" in page.find_element(By.ID, "log").text
 
+    # The next job is a streaming update: the page following the latest cycle says what it
+    # took in and what waits.
+    page.find_element(By.ID, "start-job").click()
+    shown = watcher.find_element(By.ID, "cycle-meta")
+    wait(watcher, lambda d: shown.text.startswith("Streaming update, cycle 4:"))
+    assert "particles in the classes, 0 waiting for the next update" in shown.text
+    links = watcher.find_elements(By.CSS_SELECTOR, "#downloads a")
+    assert [a.get_attribute("href").rsplit("/", 1)[1] for a in links] == [
+        "cycle_004.mrc", "cycle_004.star"]
+
 
 def test_until_its_websocket_opens_the_page_says_connecting_not_stopped(pages):
     """The page's own files, from a server whose websocket never answers (a slow network, a

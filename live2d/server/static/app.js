@@ -247,6 +247,17 @@ function setCycle(index) {
   showCycle();
 }
 
+
+// A streaming update (job type stream): what it took in, and how many particles wait for the
+// next one (imported, not yet in the classes).
+function streamingWords(c) {
+  const waiting = Math.max(0, (page.state.particles || 0) - c.particles);
+  return `Streaming update, cycle ${c.number}: ${c.new_particles.toLocaleString()} new and ` +
+    `${c.revisited.toLocaleString()} re-visited particles classified; ` +
+    `${c.class_counts.reduce((a, b) => a + b, 0).toLocaleString()} particles in the classes, ` +
+    `${waiting.toLocaleString()} waiting for the next update`;
+}
+
 function showCycle() {
   const cycles = history();
   const gallery = $("gallery");
@@ -260,9 +271,11 @@ function showCycle() {
   $("cycle-slider").value = String(page.cycle);
   const finished = new Date(c.finished * 1000).toLocaleString();
   $("cycle-meta").textContent =
-    `Cycle ${c.number}: ${c.particles.toLocaleString()} particles (${Math.round(100 * c.fraction)}% used), ` +
-    `${page.state.job_types[c.job_type]} job ${c.job}, ${c.block} cycle ${c.block_cycle} ` +
-    `(${c.job_cycle} of ${c.job_cycles}), ${c.high_res.toFixed(1)} Å, ${c.engine}, finished ${finished}` +
+    (c.batches ? streamingWords(c) :
+      `Cycle ${c.number}: ${c.particles.toLocaleString()} particles (${Math.round(100 * c.fraction)}% used), ` +
+      `${page.state.job_types[c.job_type]} job ${c.job}, ${c.block} cycle ${c.block_cycle} ` +
+      `(${c.job_cycle} of ${c.job_cycles})`) +
+    `, ${c.high_res.toFixed(1)} Å, ${c.engine}, finished ${finished}` +
     (c.left_out ? `. ${c.left_out.toLocaleString()} particles were left out: their source stacks ` +
       "changed or vanished since import (see the log)" : "");
   // A streaming update keeps its particles' parameters per batch: the server makes its star.
