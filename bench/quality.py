@@ -18,12 +18,20 @@ scored 0.5 or more by live2d.class_quality):
         --classes 8 --startup-cycles 4 --refinement-cycles 2 --high-res-initial 30 \\
         --high-res-final 9
     python bench/quality.py --particles 10000 --classes 20 --junk 0.3 --off-centre 10
+
+With ``--stream START STEP`` the particles arrive as in a session: an ab initio job on the first
+START, then a streaming update every STEP more; and, on a copy of the same start, one seeded
+job over all of them, the full-pass job streaming is measured against (the last two rows):
+
+    python bench/quality.py --particles 3000 --classes 12 --junk 0.3 --off-centre 10 \
+        --stream 1000 500
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -59,7 +67,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--keep", type=Path, help="work here and keep the files (default: a "
                                                   "temporary folder)")
+    parser.add_argument("--stream", type=int, nargs=2, metavar=("START", "STEP"),
+                        help="ab initio on START particles, then a streaming update every STEP "
+                             "more; compared with one seeded job on them all")
     args = parser.parse_args()
+    if args.stream:
+        stream(args)
+        return
     with tempfile.TemporaryDirectory() as scratch:
         root = args.keep or Path(scratch)
         warp = root / "warp"
@@ -85,24 +99,87 @@ def main() -> None:
         finally:
             session.close()
         wall = time.monotonic() - began
-        mask_radius = 0.6 * read_settings(warp).diameter
-        print(f"{engine}; {args.particles} picks of {args.box} px at {args.pixel_size} Å/px, "
-              f"{args.views} views, SNR {args.snr:g}, junk {args.junk:.0%}, off centre "
-              f"{args.off_centre:g} px, seed {args.seed}; {args.classes} classes")
-        print("cycle  block        high-res  used  homogeneity  fidelity  classes  "
-              "best-precision  best-recall  auto-precision  auto-recall  seconds")
+        describe(args, engine)
+        print_header()
         for record in history:
-            if record.block == "start":
-                continue
-            scores, best, auto = score_cycle(root / "classification", record.number,
-                                             truth_dir_for(warp), mask_radius,
-                                             proposed=proposed(dataclasses.asdict(record)))
-            print(f"{record.number:5d}  {record.block:<11s} {record.high_res:6.1f} Å "
-                  f"{record.fraction:5.0%}  {scores.homogeneity:11.3f}  {scores.fidelity:8.3f}  "
-                  f"{scores.classes_used:7d}  {best.precision:14.3f}  {best.recall:11.3f}  "
-                  f"{auto.precision:14.3f}  {auto.recall:11.3f}  "
-                  f"{record.finished - record.started:7.1f}")
+            if record.block != "start":
+                print_row(record, root / "classification", warp)
         print(f"job: {len(history)} cycles in {wall:.0f} s")
+
+
+def describe(args: argparse.Namespace, engine: str) -> None:
+    print(f"{engine}; {args.particles} picks of {args.box} px at {args.pixel_size} Å/px, "
+          f"{args.views} views, SNR {args.snr:g}, junk {args.junk:.0%}, off centre "
+          f"{args.off_centre:g} px, seed {args.seed}; {args.classes} classes")
+
+
+def print_header() -> None:
+    print("cycle  block        high-res  used  homogeneity  fidelity  classes  "
+          "best-precision  best-recall  auto-precision  auto-recall  seconds")
+
+
+def print_row(record, output: Path, warp: Path) -> None:
+    """One cycle's scores against the truth, as the table's row."""
+    scores, best, auto = score_cycle(output, record.number, truth_dir_for(warp),
+                                     0.6 * read_settings(warp).diameter,
+                                     proposed=proposed(record))
+    print(f"{record.number:5d}  {record.block:<11s} {record.high_res:6.1f} Å "
+          f"{record.fraction:5.0%}  {scores.homogeneity:11.3f}  {scores.fidelity:8.3f}  "
+          f"{scores.classes_used:7d}  {best.precision:14.3f}  {best.recall:11.3f}  "
+          f"{auto.precision:14.3f}  {auto.recall:11.3f}  "
+          f"{record.finished - record.started:7.1f}", flush=True)
+
+
+def stream(args: argparse.Namespace) -> None:
+    """Streaming updates as the particles arrive, then the seeded job they stand in for."""
+    start, step = args.stream
+    with tempfile.TemporaryDirectory() as scratch:
+        root = args.keep or Path(scratch)
+        warp = root / "warp"
+
+        # Whole micrographs arrive: with the same seed, those written before do not change
+        # (a micrograph written again with more particles would hold other images).
+        per_micrograph = math.gcd(start, step, 200)
+
+        def arrive(count: int) -> None:
+            simulate(warp, particles=count, per_micrograph=per_micrograph, box=args.box,
+                     pixel_size=args.pixel_size, snr=args.snr, views=args.views,
+                     seed=args.seed, junk=args.junk, off_centre=args.off_centre)
+
+        arrive(start)
+        values = {"classes": args.classes, "startup_cycles": args.startup_cycles,
+                  "refinement_cycles": args.refinement_cycles,
+                  "high_res_initial": args.high_res_initial,
+                  "high_res_final": args.high_res_final,
+                  "particles_per_class": max(1, start // args.classes), "first_job_at": 1,
+                  "mode": "abinit", "stream_every": step}
+        if args.threads:
+            values["threads"] = args.threads
+        streamed = root / "streamed"
+        session = Session(warp, streamed, engine="builtin", device=args.device,
+                          settings=Settings(**values))
+        try:
+            session.run_job("abinit")
+            describe(args, session.engine.describe())
+            print_header()
+            print_row(session.history[-1], streamed, warp)
+            shutil.copytree(streamed, root / "seeded")  # the same classes to start from
+            for count in range(start + step, args.particles + step, step):
+                arrive(min(count, args.particles))
+                began = time.monotonic()
+                session.run_job("stream")
+                print_row(session.history[-1], streamed, warp)
+                print(f"  update over {session.store.count} particles: "
+                      f"{time.monotonic() - began:.1f} s")
+        finally:
+            session.close()
+        seeded = Session(warp, root / "seeded", engine="builtin", device=args.device)
+        try:
+            seeded.run_job("seeded")
+            print("the same particles, one seeded job (startup ramp, then refinement):")
+            print_row(seeded.history[-1], root / "seeded", warp)
+        finally:
+            seeded.close()
 
 
 if __name__ == "__main__":
