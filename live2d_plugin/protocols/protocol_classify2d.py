@@ -405,7 +405,8 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         if event.get("type") != "cycle" or self._publishError is not None:
             return
         try:
-            record = CycleRecord.from_dict(event["cycle"])
+            number = event["cycle"]["number"]  # the page's form of the record: the session's
+            record = next(r for r in reversed(self._session.history) if r.number == number)
             if record.block != "start":  # random starting classes have no members yet
                 self._publishCycle(record)
         except BaseException as exc:  # the session would only log it: surface it after
