@@ -13,6 +13,8 @@ from pathlib import Path
 DEMO_SETTINGS = {"classes": 10, "particles_per_class": 60, "startup_cycles": 4,
                  "refinement_cycles": 2, "high_res_initial": 30.0, "high_res_final": 10.0,
                  "first_job_at": 600, "update_every": 1500, "poll_seconds": 3.0,
+                 # after the first job, a streaming update every 500 new particles (10 s)
+                 "stream_every": 500, "stream_interval": 30.0,
                  # once the simulated microscope stops, its last particles are classified too
                  "catch_up_after": 10.0}
 
