@@ -24,6 +24,7 @@ from harness import (
 )
 
 from live2d import cistem_star
+from live2d.cli import main as cli_main
 from live2d.history import read_history
 from live2d.mrc import read_images
 from live2d.schedule import Settings
@@ -266,6 +267,14 @@ def _run_once(warp: Path) -> subprocess.CompletedProcess:
     return result
 
 
+def status_of(out: Path, capsys) -> str:
+    """What `live2d status OUT` prints on stdout (run here: a live2d process would spend
+    seconds importing)."""
+    capsys.readouterr()
+    assert cli_main(["status", str(out)]) == 0
+    return capsys.readouterr().out
+
+
 def _latest_cycle_is_finite(out: Path) -> None:
     latest = read_history(out)[-1]
     assert np.isfinite(read_images(out / latest.classes)).all()
@@ -273,7 +282,7 @@ def _latest_cycle_is_finite(out: Path) -> None:
     assert np.isfinite(table.select_dtypes("number").to_numpy(dtype=float)).all()
 
 
-def test_non_finite_defocus_rows_are_refused_alone_and_the_session_goes_on(tmp_path):
+def test_non_finite_defocus_rows_are_refused_alone_and_the_session_goes_on(tmp_path, capsys):
     warp, out = tmp_path / "warp", tmp_path / "warp" / "classification"
     grow(warp, 100)
     star = warp / STAR
@@ -289,9 +298,7 @@ def test_non_finite_defocus_rows_are_refused_alone_and_the_session_goes_on(tmp_p
     names = ParticleStore(out).read_table()["ORIGNAME"]
     assert names.tolist() == [n for n in warp_image_names(warp) if n not in refused]
     _latest_cycle_is_finite(out)
-    status = subprocess.run([sys.executable, "-m", "live2d.cli", "status", str(out)],
-                            capture_output=True, text=True)
-    assert "left out: 4 particle rows refused" in status.stdout, status.stdout
+    assert "left out: 4 particle rows refused" in status_of(out, capsys)
 
     grow(warp, 160)  # Warp rewrites its star whole: the same bad rows, and new ones
     _poison(star, bad)
@@ -363,7 +370,8 @@ def test_touched_stacks_keep_their_particles(tmp_path):
     check_invariants(warp, out, complete=True)
 
 
-def test_a_stack_cut_short_during_a_cycle_leaves_its_particles_out_and_the_run_goes_on(tmp_path):
+def test_a_stack_cut_short_during_a_cycle_leaves_its_particles_out_and_the_run_goes_on(
+        tmp_path, capsys):
     """Warp re-processing a movie truncates its stack while a cycle reads it: no SIGBUS, the
     cycle is tried again without those particles, and the log says so."""
     warp, out = tmp_path / "warp", tmp_path / "warp" / "classification"
@@ -386,9 +394,7 @@ def test_a_stack_cut_short_during_a_cycle_leaves_its_particles_out_and_the_run_g
         assert history[-1].left_out == 60 and history[-1].particles == 1200
     figures = check_invariants(warp, out, complete=True)  # left out, not lost
     assert figures["particles"] == 1200
-    status = subprocess.run([sys.executable, "-m", "live2d.cli", "status", str(out)],
-                            capture_output=True, text=True)
-    assert "left out 60 of its 1200 particles" in status.stdout, status.stdout + status.stderr
+    assert "left out 60 of its 1200 particles" in status_of(out, capsys)
 
 
 def test_a_fifo_in_place_of_a_stack_is_skipped_and_sigterm_still_stops_the_run(tmp_path):
