@@ -70,11 +70,15 @@ def test_eight_sigkills_while_warp_collects_lose_and_duplicate_nothing(tmp_path)
         process = start_run(warp)
         if attempt % 2:
             time.sleep(rng.uniform(1.5, 4.0))  # anywhere: start-up, import, cycle, waiting
-        else:  # aim inside a cycle: kill a moment after this run starts one
-            deadline = time.monotonic() + 20.0
-            while not inside_a_cycle(log, offset) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 0.15))
+        else:  # aim inside a cycle: a moment after this run starts one, if it is still in it
+            deadline = time.monotonic() + 20.0  # (a start cycle can end within that moment)
+            while time.monotonic() < deadline:
+                if not inside_a_cycle(log, offset):
+                    time.sleep(0.02)
+                    continue
+                time.sleep(rng.uniform(0.0, 0.15))
+                if inside_a_cycle(log, offset):
+                    break
         kills["inside a cycle" if inside_a_cycle(log, offset) else "importing or waiting"] += 1
         process.send_signal(signal.SIGKILL)
         process.wait()
