@@ -20,6 +20,7 @@ import unittest
 from pathlib import Path
 
 import numpy as np
+from gui_driver import distinct_colours
 from PIL import Image
 from plugin_test_helpers import ProjectTestCase
 from pyworkflow.protocol import STATUS_FINISHED
@@ -40,7 +41,7 @@ def _xvfb_missing() -> str | None:
 
 def _distinct_colours(path: Path) -> int:
     with Image.open(path) as image:
-        return len(np.unique(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0))
+        return distinct_colours(np.asarray(image.convert("RGB")))
 
 
 @unittest.skipIf(_xvfb_missing(), _xvfb_missing() or "")

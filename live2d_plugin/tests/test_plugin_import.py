@@ -154,8 +154,9 @@ class TestImportWarp(ProjectTestCase):
         star = next(corrupt.glob("allparticles_*.star"))
         star.write_text("data_\n\nloop_\n_rlnImageName #1\n000001@x.mrcs\n")
         cases = {empty: "no previous.settings", corrupt: "lacks the column(s)"}
+        # 3 s without particles: some 6 polls (every 0.5 s) that must say the reason once.
         runs = {folder: self.launch(self.new(ProtLive2DImportWarp, warpFolder=str(folder),
-                                             streamTimeout=0.1))
+                                             streamTimeout=0.05))
                 for folder in cases}
         for folder, reason in cases.items():
             failed = self.wait_until(runs[folder], lambda p: p.isFailed(), 120,

@@ -25,6 +25,18 @@ from test_plugin_loading import TEMPLATE
 from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp
 from live2d_plugin.protocols.protocol_classify2d import _cycleOfSet
 
+# pyworkflow's schedule script, run as `python -m` runs it, with the start of each protocol
+# staggered by 12 s per level of the workflow instead of INITIAL_SLEEP_TIME's 30 s: the
+# import (level 0) has its output by then, so the classification (level 1) starts at its
+# scheduler's first look instead of idling 30 s. (Were the output later, the scheduler's next
+# look would start it: slower, not wrong. test_two_chained_protocols... covers that case.)
+SCHEDULE_SCRIPT = """
+import runpy
+import pyworkflow.protocol
+pyworkflow.protocol.INITIAL_SLEEP_TIME = 12
+runpy.run_module("pyworkflow.project.scripts.schedule", run_name="__main__", alter_sys=True)
+"""
+
 
 def members_by_class(classes_file: str) -> dict[int, dict[int, np.ndarray]]:
     """class id -> {particle id: 2D alignment matrix} of a SetOfClasses2D sqlite."""
@@ -176,6 +188,13 @@ class TestScheduled(StreamingTestCase):
         classify = self.classify_protocol(importer, firstJobAt=100, updateEvery=1000)
         self.proj.saveProtocol(classify)
         for prot in (importer, classify):  # as the GUI's Schedule button does
+            if prot is classify:
+                # Scheduled once the import has its output: scheduled before, pyworkflow's
+                # scheduler finds the input EMPTY and looks again only 25 s later (its own
+                # wait, nothing of the plugin's); either way it launches the classification
+                # while the import's set is still open.
+                self.wait_until(importer, lambda p: output_size(p)[0] == 120, 90,
+                                "the import's first particles")
             self.proj.scheduleProtocol(prot)
             self.launched.append(prot)
         self.run_live(importer, classify, warp_dir)
@@ -202,9 +221,9 @@ class TestScheduled(StreamingTestCase):
         # Scheduled as `scipion python -m pyworkflow.project.scripts.schedule NAME` does it.
         # Its schedulers fork off and keep its output open: log to a file, not a pipe.
         with open(self.work / "schedule.log", "wb") as log:
-            subprocess.run([sys.executable, "-m", "pyworkflow.project.scripts.schedule",
-                            self.proj.getShortName()], check=True, env=os.environ.copy(),
-                           stdout=log, stderr=subprocess.STDOUT, timeout=60)
+            subprocess.run([sys.executable, "-c", SCHEDULE_SCRIPT, self.proj.getShortName()],
+                           check=True, env=os.environ.copy(), stdout=log,
+                           stderr=subprocess.STDOUT, timeout=60)
         self.proj = self.reload_project()  # the script changed the project's database
         found = {type(p).__name__: p for p in self.proj.getRuns()}
         importer, classify = found["ProtLive2DImportWarp"], found["ProtLive2DClassify2D"]

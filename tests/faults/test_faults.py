@@ -2,6 +2,7 @@
 restart, the invariants of harness.check_invariants must hold and the loop must carry on."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from harness import (
     warp_image_names,
 )
 
+from live2d.cli import main as cli_main
 from live2d.history import particle_table, read_history
 from live2d.mrc import read_images
 from live2d.schedule import Settings
@@ -35,23 +37,48 @@ SMALL = Settings(classes=3, particles_per_class=30, startup_cycles=1, refinement
 STAR = f"allparticles_{MODEL}.star"
 
 
-def test_twenty_sigkills_while_warp_collects_lose_and_duplicate_nothing(tmp_path):
+# The first and the last log line of a cycle: "cycle 3 (job 2 seeded, startup 1): ..." and
+# "cycle 3 (job 2, cycle 1 of 2) done in ...": the second has a comma after the job number.
+CYCLE_LINE = re.compile(r"cycle \d+ \(job \d+(,?)")
+
+
+def inside_a_cycle(log: Path, offset: int) -> bool:
+    """Whether the run that started when ``log`` was ``offset`` bytes long is inside a cycle:
+    it began one and has not finished it. (Not the scratch folder: a killed run leaves it.)"""
+    if not log.exists():
+        return False
+    with open(log, "rb") as handle:
+        handle.seek(offset)
+        ends = CYCLE_LINE.findall(handle.read().decode(errors="replace"))
+    return bool(ends) and ends[-1] == ""
+
+
+def test_eight_sigkills_while_warp_collects_lose_and_duplicate_nothing(tmp_path):
     warp, out = tmp_path / "warp", tmp_path / "warp" / "classification"
+    log = out / "live2d.log"
     grow(warp, 60)
     microscope = Microscope(warp, 60, 400, interval=0.5)
     microscope.start()
     rng = np.random.default_rng(7)
     kills = {"inside a cycle": 0, "importing or waiting": 0}
-    for attempt in range(20):
+    # Eight kills, each restart taking its 3-4 s to start up: four at random moments (start-up,
+    # import while Warp writes, a cycle, waiting) and four aimed inside a cycle, each restart
+    # from the state the kills before it left. Twenty covered no other case and took longer.
+    for attempt in range(8):
+        offset = log.stat().st_size if log.exists() else 0
         process = start_run(warp)
         if attempt % 2:
             time.sleep(rng.uniform(1.5, 4.0))  # anywhere: start-up, import, cycle, waiting
-        else:  # aim inside a cycle: kill a moment after its scratch folder appears
-            deadline = time.monotonic() + 8.0
-            while not (out / "work").exists() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 0.15))
-        kills["inside a cycle" if (out / "work").exists() else "importing or waiting"] += 1
+        else:  # aim inside a cycle: a moment after this run starts one, if it is still in it
+            deadline = time.monotonic() + 20.0  # (a start cycle can end within that moment)
+            while time.monotonic() < deadline:
+                if not inside_a_cycle(log, offset):
+                    time.sleep(0.02)
+                    continue
+                time.sleep(rng.uniform(0.0, 0.15))
+                if inside_a_cycle(log, offset):
+                    break
+        kills["inside a cycle" if inside_a_cycle(log, offset) else "importing or waiting"] += 1
         process.send_signal(signal.SIGKILL)
         process.wait()
         check_invariants(warp, out, complete=False)
@@ -243,6 +270,14 @@ def _run_once(warp: Path) -> subprocess.CompletedProcess:
     return result
 
 
+def status_of(out: Path, capsys) -> str:
+    """What `live2d status OUT` prints on stdout (run here: a live2d process would spend
+    seconds importing)."""
+    capsys.readouterr()
+    assert cli_main(["status", str(out)]) == 0
+    return capsys.readouterr().out
+
+
 def _latest_cycle_is_finite(out: Path) -> None:
     latest = read_history(out)[-1]
     assert np.isfinite(read_images(out / latest.classes)).all()
@@ -250,7 +285,7 @@ def _latest_cycle_is_finite(out: Path) -> None:
     assert np.isfinite(table.select_dtypes("number").to_numpy(dtype=float)).all()
 
 
-def test_non_finite_defocus_rows_are_refused_alone_and_the_session_goes_on(tmp_path):
+def test_non_finite_defocus_rows_are_refused_alone_and_the_session_goes_on(tmp_path, capsys):
     warp, out = tmp_path / "warp", tmp_path / "warp" / "classification"
     grow(warp, 100)
     star = warp / STAR
@@ -266,9 +301,7 @@ def test_non_finite_defocus_rows_are_refused_alone_and_the_session_goes_on(tmp_p
     names = ParticleStore(out).read_table()["ORIGNAME"]
     assert names.tolist() == [n for n in warp_image_names(warp) if n not in refused]
     _latest_cycle_is_finite(out)
-    status = subprocess.run([sys.executable, "-m", "live2d.cli", "status", str(out)],
-                            capture_output=True, text=True)
-    assert "left out: 4 particle rows refused" in status.stdout, status.stdout
+    assert "left out: 4 particle rows refused" in status_of(out, capsys)
 
     grow(warp, 160)  # Warp rewrites its star whole: the same bad rows, and new ones
     _poison(star, bad)
@@ -340,7 +373,8 @@ def test_touched_stacks_keep_their_particles(tmp_path):
     check_invariants(warp, out, complete=True)
 
 
-def test_a_stack_cut_short_during_a_cycle_leaves_its_particles_out_and_the_run_goes_on(tmp_path):
+def test_a_stack_cut_short_during_a_cycle_leaves_its_particles_out_and_the_run_goes_on(
+        tmp_path, capsys):
     """Warp re-processing a movie truncates its stack while a cycle reads it: no SIGBUS, the
     cycle is tried again without those particles, and the log says so."""
     warp, out = tmp_path / "warp", tmp_path / "warp" / "classification"
@@ -363,9 +397,7 @@ def test_a_stack_cut_short_during_a_cycle_leaves_its_particles_out_and_the_run_g
         assert history[-1].left_out == 60 and history[-1].particles == 1200
     figures = check_invariants(warp, out, complete=True)  # left out, not lost
     assert figures["particles"] == 1200
-    status = subprocess.run([sys.executable, "-m", "live2d.cli", "status", str(out)],
-                            capture_output=True, text=True)
-    assert "left out 60 of its 1200 particles" in status.stdout, status.stdout + status.stderr
+    assert "left out 60 of its 1200 particles" in status_of(out, capsys)
 
 
 def test_a_fifo_in_place_of_a_stack_is_skipped_and_sigterm_still_stops_the_run(tmp_path):
