@@ -25,7 +25,8 @@ SIMULATION = {"per_micrograph": 20, "box": 32, "pixel_size": 4.0, "snr": 0.5, "v
 RUN_OPTIONS = ["--classes", "3", "--particles-per-class", "30", "--startup-cycles", "4",
                "--refinement-cycles", "2", "--high-res-initial", "30", "--high-res-final",
                "16", "--threads", "1", "--first-job-at", "60", "--update-every", "60",
-               "--stream-every", "60", "--poll-seconds", "0.5", "--engine", "builtin", "--angular-step", "3"]
+               "--stream-every", "60", "--poll-seconds", "0.5", "--engine", "builtin",
+               "--angular-step", "3"]
 
 
 def grow(warp: Path, particles: int, seed: int = 0) -> None:
