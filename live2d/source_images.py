@@ -18,6 +18,7 @@ the process with SIGBUS.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -53,26 +54,51 @@ def _sources(path: Path, _size: int, _mtime: int) -> SourceImages:
     return SourceImages.from_file(path)
 
 
+# The images last made from each sources file, with the store identity they were made for:
+# a store that grew since is read as those plus its new particles (O(new), not O(particles)).
+_GROWN: dict[Path, tuple[str, SourceImages]] = {}
+
+
 class SourceImages:
     """The images of a store that reads its particles in place: where each one lies (a stack and
     an index in it), each stack checked against the stamp taken at import before it is read."""
     def __init__(self, root: Path, names: list[str], stamps: list[str], box: int) -> None:
         self.root = Path(root)
         self.box = box
-        parsed = [split_image_name(name) for name in names]
-        self.index = np.array([index for index, _ in parsed], dtype=np.int64)
-        # A stack per (file, stamp): particles of one file imported at different times (a
-        # growing stack) are each checked against the stamp taken when they were imported.
-        keys = pd.Series([f"{stack}\n{stamp}" for (_, stack), stamp
-                          in zip(parsed, stamps, strict=True)], dtype=object)
-        self.stack_of, stacks = pd.factorize(keys)
+        self.index = np.zeros(0, dtype=np.int64)
+        self.stack_of = np.zeros(0, dtype=np.int64)
         self.stacks: list[str] = []
         self.stamp_of_stack: list[str] = []
-        for key in stacks:
-            stack, _, stamp = key.partition("\n")
-            self.stacks.append(stack)
-            self.stamp_of_stack.append(stamp)
+        # A stack per (file, stamp): particles of one file imported at different times (a
+        # growing stack) are each checked against the stamp taken when they were imported.
+        self._stack_ids: dict[tuple[str, str], int] = {}
         self._open: OrderedDict[int, MrcStack | SourceImages | None] = OrderedDict()
+        self._add(names, stamps)
+
+    def _add(self, names: list[str], stamps: list[str]) -> None:
+        parsed = [split_image_name(name) for name in names]
+        index = np.array([index for index, _ in parsed], dtype=np.int64)
+        stack_of = np.empty(len(parsed), dtype=np.int64)
+        for row, ((_, stack), stamp) in enumerate(zip(parsed, stamps, strict=True)):
+            key = (stack, stamp)
+            number = self._stack_ids.get(key)
+            if number is None:
+                number = self._stack_ids[key] = len(self.stacks)
+                self.stacks.append(stack)
+                self.stamp_of_stack.append(stamp)
+            stack_of[row] = number
+        self.index = np.concatenate([self.index, index])
+        self.stack_of = np.concatenate([self.stack_of, stack_of])
+
+    def extended(self, names: list[str], stamps: list[str]) -> SourceImages:
+        """These images and the particles ``names`` after them: a new object (this one may be
+        in use), made at the cost of the new particles, not of all of them."""
+        grown = copy.copy(self)
+        grown.stacks, grown.stamp_of_stack = list(self.stacks), list(self.stamp_of_stack)
+        grown._stack_ids = dict(self._stack_ids)
+        grown._open = OrderedDict()
+        grown._add(names, stamps)
+        return grown
 
     @classmethod
     def from_file(cls, path: Path) -> SourceImages:
@@ -83,9 +109,20 @@ class SourceImages:
         store = json.loads((folder / STORE_STATE).read_text(encoding="utf-8"))
         table = cistem_star.read_growing_star(folder / described["star"],
                                               int(store["star_bytes"]), store_stamp(store))
-        stamps = table["SRCSTAMP"] if "SRCSTAMP" in table else [""] * len(table)
-        return cls(Path(described["root"]), table["ORIGNAME"].tolist(), list(stamps),
-                   int(described["box"]))
+        stamps = table["SRCSTAMP"] if "SRCSTAMP" in table else pd.Series([""] * len(table))
+        # A star replaced whole (migrated, provenance filled in) has another inode: read whole.
+        identity = f"{store_stamp(store)}:{(folder / described['star']).stat().st_ino}"
+        root, box = Path(described["root"]), int(described["box"])
+        known = _GROWN.get(Path(path))
+        if (known is not None and known[0] == identity and known[1].root == root and
+                known[1].box == box and len(known[1]) <= len(table)):
+            start = len(known[1])
+            images = known[1].extended(table["ORIGNAME"].iloc[start:].tolist(),
+                                       list(stamps.iloc[start:]))
+        else:
+            images = cls(root, table["ORIGNAME"].tolist(), list(stamps), box)
+        _GROWN[Path(path)] = (identity, images)
+        return images
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -313,3 +313,18 @@ def test_a_stack_cut_short_while_it_is_read_raises_an_error_not_sigbus(warp):
     said, usable = result.stdout.splitlines()
     assert said.startswith("StackChanged") and "changed while it was read" in said
     assert usable == "True"
+
+
+def test_a_grown_stores_images_are_its_earlier_ones_plus_the_new_particles(tmp_path):
+    root = tmp_path / "src"
+    root.mkdir()
+    for m in range(3):
+        with mrcfile.new(root / f"m{m}.mrcs") as mrc:
+            mrc.set_data(np.arange(256, dtype=np.float32).reshape(4, 8, 8) + 1000 * m)
+    names = [f"{i}@m{m}.mrcs" for m in range(3) for i in range(1, 5)]
+    whole = SourceImages(root, names, ["a"] * 8 + ["b"] * 4, 8)
+    grown = SourceImages(root, names[:5], ["a"] * 5, 8).extended(names[5:], ["a"] * 3 + ["b"] * 4)
+    for attribute in ("index", "stack_of"):
+        np.testing.assert_array_equal(getattr(grown, attribute), getattr(whole, attribute))
+    assert grown.stacks == whole.stacks and grown.stamp_of_stack == whole.stamp_of_stack
+    np.testing.assert_array_equal(grown[np.arange(12)], whole[np.arange(12)])
