@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from live2d.errors import SessionError
 from live2d.history import CycleRecord
 from live2d.output_folder import (
     OutputFolder,
@@ -109,8 +110,9 @@ def plan_update(previous: CycleRecord, n_particles: int, settings: Settings,
     kept = kept_batches(previous)
     first = not kept
     covered = kept[-1].stop if kept else 0
-    if covered > n_particles:
-        raise ValueError(f"the classes hold {covered} particles, the store {n_particles}")
+    if covered > n_particles:  # the store never shrinks within a generation
+        raise SessionError(f"cycle {previous.number}'s classes hold {covered} particles, the "
+                           f"store only {n_particles}: start ab initio")
     new_start = covered
     if kept and covered < n_particles and kept[-1].size < SMALL_BATCH_SHARE * \
             settings.stream_every:

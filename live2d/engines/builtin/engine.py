@@ -247,7 +247,8 @@ class BuiltinEngine(Engine):
                               table)
         key = sums_key(geometry, params, k)
         log: list[str] = []
-        stale = [b for b in request.batches if not b.classify and _read_sums(b.sums, key) is None]
+        kept = {b.start: _read_sums(b.sums, key) for b in request.batches if not b.classify}
+        stale = [b for b in request.batches if not b.classify and kept[b.start] is None]
         todo = [b for b in request.batches if b.classify or b in stale]
         if stale:
             log.append(f"kept class sums of {len(stale)} batch(es) do not fit this update "
@@ -292,12 +293,11 @@ class BuiltinEngine(Engine):
         total = ReducedSums(*(torch.zeros(shape) for shape in _sum_shapes(k, geometry.working)))
         counts = np.zeros(k, dtype=np.int64)
         for batch in request.batches:  # in batch order: the same sums give the same classes
-            path = batch.sums_out if batch in todo else batch.sums
-            kept = _read_sums(path, key)
-            if kept is None:
-                raise EngineError(f"{path} cannot be read back")
-            total.add(kept)
-            counts += kept.counts
+            sums = _read_sums(batch.sums_out, key) if batch in todo else kept[batch.start]
+            if sums is None:
+                raise EngineError(f"{batch.sums_out} cannot be read back")
+            total.add(sums)
+            counts += sums.counts
         used_now = np.concatenate(classified) if classified else np.zeros(0, np.int64)
         results = {name: np.concatenate([part[name] for part in results_parts])
                    for name in RESULT_NAMES}
