@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--keep", type=Path, help="work here and keep the files (default: a "
                                                   "temporary folder)")
+    parser.add_argument("--revisit", type=float, default=Settings().stream_revisit,
+                        help="with --stream: re-visited particles per new particle")
     parser.add_argument("--stream", type=int, nargs=2, metavar=("START", "STEP"),
                         help="ab initio on START particles, then a streaming update every STEP "
                              "more; compared with one seeded job on them all")
@@ -152,7 +154,7 @@ def stream(args: argparse.Namespace) -> None:
                   "high_res_initial": args.high_res_initial,
                   "high_res_final": args.high_res_final,
                   "particles_per_class": max(1, start // args.classes), "first_job_at": 1,
-                  "mode": "abinit", "stream_every": step}
+                  "mode": "abinit", "stream_every": step, "stream_revisit": args.revisit}
         if args.threads:
             values["threads"] = args.threads
         streamed = root / "streamed"

@@ -598,7 +598,12 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
             if record is not None and record.left_out:
                 lines.append(f"{record.left_out} particles were left out of that cycle: their "
                              "stacks changed or vanished since import (the log names them).")
-            if record is not None:
+            if record is not None and record.streamed:
+                lines.append(f"Streaming update (job {record.job}): {record.new_particles} new "
+                             f"and {record.revisited} re-visited particles classified, "
+                             f"{sum(record.class_counts)} in the classes; high-res limit "
+                             f"{record.high_res:.1f} Å, engine: {engine_text(record.engine)}.")
+            elif record is not None:
                 lines.append(f"Job {record.job} ({JOB_LABELS[record.job_type].lower()}), "
                              f"{record.block} cycle {record.block_cycle}, "
                              f"high-res limit {record.high_res:.1f} Å, "
@@ -611,7 +616,9 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
                              f"{self._sessionDir()}), with their 2D alignment.")
             newer = exported - (self.publishedParticles.get() or 0)
             if newer > 0:
-                lines.append(f"{newer} input particles arrived since and join the next job.")
+                what = ("the next streaming update" if record is not None and record.streamed
+                        else "the next job")
+                lines.append(f"{newer} input particles arrived since and wait for {what}.")
         else:
             first = JOB_LABELS[JOB_TYPES[self.classificationType.get()]].lower()
             lines.append(f"No classes yet: {exported} particles received; the first job "

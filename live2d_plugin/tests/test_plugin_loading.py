@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -231,6 +232,20 @@ class TestForms(ProjectTestCase):
         self.assertIn("engine: built-in (torch 2.3.1", summary)
         self.assertNotIn("builtin", summary)
         self.assertIn("(built-in engine)", " ".join(prot._methods()))
+        # A streaming update says what it took in and what waits for the next one.
+        update = dataclasses.replace(record, number=4, job=2, job_type="stream",
+                                     block="update", particles=1000, class_counts=[330] * 3,
+                                     batches=[[0, 900, 3], [900, 1000, 4]], new_particles=100,
+                                     revisited=0)
+        prot._history = lambda: [record, update]
+        prot.publishedCycle.set(4)
+        prot.publishedParticles.set(1000)
+        prot.exportedParticles.set(1250)
+        summary = " ".join(prot._summary())
+        self.assertIn("Streaming update (job 2): 100 new and 0 re-visited particles "
+                      "classified, 990 in the classes", summary)
+        self.assertIn("250 input particles arrived since and wait for the next streaming "
+                      "update", summary)
 
     def test_classify_form_has_the_issue_parameters_with_live2d_defaults(self) -> None:
         prot = self.new(ProtLive2DClassify2D)
