@@ -10,6 +10,7 @@ kill before that runs the cycle again and leaves nothing half-recorded.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import threading
@@ -27,6 +28,7 @@ from live2d.atomic import atomic_write_json, replacing
 from live2d.class_quality import ClassQuality, assess_classes, half_set_sums, half_sums_key
 from live2d.engines import CycleParams, CycleRequest, Engine, Progress, StreamBatch
 from live2d.errors import EngineError, SessionError
+from live2d.forecast import particle_times
 from live2d.history import CycleRecord, particle_table
 from live2d.mrc import mark_image_stack, read_images
 from live2d.output_folder import OutputFolder, batch_sums_name
@@ -91,7 +93,7 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
     if spec.kind == "stream":
         n = store.count
         update = plan_update(previous, n, settings, number)
-        _write_update_input(files.input_star, update, previous, inputs)
+        written = _write_update_input(files.input_star, update, previous, inputs)
     else:
         n, update = _write_input(files.input_star, previous, inputs), None
     left_out = _left_out(store, n)
@@ -174,6 +176,8 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
         left_out=left_out,
         **(_update_fields(update, batches, number) if update is not None else {}),
     )
+    if update is not None:
+        record = dataclasses.replace(record, latency=_latency(record.finished - written))
     return FinishedCycle(record, request.params)
 
 
@@ -191,32 +195,34 @@ def _stream_batches(update: UpdatePlan | None, output: OutputFolder,
 
 
 def _write_update_input(star_path: Path, update: UpdatePlan, previous: CycleRecord,
-                        inputs: CycleInputs) -> None:
+                        inputs: CycleInputs) -> np.ndarray:
     """Write a streaming update's input star: the rows of the batches it classifies, from
     the batches' kept rows and, for particles not in the classes yet, the store (unassigned).
-    The first update after another job takes every particle, that job's results first."""
+    The first update after another job takes every particle, that job's results first.
+    Returns when the stacks of the particles new to the classes were written
+    (:func:`live2d.forecast.particle_times`; NaN where unknown)."""
     output, store = inputs.output, inputs.store
     kept = kept_batches(previous)
+    covered = kept[-1].stop if kept else previous.particles
+    new_rows = store.read_table().iloc[covered:]  # the store's rows beyond the classes
+    written = particle_times(new_rows)[0]
+    new_rows = new_rows.drop(columns=list(cistem_star.PROVENANCE_COLUMNS), errors="ignore")
     if not kept:
         _write_input(star_path, previous, inputs)
-        return
-    covered = kept[-1].stop
+        return written
     parts = []
-    new_rows = None
     for batch in update.batches:
         if batch.start not in update.classify:
             continue
         parts += [_read_kept_rows(old, output) for old in kept
                   if batch.start <= old.start and old.stop <= min(batch.stop, covered)]
         if batch.stop > covered:
-            if new_rows is None:  # the store's rows beyond the classes, read once
-                new_rows = store.read_table().iloc[covered:].drop(
-                    columns=list(cistem_star.PROVENANCE_COLUMNS), errors="ignore")
             parts.append(new_rows.iloc[max(batch.start, covered) - covered:
                                        batch.stop - covered].assign(**{"2DCLS": 0}))
     table = _finite_input(_concat_frames(parts), inputs.said)
     cistem_star.write_star(star_path, table, [f"input of {star_path.stem}: the particles "
                                               "this streaming update classifies"])
+    return written
 
 
 def _read_kept_rows(batch: Batch, output: OutputFolder) -> pd.DataFrame:
@@ -260,6 +266,15 @@ def _update_fields(update: UpdatePlan, batches: list[Batch], number: int) -> dic
     return {"batches": [[b.start, b.stop, b.aligned] for b in batches],
             "new_particles": update.new_particles, "revisited": classified - new,
             "revisit_credit": update.credit}
+
+
+def _latency(seconds: np.ndarray) -> list[float]:
+    """p50, p99 and the longest of the seconds the particles new to an update waited from
+    their stack being written to being in published classes; empty where no time is known."""
+    known = seconds[np.isfinite(seconds)]
+    if not len(known):
+        return []
+    return [round(float(v), 1) for v in (*np.percentile(known, [50, 99]), known.max())]
 
 
 def _log_update(number: int, job: JobState, update: UpdatePlan, high_res: float) -> None:

@@ -81,6 +81,9 @@ class CycleRecord:
     new_particles: int = 0
     revisited: int = 0
     revisit_credit: int = 0
+    # Seconds from the stacks of the particles new to the classes being written to their being
+    # published in them: p50, p99, longest (empty where the times are unknown).
+    latency: list[float] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CycleRecord:

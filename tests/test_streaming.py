@@ -5,6 +5,7 @@ import dataclasses
 import itertools
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,7 @@ def exported_rows(out: Path, tmp: Path, classes: int) -> int:
 def test_updates_after_abinit_keep_every_particle_in_the_classes_once(tmp_path):
     warp = tmp_path / "warp"
     grow(warp, 240)
+    started = time.time()
     session = Session(warp, settings=Settings(**STREAM), engine="builtin")
     assert session.run_job("abinit") and session.settings.mode == "stream"
     for particles in (360, 420, 420):
@@ -233,6 +235,9 @@ def test_updates_after_abinit_keep_every_particle_in_the_classes_once(tmp_path):
         covered = sorted(i for a, b, _ in latest.batches for i in range(a, b))
         assert covered == list(range(particles))  # each one, once
         assert sum(latest.class_counts) == particles
+        if latest.new_particles:  # from their stacks being written to the classes
+            p50, p99, longest = latest.latency
+            assert 0 < p50 <= p99 <= longest < time.time() - started
         assert exported_rows(session.output_dir, tmp_path, 4) == particles
         # The class quality adds up the batches' kept half-set sums: as if made from scratch.
         halves = sum(torch.load(session.output_dir / "stream" / batch_halves_name(a, c),

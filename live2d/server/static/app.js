@@ -255,7 +255,13 @@ function streamingWords(c) {
   return `Streaming update, cycle ${c.number}: ${c.new_particles.toLocaleString()} new and ` +
     `${c.revisited.toLocaleString()} re-visited particles classified; ` +
     `${c.class_counts.reduce((a, b) => a + b, 0).toLocaleString()} particles in the classes, ` +
-    `${waiting.toLocaleString()} waiting for the next update`;
+    `${waiting.toLocaleString()} waiting for the next update` +
+    (c.latency && c.latency.length ? `; the new ones waited ${waited(c.latency[0])} (median), ` +
+      `at most ${waited(c.latency[2])}, from their stack being written` : "");
+}
+
+function waited(seconds) {
+  return seconds >= 60 ? `${(seconds / 60).toFixed(1)} min` : `${Math.round(seconds)} s`;
 }
 
 function showCycle() {
