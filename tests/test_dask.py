@@ -25,7 +25,7 @@ from live2d.engines.base import CycleParams, CycleRequest
 from live2d.engines.builtin import BuiltinEngine
 from live2d.engines.cistem import CistemEngine, find_programs
 from live2d.errors import CycleCancelled, EngineError
-from live2d.history import read_history
+from live2d.history import particle_table, read_history
 from live2d.phantom import Phantom
 from live2d.server.control import Controller
 from live2d.simulate import simulate
@@ -276,6 +276,21 @@ def test_cli_runs_a_job_on_the_scheduler_as_it_does_locally(tmp_path, executor, 
         if mine.star:  # later cycles score previous matches too: still the same
             assert (tmp_path / "here" / mine.star).read_text() == \
                 (tmp_path / "there" / theirs.star).read_text()
+    # Warp goes on: the next job is a streaming update, its batches classified on the
+    # workers, with the same classes and parameters as here.
+    simulate(warp, particles=240, per_micrograph=80, box=32, pixel_size=4.0, snr=0.5, views=3,
+             seed=0)
+    for folder, extra in (("here", []), ("there", ["--scheduler", executor.address])):
+        assert cli_main(["run", str(warp), "--once", "--output", str(tmp_path / folder),
+                         *small, *extra]) == 0
+    mine, theirs = read_history(tmp_path / "here")[-1], read_history(tmp_path / "there")[-1]
+    assert mine.job_type == theirs.job_type == "stream" and "dask" in theirs.engine
+    assert mine.batches == theirs.batches and mine.class_counts == theirs.class_counts
+    with mrcfile.open(tmp_path / "here" / mine.classes) as a, \
+            mrcfile.open(tmp_path / "there" / theirs.classes) as b:
+        assert np.array_equal(a.data, b.data)
+    assert particle_table(tmp_path / "here", mine).equals(
+        particle_table(tmp_path / "there", theirs))
 
 
 def test_the_web_runner_runs_its_jobs_on_the_scheduler(tmp_path, executor):
