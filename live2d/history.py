@@ -321,9 +321,11 @@ def particle_table(folder: str | os.PathLike, record: CycleRecord) -> pd.DataFra
         except OSError as exc:
             raise cistem_star.StarFormatError(f"cannot read {path}: {exc}") from None
         keys.append((path, stat.st_size, stat.st_mtime_ns))
-    _BATCH_ROWS = {key: _BATCH_ROWS[key] if key in _BATCH_ROWS else cistem_star.read_star(key[0])
-                   for key in keys}
-    return pd.concat([_BATCH_ROWS[key] for key in keys], ignore_index=True)
+    known = _BATCH_ROWS  # one dict throughout: another thread may replace it meanwhile
+    tables = {key: known[key] if key in known else cistem_star.read_star(key[0])
+              for key in keys}
+    _BATCH_ROWS = tables
+    return pd.concat([tables[key] for key in keys], ignore_index=True)
 
 
 # The batches' rows last read by particle_table, by (path, size, modification time).
