@@ -42,6 +42,7 @@ from live2d.engines.builtin.averages import ReducedSums
 from live2d.engines.builtin.engine import _write_sums, sums_key
 from live2d.engines.builtin.geometry import plan_geometry
 from live2d.history import CycleHistory, CycleRecord
+from live2d.kept_tensors import save_kept
 from live2d.output_folder import OutputFolder
 from live2d.schedule import Settings, plan_job
 from live2d.session import Session
@@ -105,8 +106,8 @@ def prepare(root: Path, size: int, settings: Settings, rows: list[str]) -> Path:
         _write_sums(batch.sums_path(output), sums, key, batch.size,
                     class_counts(rows["2DCLS"], k))
         half = int(halves_key["size"])
-        torch.save({"key": halves_key, "sums": torch.rand(k, 2, half, half)},
-                   batch.halves_path(output))
+        save_kept(batch.halves_path(output), halves_key,
+                  {"sums": torch.rand(k, 2, half, half)})
         cistem_star.write_star(batch.rows_path(output), rows)
     counts = class_counts(table["2DCLS"], k)
     record = CycleRecord(

@@ -24,12 +24,13 @@ import numpy as np
 import torch
 
 from live2d import cistem_star
-from live2d.atomic import atomic_write_json, replacing
+from live2d.atomic import atomic_write_json
 from live2d.class_quality import ClassQuality, assess_classes, half_set_sums, half_sums_key
 from live2d.engines import CycleParams, CycleRequest, Engine, Progress, StreamBatch
 from live2d.errors import EngineError, SessionError
 from live2d.forecast import particle_times
 from live2d.history import CycleRecord, particle_table
+from live2d.kept_tensors import load_kept, save_kept
 from live2d.mrc import mark_image_stack, read_images
 from live2d.output_folder import OutputFolder, batch_sums_name
 from live2d.schedule import CycleSpec, Settings
@@ -451,23 +452,15 @@ def _update_half_sums(stack: np.ndarray, table: pd.DataFrame, averages: np.ndarr
     for batch in batches:
         kept = batch.halves_path(output)
         now = batch.aligned == number
-        halves = None if now else _read_halves(kept, key)
+        stored = None if now else load_kept(kept, key)
+        halves = stored["sums"] if stored is not None else None
         if halves is None:
             rows = (table[(index >= batch.start) & (index < batch.stop)] if now
                     else _read_kept_rows(batch, output))
             halves = half_set_sums(stack, rows, k, pixel_size, size, params.invert_contrast)
-            with replacing(output.work / kept.name if now else kept) as scratch:
-                torch.save({"key": key, "sums": halves}, scratch)
+            save_kept(output.work / kept.name if now else kept, key, {"sums": halves})
         total += halves
     return total
-
-
-def _read_halves(path: Path, key: dict[str, Any]) -> torch.Tensor | None:
-    try:
-        kept = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError):
-        return None
-    return kept["sums"] if isinstance(kept, dict) and kept.get("key") == key else None
 
 
 def _concat_rows(earlier: pd.DataFrame, new_rows: pd.DataFrame) -> pd.DataFrame:

@@ -23,7 +23,6 @@ import pandas as pd
 import torch
 
 from live2d import cistem_star
-from live2d.atomic import replacing
 from live2d.cistem_star import StarFormatError
 from live2d.engines.base import (
     CycleParams,
@@ -60,6 +59,7 @@ from live2d.engines.builtin.io import (
 from live2d.engines.builtin.search import Search
 from live2d.errors import CycleCancelled, EngineError
 from live2d.imaging import blank_edges, soft_disc
+from live2d.kept_tensors import load_kept, save_kept
 from live2d.source_images import open_images
 
 if TYPE_CHECKING:
@@ -424,9 +424,8 @@ def _write_sums(path: Path, sums: ReducedSums, key: dict[str, float], particles:
                 counts: list[int]) -> None:
     """A batch's sums and its particles per class (best class), written whole (a kill leaves
     the old file or the new one)."""
-    with replacing(path) as scratch:
-        torch.save({"key": key, "particles": particles, **sums.to_dict(),
-                    "counts": torch.tensor(counts, dtype=torch.int64)}, scratch)
+    save_kept(path, key, {"particles": particles, **sums.to_dict(),
+                          "counts": torch.tensor(counts, dtype=torch.int64)})
 
 
 def _kept_rows(batch: StreamBatch) -> pd.DataFrame:
@@ -443,11 +442,8 @@ def _kept_rows(batch: StreamBatch) -> pd.DataFrame:
 
 def _read_sums(path: Path, key: dict[str, float]) -> ReducedSums | None:
     """A batch's kept sums, or None when missing, unreadable or made with another ``key``."""
-    try:
-        kept = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError):
-        return None
-    if not isinstance(kept, dict) or kept.get("key") != key or "counts" not in kept:
+    kept = load_kept(path, key)
+    if kept is None or "counts" not in kept:
         return None
     return KeptSums(kept["numerators"], kept["denominators"], kept["mass"],
                     kept["counts"].numpy())

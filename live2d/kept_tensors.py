@@ -1,0 +1,29 @@
+"""Tensors kept on disk with what they were made with: a streaming batch's class sums (the
+built-in engine) and half-set sums (live2d.cycle). Written whole, so a kill leaves the old file
+or the new one; read back only where they were made with the same ``key``, so sums made with
+another box, limit or class count are never added to this update's."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from live2d.atomic import replacing
+
+
+def save_kept(path: str | os.PathLike, key: dict[str, Any], values: dict[str, Any]) -> None:
+    """``values`` (tensors, numbers) at ``path``, with the ``key`` they were made with."""
+    with replacing(path) as scratch:
+        torch.save({"key": key, **values}, scratch)
+
+
+def load_kept(path: str | os.PathLike, key: dict[str, Any]) -> dict[str, Any] | None:
+    """What :func:`save_kept` wrote at ``path``, or None when it is missing, unreadable or
+    was made with another ``key``."""
+    try:
+        kept = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError):
+        return None
+    return kept if isinstance(kept, dict) and kept.get("key") == key else None
