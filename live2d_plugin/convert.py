@@ -133,21 +133,29 @@ def scipion_stack(classes_mrc: str | os.PathLike) -> str:
     return str(link)
 
 
-def alignment_2d(psi: float, shift_x: float, shift_y: float, pixel_size: float) -> Transform:
-    """The transform that maps a particle onto its class average.
+def alignment_matrices(psi, shift_x, shift_y, pixel_size: float) -> np.ndarray:
+    """The 4x4 matrices (n, 4, 4) that map particles onto their class averages.
 
     Live2D's (and cisTEM's) convention is ``average ≈ rotate(shift(particle, (SHX, SHY)), PSI)``
     with shifts in Å and PSI counter-clockwise, turning +x towards +y. As a matrix acting on pixel
     positions: ``x' = R(PSI) (x + s)``, i.e. rotation R and translation R·s in pixels.
     """
-    theta = math.radians(psi)
-    cos, sin = math.cos(theta), math.sin(theta)
-    shift = np.array([shift_x, shift_y]) / pixel_size
-    matrix = np.eye(4)
-    matrix[:2, :2] = [[cos, -sin], [sin, cos]]
-    matrix[:2, 3] = matrix[:2, :2] @ shift
+    theta = np.radians(np.atleast_1d(np.asarray(psi, dtype=float)))
+    cos, sin = np.cos(theta), np.sin(theta)
+    sx = np.atleast_1d(np.asarray(shift_x, dtype=float)) / pixel_size
+    sy = np.atleast_1d(np.asarray(shift_y, dtype=float)) / pixel_size
+    matrices = np.tile(np.eye(4), (len(theta), 1, 1))
+    matrices[:, 0, 0], matrices[:, 0, 1] = cos, -sin
+    matrices[:, 1, 0], matrices[:, 1, 1] = sin, cos
+    matrices[:, 0, 3] = cos * sx - sin * sy
+    matrices[:, 1, 3] = sin * sx + cos * sy
+    return matrices
+
+
+def alignment_2d(psi: float, shift_x: float, shift_y: float, pixel_size: float) -> Transform:
+    """The ``Transform`` of one particle (see :func:`alignment_matrices`)."""
     transform = Transform()
-    transform.setMatrix(matrix)
+    transform.setMatrix(alignment_matrices(psi, shift_x, shift_y, pixel_size)[0])
     return transform
 
 

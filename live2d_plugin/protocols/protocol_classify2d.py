@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pyworkflow.protocol.params as params
 from pwem.objects import Particle, SetOfAverages, SetOfClasses2D, SetOfParticles
 from pwem.protocols import ProtClassify2D
@@ -42,6 +43,7 @@ from live2d_plugin import Plugin
 from live2d_plugin.constants import ENGINE_LABELS, ENGINES
 from live2d_plugin.convert import (
     alignment_2d,
+    alignment_matrices,
     cycle_assignments,
     scipion_stack,
     set_class_quality,
@@ -49,6 +51,14 @@ from live2d_plugin.convert import (
 from live2d_plugin.particle_source import ScipionParticleSource
 from live2d_plugin.protocols.labels import Live2DLabel
 from live2d_plugin.quality import class_table_by_number, cycle_selection
+from live2d_plugin.set_rows import (
+    copy_class_members,
+    copy_members,
+    disabled_ids,
+    item_ids,
+    matrix_texts,
+    template_members,
+)
 from live2d_plugin.stopping import StreamStopping
 
 DASK_ADDRESS = re.compile(r"^((tcp|tls|ucx)://)?[\w.\-\[\]:]+:\d+$")
@@ -97,6 +107,11 @@ SESSION_FOLDER = "live2d"  # the session's output folder, in the run's extra fol
 def _cycleOfSet(path: str) -> int:
     """The cycle number of a per-cycle set's sqlite (``classes2D_cycle1000.sqlite``: 1000)."""
     return int(re.search(r"_cycle(\d+)\.sqlite$", path).group(1))
+
+
+def cycle_set_path(protocol, kind: str, cycle: int) -> str:
+    """Where a cycle's set of ``kind`` (classes2D, averages) is written: in the run's folder."""
+    return protocol._getPath(f"{kind}_cycle{cycle:03d}.sqlite")
 
 
 def engine_text(description: str) -> str:
@@ -151,7 +166,8 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         self.publishedParticles = Integer()
         self.publishedClassified = Integer()
         self.publishedSelected = Integer()  # particles in outputParticles
-        self.publishedSelection = String()  # its classes, "1,4,7"
+        self.publishedSelection = String()  # the selected classes of the cycle, "1,4,7"
+        self.publishedUnselected = Integer()  # of outputParticles, those no longer selected
         self.exportedParticles = Integer()
 
     # ------------------------------------------------------------------------------ form
@@ -429,66 +445,32 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
             raise RuntimeError(f"publishing the classes failed: {error}") from error
 
     def _publishCycle(self, record: CycleRecord) -> None:
+        """A cycle's classes and averages replace outputClasses and outputAverages (a set per
+        cycle); the particles of its selected classes not yet in outputParticles are added to
+        it (a set that only grows). Members are copied by SQL (:mod:`live2d_plugin.set_rows`):
+        the cost is seconds at a million particles, where pwem's item-by-item writing takes
+        minutes."""
         output_dir = Path(self._sessionDir())
         classes_mrc = scipion_stack(output_dir / record.classes)
         star = particle_table(output_dir, record)
         store_table = self._session.store.read_table()
-        assignments = cycle_assignments(star, store_table)
+        assignments = cycle_assignments(star, store_table).sort_index()
         pixel_size = float(star["PSIZE"].iloc[0]) if len(star) else \
             self.inputParticles.get().getSamplingRate()
+        assignments["matrix"] = matrix_texts(alignment_matrices(
+            assignments["psi"], assignments["shx"], assignments["shy"], pixel_size))
         suffix = f"_cycle{record.number:03d}"
-        quality = class_table_by_number(output_dir, record)
         # The selection everywhere: the proposal of the cycle's scores with the marks made in
         # Live2D's page (live2d serve on the session folder: selection.json) over it.
         chosen = cycle_selection(output_dir, record)
+        averages = self._cycleAverages(record, classes_mrc, pixel_size, suffix)
+        classes = self._cycleClasses(record, assignments, classes_mrc, pixel_size, suffix,
+                                     chosen)
+        selected = assignments[assignments["cls"].isin(chosen)]
+        particles, added, ids = self._grownParticles(selected)
 
-        averages = self._createSetOfAverages(suffix)
-        averages.copyInfo(self.inputParticles.get())
-        averages.setSamplingRate(pixel_size)
-        averages.setHasCTF(False)
-        with _quietFirstDimensions():
-            for number in range(1, len(record.class_counts) + 1):
-                average = Particle(location=(number, classes_mrc))
-                average.setSamplingRate(pixel_size)
-                averages.append(average)
-
-        classes = self._createSetOfClasses2D(self.inputParticles, suffix)
-        # Not an append-only stream: a cycle can move any particle in or out of the selection,
-        # so every cycle has a set of its own, published under the same name as the classes.
-        particles = self._createSetOfParticles(suffix)
-        particles.copyInfo(self.inputParticles.get())
-        particles.setAlignment2D()
-
-        def update_item(item, _row) -> None:
-            values = assignments.loc[item.getObjId()] if item.getObjId() in assignments.index \
-                else None
-            if values is None:
-                item._appendItem = False
-                return
-            number = int(values["cls"])
-            item.setClassId(number)
-            item.setTransform(alignment_2d(values["psi"], values["shx"], values["shy"],
-                                           pixel_size))
-            if number in chosen:
-                particles.append(item.clone())  # same id, CTF and alignment as the member
-
-        def update_class(class_item) -> None:
-            representative = class_item.getRepresentative()
-            representative.setLocation(class_item.getObjId(), classes_mrc)
-            representative.setSamplingRate(pixel_size)
-            class_item.setAlignment2D()
-            set_class_quality(class_item, quality.get(class_item.getObjId()),
-                              class_item.getObjId() in chosen)
-
-        last_id = int(assignments.index.max()) if len(assignments) else 0
-        with _quietFirstDimensions():
-            classes.classifyItems(updateItemCallback=update_item,
-                                  updateClassCallback=update_class,
-                                  iterParams={"where": f"id <= {last_id}"})
         first = not self.hasAttribute("outputClasses")
-        # A run resumed from a version without outputParticles has classes already.
         first_particles = not self.hasAttribute("outputParticles")
-        selected_count = particles.getSize()
         self._updateOutputSet("outputAverages", averages, Set.STREAM_OPEN)
         self._updateOutputSet("outputClasses", classes, Set.STREAM_OPEN)
         self._updateOutputSet("outputParticles", particles, Set.STREAM_OPEN)
@@ -500,16 +482,108 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         self.publishedCycle.set(record.number)
         self.publishedParticles.set(record.particles)
         self.publishedClassified.set(len(assignments))
-        self.publishedSelected.set(selected_count)
+        self.publishedSelected.set(particles.getSize())
         self.publishedSelection.set(",".join(str(n) for n in sorted(chosen)))
+        # Those a later cycle or mark took out of the selected classes stay in the set.
+        self.publishedUnselected.set(int(np.count_nonzero(~np.isin(ids, selected.index))))
         self._store(self.publishedCycle, self.publishedParticles, self.publishedClassified,
-                    self.publishedSelected, self.publishedSelection)
+                    self.publishedSelected, self.publishedSelection, self.publishedUnselected)
         self._dropOldCycleSets()
         self.info(f"outputClasses: cycle {record.number}, {len(assignments)} of "
                   f"{record.particles} particles classified into "
                   f"{sum(1 for c in record.class_counts if c)} classes")
-        self.info(f"outputParticles: cycle {record.number}, {selected_count} particles of the "
-                  f"selected classes {self._selectionText(chosen)}")
+        self.info(f"outputParticles: cycle {record.number}, {added} particles of the selected "
+                  f"classes {self._selectionText(chosen)} added, {particles.getSize()} in all")
+
+    def _cycleAverages(self, record: CycleRecord, classes_mrc: str, pixel_size: float,
+                       suffix: str) -> SetOfAverages:
+        averages = self._createSetOfAverages(suffix)
+        averages.copyInfo(self.inputParticles.get())
+        averages.setSamplingRate(pixel_size)
+        averages.setHasCTF(False)
+        with _quietFirstDimensions():
+            for number in range(1, len(record.class_counts) + 1):
+                average = Particle(location=(number, classes_mrc))
+                average.setSamplingRate(pixel_size)
+                averages.append(average)
+        return averages
+
+    def _cycleClasses(self, record: CycleRecord, assignments, classes_mrc: str,
+                      pixel_size: float, suffix: str, chosen) -> SetOfClasses2D:
+        """The cycle's classes: pwem writes each class with its first member (the template of
+        its table), SQL copies the other members from the input set."""
+        quality = class_table_by_number(Path(self._sessionDir()), record)
+        input_file = self.inputParticles.get().getFileName()
+        templates = template_members(assignments, input_file)
+        classes = self._createSetOfClasses2D(self.inputParticles, suffix)
+
+        def update_item(item, _row) -> None:
+            values = templates.loc[item.getObjId()]
+            item.setClassId(int(values["cls"]))
+            item.setTransform(alignment_2d(values["psi"], values["shx"], values["shy"],
+                                           pixel_size))
+
+        def update_class(class_item) -> None:
+            representative = class_item.getRepresentative()
+            representative.setLocation(class_item.getObjId(), classes_mrc)
+            representative.setSamplingRate(pixel_size)
+            class_item.setAlignment2D()
+            set_class_quality(class_item, quality.get(class_item.getObjId()),
+                              class_item.getObjId() in chosen)
+
+        ids = ",".join(str(int(i)) for i in templates.index) or "0"
+        with _quietFirstDimensions():
+            classes.classifyItems(updateItemCallback=update_item,
+                                  updateClassCallback=update_class,
+                                  iterParams={"where": f"id IN ({ids})"})
+        classes.write()
+        classes.close()  # SQL writes the members through a connection of its own
+        copy_class_members(classes.getFileName(), input_file, assignments, templates)
+        return classes
+
+    def _grownParticles(self, selected) -> tuple[SetOfParticles, int, np.ndarray]:
+        """outputParticles, open while the run goes on and only growing: every particle that
+        was in a selected class when a cycle was published, with that cycle's class and 2D
+        alignment. What joins it is never taken out: a streaming consumer has it already.
+        (outputClasses has the latest classes, whose subsets follow the latest selection.)
+        Returns the set, the number added and the ids it holds now."""
+        path = self._getPath("particles.sqlite")
+        input_file = self.inputParticles.get().getFileName()
+        existing = getattr(self, "outputParticles", None)
+        # A run resumed from a version that published a set per cycle starts the set anew.
+        growing = os.path.exists(path) and (existing is None
+                                            or existing.getFileName() == path)
+        if growing:
+            particles = SetOfParticles(filename=path)
+            particles.loadAllProperties()
+            particles.enableAppend()
+            present = item_ids(path)
+        else:
+            particles = self._createSetOfParticles()
+            particles.copyInfo(self.inputParticles.get())
+            particles.setAlignment2D()
+            present = np.empty(0, dtype=np.int64)
+        fresh = selected[~selected.index.isin(present)]
+        fresh = fresh[~fresh.index.isin(disabled_ids(input_file))]
+        if fresh.empty:
+            return particles, 0, present
+        if len(present):
+            template_id = int(present[0])
+        else:  # pwem writes the first one: the template of the table's columns
+            template_id = int(fresh.index[0])
+            values = fresh.loc[template_id]
+            item = self.inputParticles.get()[template_id].clone()
+            item.setClassId(int(values["cls"]))
+            item.setTransform(alignment_2d(values["psi"], values["shx"], values["shy"],
+                                           particles.getSamplingRate()))
+            with _quietFirstDimensions():
+                particles.append(item)
+        particles.write()
+        particles.close()
+        added = copy_members(path, "", input_file, fresh, template_id) + (0 if len(present)
+                                                                            else 1)
+        particles._size.set(len(present) + added)
+        return particles, added, np.union1d(present, fresh.index.to_numpy(dtype=np.int64))
 
     @staticmethod
     def _selectionText(classes) -> str:
@@ -610,10 +684,19 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
                              f"engine: {engine_text(record.engine)}.")
             if self.hasAttribute("outputParticles") and self.publishedSelected.get() is not None:
                 chosen = [int(n) for n in (self.publishedSelection.get() or "").split(",") if n]
-                lines.append(f"outputParticles: the {self.publishedSelected.get()} particles "
-                             f"of the selected classes {self._selectionText(chosen)} (those "
-                             "scored good, with any marks made with 'live2d serve' on "
-                             f"{self._sessionDir()}), with their 2D alignment.")
+                lines.append(f"outputParticles: {self.publishedSelected.get()} particles, "
+                             "each added with its class and 2D alignment when a cycle put it "
+                             "in a selected class; the set only grows. Selected classes of "
+                             f"cycle {self.publishedCycle.get()}: "
+                             f"{self._selectionText(chosen)} (those scored good, with any "
+                             "marks made with 'live2d serve' on "
+                             f"{self._sessionDir()}).")
+                unselected = self.publishedUnselected.get() or 0
+                if unselected:
+                    lines.append(f"{unselected} of them are no longer in a selected class: "
+                                 "for the latest selection exactly, make a subset of the "
+                                 "selected classes of outputClasses (the viewer's Create "
+                                 "subset does it for any cycle).")
             newer = exported - (self.publishedParticles.get() or 0)
             if newer > 0:
                 what = ("the next streaming update" if record is not None and record.streamed

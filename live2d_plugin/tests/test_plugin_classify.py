@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import sys
+import unittest
 from pathlib import Path
 
 import mrcfile
@@ -71,6 +72,40 @@ def class_members(prot) -> dict[int, dict[int, np.ndarray]]:
 
 def session_log(prot) -> str:
     return Path(prot._getExtraPath("live2d", "live2d.log")).read_text()
+
+
+def check_grown_particles(test: unittest.TestCase, prot, wanted: dict[int, np.ndarray],
+                          chosen) -> dict[int, np.ndarray]:
+    """outputParticles only grow: they hold every particle of the selected classes of the
+    published cycle (``wanted``: id -> alignment) and those that were selected earlier
+    (``publishedUnselected`` of them); after the first published cycle, exactly ``wanted``,
+    each with that alignment. Returns id -> alignment of the set."""
+    test.assertTrue(prot.outputParticles.hasAlignment2D())
+    particles = SetOfParticles(filename=prot.outputParticles.getFileName())
+    particles.loadAllProperties()
+    try:
+        test.assertTrue(particles.hasAlignment2D())
+        test.assertAlmostEqual(particles.getSamplingRate(), PIXEL_SIZE, places=4)
+        got = {}
+        for particle in particles:
+            test.assertTrue(particle.hasCTF())
+            got[particle.getObjId()] = particle.getTransform().getMatrix().copy()
+        test.assertEqual(particles.getSize(), len(got))
+    finally:
+        particles.close()
+    test.assertEqual(prot.publishedSelected.get(), len(got))
+    test.assertLessEqual(set(wanted), set(got))
+    test.assertEqual(prot.publishedUnselected.get(), len(set(got) - set(wanted)))
+    cycle = prot.publishedCycle.get()
+    if not any(r.number < cycle and r.block != "start" for r in history_of(prot)):
+        test.assertEqual(set(got), set(wanted))
+        for pid, matrix in got.items():
+            np.testing.assert_allclose(matrix, wanted[pid], atol=1e-6)
+    summary = "\n".join(prot.summary())
+    test.assertIn(f"outputParticles: {len(got)} particles", summary)
+    test.assertIn(f"Selected classes of cycle {prot.publishedCycle.get()}: "
+                  f"{', '.join(map(str, sorted(chosen))) or '(none)'}", summary)
+    return got
 
 
 class TestClassify(ProjectTestCase):
@@ -241,36 +276,17 @@ class TestClassify(ProjectTestCase):
             classes.close()
 
     def check_selected_particles(self, prot, cycle: int) -> None:
-        """outputParticles are the members of the selected classes of the cycle, as
+        """outputParticles hold the members of the selected classes of the cycle, as
         live2d.selection counts them from the session files, each with its alignment."""
         session_dir = Path(prot._getExtraPath("live2d"))
         record = next(r for r in history_of(prot) if r.number == cycle)
         chosen = selected(record, SelectionState.load(session_dir))
-        expected = selected_particles(record, chosen)
-        self.assertEqual(prot.publishedSelected.get(), expected)
-        self.assertEqual(output_size(prot, "outputClasses")[1],
-                         output_size(prot, "outputParticles")[1])  # replaced, closed together
-        self.assertTrue(prot.outputParticles.hasAlignment2D())
         members = class_members(prot)
         wanted = {pid: matrix for number in chosen for pid, matrix in members[number].items()}
-        particles = SetOfParticles(filename=prot.outputParticles.getFileName())
-        particles.loadAllProperties()
-        try:
-            self.assertEqual(particles.getSize(), expected)
-            self.assertTrue(particles.hasAlignment2D())
-            self.assertAlmostEqual(particles.getSamplingRate(), PIXEL_SIZE, places=4)
-            got = {}
-            for particle in particles:
-                self.assertTrue(particle.hasCTF())
-                self.assertIn(particle.getClassId(), chosen)
-                got[particle.getObjId()] = particle.getTransform().getMatrix().copy()
-        finally:
-            particles.close()
-        self.assertEqual(set(got), set(wanted))  # same ids as the members of those classes
-        for pid, matrix in got.items():
-            np.testing.assert_allclose(matrix, wanted[pid], atol=1e-6)
-        summary = "\n".join(prot.summary())
-        self.assertIn(f"outputParticles: the {expected} particles", summary)
+        self.assertEqual(len(wanted), selected_particles(record, chosen))
+        self.assertEqual(output_size(prot, "outputClasses")[1],
+                         output_size(prot, "outputParticles")[1])  # closed together
+        check_grown_particles(self, prot, wanted, chosen)
 
     def check_downstream(self, classify) -> None:
         """pwem's "split sets" on outputParticles: both halves together are the selected
@@ -297,9 +313,11 @@ class TestClassify(ProjectTestCase):
                 half.close()
         self.assertEqual(len(halves[0]) + len(halves[1]), expected)
         self.assertEqual(particles.getSize(), expected)
-        members = class_members(classify)
-        wanted = {pid: m for number in map(int, classify.publishedSelection.get().split(","))
-                  for pid, m in members[number].items()}
+        published = SetOfParticles(filename=particles.getFileName())
+        try:
+            wanted = {p.getObjId(): p.getTransform().getMatrix().copy() for p in published}
+        finally:
+            published.close()
         got = {**halves[0], **halves[1]}
         self.assertEqual(set(got), set(wanted))
         for pid, matrix in got.items():

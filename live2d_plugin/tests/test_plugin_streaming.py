@@ -19,11 +19,12 @@ from pwem.objects import SetOfAverages, SetOfClasses2D, SetOfParticles
 from pwem.protocols import ProtUserSubSet
 from pwem.viewers.mdviewer.readers import ScipionImageReader
 from pyworkflow.template import LocalTemplate
-from test_plugin_classify import SMALL_SCHEDULE
+from test_plugin_classify import SMALL_SCHEDULE, check_grown_particles
 from test_plugin_loading import TEMPLATE
 
 from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp
 from live2d_plugin.protocols.protocol_classify2d import _cycleOfSet
+from live2d_plugin.viewers.viewer_classify2d import Live2DViewer
 
 # pyworkflow's schedule script, run as `python -m` runs it, with the start of each protocol
 # staggered by 12 s per level of the workflow instead of INITIAL_SLEEP_TIME's 30 s: the
@@ -118,19 +119,18 @@ class StreamingTestCase(ProjectTestCase):
         finally:
             classes.close()
 
-    def check_selected_particles(self, classify, closed: bool) -> None:
-        """outputParticles: the members of the classes the run selected, replaced with
-        outputClasses and closed with it."""
+    def check_selected_particles(self, classify, closed: bool,
+                                 earlier: dict | None = None) -> dict:
+        """outputParticles: the members of the classes the run selected, closed with
+        outputClasses; what an earlier look found there is there still, unchanged."""
         members = members_by_class(classify.outputClasses.getFileName())
         chosen = [int(n) for n in (classify.publishedSelection.get() or "").split(",") if n]
-        expected = {pid for number in chosen for pid in members[number]}
-        self.assertEqual(output_size(classify, "outputParticles"), (len(expected), closed))
-        self.assertEqual(classify.publishedSelected.get(), len(expected))
-        particles = SetOfParticles(filename=classify.outputParticles.getFileName())
-        try:
-            self.assertEqual({p.getObjId() for p in particles}, expected)
-        finally:
-            particles.close()
+        wanted = {pid: matrix for number in chosen for pid, matrix in members[number].items()}
+        self.assertEqual(output_size(classify, "outputParticles")[1], closed)
+        got = check_grown_particles(self, classify, wanted, chosen)
+        for pid, matrix in (earlier or {}).items():
+            np.testing.assert_array_equal(got[pid], matrix)
+        return got
 
     def classify_protocol(self, importer, **params):
         classify = self.new(ProtLive2DClassify2D, engine=1, **{**SMALL_SCHEDULE, **params})
@@ -146,13 +146,14 @@ class StreamingTestCase(ProjectTestCase):
         self.assertEqual(output_size(self.load(importer)), (120, False))  # still streaming
         self.assertEqual(first.publishedParticles.get(), 120)
         self.check_averages_are_2d_stacks(first)
-        self.check_selected_particles(first, closed=False)
+        published = self.check_selected_particles(first, closed=False)
 
         chosen = sorted(members_by_class(first.outputClasses.getFileName()))[:2]
         subset, classes_file = self.subset_from_classes(first, chosen, "during")
         self.check_subset(subset, classes_file, chosen)
         # The file a project window that refreshed then holds and opens (issue 21, item 2).
         shown_cycle, shown_members = _cycleOfSet(classes_file), class_members(classes_file)
+        shown_file = classes_file
 
         simulate_warp(warp_dir, particles=240)  # Warp keeps collecting
         self.wait_until(importer, lambda p: output_size(p)[0] == 240, 90,
@@ -161,7 +162,7 @@ class StreamingTestCase(ProjectTestCase):
                                and (p.publishedParticles.get() or 0) == 240, 240,
                                "all 240 particles classified")
         self.check_averages_are_2d_stacks(done)
-        self.check_selected_particles(done, closed=True)
+        self.check_selected_particles(done, closed=True, earlier=published)
         # A cycle later (a streaming update; the hour sets are kept is tested on its own).
         self.assertGreaterEqual(done.publishedCycle.get(), shown_cycle + 1)
         self.assertTrue(Path(self.proj.path, classes_file).exists(), classes_file)
@@ -173,6 +174,29 @@ class StreamingTestCase(ProjectTestCase):
         chosen = sorted(members_by_class(done.outputClasses.getFileName()))[1:]
         subset, classes_file = self.subset_from_classes(done, chosen, "after")
         self.check_subset(subset, classes_file, chosen)
+        # Issue 21, item 1: a subset of the classes of the cycle shown in the viewer holds
+        # that cycle's members, whatever cycles were published since.
+        self.subset_of_cycle_in_viewer(done, shown_cycle, shown_file, sorted(shown_members)[:2])
+
+    def subset_of_cycle_in_viewer(self, classify, cycle: int, classes_file: str,
+                                  chosen: list[int]) -> None:
+        self.proj.getRuns(refresh=True)
+        viewer = Live2DViewer(project=self.proj)
+        viewer.setProtocol(self.proj.getProtocol(classify.getObjId()))
+        self.assertGreater(viewer.cycle.get(), cycle)  # the latest by default
+        viewer.cycle.set(cycle)
+        viewer.subsetClasses.set(" ".join(map(str, chosen)))
+        message = viewer._getVisualizeDict()["createSubset"]("createSubset")[0]
+        self.assertIn(f"classes {' '.join(map(str, chosen))} of cycle {cycle} launched",
+                      message.getMessage())
+        subset = viewer.subsetProtocol
+        self.launched.append(subset)
+        done = self.wait_until(subset, lambda p: p.isFinished(), 60, "the viewer's subset")
+        self.check_subset(done, classes_file, chosen)
+        newest = members_by_class(classify.outputClasses.getFileName())
+        self.assertNotEqual({n: set(newest[n]) for n in chosen},
+                            {n: set(m) for n, m in members_by_class(classes_file).items()
+                             if n in chosen}, "a later cycle had the same members")
 
 
 class TestScheduled(StreamingTestCase):

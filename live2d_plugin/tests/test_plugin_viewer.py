@@ -419,7 +419,7 @@ class TestViewerOnAProtocol(ProjectTestCase):
         viewer.setProtocol(prot)
         self.assertEqual(viewer.cycle.get(), 3)  # the latest cycle by default
         views = viewer._getVisualizeDict()
-        self.assertEqual(set(views), {"displayGallery", "displayEvolution"})
+        self.assertEqual(set(views), {"displayGallery", "displayEvolution", "createSubset"})
 
         with mock.patch.object(FigureManagerBase, "set_window_title", autospec=True) as named:
             gallery = views["displayGallery"]("displayGallery")[0]
@@ -459,3 +459,12 @@ class TestViewerOnAProtocol(ProjectTestCase):
         viewer.cycle.set(99)
         message = views["displayGallery"]("displayGallery")[0]
         self.assertIn("no cycle 99", message.getMessage())
+
+        # A subset of a cycle's classes: said plainly when it cannot be made.
+        viewer.cycle.set(3)
+        for classes, expected in (("one two", "'one two' is not a list of class numbers"),
+                                  ("3", "Cycle 3 has no class 3 with particles"),
+                                  ("1 2", "classes of cycle 3 are no longer on disk")):
+            viewer.subsetClasses.set(classes)
+            message = views["createSubset"]("createSubset")[0]
+            self.assertIn(expected, message.getMessage())

@@ -3,14 +3,19 @@ matplotlib (no Java viewer needed)."""
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
+import time
 from pathlib import Path
 from typing import ClassVar
 
 import pyworkflow.protocol.params as params
 import pyworkflow.viewer as pwviewer
+from pwem.protocols import ProtUserSubSet
 
 from live2d.history import CycleRecord, read_history
-from live2d_plugin.protocols.protocol_classify2d import ProtLive2DClassify2D
+from live2d_plugin.protocols.protocol_classify2d import ProtLive2DClassify2D, cycle_set_path
+from live2d_plugin.quality import cycle_selection
 from live2d_plugin.viewers.plots import (
     caption_lines,
     draw_evolution,
@@ -51,9 +56,20 @@ class Live2DViewer(pwviewer.ProtocolViewer):
         form.addParam("displayGallery", params.LabelParam, label="Class averages of the cycle")
         form.addParam("displayEvolution", params.LabelParam,
                       label="Evolution of class populations")
+        form.addParam("subsetClasses", params.StringParam, default="",
+                      label="Classes for a subset",
+                      help="Class numbers of the cycle above, e.g. 1 4 7; empty: the classes "
+                           "selected in that cycle (scored good, with the marks made in "
+                           "Live2D's page).")
+        form.addParam("createSubset", params.LabelParam,
+                      label="Create a subset of their particles",
+                      help="Runs Scipion's subset protocol on the members these classes had "
+                           "in that cycle, with that cycle's 2D alignment, whatever cycles "
+                           "came since.")
 
     def _getVisualizeDict(self):
-        return {"displayGallery": self._showGallery, "displayEvolution": self._showEvolution}
+        return {"displayGallery": self._showGallery, "displayEvolution": self._showEvolution,
+                "createSubset": self._createSubset}
 
     # ------------------------------------------------------------------------------ data
     def _sessionDir(self) -> Path:
@@ -93,6 +109,69 @@ class Live2DViewer(pwviewer.ProtocolViewer):
         plotter = self._plotter((9, 5), evolution_window_title(history))
         draw_evolution(plotter.getFigure(), history)
         return [plotter]
+
+    def _createSubset(self, _param=None):
+        """pwem's subset protocol, given the cycle's classes with the chosen ones enabled (as
+        Scipion's Java viewer hands it a marked copy of the set), so that it takes that cycle's
+        members, not those of outputClasses when it runs."""
+        cycle = self._chosenCycle()
+        if cycle is None:
+            return [self.errorMessage(f"There is no cycle {self.cycle.get()}.", "No such cycle")]
+        try:
+            chosen = self._subsetClassNumbers(cycle)
+        except ValueError as exc:
+            return [self.errorMessage(str(exc), "Which classes?")]
+        project = self.getProject()
+        source = Path(project.getPath(cycle_set_path(self.protocol, "classes2D", cycle.number)))
+        if not source.exists():
+            kept = sorted(int(p.stem.rsplit("cycle", 1)[1]) for p in source.parent.glob(
+                "classes2D_cycle*.sqlite"))
+            return [self.errorMessage(
+                f"Scipion's classes of cycle {cycle.number} are no longer on disk (a cycle's "
+                f"set is kept for an hour after the next one replaced it); cycles with a set: "
+                f"{', '.join(map(str, kept)) or 'none'}.", "Cycle no longer published")]
+        marked = Path(project.getPath("Tmp"),
+                      f"live2d_cycle{cycle.number:03d}_{time.strftime('%Y%m%d%H%M%S')}.sqlite")
+        marked.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, marked)
+        with sqlite3.connect(marked) as connection:
+            connection.execute("UPDATE Objects SET enabled = 0")
+            connection.executemany("UPDATE Objects SET enabled = 1 WHERE id = ?",
+                                   [(n,) for n in chosen])
+        subset = project.newProtocol(ProtUserSubSet)
+        subset.inputObject.set(self.protocol)
+        subset.inputObject.setExtended("outputClasses")
+        subset.sqliteFile.set(f"{marked},")
+        subset.outputClassName.set("SetOfParticles")
+        numbers = " ".join(map(str, chosen))
+        subset.setObjLabel(f"cycle {cycle.number} classes {numbers}")
+        project.launchProtocol(subset)
+        self.subsetProtocol = subset
+        return [pwviewer.MessageView(
+            f"Subset of the particles of classes {numbers} of cycle {cycle.number} launched: "
+            f"'{subset.getObjLabel()}' in the project.", "Subset created",
+            msgType=pwviewer.MSG_INFO, tkParent=self.getTkRoot())]
+
+    def _subsetClassNumbers(self, cycle: CycleRecord) -> list[int]:
+        text = (self.subsetClasses.get() or "").replace(",", " ").split()
+        if not text:
+            chosen = sorted(cycle_selection(self._sessionDir(), cycle))
+            if not chosen:
+                raise ValueError(f"No class of cycle {cycle.number} is selected: give the "
+                                 "class numbers.")
+            return chosen
+        try:
+            chosen = sorted({int(word) for word in text})
+        except ValueError:
+            raise ValueError(f"'{self.subsetClasses.get()}' is not a list of class numbers "
+                             "(e.g. 1 4 7).") from None
+        populated = {n for n, count in enumerate(cycle.class_counts, start=1) if count}
+        missing = [n for n in chosen if n not in populated]
+        if missing:
+            raise ValueError(f"Cycle {cycle.number} has no class {', '.join(map(str, missing))} "
+                             f"with particles (its classes with particles: "
+                             f"{', '.join(map(str, sorted(populated)))}).")
+        return chosen
 
     def errorMessage(self, message: str, title: str):
         return pwviewer.MessageView(message, title, msgType=pwviewer.MSG_ERROR,
