@@ -6,6 +6,10 @@ Warp's previous.settings it says so once and waits for it. With --once it import
 runs one job (finishing an unfinished one first) and exits: 0 on success, 1 with a one-line reason
 on failure, including when there is nothing to classify yet (or, for a streaming update, no
 classes yet).
+
+One process classifies into an output folder at a time: a folder another Live2D process holds
+(live2d run or serve, a Scipion run) is refused at once, naming that process and changing
+nothing; live2d serve on it watches it read-only.
 """
 
 from __future__ import annotations
