@@ -419,8 +419,8 @@ class Controller:
                         "read-only; jobs, settings, marks and exports stay with that process",
                         view.output_dir, exc.holder)
             if settings is not None or self._first_settings or epu_dir is not None:
-                log.warning("the settings given to this server are not applied: the folder "
-                            "is read-only here")
+                log.warning("the settings given to this server are not applied while the "
+                            "folder is read-only here (they are if this page takes it over)")
             view.add_listener(self._forward)
             return view
         try:
