@@ -29,6 +29,17 @@ class SessionError(RuntimeError):
     protocols show the message and stop or wait for the fix."""
 
 
+class SessionInUse(SessionError):
+    """Another process classifies into the output folder (it holds its ``session.lock``:
+    :mod:`live2d.session_lock`); the message names it. Nothing in the folder was changed. The
+    web server attaches read-only instead; the other faces show the message and stop."""
+
+    def __init__(self, message: str, folder: object, holder: str) -> None:
+        super().__init__(message)
+        self.folder = folder  # the output folder, a Path
+        self.holder = holder  # who holds it, in words ("pid 1234 on node7, since ...")
+
+
 class SelectionError(ValueError):
     """A mark or an export that cannot be done (no such class, an unknown mark, no particles in
     the chosen classes, an export file that cannot be written, an unreadable selection.json);

@@ -21,13 +21,13 @@ from pathlib import Path
 import pandas as pd
 import starfile
 
-from live2d import cistem_star
 from live2d.atomic import file_kind, replacing
 from live2d.errors import SelectionError
 from live2d.history import particle_results_kept, particle_table, read_history
 from live2d.layouts import find_stack
-from live2d.output_folder import SESSION_STATE, STORE_STATE, STORE_TABLE
+from live2d.output_folder import SESSION_STATE, STORE_STATE
 from live2d.selection import SelectionState, selected
+from live2d.store import StoreError, read_committed_table
 from live2d.warp import split_image_name
 
 
@@ -76,7 +76,13 @@ def export_particles(output_dir: str | os.PathLike, to: str | os.PathLike,
         raise SelectionError(f"no class of cycle {record.number} is selected: mark some "
                              "good, or name them (--classes 1,4,7)")
     table = particle_table(output_dir, record)
-    store = cistem_star.read_star(output_dir / STORE_TABLE)
+    # The committed rows only: a session running beside this export may be appending more
+    # (a part line, even), and its commit point says where its finished rows end.
+    try:
+        store = read_committed_table(output_dir)
+    except (StoreError, ValueError) as exc:  # replaced meanwhile (a re-import): said, not a trace
+        raise SelectionError(f"the particle store cannot be read now ({exc}): try again in a "
+                             "moment") from None
     rows = table[table["2DCLS"].isin(chosen)]
     if not len(rows):
         raise SelectionError(f"classes {chosen} of cycle {record.number} hold no particles")

@@ -3,6 +3,7 @@
 A session's output folder (``--output``; ``<Warp folder>/classification`` by default) holds::
 
     session.json                 settings and the job in progress        (live2d.session)
+    session.lock                 locked by the process classifying here  (live2d.session_lock)
     history.jsonl                every cycle's record, appended          (live2d.history)
     live2d.log                   the session's log
     selection.json               class marks, carried marks, exports     (live2d.selection)
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SESSION_STATE = "session.json"
+SESSION_LOCK = "session.lock"  # flock-ed by the one process that writes the folder
 HISTORY = "history.jsonl"
 LOG = "live2d.log"
 SELECTION = "selection.json"
@@ -129,6 +131,7 @@ class OutputFolder:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self.session_state = self.root / SESSION_STATE
+        self.lock = self.root / SESSION_LOCK
         self.history = self.root / HISTORY
         self.log = self.root / LOG
         self.selection = self.root / SELECTION

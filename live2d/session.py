@@ -44,6 +44,7 @@ from live2d.schedule import (
     plan_job,
 )
 from live2d.selection import ClassSelection
+from live2d.session_lock import SessionLock
 from live2d.session_state import JobState, open_state
 from live2d.sources import ParticleFeed
 from live2d.store import ParticleStore
@@ -96,6 +97,7 @@ class Session:
         star: str | Path | None = None,
         particle_feed: Callable[[ParticleStore], ParticleFeed] | None = None,
         epu_dir: str | Path | None = None,
+        owner: str | None = None,
     ) -> None:
         """``executor``: where the engine's slices run (live2d.executors; None: this process).
         The caller owns it and closes it after :meth:`close`. ``star``: the particle star to
@@ -105,7 +107,11 @@ class Session:
         Scipion input set; ``warp_dir`` is then only the folder the session names); None: the
         folder ``warp_dir`` (:class:`live2d.importer.Importer`). ``epu_dir``: the EPU session
         folder, for the grid square of each foil hole in the yield tables (:mod:`live2d.epu`);
-        kept like ``star``."""
+        kept like ``star``. ``owner``: what the message of a second writer calls this process
+        (default: the command it was started as).
+
+        Raises SessionInUse, changing nothing in the folder, when another process has the
+        output folder open for writing (live2d.session_lock)."""
         self.warp_dir = Path(warp_dir).resolve()
         if not self.warp_dir.is_dir():  # checked before the output folder could create it
             raise SessionError(f"{self.warp_dir} does not exist or is not a folder: give the "
@@ -113,6 +119,23 @@ class Session:
         self.output_dir = Path(output_dir or self.warp_dir / DEFAULT_OUTPUT).resolve()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.output = OutputFolder(self.output_dir)
+        # Before anything below writes: opening cleans work/, cuts the store back and drops
+        # unnamed batch files, which would wreck another process's running cycle.
+        self._folder_lock = SessionLock.acquire(self.output_dir, owner)
+        try:
+            self._open(settings, engine, device, cistem_bin, executor, star, particle_feed,
+                       epu_dir)
+        except BaseException:
+            if hasattr(self, "_log_handler"):  # the logger's until removed
+                logging.getLogger("live2d").removeHandler(self._log_handler)
+                self._log_handler.close()
+            self._folder_lock.release()
+            raise
+
+    def _open(self, settings: Settings | None, engine: Engine | str, device: str,
+              cistem_bin: str | None, executor: Executor | None, star: str | Path | None,
+              particle_feed: Callable[[ParticleStore], ParticleFeed] | None,
+              epu_dir: str | Path | None) -> None:
         self._engine_choice = engine
         self._engine_options = {"device": device, "cistem_bin": cistem_bin,
                                 "executor": executor}
@@ -214,6 +237,7 @@ class Session:
     def close(self) -> None:
         logging.getLogger("live2d").removeHandler(self._log_handler)
         self._log_handler.close()
+        self._folder_lock.release()
 
     def _log(self, message: str, level: int = logging.INFO) -> None:
         log.log(level, message)
@@ -239,6 +263,7 @@ class Session:
                 "progress": self.progress,
                 "disk": self._disk.to_dict(),
                 "alerts": [alert.to_dict() for alert in self.alerts.active],
+                "read_only": None,  # this process writes the folder (a SessionView's says why not)
             }
         if not with_history:
             del snapshot["history"]

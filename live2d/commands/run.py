@@ -6,6 +6,10 @@ Warp's previous.settings it says so once and waits for it. With --once it import
 runs one job (finishing an unfinished one first) and exits: 0 on success, 1 with a one-line reason
 on failure, including when there is nothing to classify yet (or, for a streaming update, no
 classes yet).
+
+One process classifies into an output folder at a time: a folder another Live2D process holds
+(live2d run or serve, a Scipion run) is refused at once, naming that process and changing
+nothing; live2d serve on it watches it read-only.
 """
 
 from __future__ import annotations
@@ -117,15 +121,24 @@ def setting_overrides(args: argparse.Namespace) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logging.getLogger("live2d").addHandler(console)
+    try:
+        return _run(args)
+    finally:
+        # Also after a refusal: the handler would outlive the stream it writes to where the
+        # command runs in a longer-lived process (the tests, a notebook).
+        logging.getLogger("live2d").removeHandler(console)
+
+
+def _run(args: argparse.Namespace) -> int:
     # Imported here so that `live2d --help` and the light commands start fast.
     from live2d.errors import SessionError
     from live2d.executors import make_executor
     from live2d.session import Session
     from live2d.warp import WarpFolderError
 
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    logging.getLogger("live2d").addHandler(console)
     try:
         executor = make_executor(args.scheduler, args.cluster, args.cluster_config)
     except EngineError as exc:

@@ -1,6 +1,8 @@
 """Serve the live web page for a Warp folder: watch classes evolve, change settings, start and
 stop jobs from any browser. Without WARP_DIR the page's first step is Update Warp Directory; a
 folder Warp has not started in yet is accepted and watched, the page saying what it lacks.
+A folder another Live2D process is classifying into (live2d run, a Scipion run) is shown
+read-only: the page follows that process's cycles and refuses jobs, settings, marks and exports.
 Binds to 127.0.0.1 unless --host says otherwise; any other address requires a token (given with
 --token, or generated and printed with a ready-to-open URL)."""
 

@@ -24,13 +24,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from live2d.class_quality import GOOD_SCORE
-from live2d.errors import CycleCancelled, EngineError, SelectionError, SessionError, SettingsError
+from live2d.errors import (
+    CycleCancelled,
+    EngineError,
+    SelectionError,
+    SessionError,
+    SessionInUse,
+    SettingsError,
+)
 from live2d.history import CycleRecord, read_class_table
 from live2d.layouts import WARP, detect_layout
 from live2d.output_folder import EXPORTS, export_name, is_export_name
 from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings
 from live2d.selection import MARKS
 from live2d.session import Session
+from live2d.session_view import SessionView
 from live2d.warp import WarpFolderError, particle_star_path, read_settings
 
 if TYPE_CHECKING:
@@ -43,6 +51,9 @@ COMMANDS = ("get_state", "start_job", "start_automatic", "stop", "set_warp_dir",
 # The fields each command may carry besides "command" and "id" (the older ones share a set).
 FIELDS = {"mark": {"classes", "cycle"}, "export": set()}
 OLDER_FIELDS = {"job_type", "settings", "hard", "path"}
+# What each command that changes the session is refused as, on a folder watched read-only.
+CHANGES = {"start_job": "start a job", "start_automatic": "start automatic jobs",
+           "stop": "stop jobs", "mark": "mark classes", "export": "export particles"}
 SLOW_COMMANDS = ("export",)  # the web layer runs these off its event loop
 CLASS_NUMBER = re.compile(r"[1-9][0-9]{0,4}")
 MAX_MARKS = 1000
@@ -79,7 +90,8 @@ class Controller:
             self.warp_root = warp_dir.parent if warp_dir is not None else Path.cwd().resolve()
         self._first_settings = dict(settings or {})
         Settings.from_dict(self._first_settings)  # a bad one fails now, not at the first page
-        self.session: Session | None = None
+        # A SessionView where another process classifies into the folder (read-only).
+        self.session: Session | SessionView | None = None
         self._missing = ""  # what the Warp folder lacks, as the watcher last found it
         self._worker: threading.Thread | None = None
         # From a start until just before its worker's last event, so that the event tells the
@@ -169,7 +181,8 @@ class Controller:
         settings = Settings.from_dict(self._first_settings)
         return {"warp_dir": None, "output_dir": None, "status": "stopped",
                 "settings": settings.to_dict(), "particles": 0, "history": [], "job": None,
-                "next_mode": settings.mode, "automatic": False, "progress": None}
+                "next_mode": settings.mode, "automatic": False, "progress": None,
+                "read_only": None}
 
     # ------------------------------------------------------------------ watching the folder
     def _check_folder(self) -> str:
@@ -196,6 +209,7 @@ class Controller:
     def _watch(self) -> None:
         """Tell the pages when what the folder lacks changes (Warp starts, export turned on)."""
         while not self._closed.wait(WATCH_SECONDS):
+            self._follow()
             try:
                 missing = self._check_folder()
             except Exception:  # e.g. a share that hangs up oddly: try again later
@@ -203,6 +217,19 @@ class Controller:
             if missing != self._missing:
                 self._missing = missing
                 self.publish({"type": "folder", "missing": missing})
+
+    def _follow(self) -> None:
+        """A folder watched read-only: what its writer changed, to every page."""
+        session = self.session
+        if not isinstance(session, SessionView):
+            return
+        try:
+            changed = session.refresh()
+        except Exception:  # e.g. a share that hangs up: try again at the next look
+            log.debug("reading %s again failed", session.output_dir, exc_info=True)
+            return
+        if changed and session is self.session:
+            self.publish({"type": "session"})
 
     # ------------------------------------------------------------------ commands
     def handle(self, message: Any) -> dict[str, Any] | None:
@@ -219,6 +246,8 @@ class Controller:
             return {"type": "pong", "id": message.get("id")}
         if command == "get_state":
             return self.state(with_log=True)
+        if isinstance(self.session, SessionView) and command in CHANGES:
+            raise CommandError(str(self.session.refuse(CHANGES[command])))
         if command == "stop":
             hard = message.get("hard", True)
             if not isinstance(hard, bool):
@@ -364,7 +393,9 @@ class Controller:
         try:
             # Settings carry over from the folder watched so far; the first folder takes the
             # server's (Controller(settings=...)) if any, else keeps its saved ones.
-            self.session = self._open(folder, None, old.settings if old else None)
+            # A watched folder's settings are another process's: the new folder keeps its own.
+            carried = old.settings if isinstance(old, Session) else None
+            self.session = self._open(folder, None, carried)
         except (EngineError, SessionError, OSError) as exc:  # e.g. the workers cannot see it
             raise CommandError(str(exc)) from None
         if old is not None:
@@ -375,9 +406,23 @@ class Controller:
         return {"type": "ok", "message": f"now watching {folder}"}
 
     def _open(self, warp_dir: Path, output_dir: str | Path | None,
-              settings: Settings | None = None, epu_dir: str | Path | None = None) -> Session:
-        session = Session(warp_dir, output_dir, settings=settings, epu_dir=epu_dir,
-                          **self._engine_options)
+              settings: Settings | None = None,
+              epu_dir: str | Path | None = None) -> Session | SessionView:
+        try:
+            session = Session(warp_dir, output_dir, settings=settings, epu_dir=epu_dir,
+                              **self._engine_options)
+        except SessionInUse as exc:
+            # The page may still watch: a run on the command line, or Scipion's, is often
+            # what the user wants to see. Nothing is written until that process stops.
+            view = SessionView(warp_dir, output_dir, exc.holder)
+            log.warning("%s is being classified by another Live2D process (%s): watching it "
+                        "read-only; jobs, settings, marks and exports stay with that process",
+                        view.output_dir, exc.holder)
+            if settings is not None or self._first_settings or epu_dir is not None:
+                log.warning("the settings given to this server are not applied while the "
+                            "folder is read-only here (they are if this page takes it over)")
+            view.add_listener(self._forward)
+            return view
         try:
             session.check_workers()
             if settings is None and self._first_settings:

@@ -182,7 +182,9 @@ def serve(controller: Controller, host: str = "127.0.0.1", port: int = 8181,
         on_ready(f"Live2D is serving at {url}: choose the Warp folder there (Update Warp "
                  f"Directory), under {controller.warp_root}")
     else:
-        on_ready(f"Live2D is serving {controller.session.warp_dir} at {url}")
+        read_only = controller.session.snapshot(with_history=False)["read_only"]
+        on_ready(f"Live2D is serving {controller.session.warp_dir} at {url}"
+                 + (f"\n{read_only}" if read_only else ""))
     try:
         loop.start()
     finally:

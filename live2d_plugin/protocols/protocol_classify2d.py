@@ -38,7 +38,7 @@ from live2d.output_folder import OutputFolder
 from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings
 from live2d.session import Session
 from live2d.session_state import read_state
-from live2d.store import ParticleStore
+from live2d.store import ParticleStore, read_committed_table
 from live2d_plugin import Plugin
 from live2d_plugin.constants import ENGINE_LABELS, ENGINES
 from live2d_plugin.convert import (
@@ -383,7 +383,9 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         inputFile = Path(self.inputParticles.get().getFileName()).resolve()
         common = {"engine": self._engineName(), "device": self._device(),
                   "cistem_bin": Plugin.getCistemBin(), "executor": executor,
-                  "particle_feed": self._particleSource}
+                  "particle_feed": self._particleSource,
+                  # Named in the refusal a second writer of this folder gets (session_lock).
+                  "owner": f"Scipion protocol {self.getRunName()}"}
         if not resuming:
             return Session(inputFile.parent, output, settings=self._settings(), **common)
         # Continue: keep the session's own job type (an ab initio job is followed by seeded
@@ -400,8 +402,13 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         standin = self._getExtraPath("warp", "previous.settings")
         if not os.path.exists(standin):
             return
-        store = ParticleStore(output)
-        if store.count and not store.read_table()["SRCID"].any():
+        # Read, not opened: this runs before the session locks the folder, and opening a store
+        # cuts back rows that a process still classifying there has not committed yet.
+        try:
+            table = read_committed_table(output)
+        except (OSError, ValueError):  # no store yet, or one being replaced: nothing to map
+            return
+        if len(table) and not table["SRCID"].any():
             raise RuntimeError(
                 "this run was started by an earlier version of the Live2D plugin, whose "
                 "particles this version cannot map back to the input set: copy the protocol "

@@ -107,7 +107,11 @@ function render() {
   // What the folder lacks before particles can be imported (no previous.settings yet...).
   $("warp-missing").textContent = s.missing || "";
   $("warp-missing").hidden = !s.missing;
-  for (const id of ["start-job", "start-automatic"]) $(id).disabled = !s.warp_dir;
+  // Another process classifies into the folder: this page only watches (the server refuses
+  // anything that would change the session, saying the same).
+  $("read-only").textContent = s.read_only || "";
+  $("read-only").hidden = !s.read_only;
+  for (const id of ["start-job", "start-automatic"]) $(id).disabled = !s.warp_dir || !!s.read_only;
   $("particles").textContent = `${s.particles.toLocaleString()} particles imported`;
   renderDisk(s.disk);
   renderSettings();
