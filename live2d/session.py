@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,10 +31,11 @@ from live2d.cycle import CycleInputs, clean_work_folder, run_cycle
 from live2d.disk import DiskUse, DiskWatch
 from live2d.engines import Engine, make_engine
 from live2d.epu import epu_folder_problem, read_hole_squares
-from live2d.errors import CycleCancelled, EngineError, SessionError
+from live2d.errors import CycleCancelled, EngineError, NotifyError, SessionError
 from live2d.forecast import forecast, particle_times
 from live2d.history import CycleRecord
 from live2d.importer import Importer, ImportReport
+from live2d.notify import Notifier, alert_message, check_targets
 from live2d.output_folder import DEFAULT_OUTPUT, OutputFolder
 from live2d.schedule import (
     JOB_TYPES,
@@ -96,6 +97,9 @@ class Session:
         star: str | Path | None = None,
         particle_feed: Callable[[ParticleStore], ParticleFeed] | None = None,
         epu_dir: str | Path | None = None,
+        notify: Sequence[str] | None = None,
+        smtp: str | None = None,
+        smtp_from: str | None = None,
     ) -> None:
         """``executor``: where the engine's slices run (live2d.executors; None: this process).
         The caller owns it and closes it after :meth:`close`. ``star``: the particle star to
@@ -105,11 +109,16 @@ class Session:
         Scipion input set; ``warp_dir`` is then only the folder the session names); None: the
         folder ``warp_dir`` (:class:`live2d.importer.Importer`). ``epu_dir``: the EPU session
         folder, for the grid square of each foil hole in the yield tables (:mod:`live2d.epu`);
-        kept like ``star``."""
+        kept like ``star``. ``notify``: where alerts are sent (http(s) URLs, mailto:
+        addresses; :mod:`live2d.notify`), ``smtp`` and ``smtp_from`` the mail server and sender
+        of the mailto: ones; each kept like ``star`` (``notify=[]`` forgets the kept targets).
+        Raises NotifyError (a SettingsError) for targets that cannot be used."""
         self.warp_dir = Path(warp_dir).resolve()
         if not self.warp_dir.is_dir():  # checked before the output folder could create it
             raise SessionError(f"{self.warp_dir} does not exist or is not a folder: give the "
                                "folder Warp processes (it may be empty until Warp starts)")
+        if notify:  # a malformed target creates nothing (a mailto: is checked with the state)
+            check_targets([t for t in notify if not t.startswith("mailto:")], smtp or "")
         self.output_dir = Path(output_dir or self.warp_dir / DEFAULT_OUTPUT).resolve()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.output = OutputFolder(self.output_dir)
@@ -139,6 +148,12 @@ class Session:
             self.state.epu_dir = str(Path(epu_dir).resolve())
             self._write_state()
         self._epu_folder()  # a folder that cannot be read is said now, not at the first cycle
+        self._notifier: Notifier | None = None
+        try:
+            self._notifier = self._open_notifier(notify, smtp, smtp_from)
+        except NotifyError:
+            self.close()  # the log handler, attached above
+            raise
         self.store = ParticleStore(self.output_dir)
         self.importer: ParticleFeed = Importer(
             self.warp_dir, self.store, which=self.settings.particle_file,
@@ -212,6 +227,8 @@ class Session:
         return handler
 
     def close(self) -> None:
+        if self._notifier is not None:  # before the log closes: its last lines go there
+            self._notifier.close()
         logging.getLogger("live2d").removeHandler(self._log_handler)
         self._log_handler.close()
 
@@ -576,6 +593,23 @@ class Session:
         for alert in cleared:
             log.info("no longer: %s", alert.message)
             self._emit({"type": "alert", "active": False, **alert.to_dict()})
+        if self._notifier is not None:  # queued: a slow receiver never holds up the loop
+            for alert, active in [(a, True) for a in fired] + [(a, False) for a in cleared]:
+                self._notifier.send(alert_message(alert.key, alert.message, alert.since,
+                                                  active, self.output_dir, self.warp_dir))
+
+    def _open_notifier(self, notify: Sequence[str] | None, smtp: str | None,
+                       smtp_from: str | None) -> Notifier | None:
+        """Keep the notification targets given (checked first: bad ones change nothing) and
+        start sending to the session's targets; None where it has none."""
+        targets = self.state.notify if notify is None else list(notify)
+        server = self.state.smtp if smtp is None else smtp
+        targets = check_targets(targets, server)
+        given = (targets, server, self.state.smtp_from if smtp_from is None else smtp_from)
+        if given != (self.state.notify, self.state.smtp, self.state.smtp_from):
+            self.state.notify, self.state.smtp, self.state.smtp_from = given
+            self._write_state()
+        return Notifier(*given) if targets else None
 
     def _epu_folder(self) -> Path | None:
         """The EPU session folder kept in the state, where it can be read; where it cannot, the

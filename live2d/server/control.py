@@ -63,11 +63,13 @@ class Controller:
                  engine: str = "auto", device: str = "auto", cistem_bin: str | None = None,
                  warp_root: str | Path | None = None, settings: dict[str, Any] | None = None,
                  publish: Publish = lambda event: None, executor: Executor | None = None,
-                 epu_dir: str | Path | None = None) -> None:
+                 epu_dir: str | Path | None = None,
+                 notify: dict[str, Any] | None = None) -> None:
         """``warp_dir`` None: no session until the page picks a folder (under ``warp_root``,
         default: ``warp_dir``'s parent, else the current folder). ``settings``: applied to the
         first session opened. ``executor``: where cycles' slices run (a Dask cluster); the
-        caller closes it. ``epu_dir``: the EPU session folder of ``warp_dir``'s session."""
+        caller closes it. ``epu_dir``: the EPU session folder of ``warp_dir``'s session;
+        ``notify``: its notification options (Session's notify, smtp, smtp_from)."""
         self.publish = publish
         self._engine_options = {"engine": engine, "device": device, "cistem_bin": cistem_bin,
                                 "executor": executor}
@@ -90,7 +92,8 @@ class Controller:
         self._tables: dict[Path, tuple[int, list]] = {}  # class table files read, by mtime
         self._closed = threading.Event()
         if warp_dir is not None:
-            self.session = self._open(warp_dir, output_dir, epu_dir=epu_dir)
+            self.session = self._open(warp_dir, output_dir, epu_dir=epu_dir,
+                                      notify=notify or {})
         self._missing = self._check_folder()
         self._watcher = threading.Thread(target=self._watch, name="live2d-watch", daemon=True)
         self._watcher.start()
@@ -375,9 +378,10 @@ class Controller:
         return {"type": "ok", "message": f"now watching {folder}"}
 
     def _open(self, warp_dir: Path, output_dir: str | Path | None,
-              settings: Settings | None = None, epu_dir: str | Path | None = None) -> Session:
+              settings: Settings | None = None, epu_dir: str | Path | None = None,
+              notify: dict[str, Any] | None = None) -> Session:
         session = Session(warp_dir, output_dir, settings=settings, epu_dir=epu_dir,
-                          **self._engine_options)
+                          **(notify or {}), **self._engine_options)
         try:
             session.check_workers()
             if settings is None and self._first_settings:
