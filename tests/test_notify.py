@@ -154,7 +154,7 @@ def test_an_alert_that_fires_and_clears_is_posted_as_json(output, tmp_path,  # n
 
 
 def test_an_alert_is_mailed_and_the_targets_are_kept_across_a_restart(output, tmp_path,  # noqa: F811
-                                                                      mailbox):
+                                                                      mailbox, capsys):
     box, port = mailbox
     (output / SESSION_STATE).unlink()
     session = open_session(output, tmp_path / "warp", notify=["mailto:ops@facility.org"],
@@ -176,6 +176,10 @@ def test_an_alert_is_mailed_and_the_targets_are_kept_across_a_restart(output, tm
     body = mail.get_payload(decode=True).decode()
     assert body.startswith("Warp stalled: no new particle in ")
     assert "state: fired" in body and f"session: {output.resolve()}" in body
+
+    assert cli_main(["status", str(output)]) == 0
+    assert f"alerts sent to: mailto:ops@facility.org (mail through 127.0.0.1:{port})" in \
+        capsys.readouterr().out
 
     forgotten = open_session(output, tmp_path / "warp", notify=[])  # --no-notify
     forgotten.close()
@@ -270,3 +274,20 @@ def test_notify_test_sends_one_message_to_each_kept_target(output, tmp_path,  # 
     assert cli_main(["notify-test", str(output), "--notify", closed]) == 1  # tried, not kept
     assert "failed: http://127.0.0.1" in capsys.readouterr().out
     assert json.loads((output / SESSION_STATE).read_text())["notify"][0] == receiver.url
+
+
+def test_the_page_server_keeps_the_targets_it_is_given(tmp_path, receiver, capsys):
+    from live2d.server.control import Controller
+
+    warp = tmp_path / "warp"
+    warp.mkdir()
+    assert cli_main(["serve", "--notify", receiver.url]) == 1  # no session to keep them
+    assert "--notify and --smtp need WARP_DIR" in capsys.readouterr().err
+    controller = Controller(warp, engine="builtin", notify={"notify": [receiver.url]})
+    try:
+        controller.session._check_stall(1300.0, False)
+        assert receiver.wait_for(1)[0]["json"]["kind"] == "warp_stalled"
+    finally:
+        controller.close()
+    state = json.loads((warp / "classification" / SESSION_STATE).read_text())
+    assert state["notify"] == [receiver.url]
