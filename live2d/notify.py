@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from live2d import __version__
+from live2d.alerts import RULE_TITLES
 from live2d.errors import NotifyError
 
 log = logging.getLogger("live2d")
@@ -44,10 +45,9 @@ FIRST_WAIT = 2.0  # seconds before the second try; doubled before each later one
 LONGEST_WAIT = 60.0
 TIMEOUT = 10.0  # seconds one try may take (connect and answer)
 QUEUE_SIZE = 100  # messages waiting; more are dropped (a receiver down for hours)
-# What each rule is called in an e-mail's subject (the sentence says the rest).
-KIND_TITLES = {"square": "Bad grid square", "yield_falling": "Yield falling",
-               "target_reached": "Target reached", "warp_stalled": "Warp stalled",
-               "test": "Test notification"}
+TEST = "test"  # the kind of live2d notify-test's message
+# What each kind is called in an e-mail's subject (the sentence says the rest).
+KIND_TITLES = RULE_TITLES | {TEST: "Test notification"}
 
 
 def check_target(text: str) -> str:
@@ -163,8 +163,8 @@ def check_message(session: str | Path, warp_dir: str | Path) -> Message:
     host = socket.gethostname()
     return Message(
         text=f"Live2D test notification from {host}: alerts of {warp_dir} will arrive here",
-        kind="test", time=time.time(), session=str(session),
-        subject=f"Live2D {Path(warp_dir).name}: {KIND_TITLES['test']}",
+        kind=TEST, time=time.time(), session=str(session),
+        subject=f"Live2D {Path(warp_dir).name}: {KIND_TITLES[TEST]}",
         details={"host": host, "warp_dir": str(warp_dir), "version": __version__})
 
 

@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from live2d.alerts import CYCLE_RULES, WARP_STALLED, AlertBook, cycle_alerts, warp_stalled
+from live2d.alerts import (
+    CYCLE_RULES,
+    DISK_LOW,
+    WARP_STALLED,
+    AlertBook,
+    cycle_alerts,
+    disk_low,
+    warp_stalled,
+)
 from live2d.atomic import naming
 from live2d.collection_yield import ScoredParticles, score_particles, write_yield_tables
 from live2d.cycle import CycleInputs, clean_work_folder, run_cycle
@@ -628,8 +636,8 @@ class Session:
         return self._disk.use
 
     def check_disk(self) -> DiskUse | None:
-        """Measure the output folder's disk use and tell the pages (a warning in the log when
-        free space falls below what the next cycles need)."""
+        """Measure the output folder's disk use and tell the pages (an alert when free space
+        falls below what the next cycles need, cleared when it no longer does)."""
         if not self.store.box:
             return None
         latest = self.latest_cycle()
@@ -638,6 +646,10 @@ class Session:
             self.store.box, self.store.copies_images,
             min(self.settings.update_every, self.store.count))
         self._emit({"type": "disk", "disk": self._disk.to_dict()})
+        try:
+            self._update_alerts((DISK_LOW,), disk_low(use, self.output_dir))
+        except OSError as exc:  # the disk may already be full: said, tried at the next measure
+            log.error("alerts not saved: %s", exc)
         return use
 
     def _clean_work_dir(self) -> None:
