@@ -237,7 +237,6 @@ class Notifier:
         self._closing = threading.Event()
         self._failing: set[str] = set()  # targets in a streak of failures: said once
         self._full = False  # the queue overflowed: said once until it has room again
-        self.delivered = 0  # messages sent, over all targets (for tests and the log)
         self._thread = threading.Thread(target=self._run, name="live2d-notify", daemon=True)
         self._thread.start()
 
@@ -256,10 +255,11 @@ class Notifier:
     def close(self, wait: float = 5.0) -> None:
         """Stop trying again, send what is queued once more each and stop, waiting at most
         ``wait`` seconds (the thread is a daemon: an exiting program does not wait for it)."""
+        deadline = time.monotonic() + wait
         self._closing.set()
-        with contextlib.suppress(queue.Full):  # full: the join below still bounds the wait
+        with contextlib.suppress(queue.Full):  # still full: the thread stops with the program
             self._queue.put(None, timeout=wait)
-        self._thread.join(wait)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while True:
@@ -275,23 +275,21 @@ class Notifier:
             try:
                 deliver(target, message, self.smtp, self.smtp_from, self.timeout)
             except DeliveryError as exc:
-                if target not in self._failing:
-                    self._failing.add(target)
-                    log.warning("notification to %s failed: %s; trying again up to %d times "
-                                "(said once until it works again)", shown(target), exc,
-                                self.tries - 1)
-                last_try = attempt == self.tries or not exc.retry or self._closing.is_set()
-                if last_try:
+                if attempt == self.tries or not exc.retry or self._closing.is_set():
                     log.warning("notification to %s dropped after %d %s (%s): %s",
                                 shown(target), attempt, "try" if attempt == 1 else "tries",
                                 exc, message.text)
                     return
+                if target not in self._failing:
+                    self._failing.add(target)
+                    log.warning("notification to %s failed: %s; trying again up to %d times "
+                                "(said once until it works again)", shown(target), exc,
+                                self.tries - attempt)
                 # Waits on the closing event: a session that closes cuts the backoff short, and
                 # the try after it is the last.
                 self._closing.wait(wait)
                 wait = min(wait * 2, self.longest_wait)
                 continue
-            self.delivered += 1
             if target in self._failing:
                 self._failing.discard(target)
                 log.info("notifications to %s are delivered again", shown(target))
