@@ -43,7 +43,7 @@ from live2d.errors import CycleCancelled, EngineError, NotifyError, SessionError
 from live2d.forecast import forecast, particle_times
 from live2d.history import CycleRecord
 from live2d.importer import Importer, ImportReport
-from live2d.notify import Notifier, alert_message, check_targets
+from live2d.notify import Notifier, alert_message, check_targets, shown
 from live2d.output_folder import DEFAULT_OUTPUT, OutputFolder
 from live2d.schedule import (
     JOB_TYPES,
@@ -158,7 +158,7 @@ class Session:
         self._epu_folder()  # a folder that cannot be read is said now, not at the first cycle
         self._notifier: Notifier | None = None
         try:
-            self._notifier = self._open_notifier(notify, smtp, smtp_from)
+            self._notifier = self._keep_notify(notify, smtp, smtp_from)
         except NotifyError:
             self.close()  # the log handler, attached above
             raise
@@ -264,6 +264,7 @@ class Session:
                 "progress": self.progress,
                 "disk": self._disk.to_dict(),
                 "alerts": [alert.to_dict() for alert in self.alerts.active],
+                "notify": self.notify_summary(),
             }
         if not with_history:
             del snapshot["history"]
@@ -601,23 +602,48 @@ class Session:
         for alert in cleared:
             log.info("no longer: %s", alert.message)
             self._emit({"type": "alert", "active": False, **alert.to_dict()})
-        if self._notifier is not None:  # queued: a slow receiver never holds up the loop
+        notifier = self._notifier  # once: a page may replace it meanwhile
+        if notifier is not None:  # queued: a slow receiver never holds up the loop
             for alert, active in [(a, True) for a in fired] + [(a, False) for a in cleared]:
-                self._notifier.send(alert_message(alert.key, alert.message, alert.since,
-                                                  active, self.output_dir, self.warp_dir))
+                notifier.send(alert_message(alert.key, alert.message, alert.since, active,
+                                            self.output_dir, self.warp_dir))
 
-    def _open_notifier(self, notify: Sequence[str] | None, smtp: str | None,
-                       smtp_from: str | None) -> Notifier | None:
-        """Keep the notification targets given (checked first: bad ones change nothing) and
-        start sending to the session's targets; None where it has none."""
+    # ----------------------------------------------------------------- notifications
+    def _keep_notify(self, notify: Sequence[str] | None, smtp: str | None,
+                     smtp_from: str | None) -> Notifier | None:
+        """Keep the notification targets given (None: the kept ones), checked first: bad ones
+        raise NotifyError and change nothing. Returns a notifier for the session's targets;
+        None where it has none."""
         targets = self.state.notify if notify is None else list(notify)
-        server = self.state.smtp if smtp is None else smtp
+        server = self.state.smtp if smtp is None else smtp.strip()
         targets = check_targets(targets, server)
-        given = (targets, server, self.state.smtp_from if smtp_from is None else smtp_from)
-        if given != (self.state.notify, self.state.smtp, self.state.smtp_from):
-            self.state.notify, self.state.smtp, self.state.smtp_from = given
-            self._write_state()
+        given = (targets, server,
+                 self.state.smtp_from if smtp_from is None else smtp_from.strip())
+        with self._lock:
+            if given != (self.state.notify, self.state.smtp, self.state.smtp_from):
+                self.state.notify, self.state.smtp, self.state.smtp_from = given
+                self._write_state()
         return Notifier(*given) if targets else None
+
+    def set_notify(self, notify: Sequence[str], smtp: str | None = None,
+                   smtp_from: str | None = None) -> dict[str, Any]:
+        """Replace where alerts are sent (a page's edit; ``notify`` [] sends none); raises
+        NotifyError for targets that cannot be used, changing nothing. Returns
+        :meth:`notify_summary`, which the listeners hear too."""
+        notifier = self._keep_notify(notify, smtp, smtp_from)
+        old, self._notifier = self._notifier, notifier
+        if old is not None:
+            old.close()  # what it still holds is tried once more, in its own thread
+        summary = self.notify_summary()
+        log.info("alerts are sent to %s", ", ".join(summary["targets"]) or "no one")
+        self._emit({"type": "notify", "notify": summary})
+        return summary
+
+    def notify_summary(self) -> dict[str, Any]:
+        """Where alerts are sent, for the pages: webhooks by host only (their path is their
+        secret, and every page sees this), the mail server and sender."""
+        return {"targets": [shown(target) for target in self.state.notify],
+                "smtp": self.state.smtp, "smtp_from": self.state.smtp_from}
 
     def _epu_folder(self) -> Path | None:
         """The EPU session folder kept in the state, where it can be read; where it cannot, the

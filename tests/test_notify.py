@@ -291,3 +291,43 @@ def test_the_page_server_keeps_the_targets_it_is_given(tmp_path, receiver, capsy
         controller.close()
     state = json.loads((warp / "classification" / SESSION_STATE).read_text())
     assert state["notify"] == [receiver.url]
+
+
+def test_the_page_protocol_replaces_and_tests_the_targets(tmp_path, receiver, mailbox):
+    from live2d.server.control import CommandError, Controller
+
+    box, port = mailbox
+    warp = tmp_path / "warp"
+    warp.mkdir()
+    events = []
+    controller = Controller(warp, engine="builtin", publish=events.append)
+    try:
+        with pytest.raises(CommandError, match="no notification targets"):
+            controller.handle({"command": "test_notify"})
+        reply = controller.handle({"command": "set_notify", "notify": [
+            receiver.url, "mailto:ops@facility.org"], "smtp": f"127.0.0.1:{port}"})
+        shown_url = f"http://127.0.0.1:{receiver.server_address[1]}/…"
+        assert reply["message"] == f"alerts are sent to {shown_url}, mailto:ops@facility.org"
+        summary = controller.state()["notify"]  # every page sees it: no webhook secret
+        assert summary["targets"] == [shown_url, "mailto:ops@facility.org"]
+        assert "secret" not in json.dumps(controller.state())
+        assert [e["notify"] for e in events if e["type"] == "notify"] == [summary]
+
+        tested = controller.handle({"command": "test_notify"})
+        assert tested["type"] == "notify_test" and tested["ok"]
+        assert tested["message"] == f"sent to {shown_url}; sent to mailto:ops@facility.org"
+        assert receiver.wait_for(1)[0]["json"]["kind"] == "test" and len(box.envelopes) == 1
+
+        with pytest.raises(CommandError, match="give an http:// or https:// URL"):
+            controller.handle({"command": "set_notify", "notify": ["ftp://x/hook"]})
+        with pytest.raises(CommandError, match="must be a list"):
+            controller.handle({"command": "set_notify", "notify": receiver.url})
+        assert controller.session.state.notify[0] == receiver.url  # unchanged by refusals
+
+        controller.session._check_stall(1300.0, False)  # the targets set are the ones used
+        assert receiver.wait_for(2)[1]["json"]["kind"] == "warp_stalled"
+        controller.handle({"command": "set_notify", "notify": []})
+        assert controller.state()["notify"]["targets"] == []
+    finally:
+        controller.close()
+    assert json.loads((warp / "classification" / SESSION_STATE).read_text())["notify"] == []

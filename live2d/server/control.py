@@ -27,6 +27,7 @@ from live2d.class_quality import GOOD_SCORE
 from live2d.errors import CycleCancelled, EngineError, SelectionError, SessionError, SettingsError
 from live2d.history import CycleRecord, read_class_table
 from live2d.layouts import WARP, detect_layout
+from live2d.notify import DeliveryError, check_message, deliver, shown
 from live2d.output_folder import EXPORTS, export_name, is_export_name
 from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings
 from live2d.selection import MARKS
@@ -39,11 +40,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("live2d")
 Publish = Callable[[dict[str, Any]], None]
 COMMANDS = ("get_state", "start_job", "start_automatic", "stop", "set_warp_dir", "ping", "mark",
-            "export")
+            "export", "set_notify", "test_notify")
 # The fields each command may carry besides "command" and "id" (the older ones share a set).
-FIELDS = {"mark": {"classes", "cycle"}, "export": set()}
+FIELDS = {"mark": {"classes", "cycle"}, "export": set(),
+          "set_notify": {"notify", "smtp", "smtp_from"}, "test_notify": set()}
 OLDER_FIELDS = {"job_type", "settings", "hard", "path"}
-SLOW_COMMANDS = ("export",)  # the web layer runs these off its event loop
+# The web layer runs these off its event loop: an export writes every selected particle's row;
+# the notification commands wait on receivers (a test's answer, the old sender's last tries).
+SLOW_COMMANDS = ("export", "set_notify", "test_notify")
+MAX_NOTIFY_TARGETS = 20
 CLASS_NUMBER = re.compile(r"[1-9][0-9]{0,4}")
 MAX_MARKS = 1000
 WATCH_SECONDS = 2.0  # how often the Warp folder is checked for what it lacks
@@ -238,6 +243,11 @@ class Controller:
             return self._mark(message.get("classes"), message.get("cycle"))
         if command == "export":
             return self._export()
+        if command == "set_notify":
+            return self._set_notify(message.get("notify"), message.get("smtp"),
+                                    message.get("smtp_from"))
+        if command == "test_notify":
+            return self._test_notify()
         settings = self._apply_settings(message.get("settings"))
         if command == "start_job":
             job_type = message.get("job_type", settings.mode)
@@ -312,6 +322,44 @@ class Controller:
                 "file": str(exported.path), "download": f"{EXPORTS}/{name}",
                 "cycle": exported.cycle, "classes": exported.classes,
                 "particles": exported.particles}
+
+    def _set_notify(self, targets: Any, smtp: Any, smtp_from: Any) -> dict[str, Any]:
+        """Replace where the session sends its alerts: ``notify`` every target (the page sees
+        webhooks by host only, so an edit gives them all again), ``smtp`` and ``smtp_from``
+        unchanged where absent."""
+        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            raise CommandError("'notify' must be a list of http(s) URLs and mailto: addresses "
+                               "([] sends alerts nowhere)")
+        if len(targets) > MAX_NOTIFY_TARGETS:
+            raise CommandError(f"at most {MAX_NOTIFY_TARGETS} notification targets")
+        for name, value in (("smtp", smtp), ("smtp_from", smtp_from)):
+            if value is not None and not isinstance(value, str):
+                raise CommandError(f"'{name}' must be text")
+        try:
+            summary = self.session.set_notify([t for t in targets if t.strip()], smtp,
+                                              smtp_from)
+        except SettingsError as exc:  # NotifyError: says what to give instead
+            raise CommandError(str(exc)) from None
+        where = ", ".join(summary["targets"]) or "no one"
+        return {"type": "ok", "message": f"alerts are sent to {where}"}
+
+    def _test_notify(self) -> dict[str, Any]:
+        """One test message to each of the session's targets, at once and once (the page waits
+        for the answer): which arrived, and why the others did not."""
+        state = self.session.state
+        if not state.notify:
+            raise CommandError("no notification targets: add a webhook URL or mailto: address "
+                               "first")
+        message = check_message(self.session.output_dir, self.session.warp_dir)
+        results = []
+        for target in state.notify:
+            try:
+                deliver(target, message, state.smtp, state.smtp_from)
+                results.append(f"sent to {shown(target)}")
+            except DeliveryError as exc:
+                results.append(f"failed: {shown(target)}: {exc}")
+        return {"type": "notify_test", "message": "; ".join(results),
+                "ok": not any(r.startswith("failed") for r in results)}
 
     def _apply_settings(self, values: Any) -> Settings:
         if values is None:
