@@ -69,7 +69,7 @@ def check_target(text: str) -> str:
         _, parsed = parseaddr(address)
         if not parsed or parsed != address or "@" not in parsed or "," in address:
             raise NotifyError(f"{text!r} is not one e-mail address: give mailto:NAME@HOST, one "
-                              "address per --notify")
+                              "address per target")
         return f"mailto:{parsed}"
     raise NotifyError(f"cannot send notifications to {text!r}: give an http:// or https:// URL "
                       "(a Slack, Mattermost or Teams incoming webhook) or mailto:ADDRESS")
@@ -93,8 +93,8 @@ def check_targets(targets: Sequence[str], smtp: str) -> list[str]:
     if smtp:
         parse_smtp(smtp)
     elif any(target.startswith("mailto:") for target in checked):
-        raise NotifyError("mailto: notifications need a mail server: add --smtp HOST[:PORT] "
-                          "(the facility's SMTP relay)")
+        raise NotifyError("mailto: notifications need a mail server, the facility's SMTP "
+                          "relay: add --smtp HOST[:PORT] (in the page: Mail server)")
     return checked
 
 

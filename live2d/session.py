@@ -7,8 +7,8 @@ was: the running job resumes at its first unfinished cycle, and neither file's w
 the number of cycles so far.
 
 Threading: the loop (``run_job``, ``run_automatic``) runs in one worker thread; ``request_stop``,
-``snapshot``, ``update_settings`` and listeners are safe to use from any other thread (a web
-server's event loop, a Scipion protocol).
+``snapshot``, ``update_settings``, ``set_notify`` and listeners are safe to use from any other
+thread (a web server's event loop, a Scipion protocol).
 """
 
 from __future__ import annotations
