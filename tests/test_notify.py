@@ -331,3 +331,21 @@ def test_the_page_protocol_replaces_and_tests_the_targets(tmp_path, receiver, ma
     finally:
         controller.close()
     assert json.loads((warp / "classification" / SESSION_STATE).read_text())["notify"] == []
+
+
+def test_a_page_switching_to_a_session_with_unusable_targets_is_told_why(tmp_path):
+    from live2d.server.control import CommandError, Controller
+
+    other = tmp_path / "other"
+    other.mkdir()
+    Session(other, engine="builtin").close()
+    state_file = other / "classification" / SESSION_STATE
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps(state | {"notify": ["gopher://x"]}))  # edited by hand
+    controller = Controller(engine="builtin", warp_root=tmp_path)
+    try:
+        with pytest.raises(CommandError, match="cannot send notifications to 'gopher://x'"):
+            controller.handle({"command": "set_warp_dir", "path": str(other)})
+        assert controller.session is None
+    finally:
+        controller.close()

@@ -416,7 +416,9 @@ class Controller:
             # Settings carry over from the folder watched so far; the first folder takes the
             # server's (Controller(settings=...)) if any, else keeps its saved ones.
             self.session = self._open(folder, None, old.settings if old else None)
-        except (EngineError, SessionError, OSError) as exc:  # e.g. the workers cannot see it
+        # e.g. the workers cannot see it; a session.json edited by hand (its settings or
+        # notification targets refused)
+        except (EngineError, SessionError, SettingsError, OSError) as exc:
             raise CommandError(str(exc)) from None
         if old is not None:
             old.close()
