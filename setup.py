@@ -27,7 +27,7 @@ setup(
         "torch-transform-image>=0.6",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff>=0.5", "selenium>=4.10"],
+        "test": ["pytest>=7", "ruff>=0.5", "selenium>=4.10", "aiosmtpd>=1.4"],
         # scipion-app: the `scipion` launcher and the workflow-template dialog.
         "scipion": ["scipion-pyworkflow>=3.11", "scipion-em>=3.11", "scipion-app>=3.8"],
         "dask": ["dask[distributed]>=2024.1"],

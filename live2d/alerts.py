@@ -1,10 +1,12 @@
 """Alerts for the people at the microscope: a bad grid square, a falling yield, Warp stalled, the
-target of good particles reached. Each is one plain sentence naming what and where.
+target of good particles reached, the output disk running low. Each is one plain sentence naming
+what and where.
 
 An alert fires once, when its condition starts, and stays in force (``alerts.json`` in the output
 folder, replaced atomically) until the condition clears: a second evaluation, or a restart, does
 not fire it again. The session evaluates the rules of the cycle (:data:`CYCLE_RULES`) after every
-scored cycle, and the stall rule at every poll of its automatic loop; ``live2d status`` lists the
+scored cycle, the stall rule at every poll of its automatic loop, and the disk rule whenever it
+measures the output folder; ``live2d status`` lists the
 alerts in force. Thresholds are settings (:class:`live2d.schedule.Settings`): 0 turns a rule off.
 
 Every alert has a key: its rule, and for a grid square the square (``square:1834522``).
@@ -24,14 +26,19 @@ import numpy as np
 
 from live2d.atomic import atomic_write_json
 from live2d.collection_yield import ScoredParticles, yield_tables
+from live2d.disk import DiskUse
 from live2d.forecast import Forecast
 from live2d.output_folder import ALERTS
 from live2d.schedule import Settings
 
 log = logging.getLogger("live2d")
 
-BAD_SQUARE, YIELD_FALLING, TARGET_REACHED, WARP_STALLED = (
-    "square", "yield_falling", "target_reached", "warp_stalled")
+BAD_SQUARE, YIELD_FALLING, TARGET_REACHED, WARP_STALLED, DISK_LOW = (
+    "square", "yield_falling", "target_reached", "warp_stalled", "disk_low")
+# Each rule in a few words, where a message needs a short form (an e-mail's subject).
+RULE_TITLES = {BAD_SQUARE: "Bad grid square", YIELD_FALLING: "Yield falling",
+               TARGET_REACHED: "Target reached", WARP_STALLED: "Warp stalled",
+               DISK_LOW: "Disk space low"}
 CYCLE_RULES = (BAD_SQUARE, YIELD_FALLING, TARGET_REACHED)  # judged after each scored cycle
 # The falling-yield rule waits until the last hour is at most half the session.
 MIN_SESSION_HOURS = 2.0
@@ -159,3 +166,12 @@ def warp_stalled(quiet_seconds: float, source: str | os.PathLike,
         return {}
     return {WARP_STALLED: f"Warp stalled: no new particle in {source} for "
                           f"{quiet_seconds / 60:.0f} min while automatic jobs run"}
+
+
+def disk_low(use: DiskUse | None, folder: str | os.PathLike) -> dict[str, str]:
+    """Whether the free space of ``folder``'s disk is below what the next cycles need
+    (:mod:`live2d.disk`); ``use`` None: not measured yet."""
+    if use is None or not use.low:
+        return {}
+    return {DISK_LOW: f"Disk space low in {folder}: {use.describe()}; free some or move "
+                      "--output before the disk fills (a full disk stops new work)"}

@@ -30,6 +30,7 @@ COMMANDS = {
     "simulate": "write a simulated Warp session (optionally live)",
     "serve": "serve the live web page for a Warp folder",
     "demo": "simulate a live session and serve the page on it",
+    "notify-test": "send a test notification to where a session sends its alerts",
 }
 
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"live2d {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f"live2d.commands.{name}")
+        module = importlib.import_module(f"live2d.commands.{name.replace('-', '_')}")
         sub = subparsers.add_parser(name, help=help_text, description=module.__doc__)
         module.add_args(sub)
         sub.set_defaults(main=module.main)

@@ -7,7 +7,6 @@ holds: the star of every particle, the class averages and their thumbnails.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -16,7 +15,6 @@ from pathlib import Path
 STAR_BYTES_PER_PARTICLE = 200  # a cycle star's row
 THUMBNAIL_BYTES = 20_000  # one class's PNG, generously
 CYCLES_AHEAD = 5  # free space below what this many cycles write is "low"
-log = logging.getLogger("live2d")
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ def disk_use(folder: str | os.PathLike, particles: int, classes: int, box: int,
 
 class DiskWatch:
     """The output folder's disk use as last measured (:attr:`use`; None before the first
-    measure), with a warning in the log each time free space turns low."""
+    measure); the session's alert (live2d.alerts.disk_low) says when free space turns low."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -78,10 +76,6 @@ class DiskWatch:
                 new_particles: int) -> DiskUse:
         """Measure now (walking the folder: O(files), so after imports and cycles only)."""
         use = disk_use(self.folder, particles, classes, box, copies_images, new_particles)
-        if use.low and not (self.use and self.use.low):
-            log.warning("disk space is low in %s: %s; free some or move --output before "
-                        "the disk fills (a full disk stops new work)", self.folder,
-                        use.describe())
         self.use = use
         return use
 

@@ -49,3 +49,10 @@ class SelectionError(ValueError):
 class SettingsError(ValueError):
     """A setting with a wrong type or out of range; the message names it and the allowed range.
     Raised by :meth:`live2d.schedule.Settings.from_dict`; the user corrects that setting."""
+
+
+class NotifyError(SettingsError):
+    """A notification target or mail server that cannot be used (not an http(s) URL or a
+    mailto: address, a mailto: without a mail server); the message says what to give instead.
+    Raised by :mod:`live2d.notify` when the targets are given; a kind of SettingsError, so that
+    whoever shows settings errors shows it."""

@@ -7,8 +7,8 @@ was: the running job resumes at its first unfinished cycle, and neither file's w
 the number of cycles so far.
 
 Threading: the loop (``run_job``, ``run_automatic``) runs in one worker thread; ``request_stop``,
-``snapshot``, ``update_settings`` and listeners are safe to use from any other thread (a web
-server's event loop, a Scipion protocol).
+``snapshot``, ``update_settings``, ``set_notify`` and listeners are safe to use from any other
+thread (a web server's event loop, a Scipion protocol).
 """
 
 from __future__ import annotations
@@ -18,23 +18,32 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from live2d.alerts import CYCLE_RULES, WARP_STALLED, AlertBook, cycle_alerts, warp_stalled
+from live2d.alerts import (
+    CYCLE_RULES,
+    DISK_LOW,
+    WARP_STALLED,
+    AlertBook,
+    cycle_alerts,
+    disk_low,
+    warp_stalled,
+)
 from live2d.atomic import naming
 from live2d.collection_yield import ScoredParticles, score_particles, write_yield_tables
 from live2d.cycle import CycleInputs, clean_work_folder, run_cycle
 from live2d.disk import DiskUse, DiskWatch
 from live2d.engines import Engine, make_engine
 from live2d.epu import epu_folder_problem, read_hole_squares
-from live2d.errors import CycleCancelled, EngineError, SessionError
+from live2d.errors import CycleCancelled, EngineError, NotifyError, SessionError
 from live2d.forecast import forecast, particle_times
 from live2d.history import CycleRecord
 from live2d.importer import Importer, ImportReport
+from live2d.notify import Notifier, alert_message, check_targets, shown
 from live2d.output_folder import DEFAULT_OUTPUT, OutputFolder
 from live2d.schedule import (
     JOB_TYPES,
@@ -98,6 +107,9 @@ class Session:
         particle_feed: Callable[[ParticleStore], ParticleFeed] | None = None,
         epu_dir: str | Path | None = None,
         owner: str | None = None,
+        notify: Sequence[str] | None = None,
+        smtp: str | None = None,
+        smtp_from: str | None = None,
     ) -> None:
         """``executor``: where the engine's slices run (live2d.executors; None: this process).
         The caller owns it and closes it after :meth:`close`. ``star``: the particle star to
@@ -107,15 +119,21 @@ class Session:
         Scipion input set; ``warp_dir`` is then only the folder the session names); None: the
         folder ``warp_dir`` (:class:`live2d.importer.Importer`). ``epu_dir``: the EPU session
         folder, for the grid square of each foil hole in the yield tables (:mod:`live2d.epu`);
-        kept like ``star``. ``owner``: what the message of a second writer calls this process
-        (default: the command it was started as).
+        kept like ``star``. ``notify``: where alerts are sent (http(s) URLs, mailto:
+        addresses; :mod:`live2d.notify`), ``smtp`` and ``smtp_from`` the mail server and sender
+        of the mailto: ones; each kept like ``star`` (``notify=[]`` forgets the kept targets).
+        ``owner``: what the message of a second writer calls this process (default: the
+        command it was started as).
 
         Raises SessionInUse, changing nothing in the folder, when another process has the
-        output folder open for writing (live2d.session_lock)."""
+        output folder open for writing (live2d.session_lock); NotifyError (a SettingsError)
+        for targets that cannot be used."""
         self.warp_dir = Path(warp_dir).resolve()
         if not self.warp_dir.is_dir():  # checked before the output folder could create it
             raise SessionError(f"{self.warp_dir} does not exist or is not a folder: give the "
                                "folder Warp processes (it may be empty until Warp starts)")
+        if notify:  # a malformed target creates nothing (a mailto: is checked with the state)
+            check_targets([t for t in notify if not t.startswith("mailto:")], smtp or "")
         self.output_dir = Path(output_dir or self.warp_dir / DEFAULT_OUTPUT).resolve()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.output = OutputFolder(self.output_dir)
@@ -162,6 +180,12 @@ class Session:
             self.state.epu_dir = str(Path(epu_dir).resolve())
             self._write_state()
         self._epu_folder()  # a folder that cannot be read is said now, not at the first cycle
+        self._notifier: Notifier | None = None
+        try:
+            self._notifier = self._keep_notify(notify, smtp, smtp_from)
+        except NotifyError:
+            self.close()  # the log handler, attached above
+            raise
         self.store = ParticleStore(self.output_dir)
         self.importer: ParticleFeed = Importer(
             self.warp_dir, self.store, which=self.settings.particle_file,
@@ -235,6 +259,8 @@ class Session:
         return handler
 
     def close(self) -> None:
+        if self._notifier is not None:  # before the log closes: its last lines go there
+            self._notifier.close()
         logging.getLogger("live2d").removeHandler(self._log_handler)
         self._log_handler.close()
         self._folder_lock.release()
@@ -264,6 +290,7 @@ class Session:
                 "disk": self._disk.to_dict(),
                 "alerts": [alert.to_dict() for alert in self.alerts.active],
                 "read_only": None,  # this process writes the folder (a SessionView's says why not)
+                "notify": self.notify_summary(),
             }
         if not with_history:
             del snapshot["history"]
@@ -601,6 +628,48 @@ class Session:
         for alert in cleared:
             log.info("no longer: %s", alert.message)
             self._emit({"type": "alert", "active": False, **alert.to_dict()})
+        notifier = self._notifier  # once: a page may replace it meanwhile
+        if notifier is not None:  # queued: a slow receiver never holds up the loop
+            for alert, active in [(a, True) for a in fired] + [(a, False) for a in cleared]:
+                notifier.send(alert_message(alert.key, alert.message, alert.since, active,
+                                            self.output_dir, self.warp_dir))
+
+    # ----------------------------------------------------------------- notifications
+    def _keep_notify(self, notify: Sequence[str] | None, smtp: str | None,
+                     smtp_from: str | None) -> Notifier | None:
+        """Keep the notification targets given (None: the kept ones), checked first: bad ones
+        raise NotifyError and change nothing. Returns a notifier for the session's targets;
+        None where it has none."""
+        targets = self.state.notify if notify is None else list(notify)
+        server = self.state.smtp if smtp is None else smtp.strip()
+        targets = check_targets(targets, server)
+        given = (targets, server,
+                 self.state.smtp_from if smtp_from is None else smtp_from.strip())
+        with self._lock:
+            if given != (self.state.notify, self.state.smtp, self.state.smtp_from):
+                self.state.notify, self.state.smtp, self.state.smtp_from = given
+                self._write_state()
+        return Notifier(*given) if targets else None
+
+    def set_notify(self, notify: Sequence[str], smtp: str | None = None,
+                   smtp_from: str | None = None) -> dict[str, Any]:
+        """Replace where alerts are sent (a page's edit; ``notify`` [] sends none); raises
+        NotifyError for targets that cannot be used, changing nothing. Returns
+        :meth:`notify_summary`, which the listeners hear too."""
+        notifier = self._keep_notify(notify, smtp, smtp_from)
+        old, self._notifier = self._notifier, notifier
+        if old is not None:
+            old.close()  # what it still holds is tried once more, in its own thread
+        summary = self.notify_summary()
+        log.info("alerts are sent to %s", ", ".join(summary["targets"]) or "no one")
+        self._emit({"type": "notify", "notify": summary})
+        return summary
+
+    def notify_summary(self) -> dict[str, Any]:
+        """Where alerts are sent, for the pages: webhooks by host only (their path is their
+        secret, and every page sees this), the mail server and sender."""
+        return {"targets": [shown(target) for target in self.state.notify],
+                "smtp": self.state.smtp, "smtp_from": self.state.smtp_from}
 
     def _epu_folder(self) -> Path | None:
         """The EPU session folder kept in the state, where it can be read; where it cannot, the
@@ -619,8 +688,8 @@ class Session:
         return self._disk.use
 
     def check_disk(self) -> DiskUse | None:
-        """Measure the output folder's disk use and tell the pages (a warning in the log when
-        free space falls below what the next cycles need)."""
+        """Measure the output folder's disk use and tell the pages (an alert when free space
+        falls below what the next cycles need, cleared when it no longer does)."""
         if not self.store.box:
             return None
         latest = self.latest_cycle()
@@ -629,6 +698,10 @@ class Session:
             self.store.box, self.store.copies_images,
             min(self.settings.update_every, self.store.count))
         self._emit({"type": "disk", "disk": self._disk.to_dict()})
+        try:
+            self._update_alerts((DISK_LOW,), disk_low(use, self.output_dir))
+        except OSError as exc:  # the disk may already be full: said, tried at the next measure
+            log.error("alerts not saved: %s", exc)
         return use
 
     def _clean_work_dir(self) -> None:

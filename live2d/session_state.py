@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,11 @@ class SessionState:
     star: str = ""  # the particle star named with --star ("": the folder's layout decides)
     # The EPU session folder named with --epu, for grid squares ("": only the movie paths say).
     epu_dir: str = ""
+    # Where alerts are sent (--notify: http(s) URLs, mailto: addresses; live2d.notify) and the
+    # mail server for the mailto: ones (--smtp HOST[:PORT], --smtp-from).
+    notify: list[str] = field(default_factory=list)
+    smtp: str = ""
+    smtp_from: str = ""
     job: JobState | None = None
     jobs_started: int = 0
     particles_at_last_job: int | None = None

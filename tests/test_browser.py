@@ -311,3 +311,32 @@ def test_a_user_marks_classes_on_one_page_another_sees_it_and_exports(classified
     wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".tile .reason")) == 3 and
          all(t.text for t in d.find_elements(By.CSS_SELECTOR, ".tile .reason")))
     assert not tile(page, 1).find_element(By.CSS_SELECTOR, "button[data-mark=good]").is_enabled()
+
+
+def test_a_user_sets_where_alerts_go_and_sends_a_test(server, pages):
+    from test_notify import Receiver  # a real webhook on 127.0.0.1
+
+    hook = Receiver()
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        page = pages(server.url + "/")
+        wait(page, lambda d: d.find_element(By.ID, "connection").text == "connected")
+        page.find_element(By.CSS_SELECTOR, "#notify-settings summary").click()
+        assert page.find_element(By.ID, "notify-now").text == "no one"
+        page.find_element(By.ID, "notify-input").send_keys("ftp://x/hook")
+        page.find_element(By.CSS_SELECTOR, "#notify-form button[type=submit]").click()
+        wait(page, lambda d: "give an http:// or https:// URL" in
+             d.find_element(By.ID, "error").text)
+        targets = page.find_element(By.ID, "notify-input")
+        targets.clear()
+        targets.send_keys(hook.url)
+        page.find_element(By.CSS_SELECTOR, "#notify-form button[type=submit]").click()
+        shown = f"http://127.0.0.1:{hook.server_address[1]}/…"  # the secret path never shown
+        wait(page, lambda d: d.find_element(By.ID, "notify-now").text == shown)
+        page.find_element(By.ID, "notify-test").click()
+        wait(page, lambda d: d.find_element(By.ID, "notify-status").text == f"sent to {shown}")
+        assert hook.wait_for(1)[0]["json"]["kind"] == "test"
+        assert server.controller.session.state.notify == [hook.url]
+    finally:
+        hook.shutdown()
+        hook.server_close()

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from live2d import disk
+from live2d.alerts import DISK_LOW, read_alerts
 from live2d.atomic import atomic_write_text, naming
 from live2d.schedule import Settings
 from live2d.session import Session
@@ -31,7 +32,7 @@ def test_disk_use_counts_the_folder_and_what_the_next_cycles_need(tmp_path, monk
     assert low.low and "low, the next 5 cycles need about" in low.describe()
 
 
-def test_a_session_warns_once_when_free_space_runs_low(tmp_path, monkeypatch):
+def test_a_session_alerts_once_when_free_space_runs_low(tmp_path, monkeypatch):
     warp = tmp_path / "warp"
     simulate(warp, particles=240, per_micrograph=60, box=48, pixel_size=3.0, snr=0.5, views=4)
     usage = collections.namedtuple("usage", "total used free")
@@ -45,7 +46,8 @@ def test_a_session_warns_once_when_free_space_runs_low(tmp_path, monkeypatch):
     finally:
         session.close()
     log = (warp / "classification" / "live2d.log").read_text()
-    assert log.count("disk space is low") == 1  # said once, not every cycle
+    assert log.count("Disk space low in ") == 1  # said once, not every cycle
+    assert [a.key for a in read_alerts(warp / "classification")] == [DISK_LOW]  # in force
     disk_events = [e["disk"] for e in events if e["type"] == "disk"]
     assert len(disk_events) >= 4 and all(e["low"] and e["free"] == 50_000 for e in disk_events)
     assert session.disk.used > 0 and "KB per particle" in disk_events[-1]["text"]

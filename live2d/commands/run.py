@@ -71,6 +71,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "Live2D runs. Default: Warp 1.x's own star files, or the one "
                              "particle star of a WarpTools 2 project")
     add_epu_arg(parser)
+    add_notify_args(parser)
     parser.add_argument("--engine", choices=ENGINE_NAMES, default="auto", help=ENGINE_HELP)
     parser.add_argument("--device", default="auto", help="built-in engine: auto, cpu or cuda")
     parser.add_argument("--cistem-bin", help="folder holding cisTEM's refine2d and merge2d")
@@ -87,6 +88,45 @@ def add_epu_arg(parser: argparse.ArgumentParser) -> None:
                              "yield tables and alerts then name each foil hole's grid square. "
                              "Kept in the session: a restart, live2d yield and live2d status "
                              "use it without being told again")
+
+
+def notify_target(text: str) -> str:
+    """An argparse type: a notification target, refused at once with what to give instead."""
+    from live2d.notify import NotifyError, check_target
+
+    try:
+        return check_target(text)
+    except NotifyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_notify_args(parser: argparse.ArgumentParser, kept: bool = True) -> None:
+    """--notify, --smtp, --smtp-from (``kept``: and --no-notify, for commands whose session
+    keeps them)."""
+    group = parser.add_argument_group(
+        "notifications", "Each alert that fires or clears is sent to every --notify target "
+        "(kept in the session: a restart keeps sending; live2d notify-test DIR tries them)."
+        if kept else None)
+    group.add_argument("--notify", action="append", type=notify_target, metavar="URL",
+                       help="an http(s) URL to POST each alert to as JSON {text, kind, time, "
+                            "session, details} (a Slack, Mattermost or Teams incoming webhook "
+                            "shows the text), or mailto:ADDRESS (needs --smtp); repeat it for "
+                            "several. Given, it replaces the targets the session kept")
+    group.add_argument("--smtp", metavar="HOST[:PORT]",
+                       help="the mail server for mailto: targets (port 25 by default; plain "
+                            "SMTP, as a facility's relay takes it)")
+    group.add_argument("--smtp-from", metavar="ADDRESS",
+                       help="the sender of the e-mails (default live2d@ this machine's name)")
+    if kept:
+        group.add_argument("--no-notify", action="store_true",
+                           help="stop sending alerts: forget the targets the session kept")
+
+
+def notify_options(args: argparse.Namespace) -> dict:
+    """The Session keyword arguments of the notification options given (those not given keep
+    the session's)."""
+    notify = [] if args.no_notify else args.notify
+    return {"notify": notify, "smtp": args.smtp, "smtp_from": args.smtp_from}
 
 
 def add_setting_args(parser: argparse.ArgumentParser) -> None:
@@ -147,7 +187,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         session = Session(args.warp_dir, args.output, engine=args.engine, device=args.device,
                           cistem_bin=args.cistem_bin, executor=executor, star=args.star,
-                          epu_dir=args.epu)
+                          epu_dir=args.epu, **notify_options(args))
         session.update_settings(setting_overrides(args))
         session.check_workers()
     except (EngineError, SessionError, SettingsError, WarpFolderError, OSError) as exc:

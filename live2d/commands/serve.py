@@ -16,7 +16,9 @@ from live2d.commands.run import (
     ENGINE_HELP,
     add_cluster_args,
     add_epu_arg,
+    add_notify_args,
     add_setting_args,
+    notify_options,
     setting_overrides,
 )
 from live2d.engines import ENGINE_NAMES
@@ -41,6 +43,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "(default: WARP_DIR's parent, or the current folder without "
                              "WARP_DIR)")
     add_epu_arg(parser)
+    add_notify_args(parser)
     parser.add_argument("--engine", choices=ENGINE_NAMES, default="auto", help=ENGINE_HELP)
     parser.add_argument("--device", default="auto",
                         help="where the built-in engine runs: auto, cpu or cuda[:N]")
@@ -64,6 +67,11 @@ def main(args: argparse.Namespace) -> int:
         print("live2d serve: --epu needs WARP_DIR (the session of that folder keeps it)",
               file=sys.stderr)
         return 1
+    notify = notify_options(args)
+    if not args.warp_dir and any(value is not None for value in notify.values()):
+        print("live2d serve: --notify and --smtp need WARP_DIR (the session of that folder "
+              "keeps them)", file=sys.stderr)
+        return 1
     try:
         executor = make_executor(args.scheduler, args.cluster, args.cluster_config)
     except EngineError as exc:
@@ -74,7 +82,8 @@ def main(args: argparse.Namespace) -> int:
             controller = Controller(args.warp_dir, args.output, engine=args.engine,
                                     device=args.device, cistem_bin=args.cistem_bin,
                                     warp_root=args.warp_root, executor=executor,
-                                    settings=setting_overrides(args), epu_dir=args.epu)
+                                    settings=setting_overrides(args), epu_dir=args.epu,
+                                    notify=notify)
         except (EngineError, WarpFolderError, SessionError, SettingsError, OSError) as exc:
             print(f"live2d serve: {exc}", file=sys.stderr)
             return 1

@@ -107,6 +107,17 @@ def print_alerts(folder: Path) -> None:
         print(f"ALERT since {since}: {alert.message}")
 
 
+def print_notify(state: dict) -> None:
+    """Where the alerts are sent (live2d.notify), webhooks by host only: their paths are their
+    secrets, and a status is pasted into chats and tickets."""
+    from live2d.notify import shown
+
+    targets = state.get("notify") or []
+    if targets:
+        print(f"alerts sent to: {', '.join(shown(target) for target in targets)}"
+              + (f" (mail through {state['smtp']})" if state.get("smtp") else ""))
+
+
 def print_forecast(folder: Path) -> None:
     """Good particles per hour, the time to the target and whether new views appear, by the
     latest scored cycle (nothing before there is one)."""
@@ -177,6 +188,7 @@ def main(args: argparse.Namespace) -> int:
     print_classes(path.parent, history)
     print_keeping_up(path.parent, history)
     print_alerts(path.parent)
+    print_notify(state)
     print_forecast(path.parent)
     print_exports(path.parent)
     print_left_out(path.parent)

@@ -34,6 +34,7 @@ from live2d.errors import (
 )
 from live2d.history import CycleRecord, read_class_table
 from live2d.layouts import WARP, detect_layout
+from live2d.notify import DeliveryError, check_message, deliver, shown
 from live2d.output_folder import EXPORTS, export_name, is_export_name
 from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings
 from live2d.selection import MARKS
@@ -47,14 +48,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("live2d")
 Publish = Callable[[dict[str, Any]], None]
 COMMANDS = ("get_state", "start_job", "start_automatic", "stop", "set_warp_dir", "ping", "mark",
-            "export")
+            "export", "set_notify", "test_notify")
 # The fields each command may carry besides "command" and "id" (the older ones share a set).
-FIELDS = {"mark": {"classes", "cycle"}, "export": set()}
+FIELDS = {"mark": {"classes", "cycle"}, "export": set(),
+          "set_notify": {"notify", "smtp", "smtp_from"}, "test_notify": set()}
 OLDER_FIELDS = {"job_type", "settings", "hard", "path"}
 # What each command that changes the session is refused as, on a folder watched read-only.
 CHANGES = {"start_job": "start a job", "start_automatic": "start automatic jobs",
-           "stop": "stop jobs", "mark": "mark classes", "export": "export particles"}
-SLOW_COMMANDS = ("export",)  # the web layer runs these off its event loop
+           "stop": "stop jobs", "mark": "mark classes", "export": "export particles",
+           "set_notify": "change where alerts are sent",
+           "test_notify": "send a test notification"}
+# The web layer runs these off its event loop: an export writes every selected particle's row;
+# the notification commands wait on receivers (a test's answer, the old sender's last tries).
+SLOW_COMMANDS = ("export", "set_notify", "test_notify")
+MAX_NOTIFY_TARGETS = 20
 CLASS_NUMBER = re.compile(r"[1-9][0-9]{0,4}")
 MAX_MARKS = 1000
 WATCH_SECONDS = 2.0  # how often the Warp folder is checked for what it lacks
@@ -74,11 +81,13 @@ class Controller:
                  engine: str = "auto", device: str = "auto", cistem_bin: str | None = None,
                  warp_root: str | Path | None = None, settings: dict[str, Any] | None = None,
                  publish: Publish = lambda event: None, executor: Executor | None = None,
-                 epu_dir: str | Path | None = None) -> None:
+                 epu_dir: str | Path | None = None,
+                 notify: dict[str, Any] | None = None) -> None:
         """``warp_dir`` None: no session until the page picks a folder (under ``warp_root``,
         default: ``warp_dir``'s parent, else the current folder). ``settings``: applied to the
         first session opened. ``executor``: where cycles' slices run (a Dask cluster); the
-        caller closes it. ``epu_dir``: the EPU session folder of ``warp_dir``'s session."""
+        caller closes it. ``epu_dir``: the EPU session folder of ``warp_dir``'s session;
+        ``notify``: its notification options (Session's notify, smtp, smtp_from)."""
         self.publish = publish
         self._engine_options = {"engine": engine, "device": device, "cistem_bin": cistem_bin,
                                 "executor": executor}
@@ -102,7 +111,8 @@ class Controller:
         self._tables: dict[Path, tuple[int, list]] = {}  # class table files read, by mtime
         self._closed = threading.Event()
         if warp_dir is not None:
-            self.session = self._open(warp_dir, output_dir, epu_dir=epu_dir)
+            self.session = self._open(warp_dir, output_dir, epu_dir=epu_dir,
+                                      notify=notify or {})
         self._missing = self._check_folder()
         self._watcher = threading.Thread(target=self._watch, name="live2d-watch", daemon=True)
         self._watcher.start()
@@ -264,6 +274,11 @@ class Controller:
             return self._mark(message.get("classes"), message.get("cycle"))
         if command == "export":
             return self._export()
+        if command == "set_notify":
+            return self._set_notify(message.get("notify"), message.get("smtp"),
+                                    message.get("smtp_from"))
+        if command == "test_notify":
+            return self._test_notify()
         settings = self._apply_settings(message.get("settings"))
         if command == "start_job":
             job_type = message.get("job_type", settings.mode)
@@ -339,6 +354,44 @@ class Controller:
                 "cycle": exported.cycle, "classes": exported.classes,
                 "particles": exported.particles}
 
+    def _set_notify(self, targets: Any, smtp: Any, smtp_from: Any) -> dict[str, Any]:
+        """Replace where the session sends its alerts: ``notify`` every target (the page sees
+        webhooks by host only, so an edit gives them all again), ``smtp`` and ``smtp_from``
+        unchanged where absent."""
+        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            raise CommandError("'notify' must be a list of http(s) URLs and mailto: addresses "
+                               "([] sends alerts nowhere)")
+        if len(targets) > MAX_NOTIFY_TARGETS:
+            raise CommandError(f"at most {MAX_NOTIFY_TARGETS} notification targets")
+        for name, value in (("smtp", smtp), ("smtp_from", smtp_from)):
+            if value is not None and not isinstance(value, str):
+                raise CommandError(f"'{name}' must be text")
+        try:
+            summary = self.session.set_notify([t for t in targets if t.strip()], smtp,
+                                              smtp_from)
+        except SettingsError as exc:  # NotifyError: says what to give instead
+            raise CommandError(str(exc)) from None
+        where = ", ".join(summary["targets"]) or "no one"
+        return {"type": "ok", "message": f"alerts are sent to {where}"}
+
+    def _test_notify(self) -> dict[str, Any]:
+        """One test message to each of the session's targets, at once and once (the page waits
+        for the answer): which arrived, and why the others did not."""
+        state = self.session.state
+        if not state.notify:
+            raise CommandError("no notification targets: add a webhook URL or mailto: address "
+                               "first")
+        message = check_message(self.session.output_dir, self.session.warp_dir)
+        results = []
+        for target in state.notify:
+            try:
+                deliver(target, message, state.smtp, state.smtp_from)
+                results.append(f"sent to {shown(target)}")
+            except DeliveryError as exc:
+                results.append(f"failed: {shown(target)}: {exc}")
+        return {"type": "notify_test", "message": "; ".join(results),
+                "ok": not any(r.startswith("failed") for r in results)}
+
     def _apply_settings(self, values: Any) -> Settings:
         if values is None:
             return self.session.settings
@@ -396,7 +449,9 @@ class Controller:
             # A watched folder's settings are another process's: the new folder keeps its own.
             carried = old.settings if isinstance(old, Session) else None
             self.session = self._open(folder, None, carried)
-        except (EngineError, SessionError, OSError) as exc:  # e.g. the workers cannot see it
+        # e.g. the workers cannot see it; a session.json edited by hand (its settings or
+        # notification targets refused)
+        except (EngineError, SessionError, SettingsError, OSError) as exc:
             raise CommandError(str(exc)) from None
         if old is not None:
             old.close()
@@ -406,11 +461,11 @@ class Controller:
         return {"type": "ok", "message": f"now watching {folder}"}
 
     def _open(self, warp_dir: Path, output_dir: str | Path | None,
-              settings: Settings | None = None,
-              epu_dir: str | Path | None = None) -> Session | SessionView:
+              settings: Settings | None = None, epu_dir: str | Path | None = None,
+              notify: dict[str, Any] | None = None) -> Session | SessionView:
         try:
             session = Session(warp_dir, output_dir, settings=settings, epu_dir=epu_dir,
-                              **self._engine_options)
+                              **(notify or {}), **self._engine_options)
         except SessionInUse as exc:
             # The page may still watch: a run on the command line, or Scipion's, is often
             # what the user wants to see. Nothing is written until that process stops.
@@ -421,6 +476,9 @@ class Controller:
             if settings is not None or self._first_settings or epu_dir is not None:
                 log.warning("the settings given to this server are not applied while the "
                             "folder is read-only here (they are if this page takes it over)")
+            if notify:
+                log.warning("the notification targets given to this server are not applied "
+                            "while the folder is read-only here")
             view.add_listener(self._forward)
             return view
         try:

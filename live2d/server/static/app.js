@@ -68,6 +68,13 @@ function receive(message) {
     if (page.exporting) exportDone(message.message);
   } else if (message.type === "ok") {
     hideError();
+  } else if (message.type === "notify") {
+    if (page.state) page.state.notify = message.notify;
+    renderNotify(message.notify);
+  } else if (message.type === "notify_test") {
+    hideError();
+    $("notify-status").textContent = message.message;
+    $("notify-status").classList.toggle("warning", !message.ok);
   } else if (message.type === "exported") {
     hideError();
     exportDone(`${message.message}.`);
@@ -114,6 +121,7 @@ function render() {
   for (const id of ["start-job", "start-automatic"]) $(id).disabled = !s.warp_dir || !!s.read_only;
   $("particles").textContent = `${s.particles.toLocaleString()} particles imported`;
   renderDisk(s.disk);
+  renderNotify(s.notify);
   renderSettings();
   renderProgress(s.progress);
   renderCycles();
@@ -688,6 +696,19 @@ document.addEventListener("DOMContentLoaded", () => {
     $("warp-input").focus();
   });
   $("warp-cancel").addEventListener("click", () => { $("warp-dialog").hidden = true; });
+  $("smtp-input").addEventListener("input", () => { $("smtp-input").dataset.edited = "1"; });
+  $("notify-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const targets = $("notify-input").value.split("\n").map((line) => line.trim())
+      .filter((line) => line);
+    delete $("smtp-input").dataset.edited;
+    send({ command: "set_notify", notify: targets, smtp: $("smtp-input").value });
+  });
+  $("notify-test").addEventListener("click", () => {
+    $("notify-status").textContent = "sending a test to each target…";
+    $("notify-status").classList.remove("warning");
+    send({ command: "test_notify" });
+  });
   $("warp-form").addEventListener("submit", (e) => {
     e.preventDefault();
     send({ command: "set_warp_dir", path: $("warp-input").value });
@@ -711,4 +732,12 @@ function renderDisk(disk) {
   const line = $("disk");
   line.textContent = disk ? `Disk: ${disk.text}` : "";
   line.classList.toggle("warning", Boolean(disk && disk.low));
+}
+
+// Where alerts are sent (webhooks by host only); the mail server unless being edited.
+function renderNotify(notify) {
+  $("notify-settings").hidden = !notify;  // no folder chosen yet: no session to keep them
+  if (!notify) return;
+  $("notify-now").textContent = notify.targets.length ? notify.targets.join(", ") : "no one";
+  if (!$("smtp-input").dataset.edited) $("smtp-input").value = notify.smtp;
 }
