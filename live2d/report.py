@@ -18,6 +18,7 @@ import io
 import json
 import os
 import platform
+import re
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -40,7 +41,7 @@ from live2d.errors import SelectionError
 from live2d.forecast import forecast, particle_times
 from live2d.history import CycleRecord, read_class_table, read_history
 from live2d.mrc import read_images
-from live2d.output_folder import YIELD_TABLES, OutputFolder
+from live2d.output_folder import DEFAULT_OUTPUT, YIELD_TABLES, OutputFolder
 from live2d.schedule import JOB_LABELS, Settings
 from live2d.selection import (
     SelectionState,
@@ -110,6 +111,15 @@ def session_report(folder: str | os.PathLike, epu_dir: str | os.PathLike | None 
             f"<title>Live2D session report: {_e(output.root.name)}</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(sections)
             + "\n</body></html>\n")
+
+
+def report_name(folder: str | os.PathLike, now: float) -> str:
+    """A file name for the report of the session in ``folder`` made at ``now``: the Warp
+    folder's name (the output folder's is usually "classification") and the time."""
+    folder = Path(folder)
+    named = folder.parent if folder.name == DEFAULT_OUTPUT else folder
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", named.name) or "session"
+    return f"live2d_report_{stem}_{time.strftime('%Y%m%d_%H%M', time.localtime(now))}.html"
 
 
 def _summary(output: OutputFolder, state: SessionState, history: list[CycleRecord]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from live2d.commands.status import find_state
@@ -16,8 +17,9 @@ from live2d.commands.status import find_state
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, metavar="DIR",
                         help="the session's output folder, or the Warp folder it classifies")
-    parser.add_argument("--to", type=Path, default=Path("live2d_report.html"), metavar="FILE",
-                        help="the HTML file to write (default: live2d_report.html here)")
+    parser.add_argument("--to", type=Path, metavar="FILE",
+                        help="the HTML file to write (default: live2d_report_<Warp folder>_"
+                             "<time>.html in the current folder)")
     parser.add_argument("--epu", type=Path, metavar="EPU_DIR",
                         help="the EPU session folder, for the grid square of each foil hole "
                              "(default: the one the session was started with)")
@@ -25,7 +27,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from live2d.atomic import atomic_write_text
-    from live2d.report import ReportError, session_report
+    from live2d.report import ReportError, report_name, session_report
 
     state = find_state(args.dir, "report")
     if state is None:
@@ -40,10 +42,11 @@ def main(args: argparse.Namespace) -> int:
     except ReportError as exc:
         print(f"live2d report: {exc}", file=sys.stderr)
         return 1
+    to = args.to or Path(report_name(state.parent, time.time()))
     try:
-        atomic_write_text(args.to, page)
+        atomic_write_text(to, page)
     except OSError as exc:
-        print(f"live2d report: cannot write {args.to}: {exc}", file=sys.stderr)
+        print(f"live2d report: cannot write {to}: {exc}", file=sys.stderr)
         return 1
-    print(f"report of {state.parent} written to {args.to}")
+    print(f"report of {state.parent} written to {to}")
     return 0
