@@ -15,6 +15,7 @@ setup(
     install_requires=[
         # Versions chosen to coexist with scipion-em's pins (numpy 1.26, mrcfile <= 1.4.3).
         "numpy>=1.24,<2",
+        "matplotlib>=3.5",  # the figures of live2d report
         "mrcfile>=1.4,<=1.4.3",
         "pandas>=1.5",
         "pillow>=9",

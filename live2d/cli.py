@@ -27,6 +27,7 @@ COMMANDS = {
     "status": "print the history of a session's cycles and its latest classes",
     "export": "write the particles of the good classes as a RELION star",
     "yield": "print the good particles per grid square, hole or micrograph",
+    "report": "write a session's report as one self-contained HTML file",
     "simulate": "write a simulated Warp session (optionally live)",
     "serve": "serve the live web page for a Warp folder",
     "demo": "simulate a live session and serve the page on it",

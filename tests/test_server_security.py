@@ -73,7 +73,7 @@ def test_serving_on_every_interface_prints_a_url_with_a_generated_token(tmp_path
     assert "?token=" in line and len(line.split("?token=")[1].strip()) >= 20
 
 
-@pytest.mark.parametrize("path", ["/", "/static/app.js", "/files/cycle_001.mrc"])
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/files/cycle_001.mrc", "/report"])
 def test_without_the_token_everything_is_forbidden(token_server, path):
     status, _, _ = get(token_server.url + path)
     assert status == 403
@@ -88,6 +88,20 @@ def test_the_token_opens_the_page_and_then_a_cookie_carries_it(token_server):
     assert "HttpOnly" in headers["Set-Cookie"]
     status, body, _ = get(f"{token_server.url}/files/cycle_001.star", {"Cookie": cookie})
     assert status == 200 and b"_cisTEMPositionInStack" in body
+
+
+def test_the_session_report_is_a_download_with_the_token_only(token_server):
+    status, _, headers = get(f"{token_server.url}/?token={TOKEN}")
+    cookie = headers["Set-Cookie"].split(";")[0]
+    before = sorted(token_server.controller.session.output_dir.rglob("*"))
+    status, body, headers = get(f"{token_server.url}/report", {"Cookie": cookie})
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert re.fullmatch(r'attachment; filename="live2d_report_warp_\d{8}_\d{4}\.html"',
+                        headers["Content-Disposition"])
+    page = body.decode("utf-8")
+    assert "Live2D session report" in page and "Classes of cycle" in page
+    assert page.count("alt='class ") == SMALL["classes"]
+    assert sorted(token_server.controller.session.output_dir.rglob("*")) == before
 
 
 def test_a_websocket_without_the_token_is_refused(token_server):

@@ -5,8 +5,8 @@ every request (``?token=`` once, then a cookie), with at most GUESSES wrong ones
 a minute; the token never reaches the log. Without a token only loopback Host names are answered
 (DNS rebinding: a site whose name resolves to 127.0.0.1 sends its own). Websocket handshakes must
 come from the page's own origin. Only the page's static files and the session's own outputs
-(cycle MRC/star, class tables, class PNGs, the selection's exports) are served, each after
-resolving symlinks and checking it lies under its root.
+(cycle MRC/star, class tables, class PNGs, the selection's exports) and the session's report are
+served, each file after resolving symlinks and checking it lies under its root.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from tornado import ioloop, iostream, web, websocket
 from live2d.cistem_star import StarFormatError
 from live2d.history import particle_results_kept, write_particle_star
 from live2d.output_folder import EXPORTS, SERVED_FILES, THUMBNAIL, OutputFolder, cycle_stem
+from live2d.report import ReportError, report_name, session_report
 from live2d.server.control import CommandError, Controller
 from live2d.thumbnails import write_thumbnails
 
@@ -237,6 +238,27 @@ class OutputHandler(_Guarded):
                     return
 
 
+class ReportHandler(_Guarded):
+    """The session's report (live2d.report), made for this download: the page's "Report"."""
+
+    async def get(self) -> None:
+        session = self.settings["controller"].session
+        if session is None:  # no Warp folder chosen yet: no session to report on
+            raise web.HTTPError(404, "no session yet: choose a Warp folder first")
+        root = session.output_dir.resolve()
+        # Made off the loop (it reads the store: seconds on a large session), kept in memory
+        # rather than a file, so nothing is written into the folder or left behind.
+        try:
+            page = await ioloop.IOLoop.current().run_in_executor(None, session_report, root)
+        except ReportError as exc:  # session.json unreadable at this moment
+            raise web.HTTPError(503, str(exc)) from None
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Disposition",
+                        f'attachment; filename="{report_name(root, time.time())}"')
+        self.write(page.encode("utf-8"))
+
+
 def _streamed_star(session, root: Path, name: str) -> Path | None:
     """The star of the streaming update ``name`` (cycle_NNN.star) names, written to a
     temporary file from its batches' rows; None for any other name, or when they are gone."""
@@ -305,6 +327,7 @@ def make_app(controller: Controller, token: str | None = None) -> web.Applicatio
             (r"/", PageHandler),
             (r"/static/(.*)", StaticHandler, {"path": str(STATIC_DIR)}),
             (r"/files/(.+)", OutputHandler),
+            (r"/report", ReportHandler),
             (r"/ws", SocketHandler),
         ],
         controller=controller,
