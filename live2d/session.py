@@ -39,7 +39,7 @@ from live2d.cycle import CycleInputs, clean_work_folder, run_cycle
 from live2d.disk import DiskUse, DiskWatch
 from live2d.engines import Engine, make_engine
 from live2d.epu import epu_folder_problem, read_hole_squares
-from live2d.errors import CycleCancelled, EngineError, NotifyError, SessionError
+from live2d.errors import CycleCancelled, EngineError, SessionError
 from live2d.forecast import forecast, particle_times
 from live2d.history import CycleRecord
 from live2d.importer import Importer, ImportReport
@@ -142,7 +142,7 @@ class Session:
         self._folder_lock = SessionLock.acquire(self.output_dir, owner)
         try:
             self._open(settings, engine, device, cistem_bin, executor, star, particle_feed,
-                       epu_dir)
+                       epu_dir, notify, smtp, smtp_from)
         except BaseException:
             if hasattr(self, "_log_handler"):  # the logger's until removed
                 logging.getLogger("live2d").removeHandler(self._log_handler)
@@ -153,7 +153,8 @@ class Session:
     def _open(self, settings: Settings | None, engine: Engine | str, device: str,
               cistem_bin: str | None, executor: Executor | None, star: str | Path | None,
               particle_feed: Callable[[ParticleStore], ParticleFeed] | None,
-              epu_dir: str | Path | None) -> None:
+              epu_dir: str | Path | None, notify: Sequence[str] | None, smtp: str | None,
+              smtp_from: str | None) -> None:
         self._engine_choice = engine
         self._engine_options = {"device": device, "cistem_bin": cistem_bin,
                                 "executor": executor}
@@ -181,11 +182,8 @@ class Session:
             self._write_state()
         self._epu_folder()  # a folder that cannot be read is said now, not at the first cycle
         self._notifier: Notifier | None = None
-        try:
-            self._notifier = self._keep_notify(notify, smtp, smtp_from)
-        except NotifyError:
-            self.close()  # the log handler, attached above
-            raise
+        # NotifyError: __init__ detaches the log handler and releases the folder.
+        self._notifier = self._keep_notify(notify, smtp, smtp_from)
         self.store = ParticleStore(self.output_dir)
         self.importer: ParticleFeed = Importer(
             self.warp_dir, self.store, which=self.settings.particle_file,
