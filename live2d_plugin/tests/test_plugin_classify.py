@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sqlite3
 import sys
 import unittest
 from pathlib import Path
@@ -16,7 +17,7 @@ import mrcfile
 import numpy as np
 import pytest
 from plugin_test_helpers import BOX, PIXEL_SIZE, ProjectTestCase, output_size, simulate_warp
-from pwem.objects import SetOfClasses2D, SetOfParticles
+from pwem.objects import SetOfAverages, SetOfClasses2D, SetOfParticles
 from pwem.protocols import ProtSplitSet
 from pyworkflow.protocol.constants import MODE_RESUME
 
@@ -274,6 +275,23 @@ class TestClassify(ProjectTestCase):
             self.assertEqual(seen, sum(1 for c in record.class_counts if c))
         finally:
             classes.close()
+        self.check_quality_columns_shown(prot)
+
+    def check_quality_columns_shown(self, prot) -> None:
+        """Scipion's metadata viewer, opened on outputClasses, is told to show each class's
+        selection, score and resolution beside its size, and they are columns of the file."""
+        from pwem.viewers.mdviewer.viewer import MDView
+
+        import live2d_plugin.viewers  # noqa: F401  (Scipion loads it with the plugin's viewers)
+
+        visible, order, _render = MDView(prot.outputClasses, prot, 1).getVisibleAndOrderLabels()
+        wanted = [SELECTED_ATTRIBUTE, SCORE_ATTRIBUTE, RESOLUTION_ATTRIBUTE]
+        for labels in (visible.split(), order.split()):
+            self.assertEqual(labels[labels.index("_size") + 1:][:3], wanted)
+        with sqlite3.connect(prot.outputClasses.getFileName()) as connection:
+            stored = {label for (label,) in connection.execute(
+                "SELECT label_property FROM Classes")}
+        self.assertLessEqual(set(wanted), stored)
 
     def check_selected_particles(self, prot, cycle: int) -> None:
         """outputParticles hold the members of the selected classes of the cycle, as
@@ -322,6 +340,24 @@ class TestClassify(ProjectTestCase):
         self.assertEqual(set(got), set(wanted))
         for pid, matrix in got.items():
             np.testing.assert_allclose(matrix, wanted[pid], atol=1e-6)
+        # outputAverages too: each class average once, as an image of the cycle's stack.
+        split = self.new(ProtSplitSet, label="split the averages", numberOfSets=2)
+        split.inputSet.set(classify)
+        split.inputSet.setExtended("outputAverages")
+        self.proj.launchProtocol(split, wait=True)
+        done = self.load(split)
+        self.assertTrue(done.isFinished(), f"{done.getErrorMessage()}\n{self.log_tail(split)}")
+        locations = []
+        for name in ("outputAverages01", "outputAverages02"):
+            half = SetOfAverages(filename=getattr(done, name).getFileName())
+            try:
+                locations += [average.getLocation() for average in half]
+            finally:
+                half.close()
+        cycle = classify.publishedCycle.get()
+        classes = len(next(r for r in history_of(classify) if r.number == cycle).class_counts)
+        self.assertEqual(sorted(index for index, _ in locations), list(range(1, classes + 1)))
+        self.assertEqual({Path(name).name for _, name in locations}, {f"cycle_{cycle:03d}.mrcs"})
 
     def test_builtin_engine_on_a_growing_set_republishes_classes(self) -> None:
         warp_dir = self.work / "warp"
