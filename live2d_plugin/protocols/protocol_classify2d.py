@@ -684,6 +684,11 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
                              f"and {record.revisited} re-visited particles classified, "
                              f"{sum(record.class_counts)} in the classes; high-res limit "
                              f"{record.high_res:.1f} Å, engine: {engine_text(record.engine)}.")
+                if record.latency:
+                    median, _p99, longest = record.latency
+                    lines.append(f"Its new particles were in the classes {median / 60:.1f} min "
+                                 f"(median), at most {longest / 60:.1f} min, after Warp wrote "
+                                 "their stack.")
             elif record is not None:
                 lines.append(f"Job {record.job} ({JOB_LABELS[record.job_type].lower()}), "
                              f"{record.block} cycle {record.block_cycle}, "

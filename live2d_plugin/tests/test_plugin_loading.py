@@ -236,7 +236,7 @@ class TestForms(ProjectTestCase):
         update = dataclasses.replace(record, number=4, job=2, job_type="stream",
                                      block="update", particles=1000, class_counts=[330] * 3,
                                      batches=[[0, 900, 3], [900, 1000, 4]], new_particles=100,
-                                     revisited=0)
+                                     revisited=0, latency=[192.0, 290.0, 306.0])
         prot._history = lambda: [record, update]
         prot.publishedCycle.set(4)
         prot.publishedParticles.set(1000)
@@ -246,6 +246,8 @@ class TestForms(ProjectTestCase):
                       "classified, 990 in the classes", summary)
         self.assertIn("250 input particles arrived since and wait for the next streaming "
                       "update", summary)
+        self.assertIn("Its new particles were in the classes 3.2 min (median), at most 5.1 min, "
+                      "after Warp wrote their stack", summary)
 
     def test_classify_form_has_the_issue_parameters_with_live2d_defaults(self) -> None:
         prot = self.new(ProtLive2DClassify2D)
