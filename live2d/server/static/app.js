@@ -9,6 +9,7 @@ const page = {
   tables: {}, tablesFor: null, fetching: new Set(),  // class tables by cycle number
   exporting: false,
   square: null,  // the grid square whose foil holes are listed
+  mapShown: undefined,  // the grid map the tiles show
 };
 
 function connect() {
@@ -792,6 +793,11 @@ function yieldColour(fraction) {
 }
 
 function renderGridMap(map) {
+  // Updates between cycles carry no map (the page keeps its own): the tiles are drawn again
+  // only for a new one, never under the user's click.
+  map = map ?? null;  // no folder yet: no map either
+  if (map === page.mapShown) return;
+  page.mapShown = map;
   const tiles = $("squares");
   const note = $("grid-map-note");
   if (!map) {
@@ -838,7 +844,10 @@ function renderGridMap(map) {
     }
     tile.addEventListener("click", () => {
       page.square = square.grid_square;
-      renderGridMap(page.state.grid_map);
+      for (const other of tiles.children) {
+        other.setAttribute("aria-pressed", String(other === tile));
+      }
+      renderHoles(square);
     });
     return tile;
   }));
