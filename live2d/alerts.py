@@ -10,6 +10,10 @@ measures the output folder; ``live2d status`` lists the
 alerts in force. Thresholds are settings (:class:`live2d.schedule.Settings`): 0 turns a rule off.
 
 Every alert has a key: its rule, and for a grid square the square (``square:1834522``).
+
+The web page may dismiss an alert in force (:meth:`AlertBook.dismiss`): it stays in force, and in
+``alerts.json`` marked dismissed, so that no page shows its banner again; once it clears and its
+condition starts anew it is a new alert, shown again.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +53,7 @@ class Alert:
     key: str  # its rule, ":" and what it names where a rule fires for several (a grid square)
     message: str
     since: float  # when it fired, seconds since the epoch
+    dismissed: bool = False  # a page's "dismiss": no banner until it clears and fires anew
 
     @property
     def rule(self) -> str:
@@ -82,16 +87,29 @@ class AlertBook:
         now = time.time()
         fired = [Alert(key, message, now) for key, message in firing.items()
                  if key not in self._alerts]
-        changed = {key: Alert(key, message, self._alerts[key].since)
+        changed = {key: Alert(key, message, self._alerts[key].since,
+                              self._alerts[key].dismissed)
                    for key, message in firing.items()
                    if key in self._alerts and self._alerts[key].message != message}
         if not (fired or cleared or changed):
             return [], []
         alerts = {key: a for key, a in self._alerts.items() if a not in cleared}
         alerts |= changed | {a.key: a for a in fired}
+        self._write(alerts)
+        return fired, cleared
+
+    def dismiss(self, key: str) -> Alert | None:
+        """Mark the alert ``key`` dismissed (the pages hide it) until it clears; None when no
+        such alert is in force. Raises OSError when the file cannot be written."""
+        alert = self._alerts.get(key)
+        if alert is None or alert.dismissed:
+            return alert
+        self._write(self._alerts | {key: replace(alert, dismissed=True)})
+        return self._alerts[key]
+
+    def _write(self, alerts: dict[str, Alert]) -> None:
         atomic_write_json(self.path, {"alerts": [a.to_dict() for a in alerts.values()]})
         self._alerts = alerts
-        return fired, cleared
 
 
 def read_alerts(folder: str | os.PathLike) -> list[Alert]:
@@ -100,8 +118,8 @@ def read_alerts(folder: str | os.PathLike) -> list[Alert]:
     path = Path(folder) / ALERTS
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
-        return [Alert(str(a["key"]), str(a["message"]), float(a["since"]))
-                for a in values["alerts"]]
+        return [Alert(str(a["key"]), str(a["message"]), float(a["since"]),
+                      bool(a.get("dismissed", False))) for a in values["alerts"]]
     except FileNotFoundError:
         return []
     except (OSError, ValueError, TypeError, KeyError) as exc:

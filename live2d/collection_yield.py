@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from live2d.epu import micrograph_origin
 from live2d.history import CycleRecord, particle_results_kept, particle_table, read_history
 from live2d.output_folder import YIELD_TABLES
 from live2d.selection import SelectionState, selected
+
+log = logging.getLogger("live2d")
 
 _FIGURES = ("micrographs", "particles", "good_particles", "good_fraction", "first_seen",
             "last_seen")
@@ -164,3 +167,66 @@ def write_yield_tables(folder: str | os.PathLike, particles: ScoredParticles,
     tables = yield_tables(particles, hole_squares)
     for level, name in YIELD_TABLES.items():
         atomic_write_text(folder / name, table_csv(tables[level], level))
+
+
+# Foil holes sent to the page per grid square; a square with more is cut (the page says so, and
+# yield_holes.csv has them all): the map goes to every page after every scored cycle.
+MAX_MAP_HOLES = 100
+_MAP_FIGURES = ("micrographs", "particles", "good_particles", "good_fraction", "first_seen")
+
+
+def read_table(folder: str | os.PathLike, level: str) -> list[dict]:
+    """The table ``level`` as the session last wrote it into the output folder ``folder``
+    (:func:`write_yield_tables`), figures as numbers; [] where there is none (no scored cycle
+    yet). Raises OSError or ValueError for a file that cannot be read."""
+    try:
+        text = (Path(folder) / YIELD_TABLES[level]).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    rows = []
+    for row in csv.DictReader(io.StringIO(text)):
+        for name in ("micrographs", "particles", "good_particles"):
+            row[name] = int(row[name])
+        row["good_fraction"] = float(row["good_fraction"])
+        rows.append(row)
+    return rows
+
+
+def grid_map(folder: str | os.PathLike) -> dict | None:
+    """What the page's map of grid squares shows, from the tables in the output folder
+    ``folder``: each square (in collection order, first_seen) with its figures and its foil
+    holes' (at most :data:`MAX_MAP_HOLES`, ``holes_total`` says how many it has); where no
+    square is known, the totals per micrograph only. Small: never a row per micrograph.
+    None before the first tables are written."""
+    if not (Path(folder) / YIELD_TABLES["micrograph"]).exists():  # the last one written
+        return None
+    holes: dict[str, list[dict]] = {}
+    for row in read_table(folder, "hole"):
+        holes.setdefault(row["grid_square"], []).append(row)
+    squares = []
+    for row in sorted((r for r in read_table(folder, "square") if r["grid_square"]),
+                      key=lambda r: r["first_seen"] or "~"):  # unknown times go last
+        its = sorted(holes.get(row["grid_square"], []), key=lambda r: r["first_seen"] or "~")
+        squares.append({"grid_square": row["grid_square"],
+                        **{name: row[name] for name in _MAP_FIGURES},
+                        "holes_total": len(its),
+                        "holes": [{"foil_hole": h["foil_hole"],
+                                   **{name: h[name] for name in _MAP_FIGURES}}
+                                  for h in its[:MAX_MAP_HOLES]]})
+    micrographs = read_table(folder, "micrograph")
+    particles = sum(r["particles"] for r in micrographs)
+    good = sum(r["good_particles"] for r in micrographs)
+    return {"squares": squares, "micrographs": len(micrographs), "particles": particles,
+            "good_particles": good, "holes": sum(len(h) for h in holes.values()),
+            "good_fraction": round(good / particles, 4) if particles else 0.0,
+            "max_holes": MAX_MAP_HOLES}
+
+
+def read_grid_map(folder: str | os.PathLike) -> dict | None:
+    """:func:`grid_map`, or None where the tables cannot be read (said in the log: the map is
+    advice, and the next scored cycle writes them again)."""
+    try:
+        return grid_map(folder)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("the yield tables in %s cannot be read for the page's map: %s", folder, exc)
+        return None

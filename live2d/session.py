@@ -34,7 +34,12 @@ from live2d.alerts import (
     warp_stalled,
 )
 from live2d.atomic import naming
-from live2d.collection_yield import ScoredParticles, score_particles, write_yield_tables
+from live2d.collection_yield import (
+    ScoredParticles,
+    read_grid_map,
+    score_particles,
+    write_yield_tables,
+)
 from live2d.cycle import CycleInputs, clean_work_folder, run_cycle
 from live2d.disk import DiskUse, DiskWatch
 from live2d.engines import Engine, make_engine
@@ -194,6 +199,8 @@ class Session:
                                     contrast=self.settings.contrast)
         self._disk = DiskWatch(self.output_dir)
         self.alerts = AlertBook(self.output_dir)
+        # The page's map of grid squares, read again whenever the yield tables are written.
+        self.grid_map = read_grid_map(self.output_dir)
         self.selection = ClassSelection(
             self.output_dir, self._history, self._lock,
             lambda summary: self._emit({"type": "selection", "selection": summary}))
@@ -287,6 +294,7 @@ class Session:
                 "progress": self.progress,
                 "disk": self._disk.to_dict(),
                 "alerts": [alert.to_dict() for alert in self.alerts.active],
+                "grid_map": self.grid_map,
                 "read_only": None,  # this process writes the folder (a SessionView's says why not)
                 "notify": self.notify_summary(),
             }
@@ -591,6 +599,7 @@ class Session:
         except Exception as exc:  # the tables are advice; the cycle is the work
             log.warning("yield tables of cycle %d not written: %s", record.number, exc)
             return None
+        self.grid_map = read_grid_map(self.output_dir)  # the pages have it with the cycle
         return table, particles, hole_squares
 
     def _check_cycle_alerts(self, table: pd.DataFrame, particles: ScoredParticles,
@@ -631,6 +640,18 @@ class Session:
             for alert, active in [(a, True) for a in fired] + [(a, False) for a in cleared]:
                 notifier.send(alert_message(alert.key, alert.message, alert.since, active,
                                             self.output_dir, self.warp_dir))
+
+    def dismiss_alert(self, key: str) -> bool:
+        """Hide the alert ``key`` on every page until it clears (kept in alerts.json, so that
+        a page opened or reloaded later hides it too); False when no such alert is in force.
+        Raises OSError when the file cannot be written."""
+        with self._lock:
+            alert = self.alerts.dismiss(key)
+        if alert is None:
+            return False
+        log.info("alert dismissed on the page: %s", alert.message)
+        self._emit({"type": "alert_dismissed", "key": key})
+        return True
 
     # ----------------------------------------------------------------- notifications
     def _keep_notify(self, notify: Sequence[str] | None, smtp: str | None,

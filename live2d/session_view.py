@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any, cast
 
 from live2d.alerts import read_alerts
+from live2d.collection_yield import read_grid_map
 from live2d.errors import SelectionError, SessionError
 from live2d.history import CycleHistory, CycleRecord, read_history
-from live2d.output_folder import DEFAULT_OUTPUT, OutputFolder
+from live2d.output_folder import ALERTS, DEFAULT_OUTPUT, YIELD_TABLES, OutputFolder
 from live2d.schedule import Settings
 from live2d.selection import ClassSelection, SelectionState
 from live2d.session_lock import holder
@@ -72,6 +73,7 @@ class SessionView:
                                         self._lock, lambda summary: None)
         self._particles = self._store_count()
         self._alerts = [alert.to_dict() for alert in read_alerts(self.output_dir)]
+        self._grid_map = read_grid_map(self.output_dir)
         self._read_log()
         self._seen = self._stamps()
 
@@ -126,6 +128,7 @@ class SessionView:
                 "progress": None,
                 "disk": None,
                 "alerts": self._alerts,
+                "grid_map": self._grid_map,
                 "read_only": self.read_only,
             }
         if not with_history:
@@ -156,6 +159,8 @@ class SessionView:
                 self.selection.state = SelectionState.load(self.output_dir)
             self._particles = self._store_count()
             self._alerts = [alert.to_dict() for alert in read_alerts(self.output_dir)]
+            if stamps[-len(YIELD_TABLES):] != self._seen[-len(YIELD_TABLES):]:
+                self._grid_map = read_grid_map(self.output_dir)
             self._seen = stamps
         return True
 
@@ -163,7 +168,8 @@ class SessionView:
         """The files the page's state comes from, as (size, mtime) each: what refresh compares."""
         stamps = []
         for path in (self.output.session_state, self.output.history, self.output.store_state,
-                     self.output.selection, self.output / "alerts.json"):
+                     self.output.selection, self.output / ALERTS,
+                     *(self.output / name for name in YIELD_TABLES.values())):
             try:
                 stat = path.stat()
                 stamps.append((stat.st_size, stat.st_mtime_ns, stat.st_ino))

@@ -175,3 +175,18 @@ def test_rules_judged_apart_leave_each_others_alerts_alone(tmp_path, rules):
     other = {WARP_STALLED} if rules == CYCLE_RULES else {"square:7"}
     _, cleared = book.update(rules, {})
     assert {a.key for a in book.active} == other and len(cleared) == 1
+
+
+def test_a_dismissed_alert_stays_dismissed_across_a_restart_until_it_fires_anew(tmp_path):
+    book = AlertBook(tmp_path)
+    book.update(CYCLE_RULES, {"square:7": "GridSquare_7: 10% good"})
+    assert book.dismiss("square:8") is None  # none in force: nothing written
+    assert book.dismiss("square:7").dismissed
+    book.update(CYCLE_RULES, {"square:7": "GridSquare_7: 9% good"})  # its figures change
+    reopened = AlertBook(tmp_path)  # a restart
+    assert [(a.message, a.dismissed) for a in reopened.active] == [
+        ("GridSquare_7: 9% good", True)]
+    reopened.update(CYCLE_RULES, {})
+    fired, _ = reopened.update(CYCLE_RULES, {"square:7": "GridSquare_7: 8% good"})
+    assert [a.dismissed for a in fired] == [False]
+    assert [a.dismissed for a in read_alerts(tmp_path)] == [False]

@@ -340,3 +340,107 @@ def test_a_user_sets_where_alerts_go_and_sends_a_test(server, pages):
     finally:
         hook.shutdown()
         hook.server_close()
+
+
+@pytest.fixture
+def collected(tmp_path):
+    """A server over an EPU-named session (3 grid squares of 4 foil holes each) whose first job
+    is done, with its target of good particles reached: an alert in force."""
+    from live2d.simulate import simulate
+
+    warp, epu = tmp_path / "warp", tmp_path / "epu"
+    simulate(warp, particles=480, per_micrograph=10, box=32, pixel_size=4.0, snr=0.5, views=3,
+             epu_dir=epu)
+    controller = Controller(warp, engine="builtin", epu_dir=epu,
+                            settings={**SMALL, "target_good_particles": 10})
+    controller.session.run_job("abinit")
+    running = RunningServer(controller)
+    yield running
+    running.stop()
+
+
+def banners(driver):
+    return [b for b in driver.find_elements(By.CSS_SELECTOR, "#alerts .alert-banner")
+            if b.is_displayed()]
+
+
+def test_an_alert_shows_on_every_page_and_a_dismissal_hides_it_everywhere(collected, pages):
+    from live2d.alerts import BAD_SQUARE, TARGET_REACHED
+
+    session = collected.controller.session
+    [reached] = session.alerts.active
+    assert reached.key == TARGET_REACHED  # fired by the job, before any page opened
+    page, other = pages(collected.url + "/"), pages(collected.url + "/")
+    for driver in (page, other):
+        wait(driver, lambda d: len(banners(d)) == 1, 20)
+        [banner] = banners(driver)
+        assert banner.get_attribute("data-key") == TARGET_REACHED
+        assert banner.find_element(By.CSS_SELECTOR, ".alert-text").text == reached.message
+        assert banner.find_element(By.CSS_SELECTOR, ".alert-since").text.startswith("since ")
+
+    # One that fires while the pages are open; its figures changing keep one banner.
+    square = f"{BAD_SQUARE}:24668022"
+    session._update_alerts((BAD_SQUARE,), {square: "GridSquare_24668022: 10% good particles"})
+    session._update_alerts((BAD_SQUARE,), {square: "GridSquare_24668022: 9% good particles"})
+    for driver in (page, other):
+        wait(driver, lambda d: [b.get_attribute("data-key") for b in banners(d)] ==
+             [TARGET_REACHED, square] and "9% good" in banners(d)[1].text, 20)
+
+    # Dismissed on one page: gone from both, and from a page reloaded.
+    banners(page)[1].find_element(By.CSS_SELECTOR, ".alert-dismiss").click()
+    for driver in (page, other):
+        wait(driver, lambda d: [b.get_attribute("data-key") for b in banners(d)] ==
+             [TARGET_REACHED], 20)
+    other.refresh()
+    wait(other, lambda d: d.find_element(By.ID, "connection").text == "connected")
+    wait(other, lambda d: len(banners(d)) == 1, 20)
+    assert banners(other)[0].get_attribute("data-key") == TARGET_REACHED
+
+    # It clears, then the square turns bad again: a new alert, shown again.
+    session._update_alerts((BAD_SQUARE,), {})
+    session._update_alerts((BAD_SQUARE,), {square: "GridSquare_24668022: 8% good particles"})
+    for driver in (page, other):
+        wait(driver, lambda d: len(banners(d)) == 2 and "8% good" in banners(d)[1].text, 20)
+    session._update_alerts((BAD_SQUARE,), {})  # and clears: its banner goes
+    wait(page, lambda d: len(banners(d)) == 1, 20)
+
+
+def test_the_grid_square_map_shows_each_square_and_a_click_lists_its_holes(collected, pages):
+    import csv
+
+    out = collected.controller.session.output_dir
+    with open(out / "yield_squares.csv", newline="") as handle:
+        squares = list(csv.DictReader(handle))
+    with open(out / "yield_holes.csv", newline="") as handle:
+        holes = list(csv.DictReader(handle))
+    assert len(squares) == 3
+    page = pages(collected.url + "/")
+    tiles = wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#squares .square"), 20)
+    assert [t.get_attribute("data-square") for t in tiles] == [  # collection order
+        s["grid_square"] for s in sorted(squares, key=lambda s: s["first_seen"])]
+    for shown in tiles:
+        row = next(s for s in squares if s["grid_square"] == shown.get_attribute("data-square"))
+        assert shown.find_element(By.CSS_SELECTOR, ".square-id").text == row["grid_square"]
+        good = int(float(row["good_fraction"]) * 100 + 0.5)
+        assert shown.find_element(By.CSS_SELECTOR, ".square-good").text == f"{good}% good"
+        assert shown.find_element(By.CSS_SELECTOR, ".square-particles").text == row["particles"]
+    assert not page.find_element(By.ID, "holes").is_displayed()
+
+    tiles[1].click()
+    name = tiles[1].get_attribute("data-square")
+    rows = wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#holes-table tbody tr"))
+    expected = [h for h in holes if h["grid_square"] == name]
+    assert [r.get_attribute("data-hole") for r in rows] == [h["foil_hole"] for h in expected]
+    cells = [c.text for c in rows[0].find_elements(By.TAG_NAME, "td")]
+    assert cells[:4] == [expected[0]["foil_hole"], expected[0]["micrographs"],
+                         expected[0]["particles"], expected[0]["good_particles"]]
+    assert f"GridSquare_{name}: 4 foil holes" in page.find_element(By.ID, "holes-title").text
+    assert [t.get_attribute("aria-pressed") for t in tiles] == ["false", "true", "false"]
+
+
+def test_without_epu_names_the_map_says_grid_squares_are_unknown(classified, pages):
+    page = pages(classified.url + "/")
+    note = page.find_element(By.ID, "grid-map-note")
+    wait(page, lambda d: note.text.startswith("Grid squares are unknown"), 20)
+    assert "3 micrographs, 120 particles" in note.text
+    assert not page.find_elements(By.CSS_SELECTOR, "#squares .square")

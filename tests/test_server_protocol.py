@@ -61,6 +61,11 @@ def test_every_client_gets_the_state_and_sees_a_job_run(server):
     ({"command": "start_job", "job_type": "rm -rf"}, "job_type"),
     ({"command": "stop", "hard": "yes"}, "true or false"),
     ({"command": "set_warp_dir", "path": 42}, "path"),
+    ({"command": "dismiss_alert"}, "'key' must"),
+    ({"command": "dismiss_alert", "key": ["warp_stalled"]}, "'key' must"),
+    ({"command": "dismiss_alert", "key": "x" * 201}, "'key' must"),
+    ({"command": "dismiss_alert", "key": "warp_stalled", "all": True}, "unexpected field"),
+    ({"command": "dismiss_alert", "key": "warp_stalled"}, "no alert 'warp_stalled' is in force"),
     ("x" * 70_000, "longer than"),
 ])
 def test_bad_messages_get_an_error_and_the_server_carries_on(server, message, complaint):
@@ -452,3 +457,84 @@ def test_a_streaming_updates_star_is_made_for_its_download(classified):
     with pytest.raises(HTTPError) as missing:  # no such update: nothing is made
         urllib.request.urlopen(f"{classified.url}/files/cycle_999.star", timeout=10)
     assert missing.value.code == 404
+
+
+def test_a_dismissed_alert_is_hidden_for_every_page_until_it_fires_anew(server):
+    """One page dismisses an alert: every page hears it, a page connecting later gets it
+    dismissed (alerts.json keeps it), and once it clears and fires again it is shown again."""
+    from live2d.alerts import WARP_STALLED, read_alerts
+
+    session = server.controller.session
+    stalled = {WARP_STALLED: "Warp stalled: no new particle in /warp for 25 min"}
+    session._update_alerts((WARP_STALLED,), stalled)  # as the stall rule fires it
+    first, second = Client(server), Client(server)
+    for client in (first, second):
+        alerts = client.receive()["alerts"]
+        assert [(a["key"], a["dismissed"]) for a in alerts] == [(WARP_STALLED, False)]
+
+    first.send({"command": "dismiss_alert", "key": WARP_STALLED})
+    assert first.wait_for(lambda m: m["type"] in ("ok", "error"))["type"] == "ok"
+    for client in (first, second):
+        client.wait_for_view(lambda v: [a["dismissed"] for a in v["alerts"]] == [True], 10)
+    assert [a.dismissed for a in read_alerts(session.output_dir)] == [True]
+    later = Client(server)
+    assert [a["dismissed"] for a in later.receive()["alerts"]] == [True]
+    first.send({"command": "dismiss_alert", "key": WARP_STALLED})  # twice is once
+    assert first.wait_for(lambda m: m["type"] in ("ok", "error"))["type"] == "ok"
+
+    session._update_alerts((WARP_STALLED,), {})  # particles arrive: it clears
+    second.wait_for_view(lambda v: v["alerts"] == [], 10)
+    session._update_alerts((WARP_STALLED,), stalled)  # and Warp stalls again: a new alert
+    shown = second.wait_for_view(lambda v: len(v["alerts"]) == 1, 10)["alerts"][0]
+    assert not shown["dismissed"]
+    for client in (first, second, later):
+        client.close()
+
+
+def test_a_page_gets_the_grid_square_map_with_the_state_and_after_each_cycle(tmp_path):
+    """An EPU-named session: each square with its holes in the state, in collection order; an
+    update between cycles leaves the map out (it changes with cycles only)."""
+    from live2d.collection_yield import read_table
+    from live2d.simulate import HOLES_PER_SQUARE, simulate
+
+    warp, epu = tmp_path / "warp", tmp_path / "epu"
+    simulate(warp, particles=480, per_micrograph=10, box=32, pixel_size=4.0, snr=0.5, views=3,
+             epu_dir=epu)
+    controller = Controller(warp, engine="builtin", settings=SMALL, epu_dir=epu)
+    try:
+        assert controller.state()["grid_map"] is None  # no scored cycle yet
+        controller.session.run_job("abinit")
+        grid = controller.state()["grid_map"]
+        squares = read_table(controller.session.output_dir, "square")
+        assert [s["grid_square"] for s in grid["squares"]] == sorted(
+            (s["grid_square"] for s in squares), key=lambda name: next(
+                s["first_seen"] for s in squares if s["grid_square"] == name))
+        assert len(grid["squares"]) == 3
+        for shown, row in zip(grid["squares"], squares, strict=True):
+            assert shown["good_fraction"] == row["good_fraction"]
+            assert shown["holes_total"] == len(shown["holes"]) == HOLES_PER_SQUARE
+            assert sum(h["particles"] for h in shown["holes"]) == shown["particles"] == 160
+        assert grid["micrographs"] == 48 and grid["particles"] == 480
+        assert "grid_map" not in controller.update()
+        assert controller.update(new_cycle=True)["grid_map"] == grid
+    finally:
+        controller.close()
+
+
+def test_the_map_sends_at_most_so_many_holes_per_square(tmp_path, monkeypatch):
+    """A square of many holes: the first ones in collection order, and how many it has."""
+    from live2d import collection_yield
+    from live2d.collection_yield import grid_map, table_csv
+
+    holes = [{"grid_square": "7", "foil_hole": str(100 + i), "micrographs": 1, "particles": 10,
+              "good_particles": 5, "good_fraction": 0.5,
+              "first_seen": f"2024-01-01T00:{i:02d}:00Z", "last_seen": ""} for i in range(30)]
+    square = {"grid_square": "7", "micrographs": 30, "particles": 300, "good_particles": 150,
+              "good_fraction": 0.5, "first_seen": "2024-01-01T00:00:00Z", "last_seen": ""}
+    (tmp_path / "yield_squares.csv").write_text(table_csv([square], "square"))
+    (tmp_path / "yield_holes.csv").write_text(table_csv(holes[::-1], "hole"))
+    (tmp_path / "yield_micrographs.csv").write_text(table_csv([], "micrograph"))
+    monkeypatch.setattr(collection_yield, "MAX_MAP_HOLES", 12)
+    shown = grid_map(tmp_path)["squares"][0]
+    assert shown["holes_total"] == 30
+    assert [h["foil_hole"] for h in shown["holes"]] == [str(100 + i) for i in range(12)]

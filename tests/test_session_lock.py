@@ -169,6 +169,7 @@ def test_the_page_attaches_read_only_beside_a_writer_and_refuses_changes(holding
                 ({"command": "stop"}, "stop jobs"),
                 ({"command": "mark", "classes": {"1": "good"}}, "mark classes"),
                 ({"command": "export"}, "export particles"),
+                ({"command": "dismiss_alert", "key": "warp_stalled"}, "dismiss alerts"),
                 ({"command": "start_job", "settings": {"classes": 5}}, "start a job")):
             with pytest.raises(CommandError, match=f"cannot {what} from this page: Watching "
                                                    "read-only"):

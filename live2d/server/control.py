@@ -48,22 +48,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("live2d")
 Publish = Callable[[dict[str, Any]], None]
 COMMANDS = ("get_state", "start_job", "start_automatic", "stop", "set_warp_dir", "ping", "mark",
-            "export", "set_notify", "test_notify")
+            "export", "set_notify", "test_notify", "dismiss_alert")
 # The fields each command may carry besides "command" and "id" (the older ones share a set).
 FIELDS = {"mark": {"classes", "cycle"}, "export": set(),
-          "set_notify": {"notify", "smtp", "smtp_from"}, "test_notify": set()}
+          "set_notify": {"notify", "smtp", "smtp_from"}, "test_notify": set(),
+          "dismiss_alert": {"key"}}
 OLDER_FIELDS = {"job_type", "settings", "hard", "path"}
 # What each command that changes the session is refused as, on a folder watched read-only.
 CHANGES = {"start_job": "start a job", "start_automatic": "start automatic jobs",
            "stop": "stop jobs", "mark": "mark classes", "export": "export particles",
            "set_notify": "change where alerts are sent",
-           "test_notify": "send a test notification"}
+           "test_notify": "send a test notification",
+           "dismiss_alert": "dismiss alerts"}
 # The web layer runs these off its event loop: an export writes every selected particle's row;
 # the notification commands wait on receivers (a test's answer, the old sender's last tries).
 SLOW_COMMANDS = ("export", "set_notify", "test_notify")
 MAX_NOTIFY_TARGETS = 20
 CLASS_NUMBER = re.compile(r"[1-9][0-9]{0,4}")
 MAX_MARKS = 1000
+MAX_ALERT_KEY = 200  # keys are a rule and a grid square's id: far shorter
 WATCH_SECONDS = 2.0  # how often the Warp folder is checked for what it lacks
 
 
@@ -139,14 +142,16 @@ class Controller:
         """What changes while a session runs, for pages that have its :meth:`state`: no cycle
         history (a finished cycle is sent on its own) and the good-particle history's latest
         point only, so that its size does not grow with the number of cycles. The latest class
-        table only after a ``new_cycle`` (nothing else changes it)."""
+        table and the map of grid squares only after a ``new_cycle`` (nothing else changes
+        them)."""
         session = self.session
         snapshot = session.snapshot(with_history=False) if session is not None else \
             {k: v for k, v in self._no_session().items() if k != "history"}
         update = {"type": "update", **snapshot, "busy": self.busy, "missing": self._missing,
                   **self._selection_state(session, whole_history=False)}
-        if not new_cycle:
+        if not new_cycle:  # neither changes between cycles: the map may be large
             del update["class_tables"]
+            update.pop("grid_map", None)
         return update
 
     def _selection_state(self, session: Session | None,
@@ -279,6 +284,8 @@ class Controller:
                                     message.get("smtp_from"))
         if command == "test_notify":
             return self._test_notify()
+        if command == "dismiss_alert":
+            return self._dismiss_alert(message.get("key"))
         settings = self._apply_settings(message.get("settings"))
         if command == "start_job":
             job_type = message.get("job_type", settings.mode)
@@ -391,6 +398,20 @@ class Controller:
                 results.append(f"failed: {shown(target)}: {exc}")
         return {"type": "notify_test", "message": "; ".join(results),
                 "ok": not any(r.startswith("failed") for r in results)}
+
+    def _dismiss_alert(self, key: Any) -> dict[str, Any]:
+        """Hide the alert ``key`` on every page until it clears and fires anew (the session
+        keeps it in alerts.json; every page hears of it through the session's event)."""
+        if not isinstance(key, str) or not key or len(key) > MAX_ALERT_KEY:
+            raise CommandError("'key' must be the key of an alert in force, e.g. "
+                               "\"square:1834522\" or \"warp_stalled\"")
+        try:
+            dismissed = self.session.dismiss_alert(key)
+        except OSError as exc:
+            raise CommandError(f"the dismissal could not be saved: {exc}") from None
+        if not dismissed:
+            raise CommandError(f"no alert {key[:40]!r} is in force (it may have cleared)")
+        return {"type": "ok", "message": "alert dismissed"}
 
     def _apply_settings(self, values: Any) -> Settings:
         if values is None:

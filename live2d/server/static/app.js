@@ -8,6 +8,8 @@ const page = {
   log: [], order: [],
   tables: {}, tablesFor: null, fetching: new Set(),  // class tables by cycle number
   exporting: false,
+  square: null,  // the grid square whose foil holes are listed
+  mapShown: undefined,  // the grid map the tiles show
 };
 
 function connect() {
@@ -121,6 +123,8 @@ function render() {
   for (const id of ["start-job", "start-automatic"]) $(id).disabled = !s.warp_dir || !!s.read_only;
   $("particles").textContent = `${s.particles.toLocaleString()} particles imported`;
   renderDisk(s.disk);
+  renderAlerts(s.alerts, Boolean(s.read_only));
+  renderGridMap(s.grid_map);
   renderNotify(s.notify);
   renderSettings();
   renderProgress(s.progress);
@@ -740,4 +744,135 @@ function renderNotify(notify) {
   if (!notify) return;
   $("notify-now").textContent = notify.targets.length ? notify.targets.join(", ") : "no one";
   if (!$("smtp-input").dataset.edited) $("smtp-input").value = notify.smtp;
+}
+
+// ------------------------------------------------------------------------------ alerts
+// One banner per alert key, kept while the alert is in force and not dismissed: every update
+// carries the alerts in force, so a banner goes when its alert clears, on every page.
+function renderAlerts(alerts, readOnly) {
+  const box = $("alerts");
+  const shown = (alerts || []).filter((a) => !a.dismissed);
+  const keys = new Set(shown.map((a) => a.key));
+  for (const banner of [...box.children]) {
+    if (!keys.has(banner.dataset.key)) banner.remove();
+  }
+  for (const alert of shown) {
+    let banner = [...box.children].find((b) => b.dataset.key === alert.key);
+    if (!banner) {
+      banner = document.createElement("div");
+      banner.className = "alert-banner";
+      banner.dataset.key = alert.key;
+      banner.setAttribute("role", "alert");
+      const text = document.createElement("span");
+      text.className = "alert-text";
+      const since = document.createElement("span");
+      since.className = "alert-since";
+      const dismiss = document.createElement("button");
+      dismiss.type = "button";
+      dismiss.className = "alert-dismiss";
+      dismiss.textContent = "Dismiss";
+      dismiss.title = "hide this alert on every open page until it clears and fires again";
+      dismiss.addEventListener("click", () => send({ command: "dismiss_alert", key: alert.key }));
+      banner.append(text, since, dismiss);
+      box.append(banner);
+    }
+    banner.querySelector(".alert-text").textContent = alert.message;  // its figures change
+    banner.querySelector(".alert-since").textContent =
+      `since ${new Date(alert.since * 1000).toLocaleString()}`;
+    // A watched folder's alerts are its writer's to dismiss (the server refuses it here).
+    banner.querySelector(".alert-dismiss").hidden = readOnly;
+  }
+}
+
+// ------------------------------------------------------------------------------ grid squares
+function percent(fraction) { return `${Math.round(100 * fraction)}%`; }
+
+// Red (no good particles) through yellow to green (all good).
+function yieldColour(fraction) {
+  return `hsl(${Math.round(120 * Math.max(0, Math.min(1, fraction)))}, 65%, 40%)`;
+}
+
+function renderGridMap(map) {
+  // Updates between cycles carry no map (the page keeps its own): the tiles are drawn again
+  // only for a new one, never under the user's click.
+  map = map ?? null;  // no folder yet: no map either
+  if (map === page.mapShown) return;
+  page.mapShown = map;
+  const tiles = $("squares");
+  const note = $("grid-map-note");
+  if (!map) {
+    note.textContent = "No scored cycle yet: the yield per grid square follows the first " +
+      "classification job's scored cycle.";
+    tiles.replaceChildren();
+    renderHoles(null);
+    return;
+  }
+  if (!map.squares.length) {
+    // Not EPU's movie names, or no EPU folder for the holes' squares: per micrograph only.
+    note.textContent = "Grid squares are unknown (movie names are not EPU's, or the session " +
+      "has no EPU folder: --epu). By micrograph: " +
+      `${map.micrographs.toLocaleString()} micrographs, ` +
+      `${map.particles.toLocaleString()} particles, ${percent(map.good_fraction)} good` +
+      (map.holes ? `, over ${map.holes.toLocaleString()} foil holes.` : ".");
+    tiles.replaceChildren();
+    renderHoles(null);
+    return;
+  }
+  note.textContent = `${map.squares.length} grid squares in collection order, coloured by ` +
+    "their share of good particles (red none, green all), sized by particles; click one for " +
+    "its foil holes.";
+  const most = Math.max(...map.squares.map((q) => q.particles), 1);
+  tiles.replaceChildren(...map.squares.map((square) => {
+    const tile = document.createElement("button");
+    tile.type = "button";
+    tile.className = "square";
+    tile.dataset.square = square.grid_square;
+    tile.setAttribute("aria-pressed", String(square.grid_square === page.square));
+    const side = Math.round(56 + 64 * Math.sqrt(square.particles / most));
+    tile.style.width = tile.style.height = `${side}px`;
+    tile.style.background = yieldColour(square.good_fraction);
+    tile.title = `GridSquare_${square.grid_square}: ${square.good_particles.toLocaleString()} ` +
+      `good of ${square.particles.toLocaleString()} particles over ${square.micrographs} ` +
+      `micrographs, first seen ${square.first_seen || "unknown"}`;
+    for (const [name, text] of [["square-id", square.grid_square],
+      ["square-good", `${percent(square.good_fraction)} good`],
+      ["square-particles", square.particles.toLocaleString()]]) {
+      const span = document.createElement("span");
+      span.className = name;
+      span.textContent = text;
+      tile.append(span);
+    }
+    tile.addEventListener("click", () => {
+      page.square = square.grid_square;
+      for (const other of tiles.children) {
+        other.setAttribute("aria-pressed", String(other === tile));
+      }
+      renderHoles(square);
+    });
+    return tile;
+  }));
+  renderHoles(map.squares.find((q) => q.grid_square === page.square) || null);
+}
+
+function renderHoles(square) {
+  $("holes").hidden = !square;
+  if (!square) return;
+  $("holes-title").textContent = `GridSquare_${square.grid_square}: ` +
+    `${square.holes_total} foil holes, ${percent(square.good_fraction)} good of ` +
+    `${square.particles.toLocaleString()} particles`;
+  $("holes-note").textContent = square.holes.length < square.holes_total
+    ? `The first ${square.holes.length} of ${square.holes_total} holes in collection order ` +
+      "(the page is sent at most that many per square; yield_holes.csv has them all)." : "";
+  $("holes-table").tBodies[0].replaceChildren(...square.holes.map((hole) => {
+    const row = document.createElement("tr");
+    row.dataset.hole = hole.foil_hole;
+    for (const value of [hole.foil_hole, hole.micrographs, hole.particles.toLocaleString(),
+      hole.good_particles.toLocaleString(), percent(hole.good_fraction),
+      hole.first_seen || ""]) {
+      const cell = document.createElement("td");
+      cell.textContent = value;
+      row.append(cell);
+    }
+    return row;
+  }));
 }
