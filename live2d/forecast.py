@@ -16,13 +16,18 @@ particle of their hour: particles picked since the cycle are not taken for bad o
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from live2d.atomic import atomic_write_json
 from live2d.collection_yield import ScoredParticles
 from live2d.epu import micrograph_origin
+from live2d.output_folder import FORECAST
 from live2d.warp import stamp_written
 
 HOUR = 3600.0
@@ -170,3 +175,20 @@ def _hours(hours: float | None) -> str:
     if hours >= 48.0:
         return f"{hours / 24:.0f} days"
     return "hour" if hours == 1.0 else f"{hours:.1f} h"
+
+
+def write_forecast(folder: str | os.PathLike, outlook: Forecast) -> None:
+    """Keep the forecast's lines in the output folder ``folder`` (replaced atomically), for
+    readers that must not re-read the store to show them (Scipion's summary)."""
+    atomic_write_json(Path(folder) / FORECAST, {"cycle": outlook.cycle,
+                                                 "lines": outlook.lines()})
+
+
+def read_forecast(folder: str | os.PathLike) -> tuple[int, list[str]] | None:
+    """The cycle and lines :func:`write_forecast` kept; None before there are any (or where
+    the file cannot be read: the next scored cycle writes it again)."""
+    try:
+        values = json.loads((Path(folder) / FORECAST).read_text(encoding="utf-8"))
+        return int(values["cycle"]), [str(line) for line in values["lines"]]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None

@@ -26,6 +26,7 @@ A session's output folder (``--output``; ``<Warp folder>/classification`` by def
     yield_holes.csv                of the latest scored cycle           (live2d.collection_yield)
     yield_micrographs.csv
     alerts.json                  the alerts in force                      (live2d.alerts)
+    forecast.json                the latest scored cycle's forecast, as lines (live2d.forecast)
     work/                        a running cycle's scratch, emptied whenever a session opens
 
 A particle store may also live in a folder of its own (the Scipion import's): the store's names
@@ -59,6 +60,7 @@ YIELD_SQUARES = "yield_squares.csv"
 YIELD_HOLES = "yield_holes.csv"
 YIELD_MICROGRAPHS = "yield_micrographs.csv"
 ALERTS = "alerts.json"
+FORECAST = "forecast.json"
 # Each yield table's file, by what its rows are (live2d.collection_yield.LEVELS).
 YIELD_TABLES = {"square": YIELD_SQUARES, "hole": YIELD_HOLES, "micrograph": YIELD_MICROGRAPHS}
 # Where a session's output goes by default, inside the Warp folder it watches.

@@ -45,7 +45,7 @@ from live2d.disk import DiskUse, DiskWatch
 from live2d.engines import Engine, make_engine
 from live2d.epu import epu_folder_problem, read_hole_squares
 from live2d.errors import CycleCancelled, EngineError, SessionError
-from live2d.forecast import forecast, particle_times
+from live2d.forecast import forecast, particle_times, write_forecast
 from live2d.history import CycleRecord
 from live2d.importer import Importer, ImportReport
 from live2d.notify import Notifier, alert_message, check_targets, shown
@@ -609,6 +609,7 @@ class Session:
         try:
             times, what = particle_times(table)
             outlook = forecast(particles, times, self.settings.target_good_particles, what)
+            write_forecast(self.output_dir, outlook)
             self._update_alerts(CYCLE_RULES,
                                 cycle_alerts(particles, hole_squares, outlook, self.settings))
         except Exception as exc:  # advice, like the tables

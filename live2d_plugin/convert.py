@@ -16,7 +16,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pandas as pd
-from pwem.objects import Acquisition, CTFModel, Particle, Transform
+from pwem.objects import Acquisition, Coordinate, CTFModel, Particle, Transform
 from pyworkflow.object import Boolean, Float, String
 
 from live2d import warp
@@ -69,8 +69,20 @@ def particles_from_store_rows(rows: pd.DataFrame, locations: list[tuple[int, Pat
         particle.setCTF(ctf)
         # Where Warp wrote it: N@particles/<movie>.mrcs, relative to the Warp folder.
         particle._warpImageName = String(str(values["ORIGNAME"]))
+        # Its micrograph (EPU's name: foil hole and time) and position on it, where Scipion
+        # keeps them; every particle gets a coordinate, as a flat sqlite wants every column.
+        coordinate = Coordinate(x=round(_number(values.get("ORIGX"))),
+                                y=round(_number(values.get("ORIGY"))))
+        micrograph = values.get("MICROGRAPH")
+        coordinate.setMicName("" if micrograph is None or pd.isna(micrograph)
+                              else str(micrograph))
+        particle.setCoordinate(coordinate)
         setattr(particle, CONTRAST_ATTRIBUTE, String(contrast))
         yield particle
+
+
+def _number(value) -> float:
+    return 0.0 if value is None or pd.isna(value) else float(value)
 
 
 def particle_contrast(particle: Particle | None) -> str:
@@ -83,13 +95,21 @@ def particle_contrast(particle: Particle | None) -> str:
 # ------------------------------------------------------------------- classify: set -> store rows
 def particle_rows(particles: list[Particle], image_names: list[str]) -> pd.DataFrame:
     """RELION-like rows of ``particles`` for the core's import
-    (:meth:`live2d.sources.ParticleIntake.import_rows`): each one's image name, CTF and
-    microscope as text (checked and made numbers on import), and its Scipion id."""
+    (:meth:`live2d.sources.ParticleIntake.import_rows`): each one's image name, micrograph
+    (where its coordinate names one: the yield per micrograph, foil hole and grid square), CTF
+    and microscope as text (checked and made numbers on import), and its Scipion id."""
     rows = pd.DataFrame([_ctf_values(particle) for particle in particles],
                         columns=list(CTF_LABELS), dtype=object)
     rows.insert(0, "rlnImageName", image_names)
+    rows.insert(1, "rlnMicrographName", [micrograph_name(particle) for particle in particles])
     rows[SOURCE_ID] = [int(particle.getObjId()) for particle in particles]
     return rows
+
+
+def micrograph_name(particle: Particle) -> str:
+    """The name of the micrograph a particle was picked on, as its coordinate has it ("")."""
+    coordinate = particle.getCoordinate() if particle.hasCoordinate() else None
+    return (coordinate.getMicName() or "") if coordinate is not None else ""
 
 
 def _ctf_values(particle: Particle) -> list[str]:

@@ -31,8 +31,11 @@ from pwem.protocols import ProtClassify2D
 from pyworkflow import BETA
 from pyworkflow.object import Integer, Set, String
 
+from live2d.alerts import read_alerts
+from live2d.collection_yield import read_table
 from live2d.errors import SettingsError
 from live2d.executors import Executor, LocalExecutor, make_executor
+from live2d.forecast import read_forecast
 from live2d.history import CycleRecord, particle_table, read_history
 from live2d.output_folder import OutputFolder
 from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings
@@ -215,6 +218,14 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
                        help="The CUDA device of the built-in engine (the first id, if several "
                             "are given). Empty: the Scipion variable LIVE2D_DEVICE decides "
                             "(auto: the first GPU, if any).")
+        form.addParam("epuFolder", params.PathParam, default="",
+                      expertLevel=params.LEVEL_ADVANCED,
+                      label="EPU session folder (optional)",
+                      help="The folder EPU writes the session into (with Images-Disc1/"
+                           "GridSquare_*): the yield tables, the map of grid squares and the "
+                           "alert on a poor square then go by grid square. Without it they go "
+                           "by foil hole and micrograph, from EPU's movie names. It may be "
+                           "given before EPU has written anything: it is read as it grows.")
         # Here, not after addParallelSection: the form shows no parameter of that section
         # but its own (threads, MPI, host).
         form.addParam("daskScheduler", params.StringParam, default="",
@@ -384,6 +395,7 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         common = {"engine": self._engineName(), "device": self._device(),
                   "cistem_bin": Plugin.getCistemBin(), "executor": executor,
                   "particle_feed": self._particleSource,
+                  "epu_dir": (self.epuFolder.get() or "").strip() or None,
                   # Named in the refusal a second writer of this folder gets (session_lock).
                   "owner": f"Scipion protocol {self.getRunName()}"}
         if not resuming:
@@ -720,11 +732,37 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
                          f"({first}) starts at {self.firstJobAt.get()} particles (or when "
                          "the input closes).")
         lines.extend(self._stoppedPartWay(history))
+        lines.extend(self._adviceLines())
         if history:
             lines.append(f"{len(history)} cycles on disk (any of them in the viewer).")
         address = self._daskAddress()
         if address:
             lines.append(f"Cycles run on the workers of the Dask scheduler {address}.")
+        return lines
+
+    def _adviceLines(self) -> list[str]:
+        """Whether and where to keep collecting, from the small files the session keeps beside
+        its classes (never the particles: the project window asks for the summary often)."""
+        folder = self._sessionDir()
+        lines = [f"Alert: {alert.message}" for alert in read_alerts(folder)]
+        try:
+            squares = [row for row in read_table(folder, "square") if row["grid_square"]]
+        except (OSError, ValueError, KeyError):
+            squares = []  # being replaced, or damaged: the next scored cycle writes it again
+        if len(squares) > 1:
+            ranked = sorted(squares, key=lambda row: row["good_fraction"])
+
+            def said(row: dict) -> str:
+                return (f"{row['grid_square']} ({row['good_fraction']:.0%} good particles "
+                        f"over {row['micrographs']} micrographs)")
+
+            lines.append(f"Grid squares: {len(squares)}; the best, {said(ranked[-1])}, the "
+                         f"worst, {said(ranked[0])} (the viewer draws them all).")
+        outlook = read_forecast(folder)
+        if outlook is not None:
+            first, *rest = outlook[1]
+            lines.append(first[:1].upper() + first[1:] + " " + "; ".join(
+                line.strip() for line in rest))
         return lines
 
     def _stoppedPartWay(self, history: list[CycleRecord]) -> list[str]:

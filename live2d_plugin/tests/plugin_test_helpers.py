@@ -26,10 +26,12 @@ PIXEL_SIZE = 3.0
 SEED = 7
 
 
-def simulate_warp(folder: Path, particles: int, per_micrograph: int = 40) -> None:
-    """A tiny simulated Warp session (extends an existing one: same seed, more micrographs)."""
+def simulate_warp(folder: Path, particles: int, per_micrograph: int = 40,
+                  epu_dir: Path | None = None) -> None:
+    """A tiny simulated Warp session (extends an existing one: same seed, more micrographs),
+    with EPU's movie names (and its session folder, with ``epu_dir``)."""
     simulate(folder, particles=particles, per_micrograph=per_micrograph, box=BOX,
-             pixel_size=PIXEL_SIZE, snr=0.5, views=4, seed=SEED)
+             pixel_size=PIXEL_SIZE, snr=0.5, views=4, seed=SEED, epu_dir=epu_dir)
 
 
 class ProjectTestCase(unittest.TestCase):

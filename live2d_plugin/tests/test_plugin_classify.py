@@ -12,6 +12,7 @@ import sqlite3
 import sys
 import unittest
 from pathlib import Path
+from unittest import mock
 
 import mrcfile
 import numpy as np
@@ -21,6 +22,7 @@ from pwem.objects import SetOfAverages, SetOfClasses2D, SetOfParticles
 from pwem.protocols import ProtSplitSet
 from pyworkflow.protocol.constants import MODE_RESUME
 
+from live2d.collection_yield import read_table
 from live2d.history import CycleRecord, read_history
 from live2d.mrc import HEADER_BYTES
 from live2d.output_folder import SESSION_STATE
@@ -38,6 +40,7 @@ from live2d_plugin.convert import (
     SELECTED_ATTRIBUTE,
 )
 from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp
+from live2d_plugin.viewers.viewer_classify2d import REPORT_NAME, Live2DViewer
 
 STANDIN_PARENT = Path(__file__).resolve().parents[2] / "tests"
 
@@ -360,12 +363,13 @@ class TestClassify(ProjectTestCase):
         self.assertEqual({Path(name).name for _, name in locations}, {f"cycle_{cycle:03d}.mrcs"})
 
     def test_builtin_engine_on_a_growing_set_republishes_classes(self) -> None:
-        warp_dir = self.work / "warp"
-        simulate_warp(warp_dir, particles=120)
+        warp_dir, epu_dir = self.work / "warp", self.work / "epu"
+        # 10 to a micrograph: 24 micrographs in the end, on 2 grid squares of EPU's folder.
+        simulate_warp(warp_dir, particles=120, per_micrograph=10, epu_dir=epu_dir)
         importer = self.import_protocol(warp_dir, timeout_minutes=30.0)
         self.wait_until(importer, lambda p: output_size(p)[0] == 120, 90, "120 particles")
         classify = self.new(ProtLive2DClassify2D, engine=1, firstJobAt=100, updateEvery=100,
-                            streamEvery=100, **SMALL_SCHEDULE)
+                            streamEvery=100, epuFolder=str(epu_dir), **SMALL_SCHEDULE)
         classify.inputParticles.set(importer)
         classify.inputParticles.setExtended("outputParticles")
         self.proj.saveProtocol(classify)
@@ -389,7 +393,8 @@ class TestClassify(ProjectTestCase):
         mark(state, record, {largest: "junk"})
         state.save(session_dir)
 
-        simulate_warp(warp_dir, particles=240)  # Warp keeps collecting: 120 more
+        # Warp keeps collecting: 120 more
+        simulate_warp(warp_dir, particles=240, per_micrograph=10, epu_dir=epu_dir)
         imported = self.wait_until(importer, lambda p: output_size(p)[0] == 240, 60,
                                    "240 particles")
         imported.stopStreaming()  # the session ends: the input set closes
@@ -416,9 +421,48 @@ class TestClassify(ProjectTestCase):
         self.assertIn(f"cycle {last.number}", summary)
         self.assertIn("of the 240 particles", summary)
         self.assertEqual(output_size(done, "outputClasses")[1], True)  # closed at the end
+        self.check_collection_advice(done)
         # Every cycle's averages stay on disk for the viewer.
         for record in history:
             self.assertTrue(Path(done._getExtraPath("live2d", record.classes)).exists())
+
+    def check_collection_advice(self, prot) -> None:
+        """Issue 28 in Scipion: the particles keep their EPU micrograph names, so the yield goes
+        by grid square (the form's EPU folder); the summary names the best and the worst
+        square and gives the forecast; the viewer draws the squares and writes the report."""
+        session_dir = Path(prot._getExtraPath("live2d"))
+        squares = read_table(session_dir, "square")
+        self.assertEqual(len(squares), 2)
+        self.assertTrue(all(row["grid_square"].isdigit() for row in squares))  # EPU's ids
+        self.assertEqual(sum(row["micrographs"] for row in squares), 24)
+        ranked = sorted(squares, key=lambda row: row["good_fraction"])
+        summary = "\n".join(prot.summary())
+        self.assertIn(f"Grid squares: 2; the best, {ranked[-1]['grid_square']} "
+                      f"({ranked[-1]['good_fraction']:.0%} good particles over "
+                      f"{ranked[-1]['micrographs']} micrographs), the worst, "
+                      f"{ranked[0]['grid_square']}", summary)
+        self.assertIn("Forecast by the classes selected in cycle", summary)
+        self.assertIn("good particles:", summary)
+
+        viewer = Live2DViewer(project=self.proj)
+        viewer.setProtocol(prot)
+        views = viewer._getVisualizeDict()
+        figure = views["displaySquares"]("displaySquares")[0].getFigure()
+        tiles = [patch for patch in figure.axes[0].patches]
+        self.assertEqual(len(tiles), 2)
+        labels = " ".join(text.get_text() for text in figure.axes[0].texts)
+        for row in squares:
+            self.assertIn(f"{row['grid_square']}\n"
+                          f"{row['good_fraction']:.0%} good", labels)
+        with mock.patch("webbrowser.open") as opened:
+            message = views["displayReport"]("displayReport")[0]
+        report = Path(prot._getExtraPath(REPORT_NAME)).resolve()
+        self.assertIn(str(report), message.getMessage())
+        opened.assert_called_once_with(report.as_uri())
+        text = report.read_text()
+        self.assertIn("Live2D session report", text)
+        for row in squares:
+            self.assertIn(row["grid_square"], text)
 
     def test_stop_ends_after_the_current_cycle_and_continue_resumes(self) -> None:
         warp_dir = self.work / "warp"

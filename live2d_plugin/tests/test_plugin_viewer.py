@@ -32,6 +32,7 @@ from live2d_plugin.viewers.plots import (
     class_order,
     draw_evolution,
     draw_gallery,
+    draw_grid_map,
     gallery_figsize,
     population_matrix,
     save_evolution_png,
@@ -419,7 +420,8 @@ class TestViewerOnAProtocol(ProjectTestCase):
         viewer.setProtocol(prot)
         self.assertEqual(viewer.cycle.get(), 3)  # the latest cycle by default
         views = viewer._getVisualizeDict()
-        self.assertEqual(set(views), {"displayGallery", "displayEvolution", "createSubset"})
+        self.assertEqual(set(views), {"displayGallery", "displayEvolution", "displaySquares",
+                                      "displayReport", "createSubset"})
 
         with mock.patch.object(FigureManagerBase, "set_window_title", autospec=True) as named:
             gallery = views["displayGallery"]("displayGallery")[0]
@@ -468,3 +470,25 @@ class TestViewerOnAProtocol(ProjectTestCase):
             viewer.subsetClasses.set(classes)
             message = views["createSubset"]("createSubset")[0]
             self.assertIn(expected, message.getMessage())
+
+
+def test_grid_map_without_squares_says_why_and_gives_the_totals() -> None:
+    figure = matplotlib.figure.Figure()
+    axes = draw_grid_map(figure, {"squares": [], "micrographs": 12, "particles": 2400,
+                                  "good_particles": 600, "good_fraction": 0.25})
+    text = " ".join(t.get_text() for t in axes.texts)
+    assert "grid squares unknown" in text and "600 good of 2,400 particles" in text
+    assert not axes.patches
+    axes = draw_grid_map(figure, None)
+    assert "no yield yet" in axes.texts[0].get_text()
+
+
+def test_grid_map_tiles_follow_collection_order_colour_and_size() -> None:
+    squares = [{"grid_square": "3", "particles": 400, "good_fraction": 0.9},
+               {"grid_square": "1", "particles": 100, "good_fraction": 0.1}]
+    axes = draw_grid_map(matplotlib.figure.Figure(), {"squares": squares})
+    good, bad = axes.patches
+    assert good.get_width() > bad.get_width()  # more particles, bigger tile
+    assert good.get_facecolor()[1] > good.get_facecolor()[0]  # green
+    assert bad.get_facecolor()[0] > bad.get_facecolor()[1]  # red
+    assert [t.get_text().split("\n")[0] for t in axes.texts] == ["3", "1"]

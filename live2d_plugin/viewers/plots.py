@@ -15,6 +15,7 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.figure
+import matplotlib.patches
 import numpy as np
 from matplotlib.font_manager import FontProperties
 from matplotlib.patches import Patch
@@ -444,3 +445,46 @@ def save_evolution_png(path: str | Path, history: list[CycleRecord]) -> None:
     figure = matplotlib.figure.Figure(figsize=(9, 5), dpi=100)
     draw_evolution(figure, history)
     figure.savefig(path)
+
+
+def draw_grid_map(figure: matplotlib.figure.Figure, grid: dict | None):
+    """The grid squares (:func:`live2d.collection_yield.grid_map`) as tiles in collection order,
+    coloured by their share of good particles (red 0 → green 1) and sized by their particles,
+    each labelled with its id, share and count. Without squares, the session's totals and
+    why. Returns the axes."""
+    figure.clear()
+    axes = figure.add_subplot(1, 1, 1)
+    axes.set_axis_off()
+    if grid is None:
+        axes.text(0.5, 0.5, "no yield yet: it follows the first scored cycle", ha="center",
+                  va="center", transform=axes.transAxes)
+        return axes
+    squares = grid["squares"]
+    if not squares:
+        axes.text(0.5, 0.5, f"grid squares unknown (no EPU session folder, or movie names that "
+                            f"are not EPU's): {grid['good_particles']:,} good of "
+                            f"{grid['particles']:,} particles over {grid['micrographs']:,} "
+                            f"micrographs ({grid['good_fraction']:.0%})",
+                  ha="center", va="center", wrap=True, transform=axes.transAxes)
+        return axes
+    columns = math.ceil(math.sqrt(len(squares)))
+    rows = math.ceil(len(squares) / columns)
+    largest = max(square["particles"] for square in squares) or 1
+    colours = matplotlib.colormaps["RdYlGn"]
+    for index, square in enumerate(squares):
+        row, column = divmod(index, columns)
+        side = 0.25 + 0.7 * math.sqrt(square["particles"] / largest)
+        x, y = column + (1 - side) / 2, rows - 1 - row + (1 - side) / 2
+        axes.add_patch(matplotlib.patches.Rectangle(
+            (x, y), side, side, facecolor=colours(square["good_fraction"]),
+            edgecolor="black", linewidth=0.5))
+        label = (f"{square['grid_square']}\n{square['good_fraction']:.0%} good\n"
+                 f"{square['particles']:,}")
+        axes.text(column + 0.5, rows - 1 - row + 0.5, label, ha="center", va="center",
+                  fontsize=max(5, 9 - columns // 3))
+    axes.set_xlim(0, columns)
+    axes.set_ylim(0, rows)
+    axes.set_aspect("equal")
+    figure.suptitle(f"Good particles per grid square ({len(squares)}, in collection order; "
+                    f"tile size: particles)", fontsize=10)
+    return axes

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import time
+import webbrowser
 from pathlib import Path
 from typing import ClassVar
 
@@ -13,15 +14,21 @@ import pyworkflow.protocol.params as params
 import pyworkflow.viewer as pwviewer
 from pwem.protocols import ProtUserSubSet
 
+from live2d.atomic import atomic_write_text
+from live2d.collection_yield import read_grid_map
 from live2d.history import CycleRecord, read_history
+from live2d.report import ReportError, session_report
 from live2d_plugin.protocols.protocol_classify2d import ProtLive2DClassify2D, cycle_set_path
 from live2d_plugin.quality import cycle_selection
 from live2d_plugin.viewers.plots import (
     caption_lines,
     draw_evolution,
     draw_gallery,
+    draw_grid_map,
     gallery_figsize,
 )
+
+REPORT_NAME = "live2d_report.html"  # in the run's extra folder, replaced by each new report
 
 
 def gallery_window_title(cycle: CycleRecord) -> str:
@@ -56,6 +63,16 @@ class Live2DViewer(pwviewer.ProtocolViewer):
         form.addParam("displayGallery", params.LabelParam, label="Class averages of the cycle")
         form.addParam("displayEvolution", params.LabelParam,
                       label="Evolution of class populations")
+        form.addParam("displaySquares", params.LabelParam,
+                      label="Good particles per grid square (map)",
+                      help="Each grid square as a tile coloured by its share of good particles "
+                           "and sized by its particles, by the latest scored cycle: where to "
+                           "collect more.")
+        form.addParam("displayReport", params.LabelParam, label="Session report (HTML)",
+                      help="One self-contained HTML file for the facility's records: summary, "
+                           "good particles over time, the grid squares, forecast, alerts, the "
+                           "latest classes with their scores, settings and versions. Written "
+                           "into the run's extra folder and opened in the web browser.")
         form.addParam("subsetClasses", params.StringParam, default="",
                       label="Classes for a subset",
                       help="Class numbers of the cycle above, e.g. 1 4 7; empty: the classes "
@@ -69,6 +86,7 @@ class Live2DViewer(pwviewer.ProtocolViewer):
 
     def _getVisualizeDict(self):
         return {"displayGallery": self._showGallery, "displayEvolution": self._showEvolution,
+                "displaySquares": self._showSquares, "displayReport": self._writeReport,
                 "createSubset": self._createSubset}
 
     # ------------------------------------------------------------------------------ data
@@ -109,6 +127,22 @@ class Live2DViewer(pwviewer.ProtocolViewer):
         plotter = self._plotter((9, 5), evolution_window_title(history))
         draw_evolution(plotter.getFigure(), history)
         return [plotter]
+
+    def _showSquares(self, _param=None):
+        plotter = self._plotter((8, 7), "Live2D – good particles per grid square")
+        draw_grid_map(plotter.getFigure(), read_grid_map(self._sessionDir()))
+        return [plotter]
+
+    def _writeReport(self, _param=None):
+        try:
+            text = session_report(self._sessionDir())
+        except ReportError as exc:
+            return [self.errorMessage(str(exc), "No report")]
+        path = Path(self.protocol._getExtraPath(REPORT_NAME)).resolve()
+        atomic_write_text(path, text)
+        webbrowser.open(path.as_uri())
+        return [pwviewer.MessageView(f"The session report is {path}", "Session report",
+                                     msgType=pwviewer.MSG_INFO, tkParent=self.getTkRoot())]
 
     def _createSubset(self, _param=None):
         """pwem's subset protocol, given the cycle's classes with the chosen ones enabled (as
