@@ -13,6 +13,12 @@ part, the rest, and the largest parts of the rest.
 
     python bench/stream_update.py                          # 20,000 and 200,000 particles
     python bench/stream_update.py --sizes 20000 1000000 --new 10000
+    python bench/stream_update.py --engine cistem --cistem-bin ../shared/cistem/bin
+
+With ``--engine cistem`` the update runs cisTEM's refine2d on each batch it classifies and
+merge2d over every batch's kept dump. The kept dumps are real: refine2d dumps the first batch
+against the made-up classes, and every batch keeps a copy of that dump (made up, as the
+built-in engine's sums are, but of the size and format merge2d reads at this box and K).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -29,6 +36,7 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -36,11 +44,12 @@ from session_growth import BOX, PER_MICROGRAPH, PIXEL, grow, new_warp_folder, rs
 
 from live2d import cistem_star, cycle, session
 from live2d.class_quality import half_sums_key
-from live2d.engines.base import class_counts
+from live2d.engines.base import CycleParams, CycleRequest, StreamBatch, class_counts
 from live2d.engines.builtin import BuiltinEngine
 from live2d.engines.builtin.averages import ReducedSums
 from live2d.engines.builtin.engine import _write_sums, sums_key
 from live2d.engines.builtin.geometry import plan_geometry
+from live2d.engines.cistem import CistemEngine, _dump_key
 from live2d.history import CycleHistory, CycleRecord
 from live2d.kept_tensors import save_kept
 from live2d.output_folder import OutputFolder
@@ -65,12 +74,13 @@ def timed(owner, name: str, label: str) -> None:
     setattr(owner, name, wrapper)
 
 
-def prepare(root: Path, size: int, settings: Settings, rows: list[str]) -> Path:
+def prepare(root: Path, size: int, settings: Settings, rows: list[str], engine: str,
+            cistem_bin: str | None) -> Path:
     """A Warp folder of ``size`` particles and an output folder that has streamed them all."""
     warp = new_warp_folder(root)
     grow(warp, size // PER_MICROGRAPH, rows)
     out = root / "out"
-    opened = Session(warp, out, engine="builtin", settings=settings)
+    opened = Session(warp, out, engine=engine, settings=settings, cistem_bin=cistem_bin)
     try:
         opened.import_new()
         store, source = opened.store, opened.importer.source_settings()
@@ -99,12 +109,16 @@ def prepare(root: Path, size: int, settings: Settings, rows: list[str]) -> Path:
     halves_key = half_sums_key(k, BOX, PIXEL, params.high_res, params.invert_contrast)
     edges = [*range(0, size, settings.stream_every), size]
     batches = [Batch(a, b, 0) for a, b in itertools.pairwise(edges)]
+    if isinstance(inputs.engine, CistemEngine):
+        dump_batches(inputs.engine, output, store.images_path, files.classes, params, k,
+                     table, batches)
     for batch in batches:
         sums = ReducedSums(torch.rand(k, w, w), torch.rand(k, w, w // 2 + 1) + 1.0,
                            torch.rand(k) * batch.size / k + 1.0)
         rows = table.iloc[batch.start:batch.stop]
-        _write_sums(batch.sums_path(output), sums, key, batch.size,
-                    class_counts(rows["2DCLS"], k))
+        if not isinstance(inputs.engine, CistemEngine):
+            _write_sums(batch.sums_path(output), sums, key, batch.size,
+                        class_counts(rows["2DCLS"], k))
         half = int(halves_key["size"])
         save_kept(batch.halves_path(output), halves_key,
                   {"sums": torch.rand(k, 2, half, half)})
@@ -125,6 +139,32 @@ def prepare(root: Path, size: int, settings: Settings, rows: list[str]) -> Path:
     return warp
 
 
+def dump_batches(engine: CistemEngine, output: OutputFolder, stack: Path, classes: Path,
+                 params: CycleParams, k: int, table: pd.DataFrame,
+                 batches: list[Batch]) -> None:
+    """Every batch's kept refine2d dump and counts: a real dump of the first batch, copied."""
+    first = batches[0]
+    work = output.work
+    work.mkdir(exist_ok=True)
+    star = work / "first_batch.star"
+    cistem_star.write_star(star, table.iloc[first.start:first.stop])
+    request = CycleRequest(
+        stack=stack, star_in=star, star_out=work / "first_batch_out.star",
+        classes_out=work / "first_batch.mrc", params=params, n_classes=k, classes_in=classes,
+        workdir=work, threads=1,
+        batches=(StreamBatch(first.start, first.stop, first.sums_path(output),
+                             work / "first_batch.pt", True, None, first.dump_path(output),
+                             work / "first_batch.dat"),))
+    engine.run_update(request, lambda _: None, threading.Event())
+    key = _dump_key(work / "first_batch.dat")
+    for batch in batches:
+        shutil.copyfile(work / "first_batch.dat", batch.dump_path(output))
+        counts = class_counts(table["2DCLS"].iloc[batch.start:batch.stop], k)
+        save_kept(batch.sums_path(output), key,
+                  {"counts": torch.tensor(counts, dtype=torch.int64), "particles": batch.size})
+    shutil.rmtree(work)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,12 +175,14 @@ def main() -> None:
     parser.add_argument("--revisit", type=float, default=0.5, help="stream_revisit")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dir", type=Path, help="work here (default: a temporary folder)")
+    parser.add_argument("--engine", choices=("builtin", "cistem"), default="builtin")
+    parser.add_argument("--cistem-bin", help="where refine2d and merge2d are (--engine cistem)")
     args = parser.parse_args()
     settings = Settings(classes=args.classes, high_res_final=args.high_res,
                         high_res_initial=max(40.0, args.high_res), stream_every=args.new,
                         stream_revisit=args.revisit, threads=args.threads, mode="stream",
                         angular_step=15.0)
-    timed(BuiltinEngine, "run_update", "engine")
+    timed(CistemEngine if args.engine == "cistem" else BuiltinEngine, "run_update", "engine")
     timed(cycle, "_write_input", "input star")
     timed(cycle, "_write_update_input", "input star")
     timed(cycle, "_write_batch_rows", "batch rows")
@@ -150,7 +192,8 @@ def main() -> None:
     timed(session.Session, "_write_yield", "yield tables")
     timed(session.Session, "_check_cycle_alerts", "alerts")
     timed(cycle, "write_thumbnails", "thumbnails")
-    print(f"built-in engine, {BOX}-px particles at {PIXEL} Å/px, K = {args.classes}, "
+    name = "cisTEM" if args.engine == "cistem" else "built-in"
+    print(f"{name} engine, {BOX}-px particles at {PIXEL} Å/px, K = {args.classes}, "
           f"{args.high_res} Å, {args.new:,} new per update, stream_revisit {args.revisit}, "
           f"{args.threads} threads")
     print("particles  update s  engine s  outside s  classified  RSS MB  largest parts outside")
@@ -158,9 +201,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=args.dir) as scratch:
             root = Path(scratch)
             rows: list[str] = []
-            warp = prepare(root, size, settings, rows)
+            warp = prepare(root, size, settings, rows, args.engine, args.cistem_bin)
             grow(warp, args.new // PER_MICROGRAPH, rows)
-            opened = Session(warp, root / "out", engine="builtin")
+            opened = Session(warp, root / "out", engine=args.engine, cistem_bin=args.cistem_bin)
             try:
                 assert opened.run_job("stream")  # the session's first: caches filled
                 grow(warp, args.new // PER_MICROGRAPH, rows)

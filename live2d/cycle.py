@@ -32,7 +32,7 @@ from live2d.forecast import particle_times
 from live2d.history import CycleRecord, particle_table
 from live2d.kept_tensors import load_kept, save_kept
 from live2d.mrc import mark_image_stack, read_images
-from live2d.output_folder import OutputFolder, batch_sums_name
+from live2d.output_folder import OutputFolder, batch_dump_name, batch_sums_name
 from live2d.schedule import CycleSpec, Settings
 from live2d.source_images import open_images
 from live2d.streaming import Batch, UpdatePlan, kept_batches, plan_update, with_classified
@@ -160,7 +160,10 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
         for batch in batches:
             if batch.aligned == number:
                 for kept in batch.paths(output):
-                    (output.work / kept.name).replace(kept)
+                    made = output.work / kept.name
+                    # Only an engine that keeps its program's own dumps (cisTEM) makes one.
+                    if made.exists() or kept != batch.dump_path(output):
+                        made.replace(kept)
     record = CycleRecord(
         number=number, job=job.number, job_type=job.job_type, block=spec.block,
         block_cycle=spec.block_cycle, job_cycle=spec.index + 1, job_cycles=len(job.plan),
@@ -191,7 +194,8 @@ def _stream_batches(update: UpdatePlan | None, output: OutputFolder,
         return ()
     return tuple(StreamBatch(b.start, b.stop, b.sums_path(output),
                              output.work / batch_sums_name(b.start, number),
-                             b.start in update.classify, b.rows_path(output))
+                             b.start in update.classify, b.rows_path(output),
+                             b.dump_path(output), output.work / batch_dump_name(b.start, number))
                  for b in update.batches)
 
 

@@ -22,6 +22,8 @@ A session's output folder (``--output``; ``<Warp folder>/classification`` by def
     stream/halves_S_cycle_NNN.pt its half-set sums, for the class quality
     stream/rows_S_cycle_NNN.star its particles' parameters (cisTEM's star): a streaming
                                    update's cycle_NNN.star is made from these on demand
+    stream/dump_S_cycle_NNN.dat  its class sums as cisTEM's refine2d dumps them, for merge2d
+                                   (the cisTEM engine's batches only)
     yield_squares.csv            good particles per grid square, per foil hole, per micrograph
     yield_holes.csv                of the latest scored cycle           (live2d.collection_yield)
     yield_micrographs.csv
@@ -100,6 +102,11 @@ def batch_halves_name(start: int, cycle: int) -> str:
 def batch_rows_name(start: int, cycle: int) -> str:
     """The same batch's particle parameters, a cisTEM star of its rows."""
     return f"rows_{start:09d}_{cycle_stem(cycle)}.star"
+
+
+def batch_dump_name(start: int, cycle: int) -> str:
+    """The same batch's refine2d dump file (the cisTEM engine's partial class sums)."""
+    return f"dump_{start:09d}_{cycle_stem(cycle)}.dat"
 
 
 def export_name(cycle: int) -> str:

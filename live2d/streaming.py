@@ -31,6 +31,7 @@ from live2d.errors import SessionError
 from live2d.history import CycleRecord
 from live2d.output_folder import (
     OutputFolder,
+    batch_dump_name,
     batch_halves_name,
     batch_rows_name,
     batch_sums_name,
@@ -66,9 +67,14 @@ class Batch:
     def rows_path(self, output: OutputFolder) -> Path:
         return output.stream_sums / batch_rows_name(self.start, self.aligned)
 
-    def paths(self, output: OutputFolder) -> tuple[Path, Path, Path]:
-        """Every file kept for the batch: class sums, half-set sums, rows."""
-        return self.sums_path(output), self.halves_path(output), self.rows_path(output)
+    def dump_path(self, output: OutputFolder) -> Path:
+        return output.stream_sums / batch_dump_name(self.start, self.aligned)
+
+    def paths(self, output: OutputFolder) -> tuple[Path, Path, Path, Path]:
+        """Every file kept for the batch: class sums, half-set sums, rows, and the engine's
+        own dump of its sums where it keeps one (cisTEM's refine2d)."""
+        return (self.sums_path(output), self.halves_path(output), self.rows_path(output),
+                self.dump_path(output))
 
 
 @dataclass(frozen=True)

@@ -556,3 +556,43 @@ def test_request_that_does_not_fit_is_refused_before_running(
     with pytest.raises(EngineError, match="expected 4 × 32×32"):
         engines[True].run_cycle(wrong_k, _ignore, threading.Event())
     assert _leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------ streaming updates
+def test_an_update_whose_refine2d_writes_no_dump_publishes_nothing_and_runs_again(
+        tmp_path, monkeypatch):
+    """A fault the real programs cannot be made to show: one batch's refine2d ends well
+    without its dump. The update fails naming it, the kept dumps and the latest classes
+    stay as they were, and the same update runs once refine2d works again."""
+    from test_streaming import grow
+
+    from live2d.output_folder import batch_dump_name
+    from live2d.schedule import Settings
+    from live2d.session import Session
+
+    settings = Settings(classes=3, particles_per_class=40, startup_cycles=1,
+                        refinement_cycles=1, high_res_initial=20.0, high_res_final=15.0,
+                        threads=2, first_job_at=200, stream_every=100, stream_revisit=0.0)
+    warp = tmp_path / "warp"
+    grow(warp, 240)
+    session = Session(warp, settings=settings, engine="cistem",
+                      cistem_bin=str(make_bin_dir(tmp_path / "bin")))
+    assert session.run_job("abinit")
+    assert session.run_job()
+    first = session.history[-1]
+    assert first.job_type == "stream"
+    stream = session.output_dir / "stream"
+    kept = sorted(p.name for p in stream.iterdir())
+    assert {batch_dump_name(a, c) for a, _, c in first.batches} <= set(kept)
+    grow(warp, 300)
+    monkeypatch.setenv("CISTEM_STANDIN_FAIL", "refine2d:no-output")
+    monkeypatch.setenv("CISTEM_STANDIN_FAIL_FIRST", "241")  # the new batch's slice
+    with pytest.raises(EngineError, match="dump file"):
+        session.run_job()
+    assert session.history[-1] == first and sorted(p.name for p in stream.iterdir()) == kept
+    monkeypatch.delenv("CISTEM_STANDIN_FAIL")
+    monkeypatch.delenv("CISTEM_STANDIN_FAIL_FIRST")
+    assert session.run_job()
+    latest = session.history[-1]
+    assert latest.job_type == "stream" and sum(latest.class_counts) == latest.particles == 300
+    session.close()

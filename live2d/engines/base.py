@@ -45,7 +45,9 @@ class StreamBatch:
     ``stop`` (stack order), the file of their kept contribution to the class sums (read unless
     they are classified now), and where to write their new contribution when they are:
     when asked (``classify``; their rows are in the request's star), or because their kept
-    sums do not fit this update (their rows are then read from ``rows``)."""
+    sums do not fit this update (their rows are then read from ``rows``). An engine whose
+    program keeps partial sums in a format of its own (cisTEM's refine2d dump, which merge2d
+    reads) keeps them at ``dump``, writing new ones to ``dump_out``."""
 
     start: int
     stop: int
@@ -53,7 +55,8 @@ class StreamBatch:
     sums_out: Path
     classify: bool
     rows: Path | None = None  # where the rows of a batch not classified now are kept
-
+    dump: Path | None = None
+    dump_out: Path | None = None
 
     @property
     def size(self) -> int:

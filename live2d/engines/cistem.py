@@ -7,6 +7,10 @@ Dask executor the slices run on the cluster's workers (cistem_cluster) and the r
 answers go in scripted mode (see cistem_prompts); finding the programs and their build is in
 cistem_programs.
 
+A streaming update runs one refine2d per batch it classifies, on exactly that batch's particles,
+against the current classes, dumping the batch's sums; each batch's dump is kept (``stream/``),
+and merge2d over every kept dump, in batch order, makes the classes.
+
 Random streams: cisTEM seeds from time(NULL), so slices start one wall-clock second apart (see
 cistem_jobs.StartClock). A cycle of P slices therefore takes up to about P seconds longer than
 its slowest slice; CPU time is unchanged.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import tempfile
 import threading
 import time
@@ -25,6 +30,7 @@ from typing import TYPE_CHECKING
 import mrcfile
 import numpy as np
 import pandas as pd
+import torch
 
 from live2d import cistem_star
 from live2d.atomic import fsync_dir
@@ -35,6 +41,7 @@ from live2d.engines.base import (
     Engine,
     Progress,
     ProgressCallback,
+    StreamBatch,
     class_counts,
 )
 from live2d.engines.cistem_cluster import read_progress, run_slice
@@ -42,6 +49,7 @@ from live2d.engines.cistem_jobs import Job, JobRunner
 from live2d.engines.cistem_programs import CistemPrograms, describe_programs, find_programs
 from live2d.engines.cistem_prompts import Refine2DRun, merge2d_answers, refine2d_answers
 from live2d.errors import CycleCancelled, EngineError
+from live2d.kept_tensors import load_kept, save_kept
 
 if TYPE_CHECKING:
     from live2d.executors import Executor
@@ -50,12 +58,16 @@ __all__ = ["CistemEngine", "CistemPrograms", "find_programs", "first_last_partic
 
 REFINE_SHARE = 0.95  # of a cycle's progress; merge2d takes the rest
 CLUSTER_PROGRESS_EVERY_S = 1.0  # between reads of the slices' progress files
+# The start of a refine2d dump (cisTEM-interface (c)): box, classes, nonzero classes, images,
+# total logP, SNR sum, pixel size, mask radius, mask falloff, log range; native byte order.
+_DUMP_HEADER = struct.Struct("=4i6f")
 
 
 class CistemEngine(Engine):
     """cisTEM's refine2d and merge2d run as programs: refine2d on slices of the stack (threads
     here, or a cluster's workers), merge2d joining their sums into the class averages."""
     name = "cistem"
+    streams = True
 
     def __init__(self, programs: CistemPrograms, executor: Executor | None = None) -> None:
         """``executor``: a distributed one (Dask) runs the refine2d slices on its workers, one
@@ -172,6 +184,166 @@ class CistemEngine(Engine):
             log=runner.log,
         )
 
+    def run_update(
+        self, request: CycleRequest, progress: ProgressCallback, cancel: threading.Event
+    ) -> CycleResult:
+        """One refine2d per batch marked ``classify``, on that batch's particles only (its rows
+        of ``request.star_in``), against the current classes, dumping the batch's sums to its
+        ``dump_out`` and its particles per class to ``sums_out``; then merge2d over every
+        batch's dump, in batch order. A kept dump merge2d would refuse beside this update's
+        (another working box, class count, pixel size or mask: a changed limit or mask) has its
+        batch classified again from its kept ``rows``, and the log says so. particles_processed
+        counts the particles this update used (best class > 0)."""
+        began = time.monotonic()
+        n = _check_request(request, refine=True, rows=False)
+        if not request.batches or request.batches[-1].stop > n:
+            raise EngineError(f"the update's batches must lie within the {n} particles of "
+                              f"{request.stack}")
+        if any(b.dump is None or b.dump_out is None for b in request.batches):
+            raise EngineError("the cisTEM engine keeps each batch's refine2d dump: the "
+                              "update's batches must say where")
+        try:
+            table = cistem_star.read_star(request.star_in)
+        except cistem_star.StarFormatError as exc:
+            raise EngineError(f"input star {request.star_in} cannot be used: {exc}") from None
+        todo = [b for b in request.batches if b.classify]
+        with _Scratch(request) as scratch:
+            runner = JobRunner(scratch.folder, cancel, progress)
+            tables = self._refine_batches(todo, table, request, scratch.folder, runner,
+                                          progress, cancel, (0.0, REFINE_SHARE))
+            header = _dump_key(todo[0].dump_out) if todo else None
+            kept = {b.start: load_kept(b.sums, header) if header and
+                    _dump_key(b.dump) == header else None
+                    for b in request.batches if not b.classify}
+            stale = [b for b in request.batches if not b.classify and kept[b.start] is None]
+            if stale:
+                runner.log.append(
+                    f"kept dumps of {len(stale)} batch(es) do not fit this update's (box, "
+                    f"classes, pixel size, mask: {header}): their particles are classified "
+                    "again")
+                rows = pd.concat([_kept_rows(b) for b in stale], ignore_index=True)
+                tables.update(self._refine_batches(stale, rows, request, scratch.folder,
+                                                   runner, progress, cancel,
+                                                   (REFINE_SHARE, REFINE_SHARE)))
+            counts = np.zeros(request.n_classes, dtype=np.int64)
+            dumps = []
+            for batch in request.batches:  # merge2d adds its files in this order
+                if batch.start in tables:
+                    counts += class_counts(tables[batch.start]["2DCLS"], request.n_classes)
+                    dumps.append(batch.dump_out)
+                else:
+                    counts += kept[batch.start]["counts"].numpy()
+                    dumps.append(batch.dump)
+            merge = self._merge(dumps, scratch, runner)
+            _finish_classes(scratch.classes, request, merge)
+            ordered = [tables[b.start] for b in request.batches if b.start in tables]
+            table = pd.concat(ordered, ignore_index=True)
+            cistem_star.write_star(scratch.star, table, [
+                f"Live2D cisTEM engine, streaming update: {describe_programs(self.programs)}",
+                f"refine2d on {len(ordered)} batch(es) against {request.classes_in}, merged "
+                f"with {len(dumps) - len(ordered)} kept dump(s)"])
+            _stop_if_cancelled(cancel)
+            scratch.commit(star=True)
+        runner.log.append(f"streaming update: {len(table)} particles in {len(ordered)} "
+                          f"batch(es) classified, {len(request.batches)} batches in the classes")
+        return CycleResult(
+            classes=request.classes_out,
+            star=request.star_out,
+            class_counts=counts.tolist(),
+            particles_processed=int((table["2DCLS"] > 0).sum()),
+            seconds=time.monotonic() - began,
+            log=runner.log,
+            batches_classified=tuple(b.start for b in request.batches if b.start in tables),
+        )
+
+    def _refine_batches(self, batches: list[StreamBatch], table: pd.DataFrame,
+                        request: CycleRequest, folder: Path, runner: JobRunner,
+                        progress: ProgressCallback, cancel: threading.Event,
+                        span: tuple[float, float]) -> dict[int, pd.DataFrame]:
+        """refine2d on each batch's particles (its rows of ``table``, written to a star of its
+        own so that nothing outside the batch is read), dumping to its ``dump_out``; the
+        batch's particles per class go to its ``sums_out``, keyed by its dump's header.
+        Returns each batch's output rows by its start."""
+        if not batches:
+            return {}
+        positions = table["POS"].to_numpy(dtype=np.int64)
+        jobs, stars, ranges = [], [], []
+        for batch in batches:
+            first, last = batch.start + 1, batch.stop
+            mine = table[(positions >= first) & (positions <= last)].sort_values("POS")
+            if not np.array_equal(mine["POS"].to_numpy(), np.arange(first, last + 1)):
+                raise EngineError(f"{request.star_in} holds {len(mine)} of the {batch.size} "
+                                  f"particles {first}-{last} to classify")
+            star_in = folder / f"batch_{batch.start}_in.star"
+            cistem_star.write_star(star_in, mine, [f"particles {first}-{last}"])
+            stars.append(folder / f"batch_{batch.start}.star")
+            ranges.append((first, last))
+            assert batch.dump_out is not None
+            run = Refine2DRun(
+                stack=request.stack,
+                star_in=star_in,
+                classes_in=request.classes_in,
+                star_out=stars[-1],
+                classes_out=folder / f"batch_{batch.start}.mrc",  # dump mode: not written
+                dump_file=batch.dump_out,
+                dump=True,
+                first=first,
+                last=last,
+            )
+            jobs.append(self._refine2d_job(run, request.params,
+                                           f"refine2d batch (particles {first}-{last})",
+                                           f"refine2d batch {first}-{last}"))
+        if self.executor is not None:
+            self._run_on_cluster(jobs, folder, runner, progress, cancel)
+        else:
+            # One process per thread at a time: a first update cuts every particle into
+            # batches, far more of them than there are cores.
+            width = max(1, request.threads)
+            waves = range(0, len(jobs), width)
+            total = len(jobs)
+            for at in waves:
+                wave = jobs[at:at + width]
+                runner.run(wave, span=(span[0] + (span[1] - span[0]) * at / total,
+                                       span[0] + (span[1] - span[0]) * (at + len(wave)) /
+                                       total))
+        for job, batch in zip(jobs, batches, strict=True):
+            assert batch.dump_out is not None
+            _require_output(job, batch.dump_out, "dump file")
+        out = _join_slices(jobs, stars, ranges)
+        tables, at = {}, 0
+        for batch in batches:
+            rows = out.iloc[at:at + batch.size].reset_index(drop=True)
+            at += batch.size
+            assert batch.dump_out is not None
+            key = _dump_key(batch.dump_out)
+            if key is None:
+                raise EngineError(f"refine2d wrote an unreadable dump {batch.dump_out}")
+            counts = class_counts(rows["2DCLS"], request.n_classes)
+            save_kept(batch.sums_out, key, {"counts": torch.tensor(counts, dtype=torch.int64),
+                                            "particles": int((rows["2DCLS"] > 0).sum())})
+            tables[batch.start] = rows
+        return tables
+
+    def _merge(self, dumps: list[Path | None], scratch: _Scratch, runner: JobRunner) -> Job:
+        """merge2d over ``dumps`` in order, presented as it reads them: files numbered 1..n
+        after one seed (links to the kept dumps, none copied)."""
+        seed = scratch.folder / "merge" / "batch_dump_.dat"
+        seed.parent.mkdir()
+        for number, dump in enumerate(dumps, start=1):
+            assert dump is not None
+            (seed.parent / f"batch_dump_{number}.dat").symlink_to(dump.absolute())
+        merge = Job(
+            program=self.programs.merge2d,
+            title=f"merge2d ({len(dumps)} batch dump files)",
+            tag="merge2d",
+            answers=merge2d_answers(scratch.classes, seed, len(dumps)),
+            weight=0,
+            staggered=False,
+        )
+        runner.run([merge], span=(REFINE_SHARE, 1.0))
+        _require_output(merge, scratch.classes, "class averages")
+        return merge
+
     def _run_on_cluster(self, jobs: list[Job], folder: Path, runner: JobRunner,
                         progress: ProgressCallback, cancel: threading.Event) -> None:
         """The slices as tasks on the executor's workers; their logs join this cycle's log."""
@@ -259,8 +431,9 @@ def _beside(path: Path, name: str) -> Path:
     return path.absolute().with_name(name)
 
 
-def _check_request(request: CycleRequest, refine: bool) -> int:
-    """The number of particles; raises EngineError for a request cisTEM would trip over."""
+def _check_request(request: CycleRequest, refine: bool, rows: bool = True) -> int:
+    """The number of particles; raises EngineError for a request cisTEM would trip over.
+    ``rows``: the input star must list every particle (a streaming update's lists some)."""
     if request.n_classes < 1:
         raise EngineError(f"cisTEM needs at least one class, not {request.n_classes}")
     if request.threads < 1:
@@ -268,6 +441,8 @@ def _check_request(request: CycleRequest, refine: bool) -> int:
     stack_x, stack_y, n = _mrc_shape(request.stack, "particle stack")
     if n < 1:
         raise EngineError(f"particle stack {request.stack} holds no particles")
+    if not rows:
+        return _check_classes(request, refine, stack_x, stack_y, n)
     try:
         positions = cistem_star.read_star(request.star_in)["POS"].to_numpy()
     except (cistem_star.StarFormatError, KeyError) as exc:
@@ -277,6 +452,11 @@ def _check_request(request: CycleRequest, refine: bool) -> int:
             f"input star {request.star_in} must list particles 1..{n} of {request.stack} in "
             f"order ({len(positions)} rows)"
         )
+    return _check_classes(request, refine, stack_x, stack_y, n)
+
+
+def _check_classes(request: CycleRequest, refine: bool, stack_x: int, stack_y: int,
+                   n: int) -> int:
     if refine:
         if request.classes_in is None:
             raise EngineError("a cisTEM cycle needs input class averages")
@@ -329,6 +509,35 @@ def _join_slices(jobs: list[Job], stars: list[Path], ranges: list[tuple[int, int
             raise job.failure(f"wrote star rows other than particles {first}-{last} in order")
         tables.append(table)
     return pd.concat(tables, ignore_index=True)
+
+
+def _dump_key(path: Path | None) -> dict[str, float] | None:
+    """What merge2d requires alike of all its dump files (box, class count, pixel size), and
+    the mask the sums were made under, from a refine2d dump's header; None where missing."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_DUMP_HEADER.size)
+    except OSError:
+        return None
+    if len(head) < _DUMP_HEADER.size:
+        return None
+    box, classes, _, _, _, _, pixel, mask, _, _ = _DUMP_HEADER.unpack(head)
+    return {"format": "refine2d dump", "box": box, "classes": classes, "pixel_size": pixel,
+            "mask_radius": mask}
+
+
+def _kept_rows(batch: StreamBatch) -> pd.DataFrame:
+    """The rows of a batch not asked to be classified, which must be after all."""
+    if batch.rows is None:
+        raise EngineError(f"the kept dump of particles {batch.start + 1}-{batch.stop} does not "
+                          "fit this update and their rows were not given")
+    try:
+        return cistem_star.read_star(batch.rows)
+    except cistem_star.StarFormatError as exc:
+        raise EngineError(f"cannot classify particles {batch.start + 1}-{batch.stop} again: "
+                          f"{exc}") from None
 
 
 def _stop_if_cancelled(cancel: threading.Event) -> None:

@@ -1,0 +1,126 @@
+"""Streaming updates with the cisTEM engine and the real refine2d and merge2d: an ab initio job,
+then updates that classify only their batches and merge every batch's kept dump.
+
+The programs are found as test_cistem_real finds them; this module skips where there are none.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+from test_cistem_real import CISTEM_BIN
+from test_streaming import exported_rows, grow
+
+from live2d.engines.cistem import CistemEngine, find_programs
+from live2d.engines.cistem_prompts import merge2d_answers
+from live2d.history import particle_table
+from live2d.mrc import read_images
+from live2d.output_folder import (
+    batch_dump_name,
+    batch_halves_name,
+    batch_rows_name,
+    batch_sums_name,
+)
+from live2d.schedule import Settings
+from live2d.session import Session
+
+# 48-px particles at 3 Å: each refine2d takes about a second.
+STREAM = {"classes": 3, "particles_per_class": 40, "startup_cycles": 1, "refinement_cycles": 1,
+          "high_res_initial": 20.0, "high_res_final": 15.0, "threads": 2,
+          "first_job_at": 200, "stream_every": 100, "stream_revisit": 1.0}
+KINDS = (batch_sums_name, batch_halves_name, batch_rows_name, batch_dump_name)
+
+
+def merge_by_hand(dumps: list[Path], folder: Path) -> np.ndarray:
+    """merge2d over ``dumps`` in order, run here as a user would, numbered as it reads them."""
+    folder.mkdir()
+    for number, dump in enumerate(dumps, start=1):
+        (folder / f"d_{number}.dat").symlink_to(dump)
+    out = folder / "merged.mrc"
+    answers = "\n".join(merge2d_answers(out, folder / "d_.dat", len(dumps))) + "\n"
+    done = subprocess.run([str(Path(CISTEM_BIN) / "merge2d")], input=answers, text=True,
+                          capture_output=True, cwd=folder, check=True)
+    assert "Merge2D: Normal termination" in done.stdout
+    return read_images(out)
+
+
+def test_cistem_updates_after_abinit_merge_every_batchs_kept_dump(tmp_path):
+    warp = tmp_path / "warp"
+    grow(warp, 240)
+    engine = CistemEngine(find_programs(CISTEM_BIN, required=True))
+    session = Session(warp, settings=Settings(**STREAM), engine=engine)
+    assert session.run_job("abinit") and session.settings.mode == "stream"
+    out = session.output_dir
+    stream = out / "stream"
+    orphan = stream / batch_dump_name(0, 999)  # as a killed update would leave it
+    kept_before: set[str] = set()
+    for particles in (300, 420):
+        grow(warp, particles)
+        assert session.run_job()  # the session's own choice after ab initio: an update
+        latest = session.history[-1]
+        assert latest.job_type == "stream" and latest.engine.startswith("cistem")
+        assert latest.particles == particles
+        covered = sorted(i for a, b, _ in latest.batches for i in range(a, b))
+        assert covered == list(range(particles))  # each particle in one batch, once
+
+        # The classes are merge2d's over the kept dumps, in batch order, byte for byte.
+        dumps = [stream / batch_dump_name(a, c) for a, _, c in latest.batches]
+        by_hand = merge_by_hand(dumps, tmp_path / f"by_hand_{latest.number}")
+        assert np.array_equal(read_images(out / latest.classes), by_hand)
+
+        # Every particle in the classes once: counts, the particles' classes, an export.
+        table = particle_table(out, latest)
+        assert len(table) == particles and table["POS"].tolist() == list(range(1, particles + 1))
+        assert sum(latest.class_counts) == particles
+        assert latest.class_counts == np.bincount(table["2DCLS"] - 1, minlength=3).tolist()
+        assert exported_rows(out, tmp_path, 3) == particles
+
+        # One file of each kind per batch, as the latest record names them: a re-visited
+        # batch's dump replaced, not kept beside its new one; a left-over one dropped.
+        kept = {p.name for p in stream.iterdir()}
+        assert kept == {name(a, c) for a, _, c in latest.batches for name in KINDS}
+        revisited = [(a, c) for a, _, c in latest.batches
+                     if c == latest.number and batch_dump_name(a, c) not in kept_before
+                     and any(n.startswith(f"dump_{a:09d}_") for n in kept_before)]
+        if kept_before:
+            assert latest.revisited > 0 and revisited
+            for a, _ in revisited:
+                assert [n for n in kept if n.startswith(f"dump_{a:09d}_")] == \
+                    [batch_dump_name(a, latest.number)]
+        kept_before = kept
+        orphan.write_bytes(b"left over")
+    session.close()
+    assert orphan.exists()
+    session = Session(warp, engine=engine)  # opening drops what no record names
+    assert not orphan.exists()
+    assert {p.name for p in stream.iterdir()} == kept_before
+    session.close()
+
+
+def test_kept_dumps_made_under_another_mask_are_made_again(tmp_path, caplog):
+    warp = tmp_path / "warp"
+    grow(warp, 240)
+    engine = CistemEngine(find_programs(CISTEM_BIN, required=True))
+    session = Session(warp, settings=Settings(**STREAM), engine=engine)
+    assert session.run_job("abinit")
+    grow(warp, 300)
+    assert session.run_job()
+    first = session.history[-1]
+    # merge2d would refuse dumps of another mask beside this update's: every kept batch is
+    # classified again from its kept rows, and the classes merge only this update's dumps.
+    session.update_settings({"mask_radius": 40.0})
+    grow(warp, 360)
+    caplog.set_level("DEBUG", logger="live2d")
+    assert session.run_job()
+    latest = session.history[-1]
+    assert latest.job_type == "stream" and latest.new_particles == 60
+    assert all(c == latest.number for _, _, c in latest.batches)
+    assert {a for a, _, _ in first.batches} <= {a for a, _, _ in latest.batches}
+    assert "do not fit this update" in caplog.text
+    assert sum(latest.class_counts) == 360 == len(particle_table(session.output_dir, latest))
+    dumps = [session.output_dir / "stream" / batch_dump_name(a, c) for a, _, c in latest.batches]
+    assert np.array_equal(read_images(session.output_dir / latest.classes),
+                          merge_by_hand(dumps, tmp_path / "by_hand"))
+    session.close()
