@@ -48,6 +48,7 @@ from live2d.errors import CycleCancelled, EngineError, SessionError
 from live2d.forecast import forecast, particle_times, write_forecast
 from live2d.history import CycleRecord
 from live2d.importer import Importer, ImportReport
+from live2d.listeners import Listeners
 from live2d.notify import Notifier, alert_message, check_targets, shown
 from live2d.output_folder import DEFAULT_OUTPUT, OutputFolder
 from live2d.schedule import (
@@ -70,7 +71,6 @@ if TYPE_CHECKING:
 LOG_LINES_KEPT = 1000
 log = logging.getLogger("live2d")
 
-Listener = Callable[[dict[str, Any]], None]
 # What a scored cycle's alerts are judged on: the store's table, its particles scored by the
 # cycle, the EPU folder's foil hole -> grid square (None: none kept or readable).
 ScoredCycle = tuple[pd.DataFrame, ScoredParticles, dict[str, str] | None]
@@ -92,7 +92,7 @@ class SessionLogHandler(logging.FileHandler):
         self.session._emit({"type": "log", "line": line})
 
 
-class Session:
+class Session(Listeners):
     """A live classification session over one output folder: it imports what the particle
     source adds, plans and runs jobs of cycles (:func:`live2d.cycle.run_cycle`), records each
     cycle (:mod:`live2d.history`), keeps the selection (:mod:`live2d.selection`) and tells its
@@ -165,7 +165,7 @@ class Session:
                                 "executor": executor}
         self._engine: Engine | None = engine if isinstance(engine, Engine) else None
         self._lock = threading.RLock()
-        self._listeners: list[Listener] = []
+        Listeners.__init__(self)
         self._stop = threading.Event()
         self._cancel = threading.Event()
         self.status = "stopped"  # stopped | listening | running | stopping
@@ -239,21 +239,6 @@ class Session:
         return settings
 
     # ----------------------------------------------------------------- events and log
-    def add_listener(self, listener: Listener) -> None:
-        """``listener(event)`` is called from the worker thread on every change."""
-        self._listeners.append(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
-
-    def _emit(self, event: dict[str, Any]) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:  # a broken UI must never stop classification
-                log.exception("session listener failed")
-
     def _attach_log(self) -> logging.Handler:
         if self.output.log.exists():
             with open(self.output.log, encoding="utf-8", errors="replace") as handle:

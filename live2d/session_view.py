@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,6 +25,7 @@ from live2d.alerts import read_alerts
 from live2d.collection_yield import read_grid_map
 from live2d.errors import SelectionError, SessionError
 from live2d.history import CycleHistory, CycleRecord, read_history
+from live2d.listeners import Listeners
 from live2d.output_folder import ALERTS, DEFAULT_OUTPUT, YIELD_TABLES, OutputFolder
 from live2d.schedule import Settings
 from live2d.selection import ClassSelection, SelectionState
@@ -34,7 +34,6 @@ from live2d.session_state import SessionState, read_state
 
 LOG_LINES_KEPT = 1000
 log = logging.getLogger("live2d")
-Listener = Callable[[dict[str, Any]], None]
 
 
 class _Records:
@@ -44,7 +43,7 @@ class _Records:
         self.records = records
 
 
-class SessionView:
+class SessionView(Listeners):
     """The session in ``output_dir`` as the page shows it, read-only; the attributes the web
     server reads of a :class:`live2d.session.Session` (``read_only`` says why it is one)."""
 
@@ -56,7 +55,7 @@ class SessionView:
         self.holder_text = holder_text
         self.holder_gone = False
         self._lock = threading.RLock()
-        self._listeners: list[Listener] = []
+        Listeners.__init__(self)
         self.progress: dict[str, Any] | None = None
         self.missing = ""
         self.log_lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
@@ -200,21 +199,6 @@ class SessionView:
         for line in data[:end].decode("utf-8", "replace").splitlines():
             self.log_lines.append(line)
             self._emit({"type": "log", "line": line})
-
-    # ------------------------------------------------------------------ listeners
-    def add_listener(self, listener: Listener) -> None:
-        self._listeners.append(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
-
-    def _emit(self, event: dict[str, Any]) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:  # a broken UI must never stop the view
-                log.exception("session listener failed")
 
     # ------------------------------------------------------------------ refused
     def refuse(self, what: str) -> SessionError:

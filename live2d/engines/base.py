@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from live2d import cistem_star
 from live2d.errors import EngineError
 
 
@@ -61,6 +62,18 @@ class StreamBatch:
     @property
     def size(self) -> int:
         return self.stop - self.start
+
+    def kept_rows(self, kept: str) -> pd.DataFrame:
+        """The rows of this batch, not asked to be classified, which must be after all because
+        what the engine kept of it (``kept``: "sums", "dump") does not fit this update."""
+        if self.rows is None:
+            raise EngineError(f"the kept {kept} of particles {self.start + 1}-{self.stop} "
+                              "do not fit this update and their rows were not given")
+        try:
+            return cistem_star.read_star(self.rows)
+        except cistem_star.StarFormatError as exc:
+            raise EngineError(f"cannot classify particles {self.start + 1}-{self.stop} again: "
+                              f"{exc}") from None
 
 
 @dataclass(frozen=True)

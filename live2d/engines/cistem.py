@@ -221,7 +221,7 @@ class CistemEngine(Engine):
                     f"kept dumps of {len(stale)} batch(es) do not fit this update's (box, "
                     f"classes, pixel size, mask: {header}): their particles are classified "
                     "again")
-                rows = pd.concat([_kept_rows(b) for b in stale], ignore_index=True)
+                rows = pd.concat([b.kept_rows("dump") for b in stale], ignore_index=True)
                 tables.update(self._refine_batches(stale, rows, request, scratch.folder,
                                                    runner, progress, cancel,
                                                    (REFINE_SHARE, REFINE_SHARE)))
@@ -526,18 +526,6 @@ def _dump_key(path: Path | None) -> dict[str, float] | None:
     box, classes, _, _, _, _, pixel, mask, _, _ = _DUMP_HEADER.unpack(head)
     return {"format": "refine2d dump", "box": box, "classes": classes, "pixel_size": pixel,
             "mask_radius": mask}
-
-
-def _kept_rows(batch: StreamBatch) -> pd.DataFrame:
-    """The rows of a batch not asked to be classified, which must be after all."""
-    if batch.rows is None:
-        raise EngineError(f"the kept dump of particles {batch.start + 1}-{batch.stop} does not "
-                          "fit this update and their rows were not given")
-    try:
-        return cistem_star.read_star(batch.rows)
-    except cistem_star.StarFormatError as exc:
-        raise EngineError(f"cannot classify particles {batch.start + 1}-{batch.stop} again: "
-                          f"{exc}") from None
 
 
 def _stop_if_cancelled(cancel: threading.Event) -> None:

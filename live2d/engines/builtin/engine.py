@@ -31,7 +31,6 @@ from live2d.engines.base import (
     Engine,
     Progress,
     ProgressCallback,
-    StreamBatch,
     class_counts,
 )
 from live2d.engines.builtin.averages import (
@@ -255,7 +254,7 @@ class BuiltinEngine(Engine):
                        f"(working box {geometry.working} px, {k} classes, mask "
                        f"{params.mask_radius:.0f} Å, {params.high_res:.1f}-{params.low_res:.0f} "
                        "Å): their particles are classified again")
-            table = pd.concat([table, *(_kept_rows(b) for b in stale)], ignore_index=True)
+            table = pd.concat([table, *(b.kept_rows("sums") for b in stale)], ignore_index=True)
         index = table["POS"].to_numpy(dtype=np.int64) - 1  # each row's image in the stack
         total_work = max(1, sum(b.size for b in todo))
         done_before = 0
@@ -426,18 +425,6 @@ def _write_sums(path: Path, sums: ReducedSums, key: dict[str, float], particles:
     the old file or the new one)."""
     save_kept(path, key, {"particles": particles, **sums.to_dict(),
                           "counts": torch.tensor(counts, dtype=torch.int64)})
-
-
-def _kept_rows(batch: StreamBatch) -> pd.DataFrame:
-    """The rows of a batch not asked to be classified, which must be after all."""
-    if batch.rows is None:
-        raise EngineError(f"the kept sums of particles {batch.start + 1}-{batch.stop} do not "
-                          "fit this update and their rows were not given")
-    try:
-        return cistem_star.read_star(batch.rows)
-    except StarFormatError as exc:
-        raise EngineError(f"cannot classify particles {batch.start + 1}-{batch.stop} again: "
-                          f"{exc}") from None
 
 
 def _read_sums(path: Path, key: dict[str, float]) -> ReducedSums | None:
