@@ -8,8 +8,8 @@ folder so that it cannot be mistaken for Warp output.
 
 Micrographs are named as EPU names its movies (``FoilHole_<hole>_Data_..._<date>_<time>``,
 :func:`epu_movie_name`), so the yield per foil hole (live2d.collection_yield) has holes to count;
-foil holes lie on grid squares in collection order, and one square can be made mostly junk
-(``bad_square``), as a square of thick or broken ice is, for the bad-square alert to find.
+foil holes lie on grid squares in collection order, and one square can be made mostly empty
+ice (``bad_square``), as a square of too thick or thin ice gives, for the bad-square alert.
 Micrograph ``i`` is generated from the seed and ``i`` alone, so simulating 240 particles into a
 folder that holds 120 of the same simulation appends micrographs and leaves the first ones
 byte-identical: this is how tests mimic a session that keeps collecting.
@@ -205,7 +205,7 @@ def simulate(
                  "per_micrograph": per_micrograph}
     if junk or off_centre:  # absent otherwise, so folders simulated before them still extend
         signature |= {"junk": junk, "off_centre": off_centre}
-    if bad_square:  # the squares change only the bad square's images, and its images only then
+    if bad_square:  # only a bad square changes images: without one, older folders still extend
         signature |= {"holes_per_square": holes_per_square, "bad_square": bad_square}
     record_path = truth_dir / "simulation.json"
     previous = json.loads(record_path.read_text()) if record_path.exists() else None
