@@ -16,6 +16,7 @@ Particles carry a CTF and white noise and come out as Warp exports them: protein
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,14 +95,15 @@ class Phantom:
         amplitude_contrast: float = 0.07,
         max_shift: float = 0.0,
         junk: float = 0.0,
+        junk_kinds: Sequence[str] = JUNK_KINDS,
     ) -> ParticleBatch:
         """``n`` noisy picks of random views, angles and shifts, as Warp would export them.
 
         ``snr`` is the variance of the CTF-modulated signal inside the particle's circle
         (diameter/2) over the noise variance. Defoci are in Å, the astigmatism angle in degrees
         from the x axis (cisTEM/Warp convention), ``max_shift`` in Å. A fraction ``junk`` of the
-        picks are junk (:mod:`live2d.junk`, its kinds equally likely), imaged with the same CTF
-        and noise; with ``junk=0`` the random draws are those of a session without junk.
+        picks are junk (:mod:`live2d.junk`, ``junk_kinds`` equally likely), imaged with the same
+        CTF and noise; with ``junk=0`` the random draws are those of a session without junk.
         """
         view = rng.integers(0, len(self.views), size=n)
         psi = rng.uniform(0.0, 360.0, size=n)
@@ -112,7 +114,7 @@ class Phantom:
         if junk > 0:
             junk_rng = np.random.default_rng(rng.integers(2**63))
             is_junk = junk_rng.uniform(size=n) < junk
-            kind[is_junk] = junk_rng.choice(JUNK_KINDS, size=int(is_junk.sum()))
+            kind[is_junk] = junk_rng.choice(list(junk_kinds), size=int(is_junk.sum()))
             view[is_junk], psi[is_junk], shift[is_junk] = -1, 0.0, 0.0
         true = kind == PARTICLE
         clean = np.zeros((n, self.box, self.box), dtype=np.float32)

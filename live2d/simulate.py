@@ -7,7 +7,9 @@ and noise go to one stack per micrograph under ``particles/``; ``allparticles_<m
 folder so that it cannot be mistaken for Warp output.
 
 Micrographs are named as EPU names its movies (``FoilHole_<hole>_Data_..._<date>_<time>``,
-:func:`epu_movie_name`), so the yield per foil hole (live2d.collection_yield) has holes to count.
+:func:`epu_movie_name`), so the yield per foil hole (live2d.collection_yield) has holes to count;
+foil holes lie on grid squares in collection order, and one square can be made mostly empty
+ice (``bad_square``), as a square of too thick or thin ice gives, for the bad-square alert.
 Micrograph ``i`` is generated from the seed and ``i`` alone, so simulating 240 particles into a
 folder that holds 120 of the same simulation appends micrographs and leaves the first ones
 byte-identical: this is how tests mimic a session that keeps collecting.
@@ -28,6 +30,7 @@ import mrcfile
 import numpy as np
 
 from live2d.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from live2d.junk import JUNK_KINDS
 from live2d.phantom import Phantom
 
 MODEL = "BoxNet2Mask_20180918"
@@ -54,6 +57,13 @@ VOLTAGE, CS, AMPLITUDE_CONTRAST = 300.0, 2.7, 0.07
 # EPU's movie names: fixed, not the clock's, so that a simulation extended later keeps them.
 MICROGRAPHS_PER_HOLE = 4
 HOLES_PER_SQUARE = 4
+# A bad square's share of junk picks: far from the others', as the bad-square alert needs
+# (below half the median square's good share), yet not all junk, so that its micrographs keep
+# the particles' noise level (live2d.phantom sets it from them).
+BAD_SQUARE_JUNK = 0.9
+# Empty ice only, as picked on a square of too thick or too thin ice: the other kinds of junk
+# (aggregates above all) fall into good classes too often for a square to stand out.
+BAD_SQUARE_KINDS = ("empty",)
 _FIRST_SQUARE = 24668021
 SECONDS_PER_MICROGRAPH = 20
 _FIRST_HOLE, _FIRST_TEMPLATE, _FIRST_ACQUISITION = 24697853, 24671885, 24671887
@@ -69,11 +79,19 @@ def epu_movie_name(index: int) -> str:
             f"{_FIRST_ACQUISITION + index}_{taken:%Y%m%d_%H%M%S}_fractions")
 
 
-def write_epu_acquisition(epu_dir: Path, index: int) -> None:
+def square_of(index: int, holes_per_square: int = HOLES_PER_SQUARE) -> int:
+    """The grid square (0 for the first one collected) of micrograph ``index``: EPU collects a
+    square's foil holes before it moves on, ``holes_per_square`` of them. Fixed by ``index``
+    alone, so a session that grows keeps every micrograph on its square."""
+    return index // MICROGRAPHS_PER_HOLE // holes_per_square
+
+
+def write_epu_acquisition(epu_dir: Path, index: int,
+                          holes_per_square: int = HOLES_PER_SQUARE) -> None:
     """The file EPU writes into its session folder ``epu_dir`` for micrograph ``index`` of the
-    simulation, under its grid square (:data:`HOLES_PER_SQUARE` foil holes to a square): what
-    live2d.epu reads is its name and folder, so it holds only a stub."""
-    square = _FIRST_SQUARE + index // MICROGRAPHS_PER_HOLE // HOLES_PER_SQUARE
+    simulation, under its grid square (:func:`square_of`): what live2d.epu reads is its name
+    and folder, so it holds only a stub."""
+    square = _FIRST_SQUARE + square_of(index, holes_per_square)
     data = epu_dir / "Images-Disc1" / f"GridSquare_{square}" / "Data"
     acquisition = data / f"{epu_movie_name(index).removesuffix('_fractions')}.xml"
     if not acquisition.exists():
@@ -155,6 +173,8 @@ def simulate(
     truth_dir: Path | None = None,
     keep_going: Callable[[], bool] = lambda: True,
     epu_dir: Path | None = None,
+    holes_per_square: int = HOLES_PER_SQUARE,
+    bad_square: int = 0,
 ) -> int:
     """Write (or extend) a simulated Warp session of ``particles`` picks; returns how many
     micrographs were written. With ``interval`` > 0 a micrograph appears every ``interval``
@@ -164,9 +184,15 @@ def simulate(
     aggregates; :mod:`live2d.junk`). ``off_centre``: picks land up to this many pixels from the
     particle's centre (0: up to 8% of its diameter, a good picker). The truth records each
     pick's kind. ``epu_dir``: also write the EPU session folder's acquisition files there, one
-    per micrograph under its grid square, as EPU does before Warp sees the movie."""
+    per micrograph under its grid square, as EPU does before Warp sees the movie.
+    ``holes_per_square``: foil holes EPU collects on a grid square before the next
+    (:data:`MICROGRAPHS_PER_HOLE` micrographs to a hole). ``bad_square``: the grid square,
+    counted from 1 in collection order, whose picks are mostly empty ice
+    (:data:`BAD_SQUARE_JUNK`, :data:`BAD_SQUARE_KINDS`); 0 for none."""
     if particles < 0 or per_micrograph < 1:
         raise ValueError("particles must be >= 0 and per_micrograph >= 1")
+    if holes_per_square < 1 or bad_square < 0:
+        raise ValueError("holes_per_square must be >= 1 and bad_square >= 0 (0: none)")
     if not 0.0 <= junk < 1.0 or off_centre < 0:
         raise ValueError("junk must be a fraction in [0, 1) and off_centre >= 0 pixels")
     warp_dir = Path(warp_dir)
@@ -179,6 +205,8 @@ def simulate(
                  "per_micrograph": per_micrograph}
     if junk or off_centre:  # absent otherwise, so folders simulated before them still extend
         signature |= {"junk": junk, "off_centre": off_centre}
+    if bad_square:  # only a bad square changes images: without one, older folders still extend
+        signature |= {"holes_per_square": holes_per_square, "bad_square": bad_square}
     record_path = truth_dir / "simulation.json"
     previous = json.loads(record_path.read_text()) if record_path.exists() else None
     reuse = previous is not None and previous["signature"] == signature
@@ -197,7 +225,8 @@ def simulate(
             break
         movie = epu_movie_name(index)
         if epu_dir is not None:
-            write_epu_acquisition(Path(epu_dir), index)
+            write_epu_acquisition(Path(epu_dir), index, holes_per_square)
+        on_bad_square = square_of(index, holes_per_square) == bad_square - 1
         stack_name = f"particles/{movie}_{MODEL}.mrcs"
         rng = np.random.default_rng([seed, index])
         defocus_u = rng.uniform(8000.0, 25000.0)
@@ -207,7 +236,9 @@ def simulate(
                                   defocus_angle=defocus_angle, voltage=VOLTAGE, cs=CS,
                                   amplitude_contrast=AMPLITUDE_CONTRAST,
                                   max_shift=off_centre * pixel_size if off_centre
-                                  else 0.08 * phantom.diameter, junk=junk)
+                                  else 0.08 * phantom.diameter,
+                                  junk=max(junk, BAD_SQUARE_JUNK) if on_bad_square else junk,
+                                  junk_kinds=BAD_SQUARE_KINDS if on_bad_square else JUNK_KINDS)
         coordinates = rng.uniform(box, MICROGRAPH_PIXELS - box, size=(size, 2))
         recorded = previous["sizes"] if reuse else []
         stack_path = warp_dir / stack_name

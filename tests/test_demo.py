@@ -3,6 +3,7 @@ microscope stops, and Ctrl-C leaves no temporary folder behind."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from live2d.alerts import read_alerts
 from live2d.history import read_history
 from live2d.simulate import simulate
 
@@ -35,7 +37,7 @@ def interrupt(process: subprocess.Popen) -> str:
 
 
 def test_the_demo_classifies_every_particle_once_its_microscope_stops(tmp_path):
-    # 300 particles: fewer than the demo's first_job_at (600), so only the catch-up after the
+    # 300 particles: fewer than the demo's first_job_at (1200), so only the catch-up after the
     # simulated session ends classifies them.
     demo = start_demo("--dir", str(tmp_path), "--particles", "300", "--interval", "0.2",
                       "--device", "cpu")
@@ -58,6 +60,38 @@ def test_the_demo_classifies_every_particle_once_its_microscope_stops(tmp_path):
     # The simulated microscope's EPU folder names the grid square of its foil hole.
     squares = (tmp_path / "warp" / "classification" / "yield_squares.csv").read_text()
     assert squares.splitlines()[1].startswith("24668021,3,300,")
+
+
+def wait_until_classified(out: Path, particles: int, seconds: float) -> None:
+    """Until no job runs and the last cycle classified ``particles`` (its history in ``out``)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        log = (out / "live2d.log").read_text(encoding="utf-8") if (out / "live2d.log").exists() \
+            else ""
+        started, finished = len(re.findall(r"job \d+: ", log)), log.count(" finished; ")
+        if started and started == finished and read_history(out)[-1].particles == particles:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the demo did not classify {particles} particles in {seconds:g} s")
+
+
+def test_the_demos_second_grid_square_fires_the_bad_square_alert(tmp_path):
+    # Two squares of 8 micrographs, the second mostly empty ice.
+    demo = start_demo("--dir", str(tmp_path), "--particles", "1600", "--interval", "0.05",
+                      "--device", "cpu")
+    out = tmp_path / "warp" / "classification"
+    try:
+        wait_until_classified(out, 1600, 240)
+    finally:
+        interrupt(demo)
+    squares = [line.split(",") for line in (out / "yield_squares.csv").read_text().splitlines()]
+    assert [row[:3] for row in squares[1:]] == [["24668021", "8", "800"],
+                                                ["24668022", "8", "800"]]
+    good, bad = (float(row[4]) for row in squares[1:])
+    assert bad < 0.25 < 0.9 < good  # its picks are 90% empty ice
+    alerts = read_alerts(out)
+    assert [a.key for a in alerts] == ["square:24668022"]
+    assert alerts[0].message.startswith("GridSquare_24668022: ")
 
 
 def test_ctrl_c_removes_the_demos_temporary_folder_and_says_so():

@@ -7,7 +7,9 @@ import mrcfile
 import numpy as np
 import pytest
 
+from live2d.alerts import read_alerts
 from live2d.cli import main as cli_main
+from live2d.epu import micrograph_origin, read_hole_squares
 from live2d.junk import JUNK_KINDS, render_junk
 from live2d.phantom import Phantom
 from live2d.simulate import MODEL, read_settings_values, simulate, truth_dir_for, write_settings
@@ -141,3 +143,67 @@ def test_each_kind_of_junk_looks_like_it(tmp_path):
     assert all(image.sum() > 1.5 * view_mass for image in draws["aggregate"])  # 2-4 particles
     with pytest.raises(ValueError, match="unknown junk kind"):
         render_junk("ice cream", phantom.views, rng, phantom._render_one)
+
+
+def kinds_by_square(warp, epu):
+    """The truth's kinds of pick on each grid square of the EPU folder ``epu``."""
+    squares = read_hole_squares(epu)
+    kinds: dict[str, list[str]] = {}
+    for record in read_truth(warp):
+        hole = micrograph_origin(record["image_name"].split("/")[-1]).foil_hole
+        kinds.setdefault(squares[hole], []).append(record["kind"])
+    return kinds
+
+
+def test_a_bad_square_is_mostly_empty_ice_and_the_epu_folder_maps_every_hole(tmp_path):
+    warp, epu = tmp_path / "warp", tmp_path / "epu"
+    # 2 holes to a square: 8 micrographs each, so 24 micrographs make three squares.
+    assert cli_main(["simulate", str(warp), "--particles", "240", "--per-micrograph", "10",
+                     "--box", "32", "--pixel-size", "4", "--views", "2", "--epu", str(epu),
+                     "--holes-per-square", "2", "--bad-square", "2"]) == 0
+    files = sorted(epu.glob("Images-Disc1/GridSquare_*/Data/FoilHole_*_Data_*.xml"))
+    assert len(files) == 24  # one acquisition file per movie, as EPU writes them
+    ET.fromstring(files[0].read_bytes())  # well-formed XML
+    _, rows = star_rows(warp / f"allparticles_{MODEL}.star")
+    movies = {row[-1] for row in rows}
+    assert {f.stem for f in files} == {m.removesuffix("_fractions.tif") for m in movies}
+    kinds = kinds_by_square(warp, epu)
+    first, bad, third = sorted(kinds)
+    assert [len(kinds[s]) for s in (first, bad, third)] == [80, 80, 80]
+    assert set(kinds[first]) == set(kinds[third]) == {"particle"}
+    empty = kinds[bad].count("empty") / len(kinds[bad])
+    assert 0.7 < empty < 1.0 and set(kinds[bad]) == {"particle", "empty"}
+
+
+def test_a_session_with_a_bad_square_grows_in_whole_micrographs(tmp_path):
+    warp, epu = tmp_path / "warp", tmp_path / "epu"
+    options = {"per_micrograph": 10, "box": 32, "pixel_size": 4.0, "views": 2, "epu_dir": epu,
+               "holes_per_square": 1, "bad_square": 2}
+    simulate(warp, particles=60, **options)  # 4 micrographs on square 1, 2 on the bad one
+    before = {path.name: path.read_bytes() for path in (warp / "particles").iterdir()}
+    truth_before = read_truth(warp)
+    assert simulate(warp, particles=120, **options) == 6
+    after = {path.name: path.read_bytes() for path in (warp / "particles").iterdir()}
+    assert len(after) == 12 and all(after[name] == data for name, data in before.items())
+    assert read_truth(warp)[:60] == truth_before
+    assert [len(v) for _, v in sorted(kinds_by_square(warp, epu).items())] == [40, 40, 40]
+
+
+def test_the_bad_square_of_a_short_session_is_the_worst_and_fires_the_alert(tmp_path, capsys):
+    from test_session import SMALL_ARGS
+
+    warp, epu = tmp_path / "warp", tmp_path / "epu"
+    # Three squares of 8 micrographs: as many as the bad-square rule needs to judge one.
+    simulate(warp, particles=480, per_micrograph=20, box=48, pixel_size=3.0, snr=0.5, views=4,
+             epu_dir=epu, holes_per_square=2, bad_square=2)
+    assert cli_main(["run", str(warp), "--once", "--epu", str(epu), *SMALL_ARGS]) == 0
+    capsys.readouterr()
+    assert cli_main(["yield", str(warp), "--by", "square", "--format", "csv"]) == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert [int(row["micrographs"]) for row in rows] == [8, 8, 8]
+    fraction = {row["grid_square"]: float(row["good_fraction"]) for row in rows}
+    bad = sorted(fraction)[1]
+    assert all(fraction[bad] < 0.5 * fraction[square] for square in fraction if square != bad)
+    assert [a.key for a in read_alerts(warp / "classification")] == [f"square:{bad}"]
+    assert cli_main(["status", str(warp)]) == 0
+    assert f"GridSquare_{bad}: " in capsys.readouterr().out

@@ -1,5 +1,10 @@
 """Simulate a live Warp session in the background and serve the page on it, with the built-in
-engine and small settings, so classes appear within minutes on a laptop. Open the printed URL."""
+engine and small settings, so classes appear within minutes on a laptop. Open the printed URL.
+
+The simulated microscope names its movies as EPU does and writes its EPU session folder, which
+the session is given (``--epu``): ``live2d yield`` and the session's yield tables give good
+particles per grid square, and the second square, mostly empty ice, fires the bad-square alert
+that the page and ``live2d status`` show."""
 
 from __future__ import annotations
 
@@ -12,11 +17,16 @@ from pathlib import Path
 
 DEMO_SETTINGS = {"classes": 10, "particles_per_class": 60, "startup_cycles": 4,
                  "refinement_cycles": 2, "high_res_initial": 30.0, "high_res_final": 10.0,
-                 "first_job_at": 600, "update_every": 1500, "poll_seconds": 3.0,
+                 # a square and a half (DEMO_HOLES_PER_SQUARE): the first classes then hold
+                 # the bad square's empty ice, and streaming updates send its later picks there
+                 "first_job_at": 1200, "update_every": 1500, "poll_seconds": 3.0,
                  # after the first job, a streaming update every 500 new particles (10 s)
                  "stream_every": 500, "stream_interval": 30.0,
                  # once the simulated microscope stops, its last particles are classified too
                  "catch_up_after": 10.0}
+# Squares of 8 micrographs, as many as the bad-square rule needs to judge one. The bad one is
+# the second, so that the first classes are of good particles and its empty ice both.
+DEMO_HOLES_PER_SQUARE, DEMO_BAD_SQUARE = 2, 2
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +40,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "(default 6000)")
     parser.add_argument("--interval", type=float, default=2.0,
                         help="seconds between simulated micrographs of 100 particles")
+    parser.add_argument("--bad-square", type=int, default=DEMO_BAD_SQUARE, metavar="N",
+                        help="the grid square (from 1) the simulated microscope finds mostly "
+                             f"empty ice, for the bad-square alert (default {DEMO_BAD_SQUARE}, "
+                             "0: none)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
 
 
@@ -45,9 +59,12 @@ def main(args: argparse.Namespace) -> int:
     done = threading.Event()
 
     def collect() -> None:
+        # SNR 0.1, not lower: at 0.05 the classes take in about half of the bad square's empty
+        # ice, and whether the square falls below half the others' share is a coin toss.
         simulate(warp, particles=args.particles, per_micrograph=100, interval=args.interval,
-                 box=64, pixel_size=3.0, snr=0.05, views=8, keep_going=lambda: not done.is_set(),
-                 epu_dir=epu)
+                 box=64, pixel_size=3.0, snr=0.1, views=8, keep_going=lambda: not done.is_set(),
+                 epu_dir=epu, holes_per_square=DEMO_HOLES_PER_SQUARE,
+                 bad_square=args.bad_square)
 
     microscope = threading.Thread(target=collect, name="simulated-warp", daemon=True)
     controller = None

@@ -7,7 +7,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from live2d.simulate import simulate
+from live2d.simulate import (
+    BAD_SQUARE_JUNK,
+    HOLES_PER_SQUARE,
+    MICROGRAPHS_PER_HOLE,
+    simulate,
+)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -36,14 +41,22 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--truth", type=Path, help="truth folder (WARP_DIR_truth)")
     parser.add_argument("--epu", type=Path, metavar="EPU_DIR",
                         help="also write an EPU session folder here (Images-Disc1/GridSquare_*/"
-                             "Data/FoilHole_*.xml, four foil holes to a grid square), for "
-                             "live2d run --epu")
+                             "Data/FoilHole_*.xml), for live2d run --epu")
+    parser.add_argument("--holes-per-square", type=int, default=HOLES_PER_SQUARE,
+                        help="foil holes collected on a grid square before the next, "
+                             f"{MICROGRAPHS_PER_HOLE} micrographs to a hole (default "
+                             f"{HOLES_PER_SQUARE})")
+    parser.add_argument("--bad-square", type=int, default=0, metavar="N",
+                        help="make the Nth grid square collected (from 1) a bad one: "
+                             f"{BAD_SQUARE_JUNK * 100:.0f}%% of its picks empty ice, for the "
+                             "bad-square alert (default 0: none; live2d demo uses 2)")
 
 
 def main(args: argparse.Namespace) -> int:
     simulate(args.warp_dir, particles=args.particles, per_micrograph=args.per_micrograph,
              interval=args.interval, box=args.box, pixel_size=args.pixel_size, snr=args.snr,
              views=args.views, seed=args.seed, junk=args.junk, off_centre=args.off_centre,
-             truth_dir=args.truth, epu_dir=args.epu)
+             truth_dir=args.truth, epu_dir=args.epu, holes_per_square=args.holes_per_square,
+             bad_square=args.bad_square)
     print(f"wrote {args.particles} particles to {args.warp_dir}")
     return 0
