@@ -492,3 +492,17 @@ def test_grid_map_tiles_follow_collection_order_colour_and_size() -> None:
     assert good.get_facecolor()[1] > good.get_facecolor()[0]  # green
     assert bad.get_facecolor()[0] > bad.get_facecolor()[1]  # red
     assert [t.get_text().split("\n")[0] for t in axes.texts] == ["3", "1"]
+
+
+def test_grid_map_tiles_sit_at_the_squares_stage_positions() -> None:
+    squares = [{"grid_square": name, "particles": 100, "good_fraction": 0.5, "x_um": x,
+                "y_um": y}
+               for name, x, y in (("a", 0.0, 0.0), ("b", 80.0, 0.0), ("c", 0.0, -80.0))]
+    axes = draw_grid_map(matplotlib.figure.Figure(), {"squares": squares})
+    centres = {t.get_text().split("\n")[0]: t.get_position() for t in axes.texts}
+    assert centres == {"a": (0.0, 0.0), "b": (80.0, 0.0), "c": (0.0, -80.0)}
+    assert "stage positions" in axes.figure._suptitle.get_text()
+    # One square without a position: collection order for all.
+    squares[1] = {**squares[1], "x_um": None}
+    axes = draw_grid_map(matplotlib.figure.Figure(), {"squares": squares})
+    assert "collection order" in axes.figure._suptitle.get_text()

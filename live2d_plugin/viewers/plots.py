@@ -448,10 +448,10 @@ def save_evolution_png(path: str | Path, history: list[CycleRecord]) -> None:
 
 
 def draw_grid_map(figure: matplotlib.figure.Figure, grid: dict | None):
-    """The grid squares (:func:`live2d.collection_yield.grid_map`) as tiles in collection order,
-    coloured by their share of good particles (red 0 → green 1) and sized by their particles,
-    each labelled with its id, share and count. Without squares, the session's totals and
-    why. Returns the axes."""
+    """The grid squares (:func:`live2d.collection_yield.grid_map`) as tiles at their stage
+    positions (in collection order where EPU's metadata gives none), coloured by their share of
+    good particles (red 0 → green 1) and sized by their particles, each labelled with its id,
+    share and count. Without squares, the session's totals and why. Returns the axes."""
     figure.clear()
     axes = figure.add_subplot(1, 1, 1)
     axes.set_axis_off()
@@ -467,24 +467,39 @@ def draw_grid_map(figure: matplotlib.figure.Figure, grid: dict | None):
                             f"micrographs ({grid['good_fraction']:.0%})",
                   ha="center", va="center", wrap=True, transform=axes.transAxes)
         return axes
-    columns = math.ceil(math.sqrt(len(squares)))
-    rows = math.ceil(len(squares) / columns)
     largest = max(square["particles"] for square in squares) or 1
     colours = matplotlib.colormaps["RdYlGn"]
-    for index, square in enumerate(squares):
-        row, column = divmod(index, columns)
-        side = 0.25 + 0.7 * math.sqrt(square["particles"] / largest)
-        x, y = column + (1 - side) / 2, rows - 1 - row + (1 - side) / 2
+    centres, cell, where = _tile_centres(squares)
+    for square, (x, y) in zip(squares, centres, strict=True):
+        side = cell * (0.25 + 0.7 * math.sqrt(square["particles"] / largest))
         axes.add_patch(matplotlib.patches.Rectangle(
-            (x, y), side, side, facecolor=colours(square["good_fraction"]),
-            edgecolor="black", linewidth=0.5))
+            (x - side / 2, y - side / 2), side, side,
+            facecolor=colours(square["good_fraction"]), edgecolor="black", linewidth=0.5))
         label = (f"{square['grid_square']}\n{square['good_fraction']:.0%} good\n"
                  f"{square['particles']:,}")
-        axes.text(column + 0.5, rows - 1 - row + 0.5, label, ha="center", va="center",
-                  fontsize=max(5, 9 - columns // 3))
-    axes.set_xlim(0, columns)
-    axes.set_ylim(0, rows)
+        axes.text(x, y, label, ha="center", va="center",
+                  fontsize=max(5, 9 - int(math.sqrt(len(squares))) // 3))
+    xs, ys = (np.array([c[i] for c in centres]) for i in (0, 1))
+    axes.set_xlim(xs.min() - cell / 2, xs.max() + cell / 2)
+    axes.set_ylim(ys.min() - cell / 2, ys.max() + cell / 2)
     axes.set_aspect("equal")
-    figure.suptitle(f"Good particles per grid square ({len(squares)}, in collection order; "
-                    f"tile size: particles)", fontsize=10)
+    figure.suptitle(f"Good particles per grid square ({len(squares)}, {where}; tile size: "
+                    "particles)", fontsize=10)
     return axes
+
+
+def _tile_centres(squares: list[dict]) -> tuple[list[tuple[float, float]], float, str]:
+    """Where each square's tile goes, the cell size, and what the layout follows: the stage
+    positions EPU's metadata gives (``x_um``, ``y_um``; every square needs one), else
+    collection order on a grid, row by row from the top."""
+    positions = [(square.get("x_um"), square.get("y_um")) for square in squares]
+    if all(x is not None and y is not None for x, y in positions):
+        points = np.array(positions, dtype=float)
+        gaps = np.linalg.norm(points[:, None] - points[None], axis=-1)
+        gaps = gaps[gaps > 0]
+        cell = float(gaps.min()) if gaps.size else 1.0
+        return [tuple(point) for point in points.tolist()], cell, "at their stage positions"
+    columns = math.ceil(math.sqrt(len(squares)))
+    rows = math.ceil(len(squares) / columns)
+    return ([(index % columns + 0.5, rows - index // columns - 0.5)
+             for index in range(len(squares))], 1.0, "in collection order")
