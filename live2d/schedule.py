@@ -78,8 +78,8 @@ class Settings:
              "last one, at the final limit, against the latest classes, and adds them to the "
              "classes (re-visiting some older particles too: Re-visited per new particle); its "
              "cost does not grow with the session, so the classes keep up with the microscope. "
-             "After an ab initio job the automatic jobs continue as streaming updates (as "
-             "seeded startups with the cisTEM engine, which does not stream yet).")
+             "After an ab initio job the automatic jobs continue as streaming updates, with "
+             "either engine.")
     classes: int = _spec(
         50, "Number of classes", lo=1, hi=1000,
         help="How many 2D classes an ab initio job creates; seeded startups and refinements "
