@@ -28,6 +28,9 @@ CTF_LABELS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", 
               "rlnSphericalAberration", "rlnAmplitudeContrast")
 # Attribute of the imported particles: "white" or "black" protein (the import's contrast).
 CONTRAST_ATTRIBUTE = "_live2dContrast"
+# Attribute of the import's set: the EPU session folder its form names ("" for none), which
+# the classification of the set takes unless its own form names one.
+EPU_FOLDER_ATTRIBUTE = "_live2dEpuFolder"
 # Attributes of every class of outputClasses, from the cycle's class table
 # (live2d.class_quality): the half-set resolution estimate in Å (at or better than it when
 # _live2dAtLimit; None for a class of fewer than 2 particles), the good/junk score (0..1), the

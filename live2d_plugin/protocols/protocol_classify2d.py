@@ -45,6 +45,7 @@ from live2d.store import ParticleStore, read_committed_table
 from live2d_plugin import Plugin
 from live2d_plugin.constants import ENGINE_LABELS, ENGINES
 from live2d_plugin.convert import (
+    EPU_FOLDER_ATTRIBUTE,
     alignment_2d,
     alignment_matrices,
     cycle_assignments,
@@ -223,9 +224,10 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
                       label="EPU session folder (optional)",
                       help="The folder EPU writes the session into (with Images-Disc1/"
                            "GridSquare_*): the yield tables, the map of grid squares and the "
-                           "alert on a poor square then go by grid square. Without it they go "
-                           "by foil hole and micrograph, from EPU's movie names. It may be "
-                           "given before EPU has written anything: it is read as it grows.")
+                           "alert on a poor square then go by grid square. Empty: the one "
+                           "the Warp import names, if any; without one they go by foil hole "
+                           "and micrograph, from EPU's movie names. It may be given before "
+                           "EPU has written anything: it is read as it grows.")
         # Here, not after addParallelSection: the form shows no parameter of that section
         # but its own (threads, MPI, host).
         form.addParam("daskScheduler", params.StringParam, default="",
@@ -368,6 +370,12 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         """The session's output folder (live2d.output_folder's layout), inside the run's."""
         return self._getExtraPath(SESSION_FOLDER)
 
+    def _epuFolder(self) -> str | None:
+        """The EPU session folder: the form's, else the one the input's import names."""
+        own = (self.epuFolder.get() or "").strip()
+        given = getattr(self.inputParticles.get(), EPU_FOLDER_ATTRIBUTE, None)
+        return own or (given.get() if given is not None else "") or None
+
     def _daskAddress(self) -> str:
         return (self.daskScheduler.get() or "").strip()
 
@@ -395,7 +403,7 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         common = {"engine": self._engineName(), "device": self._device(),
                   "cistem_bin": Plugin.getCistemBin(), "executor": executor,
                   "particle_feed": self._particleSource,
-                  "epu_dir": (self.epuFolder.get() or "").strip() or None,
+                  "epu_dir": self._epuFolder(),
                   # Named in the refusal a second writer of this folder gets (session_lock).
                   "owner": f"Scipion protocol {self.getRunName()}"}
         if not resuming:

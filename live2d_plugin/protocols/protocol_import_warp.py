@@ -16,7 +16,7 @@ import pyworkflow.protocol.params as params
 from pwem.objects import SetOfParticles
 from pwem.protocols import ProtImport
 from pyworkflow import BETA
-from pyworkflow.object import Set
+from pyworkflow.object import Set, String
 
 from live2d import warp
 from live2d.atomic import atomic_write_json
@@ -26,7 +26,11 @@ from live2d.relion_star import is_particle_star
 from live2d.schedule import Settings
 from live2d.store import ParticleStore
 from live2d_plugin.constants import PARTICLE_FILE_LABELS
-from live2d_plugin.convert import acquisition_from_warp, particles_from_store_rows
+from live2d_plugin.convert import (
+    EPU_FOLDER_ATTRIBUTE,
+    acquisition_from_warp,
+    particles_from_store_rows,
+)
 from live2d_plugin.protocols.labels import Live2DLabel
 from live2d_plugin.stopping import StreamStopping
 
@@ -104,6 +108,14 @@ class ProtLive2DImportWarp(Live2DLabel, StreamStopping, ProtImport):
                       display=params.EnumParam.DISPLAY_HLIST, expertLevel=params.LEVEL_ADVANCED,
                       label=contrast["label"],
                       help=Settings.describe("contrast", CONTRAST_NOTE, live=False))
+        form.addParam("epuFolder", params.PathParam, default="",
+                      expertLevel=params.LEVEL_ADVANCED,
+                      label="EPU session folder (optional)",
+                      help="The folder EPU writes the session into (with Images-Disc1/"
+                           "GridSquare_*). The classification of these particles then gives "
+                           "the yield, the map and the alerts by grid square (its own form "
+                           "may name another folder). It may be given before EPU has "
+                           "written anything.")
         form.addParam("streamTimeout", params.FloatParam, default=120.0,
                       validators=[params.Positive],
                       label="Timeout (minutes)",
@@ -184,12 +196,15 @@ class ProtLive2DImportWarp(Live2DLabel, StreamStopping, ProtImport):
 
     def _openOutput(self, store: ParticleStore, settings: warp.WarpSettings) -> SetOfParticles:
         path = self._getPath("particles.sqlite")
+        epu_folder = String((self.epuFolder.get() or "").strip())
         if os.path.exists(path):
             output = SetOfParticles(filename=path)
             output.loadAllProperties()
             output.enableAppend()
+            setattr(output, EPU_FOLDER_ATTRIBUTE, epu_folder)  # the form may have changed
             return output
         output = SetOfParticles(filename=path)
+        setattr(output, EPU_FOLDER_ATTRIBUTE, epu_folder)
         output.setStreamState(Set.STREAM_OPEN)
         output.setSamplingRate(store.pixel_size)
         output.setAcquisition(acquisition_from_warp(settings))

@@ -113,9 +113,11 @@ def check_grown_particles(test: unittest.TestCase, prot, wanted: dict[int, np.nd
 
 
 class TestClassify(ProjectTestCase):
-    def import_protocol(self, warp_dir: Path, timeout_minutes: float, copy: bool = False):
+    def import_protocol(self, warp_dir: Path, timeout_minutes: float, copy: bool = False,
+                        epu_dir: Path | None = None):
         return self.launch(self.new(ProtLive2DImportWarp, warpFolder=str(warp_dir),
-                                    streamTimeout=timeout_minutes, copyFiles=copy))
+                                    streamTimeout=timeout_minutes, copyFiles=copy,
+                                    epuFolder=str(epu_dir or "")))
 
     def classify_protocol(self, importer, **params):
         classify = self.new(ProtLive2DClassify2D, engine=1, **{**SMALL_SCHEDULE, **params})
@@ -366,10 +368,11 @@ class TestClassify(ProjectTestCase):
         warp_dir, epu_dir = self.work / "warp", self.work / "epu"
         # 10 to a micrograph: 24 micrographs in the end, on 2 grid squares of EPU's folder.
         simulate_warp(warp_dir, particles=120, per_micrograph=10, epu_dir=epu_dir)
-        importer = self.import_protocol(warp_dir, timeout_minutes=30.0)
+        # The EPU folder named once, in the import: the classification takes it from there.
+        importer = self.import_protocol(warp_dir, timeout_minutes=30.0, epu_dir=epu_dir)
         self.wait_until(importer, lambda p: output_size(p)[0] == 120, 90, "120 particles")
         classify = self.new(ProtLive2DClassify2D, engine=1, firstJobAt=100, updateEvery=100,
-                            streamEvery=100, epuFolder=str(epu_dir), **SMALL_SCHEDULE)
+                            streamEvery=100, **SMALL_SCHEDULE)
         classify.inputParticles.set(importer)
         classify.inputParticles.setExtended("outputParticles")
         self.proj.saveProtocol(classify)

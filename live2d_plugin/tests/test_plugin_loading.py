@@ -14,7 +14,8 @@ import pwem
 import pytest
 import pyworkflow.protocol.params as params
 from plugin_test_helpers import ProjectTestCase
-from pyworkflow.object import Integer
+from pwem.objects import SetOfParticles
+from pyworkflow.object import Integer, String
 from pyworkflow.template import LocalTemplate
 from pyworkflow.viewer import DESKTOP_TKINTER
 
@@ -22,6 +23,7 @@ import live2d_plugin
 from live2d.history import CycleRecord
 from live2d.schedule import Settings
 from live2d.simulate import default_settings, write_settings
+from live2d_plugin.convert import EPU_FOLDER_ATTRIBUTE
 from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp
 from live2d_plugin.protocols.protocol_classify2d import (
     PARAM_SETTINGS,
@@ -211,6 +213,18 @@ class TestForms(ProjectTestCase):
             self.assertNotIn("Error with citation", cited)
             self.assertNotIn("not found", cited)
         self.assertIn("2020", ProtLive2DClassify2D()._getCiteText(bibtex["Barad_Live2D"]))
+
+    def test_the_epu_folder_is_the_forms_else_the_imports(self) -> None:
+        particles = SetOfParticles(filename=str(self.work / "particles.sqlite"))
+        setattr(particles, EPU_FOLDER_ATTRIBUTE, String("/data/epu_from_import"))
+        prot = self.new(ProtLive2DClassify2D)
+        prot.inputParticles.set(particles)
+        self.assertEqual(prot._epuFolder(), "/data/epu_from_import")
+        prot.epuFolder.set(" /data/epu_of_the_form ")
+        self.assertEqual(prot._epuFolder(), "/data/epu_of_the_form")
+        prot.epuFolder.set("")
+        setattr(particles, EPU_FOLDER_ATTRIBUTE, String(""))
+        self.assertIsNone(prot._epuFolder())
 
     def test_summary_uses_the_job_and_engine_labels(self) -> None:
         prot = self.new(ProtLive2DClassify2D)
