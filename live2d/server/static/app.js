@@ -884,8 +884,10 @@ function stageLayout(squares, width) {
     }
   }
   const usable = Math.max(width - 120, 120);
-  // µm -> px; the height allowed is about a screen's, wide grids use the width.
-  const scales = [usable / (right - left), 480 / (top - bottom)].filter(Number.isFinite);
+  // µm -> px: the height allowed is about a screen's, wide grids use the width, and a few
+  // squares stay close enough together (160 px at most between neighbours) to read as a grid.
+  const scales = [usable / (right - left), 480 / (top - bottom), 160 / closest]
+    .filter(Number.isFinite);
   const scale = scales.length ? Math.min(...scales) : 0;
   const side = Math.max(16, Math.min(120, Number.isFinite(closest) && scale
     ? 0.95 * closest * scale : 120));
