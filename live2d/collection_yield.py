@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from live2d.atomic import atomic_write_text
-from live2d.epu import micrograph_origin
+from live2d.epu import micrograph_origin, read_square_positions
 from live2d.history import CycleRecord, particle_results_kept, particle_table, read_history
 from live2d.output_folder import YIELD_TABLES
 from live2d.selection import SelectionState, selected
@@ -192,12 +192,16 @@ def read_table(folder: str | os.PathLike, level: str) -> list[dict]:
     return rows
 
 
-def grid_map(folder: str | os.PathLike) -> dict | None:
+def grid_map(folder: str | os.PathLike,
+             positions: dict[str, tuple[float, float]] | None = None) -> dict | None:
     """What the page's map of grid squares shows, from the tables in the output folder
-    ``folder``: each square (in collection order, first_seen) with its figures and its foil
-    holes' (at most :data:`MAX_MAP_HOLES`, ``holes_total`` says how many it has); where no
-    square is known, the totals per micrograph only. Small: never a row per micrograph.
+    ``folder``: each square (in collection order, first_seen) with its figures, its stage
+    position ``x_um``, ``y_um`` from ``positions`` (square -> µm, from
+    :func:`live2d.epu.read_square_positions`; None where unknown) and its foil holes' figures
+    (at most :data:`MAX_MAP_HOLES`, ``holes_total`` says how many it has); where no square is
+    known, the totals per micrograph only. Small: never a row per micrograph.
     None before the first tables are written."""
+    positions = positions or {}
     if not (Path(folder) / YIELD_TABLES["micrograph"]).exists():  # the last one written
         return None
     holes: dict[str, list[dict]] = {}
@@ -207,8 +211,12 @@ def grid_map(folder: str | os.PathLike) -> dict | None:
     for row in sorted((r for r in read_table(folder, "square") if r["grid_square"]),
                       key=lambda r: r["first_seen"] or "~"):  # unknown times go last
         its = sorted(holes.get(row["grid_square"], []), key=lambda r: r["first_seen"] or "~")
+        x_um, y_um = positions.get(row["grid_square"], (None, None))
         squares.append({"grid_square": row["grid_square"],
                         **{name: row[name] for name in _MAP_FIGURES},
+                        # 0.1 µm is finer than any square (tens of µm): short messages
+                        "x_um": None if x_um is None else round(x_um, 1),
+                        "y_um": None if y_um is None else round(y_um, 1),
                         "holes_total": len(its),
                         "holes": [{"foil_hole": h["foil_hole"],
                                    **{name: h[name] for name in _MAP_FIGURES}}
@@ -222,11 +230,13 @@ def grid_map(folder: str | os.PathLike) -> dict | None:
             "max_holes": MAX_MAP_HOLES}
 
 
-def read_grid_map(folder: str | os.PathLike) -> dict | None:
-    """:func:`grid_map`, or None where the tables cannot be read (said in the log: the map is
-    advice, and the next scored cycle writes them again)."""
+def read_grid_map(folder: str | os.PathLike,
+                  epu_dir: str | os.PathLike | None = None) -> dict | None:
+    """:func:`grid_map`, with the squares' stage positions from the EPU session folder
+    ``epu_dir`` where one is given, or None where the tables cannot be read (said in the log:
+    the map is advice, and the next scored cycle writes them again)."""
     try:
-        return grid_map(folder)
+        return grid_map(folder, read_square_positions(epu_dir) if epu_dir else None)
     except (OSError, ValueError, KeyError) as exc:
         log.warning("the yield tables in %s cannot be read for the page's map: %s", folder, exc)
         return None

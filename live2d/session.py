@@ -200,7 +200,7 @@ class Session(Listeners):
         self._disk = DiskWatch(self.output_dir)
         self.alerts = AlertBook(self.output_dir)
         # The page's map of grid squares, read again whenever the yield tables are written.
-        self.grid_map = read_grid_map(self.output_dir)
+        self.grid_map = read_grid_map(self.output_dir, self._epu_folder())
         self.selection = ClassSelection(
             self.output_dir, self._history, self._lock,
             lambda summary: self._emit({"type": "selection", "selection": summary}))
@@ -584,7 +584,9 @@ class Session(Listeners):
         except Exception as exc:  # the tables are advice; the cycle is the work
             log.warning("yield tables of cycle %d not written: %s", record.number, exc)
             return None
-        self.grid_map = read_grid_map(self.output_dir)  # the pages have it with the cycle
+        # The pages have it with the cycle; the squares' positions are read with the tables
+        # since EPU adds a square's image before its holes.
+        self.grid_map = read_grid_map(self.output_dir, self._epu_folder())
         return table, particles, hole_squares
 
     def _check_cycle_alerts(self, table: pd.DataFrame, particles: ScoredParticles,

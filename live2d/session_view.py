@@ -72,7 +72,7 @@ class SessionView(Listeners):
                                         self._lock, lambda summary: None)
         self._particles = self._store_count()
         self._alerts = [alert.to_dict() for alert in read_alerts(self.output_dir)]
-        self._grid_map = read_grid_map(self.output_dir)
+        self._grid_map = read_grid_map(self.output_dir, self.state.epu_dir or None)
         self._read_log()
         self._seen = self._stamps()
 
@@ -159,7 +159,7 @@ class SessionView(Listeners):
             self._particles = self._store_count()
             self._alerts = [alert.to_dict() for alert in read_alerts(self.output_dir)]
             if stamps[-len(YIELD_TABLES):] != self._seen[-len(YIELD_TABLES):]:
-                self._grid_map = read_grid_map(self.output_dir)
+                self._grid_map = read_grid_map(self.output_dir, self.state.epu_dir or None)
             self._seen = stamps
         return True
 

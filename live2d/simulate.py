@@ -65,6 +65,12 @@ BAD_SQUARE_JUNK = 0.9
 # (aggregates above all) fall into good classes too often for a square to stand out.
 BAD_SQUARE_KINDS = ("empty",)
 _FIRST_SQUARE = 24668021
+# Where EPU's stage puts the simulated squares: a raster of SQUARES_PER_ROW, SQUARE_PITCH_M
+# apart (a 300-mesh grid's pitch is about 85 µm), so that the map has a grid to show.
+SQUARES_PER_ROW, SQUARE_PITCH_M = 4, 80e-6
+# The namespaces of EPU's MicroscopeImage files (.NET DataContract serialisation).
+_EPU_NAMESPACE = "http://schemas.datacontract.org/2004/07/Fei.SharedObjects"
+_XSI_NAMESPACE = "http://www.w3.org/2001/XMLSchema-instance"
 SECONDS_PER_MICROGRAPH = 20
 _FIRST_HOLE, _FIRST_TEMPLATE, _FIRST_ACQUISITION = 24697853, 24671885, 24671887
 _FIRST_MOVIE_TIME = datetime(2023, 11, 4, 8, 40, 15)
@@ -97,6 +103,32 @@ def write_epu_acquisition(epu_dir: Path, index: int,
     if not acquisition.exists():
         data.mkdir(parents=True, exist_ok=True)
         acquisition.write_text("<MicroscopeImage/>\n", encoding="utf-8")
+    write_epu_square_image(epu_dir, square_of(index, holes_per_square), holes_per_square)
+
+
+def write_epu_square_image(epu_dir: Path, number: int,
+                           holes_per_square: int = HOLES_PER_SQUARE) -> None:
+    """The image EPU takes of grid square ``number`` (0 for the first collected) before its
+    holes, ``GridSquare_<date>_<time>.xml`` with the stage position live2d.epu reads: squares
+    on a raster, row after row, the first at the stage's origin. Written once: a session that
+    grows leaves it as it is."""
+    first = number * holes_per_square * MICROGRAPHS_PER_HOLE  # its first micrograph
+    taken = (_FIRST_MOVIE_TIME + timedelta(seconds=SECONDS_PER_MICROGRAPH * first)
+             - timedelta(seconds=SECONDS_PER_MICROGRAPH))
+    folder = epu_dir / "Images-Disc1" / f"GridSquare_{_FIRST_SQUARE + number}"
+    image = folder / f"GridSquare_{taken:%Y%m%d_%H%M%S}.xml"
+    if image.exists():
+        return
+    row, column = divmod(number, SQUARES_PER_ROW)
+    # Rows go down the atlas, as EPU shows it: stage y decreasing.
+    position = {"A": 0.0, "B": 0.0, "X": column * SQUARE_PITCH_M, "Y": -row * SQUARE_PITCH_M,
+                "Z": 0.0}
+    coordinates = "".join(f"<{name}>{value!r}</{name}>" for name, value in position.items())
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(image, '<?xml version="1.0" encoding="utf-8"?>\n'
+                      f'<MicroscopeImage xmlns="{_EPU_NAMESPACE}" xmlns:i="{_XSI_NAMESPACE}">'
+                      f"<microscopeData><stage><Position>{coordinates}</Position></stage>"
+                      "</microscopeData></MicroscopeImage>\n")
 
 
 def truth_dir_for(warp_dir: Path) -> Path:

@@ -444,3 +444,37 @@ def test_without_epu_names_the_map_says_grid_squares_are_unknown(classified, pag
     wait(page, lambda d: note.text.startswith("Grid squares are unknown"), 20)
     assert "3 micrographs, 120 particles" in note.text
     assert not page.find_elements(By.CSS_SELECTOR, "#squares .square")
+
+
+def test_the_map_lays_squares_out_where_the_stage_put_them(collected, pages):
+    from live2d.collection_yield import read_grid_map
+
+    session = collected.controller.session
+    epu = Path(session.state.epu_dir)
+    images = sorted(epu.glob("Images-Disc1/GridSquare_*/GridSquare_*.xml"))
+    assert len(images) == 3
+    # In collection order: the first square, one 100 µm right of it (stage +x), one 100 µm
+    # above it (stage +y, drawn up as in EPU's atlas).
+    for image, (x, y) in zip(images, [(0, 0), (1e-4, 0), (0, 1e-4)], strict=True):
+        text = image.read_text(encoding="utf-8")
+        text = re.sub(r"<X>[^<]*</X>", f"<X>{x!r}</X>", re.sub(r"<Y>[^<]*</Y>", f"<Y>{y!r}</Y>",
+                                                              text))
+        image.write_text(text, encoding="utf-8")
+    session.grid_map = read_grid_map(session.output_dir, epu)  # as after the next cycle
+    page = pages(collected.url + "/")
+    tiles = wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#squares .square"), 20)
+    assert "where the stage put them" in page.find_element(By.ID, "grid-map-note").text
+
+    def centre(tile):
+        box = tile.rect
+        return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+    (x0, y0), (x_right, y_right), (x_up, y_up) = (centre(t) for t in tiles)
+    assert x_right - x0 > 50 and abs(y_right - y0) < 2  # right, level
+    assert y0 - y_up > 50 and abs(x_up - x0) < 2  # up, above (screen y grows downwards)
+    assert x_right - x0 == pytest.approx(y0 - y_up, abs=2)  # one scale for x and y
+
+    tiles[2].click()  # a tile placed on the stage still lists its holes
+    rows = wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#holes-table tbody tr"))
+    assert len(rows) == 4
+    assert [t.get_attribute("aria-pressed") for t in tiles] == ["false", "false", "true"]

@@ -66,6 +66,118 @@ def test_the_hole_to_square_map_is_read_from_the_epu_folder_as_it_grows(tmp_path
     assert read_hole_squares(tmp_path) == {"501": "111", "502": "222", "503": "222"}
 
 
+# A grid square's image as EPU 3.x writes it (shortened: the elements around the stage kept,
+# with their nesting and namespaces): X and Y in metres.
+SQUARE_IMAGE = """<?xml version="1.0" encoding="utf-8"?>
+<MicroscopeImage xmlns="http://schemas.datacontract.org/2004/07/Fei.SharedObjects"
+                 xmlns:i="http://www.w3.org/2001/XMLSchema-instance">
+  <name>Empty</name>
+  <uniqueID>510c9950-f76a-44a5-a234-3e8e26c7612c</uniqueID>
+  <CustomData xmlns:a="http://schemas.microsoft.com/2003/10/Serialization/Arrays">
+    <a:KeyValueOfstringanyType><a:Key>DoseOnCamera</a:Key>
+      <a:Value i:type="b:double" xmlns:b="http://www.w3.org/2001/XMLSchema">61.15</a:Value>
+    </a:KeyValueOfstringanyType>
+  </CustomData>
+  <SpatialScale><offset><x><numericValue>7</numericValue></x></offset></SpatialScale>
+  <microscopeData>
+    <acquisition><acquisitionDateTime>2025-01-08T15:11:49+00:00</acquisitionDateTime>
+      <camera><Binning xmlns:a="http://schemas.datacontract.org/2004/07/System.Drawing">
+        <a:x>2</a:x><a:y>2</a:y></Binning></camera>
+    </acquisition>
+    <optics><BeamShift xmlns:a="http://schemas.datacontract.org/2004/07/Fei.Types">
+      <a:_x>0</a:_x><a:_y>0</a:_y></BeamShift></optics>
+    <stage>
+      <Holder>Unspecified</Holder>
+      <Position>
+        <A>-0.00021334249972001129</A>
+        <B>0.0168283325</B>
+        <X>{x}</X>
+        <Y>{y}</Y>
+        <Z>8.5697261603200029E-05</Z>
+      </Position>
+      <SampleLoader>None</SampleLoader>
+    </stage>
+  </microscopeData>
+</MicroscopeImage>
+"""
+
+
+def write_square_image(epu_dir, square, taken, text):
+    folder = epu_dir / "Images-Disc1" / f"GridSquare_{square}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"GridSquare_{taken}.xml").write_text(text, encoding="utf-8")
+    return folder / f"GridSquare_{taken}.xml"
+
+
+def test_each_square_has_its_stage_position_from_its_newest_image(tmp_path, monkeypatch):
+    from live2d import epu
+
+    assert epu.read_square_positions(tmp_path / "not there") == {}
+    write_square_image(tmp_path, "111", "20250108_151151",
+                       SQUARE_IMAGE.format(x="-9.8805664700000079E-05", y="0.000164716208"))
+    write_square_image(tmp_path, "222", "20250108_150000", SQUARE_IMAGE.format(x="1", y="1"))
+    write_square_image(tmp_path, "222", "20250108_152955",  # taken again: this one counts
+                       SQUARE_IMAGE.format(x="2.5E-05", y="-4E-05"))
+    positions = epu.read_square_positions(tmp_path)
+    assert positions.keys() == {"111", "222"}
+    assert positions["111"] == pytest.approx((-98.8056647, 164.716208))
+    assert positions["222"] == pytest.approx((25.0, -40.0))
+
+    # Read again as EPU goes on: only the new square's file is parsed.
+    parsed = []
+    parse = epu._parse_stage_position
+    monkeypatch.setattr(epu, "_parse_stage_position", lambda path: parsed.append(path.name)
+                        or parse(path))
+    write_square_image(tmp_path, "333", "20250108_160000", SQUARE_IMAGE.format(x="0", y="0"))
+    assert epu.read_square_positions(tmp_path) == {**positions, "333": (0.0, 0.0)}
+    assert parsed == ["GridSquare_20250108_160000.xml"]
+
+
+def test_a_half_written_or_positionless_square_image_gives_no_position_said_once(tmp_path,
+                                                                                caplog):
+    from live2d.epu import read_square_positions
+
+    whole = SQUARE_IMAGE.format(x="1E-05", y="2E-05")
+    half = write_square_image(tmp_path, "111", "20250108_151151", whole[:len(whole) // 2])
+    write_square_image(tmp_path, "222", "20250108_152955",
+                       whole.replace("<Position>", "<Elsewhere>")
+                       .replace("</Position>", "</Elsewhere>"))
+    write_square_image(tmp_path, "333", "20250108_153000", "")  # created, nothing written yet
+    write_square_image(tmp_path, "444", "20250108_154000",
+                       SQUARE_IMAGE.format(x="3E-05", y="4E-05"))
+    with caplog.at_level("WARNING", logger="live2d"):
+        for _ in range(3):
+            assert read_square_positions(tmp_path) == {"444": pytest.approx((30.0, 40.0))}
+    said = [r.getMessage() for r in caplog.records if "gives no stage position" in r.getMessage()]
+    assert len(said) == 3
+    assert [sum(f"GridSquare_{s}" in m for m in said) for s in ("111", "222", "333")] == [1, 1, 1]
+    assert "no microscopeData/stage/Position" in next(m for m in said if "GridSquare_222" in m)
+
+    half.write_text(whole, encoding="utf-8")  # EPU finishes writing it
+    assert read_square_positions(tmp_path)["111"] == pytest.approx((10.0, 20.0))
+
+
+def test_the_grid_map_carries_each_squares_stage_position(tmp_path):
+    from live2d.collection_yield import grid_map, read_grid_map, table_csv
+
+    squares = [{"grid_square": name, "micrographs": 1, "particles": 10, "good_particles": 5,
+                "good_fraction": 0.5, "first_seen": f"2024-01-01T00:0{i}:00Z", "last_seen": ""}
+               for i, name in enumerate(("111", "222"))]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "yield_squares.csv").write_text(table_csv(squares, "square"))
+    (out / "yield_holes.csv").write_text(table_csv([], "hole"))
+    (out / "yield_micrographs.csv").write_text(table_csv([], "micrograph"))
+    assert [(s["x_um"], s["y_um"]) for s in grid_map(out)["squares"]] == [(None, None)] * 2
+    shown = grid_map(out, {"222": (12.345678, -80.0000001)})["squares"]
+    assert [(s["x_um"], s["y_um"]) for s in shown] == [(None, None), (12.3, -80.0)]
+
+    write_square_image(tmp_path / "epu", "111", "20250108_151151",
+                       SQUARE_IMAGE.format(x="-8E-05", y="1.6E-04"))
+    shown = read_grid_map(out, tmp_path / "epu")["squares"]
+    assert [(s["x_um"], s["y_um"]) for s in shown] == [(-80.0, 160.0), (None, None)]
+
+
 @pytest.fixture
 def output(tmp_path):
     """An output folder by hand: 11 particles in 4 micrographs, cycle 1 classified the first

@@ -515,6 +515,9 @@ def test_a_page_gets_the_grid_square_map_with_the_state_and_after_each_cycle(tmp
             assert shown["holes_total"] == len(shown["holes"]) == HOLES_PER_SQUARE
             assert sum(h["particles"] for h in shown["holes"]) == shown["particles"] == 160
         assert grid["micrographs"] == 48 and grid["particles"] == 480
+        # Where the simulated stage put each square (a raster, 80 µm apart), from EPU's files.
+        assert [(s["x_um"], s["y_um"]) for s in grid["squares"]] == [
+            (0.0, 0.0), (80.0, 0.0), (160.0, 0.0)]
         assert "grid_map" not in controller.update()
         assert controller.update(new_cycle=True)["grid_map"] == grid
     finally:

@@ -202,6 +202,26 @@ def test_the_view_follows_what_the_writer_commits(holding):
     assert view.snapshot()["automatic"] and view.status == "listening"
     assert [e["line"] for e in heard if e["type"] == "log"] == ["a line the writer logged"]
 
+    # The writer's yield tables, and its EPU folder's square images: the map places them.
+    from live2d.collection_yield import table_csv
+
+    square = {"grid_square": "111", "micrographs": 1, "particles": 10, "good_particles": 5,
+              "good_fraction": 0.5, "first_seen": "", "last_seen": ""}
+    folder = out.parent / "epu" / "Images-Disc1" / "GridSquare_111"
+    image = folder / "GridSquare_20250108_151151.xml"
+    image.parent.mkdir(parents=True)
+    image.write_text('<MicroscopeImage xmlns="http://schemas.datacontract.org/2004/07/'
+                     'Fei.SharedObjects"><microscopeData><stage><Position><X>-8E-05</X>'
+                     '<Y>1.6E-04</Y></Position></stage></microscopeData></MicroscopeImage>')
+    state["epu_dir"] = str(out.parent / "epu")
+    (out / "session.json").write_text(json.dumps(state))
+    (out / "yield_squares.csv").write_text(table_csv([square], "square"))
+    (out / "yield_holes.csv").write_text(table_csv([], "hole"))
+    (out / "yield_micrographs.csv").write_text(table_csv([], "micrograph"))
+    assert view.refresh()
+    [shown] = view.snapshot()["grid_map"]["squares"]
+    assert (shown["x_um"], shown["y_um"]) == (-80.0, 160.0)
+
 
 def test_status_yield_and_export_beside_a_running_writer_read_only(classified_holder,
                                                                    tmp_path, capsys):

@@ -9,7 +9,7 @@ import pytest
 
 from live2d.alerts import read_alerts
 from live2d.cli import main as cli_main
-from live2d.epu import micrograph_origin, read_hole_squares
+from live2d.epu import micrograph_origin, read_hole_squares, read_square_positions
 from live2d.junk import JUNK_KINDS, render_junk
 from live2d.phantom import Phantom
 from live2d.simulate import MODEL, read_settings_values, simulate, truth_dir_for, write_settings
@@ -173,6 +173,28 @@ def test_a_bad_square_is_mostly_empty_ice_and_the_epu_folder_maps_every_hole(tmp
     assert set(kinds[first]) == set(kinds[third]) == {"particle"}
     empty = kinds[bad].count("empty") / len(kinds[bad])
     assert 0.7 < empty < 1.0 and set(kinds[bad]) == {"particle", "empty"}
+
+
+def test_each_square_gets_a_stage_position_on_a_raster_kept_as_the_session_grows(tmp_path):
+    from live2d.simulate import SQUARE_PITCH_M, SQUARES_PER_ROW
+
+    warp, epu = tmp_path / "warp", tmp_path / "epu"
+    options = {"per_micrograph": 10, "box": 16, "pixel_size": 4.0, "views": 2, "epu_dir": epu,
+               "holes_per_square": 1}
+    simulate(warp, particles=120, **options)  # 12 micrographs: 3 squares of 4
+    images = sorted(epu.glob("Images-Disc1/GridSquare_*/GridSquare_*.xml"))
+    assert len(images) == 3
+    root = ET.fromstring(images[0].read_bytes())  # EPU's namespaces, as real files have them
+    assert root.tag == "{http://schemas.datacontract.org/2004/07/Fei.SharedObjects}MicroscopeImage"
+    before = {path: path.read_bytes() for path in images}
+    simulate(warp, particles=240, **options)  # 6 squares: past the first row
+    after = sorted(epu.glob("Images-Disc1/GridSquare_*/GridSquare_*.xml"))
+    assert len(after) == 6 and all(path.read_bytes() == data for path, data in before.items())
+    pitch = SQUARE_PITCH_M * 1e6
+    positions = read_square_positions(epu)
+    assert [positions[p.parent.name.removeprefix("GridSquare_")] for p in after] == [
+        pytest.approx((pitch * (n % SQUARES_PER_ROW), -pitch * (n // SQUARES_PER_ROW)))
+        for n in range(6)]
 
 
 def test_a_session_with_a_bad_square_grows_in_whole_micrographs(tmp_path):

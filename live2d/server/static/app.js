@@ -818,18 +818,31 @@ function renderGridMap(map) {
     renderHoles(null);
     return;
   }
-  note.textContent = `${map.squares.length} grid squares in collection order, coloured by ` +
-    "their share of good particles (red none, green all), sized by particles; click one for " +
-    "its foil holes.";
+  // Where the stage was, when EPU's files gave it for every square: a square without one
+  // could only be put somewhere false, so then all go in collection order.
+  const onStage = map.squares.every((q) => q.x_um != null && q.y_um != null);
+  const place = onStage ? stageLayout(map.squares, tiles.clientWidth) : null;
+  tiles.classList.toggle("on-stage", onStage);
+  tiles.style.height = onStage ? `${place.height}px` : "";
+  note.textContent = `${map.squares.length} grid squares ` +
+    (onStage ? "where the stage put them (as EPU's atlas shows them)" : "in collection order") +
+    ", coloured by their share of good particles (red none, green all), sized by particles; " +
+    "click one for its foil holes.";
   const most = Math.max(...map.squares.map((q) => q.particles), 1);
+  const largest = onStage ? place.side : 120;
   tiles.replaceChildren(...map.squares.map((square) => {
     const tile = document.createElement("button");
     tile.type = "button";
     tile.className = "square";
     tile.dataset.square = square.grid_square;
     tile.setAttribute("aria-pressed", String(square.grid_square === page.square));
-    const side = Math.round(56 + 64 * Math.sqrt(square.particles / most));
+    const side = Math.round(largest * (0.47 + 0.53 * Math.sqrt(square.particles / most)));
     tile.style.width = tile.style.height = `${side}px`;
+    if (onStage) {
+      const [left, top] = place.centre(square);
+      tile.style.left = `${left}px`;
+      tile.style.top = `${top}px`;
+    }
     tile.style.background = yieldColour(square.good_fraction);
     tile.title = `GridSquare_${square.grid_square}: ${square.good_particles.toLocaleString()} ` +
       `good of ${square.particles.toLocaleString()} particles over ${square.micrographs} ` +
@@ -852,6 +865,38 @@ function renderGridMap(map) {
     return tile;
   }));
   renderHoles(map.squares.find((q) => q.grid_square === page.square) || null);
+}
+
+// Tiles laid out by stage position (µm) in a panel `width` pixels wide: one scale for x and
+// y, so that the grid keeps its shape; tiles no larger than the closest two squares are apart.
+// Stage +x is drawn right and +y up: EPU's atlas maps image y to stage y with a minus sign
+// (the negative m22 of its images' ReferenceTransformation), so up on the atlas is +y, and
+// the map then looks like the atlas the squares were chosen on.
+function stageLayout(squares, width) {
+  const xs = squares.map((q) => q.x_um), ys = squares.map((q) => q.y_um);
+  const [left, right] = [Math.min(...xs), Math.max(...xs)];
+  const [bottom, top] = [Math.min(...ys), Math.max(...ys)];
+  let closest = Infinity;
+  for (let i = 0; i < squares.length; i++) {
+    for (let j = i + 1; j < squares.length; j++) {
+      const apart = Math.hypot(xs[i] - xs[j], ys[i] - ys[j]);
+      if (apart > 0) closest = Math.min(closest, apart);  // a square taken twice: one place
+    }
+  }
+  const usable = Math.max(width - 120, 120);
+  // µm -> px: the height allowed is about a screen's, wide grids use the width, and a few
+  // squares stay close enough together (160 px at most between neighbours) to read as a grid.
+  const scales = [usable / (right - left), 480 / (top - bottom), 160 / closest]
+    .filter(Number.isFinite);
+  const scale = scales.length ? Math.min(...scales) : 0;
+  const side = Math.max(16, Math.min(120, Number.isFinite(closest) && scale
+    ? 0.95 * closest * scale : 120));
+  const margin = side / 2 + 2;
+  return {
+    side,
+    height: Math.ceil((top - bottom) * scale + 2 * margin),
+    centre: (q) => [margin + (q.x_um - left) * scale, margin + (top - q.y_um) * scale],
+  };
 }
 
 function renderHoles(square) {
