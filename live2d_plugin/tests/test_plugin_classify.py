@@ -453,6 +453,10 @@ class TestClassify(ProjectTestCase):
         figure = views["displaySquares"]("displaySquares")[0].getFigure()
         tiles = [patch for patch in figure.axes[0].patches]
         self.assertEqual(len(tiles), 2)
+        # EPU's square images give stage positions (the simulation's: 80 µm apart).
+        self.assertIn("at their stage positions", figure._suptitle.get_text())
+        centres = sorted(text.get_position() for text in figure.axes[0].texts)
+        self.assertAlmostEqual(centres[1][0] - centres[0][0], 80.0, places=1)
         labels = " ".join(text.get_text() for text in figure.axes[0].texts)
         for row in squares:
             self.assertIn(f"{row['grid_square']}\n"

@@ -17,7 +17,9 @@ from pwem.protocols import ProtUserSubSet
 from live2d.atomic import atomic_write_text
 from live2d.collection_yield import read_grid_map
 from live2d.history import CycleRecord, read_history
+from live2d.output_folder import OutputFolder
 from live2d.report import ReportError, session_report
+from live2d.session_state import read_state
 from live2d_plugin.protocols.protocol_classify2d import ProtLive2DClassify2D, cycle_set_path
 from live2d_plugin.quality import cycle_selection
 from live2d_plugin.viewers.plots import (
@@ -130,7 +132,9 @@ class Live2DViewer(pwviewer.ProtocolViewer):
 
     def _showSquares(self, _param=None):
         plotter = self._plotter((8, 7), "Live2D – good particles per grid square")
-        draw_grid_map(plotter.getFigure(), read_grid_map(self._sessionDir()))
+        state = read_state(OutputFolder(self._sessionDir()))
+        epu_dir = state.epu_dir if state is not None and state.epu_dir else None
+        draw_grid_map(plotter.getFigure(), read_grid_map(self._sessionDir(), epu_dir))
         return [plotter]
 
     def _writeReport(self, _param=None):
