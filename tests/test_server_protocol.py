@@ -560,6 +560,7 @@ def test_the_epu_folder_set_on_a_page_is_checked_kept_and_used_from_the_next_cyc
                 ({"command": "set_epu_dir"}, "'path' must be"),
                 ({"command": "set_epu_dir", "path": 12}, "'path' must be"),
                 ({"command": "set_epu_dir", "path": "x" * 5000}, "'path' must be"),
+                ({"command": "set_epu_dir", "path": f"{epu}\0"}, "'path' must be"),
                 ({"command": "set_epu_dir", "path": str(epu), "hard": True}, "unexpected field"),
                 ({"command": "set_epu_dir", "path": "epu"}, "not an absolute path"),
                 ({"command": "set_epu_dir", "path": str(tmp_path / "typo")}, "is not there"),

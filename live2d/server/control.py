@@ -424,7 +424,8 @@ class Controller:
         the Warp folder it need not be under ``warp_root``: EPU writes it on the microscope's
         share, seldom beside Warp's, and the server only lists the names of its acquisition
         files, never reads or serves them."""
-        if not isinstance(path, str) or len(path) > MAX_PATH:
+        # A NUL byte is no path's: the OS calls would raise ValueError, not say what is wrong.
+        if not isinstance(path, str) or len(path) > MAX_PATH or "\0" in path:
             raise CommandError("'path' must be the EPU session folder's path (\"\" for none)")
         folder = None
         if path.strip():
