@@ -7,8 +7,8 @@ was: the running job resumes at its first unfinished cycle, and neither file's w
 the number of cycles so far.
 
 Threading: the loop (``run_job``, ``run_automatic``) runs in one worker thread; ``request_stop``,
-``snapshot``, ``update_settings``, ``set_notify`` and listeners are safe to use from any other
-thread (a web server's event loop, a Scipion protocol).
+``snapshot``, ``update_settings``, ``set_notify``, ``set_epu_dir`` and listeners are safe to use
+from any other thread (a web server's event loop, a Scipion protocol).
 """
 
 from __future__ import annotations
@@ -282,6 +282,7 @@ class Session(Listeners):
                 "grid_map": self.grid_map,
                 "read_only": None,  # this process writes the folder (a SessionView's says why not)
                 "notify": self.notify_summary(),
+                "epu_dir": self.state.epu_dir or None,
             }
         if not with_history:
             del snapshot["history"]
@@ -677,6 +678,37 @@ class Session(Listeners):
         secret, and every page sees this), the mail server and sender."""
         return {"targets": [shown(target) for target in self.state.notify],
                 "smtp": self.state.smtp, "smtp_from": self.state.smtp_from}
+
+    def set_epu_dir(self, epu_dir: str | Path | None) -> str:
+        """Keep the EPU session folder ``epu_dir`` (a page's edit; None or "" forgets it) in
+        session.json. Nothing is computed again now: the next scored cycle's yield tables, grid
+        map and alerts use it. Returns what the log says of it (how many grid squares it names
+        so far, or why it cannot give them); the listeners hear of the change. Raises OSError,
+        changing nothing, where session.json cannot be written."""
+        folder = str(Path(epu_dir).resolve()) if epu_dir else ""
+        with self._lock:
+            if folder != self.state.epu_dir:
+                kept, self.state.epu_dir = self.state.epu_dir, folder
+                try:
+                    self._write_state()
+                except OSError:  # the old folder stays the one used, as session.json says
+                    self.state.epu_dir = kept
+                    raise
+        if not folder:
+            found = "no EPU session folder: grid squares come from the movie paths only"
+            log.info(found)
+        elif problem := epu_folder_problem(folder):
+            self._said.add(problem)  # said here: the next cycle need not say it again
+            found = f"{problem}: grid squares come from the movie paths only"
+            log.warning(found)
+        else:
+            # One listing of the folder, so that a wrong folder shows at once (none found).
+            squares = read_hole_squares(folder)
+            found = (f"EPU session folder {folder}: {len(squares):,} foil holes on "
+                     f"{len(set(squares.values())):,} grid squares so far")
+            log.info(found)
+        self._emit({"type": "epu", "epu_dir": folder or None})
+        return found
 
     def _epu_folder(self) -> Path | None:
         """The EPU session folder kept in the state, where it can be read; where it cannot, the

@@ -129,6 +129,7 @@ class SessionView(Listeners):
                 "alerts": self._alerts,
                 "grid_map": self._grid_map,
                 "read_only": self.read_only,
+                "epu_dir": self.state.epu_dir or None,  # the writer's, shown, not editable
             }
         if not with_history:
             del snapshot["history"]

@@ -342,6 +342,39 @@ def test_a_user_sets_where_alerts_go_and_sends_a_test(server, pages):
         hook.server_close()
 
 
+def test_a_user_sets_the_epu_folder_and_sees_it_after_a_reload(server, pages, tmp_path):
+    from live2d.simulate import write_epu_acquisition
+
+    epu = tmp_path / "EPU_session"
+    for index in range(48):  # four movies a foil hole, four holes a grid square
+        write_epu_acquisition(epu, index)
+    page = pages(server.url + "/")
+    wait(page, lambda d: d.find_element(By.ID, "connection").text == "connected")
+    page.find_element(By.CSS_SELECTOR, "#epu-settings summary").click()
+    assert page.find_element(By.ID, "epu-now").text == "none (the movie paths only)"
+    field = page.find_element(By.ID, "epu-input")
+    field.send_keys(str(tmp_path / "typo"))
+    page.find_element(By.ID, "epu-save").click()
+    wait(page, lambda d: "is not there" in d.find_element(By.ID, "error").text)
+    field.clear()
+    field.send_keys(str(epu))
+    page.find_element(By.ID, "epu-save").click()
+    wait(page, lambda d: d.find_element(By.ID, "epu-now").text == str(epu))
+    status = page.find_element(By.ID, "epu-status").text
+    assert "12 foil holes on 3 grid squares" in status and "next classified cycle" in status
+    assert not page.find_element(By.ID, "error").is_displayed()
+
+    page.refresh()  # the session's, not the page's: shown again from the server
+    wait(page, lambda d: d.find_element(By.ID, "connection").text == "connected")
+    page.find_element(By.CSS_SELECTOR, "#epu-settings summary").click()
+    wait(page, lambda d: d.find_element(By.ID, "epu-now").text == str(epu))
+    assert page.find_element(By.ID, "epu-input").get_attribute("value") == str(epu)
+    assert server.controller.session.state.epu_dir == str(epu)
+    page.find_element(By.ID, "epu-clear").click()
+    wait(page, lambda d: d.find_element(By.ID, "epu-now").text == "none (the movie paths only)")
+    assert server.controller.session.state.epu_dir == ""
+
+
 @pytest.fixture
 def collected(tmp_path):
     """A server over an EPU-named session (3 grid squares of 4 foil holes each) whose first job

@@ -541,3 +541,59 @@ def test_the_map_sends_at_most_so_many_holes_per_square(tmp_path, monkeypatch):
     shown = grid_map(tmp_path)["squares"][0]
     assert shown["holes_total"] == 30
     assert [h["foil_hole"] for h in shown["holes"]] == [str(100 + i) for i in range(12)]
+
+
+def test_the_epu_folder_set_on_a_page_is_checked_kept_and_used_from_the_next_cycle(tmp_path):
+    """``set_epu_dir``: refused for what is no readable folder (nothing kept), kept in
+    session.json and shown on every page, used by the next scored cycle's tables and map (not
+    at once), kept across a restart, and forgotten with ""."""
+    from live2d.output_folder import SESSION_STATE
+    from live2d.simulate import simulate
+
+    warp, epu = tmp_path / "warp", tmp_path / "epu"
+    simulate(warp, particles=480, per_micrograph=10, box=32, pixel_size=4.0, snr=0.5, views=3,
+             epu_dir=epu)
+    (tmp_path / "a_file").write_text("not a folder")
+    saved = warp / "classification" / SESSION_STATE
+    server = RunningServer(Controller(warp, engine="builtin", settings=SMALL))
+    try:
+        page, other = Client(server), Client(server)
+        assert page.receive()["epu_dir"] is None and other.receive()["epu_dir"] is None
+        for message, complaint in (
+                ({"command": "set_epu_dir"}, "'path' must be"),
+                ({"command": "set_epu_dir", "path": 12}, "'path' must be"),
+                ({"command": "set_epu_dir", "path": "x" * 5000}, "'path' must be"),
+                ({"command": "set_epu_dir", "path": f"{epu}\0"}, "'path' must be"),
+                ({"command": "set_epu_dir", "path": str(epu), "hard": True}, "unexpected field"),
+                ({"command": "set_epu_dir", "path": "epu"}, "not an absolute path"),
+                ({"command": "set_epu_dir", "path": str(tmp_path / "typo")}, "is not there"),
+                ({"command": "set_epu_dir", "path": str(tmp_path / "a_file")}, "not a folder")):
+            page.send(message)
+            assert complaint in page.wait_for(lambda m: m["type"] == "error")["message"]
+        assert json.loads(saved.read_text())["epu_dir"] == ""  # nothing kept by a refusal
+
+        page.send({"command": "set_epu_dir", "path": f" {epu}/ "})
+        reply = page.wait_for(lambda m: m["type"] in ("epu_saved", "error"))
+        assert reply["type"] == "epu_saved", reply
+        assert "12 foil holes on 3 grid squares so far" in reply["message"]
+        assert "next classified cycle" in reply["message"]
+        assert other.wait_for_view(lambda v: v["epu_dir"] == str(epu))["grid_map"] is None
+        assert json.loads(saved.read_text())["epu_dir"] == str(epu)
+        assert any("12 foil holes" in line for line in server.controller.state(True)["log"])
+
+        server.controller.session.run_job("abinit")  # the next scored cycle uses it
+        squares = server.controller.state()["grid_map"]["squares"]
+        assert len(squares) == 3 and all(s["holes_total"] == 4 for s in squares)
+        page.close()
+        other.close()
+    finally:
+        server.stop()
+
+    restarted = Controller(warp, engine="builtin")  # no --epu: session.json's is kept
+    try:
+        assert restarted.state()["epu_dir"] == str(epu)
+        assert restarted.handle({"command": "set_epu_dir", "path": ""})["type"] == "epu_saved"
+        assert restarted.state()["epu_dir"] is None
+        assert json.loads(saved.read_text())["epu_dir"] == ""
+    finally:
+        restarted.close()

@@ -170,12 +170,14 @@ def test_the_page_attaches_read_only_beside_a_writer_and_refuses_changes(holding
                 ({"command": "mark", "classes": {"1": "good"}}, "mark classes"),
                 ({"command": "export"}, "export particles"),
                 ({"command": "dismiss_alert", "key": "warp_stalled"}, "dismiss alerts"),
+                ({"command": "set_epu_dir", "path": str(out)}, "change the EPU session folder"),
                 ({"command": "start_job", "settings": {"classes": 5}}, "start a job")):
             with pytest.raises(CommandError, match=f"cannot {what} from this page: Watching "
                                                    "read-only"):
                 controller.handle(message)
         assert not controller.session.refresh()  # nothing changed: nothing sent again
         assert files(out) == before
+        assert state["epu_dir"] is None  # the writer's (it has none), shown, never changed
 
         # The writer stops: the page says so, and the folder chosen again is this page's.
         holder_process.kill()

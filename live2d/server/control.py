@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from live2d.class_quality import GOOD_SCORE
+from live2d.epu import epu_folder_problem
 from live2d.errors import (
     CycleCancelled,
     EngineError,
@@ -48,25 +49,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("live2d")
 Publish = Callable[[dict[str, Any]], None]
 COMMANDS = ("get_state", "start_job", "start_automatic", "stop", "set_warp_dir", "ping", "mark",
-            "export", "set_notify", "test_notify", "dismiss_alert")
+            "export", "set_notify", "test_notify", "dismiss_alert", "set_epu_dir")
 # The fields each command may carry besides "command" and "id" (the older ones share a set).
 FIELDS = {"mark": {"classes", "cycle"}, "export": set(),
           "set_notify": {"notify", "smtp", "smtp_from"}, "test_notify": set(),
-          "dismiss_alert": {"key"}}
+          "dismiss_alert": {"key"}, "set_epu_dir": {"path"}}
 OLDER_FIELDS = {"job_type", "settings", "hard", "path"}
 # What each command that changes the session is refused as, on a folder watched read-only.
 CHANGES = {"start_job": "start a job", "start_automatic": "start automatic jobs",
            "stop": "stop jobs", "mark": "mark classes", "export": "export particles",
            "set_notify": "change where alerts are sent",
            "test_notify": "send a test notification",
-           "dismiss_alert": "dismiss alerts"}
+           "dismiss_alert": "dismiss alerts",
+           "set_epu_dir": "change the EPU session folder"}
 # The web layer runs these off its event loop: an export writes every selected particle's row;
-# the notification commands wait on receivers (a test's answer, the old sender's last tries).
-SLOW_COMMANDS = ("export", "set_notify", "test_notify")
+# the notification commands wait on receivers (a test's answer, the old sender's last tries);
+# a new EPU folder is listed once (on a share, thousands of acquisition files).
+SLOW_COMMANDS = ("export", "set_notify", "test_notify", "set_epu_dir")
 MAX_NOTIFY_TARGETS = 20
 CLASS_NUMBER = re.compile(r"[1-9][0-9]{0,4}")
 MAX_MARKS = 1000
 MAX_ALERT_KEY = 200  # keys are a rule and a grid square's id: far shorter
+MAX_PATH = 4096  # Linux's PATH_MAX: a longer "path" is no folder's
 WATCH_SECONDS = 2.0  # how often the Warp folder is checked for what it lacks
 
 
@@ -197,7 +201,7 @@ class Controller:
         return {"warp_dir": None, "output_dir": None, "status": "stopped",
                 "settings": settings.to_dict(), "particles": 0, "history": [], "job": None,
                 "next_mode": settings.mode, "automatic": False, "progress": None,
-                "read_only": None}
+                "read_only": None, "epu_dir": None}
 
     # ------------------------------------------------------------------ watching the folder
     def _check_folder(self) -> str:
@@ -286,6 +290,8 @@ class Controller:
             return self._test_notify()
         if command == "dismiss_alert":
             return self._dismiss_alert(message.get("key"))
+        if command == "set_epu_dir":
+            return self._set_epu_dir(message.get("path"))
         settings = self._apply_settings(message.get("settings"))
         if command == "start_job":
             job_type = message.get("job_type", settings.mode)
@@ -412,6 +418,31 @@ class Controller:
         if not dismissed:
             raise CommandError(f"no alert {key[:40]!r} is in force (it may have cleared)")
         return {"type": "ok", "message": "alert dismissed"}
+
+    def _set_epu_dir(self, path: Any) -> dict[str, Any]:
+        """Keep the EPU session folder ``path`` ("" forgets it) for the next scored cycle. Unlike
+        the Warp folder it need not be under ``warp_root``: EPU writes it on the microscope's
+        share, seldom beside Warp's, and the server only lists the names of its acquisition
+        files, never reads or serves them."""
+        # A NUL byte is no path's: the OS calls would raise ValueError, not say what is wrong.
+        if not isinstance(path, str) or len(path) > MAX_PATH or "\0" in path:
+            raise CommandError("'path' must be the EPU session folder's path (\"\" for none)")
+        folder = None
+        if path.strip():
+            folder = Path(os.path.expanduser(path.strip()))
+            if not folder.is_absolute():  # relative to what? the server's folder is no answer
+                raise CommandError(f"{path.strip()!r} is not an absolute path: give the EPU "
+                                   "session folder's whole path")
+            problem = epu_folder_problem(folder.resolve())
+            if problem:  # a typo is refused, not kept to be found out at the next cycle
+                raise CommandError(problem)
+        try:
+            found = self.session.set_epu_dir(folder)
+        except OSError as exc:  # session.json could not be written: the old folder stays
+            raise CommandError(f"the EPU session folder could not be saved: {exc}") from None
+        return {"type": "epu_saved", "message": f"{found} (from the next classified cycle: "
+                                                "the yield tables and map shown are the last "
+                                                "cycle's)"}
 
     def _apply_settings(self, values: Any) -> Settings:
         if values is None:

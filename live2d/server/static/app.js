@@ -77,6 +77,9 @@ function receive(message) {
     hideError();
     $("notify-status").textContent = message.message;
     $("notify-status").classList.toggle("warning", !message.ok);
+  } else if (message.type === "epu_saved") {  // this page's edit: what the folder holds
+    hideError();
+    $("epu-status").textContent = message.message;
   } else if (message.type === "exported") {
     hideError();
     exportDone(`${message.message}.`);
@@ -126,6 +129,7 @@ function render() {
   renderAlerts(s.alerts, Boolean(s.read_only));
   renderGridMap(s.grid_map);
   renderNotify(s.notify);
+  renderEpu(s);
   renderSettings();
   renderProgress(s.progress);
   renderCycles();
@@ -713,6 +717,17 @@ document.addEventListener("DOMContentLoaded", () => {
     $("notify-status").classList.remove("warning");
     send({ command: "test_notify" });
   });
+  $("epu-input").addEventListener("input", () => { $("epu-input").dataset.edited = "1"; });
+  $("epu-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    delete $("epu-input").dataset.edited;
+    send({ command: "set_epu_dir", path: $("epu-input").value.trim() });
+  });
+  $("epu-clear").addEventListener("click", () => {
+    $("epu-input").value = "";
+    delete $("epu-input").dataset.edited;
+    send({ command: "set_epu_dir", path: "" });
+  });
   $("warp-form").addEventListener("submit", (e) => {
     e.preventDefault();
     send({ command: "set_warp_dir", path: $("warp-input").value });
@@ -744,6 +759,15 @@ function renderNotify(notify) {
   if (!notify) return;
   $("notify-now").textContent = notify.targets.length ? notify.targets.join(", ") : "no one";
   if (!$("smtp-input").dataset.edited) $("smtp-input").value = notify.smtp;
+}
+
+// The session's EPU folder (every page follows an edit); the field unless being edited. A page
+// watching read-only shows the writer's folder but cannot change it.
+function renderEpu(s) {
+  $("epu-settings").hidden = !s.warp_dir;  // no folder chosen yet: no session to keep it
+  $("epu-now").textContent = s.epu_dir || "none (the movie paths only)";
+  if (!$("epu-input").dataset.edited) $("epu-input").value = s.epu_dir || "";
+  for (const id of ["epu-save", "epu-clear", "epu-input"]) $(id).disabled = Boolean(s.read_only);
 }
 
 // ------------------------------------------------------------------------------ alerts
