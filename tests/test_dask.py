@@ -201,19 +201,38 @@ def stream_updates(folder: Path, p, name: str, engine) -> list[tuple]:
     return results
 
 
+def stream_folder(particles, folder: Path) -> Path:
+    """A folder of its own for a chain of updates, over the module's particles."""
+    folder.mkdir()
+    for name in ("particles.mrcs", "particles.star", "start.mrc"):
+        (folder / name).symlink_to(particles[0] / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local_stream(particles, tmp_path_factory):
+    folder = stream_folder(particles, tmp_path_factory.mktemp("stream") / "here")
+    return stream_updates(folder, particles[1], "u", BuiltinEngine(
+        "cpu", batch_size=BATCH, chunk_batches=CHUNK_BATCHES))
+
+
+def assert_same_updates(remote: list[tuple], local: list[tuple]) -> None:
+    for (classes, star, sums, done), (want, want_star, want_sums, want_done) in zip(
+            remote, local, strict=True):
+        assert done == want_done
+        assert np.array_equal(classes, want)
+        assert star.equals(want_star) and (star["2DCLS"] > 0).all()
+        assert all(torch.equal(a, b) for a, b in zip(sums, want_sums, strict=True))
+    assert sorted(remote[1][1]["POS"]) == list(range(1, 97)) + list(range(193, 241))
+
+
 def test_streaming_updates_on_workers_one_killed_equal_one_machines(particles, executor,
-                                                                     tmp_path):
+                                                                     local_stream, tmp_path):
     """Each update's batches are chunks on the workers; the worker classifying a chunk of the
     second batch dies in the first update, the new batch's in the second: both chunks are
     redone elsewhere and every update's classes, rows and kept sums are one machine's."""
-    folder, p = particles
-    here, there = tmp_path / "here", tmp_path / "there"
-    for side in (here, there):
-        side.mkdir()
-        for name in ("particles.mrcs", "particles.star", "start.mrc"):
-            (side / name).symlink_to(folder / name)
-    local = stream_updates(here, p, "u", BuiltinEngine("cpu", batch_size=BATCH,
-                                                       chunk_batches=CHUNK_BATCHES))
+    p = particles[1]
+    there = stream_folder(particles, tmp_path / "there")
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     executor.check_shared_folder(there)
     killed = []
@@ -225,13 +244,7 @@ def test_streaming_updates_on_workers_one_killed_equal_one_machines(particles, e
     remote = stream_updates(there, p, "u", engine)
     assert all(Path(k.marker).exists() for k in killed)  # a worker died in each update ...
     assert before - set(executor.client.scheduler_info()["workers"])
-    for (classes, star, sums, done), (want, want_star, want_sums, want_done) in zip(
-            remote, local, strict=True):  # ... and nothing differs from one machine
-        assert done == want_done
-        assert np.array_equal(classes, want)
-        assert star.equals(want_star) and (star["2DCLS"] > 0).all()
-        assert all(torch.equal(a, b) for a, b in zip(sums, want_sums, strict=True))
-    assert sorted(remote[1][1]["POS"]) == list(range(1, 97)) + list(range(193, 241))
+    assert_same_updates(remote, local_stream)  # ... and nothing differs from one machine
 
 
 class OneAfterAnother(Executor):
@@ -252,9 +265,11 @@ class OneAfterAnother(Executor):
 
 
 @needs_slurm
-def test_workers_started_as_slurm_jobs_give_the_local_result(particles, local_result, tmp_path):
+def test_workers_started_as_slurm_jobs_give_the_local_result(particles, local_result,
+                                                            local_stream, tmp_path):
     """--cluster slurm: dask-jobqueue submits the workers with sbatch to a real (one-node)
-    Slurm; the cycle is the same as in one process, and closing cancels the batch jobs."""
+    Slurm; a cycle and two streaming updates are the same as in one process, and closing
+    cancels the batch jobs."""
     folder, p = particles
     config = tmp_path / "slurm.yaml"
     config.write_text(yaml.safe_dump({
@@ -270,6 +285,9 @@ def test_workers_started_as_slurm_jobs_give_the_local_result(particles, local_re
         engine = BuiltinEngine("cpu", batch_size=BATCH, chunk_batches=CHUNK_BATCHES,
                                executor=executor)
         assert_same(cycle(folder, p, "slurm", engine), local_result)
+        there = stream_folder(particles, tmp_path / "there")
+        executor.check_shared_folder(there)
+        assert_same_updates(stream_updates(there, p, "u", engine), local_stream)
     finally:
         executor.close()
     deadline = time.monotonic() + 30
