@@ -228,9 +228,10 @@ def assert_same_updates(remote: list[tuple], local: list[tuple]) -> None:
 
 def test_streaming_updates_on_workers_one_killed_equal_one_machines(particles, executor,
                                                                      local_stream, tmp_path):
-    """Each update's batches are chunks on the workers; the worker classifying a chunk of the
-    second batch dies in the first update, the new batch's in the second: both chunks are
-    redone elsewhere and every update's classes, rows and kept sums are one machine's."""
+    """Each update's batches are chunks on the workers, all at once; the worker classifying a
+    chunk of the second batch dies in the first update, the new batch's in the second: both
+    chunks are redone elsewhere and every update's classes, rows and kept sums are one
+    machine's."""
     p = particles[1]
     there = stream_folder(particles, tmp_path / "there")
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -238,10 +239,13 @@ def test_streaming_updates_on_workers_one_killed_equal_one_machines(particles, e
     killed = []
     for victim in (96 + BATCH * CHUNK_BATCHES, 192):
         killed.append(DyingWorkers(executor, str(tmp_path / f"killed_{victim}"), victim))
+    workers = OneAfterAnother(killed)
     engine = BuiltinEngine("cpu", batch_size=BATCH, chunk_batches=CHUNK_BATCHES,
-                           executor=OneAfterAnother(killed))
+                           executor=workers)
     before = set(executor.client.scheduler_info()["workers"])
     remote = stream_updates(there, p, "u", engine)
+    # One map per update, its batches side by side: 3 + 3 chunks of 32, then 3 + 2 (48 new).
+    assert workers.maps == [6, 5]
     assert all(Path(k.marker).exists() for k in killed)  # a worker died in each update ...
     assert before - set(executor.client.scheduler_info()["workers"])
     assert_same_updates(remote, local_stream)  # ... and nothing differs from one machine
@@ -254,8 +258,10 @@ class OneAfterAnother(Executor):
 
     def __init__(self, executors: list[DyingWorkers]) -> None:
         self.executors = executors
+        self.maps: list[int] = []  # how many items each map ran
 
     def map(self, fn, shared, items, **options):
+        self.maps.append(len(items))
         live = next((e for e in self.executors if not os.path.exists(e.marker)),
                     self.executors[-1])
         return live.map(fn, shared, items, **options)
