@@ -744,7 +744,7 @@ function renderLatencyPlot() {
     svg.append(point);
   }
   const last = updates[updates.length - 1];
-  const labels = [[4, 14, `${waited(slowest)}`, "start", "#1d2430"],
+  const labels = [[4, 14, `${waited(slowest)} wait`, "start", "#1d2430"],
     [4, height - 8, `cycle ${updates[0].c.number}`, "start", "#1d2430"],
     [width - 4, height - 8, `cycle ${last.c.number}`, "end", "#1d2430"],
     [width - 4, 14, `▮ waiting (up to ${most.toLocaleString()})`, "end", "#667085"],
