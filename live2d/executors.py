@@ -189,7 +189,8 @@ class DaskExecutor(Executor):
         # dies (one lost while the one replacing an earlier loss has not joined yet) it is
         # made again elsewhere, as the slices are, where scattered data would fail the cycle.
         with warnings.catch_warnings():  # the size warning advises scattering: not here
-            warnings.filterwarnings("ignore", message=".*[Ll]arge object", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*[Ll]arge (object|graph)",
+                                    category=UserWarning)
             shared_future = self.client.submit(_shared_state, shared, pure=False)
         futures = [self.client.submit(fn, shared_future, item, retries=retries, pure=False)
                    for item in items]
