@@ -18,6 +18,7 @@ import os
 import threading
 import time
 import uuid
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -183,8 +184,14 @@ class DaskExecutor(Executor):
         if not items:
             return []
         retries = self.retries if retries is None else retries
-        # One copy of the shared state per worker, not one per task.
-        [shared_future] = self.client.scatter([shared], broadcast=True, hash=False)
+        # One copy of the shared state per worker, not one per task. A task's result, not
+        # scattered data: the scheduler keeps what makes it, so when every worker holding it
+        # dies (one lost while the one replacing an earlier loss has not joined yet) it is
+        # made again elsewhere, as the slices are, where scattered data would fail the cycle.
+        with warnings.catch_warnings():  # the size warning advises scattering: not here
+            warnings.filterwarnings("ignore", message=".*[Ll]arge (object|graph)",
+                                    category=UserWarning)
+            shared_future = self.client.submit(_shared_state, shared, pure=False)
         futures = [self.client.submit(fn, shared_future, item, retries=retries, pure=False)
                    for item in items]
         index = {future.key: i for i, future in enumerate(futures)}
@@ -221,6 +228,11 @@ class DaskExecutor(Executor):
         self.client.close()
         if self._own_cluster is not None:
             self._own_cluster.close()
+
+
+def _shared_state(shared: Any) -> Any:
+    """What every slice of a map is run with, as a task's result on the workers."""
+    return shared
 
 
 def _runnable(paths: list[str]) -> list[str]:

@@ -511,3 +511,56 @@ def test_the_map_lays_squares_out_where_the_stage_put_them(collected, pages):
     rows = wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#holes-table tbody tr"))
     assert len(rows) == 4
     assert [t.get_attribute("aria-pressed") for t in tiles] == ["false", "false", "true"]
+
+
+@pytest.fixture
+def streamed(tmp_path):
+    """A server over a session that streams: ab initio on 120 particles, then two updates as
+    Warp goes on (80 and 40 new), and 40 more imported that wait for the next one."""
+    warp = small_warp(tmp_path / "warp", particles=120)
+    controller = Controller(warp, engine="builtin", settings=SMALL)
+    session = controller.session
+    assert session.run_job("abinit") and session.settings.mode == "stream"
+    for particles in (200, 240):
+        small_warp(warp, particles=particles)  # extends the simulated session
+        assert session.run_job()
+    small_warp(warp, particles=280)
+    session.import_new()
+    running = RunningServer(controller)
+    yield running
+    running.stop()
+
+
+def test_a_streaming_session_plots_each_updates_latency_and_backlog(streamed, pages):
+    session = streamed.controller.session
+    updates = [r for r in session.history if r.streamed]
+    assert [r.new_particles for r in updates] == [80, 40]
+    assert all(len(r.latency) == 3 for r in updates)  # the stacks' times are known here
+    page = pages(streamed.url + "/")
+    points = wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#latency-plot g.update"), 20)
+    assert page.find_element(By.ID, "keeping-up").is_displayed()
+    assert [p.get_attribute("data-cycle") for p in points] == [str(r.number) for r in updates]
+    for point, record in zip(points, updates, strict=True):
+        p50, p99, longest = record.latency
+        assert [float(point.get_attribute(f"data-{name}")) for name in
+                ("p50", "p99", "longest")] == [p50, p99, longest]
+        assert len(point.find_elements(By.TAG_NAME, "circle")) == 2  # median and longest
+    # The backlog: what the next update took in, then the 40 imported since the latest.
+    assert [int(p.get_attribute("data-backlog")) for p in points] == [40, 40]
+    tooltip = points[1].find_element(By.TAG_NAME, "title").get_attribute("textContent")
+    assert tooltip.startswith(f"cycle {updates[1].number}, ") and "40 new particles" in tooltip
+    assert "40 waiting after it" in tooltip and "(median)" in tooltip
+    assert len(page.find_elements(By.CSS_SELECTOR, "#latency-plot rect")) == 2
+
+    # Particles that arrive after the latest update add to its backlog as they are imported.
+    small_warp(session.warp_dir, particles=320)
+    session.import_new()
+    wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#latency-plot g.update")[-1]
+         .get_attribute("data-backlog") == "80", 20)
+
+
+def test_a_session_that_does_not_stream_shows_no_latency_plot(classified, pages):
+    page = pages(classified.url + "/")
+    wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".tile")) == 3, 20)
+    assert not page.find_element(By.ID, "keeping-up").is_displayed()
+    assert not page.find_elements(By.CSS_SELECTOR, "#latency-plot *")

@@ -3,6 +3,7 @@
 import contextlib
 import functools
 import io
+import itertools
 import os
 import socket
 import sys
@@ -13,7 +14,9 @@ from unittest import mock
 
 import mrcfile
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 import yaml
 from cistem_standin import make_bin_dir, read_records, wait_for_records
 from cistem_standin.particles import make_particles
@@ -21,7 +24,7 @@ from slurm_helpers import needs_slurm, slurm_job
 
 from live2d import cistem_star
 from live2d.cli import main as cli_main
-from live2d.engines.base import CycleParams, CycleRequest
+from live2d.engines.base import CycleParams, CycleRequest, StreamBatch
 from live2d.engines.builtin import BuiltinEngine
 from live2d.engines.cistem import CistemEngine, find_programs
 from live2d.errors import CycleCancelled, EngineError
@@ -160,10 +163,119 @@ def test_a_worker_killed_mid_cycle_loses_nothing(particles, executor, local_resu
     assert_same(result, local_result)  # and its chunk was redone elsewhere: nothing lost
 
 
+def stream_updates(folder: Path, p, name: str, engine) -> list[tuple]:
+    """Two streaming updates as a session runs them: the first puts particles 0-192 into two
+    batches; the second classifies the 48 that arrived since as a new batch and re-visits the
+    first batch, keeping the second's sums. Returns each update's classes, star and batch sums."""
+    table = cistem_star.read_star(folder / "particles.star")
+    plans = [([0, 96, 192], {0, 96}, folder / "start.mrc"),
+             ([0, 96, 192, 240], {0, 192}, folder / f"{name}_1.mrc")]
+    results = []
+    for number, (edges, classify, classes_in) in enumerate(plans, start=1):
+        batches = []
+        for a, b in itertools.pairwise(edges):
+            aligned = number if a in classify else number - 1  # the update that made its sums
+            batches.append(StreamBatch(a, b, folder / f"{name}_sums_{a}_{aligned}.pt",
+                                       folder / f"{name}_sums_{a}_{number}.pt", a in classify,
+                                       folder / f"{name}_rows_{a}.star"))
+        kept_rows = table if number == 1 else cistem_star.read_star(
+            folder / f"{name}_{number - 1}.star")
+        for b in batches:  # the rows of batches kept, as the session keeps them
+            if not b.classify:
+                cistem_star.write_star(b.rows, kept_rows.iloc[b.start:b.stop])
+        rows = [(kept_rows if b.stop <= len(kept_rows) else table).iloc[b.start:b.stop]
+                for b in batches if b.classify]
+        star_in = folder / f"{name}_{number}_input.star"
+        cistem_star.write_star(star_in, pd.concat(rows, ignore_index=True))
+        request = CycleRequest(folder / "particles.mrcs", star_in, folder / f"{name}_{number}.star",
+                               folder / f"{name}_{number}.mrc", p, K, classes_in=classes_in,
+                               threads=1, seed=7 + number, batches=tuple(batches))
+        result = engine.run_update(request, lambda _: None, threading.Event())
+        with mrcfile.open(result.classes) as mrc:
+            classes = np.array(mrc.data)
+        sums = [torch.load(b.sums_out, weights_only=True) for b in batches if b.classify]
+        sums = [torch.cat([kept[name].flatten().double() for name in sorted(kept)
+                           if isinstance(kept[name], torch.Tensor)]) for kept in sums]
+        results.append((classes, cistem_star.read_star(result.star), sums,
+                        result.batches_classified))
+    return results
+
+
+def stream_folder(particles, folder: Path) -> Path:
+    """A folder of its own for a chain of updates, over the module's particles."""
+    folder.mkdir()
+    for name in ("particles.mrcs", "particles.star", "start.mrc"):
+        (folder / name).symlink_to(particles[0] / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local_stream(particles, tmp_path_factory):
+    folder = stream_folder(particles, tmp_path_factory.mktemp("stream") / "here")
+    return stream_updates(folder, particles[1], "u", BuiltinEngine(
+        "cpu", batch_size=BATCH, chunk_batches=CHUNK_BATCHES))
+
+
+def assert_same_updates(remote: list[tuple], local: list[tuple]) -> None:
+    for (classes, star, sums, done), (want, want_star, want_sums, want_done) in zip(
+            remote, local, strict=True):
+        assert done == want_done
+        assert np.array_equal(classes, want)
+        assert star.equals(want_star) and (star["2DCLS"] > 0).all()
+        assert all(torch.equal(a, b) for a, b in zip(sums, want_sums, strict=True))
+    assert sorted(remote[1][1]["POS"]) == list(range(1, 97)) + list(range(193, 241))
+
+
+def test_streaming_updates_on_workers_one_killed_equal_one_machines(particles, executor,
+                                                                     local_stream, tmp_path):
+    """Each update's batches are chunks on the workers, all at once; the worker classifying a
+    chunk of the second batch dies in the first update, the new batch's in the second: both
+    chunks are redone elsewhere and every update's classes, rows and kept sums are one
+    machine's."""
+    p = particles[1]
+    there = stream_folder(particles, tmp_path / "there")
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    executor.check_shared_folder(there)
+    killed = []
+    for victim in (96 + BATCH * CHUNK_BATCHES, 192):
+        killed.append(DyingWorkers(executor, str(tmp_path / f"killed_{victim}"), victim))
+    workers = OneAfterAnother(killed)
+    engine = BuiltinEngine("cpu", batch_size=BATCH, chunk_batches=CHUNK_BATCHES,
+                           executor=workers)
+    before = set(executor.client.scheduler_info()["workers"])
+    remote = stream_updates(there, p, "u", engine)
+    # One map per update, its batches side by side: 3 + 3 chunks of 32, then 3 + 2 (48 new).
+    assert workers.maps == [6, 5]
+    assert all(Path(k.marker).exists() for k in killed)  # a worker died in each update ...
+    assert before - set(executor.client.scheduler_info()["workers"])
+    assert_same_updates(remote, local_stream)  # ... and nothing differs from one machine
+
+
+class OneAfterAnother(Executor):
+    """Each map goes to the next of ``executors`` that has not killed its worker yet."""
+
+    distributed = True
+
+    def __init__(self, executors: list[DyingWorkers]) -> None:
+        self.executors = executors
+        self.maps: list[int] = []  # how many items each map ran
+
+    def map(self, fn, shared, items, **options):
+        self.maps.append(len(items))
+        live = next((e for e in self.executors if not os.path.exists(e.marker)),
+                    self.executors[-1])
+        return live.map(fn, shared, items, **options)
+
+    def describe(self) -> str:
+        return self.executors[0].describe()
+
+
 @needs_slurm
-def test_workers_started_as_slurm_jobs_give_the_local_result(particles, local_result, tmp_path):
+def test_workers_started_as_slurm_jobs_give_the_local_result(particles, local_result,
+                                                            local_stream, tmp_path):
     """--cluster slurm: dask-jobqueue submits the workers with sbatch to a real (one-node)
-    Slurm; the cycle is the same as in one process, and closing cancels the batch jobs."""
+    Slurm; a cycle and two streaming updates are the same as in one process, and closing
+    cancels the batch jobs."""
     folder, p = particles
     config = tmp_path / "slurm.yaml"
     config.write_text(yaml.safe_dump({
@@ -179,6 +291,9 @@ def test_workers_started_as_slurm_jobs_give_the_local_result(particles, local_re
         engine = BuiltinEngine("cpu", batch_size=BATCH, chunk_batches=CHUNK_BATCHES,
                                executor=executor)
         assert_same(cycle(folder, p, "slurm", engine), local_result)
+        there = stream_folder(particles, tmp_path / "there")
+        executor.check_shared_folder(there)
+        assert_same_updates(stream_updates(there, p, "u", engine), local_stream)
     finally:
         executor.close()
     deadline = time.monotonic() + 30

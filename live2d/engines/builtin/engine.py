@@ -256,9 +256,7 @@ class BuiltinEngine(Engine):
                        "Å): their particles are classified again")
             table = pd.concat([table, *(b.kept_rows("sums") for b in stale)], ignore_index=True)
         index = table["POS"].to_numpy(dtype=np.int64) - 1  # each row's image in the stack
-        total_work = max(1, sum(b.size for b in todo))
-        done_before = 0
-        classified, results_parts, left_out = [], [], []
+        chosen_parts, left_out = [], []
         for batch in todo:
             rows = np.flatnonzero((index >= batch.start) & (index < batch.stop))
             if len(rows) != batch.size:
@@ -271,23 +269,24 @@ class BuiltinEngine(Engine):
                 keep = np.concatenate([~blank_edges(stack[index[part]]) for _, part in
                                        batches(chosen, EDGE_CHECK_BATCH)])
                 chosen, skipped = chosen[keep], np.concatenate([skipped, chosen[~keep]])
-
-            def batch_progress(p: Progress, before: int = done_before,
-                               size: int = batch.size) -> None:
-                progress(Progress(p.stage, (before + p.fraction * size) / total_work,
-                                  p.particles_per_second))
-
-            search.sums = ClassSums.zeros(k, len(geometry.psi), geometry.working, search.device)
-            results = (self._classify(search, stack, table, index[chosen], request,
-                                      batch_progress, cancel, rows=chosen) if len(chosen) else
+            chosen_parts.append(chosen)
+            left_out.append(skipped)
+        # Every batch's chunks at once: on a cluster, new batches and re-visits are tasks side
+        # by side, not one batch after another; each batch's partial sums are then added up
+        # in chunk order, as one machine does, so the sums are the same wherever they ran.
+        partials = self._classify_parts(search, stack, table,
+                                        [(index[chosen], chosen) for chosen in chosen_parts],
+                                        request, progress, cancel)
+        check_cancel(cancel)
+        classified, results_parts = [], []
+        for batch, chosen, parts in zip(todo, chosen_parts, partials, strict=True):
+            sums = ClassSums.zeros(k, len(geometry.psi), geometry.working, search.device)
+            results = (merge_partials(sums, parts) if parts else
                        {name: np.zeros(0) for name in RESULT_NAMES})
-            check_cancel(cancel)
-            _write_sums(batch.sums_out, reduce_sums(search.sums, geometry), key, len(chosen),
+            _write_sums(batch.sums_out, reduce_sums(sums, geometry), key, len(chosen),
                         class_counts(results["cls"], k))
             classified.append(chosen)
             results_parts.append(results)
-            left_out.append(skipped)
-            done_before += batch.size
         progress(Progress("averaging", 1.0))
         total = ReducedSums(*(torch.zeros(shape) for shape in _sum_shapes(k, geometry.working)))
         counts = np.zeros(k, dtype=np.int64)
@@ -322,45 +321,59 @@ class BuiltinEngine(Engine):
 
     def _classify(self, search: Search, stack: np.ndarray, table: pd.DataFrame,
                   used: np.ndarray, request: CycleRequest, progress: ProgressCallback,
-                  cancel: threading.Event, rows: np.ndarray | None = None
-                  ) -> dict[str, np.ndarray]:
-        """Classify the images ``used`` (their rows of ``table``: ``rows``, by default the
-        same positions) in chunks of whole batches, each into partial sums of its own that are
-        added up in chunk order: the same chunks whether they run here or on a cluster's
-        workers, so the averages come out the same."""
+                  cancel: threading.Event) -> dict[str, np.ndarray]:
+        """Classify the images ``used`` (their rows of ``table``: the same positions) into
+        ``search.sums``, in chunks of whole batches (:meth:`_classify_parts`)."""
+        [partials] = self._classify_parts(search, stack, table, [(used, used)], request,
+                                          progress, cancel)
+        return merge_partials(search.sums, partials)
+
+    def _classify_parts(self, search: Search, stack: np.ndarray, table: pd.DataFrame,
+                        parts: list[tuple[np.ndarray, np.ndarray]], request: CycleRequest,
+                        progress: ProgressCallback, cancel: threading.Event
+                        ) -> list[list[Partial]]:
+        """Classify each part's images (``(used, rows)``: image indices into the stack and
+        their rows of ``table``) in chunks of whole batches, each into partial sums of its own;
+        returns each part's partials in chunk order, for the caller to add up in that order:
+        the same chunks whether they run here or, all parts' at once, on a cluster's workers,
+        so the averages come out the same."""
         size = self.batch_size * self.chunk_batches
-        rows = used if rows is None else rows
-        chunks = [used[start:start + size] for start in range(0, len(used), size)]
-        chunk_rows = [rows[start:start + size] for start in range(0, len(rows), size)]
+        chunks = [(part, used[start:start + size], rows[start:start + size])
+                  for part, (used, rows) in enumerate(parts)
+                  for start in range(0, len(used), size)]
+        total = max(1, sum(len(used) for used, _ in parts))
         started = time.monotonic()
         if self.executor is None or not self.executor.distributed:
             partials = []
-            for chunk, at in zip(chunks, chunk_rows, strict=True):
-                before = sum(len(c) for c in chunks[:len(partials)])
+            before = 0
+            for _, chunk, at in chunks:
 
                 def on_batch(done: int, before: int = before) -> None:
                     check_cancel(cancel)
                     rate = (before + done) / max(time.monotonic() - started, 1e-9)
-                    progress(Progress("classifying", (before + done) / len(used), rate))
+                    progress(Progress("classifying", (before + done) / total, rate))
 
                 partials.append(classify_chunk(search, stack, chunk, table.iloc[at],
                                                self.batch_size, on_batch))
+                before += len(chunk)
         else:
             threads = max(1, request.threads)
             tasks = [ChunkTask(str(request.stack), chunk, table.iloc[at][CHUNK_COLUMNS],
-                               self.batch_size, threads)
-                     for chunk, at in zip(chunks, chunk_rows, strict=True)]
-            ends = np.cumsum([len(chunk) for chunk in chunks])
+                               self.batch_size, threads) for _, chunk, at in chunks]
+            ends = np.cumsum([len(chunk) for _, chunk, _ in chunks])
 
             def on_done(n: int) -> None:
                 done = int(ends[n - 1]) if n else 0  # chunks finish out of order: an estimate
                 rate = done / max(time.monotonic() - started, 1e-9)
-                progress(Progress("classifying", done / len(used), rate))
+                progress(Progress("classifying", done / total, rate))
 
             on_done(0)
             partials = self.executor.map(run_chunk_task, search.without_sums(), tasks,
-                                         cancel=cancel, on_done=on_done)
-        return merge_partials(search.sums, partials)
+                                         cancel=cancel, on_done=on_done) if tasks else []
+        by_part: list[list[Partial]] = [[] for _ in parts]
+        for (part, _, _), partial in zip(chunks, partials, strict=True):
+            by_part[part].append(partial)
+        return by_part
 
 
 # ---------------------------------------------------------------------------------- chunks

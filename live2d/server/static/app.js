@@ -62,6 +62,7 @@ function receive(message) {
   } else if (message.type === "import") {
     if (page.state) page.state.particles = message.particles;
     $("particles").textContent = `${message.particles.toLocaleString()} particles imported`;
+    if (page.state) renderLatencyPlot();  // the latest update's backlog grows with the imports
   } else if (message.type === "disk") {
     if (page.state) page.state.disk = message.disk;
     renderDisk(message.disk);
@@ -257,6 +258,7 @@ function renderCycles() {
   showCycle();
   renderPlot();
   renderGoodPlot();
+  renderLatencyPlot();
 }
 
 function setCycle(index) {
@@ -649,6 +651,110 @@ function renderGoodPlot() {
     [width - 4, height - 8, `cycle ${last.cycle}`, "end", "#1d2430"],
     [width - 4, 14, `— imported ${last.imported.toLocaleString()}`, "end", "#667085"],
     [width - 150, 14, `— good ${last.good.toLocaleString()}`, "end", "#027a48"]];
+  for (const [lx, ly, text, anchor, colour] of labels) {
+    const label = document.createElementNS(ns, "text");
+    label.setAttribute("x", lx);
+    label.setAttribute("y", ly);
+    label.setAttribute("text-anchor", anchor);
+    label.setAttribute("font-size", "11");
+    label.setAttribute("fill", colour);
+    label.textContent = text;
+    svg.append(label);
+  }
+}
+
+// Whether the classes keep up with the microscope, one point per streaming update: how long
+// its new particles waited from their stack being written to being in the published classes
+// (median and longest, its record's latency), and the backlog it left: particles imported by
+// the next cycle's start (by now, for the latest) and not in its classes, as `live2d status`
+// counts it (live2d.streaming.KeepingUp). Sessions that do not stream show no such plot.
+function renderLatencyPlot() {
+  const svg = $("latency-plot");
+  const ns = "http://www.w3.org/2000/svg";
+  svg.replaceChildren();
+  const all = history();
+  const updates = [];
+  all.forEach((c, i) => {
+    if (!c.batches) return;
+    const imported = i + 1 < all.length ? all[i + 1].particles : page.state.particles || 0;
+    const inClasses = c.class_counts.reduce((a, b) => a + b, 0);
+    const [p50, p99, longest] = c.latency && c.latency.length ? c.latency : [null, null, null];
+    updates.push({ c, p50, p99, longest, backlog: Math.max(0, imported - inClasses) });
+  });
+  $("keeping-up").hidden = !updates.length;
+  if (!updates.length) return;
+  const width = 600, height = 220, left = 40, right = 40, top = 24, bottom = 25;
+  const TEN_MINUTES = 600;
+  const slowest = Math.max(1, ...updates.map((u) => u.longest || 0));
+  const most = Math.max(1, ...updates.map((u) => u.backlog));
+  const x = (i) => left + (updates.length === 1 ? 0.5 : i / (updates.length - 1)) * (width - left - right);
+  const y = (seconds) => top + (1 - seconds / slowest) * (height - top - bottom);
+  const by = (n) => top + (1 - n / most) * (height - top - bottom);
+  const barWidth = Math.max(2, Math.min(16, (width - left - right) / updates.length / 2));
+  for (const [i, u] of updates.entries()) {  // the backlog: bars behind the latency
+    const bar = document.createElementNS(ns, "rect");
+    bar.setAttribute("x", x(i) - barWidth / 2);
+    bar.setAttribute("y", by(u.backlog));
+    bar.setAttribute("width", barWidth);
+    bar.setAttribute("height", height - bottom - by(u.backlog));
+    bar.setAttribute("fill", "#d0d5dd");
+    bar.dataset.series = "backlog";
+    svg.append(bar);
+  }
+  if (slowest >= TEN_MINUTES) {  // a wait past ten minutes: the classes lag the microscope
+    const line = document.createElementNS(ns, "line");
+    line.setAttribute("x1", left);
+    line.setAttribute("x2", width - right);
+    line.setAttribute("y1", y(TEN_MINUTES));
+    line.setAttribute("y2", y(TEN_MINUTES));
+    line.setAttribute("stroke", "#b42318");
+    line.setAttribute("stroke-dasharray", "4 3");
+    line.dataset.series = "ten-minutes";
+    svg.append(line);
+  }
+  const timed = updates.map((u, i) => [u, i]).filter(([u]) => u.longest !== null);
+  for (const [name, colour] of [["p50", "#175cd3"], ["longest", "#b42318"]]) {
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", timed.map(([u, i]) => `${x(i)},${y(u[name])}`).join(" "));
+    line.setAttribute("fill", "none");
+    line.setAttribute("stroke", colour);
+    line.setAttribute("stroke-width", "2");
+    line.dataset.series = name;
+    svg.append(line);
+  }
+  for (const [i, u] of updates.entries()) {  // one point per update, its figures on hover
+    const point = document.createElementNS(ns, "g");
+    point.classList.add("update");
+    point.dataset.cycle = String(u.c.number);
+    point.dataset.backlog = String(u.backlog);
+    const title = document.createElementNS(ns, "title");
+    title.textContent = `cycle ${u.c.number}, ${new Date(u.c.finished * 1000).toLocaleTimeString()}: ` +
+      `${u.c.new_particles.toLocaleString()} new particles` +
+      (u.longest === null ? ", their wait unknown" :
+        `, waited ${waited(u.p50)} (median), ${waited(u.p99)} (p99), at most ${waited(u.longest)}`) +
+      `; ${u.backlog.toLocaleString()} waiting after it`;
+    point.append(title);
+    if (u.longest !== null) {
+      Object.assign(point.dataset, { p50: String(u.p50), p99: String(u.p99), longest: String(u.longest) });
+      for (const [name, colour] of [["p50", "#175cd3"], ["longest", "#b42318"]]) {
+        const dot = document.createElementNS(ns, "circle");
+        dot.setAttribute("cx", x(i));
+        dot.setAttribute("cy", y(u[name]));
+        dot.setAttribute("r", "3.5");
+        dot.setAttribute("fill", colour);
+        point.append(dot);
+      }
+    }
+    svg.append(point);
+  }
+  const last = updates[updates.length - 1];
+  const labels = [[4, 14, `${waited(slowest)} wait`, "start", "#1d2430"],
+    [4, height - 8, `cycle ${updates[0].c.number}`, "start", "#1d2430"],
+    [width - 4, height - 8, `cycle ${last.c.number}`, "end", "#1d2430"],
+    [width - 4, 14, `▮ waiting (up to ${most.toLocaleString()})`, "end", "#667085"],
+    [width - 170, 14, "— longest", "end", "#b42318"],
+    [width - 240, 14, "— median wait", "end", "#175cd3"]];
+  if (slowest >= TEN_MINUTES) labels.push([left + 4, y(TEN_MINUTES) - 4, "10 min", "start", "#b42318"]);
   for (const [lx, ly, text, anchor, colour] of labels) {
     const label = document.createElementNS(ns, "text");
     label.setAttribute("x", lx);
