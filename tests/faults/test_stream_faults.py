@@ -29,7 +29,8 @@ def test_sigkills_during_streaming_updates_lose_and_count_nothing_twice(tmp_path
         if attempt % 2:  # anywhere, long enough for some updates to finish
             time.sleep(rng.uniform(3.0, 6.0))
         else:  # aim inside an update: a moment after its scratch folder appears
-            deadline = time.monotonic() + 10.0
+            # Long enough for a loaded machine, where the run may still be starting Python.
+            deadline = time.monotonic() + 30.0
             while not (out / "work").exists() and time.monotonic() < deadline:
                 time.sleep(0.02)
             time.sleep(rng.uniform(0.0, 0.4))
