@@ -61,6 +61,7 @@ def test_every_client_gets_the_state_and_sees_a_job_run(server):
     ({"command": "start_job", "job_type": "rm -rf"}, "job_type"),
     ({"command": "stop", "hard": "yes"}, "true or false"),
     ({"command": "set_warp_dir", "path": 42}, "path"),
+    ({"command": "set_warp_dir", "path": "/data/grid\u0000s"}, "must be the Warp folder"),
     ({"command": "dismiss_alert"}, "'key' must"),
     ({"command": "dismiss_alert", "key": ["warp_stalled"]}, "'key' must"),
     ({"command": "dismiss_alert", "key": "x" * 201}, "'key' must"),

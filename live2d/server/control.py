@@ -484,7 +484,9 @@ class Controller:
                 raise
 
     def _set_warp_dir(self, path: Any) -> dict[str, Any]:
-        if not isinstance(path, str) or not path.strip():
+        # A NUL byte is no path's: the OS calls would raise ValueError, not say what is wrong.
+        if (not isinstance(path, str) or not path.strip() or len(path) > MAX_PATH
+                or "\0" in path):
             raise CommandError("'path' must be the Warp folder's path")
         if self.busy:
             raise CommandError("stop the running jobs before changing the Warp folder")
