@@ -192,3 +192,8 @@ def read_forecast(folder: str | os.PathLike) -> tuple[int, list[str]] | None:
         return int(values["cycle"]), [str(line) for line in values["lines"]]
     except (OSError, ValueError, TypeError, KeyError):
         return None
+
+
+def forecast_dict(kept: tuple[int, list[str]] | None) -> dict | None:
+    """What the page is sent of a forecast (:func:`read_forecast`): its cycle and lines."""
+    return None if kept is None else {"cycle": kept[0], "lines": kept[1]}

@@ -45,7 +45,13 @@ from live2d.disk import DiskUse, DiskWatch
 from live2d.engines import Engine, make_engine
 from live2d.epu import epu_folder_problem, read_hole_squares
 from live2d.errors import CycleCancelled, EngineError, SessionError
-from live2d.forecast import forecast, particle_times, write_forecast
+from live2d.forecast import (
+    forecast,
+    forecast_dict,
+    particle_times,
+    read_forecast,
+    write_forecast,
+)
 from live2d.history import CycleRecord
 from live2d.importer import Importer, ImportReport
 from live2d.listeners import Listeners
@@ -201,6 +207,7 @@ class Session(Listeners):
         self.alerts = AlertBook(self.output_dir)
         # The page's map of grid squares, read again whenever the yield tables are written.
         self.grid_map = read_grid_map(self.output_dir, self._epu_folder())
+        self.forecast = read_forecast(self.output_dir)
         self.selection = ClassSelection(
             self.output_dir, self._history, self._lock,
             lambda summary: self._emit({"type": "selection", "selection": summary}))
@@ -280,6 +287,7 @@ class Session(Listeners):
                 "disk": self._disk.to_dict(),
                 "alerts": [alert.to_dict() for alert in self.alerts.active],
                 "grid_map": self.grid_map,
+                "forecast": forecast_dict(self.forecast),
                 "read_only": None,  # this process writes the folder (a SessionView's says why not)
                 "notify": self.notify_summary(),
                 "epu_dir": self.state.epu_dir or None,
@@ -598,6 +606,7 @@ class Session(Listeners):
             times, what = particle_times(table)
             outlook = forecast(particles, times, self.settings.target_good_particles, what)
             write_forecast(self.output_dir, outlook)
+            self.forecast = (outlook.cycle, outlook.lines())  # the pages have it with the cycle
             self._update_alerts(CYCLE_RULES,
                                 cycle_alerts(particles, hole_squares, outlook, self.settings))
         except Exception as exc:  # advice, like the tables

@@ -24,6 +24,7 @@ from typing import Any, cast
 from live2d.alerts import read_alerts
 from live2d.collection_yield import read_grid_map
 from live2d.errors import SelectionError, SessionError
+from live2d.forecast import forecast_dict, read_forecast
 from live2d.history import CycleHistory, CycleRecord, read_history
 from live2d.listeners import Listeners
 from live2d.output_folder import ALERTS, DEFAULT_OUTPUT, YIELD_TABLES, OutputFolder
@@ -73,6 +74,7 @@ class SessionView(Listeners):
         self._particles = self._store_count()
         self._alerts = [alert.to_dict() for alert in read_alerts(self.output_dir)]
         self._grid_map = read_grid_map(self.output_dir, self.state.epu_dir or None)
+        self._forecast = read_forecast(self.output_dir)
         self._read_log()
         self._seen = self._stamps()
 
@@ -128,6 +130,7 @@ class SessionView(Listeners):
                 "disk": None,
                 "alerts": self._alerts,
                 "grid_map": self._grid_map,
+                "forecast": forecast_dict(self._forecast),
                 "read_only": self.read_only,
                 "epu_dir": self.state.epu_dir or None,  # the writer's, shown, not editable
             }
@@ -161,6 +164,7 @@ class SessionView(Listeners):
             self._alerts = [alert.to_dict() for alert in read_alerts(self.output_dir)]
             if stamps[-len(YIELD_TABLES):] != self._seen[-len(YIELD_TABLES):]:
                 self._grid_map = read_grid_map(self.output_dir, self.state.epu_dir or None)
+                self._forecast = read_forecast(self.output_dir)  # written with the tables
             self._seen = stamps
         return True
 

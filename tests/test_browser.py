@@ -392,6 +392,26 @@ def collected(tmp_path):
     running.stop()
 
 
+def test_the_forecast_of_the_latest_scored_cycle_shows_and_follows_each_cycle(collected,
+                                                                            pages):
+    from live2d.forecast import read_forecast
+
+    session = collected.controller.session
+    cycle, lines = read_forecast(session.output_dir)
+    assert cycle == session.history[-1].number and lines[0].startswith("forecast by the")
+    page = pages(collected.url + "/")
+    shown = wait(page, lambda d: d.find_element(By.ID, "forecast-lines").text, 20)
+    assert shown.splitlines() == lines
+    assert "target of 10 good particles: reached" in shown
+    # The next cycle's forecast replaces it in the open page.
+    session.update_settings({"target_good_particles": 10**6})
+    assert session.run_job("refine")
+    cycle, lines = read_forecast(session.output_dir)
+    wait(page, lambda d: f"cycle {cycle}" in d.find_element(By.ID, "forecast-lines").text, 20)
+    assert "target of 1,000,000 good particles: " in \
+        page.find_element(By.ID, "forecast-lines").text
+
+
 def banners(driver):
     return [b for b in driver.find_elements(By.CSS_SELECTOR, "#alerts .alert-banner")
             if b.is_displayed()]

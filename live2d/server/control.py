@@ -153,9 +153,10 @@ class Controller:
             {k: v for k, v in self._no_session().items() if k != "history"}
         update = {"type": "update", **snapshot, "busy": self.busy, "missing": self._missing,
                   **self._selection_state(session, whole_history=False)}
-        if not new_cycle:  # neither changes between cycles: the map may be large
+        if not new_cycle:  # none changes between cycles: the map may be large
             del update["class_tables"]
             update.pop("grid_map", None)
+            update.pop("forecast", None)
         return update
 
     def _selection_state(self, session: Session | None,

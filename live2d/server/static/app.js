@@ -129,6 +129,7 @@ function render() {
   renderDisk(s.disk);
   renderAlerts(s.alerts, Boolean(s.read_only));
   renderGridMap(s.grid_map);
+  if ("forecast" in s) renderForecast(s.forecast);  // sent with the state and after a cycle
   renderNotify(s.notify);
   renderEpu(s);
   renderSettings();
@@ -920,6 +921,12 @@ function percent(fraction) { return `${Math.round(100 * fraction)}%`; }
 // Red (no good particles) through yellow to green (all good).
 function yieldColour(fraction) {
   return `hsl(${Math.round(120 * Math.max(0, Math.min(1, fraction)))}, 65%, 40%)`;
+}
+
+// Whether to keep collecting: good particles per hour, the time to the target, new views.
+function renderForecast(forecast) {
+  $("forecast").hidden = !forecast;
+  $("forecast-lines").textContent = forecast ? forecast.lines.join("\n") : "";
 }
 
 function renderGridMap(map) {
