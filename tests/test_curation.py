@@ -8,36 +8,34 @@ import torch
 from live2d.curation import MIN_MEMBERS, curate, robust_cut, signal_shares
 
 
-def table_of(labels, scores):
-    return pd.DataFrame({"2DCLS": np.asarray(labels, dtype=np.int64),
-                         "SCORE": np.asarray(scores, dtype=np.float64)})
+def table_of(labels):
+    return pd.DataFrame({"2DCLS": np.asarray(labels, dtype=np.int64)})
 
 
 def test_outliers_below_their_class_are_cut_and_typical_members_kept():
     rng = np.random.default_rng(0)
     n = 200
     labels = np.repeat([1, 2], n)
-    # class 2 fits worse as a whole: its members are judged against it, not against class 1
-    # bounded spreads: no typical member lies 3 robust SDs out by chance
-    scores = np.concatenate([rng.uniform(27, 33, n), rng.uniform(12, 18, n)])
-    shares = np.concatenate([rng.uniform(0.55, 0.65, n), rng.uniform(0.45, 0.55, n)])
+    # bounded spreads, so that no typical member lies 3 robust SDs out by chance; class 2's
+    # particles hold less of their signal at the centre as a whole (another view)
+    shares = np.concatenate([rng.uniform(0.55, 0.65, n), rng.uniform(0.35, 0.45, n)])
     shares[[3, 7, n + 5]] = [0.2, 0.25, 0.1]  # signal spread over the box: aggregates
-    scores[[11, n + 9]] = [5.0, -4.0]  # fits its class far worse than its members
-    curation = curate(table_of(labels, scores), shares, 2, cut=3.0)
-    cut = {3, 7, n + 5, 11, n + 9}
-    assert set(np.flatnonzero(~curation.keep)) == cut
+    shares[n + 9] = 0.48  # above class 2's typical member: kept
+    curation = curate(table_of(labels), shares, 2, cut=3.0)
+    assert set(np.flatnonzero(~curation.keep)) == {3, 7, n + 5}
     first, second = curation.classes
-    assert (first.kept, second.kept) == (n - 3, n - 2)
-    assert "197 of 200 kept" in first.rule() and "signal share < 0." in first.rule()
-    # a class-2 member as good as class 2's typical one would be junk by class 1's cut
-    assert second.score_cut < first.score_cut
+    assert (first.kept, second.kept) == (n - 2, n - 1)
+    assert "198 of 200 kept" in first.rule() and "signal share near the centre < 0." in \
+        first.rule()
+    # each class is judged against its own members: class 2's typical share would be junk
+    # by class 1's cut
+    assert second.share_cut < 0.35 < first.share_cut
 
 
 def test_tiny_classes_empty_classes_and_unclassified_rows():
     labels = [1] * (MIN_MEMBERS - 1) + [-2, 0]
-    scores = [30.0] * (MIN_MEMBERS - 2) + [-50.0, 30.0, 30.0]
-    shares = [0.6] * (MIN_MEMBERS - 1) + [np.nan, np.nan]
-    curation = curate(table_of(labels, scores), np.array(shares), 3, cut=3.0)
+    shares = [0.6] * (MIN_MEMBERS - 2) + [0.01, np.nan, np.nan]
+    curation = curate(table_of(labels), np.array(shares), 3, cut=3.0)
     assert curation.keep[: MIN_MEMBERS - 1].all()  # too few to judge: kept whole
     assert not curation.keep[MIN_MEMBERS - 1:].any()  # not classified: not in any class
     assert [c.kept for c in curation.classes] == [MIN_MEMBERS - 1, 0, 0]
@@ -48,7 +46,7 @@ def test_a_blank_image_without_a_share_is_cut():
     labels = [1] * 40
     shares = np.full(40, 0.6) + np.linspace(0, 0.01, 40)
     shares[5] = np.nan
-    curation = curate(table_of(labels, np.full(40, 20.0)), shares, 1, cut=3.0)
+    curation = curate(table_of(labels), shares, 1, cut=3.0)
     assert list(np.flatnonzero(~curation.keep)) == [5]
 
 
