@@ -161,6 +161,22 @@ def signal_shares(stack, table: pd.DataFrame, pixel_size: float,
     return out
 
 
+def session_curation(folder: str | os.PathLike) -> tuple[bool, float]:
+    """Whether the session in ``folder`` curates particles, and its cut (its settings' *Curate
+    particles* and *Curation cut*; the defaults where a value is missing or out of range)."""
+    from live2d.schedule import Settings  # settings are described there, once
+
+    state = json.loads((Path(folder) / SESSION_STATE).read_text(encoding="utf-8"))
+    stored = state.get("settings") or {}
+    values = {name: stored[name] for name in ("curate_particles", "curation_cut")
+              if name in stored}
+    try:
+        settings = Settings.from_dict(values)
+    except ValueError:  # another version's or a hand-edited value: the defaults stand
+        settings = Settings()
+    return settings.curate_particles, settings.curation_cut
+
+
 def session_mask_radius_px(folder: Path, box: int, pixel_size: float) -> float:
     """The mask radius the session's cycles use, in the store's pixels: the setting, else 0.6 ×
     Warp's picking diameter, else what a cycle guesses from the box (live2d.cycle)."""

@@ -22,12 +22,11 @@ import pandas as pd
 import starfile
 
 from live2d.atomic import file_kind, replacing
-from live2d.curation import curate_cycle
+from live2d.curation import curate_cycle, session_curation
 from live2d.errors import SelectionError
 from live2d.history import particle_results_kept, particle_table, read_history
 from live2d.layouts import find_stack
 from live2d.output_folder import SESSION_STATE, STORE_STATE
-from live2d.schedule import Settings
 from live2d.selection import SelectionState, selected
 from live2d.store import StoreError, read_committed_table
 from live2d.warp import split_image_name
@@ -92,13 +91,12 @@ def export_particles(output_dir: str | os.PathLike, to: str | os.PathLike,
     in_classes = table["2DCLS"].isin(chosen).to_numpy()
     if not in_classes.any():
         raise SelectionError(f"classes {chosen} of cycle {record.number} hold no particles")
-    settings = Settings.from_dict(state.get("settings") or {})
+    curating, cut = session_curation(output_dir)
     if whole_classes is None:
-        whole_classes = not settings.curate_particles
+        whole_classes = not curating
     chosen_rows = in_classes
     if not whole_classes:
-        chosen_rows = in_classes & curate_cycle(output_dir, record, settings.curation_cut,
-                                                table).keep
+        chosen_rows = in_classes & curate_cycle(output_dir, record, cut, table).keep
     rows = table[chosen_rows]
     sources = store.iloc[rows["POS"].to_numpy() - 1].reset_index(drop=True)
     rows = rows.reset_index(drop=True)

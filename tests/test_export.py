@@ -235,3 +235,21 @@ def test_export_leaves_out_exactly_the_curated_particles(session_dir, tmp_path, 
     for curation in curate_cycle(output, record, 1.0, table).classes:
         if curation.share_cut is not None:
             assert f"{curation.kept} of {curation.particles} kept" in status
+
+
+def test_a_session_that_does_not_curate_exports_and_shows_whole_classes(
+        session_dir, tmp_path, capsys, strict_curation):
+    path = session_dir / "classification" / "session.json"
+    state = json.loads(path.read_text(encoding="utf-8"))
+    state["settings"]["curate_particles"] = False
+    path.write_text(json.dumps(state), encoding="utf-8")  # the fixture puts it back
+    record = latest(session_dir)
+    populated = [k + 1 for k, n in enumerate(record.class_counts) if n >= 20]
+    out = tmp_path / "all.star"
+    assert cli_main(["export", str(session_dir), "--classes", ",".join(map(str, populated)),
+                     "--to", str(out)]) == 0
+    particles = starfile.read(out, always_dict=True)["particles"]
+    assert len(particles) == sum(record.class_counts[k - 1] for k in populated)
+    assert "left out as junk" not in capsys.readouterr().out
+    assert cli_main(["status", str(session_dir)]) == 0
+    assert " kept (cut:" not in capsys.readouterr().out

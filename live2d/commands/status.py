@@ -67,16 +67,14 @@ def print_classes(folder: Path, history: list[CycleRecord]) -> None:
 def class_curation(folder: Path, record: CycleRecord) -> dict:
     """Per class number, the particle curation of ``record`` (live2d.curation) as the session's
     settings make it; empty where it is off or its particles are not on disk any more."""
-    from live2d.curation import curate_cycle
+    from live2d.curation import curate_cycle, session_curation
     from live2d.history import particle_results_kept
-    from live2d.schedule import Settings
 
     try:
-        state = json.loads((folder / SESSION_STATE).read_text(encoding="utf-8"))
-        settings = Settings.from_dict(state.get("settings") or {})
-        if not settings.curate_particles or not particle_results_kept(folder, record):
+        curating, cut = session_curation(folder)
+        if not curating or not particle_results_kept(folder, record):
             return {}
-        return curate_cycle(folder, record, settings.curation_cut).by_number()
+        return curate_cycle(folder, record, cut).by_number()
     except (OSError, ValueError, KeyError):  # being replaced, unreadable: status goes on
         return {}
 
