@@ -494,7 +494,9 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         averages = self._cycleAverages(record, classes_mrc, pixel_size, suffix)
         classes = self._cycleClasses(record, assignments, classes_mrc, pixel_size, suffix,
                                      chosen)
-        selected = assignments[assignments["cls"].isin(chosen) & assignments["kept"]]
+        in_chosen = assignments["cls"].isin(chosen)
+        selected = assignments[in_chosen & assignments["kept"]]
+        curated = int((in_chosen & ~assignments["kept"]).sum())
         particles, added, ids = self._grownParticles(selected)
 
         first = not self.hasAttribute("outputClasses")
@@ -521,7 +523,9 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
                   f"{record.particles} particles classified into "
                   f"{sum(1 for c in record.class_counts if c)} classes")
         self.info(f"outputParticles: cycle {record.number}, {added} particles of the selected "
-                  f"classes {self._selectionText(chosen)} added, {particles.getSize()} in all")
+                  f"classes {self._selectionText(chosen)} added, {particles.getSize()} in all"
+                  + (f"; {curated} of those classes' particles left out as junk by the "
+                     "particle curation" if curated else ""))
 
     def _cycleAverages(self, record: CycleRecord, classes_mrc: str, pixel_size: float,
                        suffix: str) -> SetOfAverages:
