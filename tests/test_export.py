@@ -232,9 +232,13 @@ def test_export_leaves_out_exactly_the_curated_particles(session_dir, tmp_path, 
     assert f"{len(left_out)} more left out as junk by the curation" in said
     assert cli_main(["status", str(session_dir)]) == 0
     status = capsys.readouterr().out
+    shown = 0
     for curation in curate_cycle(output, record, 1.0, table).classes:
-        if curation.share_cut is not None:
+        # the proposed good classes, where the curation applies
+        if curation.share_cut is not None and record.class_score[curation.number - 1] >= 0.5:
             assert f"{curation.kept} of {curation.particles} kept" in status
+            shown += 1
+    assert shown and "kept by the particle curation" in status
 
 
 def test_a_session_that_does_not_curate_exports_and_shows_whole_classes(

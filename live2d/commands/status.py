@@ -58,7 +58,7 @@ def print_classes(folder: Path, history: list[CycleRecord]) -> None:
         resolution = "-" if c["resolution"] is None else \
             f"{'≤' if c['at_limit'] else ' '}{c['resolution']:.1f}"
         mark = "good" if c["score"] >= 0.5 else "junk"
-        curated = curation.get(c["number"])
+        curated = curation.get(c["number"]) if mark == "good" else None  # junk goes whole
         rule = f"; {curated.rule()}" if curated and curated.rule() else ""
         print(f"  {c['number']:>4} {c['particles']:>8} {resolution:>7} Å {c['score']:5.2f} "
               f"{mark}  {c['reason']}{rule}")
