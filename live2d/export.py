@@ -96,7 +96,12 @@ def export_particles(output_dir: str | os.PathLike, to: str | os.PathLike,
         whole_classes = not curating
     chosen_rows = in_classes
     if not whole_classes:
-        chosen_rows = in_classes & curate_cycle(output_dir, record, cut, table).keep
+        try:  # the first curation of a cycle reads its particles' images
+            chosen_rows = in_classes & curate_cycle(output_dir, record, cut, table).keep
+        except OSError as exc:
+            raise SelectionError(f"the particles' images cannot be read for the particle "
+                                 f"curation ({exc}): put the stacks back, or export whole "
+                                 "classes (--whole-classes)") from None
     rows = table[chosen_rows]
     sources = store.iloc[rows["POS"].to_numpy() - 1].reset_index(drop=True)
     rows = rows.reset_index(drop=True)
