@@ -10,7 +10,8 @@ aggregates) and ``--off-centre`` moves picks up to that many pixels off the part
 scores then count true particles only, and two more columns say how well the classes separate
 them from junk (the best selection the truth allows: the classes that are mostly true particles,
 its precision and recall of true particles), next to the selection Live2D proposes (classes
-scored 0.5 or more by live2d.class_quality):
+scored 0.5 or more by live2d.class_quality) and to the particles of that selection the
+particle curation keeps (live2d.curation, at ``--curation-cut``; what exports hold):
 
     python bench/quality.py                                     # built-in engine
     python bench/quality.py --engine cistem --cistem-bin DIR    # the same data through cisTEM
@@ -36,7 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from live2d.evaluate import score_cycle
+from live2d.curation import curate_cycle
+from live2d.evaluate import curated_selection, score_cycle
+from live2d.history import particle_table
 from live2d.schedule import Settings
 from live2d.selection import proposed
 from live2d.session import Session
@@ -65,6 +68,8 @@ def main() -> None:
     parser.add_argument("--high-res-initial", type=float, default=40.0)
     parser.add_argument("--high-res-final", type=float, default=8.0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--curation-cut", type=float, default=Settings().curation_cut,
+                        help="the particle curation's cut (robust SDs below the class median)")
     parser.add_argument("--keep", type=Path, help="work here and keep the files (default: a "
                                                   "temporary folder)")
     parser.add_argument("--revisit", type=float, default=Settings().stream_revisit,
@@ -105,7 +110,7 @@ def main() -> None:
         print_header()
         for record in history:
             if record.block != "start":
-                print_row(record, root / "classification", warp)
+                print_row(record, root / "classification", warp, args.curation_cut)
         print(f"job: {len(history)} cycles in {wall:.0f} s")
 
 
@@ -117,18 +122,23 @@ def describe(args: argparse.Namespace, engine: str) -> None:
 
 def print_header() -> None:
     print("cycle  block        high-res  used  homogeneity  fidelity  classes  "
-          "best-precision  best-recall  auto-precision  auto-recall  seconds")
+          "best-precision  best-recall  auto-precision  auto-recall  curated-precision  "
+          "curated-recall  seconds")
 
 
-def print_row(record, output: Path, warp: Path) -> None:
+def print_row(record, output: Path, warp: Path, cut: float) -> None:
     """One cycle's scores against the truth, as the table's row."""
     scores, best, auto = score_cycle(output, record.number, truth_dir_for(warp),
                                      0.6 * read_settings(warp).diameter,
                                      proposed=proposed(record))
+    table = particle_table(output, record)
+    curated = curated_selection(output, record.number, truth_dir_for(warp), proposed(record),
+                                curate_cycle(output, record, cut, table).keep)
     print(f"{record.number:5d}  {record.block:<11s} {record.high_res:6.1f} Å "
           f"{record.fraction:5.0%}  {scores.homogeneity:11.3f}  {scores.fidelity:8.3f}  "
           f"{scores.classes_used:7d}  {best.precision:14.3f}  {best.recall:11.3f}  "
           f"{auto.precision:14.3f}  {auto.recall:11.3f}  "
+          f"{curated.precision:17.3f}  {curated.recall:14.3f}  "
           f"{record.finished - record.started:7.1f}", flush=True)
 
 
@@ -164,13 +174,13 @@ def stream(args: argparse.Namespace) -> None:
             session.run_job("abinit")
             describe(args, session.engine.describe())
             print_header()
-            print_row(session.history[-1], streamed, warp)
+            print_row(session.history[-1], streamed, warp, args.curation_cut)
             shutil.copytree(streamed, root / "seeded")  # the same classes to start from
             for count in range(start + step, args.particles + step, step):
                 arrive(min(count, args.particles))
                 began = time.monotonic()
                 session.run_job("stream")
-                print_row(session.history[-1], streamed, warp)
+                print_row(session.history[-1], streamed, warp, args.curation_cut)
                 print(f"  update over {session.store.count} particles: "
                       f"{time.monotonic() - began:.1f} s")
         finally:
@@ -179,7 +189,7 @@ def stream(args: argparse.Namespace) -> None:
         try:
             seeded.run_job("seeded")
             print("the same particles, one seeded job (startup ramp, then refinement):")
-            print_row(seeded.history[-1], root / "seeded", warp)
+            print_row(seeded.history[-1], root / "seeded", warp, args.curation_cut)
         finally:
             seeded.close()
 

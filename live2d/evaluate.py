@@ -57,9 +57,14 @@ def best_selection(labels: np.ndarray, true_particle: np.ndarray) -> Selection:
 
 def selection_of(chosen: list[int], labels: np.ndarray, true_particle: np.ndarray) -> Selection:
     """Precision and recall of true particles when the classes ``chosen`` are selected."""
-    labels = np.asarray(labels)
+    return particles_of(chosen, np.isin(np.asarray(labels), chosen), true_particle)
+
+
+def particles_of(chosen: list[int], selected: np.ndarray, true_particle: np.ndarray) -> Selection:
+    """Precision and recall of true particles when the picks ``selected`` are (those of the
+    classes ``chosen``, or fewer: a curation's)."""
+    selected = np.asarray(selected, dtype=bool)
     true_particle = np.asarray(true_particle, dtype=bool)
-    selected = np.isin(labels, chosen)
     precision = float(true_particle[selected].mean()) if selected.any() else 0.0
     recall = float(selected[true_particle].mean()) if true_particle.any() else 0.0
     return Selection(chosen, precision, recall)
@@ -123,10 +128,7 @@ def score_cycle(output_dir: Path, cycle: int, truth_dir: Path, mask_radius: floa
     output_dir = Path(output_dir)
     record = next(r for r in read_history(output_dir) if r.number == cycle)
     table = particle_table(output_dir, record)
-    names = cistem_star.read_star(output_dir / STORE_TABLE)["ORIGNAME"].tolist()
-    with open(Path(truth_dir) / "particles.csv") as handle:
-        truth = {row["image_name"]: row for row in csv.DictReader(handle)}
-    rows = [truth[name] for name in names[: len(table)]]
+    rows = _truth_rows(output_dir, table, truth_dir)
     with mrcfile.open(Path(truth_dir) / "views.mrc") as mrc:
         views, pixel_size = np.array(mrc.data), float(mrc.voxel_size.x)
     with mrcfile.open(output_dir / record.classes) as mrc:
@@ -140,6 +142,28 @@ def score_cycle(output_dir: Path, cycle: int, truth_dir: Path, mask_radius: floa
     true_particle = view[used] >= 0
     return (scores, best_selection(labels[used], true_particle),
             selection_of(proposed or [], labels[used], true_particle))
+
+
+def curated_selection(output_dir: Path, cycle: int, truth_dir: Path, chosen: list[int],
+                      keep: np.ndarray) -> Selection:
+    """How the particles of classes ``chosen`` of ``cycle`` that a curation keeps (``keep``:
+    per row of the cycle's particle table) fare against the truth."""
+    output_dir = Path(output_dir)
+    record = next(r for r in read_history(output_dir) if r.number == cycle)
+    table = particle_table(output_dir, record)
+    view = np.array([int(r["view"]) for r in _truth_rows(output_dir, table, truth_dir)])
+    labels = table["2DCLS"].to_numpy(dtype=np.int64)
+    used = labels > 0
+    selected = np.isin(labels, chosen) & np.asarray(keep, dtype=bool)
+    return particles_of(chosen, selected[used], view[used] >= 0)
+
+
+def _truth_rows(output_dir: Path, table, truth_dir: Path) -> list[dict]:
+    """The simulation's truth of each row of a cycle's particle table (rows in store order)."""
+    names = cistem_star.read_star(output_dir / STORE_TABLE)["ORIGNAME"].tolist()
+    with open(Path(truth_dir) / "particles.csv") as handle:
+        truth = {row["image_name"]: row for row in csv.DictReader(handle)}
+    return [truth[name] for name in names[: len(table)]]
 
 
 def _comparable(images: torch.Tensor, pixel_size: float, resolution: float,

@@ -22,6 +22,7 @@ import pandas as pd
 import starfile
 
 from live2d.atomic import file_kind, replacing
+from live2d.curation import curate_cycle, session_curation
 from live2d.errors import SelectionError
 from live2d.history import particle_results_kept, particle_table, read_history
 from live2d.layouts import find_stack
@@ -39,14 +40,18 @@ class Exported:
     cycle: int
     classes: list[int]
     particles: int
+    curated: int = 0  # particles of those classes left out as junk (live2d.curation)
 
 
 def export_particles(output_dir: str | os.PathLike, to: str | os.PathLike,
                      classes: str | list[int] = "auto", cycle: int | None = None,
-                     relative_to: str | os.PathLike | None = None) -> Exported:
+                     relative_to: str | os.PathLike | None = None,
+                     whole_classes: bool | None = None) -> Exported:
     """Write the particles of ``classes`` (``"auto"``: the session's selection) of ``cycle``
-    (default: the latest classified) to the star ``to``. Raises SelectionError saying what is
-    wrong: no such cycle or class, an empty selection, an output that cannot be written."""
+    (default: the latest classified) to the star ``to``: those the curation keeps
+    (:mod:`live2d.curation`), or every one with ``whole_classes`` (None: as the session's
+    *Curate particles* setting says). Raises SelectionError saying what is wrong: no such cycle
+    or class, an empty selection, an output that cannot be written."""
     output_dir = Path(output_dir)
     state = json.loads((output_dir / SESSION_STATE).read_text(encoding="utf-8"))
     history = [r for r in read_history(output_dir) if r.block != "start"]
@@ -83,9 +88,21 @@ def export_particles(output_dir: str | os.PathLike, to: str | os.PathLike,
     except (StoreError, ValueError) as exc:  # replaced meanwhile (a re-import): said, not a trace
         raise SelectionError(f"the particle store cannot be read now ({exc}): try again in a "
                              "moment") from None
-    rows = table[table["2DCLS"].isin(chosen)]
-    if not len(rows):
+    in_classes = table["2DCLS"].isin(chosen).to_numpy()
+    if not in_classes.any():
         raise SelectionError(f"classes {chosen} of cycle {record.number} hold no particles")
+    curating, cut = session_curation(output_dir)
+    if whole_classes is None:
+        whole_classes = not curating
+    chosen_rows = in_classes
+    if not whole_classes:
+        try:  # the first curation of a cycle reads its particles' images
+            chosen_rows = in_classes & curate_cycle(output_dir, record, cut, table).keep
+        except OSError as exc:
+            raise SelectionError(f"the particles' images cannot be read for the particle "
+                                 f"curation ({exc}): put the stacks back, or export whole "
+                                 "classes (--whole-classes)") from None
+    rows = table[chosen_rows]
     sources = store.iloc[rows["POS"].to_numpy() - 1].reset_index(drop=True)
     rows = rows.reset_index(drop=True)
     base = Path(relative_to).resolve() if relative_to else None
@@ -114,7 +131,8 @@ def export_particles(output_dir: str | os.PathLike, to: str | os.PathLike,
     })
     to = Path(to)
     _write_atomically(to, {"optics": optics, "particles": particles})
-    exported = Exported(to.resolve(), record.number, chosen, len(particles))
+    exported = Exported(to.resolve(), record.number, chosen, len(particles),
+                        int(in_classes.sum()) - len(particles))
     _record(output_dir, exported)
     return exported
 
@@ -167,4 +185,5 @@ def _record(output_dir: Path, exported: Exported) -> None:
     with SelectionState.updating(output_dir) as state:
         state.exports = [*state.exports[-19:], {
             "file": str(exported.path), "cycle": exported.cycle, "classes": exported.classes,
-            "particles": exported.particles, "time": round(time.time(), 1)}]
+            "particles": exported.particles, "curated": exported.curated,
+            "time": round(time.time(), 1)}]

@@ -32,7 +32,13 @@ import pandas as pd
 
 from live2d import cistem_star
 from live2d.atomic import atomic_write_text, cut_torn_line, fsync_dir
-from live2d.output_folder import HISTORY, SESSION_STATE, STREAM_SUMS, batch_rows_name
+from live2d.output_folder import (
+    HISTORY,
+    SESSION_STATE,
+    STREAM_SUMS,
+    batch_rows_name,
+    shares_name,
+)
 
 log = logging.getLogger("live2d")
 
@@ -164,6 +170,8 @@ class CycleHistory:
                 continue
             # Recorded first: a kill between the two leaves files no record points at.
             self.change(record.number, **changes)
+            if "star_kept" in changes:  # the shares are of the rows pruned with it
+                (folder / shares_name(record.number)).unlink(missing_ok=True)
             if "star_kept" in changes and record.star:
                 (folder / record.star).unlink(missing_ok=True)
                 pruned.append(record.number)

@@ -15,6 +15,8 @@ A session's output folder (``--output``; ``<Warp folder>/classification`` by def
     cycle_NNN.mrc                cycle NNN's class averages
     cycle_NNN.star               its particles' parameters (cisTEM's star)
     cycle_NNN_classes.json       its class table: resolution, score, reasons (live2d.class_quality)
+    cycle_NNN_shares.npy         its particles' signal shares, measured when first curated
+                                   (live2d.curation), pruned with its star
     thumbnails/cycle_NNN/class_KKK.png   the page's images of its classes (pruned, made again)
     exports/good_cycle_NNN.star  the page's exports of good particles
     stream/batch_S_cycle_NNN.pt  a streaming batch's class sums: particles from S, classified
@@ -80,6 +82,11 @@ THUMBNAIL = re.compile(rf"^{THUMBNAILS}/(cycle_{_NUMBER})/class_{_NUMBER}\.png$"
 def cycle_stem(number: int) -> str:
     """``cycle_007``: the name every file of cycle ``number`` starts with."""
     return f"cycle_{number:03d}"
+
+
+def shares_name(number: int) -> str:
+    """The signal share of each particle of cycle ``number`` (live2d.curation), by star row."""
+    return f"{cycle_stem(number)}_shares.npy"
 
 
 def thumbnail_name(class_number: int) -> str:

@@ -160,6 +160,20 @@ class Settings:
         help="How many good particles the session aims for (those in classes marked or "
              "proposed good): live2d status forecasts when collection reaches it at the last "
              "hour's rate, and an alert says when it is reached. 0 turns both off.")
+    curate_particles: bool = _spec(
+        True, "Curate particles", level="user",
+        help="Inside the selected classes, leave out of exports and of Scipion's output the "
+             "particles that fit their class far worse than its typical member: far less of "
+             "their signal near the centre than the class's particles have (aggregates, "
+             "contamination, carbon; see Curation cut). Off: the selected classes' particles "
+             "are exported whole. live2d status shows, per class, how many the curation "
+             "keeps.")
+    curation_cut: float = _spec(
+        3.0, "Curation cut", lo=0.5, hi=100.0,
+        help="How far below its class's median a particle's share of signal near the centre "
+             "may lie before the curation leaves it out, in robust standard deviations of the "
+             "class (1.4826 × the median absolute deviation). Lower cuts more junk and more "
+             "good particles; classes of fewer than 20 particles are kept whole.")
     bad_square_fraction: float = _spec(
         0.5, "Bad grid square below", lo=0.0, hi=1.0,
         help="An alert names a grid square whose share of good particles falls below this "

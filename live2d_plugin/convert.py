@@ -197,10 +197,12 @@ def set_class_quality(class_item, row: dict | None, selected: bool) -> None:
     setattr(class_item, SELECTED_ATTRIBUTE, Boolean(bool(selected)))
 
 
-def cycle_assignments(star: pd.DataFrame, store_table: pd.DataFrame) -> pd.DataFrame:
+def cycle_assignments(star: pd.DataFrame, store_table: pd.DataFrame,
+                      kept: np.ndarray | None = None) -> pd.DataFrame:
     """Per Scipion particle id (the store's SRCID: the cycle's rows are the store's first
     rows, in order): class, PSI, SHX, SHY of the particles a cycle classified (2DCLS > 0;
-    negative means not used in that cycle, 0 never classified)."""
+    negative means not used in that cycle, 0 never classified), and whether the particle
+    curation keeps it (``kept``: per row of ``star``, live2d.curation; None: every one)."""
     n = len(star)
     frame = pd.DataFrame({
         "id": store_table["SRCID"].iloc[:n].to_numpy(dtype=np.int64),
@@ -208,5 +210,6 @@ def cycle_assignments(star: pd.DataFrame, store_table: pd.DataFrame) -> pd.DataF
         "psi": star["PSI"].to_numpy(dtype=float),
         "shx": star["SHX"].to_numpy(dtype=float),
         "shy": star["SHY"].to_numpy(dtype=float),
+        "kept": np.ones(n, dtype=bool) if kept is None else np.asarray(kept, dtype=bool),
     })
     return frame[(frame["cls"] > 0) & (frame["id"] > 0)].set_index("id")

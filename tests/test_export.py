@@ -1,5 +1,6 @@
 """Exporting the good classes' particles: RELION's own programs read what Live2D writes."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -40,7 +41,8 @@ def test_export_writes_a_relion_31_star_of_the_chosen_classes(session_dir, tmp_p
     populated = [k + 1 for k, n in enumerate(record.class_counts) if n]
     out = tmp_path / "good.star"
     assert cli_main(["export", str(session_dir), "--classes",
-                     ",".join(map(str, populated[:2])), "--to", str(out)]) == 0
+                     ",".join(map(str, populated[:2])), "--to", str(out),
+                     "--whole-classes"]) == 0
     assert f"to {out}" in capsys.readouterr().out
     blocks = starfile.read(out, always_dict=True)
     optics, particles = blocks["optics"], blocks["particles"]
@@ -186,3 +188,72 @@ def test_an_empty_relative_to_is_refused(session_dir, tmp_path, capsys):
                   "--relative-to", ""])
     assert "--relative-to" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.fixture
+def strict_curation(session_dir):
+    """The session's curation cut at 1 robust SD, so that it leaves out some of these clean
+    particles (its setting restored after the test)."""
+    path = session_dir / "classification" / "session.json"
+    original = path.read_text(encoding="utf-8")
+    state = json.loads(original)
+    state["settings"]["curation_cut"] = 1.0
+    path.write_text(json.dumps(state), encoding="utf-8")
+    yield
+    path.write_text(original, encoding="utf-8")
+
+
+def test_export_leaves_out_exactly_the_curated_particles(session_dir, tmp_path, capsys,
+                                                         strict_curation):
+    from live2d.curation import curate_cycle
+    from live2d.history import particle_table
+
+    output = session_dir / "classification"
+    record = latest(session_dir)
+    populated = [k + 1 for k, n in enumerate(record.class_counts) if n >= 20]
+    classes = ",".join(map(str, populated))
+    curated, whole = tmp_path / "curated.star", tmp_path / "whole.star"
+    assert cli_main(["export", str(session_dir), "--classes", classes, "--to",
+                     str(curated)]) == 0
+    said = capsys.readouterr().out
+    assert cli_main(["export", str(session_dir), "--classes", classes, "--to", str(whole),
+                     "--whole-classes"]) == 0
+    kept = starfile.read(curated, always_dict=True)["particles"]
+    every = starfile.read(whole, always_dict=True)["particles"]
+    table = particle_table(output, record)
+    chosen = table["2DCLS"].isin(populated).to_numpy()
+    keep = curate_cycle(output, record, 1.0, table).keep
+    assert len(every) == chosen.sum()
+    assert 0 < len(kept) == (chosen & keep).sum() < len(every)
+    # the rows differ by the curated particles exactly, and those are what was left out
+    left_out = set(every["rlnImageName"]) - set(kept["rlnImageName"])
+    assert set(kept["rlnImageName"]) <= set(every["rlnImageName"])
+    assert len(left_out) == (chosen & ~keep).sum()
+    assert f"{len(left_out)} more left out as junk by the curation" in said
+    assert cli_main(["status", str(session_dir)]) == 0
+    status = capsys.readouterr().out
+    shown = 0
+    for curation in curate_cycle(output, record, 1.0, table).classes:
+        # the proposed good classes, where the curation applies
+        if curation.share_cut is not None and record.class_score[curation.number - 1] >= 0.5:
+            assert f"{curation.kept} of {curation.particles} kept" in status
+            shown += 1
+    assert shown and "kept by the particle curation" in status
+
+
+def test_a_session_that_does_not_curate_exports_and_shows_whole_classes(
+        session_dir, tmp_path, capsys, strict_curation):
+    path = session_dir / "classification" / "session.json"
+    state = json.loads(path.read_text(encoding="utf-8"))
+    state["settings"]["curate_particles"] = False
+    path.write_text(json.dumps(state), encoding="utf-8")  # the fixture puts it back
+    record = latest(session_dir)
+    populated = [k + 1 for k, n in enumerate(record.class_counts) if n >= 20]
+    out = tmp_path / "all.star"
+    assert cli_main(["export", str(session_dir), "--classes", ",".join(map(str, populated)),
+                     "--to", str(out)]) == 0
+    particles = starfile.read(out, always_dict=True)["particles"]
+    assert len(particles) == sum(record.class_counts[k - 1] for k in populated)
+    assert "left out as junk" not in capsys.readouterr().out
+    assert cli_main(["status", str(session_dir)]) == 0
+    assert " kept (cut:" not in capsys.readouterr().out

@@ -142,3 +142,16 @@ def test_a_kill_between_recording_a_cycle_and_saving_the_job_does_not_run_it_twi
     assert [r["number"] for r in records] == [0, 1, 2, 3]
     assert [r["job_cycle"] for r in records] == [1, 2, 3, 4]
     resumed.close()
+
+
+def test_pruning_a_star_prunes_the_signal_shares_measured_from_it(tmp_path):
+    from live2d.output_folder import shares_name
+
+    history = CycleHistory(tmp_path)
+    for number in range(3):
+        # one job per cycle but the last two: cycle 0 is its job's last, and kept
+        history.append(dataclasses.replace(record(number), job=1 if number else 0))
+        (tmp_path / f"cycle_{number:03d}.star").write_text("star")
+        (tmp_path / shares_name(number)).write_bytes(b"shares")
+    assert history.prune_results(keep=1) == [1]
+    assert [(tmp_path / shares_name(n)).exists() for n in range(3)] == [True, False, True]

@@ -23,6 +23,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cycle", type=int,
                         help="the cycle whose classes and alignments are exported (default: "
                              "the latest classified one)")
+    parser.add_argument("--whole-classes", action="store_true",
+                        help="every particle of the chosen classes, without the curation that "
+                             "leaves out those fitting their class far worse than its typical "
+                             "member (the session's Curate particles setting; live2d status "
+                             "shows how many each class keeps)")
     parser.add_argument("--relative-to", type=project_dir, metavar="PROJECT_DIR",
                         help="write image paths relative to this RELION project folder (RELION "
                              "resolves them from where it runs), instead of absolute paths")
@@ -54,11 +59,14 @@ def main(args: argparse.Namespace) -> int:
         return 1
     try:
         exported = export_particles(state.parent, args.to, parse_classes(args.classes),
-                                    args.cycle, args.relative_to)
+                                    args.cycle, args.relative_to,
+                                    True if args.whole_classes else None)
     except (SelectionError, argparse.ArgumentTypeError, OSError) as exc:
         print(f"live2d export: {exc}", file=sys.stderr)
         return 1
     classes = ", ".join(str(k) for k in exported.classes)
+    curated = (f"; {exported.curated} more left out as junk by the curation (--whole-classes "
+               "keeps them)" if exported.curated else "")
     print(f"wrote {exported.particles} particles of classes {classes} (cycle "
-          f"{exported.cycle}) to {exported.path}")
+          f"{exported.cycle}) to {exported.path}{curated}")
     return 0

@@ -43,6 +43,7 @@ SETTING_OPTIONS = {
     "stream_revisit": "--stream-revisit",
     "catch_up_after": "--catch-up-after",
     "target_good_particles": "--target-good-particles",
+    "curation_cut": "--curation-cut",
     "bad_square_fraction": "--bad-square-fraction",
     "bad_square_micrographs": "--bad-square-micrographs",
     "yield_drop_fraction": "--yield-drop-fraction",

@@ -48,15 +48,35 @@ def print_classes(folder: Path, history: list[CycleRecord]) -> None:
     if table is None:
         return
     good = [c for c in table if c["score"] >= 0.5]
+    curation = class_curation(folder, latest)
     print(f"classes of cycle {latest.number} (resolution: half-set FRC 0.143, a guide; "
           f"score 0 junk .. 1 good): {len(good)} proposed good, "
-          f"{sum(c['particles'] for c in good)} particles")
+          f"{sum(c['particles'] for c in good)} particles"
+          + (f", {sum(curation[c['number']].kept for c in good)} kept by the particle "
+             "curation" if curation else ""))
     for c in table:
         resolution = "-" if c["resolution"] is None else \
             f"{'≤' if c['at_limit'] else ' '}{c['resolution']:.1f}"
         mark = "good" if c["score"] >= 0.5 else "junk"
+        curated = curation.get(c["number"]) if mark == "good" else None  # junk goes whole
+        rule = f"; {curated.rule()}" if curated and curated.rule() else ""
         print(f"  {c['number']:>4} {c['particles']:>8} {resolution:>7} Å {c['score']:5.2f} "
-              f"{mark}  {c['reason']}")
+              f"{mark}  {c['reason']}{rule}")
+
+
+def class_curation(folder: Path, record: CycleRecord) -> dict:
+    """Per class number, the particle curation of ``record`` (live2d.curation) as the session's
+    settings make it; empty where it is off or its particles are not on disk any more."""
+    from live2d.curation import curate_cycle, session_curation
+    from live2d.history import particle_results_kept
+
+    try:
+        curating, cut = session_curation(folder)
+        if not curating or not particle_results_kept(folder, record):
+            return {}
+        return curate_cycle(folder, record, cut).by_number()
+    except (OSError, ValueError, KeyError):  # being replaced, unreadable: status goes on
+        return {}
 
 
 def print_disk(folder: Path, history: list[CycleRecord]) -> None:

@@ -33,6 +33,7 @@ from pyworkflow.object import Integer, Set, String
 
 from live2d.alerts import read_alerts
 from live2d.collection_yield import read_table
+from live2d.curation import curate_cycle
 from live2d.errors import SettingsError
 from live2d.executors import Executor, LocalExecutor, make_executor
 from live2d.forecast import read_forecast
@@ -83,6 +84,7 @@ PARAM_SETTINGS = {
     "autoCenter": "auto_center",
     "autoMask": "auto_mask",
     "excludeBlankEdges": "exclude_blank_edges",
+    "curateParticles": "curate_particles",
 }
 # Shown at the Normal level besides the settings the web page puts under User Settings: a
 # Scipion run is set up once, before its particles arrive, so how many classes it makes and
@@ -249,6 +251,7 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         setting("autoCenter", params.BooleanParam)
         setting("autoMask", params.BooleanParam)
         setting("excludeBlankEdges", params.BooleanParam)
+        setting("curateParticles", params.BooleanParam)
         form.addSection(label="Schedule")
         setting("firstJobAt", params.IntParam)
         setting("updateEvery", params.IntParam)
@@ -481,7 +484,13 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         classes_mrc = scipion_stack(output_dir / record.classes)
         star = particle_table(output_dir, record)
         store_table = self._session.store.read_table()
-        assignments = cycle_assignments(star, store_table).sort_index()
+        settings = self._session.settings
+        # Junk inside the selected classes stays out of outputParticles (live2d.curation);
+        # outputClasses keeps every member, as the classes are.
+        kept = (curate_cycle(output_dir, record, settings.curation_cut, star,
+                             self._session.store).keep
+                if settings.curate_particles else None)
+        assignments = cycle_assignments(star, store_table, kept).sort_index()
         pixel_size = float(star["PSIZE"].iloc[0]) if len(star) else \
             self.inputParticles.get().getSamplingRate()
         assignments["matrix"] = matrix_texts(alignment_matrices(
@@ -493,7 +502,9 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         averages = self._cycleAverages(record, classes_mrc, pixel_size, suffix)
         classes = self._cycleClasses(record, assignments, classes_mrc, pixel_size, suffix,
                                      chosen)
-        selected = assignments[assignments["cls"].isin(chosen)]
+        in_chosen = assignments["cls"].isin(chosen)
+        selected = assignments[in_chosen & assignments["kept"]]
+        curated = int((in_chosen & ~assignments["kept"]).sum())
         particles, added, ids = self._grownParticles(selected)
 
         first = not self.hasAttribute("outputClasses")
@@ -520,7 +531,9 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
                   f"{record.particles} particles classified into "
                   f"{sum(1 for c in record.class_counts if c)} classes")
         self.info(f"outputParticles: cycle {record.number}, {added} particles of the selected "
-                  f"classes {self._selectionText(chosen)} added, {particles.getSize()} in all")
+                  f"classes {self._selectionText(chosen)} added, {particles.getSize()} in all"
+                  + (f"; {curated} of those classes' particles left out as junk by the "
+                     "particle curation" if curated else ""))
 
     def _cycleAverages(self, record: CycleRecord, classes_mrc: str, pixel_size: float,
                        suffix: str) -> SetOfAverages:

@@ -23,14 +23,15 @@ from pwem.protocols import ProtSplitSet
 from pyworkflow.protocol.constants import MODE_RESUME
 
 from live2d.collection_yield import read_table
-from live2d.history import CycleRecord, read_history
+from live2d.curation import curate_cycle
+from live2d.history import CycleRecord, particle_table, read_history
 from live2d.mrc import HEADER_BYTES
 from live2d.output_folder import SESSION_STATE
 from live2d.schedule import Settings, plan_job
 from live2d.selection import SelectionState, mark, selected, selected_particles
 from live2d.session import Session
 from live2d.session_state import JobState, SessionState
-from live2d.store import ParticleStore
+from live2d.store import ParticleStore, read_committed_table
 from live2d.warp import split_image_name, stack_stamp
 from live2d_plugin.convert import (
     AT_LIMIT_ATTRIBUTE,
@@ -38,6 +39,7 @@ from live2d_plugin.convert import (
     RESOLUTION_ATTRIBUTE,
     SCORE_ATTRIBUTE,
     SELECTED_ATTRIBUTE,
+    cycle_assignments,
 )
 from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp
 from live2d_plugin.viewers.viewer_classify2d import REPORT_NAME, Live2DViewer
@@ -305,8 +307,15 @@ class TestClassify(ProjectTestCase):
         record = next(r for r in history_of(prot) if r.number == cycle)
         chosen = selected(record, SelectionState.load(session_dir))
         members = class_members(prot)
-        wanted = {pid: matrix for number in chosen for pid, matrix in members[number].items()}
-        self.assertEqual(len(wanted), selected_particles(record, chosen))
+        # the particle curation's junk stays out of outputParticles, in the classes still
+        star = particle_table(session_dir, record)
+        kept = curate_cycle(session_dir, record, Settings().curation_cut, star).keep
+        assignments = cycle_assignments(star, read_committed_table(session_dir), kept)
+        curated = set(assignments.index[~assignments["kept"]])
+        in_classes = {pid: matrix for number in chosen for pid, matrix in members[number].items()}
+        self.assertEqual(len(in_classes), selected_particles(record, chosen))
+        wanted = {pid: matrix for pid, matrix in in_classes.items() if pid not in curated}
+        self.assertEqual(len(wanted), int((kept & star["2DCLS"].isin(chosen)).sum()))
         self.assertEqual(output_size(prot, "outputClasses")[1],
                          output_size(prot, "outputParticles")[1])  # closed together
         check_grown_particles(self, prot, wanted, chosen)

@@ -1,0 +1,79 @@
+"""Particle-level curation: junk inside a good class is found by how it fits its class."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from live2d.curation import MIN_MEMBERS, curate, robust_cut, signal_shares
+
+
+def table_of(labels):
+    return pd.DataFrame({"2DCLS": np.asarray(labels, dtype=np.int64)})
+
+
+def test_outliers_below_their_class_are_cut_and_typical_members_kept():
+    rng = np.random.default_rng(0)
+    n = 200
+    labels = np.repeat([1, 2], n)
+    # bounded spreads, so that no typical member lies 3 robust SDs out by chance; class 2's
+    # particles hold less of their signal at the centre as a whole (another view)
+    shares = np.concatenate([rng.uniform(0.55, 0.65, n), rng.uniform(0.35, 0.45, n)])
+    shares[[3, 7, n + 5]] = [0.2, 0.25, 0.1]  # signal spread over the box: aggregates
+    shares[n + 9] = 0.48  # above class 2's typical member: kept
+    curation = curate(table_of(labels), shares, 2, cut=3.0)
+    assert set(np.flatnonzero(~curation.keep)) == {3, 7, n + 5}
+    first, second = curation.classes
+    assert (first.kept, second.kept) == (n - 2, n - 1)
+    assert "198 of 200 kept" in first.rule() and "signal share near the centre < 0." in \
+        first.rule()
+    # each class is judged against its own members: class 2's typical share would be junk
+    # by class 1's cut
+    assert second.share_cut < 0.35 < first.share_cut
+
+
+def test_tiny_classes_empty_classes_and_unclassified_rows():
+    labels = [1] * (MIN_MEMBERS - 1) + [-2, 0]
+    shares = [0.6] * (MIN_MEMBERS - 2) + [0.01, np.nan, np.nan]
+    curation = curate(table_of(labels), np.array(shares), 3, cut=3.0)
+    assert curation.keep[: MIN_MEMBERS - 1].all()  # too few to judge: kept whole
+    assert not curation.keep[MIN_MEMBERS - 1:].any()  # not classified: not in any class
+    assert [c.kept for c in curation.classes] == [MIN_MEMBERS - 1, 0, 0]
+    assert "fewer than" in curation.classes[0].rule() and curation.classes[1].rule() == ""
+
+
+def test_a_blank_image_without_a_share_is_cut():
+    labels = [1] * 40
+    shares = np.full(40, 0.6) + np.linspace(0, 0.01, 40)
+    shares[5] = np.nan
+    curation = curate(table_of(labels), shares, 1, cut=3.0)
+    assert list(np.flatnonzero(~curation.keep)) == [5]
+
+
+def test_robust_cut_ignores_the_outliers_it_is_meant_to_find():
+    values = np.concatenate([np.full(90, 10.0) + np.arange(90) % 3, np.full(10, -1000.0)])
+    assert robust_cut(values, 3.0) == pytest.approx(11.0 - 3.0 * 1.4826 * 1.0)
+
+
+def blob(box, centre, width):
+    y, x = np.mgrid[:box, :box] - box // 2
+    return np.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2) / (2 * width**2))
+
+
+def test_signal_share_is_high_for_a_centred_particle_low_for_spread_signal():
+    box, pixel = 64, 2.0
+    particle = blob(box, (0, 0), 4)
+    off = blob(box, (10, -6), 4)  # the same particle picked off centre
+    aggregate = sum(blob(box, c, 4) for c in ((-20, -18), (18, 20), (20, -20)))
+    stack = np.stack([particle, off, aggregate, off]).astype(np.float32)
+    table = pd.DataFrame({"POS": [1, 2, 3, 4], "2DCLS": [1, 1, 1, 0],
+                          # the alignment's shift brings the off-centre pick to the centre
+                          "SHX": [0.0, -10 * pixel, 0.0, 0.0],
+                          "SHY": [0.0, 6 * pixel, 0.0, 0.0]})
+    shares = signal_shares(stack, table, pixel, mask_radius_px=24)
+    assert shares[0] > 0.9 and shares[1] > 0.9  # centred where the alignment puts it
+    assert shares[2] < 0.3
+    assert np.isnan(shares[3])  # not classified
+    unshifted = signal_shares(stack, table.assign(SHX=0.0, SHY=0.0), pixel, 24)
+    assert unshifted[1] < shares[1]
+    assert torch.isfinite(torch.as_tensor(shares[:3])).all()
