@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,22 +197,46 @@ def session_mask_radius_px(folder: Path, box: int, pixel_size: float) -> float:
     return float(radius) / pixel_size
 
 
+# A cycle's kept shares: per row of its table, its store position, the shift it was measured
+# at (Å), the mask radius (px) and the share; a later cycle re-measures only the rows whose
+# position, shift or radius differ (a streaming update: its new and re-visited particles).
+_KEPT_COLUMNS = 5
+
+
+def _kept_shares(path: Path) -> np.ndarray | None:
+    try:
+        kept = np.load(path)
+    except (OSError, ValueError):
+        return None
+    return kept if kept.ndim == 2 and kept.shape[1] == _KEPT_COLUMNS else None
+
+
+def _earlier_shares(folder: Path, number: int) -> np.ndarray | None:
+    """The kept shares of the latest cycle before ``number`` that has any."""
+    earlier = []
+    for path in folder.glob("cycle_*_shares.npy"):
+        named = re.fullmatch(r"cycle_(\d+)_shares\.npy", path.name)
+        if named and path.name == shares_name(int(named.group(1))) and \
+                int(named.group(1)) < number:
+            earlier.append((int(named.group(1)), path))
+    for _, path in sorted(earlier, reverse=True):  # by number: as text 1000 < 999
+        kept = _kept_shares(path)
+        if kept is not None:
+            return kept
+    return None
+
+
 def cycle_shares(folder: str | os.PathLike, record: CycleRecord,
                  table: pd.DataFrame | None = None, store: ParticleStore | None = None
                  ) -> np.ndarray:
-    """:func:`signal_shares` of cycle ``record``'s particles, measured once and kept beside its
-    star (a cycle's table never changes once published). ``store``: the session's particle
+    """:func:`signal_shares` of cycle ``record``'s particles, kept beside its star (a cycle's
+    table never changes once published). Rows whose particle, shift and mask radius an earlier
+    cycle's kept shares already measured are taken from there, so a streaming update measures
+    only its new and re-visited particles, not the session's. ``store``: the session's particle
     store where it lives in another folder (Scipion's import); else the one in ``folder``."""
     folder = Path(folder)
     table = particle_table(folder, record) if table is None else table
-    kept = folder / shares_name(record.number)
-    if kept.exists():
-        try:
-            shares = np.load(kept)
-        except (OSError, ValueError):
-            shares = None
-        if shares is not None and len(shares) == len(table):
-            return shares
+    kept_path = folder / shares_name(record.number)
     if store is not None:
         images, pixel, box = store.images_path, store.pixel_size, store.box
     else:  # read as a reader beside the session: its state file, not an opened store
@@ -219,11 +244,29 @@ def cycle_shares(folder: str | os.PathLike, record: CycleRecord,
         copies = state.get("images", "copy") == "copy"
         images = folder / (STORE_STACK if copies else STORE_SOURCES)
         pixel, box = float(state["pixel_size"]), int(state["box"])
-    shares = signal_shares(open_images(images), table, pixel,
-                           session_mask_radius_px(folder, box, pixel))
+    radius = session_mask_radius_px(folder, box, pixel)
+    described = np.column_stack([
+        table["POS"].to_numpy(dtype=np.float64), table["SHX"].to_numpy(dtype=np.float64),
+        table["SHY"].to_numpy(dtype=np.float64), np.full(len(table), radius)])
+    kept = _kept_shares(kept_path)
+    if kept is not None and len(kept) == len(table) and np.array_equal(kept[:, :4], described):
+        return kept[:, 4]
+    shares = np.full(len(table), np.nan)
+    todo = np.ones(len(table), dtype=bool)
+    earlier = _earlier_shares(folder, record.number)
+    if earlier is not None and len(earlier):
+        order = np.argsort(earlier[:, 0], kind="stable")
+        at = np.clip(np.searchsorted(earlier[order, 0], described[:, 0]), 0, len(order) - 1)
+        match = order[at]
+        same = np.all(earlier[match, :4] == described, axis=1)
+        shares[same] = earlier[match[same], 4]
+        todo = ~same
+    if todo.any():
+        shares[todo] = signal_shares(open_images(images), table[todo].reset_index(drop=True),
+                                     pixel, radius)
     try:
-        with replacing(kept) as temporary, open(temporary, "wb") as handle:
-            np.save(handle, shares)
+        with replacing(kept_path) as temporary, open(temporary, "wb") as handle:
+            np.save(handle, np.column_stack([described, shares]))
     except OSError:  # a read-only session folder: measured again next time
         pass
     return shares

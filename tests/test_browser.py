@@ -16,6 +16,7 @@ import live2d.server
 from live2d.server.control import Controller
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -61,7 +62,10 @@ def pages():
 
 
 def wait(driver, condition, timeout=60):
-    return WebDriverWait(driver, timeout).until(lambda d: condition(d))
+    # The page redraws parts of itself as messages arrive: an element looked at a moment
+    # before may be gone, which is a reason to look again, not a failure.
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)
+                         ).until(lambda d: condition(d))
 
 
 def test_a_user_runs_a_job_and_browses_the_classes(server, pages):

@@ -77,3 +77,50 @@ def test_signal_share_is_high_for_a_centred_particle_low_for_spread_signal():
     unshifted = signal_shares(stack, table.assign(SHX=0.0, SHY=0.0), pixel, 24)
     assert unshifted[1] < shares[1]
     assert torch.isfinite(torch.as_tensor(shares[:3])).all()
+
+
+def test_a_later_cycle_measures_only_the_particles_whose_alignment_changed(tmp_path,
+                                                                           monkeypatch):
+    # A streaming update re-aligns its new and re-visited particles only: the others' shares
+    # are the earlier cycle's, so its cost does not grow with the session.
+    import dataclasses
+
+    from live2d import curation
+    from live2d.cli import main as cli_main
+    from live2d.history import particle_table, read_history
+    from live2d.simulate import simulate
+
+    warp = tmp_path / "warp"
+    simulate(warp, particles=120, per_micrograph=60, box=32, pixel_size=4.0, snr=2.0, views=3)
+    assert cli_main(["run", str(warp), "--once", "--classes", "3", "--particles-per-class",
+                     "20", "--startup-cycles", "1", "--refinement-cycles", "1",
+                     "--threads", "1"]) == 0
+    output = warp / "classification"
+    record = read_history(output)[-1]
+    table = particle_table(output, record)
+    measured = []
+    real = curation.signal_shares
+
+    def counted(stack, rows, pixel_size, radius):
+        measured.append(len(rows))
+        return real(stack, rows, pixel_size, radius)
+
+    monkeypatch.setattr(curation, "signal_shares", counted)
+    first = curation.cycle_shares(output, record, table)
+    assert measured == [len(table)]
+    assert np.array_equal(curation.cycle_shares(output, record, table), first, equal_nan=True)
+    assert measured == [len(table)]  # kept: not measured again
+
+    moved = table.copy()
+    moved.loc[[3, 7, 11], "SHX"] += 4.0
+    later = dataclasses.replace(record, number=record.number + 1)
+    shares = curation.cycle_shares(output, later, moved)
+    assert measured == [len(table), 3]
+    unchanged = ~moved.index.isin([3, 7, 11])
+    assert np.array_equal(shares[unchanged], first[unchanged], equal_nan=True)
+    # The same as measuring every particle anew.
+    for kept in output.glob("cycle_*_shares.npy"):
+        kept.unlink()
+    whole = curation.cycle_shares(output, dataclasses.replace(record, number=900), moved)
+    assert measured[-1] == len(table)
+    np.testing.assert_allclose(shares, whole, equal_nan=True)
