@@ -92,8 +92,11 @@ def main() -> None:
     source, live, output = root / "source", root / "warp", root / "live2d"
     began = time.monotonic()
     distinct = min(micrographs, args.distinct)
-    simulate(source, particles=distinct * PER_MICROGRAPH, box=args.box,
-             pixel_size=args.pixel_size, junk=0.2, off_centre=6.0, seed=1)
+    # A source kept from an earlier run (--root) is used as it is: simulating it again would
+    # compute every particle anew only to find the stacks written.
+    if len(list((source / "particles").glob("*.mrcs"))) < distinct:
+        simulate(source, particles=distinct * PER_MICROGRAPH, box=args.box,
+                 pixel_size=args.pixel_size, junk=0.2, off_centre=6.0, seed=1)
     print(f"prepared {distinct * PER_MICROGRAPH:,} particles of {args.box} px in "
           f"{time.monotonic() - began:.0f} s; feeding a micrograph of {PER_MICROGRAPH} every "
           f"{interval:.1f} s for {args.minutes:g} minutes", flush=True)
