@@ -47,6 +47,7 @@ from live2d.output_folder import (
     STORE_STATE,
     shares_name,
 )
+from live2d.session_lock import holder
 from live2d.source_images import open_images
 from live2d.store import ParticleStore
 
@@ -264,11 +265,12 @@ def cycle_shares(folder: str | os.PathLike, record: CycleRecord,
     if todo.any():
         shares[todo] = signal_shares(open_images(images), table[todo].reset_index(drop=True),
                                      pixel, radius)
-    try:
-        with replacing(kept_path) as temporary, open(temporary, "wb") as handle:
-            np.save(handle, np.column_stack([described, shares]))
-    except OSError:  # a read-only session folder: measured again next time
-        pass
+    if holder(folder) is None:  # a reader beside another process's session writes nothing
+        try:
+            with replacing(kept_path) as temporary, open(temporary, "wb") as handle:
+                np.save(handle, np.column_stack([described, shares]))
+        except OSError:  # a read-only session folder: measured again next time
+            pass
     return shares
 
 

@@ -217,7 +217,7 @@ STREAM = {"classes": 4, "particles_per_class": 40, "startup_cycles": 1, "refinem
 
 def exported_rows(out: Path, tmp: Path, classes: int) -> int:
     star = tmp / "all.star"
-    assert cli_main(["export", str(out), "--to", str(star), "--classes",
+    assert cli_main(["export", str(out), "--to", str(star), "--whole-classes", "--classes",
                      ",".join(str(k + 1) for k in range(classes))]) == 0
     return len(starfile.read(star)["particles"])
 

@@ -522,7 +522,7 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         self.publishedClassified.set(len(assignments))
         self.publishedSelected.set(particles.getSize())
         self.publishedSelection.set(",".join(str(n) for n in sorted(chosen)))
-        # Those a later cycle or mark took out of the selected classes stay in the set.
+        # Those a later cycle, mark or curation took out of the selection stay in the set.
         self.publishedUnselected.set(int(np.count_nonzero(~np.isin(ids, selected.index))))
         self._store(self.publishedCycle, self.publishedParticles, self.publishedClassified,
                     self.publishedSelected, self.publishedSelection, self.publishedUnselected)
@@ -738,10 +738,11 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
                              f"{self._sessionDir()}).")
                 unselected = self.publishedUnselected.get() or 0
                 if unselected:
-                    lines.append(f"{unselected} of them are no longer in a selected class: "
-                                 "for the latest selection exactly, make a subset of the "
-                                 "selected classes of outputClasses (the viewer's Create "
-                                 "subset does it for any cycle).")
+                    lines.append(f"{unselected} of them are no longer selected (their class "
+                                 "is not, or the particle curation now leaves them out): for "
+                                 "the latest selection exactly, make a subset of the selected "
+                                 "classes of outputClasses (the viewer's Create subset does it "
+                                 "for any cycle).")
             newer = exported - (self.publishedParticles.get() or 0)
             if newer > 0:
                 what = ("the next streaming update" if record is not None and record.streamed

@@ -80,6 +80,26 @@ def session_log(prot) -> str:
     return Path(prot._getExtraPath("live2d", "live2d.log")).read_text()
 
 
+def selected_members(test: unittest.TestCase, prot, cycle: int
+                     ) -> tuple[dict[int, np.ndarray], list[int]]:
+    """id -> alignment of the particles of cycle ``cycle``'s selected classes that the particle
+    curation keeps (its junk stays out of outputParticles, in the classes still), and the
+    selected classes, from the session files."""
+    session_dir = Path(prot._getExtraPath("live2d"))
+    record = next(r for r in history_of(prot) if r.number == cycle)
+    chosen = sorted(selected(record, SelectionState.load(session_dir)))
+    members = class_members(prot)
+    star = particle_table(session_dir, record)
+    kept = curate_cycle(session_dir, record, Settings().curation_cut, star).keep
+    assignments = cycle_assignments(star, read_committed_table(session_dir), kept)
+    curated = set(assignments.index[~assignments["kept"]])
+    in_classes = {pid: matrix for number in chosen for pid, matrix in members[number].items()}
+    test.assertEqual(len(in_classes), selected_particles(record, chosen))
+    wanted = {pid: matrix for pid, matrix in in_classes.items() if pid not in curated}
+    test.assertEqual(len(wanted), int((kept & star["2DCLS"].isin(chosen)).sum()))
+    return wanted, chosen
+
+
 def check_grown_particles(test: unittest.TestCase, prot, wanted: dict[int, np.ndarray],
                           chosen) -> dict[int, np.ndarray]:
     """outputParticles only grow: they hold every particle of the selected classes of the
@@ -303,19 +323,7 @@ class TestClassify(ProjectTestCase):
     def check_selected_particles(self, prot, cycle: int) -> None:
         """outputParticles hold the members of the selected classes of the cycle, as
         live2d.selection counts them from the session files, each with its alignment."""
-        session_dir = Path(prot._getExtraPath("live2d"))
-        record = next(r for r in history_of(prot) if r.number == cycle)
-        chosen = selected(record, SelectionState.load(session_dir))
-        members = class_members(prot)
-        # the particle curation's junk stays out of outputParticles, in the classes still
-        star = particle_table(session_dir, record)
-        kept = curate_cycle(session_dir, record, Settings().curation_cut, star).keep
-        assignments = cycle_assignments(star, read_committed_table(session_dir), kept)
-        curated = set(assignments.index[~assignments["kept"]])
-        in_classes = {pid: matrix for number in chosen for pid, matrix in members[number].items()}
-        self.assertEqual(len(in_classes), selected_particles(record, chosen))
-        wanted = {pid: matrix for pid, matrix in in_classes.items() if pid not in curated}
-        self.assertEqual(len(wanted), int((kept & star["2DCLS"].isin(chosen)).sum()))
+        wanted, chosen = selected_members(self, prot, cycle)
         self.assertEqual(output_size(prot, "outputClasses")[1],
                          output_size(prot, "outputParticles")[1])  # closed together
         check_grown_particles(self, prot, wanted, chosen)

@@ -19,7 +19,7 @@ from pwem.objects import SetOfAverages, SetOfClasses2D, SetOfParticles
 from pwem.protocols import ProtUserSubSet
 from pwem.viewers.mdviewer.readers import ScipionImageReader
 from pyworkflow.template import LocalTemplate
-from test_plugin_classify import SMALL_SCHEDULE, check_grown_particles
+from test_plugin_classify import SMALL_SCHEDULE, check_grown_particles, selected_members
 from test_plugin_loading import TEMPLATE
 
 from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp
@@ -123,9 +123,9 @@ class StreamingTestCase(ProjectTestCase):
                                  earlier: dict | None = None) -> dict:
         """outputParticles: the members of the classes the run selected, closed with
         outputClasses; what an earlier look found there is there still, unchanged."""
-        members = members_by_class(classify.outputClasses.getFileName())
-        chosen = [int(n) for n in (classify.publishedSelection.get() or "").split(",") if n]
-        wanted = {pid: matrix for number in chosen for pid, matrix in members[number].items()}
+        wanted, chosen = selected_members(self, classify, classify.publishedCycle.get())
+        self.assertEqual(chosen, [int(n) for n in classify.publishedSelection.get().split(",")
+                                  if n])
         self.assertEqual(output_size(classify, "outputParticles")[1], closed)
         got = check_grown_particles(self, classify, wanted, chosen)
         for pid, matrix in (earlier or {}).items():
