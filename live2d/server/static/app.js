@@ -619,6 +619,21 @@ function renderPlot() {
 }
 
 // Particles in the selected classes against particles imported, cycle by cycle: enough yet?
+// Labels of a plot: [x, y, text, text-anchor, colour] each, in 11-px type.
+function drawLabels(svg, labels) {
+  const ns = "http://www.w3.org/2000/svg";
+  for (const [lx, ly, text, anchor, colour] of labels) {
+    const label = document.createElementNS(ns, "text");
+    label.setAttribute("x", lx);
+    label.setAttribute("y", ly);
+    label.setAttribute("text-anchor", anchor);
+    label.setAttribute("font-size", "11");
+    label.setAttribute("fill", colour);
+    label.textContent = text;
+    svg.append(label);
+  }
+}
+
 function renderGoodPlot() {
   const svg = $("good-plot");
   const ns = "http://www.w3.org/2000/svg";
@@ -652,16 +667,7 @@ function renderGoodPlot() {
     [width - 4, height - 8, `cycle ${last.cycle}`, "end", "#1d2430"],
     [width - 4, 14, `— imported ${last.imported.toLocaleString()}`, "end", "#667085"],
     [width - 150, 14, `— good ${last.good.toLocaleString()}`, "end", "#027a48"]];
-  for (const [lx, ly, text, anchor, colour] of labels) {
-    const label = document.createElementNS(ns, "text");
-    label.setAttribute("x", lx);
-    label.setAttribute("y", ly);
-    label.setAttribute("text-anchor", anchor);
-    label.setAttribute("font-size", "11");
-    label.setAttribute("fill", colour);
-    label.textContent = text;
-    svg.append(label);
-  }
+  drawLabels(svg, labels);
 }
 
 // Whether the classes keep up with the microscope, one point per streaming update: how long
@@ -756,16 +762,7 @@ function renderLatencyPlot() {
     [width - 170, 14, "— longest", "end", "#b42318"],
     [width - 240, 14, "— median wait", "end", "#175cd3"]];
   if (slowest >= TEN_MINUTES) labels.push([left + 4, y(TEN_MINUTES) - 4, "10 min", "start", "#b42318"]);
-  for (const [lx, ly, text, anchor, colour] of labels) {
-    const label = document.createElementNS(ns, "text");
-    label.setAttribute("x", lx);
-    label.setAttribute("y", ly);
-    label.setAttribute("text-anchor", anchor);
-    label.setAttribute("font-size", "11");
-    label.setAttribute("fill", colour);
-    label.textContent = text;
-    svg.append(label);
-  }
+  drawLabels(svg, labels);
 }
 
 function renderLog() {
