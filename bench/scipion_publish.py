@@ -26,6 +26,7 @@ from live2d_plugin.convert import alignment_2d, alignment_matrices
 from live2d_plugin.set_rows import (
     copy_class_members,
     copy_members,
+    disabled_ids,
     matrix_texts,
     template_members,
 )
@@ -106,7 +107,7 @@ def run(count: int, with_pwem: bool) -> None:
         started = time.perf_counter()
         members["matrix"] = matrix_texts(alignment_matrices(members["psi"], members["shx"],
                                                             members["shy"], PIXEL_SIZE))
-        templates = template_members(members, input_file)
+        templates = template_members(members, disabled_ids(input_file))
         ids = ",".join(str(i) for i in templates.index)
         classes = classes_by_pwem(folder, particles, templates, f"id IN ({ids})")
         sizes = copy_class_members(classes.getFileName(), input_file, members, templates)

@@ -125,10 +125,11 @@ def disabled_ids(path: str) -> set[int]:
         return {row[0] for row in connection.execute("SELECT id FROM Objects WHERE NOT enabled")}
 
 
-def template_members(members: pd.DataFrame, source: str) -> pd.DataFrame:
-    """The first member of each class (by id) whose source particle is enabled: the one pwem
-    writes, whose row is the template of its class's table (see :func:`copy_members`)."""
-    enabled = members[~members.index.isin(disabled_ids(source))].sort_index()
+def template_members(members: pd.DataFrame, disabled: set[int]) -> pd.DataFrame:
+    """The first member of each class (by id) whose source particle is enabled (not in
+    ``disabled``, :func:`disabled_ids`): the one pwem writes, whose row is the template of its
+    class's table (see :func:`copy_members`)."""
+    enabled = members[~members.index.isin(disabled)].sort_index()
     return enabled.groupby("cls").head(1)
 
 

@@ -500,12 +500,14 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         # Live2D's page (live2d serve on the session folder: selection.json) over it.
         chosen = cycle_selection(output_dir, record)
         averages = self._cycleAverages(record, classes_mrc, pixel_size, suffix)
+        # Read once: the classes and outputParticles both leave disabled input particles out.
+        disabled = disabled_ids(self.inputParticles.get().getFileName())
         classes = self._cycleClasses(record, assignments, classes_mrc, pixel_size, suffix,
-                                     chosen)
+                                     chosen, disabled)
         in_chosen = assignments["cls"].isin(chosen)
         selected = assignments[in_chosen & assignments["kept"]]
         curated = int((in_chosen & ~assignments["kept"]).sum())
-        particles, added, ids = self._grownParticles(selected)
+        particles, added, ids = self._grownParticles(selected, disabled)
 
         first = not self.hasAttribute("outputClasses")
         first_particles = not self.hasAttribute("outputParticles")
@@ -549,12 +551,13 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         return averages
 
     def _cycleClasses(self, record: CycleRecord, assignments, classes_mrc: str,
-                      pixel_size: float, suffix: str, chosen) -> SetOfClasses2D:
+                      pixel_size: float, suffix: str, chosen,
+                      disabled: set[int]) -> SetOfClasses2D:
         """The cycle's classes: pwem writes each class with its first member (the template of
         its table), SQL copies the other members from the input set."""
         quality = class_table_by_number(Path(self._sessionDir()), record)
         input_file = self.inputParticles.get().getFileName()
-        templates = template_members(assignments, input_file)
+        templates = template_members(assignments, disabled)
         classes = self._createSetOfClasses2D(self.inputParticles, suffix)
 
         def update_item(item, _row) -> None:
@@ -581,7 +584,8 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         copy_class_members(classes.getFileName(), input_file, assignments, templates)
         return classes
 
-    def _grownParticles(self, selected) -> tuple[SetOfParticles, int, np.ndarray]:
+    def _grownParticles(self, selected, disabled: set[int]
+                        ) -> tuple[SetOfParticles, int, np.ndarray]:
         """outputParticles, open while the run goes on and only growing: every particle that
         was in a selected class when a cycle was published, with that cycle's class and 2D
         alignment. What joins it is never taken out: a streaming consumer has it already.
@@ -604,7 +608,7 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
             particles.setAlignment2D()
             present = np.empty(0, dtype=np.int64)
         fresh = selected[~selected.index.isin(present)]
-        fresh = fresh[~fresh.index.isin(disabled_ids(input_file))]
+        fresh = fresh[~fresh.index.isin(disabled)]
         if fresh.empty:
             return particles, 0, present
         if len(present):
