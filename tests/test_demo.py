@@ -36,32 +36,6 @@ def interrupt(process: subprocess.Popen) -> str:
     return out
 
 
-def test_the_demo_classifies_every_particle_once_its_microscope_stops(tmp_path):
-    # 300 particles: fewer than the demo's first_job_at (1200), so only the catch-up after the
-    # simulated session ends classifies them.
-    demo = start_demo("--dir", str(tmp_path), "--particles", "300", "--interval", "0.2",
-                      "--device", "cpu")
-    log = tmp_path / "warp" / "classification" / "live2d.log"
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and demo.poll() is None:
-            if log.exists() and "job 1 finished" in log.read_text(encoding="utf-8"):
-                break
-            time.sleep(0.5)
-        else:
-            raise AssertionError("the demo's catch-up job did not finish in 240 s")
-    finally:
-        out = interrupt(demo)
-    history = read_history(tmp_path / "warp" / "classification")
-    assert history[-1].particles == 300
-    assert "no new particles for" in log.read_text(encoding="utf-8")
-    assert f"kept in {tmp_path / 'warp'}" in out
-    assert (tmp_path / "warp" / "classification" / "session.json").exists()
-    # The simulated microscope's EPU folder names the grid square of its foil hole.
-    squares = (tmp_path / "warp" / "classification" / "yield_squares.csv").read_text()
-    assert squares.splitlines()[1].startswith("24668021,3,300,")
-
-
 def wait_until_classified(out: Path, particles: int, seconds: float) -> None:
     """Until no job runs and the last cycle classified ``particles`` (its history in ``out``)."""
     deadline = time.monotonic() + seconds
@@ -75,15 +49,18 @@ def wait_until_classified(out: Path, particles: int, seconds: float) -> None:
     raise AssertionError(f"the demo did not classify {particles} particles in {seconds:g} s")
 
 
-def test_the_demos_second_grid_square_fires_the_bad_square_alert(tmp_path):
-    # Two squares of 8 micrographs, the second mostly empty ice.
+def test_the_demo_classifies_every_particle_and_its_bad_grid_square_fires_an_alert(tmp_path):
+    # Two squares of 8 micrographs, the second mostly empty ice. The last particles arrive after
+    # the first job (at 1,200): they are classified once the simulated microscope stops.
     demo = start_demo("--dir", str(tmp_path), "--particles", "1600", "--interval", "0.05",
                       "--device", "cpu")
     out = tmp_path / "warp" / "classification"
     try:
         wait_until_classified(out, 1600, 240)
     finally:
-        interrupt(demo)
+        said = interrupt(demo)
+    assert f"kept in {tmp_path / 'warp'}" in said
+    assert (out / "session.json").exists()
     squares = [line.split(",") for line in (out / "yield_squares.csv").read_text().splitlines()]
     assert [row[:3] for row in squares[1:]] == [["24668021", "8", "800"],
                                                 ["24668022", "8", "800"]]
