@@ -38,7 +38,7 @@ import torch
 
 from live2d.atomic import replacing
 from live2d.engines.builtin.geometry import fourier_crop
-from live2d.history import CycleRecord, particle_table
+from live2d.history import CycleRecord, particle_results_kept, particle_table
 from live2d.imaging import shift_phases
 from live2d.output_folder import (
     SESSION_STATE,
@@ -281,3 +281,18 @@ def curate_cycle(folder: str | os.PathLike, record: CycleRecord, cut: float,
     table = particle_table(folder, record) if table is None else table
     return curate(table, cycle_shares(folder, record, table, store), len(record.class_counts),
                   cut)
+
+
+def session_cycle_curation(folder: str | os.PathLike, record: CycleRecord,
+                           table: pd.DataFrame | None = None) -> Curation | None:
+    """:func:`curate_cycle` of ``record`` as the session in ``folder`` curates (its settings'
+    cut); None where it does not curate, where the cycle's particle results are gone (pruned,
+    replaced by a later streaming update) or where its images or files cannot be read: the
+    caller then counts whole classes."""
+    try:
+        curating, cut = session_curation(folder)
+        if not curating or not particle_results_kept(folder, record):
+            return None
+        return curate_cycle(folder, record, cut, table)
+    except (OSError, ValueError, KeyError):  # being replaced, unreadable: whole classes stand
+        return None
