@@ -20,6 +20,14 @@ particle curation keeps (live2d.curation, at ``--curation-cut``; what exports ho
         --high-res-final 9
     python bench/quality.py --particles 10000 --classes 20 --junk 0.3 --off-centre 10
 
+With ``--rescue DIR`` nothing runs: the last cycle of a session kept with ``--keep DIR`` is
+scored curated, then with the particles of unselected classes that fit a selected class as well
+as its members rescued (live2d.curation.rescued, at several spreads), and how long the search
+for them took:
+
+    python bench/quality.py --particles 3000 --classes 12 --junk 0.3 --off-centre 10 --keep K
+    python bench/quality.py --rescue K
+
 With ``--stream START STEP`` the particles arrive as in a session: an ab initio job on the first
 START, then a streaming update every STEP more; and, on a copy of the same start, one seeded
 job over all of them, the full-pass job streaming is measured against (the last two rows):
@@ -37,9 +45,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from live2d.curation import curate_cycle
+from live2d.curation import curate_cycle, cycle_shares, rescued, selected_fits
 from live2d.evaluate import curated_selection, score_cycle
-from live2d.history import particle_table
+from live2d.history import particle_table, read_history
 from live2d.schedule import Settings
 from live2d.selection import proposed
 from live2d.session import Session
@@ -74,10 +82,15 @@ def main() -> None:
                                                   "temporary folder)")
     parser.add_argument("--revisit", type=float, default=Settings().stream_revisit,
                         help="with --stream: re-visited particles per new particle")
+    parser.add_argument("--rescue", type=Path, metavar="DIR",
+                        help="score the rescue on the last cycle of a session kept with --keep")
     parser.add_argument("--stream", type=int, nargs=2, metavar=("START", "STEP"),
                         help="ab initio on START particles, then a streaming update every STEP "
                              "more; compared with one seeded job on them all")
     args = parser.parse_args()
+    if args.rescue:
+        score_rescue(args.rescue, args.curation_cut)
+        return
     if args.stream:
         stream(args)
         return
@@ -140,6 +153,34 @@ def print_row(record, output: Path, warp: Path, cut: float) -> None:
           f"{auto.precision:14.3f}  {auto.recall:11.3f}  "
           f"{curated.precision:17.3f}  {curated.recall:14.3f}  "
           f"{record.finished - record.started:7.1f}", flush=True)
+
+
+def score_rescue(root: Path, cut: float) -> None:
+    """The last cycle of the session kept in ``root``: its proposed selection curated, then with
+    the unselected classes' particles rescued at each spread (robust SDs below the median
+    member's fit)."""
+    output, warp = root / "classification", root / "warp"
+    record = read_history(output)[-1]
+    table = particle_table(output, record)
+    chosen = proposed(record)
+    keep = curate_cycle(output, record, cut, table).keep
+    shares = cycle_shares(output, record, table)
+    began = time.monotonic()
+    fits = selected_fits(output, record, chosen, keep, table)
+    seconds = time.monotonic() - began
+    labels = table["2DCLS"].to_numpy()
+    candidates = int(((labels > 0) & ~table["2DCLS"].isin(chosen).to_numpy()).sum())
+    print(f"cycle {record.number}, classes {chosen} proposed; {candidates} particles in the "
+          f"others searched against them in {seconds:.0f} s")
+    print("selection               precision  recall  rescued")
+    truth = truth_dir_for(warp)
+    curated = curated_selection(output, record.number, truth, chosen, keep)
+    print(f"curated                 {curated.precision:9.3f}  {curated.recall:6.3f}        0")
+    for spread in (-1.0, 0.0, 1.0, 2.0):
+        into = rescued(fits, labels, chosen, shares, cut, spread) > 0
+        both = curated_selection(output, record.number, truth, chosen, keep, into)
+        print(f"curated + rescued {spread:+.0f} SD {both.precision:9.3f}  {both.recall:6.3f}  "
+              f"{int(into.sum()):7d}")
 
 
 def stream(args: argparse.Namespace) -> None:

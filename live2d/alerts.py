@@ -140,7 +140,8 @@ def bad_squares(particles: ScoredParticles, hole_squares: dict[str, str] | None,
     """The grid squares whose share of good particles is below ``bad_square_fraction`` of the
     median square's, among squares of at least ``bad_square_micrographs`` classified
     micrographs. Shares count classified particles only: a square collected since the cycle is
-    not bad for having no verdict yet."""
+    not bad for having no verdict yet; good ones as :func:`score_particles` counts them (the
+    sentence says how)."""
     if not settings.bad_square_fraction:
         return {}
     squares = yield_tables(particles.only(particles.classified), hole_squares)["square"]
@@ -150,7 +151,8 @@ def bad_squares(particles: ScoredParticles, hole_squares: dict[str, str] | None,
     median = float(np.median([row["good_fraction"] for row in judged]))
     return {f"{BAD_SQUARE}:{row['grid_square']}":
             f"GridSquare_{row['grid_square']}: {row['good_fraction']:.0%} good particles over "
-            f"{row['micrographs']} micrographs, against {median:.0%} for the session's squares"
+            f"{row['micrographs']} micrographs, against {median:.0%} for the session's squares "
+            f"(good particles: {particles.counted})"
             for row in judged if row["good_fraction"] < settings.bad_square_fraction * median}
 
 
@@ -173,7 +175,8 @@ def target_reached(forecast: Forecast, settings: Settings) -> dict[str, str]:
     if not target or forecast.good < target:
         return {}
     return {TARGET_REACHED: f"Target reached: {forecast.good:,} good particles by the classes "
-                            f"selected in cycle {forecast.cycle}, of the {target:,} wanted"}
+                            f"selected in cycle {forecast.cycle} ({forecast.counted}), of the "
+                            f"{target:,} wanted"}
 
 
 def warp_stalled(quiet_seconds: float, source: str | os.PathLike,

@@ -2,8 +2,12 @@
 
 Every pick in the particle store counts as a particle; it is good when the latest published
 cycle with class scores put it in a selected class (:func:`live2d.selection.selected`: the
-proposal with the user's marks over it). Picks that cycle did not classify (imported since, or
-left out) count as particles, not good ones. Holes and squares come from the micrograph names
+proposal with the user's marks over it) and, where the session curates particles, the curation
+keeps it (:mod:`live2d.curation`: its junk inside good classes is not good; the curation is
+measured once per cycle and kept, so this costs a read of its shares). Where the curation
+cannot be had (turned off, the cycle's images gone) whole classes count, and
+:attr:`ScoredParticles.curated` says which. Picks that cycle did not classify (imported since,
+or left out) count as particles, not good ones. Holes and squares come from the micrograph names
 and an EPU session folder (:mod:`live2d.epu`); micrographs whose names are not EPU's are counted
 per micrograph only.
 
@@ -28,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from live2d.atomic import atomic_write_text
+from live2d.curation import session_cycle_curation
 from live2d.epu import micrograph_origin, read_square_positions
 from live2d.history import CycleRecord, particle_results_kept, particle_table, read_history
 from live2d.output_folder import YIELD_TABLES
@@ -53,12 +58,20 @@ class YieldError(RuntimeError):
 @dataclass(frozen=True)
 class ScoredParticles:
     """Every particle of the store, in store order: its micrograph, its class in the cycle
-    (0: the cycle did not classify it) and whether it is good."""
+    (0: the cycle did not classify it) and whether it is good; ``curated``: good means kept by
+    the particle curation too, not only in a selected class."""
 
     cycle: int
     micrographs: pd.Series
     good: np.ndarray
     classes: np.ndarray
+    curated: bool = False
+
+    @property
+    def counted(self) -> str:
+        """How good particles were counted, in words for the texts that show them."""
+        return ("those the particle curation keeps" if self.curated
+                else "whole classes, no particle curation")
 
     @property
     def classified(self) -> np.ndarray:
@@ -67,7 +80,7 @@ class ScoredParticles:
     def only(self, which: np.ndarray) -> ScoredParticles:
         """The particles ``which`` (a mask in store order) selects."""
         return ScoredParticles(self.cycle, self.micrographs[which].reset_index(drop=True),
-                               self.good[which], self.classes[which])
+                               self.good[which], self.classes[which], self.curated)
 
 
 def latest_scored_cycle(folder: str | os.PathLike) -> CycleRecord:
@@ -85,22 +98,28 @@ def latest_scored_cycle(folder: str | os.PathLike) -> CycleRecord:
 def score_particles(folder: str | os.PathLike, store_table: pd.DataFrame,
                     record: CycleRecord | None = None) -> ScoredParticles:
     """Each particle of ``store_table`` (the store's rows) good or not by ``record`` (default:
-    :func:`latest_scored_cycle`) and the selection. Raises YieldError when there is none."""
+    :func:`latest_scored_cycle`), the selection and the session's particle curation where it
+    can be had. Raises YieldError when there is no scored cycle."""
     folder = Path(folder)
     record = record or latest_scored_cycle(folder)
     chosen = selected(record, SelectionState.load(folder))
     classes = particle_table(folder, record)
+    curation = session_cycle_curation(folder, record, classes)
+    in_chosen = classes["2DCLS"].isin(chosen).to_numpy()
+    if curation is not None:
+        in_chosen = in_chosen & curation.keep
     # POS is the store position (from 1) of the particle each row of the cycle's star is.
     positions = (classes["POS"].to_numpy(dtype=np.int64) - 1 if "POS" in classes
                  else np.arange(len(classes)))
     in_store = (positions >= 0) & (positions < len(store_table))
     good = np.zeros(len(store_table), dtype=bool)
-    good[positions[in_store]] = classes["2DCLS"].isin(chosen).to_numpy()[in_store]
+    good[positions[in_store]] = in_chosen[in_store]
     assigned = np.zeros(len(store_table), dtype=np.int64)
     assigned[positions[in_store]] = classes["2DCLS"].to_numpy(dtype=np.int64)[in_store]
     micrographs = (store_table["MICROGRAPH"].fillna("").astype(str) if "MICROGRAPH" in store_table
                    else pd.Series([""] * len(store_table)))
-    return ScoredParticles(record.number, micrographs.reset_index(drop=True), good, assigned)
+    return ScoredParticles(record.number, micrographs.reset_index(drop=True), good, assigned,
+                           curation is not None)
 
 
 def yield_tables(particles: ScoredParticles,

@@ -21,6 +21,13 @@ than the engine's per-particle figures (area under the curve of within-class rob
 0.86-0.90; of the score 0.67-0.72, the occupancy 0.75, the likelihood 0.50, sigma 0.30). Adding a
 cut on the score as well took out about 0.1% of the true particles for no gain in precision
 (0.944 against 0.942 on seed 1; the same on the others).
+
+The other way round, particles of unselected classes that fit a selected class as well as its
+typical member (:func:`selected_fits`, :func:`rescued`) can be measured, but exports and
+Scipion do not take them in yet: on the same simulations no spread helped both seeds (seed 1
+has no true particle outside its proposal and took in junk only; seed 2 got back part of a
+missed good class only at 2 robust SDs, where seed 1 lost 0.031 of precision;
+``python bench/quality.py --rescue DIR``, figures in the README's Performance section).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import torch
 
 from live2d.atomic import replacing
 from live2d.engines.builtin.geometry import fourier_crop
-from live2d.history import CycleRecord, particle_table
+from live2d.history import CycleRecord, particle_results_kept, particle_table
 from live2d.imaging import shift_phases
 from live2d.output_folder import (
     SESSION_STATE,
@@ -281,3 +288,137 @@ def curate_cycle(folder: str | os.PathLike, record: CycleRecord, cut: float,
     table = particle_table(folder, record) if table is None else table
     return curate(table, cycle_shares(folder, record, table, store), len(record.class_counts),
                   cut)
+
+
+def session_cycle_curation(folder: str | os.PathLike, record: CycleRecord,
+                           table: pd.DataFrame | None = None) -> Curation | None:
+    """:func:`curate_cycle` of ``record`` as the session in ``folder`` curates (its settings'
+    cut); None where it does not curate, where the cycle's particle results are gone (pruned,
+    replaced by a later streaming update) or where its images or files cannot be read: the
+    caller then counts whole classes."""
+    try:
+        curating, cut = session_curation(folder)
+        if not curating or not particle_results_kept(folder, record):
+            return None
+        return curate_cycle(folder, record, cut, table)
+    except (OSError, ValueError, KeyError):  # being replaced, unreadable: whole classes stand
+        return None
+
+
+# Particles of an unselected class that fit a selected class as well as its members do.
+# Members measured per selected class to know its typical fit (enough for a median and spread).
+RESCUE_MEMBERS = 200
+RESCUE_BATCH = 128
+# A candidate is rescued whose fit lies at most this many robust standard deviations of its
+# best class's members' fits below their median (0: as well as the median member).
+RESCUE_SPREAD = 1.0
+
+
+@dataclass(frozen=True)
+class Fits:
+    """Per row of a cycle's particle table, the best of the selected classes (1-based; 0: not
+    measured) and the engine's score against it (NaN: not measured): for every particle of an
+    unselected class (the candidates) and a sample of each selected class's kept members."""
+
+    best: np.ndarray
+    fit: np.ndarray
+
+
+def _session_settings(folder: Path):
+    from live2d.schedule import Settings
+
+    state = json.loads((folder / SESSION_STATE).read_text(encoding="utf-8"))
+    try:
+        return Settings.from_dict(state.get("settings") or {}), state
+    except ValueError:  # another version's or a hand-edited value: the defaults stand
+        return Settings(), state
+
+
+def _white_protein(settings, state: dict) -> bool:
+    """Whether the session's images have white protein (the engine's invert_contrast), as the
+    cycles read them: the setting, else Warp 1.x's picking setting, else Warp's white."""
+    from live2d.warp import WarpFolderError, read_settings
+
+    if settings.contrast != "auto":
+        return settings.contrast == "white"
+    if not state.get("star"):
+        try:
+            return read_settings(Path(state["warp_dir"])).invert
+        except (OSError, ValueError, KeyError, WarpFolderError):
+            pass
+    return True
+
+
+def selected_fits(folder: str | os.PathLike, record: CycleRecord, chosen, keep: np.ndarray,
+                  table: pd.DataFrame | None = None, device: str = "cpu") -> Fits:
+    """How well the particles of cycle ``record``'s classes not in ``chosen`` fit the
+    ``chosen`` classes' averages, and (for comparison) up to :data:`RESCUE_MEMBERS` of each
+    chosen class's members that the curation keeps (``keep``, per row): each is searched
+    against those averages alone with the built-in engine's search (every angle and shift,
+    its CTF, the noise whitened, at the cycle's resolution), from scratch."""
+    import mrcfile
+
+    from live2d.engines.base import CycleParams
+    from live2d.engines.builtin.geometry import plan_geometry
+    from live2d.engines.builtin.search import Search
+
+    folder = Path(folder)
+    table = particle_table(folder, record) if table is None else table
+    labels = table["2DCLS"].to_numpy(dtype=np.int64)
+    chosen = sorted(int(k) for k in chosen if 1 <= int(k) <= len(record.class_counts))
+    fits = Fits(np.zeros(len(table), dtype=np.int64), np.full(len(table), np.nan))
+    candidates = np.flatnonzero((labels > 0) & ~np.isin(labels, chosen))
+    if not chosen or not len(candidates):
+        return fits
+    settings, state = _session_settings(folder)
+    store_state = json.loads((folder / STORE_STATE).read_text(encoding="utf-8"))
+    copies = store_state.get("images", "copy") == "copy"
+    stack = open_images(folder / (STORE_STACK if copies else STORE_SOURCES))
+    pixel, box = float(store_state["pixel_size"]), int(store_state["box"])
+    radius = session_mask_radius_px(folder, box, pixel) * pixel  # Å
+    with mrcfile.open(folder / record.classes, permissive=True) as mrc:
+        averages = torch.from_numpy(np.array(mrc.data, dtype=np.float32)).reshape(-1, box, box)
+    params = CycleParams(
+        pixel_size=pixel, mask_radius=radius, high_res=max(record.high_res, 2.0 * pixel),
+        low_res=settings.low_res, angular_step=settings.angular_step,
+        # a cycle's default search range: a third of the diameter, whose 0.6 is the mask
+        search_range=settings.search_range if settings.search_range is not None
+        else 0.55 * radius,
+        smoothing=settings.smoothing, invert_contrast=_white_protein(settings, state))
+    rng = np.random.default_rng(record.number)
+    geometry = plan_geometry(params, box, rng)
+    search = Search(geometry, params, averages[[k - 1 for k in chosen]], torch.device(device))
+    positions = table["POS"].to_numpy(dtype=np.int64) - 1
+    keep = np.asarray(keep, dtype=bool)
+    members = np.concatenate([rng.permutation(np.flatnonzero((labels == k) & keep))
+                              [:RESCUE_MEMBERS] for k in chosen])
+    search.estimate_noise(stack, positions[members], table)
+    rows = np.concatenate([members, candidates])
+    columns = [c for c in table.columns if c != "2DCLS"]  # no previous match: searched afresh
+    for start in range(0, len(rows), RESCUE_BATCH):
+        chunk = rows[start:start + RESCUE_BATCH]
+        out = search.classify(stack, positions[chunk], table.iloc[chunk][columns])
+        fits.fit[chunk] = out["score"]
+        fits.best[chunk] = np.asarray(chosen)[out["cls"].astype(np.int64) - 1]
+    return fits
+
+
+def rescued(fits: Fits, labels: np.ndarray, chosen, shares: np.ndarray, cut: float,
+            spread: float = RESCUE_SPREAD) -> np.ndarray:
+    """Per row, the chosen class (1-based) a particle of an unselected class is rescued into
+    (0: none): its fit to its best chosen class (:func:`selected_fits`) lies no more than
+    ``spread`` robust standard deviations below the median of that class's measured members
+    that fit it best, and its signal share passes that class's curation cut (``cut``)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    shares = np.asarray(shares, dtype=np.float64)
+    into = np.zeros(len(labels), dtype=np.int64)
+    candidates = (labels > 0) & ~np.isin(labels, list(chosen)) & (fits.best > 0)
+    for k in chosen:
+        own = (labels == k) & (fits.best == k) & np.isfinite(fits.fit)
+        if not own.any():
+            continue
+        least = robust_cut(fits.fit[own], spread)
+        share_cut = robust_cut(shares[labels == k], cut) \
+            if (labels == k).sum() >= MIN_MEMBERS else -np.inf
+        into[candidates & (fits.best == k) & (fits.fit >= least) & (shares >= share_cut)] = k
+    return into

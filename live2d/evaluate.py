@@ -145,9 +145,10 @@ def score_cycle(output_dir: Path, cycle: int, truth_dir: Path, mask_radius: floa
 
 
 def curated_selection(output_dir: Path, cycle: int, truth_dir: Path, chosen: list[int],
-                      keep: np.ndarray) -> Selection:
+                      keep: np.ndarray, rescued: np.ndarray | None = None) -> Selection:
     """How the particles of classes ``chosen`` of ``cycle`` that a curation keeps (``keep``:
-    per row of the cycle's particle table) fare against the truth."""
+    per row of the cycle's particle table), and those of other classes it ``rescued`` (per
+    row), fare against the truth."""
     output_dir = Path(output_dir)
     record = next(r for r in read_history(output_dir) if r.number == cycle)
     table = particle_table(output_dir, record)
@@ -155,6 +156,8 @@ def curated_selection(output_dir: Path, cycle: int, truth_dir: Path, chosen: lis
     labels = table["2DCLS"].to_numpy(dtype=np.int64)
     used = labels > 0
     selected = np.isin(labels, chosen) & np.asarray(keep, dtype=bool)
+    if rescued is not None:
+        selected |= np.asarray(rescued, dtype=bool)
     return particles_of(chosen, selected[used], view[used] >= 0)
 
 

@@ -9,7 +9,8 @@ are the microscope computer's clock, not this one's); particles without it are l
 rates. "The last hour" is the hour before the latest particle's time, so a finished session is
 judged on its last hour of collection, not on the time since.
 
-Good particles are those of the cycle's selected classes (:mod:`live2d.collection_yield`); the
+Good particles are those of the cycle's selected classes that the particle curation keeps, or
+whole classes where it cannot be had (:mod:`live2d.collection_yield`; the lines say which); the
 shares of good particles count classified particles only, and the rates apply them to every
 particle of their hour: particles picked since the cycle are not taken for bad ones.
 """
@@ -83,11 +84,12 @@ class Forecast:
     hours_to_target: float | None  # 0 when reached; None: no target, or no rate to reach it
     good_classes: tuple[int, ...]
     recent_classes: tuple[int, ...]  # good classes mostly of the last hour's particles
+    counted: str = "whole classes"  # which of theirs are good (ScoredParticles.counted)
 
     def lines(self) -> list[str]:
         """A few plain lines for the operator (live2d status)."""
-        lines = [f"forecast by the classes selected in cycle {self.cycle}"
-                 + (f" (times: {self.times})" if self.times else "") + ":"]
+        lines = [f"forecast by the classes selected in cycle {self.cycle} (good particles: "
+                 f"{self.counted}" + (f"; times: {self.times}" if self.times else "") + "):"]
         unclassified = self.particles - self.classified
         good = f"  good particles: {self.good:,} of {self.classified:,} classified"
         if unclassified and self.session_good_share is not None:
@@ -164,7 +166,7 @@ def forecast(particles: ScoredParticles, times: np.ndarray, target: int = 0,
                     particles=len(good), classified=n_classified, good=n_good,
                     good_estimate=estimate, session_good_share=session_share, target=target,
                     hours_to_target=hours_to_target, good_classes=good_classes,
-                    recent_classes=recent_classes, **rates)
+                    recent_classes=recent_classes, counted=particles.counted, **rates)
 
 
 def _hours(hours: float | None) -> str:

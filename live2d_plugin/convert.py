@@ -17,7 +17,7 @@ import mrcfile
 import numpy as np
 import pandas as pd
 from pwem.objects import Acquisition, Coordinate, CTFModel, Particle, Transform
-from pyworkflow.object import Boolean, Float, String
+from pyworkflow.object import Boolean, Float, Integer, String
 
 from live2d import warp
 from live2d.sources.base import SOURCE_ID
@@ -34,12 +34,16 @@ EPU_FOLDER_ATTRIBUTE = "_live2dEpuFolder"
 # Attributes of every class of outputClasses, from the cycle's class table
 # (live2d.class_quality): the half-set resolution estimate in Å (at or better than it when
 # _live2dAtLimit; None for a class of fewer than 2 particles), the good/junk score (0..1), the
-# reason for it, and whether the class is in the selection that outputParticles holds.
+# reason for it, and whether the class is in the selection that outputParticles holds; for a
+# selected class, how many of its particles the particle curation keeps (live2d.curation: those
+# outputParticles takes; None where the session does not curate, or the class is not selected:
+# junk goes whole).
 RESOLUTION_ATTRIBUTE = "_live2dResolution"
 AT_LIMIT_ATTRIBUTE = "_live2dAtLimit"
 SCORE_ATTRIBUTE = "_live2dScore"
 REASON_ATTRIBUTE = "_live2dReason"
 SELECTED_ATTRIBUTE = "_live2dSelected"
+KEPT_ATTRIBUTE = "_live2dKept"
 
 
 # ------------------------------------------------------------------------ import: store -> set
@@ -182,10 +186,12 @@ def alignment_2d(psi: float, shift_x: float, shift_y: float, pixel_size: float) 
     return transform
 
 
-def set_class_quality(class_item, row: dict | None, selected: bool) -> None:
-    """Give a ``Class2D`` its resolution estimate, score, reason and selection. Every class gets
-    every attribute (None where the table has no value): a flat sqlite takes its columns from
-    the first class it stores."""
+def set_class_quality(class_item, row: dict | None, selected: bool,
+                      kept: int | None = None) -> None:
+    """Give a ``Class2D`` its resolution estimate, score, reason, selection and the particles
+    the curation keeps of it (``kept``; None: not curated). Every class gets every attribute
+    (None where the table has no value): a flat sqlite takes its columns from the first class
+    it stores."""
     row = row or {}
     resolution = row.get("resolution")
     score = row.get("score")
@@ -195,6 +201,7 @@ def set_class_quality(class_item, row: dict | None, selected: bool) -> None:
     setattr(class_item, SCORE_ATTRIBUTE, Float(None if score is None else float(score)))
     setattr(class_item, REASON_ATTRIBUTE, String(str(row.get("reason", ""))))
     setattr(class_item, SELECTED_ATTRIBUTE, Boolean(bool(selected)))
+    setattr(class_item, KEPT_ATTRIBUTE, Integer(None if kept is None else int(kept)))
 
 
 def cycle_assignments(star: pd.DataFrame, store_table: pd.DataFrame,

@@ -47,7 +47,7 @@ def judged(particles: ScoredParticles, settings: Settings | None = None) -> dict
 
 BAD = {"1834520": 0.8, "1834521": 0.8, "1834522": 0.1}
 BAD_SENTENCE = ("GridSquare_1834522: 10% good particles over 10 micrographs, against 80% for "
-                "the session's squares")
+                "the session's squares (good particles: whole classes, no particle curation)")
 
 
 def test_a_bad_square_fires_once_is_kept_across_a_restart_and_clears_when_it_recovers(
@@ -115,7 +115,8 @@ def test_a_falling_yield_and_the_target_reached_fire_with_their_figures():
     assert firing[YIELD_FALLING] == ("Yield falling: 200 good particles per hour over the last "
                                      "hour, against 407 per hour over the session's 3.0 h")
     assert firing[TARGET_REACHED] == ("Target reached: 1,180 good particles by the classes "
-                                      "selected in cycle 7, of the 1,000 wanted")
+                                      "selected in cycle 7 (whole classes, no particle curation), "
+                                      "of the 1,000 wanted")
     quiet = cycle_alerts(particles, None, outlook, Settings(yield_drop_fraction=0.4,
                                                            target_good_particles=2000))
     assert quiet == {}

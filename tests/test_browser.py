@@ -13,6 +13,7 @@ import pytest
 from server_helpers import SMALL, RunningServer, small_warp
 
 import live2d.server
+from live2d.curation import session_cycle_curation
 from live2d.server.control import Controller
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
@@ -250,6 +251,21 @@ def test_a_user_marks_classes_on_one_page_another_sees_it_and_exports(classified
     assert "not a gold-standard resolution" in page.find_element(By.ID, "quality-help").text
     selected = page.find_element(By.ID, "selected-particles")
     assert selected.text == f"{proposed['particles']:,}"
+    # The particle curation's count under each selected class, and the selection's as curated
+    # (measured off the server's loop: shown when ready).
+    curation = session_cycle_curation(session.output_dir, session.selection.latest_scored())
+    kept = {c.number: c for c in curation.classes}
+    wait(page, lambda d: d.find_element(By.ID, "selection-kept").is_displayed(), 30)
+    assert page.find_element(By.ID, "selection-kept").text == (
+        f"· {sum(kept[k].kept for k in proposed['classes']):,} good as the particle curation "
+        "keeps them")
+    for number in (1, 2, 3):
+        shown = tile(page, number).find_element(By.CSS_SELECTOR, ".kept")
+        if number in proposed["classes"]:
+            assert shown.text == f"{kept[number].kept:,} of {kept[number].particles:,} kept"
+            assert shown.get_attribute("title") == kept[number].rule()
+        else:  # a junk class goes whole: nothing to count
+            assert not shown.is_displayed()
     assert page.find_elements(By.CSS_SELECTOR, "#good-plot polyline[data-series=good]")
     assert page.find_elements(By.CSS_SELECTOR, "#plot polyline")
 

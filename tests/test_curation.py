@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from live2d.curation import MIN_MEMBERS, curate, robust_cut, signal_shares
+from live2d.output_folder import shares_name
 
 
 def table_of(labels):
@@ -98,6 +99,11 @@ def test_a_later_cycle_measures_only_the_particles_whose_alignment_changed(tmp_p
     output = warp / "classification"
     record = read_history(output)[-1]
     table = particle_table(output, record)
+    # the session measured each scored cycle's shares already (its yield counts the particles
+    # the curation keeps): measured again here from none
+    assert (output / shares_name(record.number)).is_file()
+    for kept in output.glob("cycle_*_shares.npy"):
+        kept.unlink()
     measured = []
     real = curation.signal_shares
 
@@ -124,3 +130,58 @@ def test_a_later_cycle_measures_only_the_particles_whose_alignment_changed(tmp_p
     whole = curation.cycle_shares(output, dataclasses.replace(record, number=900), moved)
     assert measured[-1] == len(table)
     np.testing.assert_allclose(shares, whole, equal_nan=True)
+
+
+def test_rescue_decides_by_the_best_chosen_class_members_fits_and_share():
+    from live2d.curation import Fits, rescued
+
+    # classes 1 and 2 chosen; 3 not: its rows are the candidates
+    labels = np.array([1] * 30 + [2] * 30 + [3] * 4)
+    fit = np.concatenate([np.linspace(50, 60, 30), np.linspace(30, 40, 30),
+                          [56.0, 40.0, 36.0, 58.0]])
+    best = np.concatenate([np.full(30, 1), np.full(30, 2), [1, 1, 2, 1]])
+    shares = np.full(len(labels), 0.6)
+    shares[-1] = 0.1  # fits well, but its signal is spread over the box: junk all the same
+    into = rescued(Fits(best, fit), labels, [1, 2], shares, cut=3.0, spread=1.0)
+    # as well as class 1's typical member; far below it; as well as class 2's (its own
+    # best class, judged against that class's members)
+    assert list(into[-4:]) == [1, 0, 2, 0]
+    assert not into[:60].any()  # members are not candidates
+    strict = rescued(Fits(best, fit), labels, [1, 2], shares, cut=3.0, spread=0.0)
+    assert list(strict[-4:]) == [1, 0, 2, 0]  # 56 >= 55 and 36 >= 35: the medians
+
+
+def test_particles_of_an_unselected_twin_class_fit_its_selected_twin_and_are_rescued(
+        tmp_path):
+    # More classes than views: a view split over two classes. With the larger one chosen and
+    # the other not, its particles are searched against the chosen classes' averages and
+    # rescued into their twin; the other views' particles are not.
+    from live2d.cli import main as cli_main
+    from live2d.curation import curate_cycle, cycle_shares, rescued, selected_fits
+    from live2d.evaluate import _truth_rows
+    from live2d.history import particle_table, read_history
+    from live2d.simulate import simulate, truth_dir_for
+
+    warp = tmp_path / "warp"
+    simulate(warp, particles=240, per_micrograph=60, box=32, pixel_size=4.0, snr=2.0, views=3,
+             seed=3)
+    assert cli_main(["run", str(warp), "--once", "--classes", "6", "--particles-per-class",
+                     "20", "--startup-cycles", "1", "--refinement-cycles", "1",
+                     "--threads", "1"]) == 0
+    output = warp / "classification"
+    record = read_history(output)[-1]
+    table = particle_table(output, record)
+    labels = table["2DCLS"].to_numpy(dtype=np.int64)
+    view = np.array([int(r["view"]) for r in _truth_rows(output, table, truth_dir_for(warp))])
+    views = {k: np.bincount(view[labels == k]).argmax() for k in np.unique(labels[labels > 0])}
+    twins = [(a, b) for a in views for b in views
+             if a != b and views[a] == views[b] and (labels == a).sum() > (labels == b).sum()]
+    assert twins, f"no view split over two classes: {views}"
+    chosen, twin = twins[0]
+    keep = curate_cycle(output, record, 3.0, table).keep
+    fits = selected_fits(output, record, [chosen], keep, table)
+    into = rescued(fits, labels, [chosen], cycle_shares(output, record, table), 3.0)
+    assert np.isfinite(fits.fit[labels == twin]).all()
+    assert (into[labels == twin] == chosen).sum() >= (labels == twin).sum() // 3
+    other = (labels > 0) & (view != views[chosen])
+    assert not into[other].any()

@@ -257,3 +257,34 @@ def test_a_session_that_does_not_curate_exports_and_shows_whole_classes(
     assert "left out as junk" not in capsys.readouterr().out
     assert cli_main(["status", str(session_dir)]) == 0
     assert " kept (cut:" not in capsys.readouterr().out
+
+
+def test_yield_and_forecast_count_the_particles_the_curation_keeps(session_dir,
+                                                                   strict_curation):
+    from live2d.collection_yield import score_particles
+    from live2d.curation import curate_cycle
+    from live2d.forecast import forecast
+    from live2d.history import particle_table
+    from live2d.selection import SelectionState, selected
+    from live2d.store import read_committed_table
+
+    output = session_dir / "classification"
+    record = latest(session_dir)
+    store = read_committed_table(output)
+    table = particle_table(output, record)
+    chosen = table["2DCLS"].isin(selected(record, SelectionState.load(output))).to_numpy()
+    keep = curate_cycle(output, record, 1.0, table).keep
+    curated = score_particles(output, store, record)
+    assert curated.curated and curated.good.sum() == (chosen & keep).sum() < chosen.sum()
+    times = np.full(len(store), np.nan)
+    assert "good particles: those the particle curation keeps" in \
+        forecast(curated, times).lines()[0]
+
+    path = output / "session.json"
+    state = json.loads(path.read_text(encoding="utf-8"))
+    state["settings"]["curate_particles"] = False
+    path.write_text(json.dumps(state), encoding="utf-8")  # the fixture puts it back
+    whole = score_particles(output, store, record)
+    assert not whole.curated and whole.good.sum() == chosen.sum()
+    assert "good particles: whole classes, no particle curation" in \
+        forecast(whole, times).lines()[0]

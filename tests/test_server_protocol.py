@@ -271,6 +271,38 @@ def test_a_new_page_gets_the_selection_and_the_latest_class_table(classified):
     client.close()
 
 
+def test_the_selection_says_per_class_how_many_particles_the_curation_keeps(classified):
+    from live2d.curation import session_cycle_curation
+
+    session = classified.controller.session
+    # a strict cut, so that these clean simulated classes lose some; its change is measured
+    # anew (the curation is kept per cycle and cut)
+    session.update_settings({"curation_cut": 1.0})
+    client = Client(classified)
+    client.receive()
+    view = client.wait_for_view(lambda m: m["selection"]["curation"] is not None)
+    selection = view["selection"]
+    record = session.selection.latest_scored()
+    expected = session_cycle_curation(session.output_dir, record)
+    assert selection["curation"] == {
+        str(c.number): {"particles": c.particles, "kept": c.kept, "rule": c.rule()}
+        for c in expected.classes}
+    kept = {c.number: c.kept for c in expected.classes}
+    assert selection["kept"] == sum(kept[k] for k in selection["classes"])
+    assert 0 < selection["kept"] < selection["particles"]
+    # a mark changes the selection's total at once (the classes' counts are kept)
+    first = selection["classes"][0]
+    client.send({"command": "mark", "classes": {str(first): "junk"}})
+    view = client.wait_for_view(lambda m: first not in m["selection"]["classes"])
+    assert view["selection"]["kept"] == selection["kept"] - kept[first]
+    # a session that does not curate sends none
+    session.update_settings({"curate_particles": False})
+    client.send({"command": "get_state"})
+    state = client.wait_for(lambda m: m["type"] == "state")
+    assert state["selection"]["curation"] is None and state["selection"]["kept"] is None
+    client.close()
+
+
 def test_a_mark_changes_the_selection_on_every_page(classified):
     first, second = Client(classified), Client(classified)
     before = first.receive()["selection"]

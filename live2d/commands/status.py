@@ -65,18 +65,12 @@ def print_classes(folder: Path, history: list[CycleRecord]) -> None:
 
 
 def class_curation(folder: Path, record: CycleRecord) -> dict:
-    """Per class number, the particle curation of ``record`` (live2d.curation) as the session's
-    settings make it; empty where it is off or its particles are not on disk any more."""
-    from live2d.curation import curate_cycle, session_curation
-    from live2d.history import particle_results_kept
+    """Per class number, the particle curation of ``record`` as the session's settings make it
+    (live2d.curation.session_cycle_curation); empty where there is none."""
+    from live2d.curation import session_cycle_curation
 
-    try:
-        curating, cut = session_curation(folder)
-        if not curating or not particle_results_kept(folder, record):
-            return {}
-        return curate_cycle(folder, record, cut).by_number()
-    except (OSError, ValueError, KeyError):  # being replaced, unreadable: status goes on
-        return {}
+    curation = session_cycle_curation(folder, record)
+    return curation.by_number() if curation is not None else {}
 
 
 def print_disk(folder: Path, history: list[CycleRecord]) -> None:

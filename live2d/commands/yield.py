@@ -61,7 +61,7 @@ def main(args: argparse.Namespace) -> int:
     elif args.format == "json":
         sys.stdout.write(table_json(rows, args.by))
     else:
-        print_table(rows, args.by, particles.cycle)
+        print_table(rows, args.by, particles.cycle, particles.counted)
     return 0
 
 
@@ -84,11 +84,11 @@ def session_epu_folder(folder: Path) -> Path | None:
     return Path(state.epu_dir)
 
 
-def print_table(rows: list[dict], level: str, cycle: int) -> None:
+def print_table(rows: list[dict], level: str, cycle: int, counted: str) -> None:
     from live2d.collection_yield import COLUMNS
 
     print(f"yield by {level}, by the classes selected in cycle {cycle} "
-          f"({len(rows)} {level}{'s' if len(rows) != 1 else ''})")
+          f"({len(rows)} {level}{'s' if len(rows) != 1 else ''}; good particles: {counted})")
     columns = COLUMNS[level]
     cells = [[_cell(row[c]) for c in columns] for row in rows]
     widths = [max([len(c), *(len(line[i]) for line in cells)]) for i, c in enumerate(columns)]

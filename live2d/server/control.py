@@ -6,7 +6,11 @@ hostile or broken client gets an error reply and nothing else happens.
 
 The selection (the proposal with the user's good/junk marks over it) is the session's: ``mark``
 changes it for every page, ``export`` writes its particles into the output folder's
-``exports/`` for the page to download.
+``exports/`` for the page to download. With it go, per class of its cycle, how many particles
+the particle curation keeps (:mod:`live2d.curation`), and so how many of the selection's it
+keeps: measured on a thread of its own the first time a cycle is asked for (a cycle's first
+curation reads its new particles' images), kept for that cycle, and sent to every page when
+ready.
 
 The server may start without a Warp folder (the page's first step is then Update Warp
 Directory), and accepts any existing folder under ``warp_root``, Warp's or not yet: a watcher
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from live2d.class_quality import GOOD_SCORE
+from live2d.curation import session_cycle_curation
 from live2d.epu import epu_folder_problem
 from live2d.errors import (
     CycleCancelled,
@@ -116,6 +121,10 @@ class Controller:
         self._lock = threading.Lock()
         self._exporting = threading.Lock()
         self._tables: dict[Path, tuple[int, list]] = {}  # class table files read, by mtime
+        # The latest selection cycle's curation per class (None: none to be had), by what
+        # decides it: the folder, the cycle, the cut; one measured at a time, off the loop.
+        self._curations: dict[tuple[Path, int, float], dict[str, dict] | None] = {}
+        self._measuring: threading.Thread | None = None
         self._closed = threading.Event()
         if warp_dir is not None:
             self.session = self._open(warp_dir, output_dir, epu_dir=epu_dir,
@@ -181,7 +190,50 @@ class Controller:
             table = self._class_table(session.output_dir, record)
             if table is not None:
                 tables[str(record.number)] = table
+        curation = self._curation(session, record) if record is not None else None
+        # Of the selected classes' particles, those the curation keeps (None: not known yet,
+        # or the session does not curate)
+        kept = None if curation is None else sum(
+            curation[str(k)]["kept"] for k in summary["classes"] if str(k) in curation)
+        summary = {**summary, "curation": curation, "kept": kept}
         return {"selection": summary, "class_tables": tables, "good_score": GOOD_SCORE}
+
+    def _curation(self, session: Session | SessionView,
+                  record: CycleRecord) -> dict[str, dict] | None:
+        """Per class number of ``record`` (as text), its particles, how many the session's
+        particle curation keeps and the rule that decided (ClassCuration.rule); None while it
+        is measured (the pages are sent it when ready), where the session does not curate, or
+        where the cycle's particles cannot be read."""
+        if not session.settings.curate_particles:
+            return None
+        key = (session.output_dir, record.number, session.settings.curation_cut)
+        measured = self._curations  # once: the thread replaces it
+        if key in measured:
+            return measured[key]
+        with self._lock:
+            if self._measuring is None or not self._measuring.is_alive():
+                self._measuring = threading.Thread(
+                    target=self._measure_curation, args=(key, record), daemon=True,
+                    name="live2d-curation")
+                self._measuring.start()
+        return None
+
+    def _measure_curation(self, key: tuple[Path, int, float], record: CycleRecord) -> None:
+        """The curation of ``record`` (a thread's work: it may read images), kept under
+        ``key``; then every page is sent it."""
+        folder = key[0]
+        try:
+            curation = session_cycle_curation(folder, record)
+        except Exception:  # advice: the page shows whole classes, and the log says why
+            log.exception("the particle curation of cycle %d could not be measured",
+                          record.number)
+            curation = None
+        counts = None if curation is None else {
+            str(c.number): {"particles": c.particles, "kept": c.kept, "rule": c.rule()}
+            for c in curation.classes}
+        self._curations = {key: counts}  # only the latest cycle's is asked for
+        if self.session is not None and self.session.output_dir == folder:
+            self.publish({"type": "curation", "cycle": record.number})
 
     def _class_table(self, folder: Path, record: CycleRecord) -> list | None:
         path = folder / record.class_table

@@ -487,10 +487,11 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         settings = self._session.settings
         # Junk inside the selected classes stays out of outputParticles (live2d.curation);
         # outputClasses keeps every member, as the classes are.
-        kept = (curate_cycle(output_dir, record, settings.curation_cut, star,
-                             self._session.store).keep
-                if settings.curate_particles else None)
-        assignments = cycle_assignments(star, store_table, kept).sort_index()
+        curation = (curate_cycle(output_dir, record, settings.curation_cut, star,
+                                 self._session.store)
+                    if settings.curate_particles else None)
+        assignments = cycle_assignments(star, store_table,
+                                        curation.keep if curation else None).sort_index()
         pixel_size = float(star["PSIZE"].iloc[0]) if len(star) else \
             self.inputParticles.get().getSamplingRate()
         assignments["matrix"] = matrix_texts(alignment_matrices(
@@ -502,8 +503,9 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         averages = self._cycleAverages(record, classes_mrc, pixel_size, suffix)
         # Read once: the classes and outputParticles both leave disabled input particles out.
         disabled = disabled_ids(self.inputParticles.get().getFileName())
+        kept = {c.number: c.kept for c in curation.classes} if curation else {}
         classes = self._cycleClasses(record, assignments, classes_mrc, pixel_size, suffix,
-                                     chosen, disabled)
+                                     chosen, disabled, kept)
         in_chosen = assignments["cls"].isin(chosen)
         selected = assignments[in_chosen & assignments["kept"]]
         curated = int((in_chosen & ~assignments["kept"]).sum())
@@ -552,9 +554,11 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
 
     def _cycleClasses(self, record: CycleRecord, assignments, classes_mrc: str,
                       pixel_size: float, suffix: str, chosen,
-                      disabled: set[int]) -> SetOfClasses2D:
+                      disabled: set[int], kept: dict[int, int]) -> SetOfClasses2D:
         """The cycle's classes: pwem writes each class with its first member (the template of
-        its table), SQL copies the other members from the input set."""
+        its table), SQL copies the other members from the input set. ``kept``: per class
+        number, the particles the curation keeps (empty: not curated); a selected class
+        shows it."""
         quality = class_table_by_number(Path(self._sessionDir()), record)
         input_file = self.inputParticles.get().getFileName()
         templates = template_members(assignments, disabled)
@@ -571,8 +575,9 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
             representative.setLocation(class_item.getObjId(), classes_mrc)
             representative.setSamplingRate(pixel_size)
             class_item.setAlignment2D()
-            set_class_quality(class_item, quality.get(class_item.getObjId()),
-                              class_item.getObjId() in chosen)
+            number = class_item.getObjId()
+            set_class_quality(class_item, quality.get(number), number in chosen,
+                              kept.get(number) if number in chosen else None)
 
         ids = ",".join(str(int(i)) for i in templates.index) or "0"
         with _quietFirstDimensions():

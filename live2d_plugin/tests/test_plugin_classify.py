@@ -35,6 +35,7 @@ from live2d.store import ParticleStore, read_committed_table
 from live2d.warp import split_image_name, stack_stamp
 from live2d_plugin.convert import (
     AT_LIMIT_ATTRIBUTE,
+    KEPT_ATTRIBUTE,
     REASON_ATTRIBUTE,
     RESOLUTION_ATTRIBUTE,
     SCORE_ATTRIBUTE,
@@ -273,8 +274,11 @@ class TestClassify(ProjectTestCase):
 
     def check_class_quality(self, prot, cycle: int) -> None:
         """Every class carries the resolution estimate, score and reason of the cycle's class
-        table, and whether it is selected."""
+        table, whether it is selected, and for a selected class how many of its particles the
+        curation keeps."""
         record = next(r for r in history_of(prot) if r.number == cycle)
+        session_dir = Path(prot._getExtraPath("live2d"))
+        kept = curate_cycle(session_dir, record, Settings().curation_cut).by_number()
         table = json.loads(Path(prot._getExtraPath("live2d", record.class_table))
                            .read_text())
         rows = {row["number"]: row for row in table}
@@ -298,6 +302,9 @@ class TestClassify(ProjectTestCase):
                 self.assertTrue(row["reason"])
                 self.assertEqual(getattr(class_item, SELECTED_ATTRIBUTE).get(),
                                  class_item.getObjId() in chosen)
+                self.assertEqual(getattr(class_item, KEPT_ATTRIBUTE).get(),
+                                 kept[class_item.getObjId()].kept
+                                 if class_item.getObjId() in chosen else None)
                 seen += 1
             self.assertEqual(seen, sum(1 for c in record.class_counts if c))
         finally:
@@ -306,15 +313,16 @@ class TestClassify(ProjectTestCase):
 
     def check_quality_columns_shown(self, prot) -> None:
         """Scipion's metadata viewer, opened on outputClasses, is told to show each class's
-        selection, score and resolution beside its size, and they are columns of the file."""
+        selection, the particles the curation keeps, score and resolution beside its size, and
+        they are columns of the file."""
         from pwem.viewers.mdviewer.viewer import MDView
 
         import live2d_plugin.viewers  # noqa: F401  (Scipion loads it with the plugin's viewers)
 
         visible, order, _render = MDView(prot.outputClasses, prot, 1).getVisibleAndOrderLabels()
-        wanted = [SELECTED_ATTRIBUTE, SCORE_ATTRIBUTE, RESOLUTION_ATTRIBUTE]
+        wanted = [SELECTED_ATTRIBUTE, KEPT_ATTRIBUTE, SCORE_ATTRIBUTE, RESOLUTION_ATTRIBUTE]
         for labels in (visible.split(), order.split()):
-            self.assertEqual(labels[labels.index("_size") + 1:][:3], wanted)
+            self.assertEqual(labels[labels.index("_size") + 1:][:4], wanted)
         with sqlite3.connect(prot.outputClasses.getFileName()) as connection:
             stored = {label for (label,) in connection.execute(
                 "SELECT label_property FROM Classes")}

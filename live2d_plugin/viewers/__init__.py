@@ -6,6 +6,7 @@ from pwem.viewers.viewers_data import RegistryViewerConfig
 
 from live2d_plugin.convert import (
     AT_LIMIT_ATTRIBUTE,
+    KEPT_ATTRIBUTE,
     REASON_ATTRIBUTE,
     RESOLUTION_ATTRIBUTE,
     SCORE_ATTRIBUTE,
@@ -15,7 +16,7 @@ from live2d_plugin.viewers.viewer_classify2d import Live2DViewer
 
 __all__ = ["Live2DViewer", "show_class_quality"]
 # After each class's size, in this order: what users read first, then why.
-QUALITY_LABELS = (SELECTED_ATTRIBUTE, SCORE_ATTRIBUTE, RESOLUTION_ATTRIBUTE,
+QUALITY_LABELS = (SELECTED_ATTRIBUTE, KEPT_ATTRIBUTE, SCORE_ATTRIBUTE, RESOLUTION_ATTRIBUTE,
                   AT_LIMIT_ATTRIBUTE, REASON_ATTRIBUTE)
 
 

@@ -366,7 +366,9 @@ function makeTile(c, k, position) {
   quality.append(resolution, score);
   const reason = document.createElement("span");
   reason.className = "reason";
-  tile.append(open, caption, quality, reason, markButtons(() => k));
+  const kept = document.createElement("span");
+  kept.className = "kept";
+  tile.append(open, caption, quality, reason, kept, markButtons(() => k));
   return tile;
 }
 
@@ -376,6 +378,12 @@ function fillTile(tile, c, k) {
   const quality = tile.querySelector(".quality");
   const reason = tile.querySelector(".reason");
   const marks = tile.querySelector(".mark");
+  const kept = tile.querySelector(".kept");
+  const curated = keptBy(c, k);
+  kept.hidden = !curated;
+  kept.textContent = curated ? `${curated.kept.toLocaleString()} of ` +
+    `${curated.particles.toLocaleString()} kept` : "";
+  kept.title = curated ? curated.rule : "";
   quality.hidden = reason.hidden = marks.hidden = !q;
   if (!q) { delete tile.dataset.selected; return; }
   tile.querySelector(".resolution").textContent = q.resolution;
@@ -425,6 +433,15 @@ function classQuality(c, k) {
 }
 
 // ------------------------------------------------------------------------------ selection
+// The particle curation of the selection's cycle, on its selected classes (junk classes go
+// whole): how many of the class's particles it keeps; null where not known (yet).
+function keptBy(c, k) {
+  const selection = page.state.selection;
+  if (!selection || !selection.curation || selection.cycle !== c.number) return null;
+  if (!selection.classes.includes(k + 1)) return null;
+  return selection.curation[String(k + 1)] || null;
+}
+
 // The session's selection (the proposal with the marks over it) is for its latest scored
 // cycle; earlier cycles show what their scores proposed, without marks.
 function markState(c, k) {
@@ -500,6 +517,10 @@ function renderSelection() {
   $("selected-particles").textContent = selection.particles.toLocaleString();
   $("selected-classes").textContent =
     `${n} class${n === 1 ? "" : "es"}` + (n ? ` (${selection.classes.join(", ")})` : "");
+  const curated = selection.kept !== null && selection.kept !== undefined;
+  $("selection-kept").hidden = !curated;
+  $("selection-kept").textContent = curated
+    ? `· ${selection.kept.toLocaleString()} good as the particle curation keeps them` : "";
   const marked = Object.keys(selection.marks).length;
   $("selection-detail").textContent =
     `of ${classified.toLocaleString()} in cycle ${selection.cycle}'s classes · ` +
