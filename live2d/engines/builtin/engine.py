@@ -119,7 +119,7 @@ class BuiltinEngine(Engine):
         of normalised, white-protein particles, each shifted at random by up to 0.2 × mask."""
         started = time.monotonic()
         check_cancel(cancel)
-        torch.set_num_threads(max(1, request.threads))
+        self._use_threads(request)  # a loop over particles: little for threads to share
         table, stack = read_inputs(request)
         params, k = request.params, request.n_classes
         rng = np.random.default_rng(request.seed)

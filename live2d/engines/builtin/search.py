@@ -183,13 +183,6 @@ class Search:
 
     batch_size_for_noise = 64
 
-    def classify(self, stack: np.ndarray, batch: np.ndarray,
-                 rows: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Score ``batch`` and add it to this search's sums; its particles' results."""
-        results, contribution = self.score(stack, batch, rows)
-        self.add(self.sums, contribution)
-        return results
-
     def score(self, stack: np.ndarray, batch: np.ndarray,
               rows: pd.DataFrame) -> tuple[dict[str, np.ndarray], Contribution]:
         """The particles' results and what they add to class sums; changes nothing of the
@@ -376,12 +369,6 @@ class Search:
     def empty_sums(self) -> ClassSums:
         """Class sums of this search's frames, all zero."""
         return ClassSums.zeros(self.k, self.r, self.g.working, self.device)
-
-    def fresh_sums(self) -> Search:
-        """A shallow copy that shares the references but accumulates into sums of its own."""
-        copy = _copy.copy(self)
-        copy.sums = copy.empty_sums()
-        return copy
 
     def without_sums(self) -> Search:
         """What the workers need, without the (empty) accumulators: less to send."""
