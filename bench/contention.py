@@ -108,7 +108,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         stack, star, diameter = write_particles(folder, args.particles)
-        warm_up(engine, folder, stack, star, diameter, args.threads)
+        if args.engine == "builtin":  # cisTEM's programs have no start-up cost to hide
+            warm_up(engine, folder, stack, star, diameter, args.threads)
         alone = job(engine, folder, stack, star, diameter, args, "alone")
         print(f"alone: {alone:.1f} s")
         spinners = busy_processes(args.busy)
