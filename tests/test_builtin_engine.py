@@ -55,10 +55,10 @@ def params(truth, **changes) -> CycleParams:
     return CycleParams(**{**values, **changes})
 
 
-def request(folder, name, p, star_in=None, classes_in=None, seed=0) -> CycleRequest:
+def request(folder, name, p, star_in=None, classes_in=None, seed=0, threads=1) -> CycleRequest:
     return CycleRequest(folder / "particles.mrcs", star_in or folder / "particles.star",
                         folder / f"{name}.star", folder / f"{name}.mrc", p, K,
-                        classes_in=classes_in, threads=1, seed=seed)
+                        classes_in=classes_in, threads=threads, seed=seed)
 
 
 def run_cycles(folder, truth, cycles=4, seed=0, **changes):
@@ -142,7 +142,8 @@ def test_a_fraction_marks_unused_particles_and_keeps_their_values(data, classifi
     assert sum(result.class_counts) == (~unused).sum()
 
 
-def test_progress_is_reported_and_a_cancel_stops_between_batches(data, classified):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_progress_is_reported_and_a_cancel_stops_between_batches(data, classified, threads):
     folder, truth = data
     _, classes, star = classified
     cancel = threading.Event()
@@ -150,16 +151,45 @@ def test_progress_is_reported_and_a_cancel_stops_between_batches(data, classifie
 
     def on_progress(p: Progress) -> None:
         seen.append(p)
+        assert threading.current_thread() is threading.main_thread()  # the caller's thread
         if p.stage == "classifying":
             cancel.set()
 
-    step = request(folder, "cancelled", params(truth), star, classes)
+    step = request(folder, f"cancelled{threads}", params(truth), star, classes, threads=threads)
     with pytest.raises(CycleCancelled):
         BuiltinEngine("cpu", batch_size=16).run_cycle(step, on_progress, cancel)
     assert not step.star_out.exists() and not step.classes_out.exists()
     classifying = [p for p in seen if p.stage == "classifying"]
     assert classifying and 0 < classifying[0].fraction < 1
     assert classifying[0].particles_per_second > 0
+    assert not [t for t in threading.enumerate() if t.name.startswith("live2d-engine")]
+
+
+def test_threads_give_the_numbers_of_one_thread_and_report_progress(data, classified):
+    """Batches scored on two threads side by side, each added to its chunk's sums in order:
+    the classes and every particle's result are those of one thread, to the bit. Progress
+    reaches the caller's thread, in order, up to every particle."""
+    folder, truth = data
+    _, classes, star = classified
+    outputs, seen = [], []
+
+    def on_progress(p: Progress) -> None:
+        if p.stage == "classifying":
+            seen.append(p.fraction)
+            assert threading.current_thread() is threading.main_thread()
+
+    for threads in (1, 2):
+        step = request(folder, f"threads{threads}", params(truth), star, classes, seed=3,
+                       threads=threads)
+        engine = BuiltinEngine("cpu", batch_size=16, chunk_batches=4)  # 6 chunks of 23 batches
+        engine.run_cycle(step, on_progress if threads == 2 else lambda _: None,
+                         threading.Event())
+        with mrcfile.open(step.classes_out) as mrc:
+            outputs.append((mrc.data.copy(), step.star_out.read_text()))
+        assert engine.describe().endswith(f"cpu, {threads} threads)")
+    assert np.array_equal(outputs[0][0], outputs[1][0])
+    assert outputs[0][1] == outputs[1][1]
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0) and len(seen) > 2
 
 
 def test_an_empty_class_is_reseeded_not_a_crash(data, classified):

@@ -81,10 +81,10 @@ def executor():
     dask.close()
 
 
-def cycle(folder, p, name, engine, progress=lambda _: None):
+def cycle(folder, p, name, engine, progress=lambda _: None, threads=1):
     req = CycleRequest(folder / "particles.mrcs", folder / "particles.star",
                        folder / f"{name}.star", folder / f"{name}.mrc", p, K,
-                       classes_in=folder / "start.mrc", threads=1, seed=7)
+                       classes_in=folder / "start.mrc", threads=threads, seed=7)
     result = engine.run_cycle(req, progress, threading.Event())
     with mrcfile.open(result.classes) as mrc:
         classes = np.array(mrc.data)
@@ -114,6 +114,17 @@ def test_cluster_cycle_equals_the_single_process_cycle(particles, executor, loca
                            executor=executor)
     assert "dask" in engine.describe()
     assert_same(cycle(folder, p, "dask", engine), local_result)
+
+
+def test_threads_change_nothing_here_or_on_the_workers(particles, executor, local_result):
+    """Two threads scoring batches side by side, in this process or in each worker's task,
+    give the one-thread cycle to the bit."""
+    folder, p = particles
+    here = BuiltinEngine("cpu", batch_size=BATCH, chunk_batches=CHUNK_BATCHES)
+    assert_same(cycle(folder, p, "two_threads", here, threads=2), local_result)
+    remote = BuiltinEngine("cpu", batch_size=BATCH, chunk_batches=CHUNK_BATCHES,
+                           executor=executor)
+    assert_same(cycle(folder, p, "two_threads_dask", remote, threads=2), local_result)
 
 
 def test_chunking_does_not_change_the_particles_results(particles, local_result):

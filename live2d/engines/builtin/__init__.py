@@ -30,7 +30,9 @@ edges) keep their row with the class negated and CHANGE 0. Class averages have p
 Memory: particles stream from the memory-mapped stack in batches of ``batch_size``; what a cycle
 holds is the frame bank and sums (K × angles × working box²) plus per-batch arrays (batch × frames
 × translations), independent of the number of particles (apart from 8 numbers per particle for
-the star file): about 0.2 GB over PyTorch's own for K = 50, 8 Å, 128 px, batch 32.
+the star file): about 0.2 GB over PyTorch's own for K = 50, 8 Å, 128 px, batch 32. On the CPU
+``threads`` batches are scored at once, each on a thread of its own with single-threaded PyTorch,
+and up to 2 × ``threads`` batches wait to be added in order: the per-batch arrays times that.
 
 The modules, one concept each:
 
@@ -42,6 +44,8 @@ The modules, one concept each:
 - :mod:`~live2d.engines.builtin.io`: reading the star table, stack and classes; writing them.
 - :mod:`~live2d.engines.builtin.engine`: :class:`BuiltinEngine` and its chunks of batches, which
   run in this process or on a cluster's workers.
+- :mod:`~live2d.engines.builtin.workers`: a cycle's CPU work shared out over threads, batch by
+  batch, committed in order.
 """
 
 from live2d.engines.builtin.engine import BuiltinEngine

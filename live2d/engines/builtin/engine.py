@@ -6,6 +6,11 @@ table. A chunk (:func:`classify_chunk`) accumulates into partial sums of its own
 up in chunk order, so the averages are the same whether the chunks run in this process or on a
 cluster's workers: a distributed :class:`~live2d.executors.Executor` sends each as a
 :class:`ChunkTask` to :func:`run_chunk_task`, which the workers import by this module's path.
+On the CPU a cycle's threads are :mod:`~live2d.engines.builtin.workers`' threads, each running
+single-threaded PyTorch on a batch at a time and taking the next when done, not PyTorch's
+intra-op threads: on a busy workstation a thread that lost its core then holds up only its own
+batch. The batches are added to their chunk's sums in order, so the numbers do not depend on
+the number of threads.
 """
 
 from __future__ import annotations
@@ -34,7 +39,6 @@ from live2d.engines.base import (
     class_counts,
 )
 from live2d.engines.builtin.averages import (
-    ClassSums,
     Partial,
     ReducedSums,
     class_averages,
@@ -47,6 +51,7 @@ from live2d.engines.builtin.geometry import Geometry, plan_geometry
 from live2d.engines.builtin.io import (
     CTF_COLUMNS,
     RESULT_NAMES,
+    SerialReads,
     batches,
     prepare,
     read_classes,
@@ -55,7 +60,8 @@ from live2d.engines.builtin.io import (
     usable,
     write_classes,
 )
-from live2d.engines.builtin.search import Search
+from live2d.engines.builtin.search import Contribution, Search
+from live2d.engines.builtin.workers import run_ordered
 from live2d.errors import CycleCancelled, EngineError
 from live2d.imaging import blank_edges, soft_disc
 from live2d.kept_tensors import load_kept, save_kept
@@ -97,10 +103,11 @@ class BuiltinEngine(Engine):
                               "CUDA build of torch, or use --device cpu)")
         self.device = torch.device(device)
         self.batch_size = batch_size or (256 if self.device.type == "cuda" else 32)
+        self.threads = torch.get_num_threads()  # the last cycle's, as describe() tells
 
     def describe(self) -> str:
         where = (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
-                 else f"cpu, {torch.get_num_threads()} threads")
+                 else f"cpu, {self.threads} threads")
         if self.executor is not None and self.executor.distributed:
             where = self.executor.describe()
         return f"builtin (torch {torch.__version__.split('+')[0]}, {where})"
@@ -112,7 +119,7 @@ class BuiltinEngine(Engine):
         of normalised, white-protein particles, each shifted at random by up to 0.2 × mask."""
         started = time.monotonic()
         check_cancel(cancel)
-        torch.set_num_threads(max(1, request.threads))
+        self._use_threads(request)  # a loop over particles: little for threads to share
         table, stack = read_inputs(request)
         params, k = request.params, request.n_classes
         rng = np.random.default_rng(request.seed)
@@ -158,7 +165,7 @@ class BuiltinEngine(Engine):
                   cancel: threading.Event) -> CycleResult:
         started = time.monotonic()
         check_cancel(cancel)
-        torch.set_num_threads(max(1, request.threads))
+        workers = self._use_threads(request)
         if request.classes_in is None:
             raise EngineError("a refinement cycle needs the previous class averages")
         table, stack = read_inputs(request)
@@ -182,9 +189,9 @@ class BuiltinEngine(Engine):
             raise EngineError(f"{request.classes_in} holds {k} classes, not the "
                               f"{request.n_classes} asked for")
         geometry = plan_geometry(params, box, rng)
-        search = Search(geometry, params, classes, device)
+        search = Search(geometry, params, classes, device, workers)
         progress(Progress("noise spectrum", 0.0))
-        search.estimate_noise(stack, rng.permutation(used)[:NOISE_SAMPLE], table)
+        search.estimate_noise(stack, rng.permutation(used)[:NOISE_SAMPLE], table, workers)
 
         results = self._classify(search, stack, table, used, request, progress, cancel)
         check_cancel(cancel)
@@ -224,7 +231,7 @@ class BuiltinEngine(Engine):
         the log says so. Reads and writes only the batches classified: O(new particles)."""
         started = time.monotonic()
         check_cancel(cancel)
-        torch.set_num_threads(max(1, request.threads))
+        workers = self._use_threads(request)
         if request.classes_in is None:
             raise EngineError("a streaming update needs the current class averages")
         if not request.batches:
@@ -240,10 +247,10 @@ class BuiltinEngine(Engine):
                               f"and {request.classes_in} ({k} classes)")
         readable = usable(stack, n)
         geometry = plan_geometry(params, box, rng)
-        search = Search(geometry, params, classes, self.device)
+        search = Search(geometry, params, classes, self.device, workers)
         progress(Progress("noise spectrum", 0.0))
         search.estimate_noise(stack, rng.permutation(np.flatnonzero(readable))[:NOISE_SAMPLE],
-                              table)
+                              table, workers)
         key = sums_key(geometry, params, k)
         log: list[str] = []
         kept = {b.start: _read_sums(b.sums, key) for b in request.batches if not b.classify}
@@ -280,7 +287,7 @@ class BuiltinEngine(Engine):
         check_cancel(cancel)
         classified, results_parts = [], []
         for batch, chosen, parts in zip(todo, chosen_parts, partials, strict=True):
-            sums = ClassSums.zeros(k, len(geometry.psi), geometry.working, search.device)
+            sums = search.empty_sums()
             results = (merge_partials(sums, parts) if parts else
                        {name: np.zeros(0) for name in RESULT_NAMES})
             _write_sums(batch.sums_out, reduce_sums(sums, geometry), key, len(chosen),
@@ -344,18 +351,15 @@ class BuiltinEngine(Engine):
         total = max(1, sum(len(used) for used, _ in parts))
         started = time.monotonic()
         if self.executor is None or not self.executor.distributed:
-            partials = []
-            before = 0
-            for _, chunk, at in chunks:
 
-                def on_batch(done: int, before: int = before) -> None:
-                    check_cancel(cancel)
-                    rate = (before + done) / max(time.monotonic() - started, 1e-9)
-                    progress(Progress("classifying", (before + done) / total, rate))
+            def on_batch(done: int) -> None:
+                rate = done / max(time.monotonic() - started, 1e-9)
+                progress(Progress("classifying", done / total, rate))
 
-                partials.append(classify_chunk(search, stack, chunk, table.iloc[at],
-                                               self.batch_size, on_batch))
-                before += len(chunk)
+            partials = classify_chunks(search, stack, [(chunk, table.iloc[at])
+                                                       for _, chunk, at in chunks],
+                                       self.batch_size, self._threads_here(request), on_batch,
+                                       cancel)
         else:
             threads = max(1, request.threads)
             tasks = [ChunkTask(str(request.stack), chunk, table.iloc[at][CHUNK_COLUMNS],
@@ -375,6 +379,21 @@ class BuiltinEngine(Engine):
             by_part[part].append(partial)
         return by_part
 
+    def _threads_here(self, request: CycleRequest) -> int:
+        """Threads of this process's share of the work: the request's on the CPU; one feeds
+        a GPU (PyTorch's own threads then serve its CPU side)."""
+        return max(1, request.threads) if self.device.type == "cpu" else 1
+
+    def _use_threads(self, request: CycleRequest) -> int:
+        """Set PyTorch up for a cycle; how many of :mod:`workers`' threads share its work. On
+        the CPU the calling thread's PyTorch is single-threaded too: its stages between the
+        threads' (averages, writing) are small, and a busy workstation makes intra-op threads
+        wait for each other."""
+        self.threads = max(1, request.threads)
+        workers = self._threads_here(request)
+        torch.set_num_threads(1 if self.device.type == "cpu" else self.threads)
+        return workers
+
 
 # ---------------------------------------------------------------------------------- chunks
 @dataclass(frozen=True)
@@ -388,33 +407,65 @@ class ChunkTask:
     threads: int
 
 
-def classify_chunk(search: Search, stack: np.ndarray, chunk: np.ndarray, rows: pd.DataFrame,
-                   batch_size: int,
-                   on_batch: Callable[[int], None] | None = None) -> Partial:
-    """Classify ``chunk`` batch by batch into fresh partial sums; depends on nothing but its
-    arguments (no randomness), so it gives the same numbers wherever it runs."""
-    own = search.fresh_sums()
-    results = {name: np.zeros(len(chunk)) for name in RESULT_NAMES}
-    for done, batch in batches(chunk, batch_size):
-        start = done - len(batch)
-        out = own.classify(stack, batch, rows.iloc[start:done])
-        for name, values in out.items():
-            results[name][start:done] = values
+def classify_chunks(search: Search, stack: np.ndarray,
+                    chunks: list[tuple[np.ndarray, pd.DataFrame]], batch_size: int,
+                    threads: int = 1, on_batch: Callable[[int], None] | None = None,
+                    cancel: threading.Event | None = None) -> list[Partial]:
+    """Classify each chunk (particle indices into ``stack``, their rows) batch by batch into
+    fresh partial sums of its own. The batches of all chunks are scored on ``threads``
+    threads side by side and added to their chunk's sums in order, so each chunk's numbers are
+    the same for any ``threads`` and wherever it runs (nothing random). ``on_batch(done)``:
+    particles done so far, in the caller's thread; a set ``cancel`` stops between batches."""
+    stack = SerialReads(stack)
+    partials = [Partial(search.empty_sums(), {name: np.zeros(len(chunk)) for name in RESULT_NAMES})
+                for chunk, _ in chunks]
+    # rows sliced here, not in the threads: each thread reads only its own batch's frame
+    units = [(part, done - len(batch), batch, rows.iloc[done - len(batch):done])
+             for part, (chunk, rows) in enumerate(chunks)
+             for done, batch in batches(chunk, batch_size)]
+
+    def score(unit: tuple[int, int, np.ndarray, pd.DataFrame]
+              ) -> tuple[dict[str, np.ndarray], Contribution]:
+        _, _, batch, rows = unit
+        return search.score(stack, batch, rows)
+
+    def add(index: int, scored: tuple[dict[str, np.ndarray], Contribution]) -> None:
+        part, start, batch, _ = units[index]
+        results, contribution = scored
+        for name, values in results.items():
+            partials[part].results[name][start:start + len(batch)] = values
+        search.add(partials[part].sums, contribution)
+
+    done = 0
+
+    def on_done(index: int) -> None:
+        nonlocal done
+        done += len(units[index][2])
         if on_batch is not None:
             on_batch(done)
-    return Partial(own.sums, results)
+
+    run_ordered(units, score, add, threads, on_done=on_done, cancel=cancel)
+    return partials
+
+
+def classify_chunk(search: Search, stack: np.ndarray, chunk: np.ndarray, rows: pd.DataFrame,
+                   batch_size: int, threads: int = 1) -> Partial:
+    """One chunk of :func:`classify_chunks`."""
+    [partial] = classify_chunks(search, stack, [(chunk, rows)], batch_size, threads)
+    return partial
 
 
 def run_chunk_task(search: Search, task: ChunkTask) -> Partial:
     """A chunk on a Dask worker: the stack memory-mapped from the shared folder (or the source
     stacks, read in place)."""
-    torch.set_num_threads(task.threads)
+    torch.set_num_threads(1)  # the task's threads each run single-threaded PyTorch
     try:
         stack = open_images(task.stack)
     except (OSError, ValueError, StarFormatError) as exc:
         raise EngineError(f"built-in engine on a worker: cannot read {task.stack}: {exc}") \
             from None
-    return classify_chunk(search, stack, task.chunk, task.rows, task.batch_size)
+    return classify_chunk(search, stack, task.chunk, task.rows, task.batch_size,
+                          task.threads)
 
 
 # ------------------------------------------------------------------------- kept batch sums

@@ -9,6 +9,7 @@ for blank edges) keep their row with the class negated and CHANGE 0.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +50,24 @@ def usable(stack, n: int) -> np.ndarray:
     """Per particle, whether its image can be read: all of them in an MRC stack; with the
     source stacks read in place, not those whose stack changed or vanished since import."""
     return stack.usable(n) if hasattr(stack, "usable") else np.ones(n, dtype=bool)
+
+
+class SerialReads:
+    """A particle stack read by one thread at a time, for the threads that share a cycle's
+    work: a store's source stacks keep a cache of open stacks that is not safe for threads,
+    and a read is short next to scoring its batch."""
+
+    def __init__(self, stack: np.ndarray) -> None:
+        self.stack = stack
+        self.shape = stack.shape
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.stack)
+
+    def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self.stack[indices]
 
 
 def read_classes(path: Path, box: int) -> torch.Tensor:

@@ -38,8 +38,9 @@ from live2d.engines.builtin.geometry import (
     shell_average,
     shift_neighbours,
 )
-from live2d.engines.builtin.io import CTF_COLUMNS, batches, prepare, star_column
+from live2d.engines.builtin.io import CTF_COLUMNS, SerialReads, batches, prepare, star_column
 from live2d.engines.builtin.shifts import ShiftCorrelator
+from live2d.engines.builtin.workers import run_ordered
 from live2d.imaging import ctf_2d, rotate, shift_phases, soft_disc
 
 LOG_WEIGHT_FLOOR = -80.0  # log-likelihood below the best one's at which a weight counts as 0
@@ -69,11 +70,25 @@ class PreviousMatch:
     score: torch.Tensor  # on the grid's scale (smoothing × log-likelihood + prior); -inf: none
 
 
+@dataclass
+class Contribution:
+    """What a scored batch adds to class sums (:meth:`Search.add`): kept apart from the scoring
+    so that batches can be scored side by side and still be added in their order."""
+
+    corrected: torch.Tensor  # (B, W, H) CTF-weighted spectra
+    ctf: torch.Tensor  # (B, W, H)
+    weights: torch.Tensor  # (B, M, T) over the frames searched and the translations
+    pair: torch.Tensor  # (B, M) their sums over the translations
+    frames: torch.Tensor  # (B, M) the frames searched
+
+
 class Search:
     """The per-cycle state: rotated reference spectra, noise model and the running sums."""
 
     def __init__(self, geometry: Geometry, params: CycleParams, classes: torch.Tensor,
-                 device: torch.device) -> None:
+                 device: torch.device, threads: int = 1) -> None:
+        """``threads``: threads turning the classes into the reference bank
+        (:func:`~live2d.engines.builtin.workers.run_ordered`); the bank is the same for any."""
         self.g, self.params, self.device = geometry, params, device
         w = geometry.working
         self.k, self.r = len(classes), len(geometry.psi)
@@ -89,9 +104,7 @@ class Search:
         self.usable = classes.flatten(1).std(dim=1) > 0  # all-zero classes are skipped
         self.classes = classes.to(device)  # for each particle's previous best match
         self._turned: dict[tuple[int, float], torch.Tensor] = {}
-        angles = np.repeat(geometry.psi[None], self.k, axis=0).reshape(-1)
-        turned = rotate(classes.repeat_interleave(self.r, dim=0), angles)
-        self.references = self._spectra(turned.to(device))  # (K·R, W, W/2+1)
+        self.references = self._turned_classes(classes, threads)  # (K·R, W, W/2+1)
         flat = geometry.shifts[:, 0] % w * w + geometry.shifts[:, 1] % w
         self.shift_index = flat.to(device)
         self.neighbours = shift_neighbours(geometry.shifts).to(device)
@@ -106,7 +119,19 @@ class Search:
         self.everything = (ShiftCorrelator(self.references, geometry.shifts.to(device))
                            if self.coarse is None else None)
         self.noise = torch.ones((w, self.half), device=device)
-        self.sums = ClassSums.zeros(self.k, self.r, w, device)
+        self.sums = self.empty_sums()
+
+    def _turned_classes(self, classes: torch.Tensor, threads: int) -> torch.Tensor:
+        """Spectra of every class turned by every angle of the grid, class-major; a class a
+        unit of work (each image is turned and transformed on its own: the same numbers)."""
+        banks: list[torch.Tensor] = []
+
+        def turn(cls: int) -> torch.Tensor:
+            turned = rotate(classes[cls].expand(self.r, -1, -1), self.g.psi)
+            return self._spectra(turned.to(self.device))
+
+        run_ordered(range(self.k), turn, lambda _, bank: banks.append(bank), threads)
+        return torch.cat(banks)
 
     def _coarse_search(self) -> ShiftCorrelator:
         """Half-resolution references and band, shifts on every other working pixel."""
@@ -135,21 +160,33 @@ class Search:
                      self.g.binned_pixel, self.g.working)
         return self._spectra(images), ctf
 
-    def estimate_noise(self, stack: np.ndarray, sample: np.ndarray, table: pd.DataFrame) -> None:
-        """Noise power per resolution shell from the particles' backgrounds."""
+    def estimate_noise(self, stack: np.ndarray, sample: np.ndarray, table: pd.DataFrame,
+                       threads: int = 1) -> None:
+        """Noise power per resolution shell from the particles' backgrounds; ``threads`` read
+        and transform batches side by side, added up in order (the same for any)."""
         total = torch.zeros((self.g.working, self.half), device=self.device)
         outside = self.background.to(self.device)
         fraction = float(outside.float().mean())
-        for _, batch in batches(np.sort(sample), self.batch_size_for_noise):
+        stack = SerialReads(stack)
+
+        def background_power(batch: np.ndarray) -> torch.Tensor:
             images = prepare(stack, batch, self.params, self.background, self.device)
-            total += (self._spectra(images * outside).abs() ** 2).sum(dim=0)
+            return (self._spectra(images * outside).abs() ** 2).sum(dim=0)
+
+        def add(_: int, batch_power: torch.Tensor) -> None:
+            total.add_(batch_power)
+
+        run_ordered([batch for _, batch in batches(np.sort(sample), self.batch_size_for_noise)],
+                    background_power, add, threads)
         power = total / max(len(sample), 1) / max(fraction, 0.05)
         self.noise = shell_average(power).clamp_min(1e-6)
 
     batch_size_for_noise = 64
 
-    def classify(self, stack: np.ndarray, batch: np.ndarray,
-                 rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    def score(self, stack: np.ndarray, batch: np.ndarray,
+              rows: pd.DataFrame) -> tuple[dict[str, np.ndarray], Contribution]:
+        """The particles' results and what they add to class sums; changes nothing of the
+        search's own (but its cache of turned references), so threads may score side by side."""
         spectra, ctf = self._particles(stack, batch, rows)
         b, w = len(batch), self.g.working
         filtered = spectra * ctf * self.band / self.noise  # (B, W, H)
@@ -189,7 +226,7 @@ class Search:
         best_frame = frames[index, best_slot]
         best_class, best_angle = best_frame // self.r, best_frame % self.r
         pair = weights.sum(dim=2)  # (B, M) weight of each (class, angle) frame
-        self._accumulate(spectra, ctf, weights, pair, frames)
+        contribution = Contribution(spectra * ctf, ctf, weights, pair, frames)
 
         signal = 2.0 * frame_norms[index, best_slot]
         particle_power = ((spectra.abs() ** 2 * self.band / self.noise) *
@@ -220,7 +257,7 @@ class Search:
             "sigma": torch.sqrt(residual / signal.clamp_min(1e-12)).clamp(max=100.0),
             "score": 100.0 * best_corr / torch.sqrt(particle_power * signal).clamp_min(1e-12),
         }
-        return {name: value.double().cpu().numpy() for name, value in out.items()}
+        return {name: value.double().cpu().numpy() for name, value in out.items()}, contribution
 
     def _refine_peak(self, scores: torch.Tensor, frames: torch.Tensor, best_slot: torch.Tensor,
                      best_shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -283,18 +320,21 @@ class Search:
 
     def _turned_references(self, cls: torch.Tensor, psi: np.ndarray) -> torch.Tensor:
         """Spectra of the classes turned to the particles' previous psi. Those are mostly the
-        previous cycle's grid angles, so each (class, psi) is turned once per cycle and kept."""
+        previous cycle's grid angles, so each (class, psi) is turned once per cycle and kept.
+        Threads scoring side by side share the cache: it is only read and written key by key
+        (each step atomic under the GIL), and a key's spectrum is the same whoever made it."""
         keys = list(zip(cls.tolist(), np.round(psi, 3).tolist(), strict=True))
-        missing = sorted(set(keys) - self._turned.keys())
-        if len(self._turned) + len(missing) > TURNED_REFERENCES_KEPT:
-            self._turned.clear()
-            missing = sorted(set(keys))
+        found = {key: self._turned.get(key) for key in set(keys)}
+        missing = sorted(key for key, spectrum in found.items() if spectrum is None)
         if missing:
             classes = torch.as_tensor([c for c, _ in missing], device=self.device)
             angles = np.array([-angle for _, angle in missing])
             spectra = self._spectra(rotate(self.classes[classes], angles))
+            found.update(zip(missing, spectra, strict=True))
+            if len(self._turned) + len(missing) > TURNED_REFERENCES_KEPT:
+                self._turned.clear()
             self._turned.update(zip(missing, spectra, strict=True))
-        return torch.stack([self._turned[key] for key in keys])
+        return torch.stack([found[key] for key in keys])
 
     def _candidates(self, filtered: torch.Tensor, particle_ctf: torch.Tensor) -> torch.Tensor:
         """``(B, M)`` (class, angle) frames worth a full-resolution look: all of them for small
@@ -315,21 +355,20 @@ class Search:
         ctf_power = ctf_power * self.coarse_band
         return ctf_power.flatten(1) @ self.coarse_power.T
 
-    def _accumulate(self, spectra: torch.Tensor, ctf: torch.Tensor, weights: torch.Tensor,
-                    pair: torch.Tensor, frames: torch.Tensor) -> None:
-        """Add each particle to every (class, angle) frame it has weight in, shifted back by the
-        weighted translations, and its CTF² times the frame's weight to the frame's weights."""
-        corrected = spectra * ctf
+    def add(self, sums: ClassSums, batch: Contribution) -> None:
+        """Add each particle of a scored batch to every (class, angle) frame of ``sums`` it has
+        weight in, shifted back by the weighted translations, and its CTF² times the frame's
+        weight to the frame's weights."""
         if self.everything is not None:  # every frame: dense products, no per-pair FFTs
-            self.sums.add_every_frame(self.everything, corrected, ctf, weights, pair)
+            sums.add_every_frame(self.everything, batch.corrected, batch.ctf, batch.weights,
+                                 batch.pair)
         else:
-            self.sums.add_frames(corrected, ctf, weights, pair, frames, self.shift_index)
+            sums.add_frames(batch.corrected, batch.ctf, batch.weights, batch.pair, batch.frames,
+                            self.shift_index)
 
-    def fresh_sums(self) -> Search:
-        """A shallow copy that shares the references but accumulates into sums of its own."""
-        copy = _copy.copy(self)
-        copy.sums = ClassSums.zeros(self.k, self.r, self.g.working, self.device)
-        return copy
+    def empty_sums(self) -> ClassSums:
+        """Class sums of this search's frames, all zero."""
+        return ClassSums.zeros(self.k, self.r, self.g.working, self.device)
 
     def without_sums(self) -> Search:
         """What the workers need, without the (empty) accumulators: less to send."""
