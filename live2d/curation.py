@@ -397,7 +397,7 @@ def selected_fits(folder: str | os.PathLike, record: CycleRecord, chosen, keep: 
     columns = [c for c in table.columns if c != "2DCLS"]  # no previous match: searched afresh
     for start in range(0, len(rows), RESCUE_BATCH):
         chunk = rows[start:start + RESCUE_BATCH]
-        out = search.classify(stack, positions[chunk], table.iloc[chunk][columns])
+        out, _ = search.score(stack, positions[chunk], table.iloc[chunk][columns])
         fits.fit[chunk] = out["score"]
         fits.best[chunk] = np.asarray(chosen)[out["cls"].astype(np.int64) - 1]
     return fits
