@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from live2d.evaluate import score_cycle
+from live2d.history import read_history
 from live2d.schedule import Settings
 from live2d.session import Session
 from live2d.simulate import simulate, truth_dir_for
@@ -68,9 +69,30 @@ def main() -> None:
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="override a live2d.schedule.Settings value")
     parser.add_argument("--keep", type=Path, help="work here and keep the files")
+    parser.add_argument("--data", type=Path, metavar="KEPT",
+                        help="classify the session simulated into KEPT by an earlier --keep run "
+                             "(its simulation options win) instead of simulating one; the "
+                             "classification goes to KEPT/classification-ENGINE-LABEL")
+    parser.add_argument("--label", default="", help="with --data: names the classification")
+    parser.add_argument("--rescore", action="store_true",
+                        help="with --data: score the classifications already there, no job")
     args = parser.parse_args()
     for override in args.set:
         override_constant(override)
+    if args.data:
+        print(f"the session of {args.data}; K = {args.classes}; "
+              f"{' '.join(args.set + args.setting)}")
+        print_header()
+        if not (args.label or args.rescore):
+            raise SystemExit("--data needs a --label for the new classification, or --rescore")
+        for engine in args.engines:
+            output = args.data / "-".join(filter(None, ("classification", engine, args.label)))
+            if args.rescore:
+                print_scores(args, engine, read_history(output), output, args.data / "warp",
+                             float("nan"))
+            else:
+                run(args, engine, args.data / "warp", output)
+        return
     model = args.model or Path(subprocess.run([str(FETCH_MODEL)], check=True, text=True,
                                               capture_output=True).stdout.strip())
     with tempfile.TemporaryDirectory() as scratch:
@@ -84,11 +106,15 @@ def main() -> None:
               f"SNR {args.snr:g}, junk {args.junk:.0%}, off centre {args.off_centre:g} px, "
               f"seed {args.seed}; K = {args.classes}; {' '.join(args.set + args.setting)} "
               f"(simulated in {time.monotonic() - began:.0f} s)")
-        print(f"{'engine':<9s} cycle  high-res  homogeneity  coherence  fidelity  "
-              "psi-err median/p90  shift-err median/p90 (Å)  best-precision  best-recall  "
-              "seconds")
+        print_header()
         for engine in args.engines:
             run(args, engine, warp, root / f"classification-{engine}")
+
+
+def print_header() -> None:
+    print(f"{'engine':<9s} cycle  high-res  homogeneity  coherence  fidelity  "
+          "psi-err median/p90  shift-err median/p90 (Å)  the same within 15° of the class's "
+          "view  best-precision  best-recall  seconds", flush=True)
 
 
 def run(args: argparse.Namespace, engine: str, warp: Path, output: Path) -> None:
@@ -110,7 +136,11 @@ def run(args: argparse.Namespace, engine: str, warp: Path, output: Path) -> None
         history = session.history
     finally:
         session.close()
-    wall = time.monotonic() - began
+    print_scores(args, engine, history, output, warp, time.monotonic() - began)
+
+
+def print_scores(args: argparse.Namespace, engine: str, history: list, output: Path,
+                 warp: Path, wall: float) -> None:
     scored = [r for r in history if r.block != "start"]
     for record in scored if args.every_cycle else scored[-1:]:
         scores, best, _ = score_cycle(output, record.number, truth_dir_for(warp),
@@ -118,7 +148,9 @@ def run(args: argparse.Namespace, engine: str, warp: Path, output: Path) -> None
         print(f"{engine:<9s} {record.number:5d}  {record.high_res:6.1f} Å  "
               f"{scores.homogeneity:11.3f}  {scores.coherence:8.1f}°  {scores.fidelity:8.3f}  "
               f"{scores.psi_error.median:8.1f}° / {scores.psi_error.p90:5.1f}°  "
-              f"{scores.shift_error.median:11.2f} / {scores.shift_error.p90:5.2f}"
+              f"{scores.shift_error.median:11.2f} / {scores.shift_error.p90:5.2f}  "
+              f"{scores.psi_error_near.median:6.1f}° / {scores.psi_error_near.p90:5.1f}°  "
+              f"{scores.shift_error_near.median:5.2f} / {scores.shift_error_near.p90:5.2f} Å"
               f"{best.precision:22.3f}  {best.recall:11.3f}  {wall:7.0f}", flush=True)
 
 

@@ -54,6 +54,14 @@ class Scores:
     coherence: float | None = None
     psi_error: Spread | None = None
     shift_error: Spread | None = None
+    # The same over the members whose view is within NEAR_VIEW of their class's: alignment
+    # error proper, apart from what mixing views in a class adds to it.
+    psi_error_near: Spread | None = None
+    shift_error_near: Spread | None = None
+
+
+# Degrees from a class's mean viewing direction within which members count as its view.
+NEAR_VIEW = 15.0
 
 
 @dataclass(frozen=True)
@@ -127,14 +135,23 @@ def score_model(phantom: ModelPhantom, euler: np.ndarray, shift_true: np.ndarray
     psi_error, shift_error = alignment_errors(
         euler[used], shift_true[used], table["PSI"].to_numpy(dtype=np.float64)[used],
         table[["SHX", "SHY"]].to_numpy(dtype=np.float64)[used], labels)
+    off_view = view_angles(euler[used], labels)
+    near = off_view <= NEAR_VIEW
     return Scores(scores.homogeneity, scores.fidelity, scores.classes_used,
-                  view_coherence(euler[used], labels), Spread.of(psi_error),
-                  Spread.of(shift_error))
+                  float(np.median(off_view)) if len(off_view) else float("nan"),
+                  Spread.of(psi_error), Spread.of(shift_error), Spread.of(psi_error[near]),
+                  Spread.of(shift_error[near]))
 
 
 def view_coherence(euler: np.ndarray, labels: np.ndarray) -> float:
     """The median angle (degrees) between each particle's viewing direction (``euler``: its
     true orientation) and the mean direction of its class (``labels``)."""
+    angles = view_angles(euler, labels)
+    return float(np.median(angles)) if len(angles) else float("nan")
+
+
+def view_angles(euler: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per particle, the angle (degrees) between its viewing direction and its class's mean."""
     directions = viewing_directions(euler)
     angles = np.zeros(len(labels))
     for k in np.unique(labels):
@@ -142,7 +159,7 @@ def view_coherence(euler: np.ndarray, labels: np.ndarray) -> float:
         mean = directions[members].sum(axis=0)
         mean /= max(float(np.linalg.norm(mean)), 1e-12)
         angles[members] = np.degrees(np.arccos(np.clip(directions[members] @ mean, -1.0, 1.0)))
-    return float(np.median(angles)) if len(angles) else float("nan")
+    return angles
 
 
 def alignment_errors(euler: np.ndarray, shift_true: np.ndarray, psi: np.ndarray,

@@ -78,6 +78,7 @@ def test_a_perfect_alignment_of_a_continuum_scores_no_error_whatever_each_class_
     scores = score_model(phantom, euler, shift, np.ones(60, dtype=bool), table, classes, 40.0)
     assert scores.homogeneity > 0.9 and scores.coherence < 6.0
     assert scores.psi_error.p90 < 0.5 and scores.shift_error.p90 < 1e-6
+    assert scores.psi_error_near == scores.psi_error  # every member is near its class's view
 
 
 def test_the_psi_and_shift_errors_and_coherence_measure_what_is_off(tmp_path):
