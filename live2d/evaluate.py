@@ -276,7 +276,7 @@ def score_cycle(output_dir: Path, cycle: int, truth_dir: Path, mask_radius: floa
     output_dir = Path(output_dir)
     record = next(r for r in read_history(output_dir) if r.number == cycle)
     table = particle_table(output_dir, record)
-    rows = _truth_rows(output_dir, table, truth_dir)
+    rows = truth_rows(output_dir, table, truth_dir)
     with mrcfile.open(Path(truth_dir) / "views.mrc") as mrc:
         views, pixel_size = np.array(mrc.data), float(mrc.voxel_size.x)
     with mrcfile.open(output_dir / record.classes) as mrc:
@@ -315,14 +315,14 @@ def curated_selection(output_dir: Path, cycle: int, truth_dir: Path, chosen: lis
     output_dir = Path(output_dir)
     record = next(r for r in read_history(output_dir) if r.number == cycle)
     table = particle_table(output_dir, record)
-    view = np.array([int(r["view"]) for r in _truth_rows(output_dir, table, truth_dir)])
+    view = np.array([int(r["view"]) for r in truth_rows(output_dir, table, truth_dir)])
     labels = table["2DCLS"].to_numpy(dtype=np.int64)
     used = labels > 0
     selected = np.isin(labels, chosen) & np.asarray(keep, dtype=bool)
     return particles_of(chosen, selected[used], view[used] >= 0)
 
 
-def _truth_rows(output_dir: Path, table, truth_dir: Path) -> list[dict]:
+def truth_rows(output_dir: Path, table, truth_dir: Path) -> list[dict]:
     """The simulation's truth of each row of a cycle's particle table (rows in store order)."""
     names = cistem_star.read_star(output_dir / STORE_TABLE)["ORIGNAME"].tolist()
     with open(Path(truth_dir) / "particles.csv") as handle:
