@@ -9,11 +9,24 @@
 
 On a session with junk picks both count true particles only (a class's mean is that of its true
 particles), and :func:`best_selection` says how well the classes separate particles from junk.
+
+A session of an atomic model (``live2d simulate --model``: a continuum of views, each particle's
+orientation known) is scored the same way, its true images rendered from the model, and three
+more ways (:func:`score_model`), true particles only:
+
+* view coherence: the median angle between members' viewing directions and their class's mean
+  direction (:func:`view_coherence`; lower is better, about 86° at random);
+* in-plane (psi) and shift error (:func:`alignment_errors`): a class's frame is arbitrary, so
+  each member's alignment is measured against its class's consensus: the turn about the
+  viewing axis between the member's aligned orientation and its class's mean orientation, and
+  the distance of its aligned centre from the class's median centre; median and 90th
+  percentile over the particles.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +38,7 @@ from torch_fourier_shift import fourier_shift_image_2d
 from live2d import cistem_star
 from live2d.history import particle_table, read_history
 from live2d.imaging import rotate, soft_disc
+from live2d.model_projection import ModelPhantom, euler_matrices, viewing_directions
 from live2d.output_folder import STORE_TABLE
 from live2d.phantom import render_clean
 
@@ -36,6 +50,31 @@ class Scores:
     homogeneity: float
     fidelity: float
     classes_used: int
+    # Of an atomic model's session only (score_model): degrees, degrees, Å.
+    coherence: float | None = None
+    psi_error: Spread | None = None
+    shift_error: Spread | None = None
+    # The same over the members whose view is within NEAR_VIEW of their class's: alignment
+    # error proper, apart from what mixing views in a class adds to it.
+    psi_error_near: Spread | None = None
+    shift_error_near: Spread | None = None
+
+
+# Degrees from a class's mean viewing direction within which members count as its view.
+NEAR_VIEW = 15.0
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A per-particle error over the particles: its median and 90th percentile."""
+    median: float
+    p90: float
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Spread:
+        if len(values) == 0:
+            return cls(float("nan"), float("nan"))
+        return cls(float(np.median(values)), float(np.percentile(values, 90)))
 
 
 @dataclass(frozen=True)
@@ -78,10 +117,115 @@ def score(views: np.ndarray, view: np.ndarray, psi_true: np.ndarray, shift_true:
     used = (best > 0) & (np.asarray(view) >= 0)
     aligned = aligned_truth(views, view[used], psi_true[used], shift_true[used],
                             table[used], pixel_size)
-    box = views.shape[-1]
+    return _image_scores(aligned, best[used] - 1, classes, pixel_size, mask_radius)
+
+
+def score_model(phantom: ModelPhantom, euler: np.ndarray, shift_true: np.ndarray,
+                true_particle: np.ndarray, table, classes: np.ndarray,
+                mask_radius: float) -> Scores:
+    """:func:`score` for picks of an atomic model: ``euler`` ``(n, 3)`` their true orientations
+    (live2d.model_projection), ``true_particle`` which are not junk; with view coherence and
+    the psi and shift errors."""
+    best = table["2DCLS"].to_numpy(dtype=np.int64)
+    used = (best > 0) & np.asarray(true_particle, dtype=bool)
+    clean = torch.from_numpy(phantom.render(euler[used], shift_true[used]))
+    aligned = _aligned(clean, table[used], phantom.pixel_size)
+    labels = best[used] - 1
+    scores = _image_scores(aligned, labels, classes, phantom.pixel_size, mask_radius)
+    psi_error, shift_error = alignment_errors(
+        euler[used], shift_true[used], table["PSI"].to_numpy(dtype=np.float64)[used],
+        table[["SHX", "SHY"]].to_numpy(dtype=np.float64)[used], labels)
+    off_view = view_angles(euler[used], labels)
+    near = off_view <= NEAR_VIEW
+    return Scores(scores.homogeneity, scores.fidelity, scores.classes_used,
+                  float(np.median(off_view)) if len(off_view) else float("nan"),
+                  Spread.of(psi_error), Spread.of(shift_error), Spread.of(psi_error[near]),
+                  Spread.of(shift_error[near]))
+
+
+def view_coherence(euler: np.ndarray, labels: np.ndarray) -> float:
+    """The median angle (degrees) between each particle's viewing direction (``euler``: its
+    true orientation) and the mean direction of its class (``labels``)."""
+    angles = view_angles(euler, labels)
+    return float(np.median(angles)) if len(angles) else float("nan")
+
+
+def view_angles(euler: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per particle, the angle (degrees) between its viewing direction and its class's mean."""
+    directions = viewing_directions(euler)
+    angles = np.zeros(len(labels))
+    for k in np.unique(labels):
+        members = labels == k
+        mean = directions[members].sum(axis=0)
+        mean /= max(float(np.linalg.norm(mean)), 1e-12)
+        angles[members] = np.degrees(np.arccos(np.clip(directions[members] @ mean, -1.0, 1.0)))
+    return angles
+
+
+def alignment_errors(euler: np.ndarray, shift_true: np.ndarray, psi: np.ndarray,
+                     shift: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per particle, how far the engine's alignment (``psi``, ``shift`` (x, y) Å: cisTEM's
+    convention, ``A = rotate(shift(P, shift), psi)``) leaves it from its class's consensus:
+    the in-plane turn (degrees) between its aligned orientation and its class's mean
+    orientation, and the distance (Å) of its aligned centre from its class's median centre.
+
+    A particle of orientation R (``euler``) and displacement ``shift_true`` ends up aligned at
+    orientation Rz(psi)·R with its centre at rot(psi)(shift_true + shift). Within a class of
+    several views the in-plane part is the twist about the viewing axis (z) of the rotation
+    from the class's mean orientation to the member's; for one view it is the circular spread
+    of psi + true psi."""
+    turn = np.deg2rad(np.asarray(psi, dtype=np.float64))
+    aligned = euler_matrices(np.asarray(euler) + np.stack([0 * psi, 0 * psi, psi], axis=1))
+    centre = shift_true + shift
+    centre = np.stack([np.cos(turn) * centre[:, 0] - np.sin(turn) * centre[:, 1],
+                       np.sin(turn) * centre[:, 0] + np.cos(turn) * centre[:, 1]], axis=1)
+    psi_error, shift_error = np.zeros(len(labels)), np.zeros(len(labels))
+    for k in np.unique(labels):
+        members = labels == k
+        quaternions = _quaternions(aligned[members])
+        # The mean orientation: the principal eigenvector of the quaternions' outer products
+        # (sign-blind, as q and -q are the same rotation).
+        mean = np.linalg.eigh(quaternions.T @ quaternions)[1][:, -1]
+        relative = _multiply(quaternions, _conjugate(mean))
+        twist = 2.0 * np.arctan2(relative[:, 3], relative[:, 0])  # about z
+        psi_error[members] = np.abs(np.degrees(np.angle(np.exp(1j * twist))))
+        shift_error[members] = np.linalg.norm(
+            centre[members] - np.median(centre[members], axis=0), axis=1)
+    return psi_error, shift_error
+
+
+def _quaternions(matrices: np.ndarray) -> np.ndarray:
+    """``(n, 4)`` unit quaternions (w, x, y, z) of ``(n, 3, 3)`` rotations."""
+    m = matrices
+    w = np.sqrt(np.clip(1.0 + m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2], 0.0, None)) / 2.0
+    x = np.sqrt(np.clip(1.0 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2], 0.0, None)) / 2.0
+    y = np.sqrt(np.clip(1.0 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2], 0.0, None)) / 2.0
+    z = np.sqrt(np.clip(1.0 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2], 0.0, None)) / 2.0
+    x = np.copysign(x, m[:, 2, 1] - m[:, 1, 2])
+    y = np.copysign(y, m[:, 0, 2] - m[:, 2, 0])
+    z = np.copysign(z, m[:, 1, 0] - m[:, 0, 1])
+    return np.stack([w, x, y, z], axis=1)
+
+
+def _conjugate(q: np.ndarray) -> np.ndarray:
+    return q * np.array([1.0, -1.0, -1.0, -1.0])
+
+
+def _multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton products of ``(n, 4)`` quaternions ``a`` with ``(4,)`` or ``(n, 4)`` ``b``."""
+    aw, ax, ay, az = np.moveaxis(np.atleast_2d(a), -1, 0)
+    bw, bx, by, bz = np.moveaxis(np.atleast_2d(b), -1, 0)
+    return np.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
+                     aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw],
+                    axis=1)
+
+
+def _image_scores(aligned: torch.Tensor, labels: np.ndarray, classes: np.ndarray,
+                  pixel_size: float, mask_radius: float) -> Scores:
+    """Homogeneity and fidelity of true images already put through the engine's alignment."""
+    box = aligned.shape[-1]
     mask = soft_disc(box, mask_radius / pixel_size, 3.0)
     prepared = _comparable(aligned, pixel_size, 8.0, mask)
-    labels = best[used] - 1
     homogeneity, fidelity_sum, population = [], 0.0, 0
     class_images = _comparable(torch.from_numpy(np.asarray(classes, dtype=np.float32)),
                                pixel_size, 15.0, mask)
@@ -103,6 +247,10 @@ def aligned_truth(views: np.ndarray, view: np.ndarray, psi_true: np.ndarray,
     engine reported in ``table`` (cisTEM's convention: ``rotate(shift(P, (SHX, SHY)), PSI)``),
     which should land it on its class average."""
     clean = torch.from_numpy(render_clean(views, view, psi_true, shift_true, pixel_size))
+    return _aligned(clean, table, pixel_size)
+
+
+def _aligned(clean: torch.Tensor, table, pixel_size: float) -> torch.Tensor:
     shifts = table[["SHY", "SHX"]].to_numpy(dtype=np.float64) / pixel_size
     aligned = fourier_shift_image_2d(clean, torch.as_tensor(shifts, dtype=torch.float32))
     return rotate(aligned, table["PSI"].to_numpy(dtype=np.float64))
@@ -128,20 +276,36 @@ def score_cycle(output_dir: Path, cycle: int, truth_dir: Path, mask_radius: floa
     output_dir = Path(output_dir)
     record = next(r for r in read_history(output_dir) if r.number == cycle)
     table = particle_table(output_dir, record)
-    rows = _truth_rows(output_dir, table, truth_dir)
+    rows = truth_rows(output_dir, table, truth_dir)
     with mrcfile.open(Path(truth_dir) / "views.mrc") as mrc:
         views, pixel_size = np.array(mrc.data), float(mrc.voxel_size.x)
     with mrcfile.open(output_dir / record.classes) as mrc:
         classes = np.array(mrc.data)
     view = np.array([int(r["view"]) for r in rows])
-    scores = score(views, view, np.array([float(r["psi"]) for r in rows]),
-                   np.array([[float(r["shift_x"]), float(r["shift_y"])] for r in rows]),
-                   table, classes, pixel_size, mask_radius)
+    psi = np.array([float(r["psi"]) for r in rows])
+    shift = np.array([[float(r["shift_x"]), float(r["shift_y"])] for r in rows]).reshape(-1, 2)
+    phantom = model_phantom(truth_dir)
+    if phantom is not None:
+        euler = np.array([[float(r["rot"]), float(r["tilt"]), float(r["psi"])] for r in rows])
+        scores = score_model(phantom, euler.reshape(-1, 3), shift, view >= 0, table, classes,
+                             mask_radius)
+    else:
+        scores = score(views, view, psi, shift, table, classes, pixel_size, mask_radius)
     labels = table["2DCLS"].to_numpy(dtype=np.int64)
     used = labels > 0
     true_particle = view[used] >= 0
     return (scores, best_selection(labels[used], true_particle),
             selection_of(proposed or [], labels[used], true_particle))
+
+
+def model_phantom(truth_dir: Path) -> ModelPhantom | None:
+    """The atomic model a session was simulated from (``live2d simulate --model``), as it was
+    projected then; None for the phantom's discrete views."""
+    record = json.loads((Path(truth_dir) / "simulation.json").read_text())["signature"]
+    if "model" not in record:
+        return None
+    return ModelPhantom(Path(record["model"]), record["box"], record["pixel_size"],
+                        n_views=record["views"], seed=record["seed"])
 
 
 def curated_selection(output_dir: Path, cycle: int, truth_dir: Path, chosen: list[int],
@@ -152,7 +316,7 @@ def curated_selection(output_dir: Path, cycle: int, truth_dir: Path, chosen: lis
     output_dir = Path(output_dir)
     record = next(r for r in read_history(output_dir) if r.number == cycle)
     table = particle_table(output_dir, record)
-    view = np.array([int(r["view"]) for r in _truth_rows(output_dir, table, truth_dir)])
+    view = np.array([int(r["view"]) for r in truth_rows(output_dir, table, truth_dir)])
     labels = table["2DCLS"].to_numpy(dtype=np.int64)
     used = labels > 0
     selected = np.isin(labels, chosen) & np.asarray(keep, dtype=bool)
@@ -161,7 +325,7 @@ def curated_selection(output_dir: Path, cycle: int, truth_dir: Path, chosen: lis
     return particles_of(chosen, selected[used], view[used] >= 0)
 
 
-def _truth_rows(output_dir: Path, table, truth_dir: Path) -> list[dict]:
+def truth_rows(output_dir: Path, table, truth_dir: Path) -> list[dict]:
     """The simulation's truth of each row of a cycle's particle table (rows in store order)."""
     names = cistem_star.read_star(output_dir / STORE_TABLE)["ORIGNAME"].tolist()
     with open(Path(truth_dir) / "particles.csv") as handle:

@@ -53,6 +53,9 @@ class ParticleBatch:
     psi: np.ndarray  # (n,) degrees, uniform in [0, 360); 0 for junk
     shift: np.ndarray  # (n, 2) Å (x, y), uniform in a disc of radius max_shift; 0 for junk
     kind: np.ndarray  # (n,) str: "particle" or one of live2d.junk.JUNK_KINDS
+    # (n, 3) ZYZ Euler angles (rot, tilt, psi), degrees, of an atomic model's picks
+    # (live2d.model_projection); None for the phantom's discrete views
+    euler: np.ndarray | None = None
 
 
 class Phantom:
@@ -107,9 +110,7 @@ class Phantom:
         """
         view = rng.integers(0, len(self.views), size=n)
         psi = rng.uniform(0.0, 360.0, size=n)
-        radius = max_shift * np.sqrt(rng.uniform(size=n))
-        direction = rng.uniform(0.0, 2.0 * np.pi, size=n)
-        shift = np.stack([radius * np.cos(direction), radius * np.sin(direction)], axis=1)
+        shift = draw_shifts(n, rng, max_shift)
         kind = np.full(n, PARTICLE, dtype=object)
         if junk > 0:
             junk_rng = np.random.default_rng(rng.integers(2**63))
@@ -122,23 +123,46 @@ class Phantom:
                                    self.pixel_size)
         for i in np.flatnonzero(~true):
             clean[i] = render_junk(kind[i], self.views, junk_rng, self._render_one)
-        signal = _apply_ctf(
-            torch.from_numpy(clean), self.pixel_size, defocus_u, defocus_v, defocus_angle,
-            voltage, cs, amplitude_contrast,
-        )
-        inside = _disc(self.box, self.diameter / 2.0 / self.pixel_size)
-        # The noise is the micrograph's: set by the particles' signal, not by the junk's.
-        signal_variance = float(signal[true][:, inside].var(dim=1).mean()) if true.any() else 0.0
-        noise_sigma = np.sqrt(signal_variance / snr) if snr > 0 and signal_variance > 0 else 1.0
-        noise = rng.standard_normal((n, self.box, self.box), dtype=np.float32)
-        images = signal + torch.from_numpy(noise) * noise_sigma
-        images = _normalise_background(images, ~inside)
-        return ParticleBatch(images.numpy(), view.astype(np.int64), psi, shift, kind)
+        images = microscope_images(clean, true, rng, pixel_size=self.pixel_size,
+                                   diameter=self.diameter, snr=snr, defocus_u=defocus_u,
+                                   defocus_v=defocus_v, defocus_angle=defocus_angle,
+                                   voltage=voltage, cs=cs, amplitude_contrast=amplitude_contrast)
+        return ParticleBatch(images, view.astype(np.int64), psi, shift, kind)
 
     def _render_one(self, view: int, psi: float, shift_px: np.ndarray) -> np.ndarray:
         return render_clean(self.views, np.array([view]), np.array([psi]),
                             np.asarray(shift_px, dtype=np.float64)[None] * self.pixel_size,
                             self.pixel_size)[0]
+
+
+def draw_shifts(n: int, rng: np.random.Generator, max_shift: float) -> np.ndarray:
+    """``(n, 2)`` shifts (x, y), uniform in a disc of radius ``max_shift``."""
+    radius = max_shift * np.sqrt(rng.uniform(size=n))
+    direction = rng.uniform(0.0, 2.0 * np.pi, size=n)
+    return np.stack([radius * np.cos(direction), radius * np.sin(direction)], axis=1)
+
+
+def microscope_images(
+    clean: np.ndarray, true: np.ndarray, rng: np.random.Generator, *, pixel_size: float,
+    diameter: float, snr: float, defocus_u: float, defocus_v: float, defocus_angle: float,
+    voltage: float, cs: float, amplitude_contrast: float,
+) -> np.ndarray:
+    """Noise-free picks ``clean`` ``(n, box, box)`` as the microscope and Warp give them: the
+    CTF, white noise at ``snr`` (the variance of the true particles' (``true``) CTF-modulated
+    signal inside their circle of ``diameter`` Å over the noise variance), white protein,
+    background mean 0 and standard deviation 1. ``rng`` draws the noise."""
+    n, box = clean.shape[0], clean.shape[-1]
+    signal = _apply_ctf(
+        torch.from_numpy(np.ascontiguousarray(clean, dtype=np.float32)), pixel_size, defocus_u,
+        defocus_v, defocus_angle, voltage, cs, amplitude_contrast,
+    )
+    inside = _disc(box, diameter / 2.0 / pixel_size)
+    # The noise is the micrograph's: set by the particles' signal, not by the junk's.
+    signal_variance = float(signal[true][:, inside].var(dim=1).mean()) if true.any() else 0.0
+    noise_sigma = np.sqrt(signal_variance / snr) if snr > 0 and signal_variance > 0 else 1.0
+    noise = rng.standard_normal((n, box, box), dtype=np.float32)
+    images = signal + torch.from_numpy(noise) * noise_sigma
+    return _normalise_background(images, ~inside).numpy()
 
 
 def render_clean(

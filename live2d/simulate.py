@@ -31,6 +31,7 @@ import numpy as np
 
 from live2d.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from live2d.junk import JUNK_KINDS
+from live2d.model_projection import ModelPhantom
 from live2d.phantom import Phantom
 
 MODEL = "BoxNet2Mask_20180918"
@@ -53,6 +54,9 @@ _STAR_COLUMNS = [
 ]
 _TRUTH_COLUMNS = ["image_name", "kind", "view", "psi", "shift_x", "shift_y", "defocus_u",
                   "defocus_v", "defocus_angle"]
+# An atomic model's picks also carry their orientation: ZYZ Euler angles (rot, tilt, psi) in
+# degrees, psi being the column above (live2d.model_projection).
+MODEL_TRUTH_COLUMNS = ["rot", "tilt"]
 VOLTAGE, CS, AMPLITUDE_CONTRAST = 300.0, 2.7, 0.07
 # EPU's movie names: fixed, not the clock's, so that a simulation extended later keeps them.
 MICROGRAPHS_PER_HOLE = 4
@@ -207,6 +211,7 @@ def simulate(
     epu_dir: Path | None = None,
     holes_per_square: int = HOLES_PER_SQUARE,
     bad_square: int = 0,
+    model: Path | None = None,
 ) -> int:
     """Write (or extend) a simulated Warp session of ``particles`` picks; returns how many
     micrographs were written. With ``interval`` > 0 a micrograph appears every ``interval``
@@ -220,7 +225,11 @@ def simulate(
     ``holes_per_square``: foil holes EPU collects on a grid square before the next
     (:data:`MICROGRAPHS_PER_HOLE` micrographs to a hole). ``bad_square``: the grid square,
     counted from 1 in collection order, whose picks are mostly empty ice
-    (:data:`BAD_SQUARE_JUNK`, :data:`BAD_SQUARE_KINDS`); 0 for none."""
+    (:data:`BAD_SQUARE_JUNK`, :data:`BAD_SQUARE_KINDS`); 0 for none. ``model``: an atomic
+    model (PDB or mmCIF) projected at uniformly random orientations, a continuum of views
+    (:class:`live2d.model_projection.ModelPhantom`), instead of the phantom's ``views``
+    discrete ones; the truth then records each particle's orientation (:data:`MODEL_TRUTH_COLUMNS`),
+    ``views.mrc`` holds ``views`` projections of it (the aggregates' material)."""
     if particles < 0 or per_micrograph < 1:
         raise ValueError("particles must be >= 0 and per_micrograph >= 1")
     if holes_per_square < 1 or bad_square < 0:
@@ -231,7 +240,8 @@ def simulate(
     truth_dir = Path(truth_dir) if truth_dir else truth_dir_for(warp_dir)
     (warp_dir / "particles").mkdir(parents=True, exist_ok=True)
     truth_dir.mkdir(parents=True, exist_ok=True)
-    phantom = Phantom(box, pixel_size, n_views=views, seed=seed)
+    phantom = (ModelPhantom(Path(model), box, pixel_size, n_views=views, seed=seed) if model
+               else Phantom(box, pixel_size, n_views=views, seed=seed))
 
     signature = {"box": box, "pixel_size": pixel_size, "views": views, "seed": seed, "snr": snr,
                  "per_micrograph": per_micrograph}
@@ -239,6 +249,8 @@ def simulate(
         signature |= {"junk": junk, "off_centre": off_centre}
     if bad_square:  # only a bad square changes images: without one, older folders still extend
         signature |= {"holes_per_square": holes_per_square, "bad_square": bad_square}
+    if model:  # the truth of such a session is rendered from it again when scoring
+        signature["model"] = str(Path(model).resolve())
     record_path = truth_dir / "simulation.json"
     previous = json.loads(record_path.read_text()) if record_path.exists() else None
     reuse = previous is not None and previous["signature"] == signature
@@ -290,8 +302,12 @@ def simulate(
                                round(float(batch.shift[i, 0]), 4),
                                round(float(batch.shift[i, 1]), 4), round(defocus_u, 2),
                                round(defocus_v, 2), round(defocus_angle, 2)])
+            if batch.euler is not None:
+                truth_rows[-1] += [round(float(batch.euler[i, 0]), 4),
+                                   round(float(batch.euler[i, 1]), 4)]
         if interval > 0 or index == len(sizes) - 1:
-            _write_truth(truth_dir, truth_rows)
+            _write_truth(truth_dir, truth_rows,
+                         _TRUTH_COLUMNS + (MODEL_TRUTH_COLUMNS if model else []))
             atomic_write_json(record_path, {"signature": signature, "sizes": sizes[: index + 1]})
             _write_warp_stars(warp_dir, star_rows)
         if interval > 0 and index < len(sizes) - 1:
@@ -316,9 +332,9 @@ def _write_warp_stars(warp_dir: Path, rows: list[list[str]]) -> None:
         (warp_dir / f"{kind}_{MODEL}.star").write_text(text, encoding="utf-8")
 
 
-def _write_truth(truth_dir: Path, rows: list[list[object]]) -> None:
+def _write_truth(truth_dir: Path, rows: list[list[object]], columns: list[str]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(_TRUTH_COLUMNS)
+    writer.writerow(columns)
     writer.writerows(rows)
     atomic_write_text(truth_dir / "particles.csv", buffer.getvalue())

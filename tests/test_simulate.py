@@ -6,12 +6,17 @@ import xml.etree.ElementTree as ET
 import mrcfile
 import numpy as np
 import pytest
+import torch
+from atomic_model import write_tiny_model
 
 from live2d.alerts import read_alerts
 from live2d.cli import main as cli_main
 from live2d.epu import micrograph_origin, read_hole_squares, read_square_positions
+from live2d.evaluate import model_phantom
+from live2d.imaging import rotate
 from live2d.junk import JUNK_KINDS, render_junk
-from live2d.phantom import Phantom
+from live2d.model_projection import ModelPhantom, read_atoms
+from live2d.phantom import Phantom, microscope_images
 from live2d.simulate import MODEL, read_settings_values, simulate, truth_dir_for, write_settings
 
 
@@ -229,3 +234,70 @@ def test_the_bad_square_of_a_short_session_is_the_worst_and_fires_the_alert(tmp_
     assert [a.key for a in read_alerts(warp / "classification")] == [f"square:{bad}"]
     assert cli_main(["status", str(warp)]) == 0
     assert f"GridSquare_{bad}: " in capsys.readouterr().out
+
+
+def test_an_atomic_model_gives_a_continuum_of_views_whose_truth_renders_each_particle(tmp_path):
+    model = write_tiny_model(tmp_path / "tiny.pdb")
+    warp = tmp_path / "warp"
+    # SNR so high that a pick is its clean image through the CTF, to compare with the truth.
+    assert cli_main(["simulate", str(warp), "--model", str(model), "--particles", "80",
+                     "--per-micrograph", "40", "--box", "48", "--pixel-size", "2", "--snr",
+                     "1e6", "--junk", "0.25", "--seed", "3"]) == 0
+    truth = truth_dir_for(warp)
+    with open(truth / "particles.csv") as handle:
+        records = list(csv.DictReader(handle))
+    assert len(records) == 80
+    particles = [r for r in records if r["kind"] == "particle"]
+    junk = [r for r in records if r["kind"] != "particle"]
+    assert junk and all(int(r["view"]) == -1 for r in junk)
+    assert all(int(r["view"]) == 0 for r in particles)
+    euler = np.array([[float(r["rot"]), float(r["tilt"]), float(r["psi"])] for r in particles])
+    # Uniform orientations: viewing directions all over the sphere, none twice.
+    assert len(np.unique(np.round(euler[:, :2], 3), axis=0)) == len(particles)
+    assert np.all((euler[:, 1] >= 0) & (euler[:, 1] <= 180))
+    assert np.cos(np.radians(euler[:, 1])).min() < -0.5 < 0.5 < np.cos(
+        np.radians(euler[:, 1])).max()
+
+    phantom = model_phantom(truth)  # rebuilt from the record, as scoring does
+    assert phantom is not None and phantom.box == 48
+    first = [r for r in particles if r["image_name"].split("@")[1] == particles[0]
+             ["image_name"].split("@")[1]]
+    clean = phantom.render(np.array([[float(r["rot"]), float(r["tilt"]), float(r["psi"])]
+                                     for r in first]),
+                           np.array([[float(r["shift_x"]), float(r["shift_y"])] for r in first]))
+    expected = microscope_images(clean, np.ones(len(first), dtype=bool),
+                                 np.random.default_rng(0), pixel_size=2.0,
+                                 diameter=phantom.diameter, snr=1e6,
+                                 defocus_u=float(first[0]["defocus_u"]),
+                                 defocus_v=float(first[0]["defocus_v"]),
+                                 defocus_angle=float(first[0]["defocus_angle"]), voltage=300.0,
+                                 cs=2.7, amplitude_contrast=0.07)
+    with mrcfile.open(warp / first[0]["image_name"].split("@")[1]) as mrc:
+        stack = np.array(mrc.data)
+    for row, image in zip(first, expected, strict=True):
+        index = int(row["image_name"].split("@")[0]) - 1
+        assert np.corrcoef(stack[index].ravel(), image.ravel())[0, 1] > 0.99
+
+
+def test_a_model_projection_turns_by_psi_as_the_phantom_convention_says(tmp_path):
+    phantom = ModelPhantom(write_tiny_model(tmp_path / "tiny.pdb"), 48, 2.0, n_views=2)
+    upright, turned = phantom.project(np.array([[30.0, 70.0, 0.0], [30.0, 70.0, 50.0]]))
+    rotated = rotate(torch.from_numpy(upright[None]), np.array([50.0]))[0].numpy()
+    assert np.corrcoef(rotated.ravel(), turned.ravel())[0, 1] > 0.98
+    assert np.corrcoef(upright.ravel(), turned.ravel())[0, 1] < 0.95
+    # Centred on the centre of mass, where the phantom's views turn about.
+    axis = np.arange(48) - 24
+    mass = upright.sum()
+    assert abs((upright.sum(0) * axis).sum() / mass) < 0.5
+    assert abs((upright.sum(1) * axis).sum() / mass) < 0.5
+
+
+def test_a_model_that_is_not_one_or_does_not_fit_is_refused(tmp_path):
+    empty = tmp_path / "empty.pdb"
+    empty.write_text("HEADER    NOTHING\nEND\n")
+    with pytest.raises(ValueError, match="no ATOM"):
+        read_atoms(empty)
+    with pytest.raises(FileNotFoundError):
+        read_atoms(tmp_path / "missing.pdb")
+    with pytest.raises(ValueError, match="does not fit"):
+        ModelPhantom(write_tiny_model(tmp_path / "tiny.pdb", radius=60.0), 32, 1.0)

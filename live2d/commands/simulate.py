@@ -38,6 +38,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--off-centre", type=float, default=0.0,
                         help="picks up to this many pixels off the particle's centre (default 0:"
                              " up to 8%% of its diameter)")
+    parser.add_argument("--model", type=Path, metavar="PDB",
+                        help="project this atomic model (PDB, .pdb.bz2/.gz, or mmCIF) at "
+                             "uniformly random orientations, a continuum of views, instead of "
+                             "the phantom's --views; the truth records each orientation")
     parser.add_argument("--truth", type=Path, help="truth folder (WARP_DIR_truth)")
     parser.add_argument("--epu", type=Path, metavar="EPU_DIR",
                         help="also write an EPU session folder here (Images-Disc1/GridSquare_*/"
@@ -57,6 +61,6 @@ def main(args: argparse.Namespace) -> int:
              interval=args.interval, box=args.box, pixel_size=args.pixel_size, snr=args.snr,
              views=args.views, seed=args.seed, junk=args.junk, off_centre=args.off_centre,
              truth_dir=args.truth, epu_dir=args.epu, holes_per_square=args.holes_per_square,
-             bad_square=args.bad_square)
+             bad_square=args.bad_square, model=args.model)
     print(f"wrote {args.particles} particles to {args.warp_dir}")
     return 0
