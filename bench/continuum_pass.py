@@ -98,7 +98,7 @@ def one_pass(stack, table, classes, phantom, euler, shift, diameter, settings, c
         everyone = np.arange(len(stack))
         search.estimate_noise(stack, everyone, table)
         rows = table.drop(columns=["2DCLS", "PSI", "SHX", "SHY"], errors="ignore")
-        parts = [search.classify(stack, batch, rows.iloc[batch])
+        parts = [search.score(stack, batch, rows.iloc[batch])[0]
                  for batch in np.array_split(everyone, max(1, len(stack) // 64))]
     finally:
         for name, value in saved.items():
