@@ -178,12 +178,15 @@ def test_threads_give_the_numbers_of_one_thread_and_report_progress(data, classi
             seen.append(p.fraction)
             assert threading.current_thread() is threading.main_thread()
 
+    caller_threads = torch.get_num_threads()
     for threads in (1, 2):
         step = request(folder, f"threads{threads}", params(truth), star, classes, seed=3,
                        threads=threads)
         engine = BuiltinEngine("cpu", batch_size=16, chunk_batches=4)  # 6 chunks of 23 batches
         engine.run_cycle(step, on_progress if threads == 2 else lambda _: None,
                          threading.Event())
+        # What the caller does next (judging the classes) keeps its own PyTorch threads.
+        assert torch.get_num_threads() == caller_threads
         with mrcfile.open(step.classes_out) as mrc:
             outputs.append((mrc.data.copy(), step.star_out.read_text()))
         assert engine.describe().endswith(f"cpu, {threads} threads)")

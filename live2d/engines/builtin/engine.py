@@ -16,6 +16,7 @@ the number of threads.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -79,6 +80,22 @@ CHUNK_BATCHES = 16
 CHUNK_COLUMNS = [*CTF_COLUMNS, "2DCLS", "PSI", "SHX", "SHY"]
 
 
+def _restoring_torch_threads(method: Callable[..., CycleResult]) -> Callable[..., CycleResult]:
+    """The calling thread's PyTorch thread count as it was once the engine's step returns: the
+    engine makes it single-threaded on the CPU (:meth:`BuiltinEngine._use_threads`), and what
+    the caller does next with PyTorch (judging the classes, curation) keeps its own threads."""
+
+    @functools.wraps(method)
+    def restoring(*args, **kwargs) -> CycleResult:
+        threads = torch.get_num_threads()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return restoring
+
+
 class BuiltinEngine(Engine):
     """Live2D's own 2D classification in PyTorch (CPU or GPU), reading the particle stacks in
     place; a distributed executor runs each cycle's chunks of batches on its workers."""
@@ -113,6 +130,7 @@ class BuiltinEngine(Engine):
         return f"builtin (torch {torch.__version__.split('+')[0]}, {where})"
 
     # ------------------------------------------------------------------ starting classes
+    @_restoring_torch_threads
     def start_classes(self, request: CycleRequest, progress: ProgressCallback,
                       cancel: threading.Event) -> CycleResult:
         """Random-start classes as refine2d's init mode: each class the mean of a random subset
@@ -161,6 +179,7 @@ class BuiltinEngine(Engine):
                            [f"{k} random-start classes from {len(used)} particles"])
 
     # ------------------------------------------------------------------ one cycle
+    @_restoring_torch_threads
     def run_cycle(self, request: CycleRequest, progress: ProgressCallback,
                   cancel: threading.Event) -> CycleResult:
         started = time.monotonic()
@@ -218,6 +237,7 @@ class BuiltinEngine(Engine):
                            class_counts(out_table["2DCLS"], k), len(used), seconds, log)
 
     # ------------------------------------------------------------------ streaming update
+    @_restoring_torch_threads
     def run_update(self, request: CycleRequest, progress: ProgressCallback,
                    cancel: threading.Event) -> CycleResult:
         """Classify the batches marked ``classify`` (their rows: ``request.star_in``) against
