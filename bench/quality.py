@@ -20,6 +20,15 @@ particle curation keeps (live2d.curation, at ``--curation-cut``; what exports ho
         --high-res-final 9
     python bench/quality.py --particles 10000 --classes 20 --junk 0.3 --off-centre 10
 
+With ``--learn-marks N``, after the job the N classes of its last cycle whose proposal is most
+wrong against the truth are marked as the truth says (the wrong ones with the most misplaced
+particles first; then, if fewer are wrong, the right ones scored nearest 0.5), as a user would,
+and the proposal learned from those marks (live2d.learned_proposal) is compared with the scores'
+on the classes left unmarked: precision and recall of true particles, before and after:
+
+    python bench/quality.py --particles 3000 --classes 12 --junk 0.3 --off-centre 10 \
+        --learn-marks 3 --seed 1
+
 With ``--stream START STEP`` the particles arrive as in a session: an ab initio job on the first
 START, then a streaming update every STEP more; and, on a copy of the same start, one seeded
 job over all of them, the full-pass job streaming is measured against (the last two rows):
@@ -31,17 +40,20 @@ job over all of them, the full-pass job streaming is measured against (the last 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from live2d.curation import curate_cycle
-from live2d.evaluate import curated_selection, score_cycle
+from live2d.evaluate import classified_picks, curated_selection, score_cycle, selection_of
 from live2d.history import particle_table
 from live2d.schedule import Settings
-from live2d.selection import proposed
+from live2d.selection import SelectionState, changed_proposals, mark, proposed
 from live2d.session import Session
 from live2d.simulate import simulate, truth_dir_for
 from live2d.warp import read_settings
@@ -74,6 +86,9 @@ def main() -> None:
                                                   "temporary folder)")
     parser.add_argument("--revisit", type=float, default=Settings().stream_revisit,
                         help="with --stream: re-visited particles per new particle")
+    parser.add_argument("--learn-marks", type=int, default=0, metavar="N",
+                        help="mark the N classes whose proposal is most wrong; compare the "
+                             "learned proposal with the scores' on the other classes")
     parser.add_argument("--stream", type=int, nargs=2, metavar=("START", "STEP"),
                         help="ab initio on START particles, then a streaming update every STEP "
                              "more; compared with one seeded job on them all")
@@ -112,6 +127,8 @@ def main() -> None:
             if record.block != "start":
                 print_row(record, root / "classification", warp, args.curation_cut)
         print(f"job: {len(history)} cycles in {wall:.0f} s")
+        if args.learn_marks:
+            learn_from_marks(root / "classification", warp, history[-1], args.learn_marks)
 
 
 def describe(args: argparse.Namespace, engine: str) -> None:
@@ -140,6 +157,44 @@ def print_row(record, output: Path, warp: Path, cut: float) -> None:
           f"{auto.precision:14.3f}  {auto.recall:11.3f}  "
           f"{curated.precision:17.3f}  {curated.recall:14.3f}  "
           f"{record.finished - record.started:7.1f}", flush=True)
+
+
+def learn_from_marks(output: Path, warp: Path, record, n_marks: int) -> None:
+    """Mark ``n_marks`` classes of ``record`` as the truth says, those whose proposal is most
+    wrong first, and print how the proposal fares on the unmarked classes before and after."""
+    labels, true_particle = classified_picks(output, record.number, truth_dir_for(warp))
+    numbers = [k for k in range(1, len(record.class_counts) + 1) if (labels == k).any()]
+    good = {k: bool(true_particle[labels == k].mean() > 0.5) for k in numbers}
+    before = proposed(record)
+
+    def misplaced(k: int) -> int:  # the true particles it leaves out, or the junk it lets in
+        wrong = true_particle[labels == k] if good[k] else ~true_particle[labels == k]
+        return int(wrong.sum()) if (k in before) != good[k] else -1
+
+    score = record.class_score
+    ranked = sorted(numbers, key=lambda k: (-misplaced(k), abs(score[k - 1] - 0.5)))
+    marks = {str(k): "good" if good[k] else "junk" for k in ranked[:n_marks]}
+    state = SelectionState.load(output)
+    mark(state, record, marks)
+    after = proposed(record, state)
+    unmarked = ~np.isin(labels, [int(k) for k in marks])
+    rows = labels[unmarked], true_particle[unmarked]
+    base = selection_of([k for k in before if str(k) not in marks], *rows)
+    learned = selection_of([k for k in after if str(k) not in marks], *rows)
+    wrong_before = sum((k in before) != good[k] for k in numbers if str(k) not in marks)
+    wrong_after = sum((k in after) != good[k] for k in numbers if str(k) not in marks)
+    changed = changed_proposals(before, after, marks)
+    print(f"marked on cycle {record.number}: "
+          + ", ".join(f"{k} {v} ({misplaced(int(k))} misplaced)" for k, v in marks.items())
+          + f"; proposals of unmarked classes changed: {changed or 'none'}")
+    print("unmarked classes   precision  recall  wrong-classes")
+    print(f"  scores' proposal  {base.precision:9.3f}  {base.recall:6.3f}  {wrong_before:13d}")
+    print(f"  learned proposal  {learned.precision:9.3f}  {learned.recall:6.3f}  "
+          f"{wrong_after:13d}")
+    print("learn-marks " + json.dumps({
+        "seed_output": str(output), "cycle": record.number, "marks": marks,
+        "changed": changed, "before": [base.precision, base.recall, wrong_before],
+        "after": [learned.precision, learned.recall, wrong_after]}))
 
 
 def stream(args: argparse.Namespace) -> None:
