@@ -27,7 +27,8 @@ and the proposal learned from those marks (live2d.learned_proposal) is compared 
 on the classes left unmarked: precision and recall of true particles, before and after:
 
     python bench/quality.py --particles 3000 --classes 12 --junk 0.3 --off-centre 10 \
-        --learn-marks 3 --seed 1
+        --learn-marks 3 --seed 1 --keep /tmp/seed1
+    python bench/quality.py --learn-marks 3 --keep /tmp/seed1 --reuse   # again, on that job
 
 With ``--stream START STEP`` the particles arrive as in a session: an ab initio job on the first
 START, then a streaming update every STEP more; and, on a copy of the same start, one seeded
@@ -51,7 +52,7 @@ import numpy as np
 
 from live2d.curation import curate_cycle
 from live2d.evaluate import classified_picks, curated_selection, score_cycle, selection_of
-from live2d.history import particle_table
+from live2d.history import particle_table, read_history
 from live2d.schedule import Settings
 from live2d.selection import SelectionState, changed_proposals, mark, proposed
 from live2d.session import Session
@@ -92,7 +93,15 @@ def main() -> None:
     parser.add_argument("--stream", type=int, nargs=2, metavar=("START", "STEP"),
                         help="ab initio on START particles, then a streaming update every STEP "
                              "more; compared with one seeded job on them all")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --keep and --learn-marks: the job kept there, not a new one")
     args = parser.parse_args()
+    if args.reuse:
+        if not (args.keep and args.learn_marks):
+            parser.error("--reuse needs --keep (a folder a finished run kept) and --learn-marks")
+        output = args.keep / "classification"
+        learn_from_marks(output, args.keep / "warp", read_history(output)[-1], args.learn_marks)
+        return
     if args.stream:
         stream(args)
         return
@@ -185,14 +194,15 @@ def learn_from_marks(output: Path, warp: Path, record, n_marks: int) -> None:
     wrong_after = sum((k in after) != good[k] for k in numbers if str(k) not in marks)
     changed = changed_proposals(before, after, marks)
     print(f"marked on cycle {record.number}: "
-          + ", ".join(f"{k} {v} ({misplaced(int(k))} misplaced)" for k, v in marks.items())
+          + ", ".join(f"{k} {v} ({max(misplaced(int(k)), 0)} misplaced)"
+                      for k, v in marks.items())
           + f"; proposals of unmarked classes changed: {changed or 'none'}")
     print("unmarked classes   precision  recall  wrong-classes")
     print(f"  scores' proposal  {base.precision:9.3f}  {base.recall:6.3f}  {wrong_before:13d}")
     print(f"  learned proposal  {learned.precision:9.3f}  {learned.recall:6.3f}  "
           f"{wrong_after:13d}")
     print("learn-marks " + json.dumps({
-        "seed_output": str(output), "cycle": record.number, "marks": marks,
+        "output": str(output), "cycle": record.number, "marks": marks,
         "changed": changed, "before": [base.precision, base.recall, wrong_before],
         "after": [learned.precision, learned.recall, wrong_after]}))
 

@@ -1,4 +1,4 @@
-"""The proposal that learns from the user's marks (live2d.learned_proposal through the selection)."""
+"""The proposal that learns from the user's marks (live2d.learned_proposal, via the selection)."""
 
 import json
 import logging
@@ -11,7 +11,7 @@ from live2d.atomic import atomic_write_json
 from live2d.class_quality import _scored
 from live2d.errors import SelectionError
 from live2d.history import CycleHistory, CycleRecord
-from live2d.learned_proposal import PRIOR, Example, features_of, fit, learned
+from live2d.learned_proposal import PRIOR, fit, learned
 from live2d.selection import (
     ClassSelection,
     SelectionState,
