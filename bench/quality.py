@@ -53,8 +53,9 @@ import numpy as np
 from live2d.curation import curate_cycle
 from live2d.evaluate import classified_picks, curated_selection, score_cycle, selection_of
 from live2d.history import particle_table, read_history
+from live2d.mrc import read_images
 from live2d.schedule import Settings
-from live2d.selection import SelectionState, changed_proposals, mark, proposed
+from live2d.selection import SelectionState, changed_proposals, follow_cycle, mark, proposed
 from live2d.session import Session
 from live2d.simulate import simulate, truth_dir_for
 from live2d.warp import read_settings
@@ -93,6 +94,8 @@ def main() -> None:
     parser.add_argument("--stream", type=int, nargs=2, metavar=("START", "STEP"),
                         help="ab initio on START particles, then a streaming update every STEP "
                              "more; compared with one seeded job on them all")
+    parser.add_argument("--mark-cycle", type=int, help="with --learn-marks: mark this cycle's "
+                        "classes (default: the last); later cycles are measured too")
     parser.add_argument("--reuse", action="store_true",
                         help="with --keep and --learn-marks: the job kept there, not a new one")
     args = parser.parse_args()
@@ -100,7 +103,8 @@ def main() -> None:
         if not (args.keep and args.learn_marks):
             parser.error("--reuse needs --keep (a folder a finished run kept) and --learn-marks")
         output = args.keep / "classification"
-        learn_from_marks(output, args.keep / "warp", read_history(output)[-1], args.learn_marks)
+        learn_from_marks(output, args.keep / "warp", read_history(output), args.learn_marks,
+                         args.mark_cycle)
         return
     if args.stream:
         stream(args)
@@ -137,7 +141,8 @@ def main() -> None:
                 print_row(record, root / "classification", warp, args.curation_cut)
         print(f"job: {len(history)} cycles in {wall:.0f} s")
         if args.learn_marks:
-            learn_from_marks(root / "classification", warp, history[-1], args.learn_marks)
+            learn_from_marks(root / "classification", warp, history, args.learn_marks,
+                             args.mark_cycle)
 
 
 def describe(args: argparse.Namespace, engine: str) -> None:
@@ -168,43 +173,60 @@ def print_row(record, output: Path, warp: Path, cut: float) -> None:
           f"{record.finished - record.started:7.1f}", flush=True)
 
 
-def learn_from_marks(output: Path, warp: Path, record, n_marks: int) -> None:
-    """Mark ``n_marks`` classes of ``record`` as the truth says, those whose proposal is most
-    wrong first, and print how the proposal fares on the unmarked classes before and after."""
-    labels, true_particle = classified_picks(output, record.number, truth_dir_for(warp))
-    numbers = [k for k in range(1, len(record.class_counts) + 1) if (labels == k).any()]
+def learn_from_marks(output: Path, warp: Path, history: list, n_marks: int,
+                     mark_cycle: int | None = None) -> list[dict]:
+    """Mark ``n_marks`` classes of cycle ``mark_cycle`` (default: the last) as the truth says,
+    those whose proposal is most wrong first; print, for that cycle and each later one (the
+    marks carried as the session carries them), how the proposal fares on the unmarked classes
+    before and after it learned from the marks. Returns the rows printed."""
+    truth = truth_dir_for(warp)
+    scored = [r for r in history if r.assessed]
+    marked = scored[-1] if mark_cycle is None else next(r for r in scored
+                                                         if r.number == mark_cycle)
+    labels, true_particle = classified_picks(output, marked.number, truth)
+    numbers = [k for k in range(1, len(marked.class_counts) + 1) if (labels == k).any()]
     good = {k: bool(true_particle[labels == k].mean() > 0.5) for k in numbers}
-    before = proposed(record)
+    before = proposed(marked)
 
     def misplaced(k: int) -> int:  # the true particles it leaves out, or the junk it lets in
         wrong = true_particle[labels == k] if good[k] else ~true_particle[labels == k]
-        return int(wrong.sum()) if (k in before) != good[k] else -1
+        return int(wrong.sum()) if (k in before) != good[k] else 0
 
-    score = record.class_score
+    score = marked.class_score
     ranked = sorted(numbers, key=lambda k: (-misplaced(k), abs(score[k - 1] - 0.5)))
     marks = {str(k): "good" if good[k] else "junk" for k in ranked[:n_marks]}
     state = SelectionState.load(output)
-    mark(state, record, marks)
-    after = proposed(record, state)
-    unmarked = ~np.isin(labels, [int(k) for k in marks])
-    rows = labels[unmarked], true_particle[unmarked]
-    base = selection_of([k for k in before if str(k) not in marks], *rows)
-    learned = selection_of([k for k in after if str(k) not in marks], *rows)
-    wrong_before = sum((k in before) != good[k] for k in numbers if str(k) not in marks)
-    wrong_after = sum((k in after) != good[k] for k in numbers if str(k) not in marks)
-    changed = changed_proposals(before, after, marks)
-    print(f"marked on cycle {record.number}: "
-          + ", ".join(f"{k} {v} ({max(misplaced(int(k)), 0)} misplaced)"
-                      for k, v in marks.items())
-          + f"; proposals of unmarked classes changed: {changed or 'none'}")
-    print("unmarked classes   precision  recall  wrong-classes")
-    print(f"  scores' proposal  {base.precision:9.3f}  {base.recall:6.3f}  {wrong_before:13d}")
-    print(f"  learned proposal  {learned.precision:9.3f}  {learned.recall:6.3f}  "
-          f"{wrong_after:13d}")
-    print("learn-marks " + json.dumps({
-        "output": str(output), "cycle": record.number, "marks": marks,
-        "changed": changed, "before": [base.precision, base.recall, wrong_before],
-        "after": [learned.precision, learned.recall, wrong_after]}))
+    mark(state, marked, marks)
+    print(f"marked on cycle {marked.number}: "
+          + ", ".join(f"{k} {v} ({misplaced(int(k))} misplaced)" for k, v in marks.items()))
+    print("cycle  unmarked classes: precision  recall  wrong-classes  (scores' -> learned)  "
+          "changed")
+    rows = []
+    previous = None
+    for record in [r for r in scored if r.number >= marked.number]:
+        if previous is not None:
+            follow_cycle(state, previous, record, None,
+                         read_images(output / record.classes), 1.0)
+        previous = record
+        labels, true_particle = classified_picks(output, record.number, truth)
+        numbers = [k for k in range(1, len(record.class_counts) + 1) if (labels == k).any()]
+        good = {k: bool(true_particle[labels == k].mean() > 0.5) for k in numbers}
+        scores_said, learned = proposed(record), proposed(record, state)
+        unmarked = [k for k in numbers if str(k) not in state.marks]
+        picks = np.isin(labels, unmarked)
+        row = {"cycle": record.number, "changed": changed_proposals(scores_said, learned,
+                                                                     state.marks)}
+        for name, proposal in (("before", scores_said), ("after", learned)):
+            chosen = [k for k in proposal if k in unmarked]
+            fared = selection_of(chosen, labels[picks], true_particle[picks])
+            row[name] = [round(fared.precision, 4), round(fared.recall, 4),
+                         sum((k in proposal) != good[k] for k in unmarked)]
+        print(f"{record.number:5d}  {row['before'][0]:.3f} -> {row['after'][0]:.3f}  "
+              f"{row['before'][1]:.3f} -> {row['after'][1]:.3f}  "
+              f"{row['before'][2]:2d} -> {row['after'][2]:2d}  {row['changed'] or ''}")
+        rows.append(row)
+    print("learn-marks " + json.dumps({"output": str(output), "marks": marks, "rows": rows}))
+    return rows
 
 
 def stream(args: argparse.Namespace) -> None:

@@ -38,9 +38,15 @@ from live2d.history import CycleRecord, read_class_table
 
 FEATURES = ("sharp", "faint", "dense", "centred", "edge", "populous")
 FLOOR = 0.05
+# Below the floor a feature's input goes on falling, this much per unit (down to LOWEST), so that
+# a class just past a threshold (e.g. a particle with a straight edge of 7.2) is told from one far
+# past it (carbon, 8.5): without it, marking the first good would make both good. Any input at
+# or below log(FLOOR) fails a class with the built-in weights, as a feature of 0 does the score.
+BELOW_FLOOR = 3.0
+LOWEST = -1.0
 # L2 weight of the pull towards the built-in weights, against the log-loss of the examples
 # (each counts 1).
-PRIOR_WEIGHT = 1.0
+PRIOR_WEIGHT = 3.0
 PRIOR = np.concatenate([np.ones(len(FEATURES)), [-np.log(GOOD_SCORE)]])
 NEWTON_STEPS = 50
 
@@ -74,20 +80,26 @@ class Example:
 
 def inputs(features: np.ndarray) -> np.ndarray:
     """``(n, len(FEATURES) + 1)``: the model's inputs per class (``features``: ``(n,
-    len(FEATURES))``), the log of each feature clipped to ``FLOOR``..1, then 1 (the bias)."""
-    features = np.asarray(features, dtype=np.float64).reshape(-1, len(FEATURES))
-    return np.column_stack([np.log(np.clip(features, FLOOR, 1.0)), np.ones(len(features))])
+    len(FEATURES))``, before clipping), each feature's log within ``FLOOR``..1 going on falling
+    below the floor (``BELOW_FLOOR``), then 1 (the bias)."""
+    features = np.clip(np.asarray(features, dtype=np.float64).reshape(-1, len(FEATURES)),
+                       LOWEST, None)
+    logs = np.log(np.clip(features, FLOOR, 1.0)) + BELOW_FLOOR * np.minimum(features - FLOOR, 0)
+    return np.column_stack([logs, np.ones(len(features))])
 
 
 @lru_cache(maxsize=64)
 def fit(examples: tuple[Example, ...]) -> np.ndarray:
     """The weights and bias (:data:`PRIOR`'s order) that best explain ``examples``,
-    regularised towards the built-in ones: Newton's method, its step halved until the
-    objective falls (it is convex: one answer)."""
+    regularised towards the built-in ones, the weights kept from falling below 0 (a feature
+    can come to matter less, or not at all, never the wrong way round). Newton's method on
+    the weights not held at 0, its step halved until the objective falls (convex: one
+    answer)."""
     if not examples:
         return PRIOR
     x = inputs(np.array([example.features for example in examples]))
     y = np.array([example.label == "good" for example in examples], dtype=np.float64)
+    lowest = np.concatenate([np.zeros(len(FEATURES)), [-np.inf]])
 
     def objective(theta: np.ndarray) -> float:
         z = x @ theta
@@ -99,13 +111,18 @@ def fit(examples: tuple[Example, ...]) -> np.ndarray:
         p = 1.0 / (1.0 + np.exp(-(x @ theta)))
         gradient = x.T @ (p - y) + PRIOR_WEIGHT * (theta - PRIOR)
         hessian = (x.T * (p * (1.0 - p))) @ x + PRIOR_WEIGHT * np.eye(len(theta))
-        step = np.linalg.solve(hessian, gradient)
-        current = objective(theta)
-        while objective(theta - step) > current and np.abs(step).max() > 1e-12:
-            step = step / 2.0
-        theta = theta - step
-        if np.abs(step).max() < 1e-10:
+        free = ~((theta <= lowest) & (gradient > 0))  # held at 0: the step would go below
+        step = np.zeros_like(theta)
+        step[free] = np.linalg.solve(hessian[np.ix_(free, free)], gradient[free])
+        current, size = objective(theta), 1.0
+        while True:
+            moved = np.maximum(theta - size * step, lowest)
+            if objective(moved) <= current or size < 1e-6:
+                break
+            size /= 2.0
+        if np.abs(moved - theta).max() < 1e-10:
             break
+        theta = moved
     return theta
 
 

@@ -125,8 +125,6 @@ def selected(record: CycleRecord, state: SelectionState) -> list[int]:
     """The selection used everywhere: the proposal with the marks over it (marks apply to the
     cycle they were carried to)."""
     chosen = set(proposed(record, state))
-
-
     if state.cycle == record.number:
         for number, mark in state.marks.items():
             (chosen.add if mark == "good" else chosen.discard)(int(number))

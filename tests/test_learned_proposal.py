@@ -11,7 +11,7 @@ from live2d.atomic import atomic_write_json
 from live2d.class_quality import _scored
 from live2d.errors import SelectionError
 from live2d.history import CycleHistory, CycleRecord
-from live2d.learned_proposal import PRIOR, fit, learned
+from live2d.learned_proposal import PRIOR, Example, fit, learned
 from live2d.selection import (
     ClassSelection,
     SelectionState,
@@ -86,6 +86,7 @@ def test_marks_on_a_few_classes_change_the_proposal_of_unmarked_classes_like_the
     # the learned rule weighs "centred" less, the other features as before
     weights = fit(state.learned_examples())
     assert weights[3] < 0.5 and np.allclose(weights[[1, 4]], 1.0, atol=0.3)
+    assert (weights[:-1] >= 0).all()  # a feature may come to matter less, never backwards
     # earlier cycles keep what their scores proposed (their good-particle counts too)
     earlier = write_cycle(tmp_path, 2)
     assert proposed(earlier, state) == [1, 2]
@@ -139,3 +140,14 @@ def test_a_mark_says_how_many_proposals_it_changed(tmp_path, caplog):
     # otherwise than their scores do
     assert told[-1]["proposed"] == [1, 2, 3, 4, 5, 6]
     assert told[-1]["learned"] == {"examples": 3, "changed": [5, 6]}
+
+
+def test_marks_make_a_feature_matter_less_never_backwards():
+    # classes with a carbon-like edge marked good and flawless ones marked junk: unconstrained,
+    # the fit would reward straight edges; held at 0, it only stops heeding them
+    passing, edged = (1.0,) * 6, (1.0, 1.0, 1.0, 1.0, -0.5, 1.0)
+    examples = (Example(1, 1, edged, "good", 1), Example(1, 2, edged, "good", 2),
+                Example(1, 3, passing, "junk", 3), Example(1, 4, passing, "junk", 4))
+    weights = fit(examples)
+    assert weights[4] == 0.0 and np.allclose(weights[[0, 1, 2, 3, 5]], 1.0)
+    assert weights[-1] < PRIOR[-1]  # a flawless class can be junk: the bar is higher

@@ -277,7 +277,8 @@ def test_a_mark_changes_the_selection_on_every_page(classified):
     second.receive()
     counts = classified.controller.session.selection.latest_scored().class_counts
     first.send({"command": "mark", "classes": {"1": "junk"}})
-    assert first.wait_for(lambda m: m["type"] in ("ok", "error"))["type"] == "ok"
+    reply = first.wait_for(lambda m: m["type"] in ("ok", "error"))
+    assert reply["type"] == "ok"
     for client in (first, second):
         state = client.wait_for(lambda m: m["type"] in STATES
                                 and m["selection"]["marks"] == {"1": "junk"})
@@ -285,6 +286,9 @@ def test_a_mark_changes_the_selection_on_every_page(classified):
         chosen = state["selection"]["classes"]
         assert chosen == [k for k in state["selection"]["proposed"] if k != 1]
         assert state["selection"]["particles"] == sum(counts[k - 1] for k in chosen)
+        # the reply says how many proposals the mark changed (the first mark: all it taught)
+        changed = state["selection"]["learned"]["changed"]
+        assert (f"{len(changed)} proposal" in reply["message"]) == bool(changed)
     second.send({"command": "mark", "cycle": 3, "classes": {"1": None, "2": "good"}})
     state = first.wait_for(lambda m: m["type"] in STATES
                            and m["selection"]["marks"] == {"2": "good"})
