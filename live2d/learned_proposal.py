@@ -8,14 +8,17 @@ logs, that rule is a sum with every feature weighed 1::
     good  <=>  1·log f_sharp + 1·log f_faint + ... + 1·log f_populous + log 2  >=  0
 
 The learned proposal is the logistic model of that sum whose weights and bias are fitted on the
-user's marks, L2-regularised towards the built-in ones (its prior): ``P(good) = sigmoid(Σ a_i
-log f_i + b)``. Each good or junk mark is an example: the class's features when it was marked,
-and the mark. Without marks the weights are the built-in ones and the proposal is the scores'
-exactly; marks on a few classes move the weights of the features that set them apart, e.g.
-classes of good but off-centre particles marked good make "centred" weigh less, so unmarked
-classes like them are proposed too, while classes judged junk for another reason (ice, carbon)
-stay junk. The features are taken from ``FLOOR`` (a feature that fails outright counts as a
-very low one, not minus infinity, so that marks can still outweigh it).
+user's marks, L2-regularised towards the built-in ones (its prior), the weights never below 0:
+``P(good) = sigmoid(Σ a_i log f_i + b)``. Each good or junk mark is an example: the class's
+features when it was marked, and the mark. Without marks the weights are the built-in ones and
+the proposal is the scores' exactly; marks on a few classes move the weights of the features
+that set them apart, e.g. classes of good but off-centre particles marked good make "centred"
+weigh less, so unmarked classes like them are proposed too, while classes judged junk for
+another reason (ice, carbon) stay junk; a flawless class marked junk raises the bar (the bias).
+A feature that fails outright counts from ``FLOOR`` down, not as minus infinity, so that marks
+can still outweigh it. What it cannot do is tell apart classes the features do not: on
+simulated data, good classes with a carbon-like edge marked good also let carbon in
+(``bench/quality.py --learn-marks``, README).
 
 The examples are kept in the selection state (``selection.json``) and outlive the marks they
 came from: a mark dropped at an ab initio restart (no similar new class) still teaches. The
