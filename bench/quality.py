@@ -28,6 +28,16 @@ for them took:
     python bench/quality.py --particles 3000 --classes 12 --junk 0.3 --off-centre 10 --keep K
     python bench/quality.py --rescue K
 
+With ``--learn-marks N``, after the job the N classes of its last cycle whose proposal is most
+wrong against the truth are marked as the truth says (the wrong ones with the most misplaced
+particles first; then, if fewer are wrong, the right ones scored nearest 0.5), as a user would,
+and the proposal learned from those marks (live2d.learned_proposal) is compared with the scores'
+on the classes left unmarked: precision and recall of true particles, before and after:
+
+    python bench/quality.py --particles 3000 --classes 12 --junk 0.3 --off-centre 10 \
+        --learn-marks 3 --seed 1 --keep /tmp/seed1
+    python bench/quality.py --learn-marks 3 --keep /tmp/seed1 --reuse   # again, on that job
+
 With ``--stream START STEP`` the particles arrive as in a session: an ab initio job on the first
 START, then a streaming update every STEP more; and, on a copy of the same start, one seeded
 job over all of them, the full-pass job streaming is measured against (the last two rows):
@@ -39,17 +49,21 @@ job over all of them, the full-pass job streaming is measured against (the last 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from live2d.curation import curate_cycle, cycle_shares, rescued, selected_fits
-from live2d.evaluate import curated_selection, score_cycle
+from live2d.evaluate import classified_picks, curated_selection, score_cycle, selection_of
 from live2d.history import particle_table, read_history
+from live2d.mrc import read_images
 from live2d.schedule import Settings
-from live2d.selection import proposed
+from live2d.selection import SelectionState, changed_proposals, follow_cycle, mark, proposed
 from live2d.session import Session
 from live2d.simulate import simulate, truth_dir_for
 from live2d.warp import read_settings
@@ -84,12 +98,26 @@ def main() -> None:
                         help="with --stream: re-visited particles per new particle")
     parser.add_argument("--rescue", type=Path, metavar="DIR",
                         help="score the rescue on the last cycle of a session kept with --keep")
+    parser.add_argument("--learn-marks", type=int, default=0, metavar="N",
+                        help="mark the N classes whose proposal is most wrong; compare the "
+                             "learned proposal with the scores' on the other classes")
     parser.add_argument("--stream", type=int, nargs=2, metavar=("START", "STEP"),
                         help="ab initio on START particles, then a streaming update every STEP "
                              "more; compared with one seeded job on them all")
+    parser.add_argument("--mark-cycle", type=int, help="with --learn-marks: mark this cycle's "
+                        "classes (default: the last); later cycles are measured too")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --keep and --learn-marks: the job kept there, not a new one")
     args = parser.parse_args()
     if args.rescue:
         score_rescue(args.rescue, args.curation_cut)
+        return
+    if args.reuse:
+        if not (args.keep and args.learn_marks):
+            parser.error("--reuse needs --keep (a folder a finished run kept) and --learn-marks")
+        output = args.keep / "classification"
+        learn_from_marks(output, args.keep / "warp", read_history(output), args.learn_marks,
+                         args.mark_cycle)
         return
     if args.stream:
         stream(args)
@@ -125,6 +153,9 @@ def main() -> None:
             if record.block != "start":
                 print_row(record, root / "classification", warp, args.curation_cut)
         print(f"job: {len(history)} cycles in {wall:.0f} s")
+        if args.learn_marks:
+            learn_from_marks(root / "classification", warp, history, args.learn_marks,
+                             args.mark_cycle)
 
 
 def describe(args: argparse.Namespace, engine: str) -> None:
@@ -181,6 +212,62 @@ def score_rescue(root: Path, cut: float) -> None:
         both = curated_selection(output, record.number, truth, chosen, keep, into)
         print(f"curated + rescued {spread:+.0f} SD {both.precision:9.3f}  {both.recall:6.3f}  "
               f"{int(into.sum()):7d}")
+
+
+def learn_from_marks(output: Path, warp: Path, history: list, n_marks: int,
+                     mark_cycle: int | None = None) -> list[dict]:
+    """Mark ``n_marks`` classes of cycle ``mark_cycle`` (default: the last) as the truth says,
+    those whose proposal is most wrong first; print, for that cycle and each later one (the
+    marks carried as the session carries them), how the proposal fares on the unmarked classes
+    before and after it learned from the marks. Returns the rows printed."""
+    truth = truth_dir_for(warp)
+    scored = [r for r in history if r.assessed]
+    marked = scored[-1] if mark_cycle is None else next(r for r in scored
+                                                         if r.number == mark_cycle)
+    labels, true_particle = classified_picks(output, marked.number, truth)
+    numbers = [k for k in range(1, len(marked.class_counts) + 1) if (labels == k).any()]
+    good = {k: bool(true_particle[labels == k].mean() > 0.5) for k in numbers}
+    before = proposed(marked)
+
+    def misplaced(k: int) -> int:  # the true particles it leaves out, or the junk it lets in
+        wrong = true_particle[labels == k] if good[k] else ~true_particle[labels == k]
+        return int(wrong.sum()) if (k in before) != good[k] else 0
+
+    score = marked.class_score
+    ranked = sorted(numbers, key=lambda k: (-misplaced(k), abs(score[k - 1] - 0.5)))
+    marks = {str(k): "good" if good[k] else "junk" for k in ranked[:n_marks]}
+    state = SelectionState.load(output)
+    mark(state, marked, marks)
+    print(f"marked on cycle {marked.number}: "
+          + ", ".join(f"{k} {v} ({misplaced(int(k))} misplaced)" for k, v in marks.items()))
+    print("cycle  unmarked classes: precision  recall  wrong-classes  (scores' -> learned)  "
+          "changed")
+    rows = []
+    previous = None
+    for record in [r for r in scored if r.number >= marked.number]:
+        if previous is not None:
+            follow_cycle(state, previous, record, None,
+                         read_images(output / record.classes), 1.0)
+        previous = record
+        labels, true_particle = classified_picks(output, record.number, truth)
+        numbers = [k for k in range(1, len(record.class_counts) + 1) if (labels == k).any()]
+        good = {k: bool(true_particle[labels == k].mean() > 0.5) for k in numbers}
+        scores_said, learned = proposed(record), proposed(record, state)
+        unmarked = [k for k in numbers if str(k) not in state.marks]
+        picks = np.isin(labels, unmarked)
+        row = {"cycle": record.number, "changed": changed_proposals(scores_said, learned,
+                                                                     state.marks)}
+        for name, proposal in (("before", scores_said), ("after", learned)):
+            chosen = [k for k in proposal if k in unmarked]
+            fared = selection_of(chosen, labels[picks], true_particle[picks])
+            row[name] = [round(fared.precision, 4), round(fared.recall, 4),
+                         sum((k in proposal) != good[k] for k in unmarked)]
+        print(f"{record.number:5d}  {row['before'][0]:.3f} -> {row['after'][0]:.3f}  "
+              f"{row['before'][1]:.3f} -> {row['after'][1]:.3f}  "
+              f"{row['before'][2]:2d} -> {row['after'][2]:2d}  {row['changed'] or ''}")
+        rows.append(row)
+    print("learn-marks " + json.dumps({"output": str(output), "marks": marks, "rows": rows}))
+    return rows
 
 
 def stream(args: argparse.Namespace) -> None:

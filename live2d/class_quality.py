@@ -209,9 +209,12 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2.0)])
 
 
-def _scored(number: int, particles: int, share: float, resolution: float, at_limit: bool,
-            centred: float, edge: float, relative_contrast: float, high_res: float,
-            n_classes: int) -> ClassQuality:
+def feature_values(particles: int, share: float, resolution: float, centred: float,
+                   edge: float, relative_contrast: float, high_res: float,
+                   n_classes: int) -> dict[str, float]:
+    """The class's features on the score's scale, before they are clipped to 0..1: 1 or more
+    passes, 0 or less fails (the score is their clipped product; the learned proposal,
+    :mod:`live2d.learned_proposal`, also sees how far past either end a class is)."""
     features = {
         # 1 at the cycle's limit or better, 0 from four times it
         "sharp": (4.0 * high_res - resolution) / (3.0 * high_res),
@@ -224,7 +227,27 @@ def _scored(number: int, particles: int, share: float, resolution: float, at_lim
         # size or, for a rare view in a large session, enough particles of its own (60).
         "populous": max(share * n_classes / 0.33, (particles - 20) / 40),
     }
-    features = {name: float(np.clip(value, 0.0, 1.0)) for name, value in features.items()}
+    return {name: float(value) for name, value in features.items()}
+
+
+def table_features(table: list[dict], high_res: float) -> list[dict[str, float] | None]:
+    """:func:`feature_values` of each class of a cycle's class table (as
+    :meth:`ClassQuality.to_dict` wrote it; ``high_res``: the cycle's limit); None for a class
+    with no resolution estimate (fewer than 2 particles)."""
+    total = max(sum(int(row["particles"]) for row in table), 1)
+    return [None if row["resolution"] is None else
+            feature_values(int(row["particles"]), int(row["particles"]) / total,
+                           float(row["resolution"]), float(row["centred"]), float(row["edge"]),
+                           float(row["contrast"]), high_res, len(table))
+            for row in table]
+
+
+def _scored(number: int, particles: int, share: float, resolution: float, at_limit: bool,
+            centred: float, edge: float, relative_contrast: float, high_res: float,
+            n_classes: int) -> ClassQuality:
+    features = {name: float(np.clip(value, 0.0, 1.0)) for name, value in feature_values(
+        particles, share, resolution, centred, edge, relative_contrast, high_res,
+        n_classes).items()}
     score = float(np.prod(list(features.values())))
     where = f"≤ {resolution:.1f} Å" if at_limit else f"{resolution:.1f} Å"
     reasons = {

@@ -308,6 +308,19 @@ def model_phantom(truth_dir: Path) -> ModelPhantom | None:
                         n_views=record["views"], seed=record["seed"])
 
 
+def classified_picks(output_dir: Path, cycle: int,
+                     truth_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The class (1-based) of each pick ``cycle`` classified, and whether it is a true particle
+    (not junk), in the order of its particle table."""
+    output_dir = Path(output_dir)
+    record = next(r for r in read_history(output_dir) if r.number == cycle)
+    table = particle_table(output_dir, record)
+    view = np.array([int(r["view"]) for r in truth_rows(output_dir, table, truth_dir)])
+    labels = table["2DCLS"].to_numpy(dtype=np.int64)
+    used = labels > 0
+    return labels[used], view[used] >= 0
+
+
 def curated_selection(output_dir: Path, cycle: int, truth_dir: Path, chosen: list[int],
                       keep: np.ndarray, rescued: np.ndarray | None = None) -> Selection:
     """How the particles of classes ``chosen`` of ``cycle`` that a curation keeps (``keep``:

@@ -1,12 +1,14 @@
 """Which classes are the good particles: the proposal of every cycle with the user's marks over it.
 
-The proposal is every class scored :data:`live2d.class_quality.GOOD_SCORE` or more. A mark
-(good or junk, from the page, the CLI or Scipion) overrides the proposal for its class and is
-kept in ``selection.json`` (replaced atomically) for the session. Class numbers carry over
-through seeded and refinement cycles, so marks do too, except on a class that was emptied and
-re-seeded. An ab initio job makes new classes: each mark moves to the most similar new class
-(rotation-invariant correlation of the averages) where one is similar enough, and what was
-carried and what was dropped is recorded for the page to say.
+The proposal is every class scored :data:`live2d.class_quality.GOOD_SCORE` or more until the
+user marks classes; from then on it is the rule learned from the marks
+(:mod:`live2d.learned_proposal`), for the cycle marked and later ones. A mark (good or junk,
+from the page, the CLI or Scipion) overrides the proposal for its class and is kept in
+``selection.json`` (replaced atomically) for the session, with what it teaches. Class numbers
+carry over through seeded and refinement cycles, so marks do too, except on a class that was
+emptied and re-seeded. An ab initio job makes new classes: each mark moves to the most similar
+new class (rotation-invariant correlation of the averages) where one is similar enough, and what
+was carried and what was dropped is recorded for the page to say.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,7 @@ from live2d.class_quality import GOOD_SCORE
 from live2d.errors import SelectionError
 from live2d.history import CycleHistory, CycleRecord
 from live2d.imaging import rotate, soft_disc
+from live2d.learned_proposal import Example, cycle_table, features_of, learned
 from live2d.mrc import read_images
 from live2d.output_folder import SELECTION, SELECTION_LOCK
 
@@ -52,6 +55,10 @@ class SelectionState:
     carried: list[list[int]] = field(default_factory=list)  # [old, new] at the last ab initio
     dropped: list[int] = field(default_factory=list)  # marks that found no similar new class
     exports: list[dict] = field(default_factory=list)  # what was exported, latest last
+    examples: list[dict] = field(default_factory=list)  # the marks the proposal learns from
+    # Where it was loaded from: the class tables the learned proposal reads are there (not
+    # saved; a state made in memory has none, and its marks teach nothing).
+    folder: Path | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     @contextlib.contextmanager
@@ -72,27 +79,52 @@ class SelectionState:
     def load(cls, folder: Path) -> SelectionState:
         path = Path(folder) / SELECTION
         if not path.exists():
-            return cls()
+            return cls(folder=Path(folder))
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
-            return cls(**values)
-        except (ValueError, TypeError) as exc:
+            state = cls(**{k: v for k, v in values.items() if k != "folder"}, folder=Path(folder))
+            state.learned_examples()  # checked here, not at each use
+            return state
+        except (ValueError, TypeError, KeyError) as exc:
             raise SelectionError(f"{path} is unreadable ({exc}); it is only replaced "
                                  "atomically: restore it or move it away") from None
 
     def save(self, folder: Path) -> None:
-        atomic_write_json(Path(folder) / SELECTION, asdict(self))
+        values = asdict(self)
+        del values["folder"]
+        atomic_write_json(Path(folder) / SELECTION, values)
+        self.folder = Path(folder)
+
+    def learned_examples(self) -> tuple[Example, ...]:
+        """The marks the proposal learns from (:mod:`live2d.learned_proposal`)."""
+        return tuple(Example.from_dict(values) for values in self.examples)
+
+    def _keep_examples(self, examples: list[Example]) -> None:
+        self.examples = [example.to_dict() for example in examples]
 
 
-def proposed(record: CycleRecord) -> list[int]:
-    """Classes a cycle's scores propose as good (1-based)."""
+def proposed(record: CycleRecord, state: SelectionState | None = None) -> list[int]:
+    """Classes proposed as good (1-based): those the cycle's scores propose or, from the cycle
+    of the first mark that teaches on (``state``'s), those the rule learned from the marks
+    proposes."""
+    examples = state.learned_examples() if state is not None else ()
+    if examples and state is not None and state.folder is not None \
+            and record.number >= min(example.cycle for example in examples):
+        table = cycle_table(state.folder, record)
+        if table is not None:
+            return learned(record, table, examples)
+    return scores_propose(record)
+
+
+def scores_propose(record: CycleRecord) -> list[int]:
+    """Classes a cycle's scores propose as good (1-based), whatever the marks taught."""
     return [k + 1 for k, score in enumerate(record.class_score) if score >= GOOD_SCORE]
 
 
 def selected(record: CycleRecord, state: SelectionState) -> list[int]:
     """The selection used everywhere: the proposal with the marks over it (marks apply to the
     cycle they were carried to)."""
-    chosen = set(proposed(record))
+    chosen = set(proposed(record, state))
     if state.cycle == record.number:
         for number, mark in state.marks.items():
             (chosen.add if mark == "good" else chosen.discard)(int(number))
@@ -113,7 +145,9 @@ def good_particles_history(history: list[CycleRecord], state: SelectionState) ->
 
 
 def mark(state: SelectionState, record: CycleRecord, marks: dict) -> None:
-    """Apply ``{class number: "good" | "junk" | None}`` to the latest cycle ``record``."""
+    """Apply ``{class number: "good" | "junk" | None}`` to the latest cycle ``record``. Each mark
+    is also an example the proposal learns from (where the state has a folder with the cycle's
+    class table); one put back to the proposal (None), or changed, no longer teaches."""
     n_classes = len(record.class_counts)
     for number, value in marks.items():
         try:
@@ -127,11 +161,19 @@ def mark(state: SelectionState, record: CycleRecord, marks: dict) -> None:
             raise SelectionError(f"a class is marked good, junk or null, not {value!r}")
     if state.cycle != record.number:
         state.cycle, state.job = record.number, record.job
+    table = cycle_table(state.folder, record) if state.folder is not None else None
+    features = features_of(table, record.high_res) if table is not None else [None] * n_classes
+    examples = list(state.learned_examples())
     for number, value in marks.items():
+        k = int(number)
+        examples = [example for example in examples if example.now != k]
         if value is None:
-            state.marks.pop(str(int(number)), None)
-        else:
-            state.marks[str(int(number))] = value
+            state.marks.pop(str(k), None)
+            continue
+        state.marks[str(k)] = value
+        if features[k - 1] is not None:
+            examples.append(Example(record.number, k, features[k - 1], value, k))
+    state._keep_examples(examples)
 
 
 def follow_cycle(state: SelectionState, previous: CycleRecord | None, record: CycleRecord,
@@ -155,12 +197,17 @@ def follow_cycle(state: SelectionState, previous: CycleRecord | None, record: Cy
             else:
                 dropped.append(old)
         state.marks, state.carried, state.dropped = marks, carried, dropped
+        moved = dict(map(tuple, carried))
+        state._keep_examples([replace(example, now=moved.get(example.now))
+                              for example in state.learned_examples()])
     elif previous is not None:
         # a class emptied in the previous cycle was re-seeded: it is another class now
         counts = previous.class_counts
         emptied = [n for n in state.marks if int(n) <= len(counts) and counts[int(n) - 1] == 0]
         for number in emptied:
             del state.marks[number]
+        state._keep_examples([replace(example, now=None) if str(example.now) in emptied
+                              else example for example in state.learned_examples()])
         if new_job:  # what the last ab initio restart carried is said until the next job
             state.carried, state.dropped = [], []
         state.dropped = sorted({*state.dropped, *(int(n) for n in emptied)})
@@ -193,15 +240,18 @@ class ClassSelection:
         record = self.latest_scored()
         with self._lock:
             state = self.state
+            learning = {"examples": len(state.examples), "changed": []}
             if record is None:
                 return {"cycle": None, "classes": [], "particles": 0, "proposed": [],
                         "marks": {}, "carried": [], "dropped": [], "exports": state.exports,
-                        "history": []}
+                        "history": [], "learned": learning}
             classes = selected(record, state)
+            marks = dict(state.marks) if state.cycle == record.number else {}
+            proposal = proposed(record, state)
+            learning["changed"] = changed_proposals(scores_propose(record), proposal, marks)
             return {"cycle": record.number, "classes": classes,
                     "particles": selected_particles(record, classes),
-                    "proposed": proposed(record),
-                    "marks": dict(state.marks) if state.cycle == record.number else {},
+                    "proposed": proposal, "learned": learning, "marks": marks,
                     "carried": state.carried, "dropped": state.dropped,
                     "exports": state.exports,
                     "history": good_particles_history(
@@ -209,16 +259,23 @@ class ClassSelection:
 
     def mark_classes(self, marks: dict) -> dict[str, Any]:
         """Mark classes of the latest cycle good or junk (None: back to the proposal); returns
-        the summary. Raises SelectionError with a message for the user."""
+        the summary, with ``changed``: the unmarked classes whose proposal these marks changed
+        (what the proposal learned from them, also logged). Raises SelectionError with a
+        message for the user."""
         record = self.latest_scored()
         if record is None:
             raise SelectionError("no classified cycle yet: nothing to mark")
         with self._lock, SelectionState.updating(self.folder) as state:
+            before = proposed(record, state)
             mark(state, record, marks)
             self.state = state
+            changed = changed_proposals(before, proposed(record, state), state.marks)
+        if changed:
+            log.info(f"class marks: {describe_changed(changed)} after your marks on cycle "
+                     f"{record.number} (learned from {len(state.examples)} marks)")
         summary = self.summary()
         self._on_change(summary)
-        return summary
+        return {**summary, "changed": changed}
 
     def export(self, to: str | Path, classes: str | list[int] = "auto",
                cycle: int | None = None) -> Exported:
@@ -246,6 +303,27 @@ class ClassSelection:
         if (previous is None or record.job != previous.job) and (state.carried or state.dropped):
             log.info(f"class marks: carried {state.carried or 'none'} (old -> new), "
                      f"dropped {state.dropped or 'none'}")
+        if state.examples:
+            changed = changed_proposals(scores_propose(record), proposed(record, state),
+                                        state.marks)
+            log.info(f"cycle {record.number}: the proposal learned from {len(state.examples)} "
+                     "marks " + (f"differs from the scores' for {_classes(changed)}" if changed
+                                 else "agrees with the scores'"))
+
+
+def changed_proposals(before: list[int], after: list[int], marks: dict[str, str]) -> list[int]:
+    """The unmarked classes proposed in one of ``before`` and ``after`` but not the other."""
+    return sorted(k for k in set(before) ^ set(after) if str(k) not in marks)
+
+
+def describe_changed(changed: list[int]) -> str:
+    """``"2 proposals changed (classes 5, 8)"``, as the log and the page's reply say it."""
+    return f"{len(changed)} proposal{'s' if len(changed) != 1 else ''} changed" + (
+        f" ({_classes(changed)})" if changed else "")
+
+
+def _classes(numbers: list[int]) -> str:
+    return f"class{'es' if len(numbers) != 1 else ''} {', '.join(map(str, numbers))}"
 
 
 def rotational_similarity(a: np.ndarray, b: np.ndarray, mask_radius_px: float,

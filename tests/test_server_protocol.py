@@ -305,20 +305,26 @@ def test_the_selection_says_per_class_how_many_particles_the_curation_keeps(clas
 
 def test_a_mark_changes_the_selection_on_every_page(classified):
     first, second = Client(classified), Client(classified)
-    before = first.receive()["selection"]
+    first.receive()
     second.receive()
     counts = classified.controller.session.selection.latest_scored().class_counts
     first.send({"command": "mark", "classes": {"1": "junk"}})
-    assert first.wait_for(lambda m: m["type"] in ("ok", "error"))["type"] == "ok"
+    reply = first.wait_for(lambda m: m["type"] in ("ok", "error"))
+    assert reply["type"] == "ok"
     for client in (first, second):
         state = client.wait_for(lambda m: m["type"] in STATES
                                 and m["selection"]["marks"] == {"1": "junk"})
-        assert 1 not in state["selection"]["classes"]
-        assert state["selection"]["particles"] == before["particles"] - counts[0]
+        # the mark, and what the proposal learned from it, for the unmarked classes
+        chosen = state["selection"]["classes"]
+        assert chosen == [k for k in state["selection"]["proposed"] if k != 1]
+        assert state["selection"]["particles"] == sum(counts[k - 1] for k in chosen)
+        # the reply says how many proposals the mark changed (the first mark: all it taught)
+        changed = state["selection"]["learned"]["changed"]
+        assert (f"{len(changed)} proposal" in reply["message"]) == bool(changed)
     second.send({"command": "mark", "cycle": 3, "classes": {"1": None, "2": "good"}})
     state = first.wait_for(lambda m: m["type"] in STATES
                            and m["selection"]["marks"] == {"2": "good"})
-    assert state["selection"]["classes"] == sorted({*before["proposed"], 2})
+    assert state["selection"]["classes"] == sorted({*state["selection"]["proposed"], 2})
     # kept by the session, in its folder
     assert json.loads((classified.controller.session.output_dir / "selection.json")
                       .read_text())["marks"] == {"2": "good"}

@@ -47,17 +47,26 @@ def print_classes(folder: Path, history: list[CycleRecord]) -> None:
         return
     if table is None:
         return
-    good = [c for c in table if c["score"] >= 0.5]
+    from live2d.errors import SelectionError
+    from live2d.selection import SelectionState, proposed
+
+    try:
+        state = SelectionState.load(folder)
+    except SelectionError:
+        state = SelectionState()
+    proposal = proposed(latest, state)
+    good = [c for c in table if c["number"] in proposal]
     curation = class_curation(folder, latest)
     print(f"classes of cycle {latest.number} (resolution: half-set FRC 0.143, a guide; "
-          f"score 0 junk .. 1 good): {len(good)} proposed good, "
-          f"{sum(c['particles'] for c in good)} particles"
+          f"score 0 junk .. 1 good): {len(good)} proposed good"
+          + (f" by the rule learned from {len(state.examples)} marks" if state.examples else "")
+          + f", {sum(c['particles'] for c in good)} particles"
           + (f", {sum(curation[c['number']].kept for c in good)} kept by the particle "
              "curation" if curation else ""))
     for c in table:
         resolution = "-" if c["resolution"] is None else \
             f"{'≤' if c['at_limit'] else ' '}{c['resolution']:.1f}"
-        mark = "good" if c["score"] >= 0.5 else "junk"
+        mark = "good" if c["number"] in proposal else "junk"
         curated = curation.get(c["number"]) if mark == "good" else None  # junk goes whole
         rule = f"; {curated.rule()}" if curated and curated.rule() else ""
         print(f"  {c['number']:>4} {c['particles']:>8} {resolution:>7} Å {c['score']:5.2f} "

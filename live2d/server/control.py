@@ -43,7 +43,7 @@ from live2d.layouts import WARP, detect_layout
 from live2d.notify import DeliveryError, check_message, deliver, shown
 from live2d.output_folder import EXPORTS, export_name, is_export_name
 from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings
-from live2d.selection import MARKS
+from live2d.selection import MARKS, describe_changed
 from live2d.session import Session
 from live2d.session_view import SessionView
 from live2d.warp import WarpFolderError, particle_star_path, read_settings
@@ -387,8 +387,10 @@ class Controller:
             summary = self.session.selection.mark_classes(marks)
         except SelectionError as exc:
             raise CommandError(str(exc)) from None
+        learned = f"; {describe_changed(summary['changed'])} after your marks" \
+            if summary["changed"] else ""
         return {"type": "ok", "message": f"{len(summary['classes'])} classes selected, "
-                                         f"{summary['particles']:,} particles"}
+                                         f"{summary['particles']:,} particles{learned}"}
 
     def _export(self) -> dict[str, Any]:
         """The selection's particles as a RELION star in ``exports/`` of the output folder,

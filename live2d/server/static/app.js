@@ -451,6 +451,7 @@ function markState(c, k) {
     return {
       mark: selection.marks[String(number)] || null,
       proposed: selection.proposed.includes(number),
+      learned: ((selection.learned || {}).changed || []).includes(number),
       selected: selection.classes.includes(number),
       editable: true,
     };
@@ -478,6 +479,7 @@ function markButtons(classIndex) {
 function fillMarks(box, c, k) {
   const m = markState(c, k);
   const latest = page.state.selection ? page.state.selection.cycle : null;
+  box.classList.toggle("learned", Boolean(m.learned) && !m.mark);
   for (const button of box.querySelectorAll("button")) {
     const value = button.dataset.mark;
     const marked = m.mark === value;
@@ -493,7 +495,9 @@ function fillMarks(box, c, k) {
         `(${m.proposed ? "good" : "junk"})`;
     } else {
       button.title = `mark class ${k + 1} ${value}` +
-        (proposed ? " (proposed already: a mark keeps it so in later cycles)" : "");
+        (proposed ? " (proposed already: a mark keeps it so in later cycles)" : "") +
+        (proposed && m.learned ? "; proposed by the rule learned from your marks, " +
+          "not by its score" : "");
     }
   }
 }
@@ -522,11 +526,20 @@ function renderSelection() {
   $("selection-kept").textContent = curated
     ? `· ${selection.kept.toLocaleString()} good as the particle curation keeps them` : "";
   const marked = Object.keys(selection.marks).length;
+  const learned = selection.learned || { examples: 0, changed: [] };
+  const rule = learned.examples ? `the rule learned from ${learned.examples} ` +
+    `mark${learned.examples === 1 ? "" : "s"}` : `score ${page.state.good_score} or more`;
   $("selection-detail").textContent =
     `of ${classified.toLocaleString()} in cycle ${selection.cycle}'s classes · ` +
-    (marked ? `${marked} marked by hand, the rest as proposed`
-      : `as proposed (score ${page.state.good_score} or more)`);
+    (marked ? `${marked} marked by hand, the rest as proposed (${rule})`
+      : `as proposed (${rule})`);
   const moves = [];
+  if (learned.examples) {
+    const n = learned.changed.length;
+    const which = n ? ` (class${n === 1 ? "" : "es"} ${learned.changed.join(", ")}, dotted)` : "";
+    moves.push(`The proposal learns from your marks: ${n} proposal${n === 1 ? "" : "s"} of ` +
+      `unmarked classes changed from what the scores say${which}.`);
+  }
   if (selection.carried.length) {
     moves.push("After the ab initio restart, marks moved to the most similar new classes: " +
       selection.carried.map(([from, to]) => `class ${from} → ${to}`).join(", ") + ".");
