@@ -158,7 +158,7 @@ def test_particles_of_an_unselected_twin_class_fit_its_selected_twin_and_are_res
     # rescued into their twin; the other views' particles are not.
     from live2d.cli import main as cli_main
     from live2d.curation import curate_cycle, cycle_shares, rescued, selected_fits
-    from live2d.evaluate import _truth_rows
+    from live2d.evaluate import truth_rows
     from live2d.history import particle_table, read_history
     from live2d.simulate import simulate, truth_dir_for
 
@@ -172,7 +172,7 @@ def test_particles_of_an_unselected_twin_class_fit_its_selected_twin_and_are_res
     record = read_history(output)[-1]
     table = particle_table(output, record)
     labels = table["2DCLS"].to_numpy(dtype=np.int64)
-    view = np.array([int(r["view"]) for r in _truth_rows(output, table, truth_dir_for(warp))])
+    view = np.array([int(r["view"]) for r in truth_rows(output, table, truth_dir_for(warp))])
     views = {k: np.bincount(view[labels == k]).argmax() for k in np.unique(labels[labels > 0])}
     twins = [(a, b) for a in views for b in views
              if a != b and views[a] == views[b] and (labels == a).sum() > (labels == b).sum()]
