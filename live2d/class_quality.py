@@ -232,7 +232,9 @@ def assess_classes(stack: np.ndarray, table: pd.DataFrame, averages: np.ndarray,
                                             int(counts[k]), last_ring) if judged[k] else 0.0
                         for k in range(n_classes)])
     # what a particle of the molecule brings, whatever its view: the typical particle's class
-    typical_signal = _weighted_median(signals[judged], counts[judged]) if judged.any() else 1.0
+    # (where that has none, no class is judged to have any)
+    typical_signal = _weighted_median(signals[judged], counts[judged]) if judged.any() else 0.0
+    relative_signals = signals / typical_signal if typical_signal > 0 else np.zeros(n_classes)
     out = []
     for k in range(n_classes):
         if not judged[k]:
@@ -244,7 +246,7 @@ def assess_classes(stack: np.ndarray, table: pd.DataFrame, averages: np.ndarray,
         out.append(_scored(k + 1, int(counts[k]), counts[k] / total, resolution, at_limit,
                            centred_share(averages[k], radius), straight_edge(averages[k]),
                            contrasts[k] / max(typical, 1e-20),
-                           signals[k] / max(typical_signal, 1e-20), high_res, n_classes))
+                           relative_signals[k], high_res, n_classes))
     return out
 
 
@@ -265,9 +267,10 @@ def _scored(number: int, particles: int, share: float, resolution: float, at_lim
         "centred": (centred - 0.5) / 0.3,
         "edge": (7.0 - edge) / 2.5,
         # The resolution of a few dozen noisy picks aligned to a reference, or of mixed views,
-        # flatters them; their signal per particle does not: 1 from 0.7 of the typical class's,
-        # 0 at 0.3 (noise aligned to a reference brings about a tenth, mixed views under half)
-        "signal": (relative_signal - 0.3) / 0.4,
+        # flatters them; their signal per particle does not: 1 from 0.6 of the typical class's,
+        # 0 at 0.2. Views of the molecule ranged 0.6-2.2 in simulations; noise aligned to a
+        # reference 0.1-0.2, a few dozen particles of mixed views 0.2-0.4.
+        "signal": (relative_signal - 0.2) / 0.4,
         "populous": (particles - FEWEST_PARTICLES / 2) / FEWEST_PARTICLES,
     }
     features = {name: float(np.clip(value, 0.0, 1.0)) for name, value in features.items()}
