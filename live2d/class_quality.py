@@ -12,8 +12,19 @@ is "at or better than" Nyquist.
 **Score.** From 0 (junk) to 1 (good particles), the product of simple, explainable features of
 the class, with the reason shown: its resolution; its contrast against the class of the typical
 particle (empty ice is far fainter, contamination far denser); how much of its signal is a
-compact object near the centre; straight edges (carbon); and its population (a third of the
-average class, or 60 particles). A class is proposed as good from a score of 0.5.
+compact object near the centre; straight edges (carbon); and its signal per particle against the
+typical particle's class. A class is proposed as good from a score of 0.5.
+
+**Signal per particle.** The half-set resolution flatters a small class: noise aligned to a
+reference takes on some of it, in both halves alike, so a few dozen noisy picks agree at a fine
+resolution, and so do a few dozen particles of mixed views. What does not depend on their number
+is the signal each particle brings: from the masked half sums A and B of n particles, up to the
+cycle's limit, 4·Re(A·B*) is n² times the power common to the particles and |A - B|² n times
+the power of what differs between them, so their ratio over n is a per-particle SSNR. Particles
+of the same molecule share it whatever their view; noise brings only what its alignment took
+from the reference, mixed views only their common blur. A class with half the typical class's
+signal per particle or more is judged on its features however small ("rare view"), one with much
+less is not good however fine its resolution.
 """
 
 from __future__ import annotations
@@ -31,6 +42,10 @@ from live2d.imaging import ctf_2d, rotate, shift_phases, soft_disc
 
 FRC_THRESHOLD = 0.143
 GOOD_SCORE = 0.5
+# Fewer particles than this make an average too noisy to judge its other features by.
+FEWEST_PARTICLES = 10
+# A class is "a rare view" below this share of the average class size.
+RARE_SHARE = 0.33
 BATCH = 256
 
 
@@ -45,6 +60,7 @@ class ClassQuality:
     centred: float  # share of the average's signal in a compact centred object (0..1)
     edge: float  # power along the spectrum's strongest direction over the mean (straight edges)
     contrast: float  # the average's contrast over that of the typical particle's class
+    signal: float  # the signal per particle over that of the typical particle's class
     score: float  # 0 junk .. 1 good
     reason: str
 
@@ -101,14 +117,35 @@ def half_sums_key(n_classes: int, box: int, pixel_size: float, high_res: float,
             "pixel": round(pixel_size, 5), "invert": invert}
 
 
+def ring_index(box: int) -> torch.Tensor:
+    """``(box, box // 2 + 1)``: the ring (rounded radius in Fourier pixels) of each component
+    of an rfft2 half plane."""
+    fy = torch.fft.fftfreq(box)[:, None] * box
+    fx = torch.fft.rfftfreq(box)[None, :] * box
+    return torch.sqrt(fx**2 + fy**2).round().long()
+
+
+def signal_per_particle(a: torch.Tensor, b: torch.Tensor, particles: int,
+                        last_ring: float) -> float:
+    """The spectral SNR one particle brings, from the two ``(box, box)`` half sums ``a`` and
+    ``b`` of ``particles`` particles, over rings 1 to ``last_ring``: the power common to the
+    halves (4·Re(A·B*) is n² times the particles' common power) over n times the power of
+    their difference (n times that of what differs between particles), so the same for a few
+    particles as for many of the same kind."""
+    fa, fb = torch.fft.rfft2(a), torch.fft.rfft2(b)
+    ring = ring_index(a.shape[-1])
+    band = (ring >= 1) & (ring <= last_ring)
+    common = 4.0 * float((fa * fb.conj()).real[band].sum())
+    differing = float(((fa - fb).abs() ** 2)[band].sum())
+    return common / max(particles * differing, 1e-20)
+
+
 def frc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Fourier ring correlation of two ``(box, box)`` images, one value per ring out to
     Nyquist (ring r at ``r / (box · pixel)`` Å⁻¹)."""
     box = a.shape[-1]
     fa, fb = torch.fft.rfft2(a), torch.fft.rfft2(b)
-    fy = torch.fft.fftfreq(box)[:, None] * box
-    fx = torch.fft.rfftfreq(box)[None, :] * box
-    ring = torch.sqrt(fx**2 + fy**2).round().long().flatten()
+    ring = ring_index(box).flatten()
     rings = box // 2 + 1
     keep = ring < rings
 
@@ -189,17 +226,27 @@ def assess_classes(stack: np.ndarray, table: pd.DataFrame, averages: np.ndarray,
     # the contrast of the typical particle's class: contamination is far denser, empty ice
     # far fainter
     typical = _weighted_median(contrasts, counts) if counts.any() else 1.0
+    judged = counts >= 2
+    last_ring = size * binned / high_res
+    signals = np.array([signal_per_particle(sums[k, 0] * mask, sums[k, 1] * mask,
+                                            int(counts[k]), last_ring) if judged[k] else 0.0
+                        for k in range(n_classes)])
+    # what a particle of the molecule brings, whatever its view: the typical particle's class
+    # (where that has none, no class is judged to have any)
+    typical_signal = _weighted_median(signals[judged], counts[judged]) if judged.any() else 0.0
+    relative_signals = signals / typical_signal if typical_signal > 0 else np.zeros(n_classes)
     out = []
     for k in range(n_classes):
-        if counts[k] < 2:
-            out.append(ClassQuality(k + 1, int(counts[k]), None, False, 0.0, 0.0, 0.0, 0.0,
+        if not judged[k]:
+            out.append(ClassQuality(k + 1, int(counts[k]), None, False, 0.0, 0.0, 0.0, 0.0, 0.0,
                                     "empty class" if not counts[k] else "a single particle"))
             continue
         resolution, at_limit = resolution_from_frc(frc(sums[k, 0] * mask, sums[k, 1] * mask),
                                                    size, binned)
         out.append(_scored(k + 1, int(counts[k]), counts[k] / total, resolution, at_limit,
                            centred_share(averages[k], radius), straight_edge(averages[k]),
-                           contrasts[k] / max(typical, 1e-20), high_res, n_classes))
+                           contrasts[k] / max(typical, 1e-20),
+                           relative_signals[k], high_res, n_classes))
     return out
 
 
@@ -210,8 +257,8 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
 
 
 def feature_values(particles: int, share: float, resolution: float, centred: float,
-                   edge: float, relative_contrast: float, high_res: float,
-                   n_classes: int) -> dict[str, float]:
+                   edge: float, relative_contrast: float, relative_signal: float,
+                   high_res: float, n_classes: int) -> dict[str, float]:
     """The class's features on the score's scale, before they are clipped to 0..1: 1 or more
     passes, 0 or less fails (the score is their clipped product; the learned proposal,
     :mod:`live2d.learned_proposal`, also sees how far past either end a class is)."""
@@ -222,10 +269,12 @@ def feature_values(particles: int, share: float, resolution: float, centred: flo
         "dense": (3.5 - relative_contrast) / 1.5,
         "centred": (centred - 0.5) / 0.3,
         "edge": (7.0 - edge) / 2.5,
-        # Few particles look alike by chance, and their half sets, aligned to the same noisy
-        # average, agree more than they should: a class needs a third of the average class
-        # size or, for a rare view in a large session, enough particles of its own (60).
-        "populous": max(share * n_classes / 0.33, (particles - 20) / 40),
+        # The resolution of a few dozen noisy picks aligned to a reference, or of mixed views,
+        # flatters them; their signal per particle does not: 1 from 0.6 of the typical class's,
+        # 0 at 0.2. Views of the molecule ranged 0.6-2.2 in simulations; noise aligned to a
+        # reference 0.1-0.2, a few dozen particles of mixed views 0.2-0.4.
+        "signal": (relative_signal - 0.2) / 0.4,
+        "populous": (particles - FEWEST_PARTICLES / 2) / FEWEST_PARTICLES,
     }
     return {name: float(value) for name, value in features.items()}
 
@@ -238,29 +287,39 @@ def table_features(table: list[dict], high_res: float) -> list[dict[str, float] 
     return [None if row["resolution"] is None else
             feature_values(int(row["particles"]), int(row["particles"]) / total,
                            float(row["resolution"]), float(row["centred"]), float(row["edge"]),
-                           float(row["contrast"]), high_res, len(table))
+                           float(row["contrast"]),
+                           # tables written before the signal was measured: not judged on it
+                           float(row.get("signal", 1.0)), high_res, len(table))
             for row in table]
 
 
 def _scored(number: int, particles: int, share: float, resolution: float, at_limit: bool,
-            centred: float, edge: float, relative_contrast: float, high_res: float,
-            n_classes: int) -> ClassQuality:
+            centred: float, edge: float, relative_contrast: float, relative_signal: float,
+            high_res: float, n_classes: int) -> ClassQuality:
     features = {name: float(np.clip(value, 0.0, 1.0)) for name, value in feature_values(
-        particles, share, resolution, centred, edge, relative_contrast, high_res,
-        n_classes).items()}
+        particles, share, resolution, centred, edge, relative_contrast, relative_signal,
+        high_res, n_classes).items()}
     score = float(np.prod(list(features.values())))
     where = f"≤ {resolution:.1f} Å" if at_limit else f"{resolution:.1f} Å"
     reasons = {
+        "populous": f"only {particles} particles: too few to judge",
         "faint": "flat: probably empty ice",
         "dense": "far denser than the particles: ice contamination",
         "edge": "sharp straight edge: carbon",
         "centred": "signal off centre or spread out: contamination or aggregates",
         "sharp": f"{where}: blurred, mixed views or junk",
-        "populous": f"{where}, only {particles} particles ({share:.1%}): too few to judge",
+        "signal": f"{where} from {particles} particles, but {relative_signal:.0%} of the typical "
+                  "class's signal per particle: noise fitted to a reference, or mixed views",
     }
     failing = [name for name in reasons if features[name] < 0.5]  # in order of priority
     if not failing and score < GOOD_SCORE:  # no single flaw, but together too many
         failing = [min(reasons, key=features.get)]
-    reason = reasons[failing[0]] if failing else f"{where}, centred, {share:.0%} of particles"
+    if failing:
+        reason = reasons[failing[0]]
+    elif share * n_classes < RARE_SHARE:  # good, though far smaller than the average class
+        reason = f"rare view: {particles} particles, {where}, centred"
+    else:
+        reason = f"{where}, centred, {share:.0%} of particles"
     return ClassQuality(number, particles, round(resolution, 2), at_limit, round(centred, 3),
-                        round(edge, 2), round(relative_contrast, 2), round(score, 3), reason)
+                        round(edge, 2), round(relative_contrast, 2), round(relative_signal, 2),
+                        round(score, 3), reason)

@@ -39,7 +39,7 @@ import numpy as np
 from live2d.class_quality import GOOD_SCORE, table_features
 from live2d.history import CycleRecord, read_class_table
 
-FEATURES = ("sharp", "faint", "dense", "centred", "edge", "populous")
+FEATURES = ("sharp", "faint", "dense", "centred", "edge", "signal", "populous")
 FLOOR = 0.05
 # Below the floor a feature's input goes on falling, this much per unit (down to LOWEST), so that
 # a class just past a threshold (e.g. a particle with a straight edge of 7.2) is told from one far

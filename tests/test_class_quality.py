@@ -11,9 +11,12 @@ from live2d.class_quality import (
     frc,
     half_set_sums,
     resolution_from_frc,
+    ring_index,
+    signal_per_particle,
     straight_edge,
 )
 from live2d.evaluate import correlation
+from live2d.imaging import ctf_2d, rotate
 from live2d.junk import render_junk
 from live2d.phantom import Phantom
 
@@ -42,6 +45,22 @@ def test_frc_is_one_for_the_same_image_and_near_zero_for_independent_noise():
     curve = torch.tensor([1.0, 0.9, 0.5, 0.2, 0.1, 0.0])
     resolution, at_limit = resolution_from_frc(curve, 10, 2.0)
     assert not at_limit and 20 / 4 < resolution < 20 / 3  # between rings 3 and 4
+
+
+def test_the_signal_per_particle_does_not_depend_on_how_many_there_are():
+    """Half sums of n copies of one image in white noise: the estimate is the image's spectral
+    SNR, for 20 particles as for 400, where the half sets' FRC rises with n."""
+    rng = np.random.default_rng(1)
+    signal = torch.from_numpy(Phantom(BOX, PIXEL, n_views=1).views[0])
+    sigma, last_ring = 2.0, 12
+    band = (ring_index(BOX) >= 1) & (ring_index(BOX) <= last_ring)
+    truth = float((torch.fft.rfft2(signal).abs() ** 2)[band].sum()) / (
+        sigma**2 * BOX**2 * int(band.sum()))
+    for n in (20, 400):
+        noise = torch.from_numpy(rng.standard_normal((n, BOX, BOX)).astype(np.float32)) * sigma
+        images = signal + noise
+        halves = images[0::2].sum(0), images[1::2].sum(0)
+        assert signal_per_particle(*halves, n, last_ring) == pytest.approx(truth, rel=0.15)
 
 
 def test_half_sums_undo_the_reported_alignment():
@@ -101,19 +120,51 @@ def test_an_empty_class_is_reported_as_such():
     assert quality[0].resolution == pytest.approx(quality[0].resolution)
 
 
-def test_a_class_of_a_few_particles_is_not_proposed_good_on_its_resolution_alone():
-    """33 particles (1% of the set, a tenth of the average class) make a noisy average whose
-    half sets agree all the same; a rare view of 60 (under a fifth of the average) is judged
-    on its features."""
+def aligned_to(images: np.ndarray, reference: np.ndarray, step: float = 5.0) -> np.ndarray:
+    """``images`` each turned (every ``step`` degrees) and shifted (whole pixels) to where its
+    CTF-weighted copy correlates best with ``reference``: what an engine does to noise."""
+    ctf = ctf_2d(*(torch.tensor([value]) for value in (15000.0, 14500.0, 30.0, 300.0, 2.7,
+                                                       0.07, 0.0)), PIXEL, BOX)[0]
+    angles, n = np.arange(0.0, 360.0, step), len(images)
+    turned = rotate(torch.from_numpy(images).repeat(len(angles), 1, 1),
+                    np.repeat(angles, n)).view(len(angles), n, BOX, BOX)
+    target = torch.fft.rfft2(torch.from_numpy(reference)).conj()
+    scores = torch.fft.irfft2(torch.fft.rfft2(turned) * ctf * target, s=(BOX, BOX))
+    best = scores.transpose(0, 1).reshape(n, -1).argmax(1)  # over angles and shifts
+    angle, (dy, dx) = best // BOX**2, np.divmod((best % BOX**2).numpy(), BOX)
+    return np.stack([torch.roll(turned[angle[i], i], (-int(dy[i]), -int(dx[i])), (0, 1)).numpy()
+                     for i in range(n)])
+
+
+def test_a_rare_view_is_good_and_a_few_noisy_or_mixed_picks_are_not():
+    """Among 2,000 particles, 33 of a rare view (under a fifth of the average class) are good;
+    33 picks of empty ice aligned to a view, whose half sets agree on a resolution all the
+    same, and 33 particles of eight views are not: they bring far less signal per particle."""
     phantom = Phantom(BOX, PIXEL, n_views=10)
-    batch, table = particles(phantom, 3300, snr=0.2, seed=5)
+    batch, table = particles(phantom, 2000, snr=0.2, seed=5)
     view = batch.view
-    keep = (view < 8) | ((view == 8) & (np.cumsum(view == 8) <= 60)) | \
-        ((view == 9) & (np.cumsum(view == 9) <= 33))
-    table = table[keep].reset_index(drop=True)
+    keep = (view < 9) | ((view == 9) & (np.cumsum(view == 9) <= 33))
+    mixed = np.flatnonzero(view < 8)[:33]  # particles of eight views, each turned to its own
+    table = pd.concat([table[keep], table.iloc[mixed].assign(**{"2DCLS": 12})])
+    ice = phantom.particles(33, np.random.default_rng(7), snr=0.2, defocus_u=15000,
+                            defocus_v=14500, defocus_angle=30, junk=1.0, junk_kinds=("empty",))
+    table = pd.concat([table, cistem_star.new_table(33).assign(**{
+        column: table[column].iloc[0] for column in ("DF1", "DF2", "ANGAST", "PSIZE", "VOLT",
+                                                     "Cs", "AmpC")}, **{"2DCLS": 11})])
+    stack = np.concatenate([batch.images[keep], batch.images[mixed],
+                            aligned_to(ice.images, phantom.views[8])])
     table["POS"] = np.arange(1, len(table) + 1)
-    quality = assess_classes(batch.images[keep], table, phantom.views, PIXEL,
-                             0.6 * phantom.diameter, 8.0)
-    assert quality[9].particles == 33 and quality[9].score < 0.5
-    assert "33 particles" in quality[9].reason and "too few" in quality[9].reason
-    assert quality[8].particles == 60 and quality[8].score >= 0.5
+    # the class averages as an engine makes them: of the aligned members, noise and all
+    sums = half_set_sums(stack, table, 12, PIXEL)
+    counts = np.bincount(table["2DCLS"], minlength=13)[1:]
+    averages = (sums.sum(1) / torch.from_numpy(counts)[:, None, None]).numpy()
+    quality = assess_classes(stack, table, averages, PIXEL, 0.6 * phantom.diameter, 8.0,
+                             half_sums=sums, counts=counts.tolist())
+    rare, ice, mixed = quality[9], quality[10], quality[11]
+    assert rare.particles == ice.particles == mixed.particles == 33
+    assert rare.score >= 0.5 and rare.reason.startswith("rare view: 33 particles,")
+    assert rare.signal > 0.7
+    for junk in (ice, mixed):
+        assert junk.score < 0.5 and junk.signal < 0.5, junk
+    # every view of the molecule brings about as much signal per particle
+    assert all(0.5 < q.signal < 2.5 for q in quality[:10])
