@@ -33,12 +33,13 @@ CLASSES = [(12.0, 0.90, 3.0, 1.00), (13.0, 0.85, 3.5, 1.10),
            (30.0, 0.20, 3.0, 0.10), (32.0, 0.25, 3.0, 0.12),
            (20.0, 0.60, 9.0, 1.50)]
 OFF_CENTRE, ICE, CARBON = [3, 4, 5, 6], [7, 8], [9]
+SIGNAL = 1.0  # each class's signal per particle, that of the typical class
 
 
 def class_table(classes=CLASSES, particles=100):
     n = len(classes)
     return [_scored(k + 1, particles, 1.0 / n, resolution, False, centred, edge, contrast,
-                    HIGH_RES, n).to_dict()
+                    SIGNAL, HIGH_RES, n).to_dict()
             for k, (resolution, centred, edge, contrast) in enumerate(classes)]
 
 
@@ -145,9 +146,9 @@ def test_a_mark_says_how_many_proposals_it_changed(tmp_path, caplog):
 def test_marks_make_a_feature_matter_less_never_backwards():
     # classes with a carbon-like edge marked good and flawless ones marked junk: unconstrained,
     # the fit would reward straight edges; held at 0, it only stops heeding them
-    passing, edged = (1.0,) * 6, (1.0, 1.0, 1.0, 1.0, -0.5, 1.0)
+    passing, edged = (1.0,) * 7, (1.0, 1.0, 1.0, 1.0, -0.5, 1.0, 1.0)
     examples = (Example(1, 1, edged, "good", 1), Example(1, 2, edged, "good", 2),
                 Example(1, 3, passing, "junk", 3), Example(1, 4, passing, "junk", 4))
     weights = fit(examples)
-    assert weights[4] == 0.0 and np.allclose(weights[[0, 1, 2, 3, 5]], 1.0)
+    assert weights[4] == 0.0 and np.allclose(weights[[0, 1, 2, 3, 5, 6]], 1.0)
     assert weights[-1] < PRIOR[-1]  # a flawless class can be junk: the bar is higher
