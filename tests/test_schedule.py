@@ -15,8 +15,10 @@ def test_defaults_are_the_original_live2d():
     s = Settings()
     assert (s.classes, s.particles_per_class, s.high_res_initial, s.high_res_final) == (
         50, 300, 40.0, 8.0)
-    assert (s.startup_cycles, s.refinement_cycles, s.first_job_at, s.update_every) == (
-        15, 5, 50_000, 50_000)
+    assert (s.startup_cycles, s.refinement_cycles, s.update_every) == (15, 5, 50_000)
+    # The original waited for 50,000 particles; streaming updates let the first job start at
+    # 10,000, as RELION's on-the-fly pipeline does (README, Performance: an early start).
+    assert s.first_job_at == 10_000
     assert (s.low_res, s.angular_step, s.smoothing, s.auto_center, s.auto_mask) == (
         300.0, 15.0, 1.0, True, False)
     assert s.mask_radius is None and s.search_range is None  # 0.6 / 0.33 × Warp's diameter
@@ -123,7 +125,7 @@ def test_every_setting_has_a_help_and_states_its_default_once():
 def test_composed_help_states_default_unit_and_range():
     assert Settings.describe("classes").endswith("Default: 50. Allowed: 1 to 1000.")
     assert Settings.describe("high_res_initial").endswith("Default: 40 Å. Allowed: 2 to 300 Å.")
-    assert "Default: 50,000." in Settings.describe("first_job_at")
+    assert "Default: 10,000." in Settings.describe("first_job_at")
     assert "Default: Ab initio." in Settings.describe("mode")
     assert "Default: on." in Settings.describe("auto_center")
     assert "Default: empty, meaning 0.6 × the particle diameter Warp picks with." in (
@@ -155,5 +157,5 @@ def test_cli_setting_options_take_their_help_from_settings(capsys):
     with pytest.raises(SystemExit):
         cli_main(["run", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
-    assert "Default: 50,000. Allowed: 1 to 100,000,000." in shown
-    assert "(50000)" not in shown  # the hand-written defaults are gone
+    assert "Default: 10,000. Allowed: 1 to 100,000,000." in shown
+    assert "(10000)" not in shown  # the hand-written defaults are gone
