@@ -312,13 +312,20 @@ def classified_picks(output_dir: Path, cycle: int,
                      truth_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """The class (1-based) of each pick ``cycle`` classified, and whether it is a true particle
     (not junk), in the order of its particle table."""
+    labels, true_particle = _picks_and_truth(output_dir, cycle, truth_dir)
+    used = labels > 0
+    return labels[used], true_particle[used]
+
+
+def _picks_and_truth(output_dir: Path, cycle: int,
+                     truth_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``cycle``'s particle table: its class (0 or below: not used) and whether it
+    is a true particle."""
     output_dir = Path(output_dir)
     record = next(r for r in read_history(output_dir) if r.number == cycle)
     table = particle_table(output_dir, record)
     view = np.array([int(r["view"]) for r in truth_rows(output_dir, table, truth_dir)])
-    labels = table["2DCLS"].to_numpy(dtype=np.int64)
-    used = labels > 0
-    return labels[used], view[used] >= 0
+    return table["2DCLS"].to_numpy(dtype=np.int64), view >= 0
 
 
 def curated_selection(output_dir: Path, cycle: int, truth_dir: Path, chosen: list[int],
@@ -326,16 +333,12 @@ def curated_selection(output_dir: Path, cycle: int, truth_dir: Path, chosen: lis
     """How the particles of classes ``chosen`` of ``cycle`` that a curation keeps (``keep``:
     per row of the cycle's particle table), and those of other classes it ``rescued`` (per
     row), fare against the truth."""
-    output_dir = Path(output_dir)
-    record = next(r for r in read_history(output_dir) if r.number == cycle)
-    table = particle_table(output_dir, record)
-    view = np.array([int(r["view"]) for r in truth_rows(output_dir, table, truth_dir)])
-    labels = table["2DCLS"].to_numpy(dtype=np.int64)
+    labels, true_particle = _picks_and_truth(output_dir, cycle, truth_dir)
     used = labels > 0
     selected = np.isin(labels, chosen) & np.asarray(keep, dtype=bool)
     if rescued is not None:
         selected |= np.asarray(rescued, dtype=bool)
-    return particles_of(chosen, selected[used], view[used] >= 0)
+    return particles_of(chosen, selected[used], true_particle[used])
 
 
 def truth_rows(output_dir: Path, table, truth_dir: Path) -> list[dict]:
