@@ -13,11 +13,14 @@ cores measured are the classification's.
     python bench/keep_up.py                          # 150,000 an hour for 40 minutes, 128 px
     python bench/keep_up.py --rate 150000 --minutes 40 --box 128 --classes 50
     python bench/keep_up.py --minutes 2 --box 64 --first-job-at 2000   # a quick look
+    python bench/keep_up.py --engine cistem --cistem-bin ../shared/cistem/bin --rate 50000
+    python bench/keep_up.py --dask-workers 2          # the engine's slices on 2 Dask workers
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -83,6 +86,11 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=50,
                         help="micrographs simulated (handed out again once used)")
     parser.add_argument("--root", type=Path, default=None, help="keep the folders here")
+    parser.add_argument("--engine", choices=("builtin", "cistem"), default="builtin")
+    parser.add_argument("--cistem-bin", help="where refine2d and merge2d are (--engine cistem)")
+    parser.add_argument("--dask-workers", type=int, default=0,
+                        help="run the engine's slices on a local Dask cluster of this many "
+                             "single-threaded workers (default: in the run's process)")
     args = parser.parse_args()
 
     total = int(args.rate * args.minutes / 60.0)
@@ -103,9 +111,15 @@ def main() -> None:
 
     live.mkdir(parents=True)
     command = [sys.executable, "-m", "live2d.cli", "run", str(live), "--output", str(output),
-               "--classes", str(args.classes)]
+               "--classes", str(args.classes), "--engine", args.engine]
     if args.first_job_at:
         command += ["--first-job-at", str(args.first_job_at)]
+    if args.cistem_bin:
+        command += ["--cistem-bin", args.cistem_bin]
+    if args.dask_workers:
+        config = root / "cluster.json"
+        config.write_text(json.dumps({"n_workers": args.dask_workers}))
+        command += ["--cluster", "local", "--cluster-config", str(config)]
     stop, fed = threading.Event(), [0]
     feeder = threading.Thread(target=feed,
                               args=(source, live, micrographs, interval, stop, fed))

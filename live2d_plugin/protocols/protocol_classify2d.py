@@ -20,7 +20,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -55,6 +55,7 @@ from live2d_plugin.convert import (
 )
 from live2d_plugin.particle_source import ScipionParticleSource
 from live2d_plugin.protocols.labels import Live2DLabel
+from live2d_plugin.publishing import PUBLISH_SHARE, PublishBudget
 from live2d_plugin.quality import class_table_by_number, cycle_selection
 from live2d_plugin.set_rows import (
     copy_class_members,
@@ -321,6 +322,7 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         session = self._openSession(executor)
         self._session = session  # for the listener, called in this step's thread
         self._publishError: BaseException | None = None
+        self._publisher = PublishBudget(self._publishCycle)
         self._saidImages = False
         session.add_listener(self._onSessionEvent)
         watcher_done = threading.Event()
@@ -332,6 +334,8 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
                 self._sayImages(session.store)
             # Stopped by the stop file (see _watchStop) or a publish error (then raised).
             finished = session.run_automatic(clear_stop=False, raise_failures=True)
+            if self._publishError is None:  # the newest cycle, if the budget held it back
+                self._publishing(self._publisher.flush)
             self._raisePublishError()
             if finished:
                 self.info(f"input closed and "
@@ -450,15 +454,24 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
             self._noteImport(event)
         if event.get("type") != "cycle" or self._publishError is not None:
             return
+        number = event["cycle"]["number"]  # the page's form of the record: the session's
+        record = next(r for r in reversed(self._session.history) if r.number == number)
+        if record.block == "start":  # random starting classes have no members yet
+            return
+        if not self._publishing(lambda: self._publisher.offer(record)):
+            self.info(f"cycle {record.number} goes to the outputs with a later cycle: "
+                      f"publishing took {self._publisher.last_cost:.0f} s, and takes at most "
+                      f"{PUBLISH_SHARE:.0%} of the run")
+
+    def _publishing(self, publish: Callable[[], bool]) -> bool:
+        """Runs a publish; an error stops the run after this cycle and is raised after it."""
         try:
-            number = event["cycle"]["number"]  # the page's form of the record: the session's
-            record = next(r for r in reversed(self._session.history) if r.number == number)
-            if record.block != "start":  # random starting classes have no members yet
-                self._publishCycle(record)
+            return publish()
         except BaseException as exc:  # the session would only log it: surface it after
             self._publishError = exc
             self.stopStreaming()  # after this cycle, as the right-click action
             self._session.request_stop()  # now: not after the watcher's next look
+            return True
 
     def _noteImport(self, event: dict[str, Any]) -> None:
         """The input particles received so far (the summary's count), and where the cycles
