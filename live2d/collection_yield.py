@@ -96,15 +96,16 @@ def latest_scored_cycle(folder: str | os.PathLike) -> CycleRecord:
 
 
 def score_particles(folder: str | os.PathLike, store_table: pd.DataFrame,
-                    record: CycleRecord | None = None) -> ScoredParticles:
+                    record: CycleRecord | None = None, curate: bool = True) -> ScoredParticles:
     """Each particle of ``store_table`` (the store's rows) good or not by ``record`` (default:
-    :func:`latest_scored_cycle`), the selection and the session's particle curation where it
-    can be had. Raises YieldError when there is no scored cycle."""
+    :func:`latest_scored_cycle`), the selection and, with ``curate``, the session's particle
+    curation where it can be had (it reads every selected particle's image: whole classes
+    count without it). Raises YieldError when there is no scored cycle."""
     folder = Path(folder)
     record = record or latest_scored_cycle(folder)
     chosen = selected(record, SelectionState.load(folder))
     classes = particle_table(folder, record)
-    curation = session_cycle_curation(folder, record, classes)
+    curation = session_cycle_curation(folder, record, classes) if curate else None
     in_chosen = classes["2DCLS"].isin(chosen).to_numpy()
     if curation is not None:
         in_chosen = in_chosen & curation.keep

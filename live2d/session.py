@@ -586,7 +586,11 @@ class Session(Listeners):
         a failure): the store's table, its particles scored, the EPU folder's hole -> square."""
         try:
             table = self.store.read_table()
-            particles = score_particles(self.output_dir, table, record)
+            # Curating reads every selected particle's image: worth it for the classes a job
+            # ends with (and each streaming update, which ends its own), not for the cycles
+            # an ab initio job passes through on its way, where whole classes count.
+            final = record.streamed or record.job_cycle == record.job_cycles
+            particles = score_particles(self.output_dir, table, record, curate=final)
             epu = self._epu_folder()
             hole_squares = read_hole_squares(epu) if epu else None
             write_yield_tables(self.output_dir, particles, hole_squares)

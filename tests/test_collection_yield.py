@@ -280,16 +280,28 @@ def test_the_command_says_when_there_is_no_session_or_no_scored_cycle(output, tm
         score_particles(output, ParticleStore(output).read_table())
 
 
-def test_a_session_writes_the_three_tables_after_each_scored_cycle(tmp_path):
+def test_a_session_writes_the_three_tables_after_each_scored_cycle(tmp_path, monkeypatch):
     from test_session import SMALL_ARGS, small_session
 
+    import live2d.session
     from live2d.simulate import write_epu_acquisition
 
+    scored = []
+
+    def spied(folder, table, record, curate=True):
+        scored.append((record.job_cycle, record.job_cycles, curate))
+        return score_particles(folder, table, record, curate)
+
+    monkeypatch.setattr(live2d.session, "score_particles", spied)
     warp, epu = tmp_path / "warp", tmp_path / "epu"
     small_session(warp)
     for index in range(4):  # the simulator's EPU folder for its 4 micrographs
         write_epu_acquisition(epu, index)
     assert cli_main(["run", str(warp), "--once", "--epu", str(epu), *SMALL_ARGS]) == 0
+    # The curation reads images: only the cycle the job ends with is curated.
+    assert len(scored) >= 2
+    assert [curate for _, _, curate in scored] == [cycle == cycles for cycle, cycles, _ in scored]
+    assert scored[-1][2]
     out = warp / "classification"
     assert json.loads((out / SESSION_STATE).read_text())["epu_dir"] == str(epu.resolve())
     tables = {level: list(csv.DictReader(io.StringIO((out / name).read_text())))
