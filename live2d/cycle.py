@@ -96,7 +96,7 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
         update = plan_update(previous, n, settings, number)
         written = _write_update_input(files.input_star, update, previous, inputs)
     else:
-        n, update = _write_input(files.input_star, previous, inputs), None
+        n, update = _write_input(files.input_star, previous, inputs, job.particles), None
     left_out = _left_out(store, n)
     request = CycleRequest(
         stack=store.images_path,
@@ -332,11 +332,16 @@ def clean_work_folder(output: OutputFolder) -> None:
     shutil.rmtree(output.work, ignore_errors=True)
 
 
-def _write_input(star_path: Path, previous: CycleRecord | None, inputs: CycleInputs) -> int:
+def _write_input(star_path: Path, previous: CycleRecord | None, inputs: CycleInputs,
+                 job_particles: int | None = None) -> int:
     """Write the cycle's input star: the previous cycle's results, then the particles imported
-    since then, unassigned. Returns the particle count."""
+    since then, unassigned, up to the job's ``job_particles`` (None: all). Returns the particle
+    count."""
     table = inputs.store.read_table().drop(columns=list(cistem_star.PROVENANCE_COLUMNS),
                                            errors="ignore")
+    if job_particles is not None:
+        known = previous.particles if previous is not None else 0
+        table = table.iloc[:max(job_particles, known)]
     if previous is not None:
         try:
             earlier = particle_table(inputs.output.root, previous)

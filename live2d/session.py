@@ -376,7 +376,8 @@ class Session(Listeners):
             raise SessionError(f"the {job_type} job has no cycles with these settings")
         with self._lock:
             self.state.jobs_started += 1
-            job = JobState(self.state.jobs_started, job_type, [dataclasses.asdict(s) for s in plan])
+            job = JobState(self.state.jobs_started, job_type, [dataclasses.asdict(s) for s in plan],
+                           particles=n)
             self.state.job = job
             self._write_state()
         self._log(f"job {job.number}: {job_type}, {len(plan)} cycles, {n} particles")

@@ -35,6 +35,10 @@ class JobState:
     plan: list[dict[str, Any]]
     next_index: int = 0
     failures: int = 0
+    # The particles the job classifies: those imported when it started (None: a job begun by
+    # a version that took every particle imported by each cycle's start). Particles arriving
+    # during the job wait for the next one, so a job's cycles cost the same from first to last.
+    particles: int | None = None
 
     def spec(self, index: int) -> CycleSpec:
         return CycleSpec(**self.plan[index])

@@ -142,7 +142,10 @@ def test_run_once_with_too_few_particles_says_so(tmp_path, capsys):
     assert "too few" in capsys.readouterr().err
 
 
-def test_particles_picked_during_a_job_join_its_next_cycle(tmp_path):
+def test_particles_picked_during_a_job_wait_for_the_next_one(tmp_path):
+    """A job classifies the particles imported when it started, so its last cycle costs what
+    its first did however fast particles arrive (a first job that took in every new particle
+    at each cycle never ended in a busy session); the next job or update takes the rest."""
     warp = tmp_path / "warp"
     small_session(warp, particles=120)
     session = Session(warp, settings=Settings(**SMALL))
@@ -153,9 +156,12 @@ def test_particles_picked_during_a_job_join_its_next_cycle(tmp_path):
 
     session.add_listener(more_particles)
     assert session.run_job("abinit")
-    particles = [c.particles for c in session.history]
-    assert particles == [120, 240, 240, 240]
-    assert len(cistem_star.read_star(session.output_dir / "cycle_001.star")) == 240
+    assert session.store.count == 240  # imported during the job...
+    assert [c.particles for c in session.history] == [120, 120, 120, 120]  # ...not in it
+    assert len(cistem_star.read_star(session.output_dir / "cycle_003.star")) == 120
+    assert session.run_job("stream")
+    assert session.history[-1].particles == 240
+    assert session.history[-1].new_particles == 120
     session.close()
 
 
