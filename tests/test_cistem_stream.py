@@ -46,7 +46,11 @@ def merge_by_hand(dumps: list[Path], folder: Path) -> np.ndarray:
     return read_images(out)
 
 
-def test_cistem_updates_after_abinit_merge_every_batchs_kept_dump(tmp_path):
+def test_cistem_updates_merge_every_batchs_kept_dump_and_remake_those_of_another_mask(
+        tmp_path, caplog):
+    """Updates after ab initio merge every batch's kept dump; after a mask change, the next
+    update makes every kept batch's dump again. (One session for both: each needs an ab initio
+    job and updates before it.)"""
     warp = tmp_path / "warp"
     grow(warp, 240)
     engine = CistemEngine(find_programs(CISTEM_BIN, required=True))
@@ -96,22 +100,13 @@ def test_cistem_updates_after_abinit_merge_every_batchs_kept_dump(tmp_path):
     session = Session(warp, engine=engine)  # opening drops what no record names
     assert not orphan.exists()
     assert {p.name for p in stream.iterdir()} == kept_before
-    session.close()
 
-
-def test_kept_dumps_made_under_another_mask_are_made_again(tmp_path, caplog):
-    warp = tmp_path / "warp"
-    grow(warp, 240)
-    engine = CistemEngine(find_programs(CISTEM_BIN, required=True))
-    session = Session(warp, settings=Settings(**STREAM), engine=engine)
-    assert session.run_job("abinit")
-    grow(warp, 300)
-    assert session.run_job()
+    # Kept dumps made under another mask: merge2d would refuse them beside this update's, so
+    # every kept batch is classified again from its kept rows, and the classes merge only this
+    # update's dumps.
     first = session.history[-1]
-    # merge2d would refuse dumps of another mask beside this update's: every kept batch is
-    # classified again from its kept rows, and the classes merge only this update's dumps.
     session.update_settings({"mask_radius": 40.0})
-    grow(warp, 360)
+    grow(warp, 480)
     caplog.set_level("DEBUG", logger="live2d")
     assert session.run_job()
     latest = session.history[-1]
@@ -119,8 +114,8 @@ def test_kept_dumps_made_under_another_mask_are_made_again(tmp_path, caplog):
     assert all(c == latest.number for _, _, c in latest.batches)
     assert {a for a, _, _ in first.batches} <= {a for a, _, _ in latest.batches}
     assert "do not fit this update" in caplog.text
-    assert sum(latest.class_counts) == 360 == len(particle_table(session.output_dir, latest))
-    dumps = [session.output_dir / "stream" / batch_dump_name(a, c) for a, _, c in latest.batches]
-    assert np.array_equal(read_images(session.output_dir / latest.classes),
-                          merge_by_hand(dumps, tmp_path / "by_hand"))
+    assert sum(latest.class_counts) == 480 == len(particle_table(session.output_dir, latest))
+    dumps = [stream / batch_dump_name(a, c) for a, _, c in latest.batches]
+    assert np.array_equal(read_images(out / latest.classes),
+                          merge_by_hand(dumps, tmp_path / "by_hand_remade"))
     session.close()

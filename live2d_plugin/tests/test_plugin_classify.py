@@ -16,7 +16,6 @@ from unittest import mock
 
 import mrcfile
 import numpy as np
-import pytest
 from plugin_test_helpers import BOX, PIXEL_SIZE, ProjectTestCase, output_size, simulate_warp
 from pwem.objects import SetOfAverages, SetOfClasses2D, SetOfParticles
 from pwem.protocols import ProtSplitSet
@@ -164,18 +163,52 @@ class TestClassify(ProjectTestCase):
                       self.log_tail(classify, 10**6))
         return [split_image_name(name)[1] for name in store.read_table()["ORIGNAME"]]
 
-    def test_the_particles_of_an_import_without_copy_are_read_from_warps_stacks(self) -> None:
+    def test_an_import_without_copy_is_read_from_warps_stacks_by_either_engine(self) -> None:
+        """Two classifications of one closed import, run side by side: the built-in engine's
+        reads the particles from Warp's stacks (nothing copied); the cisTEM engine's runs the
+        stand-in programs of tests/cistem_standin. (One import for both: each needed the same
+        import of the same particles.)"""
+        sys.path.insert(0, str(STANDIN_PARENT))
+        try:
+            from cistem_standin import make_bin_dir
+        finally:
+            sys.path.remove(str(STANDIN_PARENT))
+        bin_dir = make_bin_dir(self.work / "cistem_bin")
         warp_dir = self.work / "warp"
         simulate_warp(warp_dir, particles=80)
         importer = self.import_protocol(warp_dir, timeout_minutes=0.02)
         self.wait_finished(importer, timeout=90)
-        classify = self.launch(self.classify_protocol(importer))
-        done = self.wait_finished(classify, timeout=150)
+
+        builtin = self.launch(self.classify_protocol(importer))
+        cistem = self.new(ProtLive2DClassify2D, engine=2, **SMALL_SCHEDULE)
+        cistem.inputParticles.set(importer)
+        cistem.inputParticles.setExtended("outputParticles")
+        previous = os.environ.get("LIVE2D_CISTEM_BIN")
+        os.environ["LIVE2D_CISTEM_BIN"] = str(bin_dir)  # the protocol process inherits it
+        try:
+            self.assertEqual(cistem.validate(), [])
+            self.proj.saveProtocol(cistem)
+            self.launch(cistem)
+        finally:
+            if previous is None:
+                os.environ.pop("LIVE2D_CISTEM_BIN")
+            else:
+                os.environ["LIVE2D_CISTEM_BIN"] = previous
+
+        done = self.wait_finished(builtin, timeout=150)
         stacks = self.check_read_in_place(done, 80)
         self.assertEqual(set(stacks), {str(p.resolve())
                                        for p in (warp_dir / "particles").glob("*.mrcs")})
         self.assertEqual(done.publishedParticles.get(), 80)
         self.check_classes(done, 2, sum(history_of(done)[-1].class_counts))
+
+        done = self.wait_finished(cistem, timeout=150)
+        history = history_of(done)
+        self.assertEqual(len(history), 3)  # closed input below firstJobAt: one job, whole set
+        self.assertTrue(all("refine2d" in record.engine for record in history[1:]),
+                        [r.engine for r in history])
+        self.check_classes(done, 2, sum(history[-1].class_counts))
+        self.assertEqual(done.publishedParticles.get(), 80)
 
     def test_a_copying_import_is_read_in_place_while_it_still_grows(self) -> None:
         warp_dir = self.work / "warp"
@@ -347,9 +380,14 @@ class TestClassify(ProjectTestCase):
         split.inputSet.set(classify)
         split.inputSet.setExtended("outputParticles")
         self.assertEqual(split.validate(), [])
-        self.proj.launchProtocol(split, wait=True)
-        done = self.load(split)
-        self.assertTrue(done.isFinished(), f"{done.getErrorMessage()}\n{self.log_tail(split)}")
+        # outputAverages too: each class average once, as an image of the cycle's stack. (Both
+        # splits run at once: neither needs the other.)
+        split_averages = self.new(ProtSplitSet, label="split the averages", numberOfSets=2)
+        split_averages.inputSet.set(classify)
+        split_averages.inputSet.setExtended("outputAverages")
+        self.launch(split)
+        self.launch(split_averages)
+        done = self.wait_finished(split, timeout=120)
         halves = []
         for name in ("outputParticles01", "outputParticles02"):
             half = SetOfParticles(filename=getattr(done, name).getFileName())
@@ -370,13 +408,7 @@ class TestClassify(ProjectTestCase):
         self.assertEqual(set(got), set(wanted))
         for pid, matrix in got.items():
             np.testing.assert_allclose(matrix, wanted[pid], atol=1e-6)
-        # outputAverages too: each class average once, as an image of the cycle's stack.
-        split = self.new(ProtSplitSet, label="split the averages", numberOfSets=2)
-        split.inputSet.set(classify)
-        split.inputSet.setExtended("outputAverages")
-        self.proj.launchProtocol(split, wait=True)
-        done = self.load(split)
-        self.assertTrue(done.isFinished(), f"{done.getErrorMessage()}\n{self.log_tail(split)}")
+        done = self.wait_finished(split_averages, timeout=120)
         locations = []
         for name in ("outputAverages01", "outputAverages02"):
             half = SetOfAverages(filename=getattr(done, name).getFileName())
@@ -550,40 +582,6 @@ class TestClassify(ProjectTestCase):
         state.job = None  # the job finished before the stop: nothing left part-way
         state.save(folder / SESSION_STATE)
         self.assertNotIn("part-way", "\n".join(classify.summary()))
-
-    def test_cistem_engine_with_stand_in_programs(self) -> None:
-        sys.path.insert(0, str(STANDIN_PARENT))
-        try:
-            standin = pytest.importorskip("cistem_standin")
-        finally:
-            sys.path.remove(str(STANDIN_PARENT))
-        bin_dir = standin.make_bin_dir(self.work / "cistem_bin")
-        warp_dir = self.work / "warp"
-        simulate_warp(warp_dir, particles=80)
-        importer = self.import_protocol(warp_dir, timeout_minutes=0.02)
-        self.wait_finished(importer, timeout=90)
-
-        classify = self.new(ProtLive2DClassify2D, engine=2, **SMALL_SCHEDULE)
-        classify.inputParticles.set(importer)
-        classify.inputParticles.setExtended("outputParticles")
-        previous = os.environ.get("LIVE2D_CISTEM_BIN")
-        os.environ["LIVE2D_CISTEM_BIN"] = str(bin_dir)  # the protocol process inherits it
-        try:
-            self.assertEqual(classify.validate(), [])
-            self.proj.saveProtocol(classify)
-            self.launch(classify)
-            done = self.wait_finished(classify, timeout=150)
-        finally:
-            if previous is None:
-                os.environ.pop("LIVE2D_CISTEM_BIN")
-            else:
-                os.environ["LIVE2D_CISTEM_BIN"] = previous
-        history = history_of(done)
-        self.assertEqual(len(history), 3)  # closed input below firstJobAt: one job, whole set
-        self.assertTrue(all("refine2d" in record.engine for record in history[1:]),
-                        [r.engine for r in history])
-        self.check_classes(done, 2, sum(history[-1].class_counts))
-        self.assertEqual(done.publishedParticles.get(), 80)
 
     def test_cistem_engine_missing_fails_validation_only_when_chosen(self) -> None:
         warp_dir = self.work / "warp"

@@ -41,11 +41,14 @@ def stored_image(location: tuple[int, str], project: str) -> np.ndarray:
 
 class TestImportWarp(ProjectTestCase):
     def test_static_session_imports_everything_with_ctf_then_closes_on_timeout(self) -> None:
+        """Every particle with its CTF, the output closed on the timeout; with "Copy files?" at
+        Scipion's default, No, the particles point at Warp's own stacks and nothing is copied.
+        (One run for both: the same import.)"""
         warp_dir = self.work / "warp"
         simulate_warp(warp_dir, particles=120)
-        prot = self.launch(self.new(ProtLive2DImportWarp, warpFolder=str(warp_dir),
-                                    streamTimeout=0.05))
-        done = self.wait_finished(prot, timeout=90)
+        prot = self.new(ProtLive2DImportWarp, warpFolder=str(warp_dir), streamTimeout=0.02)
+        self.assertFalse(prot.copyFiles.get())  # Scipion's default: no duplicate
+        done = self.wait_finished(self.launch(prot), timeout=90)
 
         self.assertEqual(output_size(done), (120, True))
         particles = particles_of(done)
@@ -67,20 +70,14 @@ class TestImportWarp(ProjectTestCase):
                                           warp_image(warp_dir, name))
         self.assertEqual(particles[0].getXDim(), BOX)
 
-    def test_copy_files_no_points_at_warps_own_stacks_and_copies_nothing(self) -> None:
-        warp_dir = self.work / "warp"
-        simulate_warp(warp_dir, particles=80)
-        prot = self.new(ProtLive2DImportWarp, warpFolder=str(warp_dir), streamTimeout=0.05)
-        self.assertFalse(prot.copyFiles.get())  # Scipion's default: no duplicate
-        done = self.wait_finished(self.launch(prot), timeout=90)
-        self.assertEqual(output_size(done), (80, True))
-        for particle in particles_of(done):
+        # Copy files? No: the particles point at Warp's own stacks, nothing is copied.
+        for particle in particles:
             index, stack = particle._warpImageName.get().split("@")
             self.assertEqual(particle.getLocation(),
                              (int(index), str(warp_dir.resolve() / stack)))
         store = ParticleStore(done._getExtraPath("store"))
         self.assertFalse(store.copies_images)
-        self.assertEqual(store.count, 80)
+        self.assertEqual(store.count, 120)
         self.assertFalse(store.stack_path.exists())  # no pixels, so no stack
         log = self.log_tail(prot, 10**6)
         self.assertEqual(log.count("Copy files? No: the output particles point at Warp's own "
@@ -93,7 +90,7 @@ class TestImportWarp(ProjectTestCase):
         simulate_warp(warp_dir, particles=80)
         done = self.wait_finished(self.launch(self.new(
             ProtLive2DImportWarp, warpFolder=str(warp_dir), copyFiles=True,
-            streamTimeout=0.05)), timeout=90)
+            streamTimeout=0.02)), timeout=90)
         self.assertEqual(output_size(done), (80, True))
         store = ParticleStore(done._getExtraPath("store"))
         self.assertTrue(store.copies_images)
@@ -265,7 +262,7 @@ class TestImportParticleStars(ProjectTestCase):
         self.assertEqual(bare.validate(), [])  # nothing to import yet, waited for
         prot = self.new(ProtLive2DImportWarp, warpFolder=str(project.folder),
                         particleStar="Extract/job012/particles.star", proteinContrast=2,
-                        streamTimeout=0.05)
+                        streamTimeout=0.02)
         self.assertEqual(prot.validate(), [])
         done = self.wait_finished(self.launch(prot), timeout=90)
         self.assertEqual(output_size(done), (12, True))

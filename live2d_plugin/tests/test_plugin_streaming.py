@@ -1,6 +1,6 @@
-"""The classification as Scipion users run it: scheduled behind a streaming import (by hand and
-from the workflow template), live while the import is still open, with particle subsets made
-from chosen classes by pwem's own subset protocol, during the run and after it, next to the
+"""The classification as Scipion users run it: the workflow template's two chained protocols,
+scheduled behind a streaming import, live while the import is still open, with particle subsets
+made from chosen classes by pwem's own subset protocol, during the run and after it, next to the
 selected classes' particles it publishes itself (outputParticles)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pyworkflow.template import LocalTemplate
 from test_plugin_classify import SMALL_SCHEDULE, check_grown_particles, selected_members
 from test_plugin_loading import TEMPLATE
 
-from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp
+from live2d_plugin.protocols import ProtLive2DClassify2D
 from live2d_plugin.protocols.protocol_classify2d import _cycleOfSet
 from live2d_plugin.viewers.viewer_classify2d import Live2DViewer
 
@@ -30,7 +30,7 @@ from live2d_plugin.viewers.viewer_classify2d import Live2DViewer
 # staggered by 12 s per level of the workflow instead of INITIAL_SLEEP_TIME's 30 s: the
 # import (level 0) has its output by then, so the classification (level 1) starts at its
 # scheduler's first look instead of idling 30 s. (Were the output later, the scheduler's next
-# look would start it: slower, not wrong. test_two_chained_protocols... covers that case.)
+# look would start it: slower, not wrong.)
 SCHEDULE_SCRIPT = """
 import runpy
 import pyworkflow.protocol
@@ -132,16 +132,9 @@ class StreamingTestCase(ProjectTestCase):
             np.testing.assert_array_equal(got[pid], matrix)
         return got
 
-    def classify_protocol(self, importer, **params):
-        classify = self.new(ProtLive2DClassify2D, engine=1, **{**SMALL_SCHEDULE, **params})
-        classify.inputParticles.set(importer)
-        classify.inputParticles.setExtended("outputParticles")
-        return classify
-
-    def run_live(self, importer, classify, warp_dir: Path, to_the_end: bool = True) -> None:
+    def run_live(self, importer, classify, warp_dir: Path) -> None:
         """The first classes appear while the import is open; more particles arrive, the import
-        closes, and the classification then classifies them all and finishes (``to_the_end``;
-        else only the first classes and a subset of them are checked)."""
+        closes, and the classification then classifies them all and finishes."""
         first = self.wait_until(classify, lambda p: (p.publishedCycle.get() or 0) >= 2, 240,
                                 "the first classes while the import is open")
         self.assertEqual(output_size(self.load(importer)), (120, False))  # still streaming
@@ -155,8 +148,6 @@ class StreamingTestCase(ProjectTestCase):
         # The file a project window that refreshed then holds and opens (issue 21, item 2).
         shown_cycle, shown_members = _cycleOfSet(classes_file), class_members(classes_file)
         shown_file = classes_file
-        if not to_the_end:
-            return
 
         simulate_warp(warp_dir, particles=240)  # Warp keeps collecting
         self.wait_until(importer, lambda p: output_size(p)[0] == 240, 90,
@@ -207,26 +198,11 @@ class TestScheduled(StreamingTestCase):
         # What the scheduler checks before launching a consumer of an open set.
         self.assertTrue(ProtLive2DClassify2D.worksInStreaming())
 
-    def test_two_chained_protocols_scheduled_classify_while_warp_collects(self) -> None:
-        warp_dir = self.work / "warp"
-        simulate_warp(warp_dir, particles=120)
-        importer = self.new(ProtLive2DImportWarp, warpFolder=str(warp_dir), streamTimeout=30.0)
-        self.proj.saveProtocol(importer)
-        classify = self.classify_protocol(importer, firstJobAt=100, updateEvery=1000)
-        self.proj.saveProtocol(classify)
-        for prot in (importer, classify):  # as the GUI's Schedule button does
-            if prot is classify:
-                # Scheduled once the import has its output: scheduled before, pyworkflow's
-                # scheduler finds the input EMPTY and looks again only 25 s later (its own
-                # wait, nothing of the plugin's); either way it launches the classification
-                # while the import's set is still open.
-                self.wait_until(importer, lambda p: output_size(p)[0] == 120, 90,
-                                "the import's first particles")
-            self.proj.scheduleProtocol(prot)
-            self.launched.append(prot)
-        self.run_live(importer, classify, warp_dir)
-
     def test_workflow_template_scheduled_classifies_while_warp_collects(self) -> None:
+        """The template's two chained protocols, scheduled by the schedule script (through
+        Project.scheduleProtocol, as the project window's Schedule button), classify while the
+        import is open, then every particle once it closes. (One test: a second one scheduling
+        the same protocols by hand took as long and covered nothing more.)"""
         warp_dir = self.work / "warp"
         simulate_warp(warp_dir, particles=120)
         template = LocalTemplate("live2d_plugin", str(TEMPLATE))
@@ -256,8 +232,7 @@ class TestScheduled(StreamingTestCase):
         importer, classify = found["ProtLive2DImportWarp"], found["ProtLive2DClassify2D"]
         self.launched += [importer, classify]
         self.assertTrue(classify.isScheduled() or classify.isActive())
-        # What follows the first classes is the chained protocols' test's: the same protocols.
-        self.run_live(importer, classify, warp_dir, to_the_end=False)
+        self.run_live(importer, classify, warp_dir)
 
     def reload_project(self):
         from pyworkflow.project import Manager

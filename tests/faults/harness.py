@@ -56,6 +56,14 @@ def run_command(warp: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "live2d.cli", "run", str(warp), *RUN_OPTIONS, *extra]
 
 
+def run_once_here(warp: Path, *extra: str) -> None:
+    """`live2d run WARP --once` in this process, which spares a second Python its seconds of
+    imports where no fault needs a process of its own (what it says goes to this stderr)."""
+    from live2d.cli import main as cli_main
+
+    assert cli_main(["run", str(warp), *RUN_OPTIONS, "--once", *extra]) == 0
+
+
 def start_run(warp: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(run_command(warp, *extra), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -19,6 +19,7 @@ from harness import (
     grow,
     run_command,
     run_ended_by_sigterm,
+    run_once_here,
     start_run,
     warp_image_names,
 )
@@ -53,6 +54,11 @@ def inside_a_cycle(log: Path, offset: int) -> bool:
     return bool(ends) and ends[-1] == ""
 
 
+# A job of three cycles (start, one startup, one refinement): the kills land in its first cycles
+# whatever its length, and the last run then finishes it in seconds instead of six cycles.
+SHORT_JOB = ("--startup-cycles", "1", "--refinement-cycles", "1")
+
+
 def test_eight_sigkills_while_warp_collects_lose_and_duplicate_nothing(tmp_path):
     warp, out = tmp_path / "warp", tmp_path / "warp" / "classification"
     log = out / "live2d.log"
@@ -66,7 +72,7 @@ def test_eight_sigkills_while_warp_collects_lose_and_duplicate_nothing(tmp_path)
     # from the state the kills before it left. Twenty covered no other case and took longer.
     for attempt in range(8):
         offset = log.stat().st_size if log.exists() else 0
-        process = start_run(warp)
+        process = start_run(warp, *SHORT_JOB)
         if attempt % 2:
             time.sleep(rng.uniform(1.5, 4.0))  # anywhere: start-up, import, cycle, waiting
         else:  # aim inside a cycle: a moment after this run starts one, if it is still in it
@@ -83,9 +89,9 @@ def test_eight_sigkills_while_warp_collects_lose_and_duplicate_nothing(tmp_path)
         process.wait()
         check_invariants(warp, out, complete=False)
     microscope.join()
-    # Once Warp stops, a last run imports the rest and finishes the job the kills interrupted.
-    finished = subprocess.run(run_command(warp, "--once"), capture_output=True, text=True)
-    assert finished.returncode == 0, finished.stderr
+    # Once Warp stops, a last run imports the rest and finishes the job the kills interrupted
+    # (here: it reads only what the killed runs left on disk).
+    run_once_here(warp, *SHORT_JOB)
     figures = check_invariants(warp, out, complete=True)
     assert figures["particles"] == 400 and figures["cycles"] >= 3
     assert kills["inside a cycle"] >= 3, kills  # the kills really landed inside cycles
@@ -292,11 +298,13 @@ def test_non_finite_defocus_rows_are_refused_alone_and_the_session_goes_on(tmp_p
     bad = {3: ("rlnDefocusU", "inf"), 10: ("rlnDefocusV", "1e308"), 17: ("rlnDefocusU", "nan"),
            30: ("rlnVoltage", "-inf")}
     refused = _poison(star, bad)
-    first = _run_once(warp)
+    capsys.readouterr()
+    run_once_here(warp)
+    said = capsys.readouterr().err
     for column, value in bad.values():  # each named once, with its column and the file
-        assert first.stderr.count(f"{column} is") == sum(c == column for c, _ in bad.values())
-        assert first.stderr.count(f"e.g. {f'{float(value):g}'!r}") == 1
-    assert STAR in first.stderr and "the other rows are imported" in first.stderr
+        assert said.count(f"{column} is") == sum(c == column for c, _ in bad.values())
+        assert said.count(f"e.g. {f'{float(value):g}'!r}") == 1
+    assert STAR in said and "the other rows are imported" in said
     check_invariants(warp, out, complete=False)
     names = ParticleStore(out).read_table()["ORIGNAME"]
     assert names.tolist() == [n for n in warp_image_names(warp) if n not in refused]
@@ -318,7 +326,7 @@ def test_a_store_poisoned_by_an_earlier_version_no_longer_fails_every_cycle(tmp_
     particle parameters: every cycle then failed, restart or not."""
     warp, out = tmp_path / "warp", tmp_path / "warp" / "classification"
     grow(warp, 100)
-    _run_once(warp)
+    run_once_here(warp)
     stored = out / "particles.star"
     text = stored.read_text()
     row = text.split("\n")[[i for i, line in enumerate(text.split("\n"))
@@ -355,8 +363,7 @@ def test_touched_stacks_keep_their_particles(tmp_path):
     not their bytes: every particle stays in the next cycles."""
     warp, out = tmp_path / "warp", tmp_path / "warp" / "classification"
     grow(warp, 100)
-    first = subprocess.run(run_command(warp, "--once"), capture_output=True, text=True)
-    assert first.returncode == 0, first.stderr
+    run_once_here(warp)
     for stack in stacks_of(warp):
         before = stack.read_bytes()
         with mrcfile.mmap(stack, mode="r+", permissive=True):
