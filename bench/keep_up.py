@@ -63,8 +63,11 @@ def feed(source: Path, live: Path, micrographs: int, interval: float, stop: thre
         if stop.wait(max(0.0, started + index * interval - time.monotonic())):
             return
         original, movie = epu_movie_name(index % distinct), epu_movie_name(index)
-        os.link(source / "particles" / f"{original}_{MODEL}.mrcs",
-                live / "particles" / f"{movie}_{MODEL}.mrcs")
+        stack = live / "particles" / f"{movie}_{MODEL}.mrcs"
+        os.link(source / "particles" / f"{original}_{MODEL}.mrcs", stack)
+        # Written now, as Warp writes it: a link keeps the source's time, from which the
+        # latency (stack written -> in the classes) is measured.
+        os.utime(stack)
         first = (index % distinct) * PER_MICROGRAPH
         rows += [row.replace(original, movie)
                  for row in source_rows[first:first + PER_MICROGRAPH]]
