@@ -20,9 +20,14 @@ from live2d.class_quality import half_set_sums
 from live2d.cli import main as cli_main
 from live2d.engines.base import CycleRequest, StreamBatch
 from live2d.engines.builtin import BuiltinEngine
+from live2d.engines.builtin import averages as averages_module
+from live2d.engines.builtin.averages import DUPLICATE_SIMILARITY
+from live2d.engines.builtin.io import write_classes
 from live2d.history import CycleRecord, particle_table
+from live2d.imaging import rotate, rotational_similarity
 from live2d.mrc import read_images
 from live2d.output_folder import batch_halves_name, batch_rows_name, batch_sums_name
+from live2d.phantom import Phantom
 from live2d.schedule import (
     AutomaticTrigger,
     Settings,
@@ -190,6 +195,65 @@ def test_kept_sums_of_another_mask_are_remade_and_the_log_says_so(full_and_updat
     assert result.particles_processed == N  # every batch, not only the one asked for
     a, b = read_images(fresh.classes_out), read_images(stale.classes_out)
     assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+
+
+def test_a_turned_copy_is_a_duplicate_but_other_views_and_mirrors_are_not():
+    phantom = Phantom(BOX, PIXEL, n_views=6, seed=3)
+    views = torch.as_tensor(phantom.views)
+    turned = rotate(views[:1], np.array([73.0]))  # off the 10-degree search grid
+    mirrored = views[:1].flip(-1)
+    similarity = rotational_similarity(views[:1].numpy(),
+                                       torch.cat([turned, views[1:], mirrored]).numpy(),
+                                       0.6 * phantom.diameter / PIXEL)[0]
+    assert similarity[0] >= DUPLICATE_SIMILARITY
+    assert (similarity[1:] < DUPLICATE_SIMILARITY).all(), similarity
+
+
+def duplicated_classes(classes: Path, folder: Path) -> Path:
+    """``classes`` with the last class replaced by the one before it, turned: one view in two
+    classes, as an update can leave them."""
+    averages = torch.as_tensor(read_images(classes).copy())
+    averages[K - 1] = rotate(averages[K - 2:K - 1], np.array([90.0]))[0]
+    write_classes(folder / "duplicated.mrc", averages, PIXEL)
+    return folder / "duplicated.mrc"
+
+
+def test_a_class_duplicating_another_is_reseeded_and_its_kept_members_wait(
+        data, classified, tmp_path, monkeypatch):  # noqa: F811
+    folder, truth = data
+    _, classes, star = classified
+    engine, p = BuiltinEngine("cpu"), params(truth)
+    edges = [0, 100, 250, N]
+    # Every batch classified against two classes of one view, as before re-seeding existed:
+    # each keeps about half of that view's particles.
+    monkeypatch.setattr(averages_module, "DUPLICATE_SIMILARITY", 2.0)
+    both = update_request(folder, "dup_all", p, star, duplicated_classes(classes, tmp_path),
+                          batches_of(tmp_path, "d", edges, set(edges)))
+    before = engine.run_update(both, lambda _: None, threading.Event())
+    assert not before.reseeded and min(before.class_counts[K - 2:]) > 0
+    monkeypatch.undo()
+    rows = cistem_star.read_star(both.star_out)
+    then = update_request(folder, "dup_then", p, both.star_out, both.classes_out,
+                          batches_of(tmp_path, "d", edges, {250}))
+    result = engine.run_update(then, lambda _: None, threading.Event())
+    [reseeded] = result.reseeded
+    assert {reseeded.cls, reseeded.duplicated} == {K - 2, K - 1}
+    assert reseeded.similarity >= DUPLICATE_SIMILARITY
+    assert reseeded.source not in (reseeded.cls, reseeded.duplicated)
+    assert reseeded.sentence() == (f"class {reseeded.cls + 1} duplicated class "
+                                   f"{reseeded.duplicated + 1} (similarity "
+                                   f"{reseeded.similarity:.2f}): re-seeded from class "
+                                   f"{reseeded.source + 1}")
+    # The kept batches count nothing for the re-seeded class: their members of it wait.
+    kept_members = int((rows["2DCLS"].iloc[:250] == reseeded.cls + 1).sum())
+    assert result.waiting == kept_members > 0
+    assert sum(result.class_counts) + result.waiting == N
+    # The batch classified now was classified again against the re-seeded class: its rows
+    # are what the class holds.
+    now = cistem_star.read_star(then.star_out)
+    assert result.class_counts[reseeded.cls] == int((now["2DCLS"] == reseeded.cls + 1).sum())
+    assert result.particles_processed == 2 * (N - 250)
+    assert any("classified twice" in line for line in result.log)
 
 
 def test_engines_that_do_not_stream_say_so():

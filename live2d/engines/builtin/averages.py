@@ -6,7 +6,8 @@ Chunks of particles accumulate into sums of their own that are added up in chunk
 (:func:`merge_partials`), wherever they ran. The frames are turned back and summed per class into
 Wiener-style averages (:func:`class_averages`), then masked, band-limited and optionally
 re-centred and auto-masked (:func:`finish_classes`). Classes left with (almost) no weight are
-re-seeded from the particles that fit worst (:func:`reseed`).
+re-seeded from the particles that fit worst (:func:`reseed`); in a streaming update, so is a
+class that shows the same view as another, from the largest class (:func:`reseed_duplicates`).
 """
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ import numpy as np
 import torch
 from torch_fourier_shift import fourier_shift_image_2d
 
-from live2d.engines.base import CycleParams
+from live2d.engines.base import CycleParams, Reseeded
 from live2d.engines.builtin.geometry import EDGE_FALLOFF, Geometry, band_mask
 from live2d.engines.builtin.io import RESULT_NAMES, prepare
 from live2d.engines.builtin.shifts import ShiftCorrelator
-from live2d.imaging import rotate, soft_disc
+from live2d.imaging import rotate, rotational_similarity, soft_disc
 
 WIENER_CONSTANT = 0.05  # regularisation, relative to a class's mean CTF² weight
 PAIR_WEIGHT_FLOOR = 1e-3  # (class, angle) pairs with less total weight are not accumulated
 # A class whose likelihood weights sum to less than this (in particles) is empty: re-seeded.
 EMPTY_CLASS_WEIGHT = PAIR_WEIGHT_FLOOR
+# Two classes whose averages correlate at least this well at their best in-plane rotation show
+# one view: a streaming update re-seeds one of them (reseed_duplicates). Measured on simulated
+# streaming sessions (bench/quality.py --stream --duplicates): see the README's Streaming job.
+DUPLICATE_SIMILARITY = 0.9
 
 
 @dataclass
@@ -207,10 +212,58 @@ def reseed(averages: torch.Tensor, empty: list[int], stack: np.ndarray, used: np
            geometry: Geometry) -> torch.Tensor:
     """Empty classes restart from the particles that fit worst, where a missing view hides."""
     worst = used[np.argsort(results["logp"])]
-    background = ~(soft_disc(geometry.box, geometry.mask_radius, 0.0) > 0)
-    per_class = max(1, min(50, len(used) // max(len(averages), 1)))
+    per_class = _seed_size(len(used), len(averages))
     for slot, start in zip(empty, range(0, len(worst), per_class), strict=False):
-        members = worst[start:start + per_class]
-        averages[slot] = prepare(stack, members, params, background,
-                                 torch.device("cpu")).mean(dim=0)
+        averages[slot] = _seed(stack, worst[start:start + per_class], params, geometry)
     return averages
+
+
+def reseed_duplicates(averages: torch.Tensor, counts: np.ndarray, empty: list[int],
+                      stack: np.ndarray, used: np.ndarray, results: dict[str, np.ndarray],
+                      params: CycleParams, geometry: Geometry,
+                      threshold: float | None = None) -> list[Reseeded]:
+    """Re-seed, in place, each class whose average shows the same view as another's (their
+    rotation-invariant correlation at least ``threshold``, default
+    :data:`DUPLICATE_SIMILARITY`): of the two, the one with fewer particles (``counts``)
+    restarts from the particles of ``used`` (their ``results``) that fit worst in the largest
+    class not re-seeded, as that class split in two. ``empty`` classes (re-seeded already)
+    are not judged. Returns what was re-seeded, most similar pair first."""
+    threshold = DUPLICATE_SIMILARITY if threshold is None else threshold
+    judged = [c for c in range(len(averages)) if c not in empty]
+    if len(judged) < 2:
+        return []
+    similarity = rotational_similarity(averages[judged].numpy(), averages[judged].numpy(),
+                                       geometry.mask_radius)
+    similarity = np.maximum(similarity, similarity.T)  # only one side turns: interpolation
+    pairs = sorted(((float(similarity[i, j]), judged[i], judged[j])
+                    for i, j in zip(*np.triu_indices(len(judged), 1), strict=True)
+                    if similarity[i, j] >= threshold), reverse=True)
+    best = results["cls"].astype(np.int64) - 1
+    per_class = _seed_size(len(used), len(averages))
+    done: list[Reseeded] = []
+    for value, a, b in pairs:
+        if any(r.cls in (a, b) for r in done):
+            continue
+        smaller, kept = (a, b) if (counts[a], -a) < (counts[b], -b) else (b, a)
+        sources = [c for c in np.argsort(-counts, kind="stable").tolist()
+                   if c not in empty and c != smaller and (best == c).any()
+                   and all(c not in (r.cls, r.source) for r in done)]
+        if not sources:
+            break
+        members = np.flatnonzero(best == sources[0])
+        worst = members[np.argsort(results["logp"][members], kind="stable")][:per_class]
+        averages[smaller] = _seed(stack, used[worst], params, geometry)
+        done.append(Reseeded(smaller, kept, value, sources[0]))
+    return done
+
+
+def _seed_size(used: int, classes: int) -> int:
+    """Particles averaged into a re-seeded class."""
+    return max(1, min(50, used // max(classes, 1)))
+
+
+def _seed(stack: np.ndarray, members: np.ndarray, params: CycleParams,
+          geometry: Geometry) -> torch.Tensor:
+    """A class restarted from ``members``: their plain mean, as prepared for the search."""
+    background = ~(soft_disc(geometry.box, geometry.mask_radius, 0.0) > 0)
+    return prepare(stack, members, params, background, torch.device("cpu")).mean(dim=0)
