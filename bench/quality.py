@@ -47,13 +47,16 @@ job over all of them, the full-pass job streaming is measured against (the last 
 
 With ``--stream`` each update also prints the classes it re-seeded because they duplicated
 another (live2d.engines.builtin.averages.reseed_duplicates) and the particles left waiting for
-that, and, against the truth, the rotation-invariant similarity of the averages of pairs of
+that, and, against the truth, the similarity (view_similarity) of the averages of pairs of
 classes holding the same view (duplicates) and different views (the highest of those); at the
 end, how many pairs of each kind reach some thresholds. ``--duplicate-similarity 2`` turns the
 re-seeding off, to compare:
 
     python bench/quality.py --particles 3000 --box 64 --pixel-size 3 --classes 16 --views 12 \
         --stream 1000 500 --duplicate-similarity 2
+
+``--inject-duplicate`` makes the ab initio job's last class a turned copy of the one before, in
+both sessions: one view in two classes, and the view the last class held left to the others.
 """
 
 from __future__ import annotations
@@ -66,10 +69,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import mrcfile
 import numpy as np
+import torch
 
 from live2d.curation import curate_cycle, cycle_shares, rescued, selected_fits
 from live2d.engines.builtin import averages
+from live2d.engines.builtin.io import write_classes
 from live2d.evaluate import (
     classified_picks,
     curated_selection,
@@ -78,7 +84,7 @@ from live2d.evaluate import (
     truth_rows,
 )
 from live2d.history import particle_table, read_history
-from live2d.imaging import rotational_similarity
+from live2d.imaging import rotate
 from live2d.mrc import read_images
 from live2d.schedule import Settings
 from live2d.selection import SelectionState, changed_proposals, follow_cycle, mark, proposed
@@ -126,6 +132,10 @@ def main() -> None:
                         default=averages.DUPLICATE_SIMILARITY,
                         help="with --stream: re-seed a class whose average correlates this well "
                              "with another's (above 1: never)")
+    parser.add_argument("--inject-duplicate", action="store_true",
+                        help="with --stream: after the ab initio job, the last class becomes a "
+                             "turned copy of the one before (a view lost, one view in two "
+                             "classes), in both sessions")
     parser.add_argument("--mark-cycle", type=int, help="with --learn-marks: mark this cycle's "
                         "classes (default: the last); later cycles are measured too")
     parser.add_argument("--reuse", action="store_true",
@@ -327,6 +337,8 @@ def stream(args: argparse.Namespace) -> None:
             describe(args, session.engine.describe())
             print_header()
             print_row(session.history[-1], streamed, warp, args.curation_cut)
+            if args.inject_duplicate:
+                duplicate_last_class(streamed / session.history[-1].classes)
             shutil.copytree(streamed, root / "seeded")  # the same classes to start from
             for count in range(start + step, args.particles + step, step):
                 arrive(min(count, args.particles))
@@ -346,6 +358,15 @@ def stream(args: argparse.Namespace) -> None:
             print_row(seeded.history[-1], root / "seeded", warp, args.curation_cut)
         finally:
             seeded.close()
+
+
+def duplicate_last_class(classes: Path) -> None:
+    """The last class of ``classes`` replaced by the one before it, turned a quarter."""
+    images = torch.as_tensor(read_images(classes).copy())
+    images[-1] = rotate(images[-2:-1], np.array([90.0]))[0]
+    with mrcfile.open(classes) as mrc:
+        pixel_size = float(mrc.voxel_size.x)
+    write_classes(classes, images, pixel_size)
 
 
 def print_duplicates(record, output: Path, warp: Path, pairs: dict[str, list[float]]) -> None:
@@ -368,8 +389,8 @@ def print_duplicates(record, output: Path, warp: Path, pairs: dict[str, list[flo
     settings = read_settings(warp)
     mask_px = 0.6 * settings.diameter / settings.pixel_size
     numbers = sorted(held)
-    similarity = rotational_similarity(classes[[k - 1 for k in numbers]],
-                                       classes[[k - 1 for k in numbers]], mask_px)
+    similarity = averages.view_similarity(torch.as_tensor(classes[[k - 1 for k in numbers]]),
+                                          mask_px)
     same, different = [], []
     for i, j in zip(*np.triu_indices(len(numbers), 1), strict=True):
         value = float(max(similarity[i, j], similarity[j, i]))

@@ -28,10 +28,13 @@ WIENER_CONSTANT = 0.05  # regularisation, relative to a class's mean CTF² weigh
 PAIR_WEIGHT_FLOOR = 1e-3  # (class, angle) pairs with less total weight are not accumulated
 # A class whose likelihood weights sum to less than this (in particles) is empty: re-seeded.
 EMPTY_CLASS_WEIGHT = PAIR_WEIGHT_FLOOR
-# Two classes whose averages correlate at least this well at their best in-plane rotation show
-# one view: a streaming update re-seeds one of them (reseed_duplicates). Measured on simulated
-# streaming sessions (bench/quality.py --stream --duplicates): see the README's Streaming job.
-DUPLICATE_SIMILARITY = 0.9
+# Two classes whose averages are at least this alike (view_similarity) show one view: a
+# streaming update re-seeds one of them (reseed_duplicates). Two classes of one view share its
+# particles' likelihood weights, so their averages reach 0.999 (tests/test_streaming.py); the
+# phantom's distinct clean views reach 0.90 at most (12 views), a view and its mirror 0.89, and
+# the averages of distinct views of simulated streaming sessions 0.79 (bench/quality.py
+# --stream; the README's Streaming job).
+DUPLICATE_SIMILARITY = 0.95
 
 
 @dataclass
@@ -186,15 +189,32 @@ def finish_classes(classes: torch.Tensor, geometry: Geometry, params: CycleParam
     spectra[..., 0, 0] = 0  # zero mean: what cisTEM's averages and the scores assume
     classes = torch.fft.irfft2(spectra, s=(box, box)) * mask
     if auto_center:
-        positive = classes.clamp_min(0) * mask
-        mass = positive.flatten(1).sum(dim=1).clamp_min(1e-12)
-        coords = torch.arange(box, dtype=torch.float32) - box // 2
-        cy = (positive.sum(dim=2) * coords).sum(dim=1) / mass
-        cx = (positive.sum(dim=1) * coords).sum(dim=1) / mass
-        classes = fourier_shift_image_2d(classes, torch.stack([-cy, -cx], dim=1)) * mask
+        classes = centred(classes, mask)
     if params.auto_mask:
         classes = classes * automatic_mask(classes, mask)
     return classes
+
+
+def centred(classes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each class moved so that the centre of its positive density within ``mask`` is the
+    box's centre (then masked)."""
+    box = classes.shape[-1]
+    positive = classes.clamp_min(0) * mask
+    mass = positive.flatten(1).sum(dim=1).clamp_min(1e-12)
+    coords = torch.arange(box, dtype=torch.float32) - box // 2
+    cy = (positive.sum(dim=2) * coords).sum(dim=1) / mass
+    cx = (positive.sum(dim=1) * coords).sum(dim=1) / mass
+    return fourier_shift_image_2d(classes, torch.stack([-cy, -cx], dim=1)) * mask
+
+
+def view_similarity(averages: torch.Tensor, mask_radius_px: float) -> np.ndarray:
+    """``(K, K)``: how alike each pair of class averages is whatever their in-plane angle and
+    centring (each centred on its density, then the best correlation over rotations; the same
+    view in two classes reaches about 1)."""
+    mask = soft_disc(averages.shape[-1], mask_radius_px, 3.0)
+    moved = centred(averages.float(), mask).numpy()
+    similarity = rotational_similarity(moved, moved, mask_radius_px)
+    return np.maximum(similarity, similarity.T)  # only one side turns: interpolation
 
 
 def automatic_mask(classes: torch.Tensor, disc: torch.Tensor) -> torch.Tensor:
@@ -222,19 +242,17 @@ def reseed_duplicates(averages: torch.Tensor, counts: np.ndarray, empty: list[in
                       stack: np.ndarray, used: np.ndarray, results: dict[str, np.ndarray],
                       params: CycleParams, geometry: Geometry,
                       threshold: float | None = None) -> list[Reseeded]:
-    """Re-seed, in place, each class whose average shows the same view as another's (their
-    rotation-invariant correlation at least ``threshold``, default
-    :data:`DUPLICATE_SIMILARITY`): of the two, the one with fewer particles (``counts``)
-    restarts from the particles of ``used`` (their ``results``) that fit worst in the largest
-    class not re-seeded, as that class split in two. ``empty`` classes (re-seeded already)
-    are not judged. Returns what was re-seeded, most similar pair first."""
+    """Re-seed, in place, each class whose average shows the same view as another's
+    (:func:`view_similarity` at least ``threshold``, default :data:`DUPLICATE_SIMILARITY`):
+    of the two, the one with fewer particles (``counts``) restarts from the particles of
+    ``used`` (their ``results``) that fit worst in the largest class not re-seeded, as that
+    class split in two. ``empty`` classes (re-seeded already) are not judged. Returns what
+    was re-seeded, most similar pair first."""
     threshold = DUPLICATE_SIMILARITY if threshold is None else threshold
     judged = [c for c in range(len(averages)) if c not in empty]
     if len(judged) < 2:
         return []
-    similarity = rotational_similarity(averages[judged].numpy(), averages[judged].numpy(),
-                                       geometry.mask_radius)
-    similarity = np.maximum(similarity, similarity.T)  # only one side turns: interpolation
+    similarity = view_similarity(averages[judged], geometry.mask_radius)
     pairs = sorted(((float(similarity[i, j]), judged[i], judged[j])
                     for i, j in zip(*np.triu_indices(len(judged), 1), strict=True)
                     if similarity[i, j] >= threshold), reverse=True)
