@@ -6,9 +6,10 @@ user marks classes; from then on it is the rule learned from the marks
 from the page, the CLI or Scipion) overrides the proposal for its class and is kept in
 ``selection.json`` (replaced atomically) for the session, with what it teaches. Class numbers
 carry over through seeded and refinement cycles, so marks do too, except on a class that was
-emptied and re-seeded. An ab initio job makes new classes: each mark moves to the most similar
-new class (rotation-invariant correlation of the averages) where one is similar enough, and what
-was carried and what was dropped is recorded for the page to say.
+re-seeded (emptied, or duplicating another in a streaming update). An ab initio job makes new
+classes: each mark moves to the most similar new class (rotation-invariant correlation of the
+averages) where one is similar enough, and what was carried and what was dropped is recorded
+for the page to say.
 """
 
 from __future__ import annotations
@@ -200,9 +201,13 @@ def follow_cycle(state: SelectionState, previous: CycleRecord | None, record: Cy
         state._keep_examples([replace(example, now=moved.get(example.now))
                               for example in state.learned_examples()])
     elif previous is not None:
-        # a class emptied in the previous cycle was re-seeded: it is another class now
+        # a class emptied in the previous cycle was re-seeded, and so was one a streaming
+        # update found duplicating another: it is another class now
         counts = previous.class_counts
-        emptied = [n for n in state.marks if int(n) <= len(counts) and counts[int(n) - 1] == 0]
+        duplicated = {c + 1 for c, since in enumerate(record.class_valid_from)
+                      if since == record.number}
+        emptied = [n for n in state.marks if int(n) in duplicated
+                   or (int(n) <= len(counts) and counts[int(n) - 1] == 0)]
         for number in emptied:
             del state.marks[number]
         state._keep_examples([replace(example, now=None) if str(example.now) in emptied
