@@ -373,8 +373,7 @@ def print_duplicates(record, output: Path, warp: Path, pairs: dict[str, list[flo
     """The classes an update re-seeded as duplicates, and the similarity of its classes'
     averages by what the truth says they hold (classes at least 60 % one view, 5 members or
     more), added to ``pairs``."""
-    reseeded = [c + 1 for c, since in enumerate(record.class_valid_from)
-                if since == record.number]
+    reseeded = record.reseeded
     table = particle_table(output, record)
     view = np.array([int(r["view"]) for r in truth_rows(output, table, truth_dir_for(warp))])
     labels = table["2DCLS"].to_numpy(dtype=np.int64)

@@ -184,8 +184,8 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
         class_table=files.relative(files.class_table) if quality else "",
         left_out=left_out,
         **(_update_fields(update, batches, number) if update is not None else {}),
-        **({"class_valid_from": valid_from, "waiting": result.waiting} if update is not None
-           else {}),
+        **({"class_valid_from": valid_from, "waiting": result.waiting,
+            "reseeded": [r.cls + 1 for r in result.reseeded]} if update is not None else {}),
     )
     if update is not None:
         record = dataclasses.replace(record, latency=_latency(record.finished - written))

@@ -204,9 +204,7 @@ def follow_cycle(state: SelectionState, previous: CycleRecord | None, record: Cy
         # a class emptied in the previous cycle was re-seeded, and so was one a streaming
         # update found duplicating another: it is another class now
         counts = previous.class_counts
-        duplicated = {c + 1 for c, since in enumerate(record.class_valid_from)
-                      if since == record.number}
-        emptied = [n for n in state.marks if int(n) in duplicated
+        emptied = [n for n in state.marks if int(n) in record.reseeded
                    or (int(n) <= len(counts) and counts[int(n) - 1] == 0)]
         for number in emptied:
             del state.marks[number]

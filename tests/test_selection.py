@@ -60,7 +60,7 @@ def test_a_class_reseeded_for_duplicating_another_loses_its_mark():
     before = record(3, 1)
     mark(state, before, {1: "good", 3: "junk"})
     update = CycleRecord(**{**record(4, 1, counts=(50, 20, 60)).to_dict(),
-                            "class_valid_from": [0, 0, 4]})  # class 3 re-seeded in cycle 4
+                            "reseeded": [3]})
     follow_cycle(state, before, update, None, np.zeros((3, 8, 8)), 3.0)
     assert state.marks == {"1": "good"} and state.dropped == [3]
 

@@ -353,15 +353,15 @@ def test_a_duplicated_class_in_a_session_is_reseeded_and_its_old_members_revisit
     with caplog.at_level(logging.INFO, logger="live2d"):
         assert session.run_job()
     update = check_every_particle_counted_once(session, tmp_path)
-    reseeded = [c for c, since in enumerate(update.class_valid_from) if since == update.number]
-    assert reseeded and update.waiting > 0
-    assert any(f"class {reseeded[0] + 1} duplicated class" in r.getMessage()
+    assert update.reseeded and update.waiting > 0
+    assert [update.class_valid_from[c - 1] for c in update.reseeded] == \
+        [update.number] * len(update.reseeded)
+    assert any(f"class {update.reseeded[0]} duplicated class" in r.getMessage()
                for r in caplog.records)
     # Only particles classified against the re-seeded class are in it.
     table = particle_table(session.output_dir, update)
     aligned = np.concatenate([[cycle] * (b - a) for a, b, cycle in update.batches])
-    assert (aligned[table["2DCLS"].isin([c + 1 for c in reseeded]).to_numpy()]
-            == update.number).all()
+    assert (aligned[table["2DCLS"].isin(update.reseeded).to_numpy()] == update.number).all()
     waiting = {a for a, _, cycle in update.batches if cycle < update.number}
     grow(warp, 360)  # re-visits 160 particles: the two batches whose particles wait, first
     assert session.run_job()
