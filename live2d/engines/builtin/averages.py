@@ -245,9 +245,9 @@ def reseed_duplicates(averages: torch.Tensor, counts: np.ndarray, empty: list[in
     """Re-seed, in place, each class whose average shows the same view as another's
     (:func:`view_similarity` at least ``threshold``, default :data:`DUPLICATE_SIMILARITY`):
     of the two, the one with fewer particles (``counts``) restarts from the particles of
-    ``used`` (their ``results``) that fit worst in the largest class not re-seeded, as that
-    class split in two. ``empty`` classes (re-seeded already) are not judged. Returns what
-    was re-seeded, most similar pair first."""
+    ``used`` (their ``results``) that fit worst in the largest class not re-seeded, aligned as
+    they matched it: that class split in two. ``empty`` classes (re-seeded already) are not
+    judged. Returns what was re-seeded, most similar pair first."""
     threshold = DUPLICATE_SIMILARITY if threshold is None else threshold
     judged = [c for c in range(len(averages)) if c not in empty]
     if len(judged) < 2:
@@ -270,7 +270,13 @@ def reseed_duplicates(averages: torch.Tensor, counts: np.ndarray, empty: list[in
             break
         members = np.flatnonzero(best == sources[0])
         worst = members[np.argsort(results["logp"][members], kind="stable")][:per_class]
-        averages[smaller] = _seed(stack, used[worst], params, geometry)
+        images = _prepared(stack, used[worst], params, geometry)
+        # Aligned as they matched the class (cisTEM's rotate(shift(P, (SHX, SHY)), PSI)): the
+        # part of the class that fits it least, as one of its two halves once split.
+        moved = fourier_shift_image_2d(images, torch.as_tensor(np.stack(
+            [results["shy"][worst], results["shx"][worst]], axis=1) / params.pixel_size,
+            dtype=torch.float32))
+        averages[smaller] = rotate(moved, results["psi"][worst]).mean(dim=0)
         done.append(Reseeded(smaller, kept, value, sources[0]))
     return done
 
@@ -283,5 +289,10 @@ def _seed_size(used: int, classes: int) -> int:
 def _seed(stack: np.ndarray, members: np.ndarray, params: CycleParams,
           geometry: Geometry) -> torch.Tensor:
     """A class restarted from ``members``: their plain mean, as prepared for the search."""
+    return _prepared(stack, members, params, geometry).mean(dim=0)
+
+
+def _prepared(stack: np.ndarray, members: np.ndarray, params: CycleParams,
+              geometry: Geometry) -> torch.Tensor:
     background = ~(soft_disc(geometry.box, geometry.mask_radius, 0.0) > 0)
-    return prepare(stack, members, params, background, torch.device("cpu")).mean(dim=0)
+    return prepare(stack, members, params, background, torch.device("cpu"))
