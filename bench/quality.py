@@ -44,6 +44,19 @@ job over all of them, the full-pass job streaming is measured against (the last 
 
     python bench/quality.py --particles 3000 --classes 12 --junk 0.3 --off-centre 10 \
         --stream 1000 500
+
+With ``--stream`` each update also prints the classes it re-seeded because they duplicated
+another (live2d.engines.builtin.averages.reseed_duplicates) and the particles left waiting for
+that, and, against the truth, the similarity (view_similarity) of the averages of pairs of
+classes holding the same view (duplicates) and different views (the highest of those); at the
+end, how many pairs of each kind reach some thresholds. ``--duplicate-similarity 2`` turns the
+re-seeding off, to compare:
+
+    python bench/quality.py --particles 3000 --box 64 --pixel-size 3 --classes 16 --views 12 \
+        --stream 1000 500 --duplicate-similarity 2
+
+``--inject-duplicate`` makes the ab initio job's last class a turned copy of the one before, in
+both sessions: one view in two classes, and the view the last class held left to the others.
 """
 
 from __future__ import annotations
@@ -56,11 +69,22 @@ import tempfile
 import time
 from pathlib import Path
 
+import mrcfile
 import numpy as np
+import torch
 
 from live2d.curation import curate_cycle, cycle_shares, rescued, selected_fits
-from live2d.evaluate import classified_picks, curated_selection, score_cycle, selection_of
+from live2d.engines.builtin import averages
+from live2d.engines.builtin.io import write_classes
+from live2d.evaluate import (
+    classified_picks,
+    curated_selection,
+    score_cycle,
+    selection_of,
+    truth_rows,
+)
 from live2d.history import particle_table, read_history
+from live2d.imaging import rotate
 from live2d.mrc import read_images
 from live2d.schedule import Settings
 from live2d.selection import SelectionState, changed_proposals, follow_cycle, mark, proposed
@@ -104,6 +128,14 @@ def main() -> None:
     parser.add_argument("--stream", type=int, nargs=2, metavar=("START", "STEP"),
                         help="ab initio on START particles, then a streaming update every STEP "
                              "more; compared with one seeded job on them all")
+    parser.add_argument("--duplicate-similarity", type=float,
+                        default=averages.DUPLICATE_SIMILARITY,
+                        help="with --stream: re-seed a class whose average correlates this well "
+                             "with another's (above 1: never)")
+    parser.add_argument("--inject-duplicate", action="store_true",
+                        help="with --stream: after the ab initio job, the last class becomes a "
+                             "turned copy of the one before (a view lost, one view in two "
+                             "classes), in both sessions")
     parser.add_argument("--mark-cycle", type=int, help="with --learn-marks: mark this cycle's "
                         "classes (default: the last); later cycles are measured too")
     parser.add_argument("--reuse", action="store_true",
@@ -120,6 +152,7 @@ def main() -> None:
                          args.mark_cycle)
         return
     if args.stream:
+        averages.DUPLICATE_SIMILARITY = args.duplicate_similarity  # the session runs in here
         stream(args)
         return
     with tempfile.TemporaryDirectory() as scratch:
@@ -287,6 +320,7 @@ def stream(args: argparse.Namespace) -> None:
                      seed=args.seed, junk=args.junk, off_centre=args.off_centre)
 
         arrive(start)
+        pairs: dict[str, list[float]] = {"same view": [], "different views": []}
         values = {"classes": args.classes, "startup_cycles": args.startup_cycles,
                   "refinement_cycles": args.refinement_cycles,
                   "high_res_initial": args.high_res_initial,
@@ -303,6 +337,8 @@ def stream(args: argparse.Namespace) -> None:
             describe(args, session.engine.describe())
             print_header()
             print_row(session.history[-1], streamed, warp, args.curation_cut)
+            if args.inject_duplicate:
+                duplicate_last_class(streamed / session.history[-1].classes)
             shutil.copytree(streamed, root / "seeded")  # the same classes to start from
             for count in range(start + step, args.particles + step, step):
                 arrive(min(count, args.particles))
@@ -311,8 +347,10 @@ def stream(args: argparse.Namespace) -> None:
                 print_row(session.history[-1], streamed, warp, args.curation_cut)
                 print(f"  update over {session.store.count} particles: "
                       f"{time.monotonic() - began:.1f} s")
+                print_duplicates(session.history[-1], streamed, warp, pairs)
         finally:
             session.close()
+        print_thresholds(pairs)
         seeded = Session(warp, root / "seeded", engine="builtin", device=args.device)
         try:
             seeded.run_job("seeded")
@@ -320,6 +358,56 @@ def stream(args: argparse.Namespace) -> None:
             print_row(seeded.history[-1], root / "seeded", warp, args.curation_cut)
         finally:
             seeded.close()
+
+
+def duplicate_last_class(classes: Path) -> None:
+    """The last class of ``classes`` replaced by the one before it, turned a quarter."""
+    images = torch.as_tensor(read_images(classes).copy())
+    images[-1] = rotate(images[-2:-1], np.array([90.0]))[0]
+    with mrcfile.open(classes) as mrc:
+        pixel_size = float(mrc.voxel_size.x)
+    write_classes(classes, images, pixel_size)
+
+
+def print_duplicates(record, output: Path, warp: Path, pairs: dict[str, list[float]]) -> None:
+    """The classes an update re-seeded as duplicates, and the similarity of its classes'
+    averages by what the truth says they hold (classes at least 60 % one view, 5 members or
+    more), added to ``pairs``."""
+    reseeded = record.reseeded
+    table = particle_table(output, record)
+    view = np.array([int(r["view"]) for r in truth_rows(output, table, truth_dir_for(warp))])
+    labels = table["2DCLS"].to_numpy(dtype=np.int64)
+    held = {}
+    for k in range(1, len(record.class_counts) + 1):
+        members = view[(labels == k) & (view >= 0)]
+        if len(members) >= 5:
+            top = np.bincount(members).argmax()
+            if (members == top).mean() >= 0.6:
+                held[k] = int(top)
+    classes = read_images(output / record.classes)
+    settings = read_settings(warp)
+    mask_px = 0.6 * settings.diameter / settings.pixel_size
+    numbers = sorted(held)
+    similarity = averages.view_similarity(torch.as_tensor(classes[[k - 1 for k in numbers]]),
+                                          mask_px)
+    same, different = [], []
+    for i, j in zip(*np.triu_indices(len(numbers), 1), strict=True):
+        value = float(max(similarity[i, j], similarity[j, i]))
+        (same if held[numbers[i]] == held[numbers[j]] else different).append(value)
+    pairs["same view"] += same
+    pairs["different views"] += different
+    print(f"  re-seeded as duplicates: {reseeded or 'none'}, {record.waiting} particles "
+          f"waiting; same-view pairs {len(same)} (similarity "
+          f"{', '.join(f'{v:.2f}' for v in sorted(same)) or '-'}), different-view pairs "
+          f"{len(different)} (highest {max(different, default=float('nan')):.2f})")
+
+
+def print_thresholds(pairs: dict[str, list[float]]) -> None:
+    """How many class pairs of each kind, over every update, reach each threshold."""
+    print("pairs of classes reaching a similarity: " + "  ".join(
+        f"{name} ({len(values)}): " + ", ".join(
+            f">={t:.2f} {sum(v >= t for v in values)}" for t in (0.7, 0.8, 0.85, 0.9, 0.95))
+        for name, values in pairs.items()))
 
 
 if __name__ == "__main__":

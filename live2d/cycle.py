@@ -26,10 +26,10 @@ import torch
 from live2d import cistem_star
 from live2d.atomic import atomic_write_json
 from live2d.class_quality import ClassQuality, assess_classes, half_set_sums, half_sums_key
-from live2d.engines import CycleParams, CycleRequest, Engine, Progress, StreamBatch
+from live2d.engines import CycleParams, CycleRequest, CycleResult, Engine, Progress, StreamBatch
 from live2d.errors import EngineError, SessionError
 from live2d.forecast import particle_times
-from live2d.history import CycleRecord, particle_table
+from live2d.history import CycleRecord, dropped_classes, particle_table
 from live2d.kept_tensors import load_kept, save_kept
 from live2d.mrc import mark_image_stack, read_images
 from live2d.output_folder import OutputFolder, batch_dump_name, batch_sums_name
@@ -109,7 +109,7 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
         workdir=output.work,
         threads=settings.threads,
         seed=settings.seed + number,
-        batches=_stream_batches(update, output, number),
+        batches=_stream_batches(update, output, number, previous),
     )
     if update is None:
         log.info(f"cycle {number} (job {job.number} {job.job_type}, {spec.block} "
@@ -135,6 +135,8 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
             result = engine.run_cycle(request, report, inputs.cancel)
         for line in result.log:
             log.debug(line)
+        for reseeded in result.reseeded:
+            log.info(f"cycle {number}: {reseeded.sentence()}")
         table = _check_outputs(request, number, spec.kind != "start")
     except BaseException:
         clean_work_folder(output)
@@ -142,11 +144,14 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
     mark_image_stack(request.classes_out)
     write_thumbnails(request.classes_out, files.thumbnails)
     batches = with_classified(update, result.batches_classified, number) if update else []
+    valid_from = (_valid_from(previous, update, batches, result, number) if update is not None
+                  else [])
     try:
         if update is not None:
             _write_batch_rows(table, batches, number, output)
         quality = (_assess_classes(request, table, store, batches, number, output,
-                                   result.class_counts) if table is not None else [])
+                                   result.class_counts, valid_from)
+                   if table is not None else [])
     except BaseException:
         clean_work_folder(output)
         raise
@@ -179,24 +184,44 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
         class_table=files.relative(files.class_table) if quality else "",
         left_out=left_out,
         **(_update_fields(update, batches, number) if update is not None else {}),
+        **({"class_valid_from": valid_from, "waiting": result.waiting,
+            "reseeded": [r.cls + 1 for r in result.reseeded]} if update is not None else {}),
     )
     if update is not None:
         record = dataclasses.replace(record, latency=_latency(record.finished - written))
     return FinishedCycle(record, request.params)
 
 
-def _stream_batches(update: UpdatePlan | None, output: OutputFolder,
-                    number: int) -> tuple[StreamBatch, ...]:
-    """The engine's view of an update's batches: the kept sums it reads, and where in the work
-    folder it writes the sums of those it classifies (moved to stream/ when the cycle is
-    published, under the name of the cycle that made them)."""
+def _stream_batches(update: UpdatePlan | None, output: OutputFolder, number: int,
+                    previous: CycleRecord | None) -> tuple[StreamBatch, ...]:
+    """The engine's view of an update's batches: the kept sums it reads (without the classes
+    re-seeded since), and where in the work folder it writes the sums of those it classifies
+    (moved to stream/ when the cycle is published, under the name of the cycle that made
+    them)."""
     if update is None:
         return ()
+    valid_from = previous.class_valid_from if previous is not None and not update.first else []
     return tuple(StreamBatch(b.start, b.stop, b.sums_path(output),
                              output.work / batch_sums_name(b.start, number),
                              b.start in update.classify, b.rows_path(output),
-                             b.dump_path(output), output.work / batch_dump_name(b.start, number))
+                             b.dump_path(output), output.work / batch_dump_name(b.start, number),
+                             () if b.start in update.classify else
+                             tuple(dropped_classes(valid_from, b.aligned)))
                  for b in update.batches)
+
+
+def _valid_from(previous: CycleRecord, update: UpdatePlan, batches: list[Batch],
+                result: CycleResult, number: int) -> list[int]:
+    """The update's ``class_valid_from``: the previous update's, with the classes re-seeded
+    now valid from this cycle on; a class no kept batch is older than any more counts every
+    batch again (empty when all do)."""
+    valid_from = ([0] * len(result.class_counts) if update.first or not
+                  previous.class_valid_from else list(previous.class_valid_from))
+    for reseeded in result.reseeded:
+        valid_from[reseeded.cls] = number
+    oldest = min(b.aligned for b in batches)
+    valid_from = [since if since > oldest else 0 for since in valid_from]
+    return valid_from if any(valid_from) else []
 
 
 def _write_update_input(star_path: Path, update: UpdatePlan, previous: CycleRecord,
@@ -432,15 +457,16 @@ def _check_outputs(request: CycleRequest, number: int, refine: bool) -> pd.DataF
 
 def _assess_classes(request: CycleRequest, table: pd.DataFrame, store: ParticleStore,
                     batches: list[Batch], number: int, output: OutputFolder,
-                    counts: list[int]) -> list[ClassQuality]:
+                    counts: list[int], valid_from: list[int]) -> list[ClassQuality]:
     """Resolution estimate and good/junk score of every class of a finished cycle, whose
     particle parameters are ``table``. A streaming update's (``batches``; ``table`` holds the
     rows of those it classified, ``counts`` every batch's particles per class) adds up its
-    batches' kept half-set sums, made only for those it classified: not O(particles)."""
+    batches' kept half-set sums, made only for those it classified: not O(particles); a
+    batch's count nothing for the classes re-seeded after it (by ``valid_from``)."""
     stack, averages = open_images(request.stack), read_images(request.classes_out)
     params = request.params
     half_sums = _update_half_sums(stack, table, averages, store.pixel_size, params, batches,
-                                  number, output) if batches else None
+                                  number, output, valid_from) if batches else None
     return assess_classes(stack, table, averages, store.pixel_size, params.mask_radius,
                           params.high_res, params.invert_contrast, half_sums,
                           counts if batches else None)
@@ -448,7 +474,7 @@ def _assess_classes(request: CycleRequest, table: pd.DataFrame, store: ParticleS
 
 def _update_half_sums(stack: np.ndarray, table: pd.DataFrame, averages: np.ndarray,
                       pixel_size: float, params: CycleParams, batches: list[Batch],
-                      number: int, output: OutputFolder) -> torch.Tensor:
+                      number: int, output: OutputFolder, valid_from: list[int]) -> torch.Tensor:
     """The half-set sums of every batch, added in batch order: made (into the work folder)
     for the batches this update (cycle ``number``) classified, from their rows of ``table``;
     read for the others, or made again in place where theirs do not fit (another box or
@@ -468,6 +494,10 @@ def _update_half_sums(stack: np.ndarray, table: pd.DataFrame, averages: np.ndarr
                     else _read_kept_rows(batch, output))
             halves = half_set_sums(stack, rows, k, pixel_size, size, params.invert_contrast)
             save_kept(output.work / kept.name if now else kept, key, {"sums": halves})
+        dropped = dropped_classes(valid_from, batch.aligned)
+        if dropped:
+            halves = halves.clone()
+            halves[dropped] = 0
         total += halves
     return total
 

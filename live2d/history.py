@@ -87,6 +87,13 @@ class CycleRecord:
     new_particles: int = 0
     revisited: int = 0
     revisit_credit: int = 0
+    # Per class, the first cycle whose batches count for it: a class a streaming update
+    # re-seeded because it duplicated another counts nothing of the batches classified before
+    # (dropped_classes); their particles whose best class it was wait, in no class, until their
+    # batch is re-visited (``waiting`` of them). Empty: every batch counts for every class.
+    class_valid_from: list[int] = field(default_factory=list)
+    waiting: int = 0
+    reseeded: list[int] = field(default_factory=list)  # classes (1-based) re-seeded as duplicates
     # Seconds from the stacks of the particles new to the classes being written to their being
     # published in them: p50, p99, longest (empty where the times are unknown).
     latency: list[float] = field(default_factory=list)
@@ -333,7 +340,22 @@ def particle_table(folder: str | os.PathLike, record: CycleRecord) -> pd.DataFra
     tables = {key: known[key] if key in known else cistem_star.read_star(key[0])
               for key in keys}
     _BATCH_ROWS = tables
-    return pd.concat([tables[key] for key in keys], ignore_index=True)
+    parts = []
+    for key, (_, _, cycle) in zip(keys, record.batches, strict=True):
+        rows = tables[key]
+        dropped = [c + 1 for c in dropped_classes(record.class_valid_from, cycle)]
+        if dropped:  # waiting: unused, as cisTEM marks them, their old class kept negative
+            rows = rows.copy()
+            waiting = rows["2DCLS"].isin(dropped)
+            rows.loc[waiting, "2DCLS"] = -rows.loc[waiting, "2DCLS"]
+        parts.append(rows)
+    return pd.concat(parts, ignore_index=True)
+
+
+def dropped_classes(valid_from: list[int], aligned: int) -> list[int]:
+    """The classes (0-based) a streaming batch classified in cycle ``aligned`` counts nothing
+    for, by a record's ``class_valid_from``: those re-seeded after it was classified."""
+    return [c for c, since in enumerate(valid_from) if aligned < since]
 
 
 # The batches' rows last read by particle_table, by (path, size, modification time).

@@ -114,3 +114,27 @@ def blank_edges(images: np.ndarray) -> np.ndarray:
         blank |= np.ptp(edge, axis=1) <= tolerance
         blank |= np.abs(edge - inside).max(axis=1) <= tolerance
     return blank
+
+
+def rotational_similarity(a: np.ndarray, b: np.ndarray, mask_radius_px: float,
+                          steps: int = 36) -> np.ndarray:
+    """``(len(a), len(b))``: for each pair of averages, the best correlation over in-plane
+    rotations of ``b`` (masked, means removed)."""
+    a_t = torch.as_tensor(np.asarray(a, dtype=np.float32))
+    b_t = torch.as_tensor(np.asarray(b, dtype=np.float32))
+    if not len(a_t) or not len(b_t):
+        return np.zeros((len(a_t), len(b_t)))
+    mask = soft_disc(a_t.shape[-1], mask_radius_px, 3.0)
+
+    def normalised(images: torch.Tensor) -> torch.Tensor:
+        images = images * mask
+        images = images - images.mean(dim=(1, 2), keepdim=True)
+        flat = images.flatten(1)
+        return flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    reference = normalised(a_t)
+    best = torch.full((len(a_t), len(b_t)), -1.0)
+    for angle in np.arange(steps) * 360.0 / steps:
+        turned = normalised(rotate(b_t, np.full(len(b_t), angle)))
+        best = torch.maximum(best, reference @ turned.T)
+    return best.numpy()

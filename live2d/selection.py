@@ -6,9 +6,10 @@ user marks classes; from then on it is the rule learned from the marks
 from the page, the CLI or Scipion) overrides the proposal for its class and is kept in
 ``selection.json`` (replaced atomically) for the session, with what it teaches. Class numbers
 carry over through seeded and refinement cycles, so marks do too, except on a class that was
-emptied and re-seeded. An ab initio job makes new classes: each mark moves to the most similar
-new class (rotation-invariant correlation of the averages) where one is similar enough, and what
-was carried and what was dropped is recorded for the page to say.
+re-seeded (emptied, or duplicating another in a streaming update). An ab initio job makes new
+classes: each mark moves to the most similar new class (rotation-invariant correlation of the
+averages) where one is similar enough, and what was carried and what was dropped is recorded
+for the page to say.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from live2d.atomic import atomic_write_json
 from live2d.class_quality import GOOD_SCORE
 from live2d.errors import SelectionError
 from live2d.history import CycleHistory, CycleRecord
-from live2d.imaging import rotate, soft_disc
+from live2d.imaging import rotational_similarity
 from live2d.learned_proposal import Example, cycle_table, features_of, learned
 from live2d.mrc import read_images
 from live2d.output_folder import SELECTION, SELECTION_LOCK
@@ -201,9 +201,11 @@ def follow_cycle(state: SelectionState, previous: CycleRecord | None, record: Cy
         state._keep_examples([replace(example, now=moved.get(example.now))
                               for example in state.learned_examples()])
     elif previous is not None:
-        # a class emptied in the previous cycle was re-seeded: it is another class now
+        # a class emptied in the previous cycle was re-seeded, and so was one a streaming
+        # update found duplicating another: it is another class now
         counts = previous.class_counts
-        emptied = [n for n in state.marks if int(n) <= len(counts) and counts[int(n) - 1] == 0]
+        emptied = [n for n in state.marks if int(n) in record.reseeded
+                   or (int(n) <= len(counts) and counts[int(n) - 1] == 0)]
         for number in emptied:
             del state.marks[number]
         state._keep_examples([replace(example, now=None) if str(example.now) in emptied
@@ -324,27 +326,3 @@ def describe_changed(changed: list[int]) -> str:
 
 def _classes(numbers: list[int]) -> str:
     return f"class{'es' if len(numbers) != 1 else ''} {', '.join(map(str, numbers))}"
-
-
-def rotational_similarity(a: np.ndarray, b: np.ndarray, mask_radius_px: float,
-                          steps: int = 36) -> np.ndarray:
-    """``(len(a), len(b))``: for each pair of averages, the best correlation over in-plane
-    rotations of ``b`` (masked, means removed)."""
-    a_t = torch.as_tensor(np.asarray(a, dtype=np.float32))
-    b_t = torch.as_tensor(np.asarray(b, dtype=np.float32))
-    if not len(a_t) or not len(b_t):
-        return np.zeros((len(a_t), len(b_t)))
-    mask = soft_disc(a_t.shape[-1], mask_radius_px, 3.0)
-
-    def normalised(images: torch.Tensor) -> torch.Tensor:
-        images = images * mask
-        images = images - images.mean(dim=(1, 2), keepdim=True)
-        flat = images.flatten(1)
-        return flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-    reference = normalised(a_t)
-    best = torch.full((len(a_t), len(b_t)), -1.0)
-    for angle in np.arange(steps) * 360.0 / steps:
-        turned = normalised(rotate(b_t, np.full(len(b_t), angle)))
-        best = torch.maximum(best, reference @ turned.T)
-    return best.numpy()

@@ -13,6 +13,14 @@ first, whole batches; what a batch too large for this update's budget leaves is 
 next as credit). A re-visited batch's new file replaces its old one, so
 nothing is counted twice.
 
+A class re-seeded because it duplicated another (the built-in engine's
+:func:`~live2d.engines.builtin.averages.reseed_duplicates`) counts nothing of the batches
+classified before its re-seeding (the record's ``class_valid_from``,
+:func:`live2d.history.dropped_classes`): their particles whose best class it was wait, in no
+class (class counts, exports, Scipion), until their batch is classified again. Those batches are
+the least recently aligned, so the re-visit order takes them first; once none is left, the
+record drops the marker.
+
 The cycle record is the commit point: a streaming record lists its batches (start, stop and the
 cycle that classified each), so the files in ``stream/`` that the latest record does not name
 are left over from a killed update or an older job and are deleted (:func:`drop_unreferenced`).

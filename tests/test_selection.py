@@ -55,6 +55,16 @@ def test_refinement_keeps_marks_but_a_reseeded_class_loses_its_own():
     assert state.marks == {"1": "junk"} and state.dropped == [2] and state.cycle == 4
 
 
+def test_a_class_reseeded_for_duplicating_another_loses_its_mark():
+    state = SelectionState()
+    before = record(3, 1)
+    mark(state, before, {1: "good", 3: "junk"})
+    update = CycleRecord(**{**record(4, 1, counts=(50, 20, 60)).to_dict(),
+                            "reseeded": [3]})
+    follow_cycle(state, before, update, None, np.zeros((3, 8, 8)), 3.0)
+    assert state.marks == {"1": "good"} and state.dropped == [3]
+
+
 def test_after_ab_initio_each_mark_moves_to_the_most_similar_new_class():
     views = Phantom(48, 3.0, n_views=3, seed=2).views
     state = SelectionState()

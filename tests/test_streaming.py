@@ -4,6 +4,8 @@ updates in a session (every particle in the classes once, a kill, the command li
 import dataclasses
 import itertools
 import json
+import logging
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -20,9 +22,14 @@ from live2d.class_quality import half_set_sums
 from live2d.cli import main as cli_main
 from live2d.engines.base import CycleRequest, StreamBatch
 from live2d.engines.builtin import BuiltinEngine
+from live2d.engines.builtin import averages as averages_module
+from live2d.engines.builtin.averages import DUPLICATE_SIMILARITY, view_similarity
+from live2d.engines.builtin.io import write_classes
 from live2d.history import CycleRecord, particle_table
+from live2d.imaging import rotate
 from live2d.mrc import read_images
 from live2d.output_folder import batch_halves_name, batch_rows_name, batch_sums_name
+from live2d.phantom import Phantom
 from live2d.schedule import (
     AutomaticTrigger,
     Settings,
@@ -192,6 +199,64 @@ def test_kept_sums_of_another_mask_are_remade_and_the_log_says_so(full_and_updat
     assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
 
 
+def test_a_turned_moved_copy_is_a_duplicate_but_other_views_and_mirrors_are_not():
+    phantom = Phantom(BOX, PIXEL, n_views=6, seed=3)
+    views = torch.as_tensor(phantom.views)
+    turned = rotate(views[:1], np.array([73.0])).roll((3, -2), dims=(1, 2))  # off any grid
+    mirrored = views[:1].flip(-1)
+    similarity = view_similarity(torch.cat([views, turned, mirrored]),
+                                 0.6 * phantom.diameter / PIXEL)[0]
+    assert similarity[6] >= DUPLICATE_SIMILARITY
+    assert (similarity[[1, 2, 3, 4, 5, 7]] < DUPLICATE_SIMILARITY).all(), similarity
+
+
+def duplicated_classes(classes: Path, folder: Path) -> Path:
+    """``classes`` with the last class replaced by the one before it, turned: one view in two
+    classes, as an update can leave them."""
+    averages = torch.as_tensor(read_images(classes).copy())
+    averages[K - 1] = rotate(averages[K - 2:K - 1], np.array([90.0]))[0]
+    write_classes(folder / "duplicated.mrc", averages, PIXEL)
+    return folder / "duplicated.mrc"
+
+
+def test_a_class_duplicating_another_is_reseeded_and_its_kept_members_wait(
+        data, classified, tmp_path, monkeypatch):  # noqa: F811
+    folder, truth = data
+    _, classes, star = classified
+    engine, p = BuiltinEngine("cpu"), params(truth)
+    edges = [0, 100, 250, N]
+    # Every batch classified against two classes of one view, as before re-seeding existed:
+    # each keeps about half of that view's particles.
+    monkeypatch.setattr(averages_module, "DUPLICATE_SIMILARITY", 2.0)
+    both = update_request(folder, "dup_all", p, star, duplicated_classes(classes, tmp_path),
+                          batches_of(tmp_path, "d", edges, set(edges)))
+    before = engine.run_update(both, lambda _: None, threading.Event())
+    assert not before.reseeded and min(before.class_counts[K - 2:]) > 0
+    monkeypatch.undo()
+    rows = cistem_star.read_star(both.star_out)
+    then = update_request(folder, "dup_then", p, both.star_out, both.classes_out,
+                          batches_of(tmp_path, "d", edges, {250}))
+    result = engine.run_update(then, lambda _: None, threading.Event())
+    [reseeded] = result.reseeded
+    assert {reseeded.cls, reseeded.duplicated} == {K - 2, K - 1}
+    assert reseeded.similarity >= DUPLICATE_SIMILARITY
+    assert reseeded.source not in (reseeded.cls, reseeded.duplicated)
+    assert reseeded.sentence() == (f"class {reseeded.cls + 1} duplicated class "
+                                   f"{reseeded.duplicated + 1} (similarity "
+                                   f"{reseeded.similarity:.2f}): re-seeded from class "
+                                   f"{reseeded.source + 1}")
+    # The kept batches count nothing for the re-seeded class: their members of it wait.
+    kept_members = int((rows["2DCLS"].iloc[:250] == reseeded.cls + 1).sum())
+    assert result.waiting == kept_members > 0
+    assert sum(result.class_counts) + result.waiting == N
+    # The batch classified now was classified again against the re-seeded class: its rows
+    # are what the class holds.
+    now = cistem_star.read_star(then.star_out)
+    assert result.class_counts[reseeded.cls] == int((now["2DCLS"] == reseeded.cls + 1).sum())
+    assert result.particles_processed == 2 * (N - 250)
+    assert any("classified twice" in line for line in result.log)
+
+
 def test_engines_that_do_not_stream_say_so():
     from live2d.engines.base import Engine
     from live2d.engines.cistem import CistemEngine
@@ -255,6 +320,56 @@ def test_updates_after_abinit_keep_every_particle_in_the_classes_once(tmp_path):
     first, second, third = session.history[-3:]
     assert first.new_particles == 120 and second.new_particles == 60
     assert third.new_particles == 0 and third.revisited > 0  # nothing new: re-aligns the oldest
+    session.close()
+
+
+def check_every_particle_counted_once(session: Session, tmp_path: Path) -> CycleRecord:
+    """The latest update's invariant: its class counts, the particles in its classes and the
+    rows an export of every class writes agree; the rest wait, in no class."""
+    latest = session.history[-1]
+    table = particle_table(session.output_dir, latest)
+    in_classes = int((table["2DCLS"] > 0).sum())
+    assert sum(latest.class_counts) == in_classes == latest.particles - latest.waiting
+    assert exported_rows(session.output_dir, tmp_path, 4) == in_classes
+    return latest
+
+
+def test_a_duplicated_class_in_a_session_is_reseeded_and_its_old_members_revisited_first(
+        tmp_path, monkeypatch, caplog):
+    warp = tmp_path / "warp"
+    grow(warp, 240)
+    session = Session(warp, settings=Settings(**{**STREAM, "stream_revisit": 2.0}),
+                      engine="builtin")
+    assert session.run_job("abinit")
+    abinit = session.history[-1]
+    shutil.copyfile(duplicated_classes(session.output_dir / abinit.classes, tmp_path),
+                    session.output_dir / abinit.classes)
+    # The first update puts every particle into batches with one view in two classes, as
+    # updates did before re-seeding existed.
+    monkeypatch.setattr(averages_module, "DUPLICATE_SIMILARITY", 2.0)
+    assert session.run_job()
+    monkeypatch.undo()
+    grow(warp, 300)
+    with caplog.at_level(logging.INFO, logger="live2d"):
+        assert session.run_job()
+    update = check_every_particle_counted_once(session, tmp_path)
+    assert update.reseeded and update.waiting > 0
+    assert [update.class_valid_from[c - 1] for c in update.reseeded] == \
+        [update.number] * len(update.reseeded)
+    assert any(f"class {update.reseeded[0]} duplicated class" in r.getMessage()
+               for r in caplog.records)
+    # Only particles classified against the re-seeded class are in it.
+    table = particle_table(session.output_dir, update)
+    aligned = np.concatenate([[cycle] * (b - a) for a, b, cycle in update.batches])
+    assert (aligned[table["2DCLS"].isin(update.reseeded).to_numpy()] == update.number).all()
+    waiting = {a for a, _, cycle in update.batches if cycle < update.number}
+    grow(warp, 360)  # re-visits 160 particles: the two batches whose particles wait, first
+    assert session.run_job()
+    latest = check_every_particle_counted_once(session, tmp_path)
+    assert waiting == {a for a, _, cycle in latest.batches
+                       if cycle == latest.number and a < update.particles}
+    assert latest.waiting == 0 and latest.class_valid_from == []
+    assert sum(latest.class_counts) == latest.particles
     session.close()
 
 

@@ -48,7 +48,10 @@ class StreamBatch:
     when asked (``classify``; their rows are in the request's star), or because their kept
     sums do not fit this update (their rows are then read from ``rows``). An engine whose
     program keeps partial sums in a format of its own (cisTEM's refine2d dump, which merge2d
-    reads) keeps them at ``dump``, writing new ones to ``dump_out``."""
+    reads) keeps them at ``dump``, writing new ones to ``dump_out``. ``dropped``: the classes
+    (0-based) re-seeded since the batch was classified: its kept contribution to them counts
+    no more, and its particles whose best class they were wait, in no class, until the batch
+    is classified again."""
 
     start: int
     stop: int
@@ -58,6 +61,7 @@ class StreamBatch:
     rows: Path | None = None  # where the rows of a batch not classified now are kept
     dump: Path | None = None
     dump_out: Path | None = None
+    dropped: tuple[int, ...] = ()
 
     @property
     def size(self) -> int:
@@ -108,6 +112,22 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
+@dataclass(frozen=True)
+class Reseeded:
+    """A class of a streaming update re-seeded because its average was the same view as
+    another's (classes 0-based; ``similarity``: the rotation-invariant correlation of the two
+    averages), from particles of class ``source``."""
+
+    cls: int
+    duplicated: int
+    similarity: float
+    source: int
+
+    def sentence(self) -> str:
+        return (f"class {self.cls + 1} duplicated class {self.duplicated + 1} (similarity "
+                f"{self.similarity:.2f}): re-seeded from class {self.source + 1}")
+
+
 @dataclass
 class CycleResult:
     """What an engine did in one cycle: the files it wrote, the class populations and its
@@ -119,8 +139,13 @@ class CycleResult:
     particles_processed: int
     seconds: float
     log: list[str] = field(default_factory=list)
-    # A streaming update's: the starts of the batches it classified (and wrote sums_out of).
+    # A streaming update's: the starts of the batches it classified (and wrote sums_out of);
+    # the classes it re-seeded because they duplicated another (the batches it did not
+    # classify count for them no more); the particles of those batches in no class for that
+    # (their best class was re-seeded after they were classified).
     batches_classified: tuple[int, ...] = ()
+    reseeded: tuple[Reseeded, ...] = ()
+    waiting: int = 0
 
     @property
     def particles_per_second(self) -> float:

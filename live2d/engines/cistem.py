@@ -212,7 +212,9 @@ class CistemEngine(Engine):
             tables = self._refine_batches(todo, table, request, scratch.folder, runner,
                                           progress, cancel, (0.0, REFINE_SHARE))
             header = _dump_key(todo[0].dump_out) if todo else None
-            kept = {b.start: load_kept(b.sums, header) if header and
+            # merge2d cannot leave a class out of a dump: one whose classes were re-seeded
+            # since (by the built-in engine, before a switch) is classified again.
+            kept = {b.start: load_kept(b.sums, header) if header and not b.dropped and
                     _dump_key(b.dump) == header else None
                     for b in request.batches if not b.classify}
             stale = [b for b in request.batches if not b.classify and kept[b.start] is None]

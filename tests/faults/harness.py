@@ -110,11 +110,15 @@ def check_invariants(warp: Path, out: Path, complete: bool = True) -> dict:
         latest = history[-1]
         with mrcfile.open(out / latest.classes) as mrc:
             assert mrc.data.shape[0] == len(latest.class_counts)
-        assert len(particle_table(out, latest)) == latest.particles
+        table = particle_table(out, latest)
+        assert len(table) == latest.particles
         if latest.batches:  # a streaming update: each particle in one batch, its sums kept
             covered = sorted(i for start, stop, _ in latest.batches for i in range(start, stop))
             assert covered == list(range(latest.particles)), "a particle in no or two batches"
-            assert sum(latest.class_counts) == latest.particles - latest.left_out
+            assert sum(latest.class_counts) == \
+                latest.particles - latest.left_out - latest.waiting
+            in_classes = table["2DCLS"].between(1, len(latest.class_counts))
+            assert int(in_classes.sum()) == sum(latest.class_counts), "rows and counts differ"
             for start, _, cycle in latest.batches:
                 for name in (batch_sums_name, batch_halves_name, batch_rows_name):
                     assert (out / STREAM_SUMS / name(start, cycle)).is_file()

@@ -6,7 +6,8 @@ Chunks of particles accumulate into sums of their own that are added up in chunk
 (:func:`merge_partials`), wherever they ran. The frames are turned back and summed per class into
 Wiener-style averages (:func:`class_averages`), then masked, band-limited and optionally
 re-centred and auto-masked (:func:`finish_classes`). Classes left with (almost) no weight are
-re-seeded from the particles that fit worst (:func:`reseed`).
+re-seeded from the particles that fit worst (:func:`reseed`); in a streaming update, so is a
+class that shows the same view as another, from the largest class (:func:`reseed_duplicates`).
 """
 
 from __future__ import annotations
@@ -17,16 +18,23 @@ import numpy as np
 import torch
 from torch_fourier_shift import fourier_shift_image_2d
 
-from live2d.engines.base import CycleParams
+from live2d.engines.base import CycleParams, Reseeded
 from live2d.engines.builtin.geometry import EDGE_FALLOFF, Geometry, band_mask
 from live2d.engines.builtin.io import RESULT_NAMES, prepare
 from live2d.engines.builtin.shifts import ShiftCorrelator
-from live2d.imaging import rotate, soft_disc
+from live2d.imaging import rotate, rotational_similarity, soft_disc
 
 WIENER_CONSTANT = 0.05  # regularisation, relative to a class's mean CTF² weight
 PAIR_WEIGHT_FLOOR = 1e-3  # (class, angle) pairs with less total weight are not accumulated
 # A class whose likelihood weights sum to less than this (in particles) is empty: re-seeded.
 EMPTY_CLASS_WEIGHT = PAIR_WEIGHT_FLOOR
+# Two classes whose averages are at least this alike (view_similarity) show one view: a
+# streaming update re-seeds one of them (reseed_duplicates). Two classes of one view share its
+# particles' likelihood weights, so their averages reach 0.999 (tests/test_streaming.py); the
+# phantom's distinct clean views reach 0.90 at most (12 views), a view and its mirror 0.89, and
+# the averages of distinct views of simulated streaming sessions 0.79 (bench/quality.py
+# --stream; the README's Streaming job).
+DUPLICATE_SIMILARITY = 0.95
 
 
 @dataclass
@@ -181,15 +189,32 @@ def finish_classes(classes: torch.Tensor, geometry: Geometry, params: CycleParam
     spectra[..., 0, 0] = 0  # zero mean: what cisTEM's averages and the scores assume
     classes = torch.fft.irfft2(spectra, s=(box, box)) * mask
     if auto_center:
-        positive = classes.clamp_min(0) * mask
-        mass = positive.flatten(1).sum(dim=1).clamp_min(1e-12)
-        coords = torch.arange(box, dtype=torch.float32) - box // 2
-        cy = (positive.sum(dim=2) * coords).sum(dim=1) / mass
-        cx = (positive.sum(dim=1) * coords).sum(dim=1) / mass
-        classes = fourier_shift_image_2d(classes, torch.stack([-cy, -cx], dim=1)) * mask
+        classes = centred(classes, mask)
     if params.auto_mask:
         classes = classes * automatic_mask(classes, mask)
     return classes
+
+
+def centred(classes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each class moved so that the centre of its positive density within ``mask`` is the
+    box's centre (then masked)."""
+    box = classes.shape[-1]
+    positive = classes.clamp_min(0) * mask
+    mass = positive.flatten(1).sum(dim=1).clamp_min(1e-12)
+    coords = torch.arange(box, dtype=torch.float32) - box // 2
+    cy = (positive.sum(dim=2) * coords).sum(dim=1) / mass
+    cx = (positive.sum(dim=1) * coords).sum(dim=1) / mass
+    return fourier_shift_image_2d(classes, torch.stack([-cy, -cx], dim=1)) * mask
+
+
+def view_similarity(averages: torch.Tensor, mask_radius_px: float) -> np.ndarray:
+    """``(K, K)``: how alike each pair of class averages is whatever their in-plane angle and
+    centring (each centred on its density, then the best correlation over rotations; the same
+    view in two classes reaches about 1)."""
+    mask = soft_disc(averages.shape[-1], mask_radius_px, 3.0)
+    moved = centred(averages.float(), mask).numpy()
+    similarity = rotational_similarity(moved, moved, mask_radius_px)
+    return np.maximum(similarity, similarity.T)  # only one side turns: interpolation
 
 
 def automatic_mask(classes: torch.Tensor, disc: torch.Tensor) -> torch.Tensor:
@@ -207,10 +232,67 @@ def reseed(averages: torch.Tensor, empty: list[int], stack: np.ndarray, used: np
            geometry: Geometry) -> torch.Tensor:
     """Empty classes restart from the particles that fit worst, where a missing view hides."""
     worst = used[np.argsort(results["logp"])]
-    background = ~(soft_disc(geometry.box, geometry.mask_radius, 0.0) > 0)
-    per_class = max(1, min(50, len(used) // max(len(averages), 1)))
+    per_class = _seed_size(len(used), len(averages))
     for slot, start in zip(empty, range(0, len(worst), per_class), strict=False):
-        members = worst[start:start + per_class]
-        averages[slot] = prepare(stack, members, params, background,
-                                 torch.device("cpu")).mean(dim=0)
+        averages[slot] = _seed(stack, worst[start:start + per_class], params, geometry)
     return averages
+
+
+def reseed_duplicates(averages: torch.Tensor, counts: np.ndarray, empty: list[int],
+                      stack: np.ndarray, used: np.ndarray, results: dict[str, np.ndarray],
+                      params: CycleParams, geometry: Geometry,
+                      threshold: float | None = None) -> list[Reseeded]:
+    """Re-seed, in place, each class whose average shows the same view as another's
+    (:func:`view_similarity` at least ``threshold``, default :data:`DUPLICATE_SIMILARITY`):
+    of the two, the one with fewer particles (``counts``) restarts from the particles of
+    ``used`` (their ``results``) that fit worst in the largest class not re-seeded, aligned as
+    they matched it: that class split in two. ``empty`` classes (re-seeded already) are not
+    judged. Returns what was re-seeded, most similar pair first."""
+    threshold = DUPLICATE_SIMILARITY if threshold is None else threshold
+    judged = [c for c in range(len(averages)) if c not in empty]
+    if len(judged) < 2:
+        return []
+    similarity = view_similarity(averages[judged], geometry.mask_radius)
+    pairs = sorted(((float(similarity[i, j]), judged[i], judged[j])
+                    for i, j in zip(*np.triu_indices(len(judged), 1), strict=True)
+                    if similarity[i, j] >= threshold), reverse=True)
+    best = results["cls"].astype(np.int64) - 1
+    per_class = _seed_size(len(used), len(averages))
+    done: list[Reseeded] = []
+    for value, a, b in pairs:
+        if any(r.cls in (a, b) for r in done):
+            continue
+        smaller, kept = (a, b) if (counts[a], -a) < (counts[b], -b) else (b, a)
+        sources = [c for c in np.argsort(-counts, kind="stable").tolist()
+                   if c not in empty and c != smaller and (best == c).any()
+                   and all(c not in (r.cls, r.source) for r in done)]
+        if not sources:
+            break
+        members = np.flatnonzero(best == sources[0])
+        worst = members[np.argsort(results["logp"][members], kind="stable")][:per_class]
+        images = _prepared(stack, used[worst], params, geometry)
+        # Aligned as they matched the class (cisTEM's rotate(shift(P, (SHX, SHY)), PSI)): the
+        # part of the class that fits it least, as one of its two halves once split.
+        moved = fourier_shift_image_2d(images, torch.as_tensor(np.stack(
+            [results["shy"][worst], results["shx"][worst]], axis=1) / params.pixel_size,
+            dtype=torch.float32))
+        averages[smaller] = rotate(moved, results["psi"][worst]).mean(dim=0)
+        done.append(Reseeded(smaller, kept, value, sources[0]))
+    return done
+
+
+def _seed_size(used: int, classes: int) -> int:
+    """Particles averaged into a re-seeded class."""
+    return max(1, min(50, used // max(classes, 1)))
+
+
+def _seed(stack: np.ndarray, members: np.ndarray, params: CycleParams,
+          geometry: Geometry) -> torch.Tensor:
+    """A class restarted from ``members``: their plain mean, as prepared for the search."""
+    return _prepared(stack, members, params, geometry).mean(dim=0)
+
+
+def _prepared(stack: np.ndarray, members: np.ndarray, params: CycleParams,
+              geometry: Geometry) -> torch.Tensor:
+    background = ~(soft_disc(geometry.box, geometry.mask_radius, 0.0) > 0)
+    return prepare(stack, members, params, background, torch.device("cpu"))

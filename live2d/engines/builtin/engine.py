@@ -37,6 +37,8 @@ from live2d.engines.base import (
     Engine,
     Progress,
     ProgressCallback,
+    Reseeded,
+    StreamBatch,
     class_counts,
 )
 from live2d.engines.builtin.averages import (
@@ -47,6 +49,7 @@ from live2d.engines.builtin.averages import (
     merge_partials,
     reduce_sums,
     reseed,
+    reseed_duplicates,
 )
 from live2d.engines.builtin.geometry import Geometry, plan_geometry
 from live2d.engines.builtin.io import (
@@ -248,7 +251,12 @@ class BuiltinEngine(Engine):
         classes and alignments, an update that classifies every batch gives a full cycle's
         classes (float rounding apart). A batch whose kept sums were made with another working
         box, class count, mask or band is classified again (its rows read from ``rows``), and
-        the log says so. Reads and writes only the batches classified: O(new particles)."""
+        the log says so. A kept batch counts nothing for the classes of its ``dropped``.
+        A class whose average shows the same view as another's is re-seeded
+        (:func:`~live2d.engines.builtin.averages.reseed_duplicates`) and the batches classified
+        again against the re-seeded classes; no kept batch counts for a re-seeded class any
+        more: its particles whose best class it was wait, counted in the result's ``waiting``.
+        Reads and writes only the batches classified: O(new particles)."""
         started = time.monotonic()
         check_cancel(cancel)
         workers = self._use_threads(request)
@@ -298,38 +306,45 @@ class BuiltinEngine(Engine):
                 chosen, skipped = chosen[keep], np.concatenate([skipped, chosen[~keep]])
             chosen_parts.append(chosen)
             left_out.append(skipped)
-        # Every batch's chunks at once: on a cluster, new batches and re-visits are tasks side
-        # by side, not one batch after another; each batch's partial sums are then added up
-        # in chunk order, as one machine does, so the sums are the same wherever they ran.
-        partials = self._classify_parts(search, stack, table,
-                                        [(index[chosen], chosen) for chosen in chosen_parts],
-                                        request, progress, cancel)
-        check_cancel(cancel)
-        classified, results_parts = [], []
-        for batch, chosen, parts in zip(todo, chosen_parts, partials, strict=True):
-            sums = search.empty_sums()
-            results = (merge_partials(sums, parts) if parts else
-                       {name: np.zeros(0) for name in RESULT_NAMES})
-            _write_sums(batch.sums_out, reduce_sums(sums, geometry), key, len(chosen),
-                        class_counts(results["cls"], k))
-            classified.append(chosen)
-            results_parts.append(results)
-        progress(Progress("averaging", 1.0))
-        total = ReducedSums(*(torch.zeros(shape) for shape in _sum_shapes(k, geometry.working)))
-        counts = np.zeros(k, dtype=np.int64)
-        for batch in request.batches:  # in batch order: the same sums give the same classes
-            sums = _read_sums(batch.sums_out, key) if batch in todo else kept[batch.start]
-            if sums is None:
-                raise EngineError(f"{batch.sums_out} cannot be read back")
-            total.add(sums)
-            counts += sums.counts
-        used_now = np.concatenate(classified) if classified else np.zeros(0, np.int64)
+        parts = [(index[chosen], chosen) for chosen in chosen_parts]
+        classify = functools.partial(self._classify_batches, stack=stack, table=table,
+                                     parts=parts, request=request, progress=progress,
+                                     cancel=cancel, geometry=geometry, k=k)
+        results_parts, fresh = classify(search)
+        used_now = np.concatenate(chosen_parts) if chosen_parts else np.zeros(0, np.int64)
         results = {name: np.concatenate([part[name] for part in results_parts])
                    for name in RESULT_NAMES}
+        total, counts, waiting = _add_up(request.batches, fresh, kept, set(), k, geometry.working)
         averages, empty = class_averages(total, geometry, search.band)
-        if empty and len(used_now):
-            averages = reseed(averages, empty, stack, index[used_now], results, params,
-                              geometry)
+        reseeded: list[Reseeded] = []
+        if len(used_now):
+            if empty:
+                averages = reseed(averages, empty, stack, index[used_now], results, params,
+                                  geometry)
+            reseeded = reseed_duplicates(averages, counts, empty, stack, index[used_now],
+                                         results, params, geometry)
+        if reseeded:
+            # Classified again against the re-seeded classes, so that from this update on a
+            # re-seeded class holds only particles that chose its new average; the batches not
+            # classified now count for it no more (their members of it wait to be re-visited).
+            again = Search(geometry, params, finish_classes(averages, geometry, params,
+                                                            params.auto_center),
+                           self.device, workers)
+            again.noise = search.noise
+            progress(Progress("classifying again (re-seeded classes)", 0.0))
+            results_parts, fresh = classify(again)
+            results = {name: np.concatenate([part[name] for part in results_parts])
+                       for name in RESULT_NAMES}
+            total, counts, waiting = _add_up(request.batches, fresh, kept,
+                                             {r.cls for r in reseeded}, k, geometry.working)
+            averages, empty_again = class_averages(total, geometry, again.band)
+            if empty_again:
+                averages = reseed(averages, empty_again, stack, index[used_now], results,
+                                  params, geometry)
+                empty = sorted({*empty, *empty_again})
+        progress(Progress("averaging", 1.0))
+        for batch, sums in zip(todo, fresh, strict=True):
+            _write_sums(batch.sums_out, sums, key, len(sums.chosen), sums.counts.tolist())
         averages = finish_classes(averages, geometry, params, params.auto_center)
         out_table = updated_table(table, used_now, results,
                                   np.concatenate(left_out) if left_out else None)
@@ -340,11 +355,38 @@ class BuiltinEngine(Engine):
         write_classes(request.classes_out, averages, params.pixel_size)
         seconds = time.monotonic() - started
         log.append(f"streaming update: {len(used_now)} particles in {len(todo)} batch(es) "
-                   f"classified, {len(request.batches)} batches in the classes")
+                   f"classified{' twice' if reseeded else ''}, {len(request.batches)} batches "
+                   "in the classes")
         if empty:
             log.append(f"classes {', '.join(str(c + 1) for c in empty)} were empty: re-seeded")
         return CycleResult(request.classes_out, request.star_out, counts.tolist(),
-                           len(used_now), seconds, log, tuple(b.start for b in todo))
+                           len(used_now) * (2 if reseeded else 1), seconds, log,
+                           tuple(b.start for b in todo), tuple(reseeded), waiting)
+
+    def _classify_batches(self, search: Search, *, stack: np.ndarray, table: pd.DataFrame,
+                          parts: list[tuple[np.ndarray, np.ndarray]], request: CycleRequest,
+                          progress: ProgressCallback, cancel: threading.Event,
+                          geometry: Geometry, k: int
+                          ) -> tuple[list[dict[str, np.ndarray]], list[KeptSums]]:
+        """Classify each batch's particles (``parts``: image indices and rows of ``table``)
+        against ``search``'s classes: each batch's results, and its sums turned back to the
+        classes' frames with its particles per best class."""
+        # Every batch's chunks at once: on a cluster, new batches and re-visits are tasks side
+        # by side, not one batch after another; each batch's partial sums are then added up
+        # in chunk order, as one machine does, so the sums are the same wherever they ran.
+        partials = self._classify_parts(search, stack, table, parts, request, progress, cancel)
+        check_cancel(cancel)
+        results_parts, fresh = [], []
+        for (_, chosen), batch_partials in zip(parts, partials, strict=True):
+            sums = search.empty_sums()
+            results = (merge_partials(sums, batch_partials) if batch_partials else
+                       {name: np.zeros(0) for name in RESULT_NAMES})
+            reduced = reduce_sums(sums, geometry)
+            fresh.append(KeptSums(reduced.numerators, reduced.denominators, reduced.mass,
+                                  np.array(class_counts(results["cls"], k), dtype=np.int64),
+                                  chosen))
+            results_parts.append(results)
+        return results_parts, fresh
 
     def _classify(self, search: Search, stack: np.ndarray, table: pd.DataFrame,
                   used: np.ndarray, request: CycleRequest, progress: ProgressCallback,
@@ -522,9 +564,48 @@ def _read_sums(path: Path, key: dict[str, float]) -> ReducedSums | None:
 
 @dataclass
 class KeptSums(ReducedSums):
-    """A batch's kept sums, with its particles per best class."""
+    """A batch's kept sums, with its particles per best class (and, when just made, the rows
+    of the particles classified)."""
 
     counts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    chosen: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def without(self, classes: list[int]) -> KeptSums:
+        """These sums with nothing in ``classes``: what the batch adds to the classes once
+        those were re-seeded after it was classified."""
+        if not classes:
+            return self
+        gone = torch.as_tensor(classes)
+        numerators, denominators, mass = (self.numerators.clone(), self.denominators.clone(),
+                                          self.mass.clone())
+        numerators[gone], denominators[gone], mass[gone] = 0, 0, 0
+        counts = self.counts.copy()
+        counts[classes] = 0
+        return KeptSums(numerators, denominators, mass, counts)
+
+
+def _add_up(batches: tuple[StreamBatch, ...], fresh: list[KeptSums],
+            kept: dict[int, KeptSums | None], reseeded: set[int], k: int,
+            working: int) -> tuple[ReducedSums, np.ndarray, int]:
+    """Every batch's sums added in batch order (the same sums give the same classes): those
+    classified now (``fresh``, in order) whole, the kept ones without the classes re-seeded
+    since they were classified (theirs, and ``reseeded`` now). Also the particles per class,
+    and those of the kept batches that are in no class for that."""
+    total = ReducedSums(*(torch.zeros(shape) for shape in _sum_shapes(k, working)))
+    counts = np.zeros(k, dtype=np.int64)
+    waiting = 0
+    made = iter(fresh)
+    for batch in batches:
+        sums = kept.get(batch.start)
+        if sums is None:  # classified now (asked, or its kept sums did not fit)
+            sums = next(made)
+        else:
+            gone = sorted({*batch.dropped, *reseeded})
+            waiting += int(sums.counts[gone].sum()) if gone else 0
+            sums = sums.without(gone)
+        total.add(sums)
+        counts += sums.counts
+    return total, counts, waiting
 
 
 def check_cancel(cancel: threading.Event) -> None:
