@@ -57,6 +57,15 @@ re-seeding off, to compare:
 
 ``--inject-duplicate`` makes the ab initio job's last class a turned copy of the one before, in
 both sessions: one view in two classes, and the view the last class held left to the others.
+
+With ``--spare S`` an idle engine re-visits older batches between updates, as a streaming
+session's does (live2d.streaming.spare_revisit_due): up to S re-visited particles per new one
+between arrivals (the time an engine S times faster than collection has left), and, once the
+last particles arrived, until every batch was aligned against the classes that hold them all.
+Each job's particle-passes (particles classified, summed over its cycles) are printed:
+
+    python bench/quality.py --particles 6000 --classes 20 --junk 0.3 --off-centre 10 \
+        --stream 1000 1000 --spare 2
 """
 
 from __future__ import annotations
@@ -136,6 +145,12 @@ def main() -> None:
                         help="with --stream: after the ab initio job, the last class becomes a "
                              "turned copy of the one before (a view lost, one view in two "
                              "classes), in both sessions")
+    parser.add_argument("--spare", type=float, metavar="S",
+                        help="with --stream: re-visits in spare time, up to S re-visited "
+                             "particles per new one between updates, then a last sweep")
+    parser.add_argument("--no-seeded", action="store_true",
+                        help="with --stream: leave the seeded job out (it does not depend on "
+                             "the streaming settings)")
     parser.add_argument("--mark-cycle", type=int, help="with --learn-marks: mark this cycle's "
                         "classes (default: the last); later cycles are measured too")
     parser.add_argument("--reuse", action="store_true",
@@ -348,14 +363,25 @@ def stream(args: argparse.Namespace) -> None:
                 print(f"  update over {session.store.count} particles: "
                       f"{time.monotonic() - began:.1f} s")
                 print_duplicates(session.history[-1], streamed, warp, pairs)
+                if args.spare is not None:
+                    last = count >= args.particles  # then idle until every batch is swept
+                    spare_revisits(session, math.inf if last else args.spare * step,
+                                   streamed, warp, args.curation_cut)
+            print(f"particle-passes: {particle_passes(session.history):,} streaming "
+                  f"(ab initio and updates)")
         finally:
             session.close()
         print_thresholds(pairs)
+        if args.no_seeded:
+            return
         seeded = Session(warp, root / "seeded", engine="builtin", device=args.device)
         try:
+            before = len(seeded.history)
             seeded.run_job("seeded")
             print("the same particles, one seeded job (startup ramp, then refinement):")
             print_row(seeded.history[-1], root / "seeded", warp, args.curation_cut)
+            print(f"particle-passes: {particle_passes(seeded.history):,} ab initio and seeded "
+                  f"job, {particle_passes(seeded.history[before:]):,} of them the seeded job")
         finally:
             seeded.close()
 
@@ -408,6 +434,33 @@ def print_thresholds(pairs: dict[str, list[float]]) -> None:
         f"{name} ({len(values)}): " + ", ".join(
             f">={t:.2f} {sum(v >= t for v in values)}" for t in (0.7, 0.8, 0.85, 0.9, 0.95))
         for name, values in pairs.items()))
+
+
+def spare_revisits(session: Session, budget: float, output: Path, warp: Path,
+                   cut: float) -> None:
+    """What an idle engine does before the next particles arrive: spare-time re-visits while
+    the session finds them due, up to ``budget`` re-visited particles; the last one's row."""
+    revisited = cycles = 0
+    while revisited < budget and session.spare_revisit_due():
+        session.run_job(spare=True)
+        revisited += session.history[-1].revisited
+        cycles += 1
+    if cycles:
+        print_row(session.history[-1], output, warp, cut)
+        print(f"  spare time: {revisited:,} particles re-visited in {cycles} update(s)")
+
+
+def particle_passes(records: list) -> int:
+    """Particles classified over ``records``' cycles: a streaming update's batches classified
+    in it, any other cycle's share of its particles (the random start classifies none)."""
+    passes = 0
+    for record in records:
+        if record.streamed:
+            passes += sum(stop - start for start, stop, aligned in record.batches
+                          if aligned == record.number)
+        elif record.block != "start":
+            passes += round(record.fraction * (record.particles - record.left_out))
+    return passes
 
 
 if __name__ == "__main__":

@@ -33,9 +33,16 @@ from live2d.history import CycleRecord, dropped_classes, particle_table
 from live2d.kept_tensors import load_kept, save_kept
 from live2d.mrc import mark_image_stack, read_images
 from live2d.output_folder import OutputFolder, batch_dump_name, batch_sums_name
-from live2d.schedule import CycleSpec, Settings
+from live2d.schedule import REVISIT_BLOCK, CycleSpec, Settings
 from live2d.source_images import open_images
-from live2d.streaming import Batch, UpdatePlan, kept_batches, plan_update, with_classified
+from live2d.streaming import (
+    Batch,
+    UpdatePlan,
+    kept_batches,
+    plan_revisit,
+    plan_update,
+    with_classified,
+)
 from live2d.thumbnails import write_thumbnails
 from live2d.warp import WarpSettings, implausible_rows
 
@@ -92,8 +99,12 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
     files = output.cycle(number)
     output.work.mkdir(exist_ok=True)
     if spec.kind == "stream":
-        n = store.count
-        update = plan_update(previous, n, settings, number)
+        if spec.block == REVISIT_BLOCK:  # spare time: particles waiting stay for their update
+            update = plan_revisit(previous, settings, number)
+            n = update.batches[-1].stop
+        else:
+            n = store.count
+            update = plan_update(previous, n, settings, number)
         written = _write_update_input(files.input_star, update, previous, inputs)
     else:
         n, update = _write_input(files.input_star, previous, inputs, job.particles), None
@@ -234,7 +245,8 @@ def _write_update_input(star_path: Path, update: UpdatePlan, previous: CycleReco
     output, store = inputs.output, inputs.store
     kept = kept_batches(previous)
     covered = kept[-1].stop if kept else previous.particles
-    new_rows = store.read_table().iloc[covered:]  # the store's rows beyond the classes
+    # The store's rows beyond the classes that this update takes in.
+    new_rows = store.read_table().iloc[covered:update.batches[-1].stop]
     written = particle_times(new_rows)[0]
     new_rows = new_rows.drop(columns=list(cistem_star.PROVENANCE_COLUMNS), errors="ignore")
     if not kept:
@@ -312,6 +324,9 @@ def _log_update(number: int, job: JobState, update: UpdatePlan, high_res: float)
         what = (f"first update: all {update.classified:,} particles, "
                 f"{update.new_particles:,} of them new, go into {len(update.batches)} batches "
                 "and are classified against the classes")
+    elif not update.new_particles:
+        what = (f"no new particles, {update.revisited:,} re-visited, {len(update.batches)} "
+                "batches in the classes")
     else:
         what = (f"{update.new_particles:,} new particles, {update.revisited:,} re-visited, "
                 f"{len(update.batches)} batches in the classes")

@@ -12,7 +12,8 @@ classification panel):
 * ``stream``: one update (:mod:`live2d.streaming`): the particles that arrived since the last one
   are classified against the current classes at the final limit and folded into the kept class
   sums, with a budget of older particles re-visited; its cost does not grow with the session.
-  Once classes exist, automatic jobs continue as updates with engines that stream.
+  Once classes exist, automatic jobs continue as updates with engines that stream; between
+  them an idle engine re-visits older batches (:func:`revisit_plan`).
 
 ``JOB_TYPES`` only ever grows at its end: Scipion stores the chosen type's index.
 """
@@ -28,6 +29,8 @@ from typing import Any
 from live2d.errors import SettingsError
 
 JOB_TYPES = ("abinit", "seeded", "refine", "stream")
+# The block of a streaming update that only re-visits older batches, run in spare time.
+REVISIT_BLOCK = "revisit"
 JOB_LABELS = {"abinit": "Ab initio", "seeded": "Seeded startup", "refine": "Refinement",
               "stream": "Streaming"}
 
@@ -149,8 +152,10 @@ class Settings:
         help="How many older particles each streaming update classifies again against the "
              "improved classes, per new particle, least recently aligned first (whole batches "
              "of earlier updates; their old contribution to the classes is replaced). New "
-             "particles always come first. 0 never re-aligns older particles; 1 spends as "
-             "much time on re-visits as on new particles.")
+             "particles always come first. Between updates an idle engine re-visits more, "
+             "until every batch was aligned once against classes holding every particle, "
+             "then rests until new ones arrive. 0 never re-aligns older particles; 1 spends "
+             "as much time on re-visits as on new particles.")
     catch_up_after: float = _spec(
         600.0, "Quiet time before catching up", lo=0.0, hi=86_400.0, unit="s",
         help="When no new particle has arrived for this long (collection paused or ended), "
@@ -412,7 +417,7 @@ class CycleSpec:
 
     index: int  # 0-based position in the job
     kind: str  # "start" (random-start classes), "refine" or "stream" (an update)
-    block: str  # "start", "startup", "refinement" or "update"
+    block: str  # "start", "startup", "refinement", "update" or REVISIT_BLOCK
     block_cycle: int  # 1-based position within its block
     high_res: float
     fraction: float
@@ -455,6 +460,12 @@ def plan_job(job_type: str, settings: Settings, n_particles: int) -> list[CycleS
         seen[block] = seen.get(block, 0) + 1
         plan.append(CycleSpec(index, kind, block, seen[block], high_res, fraction))
     return plan
+
+
+def revisit_plan(settings: Settings) -> list[CycleSpec]:
+    """A streaming job run in spare time: one update that takes in no new particles and
+    re-visits older batches against the current classes (:func:`live2d.streaming.plan_revisit`)."""
+    return [CycleSpec(0, "stream", REVISIT_BLOCK, 1, settings.high_res_final, 1.0)]
 
 
 def next_job_type(finished: str, streams: bool = True) -> str:

@@ -63,13 +63,14 @@ from live2d.schedule import (
     Settings,
     next_job_type,
     plan_job,
+    revisit_plan,
 )
 from live2d.selection import ClassSelection
 from live2d.session_lock import SessionLock
 from live2d.session_state import JobState, open_state
 from live2d.sources import ParticleFeed
 from live2d.store import ParticleStore
-from live2d.streaming import drop_unreferenced
+from live2d.streaming import drop_unreferenced, spare_revisit_due
 
 if TYPE_CHECKING:
     from live2d.executors import Executor
@@ -181,6 +182,9 @@ class Session(Listeners):
         self.missing = ""
         self.log_lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
         self._said: set[str] = set()  # the warnings a cycle says once a session (live2d.cycle)
+        # The cycle count when a spare-time job last failed: none is tried again before the
+        # next cycle, or a broken one would be retried at every poll.
+        self._spare_failed_at = -1
         self._log_handler = self._attach_log()
         self.state, self._history, resumed = open_state(self.output, self.warp_dir, settings)
         if resumed:
@@ -350,10 +354,14 @@ class Session(Listeners):
             return last
         return None
 
-    def start_job(self, job_type: str | None = None) -> JobState:
-        """Plan a new job over the particles imported so far (replacing an unfinished one)."""
+    def start_job(self, job_type: str | None = None, *, spare: bool = False) -> JobState:
+        """Plan a new job over the particles imported so far (replacing an unfinished one);
+        ``spare``: a streaming update that only re-visits older batches
+        (:func:`~live2d.schedule.revisit_plan`), what an idle engine runs between updates."""
         settings = self.settings
-        job_type = job_type or settings.mode
+        job_type = "stream" if spare else job_type or settings.mode
+        if spare and not (self.latest_cycle() and self.latest_cycle().streamed):
+            raise SessionError("only a streaming update's classes have batches to re-visit")
         if job_type not in JOB_TYPES:
             raise SessionError(f"unknown job type {job_type!r}: one of {', '.join(JOB_TYPES)}")
         if job_type != "abinit" and self.latest_cycle() is None:
@@ -371,7 +379,7 @@ class Session(Listeners):
                 f"no particles imported from {self.warp_dir} yet: is Warp exporting particles?")
         if n < settings.classes:
             raise SessionError(f"{n} particles are too few for {settings.classes} classes")
-        plan = plan_job(job_type, settings, n)
+        plan = revisit_plan(settings) if spare else plan_job(job_type, settings, n)
         if not plan:
             raise SessionError(f"the {job_type} job has no cycles with these settings")
         with self._lock:
@@ -380,21 +388,24 @@ class Session(Listeners):
                            particles=n)
             self.state.job = job
             self._write_state()
-        self._log(f"job {job.number}: {job_type}, {len(plan)} cycles, {n} particles")
+        self._log(f"job {job.number}: {job_type}, {len(plan)} cycles, {n} particles"
+                  + (" (spare time: older batches re-visited)" if spare else ""))
         return job
 
     def run_job(
-        self, job_type: str | None = None, *, resume: bool = True, clear_stop: bool = True
+        self, job_type: str | None = None, *, resume: bool = True, clear_stop: bool = True,
+        spare: bool = False,
     ) -> bool:
-        """Run the unfinished job (if ``resume``) or a new one to the end, importing between
-        cycles. Returns True when the job finished, False when a stop request ended it early.
-        Raises EngineError / SessionError when a cycle fails, CycleCancelled on a hard stop."""
+        """Run the unfinished job (if ``resume``) or a new one (``spare``: see
+        :meth:`start_job`) to the end, importing between cycles. Returns True when the job
+        finished, False when a stop request ended it early. Raises EngineError / SessionError
+        when a cycle fails, CycleCancelled on a hard stop."""
         if clear_stop:
             self.clear_stop()
         self.import_new()
         job = self.job if resume and self.job else None
         if job is None:
-            job = self.start_job(job_type)
+            job = self.start_job(job_type, spare=spare)
         else:
             self._log(f"job {job.number} ({job.job_type}): resuming at its "
                       f"{self._cycle_words(job)}")
@@ -466,6 +477,9 @@ class Session(Listeners):
                 if due:
                     self._run_automatic_job(raise_failures)
                     continue
+                if self.spare_revisit_due():  # new particles come first: none is due
+                    self._run_automatic_job(raise_failures, spare=True)
+                    continue
                 if report.closed:
                     return True
                 self._wait(self.settings.poll_seconds, stop)
@@ -486,12 +500,24 @@ class Session(Listeners):
                                f"the {self.settings.classes} classes asked for")
         return total > 0 and self.state.particles_at_last_job != total
 
-    def _run_automatic_job(self, raise_failures: bool) -> None:
-        """The job an automatic poll found due: its failure raised (``raise_failures``) or
-        logged and counted towards giving the job up."""
+    def spare_revisit_due(self) -> bool:
+        """Whether the engine, with no job to run, should re-visit older batches of a streaming
+        session's classes rather than wait (:func:`live2d.streaming.spare_revisit_due`)."""
+        with self._lock:
+            tried = len(self._records) == self._spare_failed_at
+            records = [r for r in self._records if r.generation == self.store.generation]
+        return (self.job is None and self.settings.mode == "stream" and not tried
+                and spare_revisit_due(records, self.settings) and self.engine.streams)
+
+    def _run_automatic_job(self, raise_failures: bool, spare: bool = False) -> None:
+        """The job an automatic poll found due (``spare``: a spare-time re-visit): its failure
+        raised (``raise_failures``) or logged and counted towards giving the job up."""
         try:
-            self.run_job(clear_stop=False)
+            self.run_job(clear_stop=False, spare=spare)
         except (EngineError, SessionError, OSError) as exc:
+            if spare:
+                with self._lock:
+                    self._spare_failed_at = len(self._records)
             if raise_failures:
                 raise
             self._log(f"job failed: {exc}", logging.ERROR)

@@ -11,7 +11,9 @@ since the last one as new batches, plus a budget of older batches re-visited aga
 improved classes (``stream_revisit`` re-visited particles per new one, least recently aligned
 first, whole batches; what a batch too large for this update's budget leaves is carried to the
 next as credit). A re-visited batch's new file replaces its old one, so
-nothing is counted twice.
+nothing is counted twice. Between updates an idle engine re-visits more in spare-time updates
+(:func:`plan_revisit`, while :func:`spare_revisit_due`): no new particles, one sweep over
+every batch after each update that took new ones in.
 
 A class re-seeded because it duplicated another (the built-in engine's
 :func:`~live2d.engines.builtin.averages.reseed_duplicates`) counts nothing of the batches
@@ -44,7 +46,7 @@ from live2d.output_folder import (
     batch_rows_name,
     batch_sums_name,
 )
-from live2d.schedule import Settings
+from live2d.schedule import REVISIT_BLOCK, Settings
 
 log = logging.getLogger("live2d")
 
@@ -155,6 +157,47 @@ def plan_update(previous: CycleRecord, n_particles: int, settings: Settings,
         credit=min(max(budget, 0), largest),
         first=first,
     )
+
+
+def plan_revisit(previous: CycleRecord, settings: Settings, cycle: int) -> UpdatePlan:
+    """A spare-time update of ``cycle``: no new particles (those waiting have updates of their
+    own), the least recently aligned batches of ``previous``'s classes re-visited, as many as a
+    regular update classifies (``(1 + stream_revisit) × stream_every`` particles, at least
+    one batch): sized so that an update due meanwhile waits no longer than behind a regular
+    one. The re-visit credit is carried on untouched."""
+    kept = kept_batches(previous)
+    if not kept:
+        raise SessionError(f"cycle {previous.number} is no streaming update: nothing to "
+                           "re-visit")
+    budget = round((1 + settings.stream_revisit) * settings.stream_every)
+    revisit: set[int] = set()
+    for batch in sorted(kept, key=lambda b: (b.aligned, b.start)):  # least recently first
+        if revisit and batch.size > budget:
+            break
+        revisit.add(batch.start)
+        budget -= batch.size
+    return UpdatePlan(
+        batches=tuple(Batch(b.start, b.stop, cycle) if b.start in revisit else b for b in kept),
+        classify=frozenset(revisit), new_particles=0,
+        revisited=sum(b.size for b in kept if b.start in revisit),
+        credit=previous.revisit_credit, first=False)
+
+
+def spare_revisit_due(records: list[CycleRecord], settings: Settings) -> bool:
+    """Whether an idle engine should re-visit older batches now (:func:`plan_revisit`) rather
+    than wait for new particles: ``records`` (the current particles', oldest first) end with a
+    streaming update, and some batch of its classes was last aligned no later than the latest
+    update that took in new particles, i.e. against classes that lacked some particle they
+    now hold. One sweep over every batch after each regular update, then the engine rests:
+    spare re-visits never run forever once collection ends. ``stream_revisit`` 0 turns them
+    off with the rest of the re-visits."""
+    if not records or settings.stream_revisit <= 0:
+        return False
+    kept = kept_batches(records[-1])
+    if not kept:
+        return False
+    grown = max((r.number for r in records if r.block != REVISIT_BLOCK), default=0)
+    return min(b.aligned for b in kept) <= grown
 
 
 def _split(start: int, stop: int, size: int, cycle: int) -> list[Batch]:

@@ -16,6 +16,7 @@ import pytest
 import starfile
 import torch
 from test_builtin_engine import BOX, PIXEL, K, N, classified, data, params  # noqa: F401
+from test_session import ClosedFolder
 
 from live2d import cistem_star
 from live2d.class_quality import half_set_sums
@@ -25,12 +26,14 @@ from live2d.engines.builtin import BuiltinEngine
 from live2d.engines.builtin import averages as averages_module
 from live2d.engines.builtin.averages import DUPLICATE_SIMILARITY, view_similarity
 from live2d.engines.builtin.io import write_classes
+from live2d.errors import SessionError
 from live2d.history import CycleRecord, particle_table
 from live2d.imaging import rotate
 from live2d.mrc import read_images
 from live2d.output_folder import batch_halves_name, batch_rows_name, batch_sums_name
 from live2d.phantom import Phantom
 from live2d.schedule import (
+    REVISIT_BLOCK,
     AutomaticTrigger,
     Settings,
     automatic_job_due,
@@ -40,7 +43,7 @@ from live2d.schedule import (
 from live2d.session import Session
 from live2d.simulate import simulate
 from live2d.source_images import open_images
-from live2d.streaming import keeping_up, plan_update
+from live2d.streaming import keeping_up, plan_revisit, plan_update, spare_revisit_due
 
 
 def record(particles: int, batches=(), credit: int = 0) -> CycleRecord:
@@ -99,6 +102,42 @@ def test_an_update_with_nothing_new_revisits_the_oldest_batch():
     kept = [(0, 1000, 5), (1000, 2000, 3)]
     plan = plan_update(record(2000, kept), 2000, settings, cycle=6)
     assert plan.classify == {1000} and plan.new_particles == 0
+
+
+def test_spare_time_revisits_the_least_recently_aligned_as_much_as_an_update_classifies():
+    kept = [(0, 1000, 3), (1000, 2000, 2), (2000, 3000, 4), (3000, 3500, 5)]
+    # An update classifies (1 + 0.5) x 1000: one whole batch fits, the next does not.
+    plan = plan_revisit(record(3500, kept, credit=300), Settings(stream_every=1000), cycle=6)
+    assert plan.classify == {1000} and plan.revisited == 1000 and plan.new_particles == 0
+    assert [(b.start, b.stop) for b in plan.batches] == [(a, b) for a, b, _ in kept]
+    assert {b.start: b.aligned for b in plan.batches} == {0: 3, 1000: 6, 2000: 4, 3000: 5}
+    assert plan.credit == 300  # a regular update's budget is not spent here
+    wider = plan_revisit(record(3500, kept), Settings(stream_every=2000), cycle=6)
+    assert wider.classify == {1000, 0, 2000}  # 3000 particles' worth, oldest first
+    small = plan_revisit(record(3500, kept), Settings(stream_every=100), cycle=6)
+    assert small.classify == {1000}  # a batch larger than the budget still goes, alone
+    with pytest.raises(SessionError, match="no streaming update"):
+        plan_revisit(record(3500), Settings(), cycle=6)
+
+
+def test_spare_revisits_are_due_until_every_batch_is_aligned_after_the_last_update():
+    settings = Settings(stream_revisit=0.5)
+    abinit = dataclasses.replace(record(2000), number=3, block="refinement")
+    update = dataclasses.replace(record(3000, [(0, 2000, 4), (2000, 3000, 4)]), number=4)
+
+    def revisit(number, batches):
+        return dataclasses.replace(record(3000, batches), number=number, block=REVISIT_BLOCK)
+
+    assert not spare_revisit_due([abinit], settings)  # no batches: the first update does it
+    assert spare_revisit_due([abinit, update], settings)
+    half = revisit(5, [(0, 2000, 5), (2000, 3000, 4)])
+    assert spare_revisit_due([abinit, update, half], settings)
+    swept = revisit(6, [(0, 2000, 5), (2000, 3000, 6)])
+    assert not spare_revisit_due([abinit, update, half, swept], settings)  # rests
+    newer = dataclasses.replace(record(4000, [(0, 2000, 5), (2000, 3000, 6), (3000, 4000, 7)]),
+                                number=7)
+    assert spare_revisit_due([abinit, update, half, swept, newer], settings)
+    assert not spare_revisit_due([abinit, update], Settings(stream_revisit=0.0))
 
 
 def test_a_stream_job_is_one_update_at_the_final_limit():
@@ -370,6 +409,39 @@ def test_a_duplicated_class_in_a_session_is_reseeded_and_its_old_members_revisit
                        if cycle == latest.number and a < update.particles}
     assert latest.waiting == 0 and latest.class_valid_from == []
     assert sum(latest.class_counts) == latest.particles
+
+
+def test_an_idle_engine_revisits_every_batch_once_then_rests_and_new_particles_wait(
+        tmp_path):
+    warp = tmp_path / "warp"
+    grow(warp, 240)
+    session = Session(warp, settings=Settings(**STREAM), engine="builtin",
+                      particle_feed=lambda store: ClosedFolder(warp, store))
+    assert session.run_job("abinit")
+    assert not session.spare_revisit_due()  # ab initio classes: the first update comes first
+    grow(warp, 420)
+    # A closed source: its last update, then spare-time re-visits until swept, then it ends.
+    assert session.run_automatic(raise_failures=True) is True
+    history = session.history
+    update = next(r for r in history if r.job_type == "stream" and r.block == "update")
+    spare = [r for r in history if r.number > update.number]
+    assert spare and all(r.block == REVISIT_BLOCK and r.new_particles == 0 for r in spare)
+    assert min(aligned for _, _, aligned in history[-1].batches) > update.number
+    # One batch a cycle (150 particles' budget, batches of 84), least recently aligned first:
+    # each batch once, in stack order as they were aligned together.
+    assert [r.revisited for r in spare] == [84] * 5
+    assert [next(a for a, _, c in r.batches if c == r.number) for r in spare] == \
+        [0, 84, 168, 252, 336]
+    assert not session.spare_revisit_due()
+    jobs = session.state.jobs_started
+    assert session.run_automatic(raise_failures=True) is True  # swept: nothing runs
+    assert session.state.jobs_started == jobs
+    grow(warp, 480)  # particles waiting for an update of their own are not taken in
+    assert session.run_job(spare=True) and session.store.count == 480
+    revisit = session.history[-1]
+    assert revisit.block == REVISIT_BLOCK and revisit.new_particles == 0
+    assert revisit.particles == 420 == sum(revisit.class_counts) and revisit.latency == []
+    assert exported_rows(session.output_dir, tmp_path, 4) == 420
     session.close()
 
 
