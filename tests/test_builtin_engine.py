@@ -472,3 +472,24 @@ def test_shift_phases_move_each_image_by_its_own_shift():
     fx = torch.fft.rfftfreq(16)[None, None, :]
     whole_plane = torch.exp(2j * np.pi * (fy * dy[:, None, None] + fx * dx[:, None, None]))
     assert torch.allclose(shift_phases(dy, dx, 16, sign=1.0), whole_plane, atol=1e-5)
+
+
+def test_an_angle_the_half_resolution_pass_left_out_is_scored_as_the_grid_would():
+    """The psi parabola's sides: a neighbouring frame pruned by the half-resolution pass is
+    scored at the best translation directly, on the grid's scale."""
+    p = CycleParams(pixel_size=PIXEL, mask_radius=45.0, high_res=12.0, angular_step=30.0,
+                    search_range=9.0)
+    geometry = plan_geometry(p, BOX, np.random.default_rng(0))
+    generator = torch.Generator().manual_seed(0)
+    classes = torch.randn((3, BOX, BOX), generator=generator)
+    found = search.Search(geometry, p, classes, torch.device("cpu"))
+    w = geometry.working
+    filtered = torch.fft.rfft2(torch.randn((4, w, w), generator=generator))
+    norms = torch.rand((4, found.k * found.r), generator=generator) * 100.0
+    frame = torch.tensor([0, 5, 17, 30])
+    shift = torch.tensor([0, 3, len(geometry.shifts) - 1, 7])
+    maps = torch.fft.irfft2(filtered * found.references[frame].conj(), s=(w, w)) * w * w
+    corr = maps.flatten(1)[torch.arange(4), found.shift_index[shift]]
+    expected = (corr - norms[torch.arange(4), frame]) * p.smoothing + found.log_prior[shift]
+    assert torch.allclose(found._score_at(filtered, norms, frame, shift), expected, rtol=1e-4,
+                          atol=1e-2)
