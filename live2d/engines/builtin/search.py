@@ -147,10 +147,13 @@ class Search:
 
     def _spectra(self, images: torch.Tensor) -> torch.Tensor:
         """Box-sized images -> working-box rfft2 spectra (crop, soft edge, Fourier crop)."""
-        c, w = self.g.cropped, self.g.working
+        return fourier_crop(torch.fft.rfft2(self._cropped(images) * self.edge), self.g.working)
+
+    def _cropped(self, images: torch.Tensor) -> torch.Tensor:
+        """The centre of box-sized images that the search uses (``cropped`` px)."""
+        c = self.g.cropped
         start = self.g.box // 2 - c // 2
-        cropped = images[..., start:start + c, start:start + c] * self.edge
-        return fourier_crop(torch.fft.rfft2(cropped), w)
+        return images[..., start:start + c, start:start + c]
 
     def _particles(self, stack: np.ndarray, batch: np.ndarray,
                    rows: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,23 +165,34 @@ class Search:
 
     def estimate_noise(self, stack: np.ndarray, sample: np.ndarray, table: pd.DataFrame,
                        threads: int = 1) -> None:
-        """Noise power per resolution shell from the particles' backgrounds; ``threads`` read
-        and transform batches side by side, added up in order (the same for any)."""
+        """Noise power per resolution shell from the particles' backgrounds, at the level the
+        particles' own spectra (windowed by the soft edge) hold it; ``threads`` read and
+        transform batches side by side, added up in order (the same for any).
+
+        The background is read through itself, not through the edge window: where the mask
+        nearly fills the box the edge cuts off almost all of it (on a 64-px box with an 88 Å
+        mask, dividing by the background's area gave a level 70x too low: a likelihood 70x
+        too sharp, every particle wholly in one class from the first cycle on)."""
         total = torch.zeros((self.g.working, self.half), device=self.device)
         outside = self.background.to(self.device)
-        fraction = float(outside.float().mean())
+        window = self._cropped(outside.float())
+        # White noise of unit variance through a window w has power Σw² per coefficient.
+        scale = float((self.edge**2).sum()) / max(float((window**2).sum()),
+                                                  0.05 * float((self.edge**2).sum()))
         stack = SerialReads(stack)
 
         def background_power(batch: np.ndarray) -> torch.Tensor:
             images = prepare(stack, batch, self.params, self.background, self.device)
-            return (self._spectra(images * outside).abs() ** 2).sum(dim=0)
+            spectra = fourier_crop(torch.fft.rfft2(self._cropped(images * outside)),
+                                   self.g.working)
+            return (spectra.abs() ** 2).sum(dim=0)
 
         def add(_: int, batch_power: torch.Tensor) -> None:
             total.add_(batch_power)
 
         run_ordered([batch for _, batch in batches(np.sort(sample), self.batch_size_for_noise)],
                     background_power, add, threads)
-        power = total / max(len(sample), 1) / max(fraction, 0.05)
+        power = total / max(len(sample), 1) * scale
         self.noise = shell_average(power).clamp_min(1e-6)
 
     batch_size_for_noise = 64
