@@ -13,6 +13,7 @@ from live2d.engines import make_engine
 from live2d.engines.base import CycleParams, CycleRequest, Progress
 from live2d.engines.builtin import BuiltinEngine, search
 from live2d.engines.builtin.geometry import plan_geometry
+from live2d.engines.builtin.io import prepare
 from live2d.engines.builtin.shifts import ShiftCorrelator
 from live2d.engines.cistem import CistemEngine, find_programs
 from live2d.errors import CycleCancelled, EngineError
@@ -472,3 +473,42 @@ def test_shift_phases_move_each_image_by_its_own_shift():
     fx = torch.fft.rfftfreq(16)[None, None, :]
     whole_plane = torch.exp(2j * np.pi * (fy * dy[:, None, None] + fx * dx[:, None, None]))
     assert torch.allclose(shift_phases(dy, dx, 16, sign=1.0), whole_plane, atol=1e-5)
+
+
+def test_an_angle_the_half_resolution_pass_left_out_is_scored_as_the_grid_would():
+    """The psi parabola's sides: a neighbouring frame pruned by the half-resolution pass is
+    scored at the best translation directly, on the grid's scale."""
+    p = CycleParams(pixel_size=PIXEL, mask_radius=45.0, high_res=12.0, angular_step=30.0,
+                    search_range=9.0)
+    geometry = plan_geometry(p, BOX, np.random.default_rng(0))
+    generator = torch.Generator().manual_seed(0)
+    classes = torch.randn((3, BOX, BOX), generator=generator)
+    found = search.Search(geometry, p, classes, torch.device("cpu"))
+    w = geometry.working
+    filtered = torch.fft.rfft2(torch.randn((4, w, w), generator=generator))
+    norms = torch.rand((4, found.k * found.r), generator=generator) * 100.0
+    frame = torch.tensor([0, 5, 17, 30])
+    shift = torch.tensor([0, 3, len(geometry.shifts) - 1, 7])
+    maps = torch.fft.irfft2(filtered * found.references[frame].conj(), s=(w, w)) * w * w
+    corr = maps.flatten(1)[torch.arange(4), found.shift_index[shift]]
+    expected = (corr - norms[torch.arange(4), frame]) * p.smoothing + found.log_prior[shift]
+    assert torch.allclose(found._score_at(filtered, norms, frame, shift), expected, rtol=1e-4,
+                          atol=1e-2)
+
+
+@pytest.mark.parametrize("mask_radius", [40.0, 68.0])
+def test_the_noise_is_estimated_at_the_level_the_particles_hold_it(mask_radius):
+    """On pure white noise the noise spectrum is the particles' own power, even where the
+    mask nearly fills the box and the search's soft edge hides the background (it was 70x
+    too low there: a likelihood as much too sharp)."""
+    p = CycleParams(pixel_size=PIXEL, mask_radius=mask_radius, high_res=8.0,
+                    search_range=9.0)
+    geometry = plan_geometry(p, BOX, np.random.default_rng(0))
+    found = search.Search(geometry, p, torch.ones((2, BOX, BOX)), torch.device("cpu"))
+    stack = np.random.default_rng(0).normal(size=(300, BOX, BOX)).astype(np.float32)
+    everyone = np.arange(len(stack))
+    found.estimate_noise(stack, everyone, cistem_star.new_table(len(stack)))
+    images = prepare(stack, everyone, p, found.background, torch.device("cpu"))
+    power = (found._spectra(images).abs() ** 2).mean(dim=0)
+    ratio = (found.noise / power)[found.band > 0]
+    assert 0.9 < float(ratio.mean()) < 1.1

@@ -147,10 +147,13 @@ class Search:
 
     def _spectra(self, images: torch.Tensor) -> torch.Tensor:
         """Box-sized images -> working-box rfft2 spectra (crop, soft edge, Fourier crop)."""
-        c, w = self.g.cropped, self.g.working
+        return fourier_crop(torch.fft.rfft2(self._cropped(images) * self.edge), self.g.working)
+
+    def _cropped(self, images: torch.Tensor) -> torch.Tensor:
+        """The centre of box-sized images that the search uses (``cropped`` px)."""
+        c = self.g.cropped
         start = self.g.box // 2 - c // 2
-        cropped = images[..., start:start + c, start:start + c] * self.edge
-        return fourier_crop(torch.fft.rfft2(cropped), w)
+        return images[..., start:start + c, start:start + c]
 
     def _particles(self, stack: np.ndarray, batch: np.ndarray,
                    rows: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,23 +165,34 @@ class Search:
 
     def estimate_noise(self, stack: np.ndarray, sample: np.ndarray, table: pd.DataFrame,
                        threads: int = 1) -> None:
-        """Noise power per resolution shell from the particles' backgrounds; ``threads`` read
-        and transform batches side by side, added up in order (the same for any)."""
+        """Noise power per resolution shell from the particles' backgrounds, at the level the
+        particles' own spectra (windowed by the soft edge) hold it; ``threads`` read and
+        transform batches side by side, added up in order (the same for any).
+
+        The background is read through itself, not through the edge window: where the mask
+        nearly fills the box the edge cuts off almost all of it (on a 64-px box with an 88 Å
+        mask, dividing by the background's area gave a level 70x too low: a likelihood 70x
+        too sharp, every particle wholly in one class from the first cycle on)."""
         total = torch.zeros((self.g.working, self.half), device=self.device)
         outside = self.background.to(self.device)
-        fraction = float(outside.float().mean())
+        window = self._cropped(outside.float())
+        # White noise of unit variance through a window w has power Σw² per coefficient.
+        scale = float((self.edge**2).sum()) / max(float((window**2).sum()),
+                                                  0.05 * float((self.edge**2).sum()))
         stack = SerialReads(stack)
 
         def background_power(batch: np.ndarray) -> torch.Tensor:
             images = prepare(stack, batch, self.params, self.background, self.device)
-            return (self._spectra(images * outside).abs() ** 2).sum(dim=0)
+            spectra = fourier_crop(torch.fft.rfft2(self._cropped(images * outside)),
+                                   self.g.working)
+            return (spectra.abs() ** 2).sum(dim=0)
 
         def add(_: int, batch_power: torch.Tensor) -> None:
             total.add_(batch_power)
 
         run_ordered([batch for _, batch in batches(np.sort(sample), self.batch_size_for_noise)],
                     background_power, add, threads)
-        power = total / max(len(sample), 1) / max(fraction, 0.05)
+        power = total / max(len(sample), 1) * scale
         self.noise = shell_average(power).clamp_min(1e-6)
 
     batch_size_for_noise = 64
@@ -212,7 +226,8 @@ class Search:
             scores.masked_fill_(unusable[..., None], -torch.inf)
         peak, best = scores.view(b, -1).max(dim=1)
         best_slot, best_shift = best // scores.shape[-1], best % scores.shape[-1]
-        fine_shift, fine_angle = self._refine_peak(scores, frames, best_slot, best_shift)
+        fine_shift, fine_angle = self._refine_peak(scores, frames, best_slot, best_shift,
+                                                   filtered, norms)
         # Relative weights below e^-80 change nothing, and the CPU's vectorised exp is 10x
         # slower on arguments far below that; the scores are not needed after this.
         scores.sub_(peak[:, None, None]).clamp_min_(LOG_WEIGHT_FLOOR)
@@ -260,12 +275,15 @@ class Search:
         return {name: value.double().cpu().numpy() for name, value in out.items()}, contribution
 
     def _refine_peak(self, scores: torch.Tensor, frames: torch.Tensor, best_slot: torch.Tensor,
-                     best_shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                     best_shift: torch.Tensor, filtered: torch.Tensor, norms: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The best match between grid points, as refine2d interpolates its peaks: a parabola
         through the scores of the best translation's neighbours along dy and dx (working px,
         ``(B, 2)``), and through the neighbouring angles of the best class at the best
-        translation (angle steps, ``(B,)``; 0 where those frames were not searched). Reporting
-        grid points only cost homogeneity: half a 15° step is 5 Å at the edge of a 40 Å mask."""
+        translation (angle steps, ``(B,)``). Reporting grid points only cost homogeneity: half a
+        15° step is 5 Å at the edge of a 40 Å mask. A neighbouring angle that the
+        half-resolution pass left out is scored here at that translation: it was left out for
+        half the particles, whose psi then stayed on the grid (twice the psi error, issue 30)."""
         b = len(scores)
         index = torch.arange(b, device=self.device)
         at_frame = scores[index, best_slot]  # (B, T)
@@ -285,8 +303,24 @@ class Search:
             found = frames == wanted[:, None]  # (B, M)
             slot = found.float().argmax(dim=1)
             value = scores[index, slot, best_shift]
-            sides.append(torch.where(found.any(dim=1), value, torch.full_like(value, -torch.inf)))
+            missing = ~found.any(dim=1)
+            if bool(missing.any()):
+                value = torch.where(missing, self._score_at(filtered, norms, wanted, best_shift),
+                                    value)
+            sides.append(value)
         return fine_shift, parabola_peak(sides[0], centre, sides[1])
+
+    def _score_at(self, filtered: torch.Tensor, norms: torch.Tensor, frame: torch.Tensor,
+                  shift: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` each particle's score against its own ``frame`` at its own translation
+        (index into the grid's), on the grid's scale."""
+        index = torch.arange(len(frame), device=self.device)
+        dy, dx = self.g.shifts.to(self.device)[shift].float().unbind(dim=1)
+        phase = shift_phases(dy, dx, self.g.working, sign=1.0)
+        corr = ((filtered * self.references[frame].conj() * phase).real * self.pair_weights)
+        corr = corr.flatten(1).sum(dim=1)
+        return ((corr - norms[index, frame]) * self.params.smoothing
+                + self.log_prior[shift])
 
     def _previous_match(self, filtered: torch.Tensor, particle_ctf: torch.Tensor,
                         rows: pd.DataFrame) -> PreviousMatch | None:
