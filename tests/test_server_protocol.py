@@ -294,7 +294,9 @@ def test_the_selection_says_per_class_how_many_particles_the_curation_keeps(clas
     first = selection["classes"][0]
     client.send({"command": "mark", "classes": {str(first): "junk"}})
     view = client.wait_for_view(lambda m: first not in m["selection"]["classes"])
-    assert view["selection"]["kept"] == selection["kept"] - kept[first]
+    # (the marks may change other classes' proposals too: the proposal learns from them)
+    assert view["selection"]["kept"] == sum(kept[k] for k in view["selection"]["classes"])
+    assert view["selection"]["kept"] <= selection["kept"] - kept[first]
     # a session that does not curate sends none
     session.update_settings({"curate_particles": False})
     client.send({"command": "get_state"})

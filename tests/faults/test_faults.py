@@ -40,7 +40,10 @@ STAR = f"allparticles_{MODEL}.star"
 
 # The first and the last log line of a cycle: "cycle 3 (job 2 seeded, startup 1): ..." and
 # "cycle 3 (job 2, cycle 1 of 2) done in ...": the second has a comma after the job number.
-CYCLE_LINE = re.compile(r"cycle \d+ \(job \d+(,?)")
+# A cycle's first line ("cycle 3 (job 1 abinit, startup 2)", "cycle 9 (job 4, streaming
+# update)") and its last ("cycle 3 (job 1, cycle 4 of 21) done in"): the group is "done" there.
+CYCLE_LINE = re.compile(r"cycle \d+ \(job \d+(?: \w+,|, streaming update\)|, cycle \d+ of \d+\) "
+                        r"(done))")
 
 
 def inside_a_cycle(log: Path, offset: int) -> bool:
