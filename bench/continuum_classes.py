@@ -25,13 +25,14 @@ from live2d.evaluate import (
     _aligned,
     alignment_errors,
     comparable,
-    correlation,
+    member_homogeneity,
     model_phantom,
     truth_rows,
     view_angles,
 )
 from live2d.history import CycleRecord, particle_table, read_history
 from live2d.model_projection import ModelPhantom
+from live2d.simulate import truth_dir_for
 from live2d.warp import read_settings
 
 
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, nargs="*", help="default: the last")
     parser.add_argument("--classes", action="store_true", help="a line per class")
     args = parser.parse_args()
-    truth = args.outputs[0].parent / "warp_truth"
+    truth = truth_dir_for(args.outputs[0].parent / "warp")
     phantom = model_phantom(truth)
     if phantom is None:
         raise SystemExit(f"{truth} is not a session of an atomic model (live2d simulate --model)")
@@ -72,20 +73,19 @@ def report(output: Path, record: CycleRecord, truth: Path, phantom: ModelPhantom
                          mask_radius)
     off_view = view_angles(euler, labels)
     psi_error, _ = alignment_errors(euler, shift, psi, table[["SHX", "SHY"]].to_numpy(), labels)
-    lines, member_homogeneity = [], np.zeros(len(labels))
+    homogeneity = member_homogeneity(aligned, labels)
+    lines = []
     for k in np.unique(labels):
         members = labels == k
-        member_homogeneity[members] = correlation(
-            aligned[members], aligned[members].mean(dim=0)[None]).numpy()
         near = members & (off_view <= NEAR_VIEW)
-        lines.append((int(members.sum()), k + 1, float(member_homogeneity[members].mean()),
+        lines.append((int(members.sum()), k + 1, float(homogeneity[members].mean()),
                       float(np.median(off_view[members])),
                       float(np.percentile(off_view[members], 90)),
                       float(np.median(psi_error[near])) if near.any() else float("nan")))
     sizes = np.sort(np.bincount(labels))[::-1]
     holding = int(np.searchsorted(np.cumsum(sizes), 0.9 * len(labels)) + 1)
     near_error = psi_error[off_view <= NEAR_VIEW]
-    print(f"{output.name} {record.number:3d}: {member_homogeneity.mean():.3f}, "
+    print(f"{output.name} {record.number:3d}: {homogeneity.mean():.3f}, "
           f"{np.median(off_view):5.1f}° / {np.percentile(off_view, 90):5.1f}°, "
           f"{np.median(near_error) if len(near_error) else float('nan'):4.1f}°, "
           f"{holding} classes, {sizes[0] / len(labels):.1%}", flush=True)

@@ -226,19 +226,28 @@ def _image_scores(aligned: torch.Tensor, labels: np.ndarray, classes: np.ndarray
     box = aligned.shape[-1]
     mask = soft_disc(box, mask_radius / pixel_size, 3.0)
     prepared = _comparable(aligned, pixel_size, 8.0, mask)
-    homogeneity, fidelity_sum, population = [], 0.0, 0
+    homogeneity = member_homogeneity(prepared, labels)
+    fidelity_sum, population = 0.0, 0
     class_images = _comparable(torch.from_numpy(np.asarray(classes, dtype=np.float32)),
                                pixel_size, 15.0, mask)
     for k in np.unique(labels):
-        members = prepared[labels == k]
-        mean = members.mean(dim=0)
-        homogeneity.extend(_correlation(members, mean[None]).tolist())
-        truth = _comparable(aligned[labels == k].mean(dim=0, keepdim=True), pixel_size, 15.0,
-                            mask)
-        fidelity_sum += len(members) * float(_correlation(class_images[k][None], truth)[0])
-        population += len(members)
-    return Scores(float(np.mean(homogeneity)) if homogeneity else 0.0,
+        members = labels == k
+        truth = _comparable(aligned[members].mean(dim=0, keepdim=True), pixel_size, 15.0, mask)
+        fidelity_sum += int(members.sum()) * float(_correlation(class_images[k][None], truth)[0])
+        population += int(members.sum())
+    return Scores(float(homogeneity.mean()) if len(homogeneity) else 0.0,
                   fidelity_sum / max(population, 1), len(np.unique(labels)))
+
+
+def member_homogeneity(prepared: torch.Tensor, labels: np.ndarray) -> np.ndarray:
+    """Per member, the correlation of its image (true, aligned as the engine said, made
+    :func:`comparable`) with its class's mean of such images: homogeneity is their mean."""
+    values = np.zeros(len(labels))
+    for k in np.unique(labels):
+        members = labels == k
+        values[members] = _correlation(prepared[members],
+                                       prepared[members].mean(dim=0)[None]).numpy()
+    return values
 
 
 def aligned_truth(views: np.ndarray, view: np.ndarray, psi_true: np.ndarray,
