@@ -59,6 +59,7 @@ from live2d.notify import Notifier, alert_message, check_targets, shown
 from live2d.output_folder import DEFAULT_OUTPUT, OutputFolder
 from live2d.schedule import (
     JOB_TYPES,
+    REVISIT_BLOCK,
     AutomaticTrigger,
     Settings,
     next_job_type,
@@ -404,6 +405,11 @@ class Session(Listeners):
             self.clear_stop()
         self.import_new()
         job = self.job if resume and self.job else None
+        if job is not None and not spare and job.spec(job.next_index).block == REVISIT_BLOCK:
+            # A spare-time re-visit a stop or kill interrupted is optional work: what is due
+            # (new particles first) runs instead, and the idle engine re-visits again later.
+            self._log(f"job {job.number} (spare-time re-visit) left unfinished: not resumed")
+            job = None
         if job is None:
             job = self.start_job(job_type, spare=spare)
         else:

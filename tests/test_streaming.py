@@ -512,3 +512,22 @@ def test_status_shows_whether_a_streaming_session_keeps_up(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "streaming: 300 of 300 particles in the classes, 0 waiting" in out
     assert "latency (stack written to particles in the classes)" in out
+
+
+def test_a_spare_revisit_left_unfinished_is_not_resumed_before_new_particles(tmp_path):
+    """A kill during a spare-time re-visit leaves it as the unfinished job: the next run does
+    what is due (the new particles' update), not that optional work first."""
+    warp = tmp_path / "warp"
+    grow(warp, 240)
+    session = Session(warp, settings=Settings(**STREAM), engine="builtin")
+    assert session.run_job("abinit") and session.run_job("stream")
+    session.start_job(spare=True)  # planned, then the process "dies" before its cycle
+    session.close()
+    grow(warp, 300)
+    session = Session(warp, engine="builtin")
+    assert session.run_job("stream")
+    latest = session.history[-1]
+    assert latest.block == "update" and latest.particles == 300 and latest.new_particles == 60
+    assert any("spare-time re-visit) left unfinished: not resumed" in line
+               for line in session.log_lines)
+    session.close()
