@@ -405,7 +405,8 @@ class Session(Listeners):
             self.clear_stop()
         self.import_new()
         job = self.job if resume and self.job else None
-        if job is not None and not spare and job.spec(job.next_index).block == REVISIT_BLOCK:
+        if (job is not None and not spare and not job.finished
+                and job.spec(job.next_index).block == REVISIT_BLOCK):
             # A spare-time re-visit a stop or kill interrupted is optional work: what is due
             # (new particles first) runs instead, and the idle engine re-visits again later.
             self._log(f"job {job.number} (spare-time re-visit) left unfinished: not resumed")
