@@ -83,3 +83,12 @@ def test_random_start_and_a_cycle_in_two_slices_with_real_cistem(tmp_path):
     assert any("Merge2D: Normal termination" in line for line in result.log)
     assert progress[-1].fraction == 1.0
     assert list((tmp_path / "work").iterdir()) == []
+
+    # A job classifies the particles imported when it started: the stack has grown since, so
+    # the star lists its first particles only, and only those are classified.
+    first = N * 2 // 3
+    cistem_star.write_star(tmp_path / "first.star", cistem_star.read_star(star).iloc[:first])
+    later = request("c2", star_in=tmp_path / "first.star", classes_in=cycle.classes_out)
+    result = engine.run_cycle(later, progress.append, threading.Event())
+    assert cistem_star.read_star(later.star_out)["POS"].tolist() == list(range(1, first + 1))
+    assert 0 < sum(result.class_counts) <= first

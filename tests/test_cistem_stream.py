@@ -55,7 +55,14 @@ def test_cistem_updates_merge_every_batchs_kept_dump_and_remake_those_of_another
     grow(warp, 240)
     engine = CistemEngine(find_programs(CISTEM_BIN, required=True))
     session = Session(warp, settings=Settings(**STREAM), engine=engine)
+
+    def more_particles_during_the_job(event):
+        if event["type"] == "cycle" and event["cycle"]["number"] == 0:
+            grow(warp, 260)  # imported during the job: the stack outgrows the job's star
+
+    session.add_listener(more_particles_during_the_job)
     assert session.run_job("abinit") and session.settings.mode == "stream"
+    assert session.store.count == 260 and session.history[-1].particles == 240
     out = session.output_dir
     stream = out / "stream"
     orphan = stream / batch_dump_name(0, 999)  # as a killed update would leave it

@@ -434,8 +434,10 @@ def _beside(path: Path, name: str) -> Path:
 
 
 def _check_request(request: CycleRequest, refine: bool, rows: bool = True) -> int:
-    """The number of particles; raises EngineError for a request cisTEM would trip over.
-    ``rows``: the input star must list every particle (a streaming update's lists some)."""
+    """The number of particles classified; raises EngineError for a request cisTEM would trip
+    over. ``rows``: the input star must list the stack's first particles in order (a job
+    classifies those imported when it started, so later ones may follow in the stack; a
+    streaming update's star lists some)."""
     if request.n_classes < 1:
         raise EngineError(f"cisTEM needs at least one class, not {request.n_classes}")
     if request.threads < 1:
@@ -449,12 +451,13 @@ def _check_request(request: CycleRequest, refine: bool, rows: bool = True) -> in
         positions = cistem_star.read_star(request.star_in)["POS"].to_numpy()
     except (cistem_star.StarFormatError, KeyError) as exc:
         raise EngineError(f"input star {request.star_in} cannot be used: {exc}") from None
-    if not np.array_equal(positions, np.arange(1, n + 1)):
+    listed = len(positions)
+    if not 1 <= listed <= n or not np.array_equal(positions, np.arange(1, listed + 1)):
         raise EngineError(
-            f"input star {request.star_in} must list particles 1..{n} of {request.stack} in "
-            f"order ({len(positions)} rows)"
+            f"input star {request.star_in} must list particles 1..m of {request.stack} in "
+            f"order, m at most its {n} ({listed} rows)"
         )
-    return _check_classes(request, refine, stack_x, stack_y, n)
+    return _check_classes(request, refine, stack_x, stack_y, listed)
 
 
 def _check_classes(request: CycleRequest, refine: bool, stack_x: int, stack_y: int,
