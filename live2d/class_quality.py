@@ -31,14 +31,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
-from live2d.engines.builtin.geometry import fourier_crop
-from live2d.engines.builtin.io import CTF_COLUMNS
-from live2d.imaging import ctf_2d, rotate, shift_phases, soft_disc
+# torch and the imaging helpers (which import it) are imported in the functions that measure
+# images: the Scipion plugin imports this module (scores, features) in every Scipion process,
+# and torch is about half of that import's time.
+if TYPE_CHECKING:
+    import torch
 
 FRC_THRESHOLD = 0.143
 GOOD_SCORE = 0.5
@@ -73,6 +75,12 @@ def half_set_sums(stack: np.ndarray, table: pd.DataFrame, n_classes: int, pixel_
     """``(K, 2, size, size)``: per class, the two half sums of its CTF-weighted, aligned used
     particles (``table``: a cycle's star rows; POS indexes ``stack`` from 1), Fourier-cropped
     from the stack's box to ``size`` (default: the full box)."""
+    import torch
+
+    from live2d.engines.builtin.geometry import fourier_crop
+    from live2d.engines.builtin.io import CTF_COLUMNS
+    from live2d.imaging import ctf_2d, rotate, shift_phases
+
     box = stack.shape[-1]
     size = size or box
     binned = pixel_size * box / size
@@ -120,6 +128,8 @@ def half_sums_key(n_classes: int, box: int, pixel_size: float, high_res: float,
 def ring_index(box: int) -> torch.Tensor:
     """``(box, box // 2 + 1)``: the ring (rounded radius in Fourier pixels) of each component
     of an rfft2 half plane."""
+    import torch
+
     fy = torch.fft.fftfreq(box)[:, None] * box
     fx = torch.fft.rfftfreq(box)[None, :] * box
     return torch.sqrt(fx**2 + fy**2).round().long()
@@ -132,6 +142,8 @@ def signal_per_particle(a: torch.Tensor, b: torch.Tensor, particles: int,
     halves (4·Re(A·B*) is n² times the particles' common power) over n times the power of
     their difference (n times that of what differs between particles), so the same for a few
     particles as for many of the same kind."""
+    import torch
+
     fa, fb = torch.fft.rfft2(a), torch.fft.rfft2(b)
     ring = ring_index(a.shape[-1])
     band = (ring >= 1) & (ring <= last_ring)
@@ -143,6 +155,8 @@ def signal_per_particle(a: torch.Tensor, b: torch.Tensor, particles: int,
 def frc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Fourier ring correlation of two ``(box, box)`` images, one value per ring out to
     Nyquist (ring r at ``r / (box · pixel)`` Å⁻¹)."""
+    import torch
+
     box = a.shape[-1]
     fa, fb = torch.fft.rfft2(a), torch.fft.rfft2(b)
     ring = ring_index(box).flatten()
@@ -159,6 +173,8 @@ def frc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def resolution_from_frc(curve: torch.Tensor, box: int, pixel_size: float) -> tuple[float, bool]:
     """Å where ``curve`` first falls below 0.143 (after ring 1), and whether it never does."""
+    import torch
+
     below = torch.nonzero(curve[1:] < FRC_THRESHOLD).flatten()
     if not len(below):
         return 2.0 * pixel_size, True
@@ -212,6 +228,8 @@ def assess_classes(stack: np.ndarray, table: pd.DataFrame, averages: np.ndarray,
     cycle's ``high_res`` limit in Å). Where they are known already (a streaming update adds up
     its batches'), the half-set sums (of the :func:`working_size` box) and the particles per
     class; ``table`` is not read then."""
+    from live2d.imaging import soft_disc
+
     n_classes, box = len(averages), averages.shape[-1]
     size = working_size(box, pixel_size, high_res)
     binned = pixel_size * box / size

@@ -41,12 +41,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from live2d.atomic import replacing
-from live2d.engines.builtin.geometry import fourier_crop
 from live2d.history import CycleRecord, particle_results_kept, particle_table
-from live2d.imaging import shift_phases
 from live2d.output_folder import (
     SESSION_STATE,
     STORE_SOURCES,
@@ -57,6 +54,9 @@ from live2d.output_folder import (
 from live2d.session_lock import holder
 from live2d.source_images import open_images
 from live2d.store import ParticleStore
+
+# torch and the engine's helpers (which import it) are imported in the functions that read
+# images: the Scipion plugin imports this module in every Scipion process, which needs no torch.
 
 MIN_MEMBERS = 20  # below this a class's median and spread are too noisy to judge by
 LOW_PASS = 20.0  # Å: a particle's shape, not the noise
@@ -138,6 +138,11 @@ def signal_shares(stack, table: pd.DataFrame, pixel_size: float,
     low-passed signal within :data:`INNER` × ``mask_radius_px`` of where its shift (SHX, SHY,
     Å) puts its centre; NaN for rows not classified. Reads the images in stack order,
     Fourier-cropped to the low-pass limit: cheap beside the cycle that made the table."""
+    import torch
+
+    from live2d.engines.builtin.geometry import fourier_crop
+    from live2d.imaging import shift_phases
+
     out = np.full(len(table), np.nan)
     rows = np.flatnonzero(table["2DCLS"].to_numpy(dtype=np.int64) > 0)
     if not len(rows):
@@ -357,6 +362,7 @@ def selected_fits(folder: str | os.PathLike, record: CycleRecord, chosen, keep: 
     against those averages alone with the built-in engine's search (every angle and shift,
     its CTF, the noise whitened, at the cycle's resolution), from scratch."""
     import mrcfile
+    import torch
 
     from live2d.engines.base import CycleParams
     from live2d.engines.builtin.geometry import plan_geometry

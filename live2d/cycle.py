@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import torch
 
 from live2d import cistem_star
 from live2d.atomic import atomic_write_json
@@ -48,6 +47,7 @@ from live2d.warp import WarpSettings, implausible_rows
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
 
     from live2d.session_state import JobState
     from live2d.store import ParticleStore
@@ -494,6 +494,8 @@ def _update_half_sums(stack: np.ndarray, table: pd.DataFrame, averages: np.ndarr
     for the batches this update (cycle ``number``) classified, from their rows of ``table``;
     read for the others, or made again in place where theirs do not fit (another box or
     limit; from the batch's kept rows, so the same sums)."""
+    import torch  # here: the Scipion plugin imports this module, and needs no torch itself
+
     k, box = len(averages), averages.shape[-1]
     key = half_sums_key(k, box, pixel_size, params.high_res, params.invert_contrast)
     size = int(key["size"])

@@ -8,13 +8,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
-
 from live2d.atomic import replacing
+
+# torch is imported where it is used: live2d.cycle imports this module, and the Scipion plugin
+# imports that in every Scipion process, which need no torch.
 
 
 def save_kept(path: str | os.PathLike, key: dict[str, Any], values: dict[str, Any]) -> None:
     """``values`` (tensors, numbers) at ``path``, with the ``key`` they were made with."""
+    import torch
+
     with replacing(path) as scratch:
         torch.save({"key": key, **values}, scratch)
 
@@ -22,6 +25,8 @@ def save_kept(path: str | os.PathLike, key: dict[str, Any], values: dict[str, An
 def load_kept(path: str | os.PathLike, key: dict[str, Any]) -> dict[str, Any] | None:
     """What :func:`save_kept` wrote at ``path``, or None when it is missing, unreadable or
     was made with another ``key``."""
+    import torch
+
     try:
         kept = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError):

@@ -30,7 +30,6 @@ from live2d.atomic import atomic_write_json
 from live2d.class_quality import GOOD_SCORE
 from live2d.errors import SelectionError
 from live2d.history import CycleHistory, CycleRecord
-from live2d.imaging import rotational_similarity
 from live2d.learned_proposal import Example, cycle_table, features_of, learned
 from live2d.mrc import read_images
 from live2d.output_folder import SELECTION, SELECTION_LOCK
@@ -185,6 +184,10 @@ def follow_cycle(state: SelectionState, previous: CycleRecord | None, record: Cy
         return
     new_job = record.job != state.job
     if new_job and record.job_type == "abinit" and old_averages is not None:
+        # here, not at the top: imaging imports torch, which the Scipion plugin (importing
+        # this module in every Scipion process) does not otherwise need
+        from live2d.imaging import rotational_similarity
+
         marked = sorted(int(n) for n in state.marks)
         similarity = rotational_similarity(old_averages[[k - 1 for k in marked]], new_averages,
                                            mask_radius_px)

@@ -6,6 +6,8 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -38,6 +40,22 @@ TEMPLATE = Path(live2d_plugin.__file__).parent / "templates" / "warp_live2d.json
 # Sections pyworkflow's form window (pyworkflow/gui/form.py, _createSections) shows no tab for:
 # it renders only its own widgets for them, so a parameter added to them is never seen.
 NO_TAB = ("General", "Parallelization")
+# In a fresh interpreter: imports the plugin as Scipion's discovery does and says whether torch
+# was loaded, with the import chain that first asked for it.
+TORCH_PROBE = """
+import json, sys, traceback
+
+class Watch:
+    chain = ""
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not Watch.chain:
+            Watch.chain = "".join(traceback.format_stack())
+        return None
+
+sys.meta_path.insert(0, Watch())
+import live2d_plugin, live2d_plugin.protocols, live2d_plugin.viewers
+print(json.dumps({"torch": "torch" in sys.modules, "chain": Watch.chain}))
+"""
 
 
 def shown_sections(prot) -> list:
@@ -75,6 +93,17 @@ def test_the_plugin_loads_through_discovery() -> None:
     assert plugins["live2d_plugin"]._pluginInstance is not None
     variables = live2d_plugin.Plugin.getVars()
     assert "LIVE2D_CISTEM_BIN" in variables and "LIVE2D_DEVICE" in variables
+
+
+def test_importing_the_plugin_loads_no_torch() -> None:
+    """Every Scipion process (the scheduler, each protocol, the subset and split tools)
+    imports the plugin, its protocols and viewers: torch, about half of that import's time,
+    is imported only where a cycle or a measure of images needs it."""
+    repo_root = Path(live2d_plugin.__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", TORCH_PROBE], capture_output=True, text=True,
+                            cwd=repo_root, check=True)
+    probe = json.loads(result.stdout.splitlines()[-1])
+    assert not probe["torch"], f"importing the plugin imported torch:\n{probe['chain']}"
 
 
 def test_scipion_lists_the_workflow_template() -> None:

@@ -1,9 +1,24 @@
-"""The classification protocol's publishing budget (live2d_plugin.publishing)."""
+"""The classification protocol's publishing budget (live2d_plugin.publishing): the budget itself,
+on a clock of its own, and a classification run whose every publish is slow."""
 
 from __future__ import annotations
 
-import pytest
+import os
+from pathlib import Path
+from unittest import mock
 
+import pytest
+from plugin_test_helpers import ProjectTestCase, simulate_warp
+from pyworkflow.protocol import runProtocolMain
+from test_plugin_classify import (
+    SMALL_SCHEDULE,
+    check_grown_particles,
+    classes_of,
+    history_of,
+    selected_members,
+)
+
+from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp, protocol_classify2d
 from live2d_plugin.publishing import PublishBudget
 
 
@@ -78,3 +93,71 @@ def test_a_failed_publish_is_not_kept_waiting():
 def test_share_must_be_a_fraction():
     with pytest.raises(ValueError, match="share"):
         PublishBudget(print, share=0.0)
+
+
+# ------------------------------------------------------------------------------ in a protocol
+def launch_in_this_process(protocol, wait: bool = False, *args, **kwargs) -> None:
+    """What pyworkflow.protocol.launch starts in a subprocess (pw_protocol_run.py), run here:
+    so that the protocol's publishing budget can be given another clock. The environment
+    is restored after: pyworkflow names the running protocol there."""
+    with mock.patch.dict(os.environ):
+        runProtocolMain(protocol.getProject().path, protocol.getDbPath(), protocol.getObjId())
+
+
+class TestSlowPublishing(ProjectTestCase):
+    def test_a_slow_publish_holds_cycles_back_and_the_newest_goes_out_at_the_end(self) -> None:
+        """With every publish costing 60 s (of the budget's clock), the first cycle goes out
+        at once and the next ones wait, each replacing the one before (the log says so), so
+        the outputs show the run's last cycle once the run ends."""
+        warp_dir = self.work / "warp"
+        simulate_warp(warp_dir, particles=80)
+        importer = self.new(ProtLive2DImportWarp, warpFolder=str(warp_dir), streamTimeout=0.02)
+        # 80 particles, below the first job's size: one job of a start, a startup cycle and
+        # two refinement cycles once the input closes
+        classify = self.new(ProtLive2DClassify2D, engine=1,
+                            **{**SMALL_SCHEDULE, "refinementCycles": 2})
+        classify.inputParticles.set(importer)
+        classify.inputParticles.setExtended("outputParticles")
+        clock = Clock()
+        published: list[int] = []
+
+        def slow_budget(publish):
+            def slow_publish(record) -> None:
+                publish(record)
+                published.append(record.number)
+                clock.now += 60.0
+
+            return PublishBudget(slow_publish, clock=clock)
+
+        with mock.patch("pyworkflow.protocol.launch", launch_in_this_process):
+            self.proj.launchProtocol(importer, wait=True)
+            self.proj.saveProtocol(classify)
+            with mock.patch.object(protocol_classify2d, "PublishBudget", slow_budget), \
+                    self.assertLogs("pyworkflow.protocol.protocol", "INFO") as logs:
+                self.proj.launchProtocol(classify, wait=True)
+
+        done = self.load(classify)
+        self.assertTrue(done.isFinished(), done.getErrorMessage())
+        cycles = [r.number for r in history_of(done) if r.block != "start"]
+        self.assertEqual(len(cycles), 3, cycles)
+        first, *held, last = cycles
+        self.assertEqual(published, [first, last])  # the middle one was replaced while waiting
+        log = "\n".join(logs.output)
+        for number in [*held, last]:
+            self.assertIn(f"cycle {number} goes to the outputs with a later cycle: publishing "
+                          "took 60 s, and takes at most 10% of the run", log)
+        self.assertNotIn(f"cycle {first} goes to the outputs with a later cycle", log)
+        # what the project window shows: the last cycle's classes, averages and selection
+        self.assertEqual(done.publishedCycle.get(), last)
+        self.assertTrue(done.outputClasses.getFileName().endswith(f"_cycle{last:03d}.sqlite"))
+        self.assertTrue(done.outputAverages.getFileName().endswith(f"_cycle{last:03d}.sqlite"))
+        record = history_of(done)[-1]
+        classes = classes_of(done)
+        try:
+            sizes = {c.getObjId(): c.getSize() for c in classes.iterItems()}
+            names = {Path(c.getRepresentative().getFileName()).name for c in classes.iterItems()}
+        finally:
+            classes.close()
+        self.assertEqual(names, {f"cycle_{last:03d}.mrcs"})
+        self.assertEqual(sizes, {k: n for k, n in enumerate(record.class_counts, 1) if n})
+        check_grown_particles(self, done, *selected_members(self, done, last))
