@@ -297,18 +297,17 @@ class Search:
             return fine_shift, torch.zeros(b, device=self.device)
         frame = frames[index, best_slot]
         cls, angle = frame // self.r, frame % self.r
-        sides = []
-        for step in (-1, 1):
-            wanted = cls * self.r + (angle + step) % self.r
-            found = frames == wanted[:, None]  # (B, M)
-            slot = found.float().argmax(dim=1)
-            value = scores[index, slot, best_shift]
-            missing = ~found.any(dim=1)
-            if bool(missing.any()):
-                value = torch.where(missing, self._score_at(filtered, norms, wanted, best_shift),
-                                    value)
-            sides.append(value)
-        return fine_shift, parabola_peak(sides[0], centre, sides[1])
+        steps = torch.tensor([-1, 1], device=self.device)
+        wanted = cls[:, None] * self.r + (angle[:, None] + steps) % self.r  # (B, 2)
+        found = frames[:, None, :] == wanted[..., None]  # (B, 2, M)
+        slot = found.float().argmax(dim=2)
+        sides = scores[index[:, None], slot, best_shift[:, None]]  # (B, 2)
+        # Only the sides the half-resolution pass left out, all in one product.
+        particle, side = (~found.any(dim=2)).nonzero(as_tuple=True)
+        if len(particle):
+            sides[particle, side] = self._score_at(filtered[particle], norms[particle],
+                                                   wanted[particle, side], best_shift[particle])
+        return fine_shift, parabola_peak(sides[:, 0], centre, sides[:, 1])
 
     def _score_at(self, filtered: torch.Tensor, norms: torch.Tensor, frame: torch.Tensor,
                   shift: torch.Tensor) -> torch.Tensor:
