@@ -321,6 +321,10 @@ def test_shift_correlator_matches_the_inverse_fft(size):
     maps = torch.fft.irfft2(particles[:, None] * references.conj()[None], s=(size, size))
     expected = (maps * size * size)[..., shifts[:, 0] % size, shifts[:, 1] % size]
     assert torch.allclose(correlator.at_shifts(particles), expected, rtol=1e-4, atol=1e-2)
+    # the half-resolution pass's best over the translations of the set only (not the square's)
+    norms = torch.rand((3, 5), generator=rng)
+    assert torch.allclose(correlator.best(particles, norms), expected.amax(dim=-1) - norms,
+                          rtol=1e-4, atol=1e-2)
     # the adjoint: each particle moved back by its weighted translations, summed per reference
     weights = torch.rand((3, 5, len(shifts)), generator=rng)
     placed = torch.zeros((3, 5, size, size))

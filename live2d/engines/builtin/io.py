@@ -10,7 +10,7 @@ for blank edges) keep their row with the class negated and CHANGE 0.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import mrcfile
@@ -91,15 +91,20 @@ def prepare(stack: np.ndarray, batch: np.ndarray, params: CycleParams,
     # Readers give a fresh array (open_images): no copy needed before torch takes it.
     images = torch.from_numpy(np.asarray(stack[np.sort(batch)], dtype=np.float32))
     order = np.argsort(np.argsort(batch))  # stack reads go in file order
-    images = images[torch.as_tensor(order)].to(device)
+    images = images[torch.as_tensor(order)].to(device)  # a copy: changed in place below
     if params.normalize:
-        pixels = images[:, background.to(device)]
-        mean, std = pixels.mean(dim=1), pixels.std(dim=1).clamp_min(1e-12)
-        images = (images - mean[:, None, None]) / std[:, None, None]
-    return images if params.invert_contrast else -images
+        # by index, not by boolean mask, and both moments in one pass: a third of the time
+        outside = torch.nonzero(background.to(device).flatten()).flatten()
+        std, mean = torch.std_mean(images.flatten(1).index_select(1, outside), dim=1)
+        images.sub_(mean[:, None, None]).div_(std.clamp_min(1e-12)[:, None, None])
+    return images if params.invert_contrast else images.neg_()
 
 
-def star_column(rows: pd.DataFrame, name: str, device: torch.device) -> torch.Tensor:
+# A batch's star rows: a table, or (cheaper to slice per batch) its columns as arrays.
+Rows = pd.DataFrame | Mapping[str, np.ndarray]
+
+
+def star_column(rows: Rows, name: str, device: torch.device) -> torch.Tensor:
     """A star column of a batch's rows as float32 on ``device`` (copied: the rows may be a
     read-only view)."""
     return torch.as_tensor(np.array(rows[name], dtype=np.float64), dtype=torch.float32,

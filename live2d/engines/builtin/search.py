@@ -38,7 +38,14 @@ from live2d.engines.builtin.geometry import (
     shell_average,
     shift_neighbours,
 )
-from live2d.engines.builtin.io import CTF_COLUMNS, SerialReads, batches, prepare, star_column
+from live2d.engines.builtin.io import (
+    CTF_COLUMNS,
+    Rows,
+    SerialReads,
+    batches,
+    prepare,
+    star_column,
+)
 from live2d.engines.builtin.shifts import ShiftCorrelator
 from live2d.engines.builtin.workers import run_ordered
 from live2d.imaging import ctf_2d, rotate, shift_phases, soft_disc
@@ -156,7 +163,7 @@ class Search:
         return images[..., start:start + c, start:start + c]
 
     def _particles(self, stack: np.ndarray, batch: np.ndarray,
-                   rows: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+                   rows: Rows) -> tuple[torch.Tensor, torch.Tensor]:
         """``rows``: the star rows of ``batch``, in its order."""
         images = prepare(stack, batch, self.params, self.background, self.device)
         ctf = ctf_2d(*(star_column(rows, name, self.device) for name in CTF_COLUMNS),
@@ -198,7 +205,7 @@ class Search:
     batch_size_for_noise = 64
 
     def score(self, stack: np.ndarray, batch: np.ndarray,
-              rows: pd.DataFrame) -> tuple[dict[str, np.ndarray], Contribution]:
+              rows: Rows) -> tuple[dict[str, np.ndarray], Contribution]:
         """The particles' results and what they add to class sums; changes nothing of the
         search's own (but its cache of turned references), so threads may score side by side."""
         spectra, ctf = self._particles(stack, batch, rows)
@@ -297,18 +304,17 @@ class Search:
             return fine_shift, torch.zeros(b, device=self.device)
         frame = frames[index, best_slot]
         cls, angle = frame // self.r, frame % self.r
-        sides = []
-        for step in (-1, 1):
-            wanted = cls * self.r + (angle + step) % self.r
-            found = frames == wanted[:, None]  # (B, M)
-            slot = found.float().argmax(dim=1)
-            value = scores[index, slot, best_shift]
-            missing = ~found.any(dim=1)
-            if bool(missing.any()):
-                value = torch.where(missing, self._score_at(filtered, norms, wanted, best_shift),
-                                    value)
-            sides.append(value)
-        return fine_shift, parabola_peak(sides[0], centre, sides[1])
+        steps = torch.tensor([-1, 1], device=self.device)
+        wanted = cls[:, None] * self.r + (angle[:, None] + steps) % self.r  # (B, 2)
+        found = frames[:, None, :] == wanted[..., None]  # (B, 2, M)
+        slot = found.float().argmax(dim=2)
+        sides = scores[index[:, None], slot, best_shift[:, None]]  # (B, 2)
+        # Only the sides the half-resolution pass left out, all in one product.
+        particle, side = (~found.any(dim=2)).nonzero(as_tuple=True)
+        if len(particle):
+            sides[particle, side] = self._score_at(filtered[particle], norms[particle],
+                                                   wanted[particle, side], best_shift[particle])
+        return fine_shift, parabola_peak(sides[:, 0], centre, sides[:, 1])
 
     def _score_at(self, filtered: torch.Tensor, norms: torch.Tensor, frame: torch.Tensor,
                   shift: torch.Tensor) -> torch.Tensor:
@@ -323,7 +329,7 @@ class Search:
                 + self.log_prior[shift])
 
     def _previous_match(self, filtered: torch.Tensor, particle_ctf: torch.Tensor,
-                        rows: pd.DataFrame) -> PreviousMatch | None:
+                        rows: Rows) -> PreviousMatch | None:
         """As refine2d, each particle's previous best match (its previous class turned by its
         previous psi, at its previous shift) is scored like a grid point, so that an alignment
         between this cycle's grid points is kept when it fits better. -inf where there is none
