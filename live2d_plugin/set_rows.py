@@ -14,8 +14,10 @@ columns are ``id, enabled, label, comment, creation``.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,6 +41,20 @@ def _connect(path: str) -> Iterator[sqlite3.Connection]:
         yield connection
     finally:
         connection.close()
+
+
+def holds_written_set(path: str) -> bool:
+    """Whether the sqlite ``path`` holds a set as pyworkflow writes one: with its ``Properties``
+    table. pyworkflow creates a set's tables with its first item, so the file of a set that
+    never had one (an ``outputParticles`` while no class is selected) is there, but empty, and
+    reading its properties back fails with "no such table: Properties". Opened read-only: a
+    missing file is not created."""
+    if not os.path.exists(path):
+        return False
+    uri = Path(path).resolve().as_uri() + "?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=60)) as connection:
+        return connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                  "AND name = 'Properties'").fetchone() is not None
 
 
 def _columns(connection: sqlite3.Connection, table: str) -> dict[str, str]:

@@ -61,6 +61,7 @@ from live2d_plugin.set_rows import (
     copy_class_members,
     copy_members,
     disabled_ids,
+    holds_written_set,
     item_ids,
     matrix_texts,
     template_members,
@@ -485,7 +486,16 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         if self._publishError is not None:
             error, self._publishError = self._publishError, None
             self._withdrawStop()
-            raise RuntimeError(f"publishing the classes failed: {error}") from error
+            published = self.publishedCycle.get()
+            outputs = (f"Scipion's outputs stay those of cycle {published}"
+                       if published is not None else "no cycle reached Scipion's outputs")
+            history = self._session.history
+            raise RuntimeError(
+                f"publishing the classes failed ({type(error).__name__}: {error}); the run "
+                f"stopped after cycle {history[-1].number if history else 0}. Its cycles are "
+                f"kept in {self._sessionDir()} and {outputs}. The traceback in the run's "
+                "error log (run.stderr) shows where it failed; once its cause is fixed, "
+                "Continue resumes the run, and the cycles it runs are published.") from error
 
     def _publishCycle(self, record: CycleRecord) -> None:
         """A cycle's classes and averages replace outputClasses and outputAverages (a set per
@@ -612,9 +622,11 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         path = self._getPath("particles.sqlite")
         input_file = self.inputParticles.get().getFileName()
         existing = getattr(self, "outputParticles", None)
-        # A run resumed from a version that published a set per cycle starts the set anew.
-        growing = os.path.exists(path) and (existing is None
-                                            or existing.getFileName() == path)
+        # A run resumed from a version that published a set per cycle starts the set anew, and
+        # so does a set published empty (no class selected yet): its file has no tables to
+        # read back (see holds_written_set).
+        growing = holds_written_set(path) and (existing is None
+                                               or existing.getFileName() == path)
         if growing:
             particles = SetOfParticles(filename=path)
             particles.loadAllProperties()
@@ -655,15 +667,21 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         """The run ends (input classified, or stopped): consumers see the outputs are final."""
         for name, set_class in self._possibleOutputs.items():
             output = getattr(self, name, None)
-            if output is not None and output.isStreamOpen():
-                fresh = set_class(filename=output.getFileName())
-                fresh.loadAllProperties()
-                if isinstance(fresh, SetOfClasses2D):
-                    # A set read back from its sqlite has lost its link to the particles, and
-                    # _updateOutputSet copies every attribute: without this, subsets from the
-                    # final classes find no particles.
-                    fresh.setImages(self.inputParticles)
-                self._updateOutputSet(name, fresh, Set.STREAM_CLOSED)
+            if output is None or not output.isStreamOpen():
+                continue
+            if not holds_written_set(output.getFileName()):
+                # Empty (an outputParticles no cycle selected a class for): nothing on disk
+                # to read back, so it is closed as it is, as pyworkflow's _closeOutputSet does.
+                self._updateOutputSet(name, output, Set.STREAM_CLOSED)
+                continue
+            fresh = set_class(filename=output.getFileName())
+            fresh.loadAllProperties()
+            if isinstance(fresh, SetOfClasses2D):
+                # A set read back from its sqlite has lost its link to the particles, and
+                # _updateOutputSet copies every attribute: without this, subsets from the
+                # final classes find no particles.
+                fresh.setImages(self.inputParticles)
+            self._updateOutputSet(name, fresh, Set.STREAM_CLOSED)
 
     def _dropOldCycleSets(self) -> None:
         """Deletes the per-cycle sqlite files no project window still names: those older than

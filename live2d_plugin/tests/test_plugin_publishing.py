@@ -1,14 +1,19 @@
 """The classification protocol's publishing budget (live2d_plugin.publishing): the budget itself,
-on a clock of its own, and a classification run whose every publish is slow."""
+on a clock of its own, and a classification run whose every publish is slow; and its
+outputParticles across cycles that select no class."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
+import pandas as pd
 import pytest
 from plugin_test_helpers import ProjectTestCase, simulate_warp
+from pwem.objects import SetOfParticles
+from pyworkflow.object import Set
 from pyworkflow.protocol import runProtocolMain
 from test_plugin_classify import (
     SMALL_SCHEDULE,
@@ -17,9 +22,11 @@ from test_plugin_classify import (
     history_of,
     selected_members,
 )
+from test_plugin_set_rows import assignments, input_particles
 
 from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp, protocol_classify2d
 from live2d_plugin.publishing import PublishBudget
+from live2d_plugin.set_rows import disabled_ids
 
 
 class Clock:
@@ -161,3 +168,75 @@ class TestSlowPublishing(ProjectTestCase):
         self.assertEqual(names, {f"cycle_{last:03d}.mrcs"})
         self.assertEqual(sizes, {k: n for k, n in enumerate(record.class_counts, 1) if n})
         check_grown_particles(self, done, *selected_members(self, done, last))
+
+
+def classification(tmp_path) -> ProtLive2DClassify2D:
+    """The protocol in this process, on a closed input set: enough for its outputParticles."""
+    source = input_particles(tmp_path / "input.sqlite")
+    source.close()
+    (tmp_path / "run").mkdir()
+    protocol = ProtLive2DClassify2D(workingDir=str(tmp_path / "run"))
+    protocol.inputParticles.set(source)
+    return protocol
+
+
+def publish_particles(protocol: ProtLive2DClassify2D, selected: pd.DataFrame) -> int:
+    """What a cycle's publish does to outputParticles (ProtLive2DClassify2D._publishCycle):
+    the selected particles added, the output updated. Returns the number added."""
+    source = protocol.inputParticles.get().getFileName()
+    particles, added, _ids = protocol._grownParticles(selected, disabled_ids(source))
+    protocol._updateOutputSet("outputParticles", particles, Set.STREAM_OPEN)
+    return added
+
+
+def published_ids(protocol: ProtLive2DClassify2D) -> list[int]:
+    particles = SetOfParticles(filename=protocol.outputParticles.getFileName())
+    particles.loadAllProperties()
+    try:
+        return sorted(particle.getObjId() for particle in particles)
+    finally:
+        particles.close()
+
+
+def test_particles_published_empty_grow_with_the_next_selected_classes(tmp_path) -> None:
+    """A cycle that selects no class publishes outputParticles empty, which pyworkflow writes
+    as a file without tables; the next cycle's selected particles go into it. (Read back as a
+    set, that file failed the next publish with "no such table: Properties": a clean-clone CI
+    run of the two-engine classification test, whose first cycle selected no class.)"""
+    protocol = classification(tmp_path)
+    members = assignments().assign(kept=True)
+    assert publish_particles(protocol, members.iloc[:0]) == 0
+    assert protocol.outputParticles.getSize() == 0
+    assert publish_particles(protocol, members.iloc[:20]) == 19  # not the disabled id 18
+    assert publish_particles(protocol, members.iloc[10:30]) == 10
+    wanted = [i for i in range(1, 31) if i != 18]
+    assert published_ids(protocol) == wanted
+    protocol._closeOutputs()
+    assert protocol.outputParticles.isStreamClosed()
+    assert protocol.outputParticles.getSize() == len(wanted)
+    assert published_ids(protocol) == wanted
+
+
+def test_particles_no_cycle_selected_are_closed_empty_at_the_end(tmp_path) -> None:
+    protocol = classification(tmp_path)
+    publish_particles(protocol, assignments().assign(kept=True).iloc[:0])
+    protocol._closeOutputs()
+    assert protocol.outputParticles.isStreamClosed()
+    assert protocol.outputParticles.getSize() == 0
+    assert protocol.outputParticles.hasAlignment2D()
+
+
+def test_a_failed_publish_says_what_failed_where_the_cycles_are_and_what_next(tmp_path) -> None:
+    protocol = classification(tmp_path)
+    protocol._session = SimpleNamespace(history=[SimpleNamespace(number=4)])
+    protocol.publishedCycle.set(3)
+    protocol._publishError = OSError("No space left on device")
+    with pytest.raises(RuntimeError) as raised:
+        protocol._raisePublishError()
+    message = str(raised.value)
+    assert "publishing the classes failed (OSError: No space left on device)" in message
+    assert "the run stopped after cycle 4" in message
+    assert f"kept in {protocol._sessionDir()}" in message
+    assert "Scipion's outputs stay those of cycle 3" in message
+    assert "run.stderr" in message and "Continue resumes the run" in message
+    assert protocol._publishError is None

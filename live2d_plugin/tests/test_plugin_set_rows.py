@@ -16,6 +16,7 @@ from live2d_plugin.convert import alignment_2d, alignment_matrices
 from live2d_plugin.set_rows import (
     copy_members,
     disabled_ids,
+    holds_written_set,
     item_ids,
     matrix_texts,
     set_class_sizes,
@@ -171,3 +172,17 @@ def test_a_missing_template_is_a_clear_error(tmp_path) -> None:
     grown.close()
     with pytest.raises(ValueError, match="no template member 5"):
         copy_members(grown.getFileName(), "", particles.getFileName(), assignments(), 5)
+
+
+def test_a_set_that_never_had_an_item_is_not_a_written_set(tmp_path) -> None:
+    """pyworkflow writes a set's tables with its first item: the file of an empty set is there,
+    with no Properties table to read back. A missing file is not created by the look."""
+    empty = SetOfParticles(filename=str(tmp_path / "empty.sqlite"))
+    empty.setSamplingRate(PIXEL_SIZE)
+    empty.write()
+    empty.close()
+    assert (tmp_path / "empty.sqlite").exists()
+    assert not holds_written_set(str(tmp_path / "empty.sqlite"))
+    assert not holds_written_set(str(tmp_path / "missing.sqlite"))
+    assert not (tmp_path / "missing.sqlite").exists()
+    assert holds_written_set(input_particles(tmp_path / "particles.sqlite").getFileName())
