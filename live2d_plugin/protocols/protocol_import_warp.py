@@ -32,6 +32,7 @@ from live2d_plugin.convert import (
     particles_from_store_rows,
 )
 from live2d_plugin.protocols.labels import Live2DLabel
+from live2d_plugin.set_rows import holds_written_set
 from live2d_plugin.stopping import StreamStopping
 
 PARTICLE_FILES = ("allparticles", "goodparticles")
@@ -197,12 +198,14 @@ class ProtLive2DImportWarp(Live2DLabel, StreamStopping, ProtImport):
     def _openOutput(self, store: ParticleStore, settings: warp.WarpSettings) -> SetOfParticles:
         path = self._getPath("particles.sqlite")
         epu_folder = String((self.epuFolder.get() or "").strip())
-        if os.path.exists(path):
+        if holds_written_set(path):
             output = SetOfParticles(filename=path)
             output.loadAllProperties()
             output.enableAppend()
             setattr(output, EPU_FOLDER_ATTRIBUTE, epu_folder)  # the form may have changed
             return output
+        if os.path.exists(path):  # made by a run stopped before its first particle: no set yet
+            os.remove(path)
         output = SetOfParticles(filename=path)
         setattr(output, EPU_FOLDER_ATTRIBUTE, epu_folder)
         output.setStreamState(Set.STREAM_OPEN)

@@ -240,3 +240,22 @@ def test_a_failed_publish_says_what_failed_where_the_cycles_are_and_what_next(tm
     assert "Scipion's outputs stay those of cycle 3" in message
     assert "run.stderr" in message and "Continue resumes the run" in message
     assert protocol._publishError is None
+
+
+def test_an_import_restarted_over_an_empty_particles_file_starts_a_new_set(tmp_path) -> None:
+    """pyworkflow leaves a set's file without tables until its first item; an import stopped
+    in between and continued opens a new set there instead of failing to read it back."""
+    from live2d_plugin.protocols import ProtLive2DImportWarp
+
+    (tmp_path / "run").mkdir()
+    protocol = ProtLive2DImportWarp(workingDir=str(tmp_path / "run"))
+    empty = SetOfParticles(filename=protocol._getPath("particles.sqlite"))
+    empty.write()  # the file, without a Properties table
+    empty.close()
+    settings = SimpleNamespace(voltage=300.0, cs=2.7, amplitude_contrast=0.07)
+    output = protocol._openOutput(SimpleNamespace(pixel_size=1.5), settings)
+    assert output.getSamplingRate() == 1.5 and output.getSize() == 0
+    output.append(input_particles(tmp_path / "input.sqlite").getFirstItem().clone())
+    output.write()
+    output.close()
+    assert SetOfParticles(filename=protocol._getPath("particles.sqlite")).getSize() == 1
