@@ -14,6 +14,7 @@ part, the rest, and the largest parts of the rest.
     python bench/stream_update.py                          # 20,000 and 200,000 particles
     python bench/stream_update.py --sizes 20000 1000000 --new 10000
     python bench/stream_update.py --engine cistem --cistem-bin ../shared/cistem/bin
+    python bench/stream_update.py --sizes 20000 --dask-workers 2   # batches on 2 Dask workers
 
 With ``--engine cistem`` the update runs cisTEM's refine2d on each batch it classifies and
 merge2d over every batch's kept dump. The kept dumps are real: refine2d dumps the first batch
@@ -50,6 +51,7 @@ from live2d.engines.builtin.averages import ReducedSums
 from live2d.engines.builtin.engine import _write_sums, sums_key
 from live2d.engines.builtin.geometry import plan_geometry
 from live2d.engines.cistem import CistemEngine, _dump_key
+from live2d.executors import DaskExecutor
 from live2d.history import CycleHistory, CycleRecord
 from live2d.kept_tensors import save_kept
 from live2d.output_folder import OutputFolder
@@ -177,7 +179,11 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="work here (default: a temporary folder)")
     parser.add_argument("--engine", choices=("builtin", "cistem"), default="builtin")
     parser.add_argument("--cistem-bin", help="where refine2d and merge2d are (--engine cistem)")
+    parser.add_argument("--dask-workers", type=int, default=0,
+                        help="classify on a local Dask cluster of this many single-threaded "
+                             "workers (default: in this process)")
     args = parser.parse_args()
+    executor = DaskExecutor(n_workers=args.dask_workers) if args.dask_workers else None
     settings = Settings(classes=args.classes, high_res_final=args.high_res,
                         high_res_initial=max(40.0, args.high_res), stream_every=args.new,
                         stream_revisit=args.revisit, threads=args.threads, mode="stream",
@@ -195,32 +201,38 @@ def main() -> None:
     name = "cisTEM" if args.engine == "cistem" else "built-in"
     print(f"{name} engine, {BOX}-px particles at {PIXEL} Å/px, K = {args.classes}, "
           f"{args.high_res} Å, {args.new:,} new per update, stream_revisit {args.revisit}, "
-          f"{args.threads} threads")
+          f"{args.threads} threads" +
+          (f", on {args.dask_workers} Dask workers" if args.dask_workers else ""))
     print("particles  update s  engine s  outside s  classified  RSS MB  largest parts outside")
-    for size in args.sizes:
-        with tempfile.TemporaryDirectory(dir=args.dir) as scratch:
-            root = Path(scratch)
-            rows: list[str] = []
-            warp = prepare(root, size, settings, rows, args.engine, args.cistem_bin)
-            grow(warp, args.new // PER_MICROGRAPH, rows)
-            opened = Session(warp, root / "out", engine=args.engine, cistem_bin=args.cistem_bin)
-            try:
-                assert opened.run_job("stream")  # the session's first: caches filled
+    try:
+        for size in args.sizes:
+            with tempfile.TemporaryDirectory(dir=args.dir) as scratch:
+                root = Path(scratch)
+                rows: list[str] = []
+                warp = prepare(root, size, settings, rows, args.engine, args.cistem_bin)
                 grow(warp, args.new // PER_MICROGRAPH, rows)
-                opened.import_new()
-                PARTS.clear()
-                began = time.monotonic()
-                assert opened.run_job("stream")
-                seconds = time.monotonic() - began
-                latest = opened.history[-1]
-            finally:
-                opened.close()
-            engine = PARTS.pop("engine", 0.0)
-            parts = ", ".join(f"{name} {value:.1f}" for name, value in
-                              sorted(PARTS.items(), key=lambda item: -item[1])[:4])
-            print(f"{size:9,d}  {seconds:8.1f}  {engine:8.1f}  {seconds - engine:9.1f}  "
-                  f"{latest.new_particles + latest.revisited:10,d}  {rss_mb():6.0f}  {parts}",
-                  flush=True)
+                opened = Session(warp, root / "out", engine=args.engine, cistem_bin=args.cistem_bin,
+                                 executor=executor)
+                try:
+                    assert opened.run_job("stream")  # the session's first: caches filled
+                    grow(warp, args.new // PER_MICROGRAPH, rows)
+                    opened.import_new()
+                    PARTS.clear()
+                    began = time.monotonic()
+                    assert opened.run_job("stream")
+                    seconds = time.monotonic() - began
+                    latest = opened.history[-1]
+                finally:
+                    opened.close()
+                engine = PARTS.pop("engine", 0.0)
+                parts = ", ".join(f"{name} {value:.1f}" for name, value in
+                                  sorted(PARTS.items(), key=lambda item: -item[1])[:4])
+                print(f"{size:9,d}  {seconds:8.1f}  {engine:8.1f}  {seconds - engine:9.1f}  "
+                      f"{latest.new_particles + latest.revisited:10,d}  {rss_mb():6.0f}  {parts}",
+                      flush=True)
+    finally:
+        if executor is not None:
+            executor.close()
 
 
 if __name__ == "__main__":
