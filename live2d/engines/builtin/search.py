@@ -7,9 +7,10 @@ scaled by the smoothing factor (inverse temperature) and a Gaussian prior on the
 weights over (class, angle, shift), which :class:`ClassSums` accumulates. The translations come
 from dense matrix products (:class:`ShiftCorrelator`), or, for the few frames a particle keeps
 after a half-resolution pass over all of them (working boxes >= ``COARSE_SEARCH_MIN_BOX``), from
-FFTs. As in refine2d, each particle's previous best match (previous class, psi and shift) is
-scored too and reported when it beats the grid, so a coarse or re-offset grid does not throw away
-a finer earlier alignment; the class sums come from the grid's weights.
+FFTs, or from matrix products at the search's translations only (:class:`PairShifts`, boxes >=
+``PAIR_SHIFTS_MIN_BOX``). As in refine2d, each particle's previous best match (previous class,
+psi and shift) is scored too and reported when it beats the grid, so a coarse or re-offset grid
+does not throw away a finer earlier alignment; the class sums come from the grid's weights.
 
 Conventions, the same as cisTEM's refine2d: a particle P with (PSI, SHX, SHY) matches its class
 average A as ``A ≈ rotate(shift(P, (SHX, SHY)), PSI)``, so the reported shift is minus the
