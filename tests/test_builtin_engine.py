@@ -14,7 +14,7 @@ from live2d.engines.base import CycleParams, CycleRequest, Progress
 from live2d.engines.builtin import BuiltinEngine, search
 from live2d.engines.builtin.geometry import plan_geometry
 from live2d.engines.builtin.io import prepare
-from live2d.engines.builtin.shifts import ShiftCorrelator
+from live2d.engines.builtin.shifts import PairShifts, ShiftCorrelator
 from live2d.engines.cistem import CistemEngine, find_programs
 from live2d.errors import CycleCancelled, EngineError
 from live2d.evaluate import aligned_truth, comparable, correlation, score
@@ -321,6 +321,10 @@ def test_shift_correlator_matches_the_inverse_fft(size):
     maps = torch.fft.irfft2(particles[:, None] * references.conj()[None], s=(size, size))
     expected = (maps * size * size)[..., shifts[:, 0] % size, shifts[:, 1] % size]
     assert torch.allclose(correlator.at_shifts(particles), expected, rtol=1e-4, atol=1e-2)
+    # each particle with references of its own (here all of them), as the search's pairs
+    pairs = particles[:, None] * references.conj()[None]
+    assert torch.allclose(PairShifts(size, shifts).at_shifts(pairs), expected, rtol=1e-4,
+                          atol=1e-2)
     # the half-resolution pass's best over the translations of the set only (not the square's)
     norms = torch.rand((3, 5), generator=rng)
     assert torch.allclose(correlator.best(particles, norms), expected.amax(dim=-1) - norms,

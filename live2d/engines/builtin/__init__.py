@@ -13,9 +13,11 @@ One cycle follows the semantics of cisTEM's refine2d (../shared/cistem-interface
    a Gaussian prior on the shift, give weights over (class, angle, shift). The translations come
    from dense matrix products (:class:`~live2d.engines.builtin.shifts.ShiftCorrelator`), or, for
    the few frames a particle keeps after a half-resolution pass over all of them (working boxes
-   >= 8 px), from FFTs. As in refine2d, each particle's previous best match (previous class, psi
-   and shift) is scored too and reported when it beats the grid, so a coarse or re-offset grid
-   does not throw away a finer earlier alignment; the class sums come from the grid's weights.
+   >= 8 px), from FFTs or, from 16 px on, from matrix products at the search's translations only
+   (:class:`~live2d.engines.builtin.shifts.PairShifts`). As in refine2d, each particle's previous
+   best match (previous class, psi and shift) is scored too and reported when it beats the grid,
+   so a coarse or re-offset grid does not throw away a finer earlier alignment; the class sums
+   come from the grid's weights.
 4. Class sums of CTF-weighted, aligned particles and of CTF² form Wiener-style averages, masked,
    band-limited and optionally re-centred and auto-masked. Classes left with (almost) no weight
    are re-seeded from the particles that fit worst.

@@ -7,9 +7,10 @@ scaled by the smoothing factor (inverse temperature) and a Gaussian prior on the
 weights over (class, angle, shift), which :class:`ClassSums` accumulates. The translations come
 from dense matrix products (:class:`ShiftCorrelator`), or, for the few frames a particle keeps
 after a half-resolution pass over all of them (working boxes >= ``COARSE_SEARCH_MIN_BOX``), from
-FFTs. As in refine2d, each particle's previous best match (previous class, psi and shift) is
-scored too and reported when it beats the grid, so a coarse or re-offset grid does not throw away
-a finer earlier alignment; the class sums come from the grid's weights.
+FFTs, or from matrix products at the search's translations only (:class:`PairShifts`, boxes >=
+``PAIR_SHIFTS_MIN_BOX``). As in refine2d, each particle's previous best match (previous class,
+psi and shift) is scored too and reported when it beats the grid, so a coarse or re-offset grid
+does not throw away a finer earlier alignment; the class sums come from the grid's weights.
 
 Conventions, the same as cisTEM's refine2d: a particle P with (PSI, SHX, SHY) matches its class
 average A as ``A ≈ rotate(shift(P, (SHX, SHY)), PSI)``, so the reported shift is minus the
@@ -46,7 +47,7 @@ from live2d.engines.builtin.io import (
     prepare,
     star_column,
 )
-from live2d.engines.builtin.shifts import ShiftCorrelator
+from live2d.engines.builtin.shifts import PairShifts, ShiftCorrelator
 from live2d.engines.builtin.workers import run_ordered
 from live2d.imaging import ctf_2d, rotate, shift_phases, soft_disc
 
@@ -59,6 +60,7 @@ TURNED_REFERENCES_KEPT = 4096  # classes turned to previous psi values, kept for
 COARSE_SEARCH_MIN_BOX = 8
 COARSE_CANDIDATE_FRACTION = 0.05  # ... this fraction of them,
 COARSE_MIN_CANDIDATES = 16  # but never fewer than this.
+PAIR_SHIFTS_MIN_BOX = 16  # working px: see Search.pair_shifts
 # A parabola through three angles fits the score's peak only while they sit on its flanks: the
 # reported psi is interpolated on grids this fine or finer.
 ANGLE_REFINEMENT_MAX_STEP = 20.0
@@ -125,6 +127,10 @@ class Search:
         # Without a coarse pass every particle meets every frame: one correlator for them all.
         self.everything = (ShiftCorrelator(self.references, geometry.shifts.to(device))
                            if self.coarse is None else None)
+        # The frames each particle keeps: their translations by matrix products from
+        # PAIR_SHIFTS_MIN_BOX on, by inverse FFTs (cheaper on the smallest boxes) below.
+        self.pair_shifts = (PairShifts(w, geometry.shifts.to(device))
+                            if self.coarse is not None and w >= PAIR_SHIFTS_MIN_BOX else None)
         self.noise = torch.ones((w, self.half), device=device)
         self.sums = self.empty_sums()
 
@@ -220,9 +226,13 @@ class Search:
             corr = self.everything.at_shifts(filtered)  # (B, M, T)
         else:
             cross = filtered[:, None] * self.references[frames].conj()  # (B, M, W, H)
-            maps = torch.fft.irfft2(cross, s=(w, w)) * (w * w)
-            corr = maps.flatten(2)[..., self.shift_index]  # (B, M, T)
-            del cross, maps
+            if self.pair_shifts is not None:
+                corr = self.pair_shifts.at_shifts(cross)  # (B, M, T)
+            else:
+                maps = torch.fft.irfft2(cross, s=(w, w)) * (w * w)
+                corr = maps.flatten(2)[..., self.shift_index]  # (B, M, T)
+                del maps
+            del cross
         frame_norms = norms[batch_rows, frames]
         # in place where possible: these (B, M, T) arrays are the biggest of the cycle
         scores = corr - frame_norms[..., None]

@@ -97,3 +97,40 @@ class ShiftCorrelator:
         corr = self.correlate(particles)
         corr += self.outside_bias.T[:, None, None, :]
         return corr.amax(dim=0).amax(dim=-1).T - norms
+
+
+class PairShifts:
+    """Cross-correlations of particles, each with its own references, at every translation of
+    a small set: the inverse DFT evaluated at those translations only, as two matrix products.
+    The inverse FFT computes every pixel of the working box, where an 8 Å search wants about a
+    seventh of them; on one CPU thread this took half the FFT's time from 16-px boxes on (at
+    8 Å, K = 50: 59 -> 34 ms per batch of 32 particles × 60 references)."""
+
+    def __init__(self, size: int, shifts: torch.Tensor) -> None:
+        # shifts (T, 2) integer (dy, dx); the same sums as ShiftCorrelator's (see there)
+        device = shifts.device
+        half = size // 2 + 1
+        reach = int(shifts.abs().max()) if len(shifts) else 0
+        steps = torch.arange(-reach, reach + 1, device=device, dtype=torch.float32)
+        ky = torch.fft.fftfreq(size, device=device) * size
+        kx = torch.arange(half, device=device, dtype=torch.float32)
+        weight = torch.full((half,), 2.0, device=device)
+        weight[0] = 1.0
+        if size % 2 == 0:
+            weight[-1] = 1.0
+        unit = torch.ones((), device=device)
+        self.rows = torch.polar(unit.expand(len(steps), size),
+                                2 * math.pi * steps[:, None] * ky[None, :] / size)  # (Ty, n)
+        columns = torch.polar(unit.expand(half, len(steps)),
+                              2 * math.pi * kx[:, None] * steps[None, :] / size) * weight[:, None]
+        # Re(Y · C) over kx as one real product of Y's (re, im) pairs, as view_as_real lays
+        # them out, with the rows (Re C, -Im C) interleaved alike: (2·half, Tx)
+        self.columns = torch.stack([columns.real, -columns.imag], dim=1).reshape(2 * half, -1)
+        self.order = ((shifts[:, 0] + reach) * len(steps) + shifts[:, 1] + reach).long()
+
+    def at_shifts(self, cross: torch.Tensor) -> torch.Tensor:
+        """``(B, M, T)``: ``Σ_k cross[b, m, k] exp(2πi k·t / n)`` over the full plane (the
+        inverse FFT's unnormalised value) of ``cross`` ``(B, M, n, n // 2 + 1)``, products of
+        rfft2 spectra of real images, at the translations of the set, in its order."""
+        by_row = self.rows @ cross  # (B, M, Ty, half)
+        return (torch.view_as_real(by_row).flatten(-2) @ self.columns).flatten(2)[..., self.order]
