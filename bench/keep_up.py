@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import re
 import shutil
 import signal
 import subprocess
@@ -48,6 +48,13 @@ def star_parts(star: Path) -> tuple[str, list[str]]:
     return "\n".join(lines[:first]) + "\n", [line for line in lines[first:] if line.strip()]
 
 
+def acquired_now(movie: str) -> str:
+    """EPU's name ``movie`` with the time of its acquisition now (UTC): the latency (stack
+    written -> in the classes) is measured from it where the store copies the particles."""
+    stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime())
+    return re.sub(r"_\d{8}_\d{6}_fractions$", f"_{stamp}_fractions", movie)
+
+
 def feed(source: Path, live: Path, micrographs: int, interval: float, stop: threading.Event,
          fed: list[int]) -> None:
     """Every ``interval`` seconds link one micrograph's stack (the source's, in turn, under the
@@ -62,12 +69,11 @@ def feed(source: Path, live: Path, micrographs: int, interval: float, stop: thre
     for index in range(micrographs):
         if stop.wait(max(0.0, started + index * interval - time.monotonic())):
             return
-        original, movie = epu_movie_name(index % distinct), epu_movie_name(index)
+        original, movie = epu_movie_name(index % distinct), acquired_now(epu_movie_name(index))
         stack = live / "particles" / f"{movie}_{MODEL}.mrcs"
-        os.link(source / "particles" / f"{original}_{MODEL}.mrcs", stack)
-        # Written now, as Warp writes it: a link keeps the source's time, from which the
-        # latency (stack written -> in the classes) is measured.
-        os.utime(stack)
+        # A new file written now, as Warp writes it: a hard link would share its time with the
+        # source and every earlier link to it.
+        shutil.copyfile(source / "particles" / f"{original}_{MODEL}.mrcs", stack)
         first = (index % distinct) * PER_MICROGRAPH
         rows += [row.replace(original, movie)
                  for row in source_rows[first:first + PER_MICROGRAPH]]
