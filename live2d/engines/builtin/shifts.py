@@ -32,15 +32,8 @@ class ShiftCorrelator:
         n, half = references.shape[-2:]
         device = references.device
         self.size, self.frames = n, len(references)
-        reach = int(shifts.abs().max()) if len(shifts) else 0
-        steps = torch.arange(-reach, reach + 1, device=device, dtype=torch.float32)
+        reach, steps, ky, kx, weight = _inverse_dft_axes(n, shifts, device)
         self.steps = len(steps)
-        ky = torch.fft.fftfreq(n, device=device) * n
-        kx = torch.arange(half, device=device, dtype=torch.float32)
-        weight = torch.full((half,), 2.0, device=device)
-        weight[0] = 1.0
-        if n % 2 == 0:
-            weight[-1] = 1.0
         unit = torch.ones((), device=device)
         self.rows = torch.polar(unit.expand(n, len(steps)),
                                 2 * math.pi * ky[:, None] * steps[None, :] / n)  # (n, Ty)
@@ -108,17 +101,9 @@ class PairShifts:
 
     def __init__(self, size: int, shifts: torch.Tensor) -> None:
         # shifts (T, 2) integer (dy, dx); the same sums as ShiftCorrelator's (see there)
-        device = shifts.device
-        half = size // 2 + 1
-        reach = int(shifts.abs().max()) if len(shifts) else 0
-        steps = torch.arange(-reach, reach + 1, device=device, dtype=torch.float32)
-        ky = torch.fft.fftfreq(size, device=device) * size
-        kx = torch.arange(half, device=device, dtype=torch.float32)
-        weight = torch.full((half,), 2.0, device=device)
-        weight[0] = 1.0
-        if size % 2 == 0:
-            weight[-1] = 1.0
-        unit = torch.ones((), device=device)
+        reach, steps, ky, kx, weight = _inverse_dft_axes(size, shifts, shifts.device)
+        half = len(kx)
+        unit = torch.ones((), device=shifts.device)
         self.rows = torch.polar(unit.expand(len(steps), size),
                                 2 * math.pi * steps[:, None] * ky[None, :] / size)  # (Ty, n)
         columns = torch.polar(unit.expand(half, len(steps)),
@@ -134,3 +119,21 @@ class PairShifts:
         rfft2 spectra of real images, at the translations of the set, in its order."""
         by_row = self.rows @ cross  # (B, M, Ty, half)
         return (torch.view_as_real(by_row).flatten(-2) @ self.columns).flatten(2)[..., self.order]
+
+
+def _inverse_dft_axes(size: int, shifts: torch.Tensor, device: torch.device
+                      ) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What an inverse DFT of an rfft2 spectrum of ``size`` evaluated at ``shifts`` ((T, 2)
+    integer (dy, dx)) is made of: the reach of the shifts, the translation steps along an
+    axis (-reach..reach), the ky and kx frequencies, and each kx column's weight in the full
+    plane (the half-spectrum counts its inner columns twice), on ``device``."""
+    half = size // 2 + 1
+    reach = int(shifts.abs().max()) if len(shifts) else 0
+    steps = torch.arange(-reach, reach + 1, device=device, dtype=torch.float32)
+    ky = torch.fft.fftfreq(size, device=device) * size
+    kx = torch.arange(half, device=device, dtype=torch.float32)
+    weight = torch.full((half,), 2.0, device=device)
+    weight[0] = 1.0
+    if size % 2 == 0:
+        weight[-1] = 1.0
+    return reach, steps, ky, kx, weight
