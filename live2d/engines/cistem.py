@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from live2d import cistem_star
-from live2d.atomic import fsync_dir
+from live2d.atomic import atomic_write_bytes, fsync_dir
 from live2d.engines.base import (
     CycleParams,
     CycleRequest,
@@ -228,14 +228,18 @@ class CistemEngine(Engine):
                                                    runner, progress, cancel,
                                                    (REFINE_SHARE, REFINE_SHARE)))
             counts = np.zeros(request.n_classes, dtype=np.int64)
-            dumps = []
+            dumps: list[Path] = []
             for batch in request.batches:  # merge2d adds its files in this order
                 if batch.start in tables:
                     counts += class_counts(tables[batch.start]["2DCLS"], request.n_classes)
+                    assert batch.dump_out is not None
                     dumps.append(batch.dump_out)
                 else:
                     counts += kept[batch.start]["counts"].numpy()
+                    assert batch.dump is not None
                     dumps.append(batch.dump)
+            fresh = {b.dump_out for b in request.batches if b.start in tables}
+            dumps = _on_common_classes(dumps, fresh, scratch.folder / "padded", runner.log)
             merge = self._merge(dumps, scratch, runner)
             _finish_classes(scratch.classes, request, merge)
             ordered = [tables[b.start] for b in request.batches if b.start in tables]
@@ -326,13 +330,12 @@ class CistemEngine(Engine):
             tables[batch.start] = rows
         return tables
 
-    def _merge(self, dumps: list[Path | None], scratch: _Scratch, runner: JobRunner) -> Job:
+    def _merge(self, dumps: list[Path], scratch: _Scratch, runner: JobRunner) -> Job:
         """merge2d over ``dumps`` in order, presented as it reads them: files numbered 1..n
         after one seed (links to the kept dumps, none copied)."""
         seed = scratch.folder / "merge" / "batch_dump_.dat"
         seed.parent.mkdir()
         for number, dump in enumerate(dumps, start=1):
-            assert dump is not None
             (seed.parent / f"batch_dump_{number}.dat").symlink_to(dump.absolute())
         merge = Job(
             program=self.programs.merge2d,
@@ -531,6 +534,68 @@ def _dump_key(path: Path | None) -> dict[str, float] | None:
     box, classes, _, _, _, _, pixel, mask, _, _ = _DUMP_HEADER.unpack(head)
     return {"format": "refine2d dump", "box": box, "classes": classes, "pixel_size": pixel,
             "mask_radius": mask}
+
+
+def _nonzero_classes(path: Path) -> tuple[int, ...]:
+    """The classes (0-based) a refine2d dump holds sums for, in the order it holds them."""
+    with open(path, "rb") as handle:
+        head = handle.read(_DUMP_HEADER.size)
+        _, classes, nonzero, *_ = _DUMP_HEADER.unpack(head)
+        listed = np.fromfile(handle, dtype=np.int32, count=classes)
+    return tuple(int(c) for c in listed[:nonzero])
+
+
+def _on_common_classes(dumps: list[Path], fresh: set[Path | None], folder: Path,
+                       log: list[str]) -> list[Path]:
+    """``dumps`` made to hold sums for the same classes, as merge2d requires of its files.
+
+    refine2d skips a class whose input average is all zero, which merge2d writes for a class no
+    particle chose; so an update's dumps can lack a class that earlier updates' kept dumps hold.
+    A dump lacking classes gets zero sums for them, with a class log-probability no particle
+    could give, which merge2d's log-sum ignores: the merged classes are what the particles made.
+    This update's own dumps (``fresh``) are padded in place, so that later updates need not pad
+    them again; kept ones, records of earlier cycles, are padded as copies in ``folder``."""
+    listed = [_nonzero_classes(d) for d in dumps]
+    union = tuple(sorted(set().union(*listed)))
+    padded = []
+    for number, (dump, classes) in enumerate(zip(dumps, listed, strict=True)):
+        if classes == union:
+            padded.append(dump)
+            continue
+        target = dump if dump in fresh else folder / f"dump_{number}.dat"
+        target.parent.mkdir(exist_ok=True)
+        _pad_dump(dump, target, classes, union)
+        padded.append(target)
+    lacking = sum(classes != union for classes in listed)
+    if lacking:
+        log.append(f"{lacking} of {len(dumps)} dumps lacked classes others hold (refine2d "
+                   "skips a class left empty): given zero sums for them before merge2d")
+    return padded
+
+
+def _pad_dump(source: Path, target: Path, classes: tuple[int, ...],
+              union: tuple[int, ...]) -> None:
+    """Write ``source``'s dump to ``target`` holding sums for the classes of ``union``: zero
+    sums and the lowest log-probability for those ``source`` lacks."""
+    data = source.read_bytes()
+    box, n_classes, nonzero, *rest = _DUMP_HEADER.unpack_from(data)
+    logp_at = _DUMP_HEADER.size + 4 * n_classes
+    logp = np.frombuffer(data, dtype=np.float32, count=nonzero, offset=logp_at)
+    per_class = 2 * (box // 2 + 1) * box * 2  # float32s: the class sum, then the CTF² sum
+    sums = np.frombuffer(data, dtype=np.float32, count=nonzero * per_class,
+                         offset=logp_at + 4 * nonzero).reshape(nonzero, per_class)
+    where = {c: i for i, c in enumerate(classes)}
+    new_list = np.zeros(n_classes, dtype=np.int32)
+    new_list[:len(union)] = union
+    new_logp = np.full(len(union), np.finfo(np.float32).min, dtype=np.float32)
+    new_sums = np.zeros((len(union), per_class), dtype=np.float32)
+    for i, c in enumerate(union):
+        if c in where:
+            new_logp[i] = logp[where[c]]
+            new_sums[i] = sums[where[c]]
+    header = _DUMP_HEADER.pack(box, n_classes, len(union), *rest)
+    atomic_write_bytes(target, header + new_list.tobytes() + new_logp.tobytes()
+                       + new_sums.tobytes())
 
 
 def _stop_if_cancelled(cancel: threading.Event) -> None:
