@@ -641,3 +641,41 @@ def test_cli_runs_cistem_jobs_on_the_scheduler(tmp_path, executor):
     history = read_history(tmp_path / "out")
     assert len(history) == 3 and "slices on dask" in history[-1].engine
     assert len(cistem_star.read_star(tmp_path / "out" / history[-1].star)) == 80
+
+
+def test_cistem_streaming_updates_run_each_batch_on_a_worker(tmp_path, executor, caplog):
+    """Real refine2d and merge2d: after an ab initio job, each update runs one refine2d per
+    batch it classifies on the workers and merge2d here over every batch's kept dump; every
+    particle is in the classes once."""
+    from test_cistem_real import CISTEM_BIN  # skips the test where there is no cisTEM
+    from test_cistem_stream import STREAM, merge_by_hand
+    from test_streaming import grow
+
+    from live2d.output_folder import batch_dump_name
+    from live2d.schedule import Settings
+    from live2d.session import Session
+
+    warp = tmp_path / "warp"
+    grow(warp, 240)
+    engine = CistemEngine(find_programs(CISTEM_BIN, required=True), executor=executor)
+    session = Session(warp, settings=Settings(**STREAM), engine=engine)
+    assert session.run_job("abinit")
+    caplog.set_level("DEBUG", logger="live2d")
+    for particles in (300, 420):
+        grow(warp, particles)
+        caplog.clear()
+        assert session.run_job()
+        latest = session.history[-1]
+        assert latest.job_type == "stream" and "slices on dask" in latest.engine
+        classified = [(a, b) for a, b, c in latest.batches if c == latest.number]
+        ran = {line.split(": ran on ")[0] for line in caplog.messages if ": ran on tcp://" in line}
+        assert ran == {f"refine2d batch {a + 1}-{b}" for a, b in classified}
+        assert len(classified) < len(latest.batches) or particles == 300
+        dumps = [session.output_dir / "stream" / batch_dump_name(a, c)
+                 for a, _, c in latest.batches]
+        assert np.array_equal(mrcfile.read(session.output_dir / latest.classes),
+                              merge_by_hand(dumps, tmp_path / f"by_hand_{particles}"))
+        table = particle_table(session.output_dir, latest)
+        assert table["POS"].tolist() == list(range(1, particles + 1))
+        assert sum(latest.class_counts) == particles
+    session.close()
