@@ -116,15 +116,47 @@ def test_cluster_cycle_equals_the_single_process_cycle(particles, executor, loca
     assert_same(cycle(folder, p, "dask", engine), local_result)
 
 
+class ThreadsAsked(Executor):
+    """The fixture's workers, each slice told to use ``threads`` threads (None: as many as
+    the executor says); records what the slices were told."""
+
+    distributed = True
+
+    def __init__(self, executor: Executor, threads: int | None = None) -> None:
+        self.executor, self.threads = executor, threads
+        self.asked: list[int] = []
+
+    def map(self, fn, shared, items, **options):
+        self.asked.extend(item.threads for item in items)
+        return self.executor.map(fn, shared, items, **options)
+
+    def task_threads(self) -> int | None:
+        return self.threads or self.executor.task_threads()
+
+
 def test_threads_change_nothing_here_or_on_the_workers(particles, executor, local_result):
     """Two threads scoring batches side by side, in this process or in each worker's task,
     give the one-thread cycle to the bit."""
     folder, p = particles
     here = BuiltinEngine("cpu", batch_size=BATCH, chunk_batches=CHUNK_BATCHES)
     assert_same(cycle(folder, p, "two_threads", here, threads=2), local_result)
-    remote = BuiltinEngine("cpu", batch_size=BATCH, chunk_batches=CHUNK_BATCHES,
-                           executor=executor)
-    assert_same(cycle(folder, p, "two_threads_dask", remote, threads=2), local_result)
+    two = ThreadsAsked(executor, threads=2)
+    remote = BuiltinEngine("cpu", batch_size=BATCH, chunk_batches=CHUNK_BATCHES, executor=two)
+    assert_same(cycle(folder, p, "two_threads_dask", remote), local_result)
+    assert set(two.asked) == {2}
+
+
+def test_a_slice_uses_its_share_of_its_workers_cores_not_this_machines_threads(
+        particles, executor, local_result):
+    """Two single-threaded workers on this machine share its cores: each slice gets half,
+    whatever the cycle's own threads (those of this machine) say."""
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert executor.task_threads() == share
+    folder, p = particles
+    asked = ThreadsAsked(executor)
+    engine = BuiltinEngine("cpu", batch_size=BATCH, chunk_batches=CHUNK_BATCHES, executor=asked)
+    assert_same(cycle(folder, p, "share", engine, threads=8), local_result)
+    assert asked.asked and set(asked.asked) == {share}
 
 
 def test_chunking_does_not_change_the_particles_results(particles, local_result):

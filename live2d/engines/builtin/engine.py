@@ -424,7 +424,8 @@ class BuiltinEngine(Engine):
                                        self.batch_size, self._threads_here(request), on_batch,
                                        cancel)
         else:
-            threads = max(1, request.threads)
+            # The request's threads are this machine's; the workers' share their own cores.
+            threads = self.executor.task_threads() or max(1, request.threads)
             tasks = [ChunkTask(str(request.stack), chunk, table.iloc[at][CHUNK_COLUMNS],
                                self.batch_size, threads) for _, chunk, at in chunks]
             ends = np.cumsum([len(chunk) for _, chunk, _ in chunks])
