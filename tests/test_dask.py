@@ -114,6 +114,19 @@ def test_cluster_cycle_equals_the_single_process_cycle(particles, executor, loca
                            executor=executor)
     assert "dask" in engine.describe()
     assert_same(cycle(folder, p, "dask", engine), local_result)
+    # The workers that classified undid the malloc setting Dask's nanny gives them.
+    assert all(executor.client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values())
+    assert any(executor.client.run(allocator_set).values())
+
+
+def allocator_set() -> bool:
+    from live2d.executors import keep_freed_memory
+    return keep_freed_memory.cache_info().currsize == 1
+
+
+def test_freed_memory_is_kept_where_the_c_library_allows():
+    from live2d.executors import keep_freed_memory
+    assert keep_freed_memory() is (sys.platform == "linux")  # glibc here
 
 
 class ThreadsAsked(Executor):

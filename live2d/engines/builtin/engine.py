@@ -68,6 +68,7 @@ from live2d.engines.builtin.io import (
 from live2d.engines.builtin.search import Contribution, Search
 from live2d.engines.builtin.workers import run_ordered
 from live2d.errors import CycleCancelled, EngineError
+from live2d.executors import keep_freed_memory
 from live2d.imaging import blank_edges, soft_disc
 from live2d.kept_tensors import load_kept, save_kept
 from live2d.source_images import open_images
@@ -527,6 +528,7 @@ def run_chunk_task(search: Search, task: ChunkTask) -> Partial:
     """A chunk on a Dask worker: the stack memory-mapped from the shared folder (or the source
     stacks, read in place)."""
     torch.set_num_threads(1)  # the task's threads each run single-threaded PyTorch
+    keep_freed_memory()
     try:
         stack = open_images(task.stack)
     except (OSError, ValueError, StarFormatError) as exc:
