@@ -176,9 +176,8 @@ class DaskExecutor(Executor):
     def task_threads(self) -> int:
         """The cores of each worker's machine shared among the slices its workers run at once
         (their threads), the fewest over the machines, at least 1. A worker's threads each run
-        a slice: a slice using more threads than that share would make the cores' threads
-        wait for each other (two single-threaded workers on 2 cores, 2 threads a slice: the
-        low-resolution cycles 40% slower than in one process)."""
+        a slice: a slice using more threads than that share, such as this machine's thread
+        count, would have more threads running than there are cores."""
         workers = self.client.scheduler_info().get("workers", {})
         try:
             machines = self.client.run(_machine_cores)
