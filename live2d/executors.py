@@ -120,6 +120,7 @@ class DaskExecutor(Executor):
         distributed = _import_distributed()
         self.retries = retries
         self._own_cluster = None
+        self._task_threads: tuple[frozenset[str], int] | None = None  # workers, threads
         if address is None and cluster is None:
             cluster = distributed.LocalCluster(
                 n_workers=n_workers or max(1, (os.cpu_count() or 2) // 2), threads_per_worker=1,
@@ -179,6 +180,9 @@ class DaskExecutor(Executor):
         a slice: a slice using more threads than that share, such as this machine's thread
         count, would have more threads running than there are cores."""
         workers = self.client.scheduler_info().get("workers", {})
+        known = frozenset(workers)
+        if self._task_threads is not None and self._task_threads[0] == known:
+            return self._task_threads[1]  # asked again only when workers come or go
         try:
             machines = self.client.run(_machine_cores)
         except Exception:  # a worker left while asked: nothing to share out, one each
@@ -189,7 +193,9 @@ class DaskExecutor(Executor):
             cores[machine] = count
             slots[machine] = slots.get(machine, 0) + int(
                 workers.get(address, {}).get("nthreads", 1))
-        return max(1, min((cores[m] // slots[m] for m in cores), default=1))
+        threads = max(1, min((cores[m] // slots[m] for m in cores), default=1))
+        self._task_threads = (known, threads)
+        return threads
 
     def check_programs(self, programs: Sequence[Path]) -> None:
         """Every worker checks it can execute each program: cisTEM must be installed at the same
