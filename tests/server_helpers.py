@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tornado import ioloop, netutil, websocket
@@ -24,6 +26,47 @@ def small_warp(folder: Path, particles: int = 120) -> Path:
     simulate(folder, particles=particles, per_micrograph=40, box=32, pixel_size=4.0, snr=0.5,
              views=3)
     return folder
+
+
+class FolderTemplate:
+    """Folders made once (a Warp session and what a job classified in it: seconds of work),
+    then put back byte for byte, at the same path, before each test that uses them: every such
+    test starts from the files it would have made itself, and changes only its own copy."""
+
+    def __init__(self, root: Path, make: Callable[[Path], None]) -> None:
+        self.live, self._pristine = root / "live", root / "pristine"
+        make(self.live)
+        shutil.copytree(self.live, self._pristine, symlinks=True)
+
+    def restore(self) -> Path:
+        """The folders as ``make`` left them; returns their root."""
+        shutil.rmtree(self.live)
+        shutil.copytree(self._pristine, self.live, symlinks=True)
+        return self.live
+
+
+def classified_folder(root: Path, warp_name: str = "warp", **options) -> FolderTemplate:
+    """A template of a small Warp session (``root``/``warp_name``) whose first job (ab initio,
+    cycles 0-3) is done, as a Controller over it runs it; ``options`` go to the Controller."""
+
+    def make(live: Path) -> None:
+        controller = Controller(small_warp(live / warp_name), engine="builtin",
+                                **{"settings": SMALL, **options})
+        try:
+            assert controller.session.run_job("abinit")
+        finally:
+            close_controller(controller)
+
+    return FolderTemplate(root, make)
+
+
+def close_controller(controller: Controller) -> None:
+    """Close it, and wait for the thread measuring a cycle's curation that a page's state may
+    have started: nothing of it writes into the folder after the test."""
+    controller.close()
+    measuring = controller._measuring
+    if measuring is not None:
+        measuring.join(30)
 
 
 class RunningServer:
@@ -51,7 +94,7 @@ class RunningServer:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.controller.close()
+        close_controller(self.controller)
         self.loop.add_callback(self.server.stop)
         self.loop.add_callback(self.loop.stop)
         self._thread.join(10)

@@ -10,7 +10,14 @@ import threading
 from pathlib import Path
 
 import pytest
-from server_helpers import SMALL, RunningServer, small_warp
+from server_helpers import (
+    SMALL,
+    FolderTemplate,
+    RunningServer,
+    classified_folder,
+    close_controller,
+    small_warp,
+)
 
 import live2d.server
 from live2d.curation import session_cycle_curation
@@ -212,13 +219,17 @@ def test_a_page_started_without_a_folder_leads_to_update_warp_directory(tmp_path
         running.stop()
 
 
+@pytest.fixture(scope="module")
+def classified_template(tmp_path_factory):
+    return classified_folder(tmp_path_factory.mktemp("classified"))
+
+
 @pytest.fixture
-def classified(tmp_path):
-    """A server over a session whose first job (cycles 1-3, scored) is done."""
-    controller = Controller(small_warp(tmp_path / "warp", particles=120), engine="builtin",
-                            settings=SMALL)
-    controller.session.run_job("abinit")
-    running = RunningServer(controller)
+def classified(classified_template):
+    """A server over a session whose first job (cycles 1-3, scored) is done: this test's
+    copy of it."""
+    warp = classified_template.restore() / "warp"
+    running = RunningServer(Controller(warp, engine="builtin", settings=SMALL))
     yield running
     running.stop()
 
@@ -397,19 +408,34 @@ def test_a_user_sets_the_epu_folder_and_sees_it_after_a_reload(server, pages, tm
     assert server.controller.session.state.epu_dir == ""
 
 
-@pytest.fixture
-def collected(tmp_path):
-    """A server over an EPU-named session (3 grid squares of 4 foil holes each) whose first job
-    is done, with its target of good particles reached: an alert in force."""
+COLLECTED = {**SMALL, "target_good_particles": 10}
+
+
+@pytest.fixture(scope="module")
+def collected_template(tmp_path_factory):
     from live2d.simulate import simulate
 
-    warp, epu = tmp_path / "warp", tmp_path / "epu"
-    simulate(warp, particles=480, per_micrograph=10, box=32, pixel_size=4.0, snr=0.5, views=3,
-             epu_dir=epu)
-    controller = Controller(warp, engine="builtin", epu_dir=epu,
-                            settings={**SMALL, "target_good_particles": 10})
-    controller.session.run_job("abinit")
-    running = RunningServer(controller)
+    def make(root: Path) -> None:
+        warp, epu = root / "warp", root / "epu"
+        simulate(warp, particles=480, per_micrograph=10, box=32, pixel_size=4.0, snr=0.5,
+                 views=3, epu_dir=epu)
+        controller = Controller(warp, engine="builtin", epu_dir=epu, settings=COLLECTED)
+        try:
+            assert controller.session.run_job("abinit")
+        finally:
+            close_controller(controller)
+
+    return FolderTemplate(tmp_path_factory.mktemp("collected"), make)
+
+
+@pytest.fixture
+def collected(collected_template):
+    """A server over an EPU-named session (3 grid squares of 4 foil holes each) whose first job
+    is done, with its target of good particles reached: an alert in force (this test's copy
+    of the folders)."""
+    root = collected_template.restore()
+    running = RunningServer(Controller(root / "warp", engine="builtin", epu_dir=root / "epu",
+                                       settings=COLLECTED))
     yield running
     running.stop()
 

@@ -12,7 +12,7 @@ from urllib.error import HTTPError
 import mrcfile
 import numpy as np
 import pytest
-from server_helpers import SMALL, Client, RunningServer, small_warp
+from server_helpers import SMALL, Client, RunningServer, classified_folder, small_warp
 
 from live2d import cistem_star
 from live2d.cli import main as cli_main
@@ -242,13 +242,16 @@ def test_ping_answers_with_its_id(server):
     client.close()
 
 
+@pytest.fixture(scope="module")
+def classified_template(tmp_path_factory):
+    return classified_folder(tmp_path_factory.mktemp("classified"), "grids/warp")
+
+
 @pytest.fixture
-def classified(tmp_path):
-    """A server over a session with one finished job (cycles 1-3 scored)."""
-    controller = Controller(small_warp(tmp_path / "grids" / "warp"), engine="builtin",
-                            settings=SMALL)
-    controller.session.run_job("abinit")
-    running = RunningServer(controller)
+def classified(classified_template):
+    """A server over a session with one finished job (cycles 1-3 scored): this test's copy."""
+    warp = classified_template.restore() / "grids" / "warp"
+    running = RunningServer(Controller(warp, engine="builtin", settings=SMALL))
     yield running
     running.stop()
 

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from server_helpers import SMALL, Client, RunningServer, small_warp
+from server_helpers import SMALL, Client, RunningServer, classified_folder, small_warp
 from tornado.httpclient import HTTPClientError
 
 from live2d.server.control import Controller
@@ -32,12 +32,15 @@ def get(url: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
         return error.code, error.read(), dict(error.headers)
 
 
+@pytest.fixture(scope="module")
+def classified(tmp_path_factory):
+    return classified_folder(tmp_path_factory.mktemp("classified"))
+
+
 @pytest.fixture
-def session_with_a_cycle(tmp_path):
-    warp = small_warp(tmp_path / "warp")
-    controller = Controller(warp, engine="builtin", settings=SMALL)
-    controller.session.run_job("abinit")
-    return controller
+def session_with_a_cycle(classified):
+    """A controller over a session whose first job is done (this test's copy of it)."""
+    return Controller(classified.restore() / "warp", engine="builtin", settings=SMALL)
 
 
 @pytest.fixture
