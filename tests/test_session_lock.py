@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,39 +24,85 @@ from live2d.session_lock import SessionLock, holder
 from live2d.session_view import SessionView
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-# The other process: opens a session as live2d run does (importing, optionally one job), says
-# "ready" and then sits on the folder, as a run does between polls or mid-cycle.
-HOLDER = """
-import sys, time
+# The other processes: each opens a session as live2d run does (importing, optionally one job),
+# says "ready" and then sits on the folder, as a run does between polls or mid-cycle. Each is a
+# fork of one process that imported Live2D once per module (its seconds of imports are paid
+# once, not per holder); that process runs nothing else, and each holder is a process of its
+# own, with its own pid, session and lock, killed by SIGKILL.
+HOLDERS = """
+import json, os, signal, sys, time, traceback
+import live2d.engines.builtin, live2d.importer  # what a session opens imports, once: here
 from live2d.schedule import Settings
 from live2d.session import Session
-import json
-session = Session(sys.argv[1], sys.argv[2], engine="builtin", device="cpu",
-                  settings=Settings.from_dict(json.loads(sys.argv[4])), owner="live2d run")
-if sys.argv[3] == "classify":
-    session.run_job("abinit")
-else:
-    session.import_new()
-print("ready", flush=True)
-time.sleep(600)
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the holders
+for line in sys.stdin:
+    warp, out, what, settings = json.loads(line)
+    if os.fork():
+        continue
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        session = Session(warp, out, engine="builtin", device="cpu",
+                          settings=Settings.from_dict(settings), owner="live2d run")
+        if what == "classify":
+            session.run_job("abinit")
+        else:
+            session.import_new()
+        print(f"ready {os.getpid()}", flush=True)
+    except BaseException:
+        print(json.dumps(traceback.format_exc()), flush=True)
+        os._exit(1)
+    time.sleep(600)
+    os._exit(0)
 """
 
 
-class Holder:
-    def __init__(self, warp: Path, out: Path, classify: bool = False) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(warp), str(out),
-             "classify" if classify else "import", json.dumps(SMALL)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+class Holders:
+    """The process that forks the holders."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", HOLDERS], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        text=True, env=ENV)
+
+    def start(self, warp: Path, out: Path, classify: bool) -> int:
+        self.process.stdin.write(json.dumps([str(warp), str(out),
+                                             "classify" if classify else "import", SMALL]) + "\n")
+        self.process.stdin.flush()
         line = self.process.stdout.readline()
-        if line.strip() != "ready":
-            self.process.kill()
-            raise AssertionError(f"the holder did not start: {self.process.stderr.read()}")
+        if not line.startswith("ready "):
+            raise AssertionError(f"the holder did not start: {line and json.loads(line)}")
+        return int(line.split()[1])
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def holders():
+    forking = Holders()
+    yield forking
+    forking.close()
+
+
+class Holder:
+    def __init__(self, holders: Holders, warp: Path, out: Path, classify: bool = False) -> None:
+        self.pid = holders.start(warp, out, classify)
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self.alive():  # gone once the kernel reaped it
+            assert time.monotonic() < deadline, f"holder {self.pid} outlived SIGKILL"
+            time.sleep(0.01)
 
 
 @pytest.fixture
@@ -64,23 +111,23 @@ def folders(tmp_path):
 
 
 @pytest.fixture
-def holding(folders):
+def holding(folders, holders):
     """A live writer (importing only) with what its running cycle has on disk but not
     committed: rows past the store's commit point, work/ scratch, an update's batch file."""
     warp, out = folders
-    holder_process = Holder(warp, out)
+    holder_process = Holder(holders, warp, out)
     plant_work_in_flight(out)
     yield warp, out, holder_process
     holder_process.kill()
 
 
 @pytest.fixture(scope="module")
-def classified_holder(tmp_path_factory):
+def classified_holder(tmp_path_factory, holders):
     """A live writer that has classified one job (for status, yield, export beside it)."""
     root = tmp_path_factory.mktemp("classified")
     warp = small_warp(root / "warp")
     out = warp / "classification"
-    holder_process = Holder(warp, out, classify=True)
+    holder_process = Holder(holders, warp, out, classify=True)
     plant_work_in_flight(out)
     yield warp, out, holder_process
     holder_process.kill()
@@ -110,7 +157,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_changes_nothing(holdin
     with pytest.raises(SessionInUse) as refused:
         Session(warp, out, engine="builtin", device="cpu")
     message = str(refused.value)
-    assert f"pid {holder_process.process.pid} on " in message
+    assert f"pid {holder_process.pid} on " in message
     assert "`live2d run`" in message and "stop it first" in message
     assert "live2d serve" in message  # what to do meanwhile
 
@@ -118,7 +165,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_changes_nothing(holdin
     assert cli_main(["run", str(warp), "--once", "--threads", "1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("live2d run: ") and "is in use by another Live2D process" in err
-    assert f"pid {holder_process.process.pid}" in err and "Traceback" not in err
+    assert f"pid {holder_process.pid}" in err and "Traceback" not in err
 
     assert files(out) == before  # byte for byte: store, work/, stream/, state, log, lock
 
@@ -126,7 +173,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_changes_nothing(holdin
 def test_a_killed_holder_leaves_no_lock_and_the_next_writer_resumes(holding):
     warp, out, holder_process = holding
     found = holder(out)
-    assert found is not None and found.pid == holder_process.process.pid
+    assert found is not None and found.pid == holder_process.pid
     holder_process.kill()  # SIGKILL: no clean-up ran in the holder
     assert (out / "session.lock").read_text()  # its text is still there, and means nothing
     assert holder(out) is None
@@ -160,7 +207,7 @@ def test_the_page_attaches_read_only_beside_a_writer_and_refuses_changes(holding
     try:
         assert isinstance(controller.session, SessionView)
         state = controller.state(with_log=True)
-        assert f"pid {holder_process.process.pid}" in state["read_only"]
+        assert f"pid {holder_process.pid}" in state["read_only"]
         assert state["particles"] == 120 and state["settings"]["classes"] == SMALL["classes"]
         assert any("imported 120 particles" in line for line in state["log"])
         for message, what in ((
