@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -67,6 +69,64 @@ def run_once_here(warp: Path, *extra: str) -> None:
 def start_run(warp: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(run_command(warp, *extra), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+
+
+# Forks `live2d run` processes from one Python that imported Live2D (and torch) once, and does
+# nothing else: each run is a process of its own, killed by its pid, reaped by the kernel.
+FORKING_RUNNER = """
+import json, os, signal, sys
+import live2d.engines.builtin, live2d.importer, live2d.session  # what a run imports, once
+from live2d.cli import main
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+for line in sys.stdin:
+    pid = os.fork()
+    if pid:
+        print(pid, flush=True)
+        continue
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for stream in (0, 1, 2):
+        os.dup2(devnull, stream)
+    try:
+        code = main(json.loads(line))
+    except BaseException:
+        code = 1
+    os._exit(code or 0)
+"""
+
+
+class ForkedRuns:
+    """`live2d run` processes started without a fresh Python's seconds of imports, for faults
+    that need a run's process but not its start-up (a SIGKILL at some moment of the run)."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", FORKING_RUNNER],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True)
+
+    def start(self, warp: Path, *extra: str) -> int:
+        """The pid of a new `live2d run WARP` (RUN_OPTIONS, ``extra``)."""
+        self.process.stdin.write(json.dumps(["run", str(warp), *RUN_OPTIONS, *extra]) + "\n")
+        self.process.stdin.flush()
+        return int(self.process.stdout.readline())
+
+    @staticmethod
+    def kill(pid: int) -> None:
+        """SIGKILL, and wait until the process is gone."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            assert time.monotonic() < deadline, f"run {pid} outlived SIGKILL"
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(30)
 
 
 @contextlib.contextmanager
