@@ -411,6 +411,11 @@ class Session(Listeners):
             # (new particles first) runs instead, and the idle engine re-visits again later.
             self._log(f"job {job.number} (spare-time re-visit) left unfinished: not resumed")
             job = None
+        if job is not None and job.next_index >= len(job.plan):
+            # Its last cycle was published, then a kill came before its end was recorded:
+            # nothing is left to resume, so it ends here and the job due runs instead.
+            self._end_job(job)
+            job = None
         if job is None:
             job = self.start_job(job_type, spare=spare)
         else:
@@ -432,17 +437,21 @@ class Session(Listeners):
                     self._run_cycle(job)
                 job = self.job
                 assert job is not None
-            with self._lock:
-                self.state.job = None
-                self.state.particles_at_last_job = self.latest_cycle().particles
-                mode = next_job_type(job.job_type, self.engine.streams)
-                self.state.change_settings({"mode": mode})
-                self._write_state()
-            self._log(f"job {job.number} finished; the next automatic job is {mode}")
+            self._end_job(job)
             return True
         finally:
             self.progress = None
             self._set_status("stopping" if self._stop.is_set() else "stopped")
+
+    def _end_job(self, job: JobState) -> None:
+        """Record that ``job`` ran its last cycle; the next automatic job type follows it."""
+        with self._lock:
+            self.state.job = None
+            self.state.particles_at_last_job = self.latest_cycle().particles
+            mode = next_job_type(job.job_type, self.engine.streams)
+            self.state.change_settings({"mode": mode})
+            self._write_state()
+        self._log(f"job {job.number} finished; the next automatic job is {mode}")
 
     def run_automatic(self, stop: threading.Event | None = None, *,
                       clear_stop: bool = True, raise_failures: bool = False) -> bool:

@@ -495,3 +495,33 @@ def test_a_session_json_no_version_wrote_is_refused_with_what_to_do(tmp_path, st
     with pytest.raises(SessionError, match=r"unreadable.*restore it or move it away"):
         Session(warp_dir, out, engine="builtin")
     assert read_state(OutputFolder(out)) is None  # readers (the Scipion summary) skip it
+
+
+def test_a_job_killed_after_its_last_cycle_is_ended_on_restart_and_the_job_due_runs(warp,
+                                                                                      monkeypatch):
+    """A kill between a job's last published cycle and the record of its end leaves nothing to
+    resume: `live2d run --once` then ends that job and runs the job due (here a streaming
+    update taking in the particles that arrived), where it used to 'resume' an empty job."""
+    session = Session(warp, engine="builtin", device="cpu", settings=Settings.from_dict(SMALL))
+    assert session.run_job("abinit")
+
+    class Killed(BaseException):
+        pass
+
+    def killed(self, job):
+        raise Killed
+
+    small_session(warp, 300)
+    monkeypatch.setattr(Session, "_end_job", killed)
+    with pytest.raises(Killed):
+        session.run_job("stream")
+    session.close()
+    monkeypatch.undo()
+    # Its end was never recorded.
+    assert read_state(OutputFolder(warp / "classification")).job is not None
+    small_session(warp, 360)
+    assert cli_main(["run", str(warp), "--once", *SMALL_ARGS]) == 0
+    history = read_history(warp / "classification")
+    assert history[-1].job_type == "stream" and history[-1].particles == 360
+    assert history[-2].job != history[-1].job and history[-2].particles == 300
+    assert read_state(OutputFolder(warp / "classification")).job is None
