@@ -26,6 +26,7 @@ from live2d import cistem_star
 from live2d.atomic import atomic_write_json
 from live2d.class_quality import ClassQuality, assess_classes, half_set_sums, half_sums_key
 from live2d.engines import CycleParams, CycleRequest, CycleResult, Engine, Progress, StreamBatch
+from live2d.engines.base import emptied_sentence
 from live2d.errors import EngineError, SessionError
 from live2d.forecast import particle_times
 from live2d.history import CycleRecord, dropped_classes, particle_table
@@ -146,6 +147,8 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
             result = engine.run_cycle(request, report, inputs.cancel)
         for line in result.log:
             log.debug(line)
+        if result.emptied:
+            log.info(f"cycle {number}: {emptied_sentence(result.emptied)}")
         for reseeded in result.reseeded:
             log.info(f"cycle {number}: {reseeded.sentence()}")
         table = _check_outputs(request, number, spec.kind != "start")
@@ -155,6 +158,11 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
     mark_image_stack(request.classes_out)
     write_thumbnails(request.classes_out, files.thumbnails)
     batches = with_classified(update, result.batches_classified, number) if update else []
+    fields = _update_fields(update, batches, number) if update is not None else {}
+    if update is not None and result.rebuilt is not None:
+        # The update's line said what was planned; the engine classified these besides.
+        log.info(f"cycle {number}: {result.rebuilt.sentence()}, {fields['revisited']:,} "
+                 "re-visited in all")
     valid_from = (_valid_from(previous, update, batches, result, number) if update is not None
                   else [])
     try:
@@ -194,7 +202,7 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
         class_score=[q.score for q in quality],
         class_table=files.relative(files.class_table) if quality else "",
         left_out=left_out,
-        **(_update_fields(update, batches, number) if update is not None else {}),
+        **fields,
         **({"class_valid_from": valid_from, "waiting": result.waiting,
             "reseeded": [r.cls + 1 for r in result.reseeded]} if update is not None else {}),
     )

@@ -208,7 +208,7 @@ def test_an_empty_class_is_reseeded_not_a_crash(data, classified):
     step = request(folder, "holey_out", params(truth), star, folder / "holey.mrc")
     result = BuiltinEngine("cpu").run_cycle(step, lambda _: None, threading.Event())
     assert result.class_counts[2] == 0
-    assert any("re-seeded" in line for line in result.log)
+    assert result.emptied == (2,)  # for the session's log (tests/test_streaming.py)
     with mrcfile.open(step.classes_out) as mrc:
         assert mrc.data[2].std() > 0  # ready to attract particles next cycle
 

@@ -6,13 +6,14 @@ The programs are found as test_cistem_real finds them; this module skips where t
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import mrcfile
 import numpy as np
 from test_cistem_real import CISTEM_BIN
-from test_streaming import exported_rows, grow
+from test_streaming import exported_rows, grow, session_log
 
 from live2d.engines.cistem import CistemEngine, _nonzero_classes, find_programs
 from live2d.engines.cistem_prompts import merge2d_answers
@@ -122,17 +123,21 @@ def test_cistem_updates_merge_every_batchs_kept_dump_and_remake_those_of_another
 
     # Kept dumps made under another mask: merge2d would refuse them beside this update's, so
     # every kept batch is classified again from its kept rows, and the classes merge only this
-    # update's dumps.
+    # update's dumps; the session's log says so, at its own level.
     first = session.history[-1]
     session.update_settings({"mask_radius": 40.0})
     grow(warp, 480)
-    caplog.set_level("DEBUG", logger="live2d")
     assert session.run_job()
     latest = session.history[-1]
     assert latest.job_type == "stream" and latest.new_particles == 60
     assert all(c == latest.number for _, _, c in latest.batches)
     assert {a for a, _, _ in first.batches} <= {a for a, _, _ in latest.batches}
-    assert "do not fit this update" in caplog.text
+    [remade] = [re.fullmatch(rf"cycle {latest.number}: kept refine2d dumps of (\d+) batch\(es\) "
+                             r"do not fit this update \(made with another (.*)\): their (\d+) "
+                             r"particles were classified again, (\d+) re-visited in all", line)
+                for line in session_log(session) if line.startswith(f"cycle {latest.number}: kept")]
+    assert remade and remade[2].endswith("mask") and int(remade[1]) > 0
+    assert int(remade[4]) == latest.revisited == 420 >= int(remade[3]) > 0
     assert sum(latest.class_counts) == 480 == len(particle_table(session.output_dir, latest))
     dumps = [stream / batch_dump_name(a, c) for a, _, c in latest.batches]
     assert np.array_equal(read_images(out / latest.classes),

@@ -5,6 +5,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import re
 import shutil
 import threading
 import time
@@ -21,7 +22,7 @@ from test_session import ClosedFolder
 from live2d import cistem_star
 from live2d.class_quality import half_set_sums
 from live2d.cli import main as cli_main
-from live2d.engines.base import CycleRequest, StreamBatch
+from live2d.engines.base import CycleRequest, Rebuilt, StreamBatch
 from live2d.engines.builtin import BuiltinEngine
 from live2d.engines.builtin import averages as averages_module
 from live2d.engines.builtin.averages import DUPLICATE_SIMILARITY, view_similarity
@@ -232,10 +233,17 @@ def test_kept_sums_of_another_mask_are_remade_and_the_log_says_so(full_and_updat
     stale = update_request(folder, "stale", wider, star, classes,
                            batches_of(folder, "s", edges, {250}))
     result = engine.run_update(stale, lambda _: None, threading.Event())
-    assert any("do not fit" in line and "classified again" in line for line in result.log)
+    assert result.rebuilt == Rebuilt((0, 100), 250, ("made with another mask",))
+    assert set(result.batches_classified) == set(edges[:-1])
     assert result.particles_processed == N  # every batch, not only the one asked for
     a, b = read_images(fresh.classes_out), read_images(stale.classes_out)
     assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+    # The angle grid is not part of what kept sums must match: they are in the classes' frames.
+    finer = dataclasses.replace(wider, angular_step=wider.angular_step / 2)
+    kept = update_request(folder, "finer", finer, star, classes,
+                          batches_of(folder, "s", edges, {250}))
+    result = engine.run_update(kept, lambda _: None, threading.Event())
+    assert result.rebuilt is None and result.batches_classified == (250,)
 
 
 def test_a_turned_moved_copy_is_a_duplicate_but_other_views_and_mirrors_are_not():
@@ -410,6 +418,71 @@ def test_a_duplicated_class_in_a_session_is_reseeded_and_its_old_members_revisit
     assert latest.waiting == 0 and latest.class_valid_from == []
     assert sum(latest.class_counts) == latest.particles
 
+
+def session_log(session: Session) -> list[str]:
+    """The messages of the session's log file, at its own level: what the user reads."""
+    text = session.output.log.read_text(encoding="utf-8")
+    return [line.split(" ", 3)[3] for line in text.splitlines()]  # date time LEVEL message
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"mask_radius": 40.0}, "mask"),
+    ({"high_res_final": 20.0}, "working box and band"),  # 12 Å to 20 Å: a smaller working box
+])
+def test_kept_sums_made_unfit_by_a_changed_setting_are_remade_and_the_session_log_says_so(
+        tmp_path, change, why):
+    """The class count cannot change within streaming (an update keeps its classes; only an
+    ab initio job makes new ones, and the update after it classifies every particle): the
+    mask and the limit, through the band and the working box, can."""
+    warp = tmp_path / "warp"
+    grow(warp, 240)
+    session = Session(warp, settings=Settings(**STREAM), engine="builtin")
+    assert session.run_job("abinit")
+    assert session.run_job()  # the first update: every particle into batches
+    first = session.history[-1]
+    session.update_settings(change)
+    grow(warp, 300)
+    assert session.run_job()
+    latest = check_every_particle_counted_once(session, tmp_path)
+    assert all(c == latest.number for _, _, c in latest.batches)  # every kept batch remade
+    lines = session_log(session)
+    [planned] = [re.fullmatch(rf"cycle {latest.number} \(job \d+, streaming update\) at "
+                              r"[\d.]+ Å: (\d+) new particles, (\d+) re-visited, \d+ batches "
+                              "in the classes", line) for line in lines
+                 if line.startswith(f"cycle {latest.number} (") and "streaming" in line]
+    [remade] = [re.fullmatch(rf"cycle {latest.number}: kept class sums of (\d+) batch\(es\) "
+                             rf"do not fit this update \(made with another {why}\): their "
+                             r"(\d+) particles were classified again, (\d+) re-visited in all",
+                             line) for line in lines
+                if line.startswith(f"cycle {latest.number}: kept")]
+    assert planned and remade, lines
+    assert 0 < int(remade[1]) <= len(first.batches) and int(remade[2]) > 0
+    # The plan's re-visits and the remade batches' particles: what the record counts.
+    assert int(planned[1]) == latest.new_particles == 60
+    assert int(planned[2]) + int(remade[2]) == int(remade[3]) == latest.revisited == 240
+    session.close()
+
+
+def test_a_class_left_empty_in_a_session_is_reseeded_and_the_log_says_which(tmp_path):
+    warp = tmp_path / "warp"
+    grow(warp, 240)
+    session = Session(warp, settings=Settings(**STREAM), engine="builtin")
+    assert session.run_job("abinit")
+    abinit = session.output_dir / session.history[-1].classes
+    averages = torch.as_tensor(read_images(abinit).copy())
+    averages[2] = 0.0  # attracts nobody: the first update, classifying every particle, empties it
+    write_classes(tmp_path / "blank.mrc", averages, PIXEL)
+    shutil.copyfile(tmp_path / "blank.mrc", abinit)
+    assert session.run_job()
+    update = check_every_particle_counted_once(session, tmp_path)
+    assert update.class_counts[2] == 0 and update.particles == 240
+    assert (f"cycle {update.number}: class 3 was empty: re-seeded from the particles that fit "
+            "worst") in session_log(session)
+    assert read_images(session.output_dir / update.classes)[2].std() > 0  # can attract some
+    grow(warp, 300)
+    assert session.run_job()
+    check_every_particle_counted_once(session, tmp_path)
+    session.close()
 
 def test_an_idle_engine_revisits_every_batch_once_then_rests_and_new_particles_wait(
         tmp_path):

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -128,6 +129,47 @@ class Reseeded:
                 f"{self.similarity:.2f}): re-seeded from class {self.source + 1}")
 
 
+@dataclass(frozen=True)
+class Rebuilt:
+    """Kept batches of a streaming update classified again although not asked for, because
+    what the engine kept of them (``kept``: class sums, refine2d dumps) does not fit this
+    update: batches from ``starts``, ``particles`` in all; ``reasons``: why, e.g. "made with
+    another mask" (:func:`unfit_reasons`)."""
+
+    starts: tuple[int, ...]
+    particles: int
+    reasons: tuple[str, ...]
+    kept: str = "class sums"
+
+    def sentence(self) -> str:
+        why = f" ({'; '.join(self.reasons)})" if self.reasons else ""
+        return (f"kept {self.kept} of {len(self.starts)} batch(es) do not fit this update{why}:"
+                f" their {self.particles:,} particles were classified again")
+
+
+def unfit_reasons(made: dict[str, Any] | None, key: dict[str, Any],
+                  parts: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """Why kept results made with ``made`` (their key; None: missing or unreadable) do not fit
+    this update's ``key``: "made with another" each of ``parts`` (a name for the user, and the
+    key's entries it covers) whose entries differ."""
+    if made is None:
+        return ("missing or unreadable",)
+    changed = [name for name, entries in parts.items()
+               if any(made.get(entry) != key.get(entry) for entry in entries)]
+    if not changed:  # the same key, yet unusable: kept by a Live2D that kept less
+        return ("kept in an older form",)
+    return (f"made with another {' and '.join(changed)}",)
+
+
+def emptied_sentence(classes: tuple[int, ...]) -> str:
+    """The log's line for ``classes`` (0-based) re-seeded because no particle's weight was in
+    them."""
+    listed = ", ".join(str(c + 1) for c in classes)
+    return (f"class{'es' if len(classes) > 1 else ''} {listed} "
+            f"{'were' if len(classes) > 1 else 'was'} empty: re-seeded from the particles that "
+            "fit worst")
+
+
 @dataclass
 class CycleResult:
     """What an engine did in one cycle: the files it wrote, the class populations and its
@@ -146,6 +188,11 @@ class CycleResult:
     batches_classified: tuple[int, ...] = ()
     reseeded: tuple[Reseeded, ...] = ()
     waiting: int = 0
+    # The kept batches classified again because what was kept of them does not fit (among
+    # batches_classified); the classes (0-based) left empty and re-seeded (any cycle). The
+    # session's log tells the user of both.
+    rebuilt: Rebuilt | None = None
+    emptied: tuple[int, ...] = ()
 
     @property
     def particles_per_second(self) -> float:

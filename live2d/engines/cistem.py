@@ -41,15 +41,17 @@ from live2d.engines.base import (
     Engine,
     Progress,
     ProgressCallback,
+    Rebuilt,
     StreamBatch,
     class_counts,
+    unfit_reasons,
 )
 from live2d.engines.cistem_cluster import read_progress, run_slice
 from live2d.engines.cistem_jobs import Job, JobRunner
 from live2d.engines.cistem_programs import CistemPrograms, describe_programs, find_programs
 from live2d.engines.cistem_prompts import Refine2DRun, merge2d_answers, refine2d_answers
 from live2d.errors import CycleCancelled, EngineError
-from live2d.kept_tensors import load_kept, save_kept
+from live2d.kept_tensors import kept_key, load_kept, save_kept
 
 if TYPE_CHECKING:
     from live2d.executors import Executor
@@ -218,11 +220,13 @@ class CistemEngine(Engine):
                     _dump_key(b.dump) == header else None
                     for b in request.batches if not b.classify}
             stale = [b for b in request.batches if not b.classify and kept[b.start] is None]
+            rebuilt = None
             if stale:
-                runner.log.append(
-                    f"kept dumps of {len(stale)} batch(es) do not fit this update's (box, "
-                    f"classes, pixel size, mask: {header}): their particles are classified "
-                    "again")
+                reasons = (_why_unfit(b, header) for b in stale)
+                rebuilt = Rebuilt(tuple(b.start for b in stale), sum(b.size for b in stale),
+                                  tuple(dict.fromkeys(r for why in reasons for r in why)),
+                                  "refine2d dumps")
+                runner.log.append(f"{rebuilt.sentence()} (this update's: {header})")
                 rows = pd.concat([b.kept_rows("dump") for b in stale], ignore_index=True)
                 tables.update(self._refine_batches(stale, rows, request, scratch.folder,
                                                    runner, progress, cancel,
@@ -260,6 +264,7 @@ class CistemEngine(Engine):
             seconds=time.monotonic() - began,
             log=runner.log,
             batches_classified=tuple(b.start for b in request.batches if b.start in tables),
+            rebuilt=rebuilt,
         )
 
     def _refine_batches(self, batches: list[StreamBatch], table: pd.DataFrame,
@@ -517,6 +522,25 @@ def _join_slices(jobs: list[Job], stars: list[Path], ranges: list[tuple[int, int
             raise job.failure(f"wrote star rows other than particles {first}-{last} in order")
         tables.append(table)
     return pd.concat(tables, ignore_index=True)
+
+
+# The entries of _dump_key by what the user changed to change them, for the log's line on kept
+# dumps that no longer fit.
+DUMP_KEY_PARTS = {"working box": ("box",), "class count": ("classes",),
+                  "pixel size": ("pixel_size",), "mask": ("mask_radius",)}
+
+
+def _why_unfit(batch: StreamBatch, header: dict[str, float] | None) -> tuple[str, ...]:
+    """Why ``batch``'s kept dump cannot be merged with this update's (``header``: their key;
+    None where this update made none to compare with)."""
+    if batch.dropped:
+        return ("classes re-seeded since it was classified",)
+    if header is None:
+        return ()
+    made = _dump_key(batch.dump)
+    if made == header:  # the dump fits; its particles per class were not kept with it
+        made = kept_key(batch.sums)
+    return unfit_reasons(made, header, DUMP_KEY_PARTS)
 
 
 def _dump_key(path: Path | None) -> dict[str, float] | None:

@@ -37,9 +37,11 @@ from live2d.engines.base import (
     Engine,
     Progress,
     ProgressCallback,
+    Rebuilt,
     Reseeded,
     StreamBatch,
     class_counts,
+    unfit_reasons,
 )
 from live2d.engines.builtin.averages import (
     Partial,
@@ -70,7 +72,7 @@ from live2d.engines.builtin.workers import run_ordered
 from live2d.errors import CycleCancelled, EngineError
 from live2d.executors import keep_freed_memory
 from live2d.imaging import blank_edges, soft_disc
-from live2d.kept_tensors import load_kept, save_kept
+from live2d.kept_tensors import kept_key, load_kept, save_kept
 from live2d.source_images import open_images
 
 if TYPE_CHECKING:
@@ -234,12 +236,11 @@ class BuiltinEngine(Engine):
         if search.coarse is not None:
             log.append(f"half-resolution pass keeps {search.candidates} of {k * len(geometry.psi)} "
                        "(class, angle) frames per particle")
-        if empty:
-            log.append(f"classes {', '.join(str(c + 1) for c in empty)} were empty: re-seeded")
         if params.exclude_blank_edges:
             log.append(f"Number of excluded images with blank edges = {excluded}")
         return CycleResult(request.classes_out, request.star_out,
-                           class_counts(out_table["2DCLS"], k), len(used), seconds, log)
+                           class_counts(out_table["2DCLS"], k), len(used), seconds, log,
+                           emptied=tuple(empty))
 
     # ------------------------------------------------------------------ streaming update
     @_restoring_torch_threads
@@ -286,11 +287,14 @@ class BuiltinEngine(Engine):
         kept = {b.start: _read_sums(b.sums, key) for b in request.batches if not b.classify}
         stale = [b for b in request.batches if not b.classify and kept[b.start] is None]
         todo = [b for b in request.batches if b.classify or b in stale]
+        rebuilt = None
         if stale:
-            log.append(f"kept class sums of {len(stale)} batch(es) do not fit this update "
-                       f"(working box {geometry.working} px, {k} classes, mask "
-                       f"{params.mask_radius:.0f} Å, {params.high_res:.1f}-{params.low_res:.0f} "
-                       "Å): their particles are classified again")
+            reasons = (unfit_reasons(kept_key(b.sums), key, SUMS_KEY_PARTS) for b in stale)
+            rebuilt = Rebuilt(tuple(b.start for b in stale), sum(b.size for b in stale),
+                              tuple(dict.fromkeys(r for why in reasons for r in why)))
+            log.append(f"{rebuilt.sentence()} (working box {geometry.working} px, {k} classes, "
+                       f"mask {params.mask_radius:.0f} Å, {params.high_res:.1f}-"
+                       f"{params.low_res:.0f} Å now)")
             table = pd.concat([table, *(b.kept_rows("sums") for b in stale)], ignore_index=True)
         index = table["POS"].to_numpy(dtype=np.int64) - 1  # each row's image in the stack
         chosen_parts, left_out = [], []
@@ -325,6 +329,8 @@ class BuiltinEngine(Engine):
                                   geometry)
             reseeded = reseed_duplicates(averages, counts, empty, stack, index[used_now],
                                          results, params, geometry)
+        else:  # no particle to re-seed from: an empty class stays empty, not re-seeded
+            empty = []
         if reseeded:
             # Classified again against the re-seeded classes, so that from this update on a
             # re-seeded class holds only particles that chose its new average; the batches not
@@ -359,11 +365,10 @@ class BuiltinEngine(Engine):
         log.append(f"streaming update: {len(used_now)} particles in {len(todo)} batch(es) "
                    f"classified{' twice' if reseeded else ''}, {len(request.batches)} batches "
                    "in the classes")
-        if empty:
-            log.append(f"classes {', '.join(str(c + 1) for c in empty)} were empty: re-seeded")
         return CycleResult(request.classes_out, request.star_out, counts.tolist(),
                            len(used_now) * (2 if reseeded else 1), seconds, log,
-                           tuple(b.start for b in todo), tuple(reseeded), waiting)
+                           tuple(b.start for b in todo), tuple(reseeded), waiting, rebuilt,
+                           tuple(empty))
 
     def _classify_batches(self, search: Search, *, stack: np.ndarray, table: pd.DataFrame,
                           parts: list[tuple[np.ndarray, np.ndarray]], request: CycleRequest,
@@ -539,6 +544,13 @@ def run_chunk_task(search: Search, task: ChunkTask) -> Partial:
 
 
 # ------------------------------------------------------------------------- kept batch sums
+# The entries of sums_key by what the user changed to change them (a limit changes the band
+# and often the working box), for the log's line on kept sums that no longer fit.
+SUMS_KEY_PARTS = {"working box": ("box", "cropped", "working", "pixel"),
+                  "class count": ("classes",), "mask": ("mask",),
+                  "band": ("high_res", "low_res"), "contrast": ("invert", "normalize")}
+
+
 def sums_key(geometry: Geometry, params: CycleParams, k: int) -> dict[str, float]:
     """What a batch's kept sums were made with and must match to be added to another's. The
     angle grid is not part of it: the sums are turned back to the classes' own frames."""
