@@ -148,6 +148,10 @@ def main() -> None:
     parser.add_argument("--spare", type=float, metavar="S",
                         help="with --stream: re-visits in spare time, up to S re-visited "
                              "particles per new one between updates, then a last sweep")
+    parser.add_argument("--seeded-seeds", type=int, nargs="+", default=[0], metavar="SEED",
+                        help="with --stream: run the seeded job once per engine seed (the "
+                             "session's seed setting), each from the same start: how far "
+                             "two seeded jobs on the same particles differ")
     parser.add_argument("--no-seeded", action="store_true",
                         help="with --stream: leave the seeded job out (it does not depend on "
                              "the streaming settings)")
@@ -374,16 +378,24 @@ def stream(args: argparse.Namespace) -> None:
         print_thresholds(pairs)
         if args.no_seeded:
             return
-        seeded = Session(warp, root / "seeded", engine="builtin", device=args.device)
-        try:
-            before = len(seeded.history)
-            seeded.run_job("seeded")
-            print("the same particles, one seeded job (startup ramp, then refinement):")
-            print_row(seeded.history[-1], root / "seeded", warp, args.curation_cut)
-            print(f"particle-passes: {particle_passes(seeded.history):,} ab initio and seeded "
-                  f"job, {particle_passes(seeded.history[before:]):,} of them the seeded job")
-        finally:
-            seeded.close()
+        for engine_seed in args.seeded_seeds:
+            folder = root / "seeded"
+            if engine_seed != args.seeded_seeds[-1]:  # the others on copies of the same start
+                folder = root / f"seeded_{engine_seed}"
+                shutil.copytree(root / "seeded", folder)
+            seeded = Session(warp, folder, engine="builtin", device=args.device)
+            try:
+                seeded.update_settings({"seed": engine_seed})
+                before = len(seeded.history)
+                seeded.run_job("seeded")
+                print("the same particles, one seeded job (startup ramp, then refinement), "
+                      f"engine seed {engine_seed}:")
+                print_row(seeded.history[-1], folder, warp, args.curation_cut)
+                print(f"particle-passes: {particle_passes(seeded.history):,} ab initio and "
+                      f"seeded job, {particle_passes(seeded.history[before:]):,} of them the "
+                      "seeded job")
+            finally:
+                seeded.close()
 
 
 def duplicate_last_class(classes: Path) -> None:
