@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -239,6 +240,10 @@ class KeepingUp:
     def backlog(self) -> int:
         return self.imported - self.in_classes
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, the backlog with the rest (the page's Keeping up panel)."""
+        return {**asdict(self), "backlog": self.backlog}
+
     def lines(self) -> list[str]:
         out = [f"streaming: {self.in_classes:,} of {self.imported:,} particles in the classes, "
                f"{self.backlog:,} waiting"]
@@ -281,6 +286,23 @@ def keeping_up(records: list[CycleRecord], written: np.ndarray) -> KeepingUp | N
         p99=float(np.percentile(latency[recent], 99)) if recent.any() else None,
         oldest_alignment=latest.finished - min(aligned) if aligned else None,
     )
+
+
+def session_keeping_up(folder: str | Path, history: list[CycleRecord]) -> KeepingUp | None:
+    """:func:`keeping_up` of the session in ``folder`` whose cycle records are ``history``
+    (every generation's, oldest first), as ``live2d status`` and the page say it: None unless
+    its latest cycle is a streaming update. Reads the store's table (O(particles)), changing
+    nothing; raises OSError or ValueError while the store is being replaced."""
+    # Imported here: the times come with the yield tables' imports, which need not load
+    # wherever a batch is planned.
+    from live2d.forecast import particle_times
+    from live2d.store import read_committed_table
+
+    if not history or history[-1].job_type != "stream":
+        return None
+    table = read_committed_table(folder)
+    current = [r for r in history if r.generation == history[-1].generation]
+    return keeping_up(current, particle_times(table)[0])
 
 
 def _minutes(seconds: float | None) -> str:

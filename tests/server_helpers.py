@@ -61,12 +61,12 @@ def classified_folder(root: Path, warp_name: str = "warp", **options) -> FolderT
 
 
 def close_controller(controller: Controller) -> None:
-    """Close it, and wait for the thread measuring a cycle's curation that a page's state may
-    have started: nothing of it writes into the folder after the test."""
+    """Close it, and wait for the threads measuring a cycle's curation or latency that a page's
+    state may have started: nothing of them touches the folder after the test."""
     controller.close()
-    measuring = controller._measuring
-    if measuring is not None:
-        measuring.join(30)
+    for measuring in (controller._measuring, controller._keeping_measured):
+        if measuring is not None:
+            measuring.join(30)
 
 
 class RunningServer:

@@ -3,6 +3,7 @@ two pages showing the same state, and choosing and exporting the good classes.""
 
 import http.server
 import json
+import math
 import mimetypes
 import re
 import shutil
@@ -21,7 +22,10 @@ from server_helpers import (
 
 import live2d.server
 from live2d.curation import session_cycle_curation
+from live2d.forecast import particle_times
 from live2d.server.control import Controller
+from live2d.store import read_committed_table
+from live2d.streaming import keeping_up
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
@@ -584,9 +588,10 @@ def test_the_map_lays_squares_out_where_the_stage_put_them(collected, pages):
 @pytest.fixture
 def streamed(tmp_path):
     """A server over a session that streams: ab initio on 120 particles, then two updates as
-    Warp goes on (80 and 40 new), and 40 more imported that wait for the next one."""
+    Warp goes on (80 and 40 new, in batches of 40: the second leaves the first's older ones
+    as they were), and 40 more imported that wait for the next one."""
     warp = small_warp(tmp_path / "warp", particles=120)
-    controller = Controller(warp, engine="builtin", settings=SMALL)
+    controller = Controller(warp, engine="builtin", settings={**SMALL, "stream_every": 40})
     session = controller.session
     assert session.run_job("abinit") and session.settings.mode == "stream"
     for particles in (200, 240):
@@ -620,6 +625,26 @@ def test_a_streaming_session_plots_each_updates_latency_and_backlog(streamed, pa
     assert "40 waiting after it" in tooltip and "(median)" in tooltip
     assert len(page.find_elements(By.CSS_SELECTOR, "#latency-plot rect")) == 2
 
+    # Beside the plot, what `live2d status` says: the latency over the last hour and how
+    # long before the latest update the least recently aligned particles were classified.
+    figures = keeping_up(session.history, particle_times(read_committed_table(
+        session.output_dir))[0])
+    assert figures.p50 is not None
+    assert figures.oldest_alignment == updates[1].finished - updates[0].finished > 0
+    hour = wait(page, lambda d: d.find_element(By.ID, "keeping-up-hour").is_displayed()
+                and d.find_element(By.ID, "keeping-up-hour"), 20)
+    assert [float(hour.get_attribute(f"data-{name}")) for name in ("p50", "p99")] == \
+        [figures.p50, figures.p99]
+    assert hour.text == (
+        f"Over the last hour, stack written to particles in the classes: p50 "
+        f"{waited(figures.p50)}, p99 {waited(figures.p99)}; the latest update's new particles "
+        f"at most {waited(figures.latest_latency)}")
+    aligned = page.find_element(By.ID, "keeping-up-aligned")
+    assert float(aligned.get_attribute("data-seconds")) == figures.oldest_alignment
+    assert aligned.text == (f"Least recently aligned particles: classified "
+                            f"{waited(figures.oldest_alignment)} before the latest update "
+                            f"(cycle {updates[-1].number})")
+
     # Particles that arrive after the latest update add to its backlog as they are imported.
     small_warp(session.warp_dir, particles=320)
     session.import_new()
@@ -632,3 +657,8 @@ def test_a_session_that_does_not_stream_shows_no_latency_plot(classified, pages)
     wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".tile")) == 3, 20)
     assert not page.find_element(By.ID, "keeping-up").is_displayed()
     assert not page.find_elements(By.CSS_SELECTOR, "#latency-plot *")
+
+
+def waited(seconds: float) -> str:
+    """A wait as the page writes it (app.js waited)."""
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{math.floor(seconds + 0.5)} s"

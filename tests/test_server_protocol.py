@@ -16,7 +16,10 @@ from server_helpers import SMALL, Client, RunningServer, classified_folder, smal
 
 from live2d import cistem_star
 from live2d.cli import main as cli_main
+from live2d.forecast import particle_times
 from live2d.server.control import Controller
+from live2d.store import read_committed_table
+from live2d.streaming import keeping_up
 
 STATES = ("state", "update")  # the whole state, or what changed in it
 
@@ -502,6 +505,42 @@ def test_a_streaming_updates_star_is_made_for_its_download(classified):
     with pytest.raises(HTTPError) as missing:  # no such update: nothing is made
         urllib.request.urlopen(f"{classified.url}/files/cycle_999.star", timeout=10)
     assert missing.value.code == 404
+
+
+def test_pages_get_the_latency_over_the_last_hour_and_the_oldest_alignment(classified):
+    """What `live2d status` says of a streaming session's latency (KeepingUp): the figures of
+    the latest update, in the state a page gets and in the update after each cycle."""
+    session = classified.controller.session
+    client = Client(classified)
+    assert client.receive()["keeping_up"] is None  # ab initio only: nothing streams yet
+
+    def expected() -> dict:
+        history = session.history
+        written = particle_times(read_committed_table(session.output_dir))[0]
+        return {"cycle": history[-1].number,
+                **keeping_up(history, written).to_dict()}  # one generation here
+
+    for particles in (200, 240):  # two updates, Warp going on meanwhile
+        small_warp(session.warp_dir, particles=particles)
+        cycle = len(session.history)  # the update's
+        # Batches of 40: the second update leaves the first's older ones as they were.
+        client.send({"command": "start_job", "job_type": "stream",
+                     "settings": {"stream_every": 40}})
+        assert client.wait_for(lambda m: m["type"] in ("ok", "error"))["type"] == "ok"
+        client.wait_for_view(lambda v, cycle=cycle: v["keeping_up"] is not None
+                             and v["keeping_up"]["cycle"] == cycle)
+        assert session.history[-1].number == cycle and session.history[-1].streamed
+        figures = client.view["keeping_up"]
+        assert figures == expected()
+        assert figures["p50"] is not None and figures["p99"] >= figures["p50"] > 0
+        assert figures["oldest_alignment"] is not None and figures["in_classes"] > 0
+    assert figures["imported"] == 240 and figures["latest_latency"] is not None
+    history = session.history
+    assert figures["oldest_alignment"] == history[-1].finished - history[-2].finished > 0
+    fresh = Client(classified)  # a page that connects now is sent them at once
+    assert fresh.receive()["keeping_up"] == figures
+    fresh.close()
+    client.close()
 
 
 def test_a_dismissed_alert_is_hidden_for_every_page_until_it_fires_anew(server):

@@ -168,18 +168,12 @@ def print_forecast(folder: Path) -> None:
 
 def print_keeping_up(folder: Path, history: list[CycleRecord]) -> None:
     """For a session that streams: particles in the classes, the backlog, the latency."""
-    from live2d.forecast import particle_times
-    from live2d.store import read_committed_table
-    from live2d.streaming import keeping_up
+    from live2d.streaming import session_keeping_up
 
-    if not history or history[-1].job_type != "stream":
-        return
     try:
-        table = read_committed_table(folder)
+        state = session_keeping_up(folder, history)
     except (OSError, ValueError):
         return  # the store is being replaced: nothing to say until it is
-    current = [r for r in history if r.generation == history[-1].generation]
-    state = keeping_up(current, particle_times(table)[0])
     for line in state.lines() if state else []:
         print(line)
 

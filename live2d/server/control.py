@@ -10,7 +10,9 @@ changes it for every page, ``export`` writes its particles into the output folde
 the particle curation keeps (:mod:`live2d.curation`), and so how many of the selection's it
 keeps: measured on a thread of its own the first time a cycle is asked for (a cycle's first
 curation reads its new particles' images), kept for that cycle, and sent to every page when
-ready.
+ready. So is a streaming session's :class:`live2d.streaming.KeepingUp` (latency over the last
+hour, how recently the least recently aligned particles were classified), as ``live2d status``
+says it: it reads the store's table, so it is measured once per finished cycle, on a thread.
 
 The server may start without a Warp folder (the page's first step is then Update Warp
 Directory), and accepts any existing folder under ``warp_root``, Warp's or not yet: a watcher
@@ -46,6 +48,7 @@ from live2d.schedule import JOB_LABELS, JOB_TYPES, Settings
 from live2d.selection import MARKS, describe_changed
 from live2d.session import Session
 from live2d.session_view import SessionView
+from live2d.streaming import session_keeping_up
 from live2d.warp import WarpFolderError, particle_star_path, read_settings
 
 if TYPE_CHECKING:
@@ -125,6 +128,11 @@ class Controller:
         # decides it: the folder, the cycle, the cut; one measured at a time, off the loop.
         self._curations: dict[tuple[Path, int, float], dict[str, dict] | None] = {}
         self._measuring: threading.Thread | None = None
+        # The latest streaming update's KeepingUp (None: the session does not stream), by
+        # what decides it (the folder and its latest cycle); one measured at a time, off the
+        # loop. The figures before it stand meanwhile.
+        self._keeping: tuple[tuple[Path, int, int, float], dict[str, Any] | None] | None = None
+        self._keeping_measured: threading.Thread | None = None
         self._closed = threading.Event()
         if warp_dir is not None:
             self.session = self._open(warp_dir, output_dir, epu_dir=epu_dir,
@@ -145,7 +153,7 @@ class Controller:
         snapshot = session.snapshot() if session is not None else self._no_session()
         state = {"type": "state", **snapshot, "busy": self.busy, "specs": Settings.specs(),
                  "job_types": JOB_LABELS, "warp_root": str(self.warp_root),
-                 "missing": self._missing}
+                 "missing": self._missing, "keeping_up": self._keeping_up(session)}
         state.update(self._selection_state(session))
         if with_log:
             state["log"] = list(session.log_lines) if session is not None else []
@@ -161,6 +169,7 @@ class Controller:
         snapshot = session.snapshot(with_history=False) if session is not None else \
             {k: v for k, v in self._no_session().items() if k != "history"}
         update = {"type": "update", **snapshot, "busy": self.busy, "missing": self._missing,
+                  "keeping_up": self._keeping_up(session),
                   **self._selection_state(session, whole_history=False)}
         if not new_cycle:  # none changes between cycles: the map may be large
             del update["class_tables"]
@@ -234,6 +243,42 @@ class Controller:
         self._curations = {key: counts}  # only the latest cycle's is asked for
         if self.session is not None and self.session.output_dir == folder:
             self.publish({"type": "curation", "cycle": record.number})
+
+    def _keeping_up(self, session: Session | SessionView | None) -> dict[str, Any] | None:
+        """Whether the session's classes keep up with the microscope, as ``live2d status`` says
+        it (:func:`live2d.streaming.session_keeping_up`, with the number of the cycle it is
+        of); None where its latest cycle is no streaming update. Measured once per cycle on a
+        thread (it reads the store's table), then every page is sent it; meanwhile the
+        figures of the cycle before stand (None for another folder's)."""
+        history = session.history if session is not None else []
+        if not history or history[-1].job_type != "stream":
+            return None
+        latest = history[-1]
+        key = (session.output_dir, len(history), latest.number, latest.finished)
+        measured = self._keeping  # once: the thread replaces it
+        if measured is not None and measured[0] == key:
+            return measured[1]
+        with self._lock:
+            if self._keeping_measured is None or not self._keeping_measured.is_alive():
+                self._keeping_measured = threading.Thread(
+                    target=self._measure_keeping_up, args=(key, history), daemon=True,
+                    name="live2d-keeping-up")
+                self._keeping_measured.start()
+        return measured[1] if measured is not None and measured[0][0] == key[0] else None
+
+    def _measure_keeping_up(self, key: tuple[Path, int, int, float],
+                            history: list[CycleRecord]) -> None:
+        """The KeepingUp of ``history``, the session's in ``key``'s folder (a thread's work: it
+        reads the store's table), kept under ``key``; then every page is sent it."""
+        folder = key[0]
+        try:
+            state = session_keeping_up(folder, history)
+        except Exception:  # e.g. the store being replaced: the next cycle tries again
+            log.debug("the latency of cycle %d could not be measured", key[2], exc_info=True)
+            state = None
+        self._keeping = (key, None if state is None else {"cycle": key[2], **state.to_dict()})
+        if self.session is not None and self.session.output_dir == folder:
+            self.publish({"type": "keeping_up"})
 
     def _class_table(self, folder: Path, record: CycleRecord) -> list | None:
         path = folder / record.class_table

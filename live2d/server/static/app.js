@@ -723,6 +723,7 @@ function renderLatencyPlot() {
     updates.push({ c, p50, p99, longest, backlog: Math.max(0, imported - inClasses) });
   });
   $("keeping-up").hidden = !updates.length;
+  renderKeepingUp(updates.length ? page.state.keeping_up : null);
   if (!updates.length) return;
   const width = 600, height = 220, left = 40, right = 40, top = 24, bottom = 25;
   const TEN_MINUTES = 600;
@@ -797,6 +798,25 @@ function renderLatencyPlot() {
     [width - 240, 14, "— median wait", "end", "#175cd3"]];
   if (slowest >= TEN_MINUTES) labels.push([left + 4, y(TEN_MINUTES) - 4, "10 min", "start", "#b42318"]);
   drawLabels(svg, labels);
+}
+
+// Beside the plot, the session's figures as `live2d status` gives them (the server measures
+// them once per streaming update: live2d.streaming.KeepingUp): the latency over the last hour
+// and how long before the latest update the least recently aligned particles were classified.
+// A line whose figure is unknown (no stack times, no kept batches) is left out.
+function renderKeepingUp(k) {
+  const hour = $("keeping-up-hour"), aligned = $("keeping-up-aligned");
+  hour.hidden = !k || k.p50 === null;
+  hour.textContent = hour.hidden ? "" :
+    `Over the last hour, stack written to particles in the classes: p50 ${waited(k.p50)}, ` +
+    `p99 ${waited(k.p99)}` + (k.latest_latency === null ? "" :
+      `; the latest update's new particles at most ${waited(k.latest_latency)}`);
+  aligned.hidden = !k || k.oldest_alignment === null;
+  aligned.textContent = aligned.hidden ? "" : "Least recently aligned particles: classified " +
+    `${waited(k.oldest_alignment)} before the latest update (cycle ${k.cycle})`;
+  Object.assign(hour.dataset, { p50: hour.hidden ? "" : String(k.p50),
+    p99: hour.hidden ? "" : String(k.p99) });
+  aligned.dataset.seconds = aligned.hidden ? "" : String(k.oldest_alignment);
 }
 
 function renderLog() {
