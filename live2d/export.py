@@ -24,7 +24,13 @@ import starfile
 from live2d.atomic import file_kind, replacing
 from live2d.curation import curate_cycle, session_curation
 from live2d.errors import SelectionError
-from live2d.history import particle_results_kept, particle_table, read_history
+from live2d.history import (
+    CycleRecord,
+    particle_results_kept,
+    particle_table,
+    read_history,
+    thinned_words,
+)
 from live2d.layouts import find_stack
 from live2d.output_folder import SESSION_STATE, STORE_STATE
 from live2d.selection import SelectionState, selected
@@ -65,9 +71,11 @@ def export_particles(output_dir: str | os.PathLike, to: str | os.PathLike,
             numbers = ", ".join(str(r.number) for r in history[-5:])
             raise SelectionError(f"no classified cycle {cycle} (latest ones: {numbers})")
     if not particle_results_kept(output_dir, record):
+        thinned = "" if record.averages_kept else f". {thinned_words(history, record)}"
         raise SelectionError(f"cycle {record.number}'s particles are not on disk any more "
-                             "(pruned, or replaced by a later streaming update): choose a "
-                             "later cycle")
+                             f"(pruned, or replaced by a later streaming update){thinned}. "
+                             f"Cycles whose particles are kept: "
+                             f"{_numbers(exportable(output_dir, history))}")
     n_classes = len(record.class_counts)
     if classes == "auto":
         chosen = selected(record, SelectionState.load(output_dir))
@@ -135,6 +143,33 @@ def export_particles(output_dir: str | os.PathLike, to: str | os.PathLike,
                         int(in_classes.sum()) - len(particles))
     _record(output_dir, exported)
     return exported
+
+
+def exportable(output_dir: str | os.PathLike, history: list[CycleRecord]) -> list[int]:
+    """The cycles of ``history`` whose particles can be exported: the stars kept (the latest
+    cycles', each job's last), and the streaming updates whose batches' rows are all kept,
+    looked for from the latest back to the first that lacks some (a re-visit replaces the
+    rows of older updates' batches: older ones than that rarely have them all)."""
+    output_dir = Path(output_dir)
+    numbers = [r.number for r in history
+               if not r.streamed and particle_results_kept(output_dir, r)]
+    for record in reversed([r for r in history if r.streamed]):
+        if not particle_results_kept(output_dir, record):
+            break
+        numbers.append(record.number)
+    return sorted(numbers)
+
+
+def _numbers(numbers: list[int]) -> str:
+    """``1, 4 to 7, 9`` (runs of three or more as a range); ``none`` for none."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return ", ".join(f"{run[0]} to {run[-1]}" if len(run) > 2 else ", ".join(map(str, run))
+                     for run in runs) or "none"
 
 
 def _image_names(names: pd.Series, warp_dir: Path, star: str, base: Path | None) -> list[str]:

@@ -15,6 +15,13 @@ Sessions written before this file existed kept the history inside ``session.json
 
 Each cycle's class table (resolution, score and reason per class) is a file of its own, named in
 the record; :func:`read_class_table` reads it for every reader.
+
+What is kept of older cycles (:meth:`CycleHistory.prune_results` and
+:meth:`CycleHistory.thin_averages`): every record and class table; beyond the latest ``keep``
+cycles, the per-particle results only of each job's last cycle (a streaming update is a job of
+its own, continued only by the next update), and the class averages of every cycle of the other
+jobs but, of the streaming updates, only of the first to finish in each hour of the session
+(:data:`AVERAGES_EVERY_SECONDS`) and of those a user acted on.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +49,15 @@ from live2d.output_folder import (
 )
 
 log = logging.getLogger("live2d")
+
+# Beyond the kept window a streaming update keeps its class averages (cycle_NNN.mrc: K x box^2
+# float32, 3.3 MB at K = 50 and 128 px) only if it is the first to finish in its hour of the
+# session. Per hour rather than per N updates: what one looks back at is a time ("the classes
+# two hours ago"), and the update rate varies tenfold (every 4 minutes at 150,000 picks an hour,
+# back to back for spare-time re-visits), so per N would keep uneven stretches of time and let
+# the disk grow with the rate; per hour it grows with the session's length only (79 MB a day at
+# K = 50, 128 px, against 1.2 GB a day at an update every 4 minutes).
+AVERAGES_EVERY_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,9 @@ class CycleRecord:
     class_table: str = ""
     star_kept: bool = True  # False once the star is pruned (Settings.keep_cycle_results)
     thumbnails_kept: bool = True  # False once pruned (made again from the averages if needed)
+    # False once the class averages (``classes``) are thinned: an older streaming update's
+    # (CycleHistory.thin_averages); then its thumbnails cannot be made again either.
+    averages_kept: bool = True
     # Of ``particles``, those whose source stack changed or vanished since import (read in
     # place): not in this cycle's classes, whatever its fraction.
     left_out: int = 0
@@ -140,6 +160,7 @@ class CycleHistory:
                         "again", self.path)
         self.records: list[CycleRecord] = _parse(self.path)
         self._pruned_to = 0  # records before this one were pruned as far as they will be
+        self._thinned_to = 0  # and had their averages thinned as far as they will be
 
     def __len__(self) -> int:
         return len(self.records)
@@ -188,6 +209,44 @@ class CycleHistory:
             log.debug("per-particle results of cycle(s) %s pruned (keeping the latest %d)",
                       ", ".join(map(str, pruned)), keep)
         return pruned
+
+    def thin_averages(self, keep: int, acted_on: Collection[int] = ()) -> list[int]:
+        """Beyond the latest ``keep`` cycles (and never the latest), delete the class averages
+        of the streaming updates but the first to finish in each hour of the session
+        (:data:`AVERAGES_EVERY_SECONDS`) and those in ``acted_on`` (cycles a user acted on:
+        :func:`live2d.selection.acted_on_cycles`, as they are when the update leaves the
+        window, and again when the history is next opened: this walks it once then).
+        Every other job's cycles keep theirs, and so does every cycle its record and class
+        table. Returns the cycles thinned. Only the cycles that left the window since the last
+        call are looked at, each against the one before it: the cost does not grow with the
+        session."""
+        folder = self.path.parent
+        thinned = []
+        end = max(0, min(len(self.records) - keep, len(self.records) - 1))
+        for index in range(min(self._thinned_to, end), end):
+            record = self.records[index]
+            if (not record.averages_kept or not record.streamed or record.number in acted_on
+                    or index == 0 or self._hour(record) != self._hour(self.records[index - 1])):
+                continue
+            # Recorded first: a kill between the two leaves a file no record points at, never
+            # a record pointing at a missing file.
+            self.change(record.number, averages_kept=False)
+            averages = folder / record.classes
+            averages.unlink(missing_ok=True)
+            link = averages.with_suffix(".mrcs")  # the Scipion plugin's name for them
+            if link.is_symlink():
+                link.unlink(missing_ok=True)
+            thinned.append(record.number)
+        self._thinned_to = max(self._thinned_to, end)
+        if thinned:
+            log.debug("class averages of streaming update(s) %s thinned (keeping the latest %d "
+                      "and one an hour)", ", ".join(map(str, thinned)), keep)
+        return thinned
+
+    def _hour(self, record: CycleRecord) -> int:
+        """The hour of the session ``record`` finished in, counted from the first cycle's
+        start."""
+        return int((record.finished - self.records[0].started) // AVERAGES_EVERY_SECONDS)
 
     @classmethod
     def replace(cls, folder: str | os.PathLike, records: list[CycleRecord]) -> CycleHistory:
@@ -252,6 +311,22 @@ def read_class_table(folder: str | os.PathLike, record: CycleRecord) -> list[dic
     if not isinstance(table, list):
         raise ValueError(f"{record.class_table} is not a list of classes")
     return table
+
+
+def nearest_averages(records: list[CycleRecord], number: int) -> CycleRecord | None:
+    """Of ``records``, the one nearest to cycle ``number`` whose class averages are kept (the
+    later of two as near); None if none is."""
+    kept = [r for r in records if r.averages_kept and r.number != number]
+    return min(kept, key=lambda r: (abs(r.number - number), -r.number), default=None)
+
+
+def thinned_words(records: list[CycleRecord], record: CycleRecord) -> str:
+    """What every reader says of a cycle whose averages were thinned
+    (:meth:`CycleHistory.thin_averages`), naming the nearest cycle that has them."""
+    nearest = nearest_averages(records, record.number)
+    return (f"The class averages of cycle {record.number} (a streaming update) were thinned to "
+            "save disk: beyond the latest cycles, one streaming update an hour keeps them"
+            + (f"; nearest kept: cycle {nearest.number}" if nearest is not None else ""))
 
 
 def _record(value: Any, source: str | os.PathLike) -> CycleRecord | None:

@@ -12,7 +12,8 @@ A session's output folder (``--output``; ``<Warp folder>/classification`` by def
     particles.sources.json       the stacks it reads in place instead    (live2d.source_images)
     store.json                   the store's commit point
     import.json                  the importer's progress                 (live2d.importer)
-    cycle_NNN.mrc                cycle NNN's class averages
+    cycle_NNN.mrc                cycle NNN's class averages (an older streaming update's
+                                   thinned: live2d.history)
     cycle_NNN.star               its particles' parameters (cisTEM's star)
     cycle_NNN_classes.json       its class table: resolution, score, reasons (live2d.class_quality)
     cycle_NNN_shares.npy         its particles' signal shares, measured when first curated

@@ -102,6 +102,18 @@ class SelectionState:
         self.examples = [example.to_dict() for example in examples]
 
 
+def acted_on_cycles(state: SelectionState) -> set[int]:
+    """The cycles a user acted on, whose class averages are kept whatever their age
+    (:meth:`live2d.history.CycleHistory.thin_averages`): the one the marks refer to (the
+    curation and a carried mark read it), each one marked that the learned proposal learns
+    from, and each one exported."""
+    cycles = {state.cycle, *(example.cycle for example in state.learned_examples())}
+    cycles.update(int(export["cycle"]) for export in state.exports
+                  if isinstance(export.get("cycle"), int))
+    cycles.discard(-1)
+    return cycles
+
+
 def proposed(record: CycleRecord, state: SelectionState | None = None) -> list[int]:
     """Classes proposed as good (1-based): those the cycle's scores propose or, from the cycle
     of the first mark that teaches on (``state``'s), those the rule learned from the marks
@@ -301,7 +313,8 @@ class ClassSelection:
         with SelectionState.updating(self.folder) as state:
             old = next((r for r in reversed(self._history.records) if r.number == state.cycle),
                        None)
-            old_averages = read_images(self.folder / old.classes) if old else None
+            old_averages = (read_images(self.folder / old.classes)
+                            if old is not None and old.averages_kept else None)
             follow_cycle(state, previous, record, old_averages,
                          read_images(self.folder / record.classes), mask_radius_px)
             self.state = state

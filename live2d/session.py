@@ -44,7 +44,7 @@ from live2d.cycle import CycleInputs, clean_work_folder, run_cycle
 from live2d.disk import DiskUse, DiskWatch
 from live2d.engines import Engine, make_engine
 from live2d.epu import epu_folder_problem, read_hole_squares
-from live2d.errors import CycleCancelled, EngineError, SessionError
+from live2d.errors import CycleCancelled, EngineError, SelectionError, SessionError
 from live2d.forecast import (
     forecast,
     forecast_dict,
@@ -66,7 +66,7 @@ from live2d.schedule import (
     plan_job,
     revisit_plan,
 )
-from live2d.selection import ClassSelection
+from live2d.selection import ClassSelection, SelectionState, acted_on_cycles
 from live2d.session_lock import SessionLock
 from live2d.session_state import JobState, open_state
 from live2d.sources import ParticleFeed
@@ -617,11 +617,25 @@ class Session(Listeners):
                 self._check_cycle_alerts(*scored)
         with self._lock:
             self._history.prune_results(self.settings.keep_cycle_results)
+            thinned = self._thin_averages()
         self.check_disk()
         self._log(f"cycle {record.number} (job {job.number}, cycle {record.job_cycle} of "
                   f"{record.job_cycles}) done in {record.finished - record.started:.1f} s "
                   f"({record.particles_per_second:.0f} particles/s)")
-        self._emit({"type": "cycle", "cycle": record.to_dict(with_batches=False)})
+        # With the cycles whose averages went: the pages mark them (their history is sent once)
+        self._emit({"type": "cycle", "cycle": record.to_dict(with_batches=False),
+                    "thinned": thinned})
+
+    def _thin_averages(self) -> list[int]:
+        """CycleHistory.thin_averages, keeping those of the cycles a user acted on as
+        ``selection.json`` says now (another process's export included); none thinned while
+        it cannot be read (tried again after the next cycle)."""
+        try:
+            acted_on = acted_on_cycles(SelectionState.load(self.output_dir))
+        except SelectionError as exc:
+            log.warning("class averages of older streaming updates not thinned: %s", exc)
+            return []
+        return self._history.thin_averages(self.settings.keep_cycle_results, acted_on)
 
     def _write_yield(self, record: CycleRecord) -> ScoredCycle | None:
         """The yield tables of the cycle just recorded (O(particles), like its star): a

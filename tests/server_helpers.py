@@ -150,6 +150,9 @@ class Client:
                                           "history": [points[c] for c in sorted(points)]}
         elif message["type"] == "cycle" and self.view is not None:
             cycles = [c for c in self.view["history"] if c["number"] != message["cycle"]["number"]]
+            thinned = set(message.get("thinned") or [])  # their averages are gone
+            cycles = [{**c, "averages_kept": False} if c["number"] in thinned else c
+                      for c in cycles]
             self.view["history"] = sorted([*cycles, message["cycle"]], key=lambda c: c["number"])
 
     def wait_for_view(self, predicate, timeout: float = 60.0) -> dict:

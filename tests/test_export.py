@@ -288,3 +288,42 @@ def test_yield_and_forecast_count_the_particles_the_curation_keeps(session_dir,
     assert not whole.curated and whole.good.sum() == chosen.sum()
     assert "good particles: whole classes, no particle curation" in \
         forecast(whole, times).lines()[0]
+
+
+def test_an_older_streaming_update_thinned_is_refused_naming_the_cycles_kept(tmp_path, capsys):
+    """Its particles' rows went with a later update's re-visit, and its averages with the
+    thinning: the export says so, and which cycles it can export instead."""
+    from live2d.history import CycleHistory, CycleRecord
+    from live2d.output_folder import STREAM_SUMS, batch_rows_name
+
+    folder = tmp_path / "classification"
+    folder.mkdir()
+    (folder / "session.json").write_text(json.dumps({"warp_dir": str(tmp_path)}))
+    history = CycleHistory(folder)
+    for number in range(10):  # an ab initio job (0-3), then a streaming update a minute
+        streamed = number >= 4
+        history.append(CycleRecord(
+            number=number, job=max(1, number - 2), job_type="stream" if streamed else "abinit",
+            block="stream" if streamed else "refinement", block_cycle=1, job_cycle=1,
+            job_cycles=1 if streamed else 4, high_res=12.0, fraction=1.0, particles=100,
+            class_counts=[60, 40], started=60.0 * number, finished=60.0 * number + 50,
+            engine="builtin (test)", generation=0, particles_per_second=100.0,
+            classes=f"cycle_{number:03d}.mrc", star="" if streamed else f"cycle_{number:03d}.star",
+            thumbnails=f"thumbnails/cycle_{number:03d}",
+            batches=[[0, 100, number]] if streamed else []))
+        (folder / f"cycle_{number:03d}.mrc").write_bytes(b"averages")
+        history.prune_results(keep=2)
+        history.thin_averages(keep=2)
+    (folder / "cycle_003.star").write_text("star")  # the job's last: kept
+    (folder / STREAM_SUMS).mkdir()
+    (folder / STREAM_SUMS / batch_rows_name(0, 9)).write_text("rows")  # the latest update's
+    assert [r.number for r in history.records if not r.averages_kept] == [4, 5, 6, 7]
+    out = tmp_path / "x.star"
+    assert cli_main(["export", str(folder), "--cycle", "5", "--classes", "1",
+                     "--to", str(out)]) == 1
+    said = capsys.readouterr().err
+    assert "cycle 5's particles are not on disk any more" in said
+    assert "The class averages of cycle 5 (a streaming update) were thinned" in said
+    assert "nearest kept: cycle 3" in said
+    assert said.rstrip().endswith("Cycles whose particles are kept: 3, 9")
+    assert not out.exists()

@@ -155,3 +155,116 @@ def test_pruning_a_star_prunes_the_signal_shares_measured_from_it(tmp_path):
         (tmp_path / shares_name(number)).write_bytes(b"shares")
     assert history.prune_results(keep=1) == [1]
     assert [(tmp_path / shares_name(n)).exists() for n in range(3)] == [True, False, True]
+
+
+
+def add_cycle(history: CycleHistory, number: int, every: float = 240.0) -> None:
+    """Cycle ``number`` of a session of an ab initio job (cycles 0-3) and then streaming
+    updates, one every ``every`` seconds, with its files: averages (and the Scipion plugin's
+    link to them) and class table."""
+    folder = history.path.parent
+    values = dict(batches=[[0, 100, number]], job=number - 2, job_type="stream",
+                  block="stream", job_cycle=1, job_cycles=1) if number >= 4 else {}
+    history.append(dataclasses.replace(
+        record(number, class_table=f"cycle_{number:03d}_classes.json"),
+        started=10.0 + every * number, finished=10.0 + every * (number + 1) - 1.0, **values))
+    (folder / f"cycle_{number:03d}.mrc").write_bytes(b"averages")
+    (folder / f"cycle_{number:03d}.mrcs").symlink_to(f"cycle_{number:03d}.mrc")
+    (folder / f"cycle_{number:03d}_classes.json").write_text("[]")
+
+
+def streaming_history(folder, updates: int, every: float = 240.0) -> CycleHistory:
+    history = CycleHistory(folder)
+    for number in range(4 + updates):
+        add_cycle(history, number, every)
+    return history
+
+
+def test_older_streaming_updates_keep_their_averages_once_an_hour_and_where_acted_on(tmp_path):
+    from live2d.history import AVERAGES_EVERY_SECONDS
+
+    acted_on = {9, 33}  # marked, exported: kept whatever their age
+    history = CycleHistory(tmp_path)
+    for number in range(64):  # 4 hours of updates, pruned after each as the session does
+        add_cycle(history, number)
+        history.prune_results(keep=5)
+        history.thin_averages(keep=5, acted_on=acted_on)
+    records = read_history(tmp_path)  # as recorded, for every reader
+    assert records == history.records
+    hours = [int((r.finished - records[0].started) // AVERAGES_EVERY_SECONDS) for r in records]
+    first_of_hour = {r.number for r, hour, before in zip(records[1:], hours[1:], hours[:-1],
+                                                         strict=True) if hour != before}
+    assert first_of_hour == {15, 30, 45, 60}  # an update every 4 minutes
+    kept = {r.number for r in records if r.averages_kept}
+    assert kept == {0, 1, 2, 3} | first_of_hour | acted_on | set(range(59, 64))
+    assert len(kept) == 14  # of 64
+    for r in records:
+        assert (tmp_path / r.classes).exists() == r.averages_kept
+        assert (tmp_path / r.classes).with_suffix(".mrcs").is_symlink() == r.averages_kept
+        assert (tmp_path / r.class_table).exists()  # every class table stays (small)
+    # A session opened again walks the history once more and decides the same.
+    again = CycleHistory(tmp_path)
+    assert again.thin_averages(keep=5, acted_on=acted_on) == [] and again.records == records
+
+
+def test_thinning_looks_only_at_the_updates_leaving_the_window_and_never_the_latest(tmp_path):
+    class Watched(list):  # the indices of the records read
+        def __getitem__(self, index):
+            seen.append(index)
+            return super().__getitem__(index)
+
+    history = CycleHistory(tmp_path)
+    for number in range(24):
+        add_cycle(history, number, every=60.0)
+        history.thin_averages(keep=3)
+    seen: list[int] = []
+    history.records = Watched(history.records)
+    for number in range(24, 34):
+        add_cycle(history, number, every=60.0)
+        seen.clear()
+        assert history.thin_averages(keep=3) == [number - 3]
+        # the session's first cycle (its start, for the hour) and the latest few: the update
+        # leaving the window, the one before it, and those its change passes on the way
+        assert min(index for index in seen if index) >= len(history) - 5, seen
+    assert history.thin_averages(keep=0) == [31, 32]
+    assert history.records[-1].averages_kept  # never the latest, whatever keep says
+
+
+def test_thinned_averages_are_recorded_before_their_file_goes(tmp_path, monkeypatch):
+    """A kill between the two leaves a file no record names, never a record naming no file."""
+    from pathlib import Path
+
+    history = streaming_history(tmp_path, updates=3, every=60.0)
+    unlink = Path.unlink
+
+    def killed(path, missing_ok=False):
+        if path.suffix == ".mrc":
+            raise KeyboardInterrupt
+        unlink(path, missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", killed)
+    with pytest.raises(KeyboardInterrupt):
+        history.thin_averages(keep=1)
+    thinned = read_history(tmp_path)[4]
+    assert not thinned.averages_kept and (tmp_path / thinned.classes).exists()
+
+
+def test_the_session_keeps_the_averages_selection_json_says_were_acted_on(tmp_path):
+    from types import SimpleNamespace
+
+    from live2d.learned_proposal import FEATURES, Example
+    from live2d.selection import SelectionState, acted_on_cycles
+
+    state = SelectionState(cycle=12, marks={"1": "good"},
+                           examples=[Example(5, 1, (0.1,) * len(FEATURES), "good", 1).to_dict()],
+                           exports=[{"file": "/x.star", "cycle": 7, "classes": [1]}])
+    assert acted_on_cycles(state) == {12, 5, 7}
+    assert acted_on_cycles(SelectionState()) == set()  # nothing marked or exported yet
+    history = streaming_history(tmp_path, updates=6, every=60.0)
+    state.cycle, state.examples = 6, []
+    session = SimpleNamespace(output_dir=tmp_path, settings=Settings(keep_cycle_results=1),
+                              _history=history)
+    (tmp_path / "selection.json").write_text("{broken")  # unreadable: nothing thinned, said
+    assert Session._thin_averages(session) == []
+    state.save(tmp_path)
+    assert Session._thin_averages(session) == [4, 5, 8]  # the export's 7 and the marks' 6 stay

@@ -681,3 +681,35 @@ def test_the_epu_folder_set_on_a_page_is_checked_kept_and_used_from_the_next_cyc
         assert json.loads(saved.read_text())["epu_dir"] == ""
     finally:
         restarted.close()
+
+
+def test_a_thinned_updates_averages_and_thumbnails_are_refused_saying_why(classified_template):
+    """An older streaming update's averages are thinned: the pages hear which with the next
+    cycle, and its averages and thumbnails are answered with why and the nearest kept."""
+    warp = classified_template.restore() / "grids" / "warp"
+    running = RunningServer(Controller(warp, engine="builtin",
+                                       settings={**SMALL, "keep_cycle_results": 1}))
+    try:
+        client = Client(running)
+        client.receive()
+        session = running.controller.session
+        assert session.run_job("stream") and session.run_job("stream")
+        first = session.history[-2]
+        # cycles 3 and 5 keep theirs: the later of two as near is named
+        assert first.streamed and not first.averages_kept
+        assert [r.number for r in session.history if not r.averages_kept] == [first.number]
+        out = session.output_dir
+        assert not (out / first.classes).exists() and (out / first.class_table).exists()
+        view = client.wait_for_view(lambda v: len(v["history"]) == first.number + 2)
+        assert not view["history"][first.number]["averages_kept"]  # the page marks it
+        for name in (first.classes, f"{first.thumbnails}/class_001.png"):
+            with pytest.raises(HTTPError) as refused:
+                urllib.request.urlopen(f"{running.url}/files/{name}", timeout=10)
+            said = refused.value.read().decode()
+            assert refused.value.code == 410, said
+            assert f"The class averages of cycle {first.number} (a streaming update) were " \
+                   f"thinned" in said and f"nearest kept: cycle {first.number + 1}" in said
+        assert not (out / first.thumbnails).exists()  # nothing made again
+        client.close()
+    finally:
+        running.stop()

@@ -29,8 +29,15 @@ from urllib.parse import urlparse
 from tornado import ioloop, iostream, web, websocket
 
 from live2d.cistem_star import StarFormatError
-from live2d.history import particle_results_kept, write_particle_star
-from live2d.output_folder import EXPORTS, SERVED_FILES, THUMBNAIL, OutputFolder, cycle_stem
+from live2d.history import particle_results_kept, thinned_words, write_particle_star
+from live2d.output_folder import (
+    EXPORTS,
+    SERVED_FILES,
+    THUMBNAIL,
+    THUMBNAILS,
+    OutputFolder,
+    cycle_stem,
+)
 from live2d.report import ReportError, report_name, session_report
 from live2d.server.control import CommandError, Controller
 from live2d.thumbnails import write_thumbnails
@@ -43,6 +50,8 @@ GUESSES = 10  # wrong tokens allowed per client address a minute
 GUESS_SECONDS = 60.0
 TOKEN_IN_URI = re.compile(r"(?<=[?&]token=)[^&]*")
 log = logging.getLogger("live2d")
+# A cycle's averages or one of its thumbnails (made from them): the cycle's number.
+AVERAGES = re.compile(rf"^(?:{THUMBNAILS}/)?cycle_(\d{{3,}})(?:\.mrc|/class_\d{{3,}}\.png)$")
 _remaking = threading.Lock()  # one cycle's thumbnails at a time: its classes are asked at once
 
 
@@ -193,6 +202,8 @@ class OutputHandler(_Guarded):
             raise web.HTTPError(404)
         root = session.output_dir.resolve()
         path = (root / name).resolve()
+        if not path.exists() and (thinned := _thinned(session, name)) is not None:
+            raise web.HTTPError(410, thinned)  # said, not a bare 404: they existed
         if path.is_relative_to(root) and not path.exists() and THUMBNAIL.match(name):
             await ioloop.IOLoop.current().run_in_executor(None, remake_thumbnails, root, name)
         made = None
@@ -257,6 +268,20 @@ class ReportHandler(_Guarded):
         self.set_header("Content-Disposition",
                         f'attachment; filename="{report_name(root, time.time())}"')
         self.write(page.encode("utf-8"))
+
+
+def _thinned(session, name: str) -> str | None:
+    """What to say of a request for the averages or thumbnails of a cycle whose averages were
+    thinned (CycleHistory.thin_averages); None for any other."""
+    match = AVERAGES.match(name)
+    if match is None:
+        return None
+    number = int(match.group(1))
+    history = session.history
+    record = next((r for r in reversed(history) if r.number == number), None)
+    if record is None or record.averages_kept:
+        return None
+    return thinned_words(history, record)
 
 
 def _streamed_star(session, root: Path, name: str) -> Path | None:

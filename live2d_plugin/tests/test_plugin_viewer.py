@@ -462,6 +462,19 @@ class TestViewerOnAProtocol(ProjectTestCase):
         message = views["displayGallery"]("displayGallery")[0]
         self.assertIn("no cycle 99", message.getMessage())
 
+        # A cycle whose averages were thinned (an older streaming update's): said, with the
+        # nearest cycle that has them (the later of two as near).
+        session = Path(prot._getExtraPath("live2d"))
+        state = json.loads((session / "session.json").read_text())
+        state["history"][2]["averages_kept"] = False
+        (session / "session.json").write_text(json.dumps(state))
+        (session / "cycle_002.mrc").unlink()
+        viewer.cycle.set(2)
+        message = views["displayGallery"]("displayGallery")[0]
+        self.assertIn("class averages of cycle 2 (a streaming update) were thinned",
+                      message.getMessage())
+        self.assertIn("nearest kept: cycle 3", message.getMessage())
+
         # A subset of a cycle's classes: said plainly when it cannot be made.
         viewer.cycle.set(3)
         for classes, expected in (("one two", "'one two' is not a list of class numbers"),

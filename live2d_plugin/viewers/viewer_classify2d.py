@@ -16,7 +16,7 @@ from pwem.protocols import ProtUserSubSet
 
 from live2d.atomic import atomic_write_text
 from live2d.collection_yield import read_grid_map
-from live2d.history import CycleRecord, read_history
+from live2d.history import CycleRecord, read_history, thinned_words
 from live2d.output_folder import OutputFolder
 from live2d.report import ReportError, session_report
 from live2d.session_state import read_state
@@ -119,6 +119,9 @@ class Live2DViewer(pwviewer.ProtocolViewer):
             numbers = [c.number for c in self._cycles()]
             return [self.errorMessage(f"There is no cycle {self.cycle.get()}; cycles on disk: "
                                       f"{numbers or 'none yet'}", "No such cycle")]
+        if not cycle.averages_kept:
+            return [self.errorMessage(f"{thinned_words(self._cycles(), cycle)}.",
+                                      "Class averages thinned")]
         plotter = self._plotter(gallery_figsize(len(cycle.class_counts), caption_lines(cycle)),
                                 gallery_window_title(cycle))
         draw_gallery(plotter.getFigure(), self._sessionDir(), cycle, bool(self.sortByCount))

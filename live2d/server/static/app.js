@@ -52,7 +52,7 @@ function receive(message) {
     page.state = mergeUpdate(page.state, message);
     render();
   } else if (message.type === "cycle") {
-    if (page.state) addCycle(page.state.history, message.cycle);
+    if (page.state) addCycle(page.state.history, message.cycle, message.thinned);
   } else if (message.type === "log") {
     page.log.push(message.line);
     if (page.log.length > 1000) page.log.splice(0, page.log.length - 1000);
@@ -102,9 +102,12 @@ function mergeUpdate(state, update) {
   return merged;
 }
 
-function addCycle(cycles, record) {
+// With the cycles whose averages it thinned (older streaming updates: the server says so).
+function addCycle(cycles, record, thinned) {
   const at = cycles.findIndex((c) => c.number === record.number);
   if (at >= 0) cycles[at] = record; else cycles.push(record);
+  const gone = new Set(thinned || []);
+  if (gone.size) for (const c of cycles) if (gone.has(c.number)) c.averages_kept = false;
 }
 
 function showError(text) { $("error").textContent = text; $("error").hidden = false; }
@@ -306,10 +309,11 @@ function showCycle() {
       `(${c.job_cycle} of ${c.job_cycles})`) +
     `, ${c.high_res.toFixed(1)} Å, ${c.engine}, finished ${finished}` +
     (c.left_out ? `. ${c.left_out.toLocaleString()} particles were left out: their source stacks ` +
-      "changed or vanished since import (see the log)" : "");
+      "changed or vanished since import (see the log)" : "") + thinnedWords(c);
   // A streaming update keeps its particles' parameters per batch: the server makes its star.
   const star = c.star || `cycle_${String(c.number).padStart(3, "0")}.star`;
-  const links = [["class averages (MRC)", c.classes], ["star file", star]];
+  const links = [["class averages (MRC)", c.classes], ["star file", star]]
+    .filter(([, name]) => name !== c.classes || c.averages_kept !== false);
   $("downloads").replaceChildren(...links.map(([text, name]) => {
     const link = document.createElement("a");
     link.href = `/files/${name}`;
@@ -323,13 +327,29 @@ function showCycle() {
   needTable(c);
   // The same cycle in the same order keeps its tiles (no images reloaded): only what they
   // say changes, e.g. a mark made on another page.
-  const key = `${page.tablesFor}|${c.number}|${c.thumbnails}|${page.order.join(",")}`;
+  const key = `${page.tablesFor}|${c.number}|${c.thumbnails}|${c.averages_kept}|` +
+    page.order.join(",");
   if (gallery.dataset.key !== key) {
     gallery.replaceChildren(...page.order.map((k, position) => makeTile(c, k, position)));
     gallery.dataset.key = key;
   }
   for (const tile of gallery.children) fillTile(tile, c, Number(tile.dataset.classNumber) - 1);
   if (page.modalIndex !== null) openModal(page.modalIndex);
+}
+
+// An older streaming update whose class averages were thinned (CycleHistory.thin_averages):
+// no images; the nearest cycle that has them.
+function thinnedWords(c) {
+  if (c.averages_kept !== false) return "";
+  let nearest = null;
+  for (const r of history()) {
+    if (r.averages_kept === false) continue;
+    const d = Math.abs(r.number - c.number);
+    if (!nearest || d <= Math.abs(nearest.number - c.number)) nearest = r;
+  }
+  return ". The class averages of this streaming update were thinned to save disk (beyond " +
+    "the latest cycles, one update an hour keeps them)" +
+    (nearest ? `; nearest kept: cycle ${nearest.number}` : "");
 }
 
 function thumbnail(c, k) {
@@ -345,7 +365,7 @@ function makeTile(c, k, position) {
   open.className = "tile-image";
   open.title = "full size";
   const image = document.createElement("img");
-  image.src = thumbnail(c, k);
+  if (c.averages_kept !== false) image.src = thumbnail(c, k);
   image.alt = `class ${k + 1}`;
   image.loading = "lazy";
   open.append(image);
@@ -591,7 +611,7 @@ function openModal(position) {
   if (!c || !page.order.length) return;
   page.modalIndex = (position + page.order.length) % page.order.length;
   const k = page.order[page.modalIndex];
-  const src = thumbnail(c, k);
+  const src = c.averages_kept === false ? "" : thumbnail(c, k);
   if ($("modal-image").getAttribute("src") !== src) $("modal-image").src = src;
   $("modal-title").textContent =
     `Cycle ${c.number}, class ${k + 1}: ${c.class_counts[k].toLocaleString()} particles`;
