@@ -5,7 +5,10 @@ import functools
 import io
 import itertools
 import os
+import shutil
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -219,10 +222,12 @@ def test_a_worker_killed_mid_cycle_loses_nothing(particles, executor, local_resu
     assert_same(result, local_result)  # and its chunk was redone elsewhere: nothing lost
 
 
-def stream_updates(folder: Path, p, name: str, engine) -> list[tuple]:
+def stream_updates(folder: Path, p, name: str, engine,
+                   done: list | None = None) -> list[tuple]:
     """Two streaming updates as a session runs them: the first puts particles 0-192 into two
     batches; the second classifies the 48 that arrived since as a new batch and re-visits the
-    first batch, keeping the second's sums. Returns each update's classes, star and batch sums."""
+    first batch, keeping the second's sums (and refine2d dump, for the cisTEM engine). Returns
+    each update's classes, star and batch sums; ``done`` gets each update's CycleResult."""
     table = cistem_star.read_star(folder / "particles.star")
     plans = [([0, 96, 192], {0, 96}, folder / "start.mrc"),
              ([0, 96, 192, 240], {0, 192}, folder / f"{name}_1.mrc")]
@@ -233,7 +238,9 @@ def stream_updates(folder: Path, p, name: str, engine) -> list[tuple]:
             aligned = number if a in classify else number - 1  # the update that made its sums
             batches.append(StreamBatch(a, b, folder / f"{name}_sums_{a}_{aligned}.pt",
                                        folder / f"{name}_sums_{a}_{number}.pt", a in classify,
-                                       folder / f"{name}_rows_{a}.star"))
+                                       folder / f"{name}_rows_{a}.star",
+                                       folder / f"{name}_dump_{a}_{aligned}.dat",
+                                       folder / f"{name}_dump_{a}_{number}.dat"))
         kept_rows = table if number == 1 else cistem_star.read_star(
             folder / f"{name}_{number - 1}.star")
         for b in batches:  # the rows of batches kept, as the session keeps them
@@ -247,6 +254,8 @@ def stream_updates(folder: Path, p, name: str, engine) -> list[tuple]:
                                folder / f"{name}_{number}.mrc", p, K, classes_in=classes_in,
                                threads=1, seed=7 + number, batches=tuple(batches))
         result = engine.run_update(request, lambda _: None, threading.Event())
+        if done is not None:
+            done.append(result)
         with mrcfile.open(result.classes) as mrc:
             classes = np.array(mrc.data)
         sums = [torch.load(b.sums_out, weights_only=True) for b in batches if b.classify]
@@ -724,3 +733,170 @@ def test_cistem_streaming_updates_run_each_batch_on_a_worker(tmp_path, executor,
         assert table["POS"].tolist() == list(range(1, particles + 1))
         assert sum(latest.class_counts) == particles
     session.close()
+
+
+# --------------------------------------- cisTEM streaming updates: a lost worker, Slurm's workers
+
+# refine2d seeds its random numbers (each particle's in-plane angle grid offset, the noise
+# spectrum's sample) from time(NULL): two runs on the same inputs in different seconds differ in
+# every particle's angles, shifts and scores, and some particles change class. With time() pinned
+# it is deterministic: the same rows, dumps and classes, bit for bit. So these tests pin it.
+TIME_SHIM = """#include <time.h>
+time_t time(time_t *t) { if (t) *t = 1700000000; return 1700000000; }
+"""
+
+REFINE2D = """#!{python}
+# cisTEM's refine2d with time() pinned. A run whose first particle is in KILL kills, the first
+# time only, the Dask worker that started it while refine2d works on the particles, as a
+# crashed node would.
+import ctypes, os, signal, subprocess, sys
+REAL, SHIM, KILL, MARKS = {real!r}, {shim!r}, {kill!r}, {marks!r}
+answers = sys.stdin.buffer.read()  # all at once, stdin then closed (JobRunner, the probe)
+env = dict(os.environ, LD_PRELOAD=SHIM)
+lines = answers.decode().splitlines()
+first = int(lines[6]) if len(lines) > 7 else None
+if first in KILL:
+    try:
+        mark = os.open(os.path.join(MARKS, f"killed_{{first}}"),
+                       os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        mark = None
+    if mark is not None:
+        prctl = ctypes.CDLL(None).prctl  # PR_SET_PDEATHSIG: it dies when this process does
+        run = subprocess.Popen([REAL], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                               preexec_fn=lambda: prctl(1, signal.SIGKILL))
+        run.stdin.write(answers)
+        run.stdin.close()
+        for line in run.stdout:
+            sys.stdout.buffer.write(line)
+            sys.stdout.flush()
+            if line.startswith(b"Calculating new class averages"):
+                break
+        run.send_signal(signal.SIGSTOP)  # frozen at work on its particles
+        worker = os.getppid()
+        os.write(mark, f"{{worker}} {{run.pid}} {{run.poll() is None}}".encode())
+        os.close(mark)
+        os.kill(worker, signal.SIGKILL)  # this process dies with it (live2d's pdeathsig),
+        run.wait()  # and so does refine2d
+read, write = os.pipe()
+os.write(write, answers)
+os.close(write)
+os.dup2(read, 0)
+os.close(read)
+os.execve(REAL, [REAL], env)
+"""
+
+
+@pytest.fixture(scope="module")
+def pinned_cistem(tmp_path_factory):
+    """The real programs' folder, and a library that pins time() for refine2d."""
+    from test_cistem_real import CISTEM_BIN  # skips the tests where there is no cisTEM
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build the library that pins refine2d's seed")
+    folder = tmp_path_factory.mktemp("pinned")
+    (folder / "time.c").write_text(TIME_SHIM)
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(folder / "time.so"),
+                    str(folder / "time.c")], check=True)
+    return Path(CISTEM_BIN), folder / "time.so"
+
+
+def pinned_programs(folder: Path, pinned, kill: tuple[int, ...] = ()):
+    """cisTEM's programs from ``folder``: refine2d seeded from a pinned clock (killing the
+    worker of the first run of each batch starting at a particle in ``kill``, and leaving a
+    file ``killed_<first particle>`` here that says the worker's pid, its refine2d's and whether
+    that was running), merge2d as it is."""
+    real, shim = pinned
+    folder.mkdir()
+    (folder / "refine2d").write_text(REFINE2D.format(
+        python=sys.executable, real=str(real / "refine2d"), shim=str(shim), kill=kill,
+        marks=str(folder)))
+    (folder / "refine2d").chmod(0o755)
+    (folder / "merge2d").symlink_to(real / "merge2d")
+    return find_programs(str(folder), required=True)
+
+
+@pytest.fixture(scope="module")
+def local_cistem_stream(particles, pinned_cistem, tmp_path_factory):
+    """The two streaming updates with the cisTEM engine, all of them here."""
+    folder = stream_folder(particles, tmp_path_factory.mktemp("cistem_stream") / "here")
+    engine = CistemEngine(pinned_programs(folder / "bin", pinned_cistem))
+    return stream_updates(folder, particles[1], "u", engine)
+
+
+def ran_on(result, batch: str) -> str:
+    """The worker a batch's refine2d ran on, by the update's log (batch: "first-last")."""
+    [worker] = [line.split(": ran on ")[1] for line in result.log
+                if line.startswith(f"refine2d batch {batch}: ran on ")]
+    return worker
+
+
+def test_cistem_streaming_update_of_a_killed_worker_reruns_its_batch_as_one_machine_would(
+        particles, executor, pinned_cistem, local_cistem_stream, tmp_path):
+    """Real refine2d and merge2d, their seed pinned: in the second update the worker running
+    the new batch's refine2d (particles 193-240) is killed mid-run, the re-visit of the first
+    batch going on beside it. The batch runs again on another worker, its killed refine2d dies
+    with its worker, and each update has every particle in its classes once, a dump per batch
+    and one machine's classes, rows and per-batch counts."""
+    there = stream_folder(particles, tmp_path / "there")
+    executor.check_shared_folder(there)
+    executor.wait_for_workers(2)  # both here, to be told apart by their pids
+    engine = CistemEngine(pinned_programs(tmp_path / "bin", pinned_cistem, kill=(193,)),
+                          executor=executor)
+    workers = {pid: address for address, pid in executor.client.run(os.getpid).items()}
+    done: list = []
+    remote = stream_updates(there, particles[1], "u", engine, done)
+
+    worker, refine2d, running = (tmp_path / "bin" / "killed_193").read_text().split()
+    assert running == "True"  # killed in the middle of the batch's refine2d
+    killed = workers[int(worker)]  # (a worker since the first update)
+    assert killed not in executor.client.scheduler_info()["workers"]  # ... which is gone,
+    assert ran_on(done[1], "193-240") in executor.client.scheduler_info()["workers"]
+    deadline = time.monotonic() + 10
+    while alive(int(refine2d)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stray = alive(int(refine2d))
+    if stray:
+        os.kill(int(refine2d), signal.SIGKILL)
+    assert not stray  # the killed refine2d died with its worker: no stray writer of its dump
+    for number, result in enumerate(done, start=1):
+        # the update's particle table: its rows, and those of the batch it kept (97-192)
+        table = pd.concat([cistem_star.read_star(result.star)] + [
+            cistem_star.read_star(there / "u_rows_96.star")] * (number == 2), ignore_index=True)
+        particles_in = (192, 240)[number - 1]
+        assert sorted(table["POS"]) == list(range(1, particles_in + 1))  # each particle once,
+        assert sum(result.class_counts) == particles_in == len(table)  # each in a class
+        made = {0: number, 96: 1, 192: 2}  # the update that made each batch's kept dump
+        assert all((there / f"u_dump_{a}_{made[a]}.dat").stat().st_size > 0
+                   for a in (0, 96, 192)[:number + 1])
+    assert_same_updates(remote, local_cistem_stream)
+
+
+@needs_slurm
+def test_cistem_streaming_updates_on_slurm_workers_give_one_machines_result(
+        particles, pinned_cistem, local_cistem_stream, tmp_path):
+    """--cluster slurm with the cisTEM engine: each update's refine2d batches run on two
+    workers that dask-jobqueue submitted with sbatch, and both updates are one machine's."""
+    config = tmp_path / "slurm.yaml"
+    config.write_text(yaml.safe_dump({
+        "cores": 1, "processes": 1, "memory": "2GB", "walltime": "00:10:00", "jobs": 2,
+        "interface": "lo", "python": sys.executable, "log_directory": str(tmp_path / "logs"),
+        "local_directory": str(tmp_path / "scratch")}))
+    executor = make_executor(cluster="slurm", cluster_config=config)
+    try:
+        there = stream_folder(particles, tmp_path / "there")
+        executor.check_shared_folder(there)
+        executor.wait_for_workers(2)
+        jobs = executor.client.run(lambda: os.environ.get("SLURM_JOB_ID"))
+        assert len(set(jobs.values())) == 2 and all(jobs.values())  # two batch jobs
+        engine = CistemEngine(pinned_programs(tmp_path / "bin", pinned_cistem),
+                              executor=executor)
+        done: list = []
+        assert_same_updates(stream_updates(there, particles[1], "u", engine, done),
+                            local_cistem_stream)
+        ran = {ran_on(done[0], "1-96"), ran_on(done[0], "97-192"),
+               ran_on(done[1], "1-96"), ran_on(done[1], "193-240")}
+        assert ran <= set(jobs)  # every batch on a Slurm job's worker
+    finally:
+        executor.close()
