@@ -335,6 +335,16 @@ class OneAfterAnother(Executor):
         return self.executors[0].describe()
 
 
+def slurm_config(tmp_path: Path, walltime: str) -> Path:
+    """A --cluster-config for two one-core workers as Slurm batch jobs on this machine."""
+    config = tmp_path / "slurm.yaml"
+    config.write_text(yaml.safe_dump({
+        "cores": 1, "processes": 1, "memory": "2GB", "walltime": walltime, "jobs": 2,
+        "interface": "lo", "python": sys.executable, "log_directory": str(tmp_path / "logs"),
+        "local_directory": str(tmp_path / "scratch")}))
+    return config
+
+
 @needs_slurm
 def test_workers_started_as_slurm_jobs_give_the_local_result(particles, local_result,
                                                             local_stream, tmp_path):
@@ -342,12 +352,7 @@ def test_workers_started_as_slurm_jobs_give_the_local_result(particles, local_re
     Slurm; a cycle and two streaming updates are the same as in one process, and closing
     cancels the batch jobs."""
     folder, p = particles
-    config = tmp_path / "slurm.yaml"
-    config.write_text(yaml.safe_dump({
-        "cores": 1, "processes": 1, "memory": "2GB", "walltime": "00:20:00", "jobs": 2,
-        "interface": "lo", "python": sys.executable, "log_directory": str(tmp_path / "logs"),
-        "local_directory": str(tmp_path / "scratch")}))
-    executor = make_executor(cluster="slurm", cluster_config=config)
+    executor = make_executor(cluster="slurm", cluster_config=slurm_config(tmp_path, "00:20:00"))
     try:
         executor.check_shared_folder(folder)
         executor.wait_for_workers(2)
@@ -878,12 +883,7 @@ def test_cistem_streaming_updates_on_slurm_workers_give_one_machines_result(
         particles, pinned_cistem, local_cistem_stream, tmp_path):
     """--cluster slurm with the cisTEM engine: each update's refine2d batches run on two
     workers that dask-jobqueue submitted with sbatch, and both updates are one machine's."""
-    config = tmp_path / "slurm.yaml"
-    config.write_text(yaml.safe_dump({
-        "cores": 1, "processes": 1, "memory": "2GB", "walltime": "00:10:00", "jobs": 2,
-        "interface": "lo", "python": sys.executable, "log_directory": str(tmp_path / "logs"),
-        "local_directory": str(tmp_path / "scratch")}))
-    executor = make_executor(cluster="slurm", cluster_config=config)
+    executor = make_executor(cluster="slurm", cluster_config=slurm_config(tmp_path, "00:10:00"))
     try:
         there = stream_folder(particles, tmp_path / "there")
         executor.check_shared_folder(there)

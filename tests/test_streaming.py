@@ -484,6 +484,7 @@ def test_a_class_left_empty_in_a_session_is_reseeded_and_the_log_says_which(tmp_
     check_every_particle_counted_once(session, tmp_path)
     session.close()
 
+
 def test_an_idle_engine_revisits_every_batch_once_then_rests_and_new_particles_wait(
         tmp_path):
     warp = tmp_path / "warp"
