@@ -25,23 +25,24 @@ def save_kept(path: str | os.PathLike, key: dict[str, Any], values: dict[str, An
 def load_kept(path: str | os.PathLike, key: dict[str, Any]) -> dict[str, Any] | None:
     """What :func:`save_kept` wrote at ``path``, or None when it is missing, unreadable or
     was made with another ``key``."""
-    import torch
-
-    try:
-        kept = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError):
-        return None
-    return kept if isinstance(kept, dict) and kept.get("key") == key else None
+    kept = _read(path)
+    return kept if kept is not None and kept.get("key") == key else None
 
 
 def kept_key(path: str | os.PathLike) -> dict[str, Any] | None:
     """The ``key`` what :func:`save_kept` wrote at ``path`` was made with (to say why it does
     not fit another), or None when it is missing or unreadable."""
+    kept = _read(path)
+    key = kept.get("key") if kept is not None else None
+    return key if isinstance(key, dict) else None
+
+
+def _read(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The dictionary :func:`save_kept` wrote at ``path``; None when missing or unreadable."""
     import torch
 
     try:
         kept = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError):
         return None
-    key = kept.get("key") if isinstance(kept, dict) else None
-    return key if isinstance(key, dict) else None
+    return kept if isinstance(kept, dict) else None
