@@ -42,16 +42,18 @@ def open_images(path: str | os.PathLike) -> MrcStack | SourceImages:
     short under a cycle is an error, StackChanged, not a SIGBUS)."""
     path = Path(path)
     if path.name.endswith(STORE_SOURCES):
-        star = path.parent / json.loads(path.read_text(encoding="utf-8"))["star"]
-        status = star.stat()
-        # a cluster worker opens it for every chunk: read the store's star once per change
-        return _sources(path, status.st_size, status.st_mtime_ns)
+        # A cluster worker opens it for every chunk: read the store's star once per commit.
+        # Keyed on the commit, not on the star's size: an import writes its rows to the star
+        # before it commits them, and another thread opening the images in between would
+        # otherwise keep the particles before them under the star's final size.
+        commit = (path.parent / STORE_STATE).read_text(encoding="utf-8")
+        return _sources(path, commit)
     return MrcStack(path)
 
 
 @functools.lru_cache(maxsize=2)
-def _sources(path: Path, _size: int, _mtime: int) -> SourceImages:
-    return SourceImages.from_file(path)
+def _sources(path: Path, commit: str) -> SourceImages:
+    return SourceImages.from_file(path, json.loads(commit))
 
 
 # The images last made from each sources file, with the store identity they were made for:
@@ -101,12 +103,13 @@ class SourceImages:
         return grown
 
     @classmethod
-    def from_file(cls, path: Path) -> SourceImages:
+    def from_file(cls, path: Path, store: dict) -> SourceImages:
+        """The images ``path`` (a store's sources file) describes, up to the store's commit
+        ``store`` (its ``store.json``)."""
         described = json.loads(Path(path).read_text(encoding="utf-8"))
         folder = Path(path).parent
         # Up to the store's commit (a row being appended is not a particle yet), and only the
         # rows added since the last cycle read it.
-        store = json.loads((folder / STORE_STATE).read_text(encoding="utf-8"))
         table = cistem_star.read_growing_star(folder / described["star"],
                                               int(store["star_bytes"]), store_stamp(store))
         stamps = table["SRCSTAMP"] if "SRCSTAMP" in table else pd.Series([""] * len(table))

@@ -328,3 +328,26 @@ def test_a_grown_stores_images_are_its_earlier_ones_plus_the_new_particles(tmp_p
         np.testing.assert_array_equal(getattr(grown, attribute), getattr(whole, attribute))
     assert grown.stacks == whole.stacks and grown.stamp_of_stack == whole.stamp_of_stack
     np.testing.assert_array_equal(grown[np.arange(12)], whole[np.arange(12)])
+
+
+def test_images_opened_while_rows_are_appended_are_read_again_once_they_are_committed(
+        warp, tmp_path, monkeypatch):
+    # A session's curation thread may open the images while the import, on another thread, has
+    # written the new rows to the store's star but not yet committed them (the demo's streaming
+    # update then found 1,400 images for its 1,600 particles, and every retry too).
+    store = in_place_store(warp, tmp_path / "out")
+    warp.add_micrographs(1)
+    importer = Importer(warp.folder, store, copy_images=False)
+    opened_mid_append = []
+    commit = ParticleStore._commit
+
+    def open_then_commit(self, **changes):
+        opened_mid_append.append(len(open_images(self.images_path)))
+        commit(self, **changes)
+
+    monkeypatch.setattr(ParticleStore, "_commit", open_then_commit)
+    assert importer.poll_reimporting().new_particles == 20
+    assert opened_mid_append == [40]  # the rows were in the star, not yet in the store
+    images = open_images(store.images_path)
+    assert len(images) == store.count == 60
+    np.testing.assert_array_equal(images[[45]][0], warp.images(2)[5])
