@@ -75,13 +75,13 @@ class AlertBook:
     def active(self) -> list[Alert]:
         return sorted(self._alerts.values(), key=lambda alert: alert.since)
 
-    def update(self, rules: Iterable[str], firing: dict[str, str]) -> tuple[list[Alert],
-                                                                            list[Alert]]:
+    def update(self, rules: Iterable[str], firing: dict[str, str]) -> tuple[
+            list[Alert], list[Alert], list[Alert]]:
         """The conditions of ``rules`` now: ``firing`` (key -> sentence) holds those that hold;
-        an alert of these rules that is not in it has cleared. Returns (fired, cleared): the
-        alerts that start now and those that end. One in force keeps its time and takes the
-        new sentence (its figures change) without firing again. Raises OSError when the file
-        cannot be written (the alerts stay as they were)."""
+        an alert of these rules that is not in it has cleared. Returns (fired, cleared,
+        changed): the alerts that start now, those that end, and those in force whose sentence
+        changed (its figures), which keep their time and do not fire again. Raises OSError
+        when the file cannot be written (the alerts stay as they were)."""
         rules = set(rules)
         cleared = [a for key, a in self._alerts.items() if a.rule in rules and key not in firing]
         now = time.time()
@@ -92,11 +92,11 @@ class AlertBook:
                    for key, message in firing.items()
                    if key in self._alerts and self._alerts[key].message != message}
         if not (fired or cleared or changed):
-            return [], []
+            return [], [], []
         alerts = {key: a for key, a in self._alerts.items() if a not in cleared}
         alerts |= changed | {a.key: a for a in fired}
         self._write(alerts)
-        return fired, cleared
+        return fired, cleared, list(changed.values())
 
     def dismiss(self, key: str) -> Alert | None:
         """Mark the alert ``key`` dismissed (the pages hide it) until it clears; None when no

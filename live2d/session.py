@@ -685,15 +685,19 @@ class Session(Listeners):
 
     def _update_alerts(self, rules: tuple[str, ...], firing: dict[str, str]) -> None:
         """Record the conditions of ``rules`` (live2d.alerts.AlertBook.update); an alert that
-        starts goes to the log as a warning and to the listeners, as does one that clears."""
+        starts goes to the log as a warning and to the listeners, as does one that clears. One
+        whose figures changed goes to the listeners only: without it a page whose update was
+        made between two changes would keep the older figures until the next cycle."""
         with self._lock:
-            fired, cleared = self.alerts.update(rules, firing)
+            fired, cleared, changed = self.alerts.update(rules, firing)
         for alert in fired:
             log.warning(alert.message)
             self._emit({"type": "alert", "active": True, **alert.to_dict()})
         for alert in cleared:
             log.info("no longer: %s", alert.message)
             self._emit({"type": "alert", "active": False, **alert.to_dict()})
+        for alert in changed:
+            self._emit({"type": "alert_changed", **alert.to_dict()})
         notifier = self._notifier  # once: a page may replace it meanwhile
         if notifier is not None:  # queued: a slow receiver never holds up the loop
             for alert, active in [(a, True) for a in fired] + [(a, False) for a in cleared]:

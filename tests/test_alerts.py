@@ -10,6 +10,7 @@ from test_collection_yield import open_session, output  # noqa: F401 (a fixture)
 from test_forecast import three_hours
 
 from live2d.alerts import (
+    BAD_SQUARE,
     CYCLE_RULES,
     TARGET_REACHED,
     WARP_STALLED,
@@ -81,6 +82,26 @@ def test_a_bad_square_fires_once_is_kept_across_a_restart_and_clears_when_it_rec
         ("square:1834522", False)]
     assert read_alerts(output) == []
 
+
+
+def test_an_alerts_changed_figures_reach_the_listeners_without_firing_it_again(
+        output, tmp_path):  # noqa: F811
+    # The page builds its update when an event comes: a change with no event of its own, made
+    # after the page's update for the alert's start, stayed unseen until the next cycle.
+    (output / SESSION_STATE).unlink()
+    events = []
+    session = open_session(output, tmp_path / "warp")
+    session.add_listener(events.append)
+    try:
+        session._update_alerts((BAD_SQUARE,), {"square:7": "GridSquare_7: 10% good particles"})
+        session._update_alerts((BAD_SQUARE,), {"square:7": "GridSquare_7: 9% good particles"})
+    finally:
+        session.close()
+    assert [(e["type"], e["message"]) for e in events if e["type"].startswith("alert")] == [
+        ("alert", "GridSquare_7: 10% good particles"),
+        ("alert_changed", "GridSquare_7: 9% good particles")]
+    warned = [line for line in (output / LOG).read_text().splitlines() if "GridSquare_7" in line]
+    assert len(warned) == 1  # fired once
 
 def test_status_lists_the_alerts_in_force(output, tmp_path, capsys):  # noqa: F811
     (output / SESSION_STATE).unlink()
@@ -163,7 +184,7 @@ def test_an_unreadable_alerts_file_counts_as_none_and_is_replaced(tmp_path, capl
     (tmp_path / "alerts.json").write_text("{not json")
     book = AlertBook(tmp_path)
     assert book.active == [] and "unreadable" in caplog.text
-    fired, _ = book.update(CYCLE_RULES, {"square:7": "GridSquare_7: bad"})
+    fired, _, _ = book.update(CYCLE_RULES, {"square:7": "GridSquare_7: bad"})
     assert [a.key for a in fired] == ["square:7"]
     assert [a.message for a in read_alerts(tmp_path)] == ["GridSquare_7: bad"]
 
@@ -174,7 +195,7 @@ def test_rules_judged_apart_leave_each_others_alerts_alone(tmp_path, rules):
     book.update(CYCLE_RULES, {"square:7": "GridSquare_7: bad"})
     book.update((WARP_STALLED,), {WARP_STALLED: "Warp stalled"})
     other = {WARP_STALLED} if rules == CYCLE_RULES else {"square:7"}
-    _, cleared = book.update(rules, {})
+    _, cleared, _ = book.update(rules, {})
     assert {a.key for a in book.active} == other and len(cleared) == 1
 
 
@@ -188,6 +209,6 @@ def test_a_dismissed_alert_stays_dismissed_across_a_restart_until_it_fires_anew(
     assert [(a.message, a.dismissed) for a in reopened.active] == [
         ("GridSquare_7: 9% good", True)]
     reopened.update(CYCLE_RULES, {})
-    fired, _ = reopened.update(CYCLE_RULES, {"square:7": "GridSquare_7: 8% good"})
+    fired, _, _ = reopened.update(CYCLE_RULES, {"square:7": "GridSquare_7: 8% good"})
     assert [a.dismissed for a in fired] == [False]
     assert [a.dismissed for a in read_alerts(tmp_path)] == [False]
