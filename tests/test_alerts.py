@@ -2,6 +2,7 @@
 it stays in force across evaluations and restarts, and clears when the condition ends."""
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ from live2d.collection_yield import ScoredParticles
 from live2d.forecast import forecast
 from live2d.output_folder import LOG, SESSION_STATE
 from live2d.schedule import Settings
+from live2d.session import Session
 
 
 def grid(good_share: dict[str, float], micrographs: int = 10, per: int = 10) -> ScoredParticles:
@@ -51,12 +53,18 @@ BAD_SENTENCE = ("GridSquare_1834522: 10% good particles over 10 micrographs, aga
                 "the session's squares (good particles: whole classes, no particle curation)")
 
 
+def listened_to(folder: Path, warp: Path, events: list[dict]) -> Session:
+    """The session of ``folder`` (Warp folder ``warp``), every event it emits put in ``events``."""
+    session = open_session(folder, warp)
+    session.add_listener(events.append)
+    return session
+
+
 def test_a_bad_square_fires_once_is_kept_across_a_restart_and_clears_when_it_recovers(
         output, tmp_path):  # noqa: F811
     (output / SESSION_STATE).unlink()
     events = []
-    session = open_session(output, tmp_path / "warp")
-    session.add_listener(events.append)
+    session = listened_to(output, tmp_path / "warp", events)
     try:
         for _ in range(2):  # judged after two cycles: fired once
             session._check_cycle_alerts(pd.DataFrame(), grid(BAD), None)
@@ -69,8 +77,7 @@ def test_a_bad_square_fires_once_is_kept_across_a_restart_and_clears_when_it_rec
     assert len(warned) == 1 and "WARNING" in warned[0] and BAD_SENTENCE in warned[0]
 
     events.clear()
-    session = open_session(output, tmp_path / "warp")  # a restart: still in force, not re-fired
-    session.add_listener(events.append)
+    session = listened_to(output, tmp_path / "warp", events)  # a restart: in force, not re-fired
     try:
         assert [a["message"] for a in session.snapshot()["alerts"]] == [BAD_SENTENCE]
         session._check_cycle_alerts(pd.DataFrame(), grid(BAD), None)
@@ -83,15 +90,13 @@ def test_a_bad_square_fires_once_is_kept_across_a_restart_and_clears_when_it_rec
     assert read_alerts(output) == []
 
 
-
 def test_an_alerts_changed_figures_reach_the_listeners_without_firing_it_again(
         output, tmp_path):  # noqa: F811
     # The page builds its update when an event comes: a change with no event of its own, made
     # after the page's update for the alert's start, stayed unseen until the next cycle.
     (output / SESSION_STATE).unlink()
     events = []
-    session = open_session(output, tmp_path / "warp")
-    session.add_listener(events.append)
+    session = listened_to(output, tmp_path / "warp", events)
     try:
         session._update_alerts((BAD_SQUARE,), {"square:7": "GridSquare_7: 10% good particles"})
         session._update_alerts((BAD_SQUARE,), {"square:7": "GridSquare_7: 9% good particles"})
@@ -102,6 +107,7 @@ def test_an_alerts_changed_figures_reach_the_listeners_without_firing_it_again(
         ("alert_changed", "GridSquare_7: 9% good particles")]
     warned = [line for line in (output / LOG).read_text().splitlines() if "GridSquare_7" in line]
     assert len(warned) == 1  # fired once
+
 
 def test_status_lists_the_alerts_in_force(output, tmp_path, capsys):  # noqa: F811
     (output / SESSION_STATE).unlink()
@@ -146,8 +152,7 @@ def test_a_falling_yield_and_the_target_reached_fire_with_their_figures():
 def test_a_stall_fires_once_and_clears_only_when_particles_arrive(output, tmp_path):  # noqa: F811
     (output / SESSION_STATE).unlink()
     events = []
-    session = open_session(output, tmp_path / "warp")
-    session.add_listener(events.append)
+    session = listened_to(output, tmp_path / "warp", events)
     try:
         session._check_stall(1300.0, False)
         session._check_stall(1500.0, False)
