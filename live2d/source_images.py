@@ -22,6 +22,7 @@ import copy
 import functools
 import json
 import os
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from live2d.output_folder import STORE_SOURCES, STORE_STATE
 from live2d.warp import split_image_name, stamp_holds, store_stamp
 
 OPEN_STACKS = 256  # stacks whose headers are kept
+_NOT_OPEN = object()
 
 
 def open_images(path: str | os.PathLike) -> MrcStack | SourceImages:
@@ -75,6 +77,10 @@ class SourceImages:
         # growing stack) are each checked against the stamp taken when they were imported.
         self._stack_ids: dict[tuple[str, str], int] = {}
         self._open: OrderedDict[int, MrcStack | SourceImages | None] = OrderedDict()
+        # The cache hands one object to every thread of a process (the session's engine, the
+        # server's curation and thumbnails): its open stacks are looked up, added and evicted
+        # under this lock, so that no thread loses a stack another evicts between two steps.
+        self._open_lock = threading.Lock()
         self._add(names, stamps)
 
     def _add(self, names: list[str], stamps: list[str]) -> None:
@@ -99,6 +105,7 @@ class SourceImages:
         grown.stacks, grown.stamp_of_stack = list(self.stacks), list(self.stamp_of_stack)
         grown._stack_ids = dict(self._stack_ids)
         grown._open = OrderedDict()
+        grown._open_lock = threading.Lock()
         grown._add(names, stamps)
         return grown
 
@@ -149,7 +156,8 @@ class SourceImages:
             try:
                 out[rows] = data[wanted]
             except OSError as exc:  # shortened or replaced since its stamp was checked
-                self._open.pop(int(stack), None)
+                with self._open_lock:
+                    self._open.pop(int(stack), None)
                 raise StackChanged(
                     f"{self.stacks[stack]} changed while it was read ({exc}); the next cycle "
                     "leaves its particles out") from None
@@ -180,9 +188,13 @@ class SourceImages:
     def _stack(self, stack: int, images: int) -> MrcStack | SourceImages | None:
         """The stack, opened once; opened again when ``images`` are wanted and it held fewer
         then: a growing store's stack opened before its later particles came."""
-        if stack in self._open:
+        with self._open_lock:
+            return self._stack_locked(stack, images)
+
+    def _stack_locked(self, stack: int, images: int) -> MrcStack | SourceImages | None:
+        data = self._open.get(stack, _NOT_OPEN)
+        if data is not _NOT_OPEN:
             self._open.move_to_end(stack)
-            data = self._open[stack]
             if data is None or len(data) >= images:
                 return data
         data = None
@@ -201,4 +213,9 @@ class SourceImages:
     def __getstate__(self) -> dict:  # sent to cluster workers: they open the stacks themselves
         state = dict(self.__dict__)
         state["_open"] = OrderedDict()
+        del state["_open_lock"]
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._open_lock = threading.Lock()

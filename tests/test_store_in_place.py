@@ -12,6 +12,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import mrcfile
@@ -19,6 +21,7 @@ import numpy as np
 import pytest
 from warp_fixtures import WarpFolder
 
+from live2d import source_images
 from live2d import warp as warp_module
 from live2d.importer import Importer
 from live2d.schedule import Settings
@@ -188,6 +191,35 @@ def test_each_particle_is_checked_by_the_stamp_taken_when_it_was_imported(tmp_pa
     assert images.usable().tolist() == [False] * 10 + [True] * 10
     assert images.changed_stacks() == [str(stack)]
     np.testing.assert_array_equal(images[[0, 15]], np.stack([np.zeros((16, 16)), pixels[15]]))
+
+
+def test_a_stack_another_thread_evicts_while_it_is_looked_up_is_still_read(tmp_path,
+                                                                           monkeypatch):
+    """One SourceImages serves every thread of a process (the engine, the server's curation
+    and thumbnails): a stack one thread finds open while another evicts it is still read."""
+    monkeypatch.setattr(source_images, "OPEN_STACKS", 1)
+    pixels = np.random.default_rng(0).standard_normal((8, 16, 16)).astype(np.float32)
+    names, stamps = [], []
+    for part in (0, 1):
+        stack = tmp_path / f"stack{part}.mrcs"
+        mrcfile.write(stack, pixels[4 * part:4 * part + 4])
+        names += [f"{i}@{stack}" for i in range(1, 5)]
+        stamps += [stack_stamp(stack)] * 4
+    images = SourceImages(Path("/"), names, stamps, 16)
+    images[[0]]  # stack 0 open
+    other = threading.Thread(target=lambda: images[[4]])  # opens stack 1, evicting stack 0
+
+    class Interleaved(OrderedDict):
+        def move_to_end(self, key, last=True):  # the other thread runs between two steps
+            if not other.ident:
+                other.start()
+                other.join(0.5)  # it waits for the lookup to end, where the lookup is locked
+            super().move_to_end(key, last)
+
+    images._open = Interleaved(images._open)
+    np.testing.assert_array_equal(images[[1]][0], pixels[1])
+    other.join()
+    np.testing.assert_array_equal(images[[5, 2]], pixels[[5, 2]])
 
 
 def test_a_session_classifies_a_growing_store_in_place_and_says_when_it_was_replaced(
