@@ -586,6 +586,9 @@ def worker_pids(executor) -> set[int]:
 
 
 def test_cistem_slices_run_on_the_workers_and_merge_here(tmp_path, executor, cistem_start):
+    # Earlier tests killed workers of this module's cluster; on a loaded machine its nannies
+    # may still be starting their replacements, and a cycle slices for the workers it has.
+    executor.wait_for_workers(2)
     engine, records = cistem_engine(tmp_path, executor)
     assert "slices on dask" in engine.describe()
     request = cistem_request(tmp_path, cistem_start)
