@@ -220,7 +220,8 @@ class Settings:
         None, "Search range", lo=0.0, hi=5000.0, unit="Å", optional=True,
         empty="0.33 × the particle diameter Warp picks with",
         help="How far a particle may be shifted to match a class. Widen it for poorly centred "
-             "picks; narrower ranges are faster and give fewer false alignments.")
+             "picks; narrower ranges are faster and give fewer false alignments. Within it, "
+             "both engines favour shifts no larger than the particles' own were last cycle.")
     smoothing: float = _spec(
         1.0, "Smoothing factor", lo=0.01, hi=100.0,
         help="cisTEM's likelihood tuning factor: it scales the scores before particles are "

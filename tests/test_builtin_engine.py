@@ -10,9 +10,14 @@ from cistem_standin import make_bin_dir
 
 from live2d import cistem_star
 from live2d.engines import make_engine
-from live2d.engines.base import CycleParams, CycleRequest, Progress
+from live2d.engines.base import CycleParams, CycleRequest, Progress, StreamBatch
 from live2d.engines.builtin import BuiltinEngine, search
-from live2d.engines.builtin.geometry import plan_geometry
+from live2d.engines.builtin.engine import update_shift_sigma
+from live2d.engines.builtin.geometry import (
+    MIN_ALIGNED_FOR_PRIOR,
+    learned_shift_sigma,
+    plan_geometry,
+)
 from live2d.engines.builtin.io import prepare
 from live2d.engines.builtin.shifts import PairShifts, ShiftCorrelator
 from live2d.engines.cistem import CistemEngine, find_programs
@@ -520,3 +525,77 @@ def test_the_noise_is_estimated_at_the_level_the_particles_hold_it(mask_radius):
     power = (found._spectra(images).abs() ** 2).mean(dim=0)
     ratio = (found.noise / power)[found.band > 0]
     assert 0.9 < float(ratio.mean()) < 1.1
+
+
+def test_the_translation_prior_is_as_wide_as_the_shifts_the_particles_were_aligned_with():
+    rng = np.random.default_rng(0)
+    shifts = rng.normal(0.0, 2.0, size=(4000, 2))
+    assert learned_shift_sigma(shifts) == pytest.approx(2.0, rel=0.05)
+    assert learned_shift_sigma(shifts[:MIN_ALIGNED_FOR_PRIOR - 1]) is None  # too few to say
+    assert learned_shift_sigma(np.zeros((500, 2))) is None  # nothing aligned yet: the default
+    p = CycleParams(pixel_size=PIXEL, mask_radius=40.0, high_res=12.0, search_range=36.0)
+    wide = plan_geometry(p, BOX, np.random.default_rng(0))
+    assert wide.prior_sigma * wide.binned_pixel == pytest.approx(18.0)  # half the range
+    learned = plan_geometry(p, BOX, np.random.default_rng(0), shift_sigma=12.0)
+    assert learned.prior_sigma * learned.binned_pixel == pytest.approx(12.0)
+    assert torch.equal(learned.shifts, wide.shifts)  # the same range searched, more narrowly
+    wider = plan_geometry(p, BOX, np.random.default_rng(0), shift_sigma=100.0)
+    assert wider.prior_sigma == wide.prior_sigma  # never wider than half the range
+
+
+def test_noisy_particles_aligned_near_the_centre_before_stay_near_it(data, classified, tmp_path):
+    """At low signal to noise a prior as wide as half the search range lets each particle's
+    noise pull it anywhere in the range; particles aligned before within a few Å of the
+    centre (the star's classified rows) narrow the prior to that spread, as cisTEM does."""
+    _, classes = classified[0], classified[1]
+    phantom = Phantom(BOX, PIXEL, n_views=K, seed=3)
+    batch = phantom.particles(300, np.random.default_rng(5), snr=0.03, defocus_u=15000.0,
+                              defocus_v=14600.0, defocus_angle=20.0)  # centred picks
+    with mrcfile.new(tmp_path / "particles.mrcs") as mrc:
+        mrc.set_data(batch.images)
+        mrc.voxel_size = PIXEL
+    table = cistem_star.new_table(len(batch.images))
+    table[["DF1", "DF2", "ANGAST"]] = (15000.0, 14600.0, 20.0)
+    table["PSIZE"], table["VOLT"], table["Cs"], table["AmpC"] = PIXEL, 300.0, 2.7, 0.07
+    spread = {}
+    for aligned in (False, True):
+        rows = table.copy()
+        if aligned:  # classified before, within about 1 Å of the centre
+            rows["2DCLS"] = 1 + np.arange(len(rows)) % K
+            rows[["SHX", "SHY"]] = np.random.default_rng(1).normal(0.0, 1.0, (len(rows), 2))
+        star = tmp_path / f"input_{aligned}.star"
+        cistem_star.write_star(star, rows)
+        step = CycleRequest(tmp_path / "particles.mrcs", star, tmp_path / f"out_{aligned}.star",
+                            tmp_path / f"out_{aligned}.mrc",
+                            params(data[1], search_range=36.0, high_res=12.0), K,
+                            classes_in=classes, threads=1, seed=2)
+        BuiltinEngine("cpu").run_cycle(step, lambda _: None, threading.Event())
+        found = cistem_star.read_star(step.star_out)[["SHX", "SHY"]].to_numpy()
+        spread[aligned] = float(np.median(np.hypot(*(found - np.median(found, axis=0)).T)))
+    # half the range: σ 18 Å; learned: the floor of one working pixel (6 Å at 12 Å)
+    assert spread[True] < 0.7 * spread[False], spread
+
+
+def test_an_update_of_new_particles_takes_its_prior_from_the_latest_kept_batches(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def rows(n, spread):
+        table = cistem_star.new_table(n)
+        table["2DCLS"] = 1 if spread else 0
+        table[["SHX", "SHY"]] = rng.normal(0.0, spread, (n, 2)) if spread else 0.0
+        return table
+
+    def batch(i, classify, spread=None):
+        path = tmp_path / f"rows_{i}.star"
+        if spread is not None:
+            cistem_star.write_star(path, rows(100, spread))
+        return StreamBatch(100 * i, 100 * (i + 1), tmp_path / f"s{i}.pt", tmp_path / f"o{i}.pt",
+                           classify, rows=path)
+
+    new = rows(100, 0)  # the star of an update of new particles: nothing aligned
+    kept = [batch(0, False, 9.0), batch(1, False, 2.0), batch(2, False), batch(3, True)]
+    # the most recent kept batch with rows (batch 1; batch 2's rows cannot be read)
+    assert update_shift_sigma(new, tuple(kept)) == pytest.approx(2.0, rel=0.15)
+    revisited = rows(100, 4.0)  # re-visited particles are this update's own evidence
+    assert update_shift_sigma(revisited, tuple(kept)) == pytest.approx(4.0, rel=0.15)
+    assert update_shift_sigma(new, (batch(3, True),)) is None  # nothing to learn from

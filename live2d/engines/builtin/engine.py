@@ -53,7 +53,12 @@ from live2d.engines.builtin.averages import (
     reseed,
     reseed_duplicates,
 )
-from live2d.engines.builtin.geometry import Geometry, plan_geometry
+from live2d.engines.builtin.geometry import (
+    MIN_ALIGNED_FOR_PRIOR,
+    Geometry,
+    learned_shift_sigma,
+    plan_geometry,
+)
 from live2d.engines.builtin.io import (
     CTF_COLUMNS,
     RESULT_NAMES,
@@ -80,6 +85,8 @@ if TYPE_CHECKING:
 
 NOISE_SAMPLE = 300  # particles used to estimate the noise spectrum
 EDGE_CHECK_BATCH = 1024  # particles read at once when looking for blank edges
+# An update of new particles only takes its translation prior from at most this many kept batches.
+KEPT_ROWS_FOR_PRIOR = 3
 # Batches per chunk: the unit of work a cluster worker gets, and of the partial sums that are
 # added up in order (the same in-process, so that both give the same averages).
 CHUNK_BATCHES = 16
@@ -214,7 +221,8 @@ class BuiltinEngine(Engine):
         if request.n_classes != k:
             raise EngineError(f"{request.classes_in} holds {k} classes, not the "
                               f"{request.n_classes} asked for")
-        geometry = plan_geometry(params, box, rng)
+        geometry = plan_geometry(params, box, rng,
+                                 learned_shift_sigma(aligned_shifts(table.iloc[used])))
         search = Search(geometry, params, classes, device, workers)
         progress(Progress("noise spectrum", 0.0))
         search.estimate_noise(stack, rng.permutation(used)[:NOISE_SAMPLE], table, workers)
@@ -277,7 +285,7 @@ class BuiltinEngine(Engine):
                               f"classes) do not fit {request.stack} ({len(stack)} particles) "
                               f"and {request.classes_in} ({k} classes)")
         readable = usable(stack, n)
-        geometry = plan_geometry(params, box, rng)
+        geometry = plan_geometry(params, box, rng, update_shift_sigma(table, request.batches))
         search = Search(geometry, params, classes, self.device, workers)
         progress(Progress("noise spectrum", 0.0))
         search.estimate_noise(stack, rng.permutation(np.flatnonzero(readable))[:NOISE_SAMPLE],
@@ -626,6 +634,29 @@ def _add_up(batches: tuple[StreamBatch, ...], fresh: list[KeptSums],
         total.add(sums)
         counts += sums.counts
     return total, counts, waiting
+
+
+def aligned_shifts(table: pd.DataFrame) -> np.ndarray:
+    """``(n, 2)`` Å: the shifts (x, y) of the rows of ``table`` aligned before (in a class)."""
+    aligned = table["2DCLS"].to_numpy(dtype=np.int64) > 0
+    return table[["SHX", "SHY"]].to_numpy(dtype=np.float64)[aligned]
+
+
+def update_shift_sigma(table: pd.DataFrame, batches: tuple[StreamBatch, ...]) -> float | None:
+    """A streaming update's translation prior (:func:`learned_shift_sigma`): from the rows it
+    re-visits; where they are too few (an update of new particles only), from the kept rows
+    of the batches classified most recently before, a few at most, so that the cost does not
+    grow with the session."""
+    shifts = [aligned_shifts(table)]
+    kept = [b for b in batches if not b.classify and b.rows is not None]
+    for batch in reversed(kept[-KEPT_ROWS_FOR_PRIOR:]):
+        if sum(len(part) for part in shifts) >= MIN_ALIGNED_FOR_PRIOR:
+            break
+        try:
+            shifts.append(aligned_shifts(cistem_star.read_star(batch.rows)))
+        except (OSError, StarFormatError):
+            continue  # a prior from fewer rows, or the default: no reason to fail the update
+    return learned_shift_sigma(np.concatenate(shifts))
 
 
 def check_cancel(cancel: threading.Event) -> None:
