@@ -279,8 +279,9 @@ class Settings:
              "the last cycle of every job. Older cycles' class thumbnails go too (the page "
              "makes them again from the averages when they are looked at), and older "
              "streaming updates' class averages (3.3 MB each at 50 classes of 128 px) but "
-             "one an hour's and those marked or exported. Counts and per-class figures of "
-             "every cycle are always kept. Raise it to export or continue from older cycles.")
+             "one an hour's, those marked or exported and the one Scipion's outputs show. "
+             "Counts and per-class figures of every cycle are always kept. Raise it to export "
+             "or continue from older cycles.")
     seed: int = _spec(
         0, "Random seed", lo=0, hi=2**31 - 1,
         help="Seed of the random choices (starting classes, the ab initio subset, the "

@@ -7,8 +7,8 @@ was: the running job resumes at its first unfinished cycle, and neither file's w
 the number of cycles so far.
 
 Threading: the loop (``run_job``, ``run_automatic``) runs in one worker thread; ``request_stop``,
-``snapshot``, ``update_settings``, ``set_notify``, ``set_epu_dir`` and listeners are safe to use
-from any other thread (a web server's event loop, a Scipion protocol).
+``snapshot``, ``update_settings``, ``set_notify``, ``set_epu_dir``, ``keep_averages_of`` and
+listeners are safe to use from any other thread (a web server's event loop, a Scipion protocol).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -186,6 +186,8 @@ class Session(Listeners):
         # The cycle count when a spare-time job last failed: none is tried again before the
         # next cycle, or a broken one would be retried at every poll.
         self._spare_failed_at = -1
+        # Cycles whose class averages another program reads where they are (keep_averages_of)
+        self._averages_read_elsewhere: frozenset[int] = frozenset()
         self._log_handler = self._attach_log()
         self.state, self._history, resumed = open_state(self.output, self.warp_dir, settings)
         if resumed:
@@ -626,16 +628,26 @@ class Session(Listeners):
         self._emit({"type": "cycle", "cycle": record.to_dict(with_batches=False),
                     "thinned": thinned})
 
+    def keep_averages_of(self, cycles: Collection[int]) -> None:
+        """Names the cycles whose class averages another program reads where they are (the
+        Scipion plugin: the cycle its outputs show), in place of those named before. An older
+        streaming update named when it leaves the latest ``keep_cycle_results`` keeps its
+        averages, as one a user acted on does; one no longer named by then loses them."""
+        with self._lock:
+            self._averages_read_elsewhere = frozenset(cycles)
+
     def _thin_averages(self) -> list[int]:
         """CycleHistory.thin_averages, keeping those of the cycles a user acted on as
-        ``selection.json`` says now (another process's export included); none thinned while
-        it cannot be read (tried again after the next cycle)."""
+        ``selection.json`` says now (another process's export included) and of those named by
+        :meth:`keep_averages_of`; none thinned while ``selection.json`` cannot be read (tried
+        again after the next cycle)."""
         try:
             acted_on = acted_on_cycles(SelectionState.load(self.output_dir))
         except SelectionError as exc:
             log.warning("class averages of older streaming updates not thinned: %s", exc)
             return []
-        return self._history.thin_averages(self.settings.keep_cycle_results, acted_on)
+        return self._history.thin_averages(self.settings.keep_cycle_results,
+                                           acted_on | self._averages_read_elsewhere)
 
     def _write_yield(self, record: CycleRecord) -> ScoredCycle | None:
         """The yield tables of the cycle just recorded (O(particles), like its star): a

@@ -263,8 +263,35 @@ def test_the_session_keeps_the_averages_selection_json_says_were_acted_on(tmp_pa
     history = streaming_history(tmp_path, updates=6, every=60.0)
     state.cycle, state.examples = 6, []
     session = SimpleNamespace(output_dir=tmp_path, settings=Settings(keep_cycle_results=1),
-                              _history=history)
+                              _history=history, _averages_read_elsewhere=frozenset())
     (tmp_path / "selection.json").write_text("{broken")  # unreadable: nothing thinned, said
     assert Session._thin_averages(session) == []
     state.save(tmp_path)
     assert Session._thin_averages(session) == [4, 5, 8]  # the export's 7 and the marks' 6 stay
+
+
+def test_the_averages_another_program_shows_are_not_thinned_while_it_does(tmp_path):
+    """The Scipion plugin's outputs read the averages of the cycle they show where they are,
+    and its publishing budget may hold the next cycle back: the cycle named when it leaves the
+    window keeps its averages; one named no more by then loses them."""
+    warp = tmp_path / "warp"
+    small_session(warp)
+    session = Session(warp, settings=Settings(**SMALL, keep_cycle_results=1))
+    try:
+        assert session.run_job("abinit")
+        assert session.run_job("stream")
+        shown = session.history[-1]
+        session.keep_averages_of({shown.number})
+        assert session.run_job("stream")  # the shown update leaves the window of one
+        assert session.run_job("stream")
+        replaced = session.history[-2]
+        session.keep_averages_of({session.history[-1].number})
+        assert session.run_job("stream")
+        records = {r.number: r for r in read_history(session.output_dir)}
+        assert records[shown.number].averages_kept
+        assert (session.output_dir / shown.classes).exists()
+        assert not records[replaced.number].averages_kept  # never named: thinned
+        assert records[session.history[-2].number].averages_kept  # named when it left
+        assert [r.number for r in session.history if not r.averages_kept] == [replaced.number]
+    finally:
+        session.close()

@@ -322,6 +322,8 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
     def _classify(self, executor: Executor) -> None:
         session = self._openSession(executor)
         self._session = session  # for the listener, called in this step's thread
+        if self.publishedCycle.get() is not None:  # Continue: the outputs show it until replaced
+            session.keep_averages_of({self.publishedCycle.get()})
         self._publishError: BaseException | None = None
         self._publisher = PublishBudget(self._publishCycle)
         self._saidImages = False
@@ -545,6 +547,10 @@ class ProtLive2DClassify2D(Live2DLabel, StreamStopping, ProtClassify2D):
         if first_particles:
             self._defineSourceRelation(self.inputParticles, particles)
         self.publishedCycle.set(record.number)
+        # outputAverages and the classes' representatives read the cycle's averages file: the
+        # thinning of older streaming updates must not take it while they do (the budget may
+        # hold the next publish back for several cycles).
+        self._session.keep_averages_of({record.number})
         self.publishedParticles.set(record.particles)
         self.publishedClassified.set(len(assignments))
         self.publishedSelected.set(particles.getSize())

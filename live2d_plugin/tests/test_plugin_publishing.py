@@ -24,6 +24,7 @@ from test_plugin_classify import (
 )
 from test_plugin_set_rows import assignments, input_particles
 
+from live2d.session import Session
 from live2d_plugin.protocols import ProtLive2DClassify2D, ProtLive2DImportWarp, protocol_classify2d
 from live2d_plugin.publishing import PublishBudget
 from live2d_plugin.set_rows import disabled_ids
@@ -127,6 +128,12 @@ class TestSlowPublishing(ProjectTestCase):
         classify.inputParticles.setExtended("outputParticles")
         clock = Clock()
         published: list[int] = []
+        shown: list[set[int]] = []  # the cycles the session is told Scipion's outputs show
+        keep_averages_of = Session.keep_averages_of
+
+        def keeping(session: Session, cycles) -> None:
+            shown.append(set(cycles))
+            keep_averages_of(session, cycles)
 
         def slow_budget(publish):
             def slow_publish(record) -> None:
@@ -140,6 +147,7 @@ class TestSlowPublishing(ProjectTestCase):
             self.proj.launchProtocol(importer, wait=True)
             self.proj.saveProtocol(classify)
             with mock.patch.object(protocol_classify2d, "PublishBudget", slow_budget), \
+                    mock.patch.object(Session, "keep_averages_of", keeping), \
                     self.assertLogs("pyworkflow.protocol.protocol", "INFO") as logs:
                 self.proj.launchProtocol(classify, wait=True)
 
@@ -149,6 +157,8 @@ class TestSlowPublishing(ProjectTestCase):
         self.assertEqual(len(cycles), 3, cycles)
         first, *held, last = cycles
         self.assertEqual(published, [first, last])  # the middle one was replaced while waiting
+        # so the averages of the first stay while the outputs show it (the session's thinning)
+        self.assertEqual(shown, [{first}, {last}])
         log = "\n".join(logs.output)
         for number in [*held, last]:
             self.assertIn(f"cycle {number} goes to the outputs with a later cycle: publishing "
