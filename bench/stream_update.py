@@ -96,7 +96,7 @@ def prepare(root: Path, size: int, settings: Settings, rows: list[str], engine: 
     output = OutputFolder(out)
     k = settings.classes
     spec = plan_job("stream", settings, size)[0]
-    params = cycle.cycle_params(spec, inputs)
+    params = cycle.cycle_params(spec, inputs, "stream")
     geometry = plan_geometry(params, BOX, np.random.default_rng(0))
     key = sums_key(geometry, params, k)
     rng = np.random.default_rng(1)

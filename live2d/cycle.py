@@ -26,7 +26,7 @@ from live2d import cistem_star
 from live2d.atomic import atomic_write_json
 from live2d.class_quality import ClassQuality, assess_classes, half_set_sums, half_sums_key
 from live2d.engines import CycleParams, CycleRequest, CycleResult, Engine, Progress, StreamBatch
-from live2d.engines.base import emptied_sentence
+from live2d.engines.base import emptied_sentence, split_sentence
 from live2d.errors import EngineError, SessionError
 from live2d.forecast import particle_times
 from live2d.history import CycleRecord, dropped_classes, particle_table
@@ -115,7 +115,7 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
         star_in=files.input_star,
         star_out=output.work / files.star.name,
         classes_out=output.work / files.classes.name,
-        params=cycle_params(spec, inputs),
+        params=cycle_params(spec, inputs, job.job_type),
         n_classes=settings.classes if spec.kind == "start" else len(previous.class_counts),
         classes_in=output / previous.classes if spec.kind != "start" else None,
         workdir=output.work,
@@ -149,6 +149,8 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
             log.debug(line)
         if result.emptied:
             log.info(f"cycle {number}: {emptied_sentence(result.emptied)}")
+        if result.split:
+            log.info(f"cycle {number}: {split_sentence(result.split)}")
         for reseeded in result.reseeded:
             log.info(f"cycle {number}: {reseeded.sentence()}")
         table = _check_outputs(request, number, spec.kind != "start")
@@ -203,8 +205,9 @@ def run_cycle(number: int, job: JobState, previous: CycleRecord | None, inputs: 
         class_table=files.relative(files.class_table) if quality else "",
         left_out=left_out,
         **fields,
-        **({"class_valid_from": valid_from, "waiting": result.waiting,
-            "reseeded": [r.cls + 1 for r in result.reseeded]} if update is not None else {}),
+        reseeded=[r.cls + 1 for r in (*result.reseeded, *result.split)],
+        **({"class_valid_from": valid_from, "waiting": result.waiting}
+           if update is not None else {}),
     )
     if update is not None:
         record = dataclasses.replace(record, latency=_latency(record.finished - written))
@@ -341,9 +344,11 @@ def _log_update(number: int, job: JobState, update: UpdatePlan, high_res: float)
     log.info(f"cycle {number} (job {job.number}, streaming update) at {high_res:.1f} Å: {what}")
 
 
-def cycle_params(spec: CycleSpec, inputs: CycleInputs) -> CycleParams:
-    """The engine's parameters for the cycle ``spec`` plans: the mask and search range follow
-    the particle diameter (Warp's, else guessed from the box) unless the settings give them."""
+def cycle_params(spec: CycleSpec, inputs: CycleInputs, job_type: str) -> CycleParams:
+    """The engine's parameters for the cycle ``spec`` of a job of ``job_type`` plans: the mask
+    and search range follow the particle diameter (Warp's, else guessed from the box) unless
+    the settings give them; only an ab initio job's startup cycles re-balance its classes (a
+    seeded job's small classes are views it keeps)."""
     settings, source, pixel_size = inputs.settings, inputs.source, inputs.store.pixel_size
     diameter = source.diameter
     if not diameter:  # a star without Warp's settings: guessed from the box
@@ -372,6 +377,7 @@ def cycle_params(spec: CycleSpec, inputs: CycleInputs) -> CycleParams:
         exclude_blank_edges=settings.exclude_blank_edges,
         auto_mask=settings.auto_mask and spec.kind == "refine",
         auto_center=settings.auto_center and spec.kind == "refine",
+        rebalance=job_type == "abinit" and spec.block == "startup",
     )
 
 

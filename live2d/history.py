@@ -113,7 +113,9 @@ class CycleRecord:
     # batch is re-visited (``waiting`` of them). Empty: every batch counts for every class.
     class_valid_from: list[int] = field(default_factory=list)
     waiting: int = 0
-    reseeded: list[int] = field(default_factory=list)  # classes (1-based) re-seeded as duplicates
+    # Classes (1-based) re-seeded: as duplicates (a streaming update), or split from a large
+    # class because they held almost no particles (an ab initio job's startup cycle).
+    reseeded: list[int] = field(default_factory=list)
     # Seconds from the stacks of the particles new to the classes being written to their being
     # published in them: p50, p99, longest (empty where the times are unknown).
     latency: list[float] = field(default_factory=list)

@@ -10,8 +10,14 @@ from cistem_standin import make_bin_dir
 
 from live2d import cistem_star
 from live2d.engines import make_engine
-from live2d.engines.base import CycleParams, CycleRequest, Progress, StreamBatch
-from live2d.engines.builtin import BuiltinEngine, search
+from live2d.engines.base import (
+    CycleParams,
+    CycleRequest,
+    Progress,
+    StreamBatch,
+    split_sentence,
+)
+from live2d.engines.builtin import BuiltinEngine, averages, search
 from live2d.engines.builtin.engine import update_shift_sigma
 from live2d.engines.builtin.geometry import (
     MIN_ALIGNED_FOR_PRIOR,
@@ -216,6 +222,47 @@ def test_an_empty_class_is_reseeded_not_a_crash(data, classified):
     assert result.emptied == (2,)  # for the session's log (tests/test_streaming.py)
     with mrcfile.open(step.classes_out) as mrc:
         assert mrc.data[2].std() > 0  # ready to attract particles next cycle
+
+
+def test_a_startup_class_left_with_almost_no_particles_restarts_as_a_split_of_a_large_one(
+        data, classified, monkeypatch):
+    """In an ab initio job's startup cycles (CycleParams.rebalance), a class holding fewer than
+    STARVED_SHARE of the mean class's particles restarts from the particles that fit one of the
+    largest classes worst, as they matched it: a view of that class, not a handful of junk.
+    Other cycles leave it as it is."""
+    folder, truth = data
+    _, classes, star = classified
+    with mrcfile.open(classes) as mrc:
+        given = mrc.data.copy()
+    given[2] = given[0]  # two classes share view 0's particles; view 2's go elsewhere
+    with mrcfile.new(folder / "twice.mrc", overwrite=True) as mrc:
+        mrc.set_data(given)
+        mrc.voxel_size = PIXEL
+    monkeypatch.setattr(averages, "STARVED_SHARE", 0.75)
+    engine = BuiltinEngine("cpu")
+    outputs = {}
+    for rebalance in (False, True):
+        step = request(folder, f"twice_{rebalance}", params(truth, rebalance=rebalance), star,
+                       folder / "twice.mrc")
+        outputs[rebalance] = (engine.run_cycle(step, lambda _: None, threading.Event()),
+                              mrcfile.read(step.classes_out))
+    (kept, before), (result, after) = outputs[False], outputs[True]
+    assert kept.split == () and result.class_counts == kept.class_counts
+    counts = np.array(result.class_counts)
+    assert result.split, counts
+    floor = 0.75 * counts.mean()
+    for split in result.split:
+        assert split.particles == counts[split.cls] < floor
+        assert counts[split.source] >= floor and split.source not in (s.cls for s in result.split)
+        new = torch.from_numpy(after[split.cls])[None]
+        assert correlation(new, torch.from_numpy(before[split.source])[None]) > \
+            correlation(new, torch.from_numpy(before[split.cls])[None])
+    first = result.split[0]
+    assert split_sentence((first,)) == (
+        f"class {first.cls + 1} ({first.particles}) held almost no particles: re-seeded by "
+        f"splitting class {first.source + 1} (from the particles that fit each worst)")
+    untouched = [c for c in range(K) if c not in {s.cls for s in result.split}]
+    assert np.array_equal(after[untouched], before[untouched])
 
 
 def test_more_classes_than_particles_is_a_clear_error(data):

@@ -47,6 +47,30 @@ def warp(tmp_path):
     return folder
 
 
+def test_only_an_ab_initio_jobs_startup_cycles_rebalance_its_classes(warp, monkeypatch):
+    """A seeded job's small classes are views it keeps, and refinement cycles end a job: only
+    the startup cycles of an ab initio job may re-seed a class that held almost no particles
+    (CycleParams.rebalance, live2d.engines.builtin.averages.reseed_starved)."""
+    from live2d.engines.builtin import BuiltinEngine
+
+    asked = []
+    run_cycle = BuiltinEngine.run_cycle
+
+    def noting(self, request, progress, cancel):
+        asked.append(request.params.rebalance)
+        return run_cycle(self, request, progress, cancel)
+
+    monkeypatch.setattr(BuiltinEngine, "run_cycle", noting)
+    session = Session(warp, settings=Settings(**SMALL), engine="builtin")
+    try:
+        assert session.run_job("abinit") and session.run_job("seeded")
+        cycles = [(r.job_type, r.block) for r in session.history if r.block != "start"]
+    finally:
+        session.close()
+    assert ("abinit", "startup") in cycles and ("seeded", "startup") in cycles
+    assert asked == [cycle == ("abinit", "startup") for cycle in cycles]
+
+
 def test_run_once_writes_every_cycle_and_the_history(warp, capsys):
     assert cli_main(["run", str(warp), "--once", *SMALL_ARGS]) == 0
     out = warp / "classification"

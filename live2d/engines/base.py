@@ -39,6 +39,9 @@ class CycleParams:
     exclude_blank_edges: bool = False
     auto_mask: bool = False
     auto_center: bool = True
+    # An ab initio job's startup cycles: a class left with almost no particles restarts as a
+    # split of a large class (:class:`Split`; the built-in engine only).
+    rebalance: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,26 @@ class Reseeded:
 
 
 @dataclass(frozen=True)
+class Split:
+    """A class of an ab initio job's startup cycle that held almost no particles
+    (``particles``, its best class), re-seeded from the particles of class ``source`` that fit it
+    worst: that class split in two (classes 0-based)."""
+
+    cls: int
+    particles: int
+    source: int
+
+
+def split_sentence(splits: tuple[Split, ...]) -> str:
+    """The log's line for the classes a cycle re-seeded by splitting others."""
+    held = ", ".join(f"{s.cls + 1} ({s.particles})" for s in splits)
+    sources = ", ".join(str(s.source + 1) for s in splits)
+    return (f"class{'es' if len(splits) > 1 else ''} {held} held almost no particles: "
+            f"re-seeded by splitting class{'es' if len(splits) > 1 else ''} {sources} (from "
+            "the particles that fit each worst)")
+
+
+@dataclass(frozen=True)
 class Rebuilt:
     """Kept batches of a streaming update classified again although not asked for, because
     what the engine kept of them (``kept``: class sums, refine2d dumps) does not fit this
@@ -193,6 +216,7 @@ class CycleResult:
     # session's log tells the user of both.
     rebuilt: Rebuilt | None = None
     emptied: tuple[int, ...] = ()
+    split: tuple[Split, ...] = ()  # an ab initio startup cycle's (CycleParams.rebalance)
 
     @property
     def particles_per_second(self) -> float:

@@ -7,7 +7,9 @@ Chunks of particles accumulate into sums of their own that are added up in chunk
 Wiener-style averages (:func:`class_averages`), then masked, band-limited and optionally
 re-centred and auto-masked (:func:`finish_classes`). Classes left with (almost) no weight are
 re-seeded from the particles that fit worst (:func:`reseed`); in a streaming update, so is a
-class that shows the same view as another, from the largest class (:func:`reseed_duplicates`).
+class that shows the same view as another, from the largest class (:func:`reseed_duplicates`);
+in an ab initio job's startup cycles, so is a class left with almost no particles
+(:func:`reseed_starved`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from torch_fourier_shift import fourier_shift_image_2d
 
-from live2d.engines.base import CycleParams, Reseeded
+from live2d.engines.base import CycleParams, Reseeded, Split
 from live2d.engines.builtin.geometry import EDGE_FALLOFF, Geometry, band_mask
 from live2d.engines.builtin.io import RESULT_NAMES, prepare
 from live2d.engines.builtin.shifts import ShiftCorrelator
@@ -35,6 +37,15 @@ EMPTY_CLASS_WEIGHT = PAIR_WEIGHT_FLOOR
 # the averages of distinct views of simulated streaming sessions 0.79 (bench/quality.py
 # --stream; the README's Streaming job).
 DUPLICATE_SIMILARITY = 0.95
+# In an ab initio job's startup cycles, a class whose particles are fewer than this share of the
+# mean class's is re-seeded by splitting a large class (reseed_starved). Re-seeded from the
+# particles that fit worst instead, as an empty class is, such classes caught a few junk picks
+# each and kept them: on a continuum of views with 30% junk (10,000 picks, K = 20) 14 of the 20
+# classes held under 100 particles, mostly junk, and the true particles crowded into 4
+# (bench/continuum.py; the README's continuum table). 0.05 gained 0.02-0.03 there, 0.1 as much
+# on one seed and less on the other, 0.2 and 0.5 lost on one.
+STARVED_SHARE = 0.05
+SPLIT_SAMPLE = 200  # particles of the large class averaged into the class re-seeded from it
 
 
 @dataclass
@@ -259,7 +270,6 @@ def reseed_duplicates(averages: torch.Tensor, counts: np.ndarray, empty: list[in
                     for i, j in zip(*np.triu_indices(len(judged), 1), strict=True)
                     if similarity[i, j] >= threshold), reverse=True)
     best = results["cls"].astype(np.int64) - 1
-    per_class = _seed_size(len(used), len(averages))
     done: list[Reseeded] = []
     for value, a, b in pairs:
         if any(r.cls in (a, b) for r in done):
@@ -271,16 +281,50 @@ def reseed_duplicates(averages: torch.Tensor, counts: np.ndarray, empty: list[in
         if not sources:
             break
         members = np.flatnonzero(best == sources[0])
-        worst = members[np.argsort(results["logp"][members], kind="stable")][:per_class]
-        images = _prepared(stack, used[worst], params, geometry)
-        # Aligned as they matched the class (cisTEM's rotate(shift(P, (SHX, SHY)), PSI)): the
-        # part of the class that fits it least, as one of its two halves once split.
-        moved = fourier_shift_image_2d(images, torch.as_tensor(np.stack(
-            [results["shy"][worst], results["shx"][worst]], axis=1) / params.pixel_size,
-            dtype=torch.float32))
-        averages[smaller] = rotate(moved, results["psi"][worst]).mean(dim=0)
+        worst = members[np.argsort(results["logp"][members], kind="stable")][
+            :_seed_size(len(used), len(averages))]
+        # the part of the class that fits it least, as one of its two halves once split
+        averages[smaller] = _aligned_mean(worst, stack, used, results, params, geometry)
         done.append(Reseeded(smaller, kept, value, sources[0]))
     return done
+
+
+def reseed_starved(averages: torch.Tensor, counts: np.ndarray, empty: list[int],
+                   stack: np.ndarray, used: np.ndarray, results: dict[str, np.ndarray],
+                   params: CycleParams, geometry: Geometry, rng: np.random.Generator,
+                   share: float | None = None) -> list[Split]:
+    """Re-seed, in place, each class whose particles (``counts``) are fewer than ``share``
+    (default :data:`STARVED_SHARE`) of the mean class's, from a random sample of the particles
+    of one of the largest classes (a different one for each), aligned as they matched it: a
+    second copy of that class, the two parting its particles between them as the cycles go on.
+    (Its worst-fitting particles, as :func:`reseed_duplicates` takes, averaged into a blur that
+    drew no particles in small sessions.) A source holds at least twice the particles it seeds
+    with. ``empty`` classes (re-seeded already) are not judged. Returns what was re-seeded."""
+    share = STARVED_SHARE if share is None else share
+    floor = share * counts.sum() / max(len(counts), 1)
+    starved = [c for c in range(len(counts)) if c not in empty and counts[c] < floor]
+    per_class = _seed_size(len(used), len(averages))
+    sources = [c for c in np.argsort(-counts, kind="stable").tolist()
+               if c not in empty and c not in starved and counts[c] >= 2 * per_class]
+    done = []
+    for cls, source in zip(starved, sources, strict=False):
+        members = np.flatnonzero(results["cls"].astype(np.int64) - 1 == source)
+        sample = np.sort(rng.permutation(members)[:SPLIT_SAMPLE])
+        averages[cls] = _aligned_mean(sample, stack, used, results, params, geometry)
+        done.append(Split(cls, int(counts[cls]), source))
+    return done
+
+
+def _aligned_mean(rows: np.ndarray, stack: np.ndarray, used: np.ndarray,
+                  results: dict[str, np.ndarray], params: CycleParams,
+                  geometry: Geometry) -> torch.Tensor:
+    """The mean of the particles ``rows`` (of ``used``), aligned as they matched their class
+    (cisTEM's rotate(shift(P, (SHX, SHY)), PSI))."""
+    images = _prepared(stack, used[rows], params, geometry)
+    moved = fourier_shift_image_2d(images, torch.as_tensor(np.stack(
+        [results["shy"][rows], results["shx"][rows]], axis=1) / params.pixel_size,
+        dtype=torch.float32))
+    return rotate(moved, results["psi"][rows]).mean(dim=0)
 
 
 def _seed_size(used: int, classes: int) -> int:

@@ -52,6 +52,7 @@ from live2d.engines.builtin.averages import (
     reduce_sums,
     reseed,
     reseed_duplicates,
+    reseed_starved,
 )
 from live2d.engines.builtin.geometry import (
     MIN_ALIGNED_FOR_PRIOR,
@@ -233,6 +234,10 @@ class BuiltinEngine(Engine):
         averages, empty = class_averages(search.sums, geometry, search.band)
         if empty:
             averages = reseed(averages, empty, stack, used, results, params, geometry)
+        split = (reseed_starved(averages, np.bincount(results["cls"].astype(np.int64) - 1,
+                                                      minlength=k)[:k],
+                                empty, stack, used, results, params, geometry, rng)
+                 if params.rebalance else [])
         averages = finish_classes(averages, geometry, params, params.auto_center)
         out_table = updated_table(table, used, results)
         cistem_star.write_star(request.star_out, out_table,
@@ -248,7 +253,7 @@ class BuiltinEngine(Engine):
             log.append(f"Number of excluded images with blank edges = {excluded}")
         return CycleResult(request.classes_out, request.star_out,
                            class_counts(out_table["2DCLS"], k), len(used), seconds, log,
-                           emptied=tuple(empty))
+                           emptied=tuple(empty), split=tuple(split))
 
     # ------------------------------------------------------------------ streaming update
     @_restoring_torch_threads
