@@ -42,8 +42,8 @@ DUPLICATE_SIMILARITY = 0.95
 # particles that fit worst instead, as an empty class is, such classes caught a few junk picks
 # each and kept them: on a continuum of views with 30% junk (10,000 picks, K = 20) 14 of the 20
 # classes held under 100 particles, mostly junk, and the true particles crowded into 4
-# (bench/continuum.py; the README's continuum table). 0.05 gained 0.02-0.03 there, 0.1 as much
-# on one seed and less on the other, 0.2 and 0.5 lost on one.
+# (bench/continuum.py; the README's continuum table). 0.05 gained 0.020 and 0.052 there; with
+# the worst-fitting particles as the seed, 0.05 and 0.1 gained alike and 0.2 and 0.5 lost.
 STARVED_SHARE = 0.05
 SPLIT_SAMPLE = 200  # particles of the large class averaged into the class re-seeded from it
 
