@@ -227,8 +227,8 @@ def test_an_empty_class_is_reseeded_not_a_crash(data, classified):
 def test_a_startup_class_left_with_almost_no_particles_restarts_as_a_split_of_a_large_one(
         data, classified, monkeypatch):
     """In an ab initio job's startup cycles (CycleParams.rebalance), a class holding fewer than
-    STARVED_SHARE of the mean class's particles restarts from the particles that fit one of the
-    largest classes worst, as they matched it: a view of that class, not a handful of junk.
+    STARVED_SHARE of the mean class's particles restarts from a random sample of one of the
+    largest classes, as they matched it: a view of that class, not a handful of junk.
     Other cycles leave it as it is."""
     folder, truth = data
     _, classes, star = classified
@@ -259,8 +259,8 @@ def test_a_startup_class_left_with_almost_no_particles_restarts_as_a_split_of_a_
             correlation(new, torch.from_numpy(before[split.cls])[None])
     first = result.split[0]
     assert split_sentence((first,)) == (
-        f"class {first.cls + 1} ({first.particles}) held almost no particles: re-seeded by "
-        f"splitting class {first.source + 1} (from the particles that fit each worst)")
+        f"class {first.cls + 1} ({first.particles}) held almost no particles: re-seeded from "
+        f"a random sample of class {first.source + 1}, to split it")
     untouched = [c for c in range(K) if c not in {s.cls for s in result.split}]
     assert np.array_equal(after[untouched], before[untouched])
 

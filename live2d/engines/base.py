@@ -135,8 +135,9 @@ class Reseeded:
 @dataclass(frozen=True)
 class Split:
     """A class of an ab initio job's startup cycle that held almost no particles
-    (``particles``, its best class), re-seeded from the particles of class ``source`` that fit it
-    worst: that class split in two (classes 0-based)."""
+    (``particles``, its best class), re-seeded from a random sample of the particles of class
+    ``source``: a second copy of that class, which the two split between them (classes
+    0-based)."""
 
     cls: int
     particles: int
@@ -148,8 +149,8 @@ def split_sentence(splits: tuple[Split, ...]) -> str:
     held = ", ".join(f"{s.cls + 1} ({s.particles})" for s in splits)
     sources = ", ".join(str(s.source + 1) for s in splits)
     return (f"class{'es' if len(splits) > 1 else ''} {held} held almost no particles: "
-            f"re-seeded by splitting class{'es' if len(splits) > 1 else ''} {sources} (from "
-            "the particles that fit each worst)")
+            f"re-seeded from a random sample of class{'es' if len(splits) > 1 else ''} "
+            f"{sources}, to split {'them' if len(splits) > 1 else 'it'}")
 
 
 @dataclass(frozen=True)
