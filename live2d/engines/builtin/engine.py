@@ -234,9 +234,8 @@ class BuiltinEngine(Engine):
         averages, empty = class_averages(search.sums, geometry, search.band)
         if empty:
             averages = reseed(averages, empty, stack, used, results, params, geometry)
-        split = (reseed_starved(averages, np.bincount(results["cls"].astype(np.int64) - 1,
-                                                      minlength=k)[:k],
-                                empty, stack, used, results, params, geometry, rng)
+        split = (reseed_starved(averages, np.asarray(class_counts(results["cls"], k)), empty,
+                                stack, used, results, params, geometry, rng)
                  if params.rebalance else [])
         averages = finish_classes(averages, geometry, params, params.auto_center)
         out_table = updated_table(table, used, results)
