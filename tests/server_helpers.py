@@ -64,9 +64,8 @@ def close_controller(controller: Controller) -> None:
     """Close it, and wait for the threads measuring a cycle's curation or latency that a page's
     state may have started: nothing of them touches the folder after the test."""
     controller.close()
-    for measuring in (controller._measuring, controller._keeping_measured):
-        if measuring is not None:
-            measuring.join(30)
+    for measurement in (controller.curations, controller.keeping_up):
+        measurement.join(30)
 
 
 class RunningServer:

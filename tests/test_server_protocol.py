@@ -5,6 +5,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from urllib.error import HTTPError
@@ -713,3 +714,34 @@ def test_a_thinned_updates_averages_and_thumbnails_are_refused_saying_why(classi
         client.close()
     finally:
         running.stop()
+
+
+def test_a_value_asked_for_while_another_is_measured_is_measured_next():
+    # The page asks again only when told a measurement ended: a key asked for while another
+    # was measured (e.g. a new curation cut) was dropped, and the page waited for ever.
+    from live2d.server.control import LatestMeasurement
+
+    started, release = threading.Event(), threading.Event()
+    measured: list[str] = []
+    told = threading.Event()
+
+    def measure(key: str) -> str:
+        if key == "old":
+            started.set()
+            release.wait(10)
+        return key.upper()
+
+    def done(key: str) -> None:
+        measured.append(key)
+        if key == "new":
+            told.set()
+
+    measurement = LatestMeasurement("test", measure, done)
+    assert measurement.get("old") == (False, None)
+    assert started.wait(10)
+    assert measurement.get("new") == (False, None)  # while "old" is measured
+    release.set()
+    assert told.wait(10), f"only {measured} measured"
+    measurement.join(10)
+    assert measured == ["old", "new"]
+    assert measurement.get("new") == (True, "NEW")

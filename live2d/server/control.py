@@ -86,6 +86,55 @@ class CommandError(ValueError):
     """A message the server refuses; the text goes back to the page as is."""
 
 
+class LatestMeasurement:
+    """A value measured off the caller's thread (it may read images or the store's table),
+    for the latest key asked for, one measurement at a time. A key asked for while another is
+    measured is measured next: the thread looks again before it ends, so no request is dropped
+    for good (a page would wait for the value forever). ``measure(key, *args)`` returns the
+    value; ``measured(key)`` is called after each, e.g. to send it to every page."""
+
+    def __init__(self, name: str, measure: Callable[..., Any],
+                 measured: Callable[[Any], None]) -> None:
+        self._name = name
+        self._measure = measure
+        self._measured = measured
+        self._lock = threading.Lock()
+        self.latest: tuple[Any, Any] | None = None  # (key, value) last measured
+        self._wanted: tuple[Any, tuple] | None = None
+        self._thread: threading.Thread | None = None
+
+    def get(self, key: Any, *args: Any) -> tuple[bool, Any]:
+        """(True, the value) where ``key``'s is measured; else (False, None) and it is
+        measured (``args`` go to ``measure``)."""
+        latest = self.latest  # once: the thread replaces it
+        if latest is not None and latest[0] == key:
+            return True, latest[1]
+        with self._lock:
+            self._wanted = (key, args)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name=f"live2d-{self._name}")
+                self._thread.start()
+        return False, None
+
+    def join(self, timeout: float) -> None:
+        """Wait for the measuring thread, if one runs, to end."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                wanted, latest = self._wanted, self.latest
+                if wanted is None or (latest is not None and latest[0] == wanted[0]):
+                    self._thread = None  # under the lock: a later get starts another
+                    return
+            key, args = wanted
+            self.latest = (key, self._measure(key, *args))
+            self._measured(key)
+
+
 class Controller:
     """The web app's view of the session, framework-free: opens the session of the folder the
     page picks, runs its jobs or automatic loop in one worker thread, checks every command a
@@ -125,14 +174,14 @@ class Controller:
         self._exporting = threading.Lock()
         self._tables: dict[Path, tuple[int, list]] = {}  # class table files read, by mtime
         # The latest selection cycle's curation per class (None: none to be had), by what
-        # decides it: the folder, the cycle, the cut; one measured at a time, off the loop.
-        self._curations: dict[tuple[Path, int, float], dict[str, dict] | None] = {}
-        self._measuring: threading.Thread | None = None
+        # decides it: the folder, the cycle, the cut.
+        self.curations = LatestMeasurement("curation", self._measure_curation,
+                                           self._curation_measured)
         # The latest streaming update's KeepingUp (None: the session does not stream), by
-        # what decides it (the folder and its latest cycle); one measured at a time, off the
-        # loop. The figures before it stand meanwhile.
-        self._keeping: tuple[tuple[Path, int, int, float], dict[str, Any] | None] | None = None
-        self._keeping_measured: threading.Thread | None = None
+        # what decides it (the folder and its latest cycle). The figures before it stand
+        # meanwhile.
+        self.keeping_up = LatestMeasurement("keeping-up", self._measure_keeping_up,
+                                            self._keeping_up_measured)
         self._closed = threading.Event()
         if warp_dir is not None:
             self.session = self._open(warp_dir, output_dir, epu_dir=epu_dir,
@@ -216,33 +265,23 @@ class Controller:
         if not session.settings.curate_particles:
             return None
         key = (session.output_dir, record.number, session.settings.curation_cut)
-        measured = self._curations  # once: the thread replaces it
-        if key in measured:
-            return measured[key]
-        with self._lock:
-            if self._measuring is None or not self._measuring.is_alive():
-                self._measuring = threading.Thread(
-                    target=self._measure_curation, args=(key, record), daemon=True,
-                    name="live2d-curation")
-                self._measuring.start()
-        return None
+        return self.curations.get(key, record)[1]
 
-    def _measure_curation(self, key: tuple[Path, int, float], record: CycleRecord) -> None:
-        """The curation of ``record`` (a thread's work: it may read images), kept under
-        ``key``; then every page is sent it."""
-        folder = key[0]
+    def _measure_curation(self, key: tuple[Path, int, float],
+                          record: CycleRecord) -> dict[str, dict] | None:
+        """The curation of ``record``, the cycle in ``key``'s folder."""
         try:
-            curation = session_cycle_curation(folder, record)
+            curation = session_cycle_curation(key[0], record)
         except Exception:  # advice: the page shows whole classes, and the log says why
             log.exception("the particle curation of cycle %d could not be measured",
                           record.number)
-            curation = None
-        counts = None if curation is None else {
-            str(c.number): {"particles": c.particles, "kept": c.kept, "rule": c.rule()}
-            for c in curation.classes}
-        self._curations = {key: counts}  # only the latest cycle's is asked for
-        if self.session is not None and self.session.output_dir == folder:
-            self.publish({"type": "curation", "cycle": record.number})
+            return None
+        return {str(c.number): {"particles": c.particles, "kept": c.kept, "rule": c.rule()}
+                for c in curation.classes}
+
+    def _curation_measured(self, key: tuple[Path, int, float]) -> None:
+        if self.session is not None and self.session.output_dir == key[0]:
+            self.publish({"type": "curation", "cycle": key[1]})
 
     def _keeping_up(self, session: Session | SessionView | None) -> dict[str, Any] | None:
         """Whether the session's classes keep up with the microscope, as ``live2d status`` says
@@ -255,29 +294,24 @@ class Controller:
             return None
         latest = history[-1]
         key = (session.output_dir, len(history), latest.number, latest.finished)
-        measured = self._keeping  # once: the thread replaces it
-        if measured is not None and measured[0] == key:
-            return measured[1]
-        with self._lock:
-            if self._keeping_measured is None or not self._keeping_measured.is_alive():
-                self._keeping_measured = threading.Thread(
-                    target=self._measure_keeping_up, args=(key, history), daemon=True,
-                    name="live2d-keeping-up")
-                self._keeping_measured.start()
-        return measured[1] if measured is not None and measured[0][0] == key[0] else None
+        done, value = self.keeping_up.get(key, history)
+        if done:
+            return value
+        before = self.keeping_up.latest
+        return before[1] if before is not None and before[0][0] == key[0] else None
 
     def _measure_keeping_up(self, key: tuple[Path, int, int, float],
-                            history: list[CycleRecord]) -> None:
-        """The KeepingUp of ``history``, the session's in ``key``'s folder (a thread's work: it
-        reads the store's table), kept under ``key``; then every page is sent it."""
-        folder = key[0]
+                            history: list[CycleRecord]) -> dict[str, Any] | None:
+        """The KeepingUp of ``history``, the session's in ``key``'s folder."""
         try:
-            state = session_keeping_up(folder, history)
+            state = session_keeping_up(key[0], history)
         except Exception:  # e.g. the store being replaced: the next cycle tries again
             log.debug("the latency of cycle %d could not be measured", key[2], exc_info=True)
-            state = None
-        self._keeping = (key, None if state is None else {"cycle": key[2], **state.to_dict()})
-        if self.session is not None and self.session.output_dir == folder:
+            return None
+        return {"cycle": key[2], **state.to_dict()}
+
+    def _keeping_up_measured(self, key: tuple[Path, int, int, float]) -> None:
+        if self.session is not None and self.session.output_dir == key[0]:
             self.publish({"type": "keeping_up"})
 
     def _class_table(self, folder: Path, record: CycleRecord) -> list | None:
