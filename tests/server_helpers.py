@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -155,8 +157,10 @@ class Client:
             self.view["history"] = sorted([*cycles, message["cycle"]], key=lambda c: c["number"])
 
     def wait_for_view(self, predicate, timeout: float = 60.0) -> dict:
-        """Receive until the state pieced together from the messages satisfies ``predicate``."""
-        self.wait_for(lambda _m: self.view is not None and predicate(self.view), timeout)
+        """Receive until the state pieced together from the messages satisfies ``predicate``
+        (at once where it does already: what was awaited may have come with the first state)."""
+        if self.view is None or not predicate(self.view):
+            self.wait_for(lambda _m: self.view is not None and predicate(self.view), timeout)
         assert self.view is not None
         return self.view
 
@@ -165,7 +169,12 @@ class Client:
         while True:
             remaining = deadline - time.monotonic()
             assert remaining > 0, f"timed out; last messages: {self.messages[-3:]}"
-            message = self.receive(remaining)
+            try:
+                message = self.receive(remaining)
+            except TimeoutError:
+                # what every thread of the server was doing, for the report
+                faulthandler.dump_traceback(sys.stderr)
+                raise AssertionError(f"timed out; last messages: {self.messages[-3:]}") from None
             if predicate(message):
                 return message
 
