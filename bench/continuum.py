@@ -8,7 +8,8 @@ same particles, and prints for the last cycle (``--every-cycle``: each): homogen
 coherence (median angle between members' viewing directions and their class's mean; lower is
 better, about 86° at random), fidelity, the in-plane angle and shift error of each particle
 against its class's consensus (median and 90th percentile; live2d/evaluate.py), and with junk
-the best selection's precision and recall of true particles:
+the precision and recall of true particles of the best selection and of the one Live2D proposes
+(classes scored 0.5 or more, live2d/class_quality.py):
 
     nice python bench/continuum.py --engines builtin cistem --cistem-bin ../shared/cistem/bin
     nice python bench/continuum.py --junk 0.3 --off-centre 10 --seed 2
@@ -33,6 +34,7 @@ from pathlib import Path
 from live2d.evaluate import score_cycle
 from live2d.history import read_history
 from live2d.schedule import Settings
+from live2d.selection import proposed
 from live2d.session import Session
 from live2d.simulate import simulate, truth_dir_for
 from live2d.warp import read_settings
@@ -114,7 +116,8 @@ def main() -> None:
 def print_header() -> None:
     print(f"{'engine':<9s} cycle  high-res  homogeneity  coherence  fidelity  "
           "psi-err median/p90  shift-err median/p90 (Å)  the same within 15° of the class's "
-          "view  best-precision  best-recall  seconds", flush=True)
+          "view  best-precision  best-recall  proposed-precision  proposed-recall  seconds",
+          flush=True)
 
 
 def run(args: argparse.Namespace, engine: str, warp: Path, output: Path) -> None:
@@ -143,15 +146,17 @@ def print_scores(args: argparse.Namespace, engine: str, history: list, output: P
                  warp: Path, wall: float) -> None:
     scored = [r for r in history if r.block != "start"]
     for record in scored if args.every_cycle else scored[-1:]:
-        scores, best, _ = score_cycle(output, record.number, truth_dir_for(warp),
-                                      0.6 * read_settings(warp).diameter)
+        scores, best, chosen = score_cycle(output, record.number, truth_dir_for(warp),
+                                           0.6 * read_settings(warp).diameter,
+                                           proposed=proposed(record))
         print(f"{engine:<9s} {record.number:5d}  {record.high_res:6.1f} Å  "
               f"{scores.homogeneity:11.3f}  {scores.coherence:8.1f}°  {scores.fidelity:8.3f}  "
               f"{scores.psi_error.median:8.1f}° / {scores.psi_error.p90:5.1f}°  "
               f"{scores.shift_error.median:11.2f} / {scores.shift_error.p90:5.2f}  "
               f"{scores.psi_error_near.median:6.1f}° / {scores.psi_error_near.p90:5.1f}°  "
               f"{scores.shift_error_near.median:5.2f} / {scores.shift_error_near.p90:5.2f} Å"
-              f"{best.precision:22.3f}  {best.recall:11.3f}  {wall:7.0f}", flush=True)
+              f"{best.precision:22.3f}  {best.recall:11.3f}  {chosen.precision:18.3f}  "
+              f"{chosen.recall:15.3f}  {wall:7.0f}", flush=True)
 
 
 def override_constant(override: str) -> None:

@@ -2,8 +2,8 @@
 
 The built-in proposal (:mod:`live2d.class_quality`) is a fixed rule: a class is good from a
 score of 0.5, the score being the product of its features clipped to 0..1 (resolution, contrast
-against the typical class both ways, a centred object, no straight edge, enough particles). In
-logs, that rule is a sum with every feature weighed 1::
+against the typical class both ways, a centred object, no straight edge across the mask, enough
+particles). In logs, that rule is a sum with every feature weighed 1::
 
     good  <=>  1·log f_sharp + 1·log f_faint + ... + 1·log f_populous + log 2  >=  0
 
@@ -42,8 +42,9 @@ from live2d.history import CycleRecord, read_class_table
 FEATURES = ("sharp", "faint", "dense", "centred", "edge", "signal", "populous")
 FLOOR = 0.05
 # Below the floor a feature's input goes on falling, this much per unit (down to LOWEST), so that
-# a class just past a threshold (e.g. a particle with a straight edge of 7.2) is told from one far
-# past it (carbon, 8.5): without it, marking the first good would make both good. Any input at
+# a class just past a threshold (e.g. a particle with 0.78 of its detail along one straight line)
+# is told from one far past it (carbon, 0.9): without it, marking the first good would make both
+# good. Any input at
 # or below log(FLOOR) fails a class with the built-in weights, as a feature of 0 does the score.
 BELOW_FLOOR = 3.0
 LOWEST = -1.0

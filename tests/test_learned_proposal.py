@@ -24,23 +24,23 @@ from live2d.selection import (
 )
 
 HIGH_RES = 12.0
-# (resolution Å, centred share, straight edge, relative contrast) of each class: two good ones,
-# four of good particles picked off centre (the scores call them junk), two of empty ice and
+# (resolution Å, centred share, straight-line share, relative contrast) of each class: two good
+# ones, four of good particles picked off centre (the scores call them junk), two of empty ice and
 # one of carbon
-CLASSES = [(12.0, 0.90, 3.0, 1.00), (13.0, 0.85, 3.5, 1.10),
-           (14.0, 0.40, 3.0, 0.90), (15.0, 0.38, 3.2, 0.95), (14.5, 0.42, 3.1, 0.90),
-           (14.0, 0.41, 3.0, 0.92),
-           (30.0, 0.20, 3.0, 0.10), (32.0, 0.25, 3.0, 0.12),
-           (20.0, 0.60, 9.0, 1.50)]
+CLASSES = [(12.0, 0.90, 0.30, 1.00), (13.0, 0.85, 0.35, 1.10),
+           (14.0, 0.40, 0.30, 0.90), (15.0, 0.38, 0.32, 0.95), (14.5, 0.42, 0.31, 0.90),
+           (14.0, 0.41, 0.30, 0.92),
+           (30.0, 0.20, 0.30, 0.10), (32.0, 0.25, 0.30, 0.12),
+           (20.0, 0.60, 0.90, 1.50)]
 OFF_CENTRE, ICE, CARBON = [3, 4, 5, 6], [7, 8], [9]
 SIGNAL = 1.0  # each class's signal per particle, that of the typical class
 
 
 def class_table(classes=CLASSES, particles=100):
     n = len(classes)
-    return [_scored(k + 1, particles, 1.0 / n, resolution, False, centred, edge, contrast,
+    return [_scored(k + 1, particles, 1.0 / n, resolution, False, centred, line, contrast,
                     SIGNAL, HIGH_RES, n).to_dict()
-            for k, (resolution, centred, edge, contrast) in enumerate(classes)]
+            for k, (resolution, centred, line, contrast) in enumerate(classes)]
 
 
 def write_cycle(folder, number, job=1, job_type="refine", classes=CLASSES, particles=100):
@@ -65,7 +65,7 @@ def test_without_marks_the_proposal_is_the_scores_exactly(tmp_path):
     # the built-in weights give the scores' proposal whatever the scores, at 0.5 too
     rng = np.random.default_rng(0)
     for _ in range(20):
-        classes = [(rng.uniform(10, 50), rng.uniform(0.3, 1), rng.uniform(2, 9),
+        classes = [(rng.uniform(10, 50), rng.uniform(0.3, 1), rng.uniform(0.2, 0.9),
                     rng.uniform(0.1, 4)) for _ in range(12)]
         table = class_table(classes, particles=int(rng.integers(10, 200)))
         scores = [row["score"] for row in table]
