@@ -18,7 +18,8 @@ another reason (ice, carbon) stay junk; a flawless class marked junk raises the 
 A feature that fails outright counts from ``FLOOR`` down, not as minus infinity, so that marks
 can still outweigh it. What it cannot do is tell apart classes the features do not: on
 simulated data, good classes with a carbon-like edge marked good also let carbon in
-(``bench/quality.py --learn-marks``, README).
+(``bench/quality.py --learn-marks``, README; measured with the carbon feature before the
+straight-line share, which takes far fewer particle classes for carbon).
 
 The examples are kept in the selection state (``selection.json``) and outlive the marks they
 came from: a mark dropped at an ab initio restart (no similar new class) still teaches. The
