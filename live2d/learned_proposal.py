@@ -45,8 +45,8 @@ FLOOR = 0.05
 # Below the floor a feature's input goes on falling, this much per unit (down to LOWEST), so that
 # a class just past a threshold (e.g. a particle with 0.78 of its detail along one straight line)
 # is told from one far past it (carbon, 0.9): without it, marking the first good would make both
-# good. Any input at
-# or below log(FLOOR) fails a class with the built-in weights, as a feature of 0 does the score.
+# good. Any input at or below log(FLOOR) fails a class with the built-in weights, as a feature
+# of 0 does the score.
 BELOW_FLOOR = 3.0
 LOWEST = -1.0
 # L2 weight of the pull towards the built-in weights, against the log-loss of the examples

@@ -745,3 +745,30 @@ def test_a_value_asked_for_while_another_is_measured_is_measured_next():
     measurement.join(10)
     assert measured == ["old", "new"]
     assert measurement.get("new") == (True, "NEW")
+
+
+def test_a_measurement_that_fails_counts_as_none_and_the_next_is_measured():
+    # A measurement that raised ended its thread without saying so: no later key was measured.
+    from live2d.server.control import LatestMeasurement
+
+    told: list[str] = []
+    done = threading.Event()
+
+    def measure(key: str) -> str:
+        if key == "bad":
+            raise AttributeError("'NoneType' object has no attribute 'classes'")
+        return key.upper()
+
+    def measured(key: str) -> None:
+        told.append(key)
+        if key == "good":
+            done.set()
+
+    measurement = LatestMeasurement("test", measure, measured)
+    measurement.get("bad")
+    measurement.join(10)
+    assert measurement.get("bad") == (True, None) and told == ["bad"]
+    measurement.get("good")
+    assert done.wait(10), f"only {told} measured"
+    measurement.join(10)
+    assert measurement.get("good") == (True, "GOOD")

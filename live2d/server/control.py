@@ -131,7 +131,12 @@ class LatestMeasurement:
                     self._thread = None  # under the lock: a later get starts another
                     return
             key, args = wanted
-            self.latest = (key, self._measure(key, *args))
+            try:
+                value = self._measure(key, *args)
+            except Exception:  # kept as "none to be had": a later key is measured as ever
+                log.exception("%s: the measurement failed", self._name)
+                value = None
+            self.latest = (key, value)
             self._measured(key)
 
 
@@ -275,6 +280,8 @@ class Controller:
         except Exception:  # advice: the page shows whole classes, and the log says why
             log.exception("the particle curation of cycle %d could not be measured",
                           record.number)
+            return None
+        if curation is None:  # not curating, or its particle results are gone or unreadable
             return None
         return {str(c.number): {"particles": c.particles, "kept": c.kept, "rule": c.rule()}
                 for c in curation.classes}
