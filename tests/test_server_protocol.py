@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import urllib.request
+from dataclasses import replace
 from urllib.error import HTTPError
 
 import mrcfile
@@ -772,3 +773,16 @@ def test_a_measurement_that_fails_counts_as_none_and_the_next_is_measured():
     assert done.wait(10), f"only {told} measured"
     measurement.join(10)
     assert measurement.get("good") == (True, "GOOD")
+
+
+def test_figures_with_none_to_be_had_are_none(classified):
+    # Both measurements can find nothing to measure (no streaming update as the latest cycle:
+    # the history changed since it was asked for; a cycle whose particle results are gone).
+    controller = classified.controller
+    session = controller.session
+    folder, history = session.output_dir, session.history
+    assert controller._measure_keeping_up((folder, len(history), history[-1].number, 0.0),
+                                          history) is None
+    record = session.selection.latest_scored()
+    assert controller._measure_curation((folder, record.number, 1.0),
+                                        replace(record, star_kept=False)) is None

@@ -315,7 +315,7 @@ class Controller:
         except Exception:  # e.g. the store being replaced: the next cycle tries again
             log.debug("the latency of cycle %d could not be measured", key[2], exc_info=True)
             return None
-        return {"cycle": key[2], **state.to_dict()}
+        return None if state is None else {"cycle": key[2], **state.to_dict()}
 
     def _keeping_up_measured(self, key: tuple[Path, int, int, float]) -> None:
         if self.session is not None and self.session.output_dir == key[0]:
