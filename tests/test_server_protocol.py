@@ -19,7 +19,7 @@ from server_helpers import SMALL, Client, RunningServer, classified_folder, smal
 from live2d import cistem_star
 from live2d.cli import main as cli_main
 from live2d.forecast import particle_times
-from live2d.server.control import Controller
+from live2d.server.control import Controller, LatestMeasurement
 from live2d.store import read_committed_table
 from live2d.streaming import keeping_up
 
@@ -717,14 +717,26 @@ def test_a_thinned_updates_averages_and_thumbnails_are_refused_saying_why(classi
         running.stop()
 
 
+class Told:
+    """What a LatestMeasurement says it measured, key by key, and an event set once it says
+    ``awaited``."""
+
+    def __init__(self, awaited: str) -> None:
+        self.keys: list[str] = []
+        self.awaited = awaited
+        self.arrived = threading.Event()
+
+    def __call__(self, key: str) -> None:
+        self.keys.append(key)
+        if key == self.awaited:
+            self.arrived.set()
+
+
 def test_a_value_asked_for_while_another_is_measured_is_measured_next():
     # The page asks again only when told a measurement ended: a key asked for while another
     # was measured (e.g. a new curation cut) was dropped, and the page waited for ever.
-    from live2d.server.control import LatestMeasurement
-
     started, release = threading.Event(), threading.Event()
-    measured: list[str] = []
-    told = threading.Event()
+    told = Told("new")
 
     def measure(key: str) -> str:
         if key == "old":
@@ -732,45 +744,32 @@ def test_a_value_asked_for_while_another_is_measured_is_measured_next():
             release.wait(10)
         return key.upper()
 
-    def done(key: str) -> None:
-        measured.append(key)
-        if key == "new":
-            told.set()
-
-    measurement = LatestMeasurement("test", measure, done)
+    measurement = LatestMeasurement("test", measure, told)
     assert measurement.get("old") == (False, None)
     assert started.wait(10)
     assert measurement.get("new") == (False, None)  # while "old" is measured
     release.set()
-    assert told.wait(10), f"only {measured} measured"
+    assert told.arrived.wait(10), f"only {told.keys} measured"
     measurement.join(10)
-    assert measured == ["old", "new"]
+    assert told.keys == ["old", "new"]
     assert measurement.get("new") == (True, "NEW")
 
 
 def test_a_measurement_that_fails_counts_as_none_and_the_next_is_measured():
     # A measurement that raised ended its thread without saying so: no later key was measured.
-    from live2d.server.control import LatestMeasurement
-
-    told: list[str] = []
-    done = threading.Event()
+    told = Told("good")
 
     def measure(key: str) -> str:
         if key == "bad":
             raise AttributeError("'NoneType' object has no attribute 'classes'")
         return key.upper()
 
-    def measured(key: str) -> None:
-        told.append(key)
-        if key == "good":
-            done.set()
-
-    measurement = LatestMeasurement("test", measure, measured)
+    measurement = LatestMeasurement("test", measure, told)
     measurement.get("bad")
     measurement.join(10)
-    assert measurement.get("bad") == (True, None) and told == ["bad"]
+    assert measurement.get("bad") == (True, None) and told.keys == ["bad"]
     measurement.get("good")
-    assert done.wait(10), f"only {told} measured"
+    assert told.arrived.wait(10), f"only {told.keys} measured"
     measurement.join(10)
     assert measurement.get("good") == (True, "GOOD")
 
